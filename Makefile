@@ -1,0 +1,58 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Every pip step is constrained by constraints.txt so that torch stays the local CPU wheel.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip install -q -c constraints.txt
+BENCHV  ?= .venv-bench
+DEBS    := dataset-fashion-mnist fonts-noto-color-emoji
+
+.PHONY: demo test bench docs install data clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev,text,plot]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian data packages (Fashion-MNIST, the emoji font). Missing apt or no root: a clear message, not a failure;
+# the code that needs them names the package again when it is run.
+data:
+	@missing=""; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing="$$missing fonts-noto-color-emoji"; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
+	      || echo "xrisk: could not install Debian package(s):$$missing; tests that need them are skipped"; \
+	  else \
+	    echo "xrisk: Debian package(s) missing:$$missing (run: sudo apt-get install$$missing); tests that need them are skipped"; \
+	  fi; \
+	fi
+
+demo: install data
+	$(VENV)/bin/xrisk demo
+
+test: install data
+	$(PY) -m pytest -q -p no:cacheprovider
+
+$(BENCHV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(BENCHV)
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --upgrade pip
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,bench]'
+	touch $@
+
+bench: $(BENCHV)/.installed data
+	$(BENCHV)/bin/python -m pytest -q -p no:cacheprovider -m slow
+	$(BENCHV)/bin/python bench/run_all.py
+
+docs: install
+	$(PIP) -e '.[docs]'
+	$(PY) docs/gen_pages.py
+	$(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) $(BENCHV) site build *.egg-info

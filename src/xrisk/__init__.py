@@ -1,0 +1,7 @@
+"""xrisk: X-risk, compositional and distributionally robust objectives for deep learning."""
+
+from xrisk.checkpoint import load_checkpoint, save_checkpoint
+from xrisk.state import SampleState
+
+__version__ = "0.1.0"
+__all__ = ["SampleState", "save_checkpoint", "load_checkpoint", "__version__"]

@@ -1,0 +1,76 @@
+"""Input checks shared by every loss: shapes, dtypes and finiteness, with messages that name the values."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_finite", "check_binary_inputs", "check_positive", "check_unit_interval", "check_choice"]
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    """Raise :class:`ValueError` if ``x`` holds NaN or inf."""
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {n_bad} NaN/inf value(s); xrisk refuses to propagate them")
+
+
+def check_binary_inputs(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple[Tensor, Tensor]:
+    """Validate ``scores``/``targets`` and return them as ``[B, T]`` (float scores, bool targets).
+
+    Accepted: ``scores`` ``[B]`` or ``[B, T]`` floating; ``targets`` of the same shape (or ``[B]``
+    when ``T == 1``) holding only 0/1 (bool, int or float).
+    """
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a tensor, got {type(targets).__name__}")
+    if scores.dim() == 1:
+        scores = scores.unsqueeze(1)
+    if targets.dim() == 1:
+        targets = targets.unsqueeze(1)
+    if scores.dim() != 2 or scores.shape[1] != num_tasks:
+        raise ValueError(
+            f"scores must have shape [B] or [B, {num_tasks}] (num_tasks={num_tasks}), got {tuple(scores.shape)}"
+        )
+    if targets.shape != scores.shape:
+        raise ValueError(
+            f"targets shape {tuple(targets.shape)} does not match scores shape {tuple(scores.shape)}"
+        )
+    check_finite("scores", scores)
+    if targets.dtype != torch.bool:
+        if targets.is_floating_point():
+            check_finite("targets", targets)
+        if not ((targets == 0) | (targets == 1)).all():
+            raise ValueError("targets must be binary (0/1); got values outside {0, 1}")
+        targets = targets != 0
+    return scores, targets
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """Return ``float(value)`` if it is finite and > 0 (>= 0 with ``allow_zero``); else raise."""
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return v
+
+
+def check_unit_interval(name: str, value: float, *, closed_left: bool = False, closed_right: bool = True) -> float:
+    """Return ``float(value)`` if it lies in the (half-)open unit interval; else raise."""
+    v = float(value)
+    lo_ok = v >= 0 if closed_left else v > 0
+    hi_ok = v <= 1 if closed_right else v < 1
+    if not (math.isfinite(v) and lo_ok and hi_ok):
+        interval = ("[" if closed_left else "(") + "0, 1" + ("]" if closed_right else ")")
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return v
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``; else raise naming the options."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value

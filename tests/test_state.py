@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from xrisk.state import SampleState, check_index
+from _dist import run_distributed
+
+
+def test_first_visit_takes_new_value_then_moving_average():
+    s = SampleState(5)
+    out = s.update(torch.tensor([1, 2]), torch.tensor([4.0, 8.0]), gamma=0.25)
+    assert torch.equal(out, torch.tensor([4.0, 8.0]))
+    out = s.update(torch.tensor([1]), torch.tensor([0.0]), gamma=0.25)
+    assert torch.allclose(out, torch.tensor([3.0]))  # 0.75*4 + 0.25*0
+    assert s.seen.tolist() == [False, True, True, False, False]
+
+
+def test_duplicates_are_averaged_order_independent():
+    a, b = SampleState(4), SampleState(4)
+    a.update(torch.tensor([0]), torch.tensor([1.0]), gamma=0.5)
+    b.update(torch.tensor([0]), torch.tensor([1.0]), gamma=0.5)
+    oa = a.update(torch.tensor([0, 0, 3]), torch.tensor([2.0, 6.0, 1.0]), gamma=0.5)
+    ob = b.update(torch.tensor([3, 0, 0]), torch.tensor([1.0, 6.0, 2.0]), gamma=0.5)
+    assert torch.allclose(oa, torch.tensor([2.5, 2.5, 1.0]))  # 0.5*1 + 0.5*mean(2,6)
+    assert torch.equal(a.value, b.value)
+    assert torch.allclose(ob, torch.tensor([1.0, 2.5, 2.5]))
+
+
+def test_mask_and_tasks():
+    s = SampleState(3, (2,))
+    new = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    mask = torch.tensor([[True, False], [False, True]])
+    s.update(torch.tensor([0, 1]), new, gamma=1.0, mask=mask)
+    assert s.seen.tolist() == [[True, False], [False, True], [False, False]]
+    assert s.value[0, 0] == 1.0 and s.value[1, 1] == 4.0 and s.value[0, 1] == 0.0
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([5]), torch.tensor([-1])])
+def test_out_of_range_index(bad):
+    with pytest.raises(IndexError, match="out of range"):
+        SampleState(5).update(bad, torch.zeros(1), gamma=0.5)
+
+
+def test_float_index_and_bad_gamma():
+    with pytest.raises(TypeError, match="integer"):
+        check_index(torch.tensor([1.0]), 3)
+    with pytest.raises(ValueError, match="gamma"):
+        SampleState(3).update(torch.tensor([0]), torch.zeros(1), gamma=0.0)
+    with pytest.raises(FloatingPointError):
+        SampleState(3).update(torch.tensor([0]), torch.tensor([float("nan")]), gamma=0.5)
+
+
+def test_state_dict_round_trip_and_size_mismatch():
+    s = SampleState(6)
+    s.update(torch.tensor([2, 4]), torch.tensor([1.0, 2.0]), gamma=0.5)
+    t = SampleState(6)
+    t.load_state_dict(s.state_dict())
+    assert torch.equal(s.value, t.value) and torch.equal(s.seen, t.seen)
+    with pytest.raises(ValueError, match="num_samples=7"):
+        SampleState(7).load_state_dict(s.state_dict())
+
+
+def test_half_keeps_float32():
+    m = torch.nn.Module()
+    m.u = SampleState(4)
+    m.lin = torch.nn.Linear(2, 2)
+    m.half()
+    assert m.u.value.dtype == torch.float32 and m.lin.weight.dtype == torch.float16
+
+
+def _dist_local_update(rank, world):
+    s = SampleState(10)
+    # uneven local batches; sample 3 appears on both ranks
+    idx = torch.tensor([3, 0]) if rank == 0 else torch.tensor([3, 7, 9])
+    new = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([5.0, 6.0, 7.0])
+    out = s.update(idx, new, gamma=0.5, local=True)
+    return {"value": s.value, "seen": s.seen, "out": out}
+
+
+@pytest.mark.distributed
+def test_local_updates_sync_every_rank():
+    res = run_distributed(_dist_local_update)
+    ref = SampleState(10)
+    ref.update(torch.tensor([3, 0, 3, 7, 9]), torch.tensor([1.0, 2.0, 5.0, 6.0, 7.0]), gamma=0.5)
+    for r in res:
+        assert torch.equal(r["value"], ref.value) and torch.equal(r["seen"], ref.seen)
+    assert torch.equal(res[0]["out"], torch.tensor([3.0, 2.0]))
+    assert torch.equal(res[1]["out"], torch.tensor([3.0, 6.0, 7.0]))
