@@ -114,7 +114,7 @@ def test_to_keeps_fp32_state_and_device(case: LossCase):
     loss.to("cpu")
     loss.half()
     for k, v in loss.named_buffers():
-        if before[k].dtype == torch.float32 and v.numel() > 1:
+        if k in before and before[k].dtype == torch.float32 and v.numel() > 1:
             assert v.dtype == torch.float32, f"per-sample state {k} was cast by .half()"
     loss.float()
 

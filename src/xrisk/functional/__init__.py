@@ -1,1 +1,7 @@
 """Re-exports only."""
+
+from xrisk.functional import ap, pauc
+from xrisk.functional import contrastive
+from xrisk.functional import aucm
+
+__all__ = ["ap", "aucm", "contrastive", "pauc"]

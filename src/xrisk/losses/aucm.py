@@ -1,0 +1,126 @@
+"""AUC-margin (AUC-M) min-max loss, optimised by :class:`xrisk.optim.PESG` (``AUCMLoss``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from xrisk._validate import check_choice, check_positive, check_unit_interval
+from xrisk.functional.aucm import aucm_objective, aucm_surrogate
+from xrisk.losses.base import ScoreLoss
+
+__all__ = ["AUCMLoss"]
+
+
+class AUCMLoss(ScoreLoss):
+    """AUC-margin loss: the min-max surrogate of AUROC optimised by PESG.
+
+    With ``f`` the ``scores``, ``m`` the ``margin`` and ``mean_+`` / ``mean_-`` the means
+    over the batch positives / negatives, ``version="v2"`` (default, class-balanced) is
+
+    .. math::
+
+        F = \\operatorname{mean}_+ (f - a)^2 + \\operatorname{mean}_- (f - b)^2
+            + 2\\alpha\\,(m + \\operatorname{mean}_- f - \\operatorname{mean}_+ f) - \\alpha^2
+
+    (this is the intended formula; LibAUC's code mis-parenthesises the cross term into
+    ``(n_-/B) mean_- f - mean_+ f``, its issue #74). ``version="v1"`` is the original AUC-M,
+    weighted by the positive ratio ``p`` (``imratio`` if given, else the batch ratio of each
+    task), with ``E`` the mean over the batch:
+
+    .. math::
+
+        F = (1-p) E[(f-a)^2 1_+] + p E[(f-b)^2 1_-]
+            + 2\\alpha\\,(p(1-p) m + E[p f 1_- - (1-p) f 1_+]) - p(1-p)\\alpha^2 .
+
+    Training solves ``min_{w, a, b} max_{alpha >= 0} F``: descend on the model and ``a, b``,
+    ascend on ``alpha`` (that is what :class:`xrisk.optim.PESG` does; a plain torch optimizer
+    would *descend* on ``alpha``, which is wrong). The returned value is this **surrogate**
+    ``F`` (it can be negative and does not measure progress). :meth:`objective`
+    (``objective_name = "auc_margin"``) reports the AUC-M objective that the min-max solves,
+
+    .. math::
+
+        A = \\operatorname{Var}_+ f + \\operatorname{Var}_- f
+            + (m - \\operatorname{mean}_+ f + \\operatorname{mean}_- f)_+^2 ,
+
+    which for scores in ``[0, 1]`` and ``m = 1`` equals the mean over all positive-negative
+    pairs of the batch of ``(m - (f_i - f_j))^2`` (lower is better; ``O(B)`` to compute).
+
+    **Scores are expected in** ``[0, 1]`` (sigmoid outputs) for the default ``margin = 1``.
+
+    Args:
+        margin: ``m >= 0``.
+        num_tasks: number of labels ``T``; ``scores``/``targets`` are ``[B]`` or ``[B, T]``.
+        version: ``"v2"`` (class-balanced) or ``"v1"`` (weighted by ``p``).
+        imratio: ``p`` for ``v1``, the positive ratio of the training set, in ``(0, 1)``;
+            ``None`` uses each batch's positive ratio. Ignored by ``v2``.
+
+    Parameters (``nn.Parameter``, in ``state_dict``): ``a``, ``b``, ``alpha``, each ``[T]``,
+    initialised at 0. No per-sample state, no ``index``. Under ``torch.distributed`` the loss is
+    computed on the gathered global batch, so ``a, b, alpha`` receive the single-process
+    gradient on every rank without any reduction (see :mod:`xrisk.distributed`).
+
+    Multi-label ``[B, T]``: one ``(a, b, alpha)`` per task; the loss is the mean over the tasks
+    that have both a positive and a negative in the batch (others contribute a connected zero).
+
+    Example:
+        >>> import torch
+        >>> from xrisk.losses import AUCMLoss
+        >>> loss_fn = AUCMLoss()
+        >>> logits = torch.randn(8, requires_grad=True)
+        >>> targets = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0])
+        >>> loss = loss_fn(torch.sigmoid(logits), targets)
+        >>> loss.backward()
+        >>> bool(loss_fn.objective() >= 0)
+        True
+
+    Paper: Yuan, Yan, Sonka, Yang, "Large-scale Robust Deep AUC Maximization: A New Surrogate
+    Loss and Empirical Studies on Medical Image Classification", ICCV 2021, arXiv:2012.03173.
+    """
+
+    uses_index = False
+    objective_name = "auc_margin"
+
+    def __init__(
+        self,
+        margin: float = 1.0,
+        *,
+        num_tasks: int = 1,
+        version: Literal["v1", "v2"] = "v2",
+        imratio: float | None = None,
+    ) -> None:
+        super().__init__(num_tasks=num_tasks)
+        self.margin = check_positive("margin", margin, allow_zero=True)
+        self.version = check_choice("version", version, ("v1", "v2"))
+        self.imratio = None if imratio is None else check_unit_interval("imratio", imratio, closed_right=False)
+        self.a = nn.Parameter(torch.zeros(num_tasks))
+        self.b = nn.Parameter(torch.zeros(num_tasks))
+        self.alpha = nn.Parameter(torch.zeros(num_tasks))
+
+    def extra_repr(self) -> str:
+        return (f"margin={self.margin}, num_tasks={self.num_tasks}, version={self.version!r}, "
+                f"imratio={self.imratio}")
+
+    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
+        return self._aucm(scores, targets)
+
+    def _aucm(self, scores: Tensor, targets: Tensor) -> Tensor:
+        """Mean of the per-task surrogate over tasks with both classes; records the objective."""
+        valid = targets.any(0) & (~targets).any(0)
+        self._record_aucm_objective(scores, targets, valid)
+        zero = scores.sum() * 0.0
+        if not bool(valid.any()):
+            return zero
+        values = aucm_surrogate(scores, targets, self.a, self.b, self.alpha, margin=self.margin,
+                                version=self.version, p=self.imratio)
+        return zero + values[valid].mean()
+
+    def _record_aucm_objective(self, scores: Tensor, targets: Tensor, valid: Tensor) -> None:
+        if not bool(valid.any()):
+            self._record_objective(torch.full((), float("nan")))
+            return
+        with torch.no_grad():
+            self._record_objective(aucm_objective(scores.detach(), targets, margin=self.margin)[valid].mean())

@@ -1,0 +1,151 @@
+"""Two-way partial AUC (TPR >= ``min_tpr``, FPR <= ``max_fpr``): SOTA-s (nested KL-DRO)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from xrisk._validate import check_choice, check_positive, check_unit_interval
+from xrisk.functional.pauc import log_ema, log_mean_exp_inner, tpauc_kl_surrogate, tpauc_risk
+from xrisk.functional.surrogates import SURROGATES, SurrogateName, pairwise_surrogate
+from xrisk.losses.ap import _update_column
+from xrisk.losses.base import ScoreLoss
+from xrisk.losses.pauc_one_way import _log_ema_column
+from xrisk.state import SampleState
+
+__all__ = ["TwoWayPartialAUCLoss"]
+
+
+class TwoWayPartialAUCLoss(ScoreLoss):
+    """Two-way partial-AUC loss optimised by SOTA-s: hard negatives *and* hard positives.
+
+    With positives ``i`` (``n+``), negatives ``j`` (``n-``), ``L_ij = ell(m, f_i - f_j)``
+    (``f`` = ``scores``, ``m`` = ``margin``, ``ell`` = ``surrogate``), ``tau`` the inner and
+    ``tau'`` = ``tau_outer`` the outer KL-DRO temperature, SOTA-s minimises
+
+    .. math::
+
+        F(w) = \\tau' \\log \\frac{1}{n_+} \\sum_i
+            \\Big(\\frac{1}{n_-} \\sum_j \\exp(L_{ij} / \\tau)\\Big)^{\\tau / \\tau'}
+
+    (smaller ``tau`` concentrates on the hardest negatives, smaller ``tau'`` on the hardest
+    positives: a soft version of the region FPR <= ``max_fpr``, TPR >= ``min_tpr``). Estimators:
+
+    * ``u_i <- (1 - gamma0) u_i + gamma0 mean_j exp(L_ij / tau)`` per positive (state ``log_u``);
+    * ``w <- (1 - gamma1) w + gamma1 mean_{i in batch} u_i^(tau / tau')`` per task (state ``log_w``),
+      with the freshly updated ``u_i``;
+
+    and the model descends ``mean_ij p_ij L_ij`` with detached
+    ``p_ij = u_i^(tau / tau' - 1) exp(L_ij / tau) / w``. ``log u`` and ``log w`` are stored and
+    every step runs in log space, so no exponential is ever formed (LibAUC overflows for
+    ``L / tau`` above about 88). A never-written ``u_i`` or ``w`` takes its first new value
+    (LibAUC starts ``w`` at 0, which makes its first weights ``1 / gamma1`` times too large).
+
+    ``min_tpr`` (``alpha``) and ``max_fpr`` (``beta``) do not enter the gradient; they define
+    :meth:`objective` (``objective_name = "tpauc_surrogate_risk"``): the batch estimate of the
+    surrogate risk over the hardest ``1 - alpha`` share of positives against the hardest ``beta``
+    share of negatives, ``CVaR_{1-alpha}`` over positives of ``CVaR_beta`` over negatives of
+    ``L`` (lower is better), averaged over tasks.
+
+    Args:
+        num_samples: data-set size ``n``.
+        num_tasks: number of labels ``T``.
+        min_tpr: ``alpha`` in ``[0, 1)``.
+        max_fpr: ``beta`` in ``(0, 1]``.
+        tau: inner (negatives) temperature, ``> 0`` (LibAUC's ``Lambda``).
+        tau_outer: outer (positives) temperature, ``> 0`` (LibAUC's ``tau``).
+        gamma0: moving-average weight on the new value for ``u``, in ``(0, 1]``.
+        gamma1: moving-average weight on the new value for ``w``, in ``(0, 1]``.
+        margin: ``m`` of the surrogate (``>= 0``).
+        surrogate: pairwise surrogate name (:mod:`xrisk.functional.surrogates`).
+
+    Shapes: ``scores``, ``targets`` ``[B]`` or ``[B, T]``; ``index`` ``[B]``.
+
+    State: ``log_u`` (:class:`~xrisk.state.SampleState` ``[n, T]``, written for positives of tasks
+    that have negatives in the batch; duplicates merged as the mean of ``u``, one step), and
+    ``log_w`` (a ``SampleState`` with one row, ``[1, T]``: registered buffers that checkpoint,
+    follow ``.to()`` and stay float32). The mean over batch positives in the ``w`` update counts
+    every row of the batch, so a duplicated positive counts as often as it was sampled. Under
+    ``torch.distributed`` the loss runs on the gathered global batch: every rank applies the same
+    updates.
+
+    Multi-label: the mean over tasks with both positives and negatives in the batch; others
+    contribute a graph-connected zero and keep their state.
+
+    Example:
+        >>> import torch
+        >>> from xrisk.losses import TwoWayPartialAUCLoss
+        >>> loss_fn = TwoWayPartialAUCLoss(num_samples=100, tau=0.5, tau_outer=1.0)
+        >>> scores = torch.sigmoid(torch.randn(8, requires_grad=True))
+        >>> targets = torch.tensor([1, 0, 0, 1, 0, 0, 0, 0])
+        >>> loss_fn(scores, targets, torch.arange(8)).backward()
+        >>> bool(loss_fn.objective() >= 0)
+        True
+
+    Paper: Zhu, Li, Wang, Wu, Yang, "When AUC meets DRO: Optimizing Partial AUC for Deep
+    Learning with Non-Convex Convergence Guarantee", ICML 2022, arXiv:2203.00176.
+    """
+
+    uses_index = True
+    objective_name = "tpauc_surrogate_risk"
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        num_tasks: int = 1,
+        min_tpr: float = 0.5,
+        max_fpr: float = 0.5,
+        tau: float = 1.0,
+        tau_outer: float = 1.0,
+        gamma0: float = 0.9,
+        gamma1: float = 0.9,
+        margin: float = 1.0,
+        surrogate: SurrogateName = "squared_hinge",
+    ) -> None:
+        super().__init__(num_tasks=num_tasks)
+        self.num_samples = num_samples
+        self.min_tpr = check_unit_interval("min_tpr", min_tpr, closed_left=True, closed_right=False)
+        self.max_fpr = check_unit_interval("max_fpr", max_fpr)
+        self.tau = check_positive("tau", tau)
+        self.tau_outer = check_positive("tau_outer", tau_outer)
+        self.gamma0 = check_unit_interval("gamma0", gamma0)
+        self.gamma1 = check_unit_interval("gamma1", gamma1)
+        self.margin = check_positive("margin", margin, allow_zero=True)
+        self.surrogate = check_choice("surrogate", surrogate, tuple(SURROGATES))
+        self.log_u = SampleState(num_samples, (num_tasks,))
+        self.log_w = SampleState(1, (num_tasks,))
+
+    def extra_repr(self) -> str:
+        return (f"num_samples={self.num_samples}, num_tasks={self.num_tasks}, min_tpr={self.min_tpr}, "
+                f"max_fpr={self.max_fpr}, tau={self.tau}, tau_outer={self.tau_outer}, gamma0={self.gamma0}, "
+                f"gamma1={self.gamma1}, margin={self.margin}, surrogate={self.surrogate!r}")
+
+    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
+        assert index is not None  # uses_index: the base class enforces it
+        total = scores.sum() * 0.0
+        terms: list[Tensor] = []
+        risks: list[Tensor] = []
+        ratio = self.tau / self.tau_outer
+        for t in range(self.num_tasks):
+            pos, neg = targets[:, t], ~targets[:, t]
+            if not (bool(pos.any()) and bool(neg.any())):
+                continue
+            losses = pairwise_surrogate(scores[pos, t], scores[neg, t], margin=self.margin, surrogate=self.surrogate)
+            log_u = _log_ema_column(self.log_u, index[pos], t, log_mean_exp_inner(losses, self.tau), self.gamma0)
+            log_w = self._update_w(t, torch.logsumexp(ratio * log_u, 0) - torch.log(log_u.new_tensor(log_u.numel())))
+            terms.append(tpauc_kl_surrogate(losses, log_u, log_w, self.tau, self.tau_outer))
+            risks.append(tpauc_risk(losses.detach(), self.min_tpr, self.max_fpr))
+        if not terms:
+            self._record_objective(torch.full((), float("nan")))
+            return total
+        self._record_objective(torch.stack(risks).mean())
+        return total + torch.stack(terms).mean()
+
+    def _update_w(self, task: int, log_new: Tensor) -> Tensor:
+        """One log-space moving-average step of ``w`` for ``task``; returns the new ``log w`` (scalar)."""
+        zero = torch.zeros(1, dtype=torch.long, device=self.log_w.value.device)
+        old = self.log_w.value[0, task].to(log_new)
+        seen = self.log_w.seen[0, task].to(log_new.device)
+        new = log_ema(old, log_new, self.gamma1, seen)
+        return _update_column(self.log_w, zero, task, new.reshape(1), 1.0)[0]

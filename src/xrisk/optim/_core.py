@@ -1,0 +1,139 @@
+"""What PESG and PDSCA share: parameter-group assembly, the proximal gradient, dual ascent, stagewise reset.
+
+Every primal parameter ``w`` (model parameters and the loss's ``a, b``) uses the direction
+
+.. math::
+
+    d = \\operatorname{clip}(g, \\pm c) + \\lambda_0 (w - w_{\\mathrm{ref}}) + \\lambda w
+
+(``c`` = ``clip_value``, element-wise; ``lambda_0`` = ``epoch_decay``, the proximal term of the
+stagewise proximal-point scheme; ``lambda`` = ``weight_decay``). Per-parameter optimizer state
+(all in ``optimizer.state``, so ``optimizer.state_dict()`` checkpoints it):
+
+* ``ref``: the reference point ``w_ref``, initialised at the initial weights (LibAUC draws it
+  from ``N(0, 0.01^2)`` instead, so before its first reset ``epoch_decay`` acts as a weight
+  decay toward ~0);
+* ``iterate_avg``, ``avg_count``: running mean of the iterates since the last reset.
+
+:meth:`AUCOptimizer.update_regularizer` divides the learning rates and moves ``w_ref`` to the
+running mean of the iterates (then resets the mean). The dual variable ``alpha`` of the loss
+lives in its own parameter group (``"dual": True``) and takes projected gradient **ascent**
+``alpha <- max(0, alpha + lr * dF/dalpha)`` on the gradient autograd left in ``alpha.grad``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from xrisk._validate import check_positive
+
+__all__ = ["AUCOptimizer", "proximal_direction", "record_iterate", "dual_ascent_"]
+
+
+def proximal_direction(
+    p: Tensor, grad: Tensor, state: dict[str, Any], *, clip_value: float | None, weight_decay: float,
+    epoch_decay: float,
+) -> Tensor:
+    """``clip(g, +-c) + epoch_decay (p - ref) + weight_decay p`` (a new tensor)."""
+    d = grad.clamp(-clip_value, clip_value) if clip_value is not None else grad.clone()
+    if epoch_decay != 0.0:
+        d.add_(p - state["ref"], alpha=epoch_decay)
+    if weight_decay != 0.0:
+        d.add_(p, alpha=weight_decay)
+    return d
+
+
+def record_iterate(p: Tensor, state: dict[str, Any]) -> None:
+    """Fold the new iterate ``p`` into the running mean ``iterate_avg`` (count ``avg_count``)."""
+    state["avg_count"] += 1
+    state["iterate_avg"].add_(p - state["iterate_avg"], alpha=1.0 / state["avg_count"])
+
+
+def dual_ascent_(alpha: Tensor, grad: Tensor, lr: float) -> None:
+    """In place ``alpha <- max(0, alpha + lr * grad)`` (projected gradient ascent)."""
+    alpha.add_(grad, alpha=lr).clamp_(min=0.0)
+
+
+def _as_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
+    items = list(params)
+    if not items:
+        raise ValueError("optimizer got an empty parameter list")
+    if isinstance(items[0], dict):
+        groups = [dict(g) for g in items]
+        for g in groups:
+            ps = g["params"]
+            g["params"] = [ps] if isinstance(ps, Tensor) else list(ps)
+        return groups
+    return [{"params": items}]
+
+
+class AUCOptimizer(torch.optim.Optimizer):
+    """Base of PESG and PDSCA: groups, proximal state, ``update_regularizer``. Not public."""
+
+    def __init__(self, params: Iterable[Any], loss: nn.Module, defaults: dict[str, Any],
+                 alpha_lr: float | None) -> None:
+        for name in ("a", "b", "alpha"):
+            if not isinstance(getattr(loss, name, None), nn.Parameter):
+                raise TypeError(
+                    f"loss must be an AUCMLoss-like module with parameter `{name}`, got {type(loss).__name__}"
+                )
+        groups = _as_groups(params)
+        seen = {id(p) for g in groups for p in g["params"]}
+        if id(loss.alpha) in seen:
+            raise ValueError("loss.alpha must not be in `params`: the optimizer adds it to its own "
+                             "dual-ascent group; pass model parameters (and optionally loss.a, loss.b)")
+        missing = [p for p in (loss.a, loss.b) if id(p) not in seen]
+        if missing:
+            groups.append({"params": missing})
+        dual_lr = defaults["lr"] if alpha_lr is None else check_positive("alpha_lr", alpha_lr, allow_zero=True)
+        groups.append({"params": [loss.alpha], "lr": dual_lr, "dual": True})
+        super().__init__(groups, {**defaults, "dual": False})
+        self.loss = loss
+        for group in self.param_groups:
+            if not group["dual"]:
+                for p in group["params"]:
+                    self._init_proximal(p)
+
+    def _init_proximal(self, p: Tensor) -> dict[str, Any]:
+        state = self.state[p]
+        if "ref" not in state:
+            state["ref"] = p.detach().clone()
+            state["iterate_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["avg_count"] = 0
+        return state
+
+    def _dual_step(self, group: dict[str, Any]) -> None:
+        for p in group["params"]:
+            if p.grad is not None:
+                dual_ascent_(p, p.grad, group["lr"])
+
+    @torch.no_grad()
+    def update_regularizer(self, decay_factor: float | None = None) -> None:
+        """End a stage: divide every group's ``lr`` by ``decay_factor`` (if given) and set each
+        reference point ``w_ref`` to the mean of the iterates since the last call (then reset it).
+
+        Parameters that were never updated keep their reference point.
+        """
+        if decay_factor is not None:
+            self._divide("lr", decay_factor, "decay_factor")
+        for group in self.param_groups:
+            if group["dual"]:
+                continue
+            for p in group["params"]:
+                state = self._init_proximal(p)
+                if state["avg_count"] > 0:
+                    state["ref"].copy_(state["iterate_avg"])
+                state["iterate_avg"].zero_()
+                state["avg_count"] = 0
+
+    def update_lr(self, decay_factor: float) -> None:
+        """Divide every group's ``lr`` by ``decay_factor`` (reference points unchanged)."""
+        self._divide("lr", decay_factor, "decay_factor")
+
+    def _divide(self, key: str, factor: float, name: str) -> None:
+        f = check_positive(name, factor)
+        for group in self.param_groups:
+            group[key] = group[key] / f

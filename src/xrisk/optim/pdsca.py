@@ -1,0 +1,188 @@
+"""PDSCA: primal-dual stochastic compositional adaptive method for :class:`xrisk.losses.CompositionalAUCLoss`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+from torch import Tensor
+
+from xrisk._validate import check_positive
+from xrisk.losses.compositional_auc import CompositionalAUCLoss
+from xrisk.optim._core import AUCOptimizer, proximal_direction, record_iterate
+
+__all__ = ["PDSCA", "pdsca_update"]
+
+
+def pdsca_update(
+    p: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    *,
+    phase: Literal["ce", "auc"],
+    lr: float,
+    lr0: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    epoch_decay: float,
+    clip_value: float | None,
+) -> None:
+    """One PDSCA step of a primal parameter ``p`` in place (see :class:`PDSCA` for the math).
+
+    ``state`` holds ``ref``, ``iterate_avg``, ``avg_count``, ``weight_avg`` (the inner estimate
+    ``u``, after the first CE step) and ``grad_avg`` (``z``, after the first AUC step).
+    """
+    d = proximal_direction(p, grad, state, clip_value=clip_value, weight_decay=weight_decay,
+                           epoch_decay=epoch_decay)
+    if phase == "ce":
+        p.add_(d, alpha=-lr0)
+        u = state.get("weight_avg")
+        if u is None:
+            u = state["weight_avg"] = p.detach().clone()
+        else:
+            u.mul_(1.0 - beta1).add_(p, alpha=beta1)
+        p.copy_(u)
+    else:
+        z = state.get("grad_avg")
+        if z is None:
+            z = state["grad_avg"] = d.clone()
+        else:
+            z.mul_(1.0 - beta2).add_(d, alpha=beta2)
+        p.add_(z, alpha=-lr)
+    record_iterate(p, state)
+
+
+class PDSCA(AUCOptimizer):
+    """Primal-dual stochastic compositional adaptive method for compositional AUC training.
+
+    Optimises ``min_{v} max_{alpha >= 0} F_AUC(w - eta_0 grad L_CE(w), a, b, alpha)`` of
+    :class:`~xrisk.losses.CompositionalAUCLoss` (``v = (w, a, b)``), following the loss's
+    alternation (:meth:`~xrisk.losses.CompositionalAUCLoss.last_phase`). With
+    ``d = clip(g, +-c) + lambda_0 (v - v_ref) + lambda v`` as in :class:`PESG`:
+
+    * **CE step** (inner function): ``w <- w - eta_0 d`` then the moving average
+      ``u <- (1 - beta_1) u + beta_1 w`` and ``w <- u`` (the first CE step sets ``u = w``);
+      ``loss.a, loss.b, loss.alpha`` are not touched.
+    * **AUC step** (outer function, gradient taken at ``u``): ``z <- (1 - beta_2) z + beta_2 d``
+      (the first sets ``z = d``), ``v <- v - eta z``, and the dual ascent
+      ``alpha <- max(0, alpha + eta_alpha dF/dalpha)`` on ``loss.alpha.grad`` (exact batch
+      gradient, see :class:`PESG`).
+
+    ``beta1`` and ``beta2`` are **weights on the new value** (as ``gamma`` everywhere in xrisk,
+    and as in LibAUC; ``beta = 1`` disables the averaging). This is LibAUC's practical form of the
+    paper's Algorithm 1, where the weights hold the inner estimate ``u`` after each CE step and
+    the AUC gradient at ``u`` updates them directly.
+
+    :meth:`update_regularizer` divides ``lr`` by ``decay_factor`` and ``lr0`` by
+    ``decay_factor0`` (each if given) and resets the reference points to the mean of the iterates,
+    as :class:`PESG` does. Parameter groups, the ``a, b`` group and the last ``"dual"`` group of
+    ``alpha`` work as in :class:`PESG`.
+
+    State (``optimizer.state``, in ``state_dict``): per primal parameter ``ref``,
+    ``iterate_avg``, ``avg_count``, ``weight_avg``, ``grad_avg``. The phase counter is the loss's
+    ``num_steps`` buffer (checkpoint the loss too). Device follows the parameters; no device
+    argument (LibAUC defaulted to ``device='cuda'``).
+
+    Args:
+        params: model parameters or parameter groups.
+        loss: the :class:`~xrisk.losses.CompositionalAUCLoss` being optimised.
+        lr: ``eta``, step size of the AUC steps and of the dual ascent.
+        lr0: ``eta_0``, step size of the CE steps (``None``: ``lr``).
+        beta1: weight on the new weights in ``u`` (in ``(0, 1]``).
+        beta2: weight on the new direction in ``z`` (in ``(0, 1]``).
+        clip_value, weight_decay, epoch_decay: as in :class:`PESG`.
+        alpha_lr: step size of the dual ascent (``None``: ``lr``).
+
+    Example:
+        >>> import torch
+        >>> from xrisk.losses import CompositionalAUCLoss
+        >>> from xrisk.optim import PDSCA
+        >>> model = torch.nn.Linear(3, 1)
+        >>> loss_fn = CompositionalAUCLoss(k=1)
+        >>> opt = PDSCA(model.parameters(), loss=loss_fn, lr=0.1)
+        >>> x, y = torch.randn(8, 3), torch.tensor([1, 0, 0, 1, 0, 0, 0, 0])
+        >>> for _ in range(2):  # one CE step, then one AUC step
+        ...     opt.zero_grad(); loss_fn(torch.sigmoid(model(x)).squeeze(1), y).backward(); opt.step()
+
+    Paper: Yuan, Guo, Chawla, Yang, "Compositional Training for End-to-End Deep AUC
+    Maximization", ICLR 2022 (openreview gPvB4pdu_Z).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        *,
+        loss: CompositionalAUCLoss,
+        lr: float = 0.1,
+        lr0: float | None = None,
+        beta1: float = 0.99,
+        beta2: float = 0.999,
+        clip_value: float | None = 1.0,
+        weight_decay: float = 1e-5,
+        epoch_decay: float = 2e-3,
+        alpha_lr: float | None = None,
+    ) -> None:
+        if not isinstance(loss, CompositionalAUCLoss):
+            raise TypeError(f"PDSCA optimises a CompositionalAUCLoss, got {type(loss).__name__}")
+        for name, v in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 < float(v) <= 1.0:
+                raise ValueError(f"{name} (weight on the new value) must be in (0, 1], got {v!r}")
+        defaults = dict(
+            lr=check_positive("lr", lr),
+            lr0=check_positive("lr0", lr if lr0 is None else lr0),
+            beta1=float(beta1),
+            beta2=float(beta2),
+            weight_decay=check_positive("weight_decay", weight_decay, allow_zero=True),
+            epoch_decay=check_positive("epoch_decay", epoch_decay, allow_zero=True),
+            clip_value=None if clip_value is None else check_positive("clip_value", clip_value),
+        )
+        super().__init__(params, loss, defaults, alpha_lr)
+        self._compositional = loss
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """Apply the CE or the AUC update, whichever phase produced the current gradients."""
+        out = None
+        if closure is not None:
+            with torch.enable_grad():
+                out = closure()
+        loss = self._compositional
+        phase = loss.last_phase()
+        aux = {id(loss.a), id(loss.b)}
+        for group in self.param_groups:
+            if group["dual"]:
+                if phase == "auc":
+                    self._dual_step(group)
+                continue
+            for p in group["params"]:
+                if p.grad is None or (phase == "ce" and id(p) in aux):
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("PDSCA does not support sparse gradients")
+                pdsca_update(
+                    p, p.grad, self._init_proximal(p), phase=phase, lr=group["lr"], lr0=group["lr0"],
+                    beta1=group["beta1"], beta2=group["beta2"], weight_decay=group["weight_decay"],
+                    epoch_decay=group["epoch_decay"], clip_value=group["clip_value"],
+                )
+        return out
+
+    @torch.no_grad()
+    def update_regularizer(  # type: ignore[override]
+        self, decay_factor: float | None = None, decay_factor0: float | None = None
+    ) -> None:
+        """Divide ``lr`` by ``decay_factor`` and ``lr0`` by ``decay_factor0`` (each if given), then
+        move every reference point to the mean of the iterates since the last call."""
+        if decay_factor0 is not None:
+            self._divide("lr0", decay_factor0, "decay_factor0")
+        super().update_regularizer(decay_factor)
+
+    def update_lr(  # type: ignore[override]
+        self, decay_factor: float | None = None, decay_factor0: float | None = None
+    ) -> None:
+        """Divide ``lr`` by ``decay_factor`` and ``lr0`` by ``decay_factor0`` (each if given);
+        reference points unchanged."""
+        if decay_factor0 is not None:
+            self._divide("lr0", decay_factor0, "decay_factor0")
+        if decay_factor is not None:
+            super().update_lr(decay_factor)

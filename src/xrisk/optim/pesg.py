@@ -1,0 +1,204 @@
+"""PESG: proximal epoch stochastic gradient descent-ascent for :class:`xrisk.losses.AUCMLoss`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Literal
+
+import torch
+from torch import Tensor
+
+from xrisk._validate import check_choice, check_positive
+from xrisk.losses.aucm import AUCMLoss
+from xrisk.optim._core import AUCOptimizer, proximal_direction, record_iterate
+
+__all__ = ["PESG", "pesg_update"]
+
+
+def pesg_update(
+    p: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    *,
+    lr: float,
+    mode: str,
+    momentum: float,
+    dampening: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    epoch_decay: float,
+    clip_value: float | None,
+) -> None:
+    """One PESG step of a primal parameter ``p`` in place (see :class:`PESG` for the math).
+
+    ``state`` holds ``ref``, ``iterate_avg``, ``avg_count`` and, by mode,
+    ``momentum_buffer`` (sgd) or ``adam_step``, ``exp_avg``, ``exp_avg_sq`` (adam).
+    """
+    d = proximal_direction(p, grad, state, clip_value=clip_value, weight_decay=weight_decay,
+                           epoch_decay=epoch_decay)
+    if mode == "sgd":
+        if momentum != 0.0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = d.clone()
+            else:
+                buf.mul_(momentum).add_(d, alpha=1.0 - dampening)
+            d = buf
+        p.add_(d, alpha=-lr)
+    else:
+        beta1, beta2 = betas
+        if "adam_step" not in state:
+            state["adam_step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["adam_step"] += 1
+        t = state["adam_step"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(d, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(d, d, value=1.0 - beta2)
+        denom = (exp_avg_sq.sqrt() / math.sqrt(1.0 - beta2**t)).add_(eps)
+        p.addcdiv_(exp_avg, denom, value=-lr / (1.0 - beta1**t))
+    record_iterate(p, state)
+
+
+class PESG(AUCOptimizer):
+    """Proximal epoch stochastic gradient (descent-ascent) for the AUC-M min-max problem.
+
+    Solves ``min_{w, a, b} max_{alpha >= 0} F(w, a, b, alpha)`` of :class:`~xrisk.losses.AUCMLoss`.
+    Each :meth:`step`, for every primal parameter ``v`` (model weights, ``loss.a``, ``loss.b``)
+    with a gradient ``g``:
+
+    .. math::
+
+        d = \\operatorname{clip}(g, \\pm c) + \\lambda_0 (v - v_{\\mathrm{ref}}) + \\lambda v,
+        \\qquad \\text{sgd: } u \\leftarrow \\mu u + (1 - \\delta) d,\\; v \\leftarrow v - \\eta u
+
+    (``c`` = ``clip_value`` element-wise, ``lambda_0`` = ``epoch_decay``, ``lambda`` =
+    ``weight_decay``, ``mu`` = ``momentum``, ``delta`` = ``dampening``, ``eta`` = the group's
+    ``lr``; the first step sets ``u = d``; ``mode="adam"`` runs bias-corrected Adam on ``d``
+    instead), and for the dual variable projected gradient **ascent**
+
+    .. math::
+
+        \\alpha \\leftarrow \\max\\big(0, \\alpha + \\eta_\\alpha\\, \\partial F / \\partial \\alpha\\big).
+
+    ``dF/dalpha`` is the exact batch gradient autograd leaves in ``loss.alpha.grad``:
+    ``2 (m + mean_- f - mean_+ f) - 2 alpha`` for ``v2`` and
+    ``2 (p(1-p) m + p q_- mean_- f - (1-p) q_+ mean_+ f) - 2 p(1-p) alpha`` for ``v1`` (``q_+-``
+    the batch class fractions; this is ``p(1-p)`` times the ``v2`` value when ``p`` is the batch
+    ratio), divided by the number of contributing tasks in multi-label mode
+    (:func:`xrisk.functional.aucm.aucm_alpha_grad`). LibAUC instead plugs ``a, b`` in place of the
+    class means (``2 (m + b - a) - 2 alpha`` for both versions); ``alpha`` is not clipped, has no
+    momentum and no decay.
+
+    **Momentum convention.** ``momentum`` follows ``torch.optim.SGD``: ``u <- mu u + (1-delta) d``.
+    LibAUC's PESG uses the inverted ``u <- (1 - m) u + m d`` (``m = 0.9`` puts 0.9 on the *new*
+    gradient). LibAUC's ``momentum=m`` is reproduced exactly (first step included) by
+    ``momentum=1-m, dampening=1-m``; e.g. LibAUC's default 0.9 is ``momentum=0.1,
+    dampening=0.1`` here. The default here (``momentum=0.9, dampening=0``) is torch's heavy ball,
+    whose effective step is ``lr / (1 - momentum)``.
+
+    **Stagewise proximal point.** Call :meth:`update_regularizer` (e.g. at fixed epochs) to
+    divide every group's ``lr`` by ``decay_factor`` and move each ``v_ref`` to the mean of the
+    iterates since the previous call. ``v_ref`` starts at the initial weights (LibAUC: random
+    ``N(0, 0.01^2)`` noise).
+
+    Parameter groups are honoured: every option may differ per group. ``loss.a, loss.b`` join a
+    group of their own with the defaults unless ``params`` already contains them; ``loss.alpha``
+    always forms the last group (``"dual": True``, ``lr = alpha_lr or lr``) and must not be in
+    ``params``.
+
+    State (``optimizer.state``, in ``state_dict``): per primal parameter ``ref``,
+    ``iterate_avg``, ``avg_count`` and ``momentum_buffer`` (sgd) or ``adam_step``, ``exp_avg``,
+    ``exp_avg_sq`` (adam). Device follows the parameters (no device argument). Under
+    ``torch.distributed`` no communication is needed: DDP averages the model gradients and
+    ``AUCMLoss`` computes the global-batch loss, so ``a, b, alpha`` get identical gradients on
+    every rank.
+
+    Args:
+        params: model parameters or parameter groups (dicts).
+        loss: the :class:`~xrisk.losses.AUCMLoss` whose ``a, b, alpha`` are optimised.
+        lr: learning rate ``eta`` (> 0).
+        momentum: ``mu`` in ``[0, 1)`` (sgd mode).
+        dampening: ``delta`` in ``[0, 1)`` (sgd mode).
+        weight_decay: ``lambda >= 0``.
+        epoch_decay: ``lambda_0 >= 0``, weight of the proximal term.
+        clip_value: element-wise gradient clip ``c > 0``, or ``None`` for no clipping.
+        mode: ``"sgd"`` or ``"adam"``.
+        betas, eps: Adam's coefficients (adam mode).
+        alpha_lr: step size of the dual ascent (``None``: ``lr``).
+
+    Example:
+        >>> import torch
+        >>> from xrisk.losses import AUCMLoss
+        >>> from xrisk.optim import PESG
+        >>> model = torch.nn.Linear(3, 1)
+        >>> loss_fn = AUCMLoss()
+        >>> opt = PESG(model.parameters(), loss=loss_fn, lr=0.1)
+        >>> x, y = torch.randn(8, 3), torch.tensor([1, 0, 0, 1, 0, 0, 0, 0])
+        >>> opt.zero_grad(); loss_fn(torch.sigmoid(model(x)).squeeze(1), y).backward(); opt.step()
+        >>> opt.update_regularizer(decay_factor=10)
+
+    Paper: Yuan, Yan, Sonka, Yang, "Large-scale Robust Deep AUC Maximization: A New Surrogate
+    Loss and Empirical Studies on Medical Image Classification", ICCV 2021, arXiv:2012.03173.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        *,
+        loss: AUCMLoss,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        dampening: float = 0.0,
+        weight_decay: float = 1e-5,
+        epoch_decay: float = 2e-3,
+        clip_value: float | None = 1.0,
+        mode: Literal["sgd", "adam"] = "sgd",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        alpha_lr: float | None = None,
+    ) -> None:
+        if not isinstance(loss, AUCMLoss):
+            raise TypeError(f"PESG optimises an AUCMLoss, got {type(loss).__name__}")
+        for name, v in (("momentum", momentum), ("dampening", dampening), ("beta1", betas[0]), ("beta2", betas[1])):
+            if not 0.0 <= float(v) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+        defaults = dict(
+            lr=check_positive("lr", lr),
+            momentum=float(momentum),
+            dampening=float(dampening),
+            weight_decay=check_positive("weight_decay", weight_decay, allow_zero=True),
+            epoch_decay=check_positive("epoch_decay", epoch_decay, allow_zero=True),
+            clip_value=None if clip_value is None else check_positive("clip_value", clip_value),
+            mode=check_choice("mode", mode, ("sgd", "adam")),
+            betas=(float(betas[0]), float(betas[1])),
+            eps=check_positive("eps", eps, allow_zero=True),
+        )
+        super().__init__(params, loss, defaults, alpha_lr)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """One descent step on the primal groups and one ascent step on ``alpha``."""
+        out = None
+        if closure is not None:
+            with torch.enable_grad():
+                out = closure()
+        for group in self.param_groups:
+            if group["dual"]:
+                self._dual_step(group)
+                continue
+            check_choice("mode", group["mode"], ("sgd", "adam"))
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("PESG does not support sparse gradients")
+                pesg_update(
+                    p, p.grad, self._init_proximal(p), lr=group["lr"], mode=group["mode"],
+                    momentum=group["momentum"], dampening=group["dampening"], betas=group["betas"],
+                    eps=group["eps"], weight_decay=group["weight_decay"], epoch_decay=group["epoch_decay"],
+                    clip_value=group["clip_value"],
+                )
+        return out
