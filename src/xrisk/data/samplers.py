@@ -1,0 +1,378 @@
+"""Samplers that put a fixed number of positives in every batch (imbalanced binary data).
+
+Stochastic AUROC / AP / pAUC objectives need positives *and* negatives in every batch; with 1 %
+positives a plain shuffled batch of 64 has none about half the time. :class:`DualSampler`
+(the "DualSampler" of LibAUC, Yuan et al., 2023, arXiv:2306.03065) builds every batch from
+``num_pos`` positives and ``batch_size - num_pos`` negatives.
+
+**Epoch** (``P`` positives and ``N`` negatives in the data, ``k = batch_size - num_pos``):
+
+* ``num_batches = ceil(N / k)``: the negatives are shuffled and cut into batches, so **every
+  negative is seen once per epoch**. When ``k`` does not divide ``N``, the last batch is topped
+  up with ``k - N mod k`` negatives drawn without replacement from the earlier batches of the
+  epoch (those negatives are seen twice), so every batch is full.
+* the positives are **cycled**: a shuffled pass over the positives, then another independently
+  shuffled pass, ... until ``num_batches * num_pos`` draws; each positive is drawn
+  ``floor`` or ``ceil`` of ``num_batches * num_pos / P`` times. When ``num_pos <= P`` no batch
+  holds a positive twice (in a batch that straddles two passes, repeats are swapped with later
+  positives of the new pass); when ``num_pos > P`` repeats are unavoidable.
+* every batch lists its ``num_pos`` positives first, then its negatives.
+
+**Randomness.** The epoch-``e`` batches are a pure function of ``(seed, e)``, drawn from a private
+``torch.Generator``: the global torch / numpy / Python RNGs are never touched or read.
+:meth:`DualSampler.set_epoch` selects the epoch (call it before every epoch, like PyTorch's
+``DistributedSampler``); without it, successive iterations use epochs 0, 1, 2, ... . A resumed
+run that calls ``set_epoch`` sees exactly the batches of the original run.
+
+Differences from LibAUC's DualSampler (reference study §2.8): no global ``np.random.seed``, no
+cursor that carries over between epochs (so no hidden state to checkpoint), every negative once
+per epoch instead of ``max(P // num_pos, N // k)`` batches, exact ``__len__``, binary labels
+validated, and ranks of :class:`DistributedDualSampler` receive disjoint, equally composed slices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from xrisk import distributed as xdist
+
+__all__ = ["DualSampler", "DistributedDualSampler", "DualBatchSampler"]
+
+_MIX_A = 6364136223846793005
+_MIX_B = 1442695040888963407
+
+
+def _binary_labels(labels: Any) -> Tensor:
+    """``labels`` as a 1-D bool tensor; clear errors for anything else."""
+    if isinstance(labels, Tensor):
+        t = labels.detach().cpu()
+    else:
+        t = torch.as_tensor(np.asarray(labels))
+    if t.dim() == 2 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.dim() != 1:
+        raise ValueError(
+            f"DualSampler needs binary labels of shape [N], got {tuple(t.shape)}; for multi-label data "
+            "pass e.g. labels.any(dim=1) (a sample is positive when it is positive for any task)"
+        )
+    if t.dtype != torch.bool:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError("labels contain NaN/inf")
+        bad = (t != 0) & (t != 1)
+        if bad.any():
+            values = torch.unique(t[bad])[:5].tolist()
+            raise ValueError(
+                f"DualSampler needs binary 0/1 labels, got other values {values}; for a multi-class data set "
+                "pass (labels == positive_class)"
+            )
+        t = t != 0
+    return t
+
+
+def _resolve_num_pos(batch_size: int, pos_ratio: float | None, num_pos: int | None) -> int:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 2:
+        raise ValueError(f"batch_size must be an int >= 2 (at least one positive and one negative), got {batch_size!r}")
+    if num_pos is not None and pos_ratio is not None:
+        raise ValueError(f"give either pos_ratio or num_pos, not both (got {pos_ratio!r} and {num_pos!r})")
+    if num_pos is None:
+        ratio = 0.5 if pos_ratio is None else float(pos_ratio)
+        if not (math.isfinite(ratio) and 0.0 < ratio < 1.0):
+            raise ValueError(f"pos_ratio must be in (0, 1), got {pos_ratio!r}")
+        return max(1, min(batch_size - 1, round(ratio * batch_size)))
+    if not isinstance(num_pos, int) or isinstance(num_pos, bool) or not 1 <= num_pos <= batch_size - 1:
+        raise ValueError(f"num_pos must be an int in [1, batch_size - 1] = [1, {batch_size - 1}], got {num_pos!r}")
+    return num_pos
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * _MIX_A + int(epoch) * _MIX_B + 1) % (2**63))
+
+
+def _no_repeat_at_junctions(order: list[int], n_pos: int, num_pos: int, draws: int) -> list[int]:
+    """Swap, inside each new pass, the positives that would repeat one of the previous pass in the
+    batch straddling the junction with later positives of the same pass (each pass stays a
+    permutation). Possible whenever ``num_pos <= n_pos``."""
+    for j in range(n_pos, draws, n_pos):  # first position of every pass after the first
+        start = (j // num_pos) * num_pos
+        if start == j:
+            continue
+        end = start + num_pos
+        head = set(order[start:j])
+        swap = end
+        for q in range(j, end):
+            if order[q] in head:
+                while order[swap] in head:
+                    swap += 1
+                order[q], order[swap] = order[swap], order[q]
+                swap += 1
+    return order
+
+
+def _plan(pos: Tensor, neg: Tensor, num_pos: int, num_neg: int, g: torch.Generator | None) -> Tensor:
+    """``[num_batches, num_pos + num_neg]`` dataset indices of one epoch (see the module docstring)."""
+
+    def perm(n: int) -> Tensor:
+        return torch.randperm(n, generator=g) if g is not None else torch.arange(n)
+
+    n_neg = neg.numel()
+    num_batches = math.ceil(n_neg / num_neg)
+    neg_order = neg[perm(n_neg)]
+    need = num_batches * num_neg - n_neg
+    if need:
+        earlier = neg_order[: (num_batches - 1) * num_neg]
+        if earlier.numel() >= need:
+            fill = earlier[perm(earlier.numel())[:need]]
+        else:  # fewer negatives than one batch needs: repeat them
+            fill = neg_order.repeat(math.ceil(need / n_neg))[:need]
+        neg_order = torch.cat([neg_order, fill])
+    draws = num_batches * num_pos
+    n_pos = pos.numel()
+    passes = math.ceil(draws / n_pos)
+    pos_order = torch.cat([pos[perm(n_pos)] for _ in range(passes)])
+    if g is not None and num_pos <= n_pos and passes > 1:
+        pos_order = torch.tensor(_no_repeat_at_junctions(pos_order.tolist(), n_pos, num_pos, draws))
+    pos_order = pos_order[:draws]
+    return torch.cat([pos_order.view(num_batches, num_pos), neg_order.view(num_batches, num_neg)], dim=1)
+
+
+class _DualBase(Sampler[int]):
+    """Shared epoch bookkeeping of the two dual samplers."""
+
+    def __init__(self, labels: Any, seed: int, shuffle: bool) -> None:
+        y = _binary_labels(labels)
+        self.num_samples = int(y.numel())
+        self.positive_indices = torch.nonzero(y).flatten()
+        self.negative_indices = torch.nonzero(~y).flatten()
+        if self.positive_indices.numel() == 0 or self.negative_indices.numel() == 0:
+            raise ValueError(
+                f"DualSampler needs at least one positive and one negative label, got "
+                f"{self.positive_indices.numel()} positive(s) and {self.negative_indices.numel()} negative(s)"
+            )
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self._epoch = 0
+
+    # global batch layout, set by subclasses
+    _global_pos: int
+    _global_neg: int
+    batch_size: int
+    num_batches: int
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will produce."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration produce the batches of ``epoch`` (a pure function of ``(seed, epoch)``)."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self._epoch = epoch
+
+    def _global_batches(self, epoch: int) -> Tensor:
+        g = _epoch_generator(self.seed, epoch) if self.shuffle else None
+        return _plan(self.positive_indices, self.negative_indices, self._global_pos, self._global_neg, g)
+
+    num_replicas: int = 1
+    rank: int = 0
+
+    def batches(self, epoch: int | None = None) -> Tensor:
+        """``[num_batches, batch_size]`` int64 dataset indices of this rank for ``epoch`` (default: the
+        next epoch), without advancing the epoch. Row ``b`` is batch ``b``: ``num_pos`` positives, then
+        ``num_neg`` negatives."""
+        full = self._global_batches(self._epoch if epoch is None else epoch)
+        if self.num_replicas == 1:
+            return full
+        p, k, r = self._global_pos // self.num_replicas, self._global_neg // self.num_replicas, self.rank
+        pos_cols = full[:, r * p:(r + 1) * p]
+        neg_cols = full[:, self._global_pos + r * k:self._global_pos + (r + 1) * k]
+        return torch.cat([pos_cols, neg_cols], dim=1)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self._epoch
+        self._epoch = epoch + 1
+        return iter(self.batches(epoch).flatten().tolist())
+
+    def __len__(self) -> int:
+        """Indices per epoch: ``num_batches * batch_size`` (exact)."""
+        return self.num_batches * self.batch_size
+
+    @property
+    def batch_sampler(self) -> "DualBatchSampler":
+        """This sampler as a batch sampler: ``DataLoader(ds, batch_sampler=sampler.batch_sampler)``."""
+        return DualBatchSampler(self)
+
+    def state_dict(self) -> dict[str, int]:
+        """What a resumed run needs: the next epoch (batches depend only on seed and epoch) and the layout."""
+        return {"epoch": self._epoch, "seed": self.seed, "num_samples": self.num_samples,
+                "batch_size": self.batch_size, "global_num_pos": self._global_pos,
+                "num_positives": int(self.positive_indices.numel())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`; a state made for another data set or batch layout raises ``ValueError``."""
+        mine = self.state_dict()
+        for key in ("seed", "num_samples", "batch_size", "global_num_pos", "num_positives"):
+            if key in state and int(state[key]) != mine[key]:
+                raise ValueError(
+                    f"sampler state has {key}={state[key]} but this sampler has {key}={mine[key]}; "
+                    "was it saved for another data set or batch layout?"
+                )
+        self.set_epoch(int(state["epoch"]))
+
+
+class DualSampler(_DualBase):
+    """Indices of batches holding exactly ``num_pos`` positives and ``batch_size - num_pos`` negatives.
+
+    See the module docstring for the epoch definition (every negative once per epoch, positives
+    cycled, ``num_batches = ceil(N / (batch_size - num_pos))``) and the seeding.
+
+    Args:
+        labels: ``[N]`` binary labels of the data set (bool/int/float 0/1; tensor, array or list),
+            e.g. ``dataset.targets == positive_class``. Multi-label ``[N, T]`` is refused: pass
+            ``labels.any(dim=1)``.
+        batch_size: samples per batch ``B`` (the ``DataLoader``'s ``batch_size``).
+        pos_ratio: share of positives per batch; ``num_pos = round(pos_ratio * B)`` clipped to
+            ``[1, B - 1]``. Default 0.5 when ``num_pos`` is not given either.
+        num_pos: positives per batch (instead of ``pos_ratio``).
+        seed: seed of the private generator.
+        shuffle: ``False`` gives a deterministic order (index order, positives cycled).
+
+    Attributes:
+        num_pos, num_neg: positives / negatives per batch.
+        num_batches: batches per epoch.
+        num_samples: data-set size ``N + P``.
+
+    Use either as a sampler (the loader's ``batch_size`` must equal ``batch_size``) or, safer,
+    as a batch sampler::
+
+        loader = DataLoader(IndexedDataset(ds), batch_sampler=sampler.batch_sampler)
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            for x, y, index in loader: ...
+
+    Example:
+        >>> import torch
+        >>> y = torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+        >>> s = DualSampler(y, 4, num_pos=1, seed=0)
+        >>> len(s), s.num_batches          # 8 negatives, 3 per batch -> 3 batches of 4
+        (12, 3)
+        >>> b = s.batches(0); bool((y[b].sum(1) == 1).all())
+        True
+    """
+
+    def __init__(
+        self,
+        labels: Tensor | np.ndarray | Sequence[int],
+        batch_size: int,
+        *,
+        pos_ratio: float | None = None,
+        num_pos: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        self.num_pos = _resolve_num_pos(batch_size, pos_ratio, num_pos)
+        super().__init__(labels, seed, shuffle)
+        self.batch_size = batch_size
+        self.num_neg = batch_size - self.num_pos
+        self._global_pos, self._global_neg = self.num_pos, self.num_neg
+        self.num_batches = math.ceil(self.negative_indices.numel() / self.num_neg)
+
+    def __repr__(self) -> str:
+        return (f"DualSampler(num_samples={self.num_samples}, batch_size={self.batch_size}, "
+                f"num_pos={self.num_pos}, num_batches={self.num_batches}, seed={self.seed})")
+
+
+class DistributedDualSampler(_DualBase):
+    """:class:`DualSampler` for ``W`` processes: rank ``r`` gets its slice of every global batch.
+
+    The global batch of ``W * batch_size_per_rank`` samples is built exactly as
+    ``DualSampler(labels, W * batch_size_per_rank, num_pos=W * num_pos, seed=seed)`` builds it
+    (same epochs, same batches); rank ``r`` takes positives ``r*num_pos .. (r+1)*num_pos - 1``
+    and negatives ``r*num_neg .. (r+1)*num_neg - 1`` of each global batch. Hence:
+
+    * every rank yields the same number of batches, ``ceil(N / (W * num_neg))`` (no rank waits);
+    * every local batch has exactly ``num_pos`` positives, so the global batch keeps the share;
+    * within a step the ranks hold disjoint samples (positives can only repeat across ranks
+      when ``W * num_pos`` exceeds the number of positives);
+    * over an epoch the ranks together cover every negative, like the single-process sampler.
+
+    Args:
+        labels: ``[N]`` binary labels (same on every rank).
+        batch_size_per_rank: samples per batch on each rank.
+        num_replicas: world size ``W`` (default: ``torch.distributed``'s, 1 when not initialised).
+        rank: this process's rank (default: ``torch.distributed``'s, 0 when not initialised).
+        pos_ratio, num_pos: positives per *local* batch, as in :class:`DualSampler`.
+        seed: must be the same on every rank.
+        shuffle: as in :class:`DualSampler`.
+
+    Call :meth:`set_epoch` with the same epoch on every rank before each epoch.
+
+    Example:
+        >>> y = torch.tensor([1, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+        >>> r0 = DistributedDualSampler(y, 4, num_replicas=2, rank=0, num_pos=1)
+        >>> r1 = DistributedDualSampler(y, 4, num_replicas=2, rank=1, num_pos=1)
+        >>> len(r0) == len(r1) == 8     # 2 steps of 4 per rank
+        True
+    """
+
+    def __init__(
+        self,
+        labels: Tensor | np.ndarray | Sequence[int],
+        batch_size_per_rank: int,
+        *,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        pos_ratio: float | None = None,
+        num_pos: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        self.num_pos = _resolve_num_pos(batch_size_per_rank, pos_ratio, num_pos)
+        world = xdist.world_size() if num_replicas is None else num_replicas
+        me = xdist.rank() if rank is None else rank
+        if not isinstance(world, int) or isinstance(world, bool) or world < 1:
+            raise ValueError(f"num_replicas must be a positive int, got {world!r}")
+        if not isinstance(me, int) or isinstance(me, bool) or not 0 <= me < world:
+            raise ValueError(f"rank must be an int in [0, {world - 1}], got {me!r}")
+        super().__init__(labels, seed, shuffle)
+        self.num_replicas = world
+        self.rank = me
+        self.batch_size = batch_size_per_rank
+        self.num_neg = batch_size_per_rank - self.num_pos
+        self._global_pos, self._global_neg = world * self.num_pos, world * self.num_neg
+        self.num_batches = math.ceil(self.negative_indices.numel() / self._global_neg)
+
+    def __repr__(self) -> str:
+        return (f"DistributedDualSampler(num_samples={self.num_samples}, batch_size_per_rank={self.batch_size}, "
+                f"num_pos={self.num_pos}, rank={self.rank}/{self.num_replicas}, num_batches={self.num_batches})")
+
+
+class DualBatchSampler(Sampler[list[int]]):
+    """Batch-sampler view of a dual sampler: yields one ``list[int]`` per batch.
+
+    Shares the epoch with the sampler it wraps (``set_epoch`` on either selects the epoch).
+    ``len()`` is the number of batches.
+    """
+
+    def __init__(self, sampler: _DualBase) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to the wrapped sampler."""
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.sampler.epoch
+        self.sampler.set_epoch(epoch + 1)
+        return iter(self.sampler.batches(epoch).tolist())
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return self.sampler.num_batches
