@@ -1,0 +1,248 @@
+"""The template every global contrastive loss follows: ``loss(feats_a, feats_b, index)``.
+
+1. **validate** ``feats_a [B, d]``, ``feats_b [B, d]`` (floating, same shape, finite) and the
+   dataset ``index [B]``; L2-normalise the rows unless ``normalize=False``;
+2. **gather** the features of all ranks with :func:`xrisk.distributed.all_gather` (``grad="sum"``)
+   and the indices without gradient; each rank keeps **its own rows as anchors** and uses the
+   whole global batch as candidate negatives (cost ``O(B_local * B_global * d)``);
+3. build :class:`ContrastiveBatch`: similarities ``[B, 2, C]`` of the two anchor sides against
+   the ``C`` columns, the differences to the positive, and the negative mask (a column is a
+   negative of anchor ``i`` iff its dataset index differs from ``index[i]``); the optional
+   :class:`~xrisk.losses.FalseNegativeDetector` removes detected false negatives from it;
+4. call the subclass hook ``_loss(batch)``.
+
+**Sides.** ``mode="unimodal"`` (SogCLR, two augmented views): side 0 anchors are ``feats_a`` rows,
+side 1 anchors are ``feats_b`` rows, both against the ``C = 2 B_global`` columns
+``[feats_a; feats_b]`` (``2 B_global - 2`` negatives each). ``mode="bimodal"`` (CLIP): side 0 are
+image anchors (``feats_a``) against the ``C = B_global`` text columns (``feats_b``), side 1 text
+anchors against image columns. Every per-sample state has shape ``[num_samples, 2]``, one entry per side.
+
+**Why the result is exact under DDP.** Rank ``k`` returns ``L_k = (K / B_global) * sum over its
+anchors`` of the per-anchor surrogate, so ``sum_k L_k = K * L`` with ``L`` the single-process loss
+on the concatenated batch; with the ``"sum"`` gather policy every feature row then receives
+``K * dL/dx`` and DDP's mean over ranks gives ``dL/dtheta`` (see :mod:`xrisk.distributed`).
+Per-anchor statistics (``O(B)`` scalars) are all-gathered and every rank applies the same
+global state update, so the state stays replicated and equal to the single-process state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xrisk import distributed as xdist
+from xrisk._validate import check_choice, check_finite, check_unit_interval
+from xrisk.functional.contrastive import log_moving_average
+from xrisk.state import SampleState, check_index
+
+__all__ = ["ContrastiveBatch", "ContrastiveLossBase"]
+
+Mode = Literal["unimodal", "bimodal"]
+
+
+@dataclass
+class ContrastiveBatch:
+    """What a contrastive hook sees (``B`` local anchors, ``C`` columns, 2 sides).
+
+    index: ``[B]`` local dataset indices; index_global: ``[B_global]`` all ranks' indices (rank order).
+    sim: ``[B, 2, C]`` cosine similarities (with gradient); diff: ``sim - s(a_i, b_i)`` (positive at 0).
+    neg: ``[B, 2, C]`` bool negative mask; col_index: ``[C]`` dataset index of every column.
+    scale: ``K / B_global``, the factor that turns a sum over local anchors into this rank's share.
+    """
+
+    index: Tensor
+    index_global: Tensor
+    sim: Tensor
+    diff: Tensor
+    neg: Tensor
+    col_index: Tensor
+    scale: float
+
+
+def check_features(feats_a: Tensor, feats_b: Tensor) -> None:
+    """Validate two ``[B, d]`` floating feature tensors of equal shape, finite."""
+    for name, x in (("feats_a", feats_a), ("feats_b", feats_b)):
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+        if x.dim() != 2:
+            raise ValueError(f"{name} must have shape [B, d], got shape {tuple(x.shape)}")
+    if feats_a.shape != feats_b.shape:
+        raise ValueError(
+            f"feats_a shape {tuple(feats_a.shape)} and feats_b shape {tuple(feats_b.shape)} must be equal"
+        )
+    check_finite("feats_a", feats_a)
+    check_finite("feats_b", feats_b)
+
+
+class ContrastiveLossBase(nn.Module):
+    """Base class of the global contrastive losses (see the module docstring for the template).
+
+    Args:
+        num_samples: data-set size ``n`` (indices run over ``[0, n)``).
+        mode: ``"unimodal"`` (two views) or ``"bimodal"`` (image-text); see the module docstring.
+        gamma: weight on the new value in the estimators' moving average, in ``(0, 1]``.
+        gamma_schedule: optional callable ``epoch -> gamma`` (e.g.
+            :class:`xrisk.schedules.CosineGammaSchedule`); overrides ``gamma`` when given.
+        false_negatives: optional :class:`~xrisk.losses.FalseNegativeDetector`.
+        normalize: L2-normalise the feature rows first.
+
+    Buffers: ``epoch`` (long, set by :meth:`set_epoch`, checkpointed).
+    """
+
+    objective_name: ClassVar[str] = "objective"
+    _fp32_buffers: ClassVar[tuple[str, ...]] = ("_objective",)
+    epoch: Tensor
+    _objective: Tensor
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        mode: Mode,
+        gamma: float,
+        gamma_schedule: Callable[[int], float] | None,
+        false_negatives: nn.Module | None,
+        normalize: bool,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
+            raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}")
+        self.num_samples = num_samples
+        self.mode = check_choice("mode", mode, ("unimodal", "bimodal"))
+        self.gamma = check_unit_interval("gamma", gamma)
+        if gamma_schedule is not None and not callable(gamma_schedule):
+            raise TypeError(f"gamma_schedule must be a callable epoch -> gamma, got {type(gamma_schedule).__name__}")
+        self.gamma_schedule = gamma_schedule
+        if false_negatives is not None:
+            from xrisk.losses.false_negatives import FalseNegativeDetector
+
+            if not isinstance(false_negatives, FalseNegativeDetector):
+                raise TypeError(f"false_negatives must be a FalseNegativeDetector, got {type(false_negatives).__name__}")
+            if false_negatives.num_samples != num_samples:
+                raise ValueError(
+                    f"false_negatives was built for num_samples={false_negatives.num_samples}, "
+                    f"the loss for num_samples={num_samples}"
+                )
+        self.false_negatives = false_negatives
+        self.normalize = bool(normalize)
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self.register_buffer("_objective", torch.full((), float("nan")))  # persistent: objective() survives resume
+
+    # ----------------------------------------------------------------------------- device / dtype
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "ContrastiveLossBase":  # type: ignore[override]
+        super()._apply(fn, recurse)
+        for name in self._fp32_buffers:  # scalar estimators stay float32 under .half()
+            setattr(self, name, getattr(self, name).to(torch.float32))
+        return self
+
+    # ----------------------------------------------------------------------------- epochs
+    def set_epoch(self, epoch: int) -> None:
+        """Set the 0-based epoch (drives ``gamma_schedule`` and the detector's start epoch)."""
+        if int(epoch) < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch!r}")
+        self.epoch.fill_(int(epoch))
+        if self.false_negatives is not None:
+            self.false_negatives.set_epoch(int(epoch))
+        self._on_epoch(int(epoch))
+
+    def _on_epoch(self, epoch: int) -> None:
+        """Hook for per-epoch work of a subclass (default: nothing)."""
+
+    def current_gamma(self) -> float:
+        """The ``gamma`` used at the current epoch (schedule if given, else the constant)."""
+        if self.gamma_schedule is None:
+            return self.gamma
+        return check_unit_interval("gamma_schedule(epoch)", self.gamma_schedule(int(self.epoch)))
+
+    # ----------------------------------------------------------------------------- template
+    def forward(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
+        """Surrogate loss of a batch (scalar; its gradient is the FCCO estimator, see :meth:`objective`).
+
+        Every call is a training step: it updates the per-sample state (also under ``torch.no_grad()``
+        or ``eval()``). Under torch.distributed the value is this rank's share ``L_k`` (the mean over
+        ranks is the single-process surrogate).
+
+        Args:
+            feats_a: ``[B, d]`` first view / image embeddings.
+            feats_b: ``[B, d]`` second view / text embeddings (row ``i`` is the positive of ``feats_a[i]``).
+            index: ``[B]`` dataset indices of the pairs.
+        """
+        check_features(feats_a, feats_b)
+        idx = check_index(index, self.num_samples, batch_size=feats_a.shape[0]).to(feats_a.device)
+        a, b = (F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)) if self.normalize else (feats_a, feats_b)
+        batch = self._make_batch(a, b, idx)
+        if self.false_negatives is not None:
+            keep = self.false_negatives(batch.sim.detach(), batch.neg, batch.index)
+            batch.neg = batch.neg & keep
+        return self._loss(batch)
+
+    def _make_batch(self, a: Tensor, b: Tensor, idx: Tensor) -> ContrastiveBatch:
+        ag = xdist.all_gather(a, grad="sum")
+        bg = xdist.all_gather(b, grad="sum")
+        idx_g = xdist.all_gather_no_grad(idx)
+        if self.mode == "unimodal":
+            cols = torch.cat([ag, bg], 0)
+            sim = torch.stack([a @ cols.T, b @ cols.T], 1)
+            col_index = torch.cat([idx_g, idx_g], 0)
+        else:
+            sim = torch.stack([a @ bg.T, b @ ag.T], 1)
+            col_index = idx_g
+        pos = (a * b).sum(1)
+        diff = sim - pos[:, None, None]
+        neg = (col_index[None, :] != idx[:, None]).unsqueeze(1).expand(-1, 2, -1)
+        return ContrastiveBatch(idx, idx_g, sim, diff, neg, col_index, xdist.world_size() / max(idx_g.numel(), 1))
+
+    def _loss(self, batch: ContrastiveBatch) -> Tensor:
+        """Compute this rank's share of the surrogate, update state, record the objective."""
+        raise NotImplementedError  # hook; every concrete loss overrides it
+
+    # ----------------------------------------------------------------------------- shared helpers
+    @torch.no_grad()
+    def _log_estimator_step(
+        self, state: SampleState, batch: ContrastiveBatch, log_g: Tensor, valid: Tensor, gamma: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Global log-space moving-average update of ``state`` from the local estimates.
+
+        Gathers ``(log_g, valid)`` of all ranks (``O(B_global)`` floats), merges duplicate indices by
+        averaging their new values in linear space (the :class:`~xrisk.state.SampleState` rule), applies
+        ``log u <- log((1-gamma) u + gamma g)`` (first visit: ``log g``) identically on every rank.
+
+        Returns:
+            ``(log_u_local [B, 2], log_u_global [B_global, 2], valid_global [B_global, 2])`` after the update.
+        """
+        packed = xdist.all_gather_no_grad(torch.cat([log_g.float(), valid.float()], 1))
+        dev = state.value.device
+        new, m = packed[:, :2].to(dev), packed[:, 2:].to(dev) > 0.5
+        idx_g = batch.index_global.to(dev)
+        uniq, inv = torch.unique(idx_g, return_inverse=True)
+        vals = new.masked_fill(~m, float("-inf"))
+        ex = inv[:, None].expand_as(vals)
+        mx = torch.full((uniq.numel(), 2), float("-inf"), device=dev).scatter_reduce(0, ex, vals, "amax")
+        mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+        tot = torch.zeros_like(mx).index_add_(0, inv, torch.exp(vals - mx[inv]))
+        cnt = torch.zeros_like(mx).index_add_(0, inv, m.float())
+        touched = cnt > 0
+        log_mean = torch.where(touched, torch.log(tot.clamp_min(1e-38)) + mx - torch.log(cnt.clamp_min(1.0)), mx)
+        old = state.value[uniq]
+        upd = torch.where(touched, log_moving_average(old, log_mean, gamma, state.seen[uniq]), old)
+        state.update(uniq, upd, 1.0, mask=touched)
+        local = upd[torch.searchsorted(uniq, batch.index.to(dev))]
+        out_dev = batch.diff.device
+        return local.to(out_dev, batch.diff.dtype), upd[inv].to(out_dev), m.to(out_dev)
+
+    def _record_objective(self, value: Tensor) -> None:
+        self._objective = value.detach().to(self._objective.device, torch.float32).reshape(())
+
+    def objective(self) -> Tensor:
+        """Estimate of the true objective on the last (global) batch; NaN before the first batch.
+
+        Each loss documents its exact definition (``objective_name``).
+        """
+        return self._objective.clone()
+
+    def extra_repr(self) -> str:
+        return f"num_samples={self.num_samples}, mode={self.mode!r}, normalize={self.normalize}"

@@ -1,0 +1,65 @@
+"""Conformance cases of the global contrastive losses (GCL modes x temperatures, NUCLR, GloFND)."""
+
+from __future__ import annotations
+
+import torch
+
+from cases import LossCase
+from xrisk.functional.contrastive import gcl_objective, masked_log_mean_exp, nuclr_objective
+from xrisk.losses import FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss
+
+N = 64
+
+
+def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(8, 5, generator=g)
+    b = a + 0.5 * torch.randn(8, 5, generator=g)
+    index = (torch.arange(8) + 5 * seed) % 20  # batches of different seeds share indices
+    return a, b, index
+
+
+def _gradcheck() -> None:
+    g = torch.Generator().manual_seed(0)
+    diff = torch.randn(3, 2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 2, 6, generator=g) > 0.3
+    mask[..., 0] = True
+    tau = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    tau_i = (0.2 + torch.rand(3, 2, generator=g, dtype=torch.float64)).requires_grad_(True)
+    zeta = (0.1 * torch.randn(1, 2, 6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda d, t: gcl_objective(d, mask, t, eps=1e-3, rho=0.7), (diff, tau))
+    assert torch.autograd.gradcheck(lambda d, t: gcl_objective(d, mask, t, rho=0.2), (diff, tau_i))
+    assert torch.autograd.gradcheck(lambda d: masked_log_mean_exp(d, mask)[0], (diff,))
+    assert torch.autograd.gradcheck(lambda d, z: nuclr_objective(d, mask, z, 0.2, -3.0), (diff, zeta))
+
+
+def _case(name: str, make) -> LossCase:
+    return LossCase(name=name, make=make, batch=_batch, grad_args=(0, 1), empty_batch=None, gradcheck=_gradcheck)
+
+
+CASES = [
+    _case(
+        f"contrastive-gcl-{mode}-{temp}",
+        (lambda mode=mode, temp=temp: GlobalContrastiveLoss(N, mode=mode, temperature=temp, tau=0.2, rho=0.5)),
+    )
+    for mode in ("unimodal", "bimodal")
+    for temp in ("fixed", "global", "individual")
+] + [
+    _case("contrastive-nuclr", lambda: NUCLRLoss(N, tau=0.1, zeta_start_epoch=0, lr_zeta=0.05)),
+    _case(
+        "contrastive-gcl-bimodal-fnd",
+        lambda: GlobalContrastiveLoss(N, mode="bimodal", false_negatives=FalseNegativeDetector(N, alpha=0.2, lr=0.3)),
+    ),
+    _case(
+        "contrastive-gcl-unimodal-individual-fnd",
+        lambda: GlobalContrastiveLoss(
+            N, temperature="individual", rho=0.5, false_negatives=FalseNegativeDetector(N, alpha=0.2, lr=0.3)
+        ),
+    ),
+    _case(
+        "contrastive-nuclr-fnd",
+        lambda: NUCLRLoss(
+            N, tau=0.1, zeta_start_epoch=0, lr_zeta=0.05, false_negatives=FalseNegativeDetector(N, alpha=0.2, lr=0.3)
+        ),
+    ),
+]

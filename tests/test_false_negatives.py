@@ -1,0 +1,131 @@
+"""GloFND: thresholds converge to the brute-force quantile; detected false negatives leave the loss and
+the estimator; start epoch; only the batch rows are touched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xrisk.losses import FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss
+
+
+def _bimodal_sims(a: torch.Tensor, b: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    sim = torch.stack([a[idx] @ b[idx].T, b[idx] @ a[idx].T], 1)
+    neg = (idx[None, :] != idx[:, None]).unsqueeze(1).expand(-1, 2, -1)
+    return sim, neg
+
+
+def test_thresholds_converge_to_bruteforce_quantile_on_frozen_embeddings():
+    n, alpha = 60, 0.1
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=1)
+    b = torch.nn.functional.normalize(a + 0.5 * torch.randn(n, 8, generator=g), dim=1)
+    fnd = FalseNegativeDetector(n, alpha=alpha, lr=0.05, init_quantile=True)
+    for epoch in range(200):
+        fnd.lr = 0.3 / (1 + epoch / 10)  # Robbins-Monro decay: SGD on the pinball loss converges
+        for idx in torch.randperm(n, generator=g).split(20):
+            fnd(*_bimodal_sims(a, b, idx), idx)
+    off = ~torch.eye(n, dtype=torch.bool)
+    for v, s in enumerate([a @ b.T, b @ a.T]):
+        negs = s[off].view(n, n - 1)
+        q = torch.quantile(negs, 1 - alpha, dim=1)
+        lam = fnd.lam.value[:, v]
+        assert (lam - q).abs().mean() < 0.03, (lam - q).abs().mean()
+        frac_above = (negs > lam[:, None]).float().mean(1)
+        assert (frac_above.mean() - alpha).abs() < 0.02
+
+
+def _exact_masked_gcl(a, b, tau, keep):
+    """(1/n) sum_i sum_v tau log mean_{j != i, kept} exp(d_ij / tau), bimodal, full data."""
+    n = a.shape[0]
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    pos = (an * bn).sum(1, keepdim=True)
+    total = 0.0
+    for v, s in enumerate([an @ bn.T, bn @ an.T]):
+        m = keep[:, v]
+        g = (torch.exp((s - pos) / tau) * m).sum(1) / m.sum(1)
+        total = total + (tau * torch.log(g)).sum()
+    return total / n
+
+
+def test_masked_negatives_leave_loss_and_estimator():
+    n, tau, lam0 = 8, 0.2, 0.2
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(n, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = (a.detach() + 0.6 * torch.randn(n, 4, generator=g, dtype=torch.float64)).requires_grad_(True)
+    fnd = FalseNegativeDetector(n, alpha=0.2, lr=1e-9, init=lam0)  # thresholds stay at lam0
+    loss_fn = GlobalContrastiveLoss(n, mode="bimodal", tau=tau, gamma=1.0, false_negatives=fnd).double()
+    out = loss_fn(a, b, torch.arange(n))
+    ga, gb = torch.autograd.grad(out, [a, b])
+    with torch.no_grad():
+        an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+        sims = torch.stack([an @ bn.T, bn @ an.T], 1)
+        keep = (sims <= fnd.lam.value.double()[:, :, None]) & ~torch.eye(n, dtype=torch.bool)[:, None, :]
+    assert (~keep).sum() > 2 * n, "the test needs some detected false negatives"
+    F = _exact_masked_gcl(a, b, tau, keep)
+    wa, wb = torch.autograd.grad(F, [a, b])
+    torch.testing.assert_close(ga, wa, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(gb, wb, rtol=1e-5, atol=1e-8)
+    assert loss_fn.objective().item() == pytest.approx(F.item(), rel=1e-6)
+    unmasked = _exact_masked_gcl(a, b, tau, torch.ones_like(keep) & ~torch.eye(n, dtype=torch.bool)[:, None, :])
+    assert abs(unmasked.item() - F.item()) > 1e-3
+
+
+@pytest.mark.parametrize("make", ["gcl", "nuclr"])
+def test_start_epoch_learns_without_masking_and_touches_only_batch_rows(make):
+    n = 30
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    idx = torch.tensor([3, 7, 8, 12, 20, 21])
+
+    def build(fnd):
+        if make == "gcl":
+            return GlobalContrastiveLoss(n, mode="unimodal", false_negatives=fnd)
+        return NUCLRLoss(n, tau=0.1, zeta_start_epoch=0, lr_zeta=0.1, false_negatives=fnd)
+
+    fnd = FalseNegativeDetector(n, alpha=0.3, lr=0.9, start_epoch=1)
+    with_fnd, plain = build(fnd), build(None)
+    for _ in range(2):
+        assert with_fnd(a, b, idx).item() == plain(a, b, idx).item()  # epoch 0: no masking yet
+    assert torch.equal(fnd.lam.seen.any(1).nonzero().squeeze(1), idx)  # only batch rows were touched
+    assert (fnd.lam.value[idx] < 1.0).all()  # but the thresholds were learned
+    with_fnd.set_epoch(1)
+    plain.set_epoch(1)
+    assert int(fnd.epoch) == 1 and fnd.masking
+    assert "false_negatives.lam.value" in with_fnd.state_dict()
+    assert with_fnd(a, b, idx).item() != plain(a, b, idx).item()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="alpha"):
+        FalseNegativeDetector(10, alpha=1.0)
+    with pytest.raises(ValueError, match="lr"):
+        FalseNegativeDetector(10, lr=0.0)
+    with pytest.raises(ValueError, match="num_samples"):
+        GlobalContrastiveLoss(11, false_negatives=FalseNegativeDetector(10))
+    with pytest.raises(TypeError, match="FalseNegativeDetector"):
+        GlobalContrastiveLoss(10, false_negatives=torch.nn.Identity())  # type: ignore[arg-type]
+
+
+def test_threshold_kernels_against_loops():
+    from xrisk.functional.contrastive import masked_upper_quantile, quantile_threshold_step
+
+    g = torch.Generator().manual_seed(7)
+    sim = torch.rand(5, 2, 9, generator=g) * 2 - 1
+    mask = torch.rand(5, 2, 9, generator=g) > 0.3
+    mask[0, 0] = False  # a row without negatives
+    lam = torch.rand(5, 2, generator=g) - 0.5
+    alpha, lr = 0.2, 0.1
+    q = masked_upper_quantile(sim, mask, alpha)
+    new = quantile_threshold_step(sim, mask, lam, alpha=alpha, lr=lr)
+    for i in range(5):
+        for v in range(2):
+            vals = sorted(sim[i, v][mask[i, v]].tolist(), reverse=True)
+            if not vals:
+                assert q[i, v] == 1.0 and new[i, v] == lam[i, v]
+                continue
+            k = min(int(alpha * len(vals)), len(vals) - 1)
+            assert q[i, v].item() == vals[k]
+            frac = sum(x > lam[i, v].item() for x in vals) / len(vals)
+            want = min(1.0, max(-1.0, lam[i, v].item() - lr * (alpha - frac)))
+            assert new[i, v].item() == pytest.approx(want, abs=1e-6)

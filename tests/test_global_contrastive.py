@@ -1,0 +1,246 @@
+"""Oracles for GlobalContrastiveLoss: a slow per-anchor loop written from the SogCLR / iSogCLR /
+FastCLIP formulas (estimator, temperatures, FCCO gradient) and the exact GCL objective."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from xrisk.losses import GlobalContrastiveLoss
+from xrisk.schedules import CosineGammaSchedule
+
+MODES = ("unimodal", "bimodal")
+TEMPS = ("fixed", "global", "individual")
+
+
+# ----------------------------------------------------------------------------- slow loop oracle
+def _columns(an, bn, index, v, mode):
+    """(feature, dataset index) of every candidate column of side v."""
+    B = len(index)
+    if mode == "bimodal":
+        src = bn if v == 0 else an
+        return [(src[j], int(index[j])) for j in range(B)]
+    return [(an[j], int(index[j])) for j in range(B)] + [(bn[j], int(index[j])) for j in range(B)]
+
+
+def oracle_step(st, a, b, index, *, mode, temperature, tau, gamma, rho, eps, lr_tau, beta, clip, tmin, tmax):
+    """One step of the method written anchor by anchor; returns (loss whose grad is the estimator, objective).
+
+    ``st``: dict of python floats keyed by (dataset index, side): u, tau, m. ``tau`` is a float or a
+    0-dim tensor requiring grad (global temperature).
+    """
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    B = len(index)
+    ghat, taus, keys = {}, {}, []
+    for i in range(B):
+        pos = an[i] @ bn[i]
+        for v in (0, 1):
+            x = an[i] if v == 0 else bn[i]
+            key = (int(index[i]), v)
+            if temperature == "individual":
+                t = torch.tensor(st["tau"].get(key, tau), dtype=a.dtype, requires_grad=True)
+            else:
+                t = tau
+            terms = [torch.exp((x @ z - pos) / t) for z, k in _columns(an, bn, index, v, mode) if k != key[0]]
+            ghat[(i, v)] = sum(terms) / len(terms)
+            taus[(i, v)] = t
+            keys.append((i, v, key))
+    # estimator update: duplicates averaged, first visit takes the new value
+    groups: dict = {}
+    for i, v, key in keys:
+        groups.setdefault(key, []).append(float(ghat[(i, v)].detach()))
+    for key, vals in groups.items():
+        new = sum(vals) / len(vals)
+        st["u"][key] = new if key not in st["u"] else (1 - gamma) * st["u"][key] + gamma * new
+    loss, obj, tgrads = 0.0, 0.0, {}
+    rho_eff = 0.0 if temperature == "fixed" else rho
+    for i, v, key in keys:
+        t, u = taus[(i, v)], st["u"][key]
+        tc = t.detach() if isinstance(t, torch.Tensor) else t
+        term = tc * ghat[(i, v)] / (eps + u) + t * math.log(eps + u) + rho_eff * t
+        obj += float(tc) * math.log(eps + u) + rho_eff * float(tc)
+        if temperature == "individual":
+            (gt,) = torch.autograd.grad(term, t, retain_graph=True)
+            tgrads.setdefault(key, []).append(max(-clip, min(clip, float(gt))))
+        loss = loss + term / B
+    for key, gs in tgrads.items():
+        g = sum(gs) / len(gs)
+        st["m"][key] = g if key not in st["m"] else (1 - beta) * st["m"][key] + beta * g
+        st["tau"][key] = min(tmax, max(tmin, st["tau"].get(key, tau) - lr_tau * st["m"][key]))
+    return loss, obj / B
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("temperature", TEMPS)
+def test_matches_slow_loop_oracle_over_batches(mode, temperature):
+    n, B, d = 12, 5, 4
+    hp = dict(tau=0.3, gamma=0.6, rho=0.4, eps=1e-3, lr_tau=0.05, beta=0.7, clip=5.0, tmin=0.05, tmax=1.0)
+    loss_fn = GlobalContrastiveLoss(
+        n, mode=mode, temperature=temperature, tau=hp["tau"], gamma=hp["gamma"], rho=hp["rho"], eps=hp["eps"],
+        lr_tau=hp["lr_tau"], beta_tau=hp["beta"], tau_grad_clip=hp["clip"], tau_min=hp["tmin"], tau_max=hp["tmax"],
+    ).double()
+    st = {"u": {}, "tau": {}, "m": {}}
+    g = torch.Generator().manual_seed(1)
+    indices = [torch.tensor([0, 1, 2, 3, 4]), torch.tensor([3, 5, 6, 3, 0]), torch.tensor([7, 1, 5, 8, 2])]
+    for step, index in enumerate(indices):
+        a = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+        b = (a.detach() + 0.7 * torch.randn(B, d, generator=g, dtype=torch.float64)).requires_grad_(True)
+        tau_o = hp["tau"] + 0.05 * step
+        if temperature == "global":
+            loss_fn.tau.data.fill_(tau_o)
+            tau_arg = torch.tensor(tau_o, dtype=torch.float64, requires_grad=True)
+        else:
+            tau_arg = hp["tau"]
+        kw = {k: v for k, v in hp.items() if k != "tau"}
+        ref, ref_obj = oracle_step(st, a, b, index, mode=mode, temperature=temperature, tau=tau_arg, **kw)
+        want = torch.autograd.grad(ref, [a, b] + ([tau_arg] if temperature == "global" else []))
+        out = loss_fn(a, b, index)
+        got = torch.autograd.grad(out, [a, b] + ([loss_fn.tau] if temperature == "global" else []))
+        for w, gt in zip(want, got):
+            torch.testing.assert_close(gt, w.to(gt.dtype), rtol=1e-5, atol=1e-7)
+        assert loss_fn.objective().item() == pytest.approx(ref_obj, rel=1e-5)
+        for (k, v), u in st["u"].items():
+            assert loss_fn.log_u.value[k, v].exp().item() == pytest.approx(u, rel=1e-5)
+        assert int(loss_fn.log_u.seen.sum()) == len(st["u"])
+        if temperature == "individual":
+            for (k, v), t in st["tau"].items():
+                assert loss_fn.tau_individual.value[k, v].item() == pytest.approx(t, rel=1e-5, abs=1e-7)
+                assert loss_fn.tau_momentum.value[k, v].item() == pytest.approx(st["m"][(k, v)], rel=1e-4, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- exact objective
+def exact_gcl(a, b, mode, tau, rho, eps):
+    """F = (1/n) sum_i sum_v [tau_iv log(eps + mean_{j != i} exp(d_ij / tau_iv)) + rho tau_iv] on the full data."""
+    n = a.shape[0]
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    pos = (an * bn).sum(1, keepdim=True)
+    eye = torch.eye(n, dtype=torch.bool)
+    if mode == "bimodal":
+        sims, mask = [an @ bn.T, bn @ an.T], ~eye
+    else:
+        cols = torch.cat([an, bn])
+        sims, mask = [an @ cols.T, bn @ cols.T], ~torch.cat([eye, eye], 1)
+    total = 0.0
+    for v, s in enumerate(sims):
+        t = tau[:, v : v + 1] if isinstance(tau, torch.Tensor) and tau.dim() else tau
+        g = (torch.exp((s - pos) / t) * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)
+        total = total + (t * torch.log(eps + g) + rho * t).sum()
+    return total / n
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("temperature", TEMPS)
+def test_gamma_one_full_batch_is_exact_gradient(mode, temperature):
+    """gamma = 1 and B = whole data set: the FCCO gradient is the gradient of the exact (robust) GCL."""
+    n, d, rho, eps = 7, 5, 0.3, 1e-4
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(n, d, generator=g, dtype=torch.float64, requires_grad=True)
+    b = (a.detach() + 0.8 * torch.randn(n, d, generator=g, dtype=torch.float64)).requires_grad_(True)
+    loss_fn = GlobalContrastiveLoss(n, mode=mode, temperature=temperature, tau=0.2, gamma=1.0, rho=rho, eps=eps).double()
+    if temperature == "individual":
+        tau = torch.full((n, 2), 0.2, dtype=torch.float64, requires_grad=True)
+    elif temperature == "global":
+        tau = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    else:
+        tau = 0.2
+    F = exact_gcl(a, b, mode, tau, 0.0 if temperature == "fixed" else rho, eps)
+    wants = torch.autograd.grad(F, [a, b] + ([tau] if temperature != "fixed" else []))
+    out = loss_fn(a, b, torch.arange(n))
+    gots = torch.autograd.grad(out, [a, b] + ([loss_fn.tau] if temperature == "global" else []))
+    for w, gt in zip(wants, gots):
+        torch.testing.assert_close(gt, w.to(gt.dtype), rtol=1e-5, atol=1e-8)
+    assert loss_fn.objective().item() == pytest.approx(F.item(), rel=1e-6)
+    if temperature == "individual":  # first visit: momentum = the per-anchor tau-gradient = n dF/dtau_iv
+        torch.testing.assert_close(loss_fn.tau_momentum.value.double(), n * wants[2], rtol=1e-5, atol=1e-7)
+
+
+def test_small_temperature_never_overflows():
+    """tau = 0.01 (d / tau up to 200): finite, and equal to the float64 exact gradient at gamma = 1."""
+    n, d = 10, 6
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(n, d, generator=g)
+    b = a + 0.3 * torch.randn(n, d, generator=g)
+    b[0] = -a[0]  # an anchor whose positive is the farthest sample: exp(d / tau) ~ e^200 in the naive form
+    loss_fn = GlobalContrastiveLoss(n, mode="bimodal", tau=0.01, gamma=0.5)
+    a32, b32 = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    out = loss_fn(a32, b32, torch.arange(n))
+    out.backward()
+    a64, b64 = a.double().requires_grad_(True), b.double().requires_grad_(True)
+    exact_gcl(a64, b64, "bimodal", 0.01, 0.0, 0.0).backward()
+    torch.testing.assert_close(a32.grad, a64.grad.float(), rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(b32.grad, b64.grad.float(), rtol=1e-3, atol=1e-4)
+    for step in range(5):  # moving average across very different scales stays finite
+        x = (a + step * torch.randn(n, d, generator=g)).requires_grad_(True)
+        out = loss_fn(x, b, torch.arange(n))
+        out.backward()
+        assert torch.isfinite(out) and torch.isfinite(x.grad).all() and torch.isfinite(loss_fn.objective())
+        assert torch.isfinite(loss_fn.log_u.value).all()
+
+
+def test_cosine_gamma_schedule_and_epoch_buffer():
+    sched = CosineGammaSchedule(gamma_min=0.2, decay_epochs=4)
+    assert sched(0) == 1.0 and sched(4) == 0.2 and sched(9) == 0.2
+    assert sched(2) == pytest.approx(0.2 + 0.8 * 0.5)
+    loss_fn = GlobalContrastiveLoss(6, mode="bimodal", gamma_schedule=sched)
+    a, b = torch.randn(6, 3), torch.randn(6, 3)
+    loss_fn(a, b, torch.arange(6))
+    first = loss_fn.log_u.value.clone()
+    loss_fn(a.flip(1), b, torch.arange(6))  # epoch 0: gamma = 1, u forgets the first batch
+    second = loss_fn.log_u.value.clone()
+    fresh = GlobalContrastiveLoss(6, mode="bimodal")
+    fresh(a.flip(1), b, torch.arange(6))
+    torch.testing.assert_close(second, fresh.log_u.value)
+    assert not torch.allclose(first, second)
+    loss_fn.set_epoch(3)
+    assert loss_fn.current_gamma() == pytest.approx(sched(3))
+    assert int(loss_fn.state_dict()["epoch"]) == 3
+    with pytest.raises(ValueError, match="gamma_min"):
+        CosineGammaSchedule(gamma_min=0.0, decay_epochs=3)
+
+
+def test_duplicates_and_no_negatives():
+    loss_fn = GlobalContrastiveLoss(5, mode="bimodal")
+    a = torch.randn(2, 3, requires_grad=True)
+    out = loss_fn(a, torch.randn(2, 3), torch.tensor([4, 4]))  # same sample twice: no negative at all
+    assert out.item() == 0.0 and out.requires_grad
+    out.backward()
+    assert torch.equal(a.grad, torch.zeros_like(a))
+    assert not loss_fn.log_u.seen.any()
+    assert torch.isnan(loss_fn.objective())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mode="trimodal"), "mode"),
+        (dict(temperature="learned"), "temperature"),
+        (dict(gamma=0.0), "gamma"),
+        (dict(temperature="global", tau=0.001), "tau_min"),
+        (dict(tau=-1.0), "tau"),
+        (dict(eps=-1.0), "eps"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GlobalContrastiveLoss(10, **kwargs)
+
+
+def test_index_errors():
+    loss_fn = GlobalContrastiveLoss(4)
+    with pytest.raises(IndexError):
+        loss_fn(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="entries"):
+        loss_fn(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1, 2]))
+
+
+def test_global_tau_is_projected_and_state_dict_has_everything():
+    loss_fn = GlobalContrastiveLoss(8, temperature="individual")
+    assert {"log_u.value", "log_u.seen", "tau_individual.value", "tau_momentum.value", "epoch"} <= set(
+        loss_fn.state_dict()
+    )
+    glob = GlobalContrastiveLoss(8, temperature="global", tau=0.05, tau_min=0.02)
+    glob.tau.data.fill_(0.001)  # an optimizer step went below the floor
+    glob(torch.randn(4, 3), torch.randn(4, 3), torch.arange(4))
+    assert glob.tau.item() == pytest.approx(0.02)
