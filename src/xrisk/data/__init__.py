@@ -1,1 +1,14 @@
 """Re-exports only."""
+
+from xrisk.data.augment import ContrastiveAugment
+from xrisk.data.builtin import BinaryData, MulticlassData, load_binary, load_multiclass
+from xrisk.data.errors import DataNotInstalledError
+from xrisk.data.indexed import IndexedDataset
+from xrisk.data.samplers import DistributedDualSampler, DualBatchSampler, DualSampler
+from xrisk.data.captions import CaptionedImages, load_fashion_captions, minilm_embeddings
+from xrisk.data.emoji import EmojiPairs, load_emoji
+
+__all__ = ["DataNotInstalledError", "IndexedDataset", "DualSampler", "DistributedDualSampler", "DualBatchSampler",
+           "BinaryData", "MulticlassData", "load_binary", "load_multiclass",
+           "ContrastiveAugment", "CaptionedImages", "load_fashion_captions", "minilm_embeddings",
+           "EmojiPairs", "load_emoji"]

