@@ -49,10 +49,12 @@ bench: $(BENCHV)/.installed data
 	$(BENCHV)/bin/python -m pytest -q -p no:cacheprovider -m slow
 	$(BENCHV)/bin/python bench/run_all.py
 
+# mkdocs.yml's hook (docs/hooks.py -> docs/gen_pages.py) writes the generated, git-ignored pages
+# (docs/api/, docs/index.md from README.md, docs/benchmarks.md from bench/RESULTS.md) on every build.
+# The build needs no network; the pages load MathJax from a CDN in the browser.
 docs: install
 	$(PIP) -e '.[docs]'
-	$(PY) docs/gen_pages.py
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) $(BENCHV) site build *.egg-info

@@ -1,68 +1,179 @@
 """Generate the API pages of the docs site from the package's public names.
 
-One page per loss and per optimizer (its docstring carries the math), one page per
-other public module, plus copies of README and bench/RESULTS.md. Run by `make docs`.
+One page per loss and per optimizer (from ``xrisk.losses.__all__`` / ``xrisk.optim.__all__``;
+the docstring carries the math), one page per area (metrics, data, state/distributed/checkpoint,
+functional, models, CLI and recipes), the CLI help texts, and copies of README.md (the home page)
+and bench/RESULTS.md (the benchmark tables). Everything written here is git-ignored
+(``docs/api/``, ``docs/index.md``, ``docs/benchmarks.md``) and rewritten on every build:
+``docs/hooks.py`` runs :func:`generate` when mkdocs loads its config (so ``mkdocs build`` and
+``mkdocs serve`` alone are enough) and puts the returned pages in the navigation. Running this
+file by hand writes the same pages.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib
-import shutil
+import io
+import os
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 API = DOCS / "api"
 
-PER_OBJECT = ["xrisk.losses", "xrisk.optim"]
-PER_MODULE = [
-    "xrisk.state",
-    "xrisk.distributed",
-    "xrisk.checkpoint",
-    "xrisk.functional",
-    "xrisk.metrics",
-    "xrisk.data",
-    "xrisk.models",
-    "xrisk.recipes.registry",
-    "xrisk.recipes.runner",
+#: Packages documented one page per public name (``__all__``).
+PER_OBJECT = {"xrisk.losses": "Losses", "xrisk.optim": "Optimizers"}
+
+#: Areas documented one page each: (nav title, slug, intro, modules rendered on the page).
+AREAS: list[tuple[str, str, str, list[str]]] = [
+    ("Metrics", "metrics",
+     "Ranking metrics (AUROC, AP, partial AUROC; binary and multi-label), their streaming "
+     "versions, and the retrieval metrics of the contrastive recipes.",
+     ["xrisk.metrics.ranking", "xrisk.metrics.streaming", "xrisk.metrics.retrieval"]),
+    ("Data", "data",
+     "`IndexedDataset` (batches carry their dataset indices), the positive-oversampling "
+     "`DualSampler` family, and the built-in offline loaders.",
+     ["xrisk.data.indexed", "xrisk.data.samplers", "xrisk.data.builtin", "xrisk.data.fashion_mnist",
+      "xrisk.data.captions", "xrisk.data.emoji", "xrisk.data.text", "xrisk.data.augment",
+      "xrisk.data.errors"]),
+    ("State, distributed, checkpoints", "state",
+     "Per-sample estimators, exact multi-process training, checkpoints and schedules "
+     "(see also the [design notes](../design.md)).",
+     ["xrisk.state", "xrisk.distributed", "xrisk.checkpoint", "xrisk.schedules"]),
+    ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
+     "surrogates of AUC-M, AP, partial AUC and the contrastive losses.",
+     ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
+      "xrisk.functional.contrastive"]),
+    ("Models", "models", "Small models used by the recipes and tests.",
+     ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders"]),
+    ("Recipes", "recipes",
+     "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
+     ["xrisk.recipes.registry", "xrisk.recipes.runner", "xrisk.recipes.auc",
+      "xrisk.recipes.contrastive", "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.progress"]),
 ]
 
 
 def _write(path: Path, text: str) -> None:
+    """Write ``text`` unless the file already holds it (keeps ``mkdocs serve`` from looping)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
 
 
-def main() -> None:
-    if API.exists():
-        shutil.rmtree(API)
-    index = ["# API reference", ""]
-    for pkg in PER_OBJECT:
+def _first_line(obj: Any) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _help(argv: list[str]) -> str:
+    """The text ``xrisk ARGV --help`` prints (argparse exits after printing it)."""
+    from xrisk.cli import build_parser
+
+    buf = io.StringIO()
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: the same page from any shell
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+            build_parser().parse_args([*argv, "--help"])
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    return buf.getvalue().rstrip()
+
+
+def _cli_page() -> str:
+    from xrisk.recipes.registry import load_builtin_recipes
+
+    parts = [
+        "# Command line: `xrisk`", "",
+        "The `xrisk` command is installed with the package. Its help texts below are generated from "
+        "the parser at build time.", "",
+        "::: xrisk.cli", "    options:", "      show_root_heading: false", "      members: false", "",
+        "## `xrisk --help`", "", "```text", _help([]), "```", "",
+        "## `xrisk demo --help`", "",
+        "See [`xrisk.recipes.demo`](recipes.md#xrisk.recipes.demo) for what the demo runs and writes.", "",
+        "```text", _help(["demo"]), "```", "",
+    ]
+    for name in sorted(load_builtin_recipes()):
+        parts += [f"## `xrisk run {name} --help`", "", "```text", _help(["run", name]), "```", ""]
+    return "\n".join(parts)
+
+
+def generate() -> list[Any]:
+    """Write the generated pages; return their navigation (mkdocs ``nav`` entries, paths
+    relative to ``docs/``)."""
+    nav: list[Any] = [{"Overview": "api/index.md"}]
+    index = ["# API reference", "",
+             "Generated from the docstrings; see [which loss for which metric](../guide.md) first.", ""]
+    written: set[Path] = set()
+
+    def write(rel: str, text: str) -> None:
+        _write(API / rel, text)
+        written.add(API / rel)
+
+    for pkg, title in PER_OBJECT.items():
         mod = importlib.import_module(pkg)
-        index += [f"## `{pkg}`", ""]
+        index += [f"## {title} (`{pkg}`)", ""]
+        section: list[Any] = []
         for name in sorted(getattr(mod, "__all__", [])):
             obj = getattr(mod, name)
-            target = f"{obj.__module__}.{obj.__qualname__}"
             slug = f"{pkg.split('.')[-1]}/{name}.md"
-            _write(API / slug, f"# `{pkg}.{name}`\n\n::: {target}\n")
-            first = (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
-            index.append(f"- [`{name}`]({slug}): {first}")
+            write(slug, f"::: {pkg}.{name}\n    options:\n      heading_level: 1\n")
+            index.append(f"- [`{name}`]({slug}): {_first_line(obj)}")
+            section.append({name: f"api/{slug}"})
         index.append("")
-    index += ["## Modules", ""]
-    for modname in PER_MODULE:
-        try:
-            importlib.import_module(modname)
-        except ImportError:
+        nav.append({title: section})
+
+    index += ["## Other modules", ""]
+    for title, slug, intro, modules in AREAS:
+        present = []
+        for modname in modules:
+            try:
+                importlib.import_module(modname)
+            except ImportError:
+                continue
+            present.append(modname)
+        if not present:
             continue
-        slug = f"modules/{modname}.md"
-        _write(API / slug, f"# `{modname}`\n\n::: {modname}\n")
-        index.append(f"- [`{modname}`]({slug})")
-    _write(API / "index.md", "\n".join(index) + "\n")
-    readme = (ROOT / "README.md").read_text().replace("docs/", "")
+        body = [f"# {title}", "", intro, ""]
+        for modname in present:
+            body += [f"::: {modname}", "    options:", "      heading_level: 2", ""]
+        write(f"{slug}.md", "\n".join(body))
+        index.append(f"- [{title}]({slug}.md): " + ", ".join(f"`{m}`" for m in present))
+        nav.append({title: f"api/{slug}.md"})
+    write("cli.md", _cli_page())
+    index.append("- [Command line](cli.md): `xrisk demo`, `xrisk run`, `xrisk list`")
+    nav.append({"Command line": "api/cli.md"})
+    write("index.md", "\n".join(index) + "\n")
+
+    for path in API.rglob("*.md"):  # names removed from __all__ leave no page behind
+        if path not in written:
+            path.unlink()
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("docs/", "")
     _write(DOCS / "index.md", readme)
     results = ROOT / "bench" / "RESULTS.md"
     if results.exists():
-        _write(DOCS / "benchmarks.md", results.read_text())
+        _write(DOCS / "benchmarks.md", results.read_text(encoding="utf-8"))
+    else:
+        _write(DOCS / "benchmarks.md", "# Benchmark results\n\n`bench/RESULTS.md` has not been written yet "
+                                       "(`make bench`).\n")
+    return nav
+
+
+def main() -> None:
+    """Write the pages and print what was written."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    nav = generate()
+    print(f"docs/gen_pages.py: {sum(1 for _ in API.rglob('*.md'))} API pages in {API.relative_to(ROOT)}, "
+          f"{len(nav)} navigation entries")
 
 
 if __name__ == "__main__":

@@ -155,3 +155,18 @@ def test_demo_falls_back_to_breast_cancer_and_writes_a_table(tmp_path, capsys, m
         assert (out / sub / "metrics.json").exists()
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "comparison.png").exists()
+
+
+def test_demo_defaults_are_the_sized_ones():
+    """`xrisk demo` without options trains DEFAULT_MAX_TRAIN images for DEFAULT_EPOCHS epochs per method
+    (sized for about 2.5 minutes on 2 cores); breast-cancer keeps its own epochs and positive ratio."""
+    from xrisk.cli import build_parser
+    from xrisk.recipes import demo
+
+    args = build_parser().parse_args(["demo"])
+    assert args.max_train == demo.DEFAULT_MAX_TRAIN and args.epochs is None and args.pos_ratio is None
+    demo._fill_defaults(args, "fashion-mnist")
+    assert (args.epochs, args.pos_ratio) == (demo.DEFAULT_EPOCHS, 0.02)
+    small = build_parser().parse_args(["demo", "--data", "breast-cancer"])
+    demo._fill_defaults(small, "breast-cancer")
+    assert (small.epochs, small.pos_ratio) == (demo.SMALL_EPOCHS, 0.1)

@@ -1,27 +1,39 @@
-"""The README example (between ``<!-- example -->`` and ``<!-- /example -->``) runs as written."""
+"""The README example (between ``<!-- example -->`` and ``<!-- /example -->``) runs as written.
+
+Whatever python code blocks stand between the markers are run, in order, in one namespace, from
+a temporary working directory. Missing markers, or markers without a python block, fail the test:
+the README promises a runnable example.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-import pytest
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-
-def _example() -> str | None:
-    text = README.read_text(encoding="utf-8")
-    m = re.search(r"<!-- example -->(.*?)<!-- /example -->", text, re.S)
-    if m is None:
-        return None
-    code = re.search(r"```python\n(.*?)```", m.group(1), re.S)
-    return code.group(1) if code else None
+_MARKED = re.compile(r"<!--\s*example\s*-->(.*?)<!--\s*/example\s*-->", re.S)
+_PYTHON_BLOCK = re.compile(r"^[ \t]*```[ \t]*(?:python|py|python3)[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
 
 
-def test_readme_example_runs(capsys):
-    code = _example()
-    if code is None:
-        pytest.skip("README.md has no <!-- example --> ... <!-- /example --> python block yet")
+def readme_example(text: str) -> str:
+    """The python code between the example markers of ``text`` (blocks joined in order)."""
+    marked = _MARKED.findall(text.replace("\r\n", "\n"))
+    assert marked, "README.md has no <!-- example --> ... <!-- /example --> section"
+    blocks = [b for section in marked for b in _PYTHON_BLOCK.findall(section)]
+    assert blocks, "the <!-- example --> section of README.md holds no ```python block"
+    return "\n".join(blocks)
+
+
+def test_extraction_takes_every_python_block_between_the_markers():
+    text = ("intro\n```python\nnot_this = 1\n```\n<!-- example -->\nsome prose\n```python\na = 1\n```\n"
+            "more prose\n```bash\nxrisk list\n```\n```py\nb = a + 1\n```\n<!-- /example -->\n"
+            "```python\nnor_this = 1\n```\n")
+    assert readme_example(text) == "a = 1\n\nb = a + 1\n"
+
+
+def test_readme_example_runs(capsys, tmp_path, monkeypatch):
+    code = readme_example(README.read_text(encoding="utf-8"))
+    monkeypatch.chdir(tmp_path)  # anything the example writes lands here
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})  # noqa: S102
     assert capsys.readouterr().out.strip(), "the README example is expected to print its result"

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor
 
 from xrisk.data.emoji import cache_dir
+from xrisk.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 __all__ = [
     "FASHION_CLASSES",
@@ -42,10 +42,8 @@ __all__ = [
     "minilm_embeddings",
 ]
 
-#: Fashion-MNIST class names, label order.
-FASHION_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
+#: Fashion-MNIST class names, label order (:data:`xrisk.data.fashion_mnist.FASHION_MNIST_CLASSES`).
+FASHION_CLASSES: tuple[str, ...] = FASHION_MNIST_CLASSES
 
 #: The noun phrase of every class used in captions (with its article).
 CLASS_PHRASES: tuple[str, ...] = (
@@ -120,41 +118,15 @@ class CaptionedImages:
         return len(self.captions)
 
 
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+def _fashion_split(split: str, root: str | os.PathLike[str] | None = None) -> tuple[Tensor, Tensor]:
+    """Fashion-MNIST ``split`` as ``[N, 1, 28, 28]`` float32 images in ``[0, 1]`` and ``[N]`` int64 labels,
+    read by the library's loader :func:`xrisk.data.fashion_mnist.load_fashion_mnist`."""
+    return load_fashion_mnist(split, root=root)
 
 
-@functools.lru_cache(maxsize=4)
-def _read_idx(path: str) -> Tensor:
-    """Read one gzipped IDX file (the MNIST format) into a uint8 tensor (cached per process; read-only)."""
-    import gzip
-
-    import numpy as np
-
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy())
-
-
-def _fashion_split(split: str) -> tuple[Tensor, Tensor]:
-    """Fashion-MNIST ``split`` as ``[N, 1, 28, 28]`` float32 images in ``[0, 1]`` and ``[N]`` int64 labels."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    prefix = "train" if split == "train" else "t10k"
-    images_path = os.path.join(FASHION_DIR, f"{prefix}-images-idx3-ubyte.gz")
-    labels_path = os.path.join(FASHION_DIR, f"{prefix}-labels-idx1-ubyte.gz")
-    if not (os.path.isfile(images_path) and os.path.isfile(labels_path)):
-        from xrisk.data import DataNotInstalledError
-
-        raise DataNotInstalledError(
-            f"Fashion-MNIST not found in {FASHION_DIR}; install it with: apt-get install dataset-fashion-mnist"
-        )
-    images = _read_idx(images_path).unsqueeze(1).float() / 255.0
-    return images, _read_idx(labels_path).long()  # .float()/.long() copy: the cached tensors stay intact
-
-
-def load_fashion_captions(*, split: str = "train", subset: int | None = None, seed: int = 0) -> CaptionedImages:
+def load_fashion_captions(
+    *, split: str = "train", subset: int | None = None, seed: int = 0, root: str | os.PathLike[str] | None = None
+) -> CaptionedImages:
     """Fashion-MNIST images with templated captions (:func:`make_captions`).
 
     Args:
@@ -162,11 +134,13 @@ def load_fashion_captions(*, split: str = "train", subset: int | None = None, se
         subset: keep a class-stratified random subset of this many images (``None``: all).
         seed: seed of the subset and of the template draw (the test split adds 1 to it so its
             captions are drawn independently of the train split's).
+        root: folder of the Fashion-MNIST IDX files (``None``: ``$XRISK_FASHION_MNIST_DIR``, else the
+            Debian location; see :func:`xrisk.data.fashion_mnist.fashion_mnist_dir`).
 
     Raises:
         DataNotInstalledError: ``dataset-fashion-mnist`` is not installed (apt-get names it).
     """
-    images, labels = _fashion_split(split)
+    images, labels = _fashion_split(split, root)
     if subset is not None and subset < labels.numel():
         g = torch.Generator().manual_seed(int(seed) + 7919)
         perm = torch.randperm(labels.numel(), generator=g)
