@@ -615,7 +615,7 @@ def part_c(cfg: Config, log: Callable[[str], None]) -> str:
         f"(InfoNCE and GCL fixed; iSogCLR initial tau, rho = {C_RHO}, tau in [0.01, 1]; NUCLR tau, "
         f"lr_zeta = {C_LR_ZETA}, zeta from epoch {min(5, cfg.c_epochs // 3)}); gamma = {C_GAMMA} constant; "
         f"GloFND `FalseNegativeDetector(alpha={C_ALPHA}, lr, init_quantile=True, start_epoch={cfg.c_epochs // 3})`, "
-        "lr 0.05 (GloFND's ImageNet-100 value, the xrisk default) or 0.5. "
+        "lr 0.05 (GloFND's ImageNet-100 value) or 0.5 (the xrisk default). "
         f"Recall@k (%) on the held-out pairs against all {test.numel()} held-out candidates, mean ± std over "
         f"seeds {list(cfg.seeds)}; 'mean R' averages the six recalls. 'flagged' = fraction of each training "
         f"image's negatives (all other training texts) above its final threshold, with the final encoders "

@@ -3,6 +3,8 @@ the estimator; start epoch; only the batch rows are touched."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -129,3 +131,26 @@ def test_threshold_kernels_against_loops():
             frac = sum(x > lam[i, v].item() for x in vals) / len(vals)
             want = min(1.0, max(-1.0, lam[i, v].item() - lr * (alpha - frac)))
             assert new[i, v].item() == pytest.approx(want, abs=1e-6)
+
+
+def test_default_lr_converges_and_masked_fraction_is_reported():
+    """The default step size reaches the (1 - alpha) quantile within a few epochs from init = 1 (plain SGD
+    moves by at most lr * alpha per visit); last_masked_fraction reports the flagged share of negatives."""
+    n, alpha = 60, 0.1
+    g = torch.Generator().manual_seed(3)
+    a = torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=1)
+    b = torch.nn.functional.normalize(a + 0.5 * torch.randn(n, 8, generator=g), dim=1)
+    fnd = FalseNegativeDetector(n, alpha=alpha, start_epoch=5)
+    assert fnd.lr == 0.5
+    assert math.isnan(fnd.last_masked_fraction)
+    for epoch in range(40):
+        fnd.set_epoch(epoch)
+        for idx in torch.randperm(n, generator=g).split(20):
+            keep = fnd(*_bimodal_sims(a, b, idx), idx)
+            sim, neg = _bimodal_sims(a, b, idx)
+            flagged = (neg & (sim > fnd.lam.value[idx][:, :, None])).sum() / neg.sum()
+            assert fnd.last_masked_fraction == pytest.approx(flagged.item(), abs=1e-6)
+            if epoch >= 5:
+                assert torch.equal(keep, sim <= fnd.lam.value[idx][:, :, None])
+    assert abs(fnd.last_masked_fraction - alpha) < 0.08
+    assert fnd.state_dict().keys() == {"lam.value", "lam.seen", "epoch"}

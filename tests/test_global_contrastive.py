@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from xrisk.functional.contrastive import detached_weights_dot, gcl_fcco, gcl_objective, row_exp
 from xrisk.losses import GlobalContrastiveLoss
 from xrisk.schedules import CosineGammaSchedule
 
@@ -244,3 +245,181 @@ def test_global_tau_is_projected_and_state_dict_has_everything():
     glob.tau.data.fill_(0.001)  # an optimizer step went below the floor
     glob(torch.randn(4, 3), torch.randn(4, 3), torch.arange(4))
     assert glob.tau.item() == pytest.approx(0.02)
+
+
+# ----------------------------------------------------------------------------- kernels the module calls
+def _features(n, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1)
+    b = torch.nn.functional.normalize(a + 0.7 * torch.randn(n, d, generator=g, dtype=dtype), dim=1)
+    return a.requires_grad_(True), b.requires_grad_(True)
+
+
+def test_row_exp_equals_naive_masked_exp_and_is_stable():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.rand(6, 9, generator=g, dtype=torch.float64) * 2 - 1
+    inv_tau = 1.0 / (0.2 + torch.rand(6, generator=g, dtype=torch.float64))
+    row_bias = torch.randn(6, generator=g, dtype=torch.float64)
+    col_bias = torch.randn(9, generator=g, dtype=torch.float64)
+    neg = torch.rand(6, 9, generator=g) > 0.3
+    neg[2] = False  # a row without negatives
+    logits = sim * inv_tau[:, None] + row_bias[:, None] + col_bias[None, :]
+    naive = torch.exp(logits) * neg
+    for stable in (True, False):
+        e, log_s, shift = row_exp(sim, inv_tau, row_bias, col_bias=col_bias, neg=neg, stable=stable)
+        torch.testing.assert_close(e * shift.exp()[:, None], naive)
+        torch.testing.assert_close(log_s, naive.sum(1).log())
+        assert log_s[2] == float("-inf") and torch.all(e[2] == 0)
+    # excluded columns instead of a mask: the same as the mask that drops them
+    pos_col, self_col = torch.tensor([1, 0, 3, 3, 8, 5]), torch.tensor([0, 2, 4, 5, 6, 7])
+    mask = torch.ones(6, 9, dtype=torch.bool)
+    mask[torch.arange(6), pos_col] = False
+    mask[torch.arange(6), self_col] = False
+    e, log_s, shift = row_exp(sim, 3.0, row_bias, excluded=(pos_col, self_col))
+    want = torch.exp(sim * 3.0 + row_bias[:, None]) * mask
+    torch.testing.assert_close(e * shift.exp()[:, None], want)
+    # tau = 0.01 in float32: logits up to +-200 (naive exp overflows), log_s still exact
+    big = (torch.rand(6, 9, generator=g) * 2 - 1)
+    big[0] = 1.0
+    big[1] = -1.0
+    e, log_s, shift = row_exp(big, 100.0, torch.zeros(6), neg=neg)
+    assert torch.isfinite(e).all() and torch.isfinite(log_s[neg.any(1)]).all()
+    assert torch.isinf(torch.exp(big.double() * 100.0).float()).any()  # the naive form overflows
+    want = torch.logsumexp((big.double() * 100.0).masked_fill(~neg, float("-inf")), 1)
+    torch.testing.assert_close(log_s.double(), want, rtol=1e-6, atol=1e-4)
+    assert float(e.max()) <= 1.0
+
+
+def test_detached_weights_dot_gradient_is_the_weights():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    out = detached_weights_dot(x, w)
+    torch.testing.assert_close(out, (w * x).sum())
+    (grad,) = torch.autograd.grad(3.0 * out, x)
+    torch.testing.assert_close(grad, 3.0 * w)
+    assert torch.autograd.gradcheck(lambda t: detached_weights_dot(t, w), (x,))
+    assert torch.autograd.gradcheck(lambda t: detached_weights_dot(t.T, w.T), (x,))  # views are fine
+    given = detached_weights_dot(x, w, torch.tensor(7.0, dtype=torch.float64))  # value passed by the caller
+    assert given.item() == 7.0
+    torch.testing.assert_close(torch.autograd.grad(given, x)[0], w)
+
+
+def _layout(a, b, mode):
+    """Single-process batch layout of the module: sims, pos_col, self_col, stacked matrix (unimodal)."""
+    n = a.shape[0]
+    rows = torch.arange(n)
+    if mode == "bimodal":
+        s = a @ b.T
+        return [s, s.T], torch.stack([rows, rows], 1), None, None
+    s = torch.cat([a, b]) @ torch.cat([a, b]).T
+    return [s[:n], s[n:]], torch.stack([rows + n, rows], 1), torch.stack([rows, rows + n], 1), s
+
+
+@pytest.mark.parametrize("mode", MODES + ("unimodal-per-side",))
+@pytest.mark.parametrize("temperature", TEMPS)
+@pytest.mark.parametrize("masks", ("none", "shared", "per-side"))
+@pytest.mark.parametrize("stable", (True, False))
+def test_gcl_fcco_kernel_gradient_is_exact_when_u_equals_g(mode, temperature, masks, stable):
+    """With u = g_hat the kernel's surrogate gradient (features and tau) and tau_grad are the exact
+    derivatives of scale * sum_iv [tau_iv log(eps + g_iv) + rho tau_iv] (gcl_objective), on every path:
+    the shared-exponential path (bimodal, shared tau, stable=False), the per-side path (bimodal) and
+    the stacked path (unimodal: both sides' rows in one matrix)."""
+    n, eps, rho, scale = 6, 1e-3, 0.4, 0.5
+    a, b = _features(n, 4, seed=2)
+    sims, pos_col, self_col, stacked = _layout(a, b, mode[:8])
+    if mode == "unimodal-per-side":
+        mode, stacked = "unimodal", None
+    rows = torch.arange(n)
+    pos = torch.stack([sims[v][rows, pos_col[:, v]] for v in (0, 1)], 1)
+    cols = sims[0].shape[1]
+    base = torch.ones(n, cols, dtype=torch.bool)
+    for c in [pos_col] + ([self_col] if self_col is not None else []):
+        base[rows, c[:, 0]] = False
+    g = torch.Generator().manual_seed(4)
+    neg: list = [None, None]
+    if masks != "none":
+        drop = torch.rand(n, cols, generator=g) > 0.8
+        m0 = base & ~(drop & drop.T if mode == "bimodal" else drop)
+        if masks == "shared":
+            neg = [m0, m0]
+        else:
+            m1 = base.clone()
+            m1[rows, pos_col[:, 1]] = False
+            if self_col is not None:
+                m1[rows, self_col[:, 1]] = False
+            neg = [m0, m1 & (torch.rand(n, cols, generator=g) > 0.2)]
+    if masks == "shared" and mode == "unimodal":
+        neg[1] = neg[0].clone()
+        neg[1][rows, pos_col[:, 1]] = False
+        neg[1][rows, self_col[:, 1]] = False
+    full = [
+        neg[0] if neg[0] is not None else base,
+        neg[1] if neg[1] is not None else _side1_base(n, cols, pos_col, self_col),
+    ]
+    count = torch.stack([m.sum(1) for m in full], 1)
+    if temperature == "individual":
+        tau = (0.2 + 0.3 * torch.rand(n, 2, generator=g, dtype=torch.float64)).requires_grad_(True)
+    elif temperature == "global":
+        tau = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    else:
+        tau = 0.3
+    seen = []
+    step = gcl_fcco(
+        sims, pos, tau.detach() if temperature == "individual" else tau, lambda lg, ok: seen.append((lg, ok)) or lg,
+        pos_col=pos_col, count=count, self_col=self_col, neg=neg, transposed=mode == "bimodal", stacked=stacked,
+        eps=eps, rho=rho, scale=scale, stable=stable,
+    )
+    exact = 0.0
+    for v in (0, 1):
+        diff = sims[v] - sims[v][rows, pos_col[:, v]][:, None]
+        t = tau[:, v] if temperature == "individual" else tau
+        exact = exact + gcl_objective(diff, full[v], t, eps=eps, rho=rho).sum()
+    exact = scale * exact
+    wrt = [a, b] + ([tau] if temperature != "fixed" else [])
+    want = torch.autograd.grad(exact, wrt, retain_graph=True)
+    got = torch.autograd.grad(step.surrogate, [a, b] + ([tau] if temperature == "global" else []))
+    for w, gt in zip(want, got):
+        torch.testing.assert_close(gt, w, rtol=1e-7, atol=1e-9)
+    if temperature == "individual":
+        torch.testing.assert_close(step.tau_grad, want[2] / scale, rtol=1e-7, atol=1e-9)
+    else:
+        assert step.tau_grad is None
+    ((log_g, valid),) = seen
+    assert torch.equal(valid, count > 0) and torch.equal(step.log_u, log_g)
+
+
+def _side1_base(n, cols, pos_col, self_col):
+    m = torch.ones(n, cols, dtype=torch.bool)
+    m[torch.arange(n), pos_col[:, 1]] = False
+    if self_col is not None:
+        m[torch.arange(n), self_col[:, 1]] = False
+    return m
+
+
+def test_gcl_fcco_kernel_estimator_and_small_tau():
+    """The surrogate's weights use the estimator's u (FCCO), and tau = 0.01 stays finite in float32."""
+    n = 5
+    a, b = _features(n, 4, seed=6)
+    sims, pos_col, _, _ = _layout(a, b, "bimodal")
+    pos = sims[0].detach().diagonal()[:, None].expand(n, 2)
+    count = torch.full((n, 2), n - 1)
+    log_u = torch.randn(n, 2, dtype=torch.float64)
+    step = gcl_fcco(sims, pos, 0.3, lambda lg, ok: log_u, pos_col=pos_col, count=count, transposed=True, stable=False)
+    got = torch.autograd.grad(step.surrogate, [a, b], retain_graph=True)
+    # reference: sum_iv 0.3 * g_hat_iv / u_iv (gradient tau grad(g_hat) / u)
+    ref = 0.0
+    off = ~torch.eye(n, dtype=torch.bool)
+    for v in (0, 1):
+        diff = sims[v] - sims[v].diagonal()[:, None]
+        g_hat = (torch.exp(diff / 0.3) * off).sum(1) / (n - 1)
+        ref = ref + (0.3 * g_hat / log_u[:, v].exp()).sum()
+    for w, gt in zip(torch.autograd.grad(ref, [a, b]), got):
+        torch.testing.assert_close(gt, w)
+    a32, b32 = (x.detach().float().requires_grad_(True) for x in (a, b))
+    b32.data[0] = -a32.data[0]
+    s32 = a32 @ b32.T
+    pos32 = s32.detach().diagonal()[:, None].expand(n, 2)
+    step = gcl_fcco([s32, s32.T], pos32, 0.01, lambda lg, ok: lg, pos_col=pos_col, count=count, transposed=True)
+    step.surrogate.backward()
+    assert torch.isfinite(step.surrogate) and torch.isfinite(a32.grad).all() and torch.isfinite(step.log_u).all()

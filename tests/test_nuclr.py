@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from xrisk.functional.contrastive import nuclr_fcco, nuclr_objective
 from xrisk.losses import NUCLRLoss
 
 
@@ -129,3 +130,51 @@ def test_small_temperature_finite_and_bad_args():
         NUCLRLoss(1)
     with pytest.raises(ValueError, match="zeta_start_epoch"):
         NUCLRLoss(10, zeta_start_epoch=-1)
+
+
+@pytest.mark.parametrize("masks", ("none", "shared", "per-side"))
+@pytest.mark.parametrize("stable", (True, False))
+def test_nuclr_fcco_kernel_gradient_is_exact_when_u_equals_g(masks, stable):
+    """The kernel the module calls: with u = g_hat its surrogate gradient is the exact gradient of
+    scale * sum_iv nuclr_objective, and col_weight / col_count give the exact zeta-gradient, on the
+    per-side path (stable=True) and the shared-exponential path (stable=False)."""
+    n, tau, scale = 6, 0.2, 0.5
+    g = torch.Generator().manual_seed(8)
+    a = torch.nn.functional.normalize(torch.randn(n, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
+    b = torch.nn.functional.normalize(torch.randn(n, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
+    s = a @ b.T
+    sims, rows = [s, s.T], torch.arange(n)
+    pos_col = torch.stack([rows, rows], 1)
+    pos = s.detach().diagonal()[:, None].expand(n, 2)
+    zeta = (0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)).requires_grad_(True)
+    log_pos = torch.tensor([-2.0, -1.5], dtype=torch.float64)
+    off = ~torch.eye(n, dtype=torch.bool)
+    neg = [None, None]
+    full = [off, off]
+    if masks != "none":
+        m = off & ~(torch.rand(n, n, generator=g) > 0.7)
+        if masks == "shared":
+            m = m & m.T
+            neg, full = [m, m], [m, m]
+        else:
+            m1 = off & (torch.rand(n, n, generator=g) > 0.3)
+            neg, full = [m, m1], [m, m1]
+    count = torch.stack([full[0].sum(1), full[1].sum(1)], 1)
+    step = nuclr_fcco(sims, pos, zeta.detach(), tau, log_pos, lambda lg, ok: lg, pos_col=pos_col, count=count,
+                      neg=neg, transposed=True, scale=scale, stable=stable)
+    exact = 0.0
+    for v in (0, 1):
+        diff = sims[v] - sims[v].diagonal()[:, None]
+        exact = exact + nuclr_objective(diff, full[v], zeta[None, :, v], tau, log_pos[v]).sum()
+    wa, wb, wz = torch.autograd.grad(scale * exact, [a, b, zeta], retain_graph=True)
+    ga, gb = torch.autograd.grad(step.surrogate, [a, b])
+    torch.testing.assert_close(ga, wa, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(gb, wb, rtol=1e-7, atol=1e-9)
+    # d/dzeta_jv of sum_i tau log Z_iv = -sum_i w_ij / |N_iv|
+    for v in (0, 1):
+        per_anchor = (torch.exp((sims[v] - sims[v].diagonal()[:, None] - zeta[None, :, v]) / tau) * full[v]).detach()
+        z = torch.logaddexp(torch.log(per_anchor.sum(1) / count[:, v]), log_pos[v])
+        w = per_anchor / z.exp()[:, None]
+        torch.testing.assert_close(step.col_weight[:, v], w.sum(0))
+        torch.testing.assert_close(-(w / count[:, v : v + 1]).sum(0) * scale, wz[:, v])
+        torch.testing.assert_close(step.col_count[:, v], full[v].sum(0).double())

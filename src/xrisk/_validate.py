@@ -12,7 +12,8 @@ __all__ = ["check_finite", "check_binary_inputs", "check_positive", "check_unit_
 
 def check_finite(name: str, x: Tensor) -> None:
     """Raise :class:`ValueError` if ``x`` holds NaN or inf."""
-    if x.is_floating_point() and not torch.isfinite(x).all():
+    # sum(x * 0) is 0 when every entry is finite and NaN otherwise: one reduction, one host read
+    if x.is_floating_point() and not float(x.detach().mul(0).sum()) == 0.0:
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN/inf value(s); xrisk refuses to propagate them")
 
@@ -39,11 +40,21 @@ def check_binary_inputs(scores: Tensor, targets: Tensor, num_tasks: int) -> tupl
         raise ValueError(
             f"targets shape {tuple(targets.shape)} does not match scores shape {tuple(scores.shape)}"
         )
-    check_finite("scores", scores)
-    if targets.dtype != torch.bool:
-        if targets.is_floating_point():
-            check_finite("targets", targets)
-        if not ((targets == 0) | (targets == 1)).all():
+    with torch.no_grad():
+        if targets.dtype == torch.bool:
+            check_finite("scores", scores)
+            return scores, targets
+        # One fused reduction and one host read for both checks: ``s * 0`` is NaN exactly where a
+        # score is NaN/inf, ``t * (t - 1)`` is nonzero exactly where a target is not 0/1 (NaN and
+        # inf included), and ``count_nonzero`` counts NaN. The slow path below names the culprit.
+        if targets.dtype == scores.dtype:
+            n_bad = int(torch.count_nonzero(torch.addcmul(scores * 0, targets, targets - 1)))
+        else:
+            n_bad = int(torch.count_nonzero(scores * 0)) + int(torch.count_nonzero(targets * (targets - 1)))
+        if n_bad:
+            check_finite("scores", scores)
+            if targets.is_floating_point():
+                check_finite("targets", targets)
             raise ValueError("targets must be binary (0/1); got values outside {0, 1}")
         targets = targets != 0
     return scores, targets

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 
-__all__ = ["SampleState", "check_index"]
+__all__ = ["SampleState", "check_index", "update_states"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -67,7 +67,8 @@ def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = Non
     if batch_size is not None and index.numel() != batch_size:
         raise ValueError(f"index has {index.numel()} entries but the batch has {batch_size} samples")
     if index.numel():
-        lo, hi = int(index.min()), int(index.max())
+        lo_t, hi_t = torch.aminmax(index)  # one reduction for both bounds
+        lo, hi = int(lo_t), int(hi_t)
         if lo < 0 or hi >= num_samples:
             bad = lo if lo < 0 else hi
             raise IndexError(
@@ -195,50 +196,123 @@ class SampleState(nn.Module):
             ``[B, *shape]`` updated estimates for ``index`` in ``new``'s dtype and device. Entries
             excluded by ``mask`` return their current (possibly never-seen) value.
         """
-        index = check_index(index, self.num_samples)
-        if new.shape != (index.numel(), *self.shape):
+        return update_states((self,), index, (new,), gamma, mask=mask, local=local)[0]
+
+
+def _moving_average(old: Tensor, new: Tensor, gamma: float | Tensor, seen: Tensor, mask: Tensor | None) -> Tensor:
+    """``(1 - g) old + g new`` where ``seen``, ``new`` where not (first visit), ``old`` outside ``mask``."""
+    upd = torch.where(seen, torch.lerp(old, new, gamma), new)
+    return upd if mask is None else torch.where(mask, upd, old)
+
+
+def update_states(
+    states: Sequence[SampleState],
+    index: Tensor,
+    news: Sequence[Tensor],
+    gamma: float | Tensor,
+    *,
+    mask: Tensor | None = None,
+    local: bool = False,
+    index_checked: bool = False,
+    assume_unique: bool = False,
+) -> list[Tensor]:
+    """:meth:`SampleState.update` of several states of one shape at the same ``index`` in one pass.
+
+    ``news[k]`` goes to ``states[k]``; ``gamma``, ``mask`` and ``local`` as in
+    :meth:`SampleState.update`, shared by all states. The index is validated, checked for
+    duplicates and (under ``local``) gathered once; the result equals updating each state in turn.
+    Returns the updated rows ``[B, *shape]`` of every state, in order.
+
+    Cost: without duplicated indices (detected from ``torch.unique``'s output size) every state
+    takes one gather, one ``lerp``/``where`` and one ``index_copy_``; duplicates take the
+    averaging path (``index_add_`` over the unique indices). ``index_checked=True`` tells that
+    ``index`` already went through :func:`check_index` for this ``num_samples`` (as a loss's
+    validated batch index does), which skips the bound check; ``assume_unique=True`` tells that
+    the caller already found no duplicate in ``index`` (skips ``torch.unique``; ignored under
+    ``local`` gathering).
+    """
+    if len(states) != len(news) or not states:
+        raise ValueError(f"update_states needs one new tensor per state, got {len(news)} for {len(states)} states")
+    first = states[0]
+    if len(states) > 1 and any(st.num_samples != first.num_samples or st.shape != first.shape for st in states):
+        raise ValueError("update_states needs states of the same num_samples and shape")
+    if not index_checked:
+        index = check_index(index, first.num_samples)
+    want = (index.numel(), *first.shape)
+    for new in news:
+        if new.shape != want:
             raise ValueError(
-                f"new values must have shape {(index.numel(), *self.shape)} for index of "
-                f"{index.numel()} entries, got {tuple(new.shape)}"
+                f"new values must have shape {want} for index of {index.numel()} entries, got {tuple(new.shape)}"
             )
-        if isinstance(gamma, float) or isinstance(gamma, int):
-            if not 0.0 < float(gamma) <= 1.0:
-                raise ValueError(f"gamma (weight on the new value) must be in (0, 1], got {gamma}")
-            gamma_t: Tensor | float = float(gamma)
-        else:
-            gamma_t = gamma.detach().to(torch.float32).expand(new.shape).to(self.value.device)
-        if not torch.isfinite(new).all():
-            raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
-        out_dtype, out_device = new.dtype, new.device
-        m = torch.ones_like(new, dtype=torch.bool) if mask is None else mask.to(torch.bool).expand(new.shape)
-        n_local = index.numel()
-        gathered = local and xdist.is_distributed()
-        if gathered:
-            index = xdist.all_gather_no_grad(index)
-            new = xdist.all_gather_no_grad(new)
-            m = xdist.all_gather_no_grad(m)
-            if isinstance(gamma_t, Tensor):
-                gamma_t = xdist.all_gather_no_grad(gamma_t)
-        dev = self.value.device
-        index, new, m = index.to(dev), new.to(dev, torch.float32), m.to(dev)
+    if isinstance(gamma, (float, int)):
+        if not 0.0 < float(gamma) <= 1.0:
+            raise ValueError(f"gamma (weight on the new value) must be in (0, 1], got {gamma}")
+        gamma_t: Tensor | float = float(gamma)
+    else:
+        gamma_t = gamma.detach().to(torch.float32).expand(want).to(first.value.device)
+    # one reduction and one host read: sum(x * 0) is 0 when every entry is finite, NaN otherwise
+    # (torch.isfinite(x).all() costs four kernels)
+    probe = news[0].detach().mul(0).sum() if len(news) == 1 else torch.stack(news).detach().mul(0).sum()
+    if not float(probe) == 0.0:
+        raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
+    out_dtype, out_device = news[0].dtype, news[0].device
+    m = None if mask is None else mask.detach().to(torch.bool).expand(want)
+    n_local = index.numel()
+    gathered = local and xdist.is_distributed()
+    if gathered:
+        index = xdist.all_gather_no_grad(index)
+        news = [xdist.all_gather_no_grad(new) for new in news]
+        m = xdist.all_gather_no_grad(torch.ones(want, dtype=torch.bool, device=index.device) if m is None else m)
+        if isinstance(gamma_t, Tensor):
+            gamma_t = xdist.all_gather_no_grad(gamma_t)
+    dev = first.value.device
+    if index.device != dev:
+        index = index.to(dev)
+    # detached inputs keep every op below out of autograd (cheaper than a no_grad context per call)
+    news = [new.detach() if new.device == dev and new.dtype == torch.float32 else new.detach().to(dev, torch.float32)
+            for new in news]
+    if m is not None and m.device != dev:
+        m = m.to(dev)
+    outs: list[Tensor] = []
+    unique = assume_unique and not gathered
+    if not unique:
         uniq, inv = torch.unique(index, return_inverse=True)
-        mf = m.to(torch.float32)
-        count = torch.zeros((uniq.numel(), *self.shape), device=dev).index_add_(0, inv, mf)
-        total = torch.zeros((uniq.numel(), *self.shape), device=dev).index_add_(0, inv, new * mf)
+        unique = uniq.numel() == index.numel()
+    if unique:  # no duplicates: gather, mix, scatter back
+        for st, new in zip(states, news):
+            if m is None and isinstance(gamma_t, float) and gamma_t == 1.0:  # plain overwrite
+                st.value.index_copy_(0, index, new)
+                st.seen.index_fill_(0, index, True)
+                outs.append(new.clone())  # never alias the caller's tensor
+                continue
+            seen = st.seen[index]
+            upd = _moving_average(st.value[index], new, gamma_t, seen, m)
+            st.value.index_copy_(0, index, upd)
+            if m is None:
+                st.seen.index_fill_(0, index, True)
+            else:
+                st.seen.index_copy_(0, index, seen | m)
+            outs.append(upd)
+    else:  # duplicates: average the new values (and gammas) of each index, one step per index
+        shape_u = (uniq.numel(), *first.shape)
+        mf = torch.ones(want, device=dev) if m is None else m.to(torch.float32)
+        count = torch.zeros(shape_u, device=dev).index_add_(0, inv, mf)
         touched = count > 0
-        mean_new = total / count.clamp_min(1.0)
-        if isinstance(gamma_t, Tensor):  # per-entry gamma: average over duplicates the same way
-            g_sum = torch.zeros_like(total).index_add_(0, inv, gamma_t * mf)
-            g = g_sum / count.clamp_min(1.0)
+        denom = count.clamp_min(1.0)
+        if isinstance(gamma_t, Tensor):
+            g: Tensor | float = torch.zeros(shape_u, device=dev).index_add_(0, inv, gamma_t * mf) / denom
         else:
-            g = torch.full_like(total, gamma_t)
-        old = self.value[uniq]
-        seen = self.seen[uniq]
-        g = torch.where(seen, g, torch.ones_like(g))  # first visit takes the new value
-        upd = torch.where(touched, (1.0 - g) * old + g * mean_new, old)
-        self.value[uniq] = upd
-        self.seen[uniq] = seen | touched
-        if gathered:  # return only this rank's rows
-            start, stop = xdist.local_slice(n_local)
-            return upd[inv][start:stop].to(out_device, out_dtype)
-        return upd[inv].to(out_device, out_dtype)
+            g = gamma_t
+        for st, new in zip(states, news):
+            mean_new = torch.zeros(shape_u, device=dev).index_add_(0, inv, new * mf) / denom
+            seen_u = st.seen[uniq]
+            upd = _moving_average(st.value[uniq], mean_new, g, seen_u, touched)
+            st.value[uniq] = upd
+            st.seen[uniq] = seen_u | touched
+            outs.append(upd[inv])
+    if gathered:  # return only this rank's rows
+        start, stop = xdist.local_slice(n_local)
+        outs = [o[start:stop] for o in outs]
+    if out_device == dev and out_dtype == torch.float32:
+        return outs
+    return [o.to(out_device, out_dtype) for o in outs]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cases import LossCase
-from xrisk.functional.contrastive import gcl_objective, masked_log_mean_exp, nuclr_objective
+from xrisk.functional.contrastive import detached_weights_dot, gcl_objective, masked_log_mean_exp, nuclr_objective
 from xrisk.losses import FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss
 
 N = 64
@@ -20,6 +20,8 @@ def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def _gradcheck() -> None:
+    """Exact objectives (the FCCO kernels' surrogate gradients are pinned to their gradients in
+    tests/test_global_contrastive.py and tests/test_nuclr.py) and the surrogate's autograd node."""
     g = torch.Generator().manual_seed(0)
     diff = torch.randn(3, 2, 6, generator=g, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(3, 2, 6, generator=g) > 0.3
@@ -31,6 +33,8 @@ def _gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda d, t: gcl_objective(d, mask, t, rho=0.2), (diff, tau_i))
     assert torch.autograd.gradcheck(lambda d: masked_log_mean_exp(d, mask)[0], (diff,))
     assert torch.autograd.gradcheck(lambda d, z: nuclr_objective(d, mask, z, 0.2, -3.0), (diff, zeta))
+    weights = torch.randn(3, 2, 6, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda d: detached_weights_dot(d, weights), (diff,))
 
 
 def _case(name: str, make) -> LossCase:

@@ -10,7 +10,7 @@ from torch import Tensor
 from cases import LossCase
 from xrisk.functional.ap import ap_inner_estimates, ap_surrogate
 from xrisk.functional.pauc import pauc_cvar_surrogate, pauc_kl_surrogate, tpauc_kl_surrogate
-from xrisk.functional.surrogates import SURROGATES, pairwise_surrogate
+from xrisk.functional.surrogates import SURROGATES, pairwise_surrogate, weighted_pairwise_mean
 from xrisk.losses import APLoss, OneWayPartialAUCLoss, TwoWayPartialAUCLoss
 
 NUM_SAMPLES = 64
@@ -103,6 +103,19 @@ def _gradcheck() -> None:
         ]
         for fn in checks:
             assert torch.autograd.gradcheck(fn, (s.clone().requires_grad_(True),))
+        # the fused estimator the modules call: same value as, and closed-form gradient of,
+        # mean(W * L) with W constant (with and without precomputed detached losses)
+        W_pn = torch.rand(P, len(y) - P, generator=g, dtype=torch.float64) - 0.3
+        W_pb = torch.rand(P, len(y), generator=g, dtype=torch.float64) - 0.3
+        fused = [
+            lambda x: weighted_pairwise_mean(x[y], x[~y], W_pn, margin=0.7, surrogate=name),
+            lambda x: weighted_pairwise_mean(x[y], x[~y], W_pn, margin=0.7, surrogate=name,
+                                             losses=pairs(x).detach()),
+            lambda x: weighted_pairwise_mean(x[y], x, W_pb, margin=0.7, surrogate=name),
+        ]
+        for fn in fused:
+            assert torch.autograd.gradcheck(fn, (s.clone().requires_grad_(True),))
+        torch.testing.assert_close(fused[0](s), (W_pn * pairs(s)).mean())
 
 
 def _case(name: str, num_tasks: int, make: Callable[[], torch.nn.Module]) -> LossCase:

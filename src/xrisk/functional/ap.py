@@ -34,7 +34,7 @@ from torch import Tensor
 
 from xrisk.functional.surrogates import pairwise_surrogate
 
-__all__ = ["ap_inner_estimates", "ap_surrogate", "ap_ratio"]
+__all__ = ["ap_inner_estimates", "ap_weights", "ap_surrogate", "ap_ratio"]
 
 _TINY = 1e-12  # floor of u_all (only reached when every pairwise loss is exactly zero)
 
@@ -86,10 +86,14 @@ def ap_surrogate(losses: Tensor, targets_all: Tensor, u_all: Tensor, u_pos: Tens
         Scalar; its value is not AP (it may be negative), its gradient estimates the gradient
         of ``-(1/n_+) sum_i g_pos_i / g_all_i``.
     """
-    ua = u_all.detach().to(losses.dtype).clamp_min(_TINY).unsqueeze(1)
-    up = u_pos.detach().to(losses.dtype).unsqueeze(1)
-    weights = (up - ua * targets_all.to(losses.dtype).unsqueeze(0)) / ua**2
-    return (weights * losses).mean()
+    return (ap_weights(targets_all, u_all, u_pos, losses.dtype) * losses).mean()
+
+
+def ap_weights(targets_all: Tensor, u_all: Tensor, u_pos: Tensor, dtype: torch.dtype) -> Tensor:
+    """SOAP's detached weights ``W_ij = (u_pos_i - u_all_i 1[y_j = 1]) / u_all_i^2`` ``[P, B]``."""
+    ua = u_all.detach().to(dtype).clamp_min(_TINY).unsqueeze(1)
+    up = u_pos.detach().to(dtype).unsqueeze(1)
+    return (up - ua * targets_all.to(dtype).unsqueeze(0)) / ua**2
 
 
 def ap_ratio(u_all: Tensor, u_pos: Tensor) -> Tensor:

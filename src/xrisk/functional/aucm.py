@@ -46,6 +46,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch import Tensor
 
 __all__ = ["aucm_surrogate", "aucm_objective", "aucm_alpha_grad"]
@@ -64,6 +65,76 @@ def _ratio(targets: Tensor, dtype: torch.dtype, p: float | None) -> Tensor:
     return targets.to(dtype).mean(0)
 
 
+def _weights(
+    targets: Tensor, dtype: torch.dtype, version: str, p: float | None, pos_counts: list[int] | None = None
+) -> tuple[Tensor, Tensor, Tensor | float]:
+    """Per-sample weights ``(w_+ [B, T], w_- [B, T], q)`` of the common form of ``F_1`` and ``F_2``:
+
+    ``F = sum_b [w_+ (f - a)^2 + w_- (f - b)^2] + 2 alpha (q m + sum_b (w_- - w_+) f) - q alpha^2``.
+
+    ``v2``: ``w_+ = 1_+ / n_+``, ``w_- = 1_- / n_-``, ``q = 1``. ``v1``: ``w_+ = (1 - p) 1_+ / B``,
+    ``w_- = p 1_- / B``, ``q = p (1 - p)`` (the two ``E[.]`` of ``F_1`` written as sums).
+    ``pos_counts`` (positives per task, host ints) spares the device reductions for ``v2``.
+    """
+    pos = targets.to(dtype)
+    if version == "v2":
+        if pos_counts is not None:  # host counts: scale by python scalars (T = 1) or one [T] tensor
+            size = pos.shape[0]
+            if len(pos_counts) == 1:
+                inv_pos, inv_neg = 1.0 / max(pos_counts[0], 1), 1.0 / max(size - pos_counts[0], 1)
+            else:
+                inv_pos = torch.tensor([1.0 / max(c, 1) for c in pos_counts], dtype=dtype, device=pos.device)
+                inv_neg = torch.tensor([1.0 / max(size - c, 1) for c in pos_counts], dtype=dtype, device=pos.device)
+            w_pos = pos * inv_pos
+            return w_pos, (1.0 - pos) * inv_neg, 1.0
+        n_pos = pos.sum(0)
+        return pos / n_pos.clamp_min(1.0), (1.0 - pos) / (pos.shape[0] - n_pos).clamp_min(1.0), 1.0
+    neg = 1.0 - pos
+    if version != "v1":
+        raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
+    size = pos.shape[0]
+    if p is not None:
+        pf = float(p)
+        return pos * ((1.0 - pf) / size), neg * (pf / size), pf * (1.0 - pf)
+    pr = pos.mean(0)
+    return pos * ((1.0 - pr) / size), neg * (pr / size), pr * (1.0 - pr)
+
+
+class _AUCMSurrogate(torch.autograd.Function):
+    """``F`` of :func:`_weights`'s form with its closed-form gradient (one fused pass each way).
+
+    ``dF/df = 2 w_+ (f - a) + 2 w_- (f - b) + 2 alpha (w_- - w_+)``,
+    ``dF/da = -2 sum_b w_+ (f - a)``, ``dF/db = -2 sum_b w_- (f - b)``,
+    ``dF/dalpha = 2 (q m + sum_b (w_- - w_+) f) - 2 q alpha``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, f: Tensor, a: Tensor, b: Tensor, alpha: Tensor, w_pos: Tensor, w_neg: Tensor, q: Tensor | float,
+        margin: float,
+    ) -> Tensor:
+        da, db = f - a, f - b
+        ga, gb = w_pos * da, w_neg * db
+        r = w_neg - w_pos
+        dual = (r * f).sum(0) + q * margin  # q m + sum_b (w_- - w_+) f
+        sq = torch.addcmul(ga * da, gb, db).sum(0)
+        ctx.save_for_backward(ga, gb, r, alpha, dual)
+        ctx.q = q
+        return torch.addcmul(sq, alpha, dual - q * alpha * 0.5, value=2.0)
+
+    @staticmethod
+    @once_differentiable  # first order only: a double backward raises instead of returning zeros
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        ga, gb, r, alpha, dual = ctx.saved_tensors
+        g2 = grad * 2.0
+        need = ctx.needs_input_grad
+        grad_f = torch.addcmul(ga + gb, r, alpha) * g2 if need[0] else None
+        grad_a = ga.sum(0) * -g2 if need[1] else None
+        grad_b = gb.sum(0) * -g2 if need[2] else None
+        grad_alpha = (dual - ctx.q * alpha) * g2 if need[3] else None
+        return grad_f, grad_a, grad_b, grad_alpha, None, None, None, None
+
+
 def aucm_surrogate(
     scores: Tensor,
     targets: Tensor,
@@ -74,6 +145,7 @@ def aucm_surrogate(
     margin: float,
     version: Literal["v1", "v2"] = "v2",
     p: float | None = None,
+    pos_counts: list[int] | None = None,
 ) -> Tensor:
     """Per-task min-max value ``F(w, a, b, alpha)`` of AUC-M (module docstring, ``F_1``/``F_2``).
 
@@ -85,9 +157,12 @@ def aucm_surrogate(
         margin: ``m``.
         version: ``"v2"`` (class-balanced ``F_2``) or ``"v1"`` (``F_1`` with ``p``).
         p: positive ratio for ``v1``; ``None`` uses the batch ratio of each task.
+        pos_counts: optional number of positives of each task (host ints, as the loss module
+            already knows them); must match ``targets``.
 
     Returns:
-        ``[T]``; differentiable in ``scores``, ``a``, ``b`` and ``alpha``.
+        ``[T]``; differentiable in ``scores``, ``a``, ``b`` and ``alpha`` (closed-form backward,
+        first order).
 
     Example:
         >>> s = torch.tensor([[0.9], [0.2], [0.4]])
@@ -97,21 +172,10 @@ def aucm_surrogate(
         tensor([0.7100])
     """
     dtype = torch.promote_types(scores.dtype, a.dtype)
-    f = scores.to(dtype)
-    a_, b_, al = a.to(dtype), b.to(dtype), alpha.to(dtype)
-    pos, neg, n_pos, n_neg = _masks(f, targets)
-    if version == "v2":
-        sq_pos = ((f - a_) ** 2 * pos).sum(0) / n_pos
-        sq_neg = ((f - b_) ** 2 * neg).sum(0) / n_neg
-        gap = margin + (f * neg).sum(0) / n_neg - (f * pos).sum(0) / n_pos
-        return sq_pos + sq_neg + 2.0 * al * gap - al**2
-    if version != "v1":
-        raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
-    pr = _ratio(targets, dtype, p)
-    q = pr * (1.0 - pr)
-    sq = (1.0 - pr) * ((f - a_) ** 2 * pos).mean(0) + pr * ((f - b_) ** 2 * neg).mean(0)
-    cross = (pr * f * neg - (1.0 - pr) * f * pos).mean(0)
-    return sq + 2.0 * al * (q * margin + cross) - q * al**2
+    w_pos, w_neg, q = _weights(targets, dtype, version, p, pos_counts)
+    out = _AUCMSurrogate.apply(scores.to(dtype), a.to(dtype), b.to(dtype), alpha.to(dtype), w_pos, w_neg, q,
+                               float(margin))
+    return out  # type: ignore[no-any-return]
 
 
 def aucm_alpha_grad(
@@ -134,12 +198,8 @@ def aucm_alpha_grad(
     dtype = torch.promote_types(scores.dtype, alpha.dtype)
     f = scores.detach().to(dtype)
     al = alpha.detach().to(dtype)
-    pos, neg, n_pos, n_neg = _masks(f, targets)
-    if version == "v2":
-        return 2.0 * (margin + (f * neg).sum(0) / n_neg - (f * pos).sum(0) / n_pos) - 2.0 * al
-    pr = _ratio(targets, dtype, p)
-    q = pr * (1.0 - pr)
-    return 2.0 * (q * margin + (pr * f * neg - (1.0 - pr) * f * pos).mean(0)) - 2.0 * q * al
+    w_pos, w_neg, q = _weights(targets, dtype, version, p)
+    return 2.0 * (q * margin + ((w_neg - w_pos) * f).sum(0)) - 2.0 * q * al
 
 
 def aucm_objective(scores: Tensor, targets: Tensor, *, margin: float) -> Tensor:

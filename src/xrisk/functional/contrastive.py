@@ -11,12 +11,19 @@ columns ``j``; ``mask[i, j]`` says whether column ``j`` is a negative of anchor 
 * Moving-average estimators are kept in **log space** (``log u``), so ``tau = 0.01`` never
   overflows: every exponential below is of a quantity ``<= log |N_i| - log gamma``.
 
-No kernel keeps state; the modules in :mod:`xrisk.losses` read and write the per-sample state.
+No kernel keeps state. The FCCO kernels :func:`gcl_fcco` and :func:`nuclr_fcco` hold each loss's
+whole per-step math; between the exponential pass and the weights they call an ``estimator``
+callback through which the module (:mod:`xrisk.losses`) refreshes its per-sample moving averages
+(merging duplicates, gathering across ranks). They are built on :func:`row_exp` (one exponential
+pass per matrix, no autograd) and :func:`detached_weights_dot` (the surrogate as one autograd node).
+The exact objectives :func:`gcl_objective` / :func:`nuclr_objective` are the references the
+kernels' gradients are tested against.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -26,10 +33,14 @@ __all__ = [
     "log_moving_average",
     "gcl_objective",
     "gcl_fcco",
+    "GCLStep",
     "nuclr_objective",
     "nuclr_fcco",
+    "NUCLRStep",
     "quantile_threshold_step",
     "masked_upper_quantile",
+    "row_exp",
+    "detached_weights_dot",
 ]
 
 
@@ -90,35 +101,6 @@ def gcl_objective(diff: Tensor, mask: Tensor, tau: Tensor | float, *, eps: float
     return tau_a * log_g + rho * tau_a
 
 
-def gcl_fcco(
-    diff: Tensor, mask: Tensor, tau: Tensor | float, log_u: Tensor, *, eps: float = 0.0, rho: float = 0.0
-) -> tuple[Tensor, Tensor]:
-    """FCCO surrogate of the (robust) GCL term and the estimated ``d/dtau`` of it.
-
-    With ``p_ij = exp(diff_ij / tau) / (|N_i| (eps + u_i))`` (detached; ``u_i = exp(log_u_i)`` the
-    moving-average estimate of ``g_i``):
-
-    * ``surrogate_i = sum_{j in N_i} p_ij * diff_ij``; its gradient ``sum_j p_ij grad diff_ij`` is the
-      FCCO estimator of ``grad_w [tau log(eps + g_i)]`` (exact when ``u_i = g_i``).
-    * ``tau_grad_i = log(eps + u_i) - sum_j p_ij diff_ij / tau + rho``: the derivative of
-      ``tau log(eps + g_i(tau)) + rho tau`` with respect to ``tau`` with ``u_i`` in place of ``g_i``.
-
-    Args:
-        diff: ``[..., C]``; mask: ``[..., C]`` bool; tau: float or ``[...]``; log_u: ``[...]``.
-
-    Returns:
-        ``(surrogate [...], tau_grad [...])``; ``tau_grad`` is detached.
-    """
-    t = _as_anchor(tau, diff)
-    with torch.no_grad():
-        logits = diff.detach() / (t.detach() if isinstance(t, Tensor) else t)
-        log_den = log_u if eps <= 0.0 else torch.logaddexp(log_u, torch.full_like(log_u, math.log(eps)))
-        count = mask.sum(-1).clamp_min(1).to(diff.dtype)
-        p = torch.exp(logits - log_den.unsqueeze(-1)).masked_fill(~mask, 0.0) / count.unsqueeze(-1)
-        tau_grad = log_den - (p * logits).sum(-1) + rho
-    return (p * diff).sum(-1), tau_grad
-
-
 def nuclr_objective(diff: Tensor, mask: Tensor, zeta: Tensor, tau: float, log_pos: Tensor | float) -> Tensor:
     """Exact per-anchor NUCLR term ``tau * log(exp(log_pos) + mean_{j in N_i} exp((diff_ij - zeta_j)/tau))``.
 
@@ -129,29 +111,6 @@ def nuclr_objective(diff: Tensor, mask: Tensor, zeta: Tensor, tau: float, log_po
     log_g, _ = masked_log_mean_exp((diff - zeta) / tau, mask)
     lp = log_pos if isinstance(log_pos, Tensor) else torch.full_like(log_g, float(log_pos))
     return tau * torch.logaddexp(log_g, lp.expand_as(log_g))
-
-
-def nuclr_fcco(
-    diff: Tensor, mask: Tensor, zeta: Tensor, tau: float, log_u: Tensor, log_pos: Tensor | float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """FCCO surrogate of the NUCLR term and the per-pair weights for the ``zeta`` gradient.
-
-    With ``log Z_i = logaddexp(log_pos, log u_i)`` (``u_i`` estimates ``mean_j exp((diff_ij - zeta_j)/tau)``)
-    and ``w_ij = exp((diff_ij - zeta_j)/tau - log Z_i)`` on the negatives (detached):
-
-    * ``surrogate_i = sum_j w_ij diff_ij / |N_i|`` (gradient = FCCO estimator of ``grad_w`` of the term);
-    * ``w [..., C]``: ``1 - mean_{i: j in N_i} w_ij`` estimates ``n * dL/dzeta_j``.
-
-    Returns:
-        ``(surrogate [...], w [..., C], log_Z [...])``.
-    """
-    with torch.no_grad():
-        logits = (diff.detach() - zeta) / tau
-        lp = log_pos if isinstance(log_pos, Tensor) else torch.full_like(log_u, float(log_pos))
-        log_z = torch.logaddexp(log_u, lp.expand_as(log_u))
-        w = torch.exp(logits - log_z.unsqueeze(-1)).masked_fill(~mask, 0.0)
-        count = mask.sum(-1).clamp_min(1).to(diff.dtype)
-    return (w * diff).sum(-1) / count, w, log_z
 
 
 def quantile_threshold_step(sim: Tensor, mask: Tensor, lam: Tensor, *, alpha: float, lr: float) -> Tensor:
@@ -184,3 +143,429 @@ def masked_upper_quantile(sim: Tensor, mask: Tensor, alpha: float) -> Tensor:
     k = torch.minimum((alpha * count).floor().long(), (count - 1).clamp_min(0))
     out = vals.gather(-1, k.unsqueeze(-1)).squeeze(-1)
     return torch.where(count > 0, out, torch.ones_like(out))
+
+
+def row_exp(
+    sim: Tensor,
+    inv_tau: Tensor | float,
+    row_bias: Tensor,
+    *,
+    col_bias: Tensor | None = None,
+    neg: Tensor | None = None,
+    excluded: tuple[Tensor, ...] = (),
+    stable: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One exponential pass over a similarity matrix, restricted to each row's negatives (no autograd).
+
+    With ``l_ij = sim_ij * inv_tau_i + row_bias_i (+ col_bias_j)`` (for the GCL ``row_bias = -pos_i/tau_i``,
+    so ``l_ij = diff_ij / tau_i``), returns ``E_ij = exp(l_ij - shift_i)`` on the negatives and 0 elsewhere,
+    ``log_s_i = log sum_{j in N_i} exp(l_ij)`` (``-inf`` for rows without negatives) and ``shift [R]``.
+
+    Negatives: ``neg [R, C]`` bool, or (``neg=None``) every column except the positions ``excluded``:
+    a tuple of ``[R]`` column indices (the positive, and in unimodal mode the anchor itself).
+    ``stable=True`` shifts every row by its largest negative logit (any temperature, any inputs);
+    ``stable=False`` skips that pass (``shift = 0``): only for ``|l_ij|`` known to stay far from the
+    dtype's exponent range (normalised features and a moderate temperature).
+
+    Args:
+        sim: ``[R, C]`` similarities (a view is fine, e.g. a transposed matrix).
+        inv_tau: float or ``[R]`` inverse temperatures; row_bias: ``[R]``; col_bias: ``[C]`` or None.
+    """
+    with torch.no_grad():
+        sim = sim.detach()
+        bias = row_bias.unsqueeze(1) if col_bias is None else row_bias.unsqueeze(1) + col_bias.unsqueeze(0)
+        if isinstance(inv_tau, Tensor):
+            logits = torch.addcmul(bias, sim, inv_tau.unsqueeze(1))
+        else:
+            logits = torch.add(bias, sim, alpha=float(inv_tau))
+        if neg is not None:
+            logits.masked_fill_(~neg, float("-inf"))
+        else:
+            rows = torch.arange(sim.shape[0], device=sim.device)
+            for cols in excluded:
+                logits[rows, cols] = float("-inf")
+        if stable:
+            shift = logits.amax(1)
+            shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+            logits.sub_(shift.unsqueeze(1))
+        else:
+            shift = torch.zeros(sim.shape[0], dtype=sim.dtype, device=sim.device)
+        e = logits.exp_()
+        log_s = torch.log(e.sum(1)) + shift
+    return e, log_s, shift
+
+
+class _DetachedWeightsDot(torch.autograd.Function):
+    """``value`` in forward, ``grad * weights`` for ``x`` in backward (weights and value precomputed)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weights: Tensor, value: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weights)
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (weights,) = ctx.saved_tensors
+        if grad.numel() == 1 and bool(grad == 1):  # loss.backward(): the weights are the gradient
+            return weights, None, None
+        return weights * grad, None, None
+
+
+def detached_weights_dot(x: Tensor, weights: Tensor, value: Tensor | None = None) -> Tensor:
+    """``sum(stopgrad(weights) * x)`` as one autograd node: the gradient w.r.t. ``x`` is ``weights``.
+
+    ``value`` (the forward result, ``sum(weights * x)``) may be passed when the caller already has it;
+    the surrogate of every FCCO kernel is of this form, so backward is one multiply and the matmul
+    backward of ``x``.
+    """
+    w = weights.detach()
+    if value is None:
+        with torch.no_grad():
+            value = torch.linalg.vecdot(w, x.detach()).sum()
+    return _DetachedWeightsDot.apply(x, w, value)
+
+
+# ----------------------------------------------------------------------------- FCCO steps of the losses
+Estimator = Callable[[Tensor, Tensor], Tensor]
+
+
+class GCLStep(NamedTuple):
+    """Result of :func:`gcl_fcco`.
+
+    surrogate: scalar whose gradient is the (scaled) FCCO estimator; log_u: ``[B, 2]`` refreshed
+    estimator returned by the ``estimator`` callback; tau_grad: ``[B, 2]`` detached estimate of
+    ``d/dtau_iv`` of the anchor's term (0 for anchors without negatives) when ``tau`` is per anchor,
+    else None; valid: ``[B, 2]`` anchors with at least one negative.
+    """
+
+    surrogate: Tensor
+    log_u: Tensor
+    tau_grad: Tensor | None
+    valid: Tensor
+
+
+class NUCLRStep(NamedTuple):
+    """Result of :func:`nuclr_fcco`.
+
+    surrogate: scalar (gradient = scaled FCCO estimator); log_u: ``[B, 2]`` refreshed estimator;
+    col_weight: ``[C, 2]`` per column and side, ``sum_{i: j in N_iv} w_ij`` (unscaled); col_count: ``[C, 2]``
+    number of anchors of which column ``j`` is a negative; valid: ``[B, 2]``.
+    """
+
+    surrogate: Tensor
+    log_u: Tensor
+    col_weight: Tensor
+    col_count: Tensor
+    valid: Tensor
+
+
+def _excluded(pos_col: Tensor, self_col: Tensor | None, v: int) -> tuple[Tensor, ...]:
+    return (pos_col[:, v],) if self_col is None else (pos_col[:, v], self_col[:, v])
+
+
+def _side_exps(
+    sims: Sequence[Tensor], pos: Tensor, inv: Sequence[Tensor | float], pos_col: Tensor, self_col: Tensor | None,
+    neg: Sequence[Tensor | None], col_bias: Sequence[Tensor | None], stable: bool,
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """:func:`row_exp` of both sides: exps, shifts ``[B]`` and ``log_s [B, 2]``."""
+    exps, shifts, log_s = [], [], []
+    for v in (0, 1):
+        e, ls, shift = row_exp(
+            sims[v], inv[v], -pos[:, v] * inv[v], col_bias=col_bias[v], neg=neg[v],
+            excluded=_excluded(pos_col, self_col, v), stable=stable,
+        )
+        exps.append(e)
+        shifts.append(shift)
+        log_s.append(ls)
+    return exps, shifts, torch.stack(log_s, 1)
+
+
+def gcl_fcco(
+    sims: Sequence[Tensor],
+    pos: Tensor,
+    tau: Tensor | float,
+    estimator: Estimator,
+    *,
+    pos_col: Tensor,
+    count: Tensor,
+    self_col: Tensor | None = None,
+    neg: Sequence[Tensor | None] = (None, None),
+    transposed: bool = False,
+    stacked: Tensor | None = None,
+    eps: float = 0.0,
+    rho: float = 0.0,
+    scale: float = 1.0,
+    stable: bool = True,
+) -> GCLStep:
+    """One FCCO step of the (robust) global contrastive loss on both anchor sides.
+
+    For side ``v`` and anchor ``i`` with ``d_ij = sims[v][i, j] - pos[i, v]`` and negatives ``N_iv``:
+
+    1. ``log g_hat_iv = log((1/|N_iv|) sum_{j in N_iv} exp(d_ij / tau_iv))`` (one exponential pass);
+    2. ``log_u = estimator(log_g_hat [B, 2], valid [B, 2])``: the caller's moving average (it may merge
+       duplicates, gather across ranks, write state); ``valid = |N_iv| > 0``;
+    3. weights ``p_ij = exp(d_ij / tau_iv) / (|N_iv| (eps + u_iv))`` (detached) and the surrogate
+       ``scale * sum_iv sum_j p_ij d_ij`` as one :func:`detached_weights_dot` per matrix: its gradient
+       ``scale * sum_iv tau/(eps+u_iv) grad g_hat_iv / tau`` is the FCCO estimator of the gradient of
+       ``sum_iv tau_iv log(eps + g_iv) + rho tau_iv`` (exact when ``u = g``);
+    4. ``tau_grad_iv = log(eps + u_iv) - sum_j p_ij d_ij / tau_iv + rho``, the FCCO estimate of the
+       ``tau``-derivative of the anchor's term. With a 0-dim ``tau`` tensor (one learnable temperature)
+       the surrogate also gets ``scale * tau * sum_iv tau_grad_iv``, so its ``tau``-gradient is that sum.
+
+    With ``transposed=True`` (``sims[1]`` is ``sims[0].T``, ``neg[1]`` is ``neg[0].T`` or both None), a
+    shared temperature (float or 0-dim) and ``stable=False``, one exponential ``exp(sims[0] / tau)``
+    serves both sides (the positive's ``exp(-pos / tau)`` is a per-row / per-column factor) and the two
+    sides' weights are summed into one matrix. ``stacked``: a ``[2B, C]`` tensor whose row blocks are
+    ``sims[0]`` and ``sims[1]`` (unimodal mode), processed as one matrix (half the operations).
+
+    Args:
+        sims: per side ``[B, C]`` similarities (with gradient).
+        pos: ``[B, 2]`` detached similarity of each anchor with its positive, at column ``pos_col [B, 2]``.
+        tau: float, 0-dim tensor (learnable, may require grad) or ``[B, 2]`` (per anchor).
+        estimator: ``(log_g_hat [B, 2], valid [B, 2]) -> log_u [B, 2]``.
+        count: ``[B, 2]`` number of negatives; self_col: ``[B, 2]`` column of the anchor itself or None.
+        neg: per side ``[B, C]`` bool negatives, or None for "every column but pos_col / self_col".
+        eps: the ``eps`` in ``log(eps + g)``; rho: the KL-DRO radius; scale: factor of the surrogate.
+        stable: shift each row by its maximum before exponentiating (see :func:`row_exp`).
+    """
+    dtype = pos.dtype
+    per_anchor = isinstance(tau, Tensor) and tau.dim() > 0
+    shared_tau = float(tau.detach()) if isinstance(tau, Tensor) and not per_anchor else tau
+    inv: list[Tensor | float] = (
+        [1.0 / tau[:, 0], 1.0 / tau[:, 1]] if per_anchor else [1.0 / float(shared_tau)] * 2  # type: ignore[index]
+    )
+    valid = count > 0
+    log_cnt = torch.log(count.clamp_min(1).to(dtype))
+    if transposed and not per_anchor and not stable:
+        step = _gcl_shared(sims[0], pos, float(inv[0]), estimator, pos_col, neg, valid, log_cnt, eps, scale)
+        out, log_u, log_den, value_sum = step
+    else:
+        out, log_u, log_den, value = _gcl_rows(
+            sims, stacked, pos, tau, per_anchor, inv[0], estimator, pos_col, self_col, neg, valid, log_cnt, eps,
+            scale, stable,
+        )
+        value_sum = value.sum()
+    tau_grad = None
+    if per_anchor:
+        inv_t = tau.detach().reciprocal()  # type: ignore[union-attr]
+        tau_grad = torch.where(valid, log_den - value * inv_t + rho, 0.0)
+    elif isinstance(tau, Tensor):  # one temperature: d/dtau of the surrogate is sum_iv tau_grad_iv
+        grad_sum = torch.where(valid, log_den + rho, 0.0).sum() - value_sum * inv[0]
+        out = out + scale * tau * grad_sum.detach()
+    return GCLStep(out, log_u, tau_grad, valid)
+
+
+def _gcl_rows(
+    sims: Sequence[Tensor], stacked: Tensor | None, pos: Tensor, tau: Tensor | float, per_anchor: bool,
+    inv: Tensor | float,
+    estimator: Estimator, pos_col: Tensor, self_col: Tensor | None, neg: Sequence[Tensor | None], valid: Tensor,
+    log_cnt: Tensor, eps: float, scale: float, stable: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`gcl_fcco` with one :func:`row_exp` per matrix: each side, or both sides' rows of ``stacked``.
+
+    Per-anchor ``[B, 2]`` quantities are laid out per matrix by ``sel`` (a column, or side-major ``[2B]``).
+    Returns ``(surrogate, log_u, log(eps + u), value [B, 2])`` with ``value_iv = sum_j p_ij d_ij``.
+    """
+    n = pos.shape[0]
+    groups: list[tuple[Tensor, Callable[[Tensor], Tensor], Tensor | None]]
+    if stacked is not None:
+        cat_neg = None if neg[0] is None else torch.cat([neg[0], neg[1]], 0)  # type: ignore[list-item]
+        groups = [(stacked, lambda x: x.T.reshape(-1), cat_neg)]
+    else:
+        groups = [(sims[0], lambda x: x[:, 0], neg[0]), (sims[1], lambda x: x[:, 1], neg[1])]
+    inv_t = tau.detach().reciprocal() if per_anchor else inv  # type: ignore[union-attr]
+    exps, shifts, log_s, pos_r, pos_col_r = [], [], [], [], []
+    for mat, sel, mask in groups:
+        iv = sel(inv_t) if per_anchor else inv_t  # type: ignore[arg-type]
+        pos_r.append(sel(pos))
+        pos_col_r.append(sel(pos_col))
+        cols = (pos_col_r[-1],) if self_col is None else (pos_col_r[-1], sel(self_col))
+        e, ls, sh = row_exp(mat, iv, -pos_r[-1] * iv, neg=mask, excluded=cols, stable=stable)
+        exps.append(e)
+        shifts.append(sh)
+        log_s.append(ls)
+    unsel = (lambda ys: ys[0].view(2, n).T) if stacked is not None else (lambda ys: torch.stack(ys, 1))
+    log_g = unsel(log_s) - log_cnt
+    log_u = estimator(log_g, valid)
+    out = pos.new_zeros(())
+    values = []
+    with torch.no_grad():
+        log_den = _log_den(log_u, eps)
+        wrow = torch.where(valid, torch.exp(log_g - log_den) * scale, 0.0)  # sum_j p_ij (scaled)
+        coef = torch.exp(unsel(shifts) - log_den - log_cnt) * scale  # p_ij = e_ij * coef_i (scaled)
+    for (mat, sel, _), e, p, pc in zip(groups, exps, pos_r, pos_col_r):
+        with torch.no_grad():
+            w = e.mul_(sel(coef).unsqueeze(1))
+            wr = sel(wrow)
+            # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij; the positive enters with weight -1
+            value = torch.linalg.vecdot(w, mat.detach()) - p * wr
+            w[torch.arange(w.shape[0], device=w.device), pc] = -wr
+        values.append(value)
+        out = out + detached_weights_dot(mat, w, value.sum())
+    return out, log_u, log_den, unsel(values) / scale
+
+
+def _log_den(log_u: Tensor, eps: float) -> Tensor:
+    return log_u if eps <= 0.0 else torch.logaddexp(log_u, torch.full_like(log_u, math.log(eps)))
+
+
+def _gcl_shared(
+    sim: Tensor, pos: Tensor, inv: float, estimator: Estimator, pos_col: Tensor,
+    neg: Sequence[Tensor | None], valid: Tensor, log_cnt: Tensor, eps: float, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Both sides of :func:`gcl_fcco` from one ``exp(sim / tau)`` (``sims[1] = sim.T``, no shift)."""
+    rows = torch.arange(sim.shape[0], device=sim.device)
+    with torch.no_grad():
+        sd = sim.detach()
+        e = torch.mul(sd, inv).exp_()
+        if neg[0] is None:  # side 0 excludes (i, pos_col_i0), side 1 (pos_col_j1, j) of sim
+            e[rows, pos_col[:, 0]] = 0.0
+            e[pos_col[:, 1], rows] = 0.0
+            e0 = e1 = e
+        elif neg[1] is neg[0]:  # one symmetric mask
+            e0 = e1 = e.masked_fill_(~neg[0], 0.0)
+        else:
+            e0, e1 = e.masked_fill(~neg[0], 0.0), e.masked_fill_(~neg[1].T, 0.0)  # type: ignore[union-attr]
+        neg_pos = -pos * inv  # log of the positive's factor exp(-pos / tau)
+        log_s = torch.stack([e0.sum(1).log_(), e1.sum(0).log_()], 1) + neg_pos
+    log_g = log_s - log_cnt
+    log_u = estimator(log_g, valid)
+    with torch.no_grad():
+        log_den = _log_den(log_u, eps)
+        wrow = torch.where(valid, torch.exp(log_g - log_den) * scale, 0.0)
+        coef = torch.exp(neg_pos - log_den - log_cnt) * scale  # p_ij = e_ij * coef_i
+        if e0 is e1:
+            w = e0.mul_(coef[:, 0:1] + coef[:, 1])
+        else:
+            w = e0.mul_(coef[:, 0:1]).add_(e1.mul_(coef[:, 1]))
+        w.index_put_((rows, pos_col[:, 0]), -wrow[:, 0], accumulate=True)
+        w.index_put_((pos_col[:, 1], rows), -wrow[:, 1], accumulate=True)
+        total = torch.dot(w.reshape(-1), sd.reshape(-1))
+    return detached_weights_dot(sim, w, total), log_u, log_den, total / scale
+
+
+def nuclr_fcco(
+    sims: Sequence[Tensor],
+    pos: Tensor,
+    zeta: Tensor,
+    tau: float,
+    log_pos: Tensor,
+    estimator: Estimator,
+    *,
+    pos_col: Tensor,
+    count: Tensor,
+    self_col: Tensor | None = None,
+    neg: Sequence[Tensor | None] = (None, None),
+    transposed: bool = False,
+    scale: float = 1.0,
+    stable: bool = True,
+) -> NUCLRStep:
+    """One FCCO step of the NUCLR term on both sides (see :func:`nuclr_objective` for the objective).
+
+    For side ``v``, anchor ``i``, ``l_ij = (d_ij - zeta_jv) / tau`` over the negatives ``N_iv``:
+
+    1. ``log g_hat_iv = log mean_{j in N_iv} exp(l_ij)``; ``log_u = estimator(log_g_hat, valid)``;
+    2. ``log Z_iv = logaddexp(log_pos_v, log u_iv)`` and ``w_ij = exp(l_ij - log Z_iv)`` (detached);
+    3. surrogate ``scale * sum_iv sum_j w_ij d_ij / |N_iv|``: its gradient is the FCCO estimator of
+       the gradient of ``sum_iv tau log(exp(log_pos_v) + g_iv)`` (exact when ``u = g``);
+    4. per column ``col_weight_jv = sum_{i: j in N_iv} w_ij`` and ``col_count_jv``, so that
+       ``1 - col_weight / col_count`` estimates ``n dL/dzeta_jv``.
+
+    With ``transposed=True`` (as in :func:`gcl_fcco`) and ``stable=False`` one ``exp(sims[0] / tau)`` serves
+    both sides: ``exp(-zeta_j / tau)`` and ``exp(-pos_i / tau)`` are per-column / per-row factors, so the
+    row sums and column weights are matrix-vector products. ``stable=False`` needs
+    ``(2 + max zeta - min zeta) / tau`` far inside the exponent range.
+
+    Args:
+        sims: per side ``[B, C]``; pos: ``[B, 2]`` (positive at ``pos_col``); zeta: ``[C, 2]`` per column;
+        tau: temperature; log_pos: ``[2]`` or ``[B, 2]``, ``log`` of the positive's term of ``Z``;
+        estimator, count, self_col, neg, transposed, scale, stable: as in :func:`gcl_fcco`.
+    """
+    dtype = pos.dtype
+    inv = 1.0 / tau
+    valid = count > 0
+    cnt = count.clamp_min(1).to(dtype)
+    if transposed and not stable:
+        return _nuclr_shared(sims[0], pos, zeta, inv, log_pos, estimator, pos_col, neg, valid, cnt, scale)
+    exps, shifts, log_s = _side_exps(
+        sims, pos, [inv, inv], pos_col, self_col, neg, (-zeta[:, 0] * inv, -zeta[:, 1] * inv), True
+    )
+    log_g = log_s - cnt.log()
+    log_u = estimator(log_g, valid)
+    out = pos.new_zeros(())
+    rows = torch.arange(pos.shape[0], device=pos.device)
+    col_weight, col_count = [], []
+    with torch.no_grad():
+        log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
+        coef = torch.exp(torch.stack(shifts, 1) - log_z)  # w_ij = e_ij * coef_i
+        wrow = torch.where(valid, torch.exp(log_g - log_z) * scale, 0.0)  # sum_j w_ij / |N_iv| (scaled)
+    for v in (0, 1):
+        with torch.no_grad():
+            col_weight.append(exps[v].T @ coef[:, v])
+            col_count.append(_column_counts(neg[v], pos_col, self_col, v, sims[v].shape[1], dtype))
+            w = exps[v].mul_((coef[:, v] * scale / cnt[:, v]).unsqueeze(1))
+            value = torch.linalg.vecdot(w, sims[v].detach()) - pos[:, v] * wrow[:, v]
+            w[rows, pos_col[:, v]] = -wrow[:, v]
+        out = out + detached_weights_dot(sims[v], w, value.sum())
+    return NUCLRStep(out, log_u, torch.stack(col_weight, 1), torch.stack(col_count, 1), valid)
+
+
+def _column_counts(
+    neg: Tensor | None, pos_col: Tensor, self_col: Tensor | None, v: int, n_cols: int, dtype: torch.dtype
+) -> Tensor:
+    """``[C]`` number of anchors of side ``v`` of which each column is a negative."""
+    if neg is not None:
+        return neg.sum(0).to(dtype)
+    out = torch.full((n_cols,), float(pos_col.shape[0]), dtype=dtype, device=pos_col.device)
+    for cols in _excluded(pos_col, self_col, v):
+        out -= torch.bincount(cols, minlength=n_cols).to(dtype)
+    return out
+
+
+def _nuclr_shared(
+    sim: Tensor, pos: Tensor, zeta: Tensor, inv: float, log_pos: Tensor, estimator: Estimator, pos_col: Tensor,
+    neg: Sequence[Tensor | None], valid: Tensor, cnt: Tensor, scale: float,
+) -> NUCLRStep:
+    """Both sides of :func:`nuclr_fcco` from one ``exp(sim / tau)`` (``sims[1] = sim.T``, no row shift).
+
+    Side 0: ``e0_ij = k_ij z0_j``, side 1 (anchor ``j``, column ``i``): ``e1_ij = k_ij z1_i`` with
+    ``k = exp(sim / tau)`` on the negatives and ``zv = exp(-(zeta_v - min zeta_v) / tau)``; the
+    positive's ``exp(-pos / tau)`` and ``exp(-min zeta_v / tau)`` are added in log space.
+    """
+    rows = torch.arange(sim.shape[0], device=sim.device)
+    n_cols = sim.shape[1]
+    with torch.no_grad():
+        sd = sim.detach()
+        k = torch.mul(sd, inv).exp_()
+        if neg[0] is None:
+            k[rows, pos_col[:, 0]] = 0.0
+            k[pos_col[:, 1], rows] = 0.0
+            k0 = k1 = k
+        elif neg[1] is neg[0]:
+            k0 = k1 = k.masked_fill_(~neg[0], 0.0)
+        else:
+            k0, k1 = k.masked_fill(~neg[0], 0.0), k.masked_fill_(~neg[1].T, 0.0)  # type: ignore[union-attr]
+        zmin = zeta.amin(0)
+        z = torch.exp((zmin - zeta) * inv)  # [C, 2], in (0, 1]
+        log_s = torch.stack([torch.mv(k0, z[:, 0]).log_(), torch.mv(k1.T, z[:, 1]).log_()], 1)
+        log_s = log_s - (pos + zmin) * inv
+    log_g = log_s - cnt.log()
+    log_u = estimator(log_g, valid)
+    with torch.no_grad():
+        log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
+        a = torch.exp(-(pos + zmin) * inv - log_z)  # w0_ij = k_ij z0_j a0_i; w1_ij = k_ij z1_i a1_j
+        col_weight = torch.stack([z[:, 0] * torch.mv(k0.T, a[:, 0]), z[:, 1] * torch.mv(k1, a[:, 1])], 1)
+        b = a * (scale / cnt)
+        wrow = torch.where(valid, torch.exp(log_g - log_z) * scale, 0.0)
+        if k0 is k1:
+            w = k0.mul_(torch.addr(torch.outer(b[:, 0], z[:, 0]), z[:, 1], b[:, 1]))
+        else:
+            w = k0.mul_(torch.outer(b[:, 0], z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b[:, 1])))
+        w.index_put_((rows, pos_col[:, 0]), -wrow[:, 0], accumulate=True)
+        w.index_put_((pos_col[:, 1], rows), -wrow[:, 1], accumulate=True)
+        total = torch.dot(w.reshape(-1), sd.reshape(-1))
+        col_count = torch.stack(
+            [_column_counts(neg[0], pos_col, None, 0, n_cols, pos.dtype),
+             _column_counts(neg[1], pos_col, None, 1, n_cols, pos.dtype)], 1
+        )
+    return NUCLRStep(detached_weights_dot(sim, w, total), log_u, col_weight, col_count, valid)

@@ -32,6 +32,9 @@ __all__ = [
     "tpauc_risk",
     "cvar_threshold_grad",
     "pauc_cvar_surrogate",
+    "pauc_cvar_weights",
+    "pauc_kl_weights",
+    "tpauc_kl_weights",
     "log_mean_exp_inner",
     "log_mean_exp_by_index",
     "log_ema",
@@ -42,7 +45,8 @@ __all__ = [
 
 def _detached_f32(x: Tensor) -> Tensor:
     """``x`` detached, in at least float32 (weights of half-precision scores are formed in float32)."""
-    return x.detach().to(torch.promote_types(x.dtype, torch.float32))
+    d = x.detach()
+    return d if d.dtype in (torch.float32, torch.float64) else d.to(torch.promote_types(d.dtype, torch.float32))
 
 
 # ----------------------------------------------------------------------------- risks (objectives)
@@ -106,8 +110,13 @@ def pauc_cvar_surrogate(losses: Tensor, threshold: Tensor, max_fpr: float) -> Te
     Its gradient is the stochastic gradient of ``(1/n_+) sum_i (s_i + E_j (L_ij - s_i)_+ / beta)``
     with respect to the model at the current thresholds ``s`` (``threshold``, ``[P]``).
     """
-    above = (losses.detach() > threshold.to(losses.dtype).unsqueeze(1)).to(losses.dtype)
-    return (above * losses).mean() / max_fpr
+    return (pauc_cvar_weights(losses, threshold, max_fpr) * losses).mean()
+
+
+def pauc_cvar_weights(losses: Tensor, threshold: Tensor, max_fpr: float) -> Tensor:
+    """SOPA's detached weights ``1[L_ij > s_i] / beta`` ``[P, N]``."""
+    d = losses.detach()
+    return (d > threshold.to(d.dtype).unsqueeze(1)).to(d.dtype) / max_fpr
 
 
 # ----------------------------------------------------------------------------- KL-DRO (log space)
@@ -150,9 +159,13 @@ def pauc_kl_surrogate(losses: Tensor, log_u: Tensor, tau: float) -> Tensor:
     Its gradient estimates that of ``(1/n_+) sum_i tau log E_j exp(L_ij / tau)`` when
     ``u_i ~ E_j exp(L_ij / tau)``. Shapes: ``losses`` ``[P, N]``, ``log_u`` ``[P]``.
     """
+    return (pauc_kl_weights(losses, log_u, tau).to(losses.dtype) * losses).mean()
+
+
+def pauc_kl_weights(losses: Tensor, log_u: Tensor, tau: float) -> Tensor:
+    """SOPA-s's detached weights ``p_ij = exp(L_ij / tau - log u_i)`` ``[P, N]`` (at least float32)."""
     d = _detached_f32(losses)
-    p = torch.exp(d / tau - log_u.detach().to(d).unsqueeze(1))
-    return (p.to(losses.dtype) * losses).mean()
+    return torch.exp(d / tau - log_u.detach().to(d).unsqueeze(1))
 
 
 def tpauc_kl_surrogate(losses: Tensor, log_u: Tensor, log_w: Tensor, tau: float, tau_outer: float) -> Tensor:
@@ -163,7 +176,11 @@ def tpauc_kl_surrogate(losses: Tensor, log_u: Tensor, log_w: Tensor, tau: float,
     ``u_i ~ E_j exp(L_ij / tau)`` and ``w ~ E_i u_i^(tau / tau')``.
     Shapes: ``losses`` ``[P, N]``, ``log_u`` ``[P]``, ``log_w`` scalar; ``tau'`` = ``tau_outer``.
     """
+    return (tpauc_kl_weights(losses, log_u, log_w, tau, tau_outer).to(losses.dtype) * losses).mean()
+
+
+def tpauc_kl_weights(losses: Tensor, log_u: Tensor, log_w: Tensor, tau: float, tau_outer: float) -> Tensor:
+    """SOTA-s's detached weights ``p_ij = u_i^(tau / tau' - 1) exp(L_ij / tau) / w`` ``[P, N]``."""
     d = _detached_f32(losses)
     lu = log_u.detach().to(d).unsqueeze(1)
-    p = torch.exp((tau / tau_outer - 1.0) * lu + d / tau - log_w.detach().to(d))
-    return (p.to(losses.dtype) * losses).mean()
+    return torch.exp((tau / tau_outer - 1.0) * lu + d / tau - log_w.detach().to(d))

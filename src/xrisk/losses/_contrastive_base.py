@@ -5,11 +5,14 @@
 2. **gather** the features of all ranks with :func:`xrisk.distributed.all_gather` (``grad="sum"``)
    and the indices without gradient; each rank keeps **its own rows as anchors** and uses the
    whole global batch as candidate negatives (cost ``O(B_local * B_global * d)``);
-3. build :class:`ContrastiveBatch`: similarities ``[B, 2, C]`` of the two anchor sides against
-   the ``C`` columns, the differences to the positive, and the negative mask (a column is a
-   negative of anchor ``i`` iff its dataset index differs from ``index[i]``); the optional
-   :class:`~xrisk.losses.FalseNegativeDetector` removes detected false negatives from it;
-4. call the subclass hook ``_loss(batch)``.
+3. build :class:`ContrastiveBatch`: for each of the two anchor sides a ``[B, C]`` similarity matrix
+   against the ``C`` columns (one matmul; in single-process bimodal mode side 1 is the transpose
+   of side 0, no second matmul), the positive's similarity and column, and the negatives (a column
+   is a negative of anchor ``i`` iff its dataset index differs from ``index[i]``; without duplicate
+   indices this is "every column but the positive (and the anchor itself)" and no mask is built);
+   the optional :class:`~xrisk.losses.FalseNegativeDetector` removes detected false negatives;
+4. call the subclass hook ``_loss(batch)``, which calls its kernel in :mod:`xrisk.functional.contrastive`
+   with :meth:`ContrastiveLossBase._log_estimator_step` as the estimator callback.
 
 **Sides.** ``mode="unimodal"`` (SogCLR, two augmented views): side 0 anchors are ``feats_a`` rows,
 side 1 anchors are ``feats_b`` rows, both against the ``C = 2 B_global`` columns
@@ -49,18 +52,40 @@ class ContrastiveBatch:
     """What a contrastive hook sees (``B`` local anchors, ``C`` columns, 2 sides).
 
     index: ``[B]`` local dataset indices; index_global: ``[B_global]`` all ranks' indices (rank order).
-    sim: ``[B, 2, C]`` cosine similarities (with gradient); diff: ``sim - s(a_i, b_i)`` (positive at 0).
-    neg: ``[B, 2, C]`` bool negative mask; col_index: ``[C]`` dataset index of every column.
+    sims: per side a ``[B, C]`` matrix of cosine similarities (with gradient; possibly a view such as
+    the transpose of the other side). pos: ``[B, 2]`` detached similarity of each anchor with its
+    positive, which sits at column ``pos_col[:, v]`` of side ``v`` (the gradient through the positive
+    flows through that entry of ``sims[v]``). self_col: ``[B, 2]`` column of the anchor itself
+    (unimodal) or None. neg: per side a ``[B, C]`` bool negative mask, or None meaning "every column
+    but ``pos_col`` and ``self_col``" (unique indices, no detector). count: ``[B, 2]`` number of
+    negatives. col_index: ``[C]`` dataset index of every column.
     scale: ``K / B_global``, the factor that turns a sum over local anchors into this rank's share.
+    transposed: ``sims[1]`` is ``sims[0].T`` and ``neg[1]`` is ``neg[0].T`` (or both None) -- single-process
+    bimodal mode. stacked: unimodal mode, the ``[2B, C]`` matrix whose row blocks are ``sims[0]`` and
+    ``sims[1]`` (None in bimodal mode). start: offset of the local rows inside the global batch. unique_index, inverse: for a
+    global batch with duplicate indices, ``torch.unique(index_global, return_inverse=True)``; both None
+    when every index occurs once.
     """
 
     index: Tensor
     index_global: Tensor
-    sim: Tensor
-    diff: Tensor
-    neg: Tensor
+    sims: list[Tensor]
+    pos: Tensor
+    pos_col: Tensor
+    self_col: Tensor | None
+    neg: list[Tensor | None]
+    count: Tensor
     col_index: Tensor
     scale: float
+    transposed: bool
+    stacked: Tensor | None
+    start: int
+    unique_index: Tensor | None
+    inverse: Tensor | None
+
+    def excluded(self, v: int) -> tuple[Tensor, ...]:
+        """Columns of side ``v`` that are not negatives when ``neg[v] is None``."""
+        return (self.pos_col[:, v],) if self.self_col is None else (self.pos_col[:, v], self.self_col[:, v])
 
 
 def check_features(feats_a: Tensor, feats_b: Tensor) -> None:
@@ -74,8 +99,9 @@ def check_features(feats_a: Tensor, feats_b: Tensor) -> None:
         raise ValueError(
             f"feats_a shape {tuple(feats_a.shape)} and feats_b shape {tuple(feats_b.shape)} must be equal"
         )
-    check_finite("feats_a", feats_a)
-    check_finite("feats_b", feats_b)
+    if not bool(torch.isfinite(feats_a.sum() + feats_b.sum())):  # one reduction; exact check on failure only
+        check_finite("feats_a", feats_a)
+        check_finite("feats_b", feats_b)
 
 
 class ContrastiveLossBase(nn.Module):
@@ -176,29 +202,61 @@ class ContrastiveLossBase(nn.Module):
         a, b = (F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)) if self.normalize else (feats_a, feats_b)
         batch = self._make_batch(a, b, idx)
         if self.false_negatives is not None:
-            keep = self.false_negatives(batch.sim.detach(), batch.neg, batch.index)
-            batch.neg = batch.neg & keep
+            batch.neg = self.false_negatives.detect([s.detach() for s in batch.sims], batch.neg, batch.index)
+            batch.count = torch.stack([m.sum(1) for m in batch.neg], 1)  # type: ignore[union-attr]
         return self._loss(batch)
 
     def _make_batch(self, a: Tensor, b: Tensor, idx: Tensor) -> ContrastiveBatch:
         ag = xdist.all_gather(a, grad="sum")
         bg = xdist.all_gather(b, grad="sum")
         idx_g = xdist.all_gather_no_grad(idx)
+        nb, ng = idx.numel(), idx_g.numel()
+        start = xdist.local_slice(nb)[0] if xdist.is_distributed() else 0
+        local = torch.arange(start, start + nb, device=a.device)
+        self_col: Tensor | None
+        stacked: Tensor | None = None
         if self.mode == "unimodal":
-            cols = torch.cat([ag, bg], 0)
-            sim = torch.stack([a @ cols.T, b @ cols.T], 1)
+            z = torch.cat([a, b], 0)
+            s = z @ (z if ag is a else torch.cat([ag, bg], 0)).T  # [2B, 2B_global], one matmul
+            sims, stacked = [s[:nb], s[nb:]], s
             col_index = torch.cat([idx_g, idx_g], 0)
+            pos_col = torch.stack([local + ng, local], 1)
+            self_col = torch.stack([local, local + ng], 1)
         else:
-            sim = torch.stack([a @ bg.T, b @ ag.T], 1)
+            s0 = a @ bg.T  # [B, B_global] image anchors x texts
+            # text anchors x images: the transpose of s0 on one process, its own (local) rows otherwise
+            sims = [s0, s0.T if not xdist.is_distributed() else b @ ag.T]
             col_index = idx_g
-        pos = (a * b).sum(1)
-        diff = sim - pos[:, None, None]
-        neg = (col_index[None, :] != idx[:, None]).unsqueeze(1).expand(-1, 2, -1)
-        return ContrastiveBatch(idx, idx_g, sim, diff, neg, col_index, xdist.world_size() / max(idx_g.numel(), 1))
+            pos_col = local.unsqueeze(1).expand(nb, 2)
+            self_col = None
+        transposed = self.mode == "bimodal" and not xdist.is_distributed()
+        rows = torch.arange(nb, device=a.device)
+        with torch.no_grad():
+            if transposed:  # both sides' positive is the diagonal of s0
+                pos = sims[0].detach().diagonal().unsqueeze(1).expand(nb, 2)
+            else:
+                pos = torch.stack([sims[v].detach()[rows, pos_col[:, v]] for v in (0, 1)], 1)
+        n_excl = 1 if self_col is None else 2
+        uniq = torch.unique(idx_g)
+        unique_index = inverse = None
+        if uniq.numel() != ng:  # duplicates: merged by the estimator step (rare; unique samplers skip this)
+            unique_index, inverse = torch.unique(idx_g, return_inverse=True)
+        neg: list[Tensor | None]
+        if unique_index is None and self.false_negatives is None:
+            neg = [None, None]
+            count = torch.full((nb, 2), col_index.numel() - n_excl, device=a.device, dtype=torch.long)
+        else:
+            m = col_index[None, :] != idx[:, None]  # symmetric when transposed (col_index == idx)
+            neg = [m, m]
+            count = m.sum(1, keepdim=True).expand(nb, 2)
+        return ContrastiveBatch(
+            idx, idx_g, sims, pos, pos_col, self_col, neg, count, col_index, xdist.world_size() / max(ng, 1),
+            transposed, stacked, start, unique_index, inverse,
+        )
 
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
         """Compute this rank's share of the surrogate, update state, record the objective."""
-        raise NotImplementedError  # hook; every concrete loss overrides it
+        raise TypeError(f"{type(self).__name__} must override _loss (the hook of ContrastiveLossBase)")
 
     # ----------------------------------------------------------------------------- shared helpers
     @torch.no_grad()
@@ -214,28 +272,37 @@ class ContrastiveLossBase(nn.Module):
         Returns:
             ``(log_u_local [B, 2], log_u_global [B_global, 2], valid_global [B_global, 2])`` after the update.
         """
-        packed = xdist.all_gather_no_grad(torch.cat([log_g.float(), valid.float()], 1))
         dev = state.value.device
-        new, m = packed[:, :2].to(dev), packed[:, 2:].to(dev) > 0.5
+        if xdist.is_distributed():
+            packed = xdist.all_gather_no_grad(torch.cat([log_g.float(), valid.float()], 1))
+            new, m = packed[:, :2].to(dev), packed[:, 2:].to(dev) > 0.5
+        else:
+            new, m = log_g.to(dev, torch.float32), valid.to(dev)
         idx_g = batch.index_global.to(dev)
-        uniq, inv = torch.unique(idx_g, return_inverse=True)
-        vals = new.masked_fill(~m, float("-inf"))
-        ex = inv[:, None].expand_as(vals)
-        mx = torch.full((uniq.numel(), 2), float("-inf"), device=dev).scatter_reduce(0, ex, vals, "amax")
-        mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
-        tot = torch.zeros_like(mx).index_add_(0, inv, torch.exp(vals - mx[inv]))
-        cnt = torch.zeros_like(mx).index_add_(0, inv, m.float())
-        touched = cnt > 0
-        log_mean = torch.where(touched, torch.log(tot.clamp_min(1e-38)) + mx - torch.log(cnt.clamp_min(1.0)), mx)
-        old = state.value[uniq]
-        upd = torch.where(touched, log_moving_average(old, log_mean, gamma, state.seen[uniq]), old)
-        state.update(uniq, upd, 1.0, mask=touched)
-        local = upd[torch.searchsorted(uniq, batch.index.to(dev))]
-        out_dev = batch.diff.device
-        return local.to(out_dev, batch.diff.dtype), upd[inv].to(out_dev), m.to(out_dev)
+        if batch.inverse is None:  # every index once: no merging
+            old = state.value[idx_g]
+            upd_g = torch.where(m, log_moving_average(old, new, gamma, state.seen[idx_g]), old)
+            state.update(idx_g, upd_g, 1.0, mask=m)
+        else:
+            uniq, inv = batch.unique_index.to(dev), batch.inverse.to(dev)  # type: ignore[union-attr]
+            vals = new.masked_fill(~m, float("-inf"))
+            ex = inv[:, None].expand_as(vals)
+            mx = torch.full((uniq.numel(), 2), float("-inf"), device=dev).scatter_reduce(0, ex, vals, "amax")
+            mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+            tot = torch.zeros_like(mx).index_add_(0, inv, torch.exp(vals - mx[inv]))
+            cnt = torch.zeros_like(mx).index_add_(0, inv, m.float())
+            touched = cnt > 0
+            log_mean = torch.where(touched, torch.log(tot.clamp_min(1e-38)) + mx - torch.log(cnt.clamp_min(1.0)), mx)
+            old = state.value[uniq]
+            upd = torch.where(touched, log_moving_average(old, log_mean, gamma, state.seen[uniq]), old)
+            state.update(uniq, upd, 1.0, mask=touched)
+            upd_g = upd[inv]
+        local = upd_g[batch.start : batch.start + batch.index.numel()]
+        out_dev, out_dtype = batch.pos.device, batch.pos.dtype
+        return local.to(out_dev, out_dtype), upd_g.to(out_dev), m.to(out_dev)
 
     def _record_objective(self, value: Tensor) -> None:
-        self._objective = value.detach().to(self._objective.device, torch.float32).reshape(())
+        self._objective.copy_(value.detach().reshape(()))
 
     def objective(self) -> Tensor:
         """Estimate of the true objective on the last (global) batch; NaN before the first batch.

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.ap import ap_inner_estimates, ap_ratio, ap_surrogate
-from xrisk.functional.surrogates import SURROGATES, SurrogateName
+from xrisk.functional.ap import ap_inner_estimates, ap_ratio, ap_weights
+from xrisk.functional.surrogates import SURROGATES, SurrogateName, weighted_pairwise_mean
 from xrisk.losses.base import ScoreLoss
-from xrisk.state import SampleState
+from xrisk.state import SampleState, update_states
 
 __all__ = ["APLoss"]
 
@@ -99,34 +101,64 @@ class APLoss(ScoreLoss):
         return (f"num_samples={self.num_samples}, num_tasks={self.num_tasks}, gamma={self.gamma}, "
                 f"margin={self.margin}, surrogate={self.surrogate!r}")
 
-    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
+    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
         assert index is not None  # uses_index: the base class enforces it
-        total = scores.sum() * 0.0  # keeps the result connected when no task contributes
         terms: list[Tensor] = []
-        objectives: list[Tensor] = []
-        for t in range(self.num_tasks):
-            pos = targets[:, t]
-            if not bool(pos.any()):
+        estimates: list[tuple[Tensor, Tensor]] = []
+        for t, n_pos in enumerate(pos_counts):
+            if not n_pos:
                 continue
+            pos = targets[:, t]
+            col = scores[:, t]
+            anchors = col[pos]
             losses, g_all, g_pos = ap_inner_estimates(
-                scores[pos, t], scores[:, t], pos, margin=self.margin, surrogate=self.surrogate
+                anchors.detach(), col.detach(), pos, margin=self.margin, surrogate=self.surrogate
             )
-            idx = index[pos]
-            u_all = _update_column(self.u_all, idx, t, g_all, self.gamma)
-            u_pos = _update_column(self.u_pos, idx, t, g_pos, self.gamma)
-            terms.append(ap_surrogate(losses, pos, u_all, u_pos))
-            objectives.append(ap_ratio(u_all, u_pos))
-        if not terms:
-            self._record_objective(torch.full((), float("nan")))
-            return total
-        self._record_objective(torch.stack(objectives).mean())
-        return total + torch.stack(terms).mean()
+            # both estimators in one state pass (one index check, one duplicate test)
+            u_all, u_pos = update_columns((self.u_all, self.u_pos), index[pos], t, (g_all, g_pos), self.gamma)
+            # = ap_surrogate(L, pos, u_all, u_pos) with L carrying the graph; closed-form backward
+            weights = ap_weights(pos, u_all, u_pos, losses.dtype)
+            terms.append(weighted_pairwise_mean(anchors, col, weights, margin=self.margin, surrogate=self.surrogate,
+                                                losses=losses))
+            estimates.append((u_all, u_pos))
+        self._record_objective_from(_mean_ratio, estimates)
+        return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
 
 
-def _update_column(state: SampleState, idx: Tensor, task: int, new: Tensor, gamma: float) -> Tensor:
-    """Moving-average update of column ``task`` of ``state`` at rows ``idx``; returns the merged values ``[P]``."""
-    values = new.new_zeros((idx.numel(), *state.shape))
-    values[:, task] = new
-    mask = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+def _mean_ratio(estimates: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Mean over tasks of :func:`~xrisk.functional.ap.ap_ratio` (the smoothed-AP estimate)."""
+    return torch.stack([ap_ratio(u_all, u_pos) for u_all, u_pos in estimates]).mean()
+
+
+def _mean_of(fn: Callable[..., Tensor], per_task: list[Tensor], *args: object) -> Tensor:
+    """Mean over tasks of ``fn(x, *args)`` for ``x`` in ``per_task`` (lazy objective recipes)."""
+    if len(per_task) == 1:
+        return fn(per_task[0], *args)
+    return torch.stack([fn(x, *args) for x in per_task]).mean()
+
+
+def update_columns(
+    states: tuple[SampleState, ...], idx: Tensor, task: int, news: tuple[Tensor, ...], gamma: float, *,
+    assume_unique: bool = False,
+) -> list[Tensor]:
+    """Moving-average update of column ``task`` of each state at rows ``idx`` (validated dataset
+    indices), all in one :func:`~xrisk.state.update_states` pass; returns the merged values ``[P]``."""
+    if states[0].shape == (1,):  # single task: the column is the whole row, no mask needed
+        outs = update_states(states, idx, [n.detach().unsqueeze(1) for n in news], gamma, index_checked=True,
+                             assume_unique=assume_unique)
+        return [o.squeeze(1) for o in outs]
+    full = []
+    for new in news:
+        values = new.new_zeros((idx.numel(), *states[0].shape))
+        values[:, task] = new.detach()
+        full.append(values)
+    mask = torch.zeros(full[0].shape, dtype=torch.bool, device=full[0].device)
     mask[:, task] = True
-    return state.update(idx, values, gamma, mask=mask)[:, task]
+    outs = update_states(states, idx, full, gamma, mask=mask, index_checked=True, assume_unique=assume_unique)
+    return [o[:, task] for o in outs]
+
+
+def _update_column(state: SampleState, idx: Tensor, task: int, new: Tensor, gamma: float, *,
+                   assume_unique: bool = False) -> Tensor:
+    """Moving-average update of column ``task`` of ``state`` at rows ``idx``; returns the merged values ``[P]``."""
+    return update_columns((state,), idx, task, (new,), gamma, assume_unique=assume_unique)[0]

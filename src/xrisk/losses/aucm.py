@@ -104,23 +104,32 @@ class AUCMLoss(ScoreLoss):
         return (f"margin={self.margin}, num_tasks={self.num_tasks}, version={self.version!r}, "
                 f"imratio={self.imratio}")
 
-    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
-        return self._aucm(scores, targets)
+    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
+        return self._aucm(scores, targets, pos_counts)
 
-    def _aucm(self, scores: Tensor, targets: Tensor) -> Tensor:
-        """Mean of the per-task surrogate over tasks with both classes; records the objective."""
-        valid = targets.any(0) & (~targets).any(0)
+    def _aucm(self, scores: Tensor, targets: Tensor, pos_counts: list[int]) -> Tensor:
+        """Mean of the per-task surrogate over tasks with both classes; records the objective (lazily)."""
+        size = scores.shape[0]
+        valid = [0 < c < size for c in pos_counts]
+        if not any(valid):
+            self._record_objective(None)
+            return scores.sum() * 0.0
         self._record_aucm_objective(scores, targets, valid)
-        zero = scores.sum() * 0.0
-        if not bool(valid.any()):
-            return zero
         values = aucm_surrogate(scores, targets, self.a, self.b, self.alpha, margin=self.margin,
-                                version=self.version, p=self.imratio)
-        return zero + values[valid].mean()
+                                version=self.version, p=self.imratio, pos_counts=pos_counts)
+        if all(valid):
+            return values.sum() if len(valid) == 1 else values.mean()
+        return scores.sum() * 0.0 + values[torch.tensor(valid, device=values.device)].mean()
 
-    def _record_aucm_objective(self, scores: Tensor, targets: Tensor, valid: Tensor) -> None:
-        if not bool(valid.any()):
-            self._record_objective(torch.full((), float("nan")))
-            return
-        with torch.no_grad():
-            self._record_objective(aucm_objective(scores.detach(), targets, margin=self.margin)[valid].mean())
+    def _record_aucm_objective(self, scores: Tensor, targets: Tensor, valid: list[bool]) -> None:
+        """Save what :meth:`objective` needs (detached scores, targets, valid tasks); compute nothing."""
+        if not any(valid):
+            self._record_objective(None)
+        else:
+            self._record_objective_from(_batch_objective, scores.detach(), targets, valid, self.margin)
+
+
+def _batch_objective(scores: Tensor, targets: Tensor, valid: list[bool], margin: float) -> Tensor:
+    """Mean over the ``valid`` tasks of :func:`~xrisk.functional.aucm.aucm_objective` (a scalar)."""
+    per_task = aucm_objective(scores, targets, margin=margin)
+    return per_task[torch.tensor(valid, device=per_task.device)].mean()

@@ -9,7 +9,9 @@
 3. return a **graph-connected zero** and leave state untouched when the batch has no
    positive in any task;
 4. call the subclass hook :meth:`ScoreLoss._loss`, which computes the surrogate, updates
-   state and records the objective estimate with :meth:`ScoreLoss._record_objective`.
+   state and records the objective estimate with :meth:`ScoreLoss._record_objective`
+   (lazily: a recipe over detached tensors, evaluated only when :meth:`ScoreLoss.objective`
+   is called, so a training step never pays for it).
 
 The returned value is a *surrogate*: its gradient is the method's stochastic gradient
 estimator, but its value is not the objective (it can be negative). The current estimate
@@ -18,7 +20,8 @@ of the true objective is :meth:`ScoreLoss.objective`.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+from typing import Callable, ClassVar, Union
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +31,11 @@ from xrisk._validate import check_binary_inputs
 from xrisk.state import check_index
 
 __all__ = ["ScoreLoss"]
+
+#: What a subclass records as the batch's objective estimate: a tensor, a zero-argument callable
+#: over detached tensors (a ``functools.partial`` of a module-level function, so the module stays
+#: picklable) evaluated on request, or ``None`` for "no estimate" (NaN).
+ObjectiveRecord = Union[Tensor, Callable[[], Tensor], None]
 
 
 class ScoreLoss(nn.Module):
@@ -74,14 +82,18 @@ class ScoreLoss(nn.Module):
             y = xdist.all_gather_no_grad(y)
             if idx is not None:
                 idx = xdist.all_gather_no_grad(idx.to(s.device))
-        if not bool(y.any()):
+        pos_counts: list[int] = y.sum(0).tolist()  # one host read serves every subclass check
+        if not any(pos_counts):
             return s.sum() * 0.0
-        return self._loss(s, y, idx)
+        return self._loss(s, y, idx, pos_counts)
 
     # ------------------------------------------------------------------ hooks for subclasses
-    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
-        """Compute the surrogate on the (global) batch ``scores [B, T]``, ``targets [B, T]`` (bool)."""
-        raise NotImplementedError  # abstractmethod-like hook; every registered loss overrides it
+    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
+        """Compute the surrogate on the (global) batch ``scores [B, T]``, ``targets [B, T]`` (bool).
+
+        ``pos_counts[t]`` is the number of positives of task ``t`` in the batch (host ints).
+        """
+        raise TypeError(f"{type(self).__name__} must override _loss(scores, targets, index, pos_counts)")
 
     def _num_samples(self) -> int:
         n = getattr(self, "num_samples", None)
@@ -89,13 +101,31 @@ class ScoreLoss(nn.Module):
             raise AttributeError(f"{type(self).__name__} uses an index but has no `num_samples`")
         return int(n)
 
-    def _record_objective(self, value: Tensor) -> None:
-        self._objective = value.detach().to(self._objective.device, torch.float32).reshape(())
+    def _record_objective(self, value: ObjectiveRecord) -> None:
+        """Record the batch's objective estimate (see :data:`ObjectiveRecord`); nothing is computed here."""
+        # plain attributes, set past nn.Module.__setattr__ (this runs on every training step)
+        self.__dict__["_pending_objective"] = value
+        self.__dict__["_objective_ready"] = False
+
+    def _record_objective_from(self, fn: Callable[..., Tensor], *args: object, **kwargs: object) -> None:
+        """Record ``fn(*args, **kwargs)`` (tensors detached by the caller) to be evaluated on request."""
+        self._record_objective(functools.partial(fn, *args, **kwargs))
 
     # ------------------------------------------------------------------ public
     def objective(self) -> Tensor:
         """Estimate of the true objective from the last batch (``objective_name`` says which).
 
-        NaN before the first forward pass or if the last batch had no positives.
+        NaN before the first forward pass or if the last batch had no positives. Computed on
+        request from what the last forward pass saved (detached), then cached.
         """
+        if not getattr(self, "_objective_ready", True):
+            pending = self._pending_objective
+            if pending is None:
+                value = torch.full((), float("nan"))
+            else:
+                with torch.no_grad():
+                    value = pending() if callable(pending) else pending
+            self._objective = value.detach().to(self._objective.device, torch.float32).reshape(())
+            self.__dict__["_pending_objective"] = None
+            self.__dict__["_objective_ready"] = True
         return self._objective.clone()

@@ -97,18 +97,19 @@ class CompositionalAUCLoss(AUCMLoss):
             raise RuntimeError("CompositionalAUCLoss has not been called yet: no phase to report")
         return self.phase(n - 1)
 
-    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
+    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
         phase = self.phase(int(self.num_steps))
         if phase == "ce":
-            if bool((scores < 0).any() or (scores > 1).any()):
+            lo, hi = torch.aminmax(scores.detach())
+            if float(lo) < 0 or float(hi) > 1:
                 raise ValueError(
                     "CompositionalAUCLoss needs probabilities in [0, 1] (sigmoid outputs) for its "
-                    f"cross-entropy phase; got scores in [{float(scores.min()):.4g}, {float(scores.max()):.4g}]"
+                    f"cross-entropy phase; got scores in [{float(lo):.4g}, {float(hi):.4g}]"
                 )
-            valid = targets.any(0) & (~targets).any(0)
-            self._record_aucm_objective(scores, targets, valid)
+            size = scores.shape[0]
+            self._record_aucm_objective(scores, targets, [0 < c < size for c in pos_counts])
             out = F.binary_cross_entropy(scores, targets.to(scores.dtype))
         else:
-            out = self._aucm(scores, targets)
+            out = self._aucm(scores, targets, pos_counts)
         self.num_steps += 1
         return out

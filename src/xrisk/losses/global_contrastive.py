@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.contrastive import gcl_fcco, masked_log_mean_exp
+from xrisk.functional.contrastive import gcl_fcco
 from xrisk.losses._contrastive_base import ContrastiveBatch, ContrastiveLossBase, Mode
 from xrisk.losses.false_negatives import FalseNegativeDetector
 from xrisk.state import SampleState
@@ -165,49 +165,61 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             self.tau_individual = SampleState(num_samples, (2,), init=tau)
             self.tau_momentum = SampleState(num_samples, (2,))
 
+    def _exp_is_safe(self, dtype: torch.dtype, tau_low: float) -> bool:
+        """``|d / tau| <= 2 / tau_low`` stays far inside the exponent range: skip the row-max shift.
+
+        ``tau_low``: the smallest temperature of this batch (its current value, not ``tau_min``).
+        """
+        limit = {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
+        return self.normalize and 2.0 / tau_low <= limit
+
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
-        diff, neg = batch.diff, batch.neg
+        pos = batch.pos
         rho = 0.0 if self.temperature == "fixed" else self.rho
         tau: Tensor | float
+        tau_g: Tensor | float
         if isinstance(self.tau, nn.Parameter):
             with torch.no_grad():
                 self.tau.clamp_(self.tau_min, self.tau_max)
-            tau = _MeanGradOverRanks.apply(self.tau).to(diff.device, diff.dtype)
+            tau = _MeanGradOverRanks.apply(self.tau).to(pos.device, pos.dtype)
+            tau_g, tau_low = tau.detach(), float(self.tau.detach())
         elif self.temperature == "individual":
-            tau = self.tau_individual.read(batch.index).to(diff.device, diff.dtype)
+            tau_g = self.tau_individual.value[batch.index_global.to(self.tau_individual.value.device)]
+            tau = tau_g[batch.start : batch.start + pos.shape[0]].to(pos.device, pos.dtype)
+            tau_low = float(tau.min()) if tau.numel() else self.tau_min
         else:
-            tau = self.tau
-        tau_d = tau.detach() if isinstance(tau, Tensor) else tau
-        t = tau_d.unsqueeze(-1) if isinstance(tau_d, Tensor) and tau_d.dim() else tau_d
-        log_g, count = masked_log_mean_exp(diff.detach() / t, neg)
-        valid = count > 0
-        log_u, log_u_g, valid_g = self._log_estimator_step(self.log_u, batch, log_g, valid, self.current_gamma())
-        surrogate, tau_grad = gcl_fcco(diff, neg, tau, log_u, eps=self.eps, rho=rho)
-        tau_grad = torch.where(valid, tau_grad, torch.zeros_like(tau_grad))
-        per_anchor = surrogate * valid
-        if isinstance(self.tau, nn.Parameter):
-            per_anchor = per_anchor + tau * tau_grad  # d/dtau of this term is the RGCL-g tau-gradient
-        self._finish(batch, tau, tau_grad, valid, log_u_g, valid_g, rho)
-        return batch.scale * per_anchor.sum()
+            tau = tau_g = tau_low = self.tau
+        glob: list[Tensor] = []
+
+        def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
+            log_u, *rest = self._log_estimator_step(self.log_u, batch, log_g, valid, self.current_gamma())
+            glob.extend(rest)
+            return log_u
+
+        step = gcl_fcco(
+            batch.sims, pos, tau, estimator, pos_col=batch.pos_col, count=batch.count, self_col=batch.self_col,
+            neg=batch.neg, transposed=batch.transposed, stacked=batch.stacked, eps=self.eps, rho=rho, scale=batch.scale,
+            stable=not self._exp_is_safe(pos.dtype, tau_low),
+        )
+        self._finish(batch, tau_g, step.tau_grad, *glob, rho)
+        return step.surrogate
 
     @torch.no_grad()
     def _finish(
-        self, batch: ContrastiveBatch, tau: Tensor | float, tau_grad: Tensor, valid: Tensor,
+        self, batch: ContrastiveBatch, tau_g: Tensor | float, tau_grad: Tensor | None,
         log_u_g: Tensor, valid_g: Tensor, rho: float,
     ) -> None:
         """Update the individual temperatures and record the objective (identically on every rank)."""
         idx_g = batch.index_global
-        if self.temperature == "individual":
-            tau_g = self.tau_individual.read(idx_g).to(log_u_g.device)
+        if tau_grad is not None:  # individual temperatures; tau_g: [B_global, 2] before the step
+            tau_g = tau_g.to(log_u_g.device)  # type: ignore[union-attr]
             grad_g = xdist.all_gather_no_grad(tau_grad.clamp(-self.tau_grad_clip, self.tau_grad_clip).float())
             m = self.tau_momentum.update(idx_g, grad_g, self.beta_tau, mask=valid_g)
             new_tau = (tau_g - self.lr_tau * m).clamp(self.tau_min, self.tau_max)
             self.tau_individual.update(idx_g, new_tau, 1.0, mask=valid_g)
-        else:
-            tau_g = torch.full_like(log_u_g, float(tau.detach()) if isinstance(tau, Tensor) else float(tau))
         log_den = log_u_g if self.eps <= 0 else torch.logaddexp(log_u_g, torch.full_like(log_u_g, self.eps).log())
-        terms = (tau_g * log_den + rho * tau_g).masked_fill(~valid_g, 0.0)
-        obj = terms.sum() / idx_g.numel() if bool(valid_g.any()) else torch.tensor(float("nan"))
+        terms = torch.where(valid_g, tau_g * (log_den + rho), 0.0)
+        obj = torch.where(valid_g.any(), terms.sum() / idx_g.numel(), float("nan"))
         self._record_objective(obj)
 
     def temperature_of(self, index: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_positive, check_unit_interval
-from xrisk.functional.contrastive import masked_log_mean_exp, nuclr_fcco
+from xrisk.functional.contrastive import nuclr_fcco
 from xrisk.losses._contrastive_base import ContrastiveBatch, ContrastiveLossBase
 from xrisk.losses.false_negatives import FalseNegativeDetector
 from xrisk.state import SampleState
@@ -115,30 +115,52 @@ class NUCLRLoss(ContrastiveLossBase):
         self.zeta_momentum = SampleState(num_samples, (2,))
         self.register_buffer("xi", torch.full((2,), max(float(zeta_init), self.xi_init)))
 
+    def _exp_is_safe(self, dtype: torch.dtype, zeta_cols: Tensor) -> bool:
+        """``(|d| + zeta range) / tau <= (2 + zeta range) / tau`` stays far inside the exponent range."""
+        limit = {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
+        if not self.normalize or 2.0 / self.tau > limit:
+            return False
+        spread = float((zeta_cols.amax(0) - zeta_cols.amin(0)).max()) if zeta_cols.numel() else 0.0
+        return (2.0 + spread) / self.tau <= limit
+
     def _on_epoch(self, epoch: int) -> None:
         with torch.no_grad():
             self.xi.copy_(self.zeta.value.amax(0).clamp_min(self.xi_init).to(self.xi))
 
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
-        diff, neg = batch.diff, batch.neg
-        zeta_cols = self.zeta.read(batch.col_index).to(diff.device, diff.dtype).T.unsqueeze(0)  # [1, 2, C]
-        log_g, count = masked_log_mean_exp((diff.detach() - zeta_cols) / self.tau, neg)
-        valid = count > 0
-        log_u, log_u_g, valid_g = self._log_estimator_step(self.log_u, batch, log_g, valid, self.current_gamma())
-        log_pos = (-self.xi.to(diff.device, diff.dtype) / self.tau - math.log(self.num_samples - 1)).expand_as(log_u)
-        surrogate, w, _ = nuclr_fcco(diff, neg, zeta_cols, self.tau, log_u, log_pos)
-        self._finish(batch, w, neg, log_u_g, valid_g)
-        return batch.scale * (surrogate * valid).sum()
+        pos = batch.pos
+        zeta_cols = self.zeta.value[batch.col_index.to(self.zeta.value.device)]  # [C, 2]
+        log_pos = -self.xi.to(pos.device, pos.dtype) / self.tau - math.log(self.num_samples - 1)
+        glob: list[Tensor] = []
+
+        def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
+            log_u, *rest = self._log_estimator_step(self.log_u, batch, log_g, valid, self.current_gamma())
+            glob.extend(rest)
+            return log_u
+
+        zeta_cols = zeta_cols.to(pos.device, pos.dtype)
+        step = nuclr_fcco(
+            batch.sims, pos, zeta_cols, self.tau, log_pos, estimator, pos_col=batch.pos_col, count=batch.count,
+            self_col=batch.self_col, neg=batch.neg, transposed=batch.transposed, scale=batch.scale,
+            stable=not (batch.transposed and self._exp_is_safe(pos.dtype, zeta_cols)),
+        )
+        self._finish(batch, zeta_cols, step.col_weight, step.col_count, *glob)
+        return step.surrogate
 
     @torch.no_grad()
-    def _finish(self, batch: ContrastiveBatch, w: Tensor, neg: Tensor, log_u_g: Tensor, valid_g: Tensor) -> None:
-        """``zeta`` step from all ranks' column sums, then record the objective (same on every rank)."""
+    def _finish(
+        self, batch: ContrastiveBatch, zeta_g: Tensor, wsum: Tensor, cnt: Tensor, log_u_g: Tensor, valid_g: Tensor
+    ) -> None:
+        """``zeta`` step from all ranks' column sums, then record the objective (same on every rank).
+
+        ``zeta_g``: ``[C, 2]`` zeta of the columns before the step (bimodal: columns = the global batch).
+        """
         cols = batch.col_index
-        zeta_g = self.zeta.read(cols).to(log_u_g.device)  # [B_global, 2] (bimodal: columns = global batch)
+        zeta_g = zeta_g.to(log_u_g.device)
         if int(self.epoch) >= self.zeta_start_epoch:
-            stats = torch.cat([w.sum(0), neg.sum(0).to(w.dtype)], 0).T.float()  # [C, 4]
-            stats = xdist.all_reduce_sum(stats.contiguous())
-            wsum, cnt = stats[:, :2], stats[:, 2:]
+            if xdist.is_distributed():
+                stats = xdist.all_reduce_sum(torch.cat([wsum, cnt], 1).float().contiguous())  # [C, 4]
+                wsum, cnt = stats[:, :2], stats[:, 2:]
             has = cnt > 0
             grad = torch.where(has, 1.0 - wsum / cnt.clamp_min(1.0), torch.zeros_like(wsum))
             if bool(has.any()):
@@ -149,7 +171,7 @@ class NUCLRLoss(ContrastiveLossBase):
         log_z = torch.logaddexp(log_u_g, log_pos.expand_as(log_u_g))
         terms = (self.tau * log_z).masked_fill(~valid_g, 0.0)
         n_g = batch.index_global.numel()
-        obj = terms.sum() / n_g + zeta_g.mean(0).sum() if bool(valid_g.any()) else torch.tensor(float("nan"))
+        obj = torch.where(valid_g.any(), terms.sum() / n_g + zeta_g.mean(0).sum(), float("nan"))
         self._record_objective(obj)
 
     def extra_repr(self) -> str:

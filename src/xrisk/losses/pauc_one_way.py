@@ -13,12 +13,12 @@ from xrisk.functional.pauc import (
     log_ema,
     log_mean_exp_by_index,
     log_mean_exp_inner,
-    pauc_cvar_surrogate,
-    pauc_kl_surrogate,
+    pauc_cvar_weights,
+    pauc_kl_weights,
     pauc_risk,
 )
-from xrisk.functional.surrogates import SURROGATES, SurrogateName, pairwise_surrogate
-from xrisk.losses.ap import _update_column
+from xrisk.functional.surrogates import SURROGATES, SurrogateName, pairwise_surrogate, weighted_pairwise_mean
+from xrisk.losses.ap import _update_column, _mean_of
 from xrisk.losses.base import ScoreLoss
 from xrisk.state import SampleState
 
@@ -134,31 +134,35 @@ class OneWayPartialAUCLoss(ScoreLoss):
         return (f"num_samples={self.num_samples}, num_tasks={self.num_tasks}, method={self.method!r}, "
                 f"max_fpr={self.max_fpr}, margin={self.margin}, surrogate={self.surrogate!r}, {knobs}")
 
-    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
+    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
         assert index is not None  # uses_index: the base class enforces it
-        total = scores.sum() * 0.0
+        size = scores.shape[0]
         terms: list[Tensor] = []
-        risks: list[Tensor] = []
-        for t in range(self.num_tasks):
-            pos, neg = targets[:, t], ~targets[:, t]
-            if not (bool(pos.any()) and bool(neg.any())):
+        detached: list[Tensor] = []
+        for t, n_pos in enumerate(pos_counts):
+            if not 0 < n_pos < size:  # needs both positives and negatives
                 continue
-            losses = pairwise_surrogate(scores[pos, t], scores[neg, t], margin=self.margin, surrogate=self.surrogate)
+            pos = targets[:, t]
+            col = scores[:, t]
+            s_pos, s_neg = col[pos], col[~pos]
+            losses = pairwise_surrogate(s_pos.detach(), s_neg.detach(), margin=self.margin, surrogate=self.surrogate)
             idx = index[pos]
             if self.method == "cvar":
-                s = self.threshold.read(idx)[:, t].to(losses)
+                s = self.threshold.value[idx.to(self.threshold.value.device), t].to(losses)
                 step = cvar_threshold_grad(losses, s, self.max_fpr)
                 _update_column(self.threshold, idx, t, s - self.eta * step, 1.0)
-                terms.append(pauc_cvar_surrogate(losses, s, self.max_fpr))
+                weights = pauc_cvar_weights(losses, s, self.max_fpr)  # pauc_cvar_surrogate's weights
             else:
                 log_u = _log_ema_column(self.log_u, idx, t, log_mean_exp_inner(losses, self.tau), self.gamma)
-                terms.append(pauc_kl_surrogate(losses, log_u, self.tau))
-            risks.append(pauc_risk(losses.detach(), self.max_fpr))
+                weights = pauc_kl_weights(losses, log_u, self.tau)  # pauc_kl_surrogate's weights
+            terms.append(weighted_pairwise_mean(s_pos, s_neg, weights, margin=self.margin, surrogate=self.surrogate,
+                                                losses=losses))
+            detached.append(losses)
         if not terms:
-            self._record_objective(torch.full((), float("nan")))
-            return total
-        self._record_objective(torch.stack(risks).mean())
-        return total + torch.stack(terms).mean()
+            self._record_objective(None)
+            return scores.sum() * 0.0
+        self._record_objective_from(_mean_of, pauc_risk, detached, self.max_fpr)
+        return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
 
 
 def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor, gamma: float) -> Tensor:
@@ -167,8 +171,13 @@ def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor,
     Duplicates are merged first (mean of ``exp(log_new)``), then one step per index is written
     with ``gamma = 1`` so the state stores exactly the log-space result.
     """
-    merged = log_mean_exp_by_index(idx, log_new)
-    old = state.read(idx)[:, task].to(merged)
-    seen = state.seen[idx.to(state.seen.device), task].to(merged.device)
+    dev = state.value.device
+    idx_s = idx.to(dev)
+    unique = torch.unique(idx_s).numel() == idx_s.numel()
+    merged = log_new.detach() if unique else log_mean_exp_by_index(idx, log_new)
+    old = state.value[idx_s, task]
+    seen = state.seen[idx_s, task]
+    if old.dtype != merged.dtype or old.device != merged.device:
+        old, seen = old.to(merged), seen.to(merged.device)
     new = log_ema(old, merged, gamma, seen)
-    return _update_column(state, idx, task, new, 1.0)
+    return _update_column(state, idx, task, new, 1.0, assume_unique=unique)

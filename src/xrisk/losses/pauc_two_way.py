@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.pauc import log_ema, log_mean_exp_inner, tpauc_kl_surrogate, tpauc_risk
-from xrisk.functional.surrogates import SURROGATES, SurrogateName, pairwise_surrogate
-from xrisk.losses.ap import _update_column
+from xrisk.functional.pauc import log_ema, log_mean_exp_inner, tpauc_kl_weights, tpauc_risk
+from xrisk.functional.surrogates import SURROGATES, SurrogateName, pairwise_surrogate, weighted_pairwise_mean
+from xrisk.losses.ap import _mean_of
 from xrisk.losses.base import ScoreLoss
 from xrisk.losses.pauc_one_way import _log_ema_column
 from xrisk.state import SampleState
@@ -121,31 +123,36 @@ class TwoWayPartialAUCLoss(ScoreLoss):
                 f"max_fpr={self.max_fpr}, tau={self.tau}, tau_outer={self.tau_outer}, gamma0={self.gamma0}, "
                 f"gamma1={self.gamma1}, margin={self.margin}, surrogate={self.surrogate!r}")
 
-    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
+    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
         assert index is not None  # uses_index: the base class enforces it
-        total = scores.sum() * 0.0
+        size = scores.shape[0]
         terms: list[Tensor] = []
-        risks: list[Tensor] = []
+        detached: list[Tensor] = []
         ratio = self.tau / self.tau_outer
-        for t in range(self.num_tasks):
-            pos, neg = targets[:, t], ~targets[:, t]
-            if not (bool(pos.any()) and bool(neg.any())):
+        for t, n_pos in enumerate(pos_counts):
+            if not 0 < n_pos < size:  # needs both positives and negatives
                 continue
-            losses = pairwise_surrogate(scores[pos, t], scores[neg, t], margin=self.margin, surrogate=self.surrogate)
+            pos = targets[:, t]
+            col = scores[:, t]
+            s_pos, s_neg = col[pos], col[~pos]
+            losses = pairwise_surrogate(s_pos.detach(), s_neg.detach(), margin=self.margin, surrogate=self.surrogate)
             log_u = _log_ema_column(self.log_u, index[pos], t, log_mean_exp_inner(losses, self.tau), self.gamma0)
-            log_w = self._update_w(t, torch.logsumexp(ratio * log_u, 0) - torch.log(log_u.new_tensor(log_u.numel())))
-            terms.append(tpauc_kl_surrogate(losses, log_u, log_w, self.tau, self.tau_outer))
-            risks.append(tpauc_risk(losses.detach(), self.min_tpr, self.max_fpr))
+            log_w = self._update_w(t, torch.logsumexp(ratio * log_u, 0) - math.log(n_pos))
+            weights = tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer)  # tpauc_kl_surrogate's
+            terms.append(weighted_pairwise_mean(s_pos, s_neg, weights, margin=self.margin, surrogate=self.surrogate,
+                                                losses=losses))
+            detached.append(losses)
         if not terms:
-            self._record_objective(torch.full((), float("nan")))
-            return total
-        self._record_objective(torch.stack(risks).mean())
-        return total + torch.stack(terms).mean()
+            self._record_objective(None)
+            return scores.sum() * 0.0
+        self._record_objective_from(_mean_of, tpauc_risk, detached, self.min_tpr, self.max_fpr)
+        return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
 
     def _update_w(self, task: int, log_new: Tensor) -> Tensor:
         """One log-space moving-average step of ``w`` for ``task``; returns the new ``log w`` (scalar)."""
-        zero = torch.zeros(1, dtype=torch.long, device=self.log_w.value.device)
-        old = self.log_w.value[0, task].to(log_new)
-        seen = self.log_w.seen[0, task].to(log_new.device)
-        new = log_ema(old, log_new, self.gamma1, seen)
-        return _update_column(self.log_w, zero, task, new.reshape(1), 1.0)[0]
+        value, seen = self.log_w.value[0], self.log_w.seen[0]
+        new = log_ema(value[task].to(log_new), log_new, self.gamma1, seen[task].to(log_new.device))
+        with torch.no_grad():  # one row, one column: write it directly (no index to merge)
+            value[task] = new.detach()
+            seen[task] = True
+        return new

@@ -122,7 +122,7 @@ class StreamingRankMetric:
         return self._metric(s, y)
 
     def _metric(self, scores: Tensor, targets: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must override _metric(scores, targets)")
 
 
 class AUROC(StreamingRankMetric):

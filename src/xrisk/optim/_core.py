@@ -30,7 +30,14 @@ from torch import Tensor, nn
 
 from xrisk._validate import check_positive
 
-__all__ = ["AUCOptimizer", "proximal_direction", "record_iterate", "dual_ascent_"]
+__all__ = [
+    "AUCOptimizer",
+    "proximal_direction",
+    "proximal_direction_foreach",
+    "record_iterate",
+    "record_iterate_foreach",
+    "dual_ascent_",
+]
 
 
 def proximal_direction(
@@ -44,6 +51,36 @@ def proximal_direction(
     if weight_decay != 0.0:
         d.add_(p, alpha=weight_decay)
     return d
+
+
+def proximal_direction_foreach(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], *, clip_value: float | None,
+    weight_decay: float, epoch_decay: float,
+) -> list[Tensor]:
+    """:func:`proximal_direction` of a list of parameters with ``torch._foreach_*`` ops (new tensors).
+
+    ``epoch_decay (p - ref) + weight_decay p`` is applied as ``(epoch_decay + weight_decay) p -
+    epoch_decay ref`` (two list ops instead of three; equal up to rounding).
+    """
+    if clip_value is not None:
+        d = torch._foreach_clamp_min(grads, -clip_value)
+        torch._foreach_clamp_max_(d, clip_value)
+    else:
+        d = torch._foreach_mul(grads, 1.0)
+    if epoch_decay != 0.0:
+        torch._foreach_add_(d, params, alpha=epoch_decay + weight_decay)
+        torch._foreach_add_(d, [st["ref"] for st in states], alpha=-epoch_decay)
+    elif weight_decay != 0.0:
+        torch._foreach_add_(d, params, alpha=weight_decay)
+    return list(d)
+
+
+def record_iterate_foreach(params: list[Tensor], states: list[dict[str, Any]]) -> None:
+    """:func:`record_iterate` of a list of parameters that share ``avg_count`` (one ``lerp`` list op)."""
+    count = states[0]["avg_count"] + 1
+    for st in states:
+        st["avg_count"] = count
+    torch._foreach_lerp_([st["iterate_avg"] for st in states], params, 1.0 / count)
 
 
 def record_iterate(p: Tensor, state: dict[str, Any]) -> None:
@@ -104,6 +141,37 @@ class AUCOptimizer(torch.optim.Optimizer):
             state["iterate_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["avg_count"] = 0
         return state
+
+    def _primal_buckets(
+        self, keys: tuple[str, ...], state_keys: tuple[str, ...], skip: set[int] | None = None
+    ) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor], list[dict[str, Any]]]]:
+        """Primal parameters with a gradient, bucketed across groups by equal hyper-parameters
+        ``keys`` and equal per-parameter counters ``state_keys``: each bucket is
+        ``(group, params, grads, states)`` and can be updated with one set of ``_foreach`` ops."""
+        buckets: dict[tuple[Any, ...], tuple[dict[str, Any], list[Tensor], list[Tensor], list[dict[str, Any]]]] = {}
+        flag, counters = state_keys[0], state_keys[1:]
+        all_state = self.state
+        for group in self.param_groups:
+            if group["dual"]:
+                continue
+            hyper = tuple([group[k] for k in keys])
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None or (skip is not None and id(p) in skip):
+                    continue
+                if grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                state = all_state[p]
+                if "ref" not in state:
+                    state = self._init_proximal(p)
+                key = (hyper, flag in state, state["avg_count"], *[state.get(k) for k in counters])
+                bucket = buckets.get(key)
+                if bucket is None:
+                    bucket = buckets[key] = (group, [], [], [])
+                bucket[1].append(p)
+                bucket[2].append(grad)
+                bucket[3].append(state)
+        return list(buckets.values())
 
     def _dual_step(self, group: dict[str, Any]) -> None:
         for p in group["params"]:

@@ -10,9 +10,17 @@ from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive
 from xrisk.losses.aucm import AUCMLoss
-from xrisk.optim._core import AUCOptimizer, proximal_direction, record_iterate
+from xrisk.optim._core import (
+    AUCOptimizer,
+    proximal_direction,
+    proximal_direction_foreach,
+    record_iterate,
+    record_iterate_foreach,
+)
 
-__all__ = ["PESG", "pesg_update"]
+__all__ = ["PESG", "pesg_update", "pesg_update_foreach"]
+
+_HYPER = ("lr", "mode", "momentum", "dampening", "betas", "eps", "weight_decay", "epoch_decay", "clip_value")
 
 
 def pesg_update(
@@ -62,6 +70,62 @@ def pesg_update(
     record_iterate(p, state)
 
 
+def pesg_update_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: float,
+    mode: str,
+    momentum: float,
+    dampening: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    epoch_decay: float,
+    clip_value: float | None,
+) -> None:
+    """:func:`pesg_update` of a list of parameters with ``torch._foreach_*`` ops (same math, equal up
+    to rounding). The parameters must share ``avg_count`` and, in adam mode, ``adam_step``; in sgd
+    mode either all or none have a ``momentum_buffer`` (:meth:`PESG.step` buckets them so)."""
+    d = proximal_direction_foreach(params, grads, states, clip_value=clip_value, weight_decay=weight_decay,
+                                   epoch_decay=epoch_decay)
+    if mode == "sgd":
+        if momentum != 0.0:
+            if "momentum_buffer" not in states[0]:
+                for st, di in zip(states, d):
+                    st["momentum_buffer"] = di.clone()
+            else:
+                bufs = [st["momentum_buffer"] for st in states]
+                if momentum == dampening:  # u <- mu u + (1 - mu) d is a lerp (LibAUC's convention)
+                    torch._foreach_lerp_(bufs, d, 1.0 - momentum)
+                else:
+                    torch._foreach_mul_(bufs, momentum)
+                    torch._foreach_add_(bufs, d, alpha=1.0 - dampening)
+            d = [st["momentum_buffer"] for st in states]
+        torch._foreach_add_(params, d, alpha=-lr)
+    else:
+        beta1, beta2 = betas
+        if "adam_step" not in states[0]:
+            for st, p in zip(states, params):
+                st["adam_step"] = 0
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        t = states[0]["adam_step"] + 1
+        for st in states:
+            st["adam_step"] = t
+        exp_avg = [st["exp_avg"] for st in states]
+        exp_avg_sq = [st["exp_avg_sq"] for st in states]
+        torch._foreach_lerp_(exp_avg, d, 1.0 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, d, d, value=1.0 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, math.sqrt(1.0 - beta2**t))
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, exp_avg, denom, value=-lr / (1.0 - beta1**t))
+    record_iterate_foreach(params, states)
+
+
 class PESG(AUCOptimizer):
     """Proximal epoch stochastic gradient (descent-ascent) for the AUC-M min-max problem.
 
@@ -108,6 +172,11 @@ class PESG(AUCOptimizer):
     group of their own with the defaults unless ``params`` already contains them; ``loss.alpha``
     always forms the last group (``"dual": True``, ``lr = alpha_lr or lr``) and must not be in
     ``params``.
+
+    Implementation: each :meth:`step` buckets the primal parameters of all groups by equal
+    hyper-parameters and counters and updates every bucket with one set of ``torch._foreach_*``
+    ops (:func:`pesg_update_foreach`, like ``torch.optim.SGD``/``Adam``'s foreach path);
+    :func:`pesg_update` is the same math for one parameter (equal up to rounding).
 
     State (``optimizer.state``, in ``state_dict``): per primal parameter ``ref``,
     ``iterate_avg``, ``avg_count`` and ``momentum_buffer`` (sgd) or ``adam_step``, ``exp_avg``,
@@ -188,17 +257,13 @@ class PESG(AUCOptimizer):
         for group in self.param_groups:
             if group["dual"]:
                 self._dual_step(group)
-                continue
-            check_choice("mode", group["mode"], ("sgd", "adam"))
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("PESG does not support sparse gradients")
-                pesg_update(
-                    p, p.grad, self._init_proximal(p), lr=group["lr"], mode=group["mode"],
-                    momentum=group["momentum"], dampening=group["dampening"], betas=group["betas"],
-                    eps=group["eps"], weight_decay=group["weight_decay"], epoch_decay=group["epoch_decay"],
-                    clip_value=group["clip_value"],
-                )
+            else:
+                check_choice("mode", group["mode"], ("sgd", "adam"))
+        for group, params, grads, states in self._primal_buckets(_HYPER, ("momentum_buffer", "adam_step")):
+            pesg_update_foreach(
+                params, grads, states, lr=group["lr"], mode=group["mode"], momentum=group["momentum"],
+                dampening=group["dampening"], betas=group["betas"], eps=group["eps"],
+                weight_decay=group["weight_decay"], epoch_decay=group["epoch_decay"],
+                clip_value=group["clip_value"],
+            )
         return out
