@@ -164,7 +164,7 @@ class SampleState(nn.Module):
     def read(self, index: Tensor) -> Tensor:
         """Return ``value[index]`` (float32, on the state's device) without changing anything."""
         index = check_index(index, self.num_samples).to(self.value.device)
-        return self.value[index]
+        return self.value.index_select(0, index)
 
     def reset(self) -> None:
         """Forget everything: every entry becomes unseen again."""
@@ -279,14 +279,21 @@ def update_states(
         uniq, inv = torch.unique(index, return_inverse=True)
         unique = uniq.numel() == index.numel()
     if unique:  # no duplicates: gather, mix, scatter back
+        overwrite = isinstance(gamma_t, float) and gamma_t == 1.0
         for st, new in zip(states, news):
-            if m is None and isinstance(gamma_t, float) and gamma_t == 1.0:  # plain overwrite
+            if overwrite and m is None:  # plain overwrite
                 st.value.index_copy_(0, index, new)
                 st.seen.index_fill_(0, index, True)
                 outs.append(new.clone())  # never alias the caller's tensor
                 continue
-            seen = st.seen[index]
-            upd = _moving_average(st.value[index], new, gamma_t, seen, m)
+            if overwrite:  # masked overwrite: the new value where masked in, the old one elsewhere
+                upd = torch.where(m, new, st.value.index_select(0, index))  # type: ignore[arg-type]
+                st.value.index_copy_(0, index, upd)
+                st.seen.index_copy_(0, index, st.seen.index_select(0, index) | m)  # type: ignore[operator]
+                outs.append(upd)
+                continue
+            seen = st.seen.index_select(0, index)
+            upd = _moving_average(st.value.index_select(0, index), new, gamma_t, seen, m)
             st.value.index_copy_(0, index, upd)
             if m is None:
                 st.seen.index_fill_(0, index, True)
@@ -305,10 +312,10 @@ def update_states(
             g = gamma_t
         for st, new in zip(states, news):
             mean_new = torch.zeros(shape_u, device=dev).index_add_(0, inv, new * mf) / denom
-            seen_u = st.seen[uniq]
-            upd = _moving_average(st.value[uniq], mean_new, g, seen_u, touched)
-            st.value[uniq] = upd
-            st.seen[uniq] = seen_u | touched
+            seen_u = st.seen.index_select(0, uniq)
+            upd = _moving_average(st.value.index_select(0, uniq), mean_new, g, seen_u, touched)
+            st.value.index_copy_(0, uniq, upd)
+            st.seen.index_copy_(0, uniq, seen_u | touched)
             outs.append(upd[inv])
     if gathered:  # return only this rank's rows
         start, stop = xdist.local_slice(n_local)

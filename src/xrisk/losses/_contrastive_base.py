@@ -30,6 +30,7 @@ global state update, so the state stays replicated and equal to the single-proce
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal
 
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_finite, check_unit_interval
 from xrisk.functional.contrastive import log_moving_average
-from xrisk.state import SampleState, check_index
+from xrisk.state import SampleState, check_index, update_states
 
 __all__ = ["ContrastiveBatch", "ContrastiveLossBase"]
 
@@ -64,7 +65,8 @@ class ContrastiveBatch:
     bimodal mode. stacked: unimodal mode, the ``[2B, C]`` matrix whose row blocks are ``sims[0]`` and
     ``sims[1]`` (None in bimodal mode). start: offset of the local rows inside the global batch. unique_index, inverse: for a
     global batch with duplicate indices, ``torch.unique(index_global, return_inverse=True)``; both None
-    when every index occurs once.
+    when every index occurs once. all_valid: known without a device sync that every anchor of every rank
+    has a negative (``count > 0`` everywhere; False means "not known", not "some anchor has none").
     """
 
     index: Tensor
@@ -82,6 +84,7 @@ class ContrastiveBatch:
     start: int
     unique_index: Tensor | None
     inverse: Tensor | None
+    all_valid: bool = False
 
     def excluded(self, v: int) -> tuple[Tensor, ...]:
         """Columns of side ``v`` that are not negatives when ``neg[v] is None``."""
@@ -99,7 +102,8 @@ def check_features(feats_a: Tensor, feats_b: Tensor) -> None:
         raise ValueError(
             f"feats_a shape {tuple(feats_a.shape)} and feats_b shape {tuple(feats_b.shape)} must be equal"
         )
-    if not bool(torch.isfinite(feats_a.sum() + feats_b.sum())):  # one reduction; exact check on failure only
+    # one reduction and one host read (torch.isfinite costs four kernels); exact check on failure only
+    if not math.isfinite(float(feats_a.detach().sum() + feats_b.detach().sum())):
         check_finite("feats_a", feats_a)
         check_finite("feats_b", feats_b)
 
@@ -202,7 +206,10 @@ class ContrastiveLossBase(nn.Module):
         a, b = (F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)) if self.normalize else (feats_a, feats_b)
         batch = self._make_batch(a, b, idx)
         if self.false_negatives is not None:
-            batch.neg = self.false_negatives.detect([s.detach() for s in batch.sims], batch.neg, batch.index)
+            batch.neg = self.false_negatives.detect(
+                [s.detach() for s in batch.sims], batch.neg, batch.index, index_checked=True,
+                unique=batch.inverse is None,
+            )
             batch.count = torch.stack([m.sum(1) for m in batch.neg], 1)  # type: ignore[union-attr]
         return self._loss(batch)
 
@@ -230,11 +237,11 @@ class ContrastiveLossBase(nn.Module):
             pos_col = local.unsqueeze(1).expand(nb, 2)
             self_col = None
         transposed = self.mode == "bimodal" and not xdist.is_distributed()
-        rows = torch.arange(nb, device=a.device)
         with torch.no_grad():
             if transposed:  # both sides' positive is the diagonal of s0
                 pos = sims[0].detach().diagonal().unsqueeze(1).expand(nb, 2)
             else:
+                rows = torch.arange(nb, device=a.device)
                 pos = torch.stack([sims[v].detach()[rows, pos_col[:, v]] for v in (0, 1)], 1)
         n_excl = 1 if self_col is None else 2
         uniq = torch.unique(idx_g)
@@ -251,7 +258,7 @@ class ContrastiveLossBase(nn.Module):
             count = m.sum(1, keepdim=True).expand(nb, 2)
         return ContrastiveBatch(
             idx, idx_g, sims, pos, pos_col, self_col, neg, count, col_index, xdist.world_size() / max(ng, 1),
-            transposed, stacked, start, unique_index, inverse,
+            transposed, stacked, start, unique_index, inverse, neg[0] is None and col_index.numel() > n_excl,
         )
 
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
@@ -280,9 +287,12 @@ class ContrastiveLossBase(nn.Module):
             new, m = log_g.to(dev, torch.float32), valid.to(dev)
         idx_g = batch.index_global.to(dev)
         if batch.inverse is None:  # every index once: no merging
-            old = state.value[idx_g]
-            upd_g = torch.where(m, log_moving_average(old, new, gamma, state.seen[idx_g]), old)
-            state.update(idx_g, upd_g, 1.0, mask=m)
+            old = state.value.index_select(0, idx_g)
+            upd_g = log_moving_average(old, new, gamma, state.seen.index_select(0, idx_g))
+            if not batch.all_valid:
+                upd_g = torch.where(m, upd_g, old)
+            mask = None if batch.all_valid else m
+            update_states((state,), idx_g, (upd_g,), 1.0, mask=mask, index_checked=True, assume_unique=True)
         else:
             uniq, inv = batch.unique_index.to(dev), batch.inverse.to(dev)  # type: ignore[union-attr]
             vals = new.masked_fill(~m, float("-inf"))
@@ -293,13 +303,45 @@ class ContrastiveLossBase(nn.Module):
             cnt = torch.zeros_like(mx).index_add_(0, inv, m.float())
             touched = cnt > 0
             log_mean = torch.where(touched, torch.log(tot.clamp_min(1e-38)) + mx - torch.log(cnt.clamp_min(1.0)), mx)
-            old = state.value[uniq]
-            upd = torch.where(touched, log_moving_average(old, log_mean, gamma, state.seen[uniq]), old)
-            state.update(uniq, upd, 1.0, mask=touched)
+            old = state.value.index_select(0, uniq)
+            seen_u = state.seen.index_select(0, uniq)
+            upd = torch.where(touched, log_moving_average(old, log_mean, gamma, seen_u), old)
+            update_states((state,), uniq, (upd,), 1.0, mask=touched, index_checked=True, assume_unique=True)
             upd_g = upd[inv]
         local = upd_g[batch.start : batch.start + batch.index.numel()]
         out_dev, out_dtype = batch.pos.device, batch.pos.dtype
         return local.to(out_dev, out_dtype), upd_g.to(out_dev), m.to(out_dev)
+
+    @torch.no_grad()
+    def _momentum_sgd_step(
+        self, param: SampleState, momentum: SampleState, batch: ContrastiveBatch, before: Tensor, grad: Tensor,
+        beta: float, lr: float, mask: Tensor, bounds: tuple[float, float] | None = None,
+    ) -> None:
+        """Per-sample momentum SGD on the global batch rows, identically on every rank.
+
+        ``m <- (1 - beta) m + beta grad`` (first visit: ``grad``; duplicates average their gradients,
+        the :class:`~xrisk.state.SampleState` rule), then ``param <- clip(before - lr m, *bounds)``, both
+        only where ``mask``. ``before``, ``grad``, ``mask``: ``[B_global, 2]`` rows of ``batch.index_global``
+        (``before``: the parameter before the step). Without duplicates both states are written by one
+        :func:`~xrisk.state.update_states` call. With ``batch.all_valid`` the caller's ``mask`` must be all True
+        (it is then not applied).
+        """
+        dev = momentum.value.device
+        index, grad = batch.index_global.to(dev), grad.to(dev, torch.float32)
+        unique = batch.inverse is None
+        if unique:  # the moving average of SampleState.update, written below together with the parameter
+            old = momentum.value.index_select(0, index)
+            m = torch.where(momentum.seen.index_select(0, index), torch.lerp(old, grad, beta), grad)
+        else:
+            m = update_states((momentum,), index, (grad,), beta, mask=mask, index_checked=True)[0]
+        new = before.to(m) - lr * m
+        if bounds is not None:
+            new = new.clamp(*bounds)
+        if unique:
+            keep = None if batch.all_valid else mask  # every row has a negative: no masking
+            update_states((momentum, param), index, (m, new), 1.0, mask=keep, index_checked=True, assume_unique=True)
+        else:
+            update_states((param,), index, (new,), 1.0, mask=mask, index_checked=True)
 
     def _record_objective(self, value: Tensor) -> None:
         self._objective.copy_(value.detach().reshape(()))

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from xrisk._validate import check_positive, check_unit_interval
 from xrisk.functional.contrastive import masked_upper_quantile, quantile_threshold_step
-from xrisk.state import SampleState
+from xrisk.state import SampleState, check_index, update_states
 
 __all__ = ["FalseNegativeDetector"]
 
@@ -118,29 +118,46 @@ class FalseNegativeDetector(nn.Module):
         return float(self._masked_fraction)
 
     @torch.no_grad()
-    def _step(self, sims: list[Tensor], negs: list[Tensor], index: Tensor) -> Tensor:
-        """Update the thresholds of the batch anchors from per-side ``[B, C]`` sims/negatives; return ``[B, 2]``."""
+    def _step(
+        self, sims: list[Tensor], negs: list[Tensor], index: Tensor, *, index_checked: bool = False,
+        unique: bool = False,
+    ) -> Tensor:
+        """Update the thresholds of the batch anchors from per-side ``[B, C]`` sims/negatives; return ``[B, 2]``.
+
+        ``index_checked`` / ``unique``: as ``index_checked`` / ``assume_unique`` of :func:`~xrisk.state.update_states`.
+        """
         ref = sims[0]
-        lam = self.lam.read(index).to(ref.device, ref.dtype)
+        if not index_checked:
+            index = check_index(index, self.num_samples)
+        index = index.to(self.lam.value.device)
+        lam = self.lam.value.index_select(0, index).to(ref.device, ref.dtype)
         new = torch.stack(
             [quantile_threshold_step(sims[v], negs[v], lam[:, v], alpha=self.alpha, lr=self.lr) for v in (0, 1)], 1
         )
         if self.init_quantile:
-            first = ~self.lam.seen[index.to(self.lam.seen.device)].to(ref.device)
+            first = ~self.lam.seen.index_select(0, index).to(ref.device)
             if bool(first.any()):
                 q = torch.stack([masked_upper_quantile(sims[v], negs[v], self.alpha) for v in (0, 1)], 1)
                 new = torch.where(first, q, new)
         has = torch.stack([negs[0].any(1), negs[1].any(1)], 1)
-        return self.lam.update(index, new, 1.0, mask=has, local=True).to(ref.dtype)
+        out = update_states(
+            (self.lam,), index, (new,), 1.0, mask=has, local=True, index_checked=True, assume_unique=unique
+        )[0]
+        return out.to(ref.device, ref.dtype)
 
     @torch.no_grad()
-    def detect(self, sims: list[Tensor], negs: list[Tensor | None], index: Tensor) -> list[Tensor]:
+    def detect(
+        self, sims: list[Tensor], negs: list[Tensor | None], index: Tensor, *, index_checked: bool = False,
+        unique: bool = False,
+    ) -> list[Tensor]:
         """Update the thresholds and return the negatives that are kept (the loss-side entry point).
 
         Args:
             sims: per side ``[B, C]`` cosine similarities of the local anchors (views are fine).
             negs: per side ``[B, C]`` bool candidate negatives.
             index: ``[B]`` dataset indices of the local anchors.
+            index_checked: ``index`` already passed :func:`~xrisk.state.check_index` for ``num_samples``.
+            unique: no index occurs twice in the global batch (skips the duplicate check of the update).
 
         Returns:
             per side ``[B, C]`` bool: ``negs`` minus the detected false negatives (``negs`` itself before
@@ -149,7 +166,7 @@ class FalseNegativeDetector(nn.Module):
         if any(m is None for m in negs):
             raise ValueError("detect needs explicit negative masks")
         masks: list[Tensor] = [m for m in negs if m is not None]
-        kept = self._kept(sims, masks, self._step(sims, masks, index))
+        kept = self._kept(sims, masks, self._step(sims, masks, index, index_checked=index_checked, unique=unique))
         return kept if self.masking else masks
 
     def _kept(self, sims: list[Tensor], masks: list[Tensor], lam: Tensor) -> list[Tensor]:

@@ -184,7 +184,8 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             tau = _MeanGradOverRanks.apply(self.tau).to(pos.device, pos.dtype)
             tau_g, tau_low = tau.detach(), float(self.tau.detach())
         elif self.temperature == "individual":
-            tau_g = self.tau_individual.value[batch.index_global.to(self.tau_individual.value.device)]
+            values = self.tau_individual.value
+            tau_g = values.index_select(0, batch.index_global.to(values.device))
             tau = tau_g[batch.start : batch.start + pos.shape[0]].to(pos.device, pos.dtype)
             tau_low = float(tau.min()) if tau.numel() else self.tau_min
         else:
@@ -214,12 +215,16 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         if tau_grad is not None:  # individual temperatures; tau_g: [B_global, 2] before the step
             tau_g = tau_g.to(log_u_g.device)  # type: ignore[union-attr]
             grad_g = xdist.all_gather_no_grad(tau_grad.clamp(-self.tau_grad_clip, self.tau_grad_clip).float())
-            m = self.tau_momentum.update(idx_g, grad_g, self.beta_tau, mask=valid_g)
-            new_tau = (tau_g - self.lr_tau * m).clamp(self.tau_min, self.tau_max)
-            self.tau_individual.update(idx_g, new_tau, 1.0, mask=valid_g)
+            self._momentum_sgd_step(
+                self.tau_individual, self.tau_momentum, batch, tau_g, grad_g, self.beta_tau, self.lr_tau, valid_g,
+                (self.tau_min, self.tau_max),
+            )
         log_den = log_u_g if self.eps <= 0 else torch.logaddexp(log_u_g, torch.full_like(log_u_g, self.eps).log())
-        terms = torch.where(valid_g, tau_g * (log_den + rho), 0.0)
-        obj = torch.where(valid_g.any(), terms.sum() / idx_g.numel(), float("nan"))
+        terms = tau_g * (log_den + rho) if rho else tau_g * log_den
+        if batch.all_valid:  # every anchor has a negative: no masking, never NaN
+            obj = terms.sum() / idx_g.numel()
+        else:
+            obj = torch.where(valid_g.any(), torch.where(valid_g, terms, 0.0).sum() / idx_g.numel(), float("nan"))
         self._record_objective(obj)
 
     def temperature_of(self, index: Tensor) -> Tensor:

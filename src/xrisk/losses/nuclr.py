@@ -129,7 +129,7 @@ class NUCLRLoss(ContrastiveLossBase):
 
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
         pos = batch.pos
-        zeta_cols = self.zeta.value[batch.col_index.to(self.zeta.value.device)]  # [C, 2]
+        zeta_cols = self.zeta.value.index_select(0, batch.col_index.to(self.zeta.value.device))  # [C, 2]
         log_pos = -self.xi.to(pos.device, pos.dtype) / self.tau - math.log(self.num_samples - 1)
         glob: list[Tensor] = []
 
@@ -155,23 +155,28 @@ class NUCLRLoss(ContrastiveLossBase):
 
         ``zeta_g``: ``[C, 2]`` zeta of the columns before the step (bimodal: columns = the global batch).
         """
-        cols = batch.col_index
         zeta_g = zeta_g.to(log_u_g.device)
         if int(self.epoch) >= self.zeta_start_epoch:
             if xdist.is_distributed():
                 stats = xdist.all_reduce_sum(torch.cat([wsum, cnt], 1).float().contiguous())  # [C, 4]
                 wsum, cnt = stats[:, :2], stats[:, 2:]
             has = cnt > 0
-            grad = torch.where(has, 1.0 - wsum / cnt.clamp_min(1.0), torch.zeros_like(wsum))
-            if bool(has.any()):
+            grad = 1.0 - wsum / cnt.clamp_min(1.0)
+            if not batch.all_valid:  # all_valid: every column is some anchor's negative (has is all True)
+                grad = torch.where(has, grad, torch.zeros_like(wsum))
+            if batch.all_valid or bool(has.any()):  # all_valid: every column is some anchor's negative
                 eta = float(self.zeta_lr_schedule(int(self.epoch))) if self.zeta_lr_schedule else self.lr_zeta
-                z = self.zeta_momentum.update(cols, grad, self.beta_zeta, mask=has)
-                self.zeta.update(cols, zeta_g.to(z) - eta * z, 1.0, mask=has)
+                self._momentum_sgd_step(self.zeta, self.zeta_momentum, batch, zeta_g, grad, self.beta_zeta, eta, has)
         log_pos = -self.xi.to(log_u_g) / self.tau - math.log(self.num_samples - 1)
         log_z = torch.logaddexp(log_u_g, log_pos.expand_as(log_u_g))
-        terms = (self.tau * log_z).masked_fill(~valid_g, 0.0)
+        terms = self.tau * log_z
         n_g = batch.index_global.numel()
-        obj = torch.where(valid_g.any(), terms.sum() / n_g + zeta_g.mean(0).sum(), float("nan"))
+        if batch.all_valid:  # every anchor has a negative: no masking, never NaN
+            obj = terms.sum() / n_g + zeta_g.mean(0).sum()
+        else:
+            obj = torch.where(
+                valid_g.any(), terms.masked_fill(~valid_g, 0.0).sum() / n_g + zeta_g.mean(0).sum(), float("nan")
+            )
         self._record_objective(obj)
 
     def extra_repr(self) -> str:
