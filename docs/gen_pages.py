@@ -156,7 +156,8 @@ def generate() -> list[Any]:
         if path not in written:
             path.unlink()
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("docs/", "")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = readme.replace("(bench/RESULTS.md)", "(benchmarks.md)").replace("docs/", "")
     _write(DOCS / "index.md", readme)
     results = ROOT / "bench" / "RESULTS.md"
     if results.exists():
