@@ -12,62 +12,13 @@ from xrisk._validate import check_choice, check_positive
 from xrisk.losses.aucm import AUCMLoss
 from xrisk.optim._core import (
     AUCOptimizer,
-    proximal_direction,
     proximal_direction_foreach,
-    record_iterate,
     record_iterate_foreach,
 )
 
-__all__ = ["PESG", "pesg_update", "pesg_update_foreach"]
+__all__ = ["PESG", "pesg_update_foreach"]
 
 _HYPER = ("lr", "mode", "momentum", "dampening", "betas", "eps", "weight_decay", "epoch_decay", "clip_value")
-
-
-def pesg_update(
-    p: Tensor,
-    grad: Tensor,
-    state: dict[str, Any],
-    *,
-    lr: float,
-    mode: str,
-    momentum: float,
-    dampening: float,
-    betas: tuple[float, float],
-    eps: float,
-    weight_decay: float,
-    epoch_decay: float,
-    clip_value: float | None,
-) -> None:
-    """One PESG step of a primal parameter ``p`` in place (see :class:`PESG` for the math).
-
-    ``state`` holds ``ref``, ``iterate_avg``, ``avg_count`` and, by mode,
-    ``momentum_buffer`` (sgd) or ``adam_step``, ``exp_avg``, ``exp_avg_sq`` (adam).
-    """
-    d = proximal_direction(p, grad, state, clip_value=clip_value, weight_decay=weight_decay,
-                           epoch_decay=epoch_decay)
-    if mode == "sgd":
-        if momentum != 0.0:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = d.clone()
-            else:
-                buf.mul_(momentum).add_(d, alpha=1.0 - dampening)
-            d = buf
-        p.add_(d, alpha=-lr)
-    else:
-        beta1, beta2 = betas
-        if "adam_step" not in state:
-            state["adam_step"] = 0
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["adam_step"] += 1
-        t = state["adam_step"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.mul_(beta1).add_(d, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(d, d, value=1.0 - beta2)
-        denom = (exp_avg_sq.sqrt() / math.sqrt(1.0 - beta2**t)).add_(eps)
-        p.addcdiv_(exp_avg, denom, value=-lr / (1.0 - beta1**t))
-    record_iterate(p, state)
 
 
 def pesg_update_foreach(
@@ -85,8 +36,8 @@ def pesg_update_foreach(
     epoch_decay: float,
     clip_value: float | None,
 ) -> None:
-    """:func:`pesg_update` of a list of parameters with ``torch._foreach_*`` ops (same math, equal up
-    to rounding). The parameters must share ``avg_count`` and, in adam mode, ``adam_step``; in sgd
+    """One PESG step of a list of primal parameters in place with ``torch._foreach_*`` ops (see
+    :class:`PESG` for the math). The parameters must share ``avg_count`` and, in adam mode, ``adam_step``; in sgd
     mode either all or none have a ``momentum_buffer`` (:meth:`PESG.step` buckets them so)."""
     d = proximal_direction_foreach(params, grads, states, clip_value=clip_value, weight_decay=weight_decay,
                                    epoch_decay=epoch_decay)
@@ -175,8 +126,7 @@ class PESG(AUCOptimizer):
 
     Implementation: each :meth:`step` buckets the primal parameters of all groups by equal
     hyper-parameters and counters and updates every bucket with one set of ``torch._foreach_*``
-    ops (:func:`pesg_update_foreach`, like ``torch.optim.SGD``/``Adam``'s foreach path);
-    :func:`pesg_update` is the same math for one parameter (equal up to rounding).
+    ops (:func:`pesg_update_foreach`, like ``torch.optim.SGD``/``Adam``'s foreach path).
 
     State (``optimizer.state``, in ``state_dict``): per primal parameter ``ref``,
     ``iterate_avg``, ``avg_count`` and ``momentum_buffer`` (sgd) or ``adam_step``, ``exp_avg``,
