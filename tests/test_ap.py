@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from _training import badly_ranked_problem, train_on_dual_batches
 
 from xrisk.losses import APLoss
 
@@ -138,14 +138,8 @@ def test_bad_arguments_raise(kwargs):
 
 def test_training_with_stock_adam_raises_average_precision():
     sk = pytest.importorskip("sklearn.metrics")
-    g = torch.Generator().manual_seed(0)
-    n, d = 400, 8
-    y = (torch.rand(n, generator=g) < 0.1).float()
-    x = torch.randn(n, d, generator=g) + 1.2 * y[:, None] * torch.linspace(1.0, -1.0, d)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(d, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
-    with torch.no_grad():  # start from a model that ranks badly
-        model[2].weight.mul_(-1.0)
+    x, y, model = badly_ranked_problem()
+    n = len(x)
     loss_fn = APLoss(n, gamma=0.9, margin=0.8)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
@@ -154,13 +148,6 @@ def test_training_with_stock_adam_raises_average_precision():
             return float(sk.average_precision_score(y.numpy(), model(x)[:, 0].numpy()))
 
     before = ap()
-    pos, neg = torch.nonzero(y).flatten(), torch.nonzero(1 - y).flatten()
-    rng = np.random.default_rng(0)
-    for _ in range(150):  # DualSampler-like batches: 8 recycled positives + 24 negatives
-        idx = torch.cat([torch.as_tensor(rng.choice(pos.numpy(), 8)), torch.as_tensor(rng.choice(neg.numpy(), 24))])
-        loss = loss_fn(torch.sigmoid(model(x[idx])[:, 0]), y[idx], idx)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_on_dual_batches(model, loss_fn, opt, x, y)
     after = ap()
     assert after > before + 0.2 and after > 0.7, (before, after)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
+from _training import badly_ranked_problem, train_on_dual_batches
 
 from xrisk.functional.pauc import top_fraction_mean
 from xrisk.losses import OneWayPartialAUCLoss, TwoWayPartialAUCLoss
@@ -237,14 +237,8 @@ def test_bad_arguments_raise(cls, kwargs, bad):
 @pytest.mark.parametrize("kind", ["cvar", "kl", "two_way"])
 def test_training_with_stock_sgd_raises_auroc(kind: str):
     sk = pytest.importorskip("sklearn.metrics")
-    g = torch.Generator().manual_seed(0)
-    n, d = 400, 8
-    y = (torch.rand(n, generator=g) < 0.1).float()
-    x = torch.randn(n, d, generator=g) + 1.2 * y[:, None] * torch.linspace(1.0, -1.0, d)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(d, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
-    with torch.no_grad():  # start from a model that ranks badly
-        model[2].weight.mul_(-1.0)
+    x, y, model = badly_ranked_problem()
+    n = len(x)
     if kind == "two_way":
         loss_fn = TwoWayPartialAUCLoss(n, tau=0.5, tau_outer=1.0)
     else:
@@ -256,13 +250,6 @@ def test_training_with_stock_sgd_raises_auroc(kind: str):
             return float(sk.roc_auc_score(y.numpy(), model(x)[:, 0].numpy()))
 
     before = auroc()
-    pos, neg = torch.nonzero(y).flatten(), torch.nonzero(1 - y).flatten()
-    rng = np.random.default_rng(0)
-    for _ in range(150):  # DualSampler-like batches: 8 recycled positives + 24 negatives
-        idx = torch.cat([torch.as_tensor(rng.choice(pos.numpy(), 8)), torch.as_tensor(rng.choice(neg.numpy(), 24))])
-        loss = loss_fn(torch.sigmoid(model(x[idx])[:, 0]), y[idx], idx)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_on_dual_batches(model, loss_fn, opt, x, y)
     after = auroc()
     assert after > before + 0.2 and after > 0.85, (before, after)
