@@ -85,3 +85,17 @@ def test_local_updates_sync_every_rank():
         assert torch.equal(r["value"], ref.value) and torch.equal(r["seen"], ref.seen)
     assert torch.equal(res[0]["out"], torch.tensor([3.0, 2.0]))
     assert torch.equal(res[1]["out"], torch.tensor([3.0, 6.0, 7.0]))
+
+
+def test_all_finite_probe_is_exact():
+    from xrisk._validate import all_finite
+
+    big = torch.full((4,), 3e38)  # finite entries whose sum overflows float32: exact check says finite
+    assert all_finite(big, torch.zeros(3, dtype=torch.float64))
+    assert all_finite(torch.arange(5))  # integer tensors are always finite
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        x = torch.zeros(6)
+        x[3] = bad
+        assert not all_finite(torch.ones(2), x)
+    plus_minus = torch.tensor([float("inf"), float("-inf")])  # the sum is NaN either way
+    assert not all_finite(plus_minus)

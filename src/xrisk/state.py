@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from xrisk import distributed as xdist
+from xrisk._validate import all_finite
 
 __all__ = ["SampleState", "check_index", "update_states"]
 
@@ -250,10 +251,7 @@ def update_states(
         gamma_t: Tensor | float = float(gamma)
     else:
         gamma_t = gamma.detach().to(torch.float32).expand(want).to(first.value.device)
-    # one reduction and one host read: sum(x * 0) is 0 when every entry is finite, NaN otherwise
-    # (torch.isfinite(x).all() costs four kernels)
-    probe = news[0].detach().mul(0).sum() if len(news) == 1 else torch.stack(news).detach().mul(0).sum()
-    if not float(probe) == 0.0:
+    if not all_finite(*news):
         raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
     out_dtype, out_device = news[0].dtype, news[0].device
     m = None if mask is None else mask.detach().to(torch.bool).expand(want)
