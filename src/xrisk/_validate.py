@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["all_finite", "check_finite", "check_binary_inputs", "check_positive", "check_unit_interval", "check_choice"]
+__all__ = ["all_finite", "check_finite", "check_binary_inputs", "check_binary_batch",
+           "check_positive", "check_unit_interval", "check_choice"]
 
 
 def all_finite(*tensors: Tensor) -> bool:
@@ -39,7 +40,20 @@ def check_binary_inputs(scores: Tensor, targets: Tensor, num_tasks: int) -> tupl
     """Validate ``scores``/``targets`` and return them as ``[B, T]`` (float scores, bool targets).
 
     Accepted: ``scores`` ``[B]`` or ``[B, T]`` floating; ``targets`` of the same shape (or ``[B]``
-    when ``T == 1``) holding only 0/1 (bool, int or float).
+    when ``T == 1``) holding only 0/1 (bool, int or float). See :func:`check_binary_batch`.
+    """
+    s, y, _ = check_binary_batch(scores, targets, num_tasks)
+    return s, y
+
+
+def check_binary_batch(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple[Tensor, Tensor, list[int]]:
+    """:func:`check_binary_inputs` plus the number of positives of each task (host ints).
+
+    One host read serves the finiteness check, the 0/1 check and the counts: for float targets
+    ``s * 0 + t (t - 1)`` is nonzero exactly where a score is NaN/inf or a target is not 0/1
+    (``NaN != 0``), counted together with the targets themselves; for bool
+    targets the counts carry ``0 * sum(scores)``, NaN exactly when the sum is not finite (an
+    overflowing sum is sent to the exact check). The slow path names the culprit.
     """
     if not isinstance(scores, Tensor) or not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
@@ -59,22 +73,27 @@ def check_binary_inputs(scores: Tensor, targets: Tensor, num_tasks: int) -> tupl
         )
     with torch.no_grad():
         if targets.dtype == torch.bool:
-            check_finite("scores", scores)
-            return scores, targets
-        # One fused reduction and one host read for both checks: ``s * 0`` is NaN exactly where a
-        # score is NaN/inf, ``t * (t - 1)`` is nonzero exactly where a target is not 0/1 (NaN and
-        # inf included), and ``count_nonzero`` counts NaN. The slow path below names the culprit.
+            stats = (targets.sum(0) + scores.sum(0, dtype=torch.float32) * 0).tolist()  # counts exact < 2**24
+            if all(math.isfinite(v) for v in stats):
+                return scores, targets, [int(v) for v in stats]
+            check_finite("scores", scores)  # raises unless the probe only overflowed
+            return scores, targets, targets.sum(0).tolist()
         if targets.dtype == scores.dtype:
-            n_bad = int(torch.count_nonzero(torch.addcmul(scores * 0, targets, targets - 1)))
+            bad = torch.addcmul(scores * 0, targets, targets - 1)
+            stats = torch.cat((bad, targets), 1).ne(0).sum(0).tolist()  # NaN != 0 is True
+            n_bad, counts = sum(stats[:num_tasks]), stats[num_tasks:]
         else:
             n_bad = int(torch.count_nonzero(scores * 0)) + int(torch.count_nonzero(targets * (targets - 1)))
+            counts = None
         if n_bad:
             check_finite("scores", scores)
             if targets.is_floating_point():
                 check_finite("targets", targets)
             raise ValueError("targets must be binary (0/1); got values outside {0, 1}")
         targets = targets != 0
-    return scores, targets
+        if counts is None:
+            counts = targets.sum(0).tolist()
+    return scores, targets, counts
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:

@@ -37,18 +37,26 @@ def _empty(num_tasks: int) -> Callable[[], tuple]:
 
 
 def _gradcheck() -> None:
-    """float64 gradchecks of the AUC-M kernels w.r.t. scores, a, b and alpha (v1, v2, fixed p)."""
+    """float64 gradchecks (and gradgradchecks) of the AUC-M kernels w.r.t. scores, a, b and alpha (v1, v2, fixed p)."""
     g = torch.Generator().manual_seed(3)
     s = torch.rand(10, 3, generator=g, dtype=torch.float64)
     y = torch.rand(10, 3, generator=g) < 0.4
     y[0], y[1] = True, False
     a, b, al = (torch.rand(3, generator=g, dtype=torch.float64) for _ in range(3))
-    for version, p in (("v2", None), ("v1", None), ("v1", 0.2)):
-        def fn(s_: Tensor, a_: Tensor, b_: Tensor, al_: Tensor, version: str = version, p: float | None = p) -> Tensor:
-            return aucm_surrogate(s_, y, a_, b_, al_, margin=0.7, version=version, p=p)  # type: ignore[arg-type]
+    # tasks=3 takes the einsum path, tasks=1 the addmv/dot path; both are native autograd ops, so
+    # second derivatives are checked too
+    for tasks in (3, 1):
+        yt = y[:, :tasks]
+        for version, p in (("v2", None), ("v1", None), ("v1", 0.2)):
+            for reduction in ("none", "sum"):
+                def fn(s_: Tensor, a_: Tensor, b_: Tensor, al_: Tensor, version: str = version,
+                       p: float | None = p, reduction: str = reduction, yt: Tensor = yt) -> Tensor:
+                    return aucm_surrogate(s_, yt, a_, b_, al_, margin=0.7, version=version, p=p,  # type: ignore[arg-type]
+                                          reduction=reduction)  # type: ignore[arg-type]
 
-        inputs = tuple(t.clone().requires_grad_(True) for t in (s, a, b, al))
-        assert torch.autograd.gradcheck(fn, inputs)
+                inputs = tuple(t[..., :tasks].clone().requires_grad_(True) for t in (s, a, b, al))
+                assert torch.autograd.gradcheck(fn, inputs)
+                assert torch.autograd.gradgradcheck(fn, inputs)
     for margin in (1.0, 0.05):  # hinge inactive / active
         assert torch.autograd.gradcheck(lambda s_, m=margin: aucm_objective(s_, y, margin=m),
                                         (s.clone().requires_grad_(True),))

@@ -43,10 +43,10 @@ classes in the batch get finite placeholder values (the caller masks them).
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
-from torch.autograd.function import once_differentiable
 from torch import Tensor
 
 __all__ = ["aucm_surrogate", "aucm_objective", "aucm_alpha_grad"]
@@ -58,81 +58,47 @@ def _masks(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor, Ten
     return pos, neg, pos.sum(0).clamp_min(1.0), neg.sum(0).clamp_min(1.0)
 
 
-def _ratio(targets: Tensor, dtype: torch.dtype, p: float | None) -> Tensor:
-    """Positive ratio ``p`` per task ``[T]``: the given constant or the batch ratio."""
-    if p is not None:
-        return torch.full((targets.shape[1],), float(p), dtype=dtype, device=targets.device)
-    return targets.to(dtype).mean(0)
+@functools.lru_cache(maxsize=256)
+def _coefficients(
+    pos_counts: tuple[int, ...], size: int, version: str, p: float | None, margin: float,
+    dtype: torch.dtype, device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Constants of ``F`` as a quadratic form, per task, from host counts only (cached).
 
+    For each task, with ``c_+`` / ``c_-`` the weight of one positive / negative (``v2``: ``1/n_+``,
+    ``1/n_-``; ``v1``: ``(1-p)/B``, ``p/B``) and ``t_i`` the 0/1 label, write
+    ``w_+i = c_+ t_i``, ``w_-i = c_- (1 - t_i)``, ``q`` (``v2``: 1, ``v1``: ``p(1-p)``). Then
 
-def _weights(
-    targets: Tensor, dtype: torch.dtype, version: str, p: float | None, pos_counts: list[int] | None = None
-) -> tuple[Tensor, Tensor, Tensor | float]:
-    """Per-sample weights ``(w_+ [B, T], w_- [B, T], q)`` of the common form of ``F_1`` and ``F_2``:
+    ``F = sum_i f_i (w_i f_i + C_i . z) + z^T K z``,  ``z = (a, b, alpha, 1)``,
 
-    ``F = sum_b [w_+ (f - a)^2 + w_- (f - b)^2] + 2 alpha (q m + sum_b (w_- - w_+) f) - q alpha^2``.
-
-    ``v2``: ``w_+ = 1_+ / n_+``, ``w_- = 1_- / n_-``, ``q = 1``. ``v1``: ``w_+ = (1 - p) 1_+ / B``,
-    ``w_- = p 1_- / B``, ``q = p (1 - p)`` (the two ``E[.]`` of ``F_1`` written as sums).
-    ``pos_counts`` (positives per task, host ints) spares the device reductions for ``v2``.
+    ``w_i = w_+i + w_-i``, ``C_i = (-2 w_+i, -2 w_-i, 2 (w_-i - w_+i), 0)`` and
+    ``K = diag(sum w_+, sum w_-, -q, 0)`` plus ``2 q m`` at ``(alpha, 1)``. Every per-sample
+    coefficient is affine in ``t_i``: ``w_i = kw0 + t_i kw1``, ``C_i = kc0 + t_i kc1``. Returns
+    ``(kw0 [T], kw1 [T], kc0 [T, 4], kc1 [T, 4], K [T, 4, 4], one [T, 1])``.
     """
-    pos = targets.to(dtype)
-    if version == "v2":
-        if pos_counts is not None:  # host counts: scale by python scalars (T = 1) or one [T] tensor
-            size = pos.shape[0]
-            if len(pos_counts) == 1:
-                inv_pos, inv_neg = 1.0 / max(pos_counts[0], 1), 1.0 / max(size - pos_counts[0], 1)
-            else:
-                inv_pos = torch.tensor([1.0 / max(c, 1) for c in pos_counts], dtype=dtype, device=pos.device)
-                inv_neg = torch.tensor([1.0 / max(size - c, 1) for c in pos_counts], dtype=dtype, device=pos.device)
-            w_pos = pos * inv_pos
-            return w_pos, (1.0 - pos) * inv_neg, 1.0
-        n_pos = pos.sum(0)
-        return pos / n_pos.clamp_min(1.0), (1.0 - pos) / (pos.shape[0] - n_pos).clamp_min(1.0), 1.0
-    neg = 1.0 - pos
-    if version != "v1":
-        raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
-    size = pos.shape[0]
-    if p is not None:
-        pf = float(p)
-        return pos * ((1.0 - pf) / size), neg * (pf / size), pf * (1.0 - pf)
-    pr = pos.mean(0)
-    return pos * ((1.0 - pr) / size), neg * (pr / size), pr * (1.0 - pr)
+    k0, k1, ks = [], [], []
+    for n_pos in pos_counts:
+        n_neg = size - n_pos
+        if version == "v2":
+            c_pos, c_neg, q = 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1), 1.0
+        else:
+            pr = n_pos / size if p is None else p
+            c_pos, c_neg, q = (1.0 - pr) / size, pr / size, pr * (1.0 - pr)
+        k0.append([c_neg, 0.0, -2.0 * c_neg, 2.0 * c_neg, 0.0])
+        k1.append([c_pos - c_neg, -2.0 * c_pos, 2.0 * c_neg, -2.0 * (c_pos + c_neg), 0.0])
+        ks.append([[c_pos * n_pos, 0.0, 0.0, 0.0], [0.0, c_neg * n_neg, 0.0, 0.0],
+                   [0.0, 0.0, -q, 2.0 * q * margin], [0.0, 0.0, 0.0, 0.0]])
+    # cached tensors must be ordinary tensors even when first built under inference_mode
+    with torch.inference_mode(False):
+        def make(x: list) -> Tensor:
+            return torch.tensor(x, dtype=dtype, device=device)
+        k0t, k1t = make(k0), make(k1)
+        return (k0t[:, 0].clone(), k1t[:, 0].clone(), k0t[:, 1:].clone(), k1t[:, 1:].clone(), make(ks),
+                torch.ones(len(pos_counts), 1, dtype=dtype, device=device))
 
 
-class _AUCMSurrogate(torch.autograd.Function):
-    """``F`` of :func:`_weights`'s form with its closed-form gradient (one fused pass each way).
-
-    ``dF/df = 2 w_+ (f - a) + 2 w_- (f - b) + 2 alpha (w_- - w_+)``,
-    ``dF/da = -2 sum_b w_+ (f - a)``, ``dF/db = -2 sum_b w_- (f - b)``,
-    ``dF/dalpha = 2 (q m + sum_b (w_- - w_+) f) - 2 q alpha``.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, f: Tensor, a: Tensor, b: Tensor, alpha: Tensor, w_pos: Tensor, w_neg: Tensor, q: Tensor | float,
-        margin: float,
-    ) -> Tensor:
-        da, db = f - a, f - b
-        ga, gb = w_pos * da, w_neg * db
-        r = w_neg - w_pos
-        dual = (r * f).sum(0) + q * margin  # q m + sum_b (w_- - w_+) f
-        sq = torch.addcmul(ga * da, gb, db).sum(0)
-        ctx.save_for_backward(ga, gb, r, alpha, dual)
-        ctx.q = q
-        return torch.addcmul(sq, alpha, dual - q * alpha * 0.5, value=2.0)
-
-    @staticmethod
-    @once_differentiable  # first order only: a double backward raises instead of returning zeros
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        ga, gb, r, alpha, dual = ctx.saved_tensors
-        g2 = grad * 2.0
-        need = ctx.needs_input_grad
-        grad_f = torch.addcmul(ga + gb, r, alpha) * g2 if need[0] else None
-        grad_a = ga.sum(0) * -g2 if need[1] else None
-        grad_b = gb.sum(0) * -g2 if need[2] else None
-        grad_alpha = (dual - ctx.q * alpha) * g2 if need[3] else None
-        return grad_f, grad_a, grad_b, grad_alpha, None, None, None, None
+def _host_counts(targets: Tensor, pos_counts: list[int] | None) -> tuple[int, ...]:
+    return tuple(int(c) for c in (targets.sum(0).tolist() if pos_counts is None else pos_counts))
 
 
 def aucm_surrogate(
@@ -146,8 +112,14 @@ def aucm_surrogate(
     version: Literal["v1", "v2"] = "v2",
     p: float | None = None,
     pos_counts: list[int] | None = None,
+    reduction: Literal["none", "sum"] = "none",
 ) -> Tensor:
     """Per-task min-max value ``F(w, a, b, alpha)`` of AUC-M (module docstring, ``F_1``/``F_2``).
+
+    Computed as the quadratic form ``sum_i f_i (w_i f_i + C_i . z) + z^T K z`` in
+    ``z = (a, b, alpha, 1)`` (constants from the labels and host counts, see
+    :func:`_coefficients`): a handful of native autograd ops (``addmv``/``dot`` for one task),
+    so the backward runs without Python and is twice differentiable. ``O(B T)``.
 
     Args:
         scores: ``[B, T]`` scores ``f`` (expected in ``[0, 1]``).
@@ -159,10 +131,11 @@ def aucm_surrogate(
         p: positive ratio for ``v1``; ``None`` uses the batch ratio of each task.
         pos_counts: optional number of positives of each task (host ints, as the loss module
             already knows them); must match ``targets``.
+        reduction: ``"none"`` (one value per task) or ``"sum"`` (their sum, a scalar).
 
     Returns:
-        ``[T]``; differentiable in ``scores``, ``a``, ``b`` and ``alpha`` (closed-form backward,
-        first order).
+        ``[T]`` (or a scalar for ``"sum"``); differentiable in ``scores``, ``a``, ``b`` and
+        ``alpha``.
 
     Example:
         >>> s = torch.tensor([[0.9], [0.2], [0.4]])
@@ -171,11 +144,31 @@ def aucm_surrogate(
         >>> aucm_surrogate(s, y, z, z, torch.ones(1), margin=1.0)
         tensor([0.7100])
     """
+    if version not in ("v1", "v2"):
+        raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
+    if reduction not in ("none", "sum"):
+        raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     dtype = torch.promote_types(scores.dtype, a.dtype)
-    w_pos, w_neg, q = _weights(targets, dtype, version, p, pos_counts)
-    out = _AUCMSurrogate.apply(scores.to(dtype), a.to(dtype), b.to(dtype), alpha.to(dtype), w_pos, w_neg, q,
-                               float(margin))
-    return out  # type: ignore[no-any-return]
+    size, tasks = scores.shape
+    kw0, kw1, kc0, kc1, quad, one = _coefficients(
+        _host_counts(targets, pos_counts), size, version, None if p is None else float(p), float(margin),
+        dtype, scores.device)
+    f, a, b, alpha = (x if x.dtype == dtype else x.to(dtype) for x in (scores, a, b, alpha))
+    if tasks == 1:  # the common case: matrix-vector ops on [B] (no einsum, no indexing)
+        t1 = targets.view(size)
+        f1 = f.view(size)
+        coef_w = torch.addcmul(kw0[0], t1, kw1[0])  # [B]   w_i
+        coef_c = torch.addcmul(kc0[0], targets, kc1[0])  # [B, 4] C_i
+        z = torch.cat((a, b, alpha, one[0]))  # [4]
+        inner = torch.addcmul(torch.mv(coef_c, z), coef_w, f1)
+        total = torch.dot(f1, inner) + torch.dot(z, torch.mv(quad[0], z))
+        return total if reduction == "sum" else total.view(1)
+    coef_w = torch.addcmul(kw0, targets, kw1)  # [B, T]
+    coef_c = torch.addcmul(kc0, targets.unsqueeze(-1), kc1)  # [B, T, 4]
+    z = torch.stack((a, b, alpha, one[:, 0]), dim=1)  # [T, 4]
+    inner = torch.addcmul(torch.einsum("btk,tk->bt", coef_c, z), coef_w, f)
+    values = (f * inner).sum(0) + torch.einsum("tk,tkl,tl->t", z, quad, z)
+    return values.sum() if reduction == "sum" else values
 
 
 def aucm_alpha_grad(
@@ -195,11 +188,14 @@ def aucm_alpha_grad(
     LibAUC instead uses ``2 (m + b - a) - 2 alpha`` for both versions, with ``a, b`` standing in
     for the class means.
     """
+    if version not in ("v1", "v2"):
+        raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
     dtype = torch.promote_types(scores.dtype, alpha.dtype)
     f = scores.detach().to(dtype)
-    al = alpha.detach().to(dtype)
-    w_pos, w_neg, q = _weights(targets, dtype, version, p)
-    return 2.0 * (q * margin + ((w_neg - w_pos) * f).sum(0)) - 2.0 * q * al
+    _, _, kc0, kc1, quad, _ = _coefficients(_host_counts(targets, None), f.shape[0], version,
+                                            None if p is None else float(p), float(margin), dtype, f.device)
+    c_alpha = kc0[:, 2] + targets.to(dtype) * kc1[:, 2]  # [B, T]: 2 (w_- - w_+)
+    return (c_alpha * f).sum(0) + quad[:, 2, 3] + 2.0 * quad[:, 2, 2] * alpha.detach().to(dtype)
 
 
 def aucm_objective(scores: Tensor, targets: Tensor, *, margin: float) -> Tensor:

@@ -115,10 +115,12 @@ class AUCMLoss(ScoreLoss):
             self._record_objective(None)
             return scores.sum() * 0.0
         self._record_aucm_objective(scores, targets, valid)
+        if all(valid):
+            total = aucm_surrogate(scores, targets, self.a, self.b, self.alpha, margin=self.margin,
+                                   version=self.version, p=self.imratio, pos_counts=pos_counts, reduction="sum")
+            return total if len(valid) == 1 else total / len(valid)
         values = aucm_surrogate(scores, targets, self.a, self.b, self.alpha, margin=self.margin,
                                 version=self.version, p=self.imratio, pos_counts=pos_counts)
-        if all(valid):
-            return values.sum() if len(valid) == 1 else values.mean()
         return scores.sum() * 0.0 + values[torch.tensor(valid, device=values.device)].mean()
 
     def _record_aucm_objective(self, scores: Tensor, targets: Tensor, valid: list[bool]) -> None:

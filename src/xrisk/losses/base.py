@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from xrisk import distributed as xdist
-from xrisk._validate import check_binary_inputs
+from xrisk._validate import check_binary_batch
 from xrisk.state import check_index
 
 __all__ = ["ScoreLoss"]
@@ -71,7 +71,7 @@ class ScoreLoss(nn.Module):
             index: ``[B]`` dataset indices of the samples (required when the loss keeps
                 per-sample state; ignored otherwise).
         """
-        s, y = check_binary_inputs(scores, targets, self.num_tasks)
+        s, y, pos_counts = check_binary_batch(scores, targets, self.num_tasks)  # one host read
         idx: Tensor | None = None
         if self.uses_index:
             if index is None:
@@ -82,7 +82,7 @@ class ScoreLoss(nn.Module):
             y = xdist.all_gather_no_grad(y)
             if idx is not None:
                 idx = xdist.all_gather_no_grad(idx.to(s.device))
-        pos_counts: list[int] = y.sum(0).tolist()  # one host read serves every subclass check
+            pos_counts = y.sum(0).tolist()  # of the global batch
         if not any(pos_counts):
             return s.sum() * 0.0
         return self._loss(s, y, idx, pos_counts)

@@ -1,0 +1,47 @@
+"""The shared input check of every score loss: one host read for finiteness, 0/1 targets and counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xrisk._validate import check_binary_batch
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.float64, torch.int64])
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_counts_and_bool_targets_for_every_target_dtype(dtype: torch.dtype, tasks: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.rand(20, tasks, generator=g) < 0.3
+    s = torch.rand(20, tasks, generator=g)
+    targets = y.to(dtype) if tasks > 1 else y.to(dtype).squeeze(1)
+    scores = s if tasks > 1 else s.squeeze(1)
+    s_out, y_out, counts = check_binary_batch(scores, targets, tasks)
+    assert s_out.shape == (20, tasks) and y_out.dtype == torch.bool
+    assert torch.equal(y_out, y)
+    assert counts == y.sum(0).tolist() and all(isinstance(c, int) for c in counts)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.int64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_scores_raise_for_every_target_dtype(dtype: torch.dtype, bad: float) -> None:
+    s = torch.rand(8)
+    s[3] = bad
+    y = (torch.arange(8) % 2).to(dtype)
+    with pytest.raises(ValueError, match="scores contains 1 NaN/inf"):
+        check_binary_batch(s, y, 1)
+
+
+def test_overflowing_probe_is_not_an_error() -> None:
+    """Finite scores whose sum overflows float32 take the exact check and pass, with exact counts."""
+    s = torch.full((6,), 3e38)
+    y = torch.tensor([True, False, True, False, False, False])
+    _, _, counts = check_binary_batch(s, y, 1)
+    assert counts == [2]
+
+
+@pytest.mark.parametrize("value", [0.5, 2.0, -1.0, float("nan")])
+def test_non_binary_targets_raise(value: float) -> None:
+    y = torch.tensor([1.0, 0.0, value, 0.0])
+    with pytest.raises(ValueError, match="binary|targets contains"):
+        check_binary_batch(torch.rand(4), y, 1)
