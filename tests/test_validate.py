@@ -45,3 +45,15 @@ def test_non_binary_targets_raise(value: float) -> None:
     y = torch.tensor([1.0, 0.0, value, 0.0])
     with pytest.raises(ValueError, match="binary|targets contains"):
         check_binary_batch(torch.rand(4), y, 1)
+
+
+def test_label_order_matches_boolean_masks() -> None:
+    from xrisk.losses.base import label_order
+
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        pos = torch.rand(37, generator=g) < 0.3
+        x = torch.randn(37, generator=g)
+        pos_idx, neg_idx = label_order(pos, int(pos.sum()))
+        assert torch.equal(x.index_select(0, pos_idx), x[pos])
+        assert torch.equal(x.index_select(0, neg_idx), x[~pos])

@@ -10,7 +10,7 @@ from torch import Tensor
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.ap import ap_inner_estimates, ap_ratio, ap_weights
 from xrisk.functional.surrogates import SURROGATES, SurrogateName, weighted_pairwise_mean
-from xrisk.losses.base import ScoreLoss
+from xrisk.losses.base import ScoreLoss, label_order
 from xrisk.state import SampleState, update_states
 
 __all__ = ["APLoss"]
@@ -110,12 +110,13 @@ class APLoss(ScoreLoss):
                 continue
             pos = targets[:, t]
             col = scores[:, t]
-            anchors = col[pos]
+            pos_idx, _ = label_order(pos, n_pos)
+            anchors = col.index_select(0, pos_idx)  # = col[pos]
             losses, g_all, g_pos = ap_inner_estimates(
                 anchors.detach(), col.detach(), pos, margin=self.margin, surrogate=self.surrogate
             )
             # both estimators in one state pass (one index check, one duplicate test)
-            u_all, u_pos = update_columns((self.u_all, self.u_pos), index[pos], t, (g_all, g_pos), self.gamma)
+            u_all, u_pos = update_columns((self.u_all, self.u_pos), index.index_select(0, pos_idx.to(index.device)), t, (g_all, g_pos), self.gamma)
             # = ap_surrogate(L, pos, u_all, u_pos) with L carrying the graph; closed-form backward
             weights = ap_weights(pos, u_all, u_pos, losses.dtype)
             terms.append(weighted_pairwise_mean(anchors, col, weights, margin=self.margin, surrogate=self.surrogate,

@@ -30,7 +30,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import check_binary_batch
 from xrisk.state import check_index
 
-__all__ = ["ScoreLoss"]
+__all__ = ["ScoreLoss", "label_order"]
 
 #: What a subclass records as the batch's objective estimate: a tensor, a zero-argument callable
 #: over detached tensors (a ``functools.partial`` of a module-level function, so the module stays
@@ -129,3 +129,14 @@ class ScoreLoss(nn.Module):
             self.__dict__["_pending_objective"] = None
             self.__dict__["_objective_ready"] = True
         return self._objective.clone()
+
+
+def label_order(pos: Tensor, n_pos: int) -> tuple[Tensor, Tensor]:
+    """Positions of the positives and of the negatives of one task, each in batch order.
+
+    ``pos`` is the ``[B]`` bool column, ``n_pos`` its number of positives (a host int the caller
+    already has). One stable sort replaces a boolean mask per use (each costs a ``nonzero`` and a
+    host synchronisation): ``x.index_select(0, pos_idx)`` equals ``x[pos]``.
+    """
+    order = torch.argsort(pos.to(torch.uint8), descending=True, stable=True)
+    return order[:n_pos], order[n_pos:]

@@ -19,7 +19,7 @@ from xrisk.functional.pauc import (
 )
 from xrisk.functional.surrogates import SURROGATES, SurrogateName, pairwise_surrogate, weighted_pairwise_mean
 from xrisk.losses.ap import _update_column, _mean_of
-from xrisk.losses.base import ScoreLoss
+from xrisk.losses.base import ScoreLoss, label_order
 from xrisk.state import SampleState
 
 __all__ = ["OneWayPartialAUCLoss"]
@@ -144,9 +144,10 @@ class OneWayPartialAUCLoss(ScoreLoss):
                 continue
             pos = targets[:, t]
             col = scores[:, t]
-            s_pos, s_neg = col[pos], col[~pos]
+            pos_idx, neg_idx = label_order(pos, n_pos)
+            s_pos, s_neg = col.index_select(0, pos_idx), col.index_select(0, neg_idx)  # = col[pos], col[~pos]
+            idx = index.index_select(0, pos_idx.to(index.device))  # = index[pos]
             losses = pairwise_surrogate(s_pos.detach(), s_neg.detach(), margin=self.margin, surrogate=self.surrogate)
-            idx = index[pos]
             if self.method == "cvar":
                 s = self.threshold.value[idx.to(self.threshold.value.device), t].to(losses)
                 step = cvar_threshold_grad(losses, s, self.max_fpr)

@@ -11,7 +11,7 @@ from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.pauc import log_ema, log_mean_exp_inner, tpauc_kl_weights, tpauc_risk
 from xrisk.functional.surrogates import SURROGATES, SurrogateName, pairwise_surrogate, weighted_pairwise_mean
 from xrisk.losses.ap import _mean_of
-from xrisk.losses.base import ScoreLoss
+from xrisk.losses.base import ScoreLoss, label_order
 from xrisk.losses.pauc_one_way import _log_ema_column
 from xrisk.state import SampleState
 
@@ -134,9 +134,11 @@ class TwoWayPartialAUCLoss(ScoreLoss):
                 continue
             pos = targets[:, t]
             col = scores[:, t]
-            s_pos, s_neg = col[pos], col[~pos]
+            pos_idx, neg_idx = label_order(pos, n_pos)
+            s_pos, s_neg = col.index_select(0, pos_idx), col.index_select(0, neg_idx)  # = col[pos], col[~pos]
+            idx = index.index_select(0, pos_idx.to(index.device))  # = index[pos]
             losses = pairwise_surrogate(s_pos.detach(), s_neg.detach(), margin=self.margin, surrogate=self.surrogate)
-            log_u = _log_ema_column(self.log_u, index[pos], t, log_mean_exp_inner(losses, self.tau), self.gamma0)
+            log_u = _log_ema_column(self.log_u, idx, t, log_mean_exp_inner(losses, self.tau), self.gamma0)
             log_w = self._update_w(t, torch.logsumexp(ratio * log_u, 0) - math.log(n_pos))
             weights = tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer)  # tpauc_kl_surrogate's
             terms.append(weighted_pairwise_mean(s_pos, s_neg, weights, margin=self.margin, surrogate=self.surrogate,
