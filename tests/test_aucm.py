@@ -78,7 +78,7 @@ def _set_params(loss: AUCMLoss, seed: int) -> None:
 
 @pytest.mark.parametrize("version,imratio,margin", [("v2", None, 1.0), ("v2", None, 0.6), ("v1", None, 1.0),
                                                     ("v1", 0.1, 0.7)])
-@pytest.mark.parametrize("num_tasks", [1, 3])
+@pytest.mark.parametrize("num_tasks", [1, 3, 12])  # 12 > 8: the uncached coefficient path
 def test_module_matches_formula_loop(version, imratio, margin, num_tasks):
     loss = AUCMLoss(margin, num_tasks=num_tasks, version=version, imratio=imratio)
     for seed in range(4):

@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -58,12 +59,11 @@ def _masks(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor, Ten
     return pos, neg, pos.sum(0).clamp_min(1.0), neg.sum(0).clamp_min(1.0)
 
 
-@functools.lru_cache(maxsize=256)
 def _coefficients(
     pos_counts: tuple[int, ...], size: int, version: str, p: float | None, margin: float,
     dtype: torch.dtype, device: torch.device,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Constants of ``F`` as a quadratic form, per task, from host counts only (cached).
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Constants of ``F`` as a quadratic form, per task, from host counts only.
 
     For each task, with ``c_+`` / ``c_-`` the weight of one positive / negative (``v2``: ``1/n_+``,
     ``1/n_-``; ``v1``: ``(1-p)/B``, ``p/B``) and ``t_i`` the 0/1 label, write
@@ -74,27 +74,38 @@ def _coefficients(
     ``w_i = w_+i + w_-i``, ``C_i = (-2 w_+i, -2 w_-i, 2 (w_-i - w_+i), 0)`` and
     ``K = diag(sum w_+, sum w_-, -q, 0)`` plus ``2 q m`` at ``(alpha, 1)``. Every per-sample
     coefficient is affine in ``t_i``: ``w_i = kw0 + t_i kw1``, ``C_i = kc0 + t_i kc1``. Returns
-    ``(kw0 [T], kw1 [T], kc0 [T, 4], kc1 [T, 4], K [T, 4, 4], one [T, 1])``.
+    ``(kw0 [T], kw1 [T], kc0 [T, 4], kc1 [T, 4], K [T, 4, 4], one [T, 1])``, computed in float64 on
+    the host (vectorised over tasks) and cast once.
     """
-    k0, k1, ks = [], [], []
-    for n_pos in pos_counts:
-        n_neg = size - n_pos
-        if version == "v2":
-            c_pos, c_neg, q = 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1), 1.0
-        else:
-            pr = n_pos / size if p is None else p
-            c_pos, c_neg, q = (1.0 - pr) / size, pr / size, pr * (1.0 - pr)
-        k0.append([c_neg, 0.0, -2.0 * c_neg, 2.0 * c_neg, 0.0])
-        k1.append([c_pos - c_neg, -2.0 * c_pos, 2.0 * c_neg, -2.0 * (c_pos + c_neg), 0.0])
-        ks.append([[c_pos * n_pos, 0.0, 0.0, 0.0], [0.0, c_neg * n_neg, 0.0, 0.0],
-                   [0.0, 0.0, -q, 2.0 * q * margin], [0.0, 0.0, 0.0, 0.0]])
+    n_pos = np.asarray(pos_counts, dtype=np.float64)
+    n_neg = size - n_pos
+    if version == "v2":
+        c_pos, c_neg, q = 1.0 / np.maximum(n_pos, 1.0), 1.0 / np.maximum(n_neg, 1.0), np.ones_like(n_pos)
+    else:
+        pr = n_pos / size if p is None else np.full_like(n_pos, p)
+        c_pos, c_neg, q = (1.0 - pr) / size, pr / size, pr * (1.0 - pr)
+    zero = np.zeros_like(n_pos)
+    k0 = np.stack([c_neg, zero, -2.0 * c_neg, 2.0 * c_neg, zero], 1)
+    k1 = np.stack([c_pos - c_neg, -2.0 * c_pos, 2.0 * c_neg, -2.0 * (c_pos + c_neg), zero], 1)
+    quad = np.zeros((n_pos.size, 4, 4))
+    quad[:, 0, 0], quad[:, 1, 1] = c_pos * n_pos, c_neg * n_neg
+    quad[:, 2, 2], quad[:, 2, 3] = -q, 2.0 * q * margin
     # cached tensors must be ordinary tensors even when first built under inference_mode
     with torch.inference_mode(False):
-        def make(x: list) -> Tensor:
-            return torch.tensor(x, dtype=dtype, device=device)
-        k0t, k1t = make(k0), make(k1)
-        return (k0t[:, 0].clone(), k1t[:, 0].clone(), k0t[:, 1:].clone(), k1t[:, 1:].clone(), make(ks),
-                torch.ones(len(pos_counts), 1, dtype=dtype, device=device))
+        def make(x: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+
+        return (make(k0[:, 0]), make(k1[:, 0]), make(k0[:, 1:]), make(k1[:, 1:]), make(quad),
+                torch.ones(n_pos.size, 1, dtype=dtype, device=device))
+
+
+_cached_coefficients = functools.lru_cache(maxsize=128)(_coefficients)
+
+
+def _get_coefficients(pos_counts: tuple[int, ...], *args: object) -> tuple[Tensor, ...]:
+    """:func:`_coefficients`, memoised for few tasks (a training run sees few distinct count tuples)."""
+    fn = _cached_coefficients if len(pos_counts) <= 8 else _coefficients
+    return fn(pos_counts, *args)  # type: ignore[arg-type]
 
 
 def _host_counts(targets: Tensor, pos_counts: list[int] | None) -> tuple[int, ...]:
@@ -150,7 +161,7 @@ def aucm_surrogate(
         raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     dtype = torch.promote_types(scores.dtype, a.dtype)
     size, tasks = scores.shape
-    kw0, kw1, kc0, kc1, quad, one = _coefficients(
+    kw0, kw1, kc0, kc1, quad, one = _get_coefficients(
         _host_counts(targets, pos_counts), size, version, None if p is None else float(p), float(margin),
         dtype, scores.device)
     f, a, b, alpha = (x if x.dtype == dtype else x.to(dtype) for x in (scores, a, b, alpha))
@@ -192,7 +203,7 @@ def aucm_alpha_grad(
         raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
     dtype = torch.promote_types(scores.dtype, alpha.dtype)
     f = scores.detach().to(dtype)
-    _, _, kc0, kc1, quad, _ = _coefficients(_host_counts(targets, None), f.shape[0], version,
+    _, _, kc0, kc1, quad, _ = _get_coefficients(_host_counts(targets, None), f.shape[0], version,
                                             None if p is None else float(p), float(margin), dtype, f.device)
     c_alpha = kc0[:, 2] + targets.to(dtype) * kc1[:, 2]  # [B, T]: 2 (w_- - w_+)
     return (c_alpha * f).sum(0) + quad[:, 2, 3] + 2.0 * quad[:, 2, 2] * alpha.detach().to(dtype)
