@@ -154,3 +154,30 @@ def test_default_lr_converges_and_masked_fraction_is_reported():
                 assert torch.equal(keep, sim <= fnd.lam.value[idx][:, :, None])
     assert abs(fnd.last_masked_fraction - alpha) < 0.08
     assert fnd.state_dict().keys() == {"lam.value", "lam.seen", "epoch"}
+
+
+def test_count_true_equals_sum_for_every_layout():
+    """The mask counter every GloFND step uses (uint8 blocks along the contiguous axis) is exact."""
+    from xrisk.functional.contrastive import count_true
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5, 3), (300, 1000), (1000, 300), (7, 128), (128, 7), (3, 0), (0, 4), (256, 300)]:
+        m = torch.rand(shape, generator=g) < 0.6
+        for x in (m, m.T, m.T.contiguous(), m[:, ::2]):  # row-major, transposed view, copy, strided
+            for d in (0, 1, -1):
+                assert torch.equal(count_true(x, d), x.sum(d)), (shape, d, x.stride())
+        assert count_true(m) == m.sum()
+    m3 = torch.rand(4, 2, 9, generator=g) < 0.5
+    assert torch.equal(count_true(m3[:, 0], 1), m3[:, 0].sum(1)) and torch.equal(count_true(m3, -1), m3.sum(-1))
+    big = torch.ones(3, 1000, dtype=torch.bool)  # blocks of 128 ones: no uint8 overflow
+    assert count_true(big, 1).tolist() == [1000] * 3
+
+
+def test_detect_with_counts_returns_the_kept_counts():
+    g = torch.Generator().manual_seed(4)
+    fnd = FalseNegativeDetector(50, alpha=0.1, start_epoch=0)
+    sim = torch.rand(6, 10, generator=g) * 2 - 1
+    neg = torch.rand(6, 10, generator=g) < 0.8
+    kept, counts = fnd.detect_with_counts([sim, sim.T[:6]], [neg, neg.T[:6]], torch.arange(6))
+    assert torch.equal(counts, torch.stack([kept[0].sum(1), kept[1].sum(1)], 1))
+    assert all(not (k & ~n).any() for k, n in zip(kept, (neg, neg.T[:6])))  # only candidates are kept

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "count_true",
     "masked_log_mean_exp",
     "log_moving_average",
     "gcl_objective",
@@ -49,6 +50,36 @@ def _as_anchor(t: Tensor | float, ref: Tensor) -> Tensor | float:
     return t.unsqueeze(-1) if isinstance(t, Tensor) and t.dim() > 0 else t
 
 
+def count_true(mask: Tensor, dim: int | None = None) -> Tensor:
+    """Number of ``True`` entries of a bool ``mask`` along ``dim`` (``int64``), or in total (0-dim).
+
+    Equal to ``mask.sum(dim)``, without its cost on CPU, where a bool ``sum`` first copies the whole
+    mask into its ``int64`` accumulator type (32 MB for a ``[2048, 2048]`` mask; any widening
+    ``dtype=`` copies too). For 2-D masks the bytes are summed as ``uint8`` in blocks of 128 entries
+    (exact: at most 128 per block), along whichever axis is contiguous in memory (so transposed views
+    cost the same), and the ``[rows, C / 128]`` block sums are added in ``int64``.
+    """
+    if dim is None:
+        return torch.count_nonzero(mask)
+    if mask.dim() != 2:
+        return mask.sum(dim)
+    dim = dim % 2
+    u = mask.view(torch.uint8)
+    if u.stride(dim) == 1:  # reduce along the contiguous axis: blocks of 128 consecutive bytes
+        v = u if dim == 1 else u.T  # [other, n]
+        n = v.shape[1]
+        full = n - n % 128
+        out = v[:, :full].reshape(v.shape[0], full // 128, 128).sum(2, dtype=torch.uint8).sum(1)
+        return out + v[:, full:].sum(1) if full < n else out
+    if u.stride(1 - dim) == 1:  # reduce across rows of contiguous memory: blocks of 128 rows
+        v = u if dim == 0 else u.T  # [n, other]
+        n = v.shape[0]
+        full = n - n % 128
+        out = v[:full].reshape(full // 128, 128, v.shape[1]).sum(1, dtype=torch.uint8).sum(0)
+        return out + v[full:].sum(0) if full < n else out
+    return mask.sum(dim)
+
+
 def masked_log_mean_exp(logits: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """``log((1/|N_i|) sum_{j: mask_ij} exp(logits_ij))`` computed stably, and ``|N_i|``.
 
@@ -60,7 +91,7 @@ def masked_log_mean_exp(logits: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         ``(log_mean [...], count [...])``; rows without any entry get ``log_mean = 0`` (callers
         must ignore them: ``count == 0``).
     """
-    count = mask.sum(-1)
+    count = count_true(mask, -1)
     filled = logits.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(filled, dim=-1)
     empty = count == 0
@@ -113,7 +144,9 @@ def nuclr_objective(diff: Tensor, mask: Tensor, zeta: Tensor, tau: float, log_po
     return tau * torch.logaddexp(log_g, lp.expand_as(log_g))
 
 
-def quantile_threshold_step(sim: Tensor, mask: Tensor, lam: Tensor, *, alpha: float, lr: float) -> Tensor:
+def quantile_threshold_step(
+    sim: Tensor, mask: Tensor, lam: Tensor, *, alpha: float, lr: float, count: Tensor | None = None
+) -> Tensor:
     """One stochastic subgradient step on the pinball loss whose minimiser is the ``(1-alpha)`` quantile.
 
     ``lambda_i = argmin_l alpha * l + mean_{j in N_i} (s_ij - l)_+`` (GloFND); the batch subgradient is
@@ -121,12 +154,14 @@ def quantile_threshold_step(sim: Tensor, mask: Tensor, lam: Tensor, *, alpha: fl
 
     Args:
         sim: ``[..., C]`` cosine similarities; mask: ``[..., C]`` negatives; lam: ``[...]`` thresholds.
+        count: ``[...]`` number of negatives per row (``count_true(mask, -1)``), if the caller has it.
 
     Returns:
         ``[...]`` updated thresholds (rows without negatives are returned unchanged).
     """
-    count = mask.sum(-1)
-    above = ((sim > lam.unsqueeze(-1)) & mask).sum(-1).to(lam.dtype)
+    if count is None:
+        count = count_true(mask, -1)
+    above = count_true(torch.gt(sim, lam.unsqueeze(-1)).bitwise_and_(mask), -1).to(lam.dtype)
     grad = alpha - above / count.clamp_min(1).to(lam.dtype)
     new = (lam - lr * grad).clamp(-1.0, 1.0)
     return torch.where(count > 0, new, lam)
@@ -139,7 +174,7 @@ def masked_upper_quantile(sim: Tensor, mask: Tensor, alpha: float) -> Tensor:
     entries get ``1.0``, i.e. nothing above the threshold).
     """
     vals = sim.masked_fill(~mask, float("-inf")).sort(-1, descending=True).values
-    count = mask.sum(-1)
+    count = count_true(mask, -1)
     k = torch.minimum((alpha * count).floor().long(), (count - 1).clamp_min(0))
     out = vals.gather(-1, k.unsqueeze(-1)).squeeze(-1)
     return torch.where(count > 0, out, torch.ones_like(out))
@@ -409,6 +444,16 @@ def _log_den(log_u: Tensor, eps: float) -> Tensor:
     return log_u if eps <= 0.0 else torch.logaddexp(log_u, torch.full_like(log_u, math.log(eps)))
 
 
+def _is_transpose_of(x: Tensor | None, y: Tensor | None) -> bool:
+    """Whether ``x.T`` is ``y`` itself (a transposed view of the same memory); also accepts ``x is y``
+    (the caller's statement that the mask is symmetric)."""
+    if x is None or y is None:
+        return False
+    return x is y or (
+        x.data_ptr() == y.data_ptr() and x.shape == y.shape[::-1] and x.stride() == y.stride()[::-1]
+    )
+
+
 def _gcl_shared(
     sim: Tensor, pos: Tensor, inv: float, estimator: Estimator, pos_col: Tensor,
     neg: Sequence[Tensor | None], valid: Tensor, log_cnt: Tensor, eps: float, scale: float,
@@ -422,7 +467,7 @@ def _gcl_shared(
             e[rows, pos_col[:, 0]] = 0.0
             e[pos_col[:, 1], rows] = 0.0
             e0 = e1 = e
-        elif neg[1] is neg[0]:  # one symmetric mask
+        elif _is_transpose_of(neg[1], neg[0]):  # neg[1].T is neg[0]: one mask serves both sides
             e0 = e1 = e.masked_fill_(~neg[0], 0.0)
         else:
             e0, e1 = e.masked_fill(~neg[0], 0.0), e.masked_fill_(~neg[1].T, 0.0)  # type: ignore[union-attr]
@@ -515,7 +560,7 @@ def _column_counts(
 ) -> Tensor:
     """``[C]`` number of anchors of side ``v`` of which each column is a negative."""
     if neg is not None:
-        return neg.sum(0).to(dtype)
+        return count_true(neg, 0).to(dtype)
     out = torch.full((n_cols,), float(pos_col.shape[0]), dtype=dtype, device=pos_col.device)
     for cols in _excluded(pos_col, self_col, v):
         out -= torch.bincount(cols, minlength=n_cols).to(dtype)
@@ -541,7 +586,7 @@ def _nuclr_shared(
             k[rows, pos_col[:, 0]] = 0.0
             k[pos_col[:, 1], rows] = 0.0
             k0 = k1 = k
-        elif neg[1] is neg[0]:
+        elif _is_transpose_of(neg[1], neg[0]):
             k0 = k1 = k.masked_fill_(~neg[0], 0.0)
         else:
             k0, k1 = k.masked_fill(~neg[0], 0.0), k.masked_fill_(~neg[1].T, 0.0)  # type: ignore[union-attr]

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
-from xrisk.functional.contrastive import log_moving_average
+from xrisk.functional.contrastive import count_true, log_moving_average
 from xrisk.state import SampleState, check_index, update_states
 
 __all__ = ["ContrastiveBatch", "ContrastiveLossBase"]
@@ -204,11 +204,10 @@ class ContrastiveLossBase(nn.Module):
         a, b = (F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)) if self.normalize else (feats_a, feats_b)
         batch = self._make_batch(a, b, idx)
         if self.false_negatives is not None:
-            batch.neg = self.false_negatives.detect(
-                [s.detach() for s in batch.sims], batch.neg, batch.index, index_checked=True,
+            batch.neg, batch.count = self.false_negatives.detect_with_counts(  # type: ignore[assignment]
+                [s.detach() for s in batch.sims], batch.neg, batch.index, counts=batch.count, index_checked=True,
                 unique=batch.inverse is None,
             )
-            batch.count = torch.stack([m.sum(1) for m in batch.neg], 1)  # type: ignore[union-attr]
         return self._loss(batch)
 
     def _make_batch(self, a: Tensor, b: Tensor, idx: Tensor) -> ContrastiveBatch:
@@ -252,8 +251,13 @@ class ContrastiveLossBase(nn.Module):
             count = torch.full((nb, 2), col_index.numel() - n_excl, device=a.device, dtype=torch.long)
         else:
             m = col_index[None, :] != idx[:, None]  # symmetric when transposed (col_index == idx)
-            neg = [m, m]
-            count = m.sum(1, keepdim=True).expand(nb, 2)
+            # side 1 of a transposed batch is sims[0].T: give it the mask in the same (transposed) layout,
+            # equal to m by symmetry, so elementwise ops of sims[1] with neg[1] (GloFND) stay contiguous
+            neg = [m, m.T if transposed else m]
+            if unique_index is None:  # every column but the anchor's own pair(s)
+                count = torch.full((nb, 2), col_index.numel() - n_excl, device=a.device, dtype=torch.long)
+            else:
+                count = count_true(m, 1).unsqueeze(1).expand(nb, 2)
         return ContrastiveBatch(
             idx, idx_g, sims, pos, pos_col, self_col, neg, count, col_index, xdist.world_size() / max(ng, 1),
             transposed, stacked, start, unique_index, inverse, neg[0] is None and col_index.numel() > n_excl,

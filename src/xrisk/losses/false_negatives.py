@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from xrisk._validate import check_positive, check_unit_interval
-from xrisk.functional.contrastive import masked_upper_quantile, quantile_threshold_step
+from xrisk.functional.contrastive import count_true, masked_upper_quantile, quantile_threshold_step
 from xrisk.state import SampleState, check_index, update_states
 
 __all__ = ["FalseNegativeDetector"]
@@ -119,12 +119,13 @@ class FalseNegativeDetector(nn.Module):
 
     @torch.no_grad()
     def _step(
-        self, sims: list[Tensor], negs: list[Tensor], index: Tensor, *, index_checked: bool = False,
+        self, sims: list[Tensor], negs: list[Tensor], index: Tensor, counts: Tensor, *, index_checked: bool = False,
         unique: bool = False,
     ) -> Tensor:
         """Update the thresholds of the batch anchors from per-side ``[B, C]`` sims/negatives; return ``[B, 2]``.
 
-        ``index_checked`` / ``unique``: as ``index_checked`` / ``assume_unique`` of :func:`~xrisk.state.update_states`.
+        ``counts [B, 2]``: number of negatives per anchor and side. ``index_checked`` / ``unique``: as
+        ``index_checked`` / ``assume_unique`` of :func:`~xrisk.state.update_states`.
         """
         ref = sims[0]
         if not index_checked:
@@ -132,14 +133,15 @@ class FalseNegativeDetector(nn.Module):
         index = index.to(self.lam.value.device)
         lam = self.lam.value.index_select(0, index).to(ref.device, ref.dtype)
         new = torch.stack(
-            [quantile_threshold_step(sims[v], negs[v], lam[:, v], alpha=self.alpha, lr=self.lr) for v in (0, 1)], 1
+            [quantile_threshold_step(sims[v], negs[v], lam[:, v], alpha=self.alpha, lr=self.lr, count=counts[:, v])
+             for v in (0, 1)], 1
         )
         if self.init_quantile:
             first = ~self.lam.seen.index_select(0, index).to(ref.device)
             if bool(first.any()):
                 q = torch.stack([masked_upper_quantile(sims[v], negs[v], self.alpha) for v in (0, 1)], 1)
                 new = torch.where(first, q, new)
-        has = torch.stack([negs[0].any(1), negs[1].any(1)], 1)
+        has = counts > 0
         out = update_states(
             (self.lam,), index, (new,), 1.0, mask=has, local=True, index_checked=True, assume_unique=unique
         )[0]
@@ -163,18 +165,34 @@ class FalseNegativeDetector(nn.Module):
             per side ``[B, C]`` bool: ``negs`` minus the detected false negatives (``negs`` itself before
             ``start_epoch``).
         """
+        return self.detect_with_counts(sims, negs, index, index_checked=index_checked, unique=unique)[0]
+
+    @torch.no_grad()
+    def detect_with_counts(
+        self, sims: list[Tensor], negs: list[Tensor | None], index: Tensor, *, counts: Tensor | None = None,
+        index_checked: bool = False, unique: bool = False,
+    ) -> tuple[list[Tensor], Tensor]:
+        """:meth:`detect` that also returns the number of kept negatives per anchor and side ``[B, 2]``.
+
+        ``counts [B, 2]``: the number of candidate negatives (``negs[v].sum(1)``), if the caller knows it
+        (the losses do); counting a ``[B, C]`` mask is one of the larger costs of a GloFND step.
+        """
         if any(m is None for m in negs):
             raise ValueError("detect needs explicit negative masks")
         masks: list[Tensor] = [m for m in negs if m is not None]
-        kept = self._kept(sims, masks, self._step(sims, masks, index, index_checked=index_checked, unique=unique))
-        return kept if self.masking else masks
+        if counts is None:
+            counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
+        lam = self._step(sims, masks, index, counts, index_checked=index_checked, unique=unique)
+        kept, kept_counts = self._kept(sims, masks, lam, counts)
+        return (kept, kept_counts) if self.masking else (masks, counts)
 
-    def _kept(self, sims: list[Tensor], masks: list[Tensor], lam: Tensor) -> list[Tensor]:
-        """Negatives at or below the thresholds ``lam [B, 2]``; records :attr:`last_masked_fraction`."""
-        kept = [masks[v] & (sims[v] <= lam[:, v : v + 1]) for v in (0, 1)]
-        total = masks[0].sum() + masks[1].sum()
-        self._masked_fraction.copy_(1.0 - (kept[0].sum() + kept[1].sum()) / total.clamp_min(1))
-        return kept
+    def _kept(self, sims: list[Tensor], masks: list[Tensor], lam: Tensor, counts: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Negatives at or below the thresholds ``lam [B, 2]`` and their number per anchor and side;
+        records :attr:`last_masked_fraction` (``counts [B, 2]``: candidate negatives per anchor and side)."""
+        kept = [torch.le(sims[v], lam[:, v : v + 1]).bitwise_and_(masks[v]) for v in (0, 1)]
+        kept_counts = torch.stack([count_true(kept[v], 1) for v in (0, 1)], 1)
+        self._masked_fraction.copy_(1.0 - kept_counts.sum() / counts.sum().clamp_min(1))
+        return kept, kept_counts
 
     @torch.no_grad()
     def forward(self, sim: Tensor, neg: Tensor, index: Tensor) -> Tensor:
@@ -191,8 +209,9 @@ class FalseNegativeDetector(nn.Module):
         if sim.shape != neg.shape or sim.dim() != 3 or sim.shape[:2] != (index.numel(), 2):
             raise ValueError(f"sim {tuple(sim.shape)} / neg {tuple(neg.shape)} must be [B={index.numel()}, 2, C]")
         sims, masks = [sim[:, 0], sim[:, 1]], [neg[:, 0], neg[:, 1]]
-        lam = self._step(sims, masks, index)
-        self._kept(sims, masks, lam)
+        counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
+        lam = self._step(sims, masks, index, counts)
+        self._kept(sims, masks, lam, counts)
         if not self.masking:
             return torch.ones_like(neg)
         return sim <= lam.unsqueeze(-1)
