@@ -93,7 +93,7 @@ def _coefficients(
     # cached tensors must be ordinary tensors even when first built under inference_mode
     with torch.inference_mode(False):
         def make(x: np.ndarray) -> Tensor:
-            return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=dtype)
+            return torch.from_numpy(np.ascontiguousarray(x)).to(dtype).to(device)  # cast on the host (no float64 on MPS)
 
         return (make(k0[:, 0]), make(k1[:, 0]), make(k0[:, 1:]), make(k1[:, 1:]), make(quad),
                 torch.ones(n_pos.size, 1, dtype=dtype, device=device))
