@@ -245,19 +245,16 @@ class ContrastiveLossBase(nn.Module):
         unique_index = inverse = None
         if uniq.numel() != ng:  # duplicates: merged by the estimator step (rare; unique samplers skip this)
             unique_index, inverse = torch.unique(idx_g, return_inverse=True)
-        neg: list[Tensor | None]
-        if unique_index is None and self.false_negatives is None:
-            neg = [None, None]
-            count = torch.full((nb, 2), col_index.numel() - n_excl, device=a.device, dtype=torch.long)
-        else:
+        neg: list[Tensor | None] = [None, None]
+        if unique_index is not None or self.false_negatives is not None:
             m = col_index[None, :] != idx[:, None]  # symmetric when transposed (col_index == idx)
             # side 1 of a transposed batch is sims[0].T: give it the mask in the same (transposed) layout,
             # equal to m by symmetry, so elementwise ops of sims[1] with neg[1] (GloFND) stay contiguous
             neg = [m, m.T if transposed else m]
-            if unique_index is None:  # every column but the anchor's own pair(s)
-                count = torch.full((nb, 2), col_index.numel() - n_excl, device=a.device, dtype=torch.long)
-            else:
-                count = count_true(m, 1).unsqueeze(1).expand(nb, 2)
+        if unique_index is None:  # every column but the anchor's own pair(s)
+            count = torch.full((nb, 2), col_index.numel() - n_excl, device=a.device, dtype=torch.long)
+        else:
+            count = count_true(m, 1).unsqueeze(1).expand(nb, 2)
         return ContrastiveBatch(
             idx, idx_g, sims, pos, pos_col, self_col, neg, count, col_index, xdist.world_size() / max(ng, 1),
             transposed, stacked, start, unique_index, inverse, neg[0] is None and col_index.numel() > n_excl,
