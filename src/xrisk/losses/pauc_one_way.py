@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -17,15 +17,15 @@ from xrisk.functional.pauc import (
     pauc_kl_weights,
     pauc_risk,
 )
-from xrisk.functional.surrogates import SURROGATES, SurrogateName, pairwise_surrogate, weighted_pairwise_mean
-from xrisk.losses.ap import _update_column, _mean_of
-from xrisk.losses.base import ScoreLoss, label_order
+from xrisk.functional.surrogates import SURROGATES, SurrogateName
+from xrisk.losses._partial_auc_base import PartialAUCLossBase
+from xrisk.losses.ap import _update_column
 from xrisk.state import SampleState
 
 __all__ = ["OneWayPartialAUCLoss"]
 
 
-class OneWayPartialAUCLoss(ScoreLoss):
+class OneWayPartialAUCLoss(PartialAUCLossBase):
     """One-way partial-AUC loss: the hardest ``max_fpr`` share of negatives of every positive.
 
     With positives ``i`` (``n+``), negatives ``j`` (``n-``) and ``L_ij = ell(m, f_i - f_j)``
@@ -134,36 +134,17 @@ class OneWayPartialAUCLoss(ScoreLoss):
         return (f"num_samples={self.num_samples}, num_tasks={self.num_tasks}, method={self.method!r}, "
                 f"max_fpr={self.max_fpr}, margin={self.margin}, surrogate={self.surrogate!r}, {knobs}")
 
-    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
-        assert index is not None  # uses_index: the base class enforces it
-        size = scores.shape[0]
-        terms: list[Tensor] = []
-        detached: list[Tensor] = []
-        for t, n_pos in enumerate(pos_counts):
-            if not 0 < n_pos < size:  # needs both positives and negatives
-                continue
-            pos = targets[:, t]
-            col = scores[:, t]
-            pos_idx, neg_idx = label_order(pos, n_pos)
-            s_pos, s_neg = col.index_select(0, pos_idx), col.index_select(0, neg_idx)  # = col[pos], col[~pos]
-            idx = index.index_select(0, pos_idx.to(index.device))  # = index[pos]
-            losses = pairwise_surrogate(s_pos.detach(), s_neg.detach(), margin=self.margin, surrogate=self.surrogate)
-            if self.method == "cvar":
-                s = self.threshold.value[idx.to(self.threshold.value.device), t].to(losses)
-                step = cvar_threshold_grad(losses, s, self.max_fpr)
-                _update_column(self.threshold, idx, t, s - self.eta * step, 1.0)
-                weights = pauc_cvar_weights(losses, s, self.max_fpr)  # pauc_cvar_surrogate's weights
-            else:
-                log_u = _log_ema_column(self.log_u, idx, t, log_mean_exp_inner(losses, self.tau), self.gamma)
-                weights = pauc_kl_weights(losses, log_u, self.tau)  # pauc_kl_surrogate's weights
-            terms.append(weighted_pairwise_mean(s_pos, s_neg, weights, margin=self.margin, surrogate=self.surrogate,
-                                                losses=losses))
-            detached.append(losses)
-        if not terms:
-            self._record_objective(None)
-            return scores.sum() * 0.0
-        self._record_objective_from(_mean_of, pauc_risk, detached, self.max_fpr)
-        return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
+    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor) -> Tensor:
+        if self.method == "cvar":
+            s = self.threshold.value[index_pos.to(self.threshold.value.device), task].to(losses)
+            step = cvar_threshold_grad(losses, s, self.max_fpr)
+            _update_column(self.threshold, index_pos, task, s - self.eta * step, 1.0)
+            return pauc_cvar_weights(losses, s, self.max_fpr)  # pauc_cvar_surrogate's weights
+        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau), self.gamma)
+        return pauc_kl_weights(losses, log_u, self.tau)  # pauc_kl_surrogate's weights
+
+    def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
+        return pauc_risk, (self.max_fpr,)
 
 
 def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor, gamma: float) -> Tensor:

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.pauc import log_ema, log_mean_exp_inner, tpauc_kl_weights, tpauc_risk
-from xrisk.functional.surrogates import SURROGATES, SurrogateName, pairwise_surrogate, weighted_pairwise_mean
-from xrisk.losses.ap import _mean_of
-from xrisk.losses.base import ScoreLoss, label_order
+from xrisk.functional.surrogates import SURROGATES, SurrogateName
+from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.pauc_one_way import _log_ema_column
 from xrisk.state import SampleState
 
 __all__ = ["TwoWayPartialAUCLoss"]
 
 
-class TwoWayPartialAUCLoss(ScoreLoss):
+class TwoWayPartialAUCLoss(PartialAUCLossBase):
     """Two-way partial-AUC loss optimised by SOTA-s: hard negatives *and* hard positives.
 
     With positives ``i`` (``n+``), negatives ``j`` (``n-``), ``L_ij = ell(m, f_i - f_j)``
@@ -123,32 +123,13 @@ class TwoWayPartialAUCLoss(ScoreLoss):
                 f"max_fpr={self.max_fpr}, tau={self.tau}, tau_outer={self.tau_outer}, gamma0={self.gamma0}, "
                 f"gamma1={self.gamma1}, margin={self.margin}, surrogate={self.surrogate!r}")
 
-    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
-        assert index is not None  # uses_index: the base class enforces it
-        size = scores.shape[0]
-        terms: list[Tensor] = []
-        detached: list[Tensor] = []
-        ratio = self.tau / self.tau_outer
-        for t, n_pos in enumerate(pos_counts):
-            if not 0 < n_pos < size:  # needs both positives and negatives
-                continue
-            pos = targets[:, t]
-            col = scores[:, t]
-            pos_idx, neg_idx = label_order(pos, n_pos)
-            s_pos, s_neg = col.index_select(0, pos_idx), col.index_select(0, neg_idx)  # = col[pos], col[~pos]
-            idx = index.index_select(0, pos_idx.to(index.device))  # = index[pos]
-            losses = pairwise_surrogate(s_pos.detach(), s_neg.detach(), margin=self.margin, surrogate=self.surrogate)
-            log_u = _log_ema_column(self.log_u, idx, t, log_mean_exp_inner(losses, self.tau), self.gamma0)
-            log_w = self._update_w(t, torch.logsumexp(ratio * log_u, 0) - math.log(n_pos))
-            weights = tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer)  # tpauc_kl_surrogate's
-            terms.append(weighted_pairwise_mean(s_pos, s_neg, weights, margin=self.margin, surrogate=self.surrogate,
-                                                losses=losses))
-            detached.append(losses)
-        if not terms:
-            self._record_objective(None)
-            return scores.sum() * 0.0
-        self._record_objective_from(_mean_of, tpauc_risk, detached, self.min_tpr, self.max_fpr)
-        return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
+    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor) -> Tensor:
+        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau), self.gamma0)
+        log_w = self._update_w(task, torch.logsumexp(self.tau / self.tau_outer * log_u, 0) - math.log(n_pos))
+        return tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer)  # tpauc_kl_surrogate's weights
+
+    def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
+        return tpauc_risk, (self.min_tpr, self.max_fpr)
 
     def _update_w(self, task: int, log_new: Tensor) -> Tensor:
         """One log-space moving-average step of ``w`` for ``task``; returns the new ``log w`` (scalar)."""

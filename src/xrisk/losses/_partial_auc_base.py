@@ -1,0 +1,62 @@
+"""The per-task frame both partial-AUC losses share (``OneWayPartialAUCLoss``, ``TwoWayPartialAUCLoss``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from xrisk.functional.surrogates import pairwise_surrogate, weighted_pairwise_mean
+from xrisk.losses.ap import _mean_of
+from xrisk.losses.base import ScoreLoss, label_order
+
+__all__ = ["PartialAUCLossBase"]
+
+
+class PartialAUCLossBase(ScoreLoss):
+    """For every task with positives and negatives in the batch: split the scores by label, compute
+    the detached pairwise losses ``L [P, N]`` of positives against negatives, let the subclass update
+    its state and return the estimator's weights (:meth:`_task_weights`), and take the weighted
+    pairwise mean (:func:`~xrisk.functional.surrogates.weighted_pairwise_mean`). The loss is the mean
+    over those tasks (a graph-connected zero if there is none); the objective estimate is
+    :meth:`_risk` of each task's ``L``, averaged over them. Not public.
+
+    Subclasses set ``margin`` and ``surrogate`` and implement :meth:`_task_weights` and :meth:`_risk`.
+    """
+
+    margin: float
+    surrogate: str
+
+    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor) -> Tensor:
+        """Update the state of ``task`` from ``losses [P, N]`` (``index_pos [P]``: dataset indices of the
+        positives) and return the detached weights ``[P, N]`` of the stochastic estimator."""
+        raise TypeError(f"{type(self).__name__} must override _task_weights")
+
+    def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
+        """``(fn, args)``: the objective estimate of one task is ``fn(L, *args)``."""
+        raise TypeError(f"{type(self).__name__} must override _risk")
+
+    def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
+        assert index is not None  # uses_index: the base class enforces it
+        size = scores.shape[0]
+        terms: list[Tensor] = []
+        detached: list[Tensor] = []
+        for t, n_pos in enumerate(pos_counts):
+            if not 0 < n_pos < size:  # needs both positives and negatives
+                continue
+            col = scores[:, t]
+            pos_idx, neg_idx = label_order(targets[:, t], n_pos)
+            s_pos, s_neg = col.index_select(0, pos_idx), col.index_select(0, neg_idx)  # = col[pos], col[~pos]
+            idx = index.index_select(0, pos_idx.to(index.device))  # = index[pos]
+            losses = pairwise_surrogate(s_pos.detach(), s_neg.detach(), margin=self.margin, surrogate=self.surrogate)
+            weights = self._task_weights(t, n_pos, idx, losses)
+            terms.append(weighted_pairwise_mean(s_pos, s_neg, weights, margin=self.margin, surrogate=self.surrogate,
+                                                losses=losses))
+            detached.append(losses)
+        if not terms:
+            self._record_objective(None)
+            return scores.sum() * 0.0
+        fn, args = self._risk()
+        self._record_objective_from(_mean_of, fn, detached, *args)
+        return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
