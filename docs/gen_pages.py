@@ -46,7 +46,7 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
      "surrogates of AUC-M, AP, partial AUC and the contrastive losses.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
-      "xrisk.functional.contrastive"]),
+      "xrisk.functional.contrastive", "xrisk.functional.similarity"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders"]),
     ("Recipes", "recipes",

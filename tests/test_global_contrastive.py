@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from xrisk.functional import contrastive as contrastive_kernels
 from xrisk.functional.contrastive import detached_weights_dot, gcl_fcco, gcl_objective, row_exp
 from xrisk.losses import GlobalContrastiveLoss
 from xrisk.schedules import CosineGammaSchedule
@@ -290,6 +291,24 @@ def test_row_exp_equals_naive_masked_exp_and_is_stable():
     assert float(e.max()) <= 1.0
 
 
+def test_row_exp_along_columns_equals_rows_of_the_transpose():
+    """dim=0 (anchors are the columns) gives the same numbers as dim=1 on sim.T, in sim's layout."""
+    g = torch.Generator().manual_seed(5)
+    sim = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    inv = 1.0 + torch.rand(7, generator=g, dtype=torch.float64)
+    row_bias, col_bias = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    neg = torch.rand(5, 7, generator=g) > 0.3
+    excl = torch.tensor([0, 4, 1, 2, 3, 0, 1])
+    for kw in (dict(neg=neg), dict(excluded=(excl,))):
+        for stable in (True, False):
+            kw_t = {"neg": neg.T} if "neg" in kw else kw
+            want = row_exp(sim.T, inv, row_bias, col_bias=col_bias, stable=stable, **kw_t)
+            got = row_exp(sim, inv, row_bias, col_bias=col_bias, stable=stable, dim=0, **kw)
+            torch.testing.assert_close(got[0], want[0].T)
+            torch.testing.assert_close(got[1], want[1])
+            torch.testing.assert_close(got[2], want[2])
+
+
 def test_detached_weights_dot_gradient_is_the_weights():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
@@ -320,11 +339,16 @@ def _layout(a, b, mode):
 @pytest.mark.parametrize("temperature", TEMPS)
 @pytest.mark.parametrize("masks", ("none", "shared", "per-side"))
 @pytest.mark.parametrize("stable", (True, False))
-def test_gcl_fcco_kernel_gradient_is_exact_when_u_equals_g(mode, temperature, masks, stable):
+@pytest.mark.parametrize("stack_max", (None, 0))
+def test_gcl_fcco_kernel_gradient_is_exact_when_u_equals_g(mode, temperature, masks, stable, stack_max, monkeypatch):
     """With u = g_hat the kernel's surrogate gradient (features and tau) and tau_grad are the exact
     derivatives of scale * sum_iv [tau_iv log(eps + g_iv) + rho tau_iv] (gcl_objective), on every path:
-    the shared-exponential path (bimodal, shared tau, stable=False), the per-side path (bimodal) and
-    the stacked path (unimodal: both sides' rows in one matrix)."""
+    the shared-exponential path (bimodal, shared tau, stable=False), the stacked path (both sides' rows in
+    one matrix: unimodal, and small bimodal batches), the transposed-layout path (bimodal batches above
+    ``_STACK_MAX``, forced with ``stack_max=0``: side 1 along the columns of sims[0]); without masks the
+    count is passed as an int."""
+    if stack_max is not None:
+        monkeypatch.setattr(contrastive_kernels, "_STACK_MAX", stack_max)
     n, eps, rho, scale = 6, 1e-3, 0.4, 0.5
     a, b = _features(n, 4, seed=2)
     sims, pos_col, self_col, stacked = _layout(a, b, mode[:8])
@@ -358,6 +382,7 @@ def test_gcl_fcco_kernel_gradient_is_exact_when_u_equals_g(mode, temperature, ma
         neg[1] if neg[1] is not None else _side1_base(n, cols, pos_col, self_col),
     ]
     count = torch.stack([m.sum(1) for m in full], 1)
+    count_arg = int(count[0, 0]) if masks == "none" else count
     if temperature == "individual":
         tau = (0.2 + 0.3 * torch.rand(n, 2, generator=g, dtype=torch.float64)).requires_grad_(True)
     elif temperature == "global":
@@ -367,7 +392,7 @@ def test_gcl_fcco_kernel_gradient_is_exact_when_u_equals_g(mode, temperature, ma
     seen = []
     step = gcl_fcco(
         sims, pos, tau.detach() if temperature == "individual" else tau, lambda lg, ok: seen.append((lg, ok)) or lg,
-        pos_col=pos_col, count=count, self_col=self_col, neg=neg, transposed=mode == "bimodal", stacked=stacked,
+        pos_col=pos_col, count=count_arg, self_col=self_col, neg=neg, transposed=mode == "bimodal", stacked=stacked,
         eps=eps, rho=rho, scale=scale, stable=stable,
     )
     exact = 0.0

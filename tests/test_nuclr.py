@@ -160,7 +160,8 @@ def test_nuclr_fcco_kernel_gradient_is_exact_when_u_equals_g(masks, stable):
             m1 = off & (torch.rand(n, n, generator=g) > 0.3)
             neg, full = [m, m1], [m, m1]
     count = torch.stack([full[0].sum(1), full[1].sum(1)], 1)
-    step = nuclr_fcco(sims, pos, zeta.detach(), tau, log_pos, lambda lg, ok: lg, pos_col=pos_col, count=count,
+    count_arg = n - 1 if masks == "none" else count  # without masks the count may be given as an int
+    step = nuclr_fcco(sims, pos, zeta.detach(), tau, log_pos, lambda lg, ok: lg, pos_col=pos_col, count=count_arg,
                       neg=neg, transposed=True, scale=scale, stable=stable)
     exact = 0.0
     for v in (0, 1):

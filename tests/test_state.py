@@ -99,3 +99,10 @@ def test_all_finite_probe_is_exact():
         assert not all_finite(torch.ones(2), x)
     plus_minus = torch.tensor([float("inf"), float("-inf")])  # the sum is NaN either way
     assert not all_finite(plus_minus)
+
+
+def test_write_rows_sets_values_and_seen_flags():
+    st = SampleState(6, (2,), init=0.5)
+    st.write_rows(torch.tensor([4, 1]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert torch.equal(st.read(torch.tensor([1, 4, 0])), torch.tensor([[3.0, 4.0], [1.0, 2.0], [0.5, 0.5]]))
+    assert torch.equal(st.seen.nonzero()[:, 0].unique(), torch.tensor([1, 4]))

@@ -167,6 +167,17 @@ class SampleState(nn.Module):
         index = check_index(index, self.num_samples).to(self.value.device)
         return self.value.index_select(0, index)
 
+    @torch.no_grad()
+    def write_rows(self, index: Tensor, rows: Tensor) -> None:
+        """Low level: ``value[index] = rows`` and mark those rows seen, with no check at all.
+
+        For callers that computed the new rows themselves (the losses' state steps): ``index`` must be
+        validated (:func:`check_index`), free of duplicates and on the state's device, ``rows`` finite
+        ``float32`` ``[B, *shape]`` on that device. Everything else should use :meth:`update`.
+        """
+        self.value.index_copy_(0, index, rows)
+        self.seen.index_fill_(0, index, True)
+
     def reset(self) -> None:
         """Forget everything: every entry becomes unseen again."""
         self.value.fill_(self.init)

@@ -189,44 +189,54 @@ def row_exp(
     neg: Tensor | None = None,
     excluded: tuple[Tensor, ...] = (),
     stable: bool = True,
+    dim: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One exponential pass over a similarity matrix, restricted to each row's negatives (no autograd).
+    """One exponential pass over a similarity matrix, restricted to each anchor's negatives (no autograd).
 
-    With ``l_ij = sim_ij * inv_tau_i + row_bias_i (+ col_bias_j)`` (for the GCL ``row_bias = -pos_i/tau_i``,
-    so ``l_ij = diff_ij / tau_i``), returns ``E_ij = exp(l_ij - shift_i)`` on the negatives and 0 elsewhere,
-    ``log_s_i = log sum_{j in N_i} exp(l_ij)`` (``-inf`` for rows without negatives) and ``shift [R]``.
+    Anchors are the rows of ``sim`` (``dim=1``: the candidates run along dimension 1) or its columns
+    (``dim=0``, e.g. the text anchors of an image-by-text matrix, without transposing it). Below, for
+    ``dim=1``: with ``l_ij = sim_ij * inv_tau_i + row_bias_i (+ col_bias_j)`` (for the GCL
+    ``row_bias = -pos_i/tau_i``, so ``l_ij = diff_ij / tau_i``), returns ``E_ij = exp(l_ij - shift_i)`` on
+    the negatives and 0 elsewhere, ``log_s_i = log sum_{j in N_i} exp(l_ij)`` (``-inf`` for anchors
+    without negatives) and ``shift [R]``. For ``dim=0`` swap the roles of ``i`` and ``j`` (``E`` keeps
+    the layout of ``sim``; ``row_bias``, ``inv_tau``, ``shift``, ``log_s`` are per column).
 
-    Negatives: ``neg [R, C]`` bool, or (``neg=None``) every column except the positions ``excluded``:
-    a tuple of ``[R]`` column indices (the positive, and in unimodal mode the anchor itself).
-    ``stable=True`` shifts every row by its largest negative logit (any temperature, any inputs);
+    Negatives: ``neg`` bool in the layout of ``sim``, or (``neg=None``) every candidate except the positions
+    ``excluded``: a tuple of per-anchor candidate indices (the positive, and in unimodal mode the anchor itself).
+    ``stable=True`` shifts every anchor by its largest negative logit (any temperature, any inputs);
     ``stable=False`` skips that pass (``shift = 0``): only for ``|l_ij|`` known to stay far from the
     dtype's exponent range (normalised features and a moderate temperature).
 
     Args:
         sim: ``[R, C]`` similarities (a view is fine, e.g. a transposed matrix).
-        inv_tau: float or ``[R]`` inverse temperatures; row_bias: ``[R]``; col_bias: ``[C]`` or None.
+        inv_tau: float or per-anchor inverse temperatures; row_bias: per anchor; col_bias: per candidate or None.
     """
+    a = 1 - dim  # the anchor axis
     with torch.no_grad():
         sim = sim.detach()
-        bias = row_bias.unsqueeze(1) if col_bias is None else row_bias.unsqueeze(1) + col_bias.unsqueeze(0)
+        # per-anchor vectors made contiguous: a strided broadcast operand halves the speed of the pass
+        row_bias = row_bias.contiguous()
+        bias = row_bias.unsqueeze(dim) if col_bias is None else row_bias.unsqueeze(dim) + col_bias.unsqueeze(a)
         if isinstance(inv_tau, Tensor):
-            logits = torch.addcmul(bias, sim, inv_tau.unsqueeze(1))
+            logits = torch.addcmul(bias, sim, inv_tau.contiguous().unsqueeze(dim))
         else:
             logits = torch.add(bias, sim, alpha=float(inv_tau))
         if neg is not None:
             logits.masked_fill_(~neg, float("-inf"))
         else:
-            rows = torch.arange(sim.shape[0], device=sim.device)
-            for cols in excluded:
-                logits[rows, cols] = float("-inf")
+            anchors = torch.arange(sim.shape[a], device=sim.device)
+            for cand in excluded:
+                logits[(anchors, cand) if dim == 1 else (cand, anchors)] = float("-inf")
         if stable:
-            shift = logits.amax(1)
+            shift = logits.amax(dim)
             shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-            logits.sub_(shift.unsqueeze(1))
+            logits.sub_(shift.unsqueeze(dim))
         else:
-            shift = torch.zeros(sim.shape[0], dtype=sim.dtype, device=sim.device)
+            shift = torch.zeros(sim.shape[a], dtype=sim.dtype, device=sim.device)
         e = logits.exp_()
-        log_s = torch.log(e.sum(1)) + shift
+        log_s = torch.log(e.sum(dim))
+        if stable:
+            log_s = log_s + shift
     return e, log_s, shift
 
 
@@ -258,6 +268,15 @@ def detached_weights_dot(x: Tensor, weights: Tensor, value: Tensor | None = None
         with torch.no_grad():
             value = torch.linalg.vecdot(w, x.detach()).sum()
     return _DetachedWeightsDot.apply(x, w, value)
+
+
+def _weights_dot(x: Tensor, weights: Tensor) -> Tensor:
+    """``sum(weights * x)`` as one native ``dot`` (gradient ``weights`` w.r.t. ``x``); ``weights`` has no grad.
+
+    For a surrogate whose value is not needed before this point: the dot is the forward pass (cheaper
+    than :func:`detached_weights_dot`'s custom node when ``x`` is contiguous; a strided ``x`` is copied).
+    """
+    return torch.dot(weights.reshape(-1), x.reshape(-1))
 
 
 # ----------------------------------------------------------------------------- FCCO steps of the losses
@@ -322,7 +341,7 @@ def gcl_fcco(
     estimator: Estimator,
     *,
     pos_col: Tensor,
-    count: Tensor,
+    count: Tensor | int,
     self_col: Tensor | None = None,
     neg: Sequence[Tensor | None] = (None, None),
     transposed: bool = False,
@@ -350,94 +369,152 @@ def gcl_fcco(
     With ``transposed=True`` (``sims[1]`` is ``sims[0].T``, ``neg[1]`` is ``neg[0].T`` or both None), a
     shared temperature (float or 0-dim) and ``stable=False``, one exponential ``exp(sims[0] / tau)``
     serves both sides (the positive's ``exp(-pos / tau)`` is a per-row / per-column factor) and the two
-    sides' weights are summed into one matrix. ``stacked``: a ``[2B, C]`` tensor whose row blocks are
-    ``sims[0]`` and ``sims[1]`` (unimodal mode), processed as one matrix (half the operations).
+    sides' weights are summed into one matrix; otherwise a large transposed batch is processed in the
+    layout of ``sims[0]`` (side 1 along its columns), a small one as one ``[2B, C]`` stack. ``stacked``: a
+    ``[2B, C]`` tensor whose row blocks are ``sims[0]`` and ``sims[1]`` (unimodal mode), processed as one
+    matrix (half the operations); without it the two sides are stacked by a copy.
 
     Args:
         sims: per side ``[B, C]`` similarities (with gradient).
         pos: ``[B, 2]`` detached similarity of each anchor with its positive, at column ``pos_col [B, 2]``.
         tau: float, 0-dim tensor (learnable, may require grad) or ``[B, 2]`` (per anchor).
         estimator: ``(log_g_hat [B, 2], valid [B, 2]) -> log_u [B, 2]``.
-        count: ``[B, 2]`` number of negatives; self_col: ``[B, 2]`` column of the anchor itself or None.
+        count: ``[B, 2]`` number of negatives, or an int ``>= 1``: every anchor has that many (no masking of
+            anchors without negatives is then needed); self_col: ``[B, 2]`` column of the anchor itself or None.
         neg: per side ``[B, C]`` bool negatives, or None for "every column but pos_col / self_col".
         eps: the ``eps`` in ``log(eps + g)``; rho: the KL-DRO radius; scale: factor of the surrogate.
         stable: shift each row by its maximum before exponentiating (see :func:`row_exp`).
     """
-    dtype = pos.dtype
     per_anchor = isinstance(tau, Tensor) and tau.dim() > 0
-    shared_tau = float(tau.detach()) if isinstance(tau, Tensor) and not per_anchor else tau
-    inv: list[Tensor | float] = (
-        [1.0 / tau[:, 0], 1.0 / tau[:, 1]] if per_anchor else [1.0 / float(shared_tau)] * 2  # type: ignore[index]
-    )
-    valid = count > 0
-    log_cnt = torch.log(count.clamp_min(1).to(dtype))
+    inv = 0.0 if per_anchor else 1.0 / float(tau.detach() if isinstance(tau, Tensor) else tau)  # shared tau
+    valid, some_empty, log_cnt = _anchor_counts(count, pos)
     if transposed and not per_anchor and not stable:
-        step = _gcl_shared(sims[0], pos, float(inv[0]), estimator, pos_col, neg, valid, log_cnt, eps, scale)
+        step = _gcl_shared(sims[0], pos, inv, estimator, pos_col, neg, valid, some_empty, log_cnt, eps, scale)
         out, log_u, log_den, value_sum = step
+    elif transposed and sims[0].numel() > _STACK_MAX:
+        out, log_u, log_den, value = _gcl_transposed(
+            sims[0], pos, tau, per_anchor, inv, estimator, pos_col, neg, valid, some_empty, log_cnt, eps, scale,
+            stable, need_value=isinstance(tau, Tensor),
+        )
+        value_sum = value.sum() if value is not None else None
     else:
         out, log_u, log_den, value = _gcl_rows(
-            sims, stacked, pos, tau, per_anchor, inv[0], estimator, pos_col, self_col, neg, valid, log_cnt, eps,
-            scale, stable,
+            sims, stacked, pos, tau, per_anchor, inv, estimator, pos_col, self_col, neg, valid, some_empty, log_cnt,
+            eps, scale, stable, need_value=isinstance(tau, Tensor),
         )
-        value_sum = value.sum()
+        value_sum = value.sum() if value is not None else None
     tau_grad = None
     if per_anchor:
-        inv_t = tau.detach().reciprocal()  # type: ignore[union-attr]
-        tau_grad = torch.where(valid, log_den - value * inv_t + rho, 0.0)
+        tau_grad = torch.addcdiv(log_den + rho, value, tau.detach(), value=-1.0)  # type: ignore[arg-type,union-attr]
+        if some_empty:
+            tau_grad = torch.where(valid, tau_grad, 0.0)
     elif isinstance(tau, Tensor):  # one temperature: d/dtau of the surrogate is sum_iv tau_grad_iv
-        grad_sum = torch.where(valid, log_den + rho, 0.0).sum() - value_sum * inv[0]
+        terms = torch.where(valid, log_den + rho, 0.0) if some_empty else log_den + rho
+        grad_sum = terms.sum() - value_sum * inv
         out = out + scale * tau * grad_sum.detach()
     return GCLStep(out, log_u, tau_grad, valid)
+
+
+# Largest side matrix (entries) that a transposed batch copies into one [2B, C] stack (_gcl_rows): below it the
+# per-call overhead of two passes dominates, above it the transposed copy does (_gcl_transposed).
+_STACK_MAX = 256 * 256
+
+
+def _anchor_counts(count: Tensor | int, pos: Tensor) -> tuple[Tensor, bool, Tensor | float]:
+    """``(valid [B, 2], some anchor may lack negatives, log |N_iv|)`` from a count tensor or a constant."""
+    if isinstance(count, Tensor):
+        return count > 0, True, torch.log(count.clamp_min(1).to(pos.dtype))
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a [B, 2] tensor or an int >= 1, got {count!r}")
+    return torch.ones(pos.shape, dtype=torch.bool, device=pos.device), False, math.log(count)
 
 
 def _gcl_rows(
     sims: Sequence[Tensor], stacked: Tensor | None, pos: Tensor, tau: Tensor | float, per_anchor: bool,
     inv: Tensor | float,
     estimator: Estimator, pos_col: Tensor, self_col: Tensor | None, neg: Sequence[Tensor | None], valid: Tensor,
-    log_cnt: Tensor, eps: float, scale: float, stable: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """:func:`gcl_fcco` with one :func:`row_exp` per matrix: each side, or both sides' rows of ``stacked``.
+    some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float, stable: bool, *, need_value: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """:func:`gcl_fcco` with one :func:`row_exp` over both sides' rows: the ``[2B, C]`` matrix ``stacked``
+    (unimodal mode) or ``cat(sims)`` (a copy; autograd routes each block's gradient back to its side).
 
-    Per-anchor ``[B, 2]`` quantities are laid out per matrix by ``sel`` (a column, or side-major ``[2B]``).
-    Returns ``(surrogate, log_u, log(eps + u), value [B, 2])`` with ``value_iv = sum_j p_ij d_ij``.
+    Per-anchor ``[B, 2]`` quantities are laid out side-major (``[2B]``) to match the rows.
+    Returns ``(surrogate, log_u, log(eps + u), value [B, 2])`` with ``value_iv = sum_j p_ij d_ij``
+    (None unless ``need_value``: a fixed temperature needs no ``tau`` derivative).
     """
     n = pos.shape[0]
-    groups: list[tuple[Tensor, Callable[[Tensor], Tensor], Tensor | None]]
-    if stacked is not None:
-        cat_neg = None if neg[0] is None else torch.cat([neg[0], neg[1]], 0)  # type: ignore[list-item]
-        groups = [(stacked, lambda x: x.T.reshape(-1), cat_neg)]
-    else:
-        groups = [(sims[0], lambda x: x[:, 0], neg[0]), (sims[1], lambda x: x[:, 1], neg[1])]
-    inv_t = tau.detach().reciprocal() if per_anchor else inv  # type: ignore[union-attr]
-    exps, shifts, log_s, pos_r, pos_col_r = [], [], [], [], []
-    for mat, sel, mask in groups:
-        iv = sel(inv_t) if per_anchor else inv_t  # type: ignore[arg-type]
-        pos_r.append(sel(pos))
-        pos_col_r.append(sel(pos_col))
-        cols = (pos_col_r[-1],) if self_col is None else (pos_col_r[-1], sel(self_col))
-        e, ls, sh = row_exp(mat, iv, -pos_r[-1] * iv, neg=mask, excluded=cols, stable=stable)
-        exps.append(e)
-        shifts.append(sh)
-        log_s.append(ls)
-    unsel = (lambda ys: ys[0].view(2, n).T) if stacked is not None else (lambda ys: torch.stack(ys, 1))
-    log_g = unsel(log_s) - log_cnt
+    mat = stacked if stacked is not None else torch.cat([sims[0], sims[1]], 0)
+    mask = None if neg[0] is None else torch.cat([neg[0], neg[1]], 0)  # type: ignore[list-item]
+
+    def rows(x: Tensor) -> Tensor:  # [B, 2] -> [2B], side-major
+        return x.T.reshape(-1)
+
+    def unrows(x: Tensor) -> Tensor:  # [2B] -> [B, 2]
+        return x.view(2, n).T
+
+    iv = rows(tau.detach().reciprocal()) if per_anchor else inv  # type: ignore[union-attr]
+    pos_r, pos_col_r = rows(pos), rows(pos_col)
+    cols = (pos_col_r,) if self_col is None else (pos_col_r, rows(self_col))
+    e, log_s, shift = row_exp(mat, iv, -pos_r * iv, neg=mask, excluded=cols, stable=stable)
+    log_g = unrows(log_s) - log_cnt
     log_u = estimator(log_g, valid)
-    out = pos.new_zeros(())
-    values = []
     with torch.no_grad():
         log_den = _log_den(log_u, eps)
-        wrow = torch.where(valid, torch.exp(log_g - log_den) * scale, 0.0)  # sum_j p_ij (scaled)
-        coef = torch.exp(unsel(shifts) - log_den - log_cnt) * scale  # p_ij = e_ij * coef_i (scaled)
-    for (mat, sel, _), e, p, pc in zip(groups, exps, pos_r, pos_col_r):
-        with torch.no_grad():
-            w = e.mul_(sel(coef).unsqueeze(1))
-            wr = sel(wrow)
-            # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij; the positive enters with weight -1
-            value = torch.linalg.vecdot(w, mat.detach()) - p * wr
-            w[torch.arange(w.shape[0], device=w.device), pc] = -wr
-        values.append(value)
-        out = out + detached_weights_dot(mat, w, value.sum())
-    return out, log_u, log_den, unsel(values) / scale
+        wrow = torch.exp(log_g - log_den).mul_(scale)  # sum_j p_ij (scaled)
+        wrow = rows(torch.where(valid, wrow, 0.0) if some_empty else wrow)
+        coef = rows(torch.exp(unrows(shift) - log_den - log_cnt).mul_(scale))  # p_ij = e_ij * coef_i (scaled)
+        w = e.mul_(coef.unsqueeze(1))
+        # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij; the positive enters with weight -1
+        value = torch.linalg.vecdot(w, mat.detach()) - pos_r * wrow if need_value else None
+        w[torch.arange(2 * n, device=w.device), pos_col_r] = -wrow
+    if value is None:
+        return _weights_dot(mat, w), log_u, log_den, None
+    return detached_weights_dot(mat, w, value.sum()), log_u, log_den, unrows(value) / scale
+
+
+def _gcl_transposed(
+    sim: Tensor, pos: Tensor, tau: Tensor | float, per_anchor: bool, inv: float, estimator: Estimator,
+    pos_col: Tensor, neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float,
+    eps: float, scale: float, stable: bool, *, need_value: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Both sides of :func:`gcl_fcco` in the layout of ``sim = sims[0]`` (``sims[1] = sim.T``): side 0 along
+    the rows, side 1 along the columns (:func:`row_exp` with ``dim=0``), each with its own temperatures and
+    shifts; no transposed copy. The two sides' weights are summed into one matrix.
+
+    Returns ``(surrogate, log_u, log(eps + u), value [B, 2] or None)`` as :func:`_gcl_rows`.
+    """
+    n = sim.shape[0]
+    rows = torch.arange(n, device=sim.device)
+    iv = tau.detach().reciprocal() if per_anchor else None  # type: ignore[union-attr]
+    negs = (neg[0], None if neg[1] is None else neg[1].T)  # in the layout of sim
+    es, shifts, log_s = [], [], []
+    for v in (0, 1):
+        inv_v: Tensor | float = iv[:, v] if iv is not None else inv
+        e, ls, sh = row_exp(sim, inv_v, -pos[:, v] * inv_v, neg=negs[v], excluded=(pos_col[:, v],), stable=stable,
+                            dim=1 - v)
+        es.append(e)
+        shifts.append(sh)
+        log_s.append(ls)
+    log_g = torch.stack(log_s, 1) - log_cnt
+    log_u = estimator(log_g, valid)
+    with torch.no_grad():
+        sd = sim.detach()
+        log_den = _log_den(log_u, eps)
+        wrow = torch.exp(log_g - log_den).mul_(scale)  # sum_j p_ij (scaled)
+        if some_empty:
+            wrow = torch.where(valid, wrow, 0.0)
+        coef = torch.exp(torch.stack(shifts, 1) - log_den - log_cnt).mul_(scale)  # p = e * coef (scaled)
+        w0, w1 = es[0].mul_(coef[:, 0:1]), es[1].mul_(coef[:, 1])
+        value = None
+        if need_value:  # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij
+            value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
+            value = value - pos * wrow
+        w = w0.add_(w1)
+        w.index_put_((rows, pos_col[:, 0]), -wrow[:, 0], accumulate=True)  # the positives, weight -1
+        w.index_put_((pos_col[:, 1], rows), -wrow[:, 1], accumulate=True)
+    if value is None:
+        return _weights_dot(sim, w), log_u, log_den, None
+    return detached_weights_dot(sim, w, value.sum()), log_u, log_den, value / scale
 
 
 def _log_den(log_u: Tensor, eps: float) -> Tensor:
@@ -456,7 +533,7 @@ def _is_transpose_of(x: Tensor | None, y: Tensor | None) -> bool:
 
 def _gcl_shared(
     sim: Tensor, pos: Tensor, inv: float, estimator: Estimator, pos_col: Tensor,
-    neg: Sequence[Tensor | None], valid: Tensor, log_cnt: Tensor, eps: float, scale: float,
+    neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Both sides of :func:`gcl_fcco` from one ``exp(sim / tau)`` (``sims[1] = sim.T``, no shift)."""
     rows = torch.arange(sim.shape[0], device=sim.device)
@@ -477,16 +554,18 @@ def _gcl_shared(
     log_u = estimator(log_g, valid)
     with torch.no_grad():
         log_den = _log_den(log_u, eps)
-        wrow = torch.where(valid, torch.exp(log_g - log_den) * scale, 0.0)
-        coef = torch.exp(neg_pos - log_den - log_cnt) * scale  # p_ij = e_ij * coef_i
+        wrow = torch.exp(log_g - log_den).mul_(scale)
+        if some_empty:
+            wrow = torch.where(valid, wrow, 0.0)
+        coef = torch.exp(neg_pos - log_den - log_cnt).mul_(scale)  # p_ij = e_ij * coef_i
         if e0 is e1:
             w = e0.mul_(coef[:, 0:1] + coef[:, 1])
         else:
             w = e0.mul_(coef[:, 0:1]).add_(e1.mul_(coef[:, 1]))
         w.index_put_((rows, pos_col[:, 0]), -wrow[:, 0], accumulate=True)
         w.index_put_((pos_col[:, 1], rows), -wrow[:, 1], accumulate=True)
-        total = torch.dot(w.reshape(-1), sd.reshape(-1))
-    return detached_weights_dot(sim, w, total), log_u, log_den, total / scale
+    out = _weights_dot(sim, w)
+    return out, log_u, log_den, out.detach() / scale
 
 
 def nuclr_fcco(
@@ -498,7 +577,7 @@ def nuclr_fcco(
     estimator: Estimator,
     *,
     pos_col: Tensor,
-    count: Tensor,
+    count: Tensor | int,
     self_col: Tensor | None = None,
     neg: Sequence[Tensor | None] = (None, None),
     transposed: bool = False,
@@ -528,14 +607,16 @@ def nuclr_fcco(
     """
     dtype = pos.dtype
     inv = 1.0 / tau
-    valid = count > 0
-    cnt = count.clamp_min(1).to(dtype)
+    valid, some_empty, log_cnt = _anchor_counts(count, pos)
+    cnt = count.clamp_min(1).to(dtype) if isinstance(count, Tensor) else float(count)
     if transposed and not stable:
-        return _nuclr_shared(sims[0], pos, zeta, inv, log_pos, estimator, pos_col, neg, valid, cnt, scale)
+        return _nuclr_shared(
+            sims[0], pos, zeta, inv, log_pos, estimator, pos_col, neg, valid, some_empty, cnt, log_cnt, scale
+        )
     exps, shifts, log_s = _side_exps(
         sims, pos, [inv, inv], pos_col, self_col, neg, (-zeta[:, 0] * inv, -zeta[:, 1] * inv), True
     )
-    log_g = log_s - cnt.log()
+    log_g = log_s - log_cnt
     log_u = estimator(log_g, valid)
     out = pos.new_zeros(())
     rows = torch.arange(pos.shape[0], device=pos.device)
@@ -543,12 +624,14 @@ def nuclr_fcco(
     with torch.no_grad():
         log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
         coef = torch.exp(torch.stack(shifts, 1) - log_z)  # w_ij = e_ij * coef_i
-        wrow = torch.where(valid, torch.exp(log_g - log_z) * scale, 0.0)  # sum_j w_ij / |N_iv| (scaled)
+        wrow = torch.exp(log_g - log_z).mul_(scale)  # sum_j w_ij / |N_iv| (scaled)
+        if some_empty:
+            wrow = torch.where(valid, wrow, 0.0)
     for v in (0, 1):
         with torch.no_grad():
             col_weight.append(exps[v].T @ coef[:, v])
             col_count.append(_column_counts(neg[v], pos_col, self_col, v, sims[v].shape[1], dtype))
-            w = exps[v].mul_((coef[:, v] * scale / cnt[:, v]).unsqueeze(1))
+            w = exps[v].mul_((coef[:, v] * scale / (cnt[:, v] if isinstance(cnt, Tensor) else cnt)).unsqueeze(1))
             value = torch.linalg.vecdot(w, sims[v].detach()) - pos[:, v] * wrow[:, v]
             w[rows, pos_col[:, v]] = -wrow[:, v]
         out = out + detached_weights_dot(sims[v], w, value.sum())
@@ -569,7 +652,8 @@ def _column_counts(
 
 def _nuclr_shared(
     sim: Tensor, pos: Tensor, zeta: Tensor, inv: float, log_pos: Tensor, estimator: Estimator, pos_col: Tensor,
-    neg: Sequence[Tensor | None], valid: Tensor, cnt: Tensor, scale: float,
+    neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, cnt: Tensor | float, log_cnt: Tensor | float,
+    scale: float,
 ) -> NUCLRStep:
     """Both sides of :func:`nuclr_fcco` from one ``exp(sim / tau)`` (``sims[1] = sim.T``, no row shift).
 
@@ -594,23 +678,24 @@ def _nuclr_shared(
         z = torch.exp((zmin - zeta) * inv)  # [C, 2], in (0, 1]
         log_s = torch.stack([torch.mv(k0, z[:, 0]).log_(), torch.mv(k1.T, z[:, 1]).log_()], 1)
         log_s = log_s - (pos + zmin) * inv
-    log_g = log_s - cnt.log()
+    log_g = log_s - log_cnt
     log_u = estimator(log_g, valid)
     with torch.no_grad():
         log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
         a = torch.exp(-(pos + zmin) * inv - log_z)  # w0_ij = k_ij z0_j a0_i; w1_ij = k_ij z1_i a1_j
         col_weight = torch.stack([z[:, 0] * torch.mv(k0.T, a[:, 0]), z[:, 1] * torch.mv(k1, a[:, 1])], 1)
         b = a * (scale / cnt)
-        wrow = torch.where(valid, torch.exp(log_g - log_z) * scale, 0.0)
+        wrow = torch.exp(log_g - log_z).mul_(scale)
+        if some_empty:
+            wrow = torch.where(valid, wrow, 0.0)
         if k0 is k1:
             w = k0.mul_(torch.addr(torch.outer(b[:, 0], z[:, 0]), z[:, 1], b[:, 1]))
         else:
             w = k0.mul_(torch.outer(b[:, 0], z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b[:, 1])))
         w.index_put_((rows, pos_col[:, 0]), -wrow[:, 0], accumulate=True)
         w.index_put_((pos_col[:, 1], rows), -wrow[:, 1], accumulate=True)
-        total = torch.dot(w.reshape(-1), sd.reshape(-1))
         col_count = torch.stack(
             [_column_counts(neg[0], pos_col, None, 0, n_cols, pos.dtype),
              _column_counts(neg[1], pos_col, None, 1, n_cols, pos.dtype)], 1
         )
-    return NUCLRStep(detached_weights_dot(sim, w, total), log_u, col_weight, col_count, valid)
+    return NUCLRStep(_weights_dot(sim, w), log_u, col_weight, col_count, valid)

@@ -1,7 +1,9 @@
 """The template every global contrastive loss follows: ``loss(feats_a, feats_b, index)``.
 
-1. **validate** ``feats_a [B, d]``, ``feats_b [B, d]`` (floating, same shape, finite) and the
-   dataset ``index [B]``; L2-normalise the rows unless ``normalize=False``;
+1. **validate** ``feats_a [B, d]``, ``feats_b [B, d]`` (floating, same shape; finite: checked up front
+   with a detector, else by the estimator update before any state is written) and the dataset
+   ``index [B]``; L2-normalise the rows unless ``normalize=False`` (on one process normalisation and
+   similarity matrix are one autograd node, :mod:`xrisk.functional.similarity`);
 2. **gather** the features of all ranks with :func:`xrisk.distributed.all_gather` (``grad="sum"``)
    and the indices without gradient; each rank keeps **its own rows as anchors** and uses the
    whole global batch as candidate negatives (cost ``O(B_local * B_global * d)``);
@@ -40,6 +42,7 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
 from xrisk.functional.contrastive import count_true, log_moving_average
+from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
 from xrisk.state import SampleState, check_index, update_states
 
 __all__ = ["ContrastiveBatch", "ContrastiveLossBase"]
@@ -58,7 +61,7 @@ class ContrastiveBatch:
     flows through that entry of ``sims[v]``). self_col: ``[B, 2]`` column of the anchor itself
     (unimodal) or None. neg: per side a ``[B, C]`` bool negative mask, or None meaning "every column
     but ``pos_col`` and ``self_col``" (unique indices, no detector). count: ``[B, 2]`` number of
-    negatives. col_index: ``[C]`` dataset index of every column.
+    negatives, or an int when every anchor has that many (unique indices, no detector). col_index: ``[C]`` dataset index of every column.
     scale: ``K / B_global``, the factor that turns a sum over local anchors into this rank's share.
     transposed: ``sims[1]`` is ``sims[0].T`` and ``neg[1]`` is ``neg[0].T`` (or both None) -- single-process
     bimodal mode. stacked: unimodal mode, the ``[2B, C]`` matrix whose row blocks are ``sims[0]`` and
@@ -75,7 +78,7 @@ class ContrastiveBatch:
     pos_col: Tensor
     self_col: Tensor | None
     neg: list[Tensor | None]
-    count: Tensor
+    count: Tensor | int
     col_index: Tensor
     scale: float
     transposed: bool
@@ -90,8 +93,9 @@ class ContrastiveBatch:
         return (self.pos_col[:, v],) if self.self_col is None else (self.pos_col[:, v], self.self_col[:, v])
 
 
-def check_features(feats_a: Tensor, feats_b: Tensor) -> None:
-    """Validate two ``[B, d]`` floating feature tensors of equal shape, finite."""
+def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> None:
+    """Validate two ``[B, d]`` floating feature tensors of equal shape, finite (``finite=False``: the caller
+    checks finiteness later, before any state is written)."""
     for name, x in (("feats_a", feats_a), ("feats_b", feats_b)):
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
@@ -101,7 +105,7 @@ def check_features(feats_a: Tensor, feats_b: Tensor) -> None:
         raise ValueError(
             f"feats_a shape {tuple(feats_a.shape)} and feats_b shape {tuple(feats_b.shape)} must be equal"
         )
-    if not all_finite(feats_a, feats_b):  # one host read; the messages name the culprit
+    if finite and not all_finite(feats_a, feats_b):  # one host read; the messages name the culprit
         check_finite("feats_a", feats_a)
         check_finite("feats_b", feats_b)
 
@@ -199,18 +203,31 @@ class ContrastiveLossBase(nn.Module):
             feats_b: ``[B, d]`` second view / text embeddings (row ``i`` is the positive of ``feats_a[i]``).
             index: ``[B]`` dataset indices of the pairs.
         """
-        check_features(feats_a, feats_b)
+        # Finiteness: a NaN/inf feature makes the new estimates non-finite, which the estimator update refuses
+        # before writing any state (SampleState); the features are then checked to name the culprit. The
+        # detector writes its thresholds first, so with one the features are checked up front.
+        check_features(feats_a, feats_b, finite=self.false_negatives is not None)
+        raw_a, raw_b = feats_a, feats_b
         idx = check_index(index, self.num_samples, batch_size=feats_a.shape[0]).to(feats_a.device)
-        a, b = (F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)) if self.normalize else (feats_a, feats_b)
-        batch = self._make_batch(a, b, idx)
+        # one process: normalisation and similarity are one autograd node (cosine_similarity_matrix / cosine_gram)
+        fused = self.normalize and not xdist.is_distributed()
+        if self.normalize and not fused:
+            feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
+        batch = self._make_batch(feats_a, feats_b, idx, fused)
         if self.false_negatives is not None:
             batch.neg, batch.count = self.false_negatives.detect_with_counts(  # type: ignore[assignment]
                 [s.detach() for s in batch.sims], batch.neg, batch.index, counts=batch.count, index_checked=True,
                 unique=batch.inverse is None,
             )
-        return self._loss(batch)
+        try:
+            return self._loss(batch)
+        except FloatingPointError:
+            check_finite("feats_a", raw_a)
+            check_finite("feats_b", raw_b)
+            raise
 
-    def _make_batch(self, a: Tensor, b: Tensor, idx: Tensor) -> ContrastiveBatch:
+    def _make_batch(self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False) -> ContrastiveBatch:
+        """The batch of ``a``, ``b`` (rows normalised already, or raw with ``fused=True``: one process only)."""
         ag = xdist.all_gather(a, grad="sum")
         bg = xdist.all_gather(b, grad="sum")
         idx_g = xdist.all_gather_no_grad(idx)
@@ -220,14 +237,17 @@ class ContrastiveLossBase(nn.Module):
         self_col: Tensor | None
         stacked: Tensor | None = None
         if self.mode == "unimodal":
-            z = torch.cat([a, b], 0)
-            s = z @ (z if ag is a else torch.cat([ag, bg], 0)).T  # [2B, 2B_global], one matmul
+            if fused:
+                s = cosine_gram(a, b)
+            else:
+                z = torch.cat([a, b], 0)
+                s = z @ (z if ag is a else torch.cat([ag, bg], 0)).T  # [2B, 2B_global], one matmul
             sims, stacked = [s[:nb], s[nb:]], s
             col_index = torch.cat([idx_g, idx_g], 0)
             pos_col = torch.stack([local + ng, local], 1)
             self_col = torch.stack([local, local + ng], 1)
         else:
-            s0 = a @ bg.T  # [B, B_global] image anchors x texts
+            s0 = cosine_similarity_matrix(a, b) if fused else a @ bg.T  # [B, B_global] image anchors x texts
             # text anchors x images: the transpose of s0 on one process, its own (local) rows otherwise
             sims = [s0, s0.T if not xdist.is_distributed() else b @ ag.T]
             col_index = idx_g
@@ -251,8 +271,11 @@ class ContrastiveLossBase(nn.Module):
             # side 1 of a transposed batch is sims[0].T: give it the mask in the same (transposed) layout,
             # equal to m by symmetry, so elementwise ops of sims[1] with neg[1] (GloFND) stay contiguous
             neg = [m, m.T if transposed else m]
-        if unique_index is None:  # every column but the anchor's own pair(s)
-            count = torch.full((nb, 2), col_index.numel() - n_excl, device=a.device, dtype=torch.long)
+        count: Tensor | int
+        if unique_index is None:  # every column but the anchor's own pair(s); a tensor for the detector
+            count = col_index.numel() - n_excl
+            if self.false_negatives is not None or count < 1:
+                count = torch.full((nb, 2), count, device=a.device, dtype=torch.long)
         else:
             count = count_true(m, 1).unsqueeze(1).expand(nb, 2)
         return ContrastiveBatch(
@@ -288,10 +311,13 @@ class ContrastiveLossBase(nn.Module):
         if batch.inverse is None:  # every index once: no merging
             old = state.value.index_select(0, idx_g)
             upd_g = log_moving_average(old, new, gamma, state.seen.index_select(0, idx_g))
-            if not batch.all_valid:
+            if batch.all_valid:  # every row is written: no mask
+                if not all_finite(upd_g):
+                    raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
+                state.write_rows(idx_g, upd_g)
+            else:
                 upd_g = torch.where(m, upd_g, old)
-            mask = None if batch.all_valid else m
-            update_states((state,), idx_g, (upd_g,), 1.0, mask=mask, index_checked=True, assume_unique=True)
+                update_states((state,), idx_g, (upd_g,), 1.0, mask=m, index_checked=True, assume_unique=True)
         else:
             uniq, inv = batch.unique_index.to(dev), batch.inverse.to(dev)  # type: ignore[union-attr]
             vals = new.masked_fill(~m, float("-inf"))
@@ -333,12 +359,14 @@ class ContrastiveLossBase(nn.Module):
             m = torch.where(momentum.seen.index_select(0, index), torch.lerp(old, grad, beta), grad)
         else:
             m = update_states((momentum,), index, (grad,), beta, mask=mask, index_checked=True)[0]
-        new = before.to(m) - lr * m
+        new = torch.add(before.to(m), m, alpha=-lr)
         if bounds is not None:
-            new = new.clamp(*bounds)
-        if unique:
-            keep = None if batch.all_valid else mask  # every row has a negative: no masking
-            update_states((momentum, param), index, (m, new), 1.0, mask=keep, index_checked=True, assume_unique=True)
+            new = new.clamp_(*bounds)
+        if unique and batch.all_valid:  # every row has a negative: no masking; finite (from checked estimates)
+            momentum.write_rows(index, m)
+            param.write_rows(index, new)
+        elif unique:
+            update_states((momentum, param), index, (m, new), 1.0, mask=mask, index_checked=True, assume_unique=True)
         else:
             update_states((param,), index, (new,), 1.0, mask=mask, index_checked=True)
 

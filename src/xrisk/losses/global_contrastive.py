@@ -181,7 +181,8 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         if isinstance(self.tau, nn.Parameter):
             with torch.no_grad():
                 self.tau.clamp_(self.tau_min, self.tau_max)
-            tau = _MeanGradOverRanks.apply(self.tau).to(pos.device, pos.dtype)
+            tau = _MeanGradOverRanks.apply(self.tau) if xdist.is_distributed() else self.tau
+            tau = tau.to(pos.device, pos.dtype)
             tau_g, tau_low = tau.detach(), float(self.tau.detach())
         elif self.temperature == "individual":
             values = self.tau_individual.value

@@ -144,12 +144,13 @@ class NUCLRLoss(ContrastiveLossBase):
             self_col=batch.self_col, neg=batch.neg, transposed=batch.transposed, scale=batch.scale,
             stable=not (batch.transposed and self._exp_is_safe(pos.dtype, zeta_cols)),
         )
-        self._finish(batch, zeta_cols, step.col_weight, step.col_count, *glob)
+        self._finish(batch, zeta_cols, step.col_weight, step.col_count, *glob, log_pos)
         return step.surrogate
 
     @torch.no_grad()
     def _finish(
-        self, batch: ContrastiveBatch, zeta_g: Tensor, wsum: Tensor, cnt: Tensor, log_u_g: Tensor, valid_g: Tensor
+        self, batch: ContrastiveBatch, zeta_g: Tensor, wsum: Tensor, cnt: Tensor, log_u_g: Tensor, valid_g: Tensor,
+        log_pos: Tensor,
     ) -> None:
         """``zeta`` step from all ranks' column sums, then record the objective (same on every rank).
 
@@ -167,8 +168,7 @@ class NUCLRLoss(ContrastiveLossBase):
             if batch.all_valid or bool(has.any()):  # all_valid: every column is some anchor's negative
                 eta = float(self.zeta_lr_schedule(int(self.epoch))) if self.zeta_lr_schedule else self.lr_zeta
                 self._momentum_sgd_step(self.zeta, self.zeta_momentum, batch, zeta_g, grad, self.beta_zeta, eta, has)
-        log_pos = -self.xi.to(log_u_g) / self.tau - math.log(self.num_samples - 1)
-        log_z = torch.logaddexp(log_u_g, log_pos.expand_as(log_u_g))
+        log_z = torch.logaddexp(log_u_g, log_pos.to(log_u_g).expand_as(log_u_g))
         terms = self.tau * log_z
         n_g = batch.index_global.numel()
         if batch.all_valid:  # every anchor has a negative: no masking, never NaN

@@ -1,0 +1,92 @@
+"""Cosine-similarity matrices of L2-normalised rows as one autograd node each.
+
+``cosine_similarity_matrix(a, b)`` is ``F.normalize(a) @ F.normalize(b).T`` and
+``cosine_gram(a, b)`` is ``z @ z.T`` with ``z = F.normalize(cat([a, b]))``. Their values equal the
+autograd compositions; what differs is the backward: one node with two (one) matrix products and
+the normalisation's Jacobian written out,
+
+.. math::
+
+    \\frac{\\partial L}{\\partial x} = \\frac{g - \\hat x\\, \\langle \\hat x, g \\rangle}{\\max(\\lVert x \\rVert, \\epsilon)},
+    \\qquad \\hat x = \\frac{x}{\\max(\\lVert x \\rVert, \\epsilon)}
+
+for every row ``x`` with upstream row gradient ``g = dL/d\\hat x`` (rows with ``||x|| <= eps`` are
+scaled, not projected: ``g / eps``, as ``F.normalize``), instead of the dozen small autograd nodes of
+``F.normalize`` per input. For the Gram matrix ``S = Z Z^T`` the two products of ``mm``'s backward
+fold into one, ``dL/dZ = (G + G^T) Z``. The global contrastive losses use them on one process; under
+``torch.distributed`` they normalise, gather and multiply as separate steps (see
+:mod:`xrisk.losses._contrastive_base`).
+
+Both are differentiable once (the backward is not itself recorded; a second backward raises).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["cosine_similarity_matrix", "cosine_gram"]
+
+_EPS = 1e-12  # F.normalize's default
+
+
+def _normalize(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x / n, n)`` with ``n = max(||x_i||, eps)`` per row (``[R, 1]``)."""
+    n = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(_EPS)
+    return x / n, n
+
+
+def _normalize_backward(g: Tensor, xh: Tensor, n: Tensor) -> Tensor:
+    """Gradient w.r.t. ``x`` of ``xh = x / max(||x||, eps)`` given ``g = dL/dxh`` (rows)."""
+    dot = torch.linalg.vecdot(xh, g, dim=1).unsqueeze(1).mul_(n > _EPS)  # clamped rows: a plain scaling
+    return torch.addcmul(g, xh, dot, value=-1.0).div_(n)
+
+
+class _CosineSimilarityMatrix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        ah, na = _normalize(a)
+        bh, nb = _normalize(b)
+        ctx.save_for_backward(ah, na, bh, nb)
+        return ah @ bh.T
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        ah, na, bh, nb = ctx.saved_tensors
+        ga = _normalize_backward(grad @ bh, ah, na) if ctx.needs_input_grad[0] else None
+        gb = _normalize_backward(grad.T @ ah, bh, nb) if ctx.needs_input_grad[1] else None
+        return ga, gb
+
+
+class _CosineGram(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        zh, nz = _normalize(torch.cat([a, b], 0))
+        ctx.save_for_backward(zh, nz)
+        ctx.split = a.shape[0]
+        return zh @ zh.T
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        zh, nz = ctx.saved_tensors
+        gz = _normalize_backward(torch.add(grad, grad.T) @ zh, zh, nz)
+        return gz[: ctx.split], gz[ctx.split :]
+
+
+def cosine_similarity_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """``[R, C]`` cosine similarities ``normalize(a) @ normalize(b).T`` of ``a [R, d]`` and ``b [C, d]``.
+
+    One autograd node; equal to ``F.normalize(a, dim=1) @ F.normalize(b, dim=1).T`` (see the module
+    docstring for the backward).
+    """
+    return _CosineSimilarityMatrix.apply(a, b)
+
+
+def cosine_gram(a: Tensor, b: Tensor) -> Tensor:
+    """``[Ra + Rb, Ra + Rb]`` Gram matrix ``z @ z.T`` of ``z = normalize(cat([a, b]))`` (rows L2-normalised).
+
+    One autograd node; ``a [Ra, d]``, ``b [Rb, d]``.
+    """
+    return _CosineGram.apply(a, b)
