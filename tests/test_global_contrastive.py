@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from xrisk.functional import contrastive as contrastive_kernels
 from xrisk.functional.contrastive import detached_weights_dot, gcl_fcco, gcl_objective, row_exp
 from xrisk.losses import GlobalContrastiveLoss
 from xrisk.schedules import CosineGammaSchedule
@@ -271,12 +270,13 @@ def test_row_exp_equals_naive_masked_exp_and_is_stable():
         torch.testing.assert_close(e * shift.exp()[:, None], naive)
         torch.testing.assert_close(log_s, naive.sum(1).log())
         assert log_s[2] == float("-inf") and torch.all(e[2] == 0)
-    # excluded columns instead of a mask: the same as the mask that drops them
-    pos_col, self_col = torch.tensor([1, 0, 3, 3, 8, 5]), torch.tensor([0, 2, 4, 5, 6, 7])
+    # excluded diagonals instead of a mask: the same as the mask that drops them. Blocks (first, count,
+    # offset): anchors 0-2 exclude columns i + 3 and i, anchors 3-5 exclude columns i' + 1 (i' = i - 3)
     mask = torch.ones(6, 9, dtype=torch.bool)
-    mask[torch.arange(6), pos_col] = False
-    mask[torch.arange(6), self_col] = False
-    e, log_s, shift = row_exp(sim, 3.0, row_bias, excluded=(pos_col, self_col))
+    for i in range(3):
+        mask[i, i + 3] = mask[i, i] = False
+        mask[3 + i, i + 1] = False
+    e, log_s, shift = row_exp(sim, 3.0, row_bias, excluded=[(0, 3, 3), (0, 3, 0), (3, 3, 1)])
     want = torch.exp(sim * 3.0 + row_bias[:, None]) * mask
     torch.testing.assert_close(e * shift.exp()[:, None], want)
     # tau = 0.01 in float32: logits up to +-200 (naive exp overflows), log_s still exact
@@ -298,8 +298,7 @@ def test_row_exp_along_columns_equals_rows_of_the_transpose():
     inv = 1.0 + torch.rand(7, generator=g, dtype=torch.float64)
     row_bias, col_bias = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
     neg = torch.rand(5, 7, generator=g) > 0.3
-    excl = torch.tensor([0, 4, 1, 2, 3, 0, 1])
-    for kw in (dict(neg=neg), dict(excluded=(excl,))):
+    for kw in (dict(neg=neg), dict(excluded=[(0, 4, 1), (4, 3, -2)])):
         for stable in (True, False):
             kw_t = {"neg": neg.T} if "neg" in kw else kw
             want = row_exp(sim.T, inv, row_bias, col_bias=col_bias, stable=stable, **kw_t)
@@ -325,33 +324,31 @@ def test_detached_weights_dot_gradient_is_the_weights():
 
 
 def _layout(a, b, mode):
-    """Single-process batch layout of the module: sims, pos_col, self_col, stacked matrix (unimodal)."""
+    """Single-process batch layout of the module: sims, pos_offset, self_offset, stacked matrix (unimodal),
+    and the positive / own columns as [n, 2] index tensors for the reference computations."""
     n = a.shape[0]
     rows = torch.arange(n)
     if mode == "bimodal":
         s = a @ b.T
-        return [s, s.T], torch.stack([rows, rows], 1), None, None
+        return [s, s.T], (0, 0), None, None, torch.stack([rows, rows], 1), None
     s = torch.cat([a, b]) @ torch.cat([a, b]).T
-    return [s[:n], s[n:]], torch.stack([rows + n, rows], 1), torch.stack([rows, rows + n], 1), s
+    return [s[:n], s[n:]], (n, 0), (0, n), s, torch.stack([rows + n, rows], 1), torch.stack([rows, rows + n], 1)
 
 
 @pytest.mark.parametrize("mode", MODES + ("unimodal-per-side",))
 @pytest.mark.parametrize("temperature", TEMPS)
 @pytest.mark.parametrize("masks", ("none", "shared", "per-side"))
 @pytest.mark.parametrize("stable", (True, False))
-@pytest.mark.parametrize("stack_max", (None, 0))
-def test_gcl_fcco_kernel_gradient_is_exact_when_u_equals_g(mode, temperature, masks, stable, stack_max, monkeypatch):
+def test_gcl_fcco_kernel_gradient_is_exact_when_u_equals_g(mode, temperature, masks, stable):
     """With u = g_hat the kernel's surrogate gradient (features and tau) and tau_grad are the exact
     derivatives of scale * sum_iv [tau_iv log(eps + g_iv) + rho tau_iv] (gcl_objective), on every path:
-    the shared-exponential path (bimodal, shared tau, stable=False), the stacked path (both sides' rows in
-    one matrix: unimodal, and small bimodal batches), the transposed-layout path (bimodal batches above
-    ``_STACK_MAX``, forced with ``stack_max=0``: side 1 along the columns of sims[0]); without masks the
-    count is passed as an int."""
-    if stack_max is not None:
-        monkeypatch.setattr(contrastive_kernels, "_STACK_MAX", stack_max)
+    the shared-exponential path (bimodal, shared tau, stable=False), the transposed-layout path (bimodal
+    otherwise: side 1 along the columns of sims[0]), the stacked path (unimodal: both sides' rows in one
+    matrix) and the per-side copy into one stack (unimodal without ``stacked``); without masks the count is
+    passed as an int."""
     n, eps, rho, scale = 6, 1e-3, 0.4, 0.5
     a, b = _features(n, 4, seed=2)
-    sims, pos_col, self_col, stacked = _layout(a, b, mode[:8])
+    sims, pos_offset, self_offset, stacked, pos_col, self_col = _layout(a, b, mode[:8])
     if mode == "unimodal-per-side":
         mode, stacked = "unimodal", None
     rows = torch.arange(n)
@@ -392,7 +389,8 @@ def test_gcl_fcco_kernel_gradient_is_exact_when_u_equals_g(mode, temperature, ma
     seen = []
     step = gcl_fcco(
         sims, pos, tau.detach() if temperature == "individual" else tau, lambda lg, ok: seen.append((lg, ok)) or lg,
-        pos_col=pos_col, count=count_arg, self_col=self_col, neg=neg, transposed=mode == "bimodal", stacked=stacked,
+        pos_offset=pos_offset, count=count_arg, self_offset=self_offset, neg=neg, transposed=mode == "bimodal",
+        stacked=stacked,
         eps=eps, rho=rho, scale=scale, stable=stable,
     )
     exact = 0.0
@@ -426,11 +424,11 @@ def test_gcl_fcco_kernel_estimator_and_small_tau():
     """The surrogate's weights use the estimator's u (FCCO), and tau = 0.01 stays finite in float32."""
     n = 5
     a, b = _features(n, 4, seed=6)
-    sims, pos_col, _, _ = _layout(a, b, "bimodal")
+    sims, *_ = _layout(a, b, "bimodal")
     pos = sims[0].detach().diagonal()[:, None].expand(n, 2)
     count = torch.full((n, 2), n - 1)
     log_u = torch.randn(n, 2, dtype=torch.float64)
-    step = gcl_fcco(sims, pos, 0.3, lambda lg, ok: log_u, pos_col=pos_col, count=count, transposed=True, stable=False)
+    step = gcl_fcco(sims, pos, 0.3, lambda lg, ok: log_u, count=count, transposed=True, stable=False)
     got = torch.autograd.grad(step.surrogate, [a, b], retain_graph=True)
     # reference: sum_iv 0.3 * g_hat_iv / u_iv (gradient tau grad(g_hat) / u)
     ref = 0.0
@@ -445,6 +443,6 @@ def test_gcl_fcco_kernel_estimator_and_small_tau():
     b32.data[0] = -a32.data[0]
     s32 = a32 @ b32.T
     pos32 = s32.detach().diagonal()[:, None].expand(n, 2)
-    step = gcl_fcco([s32, s32.T], pos32, 0.01, lambda lg, ok: lg, pos_col=pos_col, count=count, transposed=True)
+    step = gcl_fcco([s32, s32.T], pos32, 0.01, lambda lg, ok: lg, count=count, transposed=True)
     step.surrogate.backward()
     assert torch.isfinite(step.surrogate) and torch.isfinite(a32.grad).all() and torch.isfinite(step.log_u).all()

@@ -143,8 +143,7 @@ def test_nuclr_fcco_kernel_gradient_is_exact_when_u_equals_g(masks, stable):
     a = torch.nn.functional.normalize(torch.randn(n, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
     b = torch.nn.functional.normalize(torch.randn(n, 4, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
     s = a @ b.T
-    sims, rows = [s, s.T], torch.arange(n)
-    pos_col = torch.stack([rows, rows], 1)
+    sims = [s, s.T]
     pos = s.detach().diagonal()[:, None].expand(n, 2)
     zeta = (0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)).requires_grad_(True)
     log_pos = torch.tensor([-2.0, -1.5], dtype=torch.float64)
@@ -161,7 +160,7 @@ def test_nuclr_fcco_kernel_gradient_is_exact_when_u_equals_g(masks, stable):
             neg, full = [m, m1], [m, m1]
     count = torch.stack([full[0].sum(1), full[1].sum(1)], 1)
     count_arg = n - 1 if masks == "none" else count  # without masks the count may be given as an int
-    step = nuclr_fcco(sims, pos, zeta.detach(), tau, log_pos, lambda lg, ok: lg, pos_col=pos_col, count=count_arg,
+    step = nuclr_fcco(sims, pos, zeta.detach(), tau, log_pos, lambda lg, ok: lg, count=count_arg,
                       neg=neg, transposed=True, scale=scale, stable=stable)
     exact = 0.0
     for v in (0, 1):

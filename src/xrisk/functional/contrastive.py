@@ -41,6 +41,7 @@ __all__ = [
     "quantile_threshold_step",
     "masked_upper_quantile",
     "row_exp",
+    "anchor_diagonal",
     "detached_weights_dot",
 ]
 
@@ -187,7 +188,7 @@ def row_exp(
     *,
     col_bias: Tensor | None = None,
     neg: Tensor | None = None,
-    excluded: tuple[Tensor, ...] = (),
+    excluded: Sequence[tuple[int, int, int]] = (),
     stable: bool = True,
     dim: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -202,7 +203,8 @@ def row_exp(
     the layout of ``sim``; ``row_bias``, ``inv_tau``, ``shift``, ``log_s`` are per column).
 
     Negatives: ``neg`` bool in the layout of ``sim``, or (``neg=None``) every candidate except the positions
-    ``excluded``: a tuple of per-anchor candidate indices (the positive, and in unimodal mode the anchor itself).
+    ``excluded`` (the positive, and in unimodal mode the anchor itself): blocks ``(first, count, offset)``,
+    anchor ``first + i`` (``i < count``) excludes candidate ``i + offset`` (a diagonal, see :func:`anchor_diagonal`).
     ``stable=True`` shifts every anchor by its largest negative logit (any temperature, any inputs);
     ``stable=False`` skips that pass (``shift = 0``): only for ``|l_ij|`` known to stay far from the
     dtype's exponent range (normalised features and a moderate temperature).
@@ -224,9 +226,8 @@ def row_exp(
         if neg is not None:
             logits.masked_fill_(~neg, float("-inf"))
         else:
-            anchors = torch.arange(sim.shape[a], device=sim.device)
-            for cand in excluded:
-                logits[(anchors, cand) if dim == 1 else (cand, anchors)] = float("-inf")
+            for first, count, offset in excluded:
+                anchor_diagonal(logits, first, count, offset, dim=dim).fill_(float("-inf"))
         if stable:
             shift = logits.amax(dim)
             shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
@@ -238,6 +239,18 @@ def row_exp(
         if stable:
             log_s = log_s + shift
     return e, log_s, shift
+
+
+def anchor_diagonal(x: Tensor, first: int, count: int, offset: int, *, dim: int = 1) -> Tensor:
+    """View of the entries (anchor ``first + i``, candidate ``i + offset``), ``i < count``, of ``x``.
+
+    Anchors run along the rows of ``x`` (``dim=1``, candidates along dimension 1) or its columns
+    (``dim=0``). Every batch layout of the contrastive losses puts an anchor's positive (and, with two
+    views, its own column) on such a diagonal, so masking and weighting them is one strided view.
+    """
+    if dim == 1:
+        return x[first : first + count].diagonal(offset)
+    return x[:, first : first + count].diagonal(-offset)
 
 
 class _DetachedWeightsDot(torch.autograd.Function):
@@ -313,20 +326,24 @@ class NUCLRStep(NamedTuple):
     valid: Tensor
 
 
-def _excluded(pos_col: Tensor, self_col: Tensor | None, v: int) -> tuple[Tensor, ...]:
-    return (pos_col[:, v],) if self_col is None else (pos_col[:, v], self_col[:, v])
+Offsets = tuple[int, int]
+
+
+def _excluded(n: int, pos_offset: Offsets, self_offset: Offsets | None, v: int) -> list[tuple[int, int, int]]:
+    """:func:`row_exp` blocks of side ``v``'s ``n`` anchors: the positive's diagonal (and the anchor's own)."""
+    return [(0, n, pos_offset[v])] + ([] if self_offset is None else [(0, n, self_offset[v])])
 
 
 def _side_exps(
-    sims: Sequence[Tensor], pos: Tensor, inv: Sequence[Tensor | float], pos_col: Tensor, self_col: Tensor | None,
-    neg: Sequence[Tensor | None], col_bias: Sequence[Tensor | None], stable: bool,
+    sims: Sequence[Tensor], pos: Tensor, inv: Sequence[Tensor | float], pos_offset: Offsets,
+    self_offset: Offsets | None, neg: Sequence[Tensor | None], col_bias: Sequence[Tensor | None], stable: bool,
 ) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """:func:`row_exp` of both sides: exps, shifts ``[B]`` and ``log_s [B, 2]``."""
     exps, shifts, log_s = [], [], []
     for v in (0, 1):
         e, ls, shift = row_exp(
             sims[v], inv[v], -pos[:, v] * inv[v], col_bias=col_bias[v], neg=neg[v],
-            excluded=_excluded(pos_col, self_col, v), stable=stable,
+            excluded=_excluded(pos.shape[0], pos_offset, self_offset, v), stable=stable,
         )
         exps.append(e)
         shifts.append(shift)
@@ -340,9 +357,9 @@ def gcl_fcco(
     tau: Tensor | float,
     estimator: Estimator,
     *,
-    pos_col: Tensor,
     count: Tensor | int,
-    self_col: Tensor | None = None,
+    pos_offset: Offsets = (0, 0),
+    self_offset: Offsets | None = None,
     neg: Sequence[Tensor | None] = (None, None),
     transposed: bool = False,
     stacked: Tensor | None = None,
@@ -369,19 +386,21 @@ def gcl_fcco(
     With ``transposed=True`` (``sims[1]`` is ``sims[0].T``, ``neg[1]`` is ``neg[0].T`` or both None), a
     shared temperature (float or 0-dim) and ``stable=False``, one exponential ``exp(sims[0] / tau)``
     serves both sides (the positive's ``exp(-pos / tau)`` is a per-row / per-column factor) and the two
-    sides' weights are summed into one matrix; otherwise a large transposed batch is processed in the
-    layout of ``sims[0]`` (side 1 along its columns), a small one as one ``[2B, C]`` stack. ``stacked``: a
-    ``[2B, C]`` tensor whose row blocks are ``sims[0]`` and ``sims[1]`` (unimodal mode), processed as one
-    matrix (half the operations); without it the two sides are stacked by a copy.
+    sides' weights are summed into one matrix; otherwise a transposed batch is processed in the layout
+    of ``sims[0]`` (side 1 along its columns, no transposed copy). ``stacked``: a ``[2B, C]`` tensor whose
+    row blocks are ``sims[0]`` and ``sims[1]`` (unimodal mode), processed as one matrix (half the
+    operations); without it (and not transposed) the two sides are stacked by a copy.
 
     Args:
         sims: per side ``[B, C]`` similarities (with gradient).
-        pos: ``[B, 2]`` detached similarity of each anchor with its positive, at column ``pos_col [B, 2]``.
+        pos: ``[B, 2]`` detached similarity of each anchor with its positive, which for anchor ``i`` of side
+            ``v`` sits at column ``i + pos_offset[v]`` of ``sims[v]`` (a diagonal: the layout of every batch).
         tau: float, 0-dim tensor (learnable, may require grad) or ``[B, 2]`` (per anchor).
         estimator: ``(log_g_hat [B, 2], valid [B, 2]) -> log_u [B, 2]``.
         count: ``[B, 2]`` number of negatives, or an int ``>= 1``: every anchor has that many (no masking of
-            anchors without negatives is then needed); self_col: ``[B, 2]`` column of the anchor itself or None.
-        neg: per side ``[B, C]`` bool negatives, or None for "every column but pos_col / self_col".
+            anchors without negatives is then needed); self_offset: the anchor's own column ``i + self_offset[v]``
+            (two views: it is not a negative) or None.
+        neg: per side ``[B, C]`` bool negatives, or None for "every column but the positive (and the anchor)".
         eps: the ``eps`` in ``log(eps + g)``; rho: the KL-DRO radius; scale: factor of the surrogate.
         stable: shift each row by its maximum before exponentiating (see :func:`row_exp`).
     """
@@ -389,17 +408,17 @@ def gcl_fcco(
     inv = 0.0 if per_anchor else 1.0 / float(tau.detach() if isinstance(tau, Tensor) else tau)  # shared tau
     valid, some_empty, log_cnt = _anchor_counts(count, pos)
     if transposed and not per_anchor and not stable:
-        step = _gcl_shared(sims[0], pos, inv, estimator, pos_col, neg, valid, some_empty, log_cnt, eps, scale)
+        step = _gcl_shared(sims[0], pos, inv, estimator, pos_offset, neg, valid, some_empty, log_cnt, eps, scale)
         out, log_u, log_den, value_sum = step
-    elif transposed and sims[0].numel() > _STACK_MAX:
+    elif transposed:
         out, log_u, log_den, value = _gcl_transposed(
-            sims[0], pos, tau, per_anchor, inv, estimator, pos_col, neg, valid, some_empty, log_cnt, eps, scale,
+            sims[0], pos, tau, per_anchor, inv, estimator, pos_offset, neg, valid, some_empty, log_cnt, eps, scale,
             stable, need_value=isinstance(tau, Tensor),
         )
         value_sum = value.sum() if value is not None else None
     else:
         out, log_u, log_den, value = _gcl_rows(
-            sims, stacked, pos, tau, per_anchor, inv, estimator, pos_col, self_col, neg, valid, some_empty, log_cnt,
+            sims, stacked, pos, tau, per_anchor, inv, estimator, pos_offset, self_offset, neg, valid, some_empty, log_cnt,
             eps, scale, stable, need_value=isinstance(tau, Tensor),
         )
         value_sum = value.sum() if value is not None else None
@@ -415,11 +434,6 @@ def gcl_fcco(
     return GCLStep(out, log_u, tau_grad, valid)
 
 
-# Largest side matrix (entries) that a transposed batch copies into one [2B, C] stack (_gcl_rows): below it the
-# per-call overhead of two passes dominates, above it the transposed copy does (_gcl_transposed).
-_STACK_MAX = 256 * 256
-
-
 def _anchor_counts(count: Tensor | int, pos: Tensor) -> tuple[Tensor, bool, Tensor | float]:
     """``(valid [B, 2], some anchor may lack negatives, log |N_iv|)`` from a count tensor or a constant."""
     if isinstance(count, Tensor):
@@ -432,8 +446,9 @@ def _anchor_counts(count: Tensor | int, pos: Tensor) -> tuple[Tensor, bool, Tens
 def _gcl_rows(
     sims: Sequence[Tensor], stacked: Tensor | None, pos: Tensor, tau: Tensor | float, per_anchor: bool,
     inv: Tensor | float,
-    estimator: Estimator, pos_col: Tensor, self_col: Tensor | None, neg: Sequence[Tensor | None], valid: Tensor,
-    some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float, stable: bool, *, need_value: bool,
+    estimator: Estimator, pos_offset: Offsets, self_offset: Offsets | None, neg: Sequence[Tensor | None],
+    valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float, stable: bool, *,
+    need_value: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """:func:`gcl_fcco` with one :func:`row_exp` over both sides' rows: the ``[2B, C]`` matrix ``stacked``
     (unimodal mode) or ``cat(sims)`` (a copy; autograd routes each block's gradient back to its side).
@@ -453,9 +468,11 @@ def _gcl_rows(
         return x.view(2, n).T
 
     iv = rows(tau.detach().reciprocal()) if per_anchor else inv  # type: ignore[union-attr]
-    pos_r, pos_col_r = rows(pos), rows(pos_col)
-    cols = (pos_col_r,) if self_col is None else (pos_col_r, rows(self_col))
-    e, log_s, shift = row_exp(mat, iv, -pos_r * iv, neg=mask, excluded=cols, stable=stable)
+    pos_r = rows(pos)
+    blocks = [(v * n, n, pos_offset[v]) for v in (0, 1)]
+    if self_offset is not None:
+        blocks += [(v * n, n, self_offset[v]) for v in (0, 1)]
+    e, log_s, shift = row_exp(mat, iv, -pos_r * iv, neg=mask, excluded=blocks, stable=stable)
     log_g = unrows(log_s) - log_cnt
     log_u = estimator(log_g, valid)
     with torch.no_grad():
@@ -466,7 +483,8 @@ def _gcl_rows(
         w = e.mul_(coef.unsqueeze(1))
         # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij; the positive enters with weight -1
         value = torch.linalg.vecdot(w, mat.detach()) - pos_r * wrow if need_value else None
-        w[torch.arange(2 * n, device=w.device), pos_col_r] = -wrow
+        for v in (0, 1):  # the positive enters with weight -sum_j p_ij
+            anchor_diagonal(w, v * n, n, pos_offset[v]).copy_(wrow[v * n : (v + 1) * n]).neg_()
     if value is None:
         return _weights_dot(mat, w), log_u, log_den, None
     return detached_weights_dot(mat, w, value.sum()), log_u, log_den, unrows(value) / scale
@@ -474,7 +492,7 @@ def _gcl_rows(
 
 def _gcl_transposed(
     sim: Tensor, pos: Tensor, tau: Tensor | float, per_anchor: bool, inv: float, estimator: Estimator,
-    pos_col: Tensor, neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float,
+    pos_offset: Offsets, neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float,
     eps: float, scale: float, stable: bool, *, need_value: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Both sides of :func:`gcl_fcco` in the layout of ``sim = sims[0]`` (``sims[1] = sim.T``): side 0 along
@@ -484,37 +502,34 @@ def _gcl_transposed(
     Returns ``(surrogate, log_u, log(eps + u), value [B, 2] or None)`` as :func:`_gcl_rows`.
     """
     n = sim.shape[0]
-    rows = torch.arange(n, device=sim.device)
-    iv = tau.detach().reciprocal() if per_anchor else None  # type: ignore[union-attr]
+    sd = sim.detach()  # every tensor below is detached: no autograd recording without a no_grad context
+    # per-side vectors [2, B], each row contiguous (a strided broadcast operand slows the matrix passes)
+    ivt = tau.detach().T.contiguous().reciprocal_() if per_anchor else None  # type: ignore[union-attr]
+    bias = (pos.T * (ivt if ivt is not None else inv)).neg_().contiguous()  # -pos / tau
     negs = (neg[0], None if neg[1] is None else neg[1].T)  # in the layout of sim
     es, shifts, log_s = [], [], []
     for v in (0, 1):
-        inv_v: Tensor | float = iv[:, v] if iv is not None else inv
-        e, ls, sh = row_exp(sim, inv_v, -pos[:, v] * inv_v, neg=negs[v], excluded=(pos_col[:, v],), stable=stable,
-                            dim=1 - v)
+        e, ls, sh = row_exp(sd, ivt[v] if ivt is not None else inv, bias[v], neg=negs[v],
+                            excluded=[(0, n, pos_offset[v])], stable=stable, dim=1 - v)
         es.append(e)
         shifts.append(sh)
         log_s.append(ls)
     log_g = torch.stack(log_s, 1) - log_cnt
     log_u = estimator(log_g, valid)
-    with torch.no_grad():
-        sd = sim.detach()
-        log_den = _log_den(log_u, eps)
-        wrow = torch.exp(log_g - log_den).mul_(scale)  # sum_j p_ij (scaled)
-        if some_empty:
-            wrow = torch.where(valid, wrow, 0.0)
-        coef = torch.exp(torch.stack(shifts, 1) - log_den - log_cnt).mul_(scale)  # p = e * coef (scaled)
-        w0, w1 = es[0].mul_(coef[:, 0:1]), es[1].mul_(coef[:, 1])
-        value = None
-        if need_value:  # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij
-            value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
-            value = value - pos * wrow
-        w = w0.add_(w1)
-        w.index_put_((rows, pos_col[:, 0]), -wrow[:, 0], accumulate=True)  # the positives, weight -1
-        w.index_put_((pos_col[:, 1], rows), -wrow[:, 1], accumulate=True)
-    if value is None:
-        return _weights_dot(sim, w), log_u, log_den, None
-    return detached_weights_dot(sim, w, value.sum()), log_u, log_den, value / scale
+    log_den = _log_den(log_u, eps)
+    wrow = torch.exp(log_g - log_den).mul_(scale)  # sum_j p_ij (scaled)
+    if some_empty:
+        wrow = torch.where(valid, wrow, 0.0)
+    coef = torch.exp(torch.stack(shifts, 1) - log_den - log_cnt).mul_(scale)  # p = e * coef (scaled)
+    w0, w1 = es[0].mul_(coef[:, 0:1]), es[1].mul_(coef[:, 1])
+    value = None
+    if need_value:  # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij
+        value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
+        value = value - pos * wrow
+    w = w0.add_(w1)
+    for v in (0, 1):  # the positives, weight -sum_j p_ij (side 1 along the columns)
+        anchor_diagonal(w, 0, n, pos_offset[v], dim=1 - v).sub_(wrow[:, v])
+    return _weights_dot(sim, w), log_u, log_den, None if value is None else value / scale
 
 
 def _log_den(log_u: Tensor, eps: float) -> Tensor:
@@ -532,17 +547,17 @@ def _is_transpose_of(x: Tensor | None, y: Tensor | None) -> bool:
 
 
 def _gcl_shared(
-    sim: Tensor, pos: Tensor, inv: float, estimator: Estimator, pos_col: Tensor,
+    sim: Tensor, pos: Tensor, inv: float, estimator: Estimator, pos_offset: Offsets,
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Both sides of :func:`gcl_fcco` from one ``exp(sim / tau)`` (``sims[1] = sim.T``, no shift)."""
-    rows = torch.arange(sim.shape[0], device=sim.device)
+    n = sim.shape[0]
     with torch.no_grad():
         sd = sim.detach()
         e = torch.mul(sd, inv).exp_()
-        if neg[0] is None:  # side 0 excludes (i, pos_col_i0), side 1 (pos_col_j1, j) of sim
-            e[rows, pos_col[:, 0]] = 0.0
-            e[pos_col[:, 1], rows] = 0.0
+        if neg[0] is None:  # side 0 excludes (i, i + pos_offset_0), side 1 (j + pos_offset_1, j) of sim
+            for v in (0, 1):
+                anchor_diagonal(e, 0, n, pos_offset[v], dim=1 - v).zero_()
             e0 = e1 = e
         elif _is_transpose_of(neg[1], neg[0]):  # neg[1].T is neg[0]: one mask serves both sides
             e0 = e1 = e.masked_fill_(~neg[0], 0.0)
@@ -562,8 +577,8 @@ def _gcl_shared(
             w = e0.mul_(coef[:, 0:1] + coef[:, 1])
         else:
             w = e0.mul_(coef[:, 0:1]).add_(e1.mul_(coef[:, 1]))
-        w.index_put_((rows, pos_col[:, 0]), -wrow[:, 0], accumulate=True)
-        w.index_put_((pos_col[:, 1], rows), -wrow[:, 1], accumulate=True)
+        for v in (0, 1):
+            anchor_diagonal(w, 0, n, pos_offset[v], dim=1 - v).sub_(wrow[:, v])
     out = _weights_dot(sim, w)
     return out, log_u, log_den, out.detach() / scale
 
@@ -576,9 +591,9 @@ def nuclr_fcco(
     log_pos: Tensor,
     estimator: Estimator,
     *,
-    pos_col: Tensor,
     count: Tensor | int,
-    self_col: Tensor | None = None,
+    pos_offset: Offsets = (0, 0),
+    self_offset: Offsets | None = None,
     neg: Sequence[Tensor | None] = (None, None),
     transposed: bool = False,
     scale: float = 1.0,
@@ -601,9 +616,9 @@ def nuclr_fcco(
     ``(2 + max zeta - min zeta) / tau`` far inside the exponent range.
 
     Args:
-        sims: per side ``[B, C]``; pos: ``[B, 2]`` (positive at ``pos_col``); zeta: ``[C, 2]`` per column;
-        tau: temperature; log_pos: ``[2]`` or ``[B, 2]``, ``log`` of the positive's term of ``Z``;
-        estimator, count, self_col, neg, transposed, scale, stable: as in :func:`gcl_fcco`.
+        sims: per side ``[B, C]``; pos: ``[B, 2]`` (positive at column ``i + pos_offset[v]``); zeta: ``[C, 2]``
+        per column; tau: temperature; log_pos: ``[2]`` or ``[B, 2]``, ``log`` of the positive's term of ``Z``;
+        estimator, count, self_offset, neg, transposed, scale, stable: as in :func:`gcl_fcco`.
     """
     dtype = pos.dtype
     inv = 1.0 / tau
@@ -611,15 +626,15 @@ def nuclr_fcco(
     cnt = count.clamp_min(1).to(dtype) if isinstance(count, Tensor) else float(count)
     if transposed and not stable:
         return _nuclr_shared(
-            sims[0], pos, zeta, inv, log_pos, estimator, pos_col, neg, valid, some_empty, cnt, log_cnt, scale
+            sims[0], pos, zeta, inv, log_pos, estimator, pos_offset, neg, valid, some_empty, cnt, log_cnt, scale
         )
     exps, shifts, log_s = _side_exps(
-        sims, pos, [inv, inv], pos_col, self_col, neg, (-zeta[:, 0] * inv, -zeta[:, 1] * inv), True
+        sims, pos, [inv, inv], pos_offset, self_offset, neg, (-zeta[:, 0] * inv, -zeta[:, 1] * inv), True
     )
     log_g = log_s - log_cnt
     log_u = estimator(log_g, valid)
     out = pos.new_zeros(())
-    rows = torch.arange(pos.shape[0], device=pos.device)
+    n = pos.shape[0]
     col_weight, col_count = [], []
     with torch.no_grad():
         log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
@@ -630,28 +645,28 @@ def nuclr_fcco(
     for v in (0, 1):
         with torch.no_grad():
             col_weight.append(exps[v].T @ coef[:, v])
-            col_count.append(_column_counts(neg[v], pos_col, self_col, v, sims[v].shape[1], dtype))
+            col_count.append(_column_counts(neg[v], n, pos_offset, self_offset, v, sims[v].shape[1], pos))
             w = exps[v].mul_((coef[:, v] * scale / (cnt[:, v] if isinstance(cnt, Tensor) else cnt)).unsqueeze(1))
             value = torch.linalg.vecdot(w, sims[v].detach()) - pos[:, v] * wrow[:, v]
-            w[rows, pos_col[:, v]] = -wrow[:, v]
+            anchor_diagonal(w, 0, n, pos_offset[v]).copy_(wrow[:, v]).neg_()
         out = out + detached_weights_dot(sims[v], w, value.sum())
     return NUCLRStep(out, log_u, torch.stack(col_weight, 1), torch.stack(col_count, 1), valid)
 
 
 def _column_counts(
-    neg: Tensor | None, pos_col: Tensor, self_col: Tensor | None, v: int, n_cols: int, dtype: torch.dtype
+    neg: Tensor | None, n: int, pos_offset: Offsets, self_offset: Offsets | None, v: int, n_cols: int, like: Tensor
 ) -> Tensor:
-    """``[C]`` number of anchors of side ``v`` of which each column is a negative."""
+    """``[C]`` number of the ``n`` anchors of side ``v`` of which each column is a negative (dtype of ``like``)."""
     if neg is not None:
-        return count_true(neg, 0).to(dtype)
-    out = torch.full((n_cols,), float(pos_col.shape[0]), dtype=dtype, device=pos_col.device)
-    for cols in _excluded(pos_col, self_col, v):
-        out -= torch.bincount(cols, minlength=n_cols).to(dtype)
+        return count_true(neg, 0).to(like.dtype)
+    out = torch.full((n_cols,), float(n), dtype=like.dtype, device=like.device)
+    for _, count, offset in _excluded(n, pos_offset, self_offset, v):  # columns offset .. offset + n - 1
+        out[max(offset, 0) : min(offset + count, n_cols)] -= 1.0
     return out
 
 
 def _nuclr_shared(
-    sim: Tensor, pos: Tensor, zeta: Tensor, inv: float, log_pos: Tensor, estimator: Estimator, pos_col: Tensor,
+    sim: Tensor, pos: Tensor, zeta: Tensor, inv: float, log_pos: Tensor, estimator: Estimator, pos_offset: Offsets,
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, cnt: Tensor | float, log_cnt: Tensor | float,
     scale: float,
 ) -> NUCLRStep:
@@ -661,14 +676,13 @@ def _nuclr_shared(
     ``k = exp(sim / tau)`` on the negatives and ``zv = exp(-(zeta_v - min zeta_v) / tau)``; the
     positive's ``exp(-pos / tau)`` and ``exp(-min zeta_v / tau)`` are added in log space.
     """
-    rows = torch.arange(sim.shape[0], device=sim.device)
-    n_cols = sim.shape[1]
+    n, n_cols = sim.shape
     with torch.no_grad():
         sd = sim.detach()
         k = torch.mul(sd, inv).exp_()
         if neg[0] is None:
-            k[rows, pos_col[:, 0]] = 0.0
-            k[pos_col[:, 1], rows] = 0.0
+            for v in (0, 1):
+                anchor_diagonal(k, 0, n, pos_offset[v], dim=1 - v).zero_()
             k0 = k1 = k
         elif _is_transpose_of(neg[1], neg[0]):
             k0 = k1 = k.masked_fill_(~neg[0], 0.0)
@@ -692,10 +706,10 @@ def _nuclr_shared(
             w = k0.mul_(torch.addr(torch.outer(b[:, 0], z[:, 0]), z[:, 1], b[:, 1]))
         else:
             w = k0.mul_(torch.outer(b[:, 0], z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b[:, 1])))
-        w.index_put_((rows, pos_col[:, 0]), -wrow[:, 0], accumulate=True)
-        w.index_put_((pos_col[:, 1], rows), -wrow[:, 1], accumulate=True)
+        for v in (0, 1):
+            anchor_diagonal(w, 0, n, pos_offset[v], dim=1 - v).sub_(wrow[:, v])
         col_count = torch.stack(
-            [_column_counts(neg[0], pos_col, None, 0, n_cols, pos.dtype),
-             _column_counts(neg[1], pos_col, None, 1, n_cols, pos.dtype)], 1
+            [_column_counts(neg[0], n, pos_offset, None, 0, n_cols, pos),
+             _column_counts(neg[1], n, pos_offset, None, 1, n_cols, pos)], 1
         )
     return NUCLRStep(_weights_dot(sim, w), log_u, col_weight, col_count, valid)

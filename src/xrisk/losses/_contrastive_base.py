@@ -57,10 +57,10 @@ class ContrastiveBatch:
     index: ``[B]`` local dataset indices; index_global: ``[B_global]`` all ranks' indices (rank order).
     sims: per side a ``[B, C]`` matrix of cosine similarities (with gradient; possibly a view such as
     the transpose of the other side). pos: ``[B, 2]`` detached similarity of each anchor with its
-    positive, which sits at column ``pos_col[:, v]`` of side ``v`` (the gradient through the positive
-    flows through that entry of ``sims[v]``). self_col: ``[B, 2]`` column of the anchor itself
-    (unimodal) or None. neg: per side a ``[B, C]`` bool negative mask, or None meaning "every column
-    but ``pos_col`` and ``self_col``" (unique indices, no detector). count: ``[B, 2]`` number of
+    positive, which for local anchor ``i`` sits at column ``i + pos_offset[v]`` of side ``v`` (the gradient
+    through the positive flows through that entry of ``sims[v]``). self_offset: the anchor's own column
+    ``i + self_offset[v]`` (unimodal) or None. neg: per side a ``[B, C]`` bool negative mask, or None
+    meaning "every column but the positive and the anchor's own" (unique indices, no detector). count: ``[B, 2]`` number of
     negatives, or an int when every anchor has that many (unique indices, no detector). col_index: ``[C]`` dataset index of every column.
     scale: ``K / B_global``, the factor that turns a sum over local anchors into this rank's share.
     transposed: ``sims[1]`` is ``sims[0].T`` and ``neg[1]`` is ``neg[0].T`` (or both None) -- single-process
@@ -75,8 +75,8 @@ class ContrastiveBatch:
     index_global: Tensor
     sims: list[Tensor]
     pos: Tensor
-    pos_col: Tensor
-    self_col: Tensor | None
+    pos_offset: tuple[int, int]
+    self_offset: tuple[int, int] | None
     neg: list[Tensor | None]
     count: Tensor | int
     col_index: Tensor
@@ -88,9 +88,6 @@ class ContrastiveBatch:
     inverse: Tensor | None
     all_valid: bool = False
 
-    def excluded(self, v: int) -> tuple[Tensor, ...]:
-        """Columns of side ``v`` that are not negatives when ``neg[v] is None``."""
-        return (self.pos_col[:, v],) if self.self_col is None else (self.pos_col[:, v], self.self_col[:, v])
 
 
 def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> None:
@@ -233,8 +230,7 @@ class ContrastiveLossBase(nn.Module):
         idx_g = xdist.all_gather_no_grad(idx)
         nb, ng = idx.numel(), idx_g.numel()
         start = xdist.local_slice(nb)[0] if xdist.is_distributed() else 0
-        local = torch.arange(start, start + nb, device=a.device)
-        self_col: Tensor | None
+        self_offset: tuple[int, int] | None
         stacked: Tensor | None = None
         if self.mode == "unimodal":
             if fused:
@@ -244,23 +240,20 @@ class ContrastiveLossBase(nn.Module):
                 s = z @ (z if ag is a else torch.cat([ag, bg], 0)).T  # [2B, 2B_global], one matmul
             sims, stacked = [s[:nb], s[nb:]], s
             col_index = torch.cat([idx_g, idx_g], 0)
-            pos_col = torch.stack([local + ng, local], 1)
-            self_col = torch.stack([local, local + ng], 1)
+            pos_offset, self_offset = (start + ng, start), (start, start + ng)  # columns: [all views a; all views b]
         else:
             s0 = cosine_similarity_matrix(a, b) if fused else a @ bg.T  # [B, B_global] image anchors x texts
             # text anchors x images: the transpose of s0 on one process, its own (local) rows otherwise
             sims = [s0, s0.T if not xdist.is_distributed() else b @ ag.T]
             col_index = idx_g
-            pos_col = local.unsqueeze(1).expand(nb, 2)
-            self_col = None
+            pos_offset, self_offset = (start, start), None
         transposed = self.mode == "bimodal" and not xdist.is_distributed()
         with torch.no_grad():
             if transposed:  # both sides' positive is the diagonal of s0
                 pos = sims[0].detach().diagonal().unsqueeze(1).expand(nb, 2)
             else:
-                rows = torch.arange(nb, device=a.device)
-                pos = torch.stack([sims[v].detach()[rows, pos_col[:, v]] for v in (0, 1)], 1)
-        n_excl = 1 if self_col is None else 2
+                pos = torch.stack([sims[v].detach().diagonal(pos_offset[v]) for v in (0, 1)], 1)
+        n_excl = 1 if self_offset is None else 2
         uniq = torch.unique(idx_g)
         unique_index = inverse = None
         if uniq.numel() != ng:  # duplicates: merged by the estimator step (rare; unique samplers skip this)
@@ -279,7 +272,7 @@ class ContrastiveLossBase(nn.Module):
         else:
             count = count_true(m, 1).unsqueeze(1).expand(nb, 2)
         return ContrastiveBatch(
-            idx, idx_g, sims, pos, pos_col, self_col, neg, count, col_index, xdist.world_size() / max(ng, 1),
+            idx, idx_g, sims, pos, pos_offset, self_offset, neg, count, col_index, xdist.world_size() / max(ng, 1),
             transposed, stacked, start, unique_index, inverse, neg[0] is None and col_index.numel() > n_excl,
         )
 

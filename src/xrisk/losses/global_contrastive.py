@@ -199,7 +199,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             return log_u
 
         step = gcl_fcco(
-            batch.sims, pos, tau, estimator, pos_col=batch.pos_col, count=batch.count, self_col=batch.self_col,
+            batch.sims, pos, tau, estimator, pos_offset=batch.pos_offset, count=batch.count, self_offset=batch.self_offset,
             neg=batch.neg, transposed=batch.transposed, stacked=batch.stacked, eps=self.eps, rho=rho, scale=batch.scale,
             stable=not self._exp_is_safe(pos.dtype, tau_low),
         )

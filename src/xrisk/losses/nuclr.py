@@ -140,8 +140,8 @@ class NUCLRLoss(ContrastiveLossBase):
 
         zeta_cols = zeta_cols.to(pos.device, pos.dtype)
         step = nuclr_fcco(
-            batch.sims, pos, zeta_cols, self.tau, log_pos, estimator, pos_col=batch.pos_col, count=batch.count,
-            self_col=batch.self_col, neg=batch.neg, transposed=batch.transposed, scale=batch.scale,
+            batch.sims, pos, zeta_cols, self.tau, log_pos, estimator, pos_offset=batch.pos_offset, count=batch.count,
+            self_offset=batch.self_offset, neg=batch.neg, transposed=batch.transposed, scale=batch.scale,
             stable=not (batch.transposed and self._exp_is_safe(pos.dtype, zeta_cols)),
         )
         self._finish(batch, zeta_cols, step.col_weight, step.col_count, *glob, log_pos)
