@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {v.name: v for v in vs}
     results: dict[int, dict[str, float]] = {}
     for bsz in batches:
-        spr = 1 if bsz >= 2048 else (2 if bsz >= 512 else 5)
+        spr = 1 if bsz >= 2048 else (2 if bsz >= 512 else 20)  # small batches: many short steps per round
         results[bsz] = speed_table(vs, bsz, num_samples, rounds, spr)
         print(f"B={bsz}: " + ", ".join(f"{k}={t:.2f}ms" for k, t in results[bsz].items()), flush=True)
 

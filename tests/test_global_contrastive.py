@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xrisk.functional.contrastive import detached_weights_dot, gcl_fcco, gcl_objective, row_exp
-from xrisk.losses import GlobalContrastiveLoss
+from xrisk.losses import GlobalContrastiveLoss, NUCLRLoss
 from xrisk.schedules import CosineGammaSchedule
 
 MODES = ("unimodal", "bimodal")
@@ -234,6 +234,28 @@ def test_index_errors():
         loss_fn(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 4]))
     with pytest.raises(ValueError, match="entries"):
         loss_fn(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GlobalContrastiveLoss(6, mode="bimodal", temperature="individual"),
+    lambda: GlobalContrastiveLoss(6, mode="unimodal", temperature="global"),
+    lambda: GlobalContrastiveLoss(6, mode="bimodal", normalize=False),
+    lambda: NUCLRLoss(6),
+], ids=["bimodal-individual", "unimodal-global", "unnormalized", "nuclr"])
+@pytest.mark.parametrize("where", ["feats_a", "feats_b"])
+def test_nonfinite_features_raise_naming_them_and_leave_state_untouched(make, where):
+    """Without a detector finiteness is checked by the estimator update, before any state is written;
+    the error still names the bad input."""
+    loss_fn = make()
+    g = torch.Generator().manual_seed(0)
+    loss_fn(torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.tensor([0, 1, 2]))
+    before = {k: v.clone() for k, v in loss_fn.state_dict().items()}
+    a, b = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    (a if where == "feats_a" else b)[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=where):
+        loss_fn(a, b, torch.tensor([3, 4, 1]))
+    for k, v in loss_fn.state_dict().items():
+        assert torch.equal(v, before[k]) or (v.isnan().all() and before[k].isnan().all()), k
 
 
 def test_global_tau_is_projected_and_state_dict_has_everything():

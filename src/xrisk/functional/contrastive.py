@@ -15,7 +15,11 @@ No kernel keeps state. The FCCO kernels :func:`gcl_fcco` and :func:`nuclr_fcco` 
 whole per-step math; between the exponential pass and the weights they call an ``estimator``
 callback through which the module (:mod:`xrisk.losses`) refreshes its per-sample moving averages
 (merging duplicates, gathering across ranks). They are built on :func:`row_exp` (one exponential
-pass per matrix, no autograd) and :func:`detached_weights_dot` (the surrogate as one autograd node).
+pass per matrix and side, no autograd; anchors along the rows or, for the transposed side of an
+image-text batch, the columns) and a surrogate ``sum(stopgrad(W) * S)`` that is one autograd node (a
+native ``dot``, or :func:`detached_weights_dot` when its value is already known). An anchor's positive
+(and, with two views, its own column) sits on a diagonal of the similarity matrix, at column
+``i + offset`` (:func:`anchor_diagonal`), so excluding and weighting them are strided views.
 The exact objectives :func:`gcl_objective` / :func:`nuclr_objective` are the references the
 kernels' gradients are tested against.
 """
@@ -430,7 +434,7 @@ def gcl_fcco(
     elif isinstance(tau, Tensor):  # one temperature: d/dtau of the surrogate is sum_iv tau_grad_iv
         terms = torch.where(valid, log_den + rho, 0.0) if some_empty else log_den + rho
         grad_sum = terms.sum() - value_sum * inv
-        out = out + scale * tau * grad_sum.detach()
+        out = torch.addcmul(out, tau, grad_sum.detach(), value=scale)  # one autograd node
     return GCLStep(out, log_u, tau_grad, valid)
 
 

@@ -60,8 +60,9 @@ class ContrastiveBatch:
     positive, which for local anchor ``i`` sits at column ``i + pos_offset[v]`` of side ``v`` (the gradient
     through the positive flows through that entry of ``sims[v]``). self_offset: the anchor's own column
     ``i + self_offset[v]`` (unimodal) or None. neg: per side a ``[B, C]`` bool negative mask, or None
-    meaning "every column but the positive and the anchor's own" (unique indices, no detector). count: ``[B, 2]`` number of
-    negatives, or an int when every anchor has that many (unique indices, no detector). col_index: ``[C]`` dataset index of every column.
+    meaning "every column but the positive and the anchor's own" (unique indices, no detector).
+    count: ``[B, 2]`` number of negatives, or an int when every anchor has that many (unique indices,
+    no detector). col_index: ``[C]`` dataset index of every column.
     scale: ``K / B_global``, the factor that turns a sum over local anchors into this rank's share.
     transposed: ``sims[1]`` is ``sims[0].T`` and ``neg[1]`` is ``neg[0].T`` (or both None) -- single-process
     bimodal mode. stacked: unimodal mode, the ``[2B, C]`` matrix whose row blocks are ``sims[0]`` and
@@ -87,7 +88,6 @@ class ContrastiveBatch:
     unique_index: Tensor | None
     inverse: Tensor | None
     all_valid: bool = False
-
 
 
 def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> None:
