@@ -320,13 +320,14 @@ class NUCLRStep(NamedTuple):
 
     surrogate: scalar (gradient = scaled FCCO estimator); log_u: ``[B, 2]`` refreshed estimator;
     col_weight: ``[C, 2]`` per column and side, ``sum_{i: j in N_iv} w_ij`` (unscaled); col_count: ``[C, 2]``
-    number of anchors of which column ``j`` is a negative; valid: ``[B, 2]``.
+    number of anchors of which column ``j`` is a negative, or an int when it is the same for every column
+    and side (a square batch without masks, positives on the diagonal); valid: ``[B, 2]``.
     """
 
     surrogate: Tensor
     log_u: Tensor
     col_weight: Tensor
-    col_count: Tensor
+    col_count: Tensor | int
     valid: Tensor
 
 
@@ -712,8 +713,12 @@ def _nuclr_shared(
             w = k0.mul_(torch.outer(b[:, 0], z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b[:, 1])))
         for v in (0, 1):
             anchor_diagonal(w, 0, n, pos_offset[v], dim=1 - v).sub_(wrow[:, v])
-        col_count = torch.stack(
-            [_column_counts(neg[0], n, pos_offset, None, 0, n_cols, pos),
-             _column_counts(neg[1], n, pos_offset, None, 1, n_cols, pos)], 1
-        )
+        col_count: Tensor | int
+        if neg[0] is None and neg[1] is None and n == n_cols and pos_offset == (0, 0):
+            col_count = n - 1  # every column is the positive of exactly one anchor per side
+        else:
+            col_count = torch.stack(
+                [_column_counts(neg[0], n, pos_offset, None, 0, n_cols, pos),
+                 _column_counts(neg[1], n, pos_offset, None, 1, n_cols, pos)], 1
+            )
     return NUCLRStep(_weights_dot(sim, w), log_u, col_weight, col_count, valid)

@@ -120,7 +120,10 @@ class NUCLRLoss(ContrastiveLossBase):
         limit = {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
         if not self.normalize or 2.0 / self.tau > limit:
             return False
-        spread = float((zeta_cols.amax(0) - zeta_cols.amin(0)).max()) if zeta_cols.numel() else 0.0
+        if not zeta_cols.numel():
+            return 2.0 / self.tau <= limit
+        lo, hi = torch.aminmax(zeta_cols)  # the range over both sides bounds each side's range
+        spread = float(hi - lo)
         return (2.0 + spread) / self.tau <= limit
 
     def _on_epoch(self, epoch: int) -> None:
@@ -149,24 +152,29 @@ class NUCLRLoss(ContrastiveLossBase):
 
     @torch.no_grad()
     def _finish(
-        self, batch: ContrastiveBatch, zeta_g: Tensor, wsum: Tensor, cnt: Tensor, log_u_g: Tensor, valid_g: Tensor,
-        log_pos: Tensor,
+        self, batch: ContrastiveBatch, zeta_g: Tensor, wsum: Tensor, cnt: Tensor | int, log_u_g: Tensor,
+        valid_g: Tensor, log_pos: Tensor,
     ) -> None:
         """``zeta`` step from all ranks' column sums, then record the objective (same on every rank).
 
         ``zeta_g``: ``[C, 2]`` zeta of the columns before the step (bimodal: columns = the global batch).
+        ``cnt``: per column the number of anchors of which it is a negative, or an int (the same for all).
         """
         zeta_g = zeta_g.to(log_u_g.device)
-        if int(self.epoch) >= self.zeta_start_epoch:
-            if xdist.is_distributed():
-                stats = xdist.all_reduce_sum(torch.cat([wsum, cnt], 1).float().contiguous())  # [C, 4]
-                wsum, cnt = stats[:, :2], stats[:, 2:]
-            has = cnt > 0
-            grad = 1.0 - wsum / cnt.clamp_min(1.0)
-            if not batch.all_valid:  # all_valid: every column is some anchor's negative (has is all True)
-                grad = torch.where(has, grad, torch.zeros_like(wsum))
-            if batch.all_valid or bool(has.any()):  # all_valid: every column is some anchor's negative
-                eta = float(self.zeta_lr_schedule(int(self.epoch))) if self.zeta_lr_schedule else self.lr_zeta
+        epoch = int(self.epoch)
+        if epoch >= self.zeta_start_epoch:
+            eta = float(self.zeta_lr_schedule(epoch)) if self.zeta_lr_schedule else self.lr_zeta
+            if isinstance(cnt, int):  # one process, unique indices, no detector: all_valid, no mask needed
+                grad, has = torch.div(wsum, -cnt).add_(1.0), valid_g
+            else:
+                if xdist.is_distributed():
+                    stats = xdist.all_reduce_sum(torch.cat([wsum, cnt], 1).float().contiguous())  # [C, 4]
+                    wsum, cnt = stats[:, :2], stats[:, 2:]
+                has = cnt > 0
+                grad = 1.0 - wsum / cnt.clamp_min(1.0)
+                if not batch.all_valid:  # all_valid: every column is some anchor's negative (has is all True)
+                    grad = torch.where(has, grad, torch.zeros_like(wsum))
+            if batch.all_valid or bool(has.any()):
                 self._momentum_sgd_step(self.zeta, self.zeta_momentum, batch, zeta_g, grad, self.beta_zeta, eta, has)
         log_z = torch.logaddexp(log_u_g, log_pos.to(log_u_g).expand_as(log_u_g))
         terms = self.tau * log_z
