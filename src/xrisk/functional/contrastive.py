@@ -381,7 +381,7 @@ def gcl_fcco(
     2. ``log_u = estimator(log_g_hat [B, 2], valid [B, 2])``: the caller's moving average (it may merge
        duplicates, gather across ranks, write state); ``valid = |N_iv| > 0``;
     3. weights ``p_ij = exp(d_ij / tau_iv) / (|N_iv| (eps + u_iv))`` (detached) and the surrogate
-       ``scale * sum_iv sum_j p_ij d_ij`` as one :func:`detached_weights_dot` per matrix: its gradient
+       ``scale * sum_iv sum_j p_ij d_ij`` as one autograd node per matrix (``dot`` with the detached weights): its gradient
        ``scale * sum_iv tau/(eps+u_iv) grad g_hat_iv / tau`` is the FCCO estimator of the gradient of
        ``sum_iv tau_iv log(eps + g_iv) + rho tau_iv`` (exact when ``u = g``);
     4. ``tau_grad_iv = log(eps + u_iv) - sum_j p_ij d_ij / tau_iv + rho``, the FCCO estimate of the
