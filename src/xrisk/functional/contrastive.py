@@ -621,9 +621,10 @@ def nuclr_fcco(
     ``(2 + max zeta - min zeta) / tau`` far inside the exponent range.
 
     Args:
-        sims: per side ``[B, C]``; pos: ``[B, 2]`` (positive at column ``i + pos_offset[v]``); zeta: ``[C, 2]``
-        per column; tau: temperature; log_pos: ``[2]`` or ``[B, 2]``, ``log`` of the positive's term of ``Z``;
-        estimator, count, self_offset, neg, transposed, scale, stable: as in :func:`gcl_fcco`.
+        sims: per side ``[B, C]``; pos: ``[B, 2]`` (positive at column ``i + pos_offset[v]``);
+            zeta: ``[C, 2]`` per column; tau: temperature; log_pos: ``[2]`` or ``[B, 2]``, ``log`` of the
+            positive's term of ``Z``;
+        estimator, count, pos_offset, self_offset, neg, transposed, scale, stable: as in :func:`gcl_fcco`.
     """
     dtype = pos.dtype
     inv = 1.0 / tau
