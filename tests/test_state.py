@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from xrisk.state import SampleState, check_index
+from xrisk.state import SampleState, check_index, write_rows
 from _dist import run_distributed
 
 
@@ -102,7 +102,12 @@ def test_all_finite_probe_is_exact():
 
 
 def test_write_rows_sets_values_and_seen_flags():
-    st = SampleState(6, (2,), init=0.5)
-    st.write_rows(torch.tensor([4, 1]), torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    st, other = SampleState(6, (2,), init=0.5), SampleState(6, (2,))
+    write_rows((st, other), torch.tensor([4, 1]), (torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.ones(2, 2)))
     assert torch.equal(st.read(torch.tensor([1, 4, 0])), torch.tensor([[3.0, 4.0], [1.0, 2.0], [0.5, 0.5]]))
     assert torch.equal(st.seen.nonzero()[:, 0].unique(), torch.tensor([1, 4]))
+    assert torch.equal(other.seen.nonzero()[:, 0].unique(), torch.tensor([1, 4]))
+    before = (st.value.clone(), other.value.clone())
+    with pytest.raises(FloatingPointError):  # checked before any write, for every state
+        write_rows((st, other), torch.tensor([0]), (torch.ones(1, 2), torch.full((1, 2), float("nan"))))
+    assert torch.equal(st.value, before[0]) and torch.equal(other.value, before[1])

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite
 
-__all__ = ["SampleState", "check_index", "update_states"]
+__all__ = ["SampleState", "check_index", "update_states", "write_rows"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -167,17 +167,6 @@ class SampleState(nn.Module):
         index = check_index(index, self.num_samples).to(self.value.device)
         return self.value.index_select(0, index)
 
-    @torch.no_grad()
-    def write_rows(self, index: Tensor, rows: Tensor) -> None:
-        """Low level: ``value[index] = rows`` and mark those rows seen, with no check at all.
-
-        For callers that computed the new rows themselves (the losses' state steps): ``index`` must be
-        validated (:func:`check_index`), free of duplicates and on the state's device, ``rows`` finite
-        ``float32`` ``[B, *shape]`` on that device. Everything else should use :meth:`update`.
-        """
-        self.value.index_copy_(0, index, rows)
-        self.seen.index_fill_(0, index, True)
-
     def reset(self) -> None:
         """Forget everything: every entry becomes unseen again."""
         self.value.fill_(self.init)
@@ -215,6 +204,27 @@ def _moving_average(old: Tensor, new: Tensor, gamma: float | Tensor, seen: Tenso
     """``(1 - g) old + g new`` where ``seen``, ``new`` where not (first visit), ``old`` outside ``mask``."""
     upd = torch.where(seen, torch.lerp(old, new, gamma), new)
     return upd if mask is None else torch.where(mask, upd, old)
+
+
+def _require_finite(news: Sequence[Tensor]) -> None:
+    """Raise before anything is written when a new estimate is NaN/inf (one host read for all)."""
+    if not all_finite(*news):
+        raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
+
+
+@torch.no_grad()
+def write_rows(states: Sequence[SampleState], index: Tensor, rows: Sequence[Tensor]) -> None:
+    """Low level: ``states[k].value[index] = rows[k]`` and mark those rows seen (an overwrite, no averaging).
+
+    For callers that computed the new rows themselves (the losses' state steps): ``index`` must be
+    validated (:func:`check_index`), free of duplicates and on the states' device, ``rows[k]``
+    ``float32`` ``[B, *shape]`` on that device. The rows are checked to be finite (one host read for
+    all, before any write), as in :func:`update_states`. Everything else should use :func:`update_states`.
+    """
+    _require_finite(rows)
+    for st, r in zip(states, rows):
+        st.value.index_copy_(0, index, r)
+        st.seen.index_fill_(0, index, True)
 
 
 def update_states(
@@ -262,8 +272,7 @@ def update_states(
         gamma_t: Tensor | float = float(gamma)
     else:
         gamma_t = gamma.detach().to(torch.float32).expand(want).to(first.value.device)
-    if not all_finite(*news):
-        raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
+    _require_finite(news)
     out_dtype, out_device = news[0].dtype, news[0].device
     m = None if mask is None else mask.detach().to(torch.bool).expand(want)
     n_local = index.numel()

@@ -43,7 +43,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
 from xrisk.functional.contrastive import count_true, log_moving_average
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
-from xrisk.state import SampleState, check_index, update_states
+from xrisk.state import SampleState, check_index, update_states, write_rows
 
 __all__ = ["ContrastiveBatch", "ContrastiveLossBase"]
 
@@ -305,9 +305,7 @@ class ContrastiveLossBase(nn.Module):
             old = state.value.index_select(0, idx_g)
             upd_g = log_moving_average(old, new, gamma, state.seen.index_select(0, idx_g))
             if batch.all_valid:  # every row is written: no mask
-                if not all_finite(upd_g):
-                    raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
-                state.write_rows(idx_g, upd_g)
+                write_rows((state,), idx_g, (upd_g,))
             else:
                 upd_g = torch.where(m, upd_g, old)
                 update_states((state,), idx_g, (upd_g,), 1.0, mask=m, index_checked=True, assume_unique=True)
@@ -341,8 +339,8 @@ class ContrastiveLossBase(nn.Module):
         the :class:`~xrisk.state.SampleState` rule), then ``param <- clip(before - lr m, *bounds)``, both
         only where ``mask``. ``before``, ``grad``, ``mask``: ``[B_global, 2]`` rows of ``batch.index_global``
         (``before``: the parameter before the step). Without duplicates both states are written by one
-        :func:`~xrisk.state.update_states` call. With ``batch.all_valid`` the caller's ``mask`` must be all True
-        (it is then not applied).
+        call (:func:`~xrisk.state.write_rows`, or :func:`~xrisk.state.update_states` with the mask). With
+        ``batch.all_valid`` the caller's ``mask`` must be all True (it is then not applied).
         """
         dev = momentum.value.device
         index, grad = batch.index_global.to(dev), grad.to(dev, torch.float32)
@@ -355,9 +353,8 @@ class ContrastiveLossBase(nn.Module):
         new = torch.add(before.to(m), m, alpha=-lr)
         if bounds is not None:
             new = new.clamp_(*bounds)
-        if unique and batch.all_valid:  # every row has a negative: no masking; finite (from checked estimates)
-            momentum.write_rows(index, m)
-            param.write_rows(index, new)
+        if unique and batch.all_valid:  # every row has a negative: no masking
+            write_rows((momentum, param), index, (m, new))
         elif unique:
             update_states((momentum, param), index, (m, new), 1.0, mask=mask, index_checked=True, assume_unique=True)
         else:
