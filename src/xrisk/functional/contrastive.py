@@ -415,17 +415,17 @@ def gcl_fcco(
     if transposed and not per_anchor and not stable:
         step = _gcl_shared(sims[0], pos, inv, estimator, pos_offset, neg, valid, some_empty, log_cnt, eps, scale)
         out, log_u, log_den, value_sum = step
-    elif transposed:
-        out, log_u, log_den, value = _gcl_transposed(
-            sims[0], pos, tau, per_anchor, inv, estimator, pos_offset, neg, valid, some_empty, log_cnt, eps, scale,
-            stable, need_value=isinstance(tau, Tensor),
-        )
-        value_sum = value.sum() if value is not None else None
     else:
-        out, log_u, log_den, value = _gcl_rows(
-            sims, stacked, pos, tau, per_anchor, inv, estimator, pos_offset, self_offset, neg, valid, some_empty, log_cnt,
-            eps, scale, stable, need_value=isinstance(tau, Tensor),
-        )
+        if transposed:
+            out, log_u, log_den, value = _gcl_transposed(
+                sims[0], pos, tau, per_anchor, inv, estimator, pos_offset, neg, valid, some_empty, log_cnt, eps,
+                scale, stable, need_value=isinstance(tau, Tensor),
+            )
+        else:
+            out, log_u, log_den, value = _gcl_rows(
+                sims, stacked, pos, tau, per_anchor, inv, estimator, pos_offset, self_offset, neg, valid, some_empty,
+                log_cnt, eps, scale, stable, need_value=isinstance(tau, Tensor),
+            )
         value_sum = value.sum() if value is not None else None
     tau_grad = None
     if per_anchor:
@@ -482,8 +482,7 @@ def _gcl_rows(
     log_u = estimator(log_g, valid)
     with torch.no_grad():
         log_den = _log_den(log_u, eps)
-        wrow = torch.exp(log_g - log_den).mul_(scale)  # sum_j p_ij (scaled)
-        wrow = rows(torch.where(valid, wrow, 0.0) if some_empty else wrow)
+        wrow = rows(_weight_sums(log_g, log_den, valid, some_empty, scale))  # sum_j p_ij (scaled)
         coef = rows(torch.exp(unrows(shift) - log_den - log_cnt).mul_(scale))  # p_ij = e_ij * coef_i (scaled)
         w = e.mul_(coef.unsqueeze(1))
         # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij; the positive enters with weight -1
@@ -522,23 +521,47 @@ def _gcl_transposed(
     log_g = torch.stack(log_s, 1) - log_cnt
     log_u = estimator(log_g, valid)
     log_den = _log_den(log_u, eps)
-    wrow = torch.exp(log_g - log_den).mul_(scale)  # sum_j p_ij (scaled)
-    if some_empty:
-        wrow = torch.where(valid, wrow, 0.0)
+    wrow = _weight_sums(log_g, log_den, valid, some_empty, scale)  # sum_j p_ij (scaled)
     coef = torch.exp(torch.stack(shifts, 1) - log_den - log_cnt).mul_(scale)  # p = e * coef (scaled)
     w0, w1 = es[0].mul_(coef[:, 0:1]), es[1].mul_(coef[:, 1])
     value = None
     if need_value:  # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij
         value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
         value = value - pos * wrow
-    w = w0.add_(w1)
-    for v in (0, 1):  # the positives, weight -sum_j p_ij (side 1 along the columns)
-        anchor_diagonal(w, 0, n, pos_offset[v], dim=1 - v).sub_(wrow[:, v])
+    w = _subtract_positive_weights(w0.add_(w1), wrow, pos_offset)  # the positives, weight -sum_j p_ij
     return _weights_dot(sim, w), log_u, log_den, None if value is None else value / scale
 
 
 def _log_den(log_u: Tensor, eps: float) -> Tensor:
     return log_u if eps <= 0.0 else torch.logaddexp(log_u, torch.full_like(log_u, math.log(eps)))
+
+
+def _weight_sums(log_g: Tensor, log_den: Tensor, valid: Tensor, some_empty: bool, scale: float) -> Tensor:
+    """``scale * exp(log_g - log_den)`` per anchor and side (the weights' row sums), 0 for anchors without
+    negatives (``some_empty``: ``valid`` may hold False)."""
+    wrow = torch.exp(log_g - log_den).mul_(scale)
+    return torch.where(valid, wrow, 0.0) if some_empty else wrow
+
+
+def _both_sides_negatives(e: Tensor, neg: Sequence[Tensor | None], pos_offset: Offsets) -> tuple[Tensor, Tensor]:
+    """``e`` (in the layout of ``sims[0]``, ``sims[1] = sims[0].T``) restricted to each side's negatives, in place
+    where one matrix serves both sides: side 0 along the rows, side 1 along the columns."""
+    if neg[0] is None:  # side 0 excludes (i, i + pos_offset_0), side 1 (j + pos_offset_1, j)
+        for v in (0, 1):
+            anchor_diagonal(e, 0, e.shape[0], pos_offset[v], dim=1 - v).zero_()
+        return e, e
+    if _is_transpose_of(neg[1], neg[0]):  # neg[1].T is neg[0]: one mask serves both sides
+        e.masked_fill_(~neg[0], 0.0)
+        return e, e
+    return e.masked_fill(~neg[0], 0.0), e.masked_fill_(~neg[1].T, 0.0)  # type: ignore[union-attr]
+
+
+def _subtract_positive_weights(w: Tensor, wrow: Tensor, pos_offset: Offsets) -> Tensor:
+    """Give each anchor's positive the weight ``-wrow`` in the combined matrix ``w`` (layout of ``sims[0]``:
+    side 0 along the rows, side 1 along the columns); the positives' entries of ``w`` must be 0."""
+    for v in (0, 1):
+        anchor_diagonal(w, 0, w.shape[0], pos_offset[v], dim=1 - v).sub_(wrow[:, v])
+    return w
 
 
 def _is_transpose_of(x: Tensor | None, y: Tensor | None) -> bool:
@@ -556,34 +579,22 @@ def _gcl_shared(
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Both sides of :func:`gcl_fcco` from one ``exp(sim / tau)`` (``sims[1] = sim.T``, no shift)."""
-    n = sim.shape[0]
     with torch.no_grad():
         sd = sim.detach()
-        e = torch.mul(sd, inv).exp_()
-        if neg[0] is None:  # side 0 excludes (i, i + pos_offset_0), side 1 (j + pos_offset_1, j) of sim
-            for v in (0, 1):
-                anchor_diagonal(e, 0, n, pos_offset[v], dim=1 - v).zero_()
-            e0 = e1 = e
-        elif _is_transpose_of(neg[1], neg[0]):  # neg[1].T is neg[0]: one mask serves both sides
-            e0 = e1 = e.masked_fill_(~neg[0], 0.0)
-        else:
-            e0, e1 = e.masked_fill(~neg[0], 0.0), e.masked_fill_(~neg[1].T, 0.0)  # type: ignore[union-attr]
+        e0, e1 = _both_sides_negatives(torch.mul(sd, inv).exp_(), neg, pos_offset)
         neg_pos = -pos * inv  # log of the positive's factor exp(-pos / tau)
         log_s = torch.stack([e0.sum(1).log_(), e1.sum(0).log_()], 1) + neg_pos
     log_g = log_s - log_cnt
     log_u = estimator(log_g, valid)
     with torch.no_grad():
         log_den = _log_den(log_u, eps)
-        wrow = torch.exp(log_g - log_den).mul_(scale)
-        if some_empty:
-            wrow = torch.where(valid, wrow, 0.0)
+        wrow = _weight_sums(log_g, log_den, valid, some_empty, scale)
         coef = torch.exp(neg_pos - log_den - log_cnt).mul_(scale)  # p_ij = e_ij * coef_i
         if e0 is e1:
             w = e0.mul_(coef[:, 0:1] + coef[:, 1])
         else:
             w = e0.mul_(coef[:, 0:1]).add_(e1.mul_(coef[:, 1]))
-        for v in (0, 1):
-            anchor_diagonal(w, 0, n, pos_offset[v], dim=1 - v).sub_(wrow[:, v])
+        _subtract_positive_weights(w, wrow, pos_offset)
     out = _weights_dot(sim, w)
     return out, log_u, log_den, out.detach() / scale
 
@@ -645,9 +656,7 @@ def nuclr_fcco(
     with torch.no_grad():
         log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
         coef = torch.exp(torch.stack(shifts, 1) - log_z)  # w_ij = e_ij * coef_i
-        wrow = torch.exp(log_g - log_z).mul_(scale)  # sum_j w_ij / |N_iv| (scaled)
-        if some_empty:
-            wrow = torch.where(valid, wrow, 0.0)
+        wrow = _weight_sums(log_g, log_z, valid, some_empty, scale)  # sum_j w_ij / |N_iv| (scaled)
     for v in (0, 1):
         with torch.no_grad():
             col_weight.append(exps[v].T @ coef[:, v])
@@ -685,15 +694,7 @@ def _nuclr_shared(
     n, n_cols = sim.shape
     with torch.no_grad():
         sd = sim.detach()
-        k = torch.mul(sd, inv).exp_()
-        if neg[0] is None:
-            for v in (0, 1):
-                anchor_diagonal(k, 0, n, pos_offset[v], dim=1 - v).zero_()
-            k0 = k1 = k
-        elif _is_transpose_of(neg[1], neg[0]):
-            k0 = k1 = k.masked_fill_(~neg[0], 0.0)
-        else:
-            k0, k1 = k.masked_fill(~neg[0], 0.0), k.masked_fill_(~neg[1].T, 0.0)  # type: ignore[union-attr]
+        k0, k1 = _both_sides_negatives(torch.mul(sd, inv).exp_(), neg, pos_offset)
         zmin = zeta.amin(0)
         z = torch.exp((zmin - zeta) * inv)  # [C, 2], in (0, 1]
         log_s = torch.stack([torch.mv(k0, z[:, 0]).log_(), torch.mv(k1.T, z[:, 1]).log_()], 1)
@@ -705,15 +706,12 @@ def _nuclr_shared(
         a = torch.exp(-(pos + zmin) * inv - log_z)  # w0_ij = k_ij z0_j a0_i; w1_ij = k_ij z1_i a1_j
         col_weight = torch.stack([z[:, 0] * torch.mv(k0.T, a[:, 0]), z[:, 1] * torch.mv(k1, a[:, 1])], 1)
         b = a * (scale / cnt)
-        wrow = torch.exp(log_g - log_z).mul_(scale)
-        if some_empty:
-            wrow = torch.where(valid, wrow, 0.0)
+        wrow = _weight_sums(log_g, log_z, valid, some_empty, scale)
         if k0 is k1:
             w = k0.mul_(torch.addr(torch.outer(b[:, 0], z[:, 0]), z[:, 1], b[:, 1]))
         else:
             w = k0.mul_(torch.outer(b[:, 0], z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b[:, 1])))
-        for v in (0, 1):
-            anchor_diagonal(w, 0, n, pos_offset[v], dim=1 - v).sub_(wrow[:, v])
+        _subtract_positive_weights(w, wrow, pos_offset)
         col_count: Tensor | int
         if neg[0] is None and neg[1] is None and n == n_cols and pos_offset == (0, 0):
             col_count = n - 1  # every column is the positive of exactly one anchor per side
