@@ -12,6 +12,8 @@ from xrisk.functional.contrastive import detached_weights_dot, gcl_fcco, gcl_obj
 from xrisk.losses import GlobalContrastiveLoss, NUCLRLoss
 from xrisk.schedules import CosineGammaSchedule
 
+from _contrastive import assert_same_training
+
 MODES = ("unimodal", "bimodal")
 TEMPS = ("fixed", "global", "individual")
 
@@ -289,7 +291,8 @@ def test_row_exp_equals_naive_masked_exp_and_is_stable():
     naive = torch.exp(logits) * neg
     for stable in (True, False):
         e, log_s, shift = row_exp(sim, inv_tau, row_bias, col_bias=col_bias, neg=neg, stable=stable)
-        torch.testing.assert_close(e * shift.exp()[:, None], naive)
+        assert (shift is None) == (not stable)  # no shift pass without stable
+        torch.testing.assert_close(e if shift is None else e * shift.exp()[:, None], naive)
         torch.testing.assert_close(log_s, naive.sum(1).log())
         assert log_s[2] == float("-inf") and torch.all(e[2] == 0)
     # excluded diagonals instead of a mask: the same as the mask that drops them. Blocks (first, count,
@@ -327,7 +330,10 @@ def test_row_exp_along_columns_equals_rows_of_the_transpose():
             got = row_exp(sim, inv, row_bias, col_bias=col_bias, stable=stable, dim=0, **kw)
             torch.testing.assert_close(got[0], want[0].T)
             torch.testing.assert_close(got[1], want[1])
-            torch.testing.assert_close(got[2], want[2])
+            if stable:
+                torch.testing.assert_close(got[2], want[2])
+            else:
+                assert got[2] is None and want[2] is None
 
 
 def test_detached_weights_dot_gradient_is_the_weights():
@@ -468,3 +474,39 @@ def test_gcl_fcco_kernel_estimator_and_small_tau():
     step = gcl_fcco([s32, s32.T], pos32, 0.01, lambda lg, ok: lg, count=count, transposed=True)
     step.surrogate.backward()
     assert torch.isfinite(step.surrogate) and torch.isfinite(a32.grad).all() and torch.isfinite(step.log_u).all()
+
+
+# ----------------------------------------------------------------------------- lean path = general path
+@pytest.mark.parametrize("temperature", TEMPS)
+@pytest.mark.parametrize("tau", (0.1, 0.02))  # one exponential for both sides / row-max shifted passes
+def test_paired_path_equals_general_path(temperature, tau):
+    def make():
+        return GlobalContrastiveLoss(40, mode="bimodal", temperature=temperature, tau=tau, tau_min=0.01, rho=1.0,
+                                     gamma=0.7, lr_tau=0.05, eps=1e-3 if temperature == "global" else 0.0)
+
+    assert_same_training(make)
+
+
+def test_paired_path_equals_general_path_without_normalisation_in_float64():
+    def make():
+        return GlobalContrastiveLoss(40, mode="bimodal", temperature="individual", tau=0.5, normalize=False).double()
+
+    assert_same_training(make, dtype=torch.float64)
+
+
+def test_paired_path_is_taken_only_when_it_applies():
+    """The lean path runs for unique indices on one process without a detector; duplicates take the general path."""
+    calls = []
+
+    class Spy(GlobalContrastiveLoss):
+        def _paired_step(self, sim, index):
+            calls.append(index.numel())
+            return super()._paired_step(sim, index)
+
+    loss = Spy(20, mode="bimodal")
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    loss(a, b, torch.tensor([0, 1, 2, 3]))
+    loss(a, b, torch.tensor([0, 1, 1, 3]))  # duplicates: merged by the general estimator step
+    loss(a[:1], b[:1], torch.tensor([5]))  # one pair: no negative at all
+    Spy(20, mode="unimodal")(a, b, torch.tensor([0, 1, 2, 3]))
+    assert calls == [4]

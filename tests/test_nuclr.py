@@ -11,6 +11,8 @@ import torch
 from xrisk.functional.contrastive import nuclr_fcco, nuclr_objective
 from xrisk.losses import NUCLRLoss
 
+from _contrastive import assert_same_training
+
 
 def exact_nuclr(a, b, zeta, xi, tau):
     """(1/n) sum_i sum_v tau log((1/(n-1)) [e^{-xi_v/tau} + sum_{j!=i} e^{(d_ij - zeta_jv)/tau}]) + sum_v mean_j zeta_jv."""
@@ -179,3 +181,11 @@ def test_nuclr_fcco_kernel_gradient_is_exact_when_u_equals_g(masks, stable):
         torch.testing.assert_close(-(w / count[:, v : v + 1]).sum(0) * scale, wz[:, v])
         cc = step.col_count[:, v] if isinstance(step.col_count, torch.Tensor) else torch.full((n,), step.col_count)
         torch.testing.assert_close(cc.double(), full[v].sum(0).double())
+
+
+@pytest.mark.parametrize("tau", (0.1, 0.01))  # one shared exponential / row-max shifted passes
+def test_paired_path_equals_general_path(tau):
+    def make():
+        return NUCLRLoss(40, tau=tau, zeta_start_epoch=1, lr_zeta=0.05, gamma=0.6)
+
+    assert_same_training(make, steps=8)

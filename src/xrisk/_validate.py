@@ -18,7 +18,7 @@ def all_finite(*tensors: Tensor) -> bool:
     only sends it to the exact ``torch.isfinite`` check, which is what a NaN/inf entry also gets).
     ``torch.isfinite(x).all()`` on its own costs four kernels per tensor.
     """
-    floats = [x.detach() for x in tensors if x.is_floating_point()]
+    floats = [x.detach() if x.requires_grad else x for x in tensors if x.is_floating_point()]
     if not floats:
         return True
     probe = floats[0].sum()

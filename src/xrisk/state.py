@@ -208,11 +208,12 @@ def _moving_average(old: Tensor, new: Tensor, gamma: float | Tensor, seen: Tenso
 
 def _require_finite(news: Sequence[Tensor]) -> None:
     """Raise before anything is written when a new estimate is NaN/inf (one host read for all)."""
+    if len(news) > 1 and sum(x.numel() for x in news) <= 65536:  # small rows: one sum over their concatenation
+        news = [torch.cat([x.reshape(-1) for x in news])]  # all_finite reads it detached
     if not all_finite(*news):
         raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
 
 
-@torch.no_grad()
 def write_rows(states: Sequence[SampleState], index: Tensor, rows: Sequence[Tensor]) -> None:
     """Low level: ``states[k].value[index] = rows[k]`` and mark those rows seen (an overwrite, no averaging).
 
@@ -223,7 +224,7 @@ def write_rows(states: Sequence[SampleState], index: Tensor, rows: Sequence[Tens
     """
     _require_finite(rows)
     for st, r in zip(states, rows):
-        st.value.index_copy_(0, index, r)
+        st.value.index_copy_(0, index, r.detach() if r.requires_grad else r)  # the buffers never join a graph
         st.seen.index_fill_(0, index, True)
 
 

@@ -50,6 +50,11 @@ __all__ = [
 ]
 
 
+def _no_grad(x: Tensor) -> Tensor:
+    """``x`` outside autograd: ``x.detach()`` when it requires grad, else ``x`` itself (no extra view)."""
+    return x.detach() if x.requires_grad else x
+
+
 def _as_anchor(t: Tensor | float, ref: Tensor) -> Tensor | float:
     """Broadcast a per-anchor tensor ``[...]`` against ``ref [..., C]``."""
     return t.unsqueeze(-1) if isinstance(t, Tensor) and t.dim() > 0 else t
@@ -195,7 +200,7 @@ def row_exp(
     excluded: Sequence[tuple[int, int, int]] = (),
     stable: bool = True,
     dim: int = 1,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """One exponential pass over a similarity matrix, restricted to each anchor's negatives (no autograd).
 
     Anchors are the rows of ``sim`` (``dim=1``: the candidates run along dimension 1) or its columns
@@ -203,14 +208,15 @@ def row_exp(
     ``dim=1``: with ``l_ij = sim_ij * inv_tau_i + row_bias_i (+ col_bias_j)`` (for the GCL
     ``row_bias = -pos_i/tau_i``, so ``l_ij = diff_ij / tau_i``), returns ``E_ij = exp(l_ij - shift_i)`` on
     the negatives and 0 elsewhere, ``log_s_i = log sum_{j in N_i} exp(l_ij)`` (``-inf`` for anchors
-    without negatives) and ``shift [R]``. For ``dim=0`` swap the roles of ``i`` and ``j`` (``E`` keeps
-    the layout of ``sim``; ``row_bias``, ``inv_tau``, ``shift``, ``log_s`` are per column).
+    without negatives) and ``shift [R]`` (None with ``stable=False``: no shift). For ``dim=0`` swap the
+    roles of ``i`` and ``j`` (``E`` keeps the layout of ``sim``; ``row_bias``, ``inv_tau``, ``shift``,
+    ``log_s`` are per column).
 
     Negatives: ``neg`` bool in the layout of ``sim``, or (``neg=None``) every candidate except the positions
     ``excluded`` (the positive, and in unimodal mode the anchor itself): blocks ``(first, count, offset)``,
     anchor ``first + i`` (``i < count``) excludes candidate ``i + offset`` (a diagonal, see :func:`anchor_diagonal`).
     ``stable=True`` shifts every anchor by its largest negative logit (any temperature, any inputs);
-    ``stable=False`` skips that pass (``shift = 0``): only for ``|l_ij|`` known to stay far from the
+    ``stable=False`` skips that pass (``shift`` None, i.e. 0): only for ``|l_ij|`` known to stay far from the
     dtype's exponent range (normalised features and a moderate temperature).
 
     Args:
@@ -218,30 +224,28 @@ def row_exp(
         inv_tau: float or per-anchor inverse temperatures; row_bias: per anchor; col_bias: per candidate or None.
     """
     a = 1 - dim  # the anchor axis
-    with torch.no_grad():
-        sim = sim.detach()
-        # per-anchor vectors made contiguous: a strided broadcast operand halves the speed of the pass
-        row_bias = row_bias.contiguous()
-        bias = row_bias.unsqueeze(dim) if col_bias is None else row_bias.unsqueeze(dim) + col_bias.unsqueeze(a)
-        if isinstance(inv_tau, Tensor):
-            logits = torch.addcmul(bias, sim, inv_tau.contiguous().unsqueeze(dim))
-        else:
-            logits = torch.add(bias, sim, alpha=float(inv_tau))
-        if neg is not None:
-            logits.masked_fill_(~neg, float("-inf"))
-        else:
-            for first, count, offset in excluded:
-                anchor_diagonal(logits, first, count, offset, dim=dim).fill_(float("-inf"))
-        if stable:
-            shift = logits.amax(dim)
-            shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-            logits.sub_(shift.unsqueeze(dim))
-        else:
-            shift = torch.zeros(sim.shape[a], dtype=sim.dtype, device=sim.device)
-        e = logits.exp_()
-        log_s = torch.log(e.sum(dim))
-        if stable:
-            log_s = log_s + shift
+    sim = _no_grad(sim)  # every input is detached: nothing below is recorded by autograd
+    # per-anchor vectors made contiguous: a strided broadcast operand halves the speed of the pass
+    row_bias = _no_grad(row_bias).contiguous()
+    bias = row_bias.unsqueeze(dim) if col_bias is None else row_bias.unsqueeze(dim) + _no_grad(col_bias).unsqueeze(a)
+    if isinstance(inv_tau, Tensor):
+        logits = torch.addcmul(bias, sim, _no_grad(inv_tau).contiguous().unsqueeze(dim))
+    else:
+        logits = torch.add(bias, sim, alpha=float(inv_tau))
+    if neg is not None:
+        logits.masked_fill_(~neg, float("-inf"))
+    else:
+        for first, count, offset in excluded:
+            anchor_diagonal(logits, first, count, offset, dim=dim).fill_(float("-inf"))
+    shift = None
+    if stable:
+        shift = logits.amax(dim)
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        logits.sub_(shift.unsqueeze(dim))
+    e = logits.exp_()
+    log_s = e.sum(dim).log_()
+    if shift is not None:
+        log_s = log_s + shift
     return e, log_s, shift
 
 
@@ -409,6 +413,7 @@ def gcl_fcco(
         eps: the ``eps`` in ``log(eps + g)``; rho: the KL-DRO radius; scale: factor of the surrogate.
         stable: shift each row by its maximum before exponentiating (see :func:`row_exp`).
     """
+    pos = _no_grad(pos)  # with the detached estimates, only the surrogate's nodes below are recorded
     per_anchor = isinstance(tau, Tensor) and tau.dim() > 0
     inv = 0.0 if per_anchor else 1.0 / float(tau.detach() if isinstance(tau, Tensor) else tau)  # shared tau
     valid, some_empty, log_cnt = _anchor_counts(count, pos)
@@ -426,15 +431,15 @@ def gcl_fcco(
                 sims, stacked, pos, tau, per_anchor, inv, estimator, pos_offset, self_offset, neg, valid, some_empty,
                 log_cnt, eps, scale, stable, need_value=isinstance(tau, Tensor),
             )
-        value_sum = value.sum() if value is not None else None
+        value_sum = value.sum() if value is not None and not per_anchor else None  # for the global tau
     tau_grad = None
     if per_anchor:
-        tau_grad = torch.addcdiv(log_den + rho, value, tau.detach(), value=-1.0)  # type: ignore[arg-type,union-attr]
+        tau_grad = torch.addcdiv(log_den + rho, value, tau.detach(), value=-1.0 / scale)  # type: ignore[arg-type,union-attr]
         if some_empty:
             tau_grad = torch.where(valid, tau_grad, 0.0)
     elif isinstance(tau, Tensor):  # one temperature: d/dtau of the surrogate is sum_iv tau_grad_iv
         terms = torch.where(valid, log_den + rho, 0.0) if some_empty else log_den + rho
-        grad_sum = terms.sum() - value_sum * inv
+        grad_sum = terms.sum() - value_sum * (inv / scale)
         out = torch.addcmul(out, tau, grad_sum.detach(), value=scale)  # one autograd node
     return GCLStep(out, log_u, tau_grad, valid)
 
@@ -445,7 +450,18 @@ def _anchor_counts(count: Tensor | int, pos: Tensor) -> tuple[Tensor, bool, Tens
         return count > 0, True, torch.log(count.clamp_min(1).to(pos.dtype))
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a [B, 2] tensor or an int >= 1, got {count!r}")
-    return torch.ones(pos.shape, dtype=torch.bool, device=pos.device), False, math.log(count)
+    return _all_true(pos.shape, pos.device), False, math.log(count)
+
+
+_TRUE: dict[torch.device, Tensor] = {}
+
+
+def _all_true(shape: torch.Size, device: torch.device) -> Tensor:
+    """A read-only all-True bool tensor of ``shape`` (a broadcast view of one cached 0-dim tensor per device)."""
+    one = _TRUE.get(device)
+    if one is None:
+        one = _TRUE[device] = torch.ones((), dtype=torch.bool, device=device)
+    return one.expand(shape)
 
 
 def _gcl_rows(
@@ -459,7 +475,7 @@ def _gcl_rows(
     (unimodal mode) or ``cat(sims)`` (a copy; autograd routes each block's gradient back to its side).
 
     Per-anchor ``[B, 2]`` quantities are laid out side-major (``[2B]``) to match the rows.
-    Returns ``(surrogate, log_u, log(eps + u), value [B, 2])`` with ``value_iv = sum_j p_ij d_ij``
+    Returns ``(surrogate, log_u, log(eps + u), value [B, 2])`` with ``value_iv = scale * sum_j p_ij d_ij``
     (None unless ``need_value``: a fixed temperature needs no ``tau`` derivative).
     """
     n = pos.shape[0]
@@ -479,19 +495,18 @@ def _gcl_rows(
         blocks += [(v * n, n, self_offset[v]) for v in (0, 1)]
     e, log_s, shift = row_exp(mat, iv, -pos_r * iv, neg=mask, excluded=blocks, stable=stable)
     log_g = unrows(log_s) - log_cnt
-    log_u = estimator(log_g, valid)
-    with torch.no_grad():
-        log_den = _log_den(log_u, eps)
-        wrow = rows(_weight_sums(log_g, log_den, valid, some_empty, scale))  # sum_j p_ij (scaled)
-        coef = rows(torch.exp(unrows(shift) - log_den - log_cnt).mul_(scale))  # p_ij = e_ij * coef_i (scaled)
-        w = e.mul_(coef.unsqueeze(1))
-        # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij; the positive enters with weight -1
-        value = torch.linalg.vecdot(w, mat.detach()) - pos_r * wrow if need_value else None
-        for v in (0, 1):  # the positive enters with weight -sum_j p_ij
-            anchor_diagonal(w, v * n, n, pos_offset[v]).copy_(wrow[v * n : (v + 1) * n]).neg_()
+    log_u = _no_grad(estimator(log_g, valid))
+    log_den = _log_den(log_u, eps)
+    wrow = rows(_weight_sums(log_g, log_den, valid, some_empty, scale))  # sum_j p_ij (scaled)
+    coef = rows(_weight_coef(None if shift is None else unrows(shift), log_den, log_cnt, scale))  # p = e * coef
+    w = e.mul_(coef.unsqueeze(1))
+    # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij; the positive enters with weight -1
+    value = torch.linalg.vecdot(w, mat.detach()) - pos_r * wrow if need_value else None
+    for v in (0, 1):  # the positive enters with weight -sum_j p_ij
+        anchor_diagonal(w, v * n, n, pos_offset[v]).copy_(wrow[v * n : (v + 1) * n]).neg_()
     if value is None:
         return _weights_dot(mat, w), log_u, log_den, None
-    return detached_weights_dot(mat, w, value.sum()), log_u, log_den, unrows(value) / scale
+    return detached_weights_dot(mat, w, value.sum()), log_u, log_den, unrows(value)
 
 
 def _gcl_transposed(
@@ -506,7 +521,7 @@ def _gcl_transposed(
     Returns ``(surrogate, log_u, log(eps + u), value [B, 2] or None)`` as :func:`_gcl_rows`.
     """
     n = sim.shape[0]
-    sd = sim.detach()  # every tensor below is detached: no autograd recording without a no_grad context
+    sd = _no_grad(sim)  # every tensor below is detached: no autograd recording without a no_grad context
     # per-side vectors [2, B], each row contiguous (a strided broadcast operand slows the matrix passes)
     ivt = tau.detach().T.contiguous().reciprocal_() if per_anchor else None  # type: ignore[union-attr]
     bias = (pos.T * (ivt if ivt is not None else inv)).neg_().contiguous()  # -pos / tau
@@ -519,17 +534,26 @@ def _gcl_transposed(
         shifts.append(sh)
         log_s.append(ls)
     log_g = torch.stack(log_s, 1) - log_cnt
-    log_u = estimator(log_g, valid)
+    log_u = _no_grad(estimator(log_g, valid))
     log_den = _log_den(log_u, eps)
     wrow = _weight_sums(log_g, log_den, valid, some_empty, scale)  # sum_j p_ij (scaled)
-    coef = torch.exp(torch.stack(shifts, 1) - log_den - log_cnt).mul_(scale)  # p = e * coef (scaled)
+    coef = _weight_coef(torch.stack(shifts, 1) if stable else None, log_den, log_cnt, scale)  # p = e * coef
     w0, w1 = es[0].mul_(coef[:, 0:1]), es[1].mul_(coef[:, 1])
     value = None
     if need_value:  # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij
         value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
         value = value - pos * wrow
     w = _subtract_positive_weights(w0.add_(w1), wrow, pos_offset)  # the positives, weight -sum_j p_ij
-    return _weights_dot(sim, w), log_u, log_den, None if value is None else value / scale
+    return _weights_dot(sim, w), log_u, log_den, value
+
+
+def _weight_coef(shift: Tensor | None, log_den: Tensor, log_cnt: Tensor | float, scale: float) -> Tensor:
+    """``scale * exp(shift - log_den - log_cnt)`` per anchor and side: the factor turning :func:`row_exp`'s
+    ``e_ij`` into the scaled weight ``p_ij`` (``shift`` None: 0)."""
+    log_c = math.log(scale) - log_cnt  # a float for a constant count: two kernels in all
+    if shift is None:
+        return torch.sub(log_c, log_den).exp_()
+    return torch.sub(shift, log_den).add_(log_c).exp_()
 
 
 def _log_den(log_u: Tensor, eps: float) -> Tensor:
@@ -559,6 +583,9 @@ def _both_sides_negatives(e: Tensor, neg: Sequence[Tensor | None], pos_offset: O
 def _subtract_positive_weights(w: Tensor, wrow: Tensor, pos_offset: Offsets) -> Tensor:
     """Give each anchor's positive the weight ``-wrow`` in the combined matrix ``w`` (layout of ``sims[0]``:
     side 0 along the rows, side 1 along the columns); the positives' entries of ``w`` must be 0."""
+    if pos_offset == (0, 0):  # both sides' positives on the main diagonal (one process)
+        w.diagonal().sub_(wrow.sum(1))
+        return w
     for v in (0, 1):
         anchor_diagonal(w, 0, w.shape[0], pos_offset[v], dim=1 - v).sub_(wrow[:, v])
     return w
@@ -578,25 +605,26 @@ def _gcl_shared(
     sim: Tensor, pos: Tensor, inv: float, estimator: Estimator, pos_offset: Offsets,
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Both sides of :func:`gcl_fcco` from one ``exp(sim / tau)`` (``sims[1] = sim.T``, no shift)."""
-    with torch.no_grad():
-        sd = sim.detach()
-        e0, e1 = _both_sides_negatives(torch.mul(sd, inv).exp_(), neg, pos_offset)
-        neg_pos = -pos * inv  # log of the positive's factor exp(-pos / tau)
-        log_s = torch.stack([e0.sum(1).log_(), e1.sum(0).log_()], 1) + neg_pos
+    """Both sides of :func:`gcl_fcco` from one ``exp(sim / tau)`` (``sims[1] = sim.T``, no shift).
+
+    Returns ``(surrogate, log_u, log(eps + u), sum of the values)``, the last ``scale * sum_iv sum_j p_ij d_ij``.
+    """
+    sd = sim.detach()
+    e0, e1 = _both_sides_negatives(torch.mul(sd, inv).exp_(), neg, pos_offset)
+    neg_pos = -pos * inv  # log of the positive's factor exp(-pos / tau)
+    log_s = torch.stack([e0.sum(1).log_(), e1.sum(0).log_()], 1) + neg_pos
     log_g = log_s - log_cnt
-    log_u = estimator(log_g, valid)
-    with torch.no_grad():
-        log_den = _log_den(log_u, eps)
-        wrow = _weight_sums(log_g, log_den, valid, some_empty, scale)
-        coef = torch.exp(neg_pos - log_den - log_cnt).mul_(scale)  # p_ij = e_ij * coef_i
-        if e0 is e1:
-            w = e0.mul_(coef[:, 0:1] + coef[:, 1])
-        else:
-            w = e0.mul_(coef[:, 0:1]).add_(e1.mul_(coef[:, 1]))
-        _subtract_positive_weights(w, wrow, pos_offset)
+    log_u = _no_grad(estimator(log_g, valid))
+    log_den = _log_den(log_u, eps)
+    wrow = _weight_sums(log_g, log_den, valid, some_empty, scale)
+    coef = torch.exp(neg_pos - log_den - log_cnt).mul_(scale)  # p_ij = e_ij * coef_i
+    if e0 is e1:
+        w = e0.mul_(coef[:, 0:1] + coef[:, 1])
+    else:
+        w = e0.mul_(coef[:, 0:1]).add_(e1.mul_(coef[:, 1]))
+    _subtract_positive_weights(w, wrow, pos_offset)
     out = _weights_dot(sim, w)
-    return out, log_u, log_den, out.detach() / scale
+    return out, log_u, log_den, out.detach()
 
 
 def nuclr_fcco(
@@ -637,6 +665,7 @@ def nuclr_fcco(
             positive's term of ``Z``;
         estimator, count, pos_offset, self_offset, neg, transposed, scale, stable: as in :func:`gcl_fcco`.
     """
+    pos, zeta, log_pos = _no_grad(pos), _no_grad(zeta), _no_grad(log_pos)  # only the surrogate is recorded
     dtype = pos.dtype
     inv = 1.0 / tau
     valid, some_empty, log_cnt = _anchor_counts(count, pos)
@@ -649,21 +678,19 @@ def nuclr_fcco(
         sims, pos, [inv, inv], pos_offset, self_offset, neg, (-zeta[:, 0] * inv, -zeta[:, 1] * inv), True
     )
     log_g = log_s - log_cnt
-    log_u = estimator(log_g, valid)
+    log_u = _no_grad(estimator(log_g, valid))
     out = pos.new_zeros(())
     n = pos.shape[0]
     col_weight, col_count = [], []
-    with torch.no_grad():
-        log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
-        coef = torch.exp(torch.stack(shifts, 1) - log_z)  # w_ij = e_ij * coef_i
-        wrow = _weight_sums(log_g, log_z, valid, some_empty, scale)  # sum_j w_ij / |N_iv| (scaled)
+    log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
+    coef = torch.exp(torch.stack(shifts, 1) - log_z)  # w_ij = e_ij * coef_i
+    wrow = _weight_sums(log_g, log_z, valid, some_empty, scale)  # sum_j w_ij / |N_iv| (scaled)
     for v in (0, 1):
-        with torch.no_grad():
-            col_weight.append(exps[v].T @ coef[:, v])
-            col_count.append(_column_counts(neg[v], n, pos_offset, self_offset, v, sims[v].shape[1], pos))
-            w = exps[v].mul_((coef[:, v] * scale / (cnt[:, v] if isinstance(cnt, Tensor) else cnt)).unsqueeze(1))
-            value = torch.linalg.vecdot(w, sims[v].detach()) - pos[:, v] * wrow[:, v]
-            anchor_diagonal(w, 0, n, pos_offset[v]).copy_(wrow[:, v]).neg_()
+        col_weight.append(exps[v].T @ coef[:, v])
+        col_count.append(_column_counts(neg[v], n, pos_offset, self_offset, v, sims[v].shape[1], pos))
+        w = exps[v].mul_((coef[:, v] * scale / (cnt[:, v] if isinstance(cnt, Tensor) else cnt)).unsqueeze(1))
+        value = torch.linalg.vecdot(w, sims[v].detach()) - pos[:, v] * wrow[:, v]
+        anchor_diagonal(w, 0, n, pos_offset[v]).copy_(wrow[:, v]).neg_()
         out = out + detached_weights_dot(sims[v], w, value.sum())
     return NUCLRStep(out, log_u, torch.stack(col_weight, 1), torch.stack(col_count, 1), valid)
 
@@ -692,32 +719,30 @@ def _nuclr_shared(
     positive's ``exp(-pos / tau)`` and ``exp(-min zeta_v / tau)`` are added in log space.
     """
     n, n_cols = sim.shape
-    with torch.no_grad():
-        sd = sim.detach()
-        k0, k1 = _both_sides_negatives(torch.mul(sd, inv).exp_(), neg, pos_offset)
-        zmin = zeta.amin(0)
-        z = torch.exp((zmin - zeta) * inv)  # [C, 2], in (0, 1]
-        log_s = torch.stack([torch.mv(k0, z[:, 0]).log_(), torch.mv(k1.T, z[:, 1]).log_()], 1)
-        log_s = log_s - (pos + zmin) * inv
+    sd = sim.detach()
+    k0, k1 = _both_sides_negatives(torch.mul(sd, inv).exp_(), neg, pos_offset)
+    zmin = zeta.amin(0)
+    z = torch.exp((zmin - zeta) * inv)  # [C, 2], in (0, 1]
+    log_s = torch.stack([torch.mv(k0, z[:, 0]).log_(), torch.mv(k1.T, z[:, 1]).log_()], 1)
+    log_s = log_s - (pos + zmin) * inv
     log_g = log_s - log_cnt
-    log_u = estimator(log_g, valid)
-    with torch.no_grad():
-        log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
-        a = torch.exp(-(pos + zmin) * inv - log_z)  # w0_ij = k_ij z0_j a0_i; w1_ij = k_ij z1_i a1_j
-        col_weight = torch.stack([z[:, 0] * torch.mv(k0.T, a[:, 0]), z[:, 1] * torch.mv(k1, a[:, 1])], 1)
-        b = a * (scale / cnt)
-        wrow = _weight_sums(log_g, log_z, valid, some_empty, scale)
-        if k0 is k1:
-            w = k0.mul_(torch.addr(torch.outer(b[:, 0], z[:, 0]), z[:, 1], b[:, 1]))
-        else:
-            w = k0.mul_(torch.outer(b[:, 0], z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b[:, 1])))
-        _subtract_positive_weights(w, wrow, pos_offset)
-        col_count: Tensor | int
-        if neg[0] is None and neg[1] is None and n == n_cols and pos_offset == (0, 0):
-            col_count = n - 1  # every column is the positive of exactly one anchor per side
-        else:
-            col_count = torch.stack(
-                [_column_counts(neg[0], n, pos_offset, None, 0, n_cols, pos),
-                 _column_counts(neg[1], n, pos_offset, None, 1, n_cols, pos)], 1
-            )
+    log_u = _no_grad(estimator(log_g, valid))
+    log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
+    a = torch.exp(-(pos + zmin) * inv - log_z)  # w0_ij = k_ij z0_j a0_i; w1_ij = k_ij z1_i a1_j
+    col_weight = torch.stack([z[:, 0] * torch.mv(k0.T, a[:, 0]), z[:, 1] * torch.mv(k1, a[:, 1])], 1)
+    b = a * (scale / cnt)
+    wrow = _weight_sums(log_g, log_z, valid, some_empty, scale)
+    if k0 is k1:
+        w = k0.mul_(torch.addr(torch.outer(b[:, 0], z[:, 0]), z[:, 1], b[:, 1]))
+    else:
+        w = k0.mul_(torch.outer(b[:, 0], z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b[:, 1])))
+    _subtract_positive_weights(w, wrow, pos_offset)
+    col_count: Tensor | int
+    if neg[0] is None and neg[1] is None and n == n_cols and pos_offset == (0, 0):
+        col_count = n - 1  # every column is the positive of exactly one anchor per side
+    else:
+        col_count = torch.stack(
+            [_column_counts(neg[0], n, pos_offset, None, 0, n_cols, pos),
+             _column_counts(neg[1], n, pos_offset, None, 1, n_cols, pos)], 1
+        )
     return NUCLRStep(_weights_dot(sim, w), log_u, col_weight, col_count, valid)

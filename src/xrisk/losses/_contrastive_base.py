@@ -32,7 +32,7 @@ global state update, so the state stays replicated and equal to the single-proce
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Literal
 
 import torch
@@ -45,7 +45,7 @@ from xrisk.functional.contrastive import count_true, log_moving_average
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
 from xrisk.state import SampleState, check_index, update_states, write_rows
 
-__all__ = ["ContrastiveBatch", "ContrastiveLossBase"]
+__all__ = ["ContrastiveBatch", "ContrastiveLossBase", "moving_average_rows", "momentum_rows"]
 
 Mode = Literal["unimodal", "bimodal"]
 
@@ -70,6 +70,10 @@ class ContrastiveBatch:
     global batch with duplicate indices, ``torch.unique(index_global, return_inverse=True)``; both None
     when every index occurs once. all_valid: known without a device sync that every anchor of every rank
     has a negative (``count > 0`` everywhere; False means "not known", not "some anchor has none").
+    pending: state rows ``(state, rows [B_global, ...])`` to overwrite at ``index_global`` once the step is
+    done (:meth:`ContrastiveLossBase.forward` writes them together, after one finiteness check of all of
+    them; used when every index occurs once and every anchor has a negative). objective: the step's
+    objective estimate, recorded after the state rows are written.
     """
 
     index: Tensor
@@ -88,6 +92,24 @@ class ContrastiveBatch:
     unique_index: Tensor | None
     inverse: Tensor | None
     all_valid: bool = False
+    pending: list[tuple[SampleState, Tensor]] = field(default_factory=list)
+    objective: Tensor | None = None
+
+
+def moving_average_rows(state: SampleState, index: Tensor, log_new: Tensor, gamma: float) -> Tensor:
+    """New rows of a log-space estimator: ``log((1 - gamma) u + gamma exp(log_new))`` (first visit: ``log_new``).
+
+    ``index``: validated, duplicate-free, on the state's device; ``log_new``: ``[B, ...]`` float32 there.
+    Nothing is written (see :func:`~xrisk.state.write_rows`).
+    """
+    return log_moving_average(state.value.index_select(0, index), log_new, gamma, state.seen.index_select(0, index))
+
+
+def momentum_rows(momentum: SampleState, index: Tensor, grad: Tensor, beta: float) -> Tensor:
+    """New rows of a per-sample momentum: ``(1 - beta) m + beta grad`` (first visit: ``grad``; the
+    :class:`~xrisk.state.SampleState` rule). ``index``, ``grad`` as in :func:`moving_average_rows`; nothing is written."""
+    old = momentum.value.index_select(0, index)
+    return torch.where(momentum.seen.index_select(0, index), torch.lerp(old, grad, beta), grad)
 
 
 def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> None:
@@ -123,6 +145,7 @@ class ContrastiveLossBase(nn.Module):
     """
 
     objective_name: ClassVar[str] = "objective"
+    _paired_path: ClassVar[bool] = False  # the subclass implements _paired_step (False on an instance: never use it)
     _fp32_buffers: ClassVar[tuple[str, ...]] = ("_objective",)
     epoch: Tensor
     _objective: Tensor
@@ -206,6 +229,16 @@ class ContrastiveLossBase(nn.Module):
         check_features(feats_a, feats_b, finite=self.false_negatives is not None)
         raw_a, raw_b = feats_a, feats_b
         idx = check_index(index, self.num_samples, batch_size=feats_a.shape[0]).to(feats_a.device)
+        if self._paired_path and self.mode == "bimodal" and self.false_negatives is None and not xdist.is_distributed():
+            n = idx.numel()
+            if n >= 2 and torch.unique(idx).numel() == n:  # every pair once: the lean path
+                sim = cosine_similarity_matrix(feats_a, feats_b) if self.normalize else feats_a @ feats_b.T
+                try:
+                    return self._paired_step(sim, idx)
+                except FloatingPointError:
+                    check_finite("feats_a", raw_a)
+                    check_finite("feats_b", raw_b)
+                    raise
         # one process: normalisation and similarity are one autograd node (cosine_similarity_matrix / cosine_gram)
         fused = self.normalize and not xdist.is_distributed()
         if self.normalize and not fused:
@@ -217,7 +250,13 @@ class ContrastiveLossBase(nn.Module):
                 unique=batch.inverse is None,
             )
         try:
-            return self._loss(batch)
+            out = self._loss(batch)
+            if batch.pending:  # one finiteness check, then every state row of the step is written
+                states = [st for st, _ in batch.pending]
+                write_rows(states, batch.index_global.to(states[0].value.device), [r for _, r in batch.pending])
+            if batch.objective is not None:
+                self._record_objective(batch.objective)
+            return out
         except FloatingPointError:
             check_finite("feats_a", raw_a)
             check_finite("feats_b", raw_b)
@@ -248,11 +287,10 @@ class ContrastiveLossBase(nn.Module):
             col_index = idx_g
             pos_offset, self_offset = (start, start), None
         transposed = self.mode == "bimodal" and not xdist.is_distributed()
-        with torch.no_grad():
-            if transposed:  # both sides' positive is the diagonal of s0
-                pos = sims[0].detach().diagonal().unsqueeze(1).expand(nb, 2)
-            else:
-                pos = torch.stack([sims[v].detach().diagonal(pos_offset[v]) for v in (0, 1)], 1)
+        if transposed:  # both sides' positive is the diagonal of s0
+            pos = sims[0].detach().diagonal().unsqueeze(1).expand(nb, 2)
+        else:
+            pos = torch.stack([sims[v].detach().diagonal(pos_offset[v]) for v in (0, 1)], 1)
         n_excl = 1 if self_offset is None else 2
         uniq = torch.unique(idx_g)
         unique_index = inverse = None
@@ -280,8 +318,18 @@ class ContrastiveLossBase(nn.Module):
         """Compute this rank's share of the surrogate, update state, record the objective."""
         raise TypeError(f"{type(self).__name__} must override _loss (the hook of ContrastiveLossBase)")
 
+    def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
+        """Lean hook for one process, ``mode="bimodal"``, no detector and every index once (``B >= 2``).
+
+        ``sim``: ``[B, B]`` similarities (with gradient; the positives on the diagonal, every other column a
+        negative), ``index``: ``[B]`` validated indices. Must equal ``_loss`` on the same batch (state, value,
+        gradient); it skips the batch record and the general estimator step (distributed gathers, merging of
+        duplicates, masks), which at ``B = 128`` cost as much as the step's arithmetic. Writes every state row
+        with one :func:`~xrisk.state.write_rows` after the step. Used when the class sets ``_paired_path``.
+        """
+        raise TypeError(f"{type(self).__name__} sets _paired_path but does not override _paired_step")
+
     # ----------------------------------------------------------------------------- shared helpers
-    @torch.no_grad()
     def _log_estimator_step(
         self, state: SampleState, batch: ContrastiveBatch, log_g: Tensor, valid: Tensor, gamma: float
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -289,7 +337,9 @@ class ContrastiveLossBase(nn.Module):
 
         Gathers ``(log_g, valid)`` of all ranks (``O(B_global)`` floats), merges duplicate indices by
         averaging their new values in linear space (the :class:`~xrisk.state.SampleState` rule), applies
-        ``log u <- log((1-gamma) u + gamma g)`` (first visit: ``log g``) identically on every rank.
+        ``log u <- log((1-gamma) u + gamma g)`` (first visit: ``log g``) identically on every rank. Without
+        duplicates and with ``batch.all_valid`` the new rows join ``batch.pending`` (written at the end of
+        the step), else they are written now.
 
         Returns:
             ``(log_u_local [B, 2], log_u_global [B_global, 2], valid_global [B_global, 2])`` after the update.
@@ -302,12 +352,11 @@ class ContrastiveLossBase(nn.Module):
             new, m = log_g.to(dev, torch.float32), valid.to(dev)
         idx_g = batch.index_global.to(dev)
         if batch.inverse is None:  # every index once: no merging
-            old = state.value.index_select(0, idx_g)
-            upd_g = log_moving_average(old, new, gamma, state.seen.index_select(0, idx_g))
-            if batch.all_valid:  # every row is written: no mask
-                write_rows((state,), idx_g, (upd_g,))
-            else:
-                upd_g = torch.where(m, upd_g, old)
+            upd_g = moving_average_rows(state, idx_g, new, gamma)
+            if batch.all_valid:  # every row is written (no mask): with the step's other rows, at the end
+                batch.pending.append((state, upd_g))
+            else:  # anchors without negatives keep their old row (their new one is not finite)
+                upd_g = torch.where(m, upd_g, state.value.index_select(0, idx_g))
                 update_states((state,), idx_g, (upd_g,), 1.0, mask=m, index_checked=True, assume_unique=True)
         else:
             uniq, inv = batch.unique_index.to(dev), batch.inverse.to(dev)  # type: ignore[union-attr]
@@ -328,7 +377,6 @@ class ContrastiveLossBase(nn.Module):
         out_dev, out_dtype = batch.pos.device, batch.pos.dtype
         return local.to(out_dev, out_dtype), upd_g.to(out_dev), m.to(out_dev)
 
-    @torch.no_grad()
     def _momentum_sgd_step(
         self, param: SampleState, momentum: SampleState, batch: ContrastiveBatch, before: Tensor, grad: Tensor,
         beta: float, lr: float, mask: Tensor, bounds: tuple[float, float] | None = None,
@@ -338,23 +386,22 @@ class ContrastiveLossBase(nn.Module):
         ``m <- (1 - beta) m + beta grad`` (first visit: ``grad``; duplicates average their gradients,
         the :class:`~xrisk.state.SampleState` rule), then ``param <- clip(before - lr m, *bounds)``, both
         only where ``mask``. ``before``, ``grad``, ``mask``: ``[B_global, 2]`` rows of ``batch.index_global``
-        (``before``: the parameter before the step). Without duplicates both states are written by one
-        call (:func:`~xrisk.state.write_rows`, or :func:`~xrisk.state.update_states` with the mask). With
-        ``batch.all_valid`` the caller's ``mask`` must be all True (it is then not applied).
+        (``before``: the parameter before the step). Without duplicates and with ``batch.all_valid`` both
+        states' rows join ``batch.pending`` (written at the end of the step; the caller's ``mask`` must then be
+        all True and is not applied); otherwise :func:`~xrisk.state.update_states` writes them now.
         """
         dev = momentum.value.device
         index, grad = batch.index_global.to(dev), grad.to(dev, torch.float32)
         unique = batch.inverse is None
         if unique:  # the moving average of SampleState.update, written below together with the parameter
-            old = momentum.value.index_select(0, index)
-            m = torch.where(momentum.seen.index_select(0, index), torch.lerp(old, grad, beta), grad)
+            m = momentum_rows(momentum, index, grad, beta)
         else:
             m = update_states((momentum,), index, (grad,), beta, mask=mask, index_checked=True)[0]
         new = torch.add(before.to(m), m, alpha=-lr)
         if bounds is not None:
             new = new.clamp_(*bounds)
-        if unique and batch.all_valid:  # every row has a negative: no masking
-            write_rows((momentum, param), index, (m, new))
+        if unique and batch.all_valid:  # every row has a negative (no masking): written at the end of the step
+            batch.pending += [(momentum, m), (param, new)]
         elif unique:
             update_states((momentum, param), index, (m, new), 1.0, mask=mask, index_checked=True, assume_unique=True)
         else:

@@ -10,9 +10,11 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.contrastive import gcl_fcco
-from xrisk.losses._contrastive_base import ContrastiveBatch, ContrastiveLossBase, Mode
+from xrisk.losses._contrastive_base import (
+    ContrastiveBatch, ContrastiveLossBase, Mode, momentum_rows, moving_average_rows,
+)
 from xrisk.losses.false_negatives import FalseNegativeDetector
-from xrisk.state import SampleState
+from xrisk.state import SampleState, write_rows
 
 __all__ = ["GlobalContrastiveLoss"]
 
@@ -118,6 +120,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
     """
 
     objective_name = "global contrastive objective (tau log(eps + g) + rho tau, summed over sides)"
+    _paired_path = True
 
     def __init__(
         self,
@@ -173,24 +176,61 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         limit = {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
         return self.normalize and 2.0 / tau_low <= limit
 
-    def _loss(self, batch: ContrastiveBatch) -> Tensor:
-        pos = batch.pos
-        rho = 0.0 if self.temperature == "fixed" else self.rho
-        tau: Tensor | float
-        tau_g: Tensor | float
+    def _temperatures(self, index_g: Tensor, start: int, like: Tensor) -> tuple[Tensor | float, Tensor | float, float]:
+        """``(tau, tau_g, tau_low)``: the kernel's temperature (float, the 0-dim parameter, or ``[B, 2]`` rows of
+        the local anchors ``index_g[start : start + B]`` on ``like``'s device/dtype), the temperatures of the global
+        batch (state device, float32) and the smallest one (for the stability gate)."""
         if isinstance(self.tau, nn.Parameter):
             with torch.no_grad():
                 self.tau.clamp_(self.tau_min, self.tau_max)
             tau = _MeanGradOverRanks.apply(self.tau) if xdist.is_distributed() else self.tau
-            tau = tau.to(pos.device, pos.dtype)
-            tau_g, tau_low = tau.detach(), float(self.tau.detach())
-        elif self.temperature == "individual":
+            tau = tau.to(like.device, like.dtype)
+            return tau, tau.detach(), float(self.tau.detach())
+        if self.temperature == "individual":
             values = self.tau_individual.value
-            tau_g = values.index_select(0, batch.index_global.to(values.device))
-            tau = tau_g[batch.start : batch.start + pos.shape[0]].to(pos.device, pos.dtype)
-            tau_low = float(tau.min()) if tau.numel() else self.tau_min
-        else:
-            tau = tau_g = tau_low = self.tau
+            tau_g = values.index_select(0, index_g.to(values.device))
+            tau = tau_g[start : start + like.shape[0]].to(like.device, like.dtype)
+            return tau, tau_g, float(tau.min()) if tau.numel() else self.tau_min
+        return self.tau, self.tau, self.tau  # type: ignore[return-value]
+
+    def _objective_terms(self, tau_g: Tensor | float, log_u_g: Tensor, rho: float) -> Tensor:
+        """``tau_iv (log(eps + u_iv) + rho)`` per anchor and side of the global batch (after the update)."""
+        log_den = log_u_g if self.eps <= 0 else torch.logaddexp(log_u_g, torch.full_like(log_u_g, self.eps).log())
+        return tau_g * (log_den + rho) if rho else tau_g * log_den
+
+    def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
+        n = sim.shape[0]
+        sd = sim.detach()
+        pos = sd.diagonal().unsqueeze(1).expand(n, 2)
+        rho = 0.0 if self.temperature == "fixed" else self.rho
+        i = index.to(self.log_u.value.device)
+        tau, tau_g, tau_low = self._temperatures(i, 0, pos)
+        gamma = self.current_gamma()
+        rows: list[Tensor] = []
+
+        def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
+            rows.append(moving_average_rows(self.log_u, i, log_g.to(i.device, torch.float32), gamma))
+            return rows[0].to(sd.device, sd.dtype)
+
+        step = gcl_fcco(
+            [sim, sim.T], pos, tau, estimator, count=n - 1, transposed=True, eps=self.eps, rho=rho, scale=1.0 / n,
+            stable=not self._exp_is_safe(sd.dtype, tau_low),
+        )
+        states = [self.log_u]
+        obj = self._objective_terms(tau_g, rows[0], rho).sum() / n
+        if step.tau_grad is not None:  # individual temperatures: momentum SGD of the batch's rows
+            grad = step.tau_grad.clamp(-self.tau_grad_clip, self.tau_grad_clip).to(i.device, torch.float32)
+            m = momentum_rows(self.tau_momentum, i, grad, self.beta_tau)
+            states += [self.tau_momentum, self.tau_individual]
+            rows += [m, torch.add(tau_g, m, alpha=-self.lr_tau).clamp_(self.tau_min, self.tau_max)]
+        write_rows(states, i, rows)
+        self._record_objective(obj)
+        return step.surrogate
+
+    def _loss(self, batch: ContrastiveBatch) -> Tensor:
+        pos = batch.pos
+        rho = 0.0 if self.temperature == "fixed" else self.rho
+        tau, tau_g, tau_low = self._temperatures(batch.index_global, batch.start, pos)
         glob: list[Tensor] = []
 
         def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
@@ -206,12 +246,11 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         self._finish(batch, tau_g, step.tau_grad, *glob, rho)
         return step.surrogate
 
-    @torch.no_grad()
     def _finish(
         self, batch: ContrastiveBatch, tau_g: Tensor | float, tau_grad: Tensor | None,
         log_u_g: Tensor, valid_g: Tensor, rho: float,
     ) -> None:
-        """Update the individual temperatures and record the objective (identically on every rank)."""
+        """Update the individual temperatures and set the batch's objective (identically on every rank)."""
         idx_g = batch.index_global
         if tau_grad is not None:  # individual temperatures; tau_g: [B_global, 2] before the step
             tau_g = tau_g.to(log_u_g.device)  # type: ignore[union-attr]
@@ -220,13 +259,12 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
                 self.tau_individual, self.tau_momentum, batch, tau_g, grad_g, self.beta_tau, self.lr_tau, valid_g,
                 (self.tau_min, self.tau_max),
             )
-        log_den = log_u_g if self.eps <= 0 else torch.logaddexp(log_u_g, torch.full_like(log_u_g, self.eps).log())
-        terms = tau_g * (log_den + rho) if rho else tau_g * log_den
+        terms = self._objective_terms(tau_g, log_u_g, rho)
         if batch.all_valid:  # every anchor has a negative: no masking, never NaN
             obj = terms.sum() / idx_g.numel()
         else:
             obj = torch.where(valid_g.any(), torch.where(valid_g, terms, 0.0).sum() / idx_g.numel(), float("nan"))
-        self._record_objective(obj)
+        batch.objective = obj
 
     def temperature_of(self, index: Tensor) -> Tensor:
         """Current temperatures ``[B, 2]`` (sides) of the samples ``index`` in every temperature mode."""

@@ -11,9 +11,9 @@ from torch import Tensor
 from xrisk import distributed as xdist
 from xrisk._validate import check_positive, check_unit_interval
 from xrisk.functional.contrastive import nuclr_fcco
-from xrisk.losses._contrastive_base import ContrastiveBatch, ContrastiveLossBase
+from xrisk.losses._contrastive_base import ContrastiveBatch, ContrastiveLossBase, momentum_rows, moving_average_rows
 from xrisk.losses.false_negatives import FalseNegativeDetector
-from xrisk.state import SampleState
+from xrisk.state import SampleState, write_rows
 
 __all__ = ["NUCLRLoss"]
 
@@ -78,6 +78,7 @@ class NUCLRLoss(ContrastiveLossBase):
 
     objective_name = "NUCLR MIS objective (tau log Z + mean zeta, summed over sides)"
     _fp32_buffers = ("_objective", "xi")
+    _paired_path = True
     xi: Tensor
 
     def __init__(
@@ -130,10 +131,62 @@ class NUCLRLoss(ContrastiveLossBase):
         with torch.no_grad():
             self.xi.copy_(self.zeta.value.amax(0).clamp_min(self.xi_init).to(self.xi))
 
+    def _log_pos(self, like: Tensor) -> Tensor:
+        """``[2]`` log of the positive's term of ``Z``: ``-xi_v / tau - log(n - 1)``."""
+        return -self.xi.to(like.device, like.dtype) / self.tau - math.log(self.num_samples - 1)
+
+    def _zeta_lr(self) -> float | None:
+        """Step size of ``zeta`` at the current epoch (None during the warm-up)."""
+        epoch = int(self.epoch)
+        if epoch < self.zeta_start_epoch:
+            return None
+        return float(self.zeta_lr_schedule(epoch)) if self.zeta_lr_schedule else self.lr_zeta
+
+    def _objective_value(self, log_u_g: Tensor, log_pos: Tensor, zeta_g: Tensor, valid_g: Tensor | None) -> Tensor:
+        """``(1/B) sum_iv tau log Z_iv + sum_v mean_j zeta_jv`` over the anchors ``valid_g`` (None: all; NaN if none)."""
+        terms = self.tau * torch.logaddexp(log_u_g, log_pos.to(log_u_g).expand_as(log_u_g))
+        n_g = log_u_g.shape[0]
+        if valid_g is None:  # every anchor has a negative: no masking, never NaN
+            return terms.sum() / n_g + zeta_g.mean(0).sum()
+        return torch.where(
+            valid_g.any(), terms.masked_fill(~valid_g, 0.0).sum() / n_g + zeta_g.mean(0).sum(), float("nan")
+        )
+
+    def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
+        n = sim.shape[0]
+        sd = sim.detach()
+        pos = sd.diagonal().unsqueeze(1).expand(n, 2)
+        i = index.to(self.log_u.value.device)
+        zeta_g = self.zeta.value.index_select(0, i)  # [B, 2]: the columns are the anchors
+        zeta_cols = zeta_g.to(sd.device, sd.dtype)
+        log_pos = self._log_pos(sd)
+        gamma = self.current_gamma()
+        rows: list[Tensor] = []
+
+        def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
+            rows.append(moving_average_rows(self.log_u, i, log_g.to(i.device, torch.float32), gamma))
+            return rows[0].to(sd.device, sd.dtype)
+
+        step = nuclr_fcco(
+            [sim, sim.T], pos, zeta_cols, self.tau, log_pos, estimator, count=n - 1, transposed=True, scale=1.0 / n,
+            stable=not self._exp_is_safe(sd.dtype, zeta_cols),
+        )
+        states = [self.log_u]
+        obj = self._objective_value(rows[0], log_pos, zeta_g, None)
+        eta = self._zeta_lr()
+        if eta is not None:  # G_jv = 1 - col_weight / col_count, momentum SGD of the batch's columns
+            grad = torch.div(step.col_weight, step.col_count).neg_().add_(1.0).to(i.device, torch.float32)
+            m = momentum_rows(self.zeta_momentum, i, grad, self.beta_zeta)
+            states += [self.zeta_momentum, self.zeta]
+            rows += [m, torch.add(zeta_g, m, alpha=-eta)]
+        write_rows(states, i, rows)
+        self._record_objective(obj)
+        return step.surrogate
+
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
         pos = batch.pos
         zeta_cols = self.zeta.value.index_select(0, batch.col_index.to(self.zeta.value.device))  # [C, 2]
-        log_pos = -self.xi.to(pos.device, pos.dtype) / self.tau - math.log(self.num_samples - 1)
+        log_pos = self._log_pos(pos)
         glob: list[Tensor] = []
 
         def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
@@ -150,20 +203,18 @@ class NUCLRLoss(ContrastiveLossBase):
         self._finish(batch, zeta_cols, step.col_weight, step.col_count, *glob, log_pos)
         return step.surrogate
 
-    @torch.no_grad()
     def _finish(
         self, batch: ContrastiveBatch, zeta_g: Tensor, wsum: Tensor, cnt: Tensor | int, log_u_g: Tensor,
         valid_g: Tensor, log_pos: Tensor,
     ) -> None:
-        """``zeta`` step from all ranks' column sums, then record the objective (same on every rank).
+        """``zeta`` step from all ranks' column sums, then the batch's objective (same on every rank).
 
         ``zeta_g``: ``[C, 2]`` zeta of the columns before the step (bimodal: columns = the global batch).
         ``cnt``: per column the number of anchors of which it is a negative, or an int (the same for all).
         """
         zeta_g = zeta_g.to(log_u_g.device)
-        epoch = int(self.epoch)
-        if epoch >= self.zeta_start_epoch:
-            eta = float(self.zeta_lr_schedule(epoch)) if self.zeta_lr_schedule else self.lr_zeta
+        eta = self._zeta_lr()
+        if eta is not None:
             if isinstance(cnt, int):  # one process, unique indices, no detector: all_valid, no mask needed
                 grad, has = torch.div(wsum, -cnt).add_(1.0), valid_g
             else:
@@ -176,16 +227,7 @@ class NUCLRLoss(ContrastiveLossBase):
                     grad = torch.where(has, grad, torch.zeros_like(wsum))
             if batch.all_valid or bool(has.any()):
                 self._momentum_sgd_step(self.zeta, self.zeta_momentum, batch, zeta_g, grad, self.beta_zeta, eta, has)
-        log_z = torch.logaddexp(log_u_g, log_pos.to(log_u_g).expand_as(log_u_g))
-        terms = self.tau * log_z
-        n_g = batch.index_global.numel()
-        if batch.all_valid:  # every anchor has a negative: no masking, never NaN
-            obj = terms.sum() / n_g + zeta_g.mean(0).sum()
-        else:
-            obj = torch.where(
-                valid_g.any(), terms.masked_fill(~valid_g, 0.0).sum() / n_g + zeta_g.mean(0).sum(), float("nan")
-            )
-        self._record_objective(obj)
+        batch.objective = self._objective_value(log_u_g, log_pos, zeta_g, None if batch.all_valid else valid_g)
 
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}, tau={self.tau}, zeta_start_epoch={self.zeta_start_epoch}"
