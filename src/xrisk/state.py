@@ -162,6 +162,12 @@ class SampleState(nn.Module):
         )
 
     # ----------------------------------------------------------------------------- access
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """The ``(value, seen)`` buffers themselves, for hot loops (two dict reads; reading a buffer as an
+        attribute goes through ``nn.Module.__getattr__``, ~10x slower)."""
+        buffers = self._buffers
+        return buffers["value"], buffers["seen"]  # type: ignore[return-value]
+
     def read(self, index: Tensor) -> Tensor:
         """Return ``value[index]`` (float32, on the state's device) without changing anything."""
         index = check_index(index, self.num_samples).to(self.value.device)
@@ -224,8 +230,9 @@ def write_rows(states: Sequence[SampleState], index: Tensor, rows: Sequence[Tens
     """
     _require_finite(rows)
     for st, r in zip(states, rows):
-        st.value.index_copy_(0, index, r.detach() if r.requires_grad else r)  # the buffers never join a graph
-        st.seen.index_fill_(0, index, True)
+        value, seen = st.tensors()
+        value.index_copy_(0, index, r.detach() if r.requires_grad else r)  # the buffers never join a graph
+        seen.index_fill_(0, index, True)
 
 
 def update_states(

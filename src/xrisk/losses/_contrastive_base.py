@@ -102,14 +102,15 @@ def moving_average_rows(state: SampleState, index: Tensor, log_new: Tensor, gamm
     ``index``: validated, duplicate-free, on the state's device; ``log_new``: ``[B, ...]`` float32 there.
     Nothing is written (see :func:`~xrisk.state.write_rows`).
     """
-    return log_moving_average(state.value.index_select(0, index), log_new, gamma, state.seen.index_select(0, index))
+    value, seen = state.tensors()
+    return log_moving_average(value.index_select(0, index), log_new, gamma, seen.index_select(0, index))
 
 
 def momentum_rows(momentum: SampleState, index: Tensor, grad: Tensor, beta: float) -> Tensor:
     """New rows of a per-sample momentum: ``(1 - beta) m + beta grad`` (first visit: ``grad``; the
     :class:`~xrisk.state.SampleState` rule). ``index``, ``grad`` as in :func:`moving_average_rows`; nothing is written."""
-    old = momentum.value.index_select(0, index)
-    return torch.where(momentum.seen.index_select(0, index), torch.lerp(old, grad, beta), grad)
+    value, seen = momentum.tensors()
+    return torch.where(seen.index_select(0, index), torch.lerp(value.index_select(0, index), grad, beta), grad)
 
 
 def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> None:
@@ -408,7 +409,7 @@ class ContrastiveLossBase(nn.Module):
             update_states((param,), index, (new,), 1.0, mask=mask, index_checked=True)
 
     def _record_objective(self, value: Tensor) -> None:
-        self._objective.copy_(value.detach().reshape(()))
+        self._buffers["_objective"].copy_(value.detach().reshape(()))  # type: ignore[union-attr]
 
     def objective(self) -> Tensor:
         """Estimate of the true objective on the last (global) batch; NaN before the first batch.

@@ -187,7 +187,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             tau = tau.to(like.device, like.dtype)
             return tau, tau.detach(), float(self.tau.detach())
         if self.temperature == "individual":
-            values = self.tau_individual.value
+            values = self.tau_individual.tensors()[0]
             tau_g = values.index_select(0, index_g.to(values.device))
             tau = tau_g[start : start + like.shape[0]].to(like.device, like.dtype)
             return tau, tau_g, float(tau.min()) if tau.numel() else self.tau_min
@@ -203,27 +203,29 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         sd = sim.detach()
         pos = sd.diagonal().unsqueeze(1).expand(n, 2)
         rho = 0.0 if self.temperature == "fixed" else self.rho
-        i = index.to(self.log_u.value.device)
+        log_u = self._modules["log_u"]  # submodules and buffers read once (nn.Module attribute reads are slow)
+        i = index.to(log_u.tensors()[0].device)  # type: ignore[union-attr]
         tau, tau_g, tau_low = self._temperatures(i, 0, pos)
         gamma = self.current_gamma()
         rows: list[Tensor] = []
 
         def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
-            rows.append(moving_average_rows(self.log_u, i, log_g.to(i.device, torch.float32), gamma))
+            rows.append(moving_average_rows(log_u, i, log_g.to(i.device, torch.float32), gamma))  # type: ignore[arg-type]
             return rows[0].to(sd.device, sd.dtype)
 
         step = gcl_fcco(
             [sim, sim.T], pos, tau, estimator, count=n - 1, transposed=True, eps=self.eps, rho=rho, scale=1.0 / n,
             stable=not self._exp_is_safe(sd.dtype, tau_low),
         )
-        states = [self.log_u]
+        states = [log_u]
         obj = self._objective_terms(tau_g, rows[0], rho).sum() / n
         if step.tau_grad is not None:  # individual temperatures: momentum SGD of the batch's rows
             grad = step.tau_grad.clamp(-self.tau_grad_clip, self.tau_grad_clip).to(i.device, torch.float32)
-            m = momentum_rows(self.tau_momentum, i, grad, self.beta_tau)
-            states += [self.tau_momentum, self.tau_individual]
+            momentum = self._modules["tau_momentum"]
+            m = momentum_rows(momentum, i, grad, self.beta_tau)  # type: ignore[arg-type]
+            states += [momentum, self._modules["tau_individual"]]
             rows += [m, torch.add(tau_g, m, alpha=-self.lr_tau).clamp_(self.tau_min, self.tau_max)]
-        write_rows(states, i, rows)
+        write_rows(states, i, rows)  # type: ignore[arg-type]
         self._record_objective(obj)
         return step.surrogate
 

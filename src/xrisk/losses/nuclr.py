@@ -156,30 +156,33 @@ class NUCLRLoss(ContrastiveLossBase):
         n = sim.shape[0]
         sd = sim.detach()
         pos = sd.diagonal().unsqueeze(1).expand(n, 2)
-        i = index.to(self.log_u.value.device)
-        zeta_g = self.zeta.value.index_select(0, i)  # [B, 2]: the columns are the anchors
+        log_u, zeta = self._modules["log_u"], self._modules["zeta"]  # read once (nn.Module attribute reads are slow)
+        zeta_value = zeta.tensors()[0]  # type: ignore[union-attr]
+        i = index.to(zeta_value.device)
+        zeta_g = zeta_value.index_select(0, i)  # [B, 2]: the columns are the anchors
         zeta_cols = zeta_g.to(sd.device, sd.dtype)
         log_pos = self._log_pos(sd)
         gamma = self.current_gamma()
         rows: list[Tensor] = []
 
         def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
-            rows.append(moving_average_rows(self.log_u, i, log_g.to(i.device, torch.float32), gamma))
+            rows.append(moving_average_rows(log_u, i, log_g.to(i.device, torch.float32), gamma))  # type: ignore[arg-type]
             return rows[0].to(sd.device, sd.dtype)
 
         step = nuclr_fcco(
             [sim, sim.T], pos, zeta_cols, self.tau, log_pos, estimator, count=n - 1, transposed=True, scale=1.0 / n,
             stable=not self._exp_is_safe(sd.dtype, zeta_cols),
         )
-        states = [self.log_u]
+        states = [log_u]
         obj = self._objective_value(rows[0], log_pos, zeta_g, None)
         eta = self._zeta_lr()
         if eta is not None:  # G_jv = 1 - col_weight / col_count, momentum SGD of the batch's columns
             grad = torch.div(step.col_weight, step.col_count).neg_().add_(1.0).to(i.device, torch.float32)
-            m = momentum_rows(self.zeta_momentum, i, grad, self.beta_zeta)
-            states += [self.zeta_momentum, self.zeta]
+            momentum = self._modules["zeta_momentum"]
+            m = momentum_rows(momentum, i, grad, self.beta_zeta)  # type: ignore[arg-type]
+            states += [momentum, zeta]
             rows += [m, torch.add(zeta_g, m, alpha=-eta)]
-        write_rows(states, i, rows)
+        write_rows(states, i, rows)  # type: ignore[arg-type]
         self._record_objective(obj)
         return step.surrogate
 
