@@ -4,6 +4,8 @@ One process, ``torch.set_num_threads(1)``, interleaved rounds (``_common.time_in
 median per-step time of **forward + backward** from leaf features ``[B, 256]`` (the losses
 L2-normalise inside; the baselines and LibAUC's bimodal loss get the same normalisation in
 the timed step). Every step uses fresh dataset indices, so the state is read and written.
+Ratios between two methods are paired: per round the ratio of their median step times, then
+the median over rounds (a slow spell of the shared machine hits both methods of a round).
 
 Compared, at B = 128 / 512 / 2048:
 
@@ -32,7 +34,7 @@ import io
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -169,15 +171,29 @@ def make_step(loss: nn.Module, batch: int, num_samples: int, seed: int) -> Calla
     return step
 
 
-def speed_table(vs: list[Variant], batch: int, num_samples: int, rounds: int, spr: int) -> dict[str, float]:
+class Speed(NamedTuple):
+    """Median ms per step of every variant, and per round the median ms of its ``spr`` steps."""
+
+    ms: dict[str, float]
+    rounds: dict[str, list[float]]
+
+    def ratio(self, name: str, ref: str) -> float:
+        """Median over rounds of ``name``'s time / ``ref``'s time in the same round (paired: a slow spell of
+        a shared machine hits both methods of a round alike, unlike the ratio of pooled medians)."""
+        return _common.median([x / y for x, y in zip(self.rounds[name], self.rounds[ref])])
+
+
+def speed_table(vs: list[Variant], batch: int, num_samples: int, rounds: int, spr: int) -> Speed:
     """Median ms per step of every variant at one batch size (interleaved within each modality)."""
-    out: dict[str, float] = {}
+    out = Speed({}, {})
     for modality in ("unimodal", "bimodal"):
         steps = {}
         for i, v in enumerate(x for x in vs if x.modality == modality):
             steps[v.name] = make_step(v.build(num_samples), batch, num_samples, seed=i)
         times = _common.time_interleaved(steps, rounds=rounds, steps_per_round=spr, warmup_rounds=1)
-        out.update({k: 1e3 * _common.median(t) for k, t in times.items()})
+        for k, t in times.items():
+            out.ms[k] = 1e3 * _common.median(t)
+            out.rounds[k] = [1e3 * _common.median(t[r * spr:(r + 1) * spr]) for r in range(rounds)]
         del steps
         gc.collect()
     return out
@@ -312,11 +328,12 @@ def main(argv: list[str] | None = None) -> int:
     facts = _common.machine_facts(1)
     t_start = time.perf_counter()
     by_name = {v.name: v for v in vs}
-    results: dict[int, dict[str, float]] = {}
+    speeds: dict[int, Speed] = {}
     for bsz in batches:
         spr = 1 if bsz >= 2048 else (2 if bsz >= 512 else 20)  # small batches: many short steps per round
-        results[bsz] = speed_table(vs, bsz, num_samples, rounds, spr)
-        print(f"B={bsz}: " + ", ".join(f"{k}={t:.2f}ms" for k, t in results[bsz].items()), flush=True)
+        speeds[bsz] = speed_table(vs, bsz, num_samples, rounds, spr)
+        print(f"B={bsz}: " + ", ".join(f"{k}={t:.2f}ms" for k, t in speeds[bsz].ms.items()), flush=True)
+    results = {b: s.ms for b, s in speeds.items()}
 
     # --- speed table: one row per xrisk loss, columns per batch size
     header = ["loss"]
@@ -335,12 +352,12 @@ def main(argv: list[str] | None = None) -> int:
             if v.kind == "minibatch":
                 row += [f"{r[v.name]:.2f}", "1 (reference)", ""]
                 continue
-            ratio = r[v.name] / r[base]
+            ratio = speeds[bsz].ratio(v.name, base)
             if "GloFND" not in v.name:
                 goal_mb[bsz].append(ratio <= GOAL_RATIO)
             lib = ""
             if v.libauc_twin and v.libauc_twin in r:
-                lr = r[v.name] / r[v.libauc_twin]
+                lr = speeds[bsz].ratio(v.name, v.libauc_twin)
                 lib = f"{lr:.2f}x ({v.libauc_twin} {r[v.libauc_twin]:.2f} ms)"
                 goal_lib[bsz].append(lr < 1.0)
             row += [f"{r[v.name]:.2f}", f"{ratio:.2f}x", lib]
@@ -350,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         if v.kind != "libauc":
             continue
         base = "NT-Xent (mini-batch)" if v.modality == "unimodal" else "CLIP loss (mini-batch)"
-        lib_rows.append([v.name] + [f"{results[b][v.name]:.2f} ms = {results[b][v.name] / results[b][base]:.2f}x"
+        lib_rows.append([v.name] + [f"{results[b][v.name]:.2f} ms = {speeds[b].ratio(v.name, base):.2f}x"
                                     for b in batches])
 
     # --- scale
@@ -382,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         "GloFND rows mask from the first step (`start_epoch=0`), NUCLR updates zeta from the first step. "
         "'vs mini-batch' = time / time of the mini-batch counterpart on the same features "
         "(unimodal: NT-Xent over the same 2B views; bimodal: the ClipLoss formula); "
-        "'vs LibAUC' = time / time of LibAUC 2.0.1's loss for the same estimator.",
+        "'vs LibAUC' = time / time of LibAUC 2.0.1's loss for the same estimator. Ratios are paired: the "
+        "median over rounds of the two methods' median times within the same round.",
         "",
         _common.md_table(header, rows),
         "",

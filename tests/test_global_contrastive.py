@@ -510,3 +510,21 @@ def test_paired_path_is_taken_only_when_it_applies():
     loss(a[:1], b[:1], torch.tensor([5]))  # one pair: no negative at all
     Spy(20, mode="unimodal")(a, b, torch.tensor([0, 1, 2, 3]))
     assert calls == [4]
+
+
+def test_objective_is_evaluated_on_request_from_the_last_step():
+    """objective() / state_dict() give the last step's estimate even after the optimizer changed tau in place;
+    a loaded checkpoint's objective replaces a pending one."""
+    a, b, idx = torch.randn(6, 4), torch.randn(6, 4), torch.arange(6)
+    eager, lazy = (GlobalContrastiveLoss(20, mode="bimodal", temperature="global", tau=0.1) for _ in range(2))
+    eager(a, b, idx)
+    want = eager.objective()
+    lazy(a, b, idx)
+    with torch.no_grad():
+        lazy.tau.mul_(2.0)  # an optimizer step after the forward
+    assert torch.equal(lazy.state_dict()["_objective"], want)
+    assert torch.equal(lazy.objective(), want) and torch.isfinite(want)
+    other = GlobalContrastiveLoss(20, mode="bimodal", temperature="global", tau=0.1)
+    other(b, a, idx)  # a pending objective of another batch ...
+    other.load_state_dict(eager.state_dict())  # ... is replaced by the checkpoint's
+    assert torch.equal(other.objective(), want)

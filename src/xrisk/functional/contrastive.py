@@ -539,12 +539,14 @@ def _gcl_transposed(
     wrow = _weight_sums(log_g, log_den, valid, some_empty, scale)  # sum_j p_ij (scaled)
     coef = _weight_coef(torch.stack(shifts, 1) if stable else None, log_den, log_cnt, scale)  # p = e * coef
     w0, w1 = es[0].mul_(coef[:, 0:1]), es[1].mul_(coef[:, 1])
-    value = None
-    if need_value:  # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij
-        value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
-        value = value - pos * wrow
-    w = _subtract_positive_weights(w0.add_(w1), wrow, pos_offset)  # the positives, weight -sum_j p_ij
-    return _weights_dot(sim, w), log_u, log_den, value
+    if not need_value:
+        w = _subtract_positive_weights(w0.add_(w1), wrow, pos_offset)  # the positives, weight -sum_j p_ij
+        return _weights_dot(sim, w), log_u, log_den, None
+    # the positives' weights -sum_j p_ij first: then sum_j w_ij s_ij = sum_j p_ij s_ij - pos_i sum_j p_ij, the value
+    for v, w_v in enumerate((w0, w1)):
+        anchor_diagonal(w_v, 0, n, pos_offset[v], dim=1 - v).sub_(wrow[:, v])
+    value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
+    return _weights_dot(sim, w0.add_(w1)), log_u, log_den, value
 
 
 def _weight_coef(shift: Tensor | None, log_den: Tensor, log_cnt: Tensor | float, scale: float) -> Tensor:

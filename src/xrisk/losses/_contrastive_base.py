@@ -32,8 +32,9 @@ global state update, so the state stays replicated and equal to the single-proce
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ class ContrastiveBatch:
     pending: state rows ``(state, rows [B_global, ...])`` to overwrite at ``index_global`` once the step is
     done (:meth:`ContrastiveLossBase.forward` writes them together, after one finiteness check of all of
     them; used when every index occurs once and every anchor has a negative). objective: the step's
-    objective estimate, recorded after the state rows are written.
+    objective estimate (a callable of detached tensors), recorded after the state rows are written.
     """
 
     index: Tensor
@@ -93,7 +94,7 @@ class ContrastiveBatch:
     inverse: Tensor | None
     all_valid: bool = False
     pending: list[tuple[SampleState, Tensor]] = field(default_factory=list)
-    objective: Tensor | None = None
+    objective: Callable[[], Tensor] | None = None
 
 
 def moving_average_rows(state: SampleState, index: Tensor, log_new: Tensor, gamma: float) -> Tensor:
@@ -256,7 +257,7 @@ class ContrastiveLossBase(nn.Module):
                 states = [st for st, _ in batch.pending]
                 write_rows(states, batch.index_global.to(states[0].value.device), [r for _, r in batch.pending])
             if batch.objective is not None:
-                self._record_objective(batch.objective)
+                self._record_objective(batch.objective)  # a partial: evaluated on request
             return out
         except FloatingPointError:
             check_finite("feats_a", raw_a)
@@ -408,14 +409,31 @@ class ContrastiveLossBase(nn.Module):
         else:
             update_states((param,), index, (new,), 1.0, mask=mask, index_checked=True)
 
-    def _record_objective(self, value: Tensor) -> None:
-        self._buffers["_objective"].copy_(value.detach().reshape(()))  # type: ignore[union-attr]
+    def _record_objective(self, fn: Callable[..., Tensor], *args: Any) -> None:
+        """Record the step's objective estimate ``fn(*args)`` (detached tensors that are not modified later),
+        evaluated on request -- :meth:`objective`, ``state_dict()`` -- instead of on every step."""
+        self.__dict__["_pending_objective"] = functools.partial(fn, *args)  # past nn.Module.__setattr__
+
+    def _materialize_objective(self) -> None:
+        pending = self.__dict__.pop("_pending_objective", None)
+        if pending is not None:
+            self._buffers["_objective"].copy_(pending().detach().reshape(()))  # type: ignore[union-attr]
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        self._materialize_objective()  # the checkpoint holds the last step's objective
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        self.__dict__.pop("_pending_objective", None)  # the loaded objective replaces the last step's
+        super()._load_from_state_dict(*args, **kwargs)
 
     def objective(self) -> Tensor:
         """Estimate of the true objective on the last (global) batch; NaN before the first batch.
 
-        Each loss documents its exact definition (``objective_name``).
+        Each loss documents its exact definition (``objective_name``). Computed on request from the
+        (detached) rows the last step saved.
         """
+        self._materialize_objective()
         return self._objective.clone()
 
     def extra_repr(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Literal
 
 import torch
@@ -29,6 +30,17 @@ class _MeanGradOverRanks(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         return xdist.all_reduce_sum(grad) / xdist.world_size()
+
+
+def _gcl_objective(tau_g: Tensor | float, log_u_g: Tensor, rho: float, eps: float, valid_g: Tensor | None) -> Tensor:
+    """``(1/B) sum_iv tau_iv (log(eps + u_iv) + rho)`` over the anchors ``valid_g`` (None: all) of the global
+    batch; NaN when no anchor has a negative."""
+    log_den = log_u_g if eps <= 0 else torch.logaddexp(log_u_g, torch.full_like(log_u_g, eps).log())
+    terms = tau_g * (log_den + rho) if rho else tau_g * log_den
+    n = log_u_g.shape[0]
+    if valid_g is None:
+        return terms.sum() / n
+    return torch.where(valid_g.any(), torch.where(valid_g, terms, 0.0).sum() / n, float("nan"))
 
 
 class GlobalContrastiveLoss(ContrastiveLossBase):
@@ -185,18 +197,15 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
                 self.tau.clamp_(self.tau_min, self.tau_max)
             tau = _MeanGradOverRanks.apply(self.tau) if xdist.is_distributed() else self.tau
             tau = tau.to(like.device, like.dtype)
-            return tau, tau.detach(), float(self.tau.detach())
+            value = float(self.tau.detach())
+            return tau, value, value  # a float tau_g: the parameter changes in place after the step
         if self.temperature == "individual":
             values = self.tau_individual.tensors()[0]
             tau_g = values.index_select(0, index_g.to(values.device))
-            tau = tau_g[start : start + like.shape[0]].to(like.device, like.dtype)
+            tau = tau_g if start == 0 and tau_g.shape[0] == like.shape[0] else tau_g[start : start + like.shape[0]]
+            tau = tau.to(like.device, like.dtype)
             return tau, tau_g, float(tau.min()) if tau.numel() else self.tau_min
         return self.tau, self.tau, self.tau  # type: ignore[return-value]
-
-    def _objective_terms(self, tau_g: Tensor | float, log_u_g: Tensor, rho: float) -> Tensor:
-        """``tau_iv (log(eps + u_iv) + rho)`` per anchor and side of the global batch (after the update)."""
-        log_den = log_u_g if self.eps <= 0 else torch.logaddexp(log_u_g, torch.full_like(log_u_g, self.eps).log())
-        return tau_g * (log_den + rho) if rho else tau_g * log_den
 
     def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
         n = sim.shape[0]
@@ -218,7 +227,6 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             stable=not self._exp_is_safe(sd.dtype, tau_low),
         )
         states = [log_u]
-        obj = self._objective_terms(tau_g, rows[0], rho).sum() / n
         if step.tau_grad is not None:  # individual temperatures: momentum SGD of the batch's rows
             grad = step.tau_grad.clamp(-self.tau_grad_clip, self.tau_grad_clip).to(i.device, torch.float32)
             momentum = self._modules["tau_momentum"]
@@ -226,7 +234,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             states += [momentum, self._modules["tau_individual"]]
             rows += [m, torch.add(tau_g, m, alpha=-self.lr_tau).clamp_(self.tau_min, self.tau_max)]
         write_rows(states, i, rows)  # type: ignore[arg-type]
-        self._record_objective(obj)
+        self._record_objective(_gcl_objective, tau_g, rows[0], rho, self.eps, None)
         return step.surrogate
 
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
@@ -261,12 +269,9 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
                 self.tau_individual, self.tau_momentum, batch, tau_g, grad_g, self.beta_tau, self.lr_tau, valid_g,
                 (self.tau_min, self.tau_max),
             )
-        terms = self._objective_terms(tau_g, log_u_g, rho)
-        if batch.all_valid:  # every anchor has a negative: no masking, never NaN
-            obj = terms.sum() / idx_g.numel()
-        else:
-            obj = torch.where(valid_g.any(), torch.where(valid_g, terms, 0.0).sum() / idx_g.numel(), float("nan"))
-        batch.objective = obj
+        batch.objective = functools.partial(  # all_valid: every anchor has a negative (no masking, never NaN)
+            _gcl_objective, tau_g, log_u_g, rho, self.eps, None if batch.all_valid else valid_g
+        )
 
     def temperature_of(self, index: Tensor) -> Tensor:
         """Current temperatures ``[B, 2]`` (sides) of the samples ``index`` in every temperature mode."""

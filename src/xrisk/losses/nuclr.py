@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -16,6 +17,17 @@ from xrisk.losses.false_negatives import FalseNegativeDetector
 from xrisk.state import SampleState, write_rows
 
 __all__ = ["NUCLRLoss"]
+
+
+def _nuclr_objective(tau: float, log_u_g: Tensor, log_pos: Tensor, zeta_g: Tensor, valid_g: Tensor | None) -> Tensor:
+    """``(1/B) sum_iv tau log Z_iv + sum_v mean_j zeta_jv`` over the anchors ``valid_g`` (None: all; NaN if none)."""
+    terms = tau * torch.logaddexp(log_u_g, log_pos.to(log_u_g).expand_as(log_u_g))
+    n_g = log_u_g.shape[0]
+    if valid_g is None:  # every anchor has a negative: no masking, never NaN
+        return terms.sum() / n_g + zeta_g.mean(0).sum()
+    return torch.where(
+        valid_g.any(), terms.masked_fill(~valid_g, 0.0).sum() / n_g + zeta_g.mean(0).sum(), float("nan")
+    )
 
 
 class NUCLRLoss(ContrastiveLossBase):
@@ -142,16 +154,6 @@ class NUCLRLoss(ContrastiveLossBase):
             return None
         return float(self.zeta_lr_schedule(epoch)) if self.zeta_lr_schedule else self.lr_zeta
 
-    def _objective_value(self, log_u_g: Tensor, log_pos: Tensor, zeta_g: Tensor, valid_g: Tensor | None) -> Tensor:
-        """``(1/B) sum_iv tau log Z_iv + sum_v mean_j zeta_jv`` over the anchors ``valid_g`` (None: all; NaN if none)."""
-        terms = self.tau * torch.logaddexp(log_u_g, log_pos.to(log_u_g).expand_as(log_u_g))
-        n_g = log_u_g.shape[0]
-        if valid_g is None:  # every anchor has a negative: no masking, never NaN
-            return terms.sum() / n_g + zeta_g.mean(0).sum()
-        return torch.where(
-            valid_g.any(), terms.masked_fill(~valid_g, 0.0).sum() / n_g + zeta_g.mean(0).sum(), float("nan")
-        )
-
     def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
         n = sim.shape[0]
         sd = sim.detach()
@@ -174,7 +176,6 @@ class NUCLRLoss(ContrastiveLossBase):
             stable=not self._exp_is_safe(sd.dtype, zeta_cols),
         )
         states = [log_u]
-        obj = self._objective_value(rows[0], log_pos, zeta_g, None)
         eta = self._zeta_lr()
         if eta is not None:  # G_jv = 1 - col_weight / col_count, momentum SGD of the batch's columns
             grad = torch.div(step.col_weight, step.col_count).neg_().add_(1.0).to(i.device, torch.float32)
@@ -183,7 +184,7 @@ class NUCLRLoss(ContrastiveLossBase):
             states += [momentum, zeta]
             rows += [m, torch.add(zeta_g, m, alpha=-eta)]
         write_rows(states, i, rows)  # type: ignore[arg-type]
-        self._record_objective(obj)
+        self._record_objective(_nuclr_objective, self.tau, rows[0], log_pos, zeta_g, None)
         return step.surrogate
 
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
@@ -230,7 +231,9 @@ class NUCLRLoss(ContrastiveLossBase):
                     grad = torch.where(has, grad, torch.zeros_like(wsum))
             if batch.all_valid or bool(has.any()):
                 self._momentum_sgd_step(self.zeta, self.zeta_momentum, batch, zeta_g, grad, self.beta_zeta, eta, has)
-        batch.objective = self._objective_value(log_u_g, log_pos, zeta_g, None if batch.all_valid else valid_g)
+        batch.objective = functools.partial(
+            _nuclr_objective, self.tau, log_u_g, log_pos, zeta_g, None if batch.all_valid else valid_g
+        )
 
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}, tau={self.tau}, zeta_start_epoch={self.zeta_start_epoch}"
