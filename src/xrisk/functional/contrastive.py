@@ -573,6 +573,9 @@ def _both_sides_negatives(e: Tensor, neg: Sequence[Tensor | None], pos_offset: O
     """``e`` (in the layout of ``sims[0]``, ``sims[1] = sims[0].T``) restricted to each side's negatives, in place
     where one matrix serves both sides: side 0 along the rows, side 1 along the columns."""
     if neg[0] is None:  # side 0 excludes (i, i + pos_offset_0), side 1 (j + pos_offset_1, j)
+        if pos_offset == (0, 0):  # both on the main diagonal
+            e.diagonal().zero_()
+            return e, e
         for v in (0, 1):
             anchor_diagonal(e, 0, e.shape[0], pos_offset[v], dim=1 - v).zero_()
         return e, e
@@ -725,12 +728,11 @@ def _nuclr_shared(
     k0, k1 = _both_sides_negatives(torch.mul(sd, inv).exp_(), neg, pos_offset)
     zmin = zeta.amin(0)
     z = torch.exp((zmin - zeta) * inv)  # [C, 2], in (0, 1]
-    log_s = torch.stack([torch.mv(k0, z[:, 0]).log_(), torch.mv(k1.T, z[:, 1]).log_()], 1)
-    log_s = log_s - (pos + zmin) * inv
-    log_g = log_s - log_cnt
+    shift = (pos + zmin).mul_(inv)  # log of the factor exp(-(pos_i + min zeta_v) / tau) left out of k z
+    log_g = torch.stack([torch.mv(k0, z[:, 0]).log_(), torch.mv(k1.T, z[:, 1]).log_()], 1).sub_(shift).sub_(log_cnt)
     log_u = _no_grad(estimator(log_g, valid))
     log_z = torch.logaddexp(log_u, log_pos.expand_as(log_u))
-    a = torch.exp(-(pos + zmin) * inv - log_z)  # w0_ij = k_ij z0_j a0_i; w1_ij = k_ij z1_i a1_j
+    a = torch.add(shift, log_z).neg_().exp_()  # w0_ij = k_ij z0_j a0_i; w1_ij = k_ij z1_i a1_j
     col_weight = torch.stack([z[:, 0] * torch.mv(k0.T, a[:, 0]), z[:, 1] * torch.mv(k1, a[:, 1])], 1)
     b = a * (scale / cnt)
     wrow = _weight_sums(log_g, log_z, valid, some_empty, scale)

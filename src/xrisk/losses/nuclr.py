@@ -145,7 +145,8 @@ class NUCLRLoss(ContrastiveLossBase):
 
     def _log_pos(self, like: Tensor) -> Tensor:
         """``[2]`` log of the positive's term of ``Z``: ``-xi_v / tau - log(n - 1)``."""
-        return -self.xi.to(like.device, like.dtype) / self.tau - math.log(self.num_samples - 1)
+        xi = self._buffers["xi"].to(like.device, like.dtype)  # type: ignore[union-attr]
+        return xi.mul(-1.0 / self.tau).sub_(math.log(self.num_samples - 1))
 
     def _zeta_lr(self) -> float | None:
         """Step size of ``zeta`` at the current epoch (None during the warm-up)."""
@@ -178,7 +179,7 @@ class NUCLRLoss(ContrastiveLossBase):
         states = [log_u]
         eta = self._zeta_lr()
         if eta is not None:  # G_jv = 1 - col_weight / col_count, momentum SGD of the batch's columns
-            grad = torch.div(step.col_weight, step.col_count).neg_().add_(1.0).to(i.device, torch.float32)
+            grad = torch.div(step.col_weight, -step.col_count).add_(1.0).to(i.device, torch.float32)
             momentum = self._modules["zeta_momentum"]
             m = momentum_rows(momentum, i, grad, self.beta_zeta)  # type: ignore[arg-type]
             states += [momentum, zeta]
