@@ -181,3 +181,40 @@ def test_detect_with_counts_returns_the_kept_counts():
     kept, counts = fnd.detect_with_counts([sim, sim.T[:6]], [neg, neg.T[:6]], torch.arange(6))
     assert torch.equal(counts, torch.stack([kept[0].sum(1), kept[1].sum(1)], 1))
     assert all(not (k & ~n).any() for k, n in zip(kept, (neg, neg.T[:6])))  # only candidates are kept
+
+
+def test_excluded_diagonals_equal_explicit_masks():
+    """Without duplicate indices the losses hand the detector the excluded diagonals instead of a [B, C] mask:
+    thresholds, kept negatives, counts and the masked fraction equal those of the explicit mask."""
+    from xrisk.functional.contrastive import negatives_mask, quantile_threshold_step
+
+    g = torch.Generator().manual_seed(11)
+    blocks = [(0, 6, 6), (0, 6, 0)]  # two views: anchor i excludes its own column i and its positive i + 6
+    mask = negatives_mask((6, 12), blocks, torch.device("cpu"))
+    want = torch.ones(6, 12, dtype=torch.bool)
+    for i in range(6):
+        want[i, i] = want[i, i + 6] = False
+    assert torch.equal(mask, want)
+    sim, lam = torch.rand(6, 12, generator=g) * 2 - 1, torch.rand(6, generator=g) - 0.5
+    got = quantile_threshold_step(sim, None, lam, alpha=0.2, lr=0.1, count=mask.sum(1), excluded=blocks)
+    assert torch.equal(got, quantile_threshold_step(sim, mask, lam, alpha=0.2, lr=0.1))
+    with pytest.raises(ValueError, match="count"):
+        quantile_threshold_step(sim, None, lam, alpha=0.2, lr=0.1, excluded=blocks)
+
+    diag = [(0, 8, 0)]
+    m = negatives_mask((8, 8), diag, torch.device("cpu"))
+    counts = torch.full((8, 2), 7)
+    for start, init_quantile in [(0, False), (0, True), (5, False)]:
+        fast, slow = (FalseNegativeDetector(30, alpha=0.2, start_epoch=start, init_quantile=init_quantile)
+                      for _ in range(2))
+        for _ in range(3):  # image anchors x texts and its transposed view, as a one-process image-text batch
+            s, idx = torch.rand(8, 8, generator=g) * 2 - 1, torch.randperm(30, generator=g)[:8]
+            k1, c1 = fast.detect_with_counts([s, s.T], [None, None], idx, counts=counts, excluded=[diag, diag])
+            k2, c2 = slow.detect_with_counts([s, s.T], [m, m.T], idx, counts=counts)
+            assert all(torch.equal(x, y) for x, y in zip(k1, k2)) and torch.equal(c1, c2)
+            assert torch.equal(fast.lam.value, slow.lam.value) and torch.equal(fast.lam.seen, slow.lam.seen)
+            assert fast.last_masked_fraction == slow.last_masked_fraction
+    with pytest.raises(ValueError, match="explicit negative masks"):
+        fast.detect_with_counts([s, s.T], [None, None], idx, counts=counts)
+    with pytest.raises(ValueError, match="needs counts"):
+        fast.detect_with_counts([s, s.T], [None, None], idx, excluded=[diag, diag])

@@ -246,10 +246,15 @@ class ContrastiveLossBase(nn.Module):
         if self.normalize and not fused:
             feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
         batch = self._make_batch(feats_a, feats_b, idx, fused)
-        if self.false_negatives is not None:
+        if self.false_negatives is not None:  # unique indices: no mask yet, the detector knows the excluded diagonals
+            excluded = None
+            if batch.neg[0] is None:
+                nb = batch.index.numel()
+                offsets = [batch.pos_offset] + ([batch.self_offset] if batch.self_offset is not None else [])
+                excluded = [[(0, nb, off[v]) for off in offsets] for v in (0, 1)]
             batch.neg, batch.count = self.false_negatives.detect_with_counts(  # type: ignore[assignment]
                 [s.detach() for s in batch.sims], batch.neg, batch.index, counts=batch.count, index_checked=True,
-                unique=batch.inverse is None,
+                unique=batch.inverse is None, excluded=excluded,
             )
         try:
             out = self._loss(batch)
@@ -299,7 +304,7 @@ class ContrastiveLossBase(nn.Module):
         if uniq.numel() != ng:  # duplicates: merged by the estimator step (rare; unique samplers skip this)
             unique_index, inverse = torch.unique(idx_g, return_inverse=True)
         neg: list[Tensor | None] = [None, None]
-        if unique_index is not None or self.false_negatives is not None:
+        if unique_index is not None:
             m = col_index[None, :] != idx[:, None]  # symmetric when transposed (col_index == idx)
             # side 1 of a transposed batch is sims[0].T: give it the mask in the same (transposed) layout,
             # equal to m by symmetry, so elementwise ops of sims[1] with neg[1] (GloFND) stay contiguous

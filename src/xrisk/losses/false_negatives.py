@@ -6,10 +6,16 @@ import torch
 from torch import Tensor, nn
 
 from xrisk._validate import check_positive, check_unit_interval
-from xrisk.functional.contrastive import count_true, masked_upper_quantile, quantile_threshold_step
+from typing import Sequence
+
+from xrisk.functional.contrastive import (
+    restrict_to_negatives, count_true, masked_upper_quantile, negatives_mask, quantile_threshold_step,
+)
 from xrisk.state import SampleState, check_index, update_states
 
 __all__ = ["FalseNegativeDetector"]
+
+Blocks = Sequence[tuple[int, int, int]]
 
 
 class FalseNegativeDetector(nn.Module):
@@ -119,13 +125,14 @@ class FalseNegativeDetector(nn.Module):
 
     @torch.no_grad()
     def _step(
-        self, sims: list[Tensor], negs: list[Tensor], index: Tensor, counts: Tensor, *, index_checked: bool = False,
-        unique: bool = False,
+        self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, counts: Tensor, *,
+        index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] = ((), ()),
     ) -> Tensor:
         """Update the thresholds of the batch anchors from per-side ``[B, C]`` sims/negatives; return ``[B, 2]``.
 
         ``counts [B, 2]``: number of negatives per anchor and side. ``index_checked`` / ``unique``: as
-        ``index_checked`` / ``assume_unique`` of :func:`~xrisk.state.update_states`.
+        ``index_checked`` / ``assume_unique`` of :func:`~xrisk.state.update_states`. ``negs[v]`` None: every
+        column but the diagonals ``excluded[v]``.
         """
         ref = sims[0]
         if not index_checked:
@@ -133,13 +140,16 @@ class FalseNegativeDetector(nn.Module):
         index = index.to(self.lam.value.device)
         lam = self.lam.value.index_select(0, index).to(ref.device, ref.dtype)
         new = torch.stack(
-            [quantile_threshold_step(sims[v], negs[v], lam[:, v], alpha=self.alpha, lr=self.lr, count=counts[:, v])
+            [quantile_threshold_step(sims[v], negs[v], lam[:, v], alpha=self.alpha, lr=self.lr, count=counts[:, v],
+                                     excluded=excluded[v])
              for v in (0, 1)], 1
         )
         if self.init_quantile:
             first = ~self.lam.seen.index_select(0, index).to(ref.device)
             if bool(first.any()):
-                q = torch.stack([masked_upper_quantile(sims[v], negs[v], self.alpha) for v in (0, 1)], 1)
+                masks = [negs[v] if negs[v] is not None else negatives_mask(sims[v].shape, excluded[v], ref.device)
+                         for v in (0, 1)]
+                q = torch.stack([masked_upper_quantile(sims[v], masks[v], self.alpha) for v in (0, 1)], 1)
                 new = torch.where(first, q, new)
         has = counts > 0
         out = update_states(
@@ -169,27 +179,43 @@ class FalseNegativeDetector(nn.Module):
 
     @torch.no_grad()
     def detect_with_counts(
-        self, sims: list[Tensor], negs: list[Tensor | None], index: Tensor, *, counts: Tensor | None = None,
-        index_checked: bool = False, unique: bool = False,
+        self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, *, counts: Tensor | None = None,
+        index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] | None = None,
     ) -> tuple[list[Tensor], Tensor]:
         """:meth:`detect` that also returns the number of kept negatives per anchor and side ``[B, 2]``.
 
         ``counts [B, 2]``: the number of candidate negatives (``negs[v].sum(1)``), if the caller knows it
         (the losses do); counting a ``[B, C]`` mask is one of the larger costs of a GloFND step.
+        ``excluded``: per side, the candidate negatives are every column but these diagonals (blocks
+        ``(first, count, offset)`` as in :func:`~xrisk.functional.contrastive.row_exp`) and ``negs`` may be
+        ``[None, None]`` (``counts`` required): no ``[B, C]`` mask is built or combined (one process, unique
+        indices). The returned masks are explicit either way.
         """
-        if any(m is None for m in negs):
-            raise ValueError("detect needs explicit negative masks")
-        masks: list[Tensor] = [m for m in negs if m is not None]
+        if excluded is None:
+            if any(m is None for m in negs):
+                raise ValueError("detect needs explicit negative masks (or the excluded diagonals)")
+            excluded = ((), ())
+        elif any(m is None for m in negs) and counts is None:
+            raise ValueError("detect without masks needs counts")
         if counts is None:
-            counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
-        lam = self._step(sims, masks, index, counts, index_checked=index_checked, unique=unique)
-        kept, kept_counts = self._kept(sims, masks, lam, counts)
-        return (kept, kept_counts) if self.masking else (masks, counts)
+            counts = torch.stack([count_true(negs[v], 1) for v in (0, 1)], 1)  # type: ignore[arg-type]
+        lam = self._step(sims, negs, index, counts, index_checked=index_checked, unique=unique, excluded=excluded)
+        kept, kept_counts = self._kept(sims, negs, lam, counts, excluded)
+        if self.masking:
+            return kept, kept_counts
+        masks = [negs[v] if negs[v] is not None else negatives_mask(sims[v].shape, excluded[v], sims[v].device)
+                 for v in (0, 1)]
+        return masks, counts  # type: ignore[return-value]
 
-    def _kept(self, sims: list[Tensor], masks: list[Tensor], lam: Tensor, counts: Tensor) -> tuple[list[Tensor], Tensor]:
+    def _kept(
+        self, sims: list[Tensor], masks: Sequence[Tensor | None], lam: Tensor, counts: Tensor,
+        excluded: Sequence[Blocks] = ((), ()),
+    ) -> tuple[list[Tensor], Tensor]:
         """Negatives at or below the thresholds ``lam [B, 2]`` and their number per anchor and side;
-        records :attr:`last_masked_fraction` (``counts [B, 2]``: candidate negatives per anchor and side)."""
-        kept = [torch.le(sims[v], lam[:, v : v + 1]).bitwise_and_(masks[v]) for v in (0, 1)]
+        records :attr:`last_masked_fraction` (``counts [B, 2]``: candidate negatives per anchor and side;
+        ``masks[v]`` None: every column but the diagonals ``excluded[v]``)."""
+        # not (s > lam) rather than s <= lam: the same flags (no NaN here), and gt is the faster kernel on CPU
+        kept = [restrict_to_negatives(torch.gt(sims[v], lam[:, v : v + 1]).logical_not_(), masks[v], excluded[v]) for v in (0, 1)]
         kept_counts = torch.stack([count_true(kept[v], 1) for v in (0, 1)], 1)
         self._masked_fraction.copy_(1.0 - kept_counts.sum() / counts.sum().clamp_min(1))
         return kept, kept_counts
