@@ -14,7 +14,18 @@
    indices this is "every column but the positive (and the anchor itself)" and no mask is built);
    the optional :class:`~xrisk.losses.FalseNegativeDetector` removes detected false negatives;
 4. call the subclass hook ``_loss(batch)``, which calls its kernel in :mod:`xrisk.functional.contrastive`
-   with :meth:`ContrastiveLossBase._log_estimator_step` as the estimator callback.
+   with :meth:`ContrastiveLossBase._log_estimator_step` as the estimator callback;
+5. write the step's state rows -- with unique indices and a negative for every anchor all together,
+   after one finiteness check of all of them (:attr:`ContrastiveBatch.pending`); otherwise each
+   update checks its own rows -- and record the objective, which is evaluated on request
+   (:meth:`~ContrastiveLossBase.objective`, ``state_dict()``) from the step's detached rows.
+
+**Lean path.** On one process, ``mode="bimodal"``, without a detector and with every index once
+(the usual case), steps 2-4 are replaced by the subclass hook ``_paired_step(sim, index)``: the same
+kernel on the ``[B, B]`` similarity matrix, with the state rows read and written directly (no batch
+record, no gathers, no duplicate merging, no masks). At ``B = 128`` that bookkeeping cost as much as
+the step's arithmetic; the tests hold the lean path equal to the general one (values, gradients,
+objectives, state).
 
 **Sides.** ``mode="unimodal"`` (SogCLR, two augmented views): side 0 anchors are ``feats_a`` rows,
 side 1 anchors are ``feats_b`` rows, both against the ``C = 2 B_global`` columns
