@@ -261,7 +261,6 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         log_u_g: Tensor, valid_g: Tensor, rho: float,
     ) -> None:
         """Update the individual temperatures and set the batch's objective (identically on every rank)."""
-        idx_g = batch.index_global
         if tau_grad is not None:  # individual temperatures; tau_g: [B_global, 2] before the step
             tau_g = tau_g.to(log_u_g.device)  # type: ignore[union-attr]
             grad_g = xdist.all_gather_no_grad(tau_grad.clamp(-self.tau_grad_clip, self.tau_grad_clip).float())
