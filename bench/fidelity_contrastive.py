@@ -61,7 +61,7 @@ class Config:
     b_alphas: tuple[float, ...] = (0.01, 0.05)
     b_epochs: int = 20
     b_batch: int = 256
-    b_lrs: tuple[float, ...] = (0.05, 0.5)
+    b_steps: tuple[tuple[str, float], ...] = (("sgd", 0.05), ("sgd", 0.5), ("adam", 0.05))  # (optimizer, lr)
     # (c)
     c_epochs: int = 30
     c_batch: int = 64
@@ -298,12 +298,14 @@ def detection_scores(sim: Tensor, thr: Tensor, labels: Tensor) -> tuple[float, f
     return prec, rec, frac
 
 
-def run_detector(feats: Tensor, alpha: float, lr: float, cfg: Config, seed: int, record: tuple[int, ...]) -> dict:
-    """Run ``FalseNegativeDetector`` over frozen features; return its thresholds at the recorded epochs and
-    the mini-batch quantiles of the last epoch (GloFND's local 'fnd' baseline)."""
+def run_detector(
+    feats: Tensor, alpha: float, opt: str, lr: float, cfg: Config, seed: int, record: tuple[int, ...]
+) -> dict:
+    """Run ``FalseNegativeDetector`` (optimizer ``opt``) over frozen features; return its thresholds at the
+    recorded epochs and the mini-batch quantiles of the last epoch (GloFND's local 'fnd' baseline)."""
     n = feats.shape[0]
     g = torch.Generator().manual_seed(seed)
-    fnd = FalseNegativeDetector(n, alpha=alpha, lr=lr, start_epoch=0, init_quantile=True)
+    fnd = FalseNegativeDetector(n, alpha=alpha, lr=lr, start_epoch=0, init_quantile=True, optimizer=opt)  # type: ignore[arg-type]
     out: dict = {}
     batch_q = torch.zeros(n)
     for epoch in range(cfg.b_epochs):
@@ -341,18 +343,18 @@ def part_b(cfg: Config, model: Encoder | None, log: Callable[[str], None]) -> st
         sim, q = exact_quantiles(feats, alpha)
         rnd_prec = ((ytr[:, None] == ytr[None, :]).sum().item() - n) / (n * (n - 1))
         spread = q.std().item()
-        for lr in cfg.b_lrs:
+        for opt, lr in cfg.b_steps:
             res: dict = {}
             for seed in cfg.seeds:
-                r = run_detector(feats, alpha, lr, cfg, seed, record)
+                r = run_detector(feats, alpha, opt, lr, cfg, seed, record)
                 for key, lam in r.items():
                     res.setdefault(key, []).append(lam)
             for key in list(record) + ["batch"]:
-                if key == "batch" and lr != cfg.b_lrs[0]:
-                    continue  # the one-batch quantile does not depend on lr
+                if key == "batch" and (opt, lr) != cfg.b_steps[0]:
+                    continue  # the one-batch quantile does not depend on the step
                 maes = [(lam - q).abs().mean().item() for lam in res[key]]
                 scores = [detection_scores(sim, lam, ytr) for lam in res[key]]
-                label = (f"learned (lr {lr}), after {key} epoch(s)" if key != "batch"
+                label = (f"learned ({opt}, lr {lr}), after {key} epoch(s)" if key != "batch"
                          else "mini-batch quantile (one batch, GloFND's local 'fnd' baseline)")
                 rows.append([alpha, label, mean_std(maes, 1.0, 4), mean_std([s[2] for s in scores], 100, 2),
                              mean_std([s[0] for s in scores], 100, 1), mean_std([s[1] for s in scores], 100, 2)])
@@ -362,7 +364,7 @@ def part_b(cfg: Config, model: Encoder | None, log: Callable[[str], None]) -> st
                     first_mae = float(np.mean([(lam - q).abs().mean().item() for lam in res[record[0]]]))
             mae_batch = float(np.mean([(lam - q).abs().mean().item() for lam in res["batch"]]))
             claims.append(
-                f"alpha={alpha}, lr={lr}: MAE {first_mae:.4f} after {record[0]} epoch -> {final_mae:.4f} after "
+                f"alpha={alpha}, {opt} lr={lr}: MAE {first_mae:.4f} after {record[0]} epoch -> {final_mae:.4f} after "
                 f"{cfg.b_epochs} (one mini-batch quantile: {mae_batch:.4f}; the exact quantiles spread across anchors "
                 f"with std {spread:.3f}); {100 * final_frac:.2f} % of negatives above the learned thresholds "
                 f"(target {100 * alpha:g} %)."
@@ -374,7 +376,7 @@ def part_b(cfg: Config, model: Encoder | None, log: Callable[[str], None]) -> st
                 verdict = "partly (the error shrinks, but stays above half the one-batch error)"
             else:
                 verdict = "did not hold"
-            verdicts.append(f"alpha={alpha}, lr={lr}: **{verdict}**")
+            verdicts.append(f"alpha={alpha}, {opt} lr={lr}: **{verdict}**")
             log("(b) " + claims[-1])
         p_ex, r_ex, f_ex = detection_scores(sim, q, ytr)
         rows.append([alpha, "exact data-set quantile (brute force)", "0", f"{100 * f_ex:.2f}", f"{100 * p_ex:.1f}",
@@ -385,7 +387,8 @@ def part_b(cfg: Config, model: Encoder | None, log: Callable[[str], None]) -> st
         f"### (b) GloFND: learned thresholds vs the exact data-set quantile ({n} Fashion-MNIST images)",
         "",
         f"Frozen, L2-normalised embeddings from {src}. `FalseNegativeDetector(n, alpha, lr, "
-        f"init_quantile=True)` (lr in {list(cfg.b_lrs)}) takes one step per anchor per epoch (batch {cfg.b_batch}, both sides fed the "
+        f"init_quantile=True, optimizer=...)` ((optimizer, lr) in {list(cfg.b_steps)}; Adam is GloFND's own "
+        f"update with its lr 0.05) takes one step per anchor per epoch (batch {cfg.b_batch}, both sides fed the "
         f"same embedding); {cfg.b_epochs} epochs; seeds {list(cfg.seeds)} (batch order). Exact quantile: "
         "the order statistic with floor(alpha (n-1)) of the anchor's n-1 data-set negatives above it. "
         "Detection is scored over the whole data set (anchor i flags every j != i with s_ij > lambda_i); "
@@ -502,23 +505,27 @@ def recall_at_k(img: Tensor, txt: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> d
     return out
 
 
-C_METHODS = [  # (label, loss kind, temperature mode, GloFND threshold step size or 0 = no GloFND)
-    ("InfoNCE (CLIP loss, mini-batch)", "clip", None, 0.0),
-    ("GCL, fixed tau (SogCLR / FastCLIP-v1)", "gcl", "fixed", 0.0),
-    ("GCL + GloFND (lr 0.05)", "gcl", "fixed", 0.05),
-    ("GCL + GloFND (lr 0.5)", "gcl", "fixed", 0.5),
-    ("iSogCLR (individual tau)", "gcl", "individual", 0.0),
-    ("iSogCLR + GloFND (lr 0.05)", "gcl", "individual", 0.05),
-    ("NUCLR", "nuclr", None, 0.0),
-    ("NUCLR + GloFND (lr 0.05)", "nuclr", None, 0.05),
+FndStep = tuple[str, float] | None  # GloFND's (optimizer, threshold step size), or None: no GloFND
+C_METHODS: list[tuple[str, str, str | None, FndStep]] = [  # (label, loss kind, temperature mode, GloFND step)
+    ("InfoNCE (CLIP loss, mini-batch)", "clip", None, None),
+    ("GCL, fixed tau (SogCLR / FastCLIP-v1)", "gcl", "fixed", None),
+    ("GCL + GloFND (SGD, lr 0.05)", "gcl", "fixed", ("sgd", 0.05)),
+    ("GCL + GloFND (SGD, lr 0.5)", "gcl", "fixed", ("sgd", 0.5)),
+    ("GCL + GloFND (Adam, lr 0.05)", "gcl", "fixed", ("adam", 0.05)),
+    ("iSogCLR (individual tau)", "gcl", "individual", None),
+    ("iSogCLR + GloFND (SGD, lr 0.05)", "gcl", "individual", ("sgd", 0.05)),
+    ("NUCLR", "nuclr", None, None),
+    ("NUCLR + GloFND (SGD, lr 0.05)", "nuclr", None, ("sgd", 0.05)),
 ]
-FND_PAIRS = [(1, 2), (1, 3), (4, 5), (6, 7)]  # (without, with) GloFND, indices into C_METHODS
+FND_PAIRS = [(1, 2), (1, 3), (1, 4), (5, 6), (7, 8)]  # (without, with) GloFND, indices into C_METHODS
 C_TAU, C_GAMMA, C_RHO, C_LR_ZETA, C_ALPHA = 0.07, 0.8, 2.0, 0.01, 0.01
 
 
-def build_c_loss(kind: str, temp: str | None, fnd_lr: float, n: int, epochs: int) -> nn.Module | None:
-    det = (FalseNegativeDetector(n, alpha=C_ALPHA, lr=fnd_lr, start_epoch=epochs // 3, init_quantile=True)
-           if fnd_lr > 0 else None)
+def build_c_loss(kind: str, temp: str | None, fnd: FndStep, n: int, epochs: int) -> nn.Module | None:
+    det = None
+    if fnd is not None:
+        det = FalseNegativeDetector(n, alpha=C_ALPHA, lr=fnd[1], optimizer=fnd[0],  # type: ignore[arg-type]
+                                    start_epoch=epochs // 3, init_quantile=True)
     if kind == "gcl":
         return GlobalContrastiveLoss(n, mode="bimodal", temperature=temp, tau=C_TAU, gamma=C_GAMMA, rho=C_RHO,
                                      tau_min=0.01, tau_max=1.0, false_negatives=det)
@@ -528,7 +535,7 @@ def build_c_loss(kind: str, temp: str | None, fnd_lr: float, n: int, epochs: int
     return None
 
 
-def train_bimodal(kind: str, temp: str | None, fnd_lr: float, data: dict, cfg: Config, seed: int) -> dict[str, float]:
+def train_bimodal(kind: str, temp: str | None, fnd: FndStep, data: dict, cfg: Config, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(2000 + seed)
     x, tok, off = data["x_train"], data["tok_train"], data["off_train"]
@@ -536,7 +543,7 @@ def train_bimodal(kind: str, temp: str | None, fnd_lr: float, data: dict, cfg: C
     img_enc, txt_enc = ImageEncoder(), TextEncoder()
     params = list(img_enc.parameters()) + list(txt_enc.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
-    loss_fn = build_c_loss(kind, temp, fnd_lr, n, cfg.c_epochs)
+    loss_fn = build_c_loss(kind, temp, fnd, n, cfg.c_epochs)
     bsz = cfg.c_batch
     for epoch in range(cfg.c_epochs):
         if loss_fn is not None:
@@ -561,9 +568,9 @@ def train_bimodal(kind: str, temp: str | None, fnd_lr: float, data: dict, cfg: C
     return r
 
 
-def _task_c(label: str, kind: str, temp: str | None, fnd_lr: float, seed: int, cfg: Config) -> tuple[dict, float]:
+def _task_c(label: str, kind: str, temp: str | None, fnd: FndStep, seed: int, cfg: Config) -> tuple[dict, float]:
     t0 = time.perf_counter()
-    r = train_bimodal(kind, temp, fnd_lr, _SHARED["emoji"], cfg, seed)
+    r = train_bimodal(kind, temp, fnd, _SHARED["emoji"], cfg, seed)
     return r, time.perf_counter() - t0
 
 
@@ -614,8 +621,9 @@ def part_c(cfg: Config, log: Callable[[str], None]) -> str:
         f"batch {cfg.c_batch}, {cfg.c_epochs} epochs, image augmentation random scale/shift. tau = {C_TAU} "
         f"(InfoNCE and GCL fixed; iSogCLR initial tau, rho = {C_RHO}, tau in [0.01, 1]; NUCLR tau, "
         f"lr_zeta = {C_LR_ZETA}, zeta from epoch {min(5, cfg.c_epochs // 3)}); gamma = {C_GAMMA} constant; "
-        f"GloFND `FalseNegativeDetector(alpha={C_ALPHA}, lr, init_quantile=True, start_epoch={cfg.c_epochs // 3})`, "
-        "lr 0.05 (GloFND's ImageNet-100 value) or 0.5 (the xrisk default). "
+        f"GloFND `FalseNegativeDetector(alpha={C_ALPHA}, lr, optimizer, init_quantile=True, "
+        f"start_epoch={cfg.c_epochs // 3})`: SGD with lr 0.05 (GloFND's ImageNet-100 value) or 0.5 (the xrisk "
+        "default), or Adam with lr 0.05 (GloFND's own update). "
         f"Recall@k (%) on the held-out pairs against all {test.numel()} held-out candidates, mean ± std over "
         f"seeds {list(cfg.seeds)}; 'mean R' averages the six recalls. 'flagged' = fraction of each training "
         f"image's negatives (all other training texts) above its final threshold, with the final encoders "

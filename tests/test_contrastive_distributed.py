@@ -31,11 +31,13 @@ CONFIGS = {
     "gcl-unimodal-individual-fnd": dict(kind="gcl", mode="unimodal", temperature="individual", fnd=True),
     "nuclr": dict(kind="nuclr"),
     "nuclr-fnd": dict(kind="nuclr", fnd=True),
+    "gcl-bimodal-individual-fnd-adam": dict(kind="gcl", mode="bimodal", temperature="individual", fnd="adam"),
 }
 
 
 def _make(cfg: dict) -> nn.Module:
-    fnd = FalseNegativeDetector(N, alpha=0.3, lr=0.5) if cfg.get("fnd") else None
+    opt = "adam" if cfg.get("fnd") == "adam" else "sgd"
+    fnd = FalseNegativeDetector(N, alpha=0.3, lr=0.5, optimizer=opt) if cfg.get("fnd") else None
     if cfg["kind"] == "nuclr":
         return NUCLRLoss(N, tau=0.1, gamma=0.7, zeta_start_epoch=0, lr_zeta=0.2, false_negatives=fnd)
     return GlobalContrastiveLoss(

@@ -107,6 +107,59 @@ def test_bad_arguments():
         GlobalContrastiveLoss(11, false_negatives=FalseNegativeDetector(10))
     with pytest.raises(TypeError, match="FalseNegativeDetector"):
         GlobalContrastiveLoss(10, false_negatives=torch.nn.Identity())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="optimizer"):
+        FalseNegativeDetector(10, optimizer="rmsprop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="betas"):
+        FalseNegativeDetector(10, optimizer="adam", betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="eps"):
+        FalseNegativeDetector(10, optimizer="adam", eps=0.0)
+    assert FalseNegativeDetector(10).lr == 0.5 and FalseNegativeDetector(10, optimizer="adam").lr == 0.05
+
+
+def test_adam_thresholds_match_a_per_sample_loop():
+    """optimizer="adam": GloFND's per-sample Adam (moments from 0, bias correction with t = epoch + 1), only for
+    the batch anchors with negatives; init_quantile sets a first visit's threshold and leaves its moments at 0."""
+    from xrisk.functional.contrastive import masked_upper_quantile
+
+    n, alpha, lr, (b1, b2), eps = 12, 0.2, 0.05, (0.9, 0.98), 1e-8
+    g = torch.Generator().manual_seed(5)
+    a = torch.nn.functional.normalize(torch.randn(n, 4, generator=g, dtype=torch.float64), dim=1)
+    b = torch.nn.functional.normalize(a + torch.randn(n, 4, generator=g, dtype=torch.float64), dim=1)
+    for init_quantile in (False, True):
+        fnd = FalseNegativeDetector(n, alpha=alpha, lr=lr, optimizer="adam", init_quantile=init_quantile)
+        lam, m, v, seen = {}, {}, {}, set()
+        for epoch in range(3):
+            fnd.set_epoch(epoch)
+            for idx in torch.randperm(n, generator=g).split(5):
+                sim, neg = _bimodal_sims(a, b, idx)
+                neg = neg.clone()
+                neg[0, 1] = False  # an anchor side without negatives keeps its threshold and moments
+                fnd(sim.float(), neg, idx)
+                t = epoch + 1
+                for r, i in enumerate(idx.tolist()):
+                    for s in range(2):
+                        mask = neg[r, s]
+                        if not mask.any():
+                            continue
+                        key = (i, s)
+                        if init_quantile and key not in seen:
+                            lam[key] = masked_upper_quantile(sim[r, s].float(), mask, alpha).item()
+                            m[key] = v[key] = 0.0
+                            seen.add(key)
+                            continue
+                        old = lam.get(key, 1.0)
+                        grad = alpha - (sim[r, s].float()[mask] > old).float().mean().item()
+                        m[key] = b1 * m.get(key, 0.0) + (1 - b1) * grad
+                        v[key] = b2 * v.get(key, 0.0) + (1 - b2) * grad**2
+                        step = (m[key] / (1 - b1**t)) / (math.sqrt(v[key] / (1 - b2**t)) + eps)
+                        lam[key] = min(1.0, max(-1.0, old - lr * step))
+                        seen.add(key)
+                for (i, s), want in lam.items():
+                    assert fnd.lam.value[i, s].item() == pytest.approx(want, abs=1e-5)
+                    assert fnd.lam_m.value[i, s].item() == pytest.approx(m[(i, s)], abs=1e-6)
+                    assert fnd.lam_v.value[i, s].item() == pytest.approx(v[(i, s)], abs=1e-7)
+        assert set(fnd.state_dict()) == {"lam.value", "lam.seen", "lam_m.value", "lam_m.seen", "lam_v.value",
+                                         "lam_v.seen", "epoch"}
 
 
 def test_threshold_kernels_against_loops():
@@ -204,8 +257,9 @@ def test_excluded_diagonals_equal_explicit_masks():
     diag = [(0, 8, 0)]
     m = negatives_mask((8, 8), diag, torch.device("cpu"))
     counts = torch.full((8, 2), 7)
-    for start, init_quantile in [(0, False), (0, True), (5, False)]:
-        fast, slow = (FalseNegativeDetector(30, alpha=0.2, start_epoch=start, init_quantile=init_quantile)
+    for start, init_quantile, opt in [(0, False, "sgd"), (0, True, "sgd"), (5, False, "sgd"), (0, True, "adam")]:
+        fast, slow = (FalseNegativeDetector(30, alpha=0.2, start_epoch=start, init_quantile=init_quantile,
+                                            optimizer=opt)  # type: ignore[arg-type]
                       for _ in range(2))
         for _ in range(3):  # image anchors x texts and its transposed view, as a one-process image-text batch
             s, idx = torch.rand(8, 8, generator=g) * 2 - 1, torch.randperm(30, generator=g)[:8]

@@ -43,6 +43,7 @@ __all__ = [
     "nuclr_fcco",
     "NUCLRStep",
     "quantile_threshold_step",
+    "quantile_subgradient",
     "masked_upper_quantile",
     "negatives_mask",
     "restrict_to_negatives",
@@ -178,10 +179,21 @@ def quantile_threshold_step(
         if mask is None:
             raise ValueError("quantile_threshold_step without a mask needs count")
         count = count_true(mask, -1)
-    above = count_true(restrict_to_negatives(torch.gt(sim, lam.unsqueeze(-1)), mask, excluded), -1).to(lam.dtype)
-    grad = alpha - above / count.clamp_min(1).to(lam.dtype)
+    grad = quantile_subgradient(sim, mask, lam, alpha=alpha, count=count, excluded=excluded)
     new = (lam - lr * grad).clamp(-1.0, 1.0)
     return torch.where(count > 0, new, lam)
+
+
+def quantile_subgradient(
+    sim: Tensor, mask: Tensor | None, lam: Tensor, *, alpha: float, count: Tensor,
+    excluded: Sequence[tuple[int, int, int]] = (),
+) -> Tensor:
+    """Batch subgradient ``alpha - mean_{j in N_i} 1[s_ij > lambda_i]`` of GloFND's pinball loss (``[...]``).
+
+    Arguments as in :func:`quantile_threshold_step` (``count`` required); rows without negatives get ``alpha``.
+    """
+    above = count_true(restrict_to_negatives(torch.gt(sim, lam.unsqueeze(-1)), mask, excluded), -1).to(lam.dtype)
+    return alpha - above / count.clamp_min(1).to(lam.dtype)
 
 
 def restrict_to_negatives(flags: Tensor, mask: Tensor | None, excluded: Sequence[tuple[int, int, int]]) -> Tensor:

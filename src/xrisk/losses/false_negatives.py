@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from xrisk._validate import check_positive, check_unit_interval
-from typing import Sequence
+from xrisk._validate import check_choice, check_positive, check_unit_interval
+import math
+from typing import Literal, Sequence
 
 from xrisk.functional.contrastive import (
-    restrict_to_negatives, count_true, masked_upper_quantile, negatives_mask, quantile_threshold_step,
+    count_true, masked_upper_quantile, negatives_mask, quantile_subgradient, quantile_threshold_step,
+    restrict_to_negatives,
 )
 from xrisk.state import SampleState, check_index, update_states
 
@@ -29,16 +31,22 @@ class FalseNegativeDetector(nn.Module):
         \\lambda_i = \\arg\\min_\\lambda \\; \\alpha \\lambda + \\frac{1}{|S_i^-|}\\sum_{j \\in S_i^-} (s_{ij} - \\lambda)_+ ,
 
     i.e. the ``(1 - alpha)`` quantile of ``s_ij`` (cosine similarities), ``alpha = alpha``. Every
-    batch takes one SGD step on the batch subgradient for the batch anchors only,
-    ``lambda_i <- clip(lambda_i - lr * (alpha - mean_{j in B_i^-} 1[s_ij > lambda_i]), -1, 1)``
-    (``lr = lr``; the reference uses Adam, we use plain SGD), then negatives with
-    ``s_ij > lambda_i`` (updated threshold) are declared false negatives and removed from the
-    anchor's negative set, in the loss and in its estimator. The quantile is taken over the
+    batch takes one step on the batch subgradient ``g_i = alpha - mean_{j in B_i^-} 1[s_ij > lambda_i]``
+    for the batch anchors only, then negatives with ``s_ij > lambda_i`` (updated threshold) are
+    declared false negatives and removed from the anchor's negative set, in the loss and in its
+    estimator. The step (``lr = lr``):
+
+    * ``optimizer="sgd"`` (default): ``lambda_i <- clip(lambda_i - lr g_i, -1, 1)``;
+    * ``optimizer="adam"`` (GloFND's code): per-sample moments ``m_i <- b1 m_i + (1 - b1) g_i``,
+      ``v_i <- b2 v_i + (1 - b2) g_i^2`` (both start at 0), bias-corrected with ``t = epoch + 1`` as in
+      the reference (every sample is visited once per epoch), and
+      ``lambda_i <- clip(lambda_i - lr m_i / (1 - b1^t) / (sqrt(v_i / (1 - b2^t)) + eps), -1, 1)``;
+      ``(b1, b2) = betas`` (reference: 0.9, 0.98), ``eps`` (1e-8). The quantile is taken over the
     negatives *before* masking. Cost per step ``O(B_local * B_global)`` comparisons plus ``O(B)``
     scalar updates, independent of ``num_samples``.
 
-    **Step size.** The default ``lr = 0.5`` is ten times GloFND's ``lr_lda = 0.05``. That value
-    comes with Adam (whose normalised step moves ``lambda`` by about ``lr`` per visit whatever the
+    **Step size.** The default ``lr`` is 0.5 with SGD, ten times GloFND's ``lr_lda = 0.05``, which is the
+    default with Adam. That value comes with Adam (whose normalised step moves ``lambda`` by about ``lr`` per visit whatever the
     gradient's size) and ImageNet-100 / CC3M runs with 70+ warm-up epochs before masking starts.
     With plain SGD the step is ``lr * (alpha - fraction above)``, at most ``lr * alpha`` downwards:
     in the fidelity benchmark (``bench/fidelity_contrastive.py``, small image-text data, 20 epochs)
@@ -58,13 +66,15 @@ class FalseNegativeDetector(nn.Module):
     Args:
         num_samples: data-set size ``n``.
         alpha: fraction of each anchor's negatives treated as false negatives, in ``(0, 1)``.
-        lr: step size of the threshold update (see *Step size*).
+        lr: step size of the threshold update (see *Step size*; default 0.5 with SGD, 0.05 with Adam).
+        optimizer: ``"sgd"`` or ``"adam"`` (see above); betas, eps: Adam's moment weights and epsilon.
         start_epoch: first epoch at which detected false negatives are masked.
         init: initial threshold (``1.0``: nothing is masked until it is learned).
         init_quantile: initialise each threshold at its first visit from the batch quantile.
 
     State (``state_dict``): ``lam`` (:class:`~xrisk.state.SampleState` ``[n, 2]``, thresholds per sample
-    and side; synced with ``local=True`` so every rank holds the same values), ``epoch`` buffer;
+    and side; synced with ``local=True`` so every rank holds the same values), with Adam also
+    ``lam_m``, ``lam_v`` (the moments, ``[n, 2]``), ``epoch`` buffer;
     :attr:`last_masked_fraction` (diagnostic, not checkpointed).
 
     Example:
@@ -84,14 +94,22 @@ class FalseNegativeDetector(nn.Module):
         num_samples: int,
         *,
         alpha: float = 0.01,
-        lr: float = 0.5,
+        lr: float | None = None,
         start_epoch: int = 0,
         init: float = 1.0,
         init_quantile: bool = False,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
     ) -> None:
         super().__init__()
         self.alpha = check_unit_interval("alpha", alpha, closed_right=False)
-        self.lr = check_positive("lr", lr)
+        self.optimizer = check_choice("optimizer", optimizer, ("sgd", "adam"))
+        self.lr = check_positive("lr", (0.5 if optimizer == "sgd" else 0.05) if lr is None else lr)
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = check_positive("eps", eps)
         if int(start_epoch) < 0:
             raise ValueError(f"start_epoch must be >= 0, got {start_epoch!r}")
         self.start_epoch = int(start_epoch)
@@ -100,6 +118,9 @@ class FalseNegativeDetector(nn.Module):
         self.init_quantile = bool(init_quantile)
         self.lam = SampleState(num_samples, (2,), init=float(init))
         self.num_samples = self.lam.num_samples
+        if self.optimizer == "adam":
+            self.lam_m = SampleState(num_samples, (2,))
+            self.lam_v = SampleState(num_samples, (2,))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
         self.register_buffer("_masked_fraction", torch.full((), float("nan")), persistent=False)
 
@@ -139,11 +160,22 @@ class FalseNegativeDetector(nn.Module):
             index = check_index(index, self.num_samples)
         index = index.to(self.lam.value.device)
         lam = self.lam.value.index_select(0, index).to(ref.device, ref.dtype)
-        new = torch.stack(
-            [quantile_threshold_step(sims[v], negs[v], lam[:, v], alpha=self.alpha, lr=self.lr, count=counts[:, v],
-                                     excluded=excluded[v])
-             for v in (0, 1)], 1
-        )
+        states: tuple[SampleState, ...] = (self.lam,)
+        if self.optimizer == "sgd":
+            new = torch.stack(
+                [quantile_threshold_step(sims[v], negs[v], lam[:, v], alpha=self.alpha, lr=self.lr,
+                                         count=counts[:, v], excluded=excluded[v])
+                 for v in (0, 1)], 1
+            )
+            rows: list[Tensor] = []
+        else:
+            grad = torch.stack(
+                [quantile_subgradient(sims[v], negs[v], lam[:, v], alpha=self.alpha, count=counts[:, v],
+                                      excluded=excluded[v])
+                 for v in (0, 1)], 1
+            )
+            new, rows = self._adam(lam, grad, index)
+            states = (self.lam, self.lam_m, self.lam_v)
         if self.init_quantile:
             first = ~self.lam.seen.index_select(0, index).to(ref.device)
             if bool(first.any()):
@@ -151,11 +183,22 @@ class FalseNegativeDetector(nn.Module):
                          for v in (0, 1)]
                 q = torch.stack([masked_upper_quantile(sims[v], masks[v], self.alpha) for v in (0, 1)], 1)
                 new = torch.where(first, q, new)
+                rows = [torch.where(first, 0.0, r) for r in rows]  # the moments start after the initialisation
         has = counts > 0
         out = update_states(
-            (self.lam,), index, (new,), 1.0, mask=has, local=True, index_checked=True, assume_unique=unique
+            states, index, (new, *rows), 1.0, mask=has, local=True, index_checked=True, assume_unique=unique
         )[0]
         return out.to(ref.device, ref.dtype)
+
+    def _adam(self, lam: Tensor, grad: Tensor, index: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Adam step of the batch thresholds ``lam [B, 2]`` from the subgradient ``grad``: ``(new lam, [m, v])``
+        (bias correction with ``t = epoch + 1``, as GloFND's code)."""
+        b1, b2 = self.betas
+        m = torch.lerp(grad, self.lam_m.value.index_select(0, index).to(grad), b1)  # b1 m + (1 - b1) g
+        v = torch.lerp(grad * grad, self.lam_v.value.index_select(0, index).to(grad), b2)
+        t = int(self.epoch) + 1
+        step = (m / (1.0 - b1**t)) / ((v / (1.0 - b2**t)).sqrt_().add_(self.eps))
+        return (lam - self.lr * step).clamp_(-1.0, 1.0), [m, v]
 
     @torch.no_grad()
     def detect(
@@ -243,4 +286,5 @@ class FalseNegativeDetector(nn.Module):
         return sim <= lam.unsqueeze(-1)
 
     def extra_repr(self) -> str:
-        return f"num_samples={self.num_samples}, alpha={self.alpha}, lr={self.lr}, start_epoch={self.start_epoch}"
+        return (f"num_samples={self.num_samples}, alpha={self.alpha}, lr={self.lr}, optimizer={self.optimizer!r}, "
+                f"start_epoch={self.start_epoch}")
