@@ -51,7 +51,9 @@ def test_build_clip_loss_modes():
     assert build_clip_loss(CLIPConfig(loss="infonce"), 100) is None
     gcl = build_clip_loss(CLIPConfig(loss="gcl", fnd=True), 100)
     assert isinstance(gcl, GlobalContrastiveLoss) and gcl.temperature == "fixed" and gcl.mode == "bimodal"
-    assert isinstance(gcl.false_negatives, FalseNegativeDetector)
+    assert isinstance(gcl.false_negatives, FalseNegativeDetector) and gcl.false_negatives.optimizer == "sgd"
+    adam = build_clip_loss(CLIPConfig(loss="isogclr", fnd=True, fnd_optimizer="adam"), 100).false_negatives
+    assert adam.optimizer == "adam" and adam.lr == 0.05
     assert build_clip_loss(CLIPConfig(loss="gcl-global-temp"), 100).temperature == "global"
     assert build_clip_loss(CLIPConfig(loss="isogclr"), 100).temperature == "individual"
     assert isinstance(build_clip_loss(CLIPConfig(loss="nuclr"), 100), NUCLRLoss)
@@ -69,7 +71,7 @@ def test_clip_cli_fashion_captions_tiny_run(tmp_path):
     from xrisk.cli import main
 
     out = tmp_path / "run"
-    argv = ["run", "clip", "--data", "fashion-captions", "--loss", "gcl-global-temp", "--fnd",
+    argv = ["run", "clip", "--data", "fashion-captions", "--loss", "gcl-global-temp", "--fnd", "--fnd-optimizer", "adam",
             "--image-encoder", "mlp", "--subset", "256", "--test-subset", "200", "--eval-size", "100",
             "--batch-size", "32", "--epochs", "2", "--max-steps", "4", "--out", str(out), "--quiet", "--no-plot"]
     assert main(argv) == 0

