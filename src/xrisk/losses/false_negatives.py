@@ -46,13 +46,14 @@ class FalseNegativeDetector(nn.Module):
     scalar updates, independent of ``num_samples``.
 
     **Step size.** The default ``lr`` is 0.5 with SGD, ten times GloFND's ``lr_lda = 0.05``, which is the
-    default with Adam. That value comes with Adam (whose normalised step moves ``lambda`` by about ``lr`` per visit whatever the
-    gradient's size) and ImageNet-100 / CC3M runs with 70+ warm-up epochs before masking starts.
-    With plain SGD the step is ``lr * (alpha - fraction above)``, at most ``lr * alpha`` downwards:
-    in the fidelity benchmark (``bench/fidelity_contrastive.py``, small image-text data, 20 epochs)
-    ``lr = 0.05`` still flagged 9-10 % of the negatives instead of ``alpha = 1 %`` and cost 5-11
-    recall points, while ``lr = 0.5`` converged (1.04 % flagged, mean absolute error 0.023 to the
-    exact quantile). Watch :attr:`last_masked_fraction`: it should settle near ``alpha``.
+    default with Adam. That value comes with Adam (whose normalised step moves ``lambda`` by about
+    ``lr`` per visit whatever the gradient's size) and ImageNet-100 / CC3M runs with 70+ warm-up epochs
+    before masking starts. With plain SGD the step is ``lr * (alpha - fraction above)``, at most
+    ``lr * alpha`` downwards: in the fidelity benchmark (``bench/fidelity_contrastive.py``, 20 epochs)
+    SGD at ``lr = 0.05`` still flagged 9-10 % of the negatives instead of ``alpha = 1 %`` and cost 7-11
+    recall points on small image-text data, while SGD at ``lr = 0.5`` converged (mean absolute error
+    0.023 to the exact quantile, 1.04 % flagged, -0.9 points) and Adam at ``lr = 0.05`` came close
+    (0.034, 1.00 %, -1.2 points). Watch :attr:`last_masked_fraction`: it should settle near ``alpha``.
 
     ``init_quantile``: a never-seen anchor's threshold starts at the ``(1 - alpha)`` quantile of its
     batch negatives instead of ``init`` (GloFND's ``init_quantile``; plain SGD from ``init = 1`` moves
