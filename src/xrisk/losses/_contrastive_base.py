@@ -53,11 +53,11 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
-from xrisk.functional.contrastive import count_true, log_moving_average
+from xrisk.functional.contrastive import Estimator, count_true, log_moving_average
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
 from xrisk.state import SampleState, check_index, update_states, write_rows
 
-__all__ = ["ContrastiveBatch", "ContrastiveLossBase", "moving_average_rows", "momentum_rows"]
+__all__ = ["ContrastiveBatch", "ContrastiveLossBase", "moving_average_rows", "momentum_rows", "sgd_rows"]
 
 Mode = Literal["unimodal", "bimodal"]
 
@@ -123,6 +123,13 @@ def momentum_rows(momentum: SampleState, index: Tensor, grad: Tensor, beta: floa
     :class:`~xrisk.state.SampleState` rule). ``index``, ``grad`` as in :func:`moving_average_rows`; nothing is written."""
     value, seen = momentum.tensors()
     return torch.where(seen.index_select(0, index), torch.lerp(value.index_select(0, index), grad, beta), grad)
+
+
+def sgd_rows(before: Tensor, m: Tensor, lr: float, bounds: tuple[float, float] | None = None) -> Tensor:
+    """New rows of a per-sample parameter after a momentum step: ``clip(before - lr m, *bounds)`` (in ``m``'s
+    dtype and device; no bounds: no clipping). Nothing is written."""
+    new = torch.add(before.to(m), m, alpha=-lr)
+    return new.clamp_(*bounds) if bounds is not None else new
 
 
 def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> None:
@@ -336,6 +343,19 @@ class ContrastiveLossBase(nn.Module):
         """Compute this rank's share of the surrogate, update state, record the objective."""
         raise TypeError(f"{type(self).__name__} must override _loss (the hook of ContrastiveLossBase)")
 
+    def _paired_estimator(self, state: SampleState, index: Tensor, like: Tensor) -> tuple[Estimator, list[Tensor]]:
+        """The estimator callback of a lean step and the list it fills: the new rows of ``state`` at ``index``
+        (validated, unique, on the state's device), :func:`moving_average_rows` with the current ``gamma``,
+        returned to the kernel in ``like``'s device and dtype; nothing is written."""
+        gamma = self.current_gamma()
+        rows: list[Tensor] = []
+
+        def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
+            rows.append(moving_average_rows(state, index, log_g.to(index.device, torch.float32), gamma))
+            return rows[0].to(like.device, like.dtype)
+
+        return estimator, rows
+
     def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
         """Lean hook for one process, ``mode="bimodal"``, no detector and every index once (``B >= 2``).
 
@@ -415,9 +435,7 @@ class ContrastiveLossBase(nn.Module):
             m = momentum_rows(momentum, index, grad, beta)
         else:
             m = update_states((momentum,), index, (grad,), beta, mask=mask, index_checked=True)[0]
-        new = torch.add(before.to(m), m, alpha=-lr)
-        if bounds is not None:
-            new = new.clamp_(*bounds)
+        new = sgd_rows(before, m, lr, bounds)
         if unique and batch.all_valid:  # every row has a negative (no masking): written at the end of the step
             batch.pending += [(momentum, m), (param, new)]
         elif unique:

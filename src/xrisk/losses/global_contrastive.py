@@ -12,7 +12,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.contrastive import gcl_fcco
 from xrisk.losses._contrastive_base import (
-    ContrastiveBatch, ContrastiveLossBase, Mode, momentum_rows, moving_average_rows,
+    ContrastiveBatch, ContrastiveLossBase, Mode, momentum_rows, sgd_rows,
 )
 from xrisk.losses.false_negatives import FalseNegativeDetector
 from xrisk.state import SampleState, write_rows
@@ -215,13 +215,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         log_u = self._modules["log_u"]  # submodules and buffers read once (nn.Module attribute reads are slow)
         i = index.to(log_u.tensors()[0].device)  # type: ignore[union-attr]
         tau, tau_g, tau_low = self._temperatures(i, 0, pos)
-        gamma = self.current_gamma()
-        rows: list[Tensor] = []
-
-        def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
-            rows.append(moving_average_rows(log_u, i, log_g.to(i.device, torch.float32), gamma))  # type: ignore[arg-type]
-            return rows[0].to(sd.device, sd.dtype)
-
+        estimator, rows = self._paired_estimator(log_u, i, sd)  # type: ignore[arg-type]
         step = gcl_fcco(
             [sim, sim.T], pos, tau, estimator, count=n - 1, transposed=True, eps=self.eps, rho=rho, scale=1.0 / n,
             stable=not self._exp_is_safe(sd.dtype, tau_low),
@@ -232,7 +226,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             momentum = self._modules["tau_momentum"]
             m = momentum_rows(momentum, i, grad, self.beta_tau)  # type: ignore[arg-type]
             states += [momentum, self._modules["tau_individual"]]
-            rows += [m, torch.add(tau_g, m, alpha=-self.lr_tau).clamp_(self.tau_min, self.tau_max)]
+            rows += [m, sgd_rows(tau_g, m, self.lr_tau, (self.tau_min, self.tau_max))]  # type: ignore[arg-type]
         write_rows(states, i, rows)  # type: ignore[arg-type]
         self._record_objective(_gcl_objective, tau_g, rows[0], rho, self.eps, None)
         return step.surrogate

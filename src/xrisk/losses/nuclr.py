@@ -12,7 +12,7 @@ from torch import Tensor
 from xrisk import distributed as xdist
 from xrisk._validate import check_positive, check_unit_interval
 from xrisk.functional.contrastive import nuclr_fcco
-from xrisk.losses._contrastive_base import ContrastiveBatch, ContrastiveLossBase, momentum_rows, moving_average_rows
+from xrisk.losses._contrastive_base import ContrastiveBatch, ContrastiveLossBase, momentum_rows, sgd_rows
 from xrisk.losses.false_negatives import FalseNegativeDetector
 from xrisk.state import SampleState, write_rows
 
@@ -165,13 +165,7 @@ class NUCLRLoss(ContrastiveLossBase):
         zeta_g = zeta_value.index_select(0, i)  # [B, 2]: the columns are the anchors
         zeta_cols = zeta_g.to(sd.device, sd.dtype)
         log_pos = self._log_pos(sd)
-        gamma = self.current_gamma()
-        rows: list[Tensor] = []
-
-        def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
-            rows.append(moving_average_rows(log_u, i, log_g.to(i.device, torch.float32), gamma))  # type: ignore[arg-type]
-            return rows[0].to(sd.device, sd.dtype)
-
+        estimator, rows = self._paired_estimator(log_u, i, sd)  # type: ignore[arg-type]
         step = nuclr_fcco(
             [sim, sim.T], pos, zeta_cols, self.tau, log_pos, estimator, count=n - 1, transposed=True, scale=1.0 / n,
             stable=not self._exp_is_safe(sd.dtype, zeta_cols),
@@ -183,7 +177,7 @@ class NUCLRLoss(ContrastiveLossBase):
             momentum = self._modules["zeta_momentum"]
             m = momentum_rows(momentum, i, grad, self.beta_zeta)  # type: ignore[arg-type]
             states += [momentum, zeta]
-            rows += [m, torch.add(zeta_g, m, alpha=-eta)]
+            rows += [m, sgd_rows(zeta_g, m, eta)]
         write_rows(states, i, rows)  # type: ignore[arg-type]
         self._record_objective(_nuclr_objective, self.tau, rows[0], log_pos, zeta_g, None)
         return step.surrogate
