@@ -8,7 +8,9 @@ import math
 import pytest
 import torch
 
-from xrisk.functional.contrastive import detached_weights_dot, gcl_fcco, gcl_objective, row_exp
+from xrisk.functional.contrastive import (
+    detached_weights_dot, gcl_fcco, gcl_fcco_square, gcl_objective, nuclr_fcco, nuclr_fcco_square, row_exp,
+)
 from xrisk.losses import GlobalContrastiveLoss, NUCLRLoss
 from xrisk.schedules import CosineGammaSchedule
 
@@ -474,6 +476,37 @@ def test_gcl_fcco_kernel_estimator_and_small_tau():
     step = gcl_fcco([s32, s32.T], pos32, 0.01, lambda lg, ok: lg, count=count, transposed=True)
     step.surrogate.backward()
     assert torch.isfinite(step.surrogate) and torch.isfinite(a32.grad).all() and torch.isfinite(step.log_u).all()
+
+
+def test_square_kernels_equal_the_transposed_layout_and_refuse_bad_layouts():
+    """gcl_fcco_square / nuclr_fcco_square with count=None are gcl_fcco / nuclr_fcco(transposed=True) with every
+    off-diagonal column a negative; a mask with count=None, or positives off the main diagonal, is refused."""
+    n = 6
+    a, b = _features(n, 4, seed=8)
+    sims, *_ = _layout(a, b, "bimodal")
+    pos = sims[0].detach().diagonal()[:, None].expand(n, 2)
+    tau = 0.2 + 0.3 * torch.rand(n, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for stable in (True, False):
+        want = gcl_fcco(sims, pos, tau, lambda lg, ok: lg, count=n - 1, transposed=True, rho=0.3, stable=stable)
+        got = gcl_fcco_square(sims[0], tau, lambda lg, ok: lg, rho=0.3, stable=stable)
+        torch.testing.assert_close(got.surrogate, want.surrogate, rtol=0, atol=0)
+        torch.testing.assert_close(got.tau_grad, want.tau_grad, rtol=0, atol=0)
+        zeta, log_pos = 0.1 * tau, torch.tensor([-2.0, -1.5], dtype=torch.float64)
+        want_n = nuclr_fcco(sims, pos, zeta, 0.3, log_pos, lambda lg, ok: lg, count=n - 1, transposed=True, stable=stable)
+        got_n = nuclr_fcco_square(sims[0], zeta, 0.3, log_pos, lambda lg, ok: lg, stable=stable,
+                                  zeta_min=zeta.amin(0) if not stable else None)
+        torch.testing.assert_close(got_n.surrogate, want_n.surrogate, rtol=0, atol=0)
+        torch.testing.assert_close(got_n.col_weight, want_n.col_weight, rtol=0, atol=0)
+    mask = ~torch.eye(n, dtype=torch.bool)
+    with pytest.raises(ValueError, match="count=None means no masks"):
+        gcl_fcco_square(sims[0], 0.3, lambda lg, ok: lg, neg=(mask, mask))
+    with pytest.raises(ValueError, match="count=None means no masks"):
+        nuclr_fcco_square(sims[0], zeta, 0.3, log_pos, lambda lg, ok: lg, neg=(mask, None), stable=False)
+    with pytest.raises(ValueError, match="main diagonal"):
+        gcl_fcco(sims, pos, 0.3, lambda lg, ok: lg, count=n - 1, transposed=True, pos_offset=(1, 1))
+    with pytest.raises(ValueError, match="main diagonal"):
+        nuclr_fcco(sims, pos, zeta, 0.3, log_pos, lambda lg, ok: lg, count=n - 1, transposed=True, stable=False,
+                   pos_offset=(0, 1))
 
 
 # ----------------------------------------------------------------------------- lean path = general path

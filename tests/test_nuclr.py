@@ -189,3 +189,29 @@ def test_paired_path_equals_general_path(tau):
         return NUCLRLoss(40, tau=tau, zeta_start_epoch=1, lr_zeta=0.05, gamma=0.6)
 
     assert_same_training(make, steps=8)
+
+
+def test_resume_restores_the_epoch_of_the_zeta_warmup_and_xi():
+    """The epoch is also kept on the host (no device read per step): a loaded state_dict must restore it, or
+    a resumed run would stay in the zeta warm-up; xi (the cached log of the positive's term) too."""
+    g = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g), torch.randperm(20, generator=g)[:6])
+               for _ in range(4)]
+    def make():
+        return NUCLRLoss(20, tau=0.1, zeta_init=-0.5, xi_init=-1.0, zeta_start_epoch=1, lr_zeta=0.5)
+
+    ref = make()
+    ref(*batches[0])
+    ref.set_epoch(1)  # zeta updates from now on
+    ref(*batches[1])
+    ref.set_epoch(2)  # xi refreshed from the moved zeta
+    assert ref.xi.max().item() > -0.5
+    saved = {k: v.clone() for k, v in ref.state_dict().items()}
+    resumed = make()
+    resumed(*batches[0])  # a cached log-positive term of the initial xi, which the load must drop
+    resumed.load_state_dict(saved)
+    assert resumed.current_epoch() == 2
+    for a, b, idx in batches[2:]:
+        assert ref(a, b, idx).item() == resumed(a, b, idx).item()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from xrisk.state import SampleState, check_index, write_rows
+from xrisk.state import SampleState, check_index, check_index_unique, write_rows
 from _dist import run_distributed
 
 
@@ -38,6 +38,21 @@ def test_mask_and_tasks():
 def test_out_of_range_index(bad):
     with pytest.raises(IndexError, match="out of range"):
         SampleState(5).update(bad, torch.zeros(1), gamma=0.5)
+
+
+def test_check_index_unique_bounds_duplicates_and_types():
+    idx, unique = check_index_unique(torch.tensor([4, 0, 2], dtype=torch.int32), 5, batch_size=3)
+    assert unique and idx.dtype == torch.long and idx.tolist() == [4, 0, 2]
+    assert check_index_unique(torch.tensor([1, 3, 1]), 5)[1] is False
+    assert check_index_unique(torch.tensor([3]), 5)[1] is True
+    assert check_index_unique(torch.tensor([], dtype=torch.long), 5)[1] is True
+    for bad, value in ((torch.tensor([0, 5, 2]), 5), (torch.tensor([2, -1, 2]), -1), (torch.tensor([7]), 7)):
+        with pytest.raises(IndexError, match=f"dataset index {value} is out of range"):
+            check_index_unique(bad, 5)
+    with pytest.raises(TypeError, match="integer"):
+        check_index_unique(torch.tensor([1.0]), 3)
+    with pytest.raises(ValueError, match="3 entries but the batch has 2"):
+        check_index_unique(torch.tensor([0, 1, 2]), 3, batch_size=2)
 
 
 def test_float_index_and_bad_gamma():

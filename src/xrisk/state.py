@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite
 
-__all__ = ["SampleState", "check_index", "update_states", "write_rows"]
+__all__ = ["SampleState", "check_index", "check_index_unique", "update_states", "write_rows"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -59,6 +59,27 @@ def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = Non
         ValueError: wrong shape.
         IndexError: an entry is negative or ``>= num_samples``.
     """
+    _check_index_type(index, batch_size)
+    if index.numel():
+        lo_t, hi_t = torch.aminmax(index)  # one reduction for both bounds
+        _check_bounds(int(lo_t), int(hi_t), num_samples)
+    return index.long()
+
+
+def check_index_unique(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> tuple[Tensor, bool]:
+    """:func:`check_index` and whether every entry occurs once, with one ``torch.unique`` and one host read
+    (the bounds are the first and last of the sorted unique values). Returns ``(index as int64, unique)``."""
+    _check_index_type(index, batch_size)
+    n = index.numel()
+    if not n:
+        return index.long(), True
+    uniq = torch.unique(index)  # sorted
+    bounds = uniq[:: max(uniq.numel() - 1, 1)].tolist()
+    _check_bounds(bounds[0], bounds[-1], num_samples)
+    return index.long(), uniq.numel() == n
+
+
+def _check_index_type(index: Tensor, batch_size: int | None) -> None:
     if not isinstance(index, Tensor):
         raise TypeError(f"index must be a torch.Tensor of dataset indices, got {type(index).__name__}")
     if index.dtype.is_floating_point or index.dtype == torch.bool or index.is_complex():
@@ -67,15 +88,12 @@ def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = Non
         raise ValueError(f"index must be 1-D [B], got shape {tuple(index.shape)}")
     if batch_size is not None and index.numel() != batch_size:
         raise ValueError(f"index has {index.numel()} entries but the batch has {batch_size} samples")
-    if index.numel():
-        lo_t, hi_t = torch.aminmax(index)  # one reduction for both bounds
-        lo, hi = int(lo_t), int(hi_t)
-        if lo < 0 or hi >= num_samples:
-            bad = lo if lo < 0 else hi
-            raise IndexError(
-                f"dataset index {bad} is out of range for a state built with num_samples={num_samples}"
-            )
-    return index.long()
+
+
+def _check_bounds(lo: int, hi: int, num_samples: int) -> None:
+    if lo < 0 or hi >= num_samples:
+        bad = lo if lo < 0 else hi
+        raise IndexError(f"dataset index {bad} is out of range for a state built with num_samples={num_samples}")
 
 
 class SampleState(nn.Module):

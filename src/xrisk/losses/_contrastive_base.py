@@ -55,9 +55,12 @@ from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
 from xrisk.functional.contrastive import Estimator, count_true, log_moving_average
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
-from xrisk.state import SampleState, check_index, update_states, write_rows
+from xrisk.state import SampleState, check_index, check_index_unique, update_states, write_rows
 
-__all__ = ["ContrastiveBatch", "ContrastiveLossBase", "moving_average_rows", "momentum_rows", "sgd_rows"]
+__all__ = [
+    "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "like_tensor", "moving_average_rows", "momentum_rows",
+    "on_device", "sgd_rows",
+]
 
 Mode = Literal["unimodal", "bimodal"]
 
@@ -108,6 +111,22 @@ class ContrastiveBatch:
     objective: Callable[[], Tensor] | None = None
 
 
+def like_tensor(x: Tensor, like: Tensor) -> Tensor:
+    """``x`` on ``like``'s device and dtype, without a call when it already is (a no-op ``.to()`` still costs
+    a dispatch, several us on the hot path)."""
+    return x if x.dtype == like.dtype and x.device == like.device else x.to(like.device, like.dtype)
+
+
+def on_device(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` on ``device`` (no call when it already is)."""
+    return x if x.device == device else x.to(device)
+
+
+def as_state_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x`` as state rows: float32 on ``index``'s device (the state's; no call when it already is)."""
+    return x if x.dtype == torch.float32 and x.device == index.device else x.to(index.device, torch.float32)
+
+
 def moving_average_rows(state: SampleState, index: Tensor, log_new: Tensor, gamma: float) -> Tensor:
     """New rows of a log-space estimator: ``log((1 - gamma) u + gamma exp(log_new))`` (first visit: ``log_new``).
 
@@ -128,7 +147,7 @@ def momentum_rows(momentum: SampleState, index: Tensor, grad: Tensor, beta: floa
 def sgd_rows(before: Tensor, m: Tensor, lr: float, bounds: tuple[float, float] | None = None) -> Tensor:
     """New rows of a per-sample parameter after a momentum step: ``clip(before - lr m, *bounds)`` (in ``m``'s
     dtype and device; no bounds: no clipping). Nothing is written."""
-    new = torch.add(before.to(m), m, alpha=-lr)
+    new = torch.add(like_tensor(before, m), m, alpha=-lr)
     return new.clamp_(*bounds) if bounds is not None else new
 
 
@@ -202,6 +221,7 @@ class ContrastiveLossBase(nn.Module):
         self.false_negatives = false_negatives
         self.normalize = bool(normalize)
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
+        self._epoch_int = 0  # the buffer's value on the host: read per step without a device sync
         self.register_buffer("_objective", torch.full((), float("nan")))  # persistent: objective() survives resume
 
     # ----------------------------------------------------------------------------- device / dtype
@@ -217,6 +237,7 @@ class ContrastiveLossBase(nn.Module):
         if int(epoch) < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch!r}")
         self.epoch.fill_(int(epoch))
+        self._epoch_int = int(epoch)
         if self.false_negatives is not None:
             self.false_negatives.set_epoch(int(epoch))
         self._on_epoch(int(epoch))
@@ -224,11 +245,15 @@ class ContrastiveLossBase(nn.Module):
     def _on_epoch(self, epoch: int) -> None:
         """Hook for per-epoch work of a subclass (default: nothing)."""
 
+    def current_epoch(self) -> int:
+        """The epoch of :meth:`set_epoch` (or of a loaded ``state_dict``) as a Python int."""
+        return self._epoch_int
+
     def current_gamma(self) -> float:
         """The ``gamma`` used at the current epoch (schedule if given, else the constant)."""
         if self.gamma_schedule is None:
             return self.gamma
-        return check_unit_interval("gamma_schedule(epoch)", self.gamma_schedule(int(self.epoch)))
+        return check_unit_interval("gamma_schedule(epoch)", self.gamma_schedule(self._epoch_int))
 
     # ----------------------------------------------------------------------------- template
     def forward(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
@@ -248,10 +273,11 @@ class ContrastiveLossBase(nn.Module):
         # detector writes its thresholds first, so with one the features are checked up front.
         check_features(feats_a, feats_b, finite=self.false_negatives is not None)
         raw_a, raw_b = feats_a, feats_b
-        idx = check_index(index, self.num_samples, batch_size=feats_a.shape[0]).to(feats_a.device)
-        if self._paired_path and self.mode == "bimodal" and self.false_negatives is None and not xdist.is_distributed():
-            n = idx.numel()
-            if n >= 2 and torch.unique(idx).numel() == n:  # every pair once: the lean path
+        lean = self._paired_path and self.mode == "bimodal" and self.false_negatives is None
+        if lean and not xdist.is_distributed():
+            idx, unique = check_index_unique(index, self.num_samples, batch_size=feats_a.shape[0])
+            idx = on_device(idx, feats_a.device)
+            if unique and idx.numel() >= 2:  # every pair once: the lean path
                 sim = cosine_similarity_matrix(feats_a, feats_b) if self.normalize else feats_a @ feats_b.T
                 try:
                     return self._paired_step(sim, idx)
@@ -259,6 +285,8 @@ class ContrastiveLossBase(nn.Module):
                     check_finite("feats_a", raw_a)
                     check_finite("feats_b", raw_b)
                     raise
+        else:
+            idx = on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
         # one process: normalisation and similarity are one autograd node (cosine_similarity_matrix / cosine_gram)
         fused = self.normalize and not xdist.is_distributed()
         if self.normalize and not fused:
@@ -351,8 +379,8 @@ class ContrastiveLossBase(nn.Module):
         rows: list[Tensor] = []
 
         def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
-            rows.append(moving_average_rows(state, index, log_g.to(index.device, torch.float32), gamma))
-            return rows[0].to(like.device, like.dtype)
+            rows.append(moving_average_rows(state, index, as_state_rows(log_g, index), gamma))
+            return like_tensor(rows[0], like)
 
         return estimator, rows
 
@@ -460,6 +488,11 @@ class ContrastiveLossBase(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         self.__dict__.pop("_pending_objective", None)  # the loaded objective replaces the last step's
         super()._load_from_state_dict(*args, **kwargs)
+        self._epoch_int = int(self._buffers["epoch"])  # type: ignore[arg-type]
+        self._on_load()
+
+    def _on_load(self) -> None:
+        """Hook run after this module's own buffers were loaded from a ``state_dict`` (default: nothing)."""
 
     def objective(self) -> Tensor:
         """Estimate of the true objective on the last (global) batch; NaN before the first batch.

@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.contrastive import gcl_fcco
+from xrisk.functional.contrastive import gcl_fcco, gcl_fcco_square
 from xrisk.losses._contrastive_base import (
-    ContrastiveBatch, ContrastiveLossBase, Mode, momentum_rows, sgd_rows,
+    ContrastiveBatch, ContrastiveLossBase, Mode, as_state_rows, like_tensor, momentum_rows, on_device, sgd_rows,
 )
 from xrisk.losses.false_negatives import FalseNegativeDetector
 from xrisk.state import SampleState, write_rows
@@ -196,33 +196,30 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             with torch.no_grad():
                 self.tau.clamp_(self.tau_min, self.tau_max)
             tau = _MeanGradOverRanks.apply(self.tau) if xdist.is_distributed() else self.tau
-            tau = tau.to(like.device, like.dtype)
+            tau = like_tensor(tau, like)
             value = float(self.tau.detach())
             return tau, value, value  # a float tau_g: the parameter changes in place after the step
         if self.temperature == "individual":
             values = self.tau_individual.tensors()[0]
             tau_g = values.index_select(0, index_g.to(values.device))
             tau = tau_g if start == 0 and tau_g.shape[0] == like.shape[0] else tau_g[start : start + like.shape[0]]
-            tau = tau.to(like.device, like.dtype)
+            tau = like_tensor(tau, like)
             return tau, tau_g, float(tau.min()) if tau.numel() else self.tau_min
         return self.tau, self.tau, self.tau  # type: ignore[return-value]
 
     def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
-        n = sim.shape[0]
-        sd = sim.detach()
-        pos = sd.diagonal().unsqueeze(1).expand(n, 2)
         rho = 0.0 if self.temperature == "fixed" else self.rho
         log_u = self._modules["log_u"]  # submodules and buffers read once (nn.Module attribute reads are slow)
-        i = index.to(log_u.tensors()[0].device)  # type: ignore[union-attr]
-        tau, tau_g, tau_low = self._temperatures(i, 0, pos)
-        estimator, rows = self._paired_estimator(log_u, i, sd)  # type: ignore[arg-type]
-        step = gcl_fcco(
-            [sim, sim.T], pos, tau, estimator, count=n - 1, transposed=True, eps=self.eps, rho=rho, scale=1.0 / n,
-            stable=not self._exp_is_safe(sd.dtype, tau_low),
+        i = on_device(index, log_u.tensors()[0].device)  # type: ignore[union-attr]
+        tau, tau_g, tau_low = self._temperatures(i, 0, sim)  # sim: the device and dtype of the kernel's tensors
+        estimator, rows = self._paired_estimator(log_u, i, sim)  # type: ignore[arg-type]
+        step = gcl_fcco_square(
+            sim, tau, estimator, eps=self.eps, rho=rho, scale=1.0 / sim.shape[0],
+            stable=not self._exp_is_safe(sim.dtype, tau_low),
         )
         states = [log_u]
         if step.tau_grad is not None:  # individual temperatures: momentum SGD of the batch's rows
-            grad = step.tau_grad.clamp(-self.tau_grad_clip, self.tau_grad_clip).to(i.device, torch.float32)
+            grad = as_state_rows(step.tau_grad.clamp_(-self.tau_grad_clip, self.tau_grad_clip), i)
             momentum = self._modules["tau_momentum"]
             m = momentum_rows(momentum, i, grad, self.beta_tau)  # type: ignore[arg-type]
             states += [momentum, self._modules["tau_individual"]]

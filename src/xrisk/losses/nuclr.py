@@ -11,8 +11,10 @@ from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_positive, check_unit_interval
-from xrisk.functional.contrastive import nuclr_fcco
-from xrisk.losses._contrastive_base import ContrastiveBatch, ContrastiveLossBase, momentum_rows, sgd_rows
+from xrisk.functional.contrastive import nuclr_fcco, nuclr_fcco_square
+from xrisk.losses._contrastive_base import (
+    ContrastiveBatch, ContrastiveLossBase, as_state_rows, like_tensor, momentum_rows, on_device, sgd_rows,
+)
 from xrisk.losses.false_negatives import FalseNegativeDetector
 from xrisk.state import SampleState, write_rows
 
@@ -28,6 +30,14 @@ def _nuclr_objective(tau: float, log_u_g: Tensor, log_pos: Tensor, zeta_g: Tenso
     return torch.where(
         valid_g.any(), terms.masked_fill(~valid_g, 0.0).sum() / n_g + zeta_g.mean(0).sum(), float("nan")
     )
+
+
+def _zeta_grad(col_weight: Tensor, count: Tensor | int) -> Tensor:
+    """``1 - col_weight / count``: ``n dL/dzeta`` of the columns, each a negative of ``count`` anchors (every
+    count ``>= 1``)."""
+    if isinstance(count, int):
+        return torch.rsub(col_weight, 1.0, alpha=1.0 / count)
+    return torch.div(col_weight, -count).add_(1.0)
 
 
 class NUCLRLoss(ContrastiveLossBase):
@@ -128,52 +138,61 @@ class NUCLRLoss(ContrastiveLossBase):
         self.zeta_momentum = SampleState(num_samples, (2,))
         self.register_buffer("xi", torch.full((2,), max(float(zeta_init), self.xi_init)))
 
-    def _exp_is_safe(self, dtype: torch.dtype, zeta_cols: Tensor) -> bool:
-        """``(|d| + zeta range) / tau <= (2 + zeta range) / tau`` stays far inside the exponent range."""
+    def _shared_exp_zeta_min(self, dtype: torch.dtype, zeta_cols: Tensor) -> Tensor | None:
+        """The ``[2]`` per-side minimum of ``zeta_cols`` when one exponential pass is safe (the exponents of side
+        ``v`` span ``(2 + max zeta_v - min zeta_v) / tau``, far inside the dtype's range), else None."""
         limit = {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
         if not self.normalize or 2.0 / self.tau > limit:
-            return False
+            return None
         if not zeta_cols.numel():
-            return 2.0 / self.tau <= limit
-        lo, hi = torch.aminmax(zeta_cols)  # the range over both sides bounds each side's range
-        spread = float(hi - lo)
-        return (2.0 + spread) / self.tau <= limit
+            return zeta_cols.new_zeros(2)
+        lo, hi = torch.aminmax(zeta_cols, dim=0)
+        spread = max(torch.sub(hi, lo).tolist())  # one host read
+        return lo if (2.0 + spread) / self.tau <= limit else None
 
     def _on_epoch(self, epoch: int) -> None:
         with torch.no_grad():
             self.xi.copy_(self.zeta.value.amax(0).clamp_min(self.xi_init).to(self.xi))
+        self.__dict__.pop("_log_pos_cache", None)
+
+    def _on_load(self) -> None:
+        self.__dict__.pop("_log_pos_cache", None)  # xi was loaded
 
     def _log_pos(self, like: Tensor) -> Tensor:
-        """``[2]`` log of the positive's term of ``Z``: ``-xi_v / tau - log(n - 1)``."""
-        xi = self._buffers["xi"].to(like.device, like.dtype)  # type: ignore[union-attr]
-        return xi.mul(-1.0 / self.tau).sub_(math.log(self.num_samples - 1))
+        """``[2]`` log of the positive's term of ``Z``: ``-xi_v / tau - log(n - 1)`` on ``like``'s device and dtype
+        (cached until ``xi`` changes: :meth:`set_epoch`, ``load_state_dict``; never modified in place)."""
+        cache = self.__dict__.setdefault("_log_pos_cache", {})
+        key = (like.device, like.dtype)
+        out = cache.get(key)
+        if out is None:
+            xi = self._buffers["xi"].to(like.device, like.dtype)  # type: ignore[union-attr]
+            out = cache[key] = xi.mul(-1.0 / self.tau).sub_(math.log(self.num_samples - 1))
+        return out
 
     def _zeta_lr(self) -> float | None:
         """Step size of ``zeta`` at the current epoch (None during the warm-up)."""
-        epoch = int(self.epoch)
+        epoch = self.current_epoch()
         if epoch < self.zeta_start_epoch:
             return None
         return float(self.zeta_lr_schedule(epoch)) if self.zeta_lr_schedule else self.lr_zeta
 
     def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
-        n = sim.shape[0]
-        sd = sim.detach()
-        pos = sd.diagonal().unsqueeze(1).expand(n, 2)
         log_u, zeta = self._modules["log_u"], self._modules["zeta"]  # read once (nn.Module attribute reads are slow)
         zeta_value = zeta.tensors()[0]  # type: ignore[union-attr]
-        i = index.to(zeta_value.device)
+        i = on_device(index, zeta_value.device)
         zeta_g = zeta_value.index_select(0, i)  # [B, 2]: the columns are the anchors
-        zeta_cols = zeta_g.to(sd.device, sd.dtype)
-        log_pos = self._log_pos(sd)
-        estimator, rows = self._paired_estimator(log_u, i, sd)  # type: ignore[arg-type]
-        step = nuclr_fcco(
-            [sim, sim.T], pos, zeta_cols, self.tau, log_pos, estimator, count=n - 1, transposed=True, scale=1.0 / n,
-            stable=not self._exp_is_safe(sd.dtype, zeta_cols),
+        zeta_cols = like_tensor(zeta_g, sim)  # sim: the device and dtype of the kernel's tensors
+        log_pos = self._log_pos(sim)
+        estimator, rows = self._paired_estimator(log_u, i, sim)  # type: ignore[arg-type]
+        zeta_min = self._shared_exp_zeta_min(sim.dtype, zeta_cols)
+        step = nuclr_fcco_square(
+            sim, zeta_cols, self.tau, log_pos, estimator, scale=1.0 / sim.shape[0], stable=zeta_min is None,
+            zeta_min=zeta_min,
         )
         states = [log_u]
         eta = self._zeta_lr()
         if eta is not None:  # G_jv = 1 - col_weight / col_count, momentum SGD of the batch's columns
-            grad = torch.div(step.col_weight, -step.col_count).add_(1.0).to(i.device, torch.float32)
+            grad = as_state_rows(_zeta_grad(step.col_weight, step.col_count), i)
             momentum = self._modules["zeta_momentum"]
             m = momentum_rows(momentum, i, grad, self.beta_zeta)  # type: ignore[arg-type]
             states += [momentum, zeta]
@@ -197,7 +216,7 @@ class NUCLRLoss(ContrastiveLossBase):
         step = nuclr_fcco(
             batch.sims, pos, zeta_cols, self.tau, log_pos, estimator, pos_offset=batch.pos_offset, count=batch.count,
             self_offset=batch.self_offset, neg=batch.neg, transposed=batch.transposed, scale=batch.scale,
-            stable=not (batch.transposed and self._exp_is_safe(pos.dtype, zeta_cols)),
+            stable=not batch.transposed or self._shared_exp_zeta_min(pos.dtype, zeta_cols) is None,
         )
         self._finish(batch, zeta_cols, step.col_weight, step.col_count, *glob, log_pos)
         return step.surrogate
@@ -215,7 +234,7 @@ class NUCLRLoss(ContrastiveLossBase):
         eta = self._zeta_lr()
         if eta is not None:
             if isinstance(cnt, int):  # one process, unique indices, no detector: all_valid, no mask needed
-                grad, has = torch.div(wsum, -cnt).add_(1.0), valid_g
+                grad, has = _zeta_grad(wsum, cnt), valid_g
             else:
                 if xdist.is_distributed():
                     stats = xdist.all_reduce_sum(torch.cat([wsum, cnt], 1).float().contiguous())  # [C, 4]
