@@ -40,15 +40,22 @@ def test_out_of_range_index(bad):
         SampleState(5).update(bad, torch.zeros(1), gamma=0.5)
 
 
-def test_check_index_unique_bounds_duplicates_and_types():
-    idx, unique = check_index_unique(torch.tensor([4, 0, 2], dtype=torch.int32), 5, batch_size=3)
-    assert unique and idx.dtype == torch.long and idx.tolist() == [4, 0, 2]
-    assert check_index_unique(torch.tensor([1, 3, 1]), 5)[1] is False
+@pytest.mark.parametrize("size", (3, 300))  # the Python path (<= 256 entries) and the torch.unique path
+def test_check_index_unique_bounds_duplicates_and_types(size):
+    n = 1000
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(size))[:size]
+    idx, unique = check_index_unique(perm.int(), n, batch_size=size)
+    assert unique and idx.dtype == torch.long and torch.equal(idx, perm)
+    dup = perm.clone()
+    dup[-1] = dup[0]
+    assert check_index_unique(dup, n)[1] is False
     assert check_index_unique(torch.tensor([3]), 5)[1] is True
     assert check_index_unique(torch.tensor([], dtype=torch.long), 5)[1] is True
-    for bad, value in ((torch.tensor([0, 5, 2]), 5), (torch.tensor([2, -1, 2]), -1), (torch.tensor([7]), 7)):
-        with pytest.raises(IndexError, match=f"dataset index {value} is out of range"):
-            check_index_unique(bad, 5)
+    for bad_value in (n, -1, n + 7):
+        bad = perm.clone()
+        bad[size // 2] = bad_value
+        with pytest.raises(IndexError, match=f"dataset index {bad_value} is out of range"):
+            check_index_unique(bad, n)
     with pytest.raises(TypeError, match="integer"):
         check_index_unique(torch.tensor([1.0]), 3)
     with pytest.raises(ValueError, match="3 entries but the batch has 2"):

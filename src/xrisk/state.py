@@ -67,12 +67,21 @@ def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = Non
 
 
 def check_index_unique(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> tuple[Tensor, bool]:
-    """:func:`check_index` and whether every entry occurs once, with one ``torch.unique`` and one host read
-    (the bounds are the first and last of the sorted unique values). Returns ``(index as int64, unique)``."""
+    """:func:`check_index` and whether every entry occurs once, with one host read. Returns
+    ``(index as int64, unique)``.
+
+    A small CPU index (``<= 256`` entries, a batch of one process) is read as a Python list (bounds and
+    duplicates in Python: no tensor op, which at that size costs more than the work); otherwise one
+    ``torch.unique`` gives both (the bounds are the first and last of its sorted values).
+    """
     _check_index_type(index, batch_size)
     n = index.numel()
     if not n:
         return index.long(), True
+    if n <= 256 and index.device.type == "cpu":
+        values = index.tolist()
+        _check_bounds(min(values), max(values), num_samples)
+        return index.long(), len(set(values)) == n
     uniq = torch.unique(index)  # sorted
     bounds = uniq[:: max(uniq.numel() - 1, 1)].tolist()
     _check_bounds(bounds[0], bounds[-1], num_samples)
@@ -232,8 +241,12 @@ def _moving_average(old: Tensor, new: Tensor, gamma: float | Tensor, seen: Tenso
 
 def _require_finite(news: Sequence[Tensor]) -> None:
     """Raise before anything is written when a new estimate is NaN/inf (one host read for all)."""
-    if len(news) > 1 and sum(x.numel() for x in news) <= 65536:  # small rows: one sum over their concatenation
-        news = [torch.cat([x.reshape(-1) for x in news])]  # all_finite reads it detached
+    if len(news) > 1 and sum(x.numel() for x in news) <= 65536:  # small rows: one sum over them all
+        shape = news[0].shape
+        if all(x.shape == shape for x in news):  # the usual case (a loss's rows): no reshape views
+            news = [torch.stack(list(news))]  # all_finite reads it detached
+        else:
+            news = [torch.cat([x.reshape(-1) for x in news])]
     if not all_finite(*news):
         raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
 
