@@ -73,6 +73,69 @@ def test_masked_negatives_leave_loss_and_estimator():
     assert abs(unmasked.item() - F.item()) > 1e-3
 
 
+def _negative_sims(a: torch.Tensor, b: torch.Tensor, unimodal: bool) -> list[torch.Tensor]:
+    """Per side ``[n, C]`` cosine similarities of each anchor with its candidate negatives, NaN elsewhere."""
+    n = a.shape[0]
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    rows = torch.arange(n)
+    if unimodal:  # columns [views a; views b]: an anchor's own column and its twin's are not negatives
+        z = torch.cat([an, bn])
+        sims = [(z @ z.T)[:n], (z @ z.T)[n:]]
+        for v in (0, 1):
+            sims[v][rows, rows] = sims[v][rows, rows + n] = float("nan")
+        return sims
+    sims = [an @ bn.T, bn @ an.T]
+    for s in sims:
+        s[rows, rows] = float("nan")
+    return sims
+
+
+@pytest.mark.parametrize("make", ["bimodal", "bimodal-individual", "unimodal", "nuclr"])
+def test_anchor_whose_negatives_are_all_flagged_keeps_its_state(make):
+    """Masking can leave an anchor without negatives (its threshold below all its similarities): the step goes
+    on, that anchor's estimator (and temperature) rows stay as they were, the others are written, and (bimodal,
+    gamma = 1) the gradient is the exact masked objective's over the anchors that keep negatives.
+    Regression: such a step used to write the state rows unmasked and raise FloatingPointError."""
+    n, tau = 8, 0.3
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(n, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = (a.detach() + 0.6 * torch.randn(n, 4, generator=g, dtype=torch.float64)).requires_grad_(True)
+    sims = _negative_sims(a.detach(), b.detach(), make == "unimodal")
+    lowest = torch.stack([s.nan_to_num(2.0).amin(1) for s in sims], 1)  # each anchor's smallest negative sim
+    lam0 = lowest.median().item()  # about half of the anchors lose every negative
+    fnd = FalseNegativeDetector(n, alpha=0.2, lr=1e-9, init=lam0)  # thresholds stay at lam0
+    if make == "nuclr":
+        loss_fn = NUCLRLoss(n, tau=tau, gamma=1.0, zeta_start_epoch=0, lr_zeta=0.1, false_negatives=fnd)
+    else:
+        loss_fn = GlobalContrastiveLoss(
+            n, mode="unimodal" if make == "unimodal" else "bimodal", tau=tau, gamma=1.0, false_negatives=fnd,
+            temperature="individual" if make == "bimodal-individual" else "fixed",
+        )
+    loss_fn = loss_fn.double()
+    out = loss_fn(a, b, torch.arange(n))
+    ga, gb = torch.autograd.grad(out, [a, b])
+    assert torch.isfinite(out) and torch.isfinite(ga).all() and torch.isfinite(gb).all()
+    assert math.isfinite(loss_fn.objective().item())
+    has = lowest <= lam0  # [n, 2]: the anchor keeps a negative on that side
+    assert (~has).any() and has.any(), "the test needs anchors with and without kept negatives"
+    assert torch.equal(loss_fn.log_u.seen, has)  # the anchors left without negatives were not written
+    assert (loss_fn.log_u.value[~has] == 0).all()
+    if make == "bimodal-individual":
+        assert torch.equal(loss_fn.tau_individual.seen, has) and (loss_fn.tau_individual.value[~has] == tau).all()
+    if make == "bimodal":  # the exact masked objective; anchors without negatives contribute nothing
+        an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+        pos = (an * bn).sum(1, keepdim=True)
+        exact = 0.0
+        for v, s in enumerate([an @ bn.T, bn @ an.T]):
+            keep = sims[v] <= lam0  # NaN (not a negative) compares False
+            inner = (torch.exp((s - pos) / tau) * keep).sum(1)
+            ok = keep.any(1)
+            exact = exact + (tau * torch.log(inner[ok] / keep.sum(1)[ok])).sum()
+        wa, wb = torch.autograd.grad(exact / n, [a, b])
+        torch.testing.assert_close(ga, wa, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(gb, wb, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("make", ["gcl", "nuclr"])
 def test_start_epoch_learns_without_masking_and_touches_only_batch_rows(make):
     n = 30

@@ -78,7 +78,7 @@ def count_true(mask: Tensor, dim: int | None = None) -> Tensor:
     """
     if dim is None:
         return torch.count_nonzero(mask)
-    if mask.dim() != 2:
+    if mask.dim() != 2 or mask.numel() <= 65536:  # small: the int64 copy costs less than the block sums' ops
         return mask.sum(dim)
     dim = dim % 2
     u = mask.view(torch.uint8)
@@ -174,7 +174,8 @@ def quantile_threshold_step(
         sim: ``[..., C]`` cosine similarities; lam: ``[...]`` thresholds.
         mask: ``[..., C]`` negatives, or None (2-D ``sim``): every column but the diagonals ``excluded``
             (blocks ``(first, count, offset)`` as in :func:`row_exp`; ``count`` must then be given).
-        count: ``[...]`` number of negatives per row (``count_true(mask, -1)``), if the caller has it.
+        count: ``[...]`` number of negatives per row (``count_true(mask, -1)``), if the caller has it, or an int
+            ``>= 1`` when every row has that many.
 
     Returns:
         ``[...]`` updated thresholds (rows without negatives are returned unchanged).
@@ -184,20 +185,22 @@ def quantile_threshold_step(
             raise ValueError("quantile_threshold_step without a mask needs count")
         count = count_true(mask, -1)
     grad = quantile_subgradient(sim, mask, lam, alpha=alpha, count=count, excluded=excluded)
-    new = (lam - lr * grad).clamp(-1.0, 1.0)
-    return torch.where(count > 0, new, lam)
+    new = (lam - lr * grad).clamp_(-1.0, 1.0)
+    return new if isinstance(count, int) else torch.where(count > 0, new, lam)
 
 
 def quantile_subgradient(
-    sim: Tensor, mask: Tensor | None, lam: Tensor, *, alpha: float, count: Tensor,
+    sim: Tensor, mask: Tensor | None, lam: Tensor, *, alpha: float, count: Tensor | int,
     excluded: Sequence[tuple[int, int, int]] = (),
 ) -> Tensor:
     """Batch subgradient ``alpha - mean_{j in N_i} 1[s_ij > lambda_i]`` of GloFND's pinball loss (``[...]``).
 
     Arguments as in :func:`quantile_threshold_step` (``count`` required); rows without negatives get ``alpha``.
     """
-    above = count_true(restrict_to_negatives(torch.gt(sim, lam.unsqueeze(-1)), mask, excluded), -1).to(lam.dtype)
-    return alpha - above / count.clamp_min(1).to(lam.dtype)
+    above = count_true(restrict_to_negatives(torch.gt(sim, lam.unsqueeze(-1)), mask, excluded), -1)
+    if isinstance(count, int):  # every row has count >= 1 negatives
+        return torch.rsub(above.to(lam.dtype).div_(count), alpha)
+    return alpha - above.to(lam.dtype) / count.clamp_min(1).to(lam.dtype)
 
 
 def restrict_to_negatives(flags: Tensor, mask: Tensor | None, excluded: Sequence[tuple[int, int, int]]) -> Tensor:

@@ -302,6 +302,8 @@ class ContrastiveLossBase(nn.Module):
                 [s.detach() for s in batch.sims], batch.neg, batch.index, counts=batch.count, index_checked=True,
                 unique=batch.inverse is None, excluded=excluded,
             )
+            # masking may leave an anchor without negatives: known only from the per-anchor counts it returns
+            batch.all_valid = batch.all_valid and isinstance(batch.count, int)
         try:
             out = self._loss(batch)
             if batch.pending:  # one finiteness check, then every state row of the step is written
@@ -356,9 +358,9 @@ class ContrastiveLossBase(nn.Module):
             # equal to m by symmetry, so elementwise ops of sims[1] with neg[1] (GloFND) stay contiguous
             neg = [m, m.T if transposed else m]
         count: Tensor | int
-        if unique_index is None:  # every column but the anchor's own pair(s); a tensor for the detector
+        if unique_index is None:  # every column but the anchor's own pair(s)
             count = col_index.numel() - n_excl
-            if self.false_negatives is not None or count < 1:
+            if count < 1:
                 count = torch.full((nb, 2), count, device=a.device, dtype=torch.long)
         else:
             count = count_true(m, 1).unsqueeze(1).expand(nb, 2)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal, Sequence
+
 import torch
 from torch import Tensor, nn
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-import math
-from typing import Literal, Sequence
-
 from xrisk.functional.contrastive import (
     count_true, masked_upper_quantile, negatives_mask, quantile_subgradient, quantile_threshold_step,
     restrict_to_negatives,
@@ -18,6 +17,11 @@ from xrisk.state import SampleState, check_index, update_states
 __all__ = ["FalseNegativeDetector"]
 
 Blocks = Sequence[tuple[int, int, int]]
+
+
+def _side(counts: Tensor | int, v: int) -> Tensor | int:
+    """Side ``v``'s column of per-anchor counts ``[B, 2]`` (an int count: the same for every anchor and side)."""
+    return counts if isinstance(counts, int) else counts[:, v]
 
 
 class FalseNegativeDetector(nn.Module):
@@ -123,16 +127,22 @@ class FalseNegativeDetector(nn.Module):
             self.lam_m = SampleState(num_samples, (2,))
             self.lam_v = SampleState(num_samples, (2,))
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
-        self.register_buffer("_masked_fraction", torch.full((), float("nan")), persistent=False)
+        self._epoch_int = 0  # the buffer's value on the host: read per step without a device sync
+        self._fraction_counts: tuple[Tensor, Tensor | int] | None = None  # (kept, candidates) of the last batch
 
     def set_epoch(self, epoch: int) -> None:
         """Set the 0-based epoch (masking starts at ``start_epoch``)."""
         self.epoch.fill_(int(epoch))
+        self._epoch_int = int(epoch)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super()._load_from_state_dict(*args, **kwargs)
+        self._epoch_int = int(self._buffers["epoch"])  # type: ignore[arg-type]
 
     @property
     def masking(self) -> bool:
         """Whether detected false negatives are removed at the current epoch."""
-        return int(self.epoch) >= self.start_epoch
+        return self._epoch_int >= self.start_epoch
 
     @property
     def last_masked_fraction(self) -> float:
@@ -143,16 +153,21 @@ class FalseNegativeDetector(nn.Module):
         still descending from ``init`` (raise ``lr`` or use ``init_quantile``). NaN before the first
         batch; under torch.distributed, over this rank's anchors only.
         """
-        return float(self._masked_fraction)
+        if self._fraction_counts is None:
+            return float("nan")
+        kept, candidates = self._fraction_counts  # counted on request, not on every step
+        total = candidates * kept.numel() if isinstance(candidates, int) else int(candidates.sum())
+        return 1.0 - int(kept.sum()) / max(total, 1)
 
     @torch.no_grad()
     def _step(
-        self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, counts: Tensor, *,
+        self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, counts: Tensor | int, *,
         index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] = ((), ()),
     ) -> Tensor:
         """Update the thresholds of the batch anchors from per-side ``[B, C]`` sims/negatives; return ``[B, 2]``.
 
-        ``counts [B, 2]``: number of negatives per anchor and side. ``index_checked`` / ``unique``: as
+        ``counts [B, 2]``: number of negatives per anchor and side (an int: every anchor has that many, ``>= 1``).
+        ``index_checked`` / ``unique``: as
         ``index_checked`` / ``assume_unique`` of :func:`~xrisk.state.update_states`. ``negs[v]`` None: every
         column but the diagonals ``excluded[v]``.
         """
@@ -165,13 +180,13 @@ class FalseNegativeDetector(nn.Module):
         if self.optimizer == "sgd":
             new = torch.stack(
                 [quantile_threshold_step(sims[v], negs[v], lam[:, v], alpha=self.alpha, lr=self.lr,
-                                         count=counts[:, v], excluded=excluded[v])
+                                         count=_side(counts, v), excluded=excluded[v])
                  for v in (0, 1)], 1
             )
             rows: list[Tensor] = []
         else:
             grad = torch.stack(
-                [quantile_subgradient(sims[v], negs[v], lam[:, v], alpha=self.alpha, count=counts[:, v],
+                [quantile_subgradient(sims[v], negs[v], lam[:, v], alpha=self.alpha, count=_side(counts, v),
                                       excluded=excluded[v])
                  for v in (0, 1)], 1
             )
@@ -185,7 +200,7 @@ class FalseNegativeDetector(nn.Module):
                 q = torch.stack([masked_upper_quantile(sims[v], masks[v], self.alpha) for v in (0, 1)], 1)
                 new = torch.where(first, q, new)
                 rows = [torch.where(first, 0.0, r) for r in rows]  # the moments start after the initialisation
-        has = counts > 0
+        has = None if isinstance(counts, int) else counts > 0  # an int: every anchor has that many (>= 1)
         out = update_states(
             states, index, (new, *rows), 1.0, mask=has, local=True, index_checked=True, assume_unique=unique
         )[0]
@@ -197,7 +212,7 @@ class FalseNegativeDetector(nn.Module):
         b1, b2 = self.betas
         m = torch.lerp(grad, self.lam_m.value.index_select(0, index).to(grad), b1)  # b1 m + (1 - b1) g
         v = torch.lerp(grad * grad, self.lam_v.value.index_select(0, index).to(grad), b2)
-        t = int(self.epoch) + 1
+        t = self._epoch_int + 1
         step = (m / (1.0 - b1**t)) / ((v / (1.0 - b2**t)).sqrt_().add_(self.eps))
         return (lam - self.lr * step).clamp_(-1.0, 1.0), [m, v]
 
@@ -223,13 +238,15 @@ class FalseNegativeDetector(nn.Module):
 
     @torch.no_grad()
     def detect_with_counts(
-        self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, *, counts: Tensor | None = None,
+        self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, *, counts: Tensor | int | None = None,
         index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] | None = None,
-    ) -> tuple[list[Tensor], Tensor]:
+    ) -> tuple[list[Tensor], Tensor | int]:
         """:meth:`detect` that also returns the number of kept negatives per anchor and side ``[B, 2]``.
 
         ``counts [B, 2]``: the number of candidate negatives (``negs[v].sum(1)``), if the caller knows it
-        (the losses do); counting a ``[B, C]`` mask is one of the larger costs of a GloFND step.
+        (the losses do; an int when every anchor has that many, ``>= 1``); counting a ``[B, C]`` mask is one
+        of the larger costs of a GloFND step. The returned counts are ``counts`` itself before ``start_epoch``,
+        else ``[B, 2]`` per anchor and side (masking may leave an anchor without negatives).
         ``excluded``: per side, the candidate negatives are every column but these diagonals (blocks
         ``(first, count, offset)`` as in :func:`~xrisk.functional.contrastive.row_exp`) and ``negs`` may be
         ``[None, None]`` (``counts`` required): no ``[B, C]`` mask is built or combined (one process, unique
@@ -252,7 +269,7 @@ class FalseNegativeDetector(nn.Module):
         return masks, counts  # type: ignore[return-value]
 
     def _kept(
-        self, sims: list[Tensor], masks: Sequence[Tensor | None], lam: Tensor, counts: Tensor,
+        self, sims: list[Tensor], masks: Sequence[Tensor | None], lam: Tensor, counts: Tensor | int,
         excluded: Sequence[Blocks] = ((), ()),
     ) -> tuple[list[Tensor], Tensor]:
         """Negatives at or below the thresholds ``lam [B, 2]`` and their number per anchor and side;
@@ -261,7 +278,7 @@ class FalseNegativeDetector(nn.Module):
         # not (s > lam) rather than s <= lam: the same flags (no NaN here), and gt is the faster kernel on CPU
         kept = [restrict_to_negatives(torch.gt(sims[v], lam[:, v : v + 1]).logical_not_(), masks[v], excluded[v]) for v in (0, 1)]
         kept_counts = torch.stack([count_true(kept[v], 1) for v in (0, 1)], 1)
-        self._masked_fraction.copy_(1.0 - kept_counts.sum() / counts.sum().clamp_min(1))
+        self._fraction_counts = (kept_counts, counts)
         return kept, kept_counts
 
     @torch.no_grad()
