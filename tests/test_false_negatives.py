@@ -278,7 +278,7 @@ def test_count_true_equals_sum_for_every_layout():
     from xrisk.functional.contrastive import count_true
 
     g = torch.Generator().manual_seed(0)
-    for shape in [(5, 3), (300, 1000), (1000, 300), (7, 128), (128, 7), (3, 0), (0, 4), (256, 300)]:
+    for shape in [(5, 3), (300, 1000), (1000, 300), (7, 128), (128, 7), (3, 0), (0, 4), (256, 300), (255, 256)]:
         m = torch.rand(shape, generator=g) < 0.6
         for x in (m, m.T, m.T.contiguous(), m[:, ::2]):  # row-major, transposed view, copy, strided
             for d in (0, 1, -1):
@@ -288,6 +288,10 @@ def test_count_true_equals_sum_for_every_layout():
     assert torch.equal(count_true(m3[:, 0], 1), m3[:, 0].sum(1)) and torch.equal(count_true(m3, -1), m3.sum(-1))
     big = torch.ones(3, 1000, dtype=torch.bool)  # blocks of 128 ones: no uint8 overflow
     assert count_true(big, 1).tolist() == [1000] * 3
+    for n in (255, 256):  # one uint8 sum up to 255 entries, blocks above
+        full = torch.ones(n, n, dtype=torch.bool)
+        assert count_true(full, 1).tolist() == [n] * n and count_true(full.T, 0).tolist() == [n] * n
+        assert count_true(full, 1).dtype == torch.int64
 
 
 def test_detect_with_counts_returns_the_kept_counts():

@@ -74,14 +74,17 @@ def count_true(mask: Tensor, dim: int | None = None) -> Tensor:
     mask into its ``int64`` accumulator type (32 MB for a ``[2048, 2048]`` mask; any widening
     ``dtype=`` copies too). For 2-D masks the bytes are summed as ``uint8`` in blocks of 128 entries
     (exact: at most 128 per block), along whichever axis is contiguous in memory (so transposed views
-    cost the same), and the ``[rows, C / 128]`` block sums are added in ``int64``.
+    cost the same), and the ``[rows, C / 128]`` block sums are added in ``int64``; at most 255 entries
+    along ``dim`` are one ``uint8`` sum.
     """
     if dim is None:
         return torch.count_nonzero(mask)
-    if mask.dim() != 2 or mask.numel() <= 65536:  # small: the int64 copy costs less than the block sums' ops
+    if mask.dim() != 2:
         return mask.sum(dim)
     dim = dim % 2
     u = mask.view(torch.uint8)
+    if mask.shape[dim] <= 255:  # one block: a uint8 sum cannot overflow (half the time of a bool sum at B = 128)
+        return u.sum(dim, dtype=torch.uint8).long()
     if u.stride(dim) == 1:  # reduce along the contiguous axis: blocks of 128 consecutive bytes
         v = u if dim == 1 else u.T  # [other, n]
         n = v.shape[1]
