@@ -634,6 +634,24 @@ def _is_transpose_of(x: Tensor | None, y: Tensor | None) -> bool:
     )
 
 
+def _square_masks(neg: Sequence[Tensor | None]) -> tuple[Tensor | None, Tensor | None]:
+    """Both sides' negative masks of a square batch in the layout of ``sim`` (side 1's transposed; the same
+    object when one symmetric mask serves both, see :func:`_is_transpose_of`; None: all but the diagonal)."""
+    m0 = neg[0]
+    return m0, None if neg[1] is None else (m0 if _is_transpose_of(neg[1], m0) else neg[1].T)
+
+
+def _shared_exp(sd: Tensor, inv: float, m0: Tensor | None, m1: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``exp(sd / tau)`` restricted to each side's negatives (masks from :func:`_square_masks`): one matrix for
+    both sides when they share their negatives (zeroed diagonal in place without masks)."""
+    k = torch.mul(sd, inv).exp_()
+    if m0 is None:
+        k.diagonal().zero_()
+        return k, k
+    e0 = torch.where(m0, k, 0.0)  # torch.where: 3x faster than masked_fill_ on CPU
+    return e0, e0 if m1 is m0 else torch.where(m1, k, 0.0)  # type: ignore[arg-type]
+
+
 def _gcl_square(
     sim: Tensor, sd: Tensor, p: Tensor, tau: Tensor | float, per_anchor: bool, inv: float, estimator: Estimator,
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
@@ -646,16 +664,9 @@ def _gcl_square(
     the sum of the values, which is the surrogate's value. Every tensor op counts at ``B = 128`` (a few us
     each, views included), hence the explicit layouts.
     """
-    m0 = neg[0]
-    m1 = None if neg[1] is None else (m0 if _is_transpose_of(neg[1], m0) else neg[1].T)  # in the layout of sim
+    m0, m1 = _square_masks(neg)
     if not per_anchor and not stable:
-        k = torch.mul(sd, inv).exp_()
-        if m0 is None:
-            k.diagonal().zero_()
-            e0 = e1 = k
-        else:  # torch.where: 3x faster than masked_fill_ on CPU
-            e0 = torch.where(m0, k, 0.0)
-            e1 = e0 if m1 is m0 else torch.where(m1, k, 0.0)  # type: ignore[arg-type]
+        e0, e1 = _shared_exp(sd, inv, m0, m1)
         f: Tensor | None = (p * -inv).unsqueeze(1)  # both sides share the positive's factor exp(-pos / tau)
     else:
         if per_anchor:  # [2, B] rows, each contiguous (a strided broadcast operand halves the speed of the pass)
@@ -822,15 +833,8 @@ def nuclr_fcco_square(
     p = sd.diagonal()
     valid, some_empty, log_cnt = _anchor_counts(count, n, sd)
     cnt = count.clamp_min(1).to(sd.dtype) if isinstance(count, Tensor) else float(count)
-    m0 = neg[0]
-    m1 = None if neg[1] is None else (m0 if _is_transpose_of(neg[1], m0) else neg[1].T)  # in the layout of sim
-    k = torch.mul(sd, inv).exp_()
-    if m0 is None:
-        k.diagonal().zero_()
-        k0 = k1 = k
-    else:  # torch.where: 3x faster than masked_fill_ on CPU
-        k0 = torch.where(m0, k, 0.0)
-        k1 = k0 if m1 is m0 else torch.where(m1, k, 0.0)  # type: ignore[arg-type]
+    m0, m1 = _square_masks(neg)
+    k0, k1 = _shared_exp(sd, inv, m0, m1)
     zmin = zeta.amin(0) if zeta_min is None else zeta_min
     z = torch.sub(zmin, zeta).mul_(inv).exp_()  # [B, 2], in (0, 1]
     z0, z1 = z.unbind(1)

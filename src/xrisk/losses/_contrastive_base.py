@@ -58,8 +58,8 @@ from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
 from xrisk.state import SampleState, check_index, check_index_unique, update_states, write_rows
 
 __all__ = [
-    "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "like_tensor", "moving_average_rows", "momentum_rows",
-    "on_device", "sgd_rows",
+    "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "exp_limit", "like_tensor", "moving_average_rows",
+    "momentum_rows", "on_device", "sgd_rows",
 ]
 
 Mode = Literal["unimodal", "bimodal"]
@@ -109,6 +109,12 @@ class ContrastiveBatch:
     all_valid: bool = False
     pending: list[tuple[SampleState, Tensor]] = field(default_factory=list)
     objective: Callable[[], Tensor] | None = None
+
+
+def exp_limit(dtype: torch.dtype) -> float:
+    """Largest exponent the kernels' unshifted (``stable=False``) passes accept in ``dtype`` (far inside its
+    range, room left for sums over a batch); 0 for other dtypes (always shift)."""
+    return {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
 
 
 def like_tensor(x: Tensor, like: Tensor) -> Tensor:

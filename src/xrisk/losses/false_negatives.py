@@ -24,6 +24,12 @@ def _side(counts: Tensor | int, v: int) -> Tensor | int:
     return counts if isinstance(counts, int) else counts[:, v]
 
 
+def _explicit_masks(sims: Sequence[Tensor], negs: Sequence[Tensor | None], excluded: Sequence[Blocks]) -> list[Tensor]:
+    """Per side the ``[B, C]`` bool negatives: ``negs[v]``, or (None) every column but the diagonals ``excluded[v]``."""
+    return [m if m is not None else negatives_mask(s.shape, blocks, s.device)
+            for s, m, blocks in zip(sims, negs, excluded)]
+
+
 class FalseNegativeDetector(nn.Module):
     """Learns, for every anchor, the ``(1 - alpha)`` quantile of its similarities to the data set.
 
@@ -195,8 +201,7 @@ class FalseNegativeDetector(nn.Module):
         if self.init_quantile:
             first = ~self.lam.seen.index_select(0, index).to(ref.device)
             if bool(first.any()):
-                masks = [negs[v] if negs[v] is not None else negatives_mask(sims[v].shape, excluded[v], ref.device)
-                         for v in (0, 1)]
+                masks = _explicit_masks(sims, negs, excluded)
                 q = torch.stack([masked_upper_quantile(sims[v], masks[v], self.alpha) for v in (0, 1)], 1)
                 new = torch.where(first, q, new)
                 rows = [torch.where(first, 0.0, r) for r in rows]  # the moments start after the initialisation
@@ -264,9 +269,7 @@ class FalseNegativeDetector(nn.Module):
         kept, kept_counts = self._kept(sims, negs, lam, counts, excluded)
         if self.masking:
             return kept, kept_counts
-        masks = [negs[v] if negs[v] is not None else negatives_mask(sims[v].shape, excluded[v], sims[v].device)
-                 for v in (0, 1)]
-        return masks, counts  # type: ignore[return-value]
+        return _explicit_masks(sims, negs, excluded), counts
 
     def _kept(
         self, sims: list[Tensor], masks: Sequence[Tensor | None], lam: Tensor, counts: Tensor | int,

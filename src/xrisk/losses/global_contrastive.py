@@ -12,7 +12,8 @@ from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.contrastive import gcl_fcco, gcl_fcco_square
 from xrisk.losses._contrastive_base import (
-    ContrastiveBatch, ContrastiveLossBase, Mode, as_state_rows, like_tensor, momentum_rows, on_device, sgd_rows,
+    ContrastiveBatch, ContrastiveLossBase, Mode, as_state_rows, exp_limit, like_tensor, momentum_rows, on_device,
+    sgd_rows,
 )
 from xrisk.losses.false_negatives import FalseNegativeDetector
 from xrisk.state import SampleState, write_rows
@@ -185,7 +186,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
 
         ``tau_low``: the smallest temperature of this batch (its current value, not ``tau_min``).
         """
-        limit = {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
+        limit = exp_limit(dtype)
         return self.normalize and 2.0 / tau_low <= limit
 
     def _temperatures(self, index_g: Tensor, start: int, like: Tensor) -> tuple[Tensor | float, Tensor | float, float]:

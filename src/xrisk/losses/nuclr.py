@@ -13,7 +13,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import check_positive, check_unit_interval
 from xrisk.functional.contrastive import nuclr_fcco, nuclr_fcco_square
 from xrisk.losses._contrastive_base import (
-    ContrastiveBatch, ContrastiveLossBase, as_state_rows, like_tensor, momentum_rows, on_device, sgd_rows,
+    ContrastiveBatch, ContrastiveLossBase, as_state_rows, exp_limit, like_tensor, momentum_rows, on_device, sgd_rows,
 )
 from xrisk.losses.false_negatives import FalseNegativeDetector
 from xrisk.state import SampleState, write_rows
@@ -141,7 +141,7 @@ class NUCLRLoss(ContrastiveLossBase):
     def _shared_exp_zeta_min(self, dtype: torch.dtype, zeta_cols: Tensor) -> Tensor | None:
         """The ``[2]`` per-side minimum of ``zeta_cols`` when one exponential pass is safe (the exponents of side
         ``v`` span ``(2 + max zeta_v - min zeta_v) / tau``, far inside the dtype's range), else None."""
-        limit = {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
+        limit = exp_limit(dtype)
         if not self.normalize or 2.0 / self.tau > limit:
             return None
         if not zeta_cols.numel():
