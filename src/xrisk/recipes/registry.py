@@ -46,12 +46,17 @@ class Recipe:
             common ``--out``, ``--resume``, ``--quiet``, ``--no-plot`` itself).
         run: ``run(args, ctx) -> final metrics``; trains using the
             :class:`~xrisk.recipes.runner.RunContext` ``ctx`` and returns ``ctx.finish(...)``.
+        validate: optional ``validate(args)`` for rules a flag's own type cannot state (several
+            flags together, values that need the data); runs after parsing and before the run
+            folder is created, and raises :class:`UsageError` naming the flag. Single-flag rules
+            belong in the flag's type (:mod:`xrisk.recipes.flags`).
     """
 
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace, RunContext], dict[str, float]]
+    validate: Callable[[argparse.Namespace], None] | None = None
 
 
 #: Registered recipes by name.
