@@ -18,7 +18,8 @@ past entirely), in every moving average of the library.
 ``nn.Module``'s buffer registry (``named_buffers()`` does not list them), so that
 ``DistributedDataParallel`` does not broadcast ``O(num_samples)`` state from rank 0 before every
 forward pass (its default ``broadcast_buffers=True``): the state is already identical on every
-rank (see *Distributed sync* below). Rules it enforces:
+rank (see *Distributed sync* below). :class:`ReplicatedStateModule` implements this, for the
+loss templates' scalar state too. Rules it enforces:
 
 * **Index validation.** ``index`` must be an integer tensor of dataset indices in
   ``[0, num_samples)``; anything else raises :class:`IndexError` / :class:`TypeError`.
@@ -48,7 +49,7 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite
 
-__all__ = ["SampleState", "check_index", "check_index_unique", "update_states", "write_rows"]
+__all__ = ["ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "update_states", "write_rows"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -110,10 +111,112 @@ def _check_bounds(lo: int, hi: int, num_samples: int) -> None:
         raise IndexError(f"dataset index {bad} is out of range for a state built with num_samples={num_samples}")
 
 
-_STATE_NAMES = ("value", "seen")  # SampleState's tensors, in state_dict order
+class ReplicatedStateModule(nn.Module):
+    """Base of the xrisk modules that keep state: their buffers are *replicated state*.
+
+    Under ``torch.distributed`` every xrisk loss computes its state update from the global batch, so
+    after every step each rank holds the same state. ``DistributedDataParallel`` does not know that: by
+    default (``broadcast_buffers=True``) it copies every buffer of the wrapped model from rank 0 before
+    each forward pass, which for ``O(num_samples)`` per-sample state made a step several times slower
+    and, for the scalars, still costs one collective per step. So in a subclass,
+    :meth:`register_buffer` keeps the tensor out of ``nn.Module``'s buffer registry (it is a plain
+    attribute, not listed by ``named_buffers()``, hence never broadcast by DDP) while giving it a
+    buffer's behaviour everywhere else:
+
+    * ``state_dict()`` saves it (unless ``persistent=False``) under the same key, ``load_state_dict()``
+      restores it (``strict`` missing/unexpected keys, size checks and ``assign=True`` as for a buffer);
+    * ``.to(device)`` / ``.cuda()`` / ``.cpu()`` move it; dtype casts (``.half()``, ``.double()``,
+      ``.to(dtype)``) never change it (float32 estimates stay float32, counters stay integers).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replicated: dict[str, bool] = {}  # name -> persistent
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        """Register ``tensor`` as replicated state ``name`` (see the class docstring): a buffer for
+        ``state_dict()``, ``load_state_dict()`` and ``.to()``, never cast, never broadcast by DDP."""
+        if "_replicated" not in self.__dict__:
+            raise AttributeError("cannot register state before ReplicatedStateModule.__init__() call")
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"state name must be a non-empty string without '.', got {name!r}")
+        if name not in self._replicated and hasattr(self, name):
+            raise KeyError(f"attribute '{name}' already exists")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"cannot assign '{type(tensor).__name__}' object to state '{name}' (torch Tensor or None required)")
+        self._replicated[name] = bool(persistent)
+        self.__dict__[name] = tensor
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.get("_replicated", {}).pop(name, None)
+        super().__delattr__(name)
+
+    # ----------------------------------------------------------------------------- device policy
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "ReplicatedStateModule":  # type: ignore[override]
+        super()._apply(fn, recurse)
+        state = [(n, t) for n in self._replicated if isinstance(t := self.__dict__[n], Tensor)]
+        if state:  # follow device moves, never dtype casts
+            device = fn(torch.empty(0, device=state[0][1].device, dtype=torch.float32)).device
+            for name, t in state:
+                if t.device != device:
+                    self.__dict__[name] = t.to(device)
+        return self
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, persistent in self._replicated.items():  # as nn.Module saves a persistent buffer
+            t = self.__dict__[name]
+            if persistent and t is not None:
+                destination[prefix + name] = t if keep_vars else t.detach()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        assign = bool(local_metadata.get("assign_to_params_buffers", False))
+        ours = [n for n, persistent in self._replicated.items() if persistent and self.__dict__[n] is not None]
+        for name in ours:  # nn.Module's rules for a persistent buffer (and its messages)
+            key = prefix + name
+            current: Tensor = self.__dict__[name]
+            if key not in state_dict:
+                if strict:
+                    missing_keys.append(key)
+                continue
+            src = state_dict[key]
+            if not isinstance(src, Tensor):
+                error_msgs.append(f'While copying the parameter named "{key}", expected torch.Tensor or Tensor-like '
+                                  f"object from checkpoint but received {type(src)}")
+                continue
+            if src.shape != current.shape:
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {src.shape} from checkpoint, "
+                                  f"the shape in current model is {current.shape}.")
+                continue
+            try:
+                with torch.no_grad():
+                    if assign:  # keep the checkpoint's tensor (and device), in the state's dtype
+                        self.__dict__[name] = src.to(current.dtype)
+                    else:
+                        current.copy_(src)
+            except Exception as ex:  # noqa: BLE001 - reported like nn.Module does
+                error_msgs.append(f'While copying the parameter named "{key}", whose dimensions in the model are '
+                                  f"{current.size()} and whose dimensions in the checkpoint are {src.size()}, an "
+                                  f"exception occurred : {ex.args}.")
+        super()._load_from_state_dict(  # parameters, registered buffers, unexpected keys under this prefix
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for name in self._replicated:
+            if prefix + name in unexpected_keys:
+                unexpected_keys.remove(prefix + name)
 
 
-class SampleState(nn.Module):
+class SampleState(ReplicatedStateModule):
     """Moving-average estimates ``u[i, ...]``, one per dataset sample (and per task).
 
     Args:
@@ -122,8 +225,8 @@ class SampleState(nn.Module):
         init: value of never-visited entries (only visible through :meth:`read`).
         sync: distributed sync rule; only ``"index_scatter"`` exists (see module docstring).
 
-    State (in ``state_dict``; moved by ``.to()``, never cast; not in ``named_buffers()``, so DDP does not
-    broadcast it, see the module docstring):
+    State (in ``state_dict``; moved by ``.to()``, never cast; kept out of DDP's buffer broadcast,
+    see :class:`ReplicatedStateModule`):
         ``value``: ``[n, *shape]`` float32 estimates.
         ``seen``: ``[n, *shape]`` bool, whether the entry has been written.
 
@@ -158,29 +261,13 @@ class SampleState(nn.Module):
         self.shape = shape
         self.sync = sync
         self.init = float(init)
-        # plain tensor attributes, not registered buffers: kept out of DDP's buffer broadcast (module docstring);
-        # _save_to_state_dict / _load_from_state_dict / _apply give them a buffer's checkpoint and device behaviour
-        self.value = torch.full((num_samples, *shape), self.init, dtype=torch.float32)
-        self.seen = torch.zeros((num_samples, *shape), dtype=torch.bool)
+        self.register_buffer("value", torch.full((num_samples, *shape), self.init, dtype=torch.float32))
+        self.register_buffer("seen", torch.zeros((num_samples, *shape), dtype=torch.bool))
 
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}, shape={self.shape}, sync={self.sync!r}"
 
-    # ----------------------------------------------------------------------------- device policy
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "SampleState":  # type: ignore[override]
-        # Follow device moves, never dtype casts: the estimates stay float32 under .half()/.double().
-        probe = fn(torch.empty(0, device=self.value.device, dtype=torch.float32))
-        self.value = self.value.to(device=probe.device)
-        self.seen = self.seen.to(device=probe.device)
-        return self
-
     # ----------------------------------------------------------------------------- checkpoints
-    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name in _STATE_NAMES:  # as nn.Module saves a persistent buffer
-            t = self.__dict__[name]
-            destination[prefix + name] = t if keep_vars else t.detach()
-
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
@@ -201,39 +288,9 @@ class SampleState(nn.Module):
                     f"but this loss was built for shape {want} (num_samples={self.num_samples}); "
                     "was the checkpoint made for another data set or another number of tasks?"
                 )
-        assign = bool(local_metadata.get("assign_to_params_buffers", False))
-        for name in _STATE_NAMES:  # nn.Module's rules for a persistent buffer (its messages too)
-            key = prefix + name
-            current: Tensor = self.__dict__[name]
-            if key not in state_dict:
-                if strict:
-                    missing_keys.append(key)
-                continue
-            src = state_dict[key]
-            if not isinstance(src, Tensor):
-                error_msgs.append(f'While copying the parameter named "{key}", expected torch.Tensor or Tensor-like '
-                                  f"object from checkpoint but received {type(src)}")
-                continue
-            if src.shape != current.shape:
-                error_msgs.append(f"size mismatch for {key}: copying a param with shape {src.shape} from checkpoint, "
-                                  f"the shape in current model is {current.shape}.")
-                continue
-            try:
-                with torch.no_grad():
-                    if assign:  # keep the checkpoint's tensor (and device), in the state's dtype
-                        setattr(self, name, src.to(current.dtype))
-                    else:
-                        current.copy_(src)
-            except Exception as ex:  # noqa: BLE001 - reported like nn.Module does
-                error_msgs.append(f'While copying the parameter named "{key}", whose dimensions in the model are '
-                                  f"{current.size()} and whose dimensions in the checkpoint are {src.size()}, an "
-                                  f"exception occurred : {ex.args}.")
-        super()._load_from_state_dict(  # reports unexpected keys under this prefix (ours are expected)
+        super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        for name in _STATE_NAMES:
-            if prefix + name in unexpected_keys:
-                unexpected_keys.remove(prefix + name)
 
     # ----------------------------------------------------------------------------- access
     def tensors(self) -> tuple[Tensor, Tensor]:

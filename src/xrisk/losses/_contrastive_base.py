@@ -58,7 +58,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
 from xrisk.functional.contrastive import Estimator, count_true, log_moving_average
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
-from xrisk.state import SampleState, check_index, check_index_unique, update_states, write_rows
+from xrisk.state import ReplicatedStateModule, SampleState, check_index, check_index_unique, update_states, write_rows
 
 __all__ = [
     "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "exp_limit", "like_tensor", "moving_average_rows",
@@ -180,7 +180,7 @@ def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> 
         check_finite("feats_b", feats_b)
 
 
-class ContrastiveLossBase(nn.Module):
+class ContrastiveLossBase(ReplicatedStateModule):
     """Base class of the global contrastive losses (see the module docstring for the template).
 
     Args:
@@ -516,7 +516,7 @@ class ContrastiveLossBase(nn.Module):
     def _materialize_objective(self) -> None:
         pending = self.__dict__.pop("_pending_objective", None)
         if pending is not None:
-            self._buffers["_objective"].copy_(pending().detach().reshape(()))  # type: ignore[union-attr]
+            self.__dict__["_objective"].copy_(pending().detach().reshape(()))
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         self._materialize_objective()  # the checkpoint holds the last step's objective
@@ -525,7 +525,7 @@ class ContrastiveLossBase(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         self.__dict__.pop("_pending_objective", None)  # the loaded objective replaces the last step's
         super()._load_from_state_dict(*args, **kwargs)
-        self._epoch_int = int(self._buffers["epoch"])  # type: ignore[arg-type]
+        self._epoch_int = int(self.epoch)
         self._on_load()
 
     def _on_load(self) -> None:

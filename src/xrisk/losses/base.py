@@ -27,11 +27,11 @@ import functools
 from typing import Callable, ClassVar, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_binary_batch
-from xrisk.state import check_index
+from xrisk.state import ReplicatedStateModule, check_index
 
 __all__ = ["ScoreLoss", "label_order"]
 
@@ -41,7 +41,7 @@ __all__ = ["ScoreLoss", "label_order"]
 ObjectiveRecord = Union[Tensor, Callable[[], Tensor], None]
 
 
-class ScoreLoss(nn.Module):
+class ScoreLoss(ReplicatedStateModule):
     """Base class of losses on real-valued scores and binary (multi-label) targets.
 
     Subclasses set ``uses_index`` (whether per-sample state needs dataset indices),

@@ -6,7 +6,7 @@ import functools
 from typing import Any, Callable, Literal, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_positive, check_unit_interval
@@ -14,7 +14,7 @@ from xrisk.functional.contrastive import (
     count_true, masked_upper_quantile, negatives_mask, quantile_subgradient, quantile_threshold_step,
     restrict_to_negatives,
 )
-from xrisk.state import SampleState, check_index, update_states
+from xrisk.state import ReplicatedStateModule, SampleState, check_index, update_states
 
 __all__ = ["FalseNegativeDetector"]
 
@@ -37,7 +37,7 @@ def _check_forward_shapes(sim: Tensor, neg: Tensor, index: Tensor) -> None:
         raise ValueError(f"sim {tuple(sim.shape)} / neg {tuple(neg.shape)} must be [B={index.numel()}, 2, C]")
 
 
-class FalseNegativeDetector(nn.Module):
+class FalseNegativeDetector(ReplicatedStateModule):
     """Learns, for every anchor, the ``(1 - alpha)`` quantile of its similarities to the data set.
 
     For anchor ``i`` (and side ``v``: view a/b in unimodal mode, image/text in bimodal mode) the
@@ -150,7 +150,7 @@ class FalseNegativeDetector(nn.Module):
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         super()._load_from_state_dict(*args, **kwargs)
-        self._epoch_int = int(self._buffers["epoch"])  # type: ignore[arg-type]
+        self._epoch_int = int(self.epoch)
 
     @property
     def masking(self) -> bool:
