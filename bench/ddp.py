@@ -7,8 +7,9 @@ step within 1.05x of ``broadcast_buffers=False`` at ``num_samples = 2e6``.
 
 Setup: 2 gloo processes on this machine, ``torch.set_num_threads(1)`` each; one step = DDP forward
 (model + loss) + backward + SGD step + ``zero_grad``, fresh random dataset indices every step (the state
-is read and written). Two models with the same weights, one wrapped with default DDP, one with
-``broadcast_buffers=False``, timed in interleaved rounds (``_common.time_interleaved``, the order
+is read and written). Three models with the same weights, wrapped with default DDP, with
+``broadcast_buffers=False``, and with default DDP again (an A/A control giving the noise floor), timed in
+interleaved rounds (``_common.time_interleaved``, the order
 rotating each round; both ranks run the same schedule). Reported from rank 0: median ms/step of each,
 and the paired ratio (per round the ratio of the two medians, then the median over rounds).
 
@@ -105,7 +106,8 @@ def _worker(rank: int, world: int, port: int, src: str | None, num_samples: int,
     try:
         for kind in LOSSES:
             g = torch.Generator().manual_seed(100 + rank)
-            variants = {"default": _build(kind, num_samples, None), "no_broadcast": _build(kind, num_samples, False)}
+            variants = {"default": _build(kind, num_samples, None), "no_broadcast": _build(kind, num_samples, False),
+                        "default_copy": _build(kind, num_samples, None)}  # A/A control: the noise floor
             sent: list[int] = []
             ddp0 = variants["default"][0]
             original = ddp0._distributed_broadcast_coalesced  # DDP's buffer broadcast before each forward
@@ -130,17 +132,20 @@ def _worker(rank: int, world: int, port: int, src: str | None, num_samples: int,
 
             steps = {name: (lambda v=v: step(*v)) for name, v in variants.items()}
             times = C.time_interleaved(steps, rounds=rounds, steps_per_round=spr)
-            per_round = [
-                statistics.median(times["default"][r * spr : (r + 1) * spr])
-                / statistics.median(times["no_broadcast"][r * spr : (r + 1) * spr])
-                for r in range(rounds)
-            ]
-            state_mb = sum(v.numel() * v.element_size() for v in variants["default"][0].module.loss.state_dict().values())
+            def paired(a: str, b: str) -> list[float]:
+                return [statistics.median(times[a][r * spr : (r + 1) * spr])
+                        / statistics.median(times[b][r * spr : (r + 1) * spr]) for r in range(rounds)]
+
+            per_round = paired("default", "no_broadcast")
+            control = paired("default_copy", "default")
+            loss_state = variants["default"][0].module.loss.state_dict().values()
+            state_mb = sum(v.numel() * v.element_size() for v in loss_state)
             result["losses"][kind] = {
                 "default_ms": 1e3 * statistics.median(times["default"]),
                 "off_ms": 1e3 * statistics.median(times["no_broadcast"]),
                 "ratio": statistics.median(per_round),
                 "ratio_iqr": C.iqr(per_round) if rounds > 1 else (per_round[0], per_round[0]),
+                "control": statistics.median(control),
                 "state_mb": state_mb / 1e6,
                 "bytes_per_step": sum(sent) / max(len(times["default"]) + 2 * spr, 1),  # warm-up rounds included
             }
@@ -162,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run (1e4 samples, few steps); RESULTS.md untouched")
     ap.add_argument("--num-samples", type=int, default=2_000_000)
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--steps-per-round", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--steps-per-round", type=int, default=5)
     ap.add_argument("--baseline-src", metavar="DIR", help="also measure the xrisk package in DIR (e.g. main)")
     ap.add_argument("--baseline-label", default="baseline", help="name of the baseline in the table")
     ap.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
@@ -184,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([kind, f"{label} (`{res['xrisk']}`)" if src else label, f"{n:.0e}", f"{r['state_mb']:.1f}",
                          f"{r['bytes_per_step']:,.0f}",
                          f"{r['default_ms']:.2f}", f"{r['off_ms']:.2f}", f"{r['ratio']:.3f} ({lo:.3f}-{hi:.3f})",
-                         verdict])
+                         f"{r['control']:.3f}", verdict])
         print(f"[ddp] {label}: done, {time.perf_counter() - t0:.0f} s", flush=True)
     table = C.md_table(
-        ["loss", "xrisk", "num_samples", "state MB", "bytes broadcast per default step", "default DDP ms/step", "broadcast_buffers=False ms/step",
-         "paired ratio (IQR over rounds)", f"goal <= {GOAL}"], rows)
+        ["loss", "xrisk", "num_samples", "state MB", "bytes broadcast per default step", "default DDP ms/step",
+         "broadcast_buffers=False ms/step",
+         "paired ratio (IQR over rounds)", "A/A control ratio", f"goal <= {GOAL}"], rows)
     body = (
         "## DDP with the loss as a submodule: default vs `broadcast_buffers=False` (`bench/ddp.py`)\n\n"
         f"Command: `{cmd.strip()}`; {time.perf_counter() - t0:.0f} s.  \n"
@@ -197,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         f"2 gloo processes, 1 thread each, {BATCH} samples per rank; {rounds} interleaved rounds of {spr} steps "
         "per variant (2 warm-up rounds dropped); one step = DDP forward + backward + SGD step. Paired ratio = "
         "median over rounds of (default median / `broadcast_buffers=False` median); rank 0's times. "
-        "`state MB`: the loss's `state_dict()`.\n\n" + table
+        "`state MB`: the loss's `state_dict()`. A/A control: a second default-DDP copy timed in the same rounds, "
+        "paired with the first (its distance from 1 is the noise of this measurement on this machine).\n\n" + table
     )
     print(body, flush=True)
     if not (args.quick or args.no_write):

@@ -74,7 +74,8 @@ def _score_faults(rank: int, world: int) -> dict:
             out[(fault, type(loss).__name__)] = (got, _unchanged(loss, before))
         # the ranks are still in step: a valid batch afterwards goes through on both
         loss = APLoss(N, gamma=0.5)
-        out[(fault, "next")] = _outcome(lambda: loss(torch.rand(3), torch.tensor([1, 0, 0]), torch.arange(3) + 3 * rank))
+        y = torch.tensor([1, 0, 0])
+        out[(fault, "next")] = _outcome(lambda: loss(torch.rand(3), y, 3 * rank + torch.arange(3)))
     return out
 
 

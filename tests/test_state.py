@@ -104,7 +104,8 @@ def test_replicated_state_behaves_like_buffers_but_is_not_one():
     state_dict / load_state_dict / .to() / .half() behave as for buffers (float state is never cast)."""
     m = _Counter()
     assert [n for n, _ in m.named_buffers()] == []
-    assert list(m.state_dict()) == ["steps", "estimate", "lin.weight", "lin.bias", "u.value", "u.seen"]  # buffers' order
+    # the order buffers would have: own state, then submodules
+    assert list(m.state_dict()) == ["steps", "estimate", "lin.weight", "lin.bias", "u.value", "u.seen"]
     m.steps += 3
     m.estimate.mul_(2.0)
     m.u.update(torch.tensor([1]), torch.tensor([5.0]), gamma=1.0)

@@ -143,7 +143,8 @@ class ReplicatedStateModule(nn.Module):
         if name not in self._replicated and hasattr(self, name):
             raise KeyError(f"attribute '{name}' already exists")
         if tensor is not None and not isinstance(tensor, Tensor):
-            raise TypeError(f"cannot assign '{type(tensor).__name__}' object to state '{name}' (torch Tensor or None required)")
+            raise TypeError(f"cannot assign '{type(tensor).__name__}' object to state '{name}' "
+                            "(torch Tensor or None required)")
         self._replicated[name] = bool(persistent)
         self.__dict__[name] = tensor
 
@@ -152,7 +153,9 @@ class ReplicatedStateModule(nn.Module):
         super().__delattr__(name)
 
     # ----------------------------------------------------------------------------- device policy
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "ReplicatedStateModule":  # type: ignore[override]
+    def _apply(  # type: ignore[override]
+        self, fn: Callable[[Tensor], Tensor], recurse: bool = True
+    ) -> "ReplicatedStateModule":
         super()._apply(fn, recurse)
         state = [(n, t) for n in self._replicated if isinstance(t := self.__dict__[n], Tensor)]
         if state:  # follow device moves, never dtype casts
