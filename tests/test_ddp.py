@@ -12,7 +12,9 @@ are DDP parameters too).
 
 from __future__ import annotations
 
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,13 +108,41 @@ def _train(kind: str, rank: int | None, broadcast: bool | None) -> dict:
             "state_bytes": sum(v.numel() * v.element_size() for k, v in model.loss.state_dict().items())}
 
 
-def _worker(rank: int, world: int) -> dict:
-    return {(kind, b): _train(kind, rank, b) for kind in KINDS for b in (None, False)}
+def _guide_example() -> str:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    found = re.search(r"<!-- ddp-example -->\s*```python\n(.*?)```\s*<!-- /ddp-example -->", text, re.S)
+    assert found, "docs/guide.md lost its ddp-example block"
+    return found.group(1)
+
+
+def _run_guide(code: str) -> dict[str, torch.Tensor]:
+    namespace: dict = {"__name__": "__guide__"}
+    exec(compile(code, "docs/guide.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    return {k: v.detach().clone() for k, v in namespace["model"].module.state_dict().items()}
+
+
+def _worker(rank: int, world: int, guide: str) -> dict:
+    out: dict = {(kind, b): _train(kind, rank, b) for kind in KINDS for b in (None, False)}
+    out["guide"] = _run_guide(guide)
+    return out
+
+
+@pytest.fixture(scope="module")
+def per_rank() -> list[dict]:
+    return run_distributed(_worker, _guide_example(), timeout=120.0)
 
 
 @pytest.mark.distributed
-def test_default_ddp_does_not_broadcast_per_sample_state_and_equals_no_broadcast():
-    per_rank = run_distributed(_worker, timeout=120.0)
+def test_guide_ddp_example_trains_with_identical_state_on_every_rank(per_rank):
+    a, b = per_rank[0]["guide"], per_rank[1]["guide"]
+    assert a.keys() == b.keys() and "loss.u_all.value" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between ranks"
+    assert a["loss.u_all.seen"].sum() > 0  # the loop ran (u_all is kept for the positives)
+
+
+@pytest.mark.distributed
+def test_default_ddp_does_not_broadcast_per_sample_state_and_equals_no_broadcast(per_rank):
     for kind in KINDS:
         ref = _train(kind, None, None)
         for rank, res in enumerate(per_rank):

@@ -57,14 +57,16 @@ Running xrisk under DDP
 * **What is exact.** Gradients, state and objective estimates equal the single-process run on the
   concatenated batch, up to float summation order. ``gather=False`` (score losses) computes a
   per-rank loss instead: not the global objective, and the state then differs between ranks.
-* **What DDP broadcasts.** Per-sample state (:class:`~xrisk.SampleState`, ``O(num_samples)``) is
-  identical on every rank after every step and is kept out of DDP's buffer broadcast automatically
-  (it is not an ``nn.Module`` buffer, yet it is in ``state_dict()``, moves with ``.to()`` and stays
-  float32 under ``.half()``), so the default ``broadcast_buffers=True`` costs nothing for it. The
-  loss's scalar buffers (epoch, objective estimate) are identical on every rank and may be
-  broadcast or not. The loss's parameters (AUC-M ``a, b, alpha``, a learned temperature) receive
-  identical gradients on every rank, so DDP's averaging leaves them exact. Because DDP no longer
-  copies the state from rank 0, **load a checkpoint on every rank** (as for the optimizer state).
+* **What DDP broadcasts.** Nothing of the loss. Its state, per-sample (:class:`~xrisk.SampleState`,
+  ``O(num_samples)``) and scalar (epoch, counters, objective estimate), is identical on every rank
+  after every step and is kept out of DDP's buffer broadcast automatically: the losses derive from
+  :class:`~xrisk.state.ReplicatedStateModule`, whose buffers are not ``nn.Module`` buffers (not in
+  ``named_buffers()``), yet are in ``state_dict()``, move with ``.to()`` and are never cast by
+  ``.half()``. So the default ``broadcast_buffers=True`` costs nothing for them (``bench/ddp.py``);
+  only the model's own buffers (e.g. BatchNorm's) are broadcast. The loss's parameters (AUC-M
+  ``a, b, alpha``, a learned temperature) receive identical gradients on every rank, so DDP's
+  averaging leaves them exact. Because DDP does not copy the loss's state from rank 0, **load a
+  checkpoint on every rank** (as for the optimizer state).
 * **Optimizers.** ``PESG(model.parameters(), loss=model.loss)`` accepts the loss's parameters in
   ``params`` and routes each to its rule (``alpha`` to the dual ascent).
 """
