@@ -198,6 +198,7 @@ class ReplicatedStateModule(nn.Module):
                                   f"object from checkpoint but received {type(src)}")
                 continue
             if src.shape != current.shape:
+                self._state_shape_mismatch(name, key, tuple(src.shape), tuple(current.shape))
                 error_msgs.append(f"size mismatch for {key}: copying a param with shape {src.shape} from checkpoint, "
                                   f"the shape in current model is {current.shape}.")
                 continue
@@ -217,6 +218,11 @@ class ReplicatedStateModule(nn.Module):
         for name in self._replicated:
             if prefix + name in unexpected_keys:
                 unexpected_keys.remove(prefix + name)
+
+    def _state_shape_mismatch(self, name: str, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+        """Hook: a checkpoint's ``key`` has shape ``got`` where state ``name`` has ``want``. Raise to stop the
+        load with a clearer error (nothing of this module is loaded yet when the first state mismatches);
+        returning lets ``load_state_dict`` report a size mismatch as for a buffer."""
 
 
 class SampleState(ReplicatedStateModule):
@@ -271,29 +277,13 @@ class SampleState(ReplicatedStateModule):
         return f"num_samples={self.num_samples}, shape={self.shape}, sync={self.sync!r}"
 
     # ----------------------------------------------------------------------------- checkpoints
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        key = prefix + "value"
-        if key in state_dict and isinstance(state_dict[key], Tensor):
-            got = tuple(state_dict[key].shape)
-            want = tuple(self.value.shape)
-            if got != want:
-                raise ValueError(
-                    f"checkpoint state '{key}' has shape {got} (num_samples={got[0] if got else '?'}), "
-                    f"but this loss was built for shape {want} (num_samples={self.num_samples}); "
-                    "was the checkpoint made for another data set or another number of tasks?"
-                )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def _state_shape_mismatch(self, name: str, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+        if name == "value":  # checked first: nothing of this state is loaded
+            raise ValueError(
+                f"checkpoint state '{key}' has shape {got} (num_samples={got[0] if got else '?'}), "
+                f"but this loss was built for shape {want} (num_samples={self.num_samples}); "
+                "was the checkpoint made for another data set or another number of tasks?"
+            )
 
     # ----------------------------------------------------------------------------- access
     def tensors(self) -> tuple[Tensor, Tensor]:
