@@ -5,37 +5,36 @@ The one-shot functions :func:`~xrisk.metrics.auroc`, :func:`~xrisk.metrics.avera
 from Lightning, checkpoint or sync across processes, use a ``torchmetrics.Metric`` (an
 ``nn.Module``: ``state_dict``, ``.to()``, ``reset()``, ``dist_reduce_fx`` sync):
 
-======================================================  =================================================
-xrisk (one shot)                                        streaming
-======================================================  =================================================
-``auroc(s, y)``                                         ``torchmetrics.classification.BinaryAUROC()``
-``average_precision(s, y)``                             ``torchmetrics.classification.BinaryAveragePrecision()``
-``auroc(s, y)`` with ``[B, T]`` inputs                  ``MultilabelAUROC(num_labels=T, average="macro")``
-``partial_auroc(s, y, max_fpr=b)`` (one-way)            ``BinaryAUROC(max_fpr=b)`` **McClish-standardised**, see below
-``partial_auroc(s, y, max_fpr=b, min_tpr=a)``           :class:`TwoWayPartialAUROC` (this module, ``xrisk[metrics]``)
-======================================================  =================================================
+| xrisk (one shot) | streaming (a ``torchmetrics.Metric``) |
+|---|---|
+| ``auroc(s, y)`` | ``torchmetrics.classification.BinaryAUROC()`` |
+| ``average_precision(s, y)`` | ``torchmetrics.classification.BinaryAveragePrecision()`` |
+| ``auroc(s, y)``, ``[B, T]`` inputs | ``MultilabelAUROC(num_labels=T, average="macro")`` (see below) |
+| ``partial_auroc(s, y, max_fpr=b)`` (one-way) | ``BinaryAUROC(max_fpr=b)``, **McClish-standardised**: convert, see below |
+| ``partial_auroc(s, y, max_fpr=b, min_tpr=a)`` (two-way) | :class:`TwoWayPartialAUROC` (this module, ``xrisk[metrics]``) |
 
 Both torchmetrics and xrisk count a tied positive-negative pair ``1/2`` (scikit-learn's ROC curve),
 so with ``thresholds=None`` (exact mode) the values agree up to float32 rounding (torchmetrics
-computes in float32; about ``1e-7``). Two differences to know:
+computes in float32; about ``1e-7``). Two differences to know.
 
-* **One-way pAUC scale.** ``BinaryAUROC(max_fpr=b)`` returns the McClish-standardised value, like
-  scikit-learn's ``roc_auc_score(max_fpr=b)``: ``0.5`` for a random ranking, ``1`` for a perfect
-  one. :func:`~xrisk.metrics.partial_auroc` returns the raw area over ``FPR <= b`` divided by its
-  maximum ``b`` (``b/2`` for a random ranking, ``1`` for a perfect one), the quantity the pAUC
-  losses optimise. With ``p = partial_auroc(s, y, max_fpr=b)`` and ``m = BinaryAUROC(max_fpr=b)``:
+**One-way pAUC scale.** ``BinaryAUROC(max_fpr=b)`` returns the McClish-standardised value, like
+scikit-learn's ``roc_auc_score(max_fpr=b)``: ``0.5`` for a random ranking, ``1`` for a perfect
+one. :func:`~xrisk.metrics.partial_auroc` returns the raw area over ``FPR <= b`` divided by its
+maximum ``b`` (``b/2`` for a random ranking, ``1`` for a perfect one), the quantity the pAUC
+losses optimise. With ``p = partial_auroc(s, y, max_fpr=b)`` and ``m = BinaryAUROC(max_fpr=b)``:
 
-  .. math::
+.. math::
 
-      m = \\frac12\\Big(1 + \\frac{p - b/2}{1 - b/2}\\Big), \\qquad
-      p = \\frac b2 + (2m - 1)\\Big(1 - \\frac b2\\Big),
+    m = \\frac12\\Big(1 + \\frac{p - b/2}{1 - b/2}\\Big), \\qquad
+    p = \\frac b2 + (2m - 1)\\Big(1 - \\frac b2\\Big),
 
-  given by :func:`~xrisk.metrics.normalized_to_mcclish` and
-  :func:`~xrisk.metrics.mcclish_to_normalized`.
-* **Logits.** torchmetrics applies a sigmoid to predictions outside ``[0, 1]``; in float32 the
-  sigmoid rounds every logit above about 17 to ``1.0``, which creates ties and changes the value
-  (logits ``[20, 30, 25, 40]`` with targets ``[0, 1, 0, 1]``: ``0.5`` instead of ``1.0``). Pass
-  probabilities, or float64 logits; xrisk's functions use the scores as given.
+given by :func:`~xrisk.metrics.normalized_to_mcclish` and
+:func:`~xrisk.metrics.mcclish_to_normalized`.
+
+**Logits.** torchmetrics applies a sigmoid to predictions outside ``[0, 1]``; in float32 the
+sigmoid rounds every logit above about 17 to ``1.0``, which creates ties and changes the value
+(logits ``[20, 30, 25, 40]`` with targets ``[0, 1, 0, 1]``: ``0.5`` instead of ``1.0``). Pass
+probabilities, or float64 logits; xrisk's functions use the scores as given.
 
 Tasks without both classes: xrisk's ``average="macro"`` skips them (NaN in ``average="none"``);
 torchmetrics' multilabel metrics warn and count them as 0.
@@ -108,10 +107,12 @@ class TwoWayPartialAUROC(Metric):
 
     .. math::
 
-        |\\mathrm{pAUC}_{\\mathrm{binned}} - \\mathrm{pAUC}_{\\mathrm{exact}}| \\le
-        \\frac{1}{(1-\\alpha)\\beta}\\sum_{k:\\, f_k < \\beta}
-            \\big(\\min(f_{k+1}, \\beta) - f_k\\big)\\big(g(t_{k+1}) - g(t_k)\\big)
-        \\le \\min\\Big(\\frac{\\varepsilon_+}{1-\\alpha}, \\frac{\\varepsilon_-}{\\beta}\\Big),
+        \\begin{aligned}
+        |\\mathrm{pAUC}_{\\mathrm{binned}} - \\mathrm{pAUC}_{\\mathrm{exact}}|
+        &\\le \\frac{1}{(1-\\alpha)\\beta}\\sum_{k:\\, f_k < \\beta}
+            \\big(\\min(f_{k+1}, \\beta) - f_k\\big)\\big(g(t_{k+1}) - g(t_k)\\big) \\\\
+        &\\le \\min\\Big(\\frac{\\varepsilon_+}{1-\\alpha}, \\frac{\\varepsilon_-}{\\beta}\\Big),
+        \\end{aligned}
 
     where ``eps_+``/``eps_-`` are the largest shares of the positives/negatives falling in one bin.
     :meth:`error_bound` returns the middle term from the histograms (0 in exact mode).
