@@ -205,19 +205,14 @@ def save_checkpoint(
 
     ``extra`` is converted so the file always loads with ``weights_only=True``:
 
-    ===========================================================  =================================
-    value                                                        stored as
-    ===========================================================  =================================
-    ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``  as is
-    ``bytes``, tensors, ``torch.Size``/``dtype``/``device``      as is (tensors detached)
-    numpy scalars (``np.float32(1)``, ``np.int64``, ...)          the Python number
-    numpy bool/number arrays                                     ``torch.Tensor`` (a copy)
-    ``pathlib.Path`` and other ``os.PathLike``                   ``str``
-    ``datetime``/``date``/``time``                               ISO 8601 ``str``
-    ``dict`` (any mapping), ``list``, ``tuple``, ``set``         same container, items converted
-    anything else (objects, enums, dataclasses, numpy object     ``TypeError`` at save time,
-    arrays, ``frozenset``, ...)                                  naming the key; nothing written
-    ===========================================================  =================================
+    * ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``, ``torch.Size``,
+      ``torch.dtype``, ``torch.device``: stored as they are; tensors: detached;
+    * numpy scalars (``np.float32(1)``, ``np.int64(3)``, ``np.bool_``): the Python number;
+    * numpy bool/number arrays: a ``torch.Tensor`` copy (``.numpy()`` gives the array back);
+    * ``pathlib.Path`` and other ``os.PathLike``: ``str``; ``datetime``/``date``/``time``: ISO 8601 ``str``;
+    * ``dict`` (any mapping), ``list``, ``tuple``, ``set``: the same container, items converted;
+    * anything else (objects, enums, dataclasses, numpy string/object arrays, ``frozenset``, ...):
+      ``TypeError`` at save time naming the key, and nothing is written.
 
     Args:
         path: file to write (its folder is created). Permissions follow the umask.
