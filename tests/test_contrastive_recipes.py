@@ -136,19 +136,25 @@ class _Crash(Exception):
 
 @needs_fashion
 @pytest.mark.parametrize("method", ["clip", "sogclr"])
-def test_resume_from_inside_an_epoch_equals_uninterrupted(tmp_path, monkeypatch, method):
+def test_resume_from_inside_an_epoch_equals_uninterrupted(tmp_path, monkeypatch, request, method):
     """Checkpoints every step; the process dies in the last step of epoch 2; the resumed run restores the
     epoch's augmentation generator, running sums and loss state and ends bit-identical."""
+    import functools
+
+    import xrisk.data.captions as captions
     from xrisk.data.augment import ContrastiveAugment
     from xrisk.recipes.runner import RunContext
 
+    monkeypatch.setattr(captions, "load_fashion_captions", functools.lru_cache(captions.load_fashion_captions))  # once
+    threads = torch.get_num_threads()  # the configs use one thread (fast on a shared machine); restored after
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     if method == "clip":
         train, cfg = train_clip, CLIPConfig(loss="isogclr", image_encoder="mlp", subset=96, test_subset=64,
-                                            eval_size=64, batch_size=32, epochs=2)
+                                            eval_size=64, batch_size=32, epochs=2, num_threads=1)
         calls_per_step = 1
     else:
         train, cfg = train_simclr, SimCLRConfig(method="sogclr", image_encoder="mlp", subset=96, test_subset=64,
-                                                probe_train=96, batch_size=32, epochs=2)
+                                                probe_train=96, batch_size=32, epochs=2, num_threads=1)
         calls_per_step = 2
 
     def ctx(folder, **kw):

@@ -530,7 +530,6 @@ class RunContext:
             for g, s in zip(generators, saved):
                 g.set_state(s)
             if state is not None:
-                state.clear()
                 state.update(pending.get("state", {}))
         self._install_sigint_handler()
         try:
