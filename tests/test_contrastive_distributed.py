@@ -32,6 +32,14 @@ CONFIGS = {
     "nuclr": dict(kind="nuclr"),
     "nuclr-fnd": dict(kind="nuclr", fnd=True),
     "gcl-bimodal-individual-fnd-adam": dict(kind="gcl", mode="bimodal", temperature="individual", fnd="adam"),
+    # DRRho-CLIP: reference features of a second (frozen) encoder of another width
+    **{
+        f"drrho-gcl-{m}-{t}": dict(kind="gcl", mode=m, temperature=t, ref=True)
+        for m in ("unimodal", "bimodal")
+        for t in ("fixed", "global", "individual")
+    },
+    "drrho-gcl-bimodal-global-fnd": dict(kind="gcl", mode="bimodal", temperature="global", fnd=True, ref=True),
+    "drrho-nuclr": dict(kind="nuclr", ref=True),
 }
 
 
@@ -51,6 +59,7 @@ def _train(rank: int, world: int, cfg: dict) -> list[dict]:
     torch.manual_seed(0)
     enc = nn.Linear(6, 4).double()
     x_all = torch.randn(7, 6, dtype=torch.float64)
+    ref_enc = nn.Linear(6, 3).double() if cfg.get("ref") else None
     model: nn.Module = enc
     if world > 1:
         model = nn.parallel.DistributedDataParallel(enc)
@@ -63,7 +72,11 @@ def _train(rank: int, world: int, cfg: dict) -> list[dict]:
         noise = torch.randn(7, 6, dtype=torch.float64)
         xa, xb = x_all[lo:hi], (x_all + 0.5 * noise)[lo:hi]
         opt.zero_grad()
-        loss = loss_fn(model(xa), model(xb), idx[lo:hi])
+        ref = None
+        if ref_enc is not None:
+            with torch.no_grad():
+                ref = (ref_enc(xa), ref_enc(xb + 0.1))
+        loss = loss_fn(model(xa), model(xb), idx[lo:hi], ref_feats=ref)
         loss.backward()
         rec = {f"grad.{k}": p.grad.clone() for k, p in enc.named_parameters()}
         rec.update({f"grad.loss.{k}": p.grad.clone() for k, p in loss_fn.named_parameters()})

@@ -30,13 +30,17 @@ def _columns(an, bn, index, v, mode):
     return [(an[j], int(index[j])) for j in range(B)] + [(bn[j], int(index[j])) for j in range(B)]
 
 
-def oracle_step(st, a, b, index, *, mode, temperature, tau, gamma, rho, eps, lr_tau, beta, clip, tmin, tmax):
+def oracle_step(st, a, b, index, *, mode, temperature, tau, gamma, rho, eps, lr_tau, beta, clip, tmin, tmax,
+                ref=None):
     """One step of the method written anchor by anchor; returns (loss whose grad is the estimator, objective).
 
     ``st``: dict of python floats keyed by (dataset index, side): u, tau, m. ``tau`` is a float or a
-    0-dim tensor requiring grad (global temperature).
+    0-dim tensor requiring grad (global temperature). ``ref``: DRRho-CLIP's reference features ``(ref_a, ref_b)``:
+    every pair then enters with ``d_ij - d_ij^ref`` (the reference's similarity differences, same temperature).
     """
     an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    if ref is not None:
+        ran, rbn = (r / r.norm(dim=1, keepdim=True) for r in ref)
     B = len(index)
     ghat, taus, keys = {}, {}, []
     for i in range(B):
@@ -48,7 +52,12 @@ def oracle_step(st, a, b, index, *, mode, temperature, tau, gamma, rho, eps, lr_
                 t = torch.tensor(st["tau"].get(key, tau), dtype=a.dtype, requires_grad=True)
             else:
                 t = tau
-            terms = [torch.exp((x @ z - pos) / t) for z, k in _columns(an, bn, index, v, mode) if k != key[0]]
+            cols = _columns(an, bn, index, v, mode)
+            diffs = [x @ z - pos for z, _ in cols]
+            if ref is not None:  # the reference's difference of the same pair
+                xr = ran[i] if v == 0 else rbn[i]
+                diffs = [d - (xr @ zr - ran[i] @ rbn[i]) for d, (zr, _) in zip(diffs, _columns(ran, rbn, index, v, mode))]
+            terms = [torch.exp(d / t) for d, (_, k) in zip(diffs, cols) if k != key[0]]
             ghat[(i, v)] = sum(terms) / len(terms)
             taus[(i, v)] = t
             keys.append((i, v, key))

@@ -6,8 +6,9 @@ import torch
 from torch import Tensor
 
 from cases import LossCase
+from cases.cases_contrastive import _gradcheck as contrastive_gradcheck
 from xrisk.functional.drrho import drrho_cvar, drrho_cvar_objective, drrho_kl, drrho_kl_objective
-from xrisk.losses import DRRhoLoss
+from xrisk.losses import DRRhoLoss, FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss
 
 
 def _batch(seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -52,9 +53,29 @@ def _case(name: str, make) -> LossCase:
     return LossCase(name=name, make=make, batch=_batch, grad_args=(0,), empty_batch=_empty, gradcheck=_gradcheck)
 
 
+def _clip_batch(seed: int) -> tuple:
+    """DRRho-CLIP: a contrastive batch plus the reference model's features ``(ref_a, ref_b)`` of another width."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(8, 5, generator=g)
+    b = a + 0.5 * torch.randn(8, 5, generator=g)
+    ref = (torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g))
+    return a, b, (torch.arange(8) + 5 * seed) % 20, ref
+
+
+def _clip_case(name: str, make) -> LossCase:
+    return LossCase(name=name, make=make, batch=_clip_batch, grad_args=(0, 1), gradcheck=contrastive_gradcheck)
+
+
 CASES = [
     _case("drrho-kl", lambda: DRRhoLoss(divergence="kl", tau=0.5, gamma=0.7)),
     _case("drrho-kl-gamma1", lambda: DRRhoLoss(divergence="kl", tau=0.05, gamma=1.0)),
     _case("drrho-cvar", lambda: DRRhoLoss(divergence="cvar", alpha=0.3, eta=0.1)),
     _case("drrho-cvar-alpha1", lambda: DRRhoLoss(divergence="cvar", alpha=1.0)),
+    _clip_case("drrho-clip-gcl-bimodal-global",
+               lambda: GlobalContrastiveLoss(64, mode="bimodal", temperature="global", tau=0.2, rho=0.5)),
+    _clip_case("drrho-clip-gcl-unimodal-individual",
+               lambda: GlobalContrastiveLoss(64, mode="unimodal", temperature="individual", tau=0.2, rho=0.5)),
+    _clip_case("drrho-clip-gcl-bimodal-fnd",
+               lambda: GlobalContrastiveLoss(64, mode="bimodal", false_negatives=FalseNegativeDetector(64, alpha=0.2, lr=0.3))),
+    _clip_case("drrho-clip-nuclr", lambda: NUCLRLoss(64, tau=0.1, zeta_start_epoch=0, lr_zeta=0.05)),
 ]

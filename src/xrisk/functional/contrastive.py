@@ -29,7 +29,7 @@ kernels' gradients are tested against.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -54,6 +54,7 @@ __all__ = [
     "row_exp",
     "anchor_diagonal",
     "detached_weights_dot",
+    "reference_offset",
 ]
 
 
@@ -344,8 +345,38 @@ def _weights_dot(x: Tensor, weights: Tensor) -> Tensor:
     return torch.dot(weights.reshape(-1), x.reshape(-1))
 
 
+def _shifted_weights_dot(x: Tensor, weights: Tensor, shifted: Tensor | None) -> Tensor:
+    """``sum(stopgrad(weights) * x)`` as one autograd node (gradient ``weights``) whose value is
+    ``sum(weights * shifted)`` (the similarities plus a per-pair offset), or :func:`_weights_dot` when ``shifted``
+    is None."""
+    if shifted is None:
+        return _weights_dot(x, weights)
+    return detached_weights_dot(x, weights, torch.dot(weights.reshape(-1), shifted.reshape(-1)))
+
+
+def _shift(sd: Tensor, offset: Tensor | None) -> Tensor:
+    """``sd + offset`` (a new tensor), or ``sd`` itself without an offset."""
+    return sd if offset is None else sd + _no_grad(offset)
+
+
+def reference_offset(ref_a: Tensor, ref_b: Tensor) -> Tensor:
+    """The DRRho-CLIP offset ``o_ij = -s^ref_ij = -ref_a_i . ref_b_j`` (``[B_a, B_b]``, no autograd): the rows
+    are negated before the product (``O(B d)``), so the offset costs one matrix product and no ``[B, B]`` pass.
+    ``ref_a``, ``ref_b``: the reference model's (normalised) features."""
+    return torch.mm(_no_grad(ref_a), torch.neg(_no_grad(ref_b)).T)
+
+
+def _square_offset(offset: Offset) -> Tensor | None:
+    """The ``[B, B]`` offset of a transposed (square) batch: ``offset`` itself or its first side."""
+    if offset is None or isinstance(offset, Tensor):
+        return offset
+    return offset[0]
+
+
 # ----------------------------------------------------------------------------- FCCO steps of the losses
 Estimator = Callable[[Tensor, Tensor], Tensor]
+#: A per-pair similarity offset: per side, one stacked/square matrix, or none (see :func:`gcl_fcco`).
+Offset = Union[Sequence[Tensor], Tensor, None]
 
 
 class GCLStep(NamedTuple):
@@ -420,6 +451,7 @@ def gcl_fcco(
     rho: float = 0.0,
     scale: float = 1.0,
     stable: bool = True,
+    offset: Offset = None,
 ) -> GCLStep:
     """One FCCO step of the (robust) global contrastive loss on both anchor sides.
 
@@ -454,17 +486,25 @@ def gcl_fcco(
         neg: per side ``[B, C]`` bool negatives, or None for "every column but the positive (and the anchor)".
         eps: the ``eps`` in ``log(eps + g)``; rho: the KL-DRO radius; scale: factor of the surrogate.
         stable: shift each row by its maximum before exponentiating (see :func:`row_exp`).
+        offset: None, or a detached per-pair offset ``o`` added to every similarity before anything else,
+            ``d_ij = (s_ij + o_ij) - (s_i+ + o_i+)`` (the positive's offset read at the positive's column), in
+            the layout of the similarities: per side like ``sims``, one ``[2B, C]`` matrix like ``stacked``, or
+            (``transposed``) one ``[B, B]`` matrix like ``sims[0]``. DRRho-CLIP passes ``o = -s^ref``, the
+            reference model's similarities (see :func:`reference_offset`). The gradient flows through ``s``
+            only; the surrogate's value and ``tau_grad`` use the shifted ``d``. With an offset every entry of
+            ``d`` lies in ``[-4, 4]`` for unit features (``[-2, 2]`` without).
     """
     if transposed:
         if pos_offset != (0, 0) or self_offset is not None:
             raise ValueError(f"transposed=True needs the positives on the main diagonal, got pos_offset={pos_offset}")
-        return gcl_fcco_square(sims[0], tau, estimator, count=count, neg=neg, eps=eps, rho=rho, scale=scale, stable=stable)
+        return gcl_fcco_square(sims[0], tau, estimator, count=count, neg=neg, eps=eps, rho=rho, scale=scale,
+                               stable=stable, offset=_square_offset(offset))
     pos = _no_grad(pos)  # with the detached estimates, only the surrogate's nodes below are recorded
     per_anchor, inv = _temperature_kind(tau)
     valid, some_empty, log_cnt = _anchor_counts(count, pos.shape[0], pos)
     out, log_u, log_den, value = _gcl_rows(
         sims, stacked, pos, tau, per_anchor, inv, estimator, pos_offset, self_offset, neg, valid, some_empty,
-        log_cnt, eps, scale, stable, need_value=isinstance(tau, Tensor),
+        log_cnt, eps, scale, stable, need_value=isinstance(tau, Tensor), offset=offset,
     )
     return _gcl_tau_terms(out, log_u, log_den, value, tau, per_anchor, inv, valid, some_empty, rho, scale)
 
@@ -480,6 +520,7 @@ def gcl_fcco_square(
     rho: float = 0.0,
     scale: float = 1.0,
     stable: bool = True,
+    offset: Tensor | None = None,
 ) -> GCLStep:
     """:func:`gcl_fcco` of a one-process image-text batch: ``sim [B, B]`` (image ``i`` against text ``j``, with
     gradient), the positives on its main diagonal, side 0 its rows and side 1 its columns (``sims[1] = sim.T``,
@@ -493,20 +534,21 @@ def gcl_fcco_square(
     ``exp(sim / tau)`` serves both sides (``f = -pos / tau``), else each side has its own pass over
     ``d / tau`` (``f`` = the shift of ``stable``, or 0). The two sides' weights
     ``p = e * scale exp(f - log(eps + u) - log |N|)`` are summed into one matrix, the positives weighted
-    ``-sum_j p_ij``, so the surrogate is one ``dot`` with ``sim``.
+    ``-sum_j p_ij``, so the surrogate is one ``dot`` with ``sim``. ``offset``: ``[B, B]`` detached per-pair
+    offset as in :func:`gcl_fcco`; every pass then runs on ``sim + offset`` (one more ``[B, B]`` addition).
     """
     n = sim.shape[0]
     if count is None:
         if neg[0] is not None or neg[1] is not None:
             raise ValueError("gcl_fcco_square: count=None means no masks, got a negatives mask")
         count = n - 1
-    sd = _no_grad(sim)
+    sd = _shift(_no_grad(sim), offset)
     p = sd.diagonal()
     per_anchor, inv = _temperature_kind(tau)
     valid, some_empty, log_cnt = _anchor_counts(count, n, sd)
     out, log_u, log_den, value = _gcl_square(
         sim, sd, p, tau, per_anchor, inv, estimator, neg, valid, some_empty, log_cnt, eps, scale, stable,
-        need_value=isinstance(tau, Tensor),
+        need_value=isinstance(tau, Tensor), shifted=offset is not None,
     )
     return _gcl_tau_terms(out, log_u, log_den, value, tau, per_anchor, inv, valid, some_empty, rho, scale)
 
@@ -564,17 +606,23 @@ def _gcl_rows(
     inv: Tensor | float,
     estimator: Estimator, pos_offset: Offsets, self_offset: Offsets | None, neg: Sequence[Tensor | None],
     valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float, stable: bool, *,
-    need_value: bool,
+    need_value: bool, offset: Offset = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """:func:`gcl_fcco` with one :func:`row_exp` over both sides' rows: the ``[2B, C]`` matrix ``stacked``
     (unimodal mode) or ``cat(sims)`` (a copy; autograd routes each block's gradient back to its side).
 
     Per-anchor ``[B, 2]`` quantities are laid out side-major (``[2B]``) to match the rows.
     Returns ``(surrogate, log_u, log(eps + u), value [B, 2])`` with ``value_iv = scale * sum_j p_ij d_ij``
-    (None unless ``need_value``: a fixed temperature needs no ``tau`` derivative).
+    (None unless ``need_value``: a fixed temperature needs no ``tau`` derivative). With an ``offset`` the passes
+    and the surrogate's value use the shifted similarities, the gradient goes to ``mat``.
     """
     n = pos.shape[0]
     mat = stacked if stacked is not None else torch.cat([sims[0], sims[1]], 0)
+    md = _no_grad(mat)  # what the passes read: the detached similarities, shifted by the offset if any
+    if offset is not None:
+        off = offset if isinstance(offset, Tensor) else torch.cat([offset[0], offset[1]], 0)
+        md = md + off
+        pos = pos + torch.stack([anchor_diagonal(off, v * n, n, pos_offset[v]) for v in (0, 1)], 1)
     mask = None if neg[0] is None else torch.cat([neg[0], neg[1]], 0)  # type: ignore[list-item]
 
     def rows(x: Tensor) -> Tensor:  # [B, 2] -> [2B], side-major
@@ -588,7 +636,7 @@ def _gcl_rows(
     blocks = [(v * n, n, pos_offset[v]) for v in (0, 1)]
     if self_offset is not None:
         blocks += [(v * n, n, self_offset[v]) for v in (0, 1)]
-    e, log_s, shift = row_exp(mat, iv, -pos_r * iv, neg=mask, excluded=blocks, stable=stable)
+    e, log_s, shift = row_exp(md, iv, -pos_r * iv, neg=mask, excluded=blocks, stable=stable)
     log_g = unrows(log_s) - log_cnt
     log_u = _no_grad(estimator(log_g, valid))
     log_den = _log_den(log_u, eps)
@@ -596,11 +644,11 @@ def _gcl_rows(
     coef = rows(_weight_coef(None if shift is None else unrows(shift), log_den, log_cnt, scale))  # p = e * coef
     w = e.mul_(coef.unsqueeze(1))
     # sum_j p_ij d_ij = sum_j p_ij s_ij - pos_i sum_j p_ij; the positive enters with weight -1
-    value = torch.linalg.vecdot(w, mat.detach()) - pos_r * wrow if need_value else None
+    value = torch.linalg.vecdot(w, md) - pos_r * wrow if need_value else None
     for v in (0, 1):  # the positive enters with weight -sum_j p_ij
         anchor_diagonal(w, v * n, n, pos_offset[v]).copy_(wrow[v * n : (v + 1) * n]).neg_()
     if value is None:
-        return _weights_dot(mat, w), log_u, log_den, None
+        return _shifted_weights_dot(mat, w, None if offset is None else md), log_u, log_den, None
     return detached_weights_dot(mat, w, value.sum()), log_u, log_den, unrows(value)
 
 
@@ -655,9 +703,10 @@ def _shared_exp(sd: Tensor, inv: float, m0: Tensor | None, m1: Tensor | None) ->
 def _gcl_square(
     sim: Tensor, sd: Tensor, p: Tensor, tau: Tensor | float, per_anchor: bool, inv: float, estimator: Estimator,
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
-    stable: bool, *, need_value: bool,
+    stable: bool, *, need_value: bool, shifted: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The kernel of :func:`gcl_fcco_square` (``sd``: ``sim`` detached, ``p``: its diagonal).
+    """The kernel of :func:`gcl_fcco_square` (``sd``: ``sim`` detached, shifted by the offset when ``shifted``;
+    ``p``: its diagonal).
 
     Returns ``(surrogate, log_u, log(eps + u), value [B, 2] or None)``: ``value_iv = scale sum_j p_ij d_ij``,
     computed when ``need_value`` and the temperature is per anchor; a shared learnable temperature needs only
@@ -706,13 +755,13 @@ def _gcl_square(
         w0.diagonal().sub_(wrow[:, 0])
         w1.diagonal().sub_(wrow[:, 1])
         value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
-        return _weights_dot(sim, w0.add_(w1)), log_u, log_den, value
+        return _shifted_weights_dot(sim, w0.add_(w1), sd if shifted else None), log_u, log_den, value
     if e0 is e1:
         w = e0.mul_(coef[:, 0:1] + coef[:, 1])
     else:
         w = e0.mul_(coef[:, 0:1]).add_(e1.mul_(coef[:, 1]))
     w.diagonal().sub_(wrow.sum(1))
-    return _weights_dot(sim, w), log_u, log_den, None
+    return _shifted_weights_dot(sim, w, sd if shifted else None), log_u, log_den, None
 
 
 def nuclr_fcco(
@@ -730,6 +779,7 @@ def nuclr_fcco(
     transposed: bool = False,
     scale: float = 1.0,
     stable: bool = True,
+    offset: Offset = None,
 ) -> NUCLRStep:
     """One FCCO step of the NUCLR term on both sides (see :func:`nuclr_objective` for the objective).
 
@@ -751,19 +801,27 @@ def nuclr_fcco(
         sims: per side ``[B, C]``; pos: ``[B, 2]`` (positive at column ``i + pos_offset[v]``);
             zeta: ``[C, 2]`` per column; tau: temperature; log_pos: ``[2]`` or ``[B, 2]``, ``log`` of the
             positive's term of ``Z``;
-        estimator, count, pos_offset, self_offset, neg, transposed, scale, stable: as in :func:`gcl_fcco`.
+        estimator, count, pos_offset, self_offset, neg, transposed, scale, stable, offset: as in :func:`gcl_fcco`
+            (``offset``: per side, or one ``[B, B]`` matrix when ``transposed``).
     """
     if transposed and not stable:
         if pos_offset != (0, 0) or self_offset is not None:
             raise ValueError(f"transposed=True needs the positives on the main diagonal, got pos_offset={pos_offset}")
-        return nuclr_fcco_square(sims[0], zeta, tau, log_pos, estimator, count=count, neg=neg, scale=scale, stable=False)
+        return nuclr_fcco_square(sims[0], zeta, tau, log_pos, estimator, count=count, neg=neg, scale=scale, stable=False,
+                                 offset=_square_offset(offset))
     pos, zeta, log_pos = _no_grad(pos), _no_grad(zeta), _no_grad(log_pos)  # only the surrogate is recorded
+    sd = [_no_grad(sims[0]), _no_grad(sims[1])]  # what the passes read (shifted by the offset if any)
+    if offset is not None:
+        if isinstance(offset, Tensor):  # one square matrix: side 1 is its transpose
+            offset = [offset, offset.T]
+        sd = [sd[0] + offset[0], sd[1] + offset[1]]
+        pos = pos + torch.stack([anchor_diagonal(offset[v], 0, pos.shape[0], pos_offset[v]) for v in (0, 1)], 1)
     dtype = pos.dtype
     inv = 1.0 / tau
     valid, some_empty, log_cnt = _anchor_counts(count, pos.shape[0], pos)
     cnt = count.clamp_min(1).to(dtype) if isinstance(count, Tensor) else float(count)
     exps, shifts, log_s = _side_exps(
-        sims, pos, [inv, inv], pos_offset, self_offset, neg, (-zeta[:, 0] * inv, -zeta[:, 1] * inv), True
+        sd, pos, [inv, inv], pos_offset, self_offset, neg, (-zeta[:, 0] * inv, -zeta[:, 1] * inv), True
     )
     log_g = log_s - log_cnt
     log_u = _no_grad(estimator(log_g, valid))
@@ -777,7 +835,7 @@ def nuclr_fcco(
         col_weight.append(exps[v].T @ coef[:, v])
         col_count.append(_column_counts(neg[v], n, pos_offset, self_offset, v, sims[v].shape[1], pos))
         w = exps[v].mul_((coef[:, v] * scale / (cnt[:, v] if isinstance(cnt, Tensor) else cnt)).unsqueeze(1))
-        value = torch.linalg.vecdot(w, sims[v].detach()) - pos[:, v] * wrow[:, v]
+        value = torch.linalg.vecdot(w, sd[v]) - pos[:, v] * wrow[:, v]
         anchor_diagonal(w, 0, n, pos_offset[v]).copy_(wrow[:, v]).neg_()
         out = out + detached_weights_dot(sims[v], w, value.sum())
     return NUCLRStep(out, log_u, torch.stack(col_weight, 1), torch.stack(col_count, 1), valid)
@@ -807,6 +865,7 @@ def nuclr_fcco_square(
     scale: float = 1.0,
     stable: bool = True,
     zeta_min: Tensor | None = None,
+    offset: Tensor | None = None,
 ) -> NUCLRStep:
     """:func:`nuclr_fcco` of a one-process image-text batch (``sim [B, B]``, positives on the diagonal, side 1
     along the columns; ``count``, ``neg`` as in :func:`gcl_fcco_square`). What :func:`nuclr_fcco` runs for
@@ -816,7 +875,8 @@ def nuclr_fcco_square(
     (anchor ``j``, column ``i``) ``e1_ij = k_ij z1_i`` with ``k = exp(sim / tau)`` on the negatives and
     ``zv = exp(-(zeta_v - min zeta_v) / tau)``; the positive's ``exp(-pos / tau)`` and ``exp(-min zeta_v / tau)``
     are added in log space, so row sums and column weights are matrix-vector products. ``stable=True``
-    runs the per-side passes of :func:`nuclr_fcco`.
+    runs the per-side passes of :func:`nuclr_fcco`. ``offset``: ``[B, B]`` detached per-pair offset as in
+    :func:`gcl_fcco`.
     """
     n = sim.shape[0]
     if count is None:
@@ -827,7 +887,8 @@ def nuclr_fcco_square(
     if stable:
         pos = sd.diagonal().unsqueeze(1).expand(n, 2)
         return nuclr_fcco([sim, sim.T], pos, zeta, tau, log_pos, estimator, count=count, neg=neg, transposed=True,
-                          scale=scale, stable=True)
+                          scale=scale, stable=True, offset=None if offset is None else [offset, offset.T])
+    sd = _shift(sd, offset)
     zeta, log_pos = _no_grad(zeta), _no_grad(log_pos)  # only the surrogate is recorded
     inv = 1.0 / tau
     p = sd.diagonal()
@@ -864,4 +925,4 @@ def nuclr_fcco_square(
         col_count = torch.stack(
             [_column_counts(neg[0], n, (0, 0), None, 0, n, sd), _column_counts(neg[1], n, (0, 0), None, 1, n, sd)], 1
         )
-    return NUCLRStep(_weights_dot(sim, w), log_u, col_weight, col_count, valid)
+    return NUCLRStep(_shifted_weights_dot(sim, w, None if offset is None else sd), log_u, col_weight, col_count, valid)

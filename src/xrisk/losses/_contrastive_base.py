@@ -56,12 +56,12 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
-from xrisk.functional.contrastive import Estimator, count_true, log_moving_average
+from xrisk.functional.contrastive import Estimator, Offset, count_true, log_moving_average, reference_offset
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
 from xrisk.state import ReplicatedStateModule, SampleState, check_index, check_index_unique, update_states, write_rows
 
 __all__ = [
-    "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "exp_limit", "like_tensor", "moving_average_rows",
+    "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "check_reference_features", "exp_limit", "like_tensor", "moving_average_rows",
     "momentum_rows", "on_device", "sgd_rows",
 ]
 
@@ -93,7 +93,9 @@ class ContrastiveBatch:
     them; used when every index occurs once and every anchor has a negative). objective: the step's
     objective estimate (a callable of detached tensors), recorded after the state rows are written.
     sizes: every rank's number of anchors as the ranks agreed (pass to the gathers as ``sizes=``); None
-    on one process.
+    on one process. offset: DRRho-CLIP's detached per-pair offset ``-s^ref`` (the reference model's
+    similarities, negated) in the layout of the similarities: the ``[2B, C]`` matrix of ``stacked`` (unimodal),
+    the ``[B, B]`` matrix of ``sims[0]`` (``transposed``), else per side; None without reference features.
     """
 
     index: Tensor
@@ -115,6 +117,7 @@ class ContrastiveBatch:
     pending: list[tuple[SampleState, Tensor]] = field(default_factory=list)
     objective: Callable[[], Tensor] | None = None
     sizes: tuple[int, ...] | None = None
+    offset: Offset = None
 
 
 def exp_limit(dtype: torch.dtype) -> float:
@@ -178,6 +181,42 @@ def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> 
     if finite and not all_finite(feats_a, feats_b):  # one host read; the messages name the culprit
         check_finite("feats_a", feats_a)
         check_finite("feats_b", feats_b)
+
+
+def check_reference_features(ref_feats: Any, feats_a: Tensor, *, normalize: bool) -> tuple[Tensor, Tensor] | None:
+    """Validate DRRho-CLIP's ``ref_feats = (ref_a, ref_b)``: two floating ``[B, d_ref]`` tensors of one shape
+    with the batch's ``B`` (``d_ref`` may differ from the target's ``d``). Returns them detached, in ``feats_a``'s
+    dtype and device, L2-normalised when ``normalize`` (None stays None). Finiteness is checked by the caller."""
+    if ref_feats is None:
+        return None
+    if not isinstance(ref_feats, (tuple, list)) or len(ref_feats) != 2:
+        raise TypeError(f"ref_feats must be a pair (ref_a, ref_b) of tensors, got {type(ref_feats).__name__}")
+    out = []
+    for k, x in enumerate(ref_feats):
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"ref_feats[{k}] must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
+        if x.dim() != 2 or x.shape[0] != feats_a.shape[0]:
+            raise ValueError(
+                f"ref_feats[{k}] must have shape [B, d_ref] with B = {feats_a.shape[0]} (the batch), "
+                f"got shape {tuple(x.shape)}"
+            )
+        out.append(like_tensor(x.detach(), feats_a))
+    if out[0].shape != out[1].shape:
+        raise ValueError(
+            f"ref_feats[0] shape {tuple(out[0].shape)} and ref_feats[1] shape {tuple(out[1].shape)} must be equal"
+        )
+    if normalize:
+        out = [F.normalize(x, dim=1) for x in out]
+    return out[0], out[1]
+
+
+def _check_all_finite(raw_a: Tensor, raw_b: Tensor, ref: tuple[Tensor, Tensor] | None) -> None:
+    """Name the input that holds NaN/inf (after a step refused a non-finite estimate)."""
+    check_finite("feats_a", raw_a)
+    check_finite("feats_b", raw_b)
+    if ref is not None:
+        check_finite("ref_feats[0]", ref[0])
+        check_finite("ref_feats[1]", ref[1])
 
 
 class ContrastiveLossBase(ReplicatedStateModule):
@@ -268,7 +307,9 @@ class ContrastiveLossBase(ReplicatedStateModule):
         return check_unit_interval("gamma_schedule(epoch)", self.gamma_schedule(self._epoch_int))
 
     # ----------------------------------------------------------------------------- template
-    def forward(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
+    def forward(
+        self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """Surrogate loss of a batch (scalar; its gradient is the FCCO estimator, see :meth:`objective`).
 
         Every call is a training step: it updates the per-sample state (also under ``torch.no_grad()``
@@ -279,6 +320,12 @@ class ContrastiveLossBase(ReplicatedStateModule):
             feats_a: ``[B, d]`` first view / image embeddings.
             feats_b: ``[B, d]`` second view / text embeddings (row ``i`` is the positive of ``feats_a[i]``).
             index: ``[B]`` dataset indices of the pairs.
+            ref_feats: DRRho-CLIP: ``(ref_a [B, d_ref], ref_b [B, d_ref])``, a frozen reference model's
+                features of the same pairs (computed under ``no_grad`` or read from a
+                :class:`~xrisk.data.ReferenceCache`; L2-normalised like the features). Every pairwise
+                difference ``d_ij`` then becomes ``d_ij - d_ij^ref`` (same temperature): the similarities get
+                the per-pair offset ``-s^ref_ij`` (:func:`~xrisk.functional.contrastive.reference_offset`). None:
+                the plain loss, unchanged.
         """
         # Finiteness: a NaN/inf feature makes the new estimates non-finite, which the estimator update refuses
         # before writing any state (SampleState); the features are then checked to name the culprit. The
@@ -287,13 +334,20 @@ class ContrastiveLossBase(ReplicatedStateModule):
         # anything is gathered, so a bad batch on one rank raises the same error on every rank.
         distributed = xdist.is_distributed()
         layout: xdist.BatchLayout | None = None
+        ref: tuple[Tensor, Tensor] | None = None
         if distributed:
-            idx, layout = xdist.agree_on_batch(
-                type(self).__name__, functools.partial(self._check_batch, feats_a, feats_b, index),
-                lambda i: {"feats_a": feats_a, "feats_b": feats_b, "index": i},
+            (idx, ref), layout = xdist.agree_on_batch(
+                type(self).__name__, functools.partial(self._check_batch, feats_a, feats_b, index, ref_feats),
+                lambda checked: {"feats_a": feats_a, "feats_b": feats_b, "index": checked[0],
+                                 "ref_a": None if checked[1] is None else checked[1][0],
+                                 "ref_b": None if checked[1] is None else checked[1][1]},
             )
         else:
             check_features(feats_a, feats_b, finite=self.false_negatives is not None)
+            if ref_feats is not None:
+                ref = check_reference_features(ref_feats, feats_a, normalize=self.normalize)
+                if self.false_negatives is not None:  # the detector writes first: everything checked up front
+                    _check_all_finite(feats_a, feats_b, ref)
         raw_a, raw_b = feats_a, feats_b
         lean = self._paired_path and self.mode == "bimodal" and self.false_negatives is None
         if lean and not distributed:
@@ -302,10 +356,11 @@ class ContrastiveLossBase(ReplicatedStateModule):
             if unique and idx.numel() >= 2:  # every pair once: the lean path
                 sim = cosine_similarity_matrix(feats_a, feats_b) if self.normalize else feats_a @ feats_b.T
                 try:
-                    return self._paired_step(sim, idx)
+                    if ref is None:
+                        return self._paired_step(sim, idx)
+                    return self._paired_step(sim, idx, reference_offset(*ref))
                 except FloatingPointError:
-                    check_finite("feats_a", raw_a)
-                    check_finite("feats_b", raw_b)
+                    _check_all_finite(raw_a, raw_b, ref)
                     raise
         elif not distributed:
             idx = on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
@@ -313,7 +368,7 @@ class ContrastiveLossBase(ReplicatedStateModule):
         fused = self.normalize and not distributed
         if self.normalize and not fused:
             feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
-        batch = self._make_batch(feats_a, feats_b, idx, fused, layout)
+        batch = self._make_batch(feats_a, feats_b, idx, fused, layout, ref)
         if self.false_negatives is not None:  # unique indices: no mask yet, the detector knows the excluded diagonals
             excluded = None
             if batch.neg[0] is None:
@@ -335,20 +390,27 @@ class ContrastiveLossBase(ReplicatedStateModule):
                 self._record_objective(batch.objective)  # a partial: evaluated on request
             return out
         except FloatingPointError:
-            check_finite("feats_a", raw_a)
-            check_finite("feats_b", raw_b)
+            _check_all_finite(raw_a, raw_b, ref)
             raise
 
-    def _check_batch(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
-        """This rank's checks of a batch (features finite), before the ranks agree on it; returns the index."""
+    def _check_batch(
+        self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: Any = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """This rank's checks of a batch (features finite), before the ranks agree on it; returns the index and
+        the checked reference features (or None)."""
         check_features(feats_a, feats_b)
-        return on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
+        ref = check_reference_features(ref_feats, feats_a, normalize=self.normalize)
+        if ref is not None:
+            _check_all_finite(feats_a, feats_b, ref)
+        return on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device), ref
 
     def _make_batch(
-        self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False, layout: xdist.BatchLayout | None = None
+        self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False, layout: xdist.BatchLayout | None = None,
+        ref: tuple[Tensor, Tensor] | None = None,
     ) -> ContrastiveBatch:
         """The batch of ``a``, ``b`` (rows normalised already, or raw with ``fused=True``: one process only);
-        ``layout``: the ranks' batch sizes, as agreed (:func:`xrisk.distributed.agree_on_batch`)."""
+        ``layout``: the ranks' batch sizes, as agreed (:func:`xrisk.distributed.agree_on_batch`); ``ref``: the
+        checked reference features (the batch then carries their offset, in the layout of the similarities)."""
         sizes = None if layout is None else layout.sizes
         ag = xdist.all_gather(a, grad="sum", sizes=sizes)
         bg = xdist.all_gather(b, grad="sum", sizes=sizes)
@@ -376,6 +438,16 @@ class ContrastiveLossBase(ReplicatedStateModule):
             col_index = idx_g
             pos_offset, self_offset = (start, start), None
         transposed = self.mode == "bimodal" and not xdist.is_distributed()
+        offset: Offset = None
+        if ref is not None:  # -s^ref in the layout of the similarities, no gradient
+            ra, rb = ref
+            rag, rbg = xdist.all_gather_no_grad(ra, sizes=sizes), xdist.all_gather_no_grad(rb, sizes=sizes)
+            if self.mode == "unimodal":
+                offset = reference_offset(torch.cat([ra, rb], 0), torch.cat([rag, rbg], 0))  # like stacked
+            elif transposed:
+                offset = reference_offset(ra, rb)
+            else:
+                offset = [reference_offset(ra, rbg), reference_offset(rb, rag)]
         if transposed:  # both sides' positive is the diagonal of s0
             pos = sims[0].detach().diagonal().unsqueeze(1).expand(nb, 2)
         else:
@@ -401,7 +473,7 @@ class ContrastiveLossBase(ReplicatedStateModule):
         return ContrastiveBatch(
             idx, idx_g, sims, pos, pos_offset, self_offset, neg, count, col_index, xdist.world_size() / max(ng, 1),
             transposed, stacked, start, unique_index, inverse, neg[0] is None and col_index.numel() > n_excl,
-            sizes=sizes,
+            sizes=sizes, offset=offset,
         )
 
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
@@ -421,11 +493,12 @@ class ContrastiveLossBase(ReplicatedStateModule):
 
         return estimator, rows
 
-    def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
+    def _paired_step(self, sim: Tensor, index: Tensor, offset: Tensor | None = None) -> Tensor:
         """Lean hook for one process, ``mode="bimodal"``, no detector and every index once (``B >= 2``).
 
         ``sim``: ``[B, B]`` similarities (with gradient; the positives on the diagonal, every other column a
-        negative), ``index``: ``[B]`` validated indices. Must equal ``_loss`` on the same batch (state, value,
+        negative), ``index``: ``[B]`` validated indices, ``offset``: the ``[B, B]`` DRRho-CLIP offset
+        (:class:`ContrastiveBatch`) or None. Must equal ``_loss`` on the same batch (state, value,
         gradient); it skips the batch record and the general estimator step (distributed gathers, merging of
         duplicates, masks), which at ``B = 128`` cost as much as the step's arithmetic. Writes every state row
         with one :func:`~xrisk.state.write_rows` after the step. Used when the class sets ``_paired_path``.

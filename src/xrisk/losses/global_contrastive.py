@@ -83,6 +83,15 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
     ``(1/B) sum_{i in batch} sum_v [tau_iv log(eps + u_iv) + rho tau_iv]`` with the updated ``u``
     (``rho`` term only for learnable temperatures), on the global batch.
 
+    DRRho-CLIP (model steering with a reference model): ``loss(feats_a, feats_b, index, ref_feats=(ref_a, ref_b))``
+    with a frozen reference model's features of the same pairs replaces every ``d_ij`` above by
+    ``d_ij - d_ij^ref``, ``d_ij^ref = s_ref(x_i, z_j) - s_ref(x_i, x_i^+)`` (same temperature, every temperature
+    mode, with or without GloFND, whose masks still come from the target's similarities): negatives the
+    reference already finds similar are down-weighted. It enters the kernels once, as the detached per-pair
+    offset ``-s_ref`` on the similarities (one more matrix product, no gradient). Without ``ref_feats`` the
+    loss is unchanged. Paper: Wei, Lin, Yang, "Model Steering: Learning with a Reference Model Improves
+    Generalization Bounds and Scaling Laws", ICML 2025, arXiv:2505.06699.
+
     Sides: ``mode="unimodal"`` (SogCLR): two augmented views; anchors from both views, negatives both
     views of every other sample (``2B - 2`` per anchor); one estimator per view (SogCLR averages the two
     views into one ``u``; keeping them apart makes ``gamma = 1``, full batch the exact GCL gradient).
@@ -105,7 +114,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         false_negatives: optional :class:`FalseNegativeDetector` (GloFND) removing detected false negatives.
         normalize: L2-normalise the features.
 
-    Shapes: ``feats_a [B, d]``, ``feats_b [B, d]``, ``index [B]`` -> scalar.
+    Shapes: ``feats_a [B, d]``, ``feats_b [B, d]``, ``index [B]``, optional ``ref_feats`` two ``[B, d_ref]`` -> scalar.
 
     State (``state_dict``; replicated on every rank, every rank applies the same global update):
     ``log_u`` (``SampleState [n, 2]``), ``epoch``; ``tau`` (Parameter, global mode);
@@ -181,13 +190,14 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             self.tau_individual = SampleState(num_samples, (2,), init=tau)
             self.tau_momentum = SampleState(num_samples, (2,))
 
-    def _exp_is_safe(self, dtype: torch.dtype, tau_low: float) -> bool:
-        """``|d / tau| <= 2 / tau_low`` stays far inside the exponent range: skip the row-max shift.
+    def _exp_is_safe(self, dtype: torch.dtype, tau_low: float, shifted: bool = False) -> bool:
+        """``|d / tau| <= 2 / tau_low`` (``4 / tau_low`` with a reference offset, ``shifted``) stays far inside the
+        exponent range: skip the row-max shift.
 
         ``tau_low``: the smallest temperature of this batch (its current value, not ``tau_min``).
         """
         limit = exp_limit(dtype)
-        return self.normalize and 2.0 / tau_low <= limit
+        return self.normalize and (4.0 if shifted else 2.0) / tau_low <= limit
 
     def _temperatures(self, index_g: Tensor, start: int, like: Tensor) -> tuple[Tensor | float, Tensor | float, float]:
         """``(tau, tau_g, tau_low)``: the kernel's temperature (float, the 0-dim parameter, or ``[B, 2]`` rows of
@@ -208,7 +218,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             return tau, tau_g, float(tau.min()) if tau.numel() else self.tau_min
         return self.tau, self.tau, self.tau  # type: ignore[return-value]
 
-    def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
+    def _paired_step(self, sim: Tensor, index: Tensor, offset: Tensor | None = None) -> Tensor:
         rho = 0.0 if self.temperature == "fixed" else self.rho
         log_u = self._modules["log_u"]  # submodules and buffers read once (nn.Module attribute reads are slow)
         i = on_device(index, log_u.tensors()[0].device)  # type: ignore[union-attr]
@@ -216,7 +226,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         estimator, rows = self._paired_estimator(log_u, i, sim)  # type: ignore[arg-type]
         step = gcl_fcco_square(
             sim, tau, estimator, eps=self.eps, rho=rho, scale=1.0 / sim.shape[0],
-            stable=not self._exp_is_safe(sim.dtype, tau_low),
+            stable=not self._exp_is_safe(sim.dtype, tau_low, offset is not None), offset=offset,
         )
         states = [log_u]
         if step.tau_grad is not None:  # individual temperatures: momentum SGD of the batch's rows
@@ -243,7 +253,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         step = gcl_fcco(
             batch.sims, pos, tau, estimator, pos_offset=batch.pos_offset, count=batch.count, self_offset=batch.self_offset,
             neg=batch.neg, transposed=batch.transposed, stacked=batch.stacked, eps=self.eps, rho=rho, scale=batch.scale,
-            stable=not self._exp_is_safe(pos.dtype, tau_low),
+            stable=not self._exp_is_safe(pos.dtype, tau_low, batch.offset is not None), offset=batch.offset,
         )
         self._finish(batch, tau_g, step.tau_grad, *glob, rho)
         return step.surrogate

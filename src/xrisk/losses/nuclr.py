@@ -71,6 +71,9 @@ class NUCLRLoss(ContrastiveLossBase):
 
     :meth:`objective`: ``(1/B) sum_i sum_v tau log Z_iv + sum_v mean_j zeta_jv`` on the global batch.
 
+    Reference model (DRRho, arXiv:2505.06699): ``loss(img, txt, index, ref_feats=(ref_img, ref_txt))`` replaces
+    ``d_ij`` by ``d_ij - d_ij^ref`` everywhere above, as in :class:`~xrisk.losses.GlobalContrastiveLoss`.
+
     Args:
         num_samples: data-set size ``n`` (>= 2).
         tau: temperature (reference: 0.01).
@@ -138,17 +141,19 @@ class NUCLRLoss(ContrastiveLossBase):
         self.zeta_momentum = SampleState(num_samples, (2,))
         self.register_buffer("xi", torch.full((2,), max(float(zeta_init), self.xi_init)))
 
-    def _shared_exp_zeta_min(self, dtype: torch.dtype, zeta_cols: Tensor) -> Tensor | None:
+    def _shared_exp_zeta_min(self, dtype: torch.dtype, zeta_cols: Tensor, shifted: bool = False) -> Tensor | None:
         """The ``[2]`` per-side minimum of ``zeta_cols`` when one exponential pass is safe (the exponents of side
-        ``v`` span ``(2 + max zeta_v - min zeta_v) / tau``, far inside the dtype's range), else None."""
+        ``v`` span ``(2 + max zeta_v - min zeta_v) / tau``, far inside the dtype's range; ``4 + ...`` with a
+        reference offset, ``shifted``), else None."""
         limit = exp_limit(dtype)
-        if not self.normalize or 2.0 / self.tau > limit:
+        span = 4.0 if shifted else 2.0
+        if not self.normalize or span / self.tau > limit:
             return None
         if not zeta_cols.numel():
             return zeta_cols.new_zeros(2)
         lo, hi = torch.aminmax(zeta_cols, dim=0)
         spread = max(torch.sub(hi, lo).tolist())  # one host read
-        return lo if (2.0 + spread) / self.tau <= limit else None
+        return lo if (span + spread) / self.tau <= limit else None
 
     def _on_epoch(self, epoch: int) -> None:
         with torch.no_grad():
@@ -176,7 +181,7 @@ class NUCLRLoss(ContrastiveLossBase):
             return None
         return float(self.zeta_lr_schedule(epoch)) if self.zeta_lr_schedule else self.lr_zeta
 
-    def _paired_step(self, sim: Tensor, index: Tensor) -> Tensor:
+    def _paired_step(self, sim: Tensor, index: Tensor, offset: Tensor | None = None) -> Tensor:
         log_u, zeta = self._modules["log_u"], self._modules["zeta"]  # read once (nn.Module attribute reads are slow)
         zeta_value = zeta.tensors()[0]  # type: ignore[union-attr]
         i = on_device(index, zeta_value.device)
@@ -184,10 +189,10 @@ class NUCLRLoss(ContrastiveLossBase):
         zeta_cols = like_tensor(zeta_g, sim)  # sim: the device and dtype of the kernel's tensors
         log_pos = self._log_pos(sim)
         estimator, rows = self._paired_estimator(log_u, i, sim)  # type: ignore[arg-type]
-        zeta_min = self._shared_exp_zeta_min(sim.dtype, zeta_cols)
+        zeta_min = self._shared_exp_zeta_min(sim.dtype, zeta_cols, offset is not None)
         step = nuclr_fcco_square(
             sim, zeta_cols, self.tau, log_pos, estimator, scale=1.0 / sim.shape[0], stable=zeta_min is None,
-            zeta_min=zeta_min,
+            zeta_min=zeta_min, offset=offset,
         )
         states = [log_u]
         eta = self._zeta_lr()
@@ -216,7 +221,8 @@ class NUCLRLoss(ContrastiveLossBase):
         step = nuclr_fcco(
             batch.sims, pos, zeta_cols, self.tau, log_pos, estimator, pos_offset=batch.pos_offset, count=batch.count,
             self_offset=batch.self_offset, neg=batch.neg, transposed=batch.transposed, scale=batch.scale,
-            stable=not batch.transposed or self._shared_exp_zeta_min(pos.dtype, zeta_cols) is None,
+            stable=not batch.transposed or self._shared_exp_zeta_min(pos.dtype, zeta_cols, batch.offset is not None) is None,
+            offset=batch.offset,
         )
         self._finish(batch, zeta_cols, step.col_weight, step.col_count, *glob, log_pos)
         return step.surrogate
