@@ -3,6 +3,6 @@
 from xrisk.functional import ap, pauc
 from xrisk.functional import contrastive, similarity
 from xrisk.functional import aucm
-from xrisk.functional import drrho
+from xrisk.functional import distillation, drrho, selection
 
-__all__ = ["ap", "aucm", "contrastive", "drrho", "pauc", "similarity"]
+__all__ = ["ap", "aucm", "contrastive", "distillation", "drrho", "pauc", "selection", "similarity"]
