@@ -18,6 +18,24 @@ trainable head on frozen MiniLM embeddings)::
     xrisk run clip --data fashion-captions --loss gcl --epochs 5
     xrisk run clip --data emoji --loss isogclr --text-encoder minilm --fnd
 
+With a reference model (model steering, arXiv:2505.06699)::
+
+    xrisk run clip --data fashion-captions --loss gcl --image-encoder mlp --width 8 --out ref/   # a small CLIP
+    xrisk run clip --data fashion-captions --loss gcl --ref ref/ --subset 2000                    # DRRho-CLIP
+    xrisk run clip --data fashion-captions --loss gcl --ref ref/ --ref-usage select               # JEST baseline
+
+``--ref DIR`` loads the frozen image and text towers of an earlier ``clip`` run (rebuilding its tokenizer from
+its own training captions) and uses them by ``--ref-usage``: ``drrho`` (DRRho-CLIP: the global loss on
+``d_ij - d_ij^ref``, ``ref_feats=`` of :class:`~xrisk.losses.GlobalContrastiveLoss` / :class:`~xrisk.losses.NUCLRLoss`),
+``select`` (JEST joint selection of the batch from ``B / --select-keep`` candidates,
+:func:`xrisk.functional.selection.jest_select`, then the same loss) or ``distill`` (the loss plus
+``--distill-weight`` times the KL of the batch's image->text and text->image softmaxes to the reference's,
+:func:`xrisk.functional.distillation.distillation_losses`). Its features come from a
+:class:`~xrisk.data.ReferenceCache` of the un-augmented training pairs (``--ref-features cached``, the default,
+in ``<out>/reference_cache`` or ``--ref-cache DIR``) or from a forward pass on each (augmented) batch
+(``on-the-fly``). ``config.json`` records the reference (``reference``: its towers, parameters, the data it
+was trained on, whether it is smaller than the target and whether its training pairs are the target's).
+
 Losses: ``infonce`` (:func:`clip_infonce_loss`, mini-batch symmetric CLIP loss, fixed ``tau``),
 ``gcl`` (GlobalContrastiveLoss bimodal, fixed ``tau``; FastCLIP-v1/SogCLR), ``gcl-global-temp``
 (learnable global ``tau``, RGCL-g / FastCLIP-v3), ``isogclr`` (individual temperatures),
@@ -37,13 +55,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xrisk.recipes.flags import number
+from xrisk.recipes.flags import existing_path, number, out_dir
 from xrisk.recipes.registry import Recipe, UsageError, register
 from xrisk.recipes.runner import train_loss_key
 
@@ -341,6 +360,11 @@ class CLIPConfig:
         augment: random crops (+ flips for fashion) and brightness jitter of training images.
         max_steps: stop each epoch after this many steps (tests; ``None`` = full epochs).
         num_threads: ``torch.set_num_threads`` (``None``: leave as is).
+        ref: folder of an earlier ``clip`` run whose towers are the frozen reference (None: no reference).
+        ref_usage: ``"drrho"``, ``"select"`` (JEST) or ``"distill"``; ref_features: ``"cached"`` or
+            ``"on-the-fly"``; ref_cache: the cache folder (None: ``<run folder>/reference_cache``).
+        select_keep: JEST keeps ``B`` of ``B / select_keep`` candidates; select_chunks: its chunks.
+        distill_weight: weight of the distillation term.
     """
 
     data: Literal["fashion-captions", "emoji"] = "fashion-captions"
@@ -369,6 +393,13 @@ class CLIPConfig:
     augment: bool = True
     max_steps: int | None = None
     num_threads: int | None = None
+    ref: Path | None = None
+    ref_usage: Literal["drrho", "select", "distill"] = "drrho"
+    ref_features: Literal["cached", "on-the-fly"] = "cached"
+    ref_cache: Path | None = None
+    select_keep: float = 0.5
+    select_chunks: int = 2
+    distill_weight: float = 0.5
 
 
 @dataclass
@@ -493,6 +524,117 @@ def _clip_eval(
     return out
 
 
+@dataclass
+class _CLIPReference:
+    """A frozen reference CLIP: its towers, its text inputs for the target's training captions, what it is."""
+
+    image: nn.Module
+    text: nn.Module
+    tower: _TextTower
+    text_in: Tensor
+    info: dict[str, Any]
+
+    def text_in_of(self, texts: Sequence[str]) -> Tensor:
+        """The reference text tower's inputs for ``texts``."""
+        return self.tower.inputs(texts)
+
+    @torch.no_grad()
+    def features(self, images: Tensor, text_index: Tensor) -> tuple[Tensor, Tensor]:
+        """L2-normalised ``(image [b, d_ref], text [b, d_ref])`` features of raw images and training captions."""
+        return (F.normalize(self.image(_prep(images)), dim=1),
+                F.normalize(self.text(self.text_in[text_index]), dim=1))
+
+
+def _load_clip_reference(config: CLIPConfig, data: _PairData, target: nn.Module) -> _CLIPReference:
+    """The towers of the ``clip`` run folder ``config.ref`` (same data set; its tokenizer is rebuilt from its own
+    training captions), frozen in eval mode."""
+    import json
+
+    from xrisk.checkpoint import load_checkpoint
+
+    folder = Path(config.ref)  # type: ignore[arg-type]
+    try:
+        stored = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"argument --ref: {folder} is not an xrisk run folder ({e})") from None
+    if stored.get("recipe") != "clip":
+        raise UsageError(f"argument --ref: {folder} is a {stored.get('recipe')!r} run, not a clip run")
+    args = {k: v for k, v in stored.get("args", {}).items() if k in {f.name for f in fields(CLIPConfig)}}
+    ref_config = CLIPConfig(**{**args, "ref": None, "ref_cache": None})
+    if ref_config.data != config.data:
+        raise UsageError(f"argument --ref: {folder} was trained on {ref_config.data!r}, this run uses {config.data!r}")
+    corpus = _clip_data(ref_config).train_text if ref_config.text_encoder == "bag" else []
+    image = build_image_encoder(ref_config.image_encoder, tuple(data.train_images.shape[1:]), dim=ref_config.dim,
+                                width=ref_config.width)
+    tower = _TextTower(ref_config.text_encoder, corpus, ref_config.dim)
+    model = nn.ModuleDict({"image": image, "text": tower.model})
+    load_checkpoint(folder / "checkpoint.pt", model=model)
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    same = (ref_config.subset, ref_config.seed) == (config.subset, config.seed)
+    info = {
+        "source": str(folder), "image_encoder": ref_config.image_encoder, "text_encoder": ref_config.text_encoder,
+        "dim": ref_config.dim, "width": ref_config.width, "loss": ref_config.loss, "params": params,
+        "smaller_than_target": params < sum(p.numel() for p in target.parameters()),
+        "trained_on": f"{ref_config.data} subset={ref_config.subset} seed={ref_config.seed}",
+        "same_pairs_as_target": same,
+    }
+    return _CLIPReference(image, tower.model, tower, tower.inputs(data.train_text), info)
+
+
+def _reference_features(
+    config: CLIPConfig, data: _PairData, ref: _CLIPReference, ctx: RunContext | None
+) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(index, batch images) -> (ref_a, ref_b)``: read from a filled :class:`~xrisk.data.ReferenceCache` of the
+    un-augmented training pairs, or (``on-the-fly``) the reference's forward pass on the batch images."""
+    if config.ref_features == "on-the-fly":
+        return lambda index, images: ref.features(images, index)
+    from xrisk.data.reference_cache import ReferenceCache, fingerprint, module_fingerprint
+
+    folder = config.ref_cache if config.ref_cache is not None else (None if ctx is None else ctx.out_dir / "reference_cache")
+    if folder is None:
+        raise ValueError("ref_features='cached' needs ref_cache (or a run folder)")
+    n = data.train_images.shape[0]
+    d_ref = int(ref.features(data.train_images[:1], torch.zeros(1, dtype=torch.long))[0].shape[1])
+    cache = ReferenceCache(
+        folder, num_samples=n, shape=(2, d_ref), data_fingerprint=fingerprint(data.train_images, data.train_text),
+        model_fingerprint=module_fingerprint(nn.ModuleDict({"image": ref.image, "text": ref.text})),
+    )
+    todo = int(cache.missing().numel())
+    if todo:
+        bar = ctx.progress(todo, "reference cache") if ctx is not None else None
+        cache.fill(lambda idx: torch.stack(ref.features(data.train_images[idx], idx), 1), batch_size=512, progress=bar)
+        if bar is not None:
+            bar.close()
+
+    def read(index: Tensor, images: Tensor) -> tuple[Tensor, Tensor]:
+        rows = cache.read(index)
+        return rows[:, 0], rows[:, 1]
+
+    return read
+
+
+def _jest_batch(
+    config: CLIPConfig, image_model: nn.Module, text_model: nn.Module, candidates: Tensor, images: Tensor,
+    text_in: Tensor, ref_feats: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], g: torch.Generator,
+) -> Tensor:
+    """JEST: the ``batch_size`` of ``candidates`` (dataset indices) jointly selected by learnability, scored with the
+    learner (eval mode, no gradient) and the reference on the un-augmented candidates."""
+    from xrisk.functional.selection import jest_select
+
+    was = image_model.training
+    image_model.eval()
+    text_model.eval()
+    with torch.no_grad():
+        x = images[candidates]
+        learner = F.normalize(image_model(_prep(x)), dim=1) @ F.normalize(text_model(text_in[candidates]), dim=1).T
+        ra, rb = ref_feats(candidates, x)
+    image_model.train(was)
+    text_model.train(was)
+    pick = jest_select(learner, ra @ rb.T, config.batch_size, tau=config.tau, n_chunks=config.select_chunks, generator=g)
+    return candidates[pick]
+
+
 def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, float]:
     """Train an image tower and a text tower on image-caption pairs; return the final metrics.
 
@@ -503,10 +645,13 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
     pairs; fashion-captions retrieves among the distinct captions and counts any caption of the
     image's class as a hit) and, for
     fashion-captions, ``zero_shot_acc`` (test images against the class prompts, prompt-ensembled).
+    With a reference (``config.ref``): see the module docstring; the result also holds the reference's own
+    ``ref_*`` retrieval metrics on the same held-out pairs.
 
     Returns the last epoch's metrics plus ``epochs``.
     """
     from xrisk.data.augment import ContrastiveAugment
+    from xrisk.functional.distillation import distillation_losses
 
     if config.batch_size < 2:
         raise UsageError(f"--batch-size must be >= 2, got {config.batch_size}")
@@ -526,6 +671,10 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
     prompt_in = tower.inputs([p for cls in data.prompts for p in cls]) if data.prompts is not None else None
     loss_fn = build_clip_loss(config, n)
     model = nn.ModuleDict({"image": image_model, "text": text_model})
+    ref = _load_clip_reference(config, data, model) if config.ref is not None else None
+    ref_feats = _reference_features(config, data, ref, ctx) if ref is not None else None
+    usage = config.ref_usage if ref is not None else None
+    candidates = max(config.batch_size, min(n, int(round(config.batch_size / config.select_keep))))
     groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     if loss_fn is not None and any(p.requires_grad for p in loss_fn.parameters()):
         groups.append({"params": [p for p in loss_fn.parameters() if p.requires_grad], "weight_decay": 0.0})
@@ -536,7 +685,8 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
     start = 0
     if ctx is not None:
         ctx.update_config(num_train=n, num_eval=int(data.eval_images.shape[0]), steps_per_epoch=steps_per_epoch,
-                          loss_class=type(loss_fn).__name__ if loss_fn is not None else "clip_infonce_loss")
+                          loss_class=type(loss_fn).__name__ if loss_fn is not None else "clip_infonce_loss",
+                          reference=None if ref is None else ref.info)
         start = ctx.resume(model=model, loss=loss_fn, optimizer=opt)
     aug = ContrastiveAugment(crop_scale=(0.6, 1.0), flip_p=0.5 if data.flip else 0.0, jitter=0.2,
                              jitter_p=0.5, erase_p=0.0, noise_std=0.0)
@@ -553,12 +703,25 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
         acc = {"total": 0.0, "objective": 0.0}
         for step in _steps(ctx, epoch, range(steps_per_epoch), acc, g):
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+            if usage == "select":  # JEST: B of the next B / select_keep pairs of the epoch's order
+                cand = perm[(step * config.batch_size + torch.arange(candidates)) % n]
+                idx = _jest_batch(config, image_model, text_model, cand, data.train_images, train_text_in,
+                                  ref_feats, g)  # type: ignore[arg-type]
             x = data.train_images[idx]
             if config.augment:
                 x = aug(x, g)
             img = image_model(_prep(x))
             txt = text_model(train_text_in[idx])
-            loss = clip_infonce_loss(img, txt, config.tau) if loss_fn is None else loss_fn(img, txt, idx)
+            rf = ref_feats(idx, x) if usage in ("drrho", "distill") else None  # type: ignore[misc]
+            if loss_fn is None:
+                loss = clip_infonce_loss(img, txt, config.tau)
+            else:
+                loss = loss_fn(img, txt, idx, ref_feats=rf if usage == "drrho" else None)
+            if usage == "distill":  # KL of both directions' batch softmaxes to the reference's
+                s = F.normalize(img, dim=1) @ F.normalize(txt, dim=1).T / config.tau
+                t = rf[0] @ rf[1].T / config.tau  # type: ignore[index]
+                kd = 0.5 * (distillation_losses(s, t).mean() + distillation_losses(s.T, t.T).mean())
+                loss = (1.0 - config.distill_weight) * loss + config.distill_weight * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -572,6 +735,10 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
             if isinstance(getattr(loss_fn, "tau", None), nn.Parameter):
                 metrics["tau"] = float(loss_fn.tau.detach())
         metrics.update(_clip_eval(image_model, text_model, data, eval_text_in, prompt_in))
+        if ref is not None and epoch == config.epochs:  # the reference's own scores on the same pairs
+            prompts = None if data.prompts is None else ref.text_in_of([p for cls in data.prompts for p in cls])
+            ref_eval = _clip_eval(ref.image, ref.text, data, ref.text_in_of(data.eval_text), prompts)
+            metrics.update({f"ref_{k}": v for k, v in ref_eval.items()})
         if ctx is not None:
             ctx.log_epoch(epoch, metrics)
             ctx.save(epoch=epoch)
@@ -637,6 +804,19 @@ def _clip_arguments(p: argparse.ArgumentParser) -> None:
                    help="held-out pairs used for retrieval ('none': all)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="turn off image augmentation (random crops, flips, brightness jitter)")
+    g = p.add_argument_group("reference model (model steering)")
+    g.add_argument("--ref", type=existing_path(kind="folder"), default=None,
+                   help="folder of an earlier clip run: its towers are the frozen reference")
+    g.add_argument("--ref-usage", choices=("drrho", "select", "distill"), default="drrho",
+                   help="DRRho-CLIP (d_ij - d_ij^ref), JEST selection, or distillation")
+    g.add_argument("--ref-features", choices=("cached", "on-the-fly"), default="cached",
+                   help="reference features from a ReferenceCache of the training pairs, or a forward pass per batch")
+    g.add_argument("--ref-cache", type=out_dir, default=None, help="reference cache folder (default: <out>/reference_cache)")
+    g.add_argument("--select-keep", type=number(float, gt=0, le=1), default=0.5,
+                   help="JEST: train on B of B / keep candidates")
+    g.add_argument("--select-chunks", type=number(int, ge=1), default=2, help="JEST: chunks of the joint sampling")
+    g.add_argument("--distill-weight", type=number(float, ge=0, le=1), default=0.5,
+                   help="distillation: weight of the KL term")
     _add_common(p, tau=0.1)
 
 
@@ -649,6 +829,11 @@ def _validate_common(args: argparse.Namespace) -> None:
 
 def _validate_clip(args: argparse.Namespace) -> None:
     _validate_common(args)
+    if args.ref is not None:
+        if not (Path(args.ref) / "checkpoint.pt").is_file():
+            raise UsageError(f"argument --ref: {args.ref} holds no checkpoint.pt (not a finished clip run)")
+        if args.ref_usage == "drrho" and args.loss == "infonce":
+            raise UsageError("argument --ref-usage: drrho needs a global loss (gcl, gcl-global-temp, isogclr, nuclr)")
     try:
         build_clip_loss(_config_from_args(CLIPConfig, args), 2)
     except ValueError as e:
