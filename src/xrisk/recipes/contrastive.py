@@ -22,12 +22,12 @@ With a reference model (model steering, arXiv:2505.06699)::
 
     xrisk run clip --data fashion-captions --loss gcl --image-encoder mlp --width 8 --out ref/   # a small CLIP
     xrisk run clip --data fashion-captions --loss gcl --ref ref/ --subset 2000                    # DRRho-CLIP
-    xrisk run clip --data fashion-captions --loss gcl --ref ref/ --ref-usage select               # JEST baseline
+    xrisk run clip --data fashion-captions --loss gcl --ref ref/ --ref-use jest                  # JEST baseline
 
 ``--ref DIR`` loads the frozen image and text towers of an earlier ``clip`` run (rebuilding its tokenizer from
-its own training captions) and uses them by ``--ref-usage``: ``drrho`` (DRRho-CLIP: the global loss on
+its own training captions) and uses them by ``--ref-use``: ``drrho`` (DRRho-CLIP: the global loss on
 ``d_ij - d_ij^ref``, ``ref_feats=`` of :class:`~xrisk.losses.GlobalContrastiveLoss` / :class:`~xrisk.losses.NUCLRLoss`),
-``select`` (JEST joint selection of the batch from ``B / --select-keep`` candidates,
+``jest`` (JEST joint selection of the batch from ``B / --jest-keep`` candidates,
 :func:`xrisk.functional.selection.jest_select`, then the same loss) or ``distill`` (the loss plus
 ``--distill-weight`` times the KL of the batch's image->text and text->image softmaxes to the reference's,
 :func:`xrisk.functional.distillation.distillation_losses`). Its features come from a
@@ -361,9 +361,9 @@ class CLIPConfig:
         max_steps: stop each epoch after this many steps (tests; ``None`` = full epochs).
         num_threads: ``torch.set_num_threads`` (``None``: leave as is).
         ref: folder of an earlier ``clip`` run whose towers are the frozen reference (None: no reference).
-        ref_usage: ``"drrho"``, ``"select"`` (JEST) or ``"distill"``; ref_features: ``"cached"`` or
+        ref_use: ``"drrho"``, ``"jest"`` or ``"distill"``; ref_features: ``"cached"`` or
             ``"on-the-fly"``; ref_cache: the cache folder (None: ``<run folder>/reference_cache``).
-        select_keep: JEST keeps ``B`` of ``B / select_keep`` candidates; select_chunks: its chunks.
+        jest_keep: JEST keeps ``B`` of ``B / jest_keep`` candidates; jest_chunks: its chunks.
         distill_weight: weight of the distillation term.
     """
 
@@ -394,11 +394,11 @@ class CLIPConfig:
     max_steps: int | None = None
     num_threads: int | None = None
     ref: Path | None = None
-    ref_usage: Literal["drrho", "select", "distill"] = "drrho"
+    ref_use: Literal["drrho", "jest", "distill"] = "drrho"
     ref_features: Literal["cached", "on-the-fly"] = "cached"
     ref_cache: Path | None = None
-    select_keep: float = 0.5
-    select_chunks: int = 2
+    jest_keep: float = 0.5
+    jest_chunks: int = 2
     distill_weight: float = 0.5
 
 
@@ -548,21 +548,13 @@ class _CLIPReference:
 def _load_clip_reference(config: CLIPConfig, data: _PairData, target: nn.Module) -> _CLIPReference:
     """The towers of the ``clip`` run folder ``config.ref`` (same data set; its tokenizer is rebuilt from its own
     training captions), frozen in eval mode."""
-    import json
-
     from xrisk.checkpoint import load_checkpoint
+    from xrisk.recipes.steer import reference_run_args
 
     folder = Path(config.ref)  # type: ignore[arg-type]
-    try:
-        stored = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"argument --ref: {folder} is not an xrisk run folder ({e})") from None
-    if stored.get("recipe") != "clip":
-        raise UsageError(f"argument --ref: {folder} is a {stored.get('recipe')!r} run, not a clip run")
-    args = {k: v for k, v in stored.get("args", {}).items() if k in {f.name for f in fields(CLIPConfig)}}
+    stored = reference_run_args(folder, "clip", {"data": config.data})
+    args = {k: v for k, v in stored.items() if k in {f.name for f in fields(CLIPConfig)}}
     ref_config = CLIPConfig(**{**args, "ref": None, "ref_cache": None})
-    if ref_config.data != config.data:
-        raise UsageError(f"argument --ref: {folder} was trained on {ref_config.data!r}, this run uses {config.data!r}")
     corpus = _clip_data(ref_config).train_text if ref_config.text_encoder == "bag" else []
     image = build_image_encoder(ref_config.image_encoder, tuple(data.train_images.shape[1:]), dim=ref_config.dim,
                                 width=ref_config.width)
@@ -631,7 +623,7 @@ def _jest_batch(
         ra, rb = ref_feats(candidates, x)
     image_model.train(was)
     text_model.train(was)
-    pick = jest_select(learner, ra @ rb.T, config.batch_size, tau=config.tau, n_chunks=config.select_chunks, generator=g)
+    pick = jest_select(learner, ra @ rb.T, config.batch_size, tau=config.tau, n_chunks=config.jest_chunks, generator=g)
     return candidates[pick]
 
 
@@ -673,8 +665,8 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
     model = nn.ModuleDict({"image": image_model, "text": text_model})
     ref = _load_clip_reference(config, data, model) if config.ref is not None else None
     ref_feats = _reference_features(config, data, ref, ctx) if ref is not None else None
-    usage = config.ref_usage if ref is not None else None
-    candidates = max(config.batch_size, min(n, int(round(config.batch_size / config.select_keep))))
+    use = config.ref_use if ref is not None else None
+    candidates = max(config.batch_size, min(n, int(round(config.batch_size / config.jest_keep))))
     groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     if loss_fn is not None and any(p.requires_grad for p in loss_fn.parameters()):
         groups.append({"params": [p for p in loss_fn.parameters() if p.requires_grad], "weight_decay": 0.0})
@@ -703,7 +695,7 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
         acc = {"total": 0.0, "objective": 0.0}
         for step in _steps(ctx, epoch, range(steps_per_epoch), acc, g):
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
-            if usage == "select":  # JEST: B of the next B / select_keep pairs of the epoch's order
+            if use == "jest":  # JEST: B of the next B / jest_keep pairs of the epoch's order
                 cand = perm[(step * config.batch_size + torch.arange(candidates)) % n]
                 idx = _jest_batch(config, image_model, text_model, cand, data.train_images, train_text_in,
                                   ref_feats, g)  # type: ignore[arg-type]
@@ -712,12 +704,12 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
                 x = aug(x, g)
             img = image_model(_prep(x))
             txt = text_model(train_text_in[idx])
-            rf = ref_feats(idx, x) if usage in ("drrho", "distill") else None  # type: ignore[misc]
+            rf = ref_feats(idx, x) if use in ("drrho", "distill") else None  # type: ignore[misc]
             if loss_fn is None:
                 loss = clip_infonce_loss(img, txt, config.tau)
             else:
-                loss = loss_fn(img, txt, idx, ref_feats=rf if usage == "drrho" else None)
-            if usage == "distill":  # KL of both directions' batch softmaxes to the reference's
+                loss = loss_fn(img, txt, idx, ref_feats=rf if use == "drrho" else None)
+            if use == "distill":  # KL of both directions' batch softmaxes to the reference's
                 s = F.normalize(img, dim=1) @ F.normalize(txt, dim=1).T / config.tau
                 t = rf[0] @ rf[1].T / config.tau  # type: ignore[index]
                 kd = 0.5 * (distillation_losses(s, t).mean() + distillation_losses(s.T, t.T).mean())
@@ -806,15 +798,15 @@ def _clip_arguments(p: argparse.ArgumentParser) -> None:
                    help="turn off image augmentation (random crops, flips, brightness jitter)")
     g = p.add_argument_group("reference model (model steering)")
     g.add_argument("--ref", type=existing_path(kind="folder"), default=None,
-                   help="folder of an earlier clip run: its towers are the frozen reference")
-    g.add_argument("--ref-usage", choices=("drrho", "select", "distill"), default="drrho",
+                   help="folder of an earlier clip run: its towers are the frozen reference (default: no reference)")
+    g.add_argument("--ref-use", choices=("drrho", "jest", "distill"), default="drrho",
                    help="DRRho-CLIP (d_ij - d_ij^ref), JEST selection, or distillation")
     g.add_argument("--ref-features", choices=("cached", "on-the-fly"), default="cached",
                    help="reference features from a ReferenceCache of the training pairs, or a forward pass per batch")
     g.add_argument("--ref-cache", type=out_dir, default=None, help="reference cache folder (default: <out>/reference_cache)")
-    g.add_argument("--select-keep", type=number(float, gt=0, le=1), default=0.5,
+    g.add_argument("--jest-keep", type=number(float, gt=0, le=1), default=0.5,
                    help="JEST: train on B of B / keep candidates")
-    g.add_argument("--select-chunks", type=number(int, ge=1), default=2, help="JEST: chunks of the joint sampling")
+    g.add_argument("--jest-chunks", type=number(int, ge=1), default=2, help="JEST: chunks of the joint sampling")
     g.add_argument("--distill-weight", type=number(float, ge=0, le=1), default=0.5,
                    help="distillation: weight of the KL term")
     _add_common(p, tau=0.1)
@@ -830,10 +822,11 @@ def _validate_common(args: argparse.Namespace) -> None:
 def _validate_clip(args: argparse.Namespace) -> None:
     _validate_common(args)
     if args.ref is not None:
-        if not (Path(args.ref) / "checkpoint.pt").is_file():
-            raise UsageError(f"argument --ref: {args.ref} holds no checkpoint.pt (not a finished clip run)")
-        if args.ref_usage == "drrho" and args.loss == "infonce":
-            raise UsageError("argument --ref-usage: drrho needs a global loss (gcl, gcl-global-temp, isogclr, nuclr)")
+        from xrisk.recipes.steer import reference_run_args
+
+        reference_run_args(Path(args.ref), "clip", {"data": args.data})
+        if args.ref_use == "drrho" and args.loss == "infonce":
+            raise UsageError("argument --ref-use: drrho needs a global loss (gcl, gcl-global-temp, isogclr, nuclr)")
     try:
         build_clip_loss(_config_from_args(CLIPConfig, args), 2)
     except ValueError as e:

@@ -55,7 +55,8 @@ from xrisk.recipes.runner import train_loss_key
 if TYPE_CHECKING:
     from xrisk.recipes.runner import RunContext
 
-__all__ = ["METHODS", "SteerConfig", "SteerData", "load_steer_data", "build_classifier", "train_steer"]
+__all__ = ["METHODS", "SteerConfig", "SteerData", "load_steer_data", "build_classifier", "reference_run_args",
+           "train_steer"]
 
 METHODS: tuple[str, ...] = ("erm", "drrho-kl", "drrho-cvar", "rho-select", "distill")
 DATA: tuple[str, ...] = ("fashion-mnist", "bbc")
@@ -183,10 +184,35 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------------- reference
+_SAME_SPLIT = ("data", "ref_split", "split_seed", "max_train")  # a --ref run must share these (the pools)
+
 @dataclass
 class _Reference:
     model: nn.Module
     info: dict[str, Any]
+
+
+def reference_run_args(folder: Path, recipe: str, same: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of the finished ``recipe`` run in ``folder`` (its ``config.json``), which must equal ``same``
+    (e.g. the data set and split): raises :class:`UsageError` naming ``--ref`` and the first difference."""
+    try:
+        stored = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(stored, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise UsageError(f"argument --ref: {folder} is not an xrisk run folder ({e})") from None
+    if stored.get("recipe") != recipe:
+        raise UsageError(f"argument --ref: {folder} is a {stored.get('recipe')!r} run, not a {recipe} run")
+    if not (folder / "checkpoint.pt").is_file():
+        raise UsageError(f"argument --ref: {folder} holds no checkpoint.pt (not a finished {recipe} run)")
+    args = stored.get("args", {})
+    for key, value in same.items():
+        if args.get(key) != value:
+            raise UsageError(
+                f"argument --ref: {folder} was trained with --{key.replace('_', '-')} {args.get(key)!r}, this run uses "
+                f"{value!r}; the reference must come from the same data"
+            )
+    return args
 
 
 def _load_reference_run(config: SteerConfig, data: SteerData) -> _Reference:
@@ -194,19 +220,7 @@ def _load_reference_run(config: SteerConfig, data: SteerData) -> _Reference:
     from xrisk.checkpoint import load_checkpoint
 
     folder = Path(config.ref)  # type: ignore[arg-type]
-    try:
-        stored = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"argument --ref: {folder} is not an xrisk run folder ({e})") from None
-    if stored.get("recipe") != "steer":
-        raise UsageError(f"argument --ref: {folder} is a {stored.get('recipe')!r} run, not a steer run")
-    args = stored.get("args", {})
-    for key in ("data", "ref_split", "split_seed", "max_train"):
-        if args.get(key) != getattr(config, key):
-            raise UsageError(
-                f"argument --ref: {folder} was trained with --{key.replace('_', '-')} {args.get(key)!r}, this run uses "
-                f"{getattr(config, key)!r}; the reference must come from the same data and split"
-            )
+    args = reference_run_args(folder, "steer", {k: getattr(config, k) for k in _SAME_SPLIT})
     model = build_classifier(args.get("arch", "mlp"), tuple(data.x.shape[1:]), data.num_classes,
                              hidden=int(args.get("hidden", 256)))
     load_checkpoint(folder / "checkpoint.pt", model=model)
@@ -417,7 +431,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=number(float, ge=0), default=0.0, help="Adam weight decay")
     g.add_argument("--hidden", type=number(int, ge=1), default=256, help="hidden units of the mlp")
     g.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of the subset, initialisation and batches")
-    g.add_argument("--max-steps", type=number(int, ge=1), default=None, help="cap on steps per epoch (smoke runs)")
+    g.add_argument("--max-steps", type=number(int, ge=1), default=None, help="cap on steps per epoch, for smoke runs (default: full epochs)")
     g.add_argument("--num-threads", type=number(int, ge=1), default=None, help="torch threads (default: torch's)")
     g = p.add_argument_group("methods")
     g.add_argument("--tau", type=number(float, gt=0), default=1.0, help="DRRho-KL temperature")
@@ -436,8 +450,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError("argument --arch: cnn needs images; bbc has MiniLM embedding vectors (use linear or mlp)")
     if args.ref is not None and args.pool == "reference" and args.method != "erm":
         raise UsageError("argument --pool: a steered run trains on the target pool")
-    if args.ref is not None and not (Path(args.ref) / "checkpoint.pt").is_file():
-        raise UsageError(f"argument --ref: {args.ref} holds no checkpoint.pt (not a finished steer run)")
+    if args.ref is not None:
+        reference_run_args(Path(args.ref), "steer", {k: getattr(args, k) for k in _SAME_SPLIT})
 
 
 def _config_from_args(args: argparse.Namespace) -> SteerConfig:
