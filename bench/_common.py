@@ -93,17 +93,19 @@ def time_interleaved(
     rounds: int,
     steps_per_round: int,
     warmup_rounds: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Time ``steps[name]()`` (one training step each) in interleaved rounds.
 
     Each round runs ``steps_per_round`` consecutive steps of every method, the order of the
     methods rotating from one round to the next (A B C, B C A, C A B, ...), so that a slow
     period of a shared machine hits every method alike. The first ``warmup_rounds`` rounds
-    are not recorded. Returns the per-step wall times in seconds, per method.
+    are not recorded. Returns the per-step times in seconds, per method: wall time, or with
+    ``clock=time.thread_time`` the CPU time of this thread (on a machine shared by many jobs the
+    wall time of a millisecond step is mostly waiting for a core).
     """
     names = list(steps)
     times: dict[str, list[float]] = {n: [] for n in names}
-    clock = time.perf_counter
     for r in range(warmup_rounds + rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:

@@ -98,8 +98,9 @@ def _kernel_pairs():
 
 @pytest.mark.parametrize("name,run,shape", _kernel_pairs(), ids=[p[0] for p in _kernel_pairs()])
 def test_every_kernel_path_with_an_offset_equals_the_kernel_on_shifted_similarities(name, run, shape):
-    """kernel(s, offset=o) == kernel(s + o) in value, state rows, tau/zeta statistics and the gradient w.r.t. s:
-    the offset enters once, as a detached shift of every similarity (the positive's included)."""
+    """kernel(s, offset=o) == kernel(s + o) in state rows, tau/zeta statistics, the gradient w.r.t. s and the value
+    (taken on s, i.e. minus sum w o, where the kernel does not compute per-anchor values on s + o anyway): the offset enters once, as a
+    detached shift of every similarity (the positive's included)."""
     g = torch.Generator().manual_seed(2)
     base = torch.randn(*shape, generator=g, dtype=torch.float64).tanh()
     o = -0.8 * torch.rand(*shape, generator=g, dtype=torch.float64)
@@ -110,9 +111,13 @@ def test_every_kernel_path_with_an_offset_equals_the_kernel_on_shifted_similarit
     got[0].backward()
     want[0].backward()
     torch.testing.assert_close(s1.grad, s2.grad)
-    for x, y in zip(got, want):
+    for x, y in zip(got[1:], want[1:]):  # state rows, tau / zeta statistics
         if isinstance(x, torch.Tensor):
             torch.testing.assert_close(x.detach(), y.detach())
+    if name in ("gcl-square-learnable", "gcl-rows-per-side", "nuclr-square-stable"):  # values computed on s + o
+        torch.testing.assert_close(got[0].detach(), want[0].detach())
+    else:  # the value is sum_ij w_ij s_ij on the target's similarities, with the same weights
+        torch.testing.assert_close(got[0].detach() + (s1.grad * o).sum(), want[0].detach())
 
 
 def test_reference_offset_is_minus_the_reference_similarities():

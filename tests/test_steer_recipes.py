@@ -95,30 +95,30 @@ class _Crash(Exception):
 
 @pytest.mark.parametrize("method", ["drrho-cvar", "rho-select", "distill"])
 def test_steer_resumed_inside_an_epoch_equals_uninterrupted(tmp_path, monkeypatch, method):
-    """Checkpoints every step; the process dies in step 5 of 2 x 3 steps; the resumed run (which reloads its
+    """Checkpoints every step; the process dies in step 5 of 2 x 3 steps; the resumed run (which reloads the
     reference and its filled cache) ends bit-identical."""
-    import xrisk.recipes.steer as steer
-
-    cfg = SteerConfig(data="fashion-mnist", method=method, max_train=400, batch_size=32, epochs=2, max_steps=3,
-                      ref_epochs=1, num_threads=1)
-
     def ctx(folder, **kw):
         return RunContext(tmp_path / folder, recipe="steer", args={"method": method}, quiet=True, plot=False, **kw)
 
+    ref_args = dict(data="fashion-mnist", max_train=400, ref_split=0.2, split_seed=0, arch="linear", pool="reference")
+    with RunContext(tmp_path / "ref", recipe="steer", args=ref_args, quiet=True, plot=False) as c:
+        train_steer(SteerConfig(method="erm", epochs=1, batch_size=32, num_threads=1, **ref_args), c)
+    cfg = SteerConfig(data="fashion-mnist", method=method, max_train=400, batch_size=32, epochs=2, max_steps=3,
+                      ref=tmp_path / "ref", num_threads=1)
+
     full = train_steer(cfg, ctx("a", checkpoint_every=0))
-    real, calls = steer._per_sample_ce, [0]
-    per_step = 1 if method == "distill" else 2  # per step: target and reference losses (rho-select: of the candidates)
+    real, calls = torch.optim.Adam.step, [0]
 
-    def dies(logits, y):
+    def dies_in_step_5(self, *args, **kwargs):
         calls[0] += 1
-        if calls[0] > 4 * per_step:
+        if calls[0] == 5:
             raise _Crash
-        return real(logits, y)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(steer, "_per_sample_ce", dies)
+    monkeypatch.setattr(torch.optim.Adam, "step", dies_in_step_5)
     with pytest.raises(_Crash), ctx("b", checkpoint_every=1) as c:
         train_steer(cfg, c)
-    monkeypatch.setattr(steer, "_per_sample_ce", real)
+    monkeypatch.setattr(torch.optim.Adam, "step", real)
     extra = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["extra"]
     assert (extra["epoch"], extra["step"]) == (1, 1)
     assert train_steer(cfg, ctx("b", resume=True)) == full
@@ -178,3 +178,23 @@ def test_clip_ref_rules_fail_before_the_run_folder(tmp_path, clip_ref, capsys):
     assert main(["run", "clip", "--data", "emoji", "--ref", str(clip_ref), "--out", str(out)]) == 2
     assert "--data 'fashion-captions'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_resumed_run_reloads_its_own_reference_instead_of_training_it_again(tmp_path, monkeypatch):
+    cfg = dict(data="fashion-mnist", method="drrho-kl", max_train=400, batch_size=32, max_steps=2, ref_epochs=2,
+               num_threads=1)
+
+    def ctx(folder, **kw):
+        return RunContext(tmp_path / folder, recipe="steer", args={"m": 1}, quiet=True, plot=False, **kw)
+
+    full = train_steer(SteerConfig(**cfg, epochs=2), ctx("a"))
+    train_steer(SteerConfig(**cfg, epochs=1), ctx("b"))
+    real, calls = torch.optim.Adam.step, [0]
+
+    def counted(self, *args, **kwargs):
+        calls[0] += 1
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counted)
+    assert train_steer(SteerConfig(**cfg, epochs=2), ctx("b", resume=True)) == full
+    assert calls[0] == 2  # the second epoch's two steps; the reference (2 epochs x 3 steps) came from reference.pt

@@ -491,8 +491,10 @@ def gcl_fcco(
             the layout of the similarities: per side like ``sims``, one ``[2B, C]`` matrix like ``stacked``, or
             (``transposed``) one ``[B, B]`` matrix like ``sims[0]``. DRRho-CLIP passes ``o = -s^ref``, the
             reference model's similarities (see :func:`reference_offset`). The gradient flows through ``s``
-            only; the surrogate's value and ``tau_grad`` use the shifted ``d``. With an offset every entry of
-            ``d`` lies in ``[-4, 4]`` for unit features (``[-2, 2]`` without).
+            only; ``tau_grad`` and the tau term of a learnable temperature use the shifted ``d``; with a fixed
+            temperature the surrogate's value is ``scale * sum p_ij (s_ij - s_i+)`` on the target's
+            similarities (its gradient is the same; no extra pass). With an offset every entry of ``d`` lies in
+            ``[-4, 4]`` for unit features (``[-2, 2]`` without).
     """
     if transposed:
         if pos_offset != (0, 0) or self_offset is not None:
@@ -548,7 +550,7 @@ def gcl_fcco_square(
     valid, some_empty, log_cnt = _anchor_counts(count, n, sd)
     out, log_u, log_den, value = _gcl_square(
         sim, sd, p, tau, per_anchor, inv, estimator, neg, valid, some_empty, log_cnt, eps, scale, stable,
-        need_value=isinstance(tau, Tensor), shifted=offset is not None,
+        need_value=isinstance(tau, Tensor), shifted=offset is not None and isinstance(tau, Tensor) and not per_anchor,
     )
     return _gcl_tau_terms(out, log_u, log_den, value, tau, per_anchor, inv, valid, some_empty, rho, scale)
 
@@ -614,7 +616,7 @@ def _gcl_rows(
     Per-anchor ``[B, 2]`` quantities are laid out side-major (``[2B]``) to match the rows.
     Returns ``(surrogate, log_u, log(eps + u), value [B, 2])`` with ``value_iv = scale * sum_j p_ij d_ij``
     (None unless ``need_value``: a fixed temperature needs no ``tau`` derivative). With an ``offset`` the passes
-    and the surrogate's value use the shifted similarities, the gradient goes to ``mat``.
+    use the shifted similarities (and so does ``value``), the gradient goes to ``mat``.
     """
     n = pos.shape[0]
     mat = stacked if stacked is not None else torch.cat([sims[0], sims[1]], 0)
@@ -648,7 +650,7 @@ def _gcl_rows(
     for v in (0, 1):  # the positive enters with weight -sum_j p_ij
         anchor_diagonal(w, v * n, n, pos_offset[v]).copy_(wrow[v * n : (v + 1) * n]).neg_()
     if value is None:
-        return _shifted_weights_dot(mat, w, None if offset is None else md), log_u, log_den, None
+        return _weights_dot(mat, w), log_u, log_den, None
     return detached_weights_dot(mat, w, value.sum()), log_u, log_den, unrows(value)
 
 
@@ -705,8 +707,8 @@ def _gcl_square(
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
     stable: bool, *, need_value: bool, shifted: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The kernel of :func:`gcl_fcco_square` (``sd``: ``sim`` detached, shifted by the offset when ``shifted``;
-    ``p``: its diagonal).
+    """The kernel of :func:`gcl_fcco_square` (``sd``: ``sim`` detached, shifted by the offset if any; ``p``: its
+    diagonal; ``shifted``: the surrogate's value must be taken on ``sd``, which one learnable temperature needs).
 
     Returns ``(surrogate, log_u, log(eps + u), value [B, 2] or None)``: ``value_iv = scale sum_j p_ij d_ij``,
     computed when ``need_value`` and the temperature is per anchor; a shared learnable temperature needs only
@@ -755,7 +757,7 @@ def _gcl_square(
         w0.diagonal().sub_(wrow[:, 0])
         w1.diagonal().sub_(wrow[:, 1])
         value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
-        return _shifted_weights_dot(sim, w0.add_(w1), sd if shifted else None), log_u, log_den, value
+        return _weights_dot(sim, w0.add_(w1)), log_u, log_den, value
     if e0 is e1:
         w = e0.mul_(coef[:, 0:1] + coef[:, 1])
     else:
@@ -925,4 +927,4 @@ def nuclr_fcco_square(
         col_count = torch.stack(
             [_column_counts(neg[0], n, (0, 0), None, 0, n, sd), _column_counts(neg[1], n, (0, 0), None, 1, n, sd)], 1
         )
-    return NUCLRStep(_shifted_weights_dot(sim, w, None if offset is None else sd), log_u, col_weight, col_count, valid)
+    return NUCLRStep(_weights_dot(sim, w), log_u, col_weight, col_count, valid)

@@ -35,7 +35,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from xrisk.functional.contrastive import log_moving_average
 from xrisk.functional.pauc import top_fraction_mean
 
 __all__ = [
@@ -52,43 +51,61 @@ class DRRhoStep(NamedTuple):
     """Result of :func:`drrho_kl` / :func:`drrho_cvar`.
 
     surrogate: scalar, ``(1/B) sum_i w_i x_i`` with the weights detached (its gradient is the estimator);
-    state: 0-dim, the new ``log u`` (KL) or threshold ``s`` (CVaR), detached, float32 or wider;
-    objective: 0-dim detached objective estimate; weights: ``[B]`` detached ``w_i``.
+    state: the new ``log u`` (KL) or threshold ``s`` (CVaR); objective: the batch's objective estimate (both
+    Python floats: NaN/inf when an input is, so the caller checks them before writing anything);
+    weights: ``[B]`` detached ``w_i / B``, the surrogate's gradient with respect to ``excess``.
     """
 
     surrogate: Tensor
-    state: Tensor
-    objective: Tensor
+    state: float
+    objective: float
     weights: Tensor
 
 
-def _state_dtype(x: Tensor) -> torch.dtype:
-    """float32 for half inputs (the state is float32), else the input's dtype."""
-    return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+def _detached_float(x: Tensor) -> Tensor:
+    """``x`` detached, in float32 when it is a half type (the weights and the state are float32 or wider)."""
+    d = x.detach()
+    return d if d.dtype in (torch.float32, torch.float64) else d.float()
 
 
-def drrho_kl(excess: Tensor, log_u: Tensor, seen: Tensor | bool, *, tau: float, gamma: float) -> DRRhoStep:
+def _host(state: Tensor | float, seen: Tensor | bool) -> tuple[float, bool]:
+    """The scalar state as Python values (two ``item()`` reads of 0-dim tensors: cheaper than any tensor op)."""
+    return float(state), bool(seen)
+
+
+def drrho_kl(excess: Tensor, log_u: Tensor | float, seen: Tensor | bool, *, tau: float, gamma: float) -> DRRhoStep:
     """One step of the KL DRRho risk ``tau log mean_i exp(x_i / tau)`` with a moving-average estimator.
 
-    1. ``log g_hat = log (1/B) sum_i exp(x_i / tau)`` (logsumexp, never overflows);
+    1. ``log g_hat = log (1/B) sum_i exp(x_i / tau)`` (shifted by the batch maximum: never overflows);
     2. ``log u_new = log((1 - gamma) exp(log_u) + gamma g_hat)``, or ``log g_hat`` on the first visit
        (``seen`` False);
     3. ``w_i = exp(x_i / tau - log u_new)`` (``<= B / gamma``, finite), surrogate ``(1/B) sum_i w_i x_i``;
     4. objective estimate ``tau log u_new``.
 
+    One host read of the batch's extremes and the sum of the exponentials (and ``item()`` of a tensor state): the
+    scalar estimator is updated in Python and an input holding NaN/inf shows in the returned floats.
+
     Args:
         excess: ``[B]`` excess losses ``x_i = l_i - l_ref_i`` (with gradient through ``l_i``), ``B >= 1``.
-        log_u: 0-dim stored ``log u``; seen: whether it was ever written.
+        log_u: stored ``log u`` (0-dim tensor or float); seen: whether it was ever written.
         tau: KL temperature ``> 0``; gamma: weight on the new value, in ``(0, 1]``.
     """
     b = excess.shape[0]
-    xs = excess.detach().to(_state_dtype(excess)) / tau
-    log_g = torch.logsumexp(xs, 0) - math.log(b)
-    seen_t = seen if isinstance(seen, Tensor) else torch.tensor(bool(seen))
-    new = log_moving_average(log_u.to(log_g), log_g, gamma, seen_t.to(log_g.device))
-    w = torch.exp(xs - new)
-    surrogate = torch.dot(w.to(excess.dtype), excess) / b
-    return DRRhoStep(surrogate, new, new * tau, w)
+    xs = torch.mul(_detached_float(excess), 1.0 / tau)
+    lo, hi = torch.aminmax(xs)
+    e = torch.sub(xs, hi).exp_()
+    m, low, total = torch.stack([hi, lo, e.sum()]).tolist()
+    old, flag = _host(log_u, seen)
+    if not (math.isfinite(m) and math.isfinite(low)):
+        nan = float("nan")
+        return DRRhoStep(excess.sum() * nan, nan, nan, e)
+    log_g = math.log(total) + m - math.log(b)
+    new = log_g
+    if flag and gamma < 1.0:
+        a, c = old + math.log1p(-gamma), log_g + math.log(gamma)
+        new = max(a, c) + math.log1p(math.exp(-abs(a - c)))
+    w = e.mul_(math.exp(m - new) / b)
+    return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, tau * new, w)
 
 
 def upper_quantile(x: Tensor, alpha: float) -> Tensor:
@@ -100,7 +117,7 @@ def upper_quantile(x: Tensor, alpha: float) -> Tensor:
     return torch.topk(x.detach(), k, sorted=False).values.min()
 
 
-def drrho_cvar(excess: Tensor, threshold: Tensor, seen: Tensor | bool, *, alpha: float, eta: float) -> DRRhoStep:
+def drrho_cvar(excess: Tensor, threshold: Tensor | float, seen: Tensor | bool, *, alpha: float, eta: float) -> DRRhoStep:
     """One step of the CVaR DRRho risk in Rockafellar-Uryasev form, the threshold ``s`` being state.
 
     1. ``s = threshold``, or on the first visit (``seen`` False) the batch's :func:`upper_quantile`;
@@ -115,25 +132,28 @@ def drrho_cvar(excess: Tensor, threshold: Tensor, seen: Tensor | bool, *, alpha:
 
     Args:
         excess: ``[B]`` excess losses (with gradient through ``l_i``), ``B >= 1``.
-        threshold: 0-dim stored ``s``; seen: whether it was ever written.
+        threshold: stored ``s`` (0-dim tensor or float); seen: whether it was ever written.
         alpha: level in ``(0, 1]``; eta: threshold step size ``> 0``.
     """
     b = excess.shape[0]
-    xd = excess.detach().to(_state_dtype(excess))
+    xd = _detached_float(excess)
+    s_old, flag = _host(threshold, seen)
     if alpha >= 1.0:
-        w = torch.ones_like(xd)
-        return DRRhoStep(excess.sum() / b, threshold.to(xd).clone(), xd.mean(), w)
-    if isinstance(seen, Tensor):  # no host read: the first-visit quantile is selected on the device
-        s_old = torch.where(seen.to(xd.device), threshold.to(xd), upper_quantile(xd, alpha))
-    else:
-        s_old = threshold.to(xd) if seen else upper_quantile(xd, alpha)
-    above = xd > s_old
-    frac = above.to(xd.dtype).mean()
-    w = above.to(xd.dtype) / alpha
-    surrogate = torch.dot(w.to(excess.dtype), excess) / b
-    objective = s_old + torch.relu(xd - s_old).mean() / alpha
-    new = s_old - eta * (alpha - frac)
-    return DRRhoStep(surrogate, new, objective, w)
+        w = torch.full_like(xd, 1.0 / b)
+        lo, mean = torch.stack([xd.min(), xd.mean()]).tolist()
+        bad = not (math.isfinite(lo) and math.isfinite(mean))
+        return DRRhoStep(torch.dot(w.to(excess.dtype), excess), float("nan") if bad else s_old, mean, w)
+    if not flag:
+        s_old = float(upper_quantile(xd, alpha))
+    above = torch.gt(xd, s_old)
+    w = torch.where(above, 1.0 / (alpha * b), 0.0).to(xd.dtype)
+    over, count, lo = torch.stack([torch.sub(xd, s_old).clamp_min_(0.0).sum(), above.sum(), xd.min()]).tolist()
+    if not (math.isfinite(over) and math.isfinite(lo) and math.isfinite(s_old)):
+        nan = float("nan")
+        return DRRhoStep(excess.sum() * nan, nan, nan, w)
+    objective = s_old + over / (alpha * b)
+    new = s_old - eta * (alpha - count / b)
+    return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, objective, w)
 
 
 def drrho_kl_objective(excess: Tensor, tau: float) -> Tensor:

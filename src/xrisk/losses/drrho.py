@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from xrisk import distributed as xdist
-from xrisk._validate import all_finite, check_choice, check_finite, check_positive, check_unit_interval
+from xrisk._validate import check_choice, check_finite, check_positive, check_unit_interval
 from xrisk.checkpoint import default_checkpoint_settings
 from xrisk.functional.drrho import drrho_cvar, drrho_kl
 from xrisk.state import ReplicatedStateModule
@@ -154,19 +155,17 @@ class DRRhoLoss(ReplicatedStateModule):
             step = drrho_kl(excess, self.log_u, self.seen, tau=self.tau, gamma=self.gamma)
         else:
             step = drrho_cvar(excess, self.threshold, self.seen, alpha=self.alpha, eta=self.eta)
-        probe = torch.stack([step.state.float(), step.objective.float(), step.surrogate.detach().float()])
-        if not all_finite(probe):  # one host read for the inputs, the new state and the value
+        if not (math.isfinite(step.state) and math.isfinite(step.objective)):  # the kernels read these anyway
             if not checked_inputs:
                 check_finite("losses", x)
                 check_finite("ref_losses", r)
             raise FloatingPointError(
                 f"the excess losses overflow the {self.divergence} DRRho risk (tau={self.tau}); no state was changed"
             )
-        with torch.no_grad():
-            self._objective.copy_(step.objective)
-            if self.training:  # state changes in training mode only, all together after the check above
-                getattr(self, "log_u" if self.divergence == "kl" else "threshold").copy_(step.state)
-                self.seen.fill_(True)
+        self._objective.fill_(step.objective)
+        if self.training:  # state changes in training mode only, all together after the check above
+            (self.log_u if self.divergence == "kl" else self.threshold).fill_(step.state)
+            self.seen.fill_(True)
         return step.surrogate
 
     def objective(self) -> Tensor:
@@ -194,7 +193,9 @@ def _check_batch(
             raise ValueError(
                 f"ref_losses shape {tuple(ref_losses.shape)} does not match losses shape {tuple(losses.shape)}"
             )
-        ref = ref_losses.detach().to(losses.device, losses.dtype)
+        ref = ref_losses.detach()
+        if ref.dtype != losses.dtype or ref.device != losses.device:
+            ref = ref.to(losses.device, losses.dtype)
     if index is not None:
         if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dtype == torch.bool:
             raise TypeError(f"index must be an integer tensor of dataset indices, got {getattr(index, 'dtype', index)}")

@@ -365,6 +365,7 @@ class CLIPConfig:
             ``"on-the-fly"``; ref_cache: the cache folder (None: ``<run folder>/reference_cache``).
         jest_keep: JEST keeps ``B`` of ``B / jest_keep`` candidates; jest_chunks: its chunks.
         distill_weight: weight of the distillation term.
+        eval_every: retrieval metrics every this many epochs and after the last one.
     """
 
     data: Literal["fashion-captions", "emoji"] = "fashion-captions"
@@ -400,6 +401,7 @@ class CLIPConfig:
     jest_keep: float = 0.5
     jest_chunks: int = 2
     distill_weight: float = 0.5
+    eval_every: int = 1
 
 
 @dataclass
@@ -726,7 +728,8 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
             metrics["train_objective"] = acc["objective"] / max(1, steps_per_epoch)
             if isinstance(getattr(loss_fn, "tau", None), nn.Parameter):
                 metrics["tau"] = float(loss_fn.tau.detach())
-        metrics.update(_clip_eval(image_model, text_model, data, eval_text_in, prompt_in))
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            metrics.update(_clip_eval(image_model, text_model, data, eval_text_in, prompt_in))
         if ref is not None and epoch == config.epochs:  # the reference's own scores on the same pairs
             prompts = None if data.prompts is None else ref.text_in_of([p for cls in data.prompts for p in cls])
             ref_eval = _clip_eval(ref.image, ref.text, data, ref.text_in_of(data.eval_text), prompts)
@@ -809,6 +812,8 @@ def _clip_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--jest-chunks", type=number(int, ge=1), default=2, help="JEST: chunks of the joint sampling")
     g.add_argument("--distill-weight", type=number(float, ge=0, le=1), default=0.5,
                    help="distillation: weight of the KL term")
+    p.add_argument("--eval-every", type=number(int, ge=1), default=1,
+                   help="retrieval metrics every this many epochs and at the end")
     _add_common(p, tau=0.1)
 
 

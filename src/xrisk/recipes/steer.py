@@ -83,6 +83,7 @@ class SteerConfig:
         tau, gamma: DRRho-KL; alpha, eta: DRRho-CVaR; select_ratio: RHO selection keeps ``B`` of
         ``B / select_ratio`` candidates; distill_weight, distill_temp: distillation.
         max_steps: cap on steps per epoch (smoke runs); num_threads: ``torch.set_num_threads``.
+        eval_every: test accuracy every this many epochs and after the last one.
     """
 
     data: Literal["fashion-mnist", "bbc"] = "fashion-mnist"
@@ -113,6 +114,7 @@ class SteerConfig:
     distill_temp: float = 2.0
     max_steps: int | None = None
     num_threads: int | None = None
+    eval_every: int = 1
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -332,6 +334,14 @@ def train_steer(config: SteerConfig, ctx: RunContext | None = None) -> dict[str,
         ref.info["test_acc"] = _accuracy(ref.model, data.x_test, data.y_test)
         ref.info["smaller_than_target"] = ref.info["params"] < _num_params(model)
     ref_logits = _reference_logits(config, data, ref, ctx) if needs_ref and ref is not None else None
+    ref_losses: Callable[[Tensor], Tensor] | None = None
+    if ref_logits is not None and config.method != "distill":
+        if config.ref_outputs == "cached":  # the training samples' reference losses, read from the cache once
+            table = torch.full((int(data.y.numel()),), float("nan"))
+            table[pool] = _per_sample_ce(ref_logits(pool), data.y[pool])
+            ref_losses = table.__getitem__
+        else:
+            ref_losses = lambda p: _per_sample_ce(ref_logits(p), data.y[p])  # type: ignore[misc]  # noqa: E731
     loss_fn: nn.Module | None = None
     if config.method in ("drrho-kl", "drrho-cvar"):
         loss_fn = DRRhoLoss(divergence=config.method.split("-")[1], tau=config.tau, gamma=config.gamma,  # type: ignore[arg-type]
@@ -364,12 +374,12 @@ def train_steer(config: SteerConfig, ctx: RunContext | None = None) -> dict[str,
                 cand = torch.cat([pos, pool[torch.randint(0, n, (extra,), generator=g)]])
                 with torch.no_grad():
                     scores = _per_sample_ce(_logits(model, data.x[cand]), data.y[cand])
-                    ref_l = _per_sample_ce(ref_logits(cand), data.y[cand])  # type: ignore[misc]
+                    ref_l = ref_losses(cand)  # type: ignore[misc]
                 pos = cand[rho_select(scores, ref_l, config.batch_size)]
             out = model(data.x[pos])
             y = data.y[pos]
             if loss_fn is not None:
-                ref_l = _per_sample_ce(ref_logits(pos), y)  # type: ignore[misc]
+                ref_l = ref_losses(pos)  # type: ignore[misc]
                 loss = loss_fn(_per_sample_ce(out, y), ref_l, pos)
             elif config.method == "distill":
                 kd = distillation_losses(out, ref_logits(pos), temperature=config.distill_temp)  # type: ignore[misc]
@@ -387,7 +397,8 @@ def train_steer(config: SteerConfig, ctx: RunContext | None = None) -> dict[str,
         metrics = {loss_key: acc["total"] / max(1, steps_per_epoch)}
         if loss_fn is not None:
             metrics["train_objective"] = acc["objective"] / max(1, steps_per_epoch)
-        metrics["test_acc"] = _accuracy(model, data.x_test, data.y_test)
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            metrics["test_acc"] = _accuracy(model, data.x_test, data.y_test)
         if ctx is not None:
             ctx.log_epoch(epoch, metrics)
             ctx.save(epoch=epoch)
@@ -433,6 +444,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of the subset, initialisation and batches")
     g.add_argument("--max-steps", type=number(int, ge=1), default=None, help="cap on steps per epoch, for smoke runs (default: full epochs)")
     g.add_argument("--num-threads", type=number(int, ge=1), default=None, help="torch threads (default: torch's)")
+    g.add_argument("--eval-every", type=number(int, ge=1), default=1, help="test every this many epochs and at the end")
     g = p.add_argument_group("methods")
     g.add_argument("--tau", type=number(float, gt=0), default=1.0, help="DRRho-KL temperature")
     g.add_argument("--gamma", type=number(float, gt=0, le=1), default=0.9,
