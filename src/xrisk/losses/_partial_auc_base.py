@@ -9,7 +9,8 @@ from torch import Tensor
 
 from xrisk.functional.surrogates import pairwise_surrogate, weighted_pairwise_mean
 from xrisk.losses.ap import _mean_of
-from xrisk.losses.base import ScoreLoss, label_order
+from xrisk.losses.base import ScoreLoss, label_order, overflow_cause
+from xrisk.state import Cause
 
 __all__ = ["PartialAUCLossBase"]
 
@@ -28,9 +29,10 @@ class PartialAUCLossBase(ScoreLoss):
     margin: float
     surrogate: str
 
-    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor) -> Tensor:
-        """Update the state of ``task`` from ``losses [P, N]`` (``index_pos [P]``: dataset indices of the
-        positives) and return the detached weights ``[P, N]`` of the stochastic estimator."""
+    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor, cause: Cause) -> Tensor:
+        """Stage the state update of ``task`` from ``losses [P, N]`` (``index_pos [P]``: dataset indices of the
+        positives) in ``self._writes`` and return the detached weights ``[P, N]`` of the stochastic estimator
+        (``cause``: the message if the staged values are not finite)."""
         raise TypeError(f"{type(self).__name__} must override _task_weights")
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
@@ -50,7 +52,8 @@ class PartialAUCLossBase(ScoreLoss):
             s_pos, s_neg = col.index_select(0, pos_idx), col.index_select(0, neg_idx)  # = col[pos], col[~pos]
             idx = index.index_select(0, pos_idx.to(index.device))  # = index[pos]
             losses = pairwise_surrogate(s_pos.detach(), s_neg.detach(), margin=self.margin, surrogate=self.surrogate)
-            weights = self._task_weights(t, n_pos, idx, losses)
+            weights = self._task_weights(t, n_pos, idx, losses, overflow_cause(self.surrogate, self.margin, col, t,
+                                                                               losses, getattr(self, "tau", None)))
             terms.append(weighted_pairwise_mean(s_pos, s_neg, weights, margin=self.margin, surrogate=self.surrogate,
                                                 losses=losses))
             detached.append(losses)

@@ -10,8 +10,8 @@ from torch import Tensor
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.ap import ap_inner_estimates, ap_ratio, ap_weights
 from xrisk.functional.surrogates import SURROGATES, SurrogateName, weighted_pairwise_mean
-from xrisk.losses.base import ScoreLoss, label_order
-from xrisk.state import SampleState, update_states
+from xrisk.losses.base import ScoreLoss, label_order, overflow_cause
+from xrisk.state import Cause, PendingWrites, SampleState, update_states
 
 __all__ = ["APLoss"]
 
@@ -115,8 +115,11 @@ class APLoss(ScoreLoss):
             losses, g_all, g_pos = ap_inner_estimates(
                 anchors.detach(), col.detach(), pos, margin=self.margin, surrogate=self.surrogate
             )
-            # both estimators in one state pass (one index check, one duplicate test)
-            u_all, u_pos = update_columns((self.u_all, self.u_pos), index.index_select(0, pos_idx.to(index.device)), t, (g_all, g_pos), self.gamma)
+            # both estimators in one state pass (one index check, one duplicate test), staged: written at commit
+            u_all, u_pos = update_columns(
+                (self.u_all, self.u_pos), index.index_select(0, pos_idx.to(index.device)), t, (g_all, g_pos),
+                self.gamma, writes=self._writes, cause=overflow_cause(self.surrogate, self.margin, col, t),
+            )
             # = ap_surrogate(L, pos, u_all, u_pos) with L carrying the graph; closed-form backward
             weights = ap_weights(pos, u_all, u_pos, losses.dtype)
             terms.append(weighted_pairwise_mean(anchors, col, weights, margin=self.margin, surrogate=self.surrogate,
@@ -140,26 +143,18 @@ def _mean_of(fn: Callable[..., Tensor], per_task: list[Tensor], *args: object) -
 
 def update_columns(
     states: tuple[SampleState, ...], idx: Tensor, task: int, news: tuple[Tensor, ...], gamma: float, *,
-    assume_unique: bool = False,
+    assume_unique: bool = False, writes: PendingWrites | None = None, cause: Cause | None = None,
 ) -> list[Tensor]:
     """Moving-average update of column ``task`` of each state at rows ``idx`` (validated dataset
-    indices), all in one :func:`~xrisk.state.update_states` pass; returns the merged values ``[P]``."""
-    if states[0].shape == (1,):  # single task: the column is the whole row, no mask needed
-        outs = update_states(states, idx, [n.detach().unsqueeze(1) for n in news], gamma, index_checked=True,
-                             assume_unique=assume_unique)
-        return [o.squeeze(1) for o in outs]
-    full = []
-    for new in news:
-        values = new.new_zeros((idx.numel(), *states[0].shape))
-        values[:, task] = new.detach()
-        full.append(values)
-    mask = torch.zeros(full[0].shape, dtype=torch.bool, device=full[0].device)
-    mask[:, task] = True
-    outs = update_states(states, idx, full, gamma, mask=mask, index_checked=True, assume_unique=assume_unique)
-    return [o[:, task] for o in outs]
+    indices), all in one :func:`~xrisk.state.update_states` pass; returns the merged values ``[P]``.
+    With ``writes`` the new entries are staged there (see :class:`~xrisk.state.PendingWrites`)."""
+    return update_states(states, idx, news, gamma, index_checked=True, assume_unique=assume_unique, column=task,
+                         writes=writes, cause=cause)
 
 
 def _update_column(state: SampleState, idx: Tensor, task: int, new: Tensor, gamma: float, *,
-                   assume_unique: bool = False) -> Tensor:
+                   assume_unique: bool = False, writes: PendingWrites | None = None,
+                   cause: Cause | None = None) -> Tensor:
     """Moving-average update of column ``task`` of ``state`` at rows ``idx``; returns the merged values ``[P]``."""
-    return update_columns((state,), idx, task, (new,), gamma, assume_unique=assume_unique)[0]
+    return update_columns((state,), idx, task, (new,), gamma, assume_unique=assume_unique, writes=writes,
+                          cause=cause)[0]

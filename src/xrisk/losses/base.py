@@ -8,10 +8,23 @@
    so every rank computes the same global-batch loss and applies the same state update;
 3. return a **graph-connected zero** and leave state untouched when the batch has no
    positive in any task;
-4. call the subclass hook :meth:`ScoreLoss._loss`, which computes the surrogate, updates
-   state and records the objective estimate with :meth:`ScoreLoss._record_objective`
-   (lazily: a recipe over detached tensors, evaluated only when :meth:`ScoreLoss.objective`
-   is called, so a training step never pays for it).
+4. call the subclass hook :meth:`ScoreLoss._loss`, which computes the surrogate, **stages** its
+   state updates in ``self._writes`` (a :class:`~xrisk.state.PendingWrites`) and records the
+   objective estimate with :meth:`ScoreLoss._record_objective` (lazily: a recipe over detached
+   tensors, evaluated only when :meth:`ScoreLoss.objective` is called, so a training step never
+   pays for it);
+5. **commit**: every staged update of the step (all tasks, all states) is checked for NaN/inf at
+   once -- a failure raises :class:`FloatingPointError` naming the cause (e.g. "scores overflow the
+   exponential surrogate") and leaves every buffer as it was -- and written only in training mode.
+
+**State changes in training mode only** (like BatchNorm's running estimates): in ``eval()`` mode
+a call computes the same value from the staged (uncommitted) update and writes no state; this
+holds under ``torch.no_grad()`` and ``torch.inference_mode()`` too (they do not change the rule:
+in training mode the state is updated, in eval mode it is not). :meth:`ScoreLoss.objective` reports
+the last call's estimate in both modes.
+
+**Dtypes.** The computation runs in the dtype of ``scores`` (any floating type); ``targets`` may be
+bool, integer or floating of any dtype (only their 0/1 values matter); per-sample state is float32.
 
 The returned value is a *surrogate*: its gradient is the method's stochastic gradient
 estimator, but its value is not the objective (it can be negative). The current estimate
@@ -27,10 +40,10 @@ import torch
 from torch import Tensor, nn
 
 from xrisk import distributed as xdist
-from xrisk._validate import check_binary_batch
-from xrisk.state import check_index
+from xrisk._validate import all_finite, check_binary_batch
+from xrisk.state import PendingWrites, check_index
 
-__all__ = ["ScoreLoss", "label_order"]
+__all__ = ["ScoreLoss", "label_order", "overflow_cause"]
 
 #: What a subclass records as the batch's objective estimate: a tensor, a zero-argument callable
 #: over detached tensors (a ``functools.partial`` of a module-level function, so the module stays
@@ -53,6 +66,7 @@ class ScoreLoss(nn.Module):
     uses_index: ClassVar[bool] = True
     objective_name: ClassVar[str] = "objective"
     _objective: Tensor
+    _writes: PendingWrites  #: the current step's staged state updates (set by forward before ``_loss``)
 
     def __init__(self, *, num_tasks: int = 1, gather: bool = True) -> None:
         super().__init__()
@@ -85,7 +99,15 @@ class ScoreLoss(nn.Module):
             pos_counts = y.sum(0).tolist()  # of the global batch
         if not any(pos_counts):
             return s.sum() * 0.0
-        return self._loss(s, y, idx, pos_counts)
+        writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
+        self.__dict__["_step_objective"] = _NOT_RECORDED
+        out = self._loss(s, y, idx, pos_counts)
+        writes.commit(write=self.training)  # all or nothing; state changes in training mode only
+        record = self.__dict__.pop("_step_objective")
+        if record is not _NOT_RECORDED:  # the step succeeded: its objective estimate replaces the last one
+            self.__dict__["_pending_objective"] = record
+            self.__dict__["_objective_ready"] = False
+        return out
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
@@ -102,10 +124,12 @@ class ScoreLoss(nn.Module):
         return int(n)
 
     def _record_objective(self, value: ObjectiveRecord) -> None:
-        """Record the batch's objective estimate (see :data:`ObjectiveRecord`); nothing is computed here."""
-        # plain attributes, set past nn.Module.__setattr__ (this runs on every training step)
-        self.__dict__["_pending_objective"] = value
-        self.__dict__["_objective_ready"] = False
+        """Record the batch's objective estimate (see :data:`ObjectiveRecord`); nothing is computed here.
+
+        It becomes :meth:`objective`'s value once the step has committed (a step that raises keeps the last one).
+        """
+        # a plain attribute, set past nn.Module.__setattr__ (this runs on every training step)
+        self.__dict__["_step_objective"] = value
 
     def _record_objective_from(self, fn: Callable[..., Tensor], *args: object, **kwargs: object) -> None:
         """Record ``fn(*args, **kwargs)`` (tensors detached by the caller) to be evaluated on request."""
@@ -129,6 +153,34 @@ class ScoreLoss(nn.Module):
             self.__dict__["_pending_objective"] = None
             self.__dict__["_objective_ready"] = True
         return self._objective.clone()
+
+
+_NOT_RECORDED = object()
+
+
+def overflow_cause(surrogate: str, margin: float, scores: Tensor, task: int, losses: Tensor | None = None,
+                   tau: float | None = None) -> Callable[[], str]:
+    """The message of a step whose pairwise estimates are not finite, built only if it fails.
+
+    ``scores``: the task's ``[B]`` scores; ``losses``: its pairwise losses, and ``tau``: the temperature they
+    are divided by (KL-DRO estimators), to tell an overflowing surrogate from an overflowing ``L / tau``.
+    """
+    return functools.partial(_overflow_message, surrogate, margin, scores.detach(), task, losses, tau)
+
+
+def _overflow_message(surrogate: str, margin: float, scores: Tensor, task: int, losses: Tensor | None,
+                      tau: float | None) -> str:
+    lo, hi = (float(v) for v in torch.aminmax(scores))
+    where = f"task {task} has scores in [{lo:.4g}, {hi:.4g}]"
+    if losses is not None and tau is not None and all_finite(losses):
+        return (f"the pairwise losses divided by tau={tau} overflow the KL-DRO estimator ({where}, largest loss "
+                f"{float(losses.amax()):.4g}); raise tau or bound the scores")
+    return (f"scores overflow the {surrogate} surrogate: {where}, so ell(margin={margin}, s_i - s_j) is not finite "
+            f"in {scores.dtype}; bound the scores (e.g. sigmoid outputs) or use a surrogate that grows slower")
+
+
+def _default_cause() -> str:
+    return "a new state estimate of the loss is NaN/inf"
 
 
 def label_order(pos: Tensor, n_pos: int) -> tuple[Tensor, Tensor]:

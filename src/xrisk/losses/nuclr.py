@@ -150,6 +150,14 @@ class NUCLRLoss(ContrastiveLossBase):
         spread = max(torch.sub(hi, lo).tolist())  # one host read
         return lo if (2.0 + spread) / self.tau <= limit else None
 
+    def _epoch_dependence(self) -> list[str]:
+        out = ["the per-epoch refresh of xi"]
+        if self.zeta_start_epoch > 0:
+            out.append(f"the zeta warm-up (zeta_start_epoch={self.zeta_start_epoch})")
+        if self.zeta_lr_schedule is not None:
+            out.append("zeta_lr_schedule")
+        return out + super()._epoch_dependence()
+
     def _on_epoch(self, epoch: int) -> None:
         with torch.no_grad():
             self.xi.copy_(self.zeta.value.amax(0).clamp_min(self.xi_init).to(self.xi))
@@ -197,7 +205,7 @@ class NUCLRLoss(ContrastiveLossBase):
             m = momentum_rows(momentum, i, grad, self.beta_zeta)  # type: ignore[arg-type]
             states += [momentum, zeta]
             rows += [m, sgd_rows(zeta_g, m, eta)]
-        write_rows(states, i, rows)  # type: ignore[arg-type]
+        write_rows(states, i, rows, writes=self._writes)  # type: ignore[arg-type]  # staged: written at the commit
         self._record_objective(_nuclr_objective, self.tau, rows[0], log_pos, zeta_g, None)
         return step.surrogate
 

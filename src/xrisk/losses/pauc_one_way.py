@@ -20,7 +20,7 @@ from xrisk.functional.pauc import (
 from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.ap import _update_column
-from xrisk.state import SampleState
+from xrisk.state import Cause, PendingWrites, SampleState
 
 __all__ = ["OneWayPartialAUCLoss"]
 
@@ -134,24 +134,28 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         return (f"num_samples={self.num_samples}, num_tasks={self.num_tasks}, method={self.method!r}, "
                 f"max_fpr={self.max_fpr}, margin={self.margin}, surrogate={self.surrogate!r}, {knobs}")
 
-    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor) -> Tensor:
+    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor, cause: Cause) -> Tensor:
+        writes = self._writes
         if self.method == "cvar":
             s = self.threshold.value[index_pos.to(self.threshold.value.device), task].to(losses)
             step = cvar_threshold_grad(losses, s, self.max_fpr)
-            _update_column(self.threshold, index_pos, task, s - self.eta * step, 1.0)
+            writes.check(losses, cause)  # the thresholds stay finite; the returned value needs finite losses
+            _update_column(self.threshold, index_pos, task, s - self.eta * step, 1.0, writes=writes, cause=cause)
             return pauc_cvar_weights(losses, s, self.max_fpr)  # pauc_cvar_surrogate's weights
-        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau), self.gamma)
+        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau), self.gamma,
+                                writes, cause)
         return pauc_kl_weights(losses, log_u, self.tau)  # pauc_kl_surrogate's weights
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return pauc_risk, (self.max_fpr,)
 
 
-def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor, gamma: float) -> Tensor:
+def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor, gamma: float,
+                    writes: PendingWrites, cause: Cause) -> Tensor:
     """Log-space moving average of ``u = exp(state)`` in column ``task``; returns the merged ``log u`` ``[P]``.
 
-    Duplicates are merged first (mean of ``exp(log_new)``), then one step per index is written
-    with ``gamma = 1`` so the state stores exactly the log-space result.
+    Duplicates are merged first (mean of ``exp(log_new)``), then one step per index is staged in ``writes``
+    with ``gamma = 1`` so the state will hold exactly the log-space result.
     """
     dev = state.value.device
     idx_s = idx.to(dev)
@@ -162,4 +166,4 @@ def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor,
     if old.dtype != merged.dtype or old.device != merged.device:
         old, seen = old.to(merged), seen.to(merged.device)
     new = log_ema(old, merged, gamma, seen)
-    return _update_column(state, idx, task, new, 1.0, assume_unique=unique)
+    return _update_column(state, idx, task, new, 1.0, assume_unique=unique, writes=writes, cause=cause)

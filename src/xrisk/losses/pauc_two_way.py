@@ -13,7 +13,7 @@ from xrisk.functional.pauc import log_ema, log_mean_exp_inner, tpauc_kl_weights,
 from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.pauc_one_way import _log_ema_column
-from xrisk.state import SampleState
+from xrisk.state import Cause, SampleState
 
 __all__ = ["TwoWayPartialAUCLoss"]
 
@@ -123,19 +123,21 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
                 f"max_fpr={self.max_fpr}, tau={self.tau}, tau_outer={self.tau_outer}, gamma0={self.gamma0}, "
                 f"gamma1={self.gamma1}, margin={self.margin}, surrogate={self.surrogate!r}")
 
-    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor) -> Tensor:
-        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau), self.gamma0)
-        log_w = self._update_w(task, torch.logsumexp(self.tau / self.tau_outer * log_u, 0) - math.log(n_pos))
+    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor, cause: Cause) -> Tensor:
+        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau), self.gamma0,
+                                self._writes, cause)
+        log_w = self._update_w(task, torch.logsumexp(self.tau / self.tau_outer * log_u, 0) - math.log(n_pos), cause)
         return tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer)  # tpauc_kl_surrogate's weights
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return tpauc_risk, (self.min_tpr, self.max_fpr)
 
-    def _update_w(self, task: int, log_new: Tensor) -> Tensor:
-        """One log-space moving-average step of ``w`` for ``task``; returns the new ``log w`` (scalar)."""
-        value, seen = self.log_w.value[0], self.log_w.seen[0]
-        new = log_ema(value[task].to(log_new), log_new, self.gamma1, seen[task].to(log_new.device))
-        with torch.no_grad():  # one row, one column: write it directly (no index to merge)
-            value[task] = new.detach()
-            seen[task] = True
+    def _update_w(self, task: int, log_new: Tensor, cause: Cause) -> Tensor:
+        """One log-space moving-average step of ``w`` for ``task`` (staged); returns the new ``log w`` (scalar)."""
+        value, seen = self.log_w.tensors()
+        new = log_ema(value[0, task].to(log_new), log_new, self.gamma1, seen[0, task].to(log_new.device))
+        row = new.detach().reshape(1)
+        self._writes.stage(self.log_w, torch.zeros(1, dtype=torch.long, device=value.device),
+                           row if row.dtype == torch.float32 and row.device == value.device else row.to(value),
+                           column=task, cause=cause)
         return new
