@@ -332,7 +332,8 @@ class ContrastiveLossBase(EpochTracking, nn.Module):
         if self.normalize and not fused:
             feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
         batch = self._make_batch(feats_a, feats_b, idx, fused)
-        if batch.index_global.numel() < 2:  # the global batch (the same on every rank) has no negative
+        distinct = batch.index_global.numel() if batch.unique_index is None else batch.unique_index.numel()
+        if distinct < 2:  # the global batch (the same on every rank) holds one sample: no negative anywhere
             return _connected_zero(raw_a, raw_b)
         if self.false_negatives is not None:  # unique indices: no mask yet, the detector knows the excluded diagonals
             excluded = None

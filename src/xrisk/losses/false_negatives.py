@@ -279,14 +279,14 @@ class FalseNegativeDetector(EpochTracking, nn.Module):
             raise ValueError("detect without masks needs counts")
         if counts is None:
             counts = torch.stack([count_true(negs[v], 1) for v in (0, 1)], 1)  # type: ignore[arg-type]
-        own = writes is None
+        own, masking = writes is None, self.masking  # the epoch at the start of the step
         w = PendingWrites(_cause) if writes is None else writes
         lam = self._step(sims, negs, index, counts, writes=w, index_checked=index_checked, unique=unique,
                          excluded=excluded)
         if own:
             self._commit(w, index.numel())
         kept, kept_counts = self._kept(sims, negs, lam, counts, excluded)
-        if self.masking:
+        if masking:
             return kept, kept_counts
         return _explicit_masks(sims, negs, excluded), counts
 
@@ -319,11 +319,11 @@ class FalseNegativeDetector(EpochTracking, nn.Module):
             raise ValueError(f"sim {tuple(sim.shape)} / neg {tuple(neg.shape)} must be [B={index.numel()}, 2, C]")
         sims, masks = [sim[:, 0], sim[:, 1]], [neg[:, 0], neg[:, 1]]
         counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
-        writes = PendingWrites(_cause)
+        writes, masking = PendingWrites(_cause), self.masking  # the epoch at the start of the step
         lam = self._step(sims, masks, index, counts, writes=writes)
         self._commit(writes, index.numel())
         self._kept(sims, masks, lam, counts)
-        if not self.masking:
+        if not masking:
             return torch.ones_like(neg)
         return sim <= lam.unsqueeze(-1)
 
