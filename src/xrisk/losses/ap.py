@@ -58,6 +58,10 @@ class APLoss(ScoreLoss):
     Duplicated indices follow SampleState's rule (their new values are averaged, one moving-average
     step) and every occurrence uses the merged value in ``W``. Under ``torch.distributed`` the
     loss is computed on the gathered global batch, so every rank applies the same update.
+    Written in training mode only (in ``eval()`` a call returns the same value from a copy of the
+    update and writes nothing), all at once after every task's update was checked: a NaN/inf update
+    (e.g. scores that overflow the surrogate) raises :class:`FloatingPointError` naming the cause and
+    changes nothing.
 
     Multi-label: the loss is the mean over tasks with at least one positive in the batch
     (negatives are not required); other tasks contribute a graph-connected zero.

@@ -50,7 +50,8 @@ class CompositionalAUCLoss(AUCMLoss):
     ``num_steps`` (int64 scalar, in ``state_dict``: resuming continues the same alternation).
     The counter advances on every training-mode call that reaches the loss, i.e. every batch with at
     least one positive (a batch without positives returns a connected zero and changes nothing); in
-    ``eval()`` mode a call computes the current phase's value and leaves the counter as it is.
+    ``eval()`` mode a call computes the current phase's value and leaves the counter as it is (and
+    :meth:`last_phase` with it). A step that raises does not advance it.
     Under ``torch.distributed`` every rank sees the same global batch, so the counters agree.
 
     Example:

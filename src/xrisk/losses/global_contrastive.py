@@ -106,13 +106,19 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         false_negatives: optional :class:`FalseNegativeDetector` (GloFND) removing detected false negatives.
         normalize: L2-normalise the features.
 
-    Shapes: ``feats_a [B, d]``, ``feats_b [B, d]``, ``index [B]`` -> scalar.
+    Shapes: ``feats_a [B, d]``, ``feats_b [B, d]``, ``index [B]`` -> scalar (features of two dtypes are
+    promoted to their common dtype, in both modes; fewer than two distinct samples: a connected zero).
 
     State (``state_dict``; replicated on every rank, every rank applies the same global update):
     ``log_u`` (``SampleState [n, 2]``), ``epoch``; ``tau`` (Parameter, global mode);
-    ``tau_individual``, ``tau_momentum`` (``SampleState [n, 2]``, individual mode). The state lives
-    where ``.to()`` puts the module (e.g. keep it on CPU while features are on an accelerator: the
-    batch rows are moved to the feature device).
+    ``tau_individual``, ``tau_momentum`` (``SampleState [n, 2]``, individual mode); ``samples_seen``,
+    ``epoch_is_set`` (the epoch is inferred from the samples seen until :meth:`set_epoch` is called; it
+    drives ``gamma_schedule`` and the detector). The state lives where ``.to()`` puts the module (e.g.
+    keep it on CPU while features are on an accelerator: the batch rows are moved to the feature
+    device). Written in training mode only (in ``eval()`` a call returns the same value from a copy of
+    the update and writes nothing, the learnable ``tau`` included), all at once after every update of
+    the step (estimator, temperatures, detector thresholds) was checked: a NaN/inf update raises
+    :class:`FloatingPointError` naming the cause and changes nothing.
 
     Distributed: exact under DDP (see :mod:`xrisk.losses._contrastive_base`); the gradient of the
     global ``tau`` is averaged over ranks inside backward, so every rank holds ``dL/dtau`` of the

@@ -80,7 +80,10 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
     step is applied (the mean of their threshold steps; for ``log_u`` the mean is taken of
     ``u``, not of ``log u``), and every occurrence then uses the merged estimate. Under
     ``torch.distributed`` the loss runs on the gathered global batch: every rank applies the
-    same update.
+    same update. Written in training mode only (in ``eval()`` a call returns the same value from a copy of the
+    update and writes nothing), all at once after every task's update was checked: a NaN/inf update
+    (e.g. scores that overflow the surrogate) raises :class:`FloatingPointError` naming the cause and
+    changes nothing.
 
     Multi-label: the mean over tasks with both positives and negatives in the batch; others
     contribute a graph-connected zero and keep their state.

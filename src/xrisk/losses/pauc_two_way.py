@@ -69,7 +69,10 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
     follow ``.to()`` and stay float32). The mean over batch positives in the ``w`` update counts
     every row of the batch, so a duplicated positive counts as often as it was sampled. Under
     ``torch.distributed`` the loss runs on the gathered global batch: every rank applies the same
-    updates.
+    updates. Written in training mode only (in ``eval()`` a call returns the same value from a copy of the
+    update and writes nothing), all at once after every task's update was checked: a NaN/inf update
+    (e.g. scores that overflow the surrogate) raises :class:`FloatingPointError` naming the cause and
+    changes nothing.
 
     Multi-label: the mean over tasks with both positives and negatives in the batch; others
     contribute a graph-connected zero and keep their state.
