@@ -35,6 +35,7 @@ float32. Rules it enforces:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Literal, Sequence, Union
 
 import torch
@@ -43,7 +44,8 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite
 
-__all__ = ["PendingWrites", "SampleState", "check_index", "check_index_unique", "update_states", "write_rows"]
+__all__ = ["PendingWrites", "SampleState", "check_index", "check_index_unique", "column_views", "update_states",
+           "write_rows"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -77,11 +79,11 @@ def check_index_unique(index: Tensor, num_samples: int, *, batch_size: int | Non
     _check_index_type(index, batch_size)
     n = index.numel()
     if not n:
-        return index.long(), True
+        return (index if index.dtype == torch.long else index.long()), True
     if n <= 256 and index.device.type == "cpu":
         values = index.tolist()
         _check_bounds(min(values), max(values), num_samples)
-        return index.long(), len(set(values)) == n
+        return (index if index.dtype == torch.long else index.long()), len(set(values)) == n
     uniq = torch.unique(index)  # sorted
     bounds = uniq[:: max(uniq.numel() - 1, 1)].tolist()
     _check_bounds(bounds[0], bounds[-1], num_samples)
@@ -241,12 +243,21 @@ def _moving_average(old: Tensor, new: Tensor, gamma: float | Tensor, seen: Tenso
 
 def _finite(tensors: Sequence[Tensor]) -> bool:
     """Whether every entry of every tensor is finite, with one host read for all (see :func:`all_finite`)."""
+    if len(tensors) == 1 and tensors[0].is_floating_point():
+        x = tensors[0]
+        return math.isfinite(float(x.sum())) or all_finite(x)  # an overflowing sum goes to the exact check
+    if len(tensors) == 2 and tensors[0].dim() == 1 and tensors[0].shape == tensors[1].shape:
+        a, b = tensors
+        if a.dtype == b.dtype and a.is_floating_point():
+            # sum_k a_k b_k is NaN/inf whenever an entry is (inf * 0 is NaN, NaN propagates, inf - inf is NaN);
+            # a finite pair whose products overflow goes to the exact check
+            return math.isfinite(float(torch.dot(a, b))) or all_finite(a, b)
     if len(tensors) > 1 and sum(x.numel() for x in tensors) <= 65536:  # small rows: one sum over them all
         shape, dtype = tensors[0].shape, tensors[0].dtype
         if all(x.shape == shape and x.dtype == dtype for x in tensors):  # a loss's rows: no reshape views
             return all_finite(torch.stack(list(tensors)))
         if all(x.dtype == dtype for x in tensors):
-            return all_finite(torch.cat([x.reshape(-1) for x in tensors]))
+            return all_finite(torch.cat([x if x.dim() == 1 else x.reshape(-1) for x in tensors]))
     return all_finite(*tensors)
 
 
@@ -302,6 +313,14 @@ class PendingWrites:
         value, seen = state.tensors()
         if column is not None:
             value, seen = value.select(1, column), seen.select(1, column)
+        self.stage_tensors(value, seen, index, rows, mask=mask, cause=cause)
+
+    def stage_tensors(
+        self, value: Tensor, seen: Tensor, index: Tensor, rows: Tensor, *, mask: Tensor | None = None,
+        cause: Cause | None = None,
+    ) -> None:
+        """:meth:`stage` into a state's ``(value, seen)`` buffers or views of them (e.g. one column the caller has
+        already selected)."""
         self._rows.append((value, seen, index, rows.detach() if rows.requires_grad else rows, mask, cause))
 
     def check(self, x: Tensor, cause: Cause) -> None:
@@ -341,6 +360,19 @@ class PendingWrites:
             for fn in self._after:
                 fn()
         self._rows, self._checks, self._after = [], [], []
+
+
+def column_views(state: SampleState, column: int) -> tuple[Tensor, Tensor]:
+    """Views ``(value[:, column], seen[:, column])`` of a state of shape ``(T,)``, made once per buffer pair
+    (remade when ``.to()`` or ``load_state_dict(assign=True)`` replaces the buffers)."""
+    value, seen = state.tensors()
+    cache = state.__dict__.setdefault("_column_views", {})
+    hit = cache.get(column)
+    if hit is not None and hit[0] is value and hit[1] is seen:
+        return hit[2], hit[3]
+    views = value.select(1, column), seen.select(1, column)
+    cache[column] = (value, seen, *views)
+    return views
 
 
 def write_rows(

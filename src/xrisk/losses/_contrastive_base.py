@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xrisk import distributed as xdist
+from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
 from xrisk.functional.contrastive import Estimator, count_true, log_moving_average
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
@@ -124,22 +125,6 @@ def exp_limit(dtype: torch.dtype) -> float:
     """Largest exponent the kernels' unshifted (``stable=False``) passes accept in ``dtype`` (far inside its
     range, room left for sums over a batch); 0 for other dtypes (always shift)."""
     return {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
-
-
-def like_tensor(x: Tensor, like: Tensor) -> Tensor:
-    """``x`` on ``like``'s device and dtype, without a call when it already is (a no-op ``.to()`` still costs
-    a dispatch, several us on the hot path)."""
-    return x if x.dtype == like.dtype and x.device == like.device else x.to(like.device, like.dtype)
-
-
-def on_device(x: Tensor, device: torch.device) -> Tensor:
-    """``x`` on ``device`` (no call when it already is)."""
-    return x if x.device == device else x.to(device)
-
-
-def as_state_rows(x: Tensor, index: Tensor) -> Tensor:
-    """``x`` as state rows: float32 on ``index``'s device (the state's; no call when it already is)."""
-    return x if x.dtype == torch.float32 and x.device == index.device else x.to(index.device, torch.float32)
 
 
 def moving_average_rows(state: SampleState, index: Tensor, log_new: Tensor, gamma: float) -> Tensor:

@@ -41,9 +41,9 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_binary_batch
-from xrisk.state import PendingWrites, check_index
+from xrisk.state import PendingWrites, check_index_unique
 
-__all__ = ["ScoreLoss", "label_order", "overflow_cause"]
+__all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
 
 #: What a subclass records as the batch's objective estimate: a tensor, a zero-argument callable
 #: over detached tensors (a ``functools.partial`` of a module-level function, so the module stays
@@ -67,6 +67,7 @@ class ScoreLoss(nn.Module):
     objective_name: ClassVar[str] = "objective"
     _objective: Tensor
     _writes: PendingWrites  #: the current step's staged state updates (set by forward before ``_loss``)
+    _index_unique: bool  #: the step's (global) ``index`` holds no duplicate (False: unknown or some)
 
     def __init__(self, *, num_tasks: int = 1, gather: bool = True) -> None:
         super().__init__()
@@ -86,20 +87,26 @@ class ScoreLoss(nn.Module):
                 per-sample state; ignored otherwise).
         """
         s, y, pos_counts = check_binary_batch(scores, targets, self.num_tasks)  # one host read
+        given = scores if scores.dim() == 1 else None  # [B]: task 0's column as given (no view in the graph)
         idx: Tensor | None = None
+        unique = False
         if self.uses_index:
             if index is None:
                 raise ValueError(f"{type(self).__name__} keeps per-sample state and needs `index` (dataset indices)")
-            idx = check_index(index, self._num_samples(), batch_size=s.shape[0])
+            idx, unique = check_index_unique(index, self._num_samples(), batch_size=s.shape[0])
         if self.gather and xdist.is_distributed():
             s = xdist.all_gather(s, grad="sum")
             y = xdist.all_gather_no_grad(y)
             if idx is not None:
                 idx = xdist.all_gather_no_grad(idx.to(s.device))
+            unique = False  # of the global batch: not known
+            given = None
             pos_counts = y.sum(0).tolist()  # of the global batch
         if not any(pos_counts):
             return s.sum() * 0.0
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
+        self.__dict__["_index_unique"] = unique  # known without a device op: no index occurs twice in the batch
+        self.__dict__["_given_scores"] = given
         self.__dict__["_step_objective"] = _NOT_RECORDED
         out = self._loss(s, y, idx, pos_counts)
         writes.commit(write=self.training)  # all or nothing; state changes in training mode only
@@ -116,6 +123,12 @@ class ScoreLoss(nn.Module):
         ``pos_counts[t]`` is the number of positives of task ``t`` in the batch (host ints).
         """
         raise TypeError(f"{type(self).__name__} must override _loss(scores, targets, index, pos_counts)")
+
+    def _score_column(self, scores: Tensor, task: int) -> Tensor:
+        """``scores[:, task]`` as a ``[B]`` tensor (for ``[B]`` input: the tensor given to :meth:`forward`, so
+        autograd records no view for it)."""
+        given = self.__dict__.get("_given_scores")
+        return given if given is not None else scores.select(1, task)
 
     def _num_samples(self) -> int:
         n = getattr(self, "num_samples", None)
@@ -165,12 +178,12 @@ def overflow_cause(surrogate: str, margin: float, scores: Tensor, task: int, los
     ``scores``: the task's ``[B]`` scores; ``losses``: its pairwise losses, and ``tau``: the temperature they
     are divided by (KL-DRO estimators), to tell an overflowing surrogate from an overflowing ``L / tau``.
     """
-    return functools.partial(_overflow_message, surrogate, margin, scores.detach(), task, losses, tau)
+    return functools.partial(_overflow_message, surrogate, margin, scores, task, losses, tau)
 
 
 def _overflow_message(surrogate: str, margin: float, scores: Tensor, task: int, losses: Tensor | None,
                       tau: float | None) -> str:
-    lo, hi = (float(v) for v in torch.aminmax(scores))
+    lo, hi = (float(v) for v in torch.aminmax(scores.detach()))
     where = f"task {task} has scores in [{lo:.4g}, {hi:.4g}]"
     if losses is not None and tau is not None and all_finite(losses):
         return (f"the pairwise losses divided by tau={tau} overflow the KL-DRO estimator ({where}, largest loss "
@@ -192,3 +205,21 @@ def label_order(pos: Tensor, n_pos: int) -> tuple[Tensor, Tensor]:
     """
     order = torch.argsort(pos.to(torch.uint8), descending=True, stable=True)
     return order[:n_pos], order[n_pos:]
+
+
+def label_positions(pos: Tensor, n_pos: int) -> tuple[Tensor, Tensor]:
+    """:func:`label_order` (positions of the positives and of the negatives, each in batch order); on CPU two
+    ``nonzero`` calls instead of the sort."""
+    if pos.device.type == "cpu":
+        return pos.nonzero().view(-1), torch.logical_not(pos).nonzero().view(-1)
+    return label_order(pos, n_pos)
+
+
+def positions(pos: Tensor, n_pos: int) -> Tensor:
+    """Positions of the ``True`` entries of the ``[B]`` bool ``pos`` (``n_pos`` of them), in batch order.
+
+    On CPU one ``nonzero`` (no device to synchronise with); elsewhere :func:`label_order`'s sort.
+    """
+    if pos.device.type == "cpu":
+        return pos.nonzero().view(-1)
+    return label_order(pos, n_pos)[0]

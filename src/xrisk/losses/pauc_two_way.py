@@ -9,11 +9,12 @@ import torch
 from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.pauc import log_ema, log_mean_exp_inner, tpauc_kl_weights, tpauc_risk
+from xrisk._tensors import as_state_rows, like_tensor, on_device
+from xrisk.functional.pauc import kl_logits, log_ema, log_mean_exp_inner, tpauc_kl_weights, tpauc_risk
 from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.pauc_one_way import _log_ema_column
-from xrisk.state import Cause, SampleState
+from xrisk.state import Cause, SampleState, column_views
 
 __all__ = ["TwoWayPartialAUCLoss"]
 
@@ -127,20 +128,22 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
                 f"gamma1={self.gamma1}, margin={self.margin}, surrogate={self.surrogate!r}")
 
     def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor, cause: Cause) -> Tensor:
-        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau), self.gamma0,
-                                self._writes, cause)
-        log_w = self._update_w(task, torch.logsumexp(self.tau / self.tau_outer * log_u, 0) - math.log(n_pos), cause)
-        return tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer)  # tpauc_kl_surrogate's weights
+        z = kl_logits(losses, self.tau)
+        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau, scaled=z),
+                                self.gamma0, self._writes, cause, self._index_unique)
+        ratio = self.tau / self.tau_outer
+        log_w = self._update_w(task, torch.logsumexp(log_u if ratio == 1.0 else ratio * log_u, 0) - math.log(n_pos), cause)
+        return tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer, scaled=z)  # tpauc_kl_surrogate's
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return tpauc_risk, (self.min_tpr, self.max_fpr)
 
     def _update_w(self, task: int, log_new: Tensor, cause: Cause) -> Tensor:
-        """One log-space moving-average step of ``w`` for ``task`` (staged); returns the new ``log w`` (scalar)."""
-        value, seen = self.log_w.tensors()
-        new = log_ema(value[0, task].to(log_new), log_new, self.gamma1, seen[0, task].to(log_new.device))
-        row = new.detach().reshape(1)
-        self._writes.stage(self.log_w, torch.zeros(1, dtype=torch.long, device=value.device),
-                           row if row.dtype == torch.float32 and row.device == value.device else row.to(value),
-                           column=task, cause=cause)
+        """One log-space moving-average step of ``w`` for ``task`` (staged); returns the new ``log w`` ``[1]``."""
+        value, seen = column_views(self._modules["log_w"], task)  # type: ignore[arg-type]  # [1]: the only row
+        new = log_ema(like_tensor(value, log_new), log_new, self.gamma1, on_device(seen, log_new.device))
+        zero = self.__dict__.get("_row0")
+        if zero is None or zero.device != value.device:  # the index of the only row, made once
+            zero = self.__dict__["_row0"] = torch.zeros(1, dtype=torch.long, device=value.device)
+        self._writes.stage_tensors(value, seen, zero, as_state_rows(new, zero), cause=cause)
         return new
