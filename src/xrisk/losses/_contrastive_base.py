@@ -9,7 +9,10 @@
    returns a graph-connected zero without touching any state;
 2. **gather** the features of all ranks with :func:`xrisk.distributed.all_gather` (``grad="sum"``)
    and the indices without gradient; each rank keeps **its own rows as anchors** and uses the
-   whole global batch as candidate negatives (cost ``O(B_local * B_global * d)``);
+   whole global batch as candidate negatives (cost ``O(B_local * B_global * d)``). Before that the
+   ranks agree on the batch (:func:`xrisk.distributed.agree_on_batch`; features are then checked for
+   NaN/inf up front): a bad batch on any rank, or ranks sending different feature widths or dtypes,
+   raises the same error on every rank and nothing is gathered or written;
 3. build :class:`ContrastiveBatch`: for each of the two anchor sides a ``[B, C]`` similarity matrix
    against the ``C`` columns (one matmul; in single-process bimodal mode side 1 is the transpose
    of side 0, no second matmul), the positive's similarity and column, and the negatives (a column
@@ -67,7 +70,7 @@ from xrisk._validate import all_finite, check_choice, check_finite, check_unit_i
 from xrisk.functional.contrastive import Estimator, count_true, log_moving_average
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
 from xrisk.losses._epochs import EpochTracking
-from xrisk.state import PendingWrites, SampleState, check_index, check_index_unique, update_states
+from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_unique, update_states
 
 __all__ = [
     "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "common_dtype", "exp_limit", "like_tensor",
@@ -99,7 +102,8 @@ class ContrastiveBatch:
     when every index occurs once. all_valid: known without a device sync that every anchor of every rank
     has a negative (``count > 0`` everywhere; False means "not known", not "some anchor has none").
     objective: the step's objective estimate (a callable of detached tensors), recorded once the step's
-    state rows are committed.
+    state rows are committed. sizes: every rank's number of anchors as the ranks agreed (pass to the gathers
+    as ``sizes=``); None on one process.
     """
 
     index: Tensor
@@ -119,6 +123,7 @@ class ContrastiveBatch:
     inverse: Tensor | None
     all_valid: bool = False
     objective: Callable[[], Tensor] | None = None
+    sizes: tuple[int, ...] | None = None
 
 
 def exp_limit(dtype: torch.dtype) -> float:
@@ -192,7 +197,7 @@ def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> 
         check_finite("feats_b", feats_b)
 
 
-class ContrastiveLossBase(EpochTracking, nn.Module):
+class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
     """Base class of the global contrastive losses (see the module docstring for the template).
 
     Args:
@@ -289,13 +294,23 @@ class ContrastiveLossBase(EpochTracking, nn.Module):
         # Finiteness: a NaN/inf feature makes the new estimates non-finite, which the commit refuses before
         # writing any state; the features are then checked to name the culprit. The detector's thresholds are
         # compared with the similarities, so with one the features are checked up front.
-        check_features(feats_a, feats_b, finite=self.false_negatives is not None)
-        feats_a, feats_b = common_dtype(feats_a, feats_b)
+        # Several processes: every rank checks its batch (finiteness included), then all agree on it before
+        # anything is gathered, so a bad batch on one rank raises the same error on every rank.
+        distributed = xdist.is_distributed()
+        layout: xdist.BatchLayout | None = None
+        if distributed:
+            idx, layout = xdist.agree_on_batch(
+                type(self).__name__, functools.partial(self._check_batch, feats_a, feats_b, index),
+                lambda i: {"feats_a": feats_a, "feats_b": feats_b, "index": i},
+            )
+        else:
+            check_features(feats_a, feats_b, finite=self.false_negatives is not None)
+        feats_a, feats_b = common_dtype(feats_a, feats_b)  # the same dtypes on every rank (agreed above)
         raw_a, raw_b = feats_a, feats_b
         writes = self.__dict__["_writes"] = PendingWrites(functools.partial(_overflow_message, raw_a, raw_b, self.normalize))
         self.__dict__["_step_objective"] = None
         lean = self._paired_path and self.mode == "bimodal" and self.false_negatives is None
-        if lean and not xdist.is_distributed():
+        if lean and not distributed:
             idx, unique = check_index_unique(index, self.num_samples, batch_size=feats_a.shape[0])
             idx = on_device(idx, feats_a.device)
             if unique and idx.numel() >= 2:  # every pair once: the lean path
@@ -308,15 +323,15 @@ class ContrastiveLossBase(EpochTracking, nn.Module):
                     check_finite("feats_a", raw_a)
                     check_finite("feats_b", raw_b)
                     raise
-        else:
+        elif not distributed:
             idx = on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
-        if idx.numel() < 2 and not xdist.is_distributed():  # no anchor has a negative: nothing to learn
+        if idx.numel() < 2 and not distributed:  # no anchor has a negative: nothing to learn
             return _connected_zero(raw_a, raw_b)
         # one process: normalisation and similarity are one autograd node (cosine_similarity_matrix / cosine_gram)
-        fused = self.normalize and not xdist.is_distributed()
+        fused = self.normalize and not distributed
         if self.normalize and not fused:
             feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
-        batch = self._make_batch(feats_a, feats_b, idx, fused)
+        batch = self._make_batch(feats_a, feats_b, idx, fused, layout)
         distinct = batch.index_global.numel() if batch.unique_index is None else batch.unique_index.numel()
         if distinct < 2:  # the global batch (the same on every rank) holds one sample: no negative anywhere
             return _connected_zero(raw_a, raw_b)
@@ -356,13 +371,25 @@ class ContrastiveLossBase(EpochTracking, nn.Module):
         elif pending is not None:
             self.__dict__["_eval_objective"] = pending
 
-    def _make_batch(self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False) -> ContrastiveBatch:
-        """The batch of ``a``, ``b`` (rows normalised already, or raw with ``fused=True``: one process only)."""
-        ag = xdist.all_gather(a, grad="sum")
-        bg = xdist.all_gather(b, grad="sum")
-        idx_g = xdist.all_gather_no_grad(idx)
+    def _check_batch(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
+        """This rank's checks of a batch (features finite), before the ranks agree on it; returns the index."""
+        check_features(feats_a, feats_b)
+        return on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
+
+    def _make_batch(
+        self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False, layout: xdist.BatchLayout | None = None
+    ) -> ContrastiveBatch:
+        """The batch of ``a``, ``b`` (rows normalised already, or raw with ``fused=True``: one process only);
+        ``layout``: the ranks' batch sizes, as agreed (:func:`xrisk.distributed.agree_on_batch`)."""
+        sizes = None if layout is None else layout.sizes
+        ag = xdist.all_gather(a, grad="sum", sizes=sizes)
+        bg = xdist.all_gather(b, grad="sum", sizes=sizes)
+        idx_g = xdist.all_gather_no_grad(idx, sizes=sizes)
         nb, ng = idx.numel(), idx_g.numel()
-        start = xdist.local_slice(nb)[0] if xdist.is_distributed() else 0
+        if layout is not None:
+            start = layout.start
+        else:
+            start = xdist.local_slice(nb)[0] if xdist.is_distributed() else 0
         self_offset: tuple[int, int] | None
         stacked: Tensor | None = None
         if self.mode == "unimodal":
@@ -406,6 +433,7 @@ class ContrastiveLossBase(EpochTracking, nn.Module):
         return ContrastiveBatch(
             idx, idx_g, sims, pos, pos_offset, self_offset, neg, count, col_index, xdist.world_size() / max(ng, 1),
             transposed, stacked, start, unique_index, inverse, neg[0] is None and col_index.numel() > n_excl,
+            sizes=sizes,
         )
 
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
@@ -445,16 +473,15 @@ class ContrastiveLossBase(EpochTracking, nn.Module):
 
         Gathers ``(log_g, valid)`` of all ranks (``O(B_global)`` floats), merges duplicate indices by
         averaging their new values in linear space (the :class:`~xrisk.state.SampleState` rule), applies
-        ``log u <- log((1-gamma) u + gamma g)`` (first visit: ``log g``) identically on every rank. Without
-        duplicates and with ``batch.all_valid`` the new rows join ``batch.pending`` (written at the end of
-        the step), else they are written now.
+        ``log u <- log((1-gamma) u + gamma g)`` (first visit: ``log g``) identically on every rank. The new rows
+        are staged in ``self._writes`` (written when the step commits; anchors without negatives keep theirs).
 
         Returns:
             ``(log_u_local [B, 2], log_u_global [B_global, 2], valid_global [B_global, 2])`` after the update.
         """
         dev = state.value.device
         if xdist.is_distributed():
-            packed = xdist.all_gather_no_grad(torch.cat([log_g.float(), valid.float()], 1))
+            packed = xdist.all_gather_no_grad(torch.cat([log_g.float(), valid.float()], 1), sizes=batch.sizes)
             new, m = packed[:, :2].to(dev), packed[:, 2:].to(dev) > 0.5
         else:
             new, m = log_g.to(dev, torch.float32), valid.to(dev)
@@ -495,9 +522,9 @@ class ContrastiveLossBase(EpochTracking, nn.Module):
         ``m <- (1 - beta) m + beta grad`` (first visit: ``grad``; duplicates average their gradients,
         the :class:`~xrisk.state.SampleState` rule), then ``param <- clip(before - lr m, *bounds)``, both
         only where ``mask``. ``before``, ``grad``, ``mask``: ``[B_global, 2]`` rows of ``batch.index_global``
-        (``before``: the parameter before the step). Without duplicates and with ``batch.all_valid`` both
-        states' rows join ``batch.pending`` (written at the end of the step; the caller's ``mask`` must then be
-        all True and is not applied); otherwise :func:`~xrisk.state.update_states` writes them now.
+        (``before``: the parameter before the step). Both states' rows are staged in ``self._writes`` (without
+        duplicates and with ``batch.all_valid`` directly, the caller's ``mask`` then being all True and not
+        applied; otherwise through :func:`~xrisk.state.update_states`).
         """
         dev = momentum.value.device
         index, grad = batch.index_global.to(dev), grad.to(dev, torch.float32)
@@ -526,7 +553,7 @@ class ContrastiveLossBase(EpochTracking, nn.Module):
     def _materialize_objective(self) -> None:
         pending = self.__dict__.pop("_pending_objective", None)
         if pending is not None:
-            self._buffers["_objective"].copy_(pending().detach().reshape(()))  # type: ignore[union-attr]
+            self.__dict__["_objective"].copy_(pending().detach().reshape(()))
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         self._materialize_objective()  # the checkpoint holds the last step's objective

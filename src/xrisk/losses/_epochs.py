@@ -71,7 +71,7 @@ class EpochTracking:
         """A training step on ``num`` samples is done: count them and, without :meth:`set_epoch`, advance the
         inferred epoch (warning once that it is inferred)."""
         self._seen_int += num
-        self._buffers["samples_seen"].fill_(self._seen_int)  # type: ignore[attr-defined]
+        self.samples_seen.fill_(self._seen_int)
         if self._epoch_set:
             return
         if not self._epoch_warned:
@@ -99,7 +99,6 @@ class EpochTracking:
 
     def _loaded_epochs(self) -> None:
         """After loading: refresh the host copies from the buffers."""
-        buffers = self._buffers  # type: ignore[attr-defined]
-        self._epoch_int = int(buffers["epoch"])
-        self._seen_int = int(buffers["samples_seen"])
-        self._epoch_set = bool(buffers["epoch_is_set"])
+        self._epoch_int = int(self.epoch)
+        self._seen_int = int(self.samples_seen)
+        self._epoch_set = bool(self.epoch_is_set)

@@ -5,7 +5,10 @@
 1. **validate** shapes, dtypes, finiteness and the dataset index (clear errors, never NaN);
 2. **gather** the global batch under ``torch.distributed`` (scores with the ``"sum"``
    gradient policy, targets and indices without gradient; see :mod:`xrisk.distributed`),
-   so every rank computes the same global-batch loss and applies the same state update;
+   so every rank computes the same global-batch loss and applies the same state update.
+   The ranks first agree on the batch (:func:`xrisk.distributed.agree_on_batch`, in place of
+   the size exchange): a bad batch on any rank, or ranks sending different dtypes or numbers of
+   tasks, raises the same error on every rank before anything is gathered;
 3. return a **graph-connected zero** and leave state untouched when the batch has no
    positive in any task;
 4. call the subclass hook :meth:`ScoreLoss._loss`, which computes the surrogate, **stages** its
@@ -37,11 +40,11 @@ import functools
 from typing import Callable, ClassVar, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_binary_batch
-from xrisk.state import PendingWrites, check_index_unique
+from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_unique
 
 __all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
 
@@ -51,7 +54,7 @@ __all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "pos
 ObjectiveRecord = Union[Tensor, Callable[[], Tensor], None]
 
 
-class ScoreLoss(nn.Module):
+class ScoreLoss(ReplicatedStateModule):
     """Base class of losses on real-valued scores and binary (multi-label) targets.
 
     Subclasses set ``uses_index`` (whether per-sample state needs dataset indices),
@@ -86,22 +89,20 @@ class ScoreLoss(nn.Module):
             index: ``[B]`` dataset indices of the samples (required when the loss keeps
                 per-sample state; ignored otherwise).
         """
-        s, y, pos_counts = check_binary_batch(scores, targets, self.num_tasks)  # one host read
-        given = scores if scores.dim() == 1 else None  # [B]: task 0's column as given (no view in the graph)
-        idx: Tensor | None = None
-        unique = False
-        if self.uses_index:
-            if index is None:
-                raise ValueError(f"{type(self).__name__} keeps per-sample state and needs `index` (dataset indices)")
-            idx, unique = check_index_unique(index, self._num_samples(), batch_size=s.shape[0])
-        if self.gather and xdist.is_distributed():
-            s = xdist.all_gather(s, grad="sum")
-            y = xdist.all_gather_no_grad(y)
+        if self.gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
+            (s, y, _, idx), layout = xdist.agree_on_batch(
+                type(self).__name__, functools.partial(self._check_batch, scores, targets, index), _batch_tensors
+            )
+            s = xdist.all_gather(s, grad="sum", sizes=layout.sizes)
+            y = xdist.all_gather_no_grad(y, sizes=layout.sizes)
             if idx is not None:
-                idx = xdist.all_gather_no_grad(idx.to(s.device))
-            unique = False  # of the global batch: not known
-            given = None
+                idx = xdist.all_gather_no_grad(idx.to(s.device), sizes=layout.sizes)
             pos_counts = y.sum(0).tolist()  # of the global batch
+            unique, given = False, None  # duplicates in the global batch: not known
+        else:
+            s, y, pos_counts, idx = self._check_batch(scores, targets, index)
+            unique = self.__dict__["_checked_unique"]
+            given = scores if scores.dim() == 1 else None  # [B]: task 0's column as given (no view in the graph)
         if not any(pos_counts):
             return s.sum() * 0.0
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
@@ -115,6 +116,21 @@ class ScoreLoss(nn.Module):
             self.__dict__["_pending_objective"] = record
             self.__dict__["_objective_ready"] = False
         return out
+
+    def _check_batch(
+        self, scores: Tensor, targets: Tensor, index: Tensor | None
+    ) -> tuple[Tensor, Tensor, list[int], Tensor | None]:
+        """This rank's checks: ``(scores [B, T], targets [B, T] bool, positives per task, index or None)``;
+        whether no index occurs twice is left in ``_checked_unique`` (found with the bounds, on the host)."""
+        s, y, pos_counts = check_binary_batch(scores, targets, self.num_tasks)  # one host read
+        idx: Tensor | None = None
+        unique = False
+        if self.uses_index:
+            if index is None:
+                raise ValueError(f"{type(self).__name__} keeps per-sample state and needs `index` (dataset indices)")
+            idx, unique = check_index_unique(index, self._num_samples(), batch_size=s.shape[0])
+        self.__dict__["_checked_unique"] = unique
+        return s, y, pos_counts, idx
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
@@ -166,6 +182,11 @@ class ScoreLoss(nn.Module):
             self.__dict__["_pending_objective"] = None
             self.__dict__["_objective_ready"] = True
         return self._objective.clone()
+
+
+def _batch_tensors(batch: tuple[Tensor, Tensor, list[int], Tensor | None]) -> dict[str, Tensor | None]:
+    """What the score-loss template gathers, by name (for :func:`xrisk.distributed.agree_on_batch`)."""
+    return {"scores": batch[0], "targets": batch[1], "index": batch[3]}
 
 
 _NOT_RECORDED = object()

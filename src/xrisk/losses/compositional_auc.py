@@ -114,5 +114,5 @@ class CompositionalAUCLoss(AUCMLoss):
             out = F.binary_cross_entropy(scores, targets.to(scores.dtype))
         else:
             out = self._aucm(scores, targets, pos_counts)
-        self._writes.after(functools.partial(self._buffers["num_steps"].add_, 1))  # training mode, committed step
+        self._writes.after(functools.partial(self.num_steps.add_, 1))  # training mode, committed step
         return out
