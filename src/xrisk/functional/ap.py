@@ -103,7 +103,7 @@ def ap_weights(targets_all: Tensor, u_all: Tensor, u_pos: Tensor, dtype: torch.d
     ua = _as(u_all, dtype).clamp_min(_TINY).unsqueeze(1)
     y = targets_all if targets_all.dtype == torch.bool else _as(targets_all, dtype)  # bool: promoted, the same values
     # up - ua * y in one op (ua * y is exact for y in {0, 1}: the same rounding)
-    return torch.addcmul(_as(u_pos, dtype).unsqueeze(1), ua, y.unsqueeze(0), value=-1) / ua**2
+    return torch.addcmul(_as(u_pos, dtype).unsqueeze(1), ua, y, value=-1).div_(ua.pow(2))  # y [B] broadcasts
 
 
 def _as(x: Tensor, dtype: torch.dtype) -> Tensor:
