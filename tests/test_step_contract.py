@@ -8,6 +8,7 @@ that need a specific set-up.
 from __future__ import annotations
 
 import copy
+import importlib
 import warnings
 
 import pytest
@@ -96,33 +97,24 @@ def test_contrastive_similarity_overflow_is_named_and_writes_nothing(mode, tempe
     _same(before, _buffers(loss))
 
 
-def test_nuclr_failure_in_its_last_state_keeps_the_estimator(monkeypatch):
-    """The zeta step is staged last: a non-finite zeta row leaves log_u and the momentum untouched too."""
-    import xrisk.losses.nuclr as nuclr_module
-
-    loss = NUCLRLoss(20, tau=0.1, zeta_start_epoch=0, lr_zeta=0.05)
+@pytest.mark.parametrize("where, make, bad", [
+    # NUCLR's zeta step is staged last: a non-finite zeta row leaves log_u and the momentum untouched too
+    ("xrisk.losses.nuclr", lambda: NUCLRLoss(20, tau=0.1, zeta_start_epoch=0, lr_zeta=0.05), float("inf")),
+    # per-sample temperatures with GloFND (general path): the detector's thresholds are not written either
+    ("xrisk.losses._contrastive_base", lambda: GlobalContrastiveLoss(
+        20, mode="unimodal", temperature="individual", rho=0.5, false_negatives=FalseNegativeDetector(20, alpha=0.2, lr=0.3),
+    ), float("nan")),
+], ids=["nuclr-zeta", "individual-tau-with-glofnd"])
+def test_failure_in_the_last_state_writes_nothing(where, make, bad, monkeypatch):
+    loss = make()
     loss.set_epoch(0)
     a, b = torch.randn(4, 3), torch.randn(4, 3)
     loss(a, b, torch.arange(4))
     before = _buffers(loss)
-    monkeypatch.setattr(nuclr_module, "sgd_rows", lambda before, m, lr, bounds=None: m * float("inf"))
+    monkeypatch.setattr(importlib.import_module(where), "sgd_rows", lambda before, m, lr, bounds=None: m * bad)
     with pytest.raises(FloatingPointError, match="no state was changed"):
         loss(a, b, torch.arange(4))
     _same(before, _buffers(loss))
-
-
-def test_detector_thresholds_are_not_written_when_the_loss_step_fails(monkeypatch):
-    import xrisk.losses._contrastive_base as base
-
-    fnd = FalseNegativeDetector(20, alpha=0.2, lr=0.3)
-    loss = GlobalContrastiveLoss(20, mode="unimodal", temperature="individual", rho=0.5, false_negatives=fnd)
-    a, b = torch.randn(4, 3), torch.randn(4, 3)
-    loss(a, b, torch.arange(4))
-    before = _buffers(loss)
-    monkeypatch.setattr(base, "sgd_rows", lambda before, m, lr, bounds=None: m * float("nan"))
-    with pytest.raises(FloatingPointError, match="no state was changed"):
-        loss(a, b, torch.arange(4))
-    _same(before, _buffers(loss))  # false_negatives.lam included
 
 
 # ----------------------------------------------------------------------------- one dtype rule
