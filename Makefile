@@ -4,7 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install -q -c constraints.txt
 BENCHV  ?= .venv-bench
-DEBS    := dataset-fashion-mnist fonts-noto-color-emoji
+DEBS    := dataset-fashion-mnist fonts-noto-color-emoji sonic-pi-samples singularity-music
 
 .PHONY: demo test bench docs install data clean
 
@@ -12,17 +12,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,text,plot]'
+	$(PIP) -e '.[dev,text,plot,audio]'
 	touch $@
 
 install: $(VENV)/.installed
 
-# Debian data packages (Fashion-MNIST, the emoji font). Missing apt or no root: a clear message, not a failure;
+# Debian data packages (Fashion-MNIST, the emoji font, Sonic Pi samples, Endgame: Singularity music). Missing apt or no root: a clear message, not a failure;
 # the code that needs them names the package again when it is run.
 data:
 	@missing=""; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
 	[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing="$$missing fonts-noto-color-emoji"; \
+	[ -d /usr/share/sonic-pi/samples ] || missing="$$missing sonic-pi-samples"; \
+	[ -d /usr/share/games/singularity/music ] || missing="$$missing singularity-music"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
@@ -42,7 +44,7 @@ $(BENCHV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(BENCHV)
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --upgrade pip
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,bench]'
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,audio,bench]'
 	touch $@
 
 bench: $(BENCHV)/.installed data
