@@ -77,15 +77,18 @@ def test_mel_front_end_is_batched_differentiable_and_validates():
 
 def test_pitch_shift_moves_a_tone_by_the_given_semitones():
     mel = MelSpectrogram(n_mels=128)
-    wave = torch.from_numpy(_tone(440.0, 1.0)).expand(3, -1)
-    shifted = mel(wave, pitch_shift=torch.tensor([0.0, 12.0, -12.0]))
-    peaks = shifted.mean(-1).argmax(-1)
-    plain = mel(torch.from_numpy(_tone(880.0, 1.0))).mean(-1).argmax()
-    low = mel(torch.from_numpy(_tone(220.0, 1.0))).mean(-1).argmax()
-    assert int(peaks[0]) == int(mel(wave[0]).mean(-1).argmax())
-    assert abs(int(peaks[1]) - int(plain)) <= 1 and abs(int(peaks[2]) - int(low)) <= 1
-    with pytest.raises(ValueError, match="one value per waveform"):
-        mel(wave, pitch_shift=torch.zeros(2))
+    spec = mel(torch.from_numpy(_tone(440.0, 1.0))).expand(4, -1, -1)
+    shifted = mel.shift_pitch(spec, torch.tensor([0, 12, -12, 7]))
+    torch.testing.assert_close(shifted[0], spec[0])
+    peaks = shifted.mean(-1).argmax(-1).tolist()
+    for i, f in ((1, 880.0), (2, 220.0), (3, 440.0 * 2 ** (7 / 12))):
+        assert abs(peaks[i] - int(mel(torch.from_numpy(_tone(f, 1.0))).mean(-1).argmax())) <= 1
+    down = mel.shift_pitch(spec, torch.full((4,), -40.0))  # / 10: bands above ~800 Hz read beyond 8 kHz -> 0
+    assert (down[:, 40:] == 0).all() and (down[:, :30] > 0).all()
+    up = mel.shift_pitch(spec, torch.full((4,), 40.0))  # x 10: the lowest bands read below the first band -> 0
+    assert (up[:, :3] == 0).all() and (up[:, 10:] > 0).all()
+    with pytest.raises(ValueError, match="one value per spectrogram"):
+        mel.shift_pitch(spec, torch.zeros(2))
 
 
 def test_resampler_keeps_the_band_and_removes_aliases():

@@ -16,8 +16,8 @@ item of the batch (the positive pair, dataset index = item), keeps ``N - int(mas
 each view (the only augmentation) and runs the transformer on those. ``--patch hybrid`` computes the
 loss once with each patch kind (the same loss module, so its estimators are updated twice per step, as in
 the reference) and averages. ``--pitch-shift S`` instead (or in addition) shifts each view by a random
-whole number of semitones in ``[-S, S]`` (:class:`~xrisk.models.audio.MelSpectrogram`'s spectral pitch
-shift, computed from the waveform crop: the baseline of the Myna paper's pitch-preservation argument).
+whole number of semitones in ``[-S, S]`` (:meth:`~xrisk.models.audio.MelSpectrogram.shift_pitch` on the
+cached mel: the baseline of the Myna paper's pitch-preservation argument).
 
 Per epoch: ``train_loss`` (the surrogate), ``objective`` (the loss's estimate of the GCL objective), and
 every ``--probe-every`` epochs and at the end the frozen-embedding probe scores of ``--probe``
@@ -135,12 +135,10 @@ def load_tracks(config: MynaConfig, notice: Callable[[str], None] | None = None)
         if notice is not None:
             notice(f"skipped {s.path}: {s.reason}")
 
-    keep = config.pitch_shift > 0
     if config.data == "singularity":
-        tracks = load_singularity_music(min_frames=config.crop_frames, keep_waveforms=keep, on_skip=on_skip)
+        tracks = load_singularity_music(min_frames=config.crop_frames, on_skip=on_skip)
     else:
-        tracks = load_audio_folder(config.data, min_frames=config.crop_frames, keep_waveforms=keep, on_skip=on_skip,
-                                   front_end=_front_end())
+        tracks = load_audio_folder(config.data, min_frames=config.crop_frames, on_skip=on_skip, front_end=_front_end())
     tracks.mels = [_prepare(m, config.log_mel) for m in tracks.mels]
     return tracks
 
@@ -283,8 +281,9 @@ def _tasks_of(probe: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------- training
 @dataclass
 class MynaResult:
-    """What :func:`train_myna` returns: the last epoch's ``metrics`` (plus ``epochs``, ``skipped_files`` and
-    ``cpu_seconds`` of the training steps), the trained ``model`` (in ``eval()`` after a probe) and ``loss``."""
+    """What :func:`train_myna` returns: the last epoch's ``metrics`` plus ``epochs``, ``skipped_files``, and
+    ``cpu_seconds`` / ``total_steps`` of the training steps this call ran; the trained ``model`` (in ``eval()``
+    after a probe) and the ``loss``."""
 
     metrics: dict[str, float]
     model: nn.Module
@@ -303,24 +302,15 @@ class _Silent:
         return None
 
 
-def _views(pairs: Any, tracks: AudioSet, index: Tensor, g: torch.Generator, config: MynaConfig,
-           front_end: nn.Module | None) -> tuple[Tensor, Tensor]:
-    """The two crops of the items ``index``: slices of the cached mel, or (pitch shift) the mel of the
-    pitch-shifted waveform crops."""
+def _views(pairs: Any, index: Tensor, g: torch.Generator, config: MynaConfig,
+           front_end: Any) -> tuple[Tensor, Tensor]:
+    """The two crops of the items ``index`` (slices of the cached mel), each pitch-shifted by a random whole
+    number of semitones in ``[-pitch_shift, pitch_shift]`` when ``front_end`` is given."""
+    a, b, _ = pairs.batch(index, g)
     if front_end is None:
-        a, b, _ = pairs.batch(index, g)
         return a, b
-    assert tracks.waves is not None
-    starts = pairs.crop_starts(index, g)
-    n = (config.crop_frames - 1) * _HOP  # samples giving exactly crop_frames centred frames
-    track = pairs.items[index, 0].tolist()
-    views = []
-    for s in starts:
-        wave = torch.stack([tracks.waves[j][f * _HOP : f * _HOP + n] for j, f in zip(track, s.tolist())])
-        shift = torch.randint(-config.pitch_shift, config.pitch_shift + 1, (len(index),), generator=g).float()
-        with torch.no_grad():
-            views.append(_prepare(front_end(wave, pitch_shift=shift), config.log_mel))
-    return views[0], views[1]
+    s = config.pitch_shift
+    return tuple(front_end.shift_pitch(v, torch.randint(-s, s + 1, (len(index),), generator=g)) for v in (a, b))
 
 
 def train_myna(
@@ -344,8 +334,6 @@ def train_myna(
     notice = ctx.notice if ctx is not None else None
     if tracks is None:
         tracks = load_tracks(config, notice)
-    if config.pitch_shift > 0 and tracks.waves is None:
-        raise ValueError("pitch_shift needs the waveforms: load the tracks with keep_waveforms=True")
     if probe_tasks is None:
         probe_tasks = [load_probe_task(t, log_mel=config.log_mel, notice=notice) for t in _tasks_of(config.probe)]
     pairs = CropPairs(tracks.mels, config.crop_frames, segment_frames=_segment_frames(config),
@@ -374,7 +362,7 @@ def train_myna(
         start = ctx.resume(model=model, loss=loss_fn, optimizer=opt)
     bar = ctx.progress(steps_per_epoch * max(0, config.epochs - start), f"myna/{config.patch}") if ctx else _Silent()
     metrics: dict[str, float] = {}
-    cpu_used = 0.0
+    cpu_used, total_steps = 0.0, 0
     for epoch in range(start + 1, config.epochs + 1):
         loss_fn.set_epoch(epoch - 1)
         model.train()
@@ -386,7 +374,7 @@ def train_myna(
                 break
             c0 = time.process_time()
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
-            a, b = _views(pairs, tracks, idx, g, config, front_end)
+            a, b = _views(pairs, idx, g, config, front_end)
             losses = []
             for kind in model.kinds:
                 za = model(a, kind, mask_ratio=config.mask, generator=g)
@@ -400,6 +388,7 @@ def train_myna(
             total += float(loss.detach())
             objective += float(loss_fn.objective())
             steps += 1
+            total_steps += 1
             bar.update(loss=float(loss.detach()))
         metrics = {"train_loss": total / max(1, steps), "objective": objective / max(1, steps), "steps": float(steps),
                    "epoch_seconds": time.perf_counter() - t0}
@@ -415,7 +404,7 @@ def train_myna(
     if not metrics and ctx is not None and ctx.history:
         metrics = {k: v for k, v in ctx.history[-1].items() if k != "epoch"}
     final = {**metrics, "epochs": float(config.epochs), "skipped_files": float(len(tracks.skipped)),
-             "cpu_seconds": cpu_used}
+             "cpu_seconds": cpu_used, "total_steps": float(total_steps)}
     return MynaResult(final, model, loss_fn)
 
 

@@ -83,11 +83,8 @@ class MelSpectrogram(nn.Module):
     saved in ``state_dict``: it follows from the arguments); ``p = power``. With ``log=True`` the output is
     ``log(1 + M)`` (the reference's ``--log_mel``).
 
-    Optional spectral pitch shift (an augmentation used as a baseline by the Myna benchmark):
-    ``forward(x, pitch_shift=s)`` with ``s`` a ``[B]`` tensor of semitones moves every component of
-    frequency ``f`` to ``f * 2^(s/12)`` by resampling the power spectrum along the frequency axis
-    (linear interpolation, ``|X'(f)|^2 = |X(f / 2^(s/12))|^2``, zero beyond the Nyquist frequency) before
-    the filter bank; time is unchanged.
+    :meth:`shift_pitch` moves a mel spectrogram by a number of semitones along the frequency axis (the
+    pitch-shift augmentation the Myna benchmark compares masking with).
 
     Args:
         sample_rate: input sample rate (Hz).
@@ -127,6 +124,7 @@ class MelSpectrogram(nn.Module):
         if pad_mode not in ("reflect", "constant", "replicate", "circular"):
             raise ValueError(f"pad_mode must be reflect, constant, replicate or circular, got {pad_mode!r}")
         self.sample_rate, self.n_fft, self.hop_length, self.n_mels = sample_rate, n_fft, hop_length, n_mels
+        self.f_min, self.f_max = float(f_min), sample_rate / 2.0 if f_max is None else float(f_max)
         self.power, self.pad_mode, self.log = float(power), pad_mode, bool(log)
         self.register_buffer(
             "filterbank", slaney_mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max).float(), persistent=False
@@ -137,7 +135,7 @@ class MelSpectrogram(nn.Module):
         """Frames of a waveform of ``num_samples`` samples (centred STFT)."""
         return 1 + int(num_samples) // self.hop_length
 
-    def forward(self, x: Tensor, *, pitch_shift: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         """``[..., T]`` waveforms -> ``[..., n_mels, frames]`` (mel power, or ``log1p`` of it)."""
         if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1:
             raise ValueError(f"expected a floating waveform tensor [..., T], got {getattr(x, 'shape', type(x))}")
@@ -150,28 +148,39 @@ class MelSpectrogram(nn.Module):
             return_complex=True,
         ).abs()
         spec = spec.square() if self.power == 2.0 else spec.pow(self.power)
-        if pitch_shift is not None:
-            spec = _shift_frequency_axis(spec, pitch_shift.to(spec.device, spec.dtype).reshape(-1))
         mel = torch.matmul(self.filterbank.to(spec.dtype), spec)
         if self.log:
             mel = torch.log1p(mel)
         return mel.reshape(*lead, self.n_mels, mel.shape[-1])
 
+    def shift_pitch(self, mel: Tensor, semitones: Tensor) -> Tensor:
+        """Pitch-shift mel spectrograms ``[B, n_mels, T]`` (power or ``log1p``) by ``semitones [B]``.
+
+        Band ``k`` (centre frequency ``f_k``) takes the value the input has at ``f_k / 2^(s/12)``: linear
+        interpolation between the band centres on the mel axis, 0 outside the bands. This approximates
+        resampling the spectrum's frequency axis by ``2^(s/12)`` (a harmonic at ``f`` moves to ``f 2^(s/12)``)
+        without recomputing the STFT, so it works on cached spectrograms; time is unchanged.
+        """
+        if mel.dim() != 3 or mel.shape[1] != self.n_mels:
+            raise ValueError(f"expected mel spectrograms [B, {self.n_mels}, T], got {tuple(mel.shape)}")
+        semitones = semitones.reshape(-1).to(torch.float64)
+        if semitones.numel() != mel.shape[0]:
+            raise ValueError(f"semitones must hold one value per spectrogram ({mel.shape[0]}), got {semitones.numel()}")
+        lo, hi = hz_to_mel(torch.tensor([self.f_min, self.f_max], dtype=torch.float64))
+        step = (hi - lo) / (self.n_mels + 1)
+        centres = lo + step * torch.arange(1, self.n_mels + 1, dtype=torch.float64)  # band centres (mel)
+        source = hz_to_mel(mel_to_hz(centres)[None, :] / torch.pow(2.0, semitones / 12.0)[:, None])
+        pos = ((source - centres[0]) / step).to(mel.device)  # fractional band index [B, n_mels]
+        inside = ((pos >= 0) & (pos <= self.n_mels - 1)).to(mel.dtype).unsqueeze(-1)
+        pos = pos.clamp(0, self.n_mels - 1)
+        left = pos.floor().long().clamp(max=self.n_mels - 2)
+        frac = (pos - left).to(mel.dtype).unsqueeze(-1)
+
+        def rows(idx: Tensor) -> Tensor:
+            return mel.gather(1, idx.unsqueeze(-1).expand(-1, -1, mel.shape[-1]))
+
+        return ((1 - frac) * rows(left) + frac * rows(left + 1)) * inside
+
     def extra_repr(self) -> str:
         return (f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
                 f"n_mels={self.n_mels}, power={self.power}, pad_mode={self.pad_mode!r}, log={self.log}")
-
-
-def _shift_frequency_axis(spec: Tensor, semitones: Tensor) -> Tensor:
-    """``spec [B, K, T]`` (bins ``0 .. K-1`` evenly spaced up to Nyquist) -> ``S'[b, k] = S[b, k / a_b]`` with
-    ``a_b = 2^(semitones_b / 12)``, linear interpolation between bins, zero past the last bin."""
-    b, k, _ = spec.shape
-    if semitones.numel() != b:
-        raise ValueError(f"pitch_shift must hold one value per waveform ({b}), got {semitones.numel()}")
-    src = torch.arange(k, device=spec.device, dtype=spec.dtype)[None, :] / torch.pow(2.0, semitones / 12.0)[:, None]
-    lo = src.floor().long().clamp(max=k - 1)
-    hi = (lo + 1).clamp(max=k - 1)
-    frac = (src - lo.to(src.dtype)).unsqueeze(-1)
-    inside = (src <= k - 1).unsqueeze(-1).to(spec.dtype)
-    gather = lambda idx: spec.gather(1, idx.unsqueeze(-1).expand(-1, -1, spec.shape[-1]))  # noqa: E731
-    return ((1 - frac) * gather(lo) + frac * gather(hi)) * inside
