@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
+from xrisk.recipes.contrastive import _config_from_args, _epoch_generator, _Plain
 from xrisk.recipes.flags import existing_path, number, text
 from xrisk.recipes.registry import Recipe, UsageError, register
 
@@ -290,18 +291,6 @@ class MynaResult:
     loss: nn.Module
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63 - 1))
-
-
-class _Silent:
-    def update(self, n: int = 1, **values: object) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 def _views(pairs: Any, index: Tensor, g: torch.Generator, config: MynaConfig,
            front_end: Any) -> tuple[Tensor, Tensor]:
     """The two crops of the items ``index`` (slices of the cached mel), each pitch-shifted by a random whole
@@ -360,13 +349,13 @@ def train_myna(
             probe_skipped_files=sum(t.skipped for t in probe_tasks),
         )
         start = ctx.resume(model=model, loss=loss_fn, optimizer=opt)
-    bar = ctx.progress(steps_per_epoch * max(0, config.epochs - start), f"myna/{config.patch}") if ctx else _Silent()
+    bar = ctx.progress(steps_per_epoch * max(0, config.epochs - start), f"myna/{config.patch}") if ctx else _Plain()
     metrics: dict[str, float] = {}
     cpu_used, total_steps = 0.0, 0
     for epoch in range(start + 1, config.epochs + 1):
         loss_fn.set_epoch(epoch - 1)
         model.train()
-        g = _epoch_generator(config.seed, epoch)
+        g = _epoch_generator(config.seed, epoch, salt=17)
         perm = torch.randperm(n, generator=g)
         total, objective, steps, t0 = 0.0, 0.0, 0, time.perf_counter()
         for step in range(steps_per_epoch):
@@ -409,11 +398,6 @@ def train_myna(
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def _config_from_args(args: argparse.Namespace) -> MynaConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(MynaConfig) if hasattr(args, f.name)}
-    return MynaConfig(**values)
-
-
 def _data_value(v: str) -> bool:
     return v == "singularity" or Path(v).expanduser().is_dir()
 
@@ -454,11 +438,11 @@ def _myna_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _validate_myna(args: argparse.Namespace) -> None:
-    _check_config(_config_from_args(args))
+    _check_config(_config_from_args(MynaConfig, args))
 
 
 def _run_myna(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
-    return ctx.finish(train_myna(_config_from_args(args), ctx).metrics)
+    return ctx.finish(train_myna(_config_from_args(MynaConfig, args), ctx).metrics)
 
 
 def _probe_arguments(p: argparse.ArgumentParser) -> None:

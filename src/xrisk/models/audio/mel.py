@@ -27,6 +27,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from xrisk.models.encoders import _positive_int
+
 __all__ = ["MelSpectrogram", "hz_to_mel", "mel_to_hz", "slaney_mel_filterbank"]
 
 _F_SP = 200.0 / 3.0  # Hz per mel below 1 kHz (Slaney)
@@ -117,8 +119,7 @@ class MelSpectrogram(nn.Module):
     ) -> None:
         super().__init__()
         for name, v in (("sample_rate", sample_rate), ("n_fft", n_fft), ("hop_length", hop_length), ("n_mels", n_mels)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            _positive_int(name, v)
         if not (isinstance(power, (int, float)) and power > 0):
             raise ValueError(f"power must be > 0, got {power!r}")
         if pad_mode not in ("reflect", "constant", "replicate", "circular"):

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xrisk.models.audio.masking import num_kept_tokens, random_keep_indices
+from xrisk.models.encoders import _positive_int
 
 __all__ = ["PRESETS", "PatchEmbedding", "SpectrogramTransformer", "SpectrogramViT", "sincos_positions_2d"]
 
@@ -191,8 +192,7 @@ class SpectrogramViT(nn.Module):
         for name, v in (("n_mels", n_mels), ("n_frames", n_frames), ("dim", dim), ("depth", depth), ("heads", heads),
                         ("dim_head", dim_head), ("mlp_dim", mlp_dim), ("square_patch", square_patch),
                         ("vertical_width", vertical_width)) + ((("out_dim", out_dim),) if out_dim is not None else ()):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            _positive_int(name, v)
         if patch not in ("square", "vertical", "hybrid"):
             raise ValueError(f"patch must be 'square', 'vertical' or 'hybrid', got {patch!r}")
         self.patch, self.n_mels, self.n_frames, self.dim = patch, n_mels, n_frames, dim
