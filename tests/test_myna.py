@@ -213,7 +213,8 @@ def test_myna_recipe_writes_the_run_folder_and_counts_skipped_files(music_dir, t
     assert config["resolved"]["skipped_files"] == 1 and config["resolved"]["num_tracks"] == 6
     assert config["resolved"]["num_items"] == 12 and config["resolved"]["tokens_per_view"] == [48]
     final = json.loads((out / "metrics.json").read_text())
-    assert final["skipped_files"] == 1 and final["steps"] == 3 and np.isfinite(final["objective"])
+    assert final["skipped_files"] == 1 and final["steps"] == 3 and np.isfinite(final["train_objective"])
+    assert "train_surrogate" in final and config["resolved"]["loss_class"] == "GlobalContrastiveLoss"
     assert [r["epoch"] for r in _history(out)] == [1, 2]
 
 
@@ -234,6 +235,47 @@ def test_myna_resume_is_bit_identical(music_dir, tmp_path):
         assert flat_a.keys() == flat_b.keys()
         for k in flat_a:
             assert torch.equal(torch.as_tensor(flat_a[k]), torch.as_tensor(flat_b[k])), (key, k)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_from_inside_an_epoch_equals_uninterrupted(tone_tracks, tmp_path, monkeypatch):
+    """Checkpoints every step; the process dies in step 5 of 6 (epoch 2 of 2, hybrid: the loss state is
+    written twice per step); the resumed run restores the crop/mask generator, running sums, model, loss
+    and optimizer and ends bit-identical."""
+    from xrisk.recipes.runner import RunContext
+
+    config = MynaConfig(data=".", patch="hybrid", preset="tiny", batch_size=8, epochs=2, segment_seconds=None,
+                        probe="none", log_mel=True)
+
+    def ctx(folder, **kw):
+        return RunContext(tmp_path / folder, recipe="myna", args={"m": 1}, quiet=True, plot=False, **kw)
+
+    full = train_myna(config, ctx("a", checkpoint_every=0), tracks=tone_tracks, probe_tasks=[])
+    real, calls = CropPairs.batch, [0]
+
+    def dies_in_step_5(self, index, generator=None):
+        calls[0] += 1
+        if calls[0] > 4:
+            raise _Crash
+        return real(self, index, generator)
+
+    monkeypatch.setattr(CropPairs, "batch", dies_in_step_5)
+    with pytest.raises(_Crash), ctx("b", checkpoint_every=1) as c:
+        train_myna(config, c, tracks=tone_tracks, probe_tasks=[])
+    monkeypatch.setattr(CropPairs, "batch", real)
+    extra = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["extra"]
+    assert (extra["epoch"], extra["step"]) == (1, 1)  # 3 steps per epoch
+    resumed = train_myna(config, ctx("b", resume=True), tracks=tone_tracks, probe_tasks=[])
+    drop = ("epoch_seconds", "cpu_seconds", "total_steps")
+    assert {k: v for k, v in resumed.metrics.items() if k not in drop} == {
+        k: v for k, v in full.metrics.items() if k not in drop}
+    for (name, p), q in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    for (name, p), q in zip(full.loss.state_dict().items(), resumed.loss.state_dict().values()):
+        assert torch.equal(p, q) or (p.isnan().all() and q.isnan().all()), name
 
 
 def test_myna_flags_and_cross_flag_rules_fail_with_one_line(music_dir, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from xrisk.data.augment import ContrastiveAugment
 from xrisk.data.builtin import BinaryData, MulticlassData, load_binary, load_multiclass
+from xrisk.data.builtin import class_names, resolve_positive_class
 from xrisk.data.errors import DataNotInstalledError
 from xrisk.data.indexed import IndexedDataset
 from xrisk.data.samplers import DistributedDualSampler, DualBatchSampler, DualSampler
@@ -12,7 +13,7 @@ from xrisk.data.music import load_singularity_music, load_sonic_pi_samples
 from xrisk.data.key_corpus import KeyClips, render_key_corpus
 
 __all__ = ["DataNotInstalledError", "IndexedDataset", "DualSampler", "DistributedDualSampler", "DualBatchSampler",
-           "BinaryData", "MulticlassData", "load_binary", "load_multiclass",
+           "BinaryData", "MulticlassData", "load_binary", "load_multiclass", "class_names", "resolve_positive_class",
            "ContrastiveAugment", "CaptionedImages", "load_fashion_captions", "minilm_embeddings",
            "EmojiPairs", "load_emoji",
            "AudioReadError", "AudioSet", "CropPairs", "load_audio_folder", "read_audio",

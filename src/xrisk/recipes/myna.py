@@ -19,7 +19,8 @@ the reference) and averages. ``--pitch-shift S`` instead (or in addition) shifts
 whole number of semitones in ``[-S, S]`` (:meth:`~xrisk.models.audio.MelSpectrogram.shift_pitch` on the
 cached mel: the baseline of the Myna paper's pitch-preservation argument).
 
-Per epoch: ``train_loss`` (the surrogate), ``objective`` (the loss's estimate of the GCL objective), and
+Per epoch: ``train_surrogate`` (the loss value, a surrogate: not the objective), ``train_objective`` (the
+mean of the loss's estimate of the GCL objective), ``steps``, and
 every ``--probe-every`` epochs and at the end the frozen-embedding probe scores of ``--probe``
 (:func:`run_probe`): ``sonic_pi_test_acc`` (14 sample categories, Debian ``sonic-pi-samples``) and
 ``key_test_score`` (mir_eval weighted key score on music21 scores rendered to audio), each at the
@@ -47,9 +48,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from xrisk.recipes.contrastive import _config_from_args, _epoch_generator, _Plain
+from xrisk.recipes.contrastive import _config_from_args, _epoch_generator, _Plain, _steps
 from xrisk.recipes.flags import existing_path, number, text
 from xrisk.recipes.registry import Recipe, UsageError, register
+from xrisk.recipes.runner import train_loss_key
 
 if TYPE_CHECKING:
     from xrisk.data.audio import AudioSet
@@ -312,7 +314,8 @@ def train_myna(
     """Contrastive pretraining of Myna (see the module docstring).
 
     ``tracks`` / ``probe_tasks``: already loaded data (benchmarks reuse them across runs); by default
-    they are loaded from ``config``. With ``ctx`` the run is logged, checkpointed every epoch and resumable.
+    they are loaded from ``config``. With ``ctx`` the run is logged and checkpointed (every epoch, every
+    ``--checkpoint-every`` steps and on Ctrl-C) and resumes bit-identically, also from inside an epoch.
     """
     from xrisk.data.audio import CropPairs
     from xrisk.losses import GlobalContrastiveLoss
@@ -346,10 +349,12 @@ def train_myna(
             num_tracks=len(tracks), num_items=n, steps_per_epoch=steps_per_epoch,
             skipped_files=len(tracks.skipped), skipped=[{"path": s.path, "reason": s.reason} for s in tracks.skipped],
             tokens_per_view=[model.num_tokens(k) for k in model.kinds], parameters=sum(p.numel() for p in model.parameters()),
-            probe_skipped_files=sum(t.skipped for t in probe_tasks),
+            probe_skipped_files=sum(t.skipped for t in probe_tasks), loss_class=type(loss_fn).__name__,
         )
         start = ctx.resume(model=model, loss=loss_fn, optimizer=opt)
-    bar = ctx.progress(steps_per_epoch * max(0, config.epochs - start), f"myna/{config.patch}") if ctx else _Plain()
+    bar = (ctx.progress(steps_per_epoch * max(0, config.epochs - start) - ctx.start_step, f"myna/{config.patch}")
+           if ctx is not None else _Plain())
+    loss_key = train_loss_key(loss_fn)  # "train_surrogate": the GCL value is not the objective
     metrics: dict[str, float] = {}
     cpu_used, total_steps = 0.0, 0
     for epoch in range(start + 1, config.epochs + 1):
@@ -357,15 +362,16 @@ def train_myna(
         model.train()
         g = _epoch_generator(config.seed, epoch, salt=17)
         perm = torch.randperm(n, generator=g)
-        total, objective, steps, t0 = 0.0, 0.0, 0, time.perf_counter()
-        for step in range(steps_per_epoch):
+        acc = {"total": 0.0, "objective": 0.0, "steps": 0}
+        t0 = time.perf_counter()
+        for step in _steps(ctx, epoch, range(steps_per_epoch), acc, g):
             if config.max_cpu_seconds is not None and cpu_used >= config.max_cpu_seconds:
                 break
             c0 = time.process_time()
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
             a, b = _views(pairs, idx, g, config, front_end)
             losses = []
-            for kind in model.kinds:
+            for kind in model.kinds:  # hybrid: one loss per patch kind (the loss's state is updated by each)
                 za = model(a, kind, mask_ratio=config.mask, generator=g)
                 zb = model(b, kind, mask_ratio=config.mask, generator=g)
                 losses.append(loss_fn(za, zb, idx))
@@ -374,19 +380,20 @@ def train_myna(
             loss.backward()
             opt.step()
             cpu_used += time.process_time() - c0
-            total += float(loss.detach())
-            objective += float(loss_fn.objective())
-            steps += 1
             total_steps += 1
-            bar.update(loss=float(loss.detach()))
-        metrics = {"train_loss": total / max(1, steps), "objective": objective / max(1, steps), "steps": float(steps),
-                   "epoch_seconds": time.perf_counter() - t0}
+            acc["total"] += float(loss.detach())
+            acc["objective"] += float(loss_fn.objective())
+            acc["steps"] += 1
+            bar.update(surrogate=float(loss.detach()))
+        steps = max(1, int(acc["steps"]))
+        metrics = {loss_key: acc["total"] / steps, "train_objective": acc["objective"] / steps,
+                   "steps": float(acc["steps"]), "epoch_seconds": time.perf_counter() - t0}
         last = epoch == config.epochs or (config.max_cpu_seconds is not None and cpu_used >= config.max_cpu_seconds)
         if probe_tasks and (epoch % config.probe_every == 0 or last):
             metrics.update(_probe_metrics(model, probe_tasks, config))
         if ctx is not None:
             ctx.log_epoch(epoch, metrics)
-            ctx.save(model=model, loss=loss_fn, optimizer=opt, epoch=epoch)
+            ctx.save(epoch=epoch)
         if last:
             break
     bar.close()
