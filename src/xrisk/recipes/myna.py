@@ -429,8 +429,8 @@ def _myna_arguments(p: argparse.ArgumentParser) -> None:
                    help="moving-average weight on the new value")
     p.add_argument("--crop-frames", type=number(int, ge=2), default=96, help="frames per crop (96 = 3.1 s)")
     p.add_argument("--segment-seconds", type=number(float, gt=0, allow_none=True), default=20.0,
-                   help="cut tracks into items of this length ('none': one item per track)")
-    p.add_argument("--max-frame-distance", type=number(int, ge=0, allow_none=True), default=None,
+                   help="cut tracks into items of this length, 'none': one item per track (default: 20.0)")
+    p.add_argument("--max-frame-distance", type=number(int, ge=0), default=None,
                    help="second crop within this many frames of the first (default: anywhere in the item)")
     p.add_argument("--out-dim", type=number(int, ge=1), default=128, help="contrastive embedding size")
     p.add_argument("--log-mel", action="store_true", help="feed log(1 + mel) instead of the power mel")
@@ -438,9 +438,9 @@ def _myna_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe-every", type=number(int, ge=1), default=1, help="probe every this many epochs")
     p.add_argument("--probe-epochs", type=number(int, ge=1), default=30, help="epochs of each probe")
     p.add_argument("--seed", type=number(int, ge=0), default=0)
-    p.add_argument("--max-steps", type=number(int, ge=1, allow_none=True), default=None,
-                   help="cap on steps per epoch (smoke runs)")
-    p.add_argument("--num-threads", type=number(int, ge=1, allow_none=True), default=None,
+    p.add_argument("--max-steps", type=number(int, ge=1), default=None,
+                   help="cap on steps per epoch, for smoke runs (default: full epochs)")
+    p.add_argument("--num-threads", type=number(int, ge=1), default=None,
                    help="torch threads (default: torch's choice)")
 
 
@@ -454,11 +454,11 @@ def _run_myna(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
 
 def _probe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", type=existing_path(kind="folder"), required=True,
-                   help="a `xrisk run myna` run folder (its checkpoint.pt and config.json)")
+                   help="a `xrisk run myna` run folder (its checkpoint.pt and config.json; required, default: none)")
     p.add_argument("--task", default="both", choices=("sonic-pi", "keys", "both"))
     p.add_argument("--probe-epochs", type=number(int, ge=1), default=30, help="epochs of each probe")
     p.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of the probes")
-    p.add_argument("--num-threads", type=number(int, ge=1, allow_none=True), default=None)
+    p.add_argument("--num-threads", type=number(int, ge=1), default=None, help="torch threads (default: torch's choice)")
 
 
 def _trained_config(folder: Path) -> MynaConfig:
