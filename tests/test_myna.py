@@ -290,6 +290,12 @@ def test_myna_flags_and_cross_flag_rules_fail_with_one_line(music_dir, tmp_path,
     assert "--crop-frames 90 must be a positive multiple of 16" in err and "Traceback" not in err
     assert main(_run_args(music_dir, tmp_path / "big", "--batch-size", "64")) == 2
     assert "--batch-size 64 exceeds the 12 training items" in capsys.readouterr().err
+    only_bad = tmp_path / "bad-music"
+    only_bad.mkdir()
+    (only_bad / "x.flac").write_bytes(b"fLaC junk")
+    assert main(_run_args(only_bad, tmp_path / "none")) == 2
+    err = capsys.readouterr().err
+    assert "no usable audio file" in err and "x.flac" in err and "Traceback" not in err
 
 
 def test_myna_probe_recipe_reads_a_run_folder(music_dir, tmp_path, capsys, monkeypatch):

@@ -130,18 +130,26 @@ def _prepare(mel: Tensor, log_mel: bool) -> Tensor:
 
 def load_tracks(config: MynaConfig, notice: Callable[[str], None] | None = None) -> AudioSet:
     """The training tracks of ``config.data`` with cached mel spectrograms (``log1p`` applied when
-    ``config.log_mel``); every skipped file is passed to ``notice`` as one line naming it."""
-    from xrisk.data.audio import SkippedFile, load_audio_folder
+    ``config.log_mel``); every skipped file is passed to ``notice`` as one line naming it.
+
+    Raises:
+        UsageError: no file of the folder is usable (the message names the first reasons).
+    """
+    from xrisk.data.audio import AudioReadError, SkippedFile, load_audio_folder
     from xrisk.data.music import load_singularity_music
 
     def on_skip(s: SkippedFile) -> None:
         if notice is not None:
             notice(f"skipped {s.path}: {s.reason}")
 
-    if config.data == "singularity":
-        tracks = load_singularity_music(min_frames=config.crop_frames, on_skip=on_skip)
-    else:
-        tracks = load_audio_folder(config.data, min_frames=config.crop_frames, on_skip=on_skip, front_end=_front_end())
+    try:
+        if config.data == "singularity":
+            tracks = load_singularity_music(min_frames=config.crop_frames, on_skip=on_skip)
+        else:
+            tracks = load_audio_folder(config.data, min_frames=config.crop_frames, on_skip=on_skip,
+                                       front_end=_front_end())
+    except AudioReadError as e:
+        raise UsageError(f"--data {config.data}: {e.reason}") from None
     tracks.mels = [_prepare(m, config.log_mel) for m in tracks.mels]
     return tracks
 
@@ -155,7 +163,8 @@ def build_model(config: MynaConfig) -> nn.Module:
 
 
 def _check_config(config: MynaConfig) -> None:
-    """Cross-flag rules (also :func:`_validate` of the recipe); raises UsageError naming the flag."""
+    """Cross-flag rules (the recipe's ``validate`` hook, and again in :func:`train_myna`); raises UsageError
+    naming the flag."""
     from xrisk.models.audio import PRESETS
 
     if config.patch not in ("square", "vertical", "hybrid"):
