@@ -17,9 +17,9 @@ Key labels are exact by construction:
 
 Labels are indices into :data:`~xrisk.metrics.key.KEY_NAMES` (``2 * pitch_class + (mode == "minor")``; names in
 ``mir_eval``'s format, e.g. ``"Eb minor"``). With the defaults (Bach, tempo 100, 15 s, two transpositions
-per piece drawn from -5..+6 semitones, timbres cycled) this gives 560 clips of 280 pieces.
+per piece drawn from -5..+6 semitones, timbres cycled) this gives 688 clips of 344 pieces (of 433).
 
-Parsing the corpus takes about a minute, so the note lists are cached in ``$XRISK_CACHE``
+Parsing the corpus takes about a minute of CPU time, so the note lists are cached in ``$XRISK_CACHE``
 (``~/.cache/xrisk``) under a name carrying the ``music21`` version and the settings.
 
 Example:
