@@ -26,7 +26,7 @@
 Claims (arXiv 2502.12511) checked with a verdict line each: vertical patches help key detection; masking keeps
 pitch information where pitch-shifting destroys it (key score, masking vs pitch shift at equal training time).
 
-    .venv/bin/python bench/fidelity_myna.py              # full run (about 1 h on one busy core)
+    .venv/bin/python bench/fidelity_myna.py              # full run (97 min at load 8-12: (a) 7.5, (b) 89)
     .venv/bin/python bench/fidelity_myna.py --quick      # smoke run (a few minutes), prints only
     .venv/bin/python bench/fidelity_myna.py --parts a    # speed only
 """
