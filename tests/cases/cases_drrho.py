@@ -69,7 +69,7 @@ def _clip_case(name: str, make) -> LossCase:
 CASES = [
     _case("drrho-kl", lambda: DRRhoLoss(divergence="kl", tau=0.5, gamma=0.7)),
     _case("drrho-kl-gamma1", lambda: DRRhoLoss(divergence="kl", tau=0.05, gamma=1.0)),
-    _case("drrho-cvar", lambda: DRRhoLoss(divergence="cvar", alpha=0.3, eta=0.1)),
+    _case("drrho-cvar", lambda: DRRhoLoss(divergence="cvar", alpha=0.35, eta=0.1)),  # alpha B is not an integer
     _case("drrho-cvar-alpha1", lambda: DRRhoLoss(divergence="cvar", alpha=1.0)),
     _clip_case("drrho-clip-gcl-bimodal-global",
                lambda: GlobalContrastiveLoss(64, mode="bimodal", temperature="global", tau=0.2, rho=0.5)),

@@ -127,8 +127,8 @@ def drrho_cvar(excess: Tensor, threshold: Tensor | float, seen: Tensor | bool, *
     4. new threshold ``s - eta (alpha - (1/B) sum_i 1[x_i > s])``.
 
     ``alpha = 1``: the minimum over ``s`` is attained at any ``s <= min_i x_i``, where ``F`` is the mean;
-    the kernel then uses that minimiser directly (``w_i = 1``, objective ``mean_i x_i``) and returns the
-    threshold unchanged.
+    the kernel then uses that minimiser directly (``w_i = 1``, objective ``mean_i x_i``: exact, whatever the
+    threshold), while the threshold keeps taking its step (it only descends; first visit: ``min_i x_i``).
 
     Args:
         excess: ``[B]`` excess losses (with gradient through ``l_i``), ``B >= 1``.
@@ -138,11 +138,14 @@ def drrho_cvar(excess: Tensor, threshold: Tensor | float, seen: Tensor | bool, *
     b = excess.shape[0]
     xd = _detached_float(excess)
     s_old, flag = _host(threshold, seen)
-    if alpha >= 1.0:
+    if alpha >= 1.0:  # weights 1 whatever s is; s still takes its pinball step (towards min x, where F is the mean)
         w = torch.full_like(xd, 1.0 / b)
-        lo, mean = torch.stack([xd.min(), xd.mean()]).tolist()
-        bad = not (math.isfinite(lo) and math.isfinite(mean))
-        return DRRhoStep(torch.dot(w.to(excess.dtype), excess), float("nan") if bad else s_old, mean, w)
+        if not flag:
+            s_old = float(xd.min())
+        lo, mean, count = torch.stack([xd.min(), xd.mean(), torch.gt(xd, s_old).sum().to(xd.dtype)]).tolist()
+        bad = not (math.isfinite(lo) and math.isfinite(mean) and math.isfinite(s_old))
+        new = float("nan") if bad else s_old - eta * (1.0 - count / b)
+        return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, mean, w)
     if not flag:
         s_old = float(upper_quantile(xd, alpha))
     above = torch.gt(xd, s_old)

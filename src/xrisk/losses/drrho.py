@@ -13,7 +13,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_finite, check_positive, check_unit_interval
 from xrisk.checkpoint import default_checkpoint_settings
 from xrisk.functional.drrho import drrho_cvar, drrho_kl
-from xrisk.state import ReplicatedStateModule
+from xrisk.state import PendingWrites, ReplicatedStateModule
 
 __all__ = ["DRRhoLoss"]
 
@@ -162,15 +162,21 @@ class DRRhoLoss(ReplicatedStateModule):
             raise FloatingPointError(
                 f"the excess losses overflow the {self.divergence} DRRho risk (tau={self.tau}); no state was changed"
             )
+        writes = PendingWrites(f"the {self.divergence} DRRho state is not finite")
+        writes.after(functools.partial(_write_scalar, self.log_u if self.divergence == "kl" else self.threshold,
+                                       self.seen, step.state))
+        writes.commit(write=self.training)  # state changes in training mode only (the check above holds them)
         self._objective.fill_(step.objective)
-        if self.training:  # state changes in training mode only, all together after the check above
-            (self.log_u if self.divergence == "kl" else self.threshold).fill_(step.state)
-            self.seen.fill_(True)
         return step.surrogate
 
     def objective(self) -> Tensor:
         """Estimate of the DRRho risk from the last batch (``objective_name``); NaN before the first batch."""
         return self._objective.clone()
+
+
+def _write_scalar(state: Tensor, seen: Tensor, value: float) -> None:
+    state.fill_(value)
+    seen.fill_(True)
 
 
 def _check_batch(
