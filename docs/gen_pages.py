@@ -40,7 +40,7 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "`DualSampler` family, and the built-in offline loaders.",
      ["xrisk.data.indexed", "xrisk.data.samplers", "xrisk.data.builtin", "xrisk.data.fashion_mnist",
       "xrisk.data.captions", "xrisk.data.emoji", "xrisk.data.text", "xrisk.data.augment",
-      "xrisk.data.errors"]),
+      "xrisk.data.errors", "xrisk.data.reference_cache"]),
     ("State, distributed, checkpoints", "state",
      "Per-sample estimators, exact multi-process training, checkpoints and schedules "
      "(see also the [design notes](../design.md)).",
@@ -48,7 +48,8 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
      "surrogates of AUC-M, AP, partial AUC and the contrastive losses.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
-      "xrisk.functional.contrastive", "xrisk.functional.similarity"]),
+      "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.drrho",
+      "xrisk.functional.selection", "xrisk.functional.distillation"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders"]),
     ("Audio (Myna)", "audio",
@@ -59,7 +60,7 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
-      "xrisk.recipes.contrastive", "xrisk.recipes.myna", "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.contrastive", "xrisk.recipes.steer", "xrisk.recipes.myna", "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 
@@ -168,7 +169,7 @@ def generate() -> list[Any]:
     _write(DOCS / "index.md", readme)
     results = ROOT / "bench" / "RESULTS.md"
     if results.exists():
-        _write(DOCS / "benchmarks.md", results.read_text(encoding="utf-8"))
+        _write(DOCS / "benchmarks.md", results.read_text(encoding="utf-8").replace("](../docs/", "]("))
     else:
         _write(DOCS / "benchmarks.md", "# Benchmark results\n\n`bench/RESULTS.md` has not been written yet "
                                        "(`make bench`).\n")

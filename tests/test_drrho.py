@@ -227,3 +227,42 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(divergence):
             assert got.keys() == want.keys()
             for k in want:
                 torch.testing.assert_close(got[k], want[k], msg=lambda m: f"step {step} {k}: {m}")
+
+
+def test_the_steering_guide_example_runs(capsys):
+    from pathlib import Path
+
+    from _examples import marked_code
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "steering.md"
+    code = marked_code(page.read_text(encoding="utf-8"), "steering-example")
+    exec(compile(code, str(page), "exec"), {"__name__": "__steering__"})  # noqa: S102
+    assert "DRRho-KL risk estimate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("divergence,alpha", [("kl", 0.3), ("cvar", 0.3), ("cvar", 1.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_host_and_device_statistics_give_the_same_steps(divergence, alpha, dtype):
+    """The numpy path (CPU default) and the torch path (other devices) of the kernels agree: weights, state,
+    objective, over several steps, in every float dtype."""
+    from xrisk.functional.drrho import drrho_cvar, drrho_kl
+
+    g = torch.Generator().manual_seed(8)
+    state = {True: (0.0, False), False: (0.0, False)}
+    for step in range(4):
+        x = (torch.randn(13, generator=g) * 3).to(dtype)
+        for host in (True, False):
+            old, seen = state[host]
+            if divergence == "kl":
+                out = drrho_kl(x, old, seen, tau=0.4, gamma=0.6, host=host)
+            else:
+                out = drrho_cvar(x, old, seen, alpha=alpha, eta=0.2, host=host)
+            state[host] = (out.state, True)
+            if host:
+                want = out
+            else:
+                tol = 1e-2 if dtype == torch.float16 else 1e-5
+                torch.testing.assert_close(out.weights.to(want.weights.dtype), want.weights, rtol=tol, atol=tol)
+                assert out.state == pytest.approx(want.state, rel=tol, abs=tol)
+                assert out.objective == pytest.approx(want.objective, rel=tol, abs=tol)
+                assert out.surrogate.dtype == dtype

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -68,12 +69,39 @@ def _detached_float(x: Tensor) -> Tensor:
     return d if d.dtype in (torch.float32, torch.float64) else d.float()
 
 
+def _on_host(excess: Tensor, host: bool | None) -> np.ndarray | None:
+    """The detached batch as a float64 numpy array when the statistics are computed on the host (``host``; None:
+    for CPU tensors), else None. In a training step a dozen small torch operations cost far more than in a tight
+    loop (each dispatch meets cold caches after the model's kernels); the same few numpy operations on ``B``
+    values cost a fraction of that."""
+    if host is False or (host is None and excess.device.type != "cpu"):
+        return None
+    d = excess.detach()
+    if d.device.type != "cpu":
+        d = d.cpu()
+    return d.numpy().astype(np.float64) if d.dtype != torch.bfloat16 else d.float().numpy().astype(np.float64)
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+def _weights_tensor(w: np.ndarray, like: Tensor) -> Tensor:
+    """Host weights as a tensor of ``like``'s dtype and device (no torch operation for a CPU float32/64/16 batch)."""
+    np_dtype = _NUMPY_DTYPES.get(like.dtype)
+    out = torch.from_numpy(w.astype(np_dtype if np_dtype is not None else np.float32))
+    if np_dtype is None:
+        out = out.to(like.dtype)
+    return out if like.device.type == "cpu" else out.to(like.device)
+
+
 def _host(state: Tensor | float, seen: Tensor | bool) -> tuple[float, bool]:
     """The scalar state as Python values (two ``item()`` reads of 0-dim tensors: cheaper than any tensor op)."""
     return float(state), bool(seen)
 
 
-def drrho_kl(excess: Tensor, log_u: Tensor | float, seen: Tensor | bool, *, tau: float, gamma: float) -> DRRhoStep:
+def drrho_kl(
+    excess: Tensor, log_u: Tensor | float, seen: Tensor | bool, *, tau: float, gamma: float, host: bool | None = None,
+) -> DRRhoStep:
     """One step of the KL DRRho risk ``tau log mean_i exp(x_i / tau)`` with a moving-average estimator.
 
     1. ``log g_hat = log (1/B) sum_i exp(x_i / tau)`` (shifted by the batch maximum: never overflows);
@@ -82,29 +110,39 @@ def drrho_kl(excess: Tensor, log_u: Tensor | float, seen: Tensor | bool, *, tau:
     3. ``w_i = exp(x_i / tau - log u_new)`` (``<= B / gamma``, finite), surrogate ``(1/B) sum_i w_i x_i``;
     4. objective estimate ``tau log u_new``.
 
-    One host read of the batch's extremes and the sum of the exponentials (and ``item()`` of a tensor state): the
-    scalar estimator is updated in Python and an input holding NaN/inf shows in the returned floats.
+    The batch statistics (extremes, sum of the exponentials) are read once on the host, so the scalar estimator is
+    updated in Python and an input holding NaN/inf shows in the returned floats; with ``host`` (default for CPU
+    tensors) they are computed in numpy (float64), else with torch operations and one host read.
 
     Args:
         excess: ``[B]`` excess losses ``x_i = l_i - l_ref_i`` (with gradient through ``l_i``), ``B >= 1``.
         log_u: stored ``log u`` (0-dim tensor or float); seen: whether it was ever written.
         tau: KL temperature ``> 0``; gamma: weight on the new value, in ``(0, 1]``.
+        host: compute the batch statistics in numpy (None: for CPU tensors).
     """
     b = excess.shape[0]
-    xs = torch.mul(_detached_float(excess), 1.0 / tau)
-    lo, hi = torch.aminmax(xs)
-    e = torch.sub(xs, hi).exp_()
-    m, low, total = torch.stack([hi, lo, e.sum()]).tolist()
     old, flag = _host(log_u, seen)
+    arr = _on_host(excess, host)
+    if arr is not None:
+        xs_h = arr * (1.0 / tau)
+        m, low = float(xs_h.max()), float(xs_h.min())
+        e_h = np.exp(xs_h - m) if math.isfinite(m) and math.isfinite(low) else None
+        total = float(e_h.sum()) if e_h is not None else float("nan")
+    else:
+        xs = torch.mul(_detached_float(excess), 1.0 / tau)
+        lo, hi = torch.aminmax(xs)
+        e = torch.sub(xs, hi).exp_()
+        m, low, total = torch.stack([hi, lo, e.sum()]).tolist()
     if not (math.isfinite(m) and math.isfinite(low)):
         nan = float("nan")
-        return DRRhoStep(excess.sum() * nan, nan, nan, e)
+        return DRRhoStep(excess.sum() * nan, nan, nan, torch.full_like(excess.detach(), nan))
     log_g = math.log(total) + m - math.log(b)
     new = log_g
     if flag and gamma < 1.0:
         a, c = old + math.log1p(-gamma), log_g + math.log(gamma)
         new = max(a, c) + math.log1p(math.exp(-abs(a - c)))
-    w = e.mul_(math.exp(m - new) / b)
+    factor = math.exp(m - new) / b
+    w = _weights_tensor(e_h * factor, excess) if arr is not None else e.mul_(factor)
     return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, tau * new, w)
 
 
@@ -117,7 +155,10 @@ def upper_quantile(x: Tensor, alpha: float) -> Tensor:
     return torch.topk(x.detach(), k, sorted=False).values.min()
 
 
-def drrho_cvar(excess: Tensor, threshold: Tensor | float, seen: Tensor | bool, *, alpha: float, eta: float) -> DRRhoStep:
+def drrho_cvar(
+    excess: Tensor, threshold: Tensor | float, seen: Tensor | bool, *, alpha: float, eta: float,
+    host: bool | None = None,
+) -> DRRhoStep:
     """One step of the CVaR DRRho risk in Rockafellar-Uryasev form, the threshold ``s`` being state.
 
     1. ``s = threshold``, or on the first visit (``seen`` False) the batch's :func:`upper_quantile`;
@@ -134,10 +175,14 @@ def drrho_cvar(excess: Tensor, threshold: Tensor | float, seen: Tensor | bool, *
         excess: ``[B]`` excess losses (with gradient through ``l_i``), ``B >= 1``.
         threshold: stored ``s`` (0-dim tensor or float); seen: whether it was ever written.
         alpha: level in ``(0, 1]``; eta: threshold step size ``> 0``.
+        host: compute the batch statistics in numpy (None: for CPU tensors), as in :func:`drrho_kl`.
     """
     b = excess.shape[0]
-    xd = _detached_float(excess)
     s_old, flag = _host(threshold, seen)
+    arr = _on_host(excess, host)
+    if arr is not None:
+        return _cvar_on_host(excess, arr, s_old, flag, alpha=alpha, eta=eta)
+    xd = _detached_float(excess)
     if alpha >= 1.0:  # weights 1 whatever s is; s still takes its pinball step (towards min x, where F is the mean)
         w = torch.full_like(xd, 1.0 / b)
         if not flag:
@@ -157,6 +202,28 @@ def drrho_cvar(excess: Tensor, threshold: Tensor | float, seen: Tensor | bool, *
     objective = s_old + over / (alpha * b)
     new = s_old - eta * (alpha - count / b)
     return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, objective, w)
+
+
+def _cvar_on_host(excess: Tensor, a: np.ndarray, s_old: float, flag: bool, *, alpha: float, eta: float) -> DRRhoStep:
+    """:func:`drrho_cvar` with the batch statistics computed in numpy (``a``: the batch, float64)."""
+    b = a.shape[0]
+    lo, total = float(a.min()), float(a.sum())
+    if not (math.isfinite(lo) and math.isfinite(total) and math.isfinite(s_old)):
+        nan = float("nan")
+        return DRRhoStep(excess.sum() * nan, nan, nan, torch.full_like(excess.detach(), nan))
+    if alpha >= 1.0:
+        s_old = s_old if flag else lo
+        new = s_old - eta * (1.0 - float(np.count_nonzero(a > s_old)) / b)
+        w = _weights_tensor(np.full(b, 1.0 / b), excess)
+        return DRRhoStep(torch.dot(w, excess), new, total / b, w)
+    if not flag:
+        k = min(int(math.floor(alpha * b + 1e-9)) + 1, b)  # upper_quantile: the k-th largest entry
+        s_old = float(np.partition(a, b - k)[b - k])
+    above = a > s_old
+    count = float(np.count_nonzero(above))
+    objective = s_old + float(np.maximum(a - s_old, 0.0).sum()) / (alpha * b)
+    w = _weights_tensor(above * (1.0 / (alpha * b)), excess)
+    return DRRhoStep(torch.dot(w, excess), s_old - eta * (alpha - count / b), objective, w)
 
 
 def drrho_kl_objective(excess: Tensor, tau: float) -> Tensor:
