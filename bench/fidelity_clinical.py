@@ -53,13 +53,13 @@ METHODS = ("gcl", "infonce", "none")
 class Config:
     quick: bool
     seeds: tuple[int, ...]
-    num_train: int = 3000
+    num_train: int = 5000
     num_test: int = 1000
     num_external: int = 1000
     hours: float = 24.0
     model: dict = field(default_factory=lambda: {"dim": 32, "heads": 2, "ff_dim": 64, "layers": 2})
     batch: int = 32
-    epochs: int = 8
+    epochs: int = 5
     tau: float = 0.1
     gamma: float = 0.9
     fractions: tuple[float, ...] = (0.01, 0.05, 1.0)

@@ -134,3 +134,16 @@ def test_select_labelled_is_stratified_and_seeded():
     assert select_labelled(labels, 1.0, seed=0).numel() == 100
     with pytest.raises(ehr.UsageError, match="class 1"):
         select_labelled(torch.zeros(5), 0.5, seed=0)
+
+
+def test_guide_example_runs(capsys, tmp_path, monkeypatch):
+    """The plain-loop example of docs/clinical.md runs as written."""
+    from pathlib import Path
+
+    from test_readme import readme_example
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "clinical.md"
+    code = readme_example(guide.read_text(encoding="utf-8"))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, str(guide), "exec"), {"__name__": "__guide__"})  # noqa: S102
+    assert "imputation MSE" in capsys.readouterr().out
