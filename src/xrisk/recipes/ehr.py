@@ -86,15 +86,19 @@ class EHRConfig:
     """Settings of :func:`train_ehr` (CLI flags of the same names; see the module docstring).
 
     Attributes:
-        data: ``"generated"`` or a data folder. stays, eval_stays, hours: size of the generated data.
+        data: ``"generated"`` or a data folder.
+        stays, eval_stays, hours: size of the generated data.
         bad_rows: the reader's bad-row policy (``"raise"`` or ``"skip"``).
-        pretrain: one of :data:`PRETRAIN_METHODS`. labels: labelled fraction in ``(0, 1]``.
-        dim, heads, ff_dim, layers, max_tokens, crop, bucketing: model and views.
-        pretrain_epochs, batch_size, lr, weight_decay, tau, gamma, mask_fraction, imputation_weight,
-        contrastive_weight: pretraining.
+        pretrain: one of :data:`PRETRAIN_METHODS`.
+        labels: labelled fraction in ``(0, 1]``.
+        dim, heads, ff_dim, layers, max_tokens, crop, bucketing: model, token budget and views.
+        pretrain_epochs, batch_size, lr, weight_decay: pretraining (AdamW, constant rate).
+        tau, gamma: temperature; GCL moving-average weight on the new value.
+        mask_fraction, imputation_weight, contrastive_weight: the pretraining loss.
         finetune_epochs, finetune_steps, finetune_batch_size, finetune_lr: fine-tuning.
-        seed: seed of data generation, model, views, label subset. max_steps: cap per pretraining
-        epoch (smoke runs). num_threads: ``torch.set_num_threads`` (None: leave).
+        seed: seed of data generation, model, views and the label subset.
+        max_steps: cap on pretraining steps per epoch (smoke runs).
+        num_threads: ``torch.set_num_threads`` (None: leave as is).
     """
 
     data: str = "generated"
