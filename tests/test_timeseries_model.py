@@ -157,7 +157,7 @@ def test_imputation_loss_only_counts_masked_values():
     assert pred.grad[0, 1] == 0 and pred.grad[1, 1] == 0 and pred.grad[1, 2] == 0
     assert pred.grad[0, 0] == pytest.approx(2 * 1.0 / 3)
     empty = masked_mse(pred, target, torch.zeros_like(mask))
-    assert float(empty) == 0.0 and empty.requires_grad
+    assert float(empty.detach()) == 0.0 and empty.requires_grad
     empty.backward()
     with pytest.raises(ValueError, match="NaN/inf"):
         masked_mse(pred, target, torch.ones_like(mask))

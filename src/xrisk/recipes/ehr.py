@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xrisk.recipes.contrastive import _epoch_generator
 from xrisk.recipes.flags import number, text
 from xrisk.recipes.registry import Recipe, UsageError, register
 
@@ -207,10 +208,6 @@ def build_encoder(num_variables: int, config: EHRConfig) -> TripletTransformer:
                               layers=config.layers, bucket_ratio=1.5 if config.bucketing else None)
 
 
-def _generator(seed: int, epoch: int, salt: int) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + salt) % (2**63 - 1))
-
-
 def pretrain_step(
     encoder: TripletTransformer, loss_fn: nn.Module | None, data: StayTensors, index: Tensor, config: EHRConfig,
     generator: torch.Generator,
@@ -256,7 +253,7 @@ def pretrain_epoch(
     encoder.train()
     if loss_fn is not None:
         loss_fn.set_epoch(epoch - 1)
-    g = _generator(config.seed, epoch, 1)
+    g = _epoch_generator(config.seed, epoch, 1)
     perm = torch.randperm(len(data), generator=g)
     steps = _pretrain_steps(len(data), config)
     sums = {"pretrain_loss": 0.0, "imputation_loss": 0.0, "contrastive_loss": 0.0, "objective": 0.0}
@@ -288,7 +285,7 @@ def eval_sequences(data: StayTensors, budget: int, seed: int) -> list[Tokens]:
     """Every stay cut to the token budget by a fixed-seed ordered subsample (the same tokens in every run)."""
     from xrisk.data.clinical import ordered_subsample
 
-    g = _generator(seed, 0, 99)
+    g = _epoch_generator(seed, 0, 99)
     out = []
     for i in range(len(data)):
         t = data.tokens(i)
@@ -332,7 +329,7 @@ def imputation_errors(encoder: TripletTransformer, sequences: list[Tokens], *, f
     the last visible value of the same variable in the stay (LOCF; the mean when there is none)."""
     from xrisk.data.clinical import value_mask
 
-    g = _generator(seed, 0, 7)
+    g = _epoch_generator(seed, 0, 7)
     masks = [value_mask(int(s.times.numel()), fraction, g) for s in sequences]
     _, preds = encode_stays(encoder, sequences, value_masks=masks)
     sq_model, sq_mean, sq_locf, count = 0.0, 0.0, 0.0, 0
@@ -378,7 +375,7 @@ def finetune_epoch(
 
     encoder.train()
     classifier.train()
-    g = _generator(config.seed, epoch, 2)
+    g = _epoch_generator(config.seed, epoch, 2)
     b = min(config.finetune_batch_size, labelled.numel())
     need = config.finetune_steps * b
     draws = torch.cat([labelled[torch.randperm(labelled.numel(), generator=g)]
