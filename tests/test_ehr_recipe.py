@@ -32,9 +32,10 @@ def test_tiny_run_writes_the_run_folder(tmp_path, method):
     if method == "none":
         assert [r["epoch"] for r in rows] == [1] and "imputation_mse" not in final
     else:
-        assert [r["epoch"] for r in rows] == [1, 2] and "imputation_loss" in rows[0]
+        assert [r["epoch"] for r in rows] == [1, 2] and "train_imputation_loss" in rows[0]
         assert final["imputation_mse_mean"] > 0 and final["imputation_mse_locf"] > 0
-        assert ("objective" in rows[0]) == (method == "gcl")
+        assert ("train_objective" in rows[0]) == (method == "gcl")
+        assert ("train_surrogate" in rows[0]) == (method == "gcl") != ("train_loss" in rows[0])
     assert (out / "checkpoint.pt").is_file() and (out / "loss.png").is_file() and (out / "metrics.png").is_file()
     assert (out / "data" / "external" / "events.csv").is_file()  # the generated data went through the reader
     norm = json.loads((out / "normalization.json").read_text())
@@ -45,37 +46,62 @@ def test_tiny_run_writes_the_run_folder(tmp_path, method):
         assert any("log_u" in k for k in ckpt["loss"]) and ckpt["loss_meta"]["num_samples"] == 40
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["resolved"]["num_train"] == 40 and cfg["resolved"]["num_external"] == 40
+    assert cfg["resolved"]["loss_class"] == {"gcl": "GlobalContrastiveLoss", "infonce": "nt_xent_loss",
+                                             "none": "none"}[method]
 
 
-def _interrupt_at(monkeypatch, name, epoch):
-    real = getattr(ehr, name)
-
-    def wrapped(*args, **kwargs):
-        if args[6 if name == "finetune_epoch" else 5] == epoch:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(ehr, name, wrapped)
+class _Crash(Exception):
+    """Stands for a process killed in the middle of a step."""
 
 
-@pytest.mark.parametrize("stop", [("pretrain_epoch", 2), ("finetune_epoch", 4)])
-def test_resume_is_bit_identical(tmp_path, monkeypatch, stop):
-    cfg = EHRConfig(**TINY_CONFIG, pretrain_epochs=2, finetune_epochs=2)
-    args = {"pretrain": "gcl"}
-    full = train_ehr(cfg, RunContext(tmp_path / "a", recipe="ehr", args=args, quiet=True, plot=False))
-    with monkeypatch.context() as m:
-        _interrupt_at(m, *stop)
-        with pytest.raises(KeyboardInterrupt):
-            train_ehr(cfg, RunContext(tmp_path / "b", recipe="ehr", args=args, quiet=True, plot=False))
-    ctx = RunContext(tmp_path / "b", recipe="ehr", args=args, quiet=True, plot=False, resume=True)
-    resumed = train_ehr(cfg, ctx)
-    assert ctx.start_epoch == stop[1] - 1
+RESUME_CONFIG = EHRConfig(**TINY_CONFIG, pretrain_epochs=2, finetune_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One uninterrupted run shared by the resume tests: (final metrics, run folder)."""
+    out = tmp_path_factory.mktemp("ehr") / "a"
+    ctx = RunContext(out, recipe="ehr", args={"pretrain": "gcl"}, quiet=True, plot=False, checkpoint_every=0)
+    return train_ehr(RESUME_CONFIG, ctx), out
+
+
+@pytest.mark.parametrize("crash_at, checkpoint", [
+    (8, (1, 2)),   # pretraining epoch 2, step 3 (5 steps per epoch): resumes from its step-2 checkpoint
+    (12, (2, 1)),  # first fine-tuning epoch, step 2: after the switch to fine-tuning, inside the epoch
+    (13, (3, 0)),  # second fine-tuning epoch, step 1: from the end of epoch 3
+])
+def test_resume_is_bit_identical(tmp_path, monkeypatch, uninterrupted, crash_at, checkpoint):
+    from xrisk.recipes.progress import ProgressBar
+
+    cfg, (full, folder_a) = RESUME_CONFIG, uninterrupted
+
+    def ctx(folder, **kw):
+        return RunContext(tmp_path / folder, recipe="ehr", args={"pretrain": "gcl"}, quiet=True, plot=False, **kw)
+
+    real, calls = ProgressBar.update, [0]
+
+    def dies(self, n=1, **values):  # called once per training step, after the optimizer step
+        calls[0] += 1
+        if calls[0] == crash_at:
+            raise _Crash
+        return real(self, n, **values)
+
+    monkeypatch.setattr(ProgressBar, "update", dies)
+    with pytest.raises(_Crash), ctx("b", checkpoint_every=1) as c:
+        train_ehr(cfg, c)
+    monkeypatch.setattr(ProgressBar, "update", real)
+    extra = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["extra"]
+    assert (extra["epoch"], extra["step"]) == checkpoint
+    assert ("pretrained" in extra["user"]) == (checkpoint[0] >= 2)
+    resumed = train_ehr(cfg, ctx("b", resume=True))
     assert resumed == full
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    a = torch.load(folder_a / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
+    for k, v in a["loss"].items():
+        assert torch.equal(v, b["loss"][k]), k
+    assert (folder_a / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
 
 
 def _folder(tmp_path, bad_line=None):

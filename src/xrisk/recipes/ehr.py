@@ -43,12 +43,17 @@ statistics, as a deployed model would), with :func:`xrisk.metrics.auroc` and
 test values (normalised units), next to predicting the training mean (``imputation_mse_mean``) and
 the last visible value of the variable in the stay (``imputation_mse_locf``).
 
-**Run folder.** ``metrics.jsonl`` has one row per epoch: pretraining epochs ``1..P``
-(``pretrain_loss``, ``imputation_loss``, ``contrastive_loss``, ``objective`` for gcl), then
-fine-tuning epochs ``P+1..P+F`` (``finetune_loss``, ``test_auroc``, ``test_auprc``,
-``external_auroc``, ``external_auprc``); ``checkpoint.pt`` after every epoch (model = encoder and
-classifier, the GCL estimators, one AdamW) and ``--resume`` continues bit-identically; data order,
-views and masks come from generators seeded by ``(seed, epoch)``.
+**Run folder.** ``metrics.jsonl`` has one row per epoch: pretraining epochs ``1..P`` (the total
+``train_surrogate`` with gcl, whose value is a surrogate, or ``train_loss`` with infonce;
+``train_imputation_loss``; ``train_contrastive_surrogate`` / ``train_contrastive_loss``;
+``train_objective``, the GCL objective estimate), then fine-tuning epochs ``P+1..P+F``
+(``finetune_loss``, ``test_auroc``, ``test_auprc``, ``external_auroc``, ``external_auprc``).
+``checkpoint.pt`` (model = encoder and classifier, the GCL estimators, one AdamW) is written after
+every epoch, every ``--checkpoint-every`` steps inside both phases, on Ctrl-C, and at the switch
+to fine-tuning (with the probe and imputation results, so a resume inside fine-tuning does not
+recompute them); ``--resume`` continues bit-identically: data order, views, masks and token subsets
+come from generators seeded by ``(seed, epoch)`` and checkpointed by
+:meth:`~xrisk.recipes.runner.RunContext.steps`.
 """
 
 from __future__ import annotations
@@ -56,10 +61,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -80,6 +85,15 @@ __all__ = ["EHRConfig", "PRETRAIN_METHODS", "train_ehr", "StayTensors", "build_e
            "finetune_epoch", "prepare_data"]
 
 PRETRAIN_METHODS: tuple[str, ...] = ("gcl", "infonce", "none")
+
+T = TypeVar("T")
+
+
+class StepsFn(Protocol):
+    """Iterates an epoch's batches (``RunContext.steps`` or the plain iteration)."""
+
+    def __call__(self, epoch: int, batches: Sequence[T], *, state: dict[str, Any] | None = ...,
+                 generators: Sequence[torch.Generator] = ...) -> Iterator[T]: ...
 
 
 @dataclass
@@ -245,34 +259,50 @@ def pretrain_step(
     return loss, imputation.detach(), contrastive.detach()
 
 
+def _plain_steps(epoch: int, batches: Sequence[T], *, state: dict[str, Any] | None = None,
+                 generators: Sequence[torch.Generator] = ()) -> Iterator[T]:
+    """The batches as they are (what :meth:`RunContext.steps` does without checkpoints)."""
+    return iter(batches)
+
+
 def pretrain_epoch(
     encoder: TripletTransformer, loss_fn: nn.Module | None, optimizer: torch.optim.Optimizer, data: StayTensors,
-    config: EHRConfig, epoch: int, progress: Callable[[float], None] | None = None,
+    config: EHRConfig, epoch: int, *, steps: StepsFn = _plain_steps, progress: Callable[[float], None] | None = None,
 ) -> dict[str, float]:
-    """One pretraining epoch (``epoch`` counts from 1); returns the epoch's mean losses (and GCL objective)."""
+    """One pretraining epoch (``epoch`` counts from 1); returns the epoch's mean losses.
+
+    Keys: the total (``train_surrogate`` with GCL, whose value is a surrogate; ``train_loss`` with
+    InfoNCE), ``train_imputation_loss``, ``train_contrastive_surrogate`` / ``train_contrastive_loss``
+    and, with GCL, ``train_objective`` (mean of ``loss_fn.objective()``). ``steps`` iterates the
+    batches (:meth:`~xrisk.recipes.runner.RunContext.steps` checkpoints inside the epoch).
+    """
     encoder.train()
     if loss_fn is not None:
         loss_fn.set_epoch(epoch - 1)
     g = _epoch_generator(config.seed, epoch, 1)
     perm = torch.randperm(len(data), generator=g)
-    steps = _pretrain_steps(len(data), config)
-    sums = {"pretrain_loss": 0.0, "imputation_loss": 0.0, "contrastive_loss": 0.0, "objective": 0.0}
-    for step in range(steps):
-        idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+    b = config.batch_size
+    batches = [perm[k * b : (k + 1) * b] for k in range(_pretrain_steps(len(data), config))]
+    acc = {"total": 0.0, "imputation": 0.0, "contrastive": 0.0, "objective": 0.0, "count": 0}
+    for idx in steps(epoch, batches, state=acc, generators=[g]):
         loss, imp, con = pretrain_step(encoder, loss_fn, data, idx, config, g)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sums["pretrain_loss"] += float(loss.detach())
-        sums["imputation_loss"] += float(imp)
-        sums["contrastive_loss"] += float(con)
+        acc["total"] += float(loss.detach())
+        acc["imputation"] += float(imp)
+        acc["contrastive"] += float(con)
         if loss_fn is not None:
-            sums["objective"] += float(loss_fn.objective())
+            acc["objective"] += float(loss_fn.objective())
+        acc["count"] += 1
         if progress is not None:
             progress(float(loss.detach()))
-    out = {k: v / max(1, steps) for k, v in sums.items()}
-    if loss_fn is None:
-        del out["objective"]
+    n = max(1, int(acc["count"]))
+    kind = "surrogate" if loss_fn is not None else "loss"
+    out = {f"train_{kind}": acc["total"] / n, "train_imputation_loss": acc["imputation"] / n,
+           f"train_contrastive_{kind}": acc["contrastive"] / n}
+    if loss_fn is not None:
+        out["train_objective"] = acc["objective"] / n
     return out
 
 
@@ -367,7 +397,8 @@ def classifier_scores(encoder: TripletTransformer, classifier: Callable[[Tensor]
 
 def finetune_epoch(
     encoder: TripletTransformer, classifier: nn.Module, optimizer: torch.optim.Optimizer, data: StayTensors,
-    labelled: Tensor, config: EHRConfig, epoch: int, progress: Callable[[float], None] | None = None,
+    labelled: Tensor, config: EHRConfig, epoch: int, *, steps: StepsFn = _plain_steps,
+    progress: Callable[[float], None] | None = None,
 ) -> float:
     """``config.finetune_steps`` BCE steps on batches of the ``labelled`` stays; returns the mean loss."""
     from xrisk.data.clinical import ordered_subsample
@@ -380,9 +411,9 @@ def finetune_epoch(
     need = config.finetune_steps * b
     draws = torch.cat([labelled[torch.randperm(labelled.numel(), generator=g)]
                        for _ in range(math.ceil(need / labelled.numel()))])
-    total = 0.0
-    for step in range(config.finetune_steps):
-        idx = draws[step * b : (step + 1) * b]
+    batches = [draws[k * b : (k + 1) * b] for k in range(config.finetune_steps)]
+    acc = {"total": 0.0, "count": 0}
+    for idx in steps(epoch, batches, state=acc, generators=[g]):
         seqs = []
         for i in idx.tolist():
             t = data.tokens(i)
@@ -392,10 +423,11 @@ def finetune_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.detach())
+        acc["total"] += float(loss.detach())
+        acc["count"] += 1
         if progress is not None:
             progress(float(loss.detach()))
-    return total / max(1, config.finetune_steps)
+    return acc["total"] / max(1, int(acc["count"]))
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -471,6 +503,8 @@ def train_ehr(config: EHRConfig, ctx: RunContext | None = None, *, out_dir: Path
                           num_labelled=int(labelled.numel()), num_labelled_positive=int(train.labels[labelled].sum()),
                           train_tokens=splits.train.num_tokens, pretrain_epochs=p_epochs,
                           steps_per_epoch=_pretrain_steps(len(train), config),
+                          loss_class=type(loss_fn).__name__ if loss_fn is not None else
+                          ("nt_xent_loss" if config.pretrain == "infonce" else "none"),
                           reader=[r.summary() for r in splits.reports])
         for r in splits.reports:
             if r.num_skipped:
@@ -483,30 +517,34 @@ def train_ehr(config: EHRConfig, ctx: RunContext | None = None, *, out_dir: Path
         external = (eval_sequences(StayTensors(splits.external), config.max_tokens, config.seed),
                     torch.from_numpy(splits.external.labels))
     steps_left = max(0, p_epochs - start) * _pretrain_steps(len(train), config) + \
-        (total_epochs - max(start, p_epochs)) * config.finetune_steps
+        (total_epochs - max(start, p_epochs)) * config.finetune_steps - (ctx.start_step if ctx is not None else 0)
     bar = ctx.progress(steps_left, f"ehr/{config.pretrain}") if ctx is not None else None
     update = (lambda v: bar.update(loss=v)) if bar is not None else None
+    steps: StepsFn = ctx.steps if ctx is not None else _plain_steps
     last: dict[str, float] = {}
     for epoch in range(start + 1, p_epochs + 1):
-        last = pretrain_epoch(encoder, loss_fn, opt, train, config, epoch, update)
+        last = pretrain_epoch(encoder, loss_fn, opt, train, config, epoch, steps=steps, progress=update)
         if ctx is not None:
             ctx.log_epoch(epoch, last)
-            ctx.save(model=model, loss=loss_fn, optimizer=opt, epoch=epoch)
-    pretrained = ctx.resume_extra().get("pretrained") if ctx is not None and start > p_epochs else None
-    if pretrained is None:  # the encoder as pretraining left it (recomputed identically after a resume)
+            ctx.save(epoch=epoch)
+    # the switch to fine-tuning happens once and is checkpointed (a resume inside fine-tuning keeps it)
+    pretrained = ctx.resume_extra().get("pretrained") if ctx is not None else None
+    if pretrained is None:
         pretrained = _pretrain_state(encoder, train_seqs, train, labelled, test, external, config)
-    if start <= p_epochs:  # fine-tuning starts here: fresh optimizer state at the fine-tuning rate
-        opt.state.clear()
+        opt.state.clear()  # fine-tuning starts with fresh optimizer state at the fine-tuning rate
         for group in opt.param_groups:
             group["lr"] = config.finetune_lr
+        if ctx is not None:
+            ctx.save(epoch=p_epochs, pretrained=pretrained)
     for epoch in range(max(start, p_epochs) + 1, total_epochs + 1):
-        last = {"finetune_loss": finetune_epoch(encoder, classifier, opt, train, labelled, config, epoch, update)}
+        loss = finetune_epoch(encoder, classifier, opt, train, labelled, config, epoch, steps=steps, progress=update)
+        last = {"finetune_loss": loss}
         last.update(classifier_scores(encoder, classifier, *test, "test_"))
         if external is not None:
             last.update(classifier_scores(encoder, classifier, *external, "external_"))
         if ctx is not None:
             ctx.log_epoch(epoch, last)
-            ctx.save(model=model, loss=loss_fn, optimizer=opt, epoch=epoch, pretrained=pretrained)
+            ctx.save(epoch=epoch, pretrained=pretrained)
     if bar is not None:
         bar.close()
     if not last and ctx is not None and ctx.history:  # resumed after the last epoch
@@ -550,8 +588,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask-fraction", type=number(float, ge=0, lt=1), default=0.1, help="values hidden for imputation")
     g.add_argument("--imputation-weight", type=number(float, ge=0), default=1.0)
     g.add_argument("--contrastive-weight", type=number(float, ge=0), default=1.0)
-    g.add_argument("--max-steps", type=number(int, ge=1, allow_none=True), default=None,
-                   help="cap on pretraining steps per epoch (smoke runs)")
+    g.add_argument("--max-steps", type=number(int, ge=1), default=None,
+                   help="cap on pretraining steps per epoch, for smoke runs (default: full epochs)")
     g = p.add_argument_group("downstream")
     g.add_argument("--labels", type=number(float, gt=0, le=1), default=0.05, help="labelled fraction of training stays")
     g.add_argument("--finetune-epochs", type=number(int, ge=0), default=10)
@@ -559,7 +597,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-batch-size", type=number(int, ge=1), default=32)
     g.add_argument("--finetune-lr", type=number(float, gt=0), default=1e-3)
     g.add_argument("--seed", type=number(int, ge=0), default=0)
-    g.add_argument("--num-threads", type=number(int, ge=1, allow_none=True), default=None,
+    g.add_argument("--num-threads", type=number(int, ge=1), default=None,
                    help="torch threads (default: torch's choice)")
 
 
