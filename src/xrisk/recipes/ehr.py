@@ -150,7 +150,7 @@ class EHRConfig:
 
 # --------------------------------------------------------------------------------------------- data
 class StayTensors:
-    """The stays of one split as torch tensors, with the per-token variable scale for the jitter view."""
+    """The stays of one split as flat torch tensors (``tokens(i)`` slices one stay without copying)."""
 
     def __init__(self, stays: ClinicalStays) -> None:
         self.stays = stays
@@ -248,9 +248,8 @@ def pretrain_step(
     out = encoder(batch, value_mask=mask)
     target = encoder.normalize(batch.variables, batch.values)
     imputation = masked_mse(out.imputation, target, mask)
-    zero = out.embedding.sum() * 0.0
     if config.contrastive_weight == 0 or config.pretrain == "none":
-        contrastive = zero
+        contrastive = out.embedding.sum() * 0.0  # a connected zero
     elif loss_fn is not None:
         contrastive = loss_fn(out.embedding[:b], out.embedding[b:], index)
     else:
