@@ -208,7 +208,8 @@ def part_quality(cfg: Config, log: Callable[[str], None]) -> str:
         imp_rows.append([method, _ms([r[method]["imputation_mse"] for r in per_seed]),
                          _ms([r[method]["imputation_mse_locf"] for r in per_seed]),
                          _ms([r[method]["imputation_mse_mean"] for r in per_seed]),
-                         _ms([r[method]["last_epoch"]["contrastive_loss"] for r in per_seed]),
+                         _ms([r[method]["last_epoch"]["train_contrastive_" + ("surrogate" if method == "gcl" else "loss")]
+                              for r in per_seed]),
                          _ms([r[method]["pretrain_minutes"] for r in per_seed], 1)])
     m = cfg.model
     return "\n".join([
