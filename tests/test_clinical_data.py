@@ -1,6 +1,7 @@
 """xrisk.data.clinical: the long-CSV reader (bad-row policy), normalisation, the generator, the views."""
 
 import gzip
+import json
 
 import numpy as np
 import pytest
@@ -81,6 +82,8 @@ def test_missing_column_and_policy_validation(tmp_path):
     assert stays.stay_ids == ("a",)
     with pytest.raises(ValueError, match="on_bad_row"):
         read_events(f, layout=CSVLayout(stay="stay"), on_bad_row="ignore")
+    with pytest.raises(ValueError, match="time_scale"):
+        read_events(f, layout=CSVLayout(stay="stay"), time_scale=0.0)
 
 
 def test_gzip_minutes_and_extra_columns(tmp_path):
@@ -112,8 +115,10 @@ def test_normalisation_is_fitted_on_the_training_split_only(tmp_path):
     stats = VariableStats.fit(splits.train)
     assert stats.mean.tolist() == [20.0] and stats.std.tolist() == [10.0]
     assert splits.external is None
-    assert VariableStats.from_dict(stats.to_dict()) == stats or np.allclose(
-        VariableStats.from_dict(stats.to_dict()).mean, stats.mean)
+    back = VariableStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    assert back.variable_names == stats.variable_names
+    for field in ("mean", "std", "count"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(stats, field))
     # a variable the training split never saw is a bad row of the test split
     _write(root / "test" / "events.csv", HEADER + "t,0,hr,1\nt,1,lactate,2\n")
     with pytest.raises(ClinicalFormatError, match="unknown variable 'lactate'"):

@@ -191,6 +191,8 @@ def read_events(
     Raises:
         ClinicalFormatError: a missing column, or (``"raise"``) the first bad row.
     """
+    if not (math.isfinite(time_scale) and time_scale > 0):
+        raise ValueError(f"time_scale must be finite and > 0, got {time_scale!r}")
     p = Path(path)
     report = ReadReport(str(p))
     bad = _BadRows(report, on_bad_row, max_examples)
