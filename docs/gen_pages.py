@@ -52,10 +52,15 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
       "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.imputation"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders", "xrisk.models.timeseries"]),
+    ("Audio (Myna)", "audio",
+     "The Myna pieces: mel front end, spectrogram ViT with masked tokens, audio reader and data sets, "
+     "the music21 key corpus, key score and frozen-embedding probes (see the [Myna guide](../myna.md)).",
+     ["xrisk.models.audio.mel", "xrisk.models.audio.vit", "xrisk.models.audio.masking", "xrisk.data.audio",
+      "xrisk.data.music", "xrisk.data.key_corpus", "xrisk.metrics.key", "xrisk.metrics.probe"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
-      "xrisk.recipes.contrastive", "xrisk.recipes.ehr", "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.contrastive", "xrisk.recipes.ehr", "xrisk.recipes.myna", "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 

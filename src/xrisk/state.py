@@ -12,9 +12,14 @@ sample and refresh it when sample ``i`` is in the batch:
 Throughout xrisk ``gamma`` is **the weight on the new value** (``gamma = 1`` forgets the
 past entirely), in every moving average of the library.
 
-:class:`SampleState` owns those estimates as registered buffers, so ``state_dict()``
-checkpoints them, ``.to(device)`` moves them, and ``model.half()`` leaves them in
-float32. Rules it enforces:
+:class:`SampleState` owns those estimates as two tensors, ``value`` and ``seen``, that
+``state_dict()`` checkpoints, ``load_state_dict()`` restores, ``.to(device)`` moves, and
+``model.half()`` leaves in float32, like buffers; they are deliberately **not** entries of
+``nn.Module``'s buffer registry (``named_buffers()`` does not list them), so that
+``DistributedDataParallel`` does not broadcast ``O(num_samples)`` state from rank 0 before every
+forward pass (its default ``broadcast_buffers=True``): the state is already identical on every
+rank (see *Distributed sync* below). :class:`ReplicatedStateModule` implements this, for the
+loss templates' scalar state too. Rules it enforces:
 
 * **Index validation.** ``index`` must be an integer tensor of dataset indices in
   ``[0, num_samples)``; anything else raises :class:`IndexError` / :class:`TypeError`.
@@ -35,7 +40,9 @@ float32. Rules it enforces:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Sequence
+import functools
+import math
+from typing import Any, Callable, Literal, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +50,8 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite
 
-__all__ = ["SampleState", "check_index", "check_index_unique", "update_states", "write_rows"]
+__all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
+           "update_states", "write_rows"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -77,11 +85,11 @@ def check_index_unique(index: Tensor, num_samples: int, *, batch_size: int | Non
     _check_index_type(index, batch_size)
     n = index.numel()
     if not n:
-        return index.long(), True
+        return (index if index.dtype == torch.long else index.long()), True
     if n <= 256 and index.device.type == "cpu":
         values = index.tolist()
         _check_bounds(min(values), max(values), num_samples)
-        return index.long(), len(set(values)) == n
+        return (index if index.dtype == torch.long else index.long()), len(set(values)) == n
     uniq = torch.unique(index)  # sorted
     bounds = uniq[:: max(uniq.numel() - 1, 1)].tolist()
     _check_bounds(bounds[0], bounds[-1], num_samples)
@@ -105,7 +113,121 @@ def _check_bounds(lo: int, hi: int, num_samples: int) -> None:
         raise IndexError(f"dataset index {bad} is out of range for a state built with num_samples={num_samples}")
 
 
-class SampleState(nn.Module):
+class ReplicatedStateModule(nn.Module):
+    """Base of the xrisk modules that keep state: their buffers are *replicated state*.
+
+    Under ``torch.distributed`` every xrisk loss computes its state update from the global batch, so
+    after every step each rank holds the same state. ``DistributedDataParallel`` does not know that: by
+    default (``broadcast_buffers=True``) it copies every buffer of the wrapped model from rank 0 before
+    each forward pass, which for ``O(num_samples)`` per-sample state made a step several times slower
+    and, for the scalars, still costs one collective per step. So in a subclass,
+    :meth:`register_buffer` keeps the tensor out of ``nn.Module``'s buffer registry (it is a plain
+    attribute, not listed by ``named_buffers()``, hence never broadcast by DDP) while giving it a
+    buffer's behaviour everywhere else:
+
+    * ``state_dict()`` saves it (unless ``persistent=False``) under the same key, ``load_state_dict()``
+      restores it (``strict`` missing/unexpected keys, size checks and ``assign=True`` as for a buffer);
+    * ``.to(device)`` / ``.cuda()`` / ``.cpu()`` move it; dtype casts (``.half()``, ``.double()``,
+      ``.to(dtype)``) never change it (float32 estimates stay float32, counters stay integers).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replicated: dict[str, bool] = {}  # name -> persistent
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        """Register ``tensor`` as replicated state ``name`` (see the class docstring): a buffer for
+        ``state_dict()``, ``load_state_dict()`` and ``.to()``, never cast, never broadcast by DDP."""
+        if "_replicated" not in self.__dict__:
+            raise AttributeError("cannot register state before ReplicatedStateModule.__init__() call")
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"state name must be a non-empty string without '.', got {name!r}")
+        if name not in self._replicated and hasattr(self, name):
+            raise KeyError(f"attribute '{name}' already exists")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"cannot assign '{type(tensor).__name__}' object to state '{name}' "
+                            "(torch Tensor or None required)")
+        self._replicated[name] = bool(persistent)
+        self.__dict__[name] = tensor
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.get("_replicated", {}).pop(name, None)
+        super().__delattr__(name)
+
+    # ----------------------------------------------------------------------------- device policy
+    def _apply(  # type: ignore[override]
+        self, fn: Callable[[Tensor], Tensor], recurse: bool = True
+    ) -> "ReplicatedStateModule":
+        super()._apply(fn, recurse)
+        state = [(n, t) for n in self._replicated if isinstance(t := self.__dict__[n], Tensor)]
+        if state:  # follow device moves, never dtype casts
+            device = fn(torch.empty(0, device=state[0][1].device, dtype=torch.float32)).device
+            for name, t in state:
+                if t.device != device:
+                    self.__dict__[name] = t.to(device)
+        return self
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, persistent in self._replicated.items():  # as nn.Module saves a persistent buffer
+            t = self.__dict__[name]
+            if persistent and t is not None:
+                destination[prefix + name] = t if keep_vars else t.detach()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        assign = bool(local_metadata.get("assign_to_params_buffers", False))
+        ours = [n for n, persistent in self._replicated.items() if persistent and self.__dict__[n] is not None]
+        for name in ours:  # nn.Module's rules for a persistent buffer (and its messages)
+            key = prefix + name
+            current: Tensor = self.__dict__[name]
+            if key not in state_dict:
+                if strict:
+                    missing_keys.append(key)
+                continue
+            src = state_dict[key]
+            if not isinstance(src, Tensor):
+                error_msgs.append(f'While copying the parameter named "{key}", expected torch.Tensor or Tensor-like '
+                                  f"object from checkpoint but received {type(src)}")
+                continue
+            if src.shape != current.shape:
+                self._state_shape_mismatch(name, key, tuple(src.shape), tuple(current.shape))
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {src.shape} from checkpoint, "
+                                  f"the shape in current model is {current.shape}.")
+                continue
+            try:
+                with torch.no_grad():
+                    if assign:  # keep the checkpoint's tensor (and device), in the state's dtype
+                        self.__dict__[name] = src.to(current.dtype)
+                    else:
+                        current.copy_(src)
+            except Exception as ex:  # noqa: BLE001 - reported like nn.Module does
+                error_msgs.append(f'While copying the parameter named "{key}", whose dimensions in the model are '
+                                  f"{current.size()} and whose dimensions in the checkpoint are {src.size()}, an "
+                                  f"exception occurred : {ex.args}.")
+        super()._load_from_state_dict(  # parameters, registered buffers, unexpected keys under this prefix
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for name in self._replicated:
+            if prefix + name in unexpected_keys:
+                unexpected_keys.remove(prefix + name)
+
+    def _state_shape_mismatch(self, name: str, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+        """Hook: a checkpoint's ``key`` has shape ``got`` where state ``name`` has ``want``. Raise to stop the
+        load with a clearer error (nothing of this module is loaded yet when the first state mismatches);
+        returning lets ``load_state_dict`` report a size mismatch as for a buffer."""
+
+
+class SampleState(ReplicatedStateModule):
     """Moving-average estimates ``u[i, ...]``, one per dataset sample (and per task).
 
     Args:
@@ -114,7 +236,8 @@ class SampleState(nn.Module):
         init: value of never-visited entries (only visible through :meth:`read`).
         sync: distributed sync rule; only ``"index_scatter"`` exists (see module docstring).
 
-    Buffers (in ``state_dict``):
+    State (in ``state_dict``; moved by ``.to()``, never cast; kept out of DDP's buffer broadcast,
+    see :class:`ReplicatedStateModule`):
         ``value``: ``[n, *shape]`` float32 estimates.
         ``seen``: ``[n, *shape]`` bool, whether the entry has been written.
 
@@ -155,45 +278,19 @@ class SampleState(nn.Module):
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}, shape={self.shape}, sync={self.sync!r}"
 
-    # ----------------------------------------------------------------------------- device policy
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "SampleState":  # type: ignore[override]
-        # Follow device moves, never dtype casts: the estimates stay float32 under .half()/.double().
-        probe = fn(torch.empty(0, device=self.value.device, dtype=torch.float32))
-        self.value = self.value.to(device=probe.device)
-        self.seen = self.seen.to(device=probe.device)
-        return self
-
     # ----------------------------------------------------------------------------- checkpoints
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        key = prefix + "value"
-        if key in state_dict:
-            got = tuple(state_dict[key].shape)
-            want = tuple(self.value.shape)
-            if got != want:
-                raise ValueError(
-                    f"checkpoint state '{key}' has shape {got} (num_samples={got[0] if got else '?'}), "
-                    f"but this loss was built for shape {want} (num_samples={self.num_samples}); "
-                    "was the checkpoint made for another data set or another number of tasks?"
-                )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def _state_shape_mismatch(self, name: str, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+        if name == "value":  # checked first: nothing of this state is loaded
+            raise ValueError(
+                f"checkpoint state '{key}' has shape {got} (num_samples={got[0] if got else '?'}), "
+                f"but this loss was built for shape {want} (num_samples={self.num_samples}); "
+                "was the checkpoint made for another data set or another number of tasks?"
+            )
 
     # ----------------------------------------------------------------------------- access
     def tensors(self) -> tuple[Tensor, Tensor]:
-        """The ``(value, seen)`` buffers themselves, for hot loops (two dict reads; reading a buffer as an
-        attribute goes through ``nn.Module.__getattr__``, ~10x slower)."""
-        buffers = self._buffers
-        return buffers["value"], buffers["seen"]  # type: ignore[return-value]
+        """The ``(value, seen)`` tensors themselves (for hot loops; plain attribute reads)."""
+        return self.value, self.seen
 
     def read(self, index: Tensor) -> Tensor:
         """Return ``value[index]`` (float32, on the state's device) without changing anything."""
@@ -239,31 +336,194 @@ def _moving_average(old: Tensor, new: Tensor, gamma: float | Tensor, seen: Tenso
     return upd if mask is None else torch.where(mask, upd, old)
 
 
-def _require_finite(news: Sequence[Tensor]) -> None:
-    """Raise before anything is written when a new estimate is NaN/inf (one host read for all)."""
-    if len(news) > 1 and sum(x.numel() for x in news) <= 65536:  # small rows: one sum over them all
-        shape = news[0].shape
-        if all(x.shape == shape for x in news):  # the usual case (a loss's rows): no reshape views
-            news = [torch.stack(list(news))]  # all_finite reads it detached
-        else:
-            news = [torch.cat([x.reshape(-1) for x in news])]
-    if not all_finite(*news):
-        raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
+def _finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite, with one host read for all (see :func:`all_finite`)."""
+    if len(tensors) == 1 and tensors[0].is_floating_point():
+        x = tensors[0]
+        return math.isfinite(float(x.sum())) or all_finite(x)  # an overflowing sum goes to the exact check
+    if len(tensors) == 2 and tensors[0].dim() == 1 and tensors[0].shape == tensors[1].shape:
+        a, b = tensors
+        if a.dtype == b.dtype and a.is_floating_point():
+            # sum_k a_k b_k is NaN/inf whenever an entry is (inf * 0 is NaN, NaN propagates, inf - inf is NaN);
+            # a finite pair whose products overflow goes to the exact check
+            return math.isfinite(float(torch.dot(a, b))) or all_finite(a, b)
+    if len(tensors) > 1 and sum(x.numel() for x in tensors) <= 65536:  # small rows: one sum over them all
+        shape, dtype = tensors[0].shape, tensors[0].dtype
+        if all(x.shape == shape and x.dtype == dtype for x in tensors):  # a loss's rows: no reshape views
+            return all_finite(torch.stack(list(tensors)))
+        if all(x.dtype == dtype for x in tensors):
+            return all_finite(torch.cat([x if x.dim() == 1 else x.reshape(-1) for x in tensors]))
+    return all_finite(*tensors)
 
 
-def write_rows(states: Sequence[SampleState], index: Tensor, rows: Sequence[Tensor]) -> None:
+Cause = Union[str, Callable[[], str]]
+
+
+class PendingWrites:
+    """The state writes of one step, computed first and applied together: all or nothing.
+
+    A loss step stages every update it computes (:meth:`stage`: new rows of a
+    :class:`SampleState`, or of one column of it; :meth:`after`: any other write, e.g. a step counter),
+    and may register further tensors that must be finite for the step to count (:meth:`check`, e.g. the
+    pairwise losses behind a returned value). :meth:`commit` then checks every staged row and checked
+    tensor for NaN/inf with one host read -- raising :class:`FloatingPointError` with the *cause*
+    given at staging (what overflowed, e.g. "scores overflow the exponential surrogate") before anything
+    is written -- and writes them all only when ``write`` is true (a loss passes ``self.training``: state
+    changes in training mode only, like BatchNorm's running estimates).
+
+    Rows of one state staged twice in a step must touch different entries (different columns, or a
+    ``mask``); later stages win otherwise. A masked stage writes only the entries where ``mask`` is True
+    (the others keep the value they have when the step is committed).
+
+    Example:
+        >>> s = SampleState(4)
+        >>> w = PendingWrites("example")
+        >>> w.stage(s, torch.tensor([1, 2]), torch.tensor([5.0, 6.0]))
+        >>> s.value.tolist()  # nothing written yet
+        [0.0, 0.0, 0.0, 0.0]
+        >>> w.commit(write=True)
+        >>> s.value.tolist()
+        [0.0, 5.0, 6.0, 0.0]
+    """
+
+    __slots__ = ("cause", "_rows", "_checks", "_after")
+
+    def __init__(self, cause: Cause = "a new state estimate is NaN/inf") -> None:
+        self.cause = cause
+        self._rows: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Cause | None]] = []
+        self._checks: list[tuple[Tensor, Cause]] = []
+        self._after: list[Callable[[], None]] = []
+
+    def stage(
+        self, state: SampleState, index: Tensor, rows: Tensor, *, column: int | None = None,
+        mask: Tensor | None = None, cause: Cause | None = None,
+    ) -> None:
+        """Stage ``state[index] = rows`` (``column``: ``state[index, column] = rows``), marking them seen.
+
+        ``index``: validated, duplicate-free, on the state's device; ``rows``: ``[B, *shape]`` (``[B]`` with
+        ``column``) ``float32`` on that device, finite (masked-out entries included); ``mask``: bool like
+        ``rows`` (None: every entry). ``cause``: the message if these rows are not finite (default: the
+        writes' ``cause``).
+        """
+        value, seen = state.tensors()
+        if column is not None:
+            value, seen = value.select(1, column), seen.select(1, column)
+        self.stage_tensors(value, seen, index, rows, mask=mask, cause=cause)
+
+    def stage_tensors(
+        self, value: Tensor, seen: Tensor, index: Tensor, rows: Tensor, *, mask: Tensor | None = None,
+        cause: Cause | None = None,
+    ) -> None:
+        """:meth:`stage` into a state's ``(value, seen)`` buffers or views of them (e.g. one column the caller has
+        already selected)."""
+        self._rows.append((value, seen, index, rows.detach() if rows.requires_grad else rows, mask, cause))
+
+    def check(self, x: Tensor, cause: Cause) -> None:
+        """Require ``x`` to be finite for the step to be written (raise ``FloatingPointError(cause)`` if not)."""
+        self._checks.append((x.detach() if x.requires_grad else x, cause))
+
+    def after(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` after the staged rows are written (only if they are: training mode, all finite)."""
+        self._after.append(fn)
+
+    def __len__(self) -> int:
+        return len(self._rows) + len(self._after)
+
+    def verify(self) -> None:
+        """Raise :class:`FloatingPointError` naming the cause if a staged row or checked tensor is not finite."""
+        tensors = [x for x, _ in self._checks] + [r[3] for r in self._rows]
+        if not tensors or _finite(tensors):
+            return
+        for x, cause in [*self._checks, *((r[3], r[5] or self.cause) for r in self._rows)]:
+            if not all_finite(x):
+                raise FloatingPointError((cause() if callable(cause) else cause) + "; no state was changed")
+        raise FloatingPointError((self.cause() if callable(self.cause) else self.cause) + "; no state was changed")
+
+    def commit(self, *, write: bool, check: bool = True) -> None:
+        """:meth:`verify` (unless ``check=False``: the caller proved every row finite), then, if ``write``,
+        apply every staged write in order. The object is spent afterwards."""
+        if check:
+            self.verify()
+        if write:
+            for value, seen, index, rows, mask, _ in self._rows:
+                if mask is None:
+                    value.index_copy_(0, index, rows)
+                    seen.index_fill_(0, index, True)
+                else:
+                    value.index_copy_(0, index, torch.where(mask, rows, value.index_select(0, index)))
+                    seen.index_copy_(0, index, seen.index_select(0, index) | mask)
+            for fn in self._after:
+                fn()
+        self._rows, self._checks, self._after = [], [], []
+
+
+def column_views(state: SampleState, column: int) -> tuple[Tensor, Tensor]:
+    """Views ``(value[:, column], seen[:, column])`` of a state of shape ``(T,)``, made once per buffer pair
+    (remade when ``.to()`` or ``load_state_dict(assign=True)`` replaces the buffers)."""
+    value, seen = state.tensors()
+    cache = state.__dict__.setdefault("_column_views", {})
+    hit = cache.get(column)
+    if hit is not None and hit[0] is value and hit[1] is seen:
+        return hit[2], hit[3]
+    views = value.select(1, column), seen.select(1, column)
+    cache[column] = (value, seen, *views)
+    return views
+
+
+def write_rows(
+    states: Sequence[SampleState], index: Tensor, rows: Sequence[Tensor], *, writes: PendingWrites | None = None,
+) -> None:
     """Low level: ``states[k].value[index] = rows[k]`` and mark those rows seen (an overwrite, no averaging).
 
     For callers that computed the new rows themselves (the losses' state steps): ``index`` must be
     validated (:func:`check_index`), free of duplicates and on the states' device, ``rows[k]``
-    ``float32`` ``[B, *shape]`` on that device. The rows are checked to be finite (one host read for
-    all, before any write), as in :func:`update_states`. Everything else should use :func:`update_states`.
+    ``float32`` ``[B, *shape]`` on that device. With ``writes`` the rows are staged there (written at its
+    commit); without, they are checked to be finite (one host read for all, before any write) and written
+    now. Everything else should use :func:`update_states`.
     """
-    _require_finite(rows)
+    w = PendingWrites("refusing to store a non-finite estimate in SampleState") if writes is None else writes
     for st, r in zip(states, rows):
-        value, seen = st.tensors()
-        value.index_copy_(0, index, r.detach() if r.requires_grad else r)  # the buffers never join a graph
-        seen.index_fill_(0, index, True)
+        w.stage(st, index, r)
+    if writes is None:
+        w.commit(write=True)
+
+
+def _check_update(
+    states: Sequence[SampleState], index: Tensor, news: Sequence[Tensor], gamma: float | Tensor,
+    mask: Tensor | None, index_checked: bool, column: int | None = None, finite_cause: Cause | None = None,
+) -> tuple[Tensor, Tensor | float, Tensor | None]:
+    """The checks of :func:`update_states` (this rank's rows): ``(index int64, gamma, mask [B, *shape] or None)``.
+
+    ``finite_cause``: also require the new values to be finite (raising ``FloatingPointError(finite_cause)``);
+    otherwise the commit of the staged rows checks them."""
+    first = states[0]
+    if len(states) > 1 and any(st.num_samples != first.num_samples or st.shape != first.shape for st in states):
+        raise ValueError("update_states needs states of the same num_samples and shape")
+    if not index_checked:
+        index = check_index(index, first.num_samples)
+    if column is not None and not (len(first.shape) == 1 and 0 <= column < first.shape[0]):
+        raise ValueError(f"column={column} needs states of shape (T,) with T > column, got shape {first.shape}")
+    want = _row_shape(index, first, column)
+    for new in news:
+        if new.shape != want:
+            raise ValueError(
+                f"new values must have shape {want} for index of {index.numel()} entries, got {tuple(new.shape)}"
+            )
+    if isinstance(gamma, (float, int)):
+        if not 0.0 < float(gamma) <= 1.0:
+            raise ValueError(f"gamma (weight on the new value) must be in (0, 1], got {gamma}")
+        gamma_t: Tensor | float = float(gamma)
+    else:
+        gamma_t = gamma.detach().to(torch.float32).expand(want).to(first.value.device)
+    if finite_cause is not None and not _finite(news):
+        raise FloatingPointError((finite_cause() if callable(finite_cause) else finite_cause) + "; no state was changed")
+    m = None if mask is None else mask.detach().to(torch.bool).expand(want)
+    return index, gamma_t, m
+
+
+def _row_shape(index: Tensor, state: SampleState, column: int | None) -> tuple[int, ...]:
+    """Shape of the new values of an update at ``index``: ``[B, *shape]``, or ``[B]`` for one ``column``."""
+    return (index.numel(),) if column is not None else (index.numel(), *state.shape)
 
 
 def update_states(
@@ -276,6 +536,9 @@ def update_states(
     local: bool = False,
     index_checked: bool = False,
     assume_unique: bool = False,
+    column: int | None = None,
+    writes: PendingWrites | None = None,
+    cause: Cause | None = None,
 ) -> list[Tensor]:
     """:meth:`SampleState.update` of several states of one shape at the same ``index`` in one pass.
 
@@ -283,6 +546,11 @@ def update_states(
     :meth:`SampleState.update`, shared by all states. The index is validated, checked for
     duplicates and (under ``local``) gathered once; the result equals updating each state in turn.
     Returns the updated rows ``[B, *shape]`` of every state, in order.
+
+    ``column``: update only entry ``column`` of each row of states of shape ``(T,)``; ``news``, ``mask``
+    and the returned rows are then ``[B]``. ``writes``: stage the new rows in this
+    :class:`PendingWrites` (with ``cause`` as the message if they are not finite) instead of checking and
+    writing them now; the returned rows are what the state will hold once it is committed.
 
     Cost: without duplicated indices (detected from ``torch.unique``'s output size) every state
     takes one gather, one ``lerp``/``where`` and one ``index_copy_``; duplicates take the
@@ -295,33 +563,32 @@ def update_states(
     if len(states) != len(news) or not states:
         raise ValueError(f"update_states needs one new tensor per state, got {len(news)} for {len(states)} states")
     first = states[0]
-    if len(states) > 1 and any(st.num_samples != first.num_samples or st.shape != first.shape for st in states):
-        raise ValueError("update_states needs states of the same num_samples and shape")
-    if not index_checked:
-        index = check_index(index, first.num_samples)
-    want = (index.numel(), *first.shape)
-    for new in news:
-        if new.shape != want:
-            raise ValueError(
-                f"new values must have shape {want} for index of {index.numel()} entries, got {tuple(new.shape)}"
-            )
-    if isinstance(gamma, (float, int)):
-        if not 0.0 < float(gamma) <= 1.0:
-            raise ValueError(f"gamma (weight on the new value) must be in (0, 1], got {gamma}")
-        gamma_t: Tensor | float = float(gamma)
-    else:
-        gamma_t = gamma.detach().to(torch.float32).expand(want).to(first.value.device)
-    _require_finite(news)
     out_dtype, out_device = news[0].dtype, news[0].device
-    m = None if mask is None else mask.detach().to(torch.bool).expand(want)
-    n_local = index.numel()
     gathered = local and xdist.is_distributed()
-    if gathered:
-        index = xdist.all_gather_no_grad(index)
-        news = [xdist.all_gather_no_grad(new) for new in news]
-        m = xdist.all_gather_no_grad(torch.ones(want, dtype=torch.bool, device=index.device) if m is None else m)
+    if gathered:  # every rank checks its rows, then all agree (same error everywhere) before the gathers
+        (index, gamma_t, m), layout = xdist.agree_on_batch(
+            "SampleState.update(local=True)",
+            # the rows are checked before the gather, so a non-finite row raises the same error on every rank
+            functools.partial(_check_update, states, index, news, gamma, mask, index_checked, column,
+                              cause or "refusing to store a non-finite estimate in SampleState"),
+            lambda checked: {  # news: gathered as float32 whatever their dtype, so only their shape must agree
+                "index": checked[0], "new": torch.empty(news[0].shape, device="meta"),
+                "mask": checked[2], "gamma": checked[1] if isinstance(checked[1], Tensor) else None,
+            },
+        )
+        sizes = layout.sizes
+        want = _row_shape(index, first, column)
+        index = xdist.all_gather_no_grad(index, sizes=sizes)
+        # float32 (the state's dtype) before the gather: ranks may send different float dtypes
+        news = [xdist.all_gather_no_grad(new.detach().to(torch.float32), sizes=sizes) for new in news]
+        m = xdist.all_gather_no_grad(
+            torch.ones(want, dtype=torch.bool, device=index.device) if m is None else m, sizes=sizes
+        )
         if isinstance(gamma_t, Tensor):
-            gamma_t = xdist.all_gather_no_grad(gamma_t)
+            gamma_t = xdist.all_gather_no_grad(gamma_t, sizes=sizes)
+    else:
+        index, gamma_t, m = _check_update(states, index, news, gamma, mask, index_checked, column)
+        want = _row_shape(index, first, column)
     dev = first.value.device
     if index.device != dev:
         index = index.to(dev)
@@ -330,35 +597,26 @@ def update_states(
             for new in news]
     if m is not None and m.device != dev:
         m = m.to(dev)
+    w = PendingWrites(cause or "refusing to store a non-finite estimate in SampleState") if writes is None else writes
+    tensors = [st.tensors() for st in states]
+    if column is not None:
+        tensors = [(v.select(1, column), s.select(1, column)) for v, s in tensors]
     outs: list[Tensor] = []
     unique = assume_unique and not gathered
     if not unique:
         uniq, inv = torch.unique(index, return_inverse=True)
         unique = uniq.numel() == index.numel()
-    if unique:  # no duplicates: gather, mix, scatter back
+    if unique:  # no duplicates: gather, mix, stage
         overwrite = isinstance(gamma_t, float) and gamma_t == 1.0
-        for st, new in zip(states, news):
-            if overwrite and m is None:  # plain overwrite
-                st.value.index_copy_(0, index, new)
-                st.seen.index_fill_(0, index, True)
-                outs.append(new.clone())  # never alias the caller's tensor
-                continue
-            if overwrite:  # masked overwrite: the new value where masked in, the old one elsewhere
-                upd = torch.where(m, new, st.value.index_select(0, index))  # type: ignore[arg-type]
-                st.value.index_copy_(0, index, upd)
-                st.seen.index_copy_(0, index, st.seen.index_select(0, index) | m)  # type: ignore[operator]
-                outs.append(upd)
-                continue
-            seen = st.seen.index_select(0, index)
-            upd = _moving_average(st.value.index_select(0, index), new, gamma_t, seen, m)
-            st.value.index_copy_(0, index, upd)
-            if m is None:
-                st.seen.index_fill_(0, index, True)
+        for st, (value, seen), new in zip(states, tensors, news):
+            if overwrite:  # the new value where masked in (the old one elsewhere)
+                upd = new if m is None else torch.where(m, new, value.index_select(0, index))
             else:
-                st.seen.index_copy_(0, index, seen | m)
-            outs.append(upd)
+                upd = _moving_average(value.index_select(0, index), new, gamma_t, seen.index_select(0, index), m)
+            w.stage(st, index, upd, column=column, mask=m, cause=cause)
+            outs.append(upd.clone() if upd is new else upd)  # never alias the caller's tensor
     else:  # duplicates: average the new values (and gammas) of each index, one step per index
-        shape_u = (uniq.numel(), *first.shape)
+        shape_u = (uniq.numel(), *want[1:])
         mf = torch.ones(want, device=dev) if m is None else m.to(torch.float32)
         count = torch.zeros(shape_u, device=dev).index_add_(0, inv, mf)
         touched = count > 0
@@ -367,16 +625,15 @@ def update_states(
             g: Tensor | float = torch.zeros(shape_u, device=dev).index_add_(0, inv, gamma_t * mf) / denom
         else:
             g = gamma_t
-        for st, new in zip(states, news):
+        for st, (value, seen), new in zip(states, tensors, news):
             mean_new = torch.zeros(shape_u, device=dev).index_add_(0, inv, new * mf) / denom
-            seen_u = st.seen.index_select(0, uniq)
-            upd = _moving_average(st.value.index_select(0, uniq), mean_new, g, seen_u, touched)
-            st.value.index_copy_(0, uniq, upd)
-            st.seen.index_copy_(0, uniq, seen_u | touched)
+            upd = _moving_average(value.index_select(0, uniq), mean_new, g, seen.index_select(0, uniq), touched)
+            w.stage(st, uniq, upd, column=column, mask=None if m is None else touched, cause=cause)
             outs.append(upd[inv])
+    if writes is None:
+        w.commit(write=True)
     if gathered:  # return only this rank's rows
-        start, stop = xdist.local_slice(n_local)
-        outs = [o[start:stop] for o in outs]
+        outs = [o[layout.start : layout.stop] for o in outs]
     if out_device == dev and out_dtype == torch.float32:
         return outs
     return [o.to(out_device, out_dtype) for o in outs]
