@@ -285,7 +285,7 @@ def _plot(results: dict[str, tuple[dict, tuple[str, ...], str]]) -> bool:
 
 def fidelity(s: Setup, command: str, write: bool) -> None:
     t0 = time.perf_counter()
-    load0 = os.getloadavg()
+    facts = _common.machine_facts(1)  # date and load average at the start
     with tempfile.TemporaryDirectory(prefix="xrisk-steer-") as tmp:
         work = Path(tmp)
         fm = _classification("fashion-mnist", s, work)
@@ -297,8 +297,8 @@ def fidelity(s: Setup, command: str, write: bool) -> None:
     body = [
         "## Model steering: data efficiency with a reference model (issue 11)",
         "",
-        f"Command: `nice -n 10 .venv-bench/bin/python bench/fidelity_steering.py --part fidelity` ({minutes:.0f} min, "
-        f"one process, one thread). {_common.machine_facts(1)}, at the end {', '.join(f'{v:.2f}' for v in load1)}.",
+        f"Command: `nice -n 10 .venv-bench/bin/python {command}` ({minutes:.0f} min, "
+        f"one process, one thread). {facts}, at the end {', '.join(f'{v:.2f}' for v in load1)}.",
         "",
         f"Scale (what fits the shared 2-core machine): seeds {seeds}; every run takes the same number of optimisation "
         f"steps at every fraction (Fashion-MNIST {s.steps['fashion-mnist']}, BBC {s.steps['bbc']}, CLIP "
@@ -390,7 +390,7 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
 
     torch.set_num_threads(1)
     t_start = time.perf_counter()
-    load0 = os.getloadavg()
+    facts = _common.machine_facts(1)  # date and load average at the start
     n = 20000
     g = torch.Generator().manual_seed(0)
     tmp = tempfile.TemporaryDirectory(prefix="xrisk-steer-speed-")
@@ -560,7 +560,7 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
         "## Model steering: speed (issue 11)",
         "",
         f"Command: `nice -n 10 .venv-bench/bin/python bench/fidelity_steering.py --part speed"
-        f"{' --baseline-src ' + baseline_src if baseline_src else ''}` ({minutes:.1f} min). {_common.machine_facts(1)}, "
+        f"{' --baseline-src ' + baseline_src if baseline_src else ''}` ({minutes:.1f} min). {facts}, "
         f"at the end {', '.join(f'{v:.2f}' for v in load1)}.",
         "",
         "One process, `torch.set_num_threads(1)`; the steps compared alternate one by one (rotating order); median "
@@ -639,6 +639,8 @@ def _child(out: str) -> None:
             fnd = FalseNegativeDetector(n, alpha=0.05, start_epoch=0) if temp == "fnd" else None
             loss = GlobalContrastiveLoss(n, mode=mode, temperature="fixed" if temp == "fnd" else temp, tau=0.07,
                                          rho=0.5, false_negatives=fnd)
+        if hasattr(loss, "set_epoch"):
+            loss.set_epoch(0)  # all 12 steps in epoch 0, set explicitly (the same in both packages; no warning)
         g = torch.Generator().manual_seed(1)
         times, grads = [], []
         for step in range(steps):
@@ -707,6 +709,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also compare training without a reference with the xrisk package in DIR (e.g. main)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="speed: batch sizes (default 128 512 2048)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="fidelity: optimisation steps of every run on every data set (default 1500)")
     ap.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -715,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     s = quick_setup() if args.quick else full_setup(args.seeds)
     if args.batches:
         s.batches = tuple(args.batches)
+    if args.steps:
+        s.steps = {k: args.steps for k in s.steps}
     write = not (args.quick or args.no_write)
     command = " ".join(["bench/fidelity_steering.py", *(argv if argv is not None else sys.argv[1:])])
     if args.part in ("all", "speed"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_global_contrastive import MODES, TEMPS, oracle_step
+from test_global_contrastive import MODES, TEMPS, oracle_loss, oracle_step
 from xrisk.functional import contrastive as fc
 from xrisk.functional.contrastive import gcl_fcco, gcl_fcco_square, nuclr_fcco, nuclr_fcco_square, reference_offset
 from xrisk.losses import FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss
@@ -23,11 +23,7 @@ def test_drrho_clip_matches_slow_loop_over_pairs(mode, temperature):
     """Gradients (features, global tau), estimator rows, individual temperatures and objective equal a loop over
     pairs with d_ij - d_ij^ref; batches with and without duplicate indices (general and lean paths)."""
     n, B, d, dr = 12, 5, 4, 3
-    hp = dict(tau=0.3, gamma=0.6, rho=0.4, eps=1e-3, lr_tau=0.05, beta=0.7, clip=5.0, tmin=0.05, tmax=1.0)
-    loss_fn = GlobalContrastiveLoss(
-        n, mode=mode, temperature=temperature, tau=hp["tau"], gamma=hp["gamma"], rho=hp["rho"], eps=hp["eps"],
-        lr_tau=hp["lr_tau"], beta_tau=hp["beta"], tau_grad_clip=hp["clip"], tau_min=hp["tmin"], tau_max=hp["tmax"],
-    ).double()
+    hp, loss_fn = oracle_loss(n, mode, temperature)
     st = {"u": {}, "tau": {}, "m": {}}
     g = torch.Generator().manual_seed(1)
     indices = [torch.tensor([0, 1, 2, 3, 4]), torch.tensor([3, 5, 6, 3, 0]), torch.tensor([7, 1, 5, 8, 2])]

@@ -86,15 +86,22 @@ def oracle_step(st, a, b, index, *, mode, temperature, tau, gamma, rho, eps, lr_
     return loss, obj / B
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("temperature", TEMPS)
-def test_matches_slow_loop_oracle_over_batches(mode, temperature):
-    n, B, d = 12, 5, 4
+def oracle_loss(n: int, mode: str, temperature: str) -> tuple[dict, GlobalContrastiveLoss]:
+    """The hyperparameters of the slow-loop oracle tests (``oracle_step``'s keywords) and the float64 loss built
+    from them."""
     hp = dict(tau=0.3, gamma=0.6, rho=0.4, eps=1e-3, lr_tau=0.05, beta=0.7, clip=5.0, tmin=0.05, tmax=1.0)
     loss_fn = GlobalContrastiveLoss(
         n, mode=mode, temperature=temperature, tau=hp["tau"], gamma=hp["gamma"], rho=hp["rho"], eps=hp["eps"],
         lr_tau=hp["lr_tau"], beta_tau=hp["beta"], tau_grad_clip=hp["clip"], tau_min=hp["tmin"], tau_max=hp["tmax"],
     ).double()
+    return hp, loss_fn
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("temperature", TEMPS)
+def test_matches_slow_loop_oracle_over_batches(mode, temperature):
+    n, B, d = 12, 5, 4
+    hp, loss_fn = oracle_loss(n, mode, temperature)
     st = {"u": {}, "tau": {}, "m": {}}
     g = torch.Generator().manual_seed(1)
     indices = [torch.tensor([0, 1, 2, 3, 4]), torch.tensor([3, 5, 6, 3, 0]), torch.tensor([7, 1, 5, 8, 2])]

@@ -312,6 +312,7 @@ def train_steer(config: SteerConfig, ctx: RunContext | None = None) -> dict[str,
 
     if config.method not in METHODS:
         raise UsageError(f"argument --method: expected one of {METHODS}, got {config.method!r}")
+    _check_pool(config.method, config.pool)
     if config.num_threads is not None:
         torch.set_num_threads(int(config.num_threads))
     data = load_steer_data(config.data, ref_split=config.ref_split, split_seed=config.split_seed,
@@ -457,11 +458,17 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--distill-temp", type=number(float, gt=0), default=2.0, help="distill: temperature")
 
 
+def _check_pool(method: str, pool: str) -> None:
+    """Only a plain (``erm``) run may train on the reference pool: a steered target trains on other data than the
+    reference it is steered by (the reference trained in the run always uses the reference pool)."""
+    if pool == "reference" and method != "erm":
+        raise UsageError(f"argument --pool: a steered run ({method}) trains on the target pool")
+
+
 def _validate(args: argparse.Namespace) -> None:
     if args.data == "bbc" and "cnn" in (args.arch, args.ref_arch if args.ref is None else "linear"):
         raise UsageError("argument --arch: cnn needs images; bbc has MiniLM embedding vectors (use linear or mlp)")
-    if args.ref is not None and args.pool == "reference" and args.method != "erm":
-        raise UsageError("argument --pool: a steered run trains on the target pool")
+    _check_pool(args.method, args.pool)
     if args.ref is not None:
         reference_run_args(Path(args.ref), "steer", {k: getattr(args, k) for k in _SAME_SPLIT})
 
