@@ -264,7 +264,7 @@ VALIDATE_EXAMPLES = [
     (["run", "simclr", "--image-encoder", "vit", "--width", "3"], "--width"),
     (["run", "auc", "--resume"], "--resume"),
     (["run", "steer", "--data", "bbc", "--arch", "cnn"], "--arch"),
-    (["run", "steer", "--data", "bbc", "--ref-arch", "cnn"], "--arch"),
+    (["run", "steer", "--data", "bbc", "--ref-arch", "cnn"], "--ref-arch"),
     (["run", "steer", "--method", "drrho-kl", "--pool", "reference"], "--pool"),
     (["run", "steer", "--method", "distill", "--ref", "/"], "--ref"),
     (["run", "clip", "--ref", "/"], "--ref"),

@@ -466,8 +466,11 @@ def _check_pool(method: str, pool: str) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    if args.data == "bbc" and "cnn" in (args.arch, args.ref_arch if args.ref is None else "linear"):
-        raise UsageError("argument --arch: cnn needs images; bbc has MiniLM embedding vectors (use linear or mlp)")
+    if args.data == "bbc":
+        for flag, arch in (("--arch", args.arch), ("--ref-arch", args.ref_arch if args.ref is None else "linear")):
+            if arch == "cnn":
+                raise UsageError(
+                    f"argument {flag}: cnn needs images; bbc has MiniLM embedding vectors (use linear or mlp)")
     _check_pool(args.method, args.pool)
     if args.ref is not None:
         reference_run_args(Path(args.ref), "steer", {k: getattr(args, k) for k in _SAME_SPLIT})
