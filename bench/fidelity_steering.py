@@ -39,6 +39,7 @@ ratio of the two methods' median step times, then the median over rounds):
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -104,10 +105,14 @@ def _epochs_for(n: int, batch: int, steps: int) -> int:
 
 def _classification(data: str, s: Setup, workdir: Path) -> dict:
     """``{method: {fraction: [test_acc per seed]}}`` plus ``"reference": [acc per seed]``."""
+    import xrisk.recipes.steer as steer_recipe
     from xrisk.recipes.runner import RunContext
-    from xrisk.recipes.steer import SteerConfig, load_steer_data, train_steer
+    from xrisk.recipes.steer import SteerConfig, train_steer
 
-    d = load_steer_data(data, ref_split=0.2, split_seed=0, max_train=MAX_TRAIN[data])
+    # every run of this study reads the same split: load it once (train_steer only indexes it, never writes it)
+    if not hasattr(steer_recipe.load_steer_data, "cache_info"):
+        steer_recipe.load_steer_data = functools.lru_cache(maxsize=2)(steer_recipe.load_steer_data)
+    d = steer_recipe.load_steer_data(data, ref_split=0.2, split_seed=0, max_train=MAX_TRAIN[data])
     pool = int(d.pools["target"].numel())
     out: dict = {m: {f: [] for f in FRACTIONS} for m in CLASSIFICATION_METHODS}
     out["reference"] = []

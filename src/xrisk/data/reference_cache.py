@@ -147,7 +147,12 @@ class ReferenceCache:
         ReferenceCacheError: a damaged ``meta.json``, a truncated or foreign ``values.npy`` / ``filled.npy``.
 
     Attributes:
-        path, num_samples, shape, dtype, data_fingerprint, model_fingerprint.
+        path: the cache folder.
+        num_samples: rows (dataset indices ``0 .. num_samples - 1``).
+        shape: the shape of one row.
+        dtype: the stored dtype.
+        data_fingerprint: the data set's fingerprint the cache was written for.
+        model_fingerprint: the reference model's fingerprint.
     """
 
     def __init__(
