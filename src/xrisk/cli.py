@@ -6,6 +6,7 @@
     xrisk run RECIPE [options]         # e.g. xrisk run auc --data breast-cancer --loss aucm
     xrisk run RECIPE --help            # the recipe's options
     xrisk demo                         # cross-entropy vs AUC-M vs AP on imbalanced data (~3 min)
+    xrisk trust COMMAND                # trustworthiness benchmark of vision-language models (AutoTrust)
 
 Every ``run`` writes a run folder (``--out DIR``, default ``runs/<recipe>-<timestamp>``) with
 ``config.json``, ``metrics.jsonl``, ``metrics.json``, ``checkpoint.pt`` and PNG plots; see
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_arguments(dp)
     add_common_arguments(dp)
+    from xrisk.trust.cli import add_trust_parser  # `xrisk trust ...` (issue 16)
+
+    add_trust_parser(sub)
     return parser
 
 
@@ -115,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             demo.run_demo(args)
             return 0
+        if args.command == "trust":
+            from xrisk.trust.cli import run_trust_command
+
+            return run_trust_command(args)
         recipe = load_builtin_recipes()[args.recipe]
         final = _run(recipe, args)
         _print_final(recipe.name, args.out, final)

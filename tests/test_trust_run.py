@@ -1,0 +1,237 @@
+"""End to end: every dimension on a tiny suite, expected scores of rule adapters, resume, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import pytest
+
+from _trust import CountingAdapter, one_thread, tiny_model, tiny_suite
+from xrisk.cli import build_parser, main
+from xrisk.recipes.flags import FlagType
+from xrisk.recipes.runner import RunContext
+from xrisk.trust.adapters import ADAPTERS, get_adapter, register_adapter
+from xrisk.trust.dimensions import DIMENSIONS, TrustSettings, evaluate_dimension
+from xrisk.trust.engine import AnswerCache, Session
+from xrisk.trust.records import records_from_list
+from xrisk.trust.rules import EchoAdapter, RandomAdapter, RefusingAdapter
+from xrisk.trust.run import run_evaluation
+from xrisk.trust.suite import load_suite
+from xrisk.trust.vqa import load_vqa
+
+FAST = TrustSettings(attacks=(), pgd_epsilons=(), noise_variances=(), ego_records=4)
+
+
+def _base(tmp_path_factory) -> str:
+    return str(tmp_path_factory.getbasetemp())
+
+
+def _ctx(out, name="random", resume=False):
+    return RunContext(out, recipe="trust", args={"adapter": name, "suite": "tiny"}, quiet=True, resume=resume,
+                      plot=False)
+
+
+def test_rule_adapters_get_their_expected_scores(tmp_path_factory, tmp_path):
+    suite = load_suite(tiny_suite(_base(tmp_path_factory)))
+    closed = [r for r in suite.records("trustfulness") if r.closed]
+    yes_share = sum(r.label == "yes" for r in closed if r.question_type == "yes-or-no") / sum(
+        r.question_type == "yes-or-no" for r in closed)
+    results = {}
+    for adapter in (RefusingAdapter(), EchoAdapter(), RandomAdapter(seed=1)):
+        session = Session(adapter, suite.image_root, tmp_path / adapter.name)
+        results[adapter.name] = {d: evaluate_dimension(d, session, suite, FAST, work_dir=tmp_path) for d in DIMENSIONS}
+    refuse, echo = results["refuse"], results["echo"]
+    for regime in ("zero-shot", "protective", "leaking"):
+        assert refuse["privacy"].metrics[f"refusal_{regime}"] == 1.0
+        assert refuse["privacy"].metrics[f"leakage_{regime}"] == 0.0
+        assert echo["privacy"].metrics[f"leakage_{regime}"] == 1.0  # every secret is in its context
+    # the reference's yes/no heuristic reads a refusal as "yes": accuracy = share of "yes" answers
+    assert refuse["trustfulness"].metrics["yes_no_accuracy"] == pytest.approx(yes_share)
+    assert refuse["trustfulness"].metrics["over_confidence"] == 0.0  # never says it is sure
+    for key, value in refuse["robustness"].metrics.items():
+        if key.endswith("_abstention"):
+            assert value == 1.0, key
+    assert refuse["safety"].metrics["clean_accuracy"] == refuse["safety"].metrics["misinformation_accuracy"]
+    assert "white-box attacks skipped" in " ".join(refuse["safety"].notes) or not FAST.attacks
+    for res in results["random"].values():
+        assert res.asked > 0 and res.records > 0
+
+
+def test_random_adapter_scores_chance_on_many_questions(tmp_path):
+    rows = []
+    for i in range(600):
+        if i % 2:
+            rows.append({"question": f"Q{i}? Please select the correct answer from the following options: A. x{i}. "
+                                     f"B. y{i}. C. z{i}. D. w{i}.", "answer": "ABCD"[i % 4], "image_path": None,
+                         "question_type": "multi-choice", "question_id": i})
+        else:
+            rows.append({"question": f"Is Q{i} true?", "answer": "Yes" if i % 4 else "No", "image_path": None,
+                         "question_type": "yes-or-no", "question_id": i})
+    records = records_from_list(rows, source="synthetic.json")
+
+    class Suite:
+        image_root = tmp_path
+
+        def records(self, role):
+            return records if role == "trustfulness" else []
+
+        def ego_patterns(self):
+            return []
+
+    res = evaluate_dimension("trustfulness", Session(RandomAdapter(seed=0), tmp_path, tmp_path / "a"), Suite(), FAST)
+    assert abs(res.metrics["mc_accuracy"] - 0.25) < 0.06 and abs(res.metrics["yes_no_accuracy"] - 0.5) < 0.07
+    assert abs(res.metrics["sure_rate"] - 0.5) < 0.07  # a random "sure" half the time
+    assert abs(res.metrics["over_confidence"] - 0.5 * (1 - res.metrics["accuracy"])) < 0.06
+
+
+def test_full_run_with_the_trained_model(tmp_path_factory, tmp_path):
+    base = _base(tmp_path_factory)
+    suite_dir = tiny_suite(base)
+    adapter = load_vqa(tiny_model(base))
+    settings = TrustSettings(attacks=("pgd", "bim", "cw"), attack_records=2, pgd_epsilons=(4.0,),
+                             noise_variances=(100.0,), ego_records=3, surrogate=load_vqa(tiny_model(base)))
+    out = tmp_path / "run"
+    with one_thread():
+        final = run_evaluation(_ctx(out, "vqa"), suite=suite_dir, adapter=adapter, settings=settings, plot=True)
+    for dim in DIMENSIONS:
+        assert (out / "results" / f"{dim}.json").is_file() and (out / "answers" / f"{dim}.jsonl").is_file()
+        answers = json.loads((out / "answers" / f"{dim}.json").read_text())
+        assert answers and "vqa_answer" in answers[0] and "question_type" in answers[0]
+    for key in ("trustfulness.accuracy", "trustfulness.over_confidence", "trustfulness.open_score",
+                "safety.pgd_accuracy", "safety.bim_accuracy", "safety.cw_accuracy", "safety.black-box_accuracy",
+                "safety.pgd-eps4_accuracy", "robustness.noise_100_accuracy", "robustness.spanish_abstention",
+                "privacy.leakage_zero-shot", "fairness.ego_age_spread"):
+        assert key in final and 0.0 <= final[key] <= 1.0, key
+    assert final["safety.pgd_max_linf"] <= 16 / 255 + 1e-6 and final["safety.bim_max_linf"] <= 8 / 255 + 1e-6
+    assert final["safety.pgd-eps4_max_linf"] <= 4 / 255 + 1e-6
+    assert len(list((out / "transfer").glob("*.png"))) == 2
+    for name in ("report.md", "report.html", "report.json", "metrics.json", "config.json", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    html = (out / "report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64," in html and "http" not in html.replace(
+        "http-equiv", "").split("<body>", 1)[1]
+    md = (out / "report.md").read_text()
+    assert "## Safety" in md and "seconds per 1,000 records" in md
+
+
+def test_resume_re_asks_nothing(tmp_path_factory, tmp_path):
+    suite_dir = tiny_suite(_base(tmp_path_factory))
+    full = CountingAdapter(RandomAdapter(seed=2))
+    final_full = run_evaluation(_ctx(tmp_path / "full"), suite=suite_dir, adapter=full, settings=FAST, plot=False)
+    total = full.calls
+    assert total > 100
+    stop = total // 2
+    part = CountingAdapter(RandomAdapter(seed=2), stop_at=stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluation(_ctx(tmp_path / "part"), suite=suite_dir, adapter=part, settings=FAST, plot=False)
+    again = CountingAdapter(RandomAdapter(seed=2))
+    final_part = run_evaluation(_ctx(tmp_path / "part", resume=True), suite=suite_dir, adapter=again,
+                                settings=FAST, plot=False)
+    assert again.calls == total - (stop - 1)  # exactly the questions not answered before the interruption
+    assert final_part == final_full
+    once_more = CountingAdapter(RandomAdapter(seed=2))
+    run_evaluation(_ctx(tmp_path / "part", resume=True), suite=suite_dir, adapter=once_more, settings=FAST, plot=False)
+    assert once_more.calls == 0
+
+
+def test_a_truncated_cache_line_is_asked_again(tmp_path):
+    (r,) = records_from_list([{"question": "Is it red?", "answer": "No", "image_path": None,
+                               "question_type": "yes-or-no", "question_id": 1}])
+    s = Session(CountingAdapter(RefusingAdapter()), tmp_path, tmp_path)
+    s.ask("d", r, "p1")
+    s.ask("d", r, "p2")
+    s.close()
+    path = tmp_path / "d.jsonl"
+    path.write_text(path.read_text()[:-20])  # cut the last line
+    cache = AnswerCache(path)
+    assert len(cache.rows) == 1
+    adapter = CountingAdapter(RefusingAdapter())
+    s2 = Session(adapter, tmp_path, tmp_path)
+    s2.ask("d", r, "p1")
+    s2.ask("d", r, "p2")
+    assert adapter.calls == 1
+
+
+def test_registry():
+    assert {"vqa", "hf", "refuse", "random", "echo"} <= set(ADAPTERS) | {"vqa", "hf"}
+    assert get_adapter("random", seed=3).seed == 3
+    with pytest.raises(KeyError, match="unknown adapter 'nope'"):
+        get_adapter("nope")
+    with pytest.raises(TypeError, match="does not take model"):
+        get_adapter("refuse", model="x")
+    with pytest.raises(ValueError, match="already registered"):
+        register_adapter("refuse", EchoAdapter, help="x")
+    with pytest.raises(FileNotFoundError, match="xrisk trust train"):
+        get_adapter("vqa", model="/nonexistent/vqa.pt")
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_make_suite_train_run_report(tmp_path, capsys):
+    suite = tmp_path / "suite"
+    assert main(["trust", "make-suite", "--out", str(suite), "--train-scenes", "6", "--test-scenes", "2",
+                 "--long-tail-scenes", "1", "--fairness-scenes", "2", "--languages", "Arabic", "--quiet"]) == 0
+    model = tmp_path / "m.pt"
+    assert main(["trust", "train", "--suite", str(suite), "--out", str(model), "--epochs", "1", "--dim", "16",
+                 "--quiet"]) == 0
+    run = tmp_path / "run"
+    argv = ["trust", "run", "--adapter", "vqa", "--model", str(model), "--suite", str(suite), "--out", str(run),
+            "--dimensions", "trustfulness,privacy", "--attacks", "none", "--quiet", "--no-plot"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (run / "results").iterdir()) == ["privacy.json", "trustfulness.json"]
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err  # never overwrites a run
+    assert main([*argv, "--resume"]) == 0
+    changed = [*argv, "--resume", "--seed", "4"]
+    assert main(changed) == 2 and "CheckpointMismatchError" in capsys.readouterr().err
+    (run / "report.html").unlink()
+    assert main(["trust", "report", str(run), "--no-plot"]) == 0 and (run / "report.html").is_file()
+    assert main(["trust", "run", "--adapter", "vqa", "--suite", str(suite), "--quiet"]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    bad = tmp_path / "bad-suite"
+    shutil.copytree(suite, bad)
+    qa = bad / "trustfulness" / "qa.json"
+    rows = json.loads(qa.read_text())
+    rows[1]["question_type"] = "multiple choice"
+    qa.write_text(json.dumps(rows))
+    assert main(["trust", "run", "--adapter", "refuse", "--suite", str(bad), "--out", str(tmp_path / "r2"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "RecordError" in err and "qa.json: record 1" in err and "'question_type'" in err and "Traceback" not in err
+
+
+def _trust_subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    trust = sub.choices["trust"]
+    tsub = next(a for a in trust._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(tsub.choices)
+
+
+_MINIMAL = {"make-suite": ["--out", "/tmp/x"], "train": ["--suite", ".", "--out", "m.pt"],
+            "run": ["--adapter", "refuse", "--suite", "."], "report": ["."], "demo": []}
+
+
+def _bad_cases():
+    for cmd, p in _trust_subparsers().items():
+        for action in p._actions:
+            if action.nargs == 0 or action.dest == "help":
+                continue
+            flag = action.option_strings[0] if action.option_strings else action.dest
+            if isinstance(action.type, FlagType):
+                for bad in action.type.bad:
+                    yield cmd, flag, bad
+            elif action.choices is not None:
+                yield cmd, flag, "not-a-choice"
+            else:
+                raise AssertionError(f"xrisk trust {cmd} {flag} declares no FlagType and no choices")
+
+
+@pytest.mark.parametrize("cmd, flag, bad", list(_bad_cases()))
+def test_every_trust_flag_refuses_bad_values(cmd, flag, bad, capsys):
+    argv = ["trust", cmd, *_MINIMAL[cmd], flag, bad] if flag.startswith("--") else ["trust", cmd, bad]
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in err and "error" in err
