@@ -4,7 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install -q -c constraints.txt
 BENCHV  ?= .venv-bench
-DEBS    := dataset-fashion-mnist fonts-noto-color-emoji
+DEBS    := dataset-fashion-mnist fonts-noto-color-emoji chromium chromium-driver
 
 .PHONY: demo test bench docs install data clean
 
@@ -12,17 +12,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,text,plot]'
+	$(PIP) -e '.[dev,text,plot,trust,hf]'
 	touch $@
 
 install: $(VENV)/.installed
 
-# Debian data packages (Fashion-MNIST, the emoji font). Missing apt or no root: a clear message, not a failure;
+# Debian packages (Fashion-MNIST, the emoji font; Chromium and its driver for the browser check of the trust report). Missing apt or no root: a clear message, not a failure;
 # the code that needs them names the package again when it is run.
 data:
 	@missing=""; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
 	[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing="$$missing fonts-noto-color-emoji"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    (apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
@@ -42,7 +44,7 @@ $(BENCHV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(BENCHV)
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --upgrade pip
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,bench]'
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,bench,trust,hf,browser]'
 	touch $@
 
 bench: $(BENCHV)/.installed data

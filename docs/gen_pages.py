@@ -49,6 +49,15 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
       "xrisk.functional.contrastive", "xrisk.functional.similarity"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders"]),
+    ("Trust", "trust",
+     "The trustworthiness benchmark of vision-language models (`xrisk trust`, see the "
+     "[guide](../trust.md)): records, prompts, parsers, metrics, adapters, attacks, the generated suite, "
+     "the in-library model, runs and reports.",
+     ["xrisk.trust.records", "xrisk.trust.prompts", "xrisk.trust.scoring", "xrisk.trust.metrics",
+      "xrisk.trust.judge", "xrisk.trust.adapters", "xrisk.trust.rules", "xrisk.trust.hf", "xrisk.trust.vqa",
+      "xrisk.trust.attacks", "xrisk.trust.scenes", "xrisk.trust.templates", "xrisk.trust.suite",
+      "xrisk.trust.engine", "xrisk.trust.dimensions", "xrisk.trust.run", "xrisk.trust.report",
+      "xrisk.trust.browser", "xrisk.trust.cli"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.runner", "xrisk.recipes.auc",
@@ -102,6 +111,12 @@ def _cli_page() -> str:
     ]
     for name in sorted(load_builtin_recipes()):
         parts += [f"## `xrisk run {name} --help`", "", "```text", _help(["run", name]), "```", ""]
+    from xrisk.trust.cli import TRUST_COMMANDS
+
+    parts += ["## `xrisk trust --help`", "", "See the [trust guide](../trust.md).", "", "```text", _help(["trust"]),
+              "```", ""]
+    for cmd in TRUST_COMMANDS:
+        parts += [f"## `xrisk trust {cmd} --help`", "", "```text", _help(["trust", cmd]), "```", ""]
     return "\n".join(parts)
 
 
@@ -148,7 +163,7 @@ def generate() -> list[Any]:
         index.append(f"- [{title}]({slug}.md): " + ", ".join(f"`{m}`" for m in present))
         nav.append({title: f"api/{slug}.md"})
     write("cli.md", _cli_page())
-    index.append("- [Command line](cli.md): `xrisk demo`, `xrisk run`, `xrisk list`")
+    index.append("- [Command line](cli.md): `xrisk demo`, `xrisk run`, `xrisk list`, `xrisk trust`")
     nav.append({"Command line": "api/cli.md"})
     write("index.md", "\n".join(index) + "\n")
 

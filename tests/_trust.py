@@ -43,14 +43,15 @@ def tiny_suite(base: str) -> Path:
 @functools.lru_cache(maxsize=None)
 def tiny_model(base: str) -> Path:
     """A small VQA model trained for a few seconds on :func:`tiny_suite` (file path)."""
-    from xrisk.trust.suite import load_suite
+    from xrisk.trust.suite import load_suite, read_scenes
 
     path = Path(base) / "trust-vqa.pt"
     if not path.exists():
-        suite = load_suite(tiny_suite(base))
+        root = tiny_suite(base)
+        suite = load_suite(root)
         with one_thread():
             adapter = train_vqa(suite.records("train"), suite.image_root, epochs=12, images_per_batch=8, dim=32,
-                                lr=3e-3, seed=0)
+                                lr=3e-3, seed=0, scenes=read_scenes(root))
         adapter.save(path)
     return path
 

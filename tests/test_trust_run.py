@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 
@@ -200,8 +201,13 @@ def test_cli_make_suite_train_run_report(tmp_path, capsys):
     assert "RecordError" in err and "qa.json: record 1" in err and "'question_type'" in err and "Traceback" not in err
 
 
+@functools.lru_cache(maxsize=1)
+def _parser() -> argparse.ArgumentParser:
+    return build_parser()
+
+
 def _trust_subparsers() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
+    parser = _parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     trust = sub.choices["trust"]
     tsub = next(a for a in trust._actions if isinstance(a, argparse._SubParsersAction))
@@ -231,7 +237,7 @@ def _bad_cases():
 def test_every_trust_flag_refuses_bad_values(cmd, flag, bad, capsys):
     argv = ["trust", cmd, *_MINIMAL[cmd], flag, bad] if flag.startswith("--") else ["trust", cmd, bad]
     with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(argv)
+        _parser().parse_args(argv)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert flag in err and "error" in err

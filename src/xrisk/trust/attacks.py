@@ -159,7 +159,7 @@ def carlini_wagner(
         margin = z[target] - others.max()
         dist = ((adv - x0) ** 2).sum()
         if float(margin.detach()) < 0 and float(dist.detach()) < best_dist:
-            best, best_dist = adv.detach().clone(), float(dist)
+            best, best_dist = adv.detach().clone(), float(dist.detach())
         loss = dist + c * margin.clamp(min=-kappa)
         opt.zero_grad()
         loss.backward()

@@ -94,8 +94,8 @@ def _suite_flags(p: argparse.ArgumentParser, *, small: bool = False) -> None:
 def _train_flags(p: argparse.ArgumentParser, *, epochs: int) -> None:
     g = p.add_argument_group("training of the in-library model")
     g.add_argument("--epochs", type=number(int, ge=1), default=epochs, help="passes over the training pictures")
-    g.add_argument("--images-per-batch", type=number(int, ge=1), default=16, help="pictures per step")
-    g.add_argument("--lr", type=number(float, gt=0), default=2e-3, help="Adam learning rate")
+    g.add_argument("--images-per-batch", type=number(int, ge=1), default=8, help="pictures per step")
+    g.add_argument("--lr", type=number(float, gt=0), default=3e-3, help="Adam learning rate")
     g.add_argument("--dim", type=number(int, ge=8), default=96, help="model width")
 
 
@@ -223,17 +223,18 @@ def _train(args: argparse.Namespace, suite_dir: Path, out: Path, *, epochs: int,
     import torch
 
     from xrisk.recipes.progress import ProgressBar
-    from xrisk.trust.suite import load_suite
+    from xrisk.trust.suite import load_suite, read_scenes
     from xrisk.trust.vqa import train_vqa
 
     suite = load_suite(suite_dir)
+    scenes = read_scenes(suite.root) if (suite.root / "scenes.jsonl").is_file() else None
     records = suite.records("train")
     if not records:
         raise UsageError(f"--suite {suite_dir} has no training split (train.json)")
     torch.manual_seed(seed)
     with ProgressBar(epochs, desc, enabled=not args.quiet) as bar:
         adapter = train_vqa(records, suite.image_root, epochs=epochs, images_per_batch=args.images_per_batch,
-                            lr=args.lr, dim=args.dim, seed=seed,
+                            lr=args.lr, dim=args.dim, seed=seed, scenes=scenes,
                             progress=lambda e, m: bar.update(**m))
     adapter.save(out)
     return adapter
