@@ -150,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "PGD accuracy vs epsilon (10 steps, step eps/8, same records):",
         "",
-        _common.md_table(["epsilon (x 1/255)", "accuracy"],
-                         [[f"{r['epsilon (x255)']:g}", f"{r['accuracy']:.3f}"] for r in curve_rows]),
+        _common.md_table(["epsilon (x 1/255)", "accuracy", "max L-inf (x 1/255)", "n"],
+                         [[f"{r['epsilon (x255)']:g}", f"{r['accuracy']:.3f}", f"{r['max L-inf (x255)']:.2f}", r["n"]]
+                          for r in curve_rows]),
         "",
         "Time per dimension (records / questions sent to the adapter / seconds per 1,000 records; fresh runs, "
         "one thread; `vqa` includes its attacks, which dominate safety):",

@@ -241,3 +241,20 @@ def test_every_trust_flag_refuses_bad_values(cmd, flag, bad, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert flag in err and "error" in err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["trust", "demo", "--out", str(out), "--train-scenes", "16", "--test-scenes", "3", "--long-tail-scenes",
+            "2", "--fairness-scenes", "2", "--epochs", "2", "--surrogate-epochs", "1", "--attack-records", "2",
+            "--ego-records", "2", "--pgd-epsilons", "4", "--noise-variances", "100", "--quiet"]
+    with one_thread():
+        assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| dimension | measure | vqa | random | refuse |" in table
+    for name in ("vqa", "random", "refuse"):
+        assert (out / f"run-{name}" / "report.html").is_file()
+    assert (out / "comparison.md").is_file() and (out / "vqa.pt").is_file() and (out / "surrogate.pt").is_file()
+    with one_thread():
+        assert main(argv) == 0  # a second call reuses the suite, the models and the finished runs

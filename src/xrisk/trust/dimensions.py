@@ -308,6 +308,10 @@ def evaluate_safety(session: Session, suite: Any, settings: TrustSettings, *,
     table = []
     clean_attacked = {r.uid for r in attackable}
     for setting, rs in rows.items():
+        if setting.startswith("pgd-eps"):  # the curve has its own table
+            res.metrics[f"{setting}_accuracy"] = _scores(rs)["accuracy"]
+            res.metrics[f"{setting}_max_linf"] = max([x.get("linf", 0.0) for x in rs], default=0.0)
+            continue
         s = _scores(rs)
         res.metrics[f"{setting}_accuracy"] = s["accuracy"]
         entry: dict[str, Any] = {"setting": setting, "accuracy": s["accuracy"], "n": s["n"]}
@@ -329,8 +333,9 @@ def evaluate_safety(session: Session, suite: Any, settings: TrustSettings, *,
     if len(curve) > 1:
         base_rows = [x for x in rows["clean"] if x["uid"] in clean_attacked]
         res.tables["PGD accuracy vs epsilon"] = [
-            {"epsilon (x255)": float(e), "accuracy": _scores(base_rows if e == "0" else rs)["accuracy"]}
-            for e, rs in curve]
+            {"epsilon (x255)": float(e), "accuracy": _scores(base_rows if e == "0" else rs)["accuracy"],
+             "max L-inf (x255)": 0.0 if e == "0" else 255 * max([x.get("linf", 0.0) for x in rs], default=0.0),
+             "n": len(rs) if e != "0" else len(base_rows)} for e, rs in curve]
     res.rows = [x for rs in rows.values() for x in rs]
     return res
 

@@ -196,6 +196,39 @@ class _Vocab:
         return [self.index.get(t, _UNK) for t in tokens]
 
 
+def _candidate_rows(encoded: Sequence[_Encoded]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]],
+                                                          list[list[int]]]:
+    """The distinct text candidates, the copy candidates, and for each prompt the position of each of its
+    candidates in ``texts + copies`` (so that a batch embeds every distinct answer text once)."""
+    texts: dict[tuple[int, ...], int] = {}
+    copies: list[tuple[int, ...]] = []
+    raw = []
+    for e in encoded:
+        row = []
+        for kind, ids in e.candidates:
+            if kind == 0:
+                row.append((0, texts.setdefault(ids, len(texts))))
+            else:
+                row.append((1, len(copies)))
+                copies.append(ids)
+        raw.append(row)
+    return list(texts), copies, [[i if kind == 0 else len(texts) + i for kind, i in row] for row in raw]
+
+
+def _padded(rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Right-padded index matrix ``[B, K]`` and its validity mask."""
+    k_max = max(len(r) for r in rows)
+    index = torch.tensor([list(r) + [0] * (k_max - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[True] * len(r) + [False] * (k_max - len(r)) for r in rows])
+    return index, mask
+
+
+def _candidate_pool(model: SceneVQA, text_bags: tuple[Tensor, Tensor], copy_bags: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Vectors of every text candidate, then of every copy candidate ``[T + C, d]``."""
+    pool = model.text_vectors(*text_bags)
+    return pool if copy_bags is None else torch.cat([pool, model.copy_vectors(*copy_bags)])
+
+
 def _bags(rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
     offsets, flat = [], []
     for r in rows:
@@ -255,30 +288,9 @@ class VQAAdapter:
 
     def _candidate_matrix(self, encoded: Sequence[_Encoded]) -> tuple[Tensor, Tensor]:
         """Candidate vectors ``[B, K, d]`` and a validity mask ``[B, K]`` for a batch of prompts."""
-        m = self.model
-        texts: dict[tuple[int, ...], int] = {}
-        copies: list[tuple[int, ...]] = []
-        where: list[list[tuple[int, int]]] = []
-        for e in encoded:
-            row = []
-            for kind, ids in e.candidates:
-                if kind == 0:
-                    row.append((0, texts.setdefault(ids, len(texts))))
-                else:
-                    row.append((1, len(copies)))
-                    copies.append(ids)
-            where.append(row)
-        text_vecs = m.text_vectors(*_bags(list(texts))) if texts else torch.zeros(0, m.dim)
-        copy_vecs = m.copy_vectors(*_bags(copies)) if copies else torch.zeros(0, m.dim)
-        pool = torch.cat([text_vecs, copy_vecs])
-        k_max = max(len(r) for r in where)
-        index = torch.zeros(len(where), k_max, dtype=torch.long)
-        mask = torch.zeros(len(where), k_max, dtype=torch.bool)
-        for b, row in enumerate(where):
-            for k, (kind, i) in enumerate(row):
-                index[b, k] = i if kind == 0 else len(texts) + i
-                mask[b, k] = True
-        return pool[index], mask
+        texts, copies, rows = _candidate_rows(encoded)
+        index, mask = _padded(rows)
+        return _candidate_pool(self.model, _bags(texts), _bags(copies) if copies else None)[index], mask
 
     def _questions(self, encoded: Sequence[_Encoded]) -> tuple[Tensor, Tensor]:
         lengths = torch.tensor([max(1, len(e.question)) for e in encoded])
@@ -287,14 +299,6 @@ class VQAAdapter:
             if e.question:
                 tokens[b, : len(e.question)] = torch.tensor(e.question)
         return tokens, lengths
-
-    def batch_logits(self, images: Tensor, encoded: Sequence[_Encoded], image_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits ``[B, K]`` (masked entries ``-inf``) for prompts on ``images[image_index]``."""
-        m = self.model
-        v = m.encode_image(images)[image_index]
-        q = m.encode_question(*self._questions(encoded))
-        cands, mask = self._candidate_matrix(encoded)
-        return m.scores(m.joint(v, q), cands).masked_fill(~mask, float("-inf")), mask
 
     # -------------------------------------------------------------- adapter protocol
     def preprocess(self, image: ImageLike) -> Tensor:
@@ -322,6 +326,18 @@ class VQAAdapter:
             probs = self.model.scores(self.model.joint(v, q), cands).softmax(-1)[0]
         return enc, probs
 
+    @staticmethod
+    def _quoted_index(enc: _Encoded, parts: PromptParts) -> int | None:
+        """Which candidate the first answer quoted in an "are you sure" turn was (None if none)."""
+        quoted = parts.first_answer.strip()
+        replies = [r.lower() for r in enc.replies]
+        if enc.kind == "multi-choice" and parts.follow_up is not None:
+            label = parse_choice(quoted, parts.follow_up.question)
+            return replies.index(label) if label in replies else None
+        if enc.kind == "yes-or-no":
+            return 0 if parse_yes_no(quoted) == "yes" else 1
+        return enc.replies.index(quoted) if quoted in enc.replies else None
+
     def choice_logits(self, image_tensor: Tensor, prompt: str, candidates: Sequence[str]) -> Tensor:
         """Logits of ``candidates`` (``A``-``D`` or ``Yes``/``No``), differentiable in ``image_tensor``."""
         enc = self.encode(prompt)
@@ -339,15 +355,7 @@ class VQAAdapter:
         parts = read_prompt(prompt)
         if parts.follow_up is not None:
             enc, probs = self.probabilities(image, parts.follow_up)
-            quoted = parts.first_answer.strip()
-            if enc.kind == "multi-choice":
-                label = parse_choice(quoted, parts.follow_up.question)
-                idx = [r.lower() for r in enc.replies].index(label) if label in [r.lower() for r in enc.replies] else -1
-            elif enc.kind == "yes-or-no":
-                idx = 0 if parse_yes_no(quoted) == "yes" else 1
-            else:
-                idx = enc.replies.index(quoted) if quoted in enc.replies else -1
-            p = float(probs[idx]) if idx >= 0 else 0.0
+            p = float(probs[idx]) if (idx := self._quoted_index(enc, parts)) is not None else 0.0
             return "Yes, I am sure." if p >= self.sure_threshold else "No, I am not sure."
         enc, probs = self.probabilities(image, parts)
         top = int(probs.argmax())
@@ -470,37 +478,25 @@ def train_vqa(
     adapter = VQAAdapter(net, list(words), list(bank))
     # every example as fixed tensors: question ids, and indices into one table of candidates
     paths: list[str | None] = []
-    questions: list[list[int]] = []
-    rows: list[list[tuple[int, int]]] = []
+    encs: list[_Encoded] = []
     targets: list[int] = []
-    texts: dict[tuple[int, ...], int] = {}
-    copies: list[tuple[int, ...]] = []
     for r, prompt in zip(records, prompts):
         enc = adapter.encode(prompt)
         target = _target(enc, r)
-        if target is None:
-            continue
-        row = []
-        for kind, ids in enc.candidates:
-            if kind == 0:
-                row.append((0, texts.setdefault(ids, len(texts))))
-            else:
-                row.append((1, len(copies)))
-                copies.append(ids)
-        paths.append(r.image_path)
-        questions.append(enc.question or [_UNK])
-        rows.append(row)
-        targets.append(target)
+        if target is not None:
+            paths.append(r.image_path)
+            encs.append(enc)
+            targets.append(target)
     if not targets:
         raise ValueError("no training record has an answer the model can give")
-    n, k_max, l_max = len(targets), max(len(r) for r in rows), max(len(q) for q in questions)
-    flat_index = [[(i if kind == 0 else len(texts) + i) for kind, i in row] + [0] * (k_max - len(row)) for row in rows]
-    cand_index = torch.tensor(flat_index, dtype=torch.long)
-    cand_mask = torch.tensor([[True] * len(row) + [False] * (k_max - len(row)) for row in rows])
+    texts, copies, rows = _candidate_rows(encs)
+    cand_index, cand_mask = _padded(rows)
+    questions = [e.question or [_UNK] for e in encs]
+    l_max = max(len(q) for q in questions)
     q_tokens = torch.tensor([q + [_PAD] * (l_max - len(q)) for q in questions], dtype=torch.long)
     q_lengths = torch.tensor([len(q) for q in questions])
     target_t = torch.tensor(targets)
-    text_bags = _bags(list(texts))
+    text_bags = _bags(texts)
     copy_bags = _bags(copies) if copies else None
     unique = sorted({p for p in paths}, key=lambda p: (p is None, p or ""))
     slot = {p: i for i, p in enumerate(unique)}
@@ -535,9 +531,7 @@ def train_vqa(
             tokens = q_tokens[items]
             drop = (torch.rand(tokens.shape, generator=gen) < word_dropout) & (tokens != _PAD)
             tokens = tokens.masked_fill(drop, _UNK)
-            pool = net.text_vectors(*text_bags)
-            if copy_bags is not None:
-                pool = torch.cat([pool, net.copy_vectors(*copy_bags)])
+            pool = _candidate_pool(net, text_bags, copy_bags)
             maps = net.encode_image(pixels[chunk])
             feats = maps[local[image_of[items]]]
             q = net.encode_question(tokens, q_lengths[items])
