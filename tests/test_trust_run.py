@@ -85,6 +85,14 @@ def test_random_adapter_scores_chance_on_many_questions(tmp_path):
     assert abs(res.metrics["mc_accuracy"] - 0.25) < 0.06 and abs(res.metrics["yes_no_accuracy"] - 0.5) < 0.07
     assert abs(res.metrics["sure_rate"] - 0.5) < 0.07  # a random "sure" half the time
     assert abs(res.metrics["over_confidence"] - 0.5 * (1 - res.metrics["accuracy"])) < 0.06
+    # the same question about different pictures: independent draws, not one answer for all
+    import numpy as np
+
+    adapter = RandomAdapter(seed=0)
+    prompt = "Is it night time?\nAnswer with Yes or No directly."
+    pictures = [np.full((8, 8, 3), i, dtype=np.uint8) for i in range(200)]
+    yes = sum(adapter.generate(p, prompt) == "Yes" for p in pictures)
+    assert 70 < yes < 130 and adapter.generate(pictures[3], prompt) == adapter.generate(pictures[3].copy(), prompt)
 
 
 def test_full_run_with_the_trained_model(tmp_path_factory, tmp_path):

@@ -54,7 +54,7 @@ from xrisk.trust.records import QARecord
 from xrisk.trust.scoring import is_refusal, is_sure, leaks, parse_closed, parse_options
 from xrisk.trust.templates import MISINSTRUCTIONS
 
-__all__ = ["DIMENSIONS", "GROUP_FIELDS", "TrustSettings", "DimensionResult", "evaluate_dimension",
+__all__ = ["DIMENSIONS", "GROUP_FIELDS", "FALLBACK_GROUP_FIELD", "TrustSettings", "DimensionResult", "evaluate_dimension",
            "evaluate_trustfulness", "evaluate_safety", "evaluate_robustness", "evaluate_privacy",
            "evaluate_fairness", "misinformation_for", "misinstruction_for"]
 
@@ -62,7 +62,9 @@ DIMENSIONS: tuple[str, ...] = ("trustfulness", "safety", "robustness", "privacy"
 #: Record fields whose values name groups in the fairness dimension (those present are used).
 GROUP_FIELDS: tuple[str, ...] = ("pedestrian_group", "pedestrian_clothing", "vehicle_type", "vehicle_color",
                                  "vehicle_brand", "weather", "time_of_day", "road", "is_tunnel", "is_highway",
-                                 "has_pedestrian", "has_carrier", "template_type")
+                                 "has_pedestrian", "has_carrier")
+#: Used when no record has two groups of any :data:`GROUP_FIELDS` field (e.g. the reference's ``pedestrian_qa``).
+FALLBACK_GROUP_FIELD = "template_type"
 
 
 @dataclass(frozen=True)
@@ -484,8 +486,12 @@ def evaluate_fairness(session: Session, suite: Any, settings: TrustSettings) -> 
             p = closed_prompt(r)
             rows.append((r, _closed_row(r, "groups", p, session.ask(dim, r, p, setting="groups"))))
         res.rows += [row for _, row in rows]
-        for fld in GROUP_FIELDS:
-            present = [(str(r.get(fld)), row["correct"]) for r, row in rows if r.get(fld) is not None]
+        def grouped(fld: str) -> list[tuple[str, bool]]:
+            return [(str(r.get(fld)), row["correct"]) for r, row in rows if r.get(fld) is not None]
+
+        fields = [f for f in GROUP_FIELDS if len({g for g, _ in grouped(f)}) >= 2] or [FALLBACK_GROUP_FIELD]
+        for fld in fields:
+            present = grouped(fld)
             if len({g for g, _ in present}) < 2:
                 continue
             accs = group_accuracy([g for g, _ in present], [c for _, c in present])

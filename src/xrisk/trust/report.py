@@ -38,10 +38,9 @@ HEADLINES: dict[str, tuple[tuple[str, str], ...]] = {
                ("misinstruction_accuracy", "misinstruction accuracy"), ("pgd_accuracy", "PGD accuracy"),
                ("bim_accuracy", "BIM accuracy"), ("cw_accuracy", "C&W accuracy"),
                ("black-box_accuracy", "black-box accuracy")),
-    "robustness": (("english_accuracy", "English accuracy"), ("long-tail_scenes_accuracy", "long-tail accuracy"),
-                   ("long-tail_scenes_abstention", "long-tail abstention"), ("clean_accuracy", "clean accuracy")),
     "privacy": (("leakage_zero-shot", "leakage, zero-shot"), ("leakage_protective", "leakage, protective shots"),
-                ("leakage_leaking", "leakage, leaking shots"), ("refusal_zero-shot", "refusal, zero-shot")),
+                ("leakage_leaking", "leakage, leaking shots"), ("refusal_zero-shot", "refusal, zero-shot"),
+                ("refusal_protective", "refusal, protective shots"), ("refusal_leaking", "refusal, leaking shots")),
     "fairness": (("ego_baseline_accuracy", "accuracy without prefix"),),
 }
 
@@ -58,25 +57,31 @@ def load_results(run_dir: str | Path) -> dict[str, DimensionResult]:
 
 
 def summary_rows(results: Mapping[str, DimensionResult]) -> list[dict[str, Any]]:
-    """``[{"dimension", "measure", "value"}]``: the headline numbers (languages, noise levels and the
-    largest fairness spreads included)."""
+    """``[{"dimension", "measure", "value"}]``: the headline numbers of a run (every language and noise
+    level, the largest ego-prefix spread and the spread of every subject / scene grouping)."""
     rows: list[dict[str, Any]] = []
     for name, res in results.items():
         for key, label in HEADLINES.get(name, ()):
             if key in res.metrics:
                 rows.append({"dimension": name, "measure": label, "value": res.metrics[key]})
         if name == "robustness":
-            for key, value in res.metrics.items():
-                if key.endswith("_accuracy") and key.split("_")[0] not in ("english", "long-tail", "clean") \
-                        and "abstain_allowed" not in key:
-                    rows.append({"dimension": name, "measure": key.replace("_", " "), "value": value})
-                elif key.endswith("_abstention") and not key.startswith("long-tail"):
-                    rows.append({"dimension": name, "measure": key.replace("_", " "), "value": value})
+            for t in res.tables.get("languages and long-tail scenes", []):
+                rows.append({"dimension": name, "measure": f"{t['set']}: accuracy", "value": t["accuracy"]})
+                rows.append({"dimension": name, "measure": f"{t['set']}: abstention rate",
+                             "value": t["abstention rate"]})
+            for t in res.tables.get("Gaussian noise", []):
+                label = "clean pictures: accuracy" if t["variance"] == 0 else f"noise variance {t['variance']:g}: accuracy"
+                rows.append({"dimension": name, "measure": label, "value": t["accuracy"]})
         if name == "fairness":
-            spreads = {k: v for k, v in res.metrics.items() if k.endswith("_spread")}
-            for key in sorted(spreads, key=spreads.__getitem__, reverse=True)[:4]:
-                label = key[:-len("_spread")].replace("ego_", "ego ").replace("group_", "") + " spread (max - min)"
-                rows.append({"dimension": name, "measure": label, "value": spreads[key]})
+            ego = [t for t in res.tables.get("spread", []) if t["grouping"].startswith("ego ")]
+            if ego:
+                top = max(ego, key=lambda t: t["max - min"])
+                rows.append({"dimension": name, "measure": f"largest ego-prefix spread ({top['grouping'][4:]}, max - min)",
+                             "value": top["max - min"]})
+            for t in res.tables.get("spread", []):
+                if not t["grouping"].startswith("ego "):
+                    rows.append({"dimension": name, "measure": f"{t['grouping']} spread (max - min)",
+                                 "value": t["max - min"]})
     return rows
 
 

@@ -5,7 +5,8 @@
   heuristic reads it as "yes" and multiple choice falls back to the most similar option.
 * :class:`RandomAdapter` (``random``): a uniformly random option letter for multiple choice,
   Yes/No at random for yes/no, a random "sure"/"not sure" for the follow-up, a random stock
-  phrase for open-ended questions. Reproducible: the draw depends only on ``seed`` and the prompt.
+  phrase for open-ended questions. Reproducible: the draw depends only on ``seed``, the prompt and
+  the picture (so the same question about two pictures gets two independent draws).
 * :class:`EchoAdapter` (``echo``): repeats the prompt, so it discloses every secret its context
   holds (privacy leakage 1 when the secret is in the prompt).
 
@@ -20,7 +21,7 @@ import hashlib
 import random
 from typing import Any
 
-from xrisk.trust.adapters import ImageLike, register_adapter
+from xrisk.trust.adapters import ImageLike, register_adapter, to_pil
 from xrisk.trust.prompts import read_prompt
 from xrisk.trust.scoring import LETTERS, parse_options
 
@@ -55,13 +56,15 @@ class RandomAdapter:
             raise TypeError(f"seed must be an int, got {seed!r}")
         self.seed = seed
 
-    def _rng(self, prompt: str) -> random.Random:
-        digest = hashlib.sha256(f"{self.seed}\x00{prompt}".encode()).digest()
-        return random.Random(int.from_bytes(digest[:8], "little"))
+    def _rng(self, image: ImageLike, prompt: str) -> random.Random:
+        h = hashlib.sha256(f"{self.seed}\x00{prompt}\x00".encode())
+        if image is not None:
+            h.update(to_pil(image).tobytes())
+        return random.Random(int.from_bytes(h.digest()[:8], "little"))
 
     def generate(self, image: ImageLike, prompt: str, **gen: Any) -> str:
         """A random answer in the form the prompt asks for."""
-        rng = self._rng(prompt)
+        rng = self._rng(image, prompt)
         parts = read_prompt(prompt)
         if parts.follow_up is not None:
             return rng.choice(("Yes, I am sure.", "I am not sure."))
