@@ -86,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = TrustSettings(attack_records=attack_records, pgd_epsilons=EPSILONS if name == "vqa" else (),
                                  noise_variances=(6.0, 100.0, 900.0), ego_records=12 if quick else 100,
                                  surrogate=load_vqa(work / "surrogate.pt", name="surrogate") if name == "vqa" else None)
-        ctx = RunContext(work / f"run-{name}", recipe="trust", args={"adapter": name, "suite": str(work / "suite")},
-                         quiet=True, plot=False)
         print(f"== {name}", flush=True)
-        run_evaluation(ctx, suite=work / "suite", adapter=adapter, settings=settings)
+        with RunContext(work / f"run-{name}", recipe="trust", args={"adapter": name, "suite": str(work / "suite")},
+                        quiet=True, plot=False) as ctx:
+            run_evaluation(ctx, suite=work / "suite", adapter=adapter, settings=settings)
         results[name] = load_results(work / f"run-{name}")
     browser_note = browser_available()
     check = None

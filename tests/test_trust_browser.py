@@ -18,9 +18,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(browser_available() is not No
 def test_report_page_renders_offline_without_errors(tmp_path_factory, tmp_path):
     suite = tiny_suite(str(tmp_path_factory.getbasetemp()))
     out = tmp_path / "run"
-    ctx = RunContext(out, recipe="trust", args={"adapter": "random"}, quiet=True, plot=False)
-    run_evaluation(ctx, suite=suite, adapter=RandomAdapter(seed=0), plot=True,
-                   settings=TrustSettings(attacks=(), pgd_epsilons=(), noise_variances=(100.0,), ego_records=4))
+    with RunContext(out, recipe="trust", args={"adapter": "random"}, quiet=True, plot=False) as ctx:
+        run_evaluation(ctx, suite=suite, adapter=RandomAdapter(seed=0), plot=True,
+                       settings=TrustSettings(attacks=(), pgd_epsilons=(), noise_variances=(100.0,), ego_records=4))
     check = check_page(out / "report.html", out / "report.png")
     assert check.ok, check.problems()
     assert check.console_errors == [] and check.requests == []

@@ -34,6 +34,15 @@ def _ctx(out, name="random", resume=False):
                       plot=False)
 
 
+def _evaluate(out, adapter, *, resume=False, name="random", **kw):
+    """run_evaluation in a fresh RunContext that is closed (its folder lock released) whatever happens."""
+    ctx = _ctx(out, name, resume)
+    try:
+        return run_evaluation(ctx, adapter=adapter, **kw)
+    finally:
+        ctx.close()
+
+
 def test_rule_adapters_get_their_expected_scores(tmp_path_factory, tmp_path):
     suite = load_suite(tiny_suite(_base(tmp_path_factory)))
     closed = [r for r in suite.records("trustfulness") if r.closed]
@@ -103,7 +112,7 @@ def test_full_run_with_the_trained_model(tmp_path_factory, tmp_path):
                              noise_variances=(100.0,), ego_records=3, surrogate=load_vqa(tiny_model(base)))
     out = tmp_path / "run"
     with one_thread():
-        final = run_evaluation(_ctx(out, "vqa"), suite=suite_dir, adapter=adapter, settings=settings, plot=True)
+        final = _evaluate(out, adapter, name="vqa", suite=suite_dir, settings=settings, plot=True)
     for dim in DIMENSIONS:
         assert (out / "results" / f"{dim}.json").is_file() and (out / "answers" / f"{dim}.jsonl").is_file()
         answers = json.loads((out / "answers" / f"{dim}.json").read_text())
@@ -128,20 +137,19 @@ def test_full_run_with_the_trained_model(tmp_path_factory, tmp_path):
 def test_resume_re_asks_nothing(tmp_path_factory, tmp_path):
     suite_dir = tiny_suite(_base(tmp_path_factory))
     full = CountingAdapter(RandomAdapter(seed=2))
-    final_full = run_evaluation(_ctx(tmp_path / "full"), suite=suite_dir, adapter=full, settings=FAST, plot=False)
+    final_full = _evaluate(tmp_path / "full", full, suite=suite_dir, settings=FAST, plot=False)
     total = full.calls
     assert total > 100
     stop = total // 2
     part = CountingAdapter(RandomAdapter(seed=2), stop_at=stop)
     with pytest.raises(KeyboardInterrupt):
-        run_evaluation(_ctx(tmp_path / "part"), suite=suite_dir, adapter=part, settings=FAST, plot=False)
+        _evaluate(tmp_path / "part", part, suite=suite_dir, settings=FAST, plot=False)
     again = CountingAdapter(RandomAdapter(seed=2))
-    final_part = run_evaluation(_ctx(tmp_path / "part", resume=True), suite=suite_dir, adapter=again,
-                                settings=FAST, plot=False)
+    final_part = _evaluate(tmp_path / "part", again, resume=True, suite=suite_dir, settings=FAST, plot=False)
     assert again.calls == total - (stop - 1)  # exactly the questions not answered before the interruption
     assert final_part == final_full
     once_more = CountingAdapter(RandomAdapter(seed=2))
-    run_evaluation(_ctx(tmp_path / "part", resume=True), suite=suite_dir, adapter=once_more, settings=FAST, plot=False)
+    _evaluate(tmp_path / "part", once_more, resume=True, suite=suite_dir, settings=FAST, plot=False)
     assert once_more.calls == 0
 
 

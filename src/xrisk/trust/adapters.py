@@ -135,7 +135,7 @@ def adapter_names() -> list[str]:
     return sorted(ADAPTERS)
 
 
-def get_adapter(name: str, **options: Any) -> Any:
+def get_adapter(name: str, /, **options: Any) -> Any:
     """Build the adapter registered as ``name``; ``None`` options are dropped.
 
     Raises:

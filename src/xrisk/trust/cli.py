@@ -119,7 +119,9 @@ def _eval_flags(p: argparse.ArgumentParser, *, attack_records: int, ego_records:
 
 def add_trust_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``trust`` and its sub-commands to the ``xrisk`` sub-parsers ``sub``; returns the ``trust`` parser."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from xrisk.cli import HelpFormatter
+
+    fmt = HelpFormatter
     trust = sub.add_parser("trust", help="trustworthiness benchmark of vision-language models (AutoTrust)",
                            description="AutoTrust's five dimensions on any vision-language adapter: trustfulness, "
                                        "safety, robustness, privacy, fairness.")
@@ -256,8 +258,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     out = args.out if args.out is not None else _default_out(f"trust-{args.adapter}")
     args.out = out
     ctx = RunContext(out, recipe="trust", args=args, quiet=args.quiet, resume=args.resume, plot=False)
-    return run_evaluation(ctx, suite=args.suite, adapter=adapter, dimensions=args.dimensions,
-                          settings=_settings(args, surrogate), plot=not args.no_plot)
+    try:
+        return run_evaluation(ctx, suite=args.suite, adapter=adapter, dimensions=args.dimensions,
+                              settings=_settings(args, surrogate), plot=not args.no_plot)
+    finally:
+        ctx.close()
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -286,11 +291,16 @@ def _demo(args: argparse.Namespace) -> None:
     for name, options in (("vqa", {"model": str(model_path)}), ("random", {"seed": args.seed}), ("refuse", {})):
         run_dir = root / f"run-{name}"
         adapter = get_adapter(name, **options)
-        ns = argparse.Namespace(**{**vars(args), "adapter": name, "out": run_dir})
+        # the run's arguments: the evaluation's, not the training's (RunContext reads --epochs as epochs to run)
+        kept = {k: v for k, v in vars(args).items() if k not in ("epochs", "surrogate_epochs")}
+        ns = argparse.Namespace(**{**kept, "adapter": name, "out": run_dir})
         ctx = RunContext(run_dir, recipe="trust", args=ns, quiet=args.quiet,
                          resume=(run_dir / "checkpoint.pt").exists(), plot=False)
-        run_evaluation(ctx, suite=suite_dir, adapter=adapter, dimensions=args.dimensions,
-                       settings=_settings(args, surrogate if name == "vqa" else None), plot=not args.no_plot)
+        try:
+            run_evaluation(ctx, suite=suite_dir, adapter=adapter, dimensions=args.dimensions,
+                           settings=_settings(args, surrogate if name == "vqa" else None), plot=not args.no_plot)
+        finally:
+            ctx.close()
         rows[name] = summary_rows(load_results(run_dir))
     table = []
     for row in rows["vqa"]:
