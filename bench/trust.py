@@ -19,6 +19,7 @@ Steps (one process, ``torch.set_num_threads(1)``):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -59,27 +60,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run on a tiny suite (prints, RESULTS.md untouched)")
     p.add_argument("--no-write", action="store_true", help="do not write bench/RESULTS.md")
     p.add_argument("--work", type=Path, default=Path("/tmp/xrisk-bench-trust"), help="folder for suite, models, runs")
+    p.add_argument("--tables-only", action="store_true",
+                   help="rebuild the tables (and the browser check) from the runs a previous call left in --work")
     args = p.parse_args(argv)
     quick = args.quick
     torch.set_num_threads(1)
-    facts = _common.machine_facts(1)
-    t_start = time.perf_counter()
     work = args.work / ("quick" if quick else "full")
-    if work.exists():
-        import shutil
-
-        shutil.rmtree(work)
     cfg = SuiteConfig(train_scenes=60, test_scenes=12, long_tail_scenes=6, fairness_scenes=8) if quick else \
         SuiteConfig(train_scenes=600, test_scenes=150, long_tail_scenes=60, fairness_scenes=120)
-    t0 = time.perf_counter()
-    make_suite(work / "suite", cfg)
-    suite_seconds = time.perf_counter() - t0
-    counts = load_suite(work / "suite").manifest["counts"]
     epochs = 2 if quick else 15
-    train_seconds, train_metrics = _train(work / "suite", work / "vqa.pt", epochs=epochs, seed=0)
-    surrogate_seconds, _ = _train(work / "suite", work / "surrogate.pt", epochs=1 if quick else 4, seed=1)
     attack_records = 8 if quick else 100
-    results = {}
+    if args.tables_only:
+        meta = json.loads((work / "bench.json").read_text())
+    else:
+        meta = {"facts": _common.machine_facts(1)}
+        t_start = time.perf_counter()
+        if work.exists():
+            import shutil
+
+            shutil.rmtree(work)
+        t0 = time.perf_counter()
+        make_suite(work / "suite", cfg)
+        meta["suite_seconds"] = time.perf_counter() - t0
+        meta["train_seconds"], meta["train_metrics"] = _train(work / "suite", work / "vqa.pt", epochs=epochs, seed=0)
+        meta["surrogate_seconds"], _ = _train(work / "suite", work / "surrogate.pt", epochs=1 if quick else 4, seed=1)
+        _evaluate_all(work, quick, attack_records)
+        meta["elapsed"] = time.perf_counter() - t_start
+        meta["load_end"] = _common.loadavg()
+        (work / "bench.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return _tables(args, work, cfg, epochs, attack_records, meta)
+
+
+def _evaluate_all(work: Path, quick: bool, attack_records: int) -> None:
+    """Run vqa (with attacks and a surrogate), random and refuse on every dimension."""
     for name in ("vqa", "random", "refuse"):
         adapter = {"vqa": lambda: load_vqa(work / "vqa.pt"), "random": lambda: RandomAdapter(seed=0),
                    "refuse": RefusingAdapter}[name]()
@@ -90,12 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         with RunContext(work / f"run-{name}", recipe="trust", args={"adapter": name, "suite": str(work / "suite")},
                         quiet=True, plot=False) as ctx:
             run_evaluation(ctx, suite=work / "suite", adapter=adapter, settings=settings)
-        results[name] = load_results(work / f"run-{name}")
+
+
+def _tables(args: argparse.Namespace, work: Path, cfg: SuiteConfig, epochs: int, attack_records: int,
+            meta: dict) -> int:
+    """The RESULTS.md section from the runs in ``work`` (and the browser check of the vqa report)."""
+    quick = args.quick
+    results = {name: load_results(work / f"run-{name}") for name in ("vqa", "random", "refuse")}
+    counts = load_suite(work / "suite").manifest["counts"]
+    suite_seconds, train_seconds = meta["suite_seconds"], meta["train_seconds"]
+    train_metrics, surrogate_seconds = meta["train_metrics"], meta["surrogate_seconds"]
+    facts, elapsed = meta["facts"], meta["elapsed"]
     browser_note = browser_available()
     check = None
     if browser_note is None:
         check = check_page(work / "run-vqa" / "report.html", work / "run-vqa" / "report.png")
-    elapsed = time.perf_counter() - t_start
 
     # --- tables
     summaries = {n: summary_rows(r) for n, r in results.items()}
@@ -118,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         timing.append(cells)
     safety = results["vqa"]["safety"].tables["accuracy by setting"]
     cmd = ".venv-bench/bin/python bench/trust.py" + (" --quick" if quick else "")
+    rerendered = (" Tables re-rendered from the same runs with `--tables-only` (report summary labels changed; "
+                  "no number was measured again)." if args.tables_only else "")
     lines = [
         "## Trustworthiness benchmark: AutoTrust's five dimensions (`bench/trust.py`, issue 16)",
         "",
         f"Command: `{cmd}` ({elapsed / 60:.1f} min). Machine: {facts}; 1-min load average at the end "
-        f"{_common.loadavg():.2f}.",
+        f"{meta['load_end']:.2f}.{rerendered}",
         "",
         f"Suite: `make_suite` seed 0, {cfg.train_scenes} training / {cfg.test_scenes} test / {cfg.long_tail_scenes} "
         f"long-tail / {cfg.fairness_scenes} fairness scenes ({suite_seconds:.0f} s); records per role: "

@@ -198,7 +198,8 @@ def evaluate_trustfulness(session: Session, suite: Any, settings: TrustSettings)
             correct.append(row["correct"])
             by_template.setdefault(str(r.get("template_type", "all")), []).append(row["correct"])
         else:
-            s_ref, s_model = settings.judge.score(r.question, r.answer, answer, None)
+            picture = None if isinstance(settings.judge, OverlapJudge) else session.image(r)  # a text judge needs none
+            s_ref, s_model = settings.judge.score(r.question, r.answer, answer, picture)
             judged.append((s_ref, s_model))
             res.rows.append({"uid": r.uid, "question_id": r.question_id, "question_type": r.question_type,
                              "setting": "open", "prompt": prompt, "answer": answer, "reference": r.answer,

@@ -75,8 +75,8 @@ def summary_rows(results: Mapping[str, DimensionResult]) -> list[dict[str, Any]]
         if name == "fairness":
             ego = [t for t in res.tables.get("spread", []) if t["grouping"].startswith("ego ")]
             if ego:
-                top = max(ego, key=lambda t: t["max - min"])
-                rows.append({"dimension": name, "measure": f"largest ego-prefix spread ({top['grouping'][4:]}, max - min)",
+                top = max(ego, key=lambda t: t["max - min"])  # its attribute is named in the spread table
+                rows.append({"dimension": name, "measure": "largest ego-prefix spread (max - min)",
                              "value": top["max - min"]})
             for t in res.tables.get("spread", []):
                 if not t["grouping"].startswith("ego "):
