@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-import functools
 import json
 import shutil
 
 import pytest
 
 from _trust import CountingAdapter, one_thread, tiny_model, tiny_suite
-from xrisk.cli import build_parser, main
-from xrisk.recipes.flags import FlagType
+from xrisk.cli import main
 from xrisk.recipes.runner import RunContext
 from xrisk.trust.adapters import ADAPTERS, get_adapter, register_adapter
 from xrisk.trust.dimensions import DIMENSIONS, TrustSettings, evaluate_dimension
@@ -185,78 +182,84 @@ def test_registry():
 
 
 # ----------------------------------------------------------------------------- command line
+# Every flag's bad values and the cross-flag rules that need no suite: tests/test_cli.py (the flag walk).
+def _one_line(err: str, *words: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xrisk: error: ") and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
 def test_cli_make_suite_train_run_report(tmp_path, capsys):
     suite = tmp_path / "suite"
     assert main(["trust", "make-suite", "--out", str(suite), "--train-scenes", "6", "--test-scenes", "2",
                  "--long-tail-scenes", "1", "--fairness-scenes", "2", "--languages", "Arabic", "--quiet"]) == 0
+    assert not (suite / "run.lock").exists()
+    before = (suite / "suite.json").read_text()
+    assert main(["trust", "make-suite", "--out", str(suite), "--quiet"]) == 2
+    _one_line(capsys.readouterr().err, "--out", "already holds a suite")
+    assert (suite / "suite.json").read_text() == before
     model = tmp_path / "m.pt"
     assert main(["trust", "train", "--suite", str(suite), "--out", str(model), "--epochs", "1", "--dim", "16",
                  "--quiet"]) == 0
+    surrogate = tmp_path / "s.pt"
+    assert main(["trust", "train", "--suite", str(suite), "--out", str(surrogate), "--epochs", "1", "--dim", "16",
+                 "--seed", "1", "--quiet"]) == 0
     run = tmp_path / "run"
     argv = ["trust", "run", "--adapter", "vqa", "--model", str(model), "--suite", str(suite), "--out", str(run),
             "--dimensions", "trustfulness,privacy", "--attacks", "none", "--quiet", "--no-plot"]
     assert main(argv) == 0
     assert sorted(p.name for p in (run / "results").iterdir()) == ["privacy.json", "trustfulness.json"]
+    assert not (run / "run.lock").exists()  # the RunContext was closed
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err  # never overwrites a run
     assert main([*argv, "--resume"]) == 0
     changed = [*argv, "--resume", "--seed", "4"]
     assert main(changed) == 2 and "CheckpointMismatchError" in capsys.readouterr().err
     (run / "report.html").unlink()
     assert main(["trust", "report", str(run), "--no-plot"]) == 0 and (run / "report.html").is_file()
-    assert main(["trust", "run", "--adapter", "vqa", "--suite", str(suite), "--quiet"]) == 2
-    assert "needs --model" in capsys.readouterr().err
+    # the black-box transfer test from the command line: the surrogate's images, then the target's answers
+    transfer = tmp_path / "transfer"
+    assert main(["trust", "run", "--adapter", "vqa", "--model", str(model), "--surrogate", "vqa", "--surrogate-model",
+                 str(surrogate), "--suite", str(suite), "--out", str(transfer), "--dimensions", "safety",
+                 "--attacks", "none", "--attack-records", "2", "--max-records", "4", "--pgd-epsilons", "", "--quiet",
+                 "--no-plot"]) == 0
+    metrics = json.loads((transfer / "metrics.json").read_text())
+    assert 0.0 <= metrics["safety.black-box_accuracy"] <= 1.0 and len(list((transfer / "transfer").glob("*.png"))) == 2
+
+
+def test_cli_checks_the_data_before_the_run_folder(tmp_path_factory, tmp_path, capsys):
+    suite = tiny_suite(_base(tmp_path_factory))
     bad = tmp_path / "bad-suite"
     shutil.copytree(suite, bad)
     qa = bad / "trustfulness" / "qa.json"
     rows = json.loads(qa.read_text())
     rows[1]["question_type"] = "multiple choice"
     qa.write_text(json.dumps(rows))
-    assert main(["trust", "run", "--adapter", "refuse", "--suite", str(bad), "--out", str(tmp_path / "r2"),
-                 "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "RecordError" in err and "qa.json: record 1" in err and "'question_type'" in err and "Traceback" not in err
+    out = tmp_path / "run"
+    assert main(["trust", "run", "--adapter", "refuse", "--suite", str(bad), "--out", str(out), "--quiet"]) == 2
+    _one_line(capsys.readouterr().err, "--suite", "qa.json: record 1", "'question_type'")
+    assert not out.exists()
+    (bad / "suite.json").write_text("{not json")
+    assert main(["trust", "train", "--suite", str(bad), "--out", str(tmp_path / "m.pt"), "--quiet"]) == 2
+    _one_line(capsys.readouterr().err, "--suite", "suite.json is not a suite manifest")
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_text("not a model")
+    for argv, flag in ((["--adapter", "vqa", "--model", str(foreign)], "--model"),
+                       (["--adapter", "refuse", "--surrogate", "vqa", "--surrogate-model", str(foreign)],
+                        "--surrogate-model"),
+                       (["--adapter", "refuse", "--surrogate", "random"], "--surrogate")):
+        assert main(["trust", "run", *argv, "--suite", str(suite), "--out", str(out), "--quiet"]) == 2
+        _one_line(capsys.readouterr().err, flag)
+        assert not out.exists()
 
 
-@functools.lru_cache(maxsize=1)
-def _parser() -> argparse.ArgumentParser:
-    return build_parser()
+def test_report_refuses_a_folder_in_use(tmp_path, capsys):
+    from xrisk.recipes.lock import RunLock
 
-
-def _trust_subparsers() -> dict[str, argparse.ArgumentParser]:
-    parser = _parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    trust = sub.choices["trust"]
-    tsub = next(a for a in trust._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(tsub.choices)
-
-
-_MINIMAL = {"make-suite": ["--out", "/tmp/x"], "train": ["--suite", ".", "--out", "m.pt"],
-            "run": ["--adapter", "refuse", "--suite", "."], "report": ["."], "demo": []}
-
-
-def _bad_cases():
-    for cmd, p in _trust_subparsers().items():
-        for action in p._actions:
-            if action.nargs == 0 or action.dest == "help":
-                continue
-            flag = action.option_strings[0] if action.option_strings else action.dest
-            if isinstance(action.type, FlagType):
-                for bad in action.type.bad:
-                    yield cmd, flag, bad
-            elif action.choices is not None:
-                yield cmd, flag, "not-a-choice"
-            else:
-                raise AssertionError(f"xrisk trust {cmd} {flag} declares no FlagType and no choices")
-
-
-@pytest.mark.parametrize("cmd, flag, bad", list(_bad_cases()))
-def test_every_trust_flag_refuses_bad_values(cmd, flag, bad, capsys):
-    argv = ["trust", cmd, *_MINIMAL[cmd], flag, bad] if flag.startswith("--") else ["trust", cmd, bad]
-    with pytest.raises(SystemExit) as e:
-        _parser().parse_args(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert flag in err and "error" in err
+    run = tmp_path / "run"
+    with RunLock(run):  # a run writing into the folder
+        assert main(["trust", "report", str(run), "--no-plot"]) == 2
+    _one_line(capsys.readouterr().err, "in use by another run")
 
 
 @pytest.mark.slow

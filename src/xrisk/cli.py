@@ -47,11 +47,13 @@ class Parser(argparse.ArgumentParser):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default once: ``(default: X)`` unless the help text already says
-    ``default:``, ``(default: off)`` for on/off switches, nothing for ``--help``/``--version``."""
+    ``default:``, ``(default: off)`` for on/off switches, nothing for ``--help``/``--version`` and
+    for required options (they have no default)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default:" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+        if ("default:" in text or action.default is argparse.SUPPRESS or not action.option_strings
+                or action.required):
             return text
         if action.nargs == 0:  # a switch: store_true / store_false
             return f"{text} (default: off)"

@@ -10,13 +10,18 @@
     xrisk trust demo                                         # all of the above, small (~minutes)
 
 Every flag that takes a value is validated while the command line is parsed
-(:mod:`xrisk.recipes.flags`); rules across flags raise :class:`~xrisk.recipes.registry.UsageError`
-before any file is written. ``xrisk trust run --resume --out RUN`` continues a stopped run.
+(:mod:`xrisk.recipes.flags`). Rules across flags and the data (the suite's QA files, the model
+file, the adapter's options) are checked by each command's ``_check_*`` function before any file
+or folder is written, and fail with one :class:`~xrisk.recipes.registry.UsageError` line naming the
+flag. Run folders are :class:`~xrisk.recipes.runner.RunContext` folders (locked while in use, closed
+however the run ends); the suite folder of ``make-suite``, the demo folder and a run folder being
+re-reported are locked the same way. ``xrisk trust run --resume --out RUN`` continues a stopped run.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 import time
 from pathlib import Path
@@ -67,6 +72,24 @@ def _float_list(*, ge: float = 0.0) -> FlagType:
     return FlagType(f"numbers >= {ge:g} separated by spaces or commas", parse, ("abc", "nan", "-1", "1,inf"))
 
 
+def _new_file(value: str) -> Path:
+    p = Path(value)
+    if not value.strip():
+        raise ValueError("empty path")
+    if p.is_dir():
+        raise ValueError("it is a folder; give a file path")
+    for parent in p.parents:  # the first existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{parent} is a file")
+            break
+    return p
+
+
+#: A file to write (the trained model): refused when it is a folder or under a file.
+model_file = FlagType("a file path (not a folder, not under a file)", _new_file, ("", "."))
+
+
 def _adapter_choices() -> list[str]:
     from xrisk.trust.adapters import adapter_names
 
@@ -114,7 +137,7 @@ def _eval_flags(p: argparse.ArgumentParser, *, attack_records: int, ego_records:
     g.add_argument("--ego-records", type=number(int, ge=0), default=ego_records,
                    help="closed-ended records asked with each of the 24 ego prefixes")
     g.add_argument("--max-records", type=number(int, ge=1, allow_none=True), default=None,
-                   help="at most this many records per QA role ('none' = all)")
+                   help="at most this many records per QA role (default: none, every record)")
 
 
 def add_trust_parser(sub: Any) -> argparse.ArgumentParser:
@@ -137,7 +160,7 @@ def add_trust_parser(sub: Any) -> argparse.ArgumentParser:
     p = cmds.add_parser("train", help="train the in-library VQA model on a suite", formatter_class=fmt,
                         description="Train the in-library VQA model on the training split of a suite.")
     p.add_argument("--suite", type=existing_path(kind="folder"), required=True, help="suite folder")
-    p.add_argument("--out", type=text(pattern_help="a file path"), required=True, help="model file to write")
+    p.add_argument("--out", type=model_file, required=True, help="model file to write")
     _train_flags(p, epochs=15)
     p.add_argument("--seed", type=number(int, ge=0), default=0, help="seed")
     _common(p)
@@ -147,12 +170,14 @@ def add_trust_parser(sub: Any) -> argparse.ArgumentParser:
                                     "with answers, results and the report.")
     p.add_argument("--adapter", choices=_adapter_choices(), required=True, help="adapter name")
     p.add_argument("--model", type=text(pattern_help="a model file, folder or hub id"), default=None,
-                   help="what the adapter loads (vqa: a model file; hf: a folder or hub id)")
+                   help="what the adapter loads (vqa: a model file; hf: a folder or hub id) (default: none; the "
+                        "rule-based adapters load nothing)")
     p.add_argument("--suite", type=existing_path(kind="folder"), required=True, help="suite folder")
     p.add_argument("--surrogate", choices=_adapter_choices(), default=None,
-                   help="white-box adapter that makes the black-box transfer images")
+                   help="white-box adapter that makes the black-box transfer images (default: none, no black-box "
+                        "transfer test)")
     p.add_argument("--surrogate-model", type=text(pattern_help="a model file, folder or hub id"), default=None,
-                   help="what the surrogate loads")
+                   help="what the surrogate loads (default: none)")
     _eval_flags(p, attack_records=100, ego_records=100)
     p.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of the fallbacks, noise and 'random'")
     p.add_argument("--out", type=out_dir, default=None, help="run folder (default: runs/trust-<adapter>-<time>)")
@@ -197,69 +222,130 @@ def _settings(args: argparse.Namespace, surrogate: Any = None) -> Any:
                          surrogate=surrogate)
 
 
-def _validate_run(args: argparse.Namespace) -> None:
-    if args.resume and args.out is None:
-        raise UsageError("--resume needs --out (the run folder to continue)")
-    for flag, name, model in (("--adapter", args.adapter, args.model), ("--surrogate", args.surrogate,
-                                                                        args.surrogate_model)):
-        if name in ("vqa", "hf") and model is None:
-            raise UsageError(f"{flag} {name} needs --{'surrogate-' if flag == '--surrogate' else ''}model")
+# ----------------------------------------------------------------------------- checks (before any file is written)
+def _suite_config(args: argparse.Namespace, *, for_demo: bool = False) -> Any:
+    """The :class:`~xrisk.trust.suite.SuiteConfig` of the suite flags (a demo needs both splits)."""
+    from xrisk.trust.suite import SuiteConfig
+
+    if for_demo and args.train_scenes == 0:
+        raise UsageError("argument --train-scenes: the demo trains a model, it needs >= 1 training scene")
+    if for_demo and args.test_scenes == 0:
+        raise UsageError("argument --test-scenes: the demo evaluates on test scenes, it needs >= 1")
+    if args.train_scenes + args.test_scenes == 0:
+        raise UsageError("argument --test-scenes: a suite needs --train-scenes or --test-scenes > 0")
+    return SuiteConfig(train_scenes=args.train_scenes, test_scenes=args.test_scenes,
+                       long_tail_scenes=args.long_tail_scenes, fairness_scenes=args.fairness_scenes, seed=args.seed,
+                       languages=tuple(args.languages))
+
+
+def _open_suite(path: Path, *, need: str | None = None) -> Any:
+    """The suite at ``--suite path`` with every QA file read and validated (and role ``need`` non-empty)."""
+    from xrisk.trust.suite import load_suite
+
+    try:
+        suite = load_suite(path)
+        suite.check()
+    except (FileNotFoundError, ValueError) as e:  # RecordError is a ValueError
+        raise UsageError(f"argument --suite: {' '.join(str(e).split())}") from None
+    if need is not None and not suite.records(need):
+        raise UsageError(f"argument --suite: {path} has no {need} split ({need}.json); make one with "
+                         "`xrisk trust make-suite --train-scenes N`")
+    return suite
+
+
+def _adapter_options(name: str, model: str | None, seed: int, *, flag: str, model_flag: str) -> dict[str, Any]:
+    """The options of adapter ``name`` (flag ``flag``) from its model (flag ``model_flag``) and the seed, checked."""
+    from xrisk.trust.adapters import ADAPTERS
+
+    spec = ADAPTERS[name]
+    model_param = inspect.signature(spec.factory).parameters.get("model")
+    if model is None and model_param is not None and model_param.default is inspect.Parameter.empty:
+        raise UsageError(f"argument {flag}: {name} needs {model_flag} (what it loads)")
+    if model is not None and "model" not in spec.options:
+        raise UsageError(f"argument {model_flag}: adapter {name!r} loads no model")
+    options: dict[str, Any] = {"model": model}
+    if "seed" in spec.options:
+        options["seed"] = seed
+    return options
+
+
+def _build_adapter(name: str, options: dict[str, Any], *, model_flag: str) -> Any:
+    from xrisk.trust.adapters import get_adapter
+
+    try:
+        return get_adapter(name, **options)
+    except (ValueError, OSError, ImportError) as e:  # a foreign model file, a missing folder, a missing extra
+        raise UsageError(f"argument {model_flag}: {type(e).__name__}: {' '.join(str(e).split())}") from None
+
+
+def _check_run(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Every rule of ``xrisk trust run``, the flags' first; returns ``(suite, adapter, surrogate or None)``."""
+    from xrisk.cli import _check_resume
+    from xrisk.trust.adapters import supports_white_box
+
+    _check_resume(args)
+    if args.surrogate is None and args.surrogate_model is not None:
+        raise UsageError("argument --surrogate-model: needs --surrogate (the adapter that loads it)")
+    options = _adapter_options(args.adapter, args.model, args.seed, flag="--adapter", model_flag="--model")
+    surrogate_options = None
+    if args.surrogate is not None:
+        surrogate_options = _adapter_options(args.surrogate, args.surrogate_model, args.seed, flag="--surrogate",
+                                             model_flag="--surrogate-model")
     if args.out is not None and not args.resume and (Path(args.out) / "answers").exists():
-        raise UsageError(f"--out {args.out} already holds a trust run; pass --resume to continue it or choose "
-                         "another --out")
+        raise UsageError(f"argument --out: {args.out} already holds a trust run; pass --resume to continue it "
+                         "or choose another --out")
+    suite = _open_suite(args.suite)
+    adapter = _build_adapter(args.adapter, options, model_flag="--model")
+    surrogate = None
+    if surrogate_options is not None:
+        surrogate = _build_adapter(args.surrogate, surrogate_options, model_flag="--surrogate-model")
+        if not supports_white_box(surrogate):
+            raise UsageError(f"argument --surrogate: {args.surrogate} cannot be attacked (no choice_logits)")
+    return suite, adapter, surrogate
 
 
-def _make_suite(args: argparse.Namespace, out: Path) -> Path:
+def _check_out_suite(out: Path) -> None:
+    if (out / "suite.json").exists():
+        raise UsageError(f"argument --out: {out} already holds a suite (suite.json); choose another folder")
+
+
+# ----------------------------------------------------------------------------- commands
+def _make_suite(args: argparse.Namespace, out: Path, config: Any) -> Path:
+    from xrisk.recipes.lock import RunLock
     from xrisk.recipes.progress import ProgressBar
-    from xrisk.trust.suite import SuiteConfig, make_suite
+    from xrisk.trust.suite import make_suite
 
-    cfg = SuiteConfig(train_scenes=args.train_scenes, test_scenes=args.test_scenes,
-                      long_tail_scenes=args.long_tail_scenes, fairness_scenes=args.fairness_scenes, seed=args.seed,
-                      languages=tuple(args.languages))
-    total = cfg.train_scenes + cfg.test_scenes + cfg.long_tail_scenes + cfg.fairness_scenes
-    with ProgressBar(total, "make-suite", enabled=not args.quiet) as bar:
-        return make_suite(out, cfg, progress=bar.update)
+    total = config.train_scenes + config.test_scenes + config.long_tail_scenes + config.fairness_scenes
+    with RunLock(out), ProgressBar(total, "make-suite", enabled=not args.quiet) as bar:
+        return make_suite(out, config, progress=bar.update)
 
 
-def _train(args: argparse.Namespace, suite_dir: Path, out: Path, *, epochs: int, seed: int, desc: str = "train") -> Any:
+def _train(args: argparse.Namespace, suite: Any, out: Path, *, epochs: int, seed: int, desc: str = "train") -> Any:
     import torch
 
     from xrisk.recipes.progress import ProgressBar
-    from xrisk.trust.suite import load_suite, read_scenes
+    from xrisk.trust.suite import read_scenes
     from xrisk.trust.vqa import train_vqa
 
-    suite = load_suite(suite_dir)
     scenes = read_scenes(suite.root) if (suite.root / "scenes.jsonl").is_file() else None
-    records = suite.records("train")
-    if not records:
-        raise UsageError(f"--suite {suite_dir} has no training split (train.json)")
     torch.manual_seed(seed)
     with ProgressBar(epochs, desc, enabled=not args.quiet) as bar:
-        adapter = train_vqa(records, suite.image_root, epochs=epochs, images_per_batch=args.images_per_batch,
-                            lr=args.lr, dim=args.dim, seed=seed, scenes=scenes,
-                            progress=lambda e, m: bar.update(**m))
+        adapter = train_vqa(suite.records("train"), suite.image_root, epochs=epochs,
+                            images_per_batch=args.images_per_batch, lr=args.lr, dim=args.dim, seed=seed,
+                            scenes=scenes, progress=lambda e, m: bar.update(**m))
     adapter.save(out)
     return adapter
 
 
-def _run(args: argparse.Namespace) -> dict[str, Any]:
+def _evaluate(args: argparse.Namespace, out: Path, *, suite: Any, adapter: Any, surrogate: Any = None,
+              resume: bool) -> dict[str, Any]:
+    """One ``xrisk trust run`` into the run folder ``out`` (a locked RunContext, closed however it ends)."""
     from xrisk.recipes.runner import RunContext
-    from xrisk.trust.run import adapter_from_args, run_evaluation
+    from xrisk.trust.run import run_evaluation
 
-    _validate_run(args)
-    adapter = adapter_from_args(args)
-    surrogate = None
-    if args.surrogate is not None:
-        surrogate = adapter_from_args(args, prefix="surrogate_")
-        from xrisk.trust.adapters import supports_white_box
-
-        if not supports_white_box(surrogate):
-            raise UsageError(f"--surrogate {args.surrogate} cannot be attacked (no choice_logits)")
-    out = args.out if args.out is not None else _default_out(f"trust-{args.adapter}")
-    args.out = out
-    ctx = RunContext(out, recipe="trust", args=args, quiet=args.quiet, resume=args.resume, plot=False)
+    ctx = RunContext(out, recipe="trust", args=args, quiet=args.quiet, resume=resume, plot=False)
     try:
-        return run_evaluation(ctx, suite=args.suite, adapter=adapter, dimensions=args.dimensions,
+        return run_evaluation(ctx, suite=suite, adapter=adapter, dimensions=args.dimensions,
                               settings=_settings(args, surrogate), plot=not args.no_plot)
     finally:
         ctx.close()
@@ -267,41 +353,38 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _demo(args: argparse.Namespace) -> None:
     """Suite -> model (+ surrogate) -> run of vqa, random and refuse -> reports and a comparison table."""
-    from xrisk.recipes.runner import RunContext
+    from xrisk.recipes.lock import RunLock
     from xrisk.trust.adapters import get_adapter
     from xrisk.trust.report import load_results, markdown_table, summary_rows
-    from xrisk.trust.run import run_evaluation
+    from xrisk.trust.suite import load_suite
 
+    config = _suite_config(args, for_demo=True)  # before the demo folder exists
     root = args.out if args.out is not None else _default_out("trust-demo")
     t0 = time.perf_counter()
-    suite_dir = root / "suite"
-    if not (suite_dir / "suite.json").exists():
-        _make_suite(args, suite_dir)
-    model_path = root / "vqa.pt"
-    if not model_path.exists():
-        _train(args, suite_dir, model_path, epochs=args.epochs, seed=args.seed)
-    surrogate = None
-    if args.surrogate_epochs > 0:
-        surrogate_path = root / "surrogate.pt"
-        if not surrogate_path.exists():
-            _train(args, suite_dir, surrogate_path, epochs=args.surrogate_epochs, seed=args.seed + 1,
-                   desc="surrogate")
-        surrogate = get_adapter("vqa", model=str(surrogate_path), name="surrogate")
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for name, options in (("vqa", {"model": str(model_path)}), ("random", {"seed": args.seed}), ("refuse", {})):
-        run_dir = root / f"run-{name}"
-        adapter = get_adapter(name, **options)
-        # the run's arguments: the evaluation's, not the training's (RunContext reads --epochs as epochs to run)
+    with RunLock(root):
+        suite_dir = root / "suite"
+        if not (suite_dir / "suite.json").exists():
+            _make_suite(args, suite_dir, config)
+        suite = _open_suite(suite_dir)
+        model_path = root / "vqa.pt"
+        if not model_path.exists():
+            _train(args, suite, model_path, epochs=args.epochs, seed=args.seed)
+        surrogate = None
+        if args.surrogate_epochs > 0:
+            surrogate_path = root / "surrogate.pt"
+            if not surrogate_path.exists():
+                _train(args, suite, surrogate_path, epochs=args.surrogate_epochs, seed=args.seed + 1,
+                       desc="surrogate")
+            surrogate = get_adapter("vqa", model=str(surrogate_path), name="surrogate")
+        rows: dict[str, list[dict[str, Any]]] = {}
+        # the runs' arguments: the evaluation's, not the training's (RunContext reads --epochs as epochs to run)
         kept = {k: v for k, v in vars(args).items() if k not in ("epochs", "surrogate_epochs")}
-        ns = argparse.Namespace(**{**kept, "adapter": name, "out": run_dir})
-        ctx = RunContext(run_dir, recipe="trust", args=ns, quiet=args.quiet,
-                         resume=(run_dir / "checkpoint.pt").exists(), plot=False)
-        try:
-            run_evaluation(ctx, suite=suite_dir, adapter=adapter, dimensions=args.dimensions,
-                           settings=_settings(args, surrogate if name == "vqa" else None), plot=not args.no_plot)
-        finally:
-            ctx.close()
-        rows[name] = summary_rows(load_results(run_dir))
+        for name, options in (("vqa", {"model": str(model_path)}), ("random", {"seed": args.seed}), ("refuse", {})):
+            run_dir = root / f"run-{name}"
+            ns = argparse.Namespace(**{**kept, "adapter": name, "out": run_dir})
+            _evaluate(ns, run_dir, suite=suite, adapter=get_adapter(name, **options),
+                      surrogate=surrogate if name == "vqa" else None, resume=(run_dir / "checkpoint.pt").exists())
+            rows[name] = summary_rows(load_results(run_dir))
     table = []
     for row in rows["vqa"]:
         entry = {"dimension": row["dimension"], "measure": row["measure"]}
@@ -319,8 +402,10 @@ def _demo(args: argparse.Namespace) -> None:
 def run_trust_command(args: argparse.Namespace) -> int:
     """Run a parsed ``xrisk trust ...`` command; returns the exit status.
 
-    A malformed QA file, a missing model or suite file and a missing optional dependency become a
-    :class:`~xrisk.recipes.registry.UsageError` (one ``xrisk: error:`` line, exit status 2).
+    Each command checks its flags against each other and against the data before it writes
+    anything; a problem is a :class:`~xrisk.recipes.registry.UsageError` naming the flag (one
+    ``xrisk: error:`` line, exit status 2). A missing optional dependency, or a QA or model file
+    that goes missing during the run, becomes one too.
     """
     from xrisk.trust.records import RecordError
 
@@ -333,24 +418,28 @@ def run_trust_command(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.trust_command
     if cmd == "make-suite":
-        manifest = _make_suite(args, Path(args.out))
+        config = _suite_config(args)
+        _check_out_suite(args.out)
+        manifest = _make_suite(args, args.out, config)
         print(f"xrisk trust make-suite: wrote {manifest}")
         return 0
     if cmd == "train":
-        out = Path(args.out)
-        if out.exists() and out.is_dir():
-            raise UsageError(f"--out {out} is a folder; give a model file path")
-        _train(args, Path(args.suite), out, epochs=args.epochs, seed=args.seed)
-        print(f"xrisk trust train: wrote {out}")
+        suite = _open_suite(args.suite, need="train")
+        _train(args, suite, args.out, epochs=args.epochs, seed=args.seed)
+        print(f"xrisk trust train: wrote {args.out}")
         return 0
     if cmd == "run":
-        final = _run(args)
+        suite, adapter, surrogate = _check_run(args)  # before the run folder exists
+        args.out = args.out if args.out is not None else _default_out(f"trust-{args.adapter}")
+        final = _evaluate(args, args.out, suite=suite, adapter=adapter, surrogate=surrogate, resume=args.resume)
         print(f"xrisk trust run: {len(final)} metrics; report in {args.out}/report.html")
         return 0
     if cmd == "report":
+        from xrisk.recipes.lock import RunLock
         from xrisk.trust.report import write_report
 
-        paths = write_report(Path(args.run_dir), plot=not args.no_plot)
+        with RunLock(args.run_dir):  # not while a run writes into the folder
+            paths = write_report(args.run_dir, plot=not args.no_plot)
         print(f"xrisk trust report: wrote {paths['markdown']} and {paths['html']}")
         return 0
     if cmd == "demo":
@@ -360,7 +449,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - `python -m xrisk.trust.cli`
-    """``xrisk trust ...`` on its own."""
-    parser = argparse.ArgumentParser(prog="xrisk")
-    add_trust_parser(parser.add_subparsers(dest="command", required=True))
-    return run_trust_command(parser.parse_args(argv if argv is not None else sys.argv[1:]))
+    """``xrisk trust ...`` on its own (the ``xrisk`` command's parser, errors and exit codes)."""
+    from xrisk.cli import main as xrisk_main
+
+    return xrisk_main(["trust", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -19,14 +19,13 @@ inside an unfinished one, answers every question already in the cache from the c
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from xrisk.recipes.runner import RunContext
-from xrisk.trust.adapters import get_adapter, supports_white_box
+from xrisk.trust.adapters import supports_white_box
 from xrisk.trust.dimensions import DIMENSIONS, DimensionResult, TrustSettings, evaluate_dimension
 from xrisk.trust.engine import Session
 from xrisk.trust.records import QARecord
@@ -113,15 +112,3 @@ def run_evaluation(
     bar.close()
     write_report(out, plot=plot)
     return ctx.finish(final)
-
-
-def adapter_from_args(args: argparse.Namespace, *, prefix: str = "") -> Any:
-    """Build the adapter named by ``--{prefix}adapter`` with ``--{prefix}model`` (and the seed for ``random``)."""
-    name = getattr(args, f"{prefix}adapter")
-    options: dict[str, Any] = {}
-    model = getattr(args, f"{prefix}model", None)
-    if model is not None:
-        options["model"] = str(model)
-    if name == "random":
-        options["seed"] = int(getattr(args, "seed", 0))
-    return get_adapter(name, **options)

@@ -165,33 +165,56 @@ class Suite:
                 raise ValueError(f"{root / 'suite.json'}: unknown role {role!r}; roles: {', '.join(ROLES)}, ego_patterns")
             paths = [paths] if isinstance(paths, str) else list(paths)
             self.files[role] = [root / p for p in paths]
+        self._records: dict[str, tuple[QARecord, ...]] = {}
 
     def records(self, role: str) -> list[QARecord]:
-        """The validated records of every file of ``role`` (``[]`` if the suite has none)."""
-        out: list[QARecord] = []
-        for path in self.files.get(role, []):
-            out.extend(load_records(path, require=_REQUIRED.get(role, ())))
-        return out
+        """The validated records of every file of ``role`` (``[]`` if the suite has none); read once.
+
+        Raises:
+            RecordError: a malformed record (the message names the file, the record and the field).
+        """
+        if role not in self._records:
+            out: list[QARecord] = []
+            for path in self.files.get(role, []):
+                out.extend(load_records(path, require=_REQUIRED.get(role, ())))
+            self._records[role] = tuple(out)
+        return list(self._records[role])
 
     def ego_patterns(self) -> list[EgoPrefix]:
         """The fairness prefixes (``[]`` if the suite has none)."""
         paths = self.files.get("ego_patterns", [])
         return [p for path in paths for p in load_ego_patterns(path)]
 
+    def check(self) -> None:
+        """Read and validate every QA file and the ego prefixes (what a run reads), writing nothing.
+
+        Raises:
+            RecordError: a malformed record; FileNotFoundError: a file named in ``suite.json`` is missing.
+        """
+        for role in self.files:
+            if role == "ego_patterns":
+                self.ego_patterns()
+            else:
+                self.records(role)
+
 
 def load_suite(path: str | Path) -> Suite:
     """Open a suite folder (or its ``suite.json``).
 
     Raises:
-        FileNotFoundError: no ``suite.json``; ValueError: a manifest of another format.
+        FileNotFoundError: no ``suite.json``; ValueError: a damaged manifest or one of another format.
     """
     p = Path(path)
     manifest_path = p if p.is_file() else p / "suite.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no suite manifest {manifest_path} (make one with `xrisk trust make-suite`)")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("format") != SUITE_FORMAT:
-        raise ValueError(f"{manifest_path}: expected format {SUITE_FORMAT!r}, got {manifest.get('format')!r}")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{manifest_path} is not a suite manifest ({' '.join(str(e).split())})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != SUITE_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{manifest_path}: expected format {SUITE_FORMAT!r}, got {found!r}")
     return Suite(manifest_path.parent, manifest)
 
 

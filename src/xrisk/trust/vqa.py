@@ -387,7 +387,11 @@ def load_vqa(model: str | Path, *, sure_threshold: float | None = None, abstain_
     p = Path(model)
     if not p.is_file():
         raise FileNotFoundError(f"no VQA model {p} (train one with `xrisk trust train`)")
-    payload = torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch/pickle/zip raise many types for a damaged or foreign file
+        raise ValueError(f"{p} is not an xrisk trust VQA model ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{p} is not an xrisk trust VQA model (format {MODEL_FORMAT!r})")
     net = SceneVQA(len(payload["vocab"]), dim=int(payload["dim"]))
