@@ -2,7 +2,7 @@
 adapters on a generated driving-scene suite, every dimension; a PGD accuracy-vs-epsilon curve; time
 per 1,000 records per dimension; the HTML report checked in headless Chromium.
 
-    .venv-bench/bin/python bench/trust.py            # full run (~15-25 min on 2 shared cores), RESULTS.md
+    .venv-bench/bin/python bench/trust.py            # full run (37 min at load average 8-9 on 2 shared cores), RESULTS.md
     .venv-bench/bin/python bench/trust.py --quick    # smoke run (tiny suite, a few minutes), prints only
 
 Steps (one process, ``torch.set_num_threads(1)``):

@@ -312,6 +312,18 @@ def test_out_under_a_file_is_refused(tmp_path, capsys):
         _one_error_line(capsys.readouterr().err, "--out")
 
 
+def test_model_file_under_a_file_or_a_folder_is_refused(tmp_path, capsys):
+    """``trust train --out`` is a file to write (``out_file``): not a folder, not under a file."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    for out, why in ((f / "m.pt", "is a file"), (f / "sub" / "m.pt", "is a file"), (tmp_path, "it is a folder")):
+        with pytest.raises(SystemExit) as e:
+            main(["trust", "train", "--suite", str(tmp_path), "--out", str(out)])
+        assert e.value.code == 2
+        _one_error_line(capsys.readouterr().err, "--out", why)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and f.read_text() == "x"
+
+
 def test_version(capsys):
     import xrisk
 
@@ -328,7 +340,9 @@ def test_help_states_each_default_once(prefix, action):
     from xrisk.cli import HelpFormatter
 
     text = HelpFormatter("x")._expand_help(action)
-    assert text.count("default:") == (0 if action.required else 1), (prefix, action.option_strings, text)
+    # a required option has no default: the formatter adds none (its help may still say "default: none")
+    assert text.count("default:") == 1 or action.required and text.count("default:") == 0, (
+        prefix, action.option_strings, text)
     assert "None" not in text, text  # a default of None is explained in words
     if action.nargs == 0:
         assert text.endswith("(default: off)"), text

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xrisk.recipes.flags import FlagType, existing_path, number, out_dir, text
+from xrisk.recipes.flags import FlagType, existing_path, number, out_dir, out_file, text
 from xrisk.recipes.registry import UsageError
 
 __all__ = ["add_trust_parser", "run_trust_command", "TRUST_COMMANDS"]
@@ -70,24 +70,6 @@ def _float_list(*, ge: float = 0.0) -> FlagType:
         return tuple(out)
 
     return FlagType(f"numbers >= {ge:g} separated by spaces or commas", parse, ("abc", "nan", "-1", "1,inf"))
-
-
-def _new_file(value: str) -> Path:
-    p = Path(value)
-    if not value.strip():
-        raise ValueError("empty path")
-    if p.is_dir():
-        raise ValueError("it is a folder; give a file path")
-    for parent in p.parents:  # the first existing ancestor must be a folder
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{parent} is a file")
-            break
-    return p
-
-
-#: A file to write (the trained model): refused when it is a folder or under a file.
-model_file = FlagType("a file path (not a folder, not under a file)", _new_file, ("", "."))
 
 
 def _adapter_choices() -> list[str]:
@@ -160,7 +142,7 @@ def add_trust_parser(sub: Any) -> argparse.ArgumentParser:
     p = cmds.add_parser("train", help="train the in-library VQA model on a suite", formatter_class=fmt,
                         description="Train the in-library VQA model on the training split of a suite.")
     p.add_argument("--suite", type=existing_path(kind="folder"), required=True, help="suite folder")
-    p.add_argument("--out", type=model_file, required=True, help="model file to write")
+    p.add_argument("--out", type=out_file, required=True, help="model file to write")
     _train_flags(p, epochs=15)
     p.add_argument("--seed", type=number(int, ge=0), default=0, help="seed")
     _common(p)
