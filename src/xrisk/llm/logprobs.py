@@ -157,7 +157,7 @@ def _grouped(model: Any, batch: Mapping[str, Tensor], share_prompt: bool) -> tup
     full_mask = torch.cat([pm_rep, flat_m], 1)
     if share_prompt and supports_shared_prompt(model) and lp > 0:
         out = _call(model, p_ids, p_mask, keep=1, use_cache=True)
-        cache = out["cache"]
+        cache = out["cache"] if "cache" in out else out.past_key_values
         cache.batch_repeat_interleave(g)  # each prompt's keys/values serve its G answers (gradient summed back)
         positions = p_mask.sum(-1).repeat_interleave(g).unsqueeze(1) + torch.arange(lc, device=c_ids.device)
         rest = _call(model, flat_c, full_mask, positions=positions, keep=torch.arange(lc - 1, device=c_ids.device),

@@ -147,3 +147,11 @@ class DFTTrainer(XRiskTrainer):
                                        fresh=self.fresh_negatives)
             loss = dft_batch_loss(model, inputs, loss_fn, columns, share_prompt=self.share_prompt)
         return (loss, {}) if return_outputs else loss
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple[Any, None, None]:
+        """Evaluation: the step's loss (model and loss in eval mode: the estimator is not updated)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None

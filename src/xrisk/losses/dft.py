@@ -141,8 +141,8 @@ class DFTLoss(nn.Module):
             self._record(None)
             return logp_pos.sum() * 0.0 + logp_neg.sum() * 0.0
         d, log_new = dft_log_terms(logp_neg, ref, self.tau)
-        log_u = self._estimate(idx, log_new.float(), unique)
-        loss = dft_surrogate(logp_pos, logp_neg, d, log_u.to(d.dtype))
+        log_u = self._estimate(idx, log_new, unique)
+        loss = dft_surrogate(logp_pos, logp_neg, d, log_u)
         self._record(functools.partial(_objective_estimate, logp_pos.detach(), log_u, self.tau))
         return loss
 
@@ -176,9 +176,10 @@ class DFTLoss(nn.Module):
         if inv is not None:  # a prompt seen several times: the log of the mean of its estimates (linear space)
             log_new = _log_mean_by_group(log_new.to(value.device), inv, rows.numel())
         seen_rows = seen.index_select(0, rows) if self.u_init is None else torch.ones_like(rows, dtype=torch.bool)
-        log_u = dft_log_estimate(value.index_select(0, rows), log_new.to(value.device), self.gamma, seen_rows)
+        old = value.index_select(0, rows).to(log_new.dtype)  # computed in the scores' precision, stored in float32
+        log_u = dft_log_estimate(old, log_new.to(value.device), self.gamma, seen_rows)
         if self.training:
-            write_rows((self.log_u,), rows, (log_u,))  # checks finiteness before writing
+            write_rows((self.log_u,), rows, (log_u.float(),))  # checks finiteness before writing
         elif not all_finite(log_u):
             raise FloatingPointError("the DFT estimate log u is not finite; no state was changed")
         return log_u if inv is None else log_u.index_select(0, inv)
