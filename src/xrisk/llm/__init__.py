@@ -9,7 +9,7 @@ from xrisk.llm.generation import (UNHELPFUL_SYSTEM_PROMPT, Completion, SamplingS
                                   generate_negatives, reference_logprobs)
 from xrisk.llm.loading import default_cache_dir, load_causal_lm, smollm2_gguf
 from xrisk.llm.logprobs import sequence_logprobs, supports_shared_prompt
-from xrisk.llm.steps import dft_batch_loss, sft_batch_loss
+from xrisk.llm.steps import dft_batch_loss, sft_batch_loss, sft_warmup
 from xrisk.llm.tasks import Task, addition_task, exact_match, split_records, word_problem_task
 from xrisk.llm.tiny import char_tokenizer, tiny_llama
 
@@ -20,7 +20,7 @@ __all__ = [
     "UNHELPFUL_SYSTEM_PROMPT",
     "encode_prompt", "encode_completion",
     "read_jsonl", "DFTDataset", "DFTCollator", "Truncation", "negative_columns", "select_negatives",
-    "dft_batch_loss", "sft_batch_loss",
+    "dft_batch_loss", "sft_batch_loss", "sft_warmup",
     "XRiskTrainer", "DFTTrainer",
     "Task", "addition_task", "word_problem_task", "split_records", "exact_match",
     "char_tokenizer", "tiny_llama",

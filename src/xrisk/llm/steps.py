@@ -3,16 +3,17 @@ the ``xrisk run dft`` recipe and plain PyTorch loops."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from xrisk.llm.data import select_negatives
 from xrisk.llm.logprobs import sequence_logprobs
 from xrisk.losses.dft import DFTLoss
 
-__all__ = ["dft_batch_loss", "sft_batch_loss"]
+__all__ = ["dft_batch_loss", "sft_batch_loss", "sft_warmup"]
 
 
 def sft_batch_loss(model: Any, batch: Mapping[str, Tensor]) -> Tensor:
@@ -42,3 +43,29 @@ def dft_batch_loss(model: Any, batch: Mapping[str, Tensor], loss_fn: DFTLoss, co
         ref = sel["ref_logp"]
     logp, _ = sequence_logprobs(model, sel, normalize=loss_fn.variant == "dft2", share_prompt=share_prompt)
     return loss_fn(logp[:, 0], logp[:, 1:], sel["index"], ref_logp_neg=ref)
+
+
+def sft_warmup(model: Any, dataset: Any, *, steps: int, batch_size: int, lr: float, pad_token_id: int,
+               seed: int = 0, on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Supervised training of ``model`` on the answers of a :class:`~xrisk.llm.DFTDataset` for ``steps`` AdamW
+    steps of ``batch_size`` random records (a base model for a from-scratch study, e.g. a tiny LM that then
+    produces plausible wrong answers). Batches are drawn from a generator seeded with ``seed``; the model
+    is put in training mode and left in eval mode. Returns the loss of every step."""
+    from xrisk.llm.data import DFTCollator
+
+    collate = DFTCollator(pad_token_id)
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for step in range(steps):
+        rows = torch.randint(len(dataset), (batch_size,), generator=g).tolist()
+        loss = sft_batch_loss(model, collate([dataset[i] for i in rows]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1, losses[-1])
+    model.eval()
+    return losses

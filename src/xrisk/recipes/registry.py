@@ -66,6 +66,7 @@ RECIPES: dict[str, Recipe] = {}
 BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.auc",
     "xrisk.recipes.contrastive",
+    "xrisk.recipes.dft",
 )
 
 

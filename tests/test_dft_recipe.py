@@ -1,0 +1,79 @@
+"""`xrisk run dft` end to end on a tiny model: generated data (base model, negatives, exact match), resume
+equal to an uninterrupted run, a JSONL file, SFT, usage errors naming the flag or the file line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from _llm import records
+from xrisk.cli import main
+
+pytest.importorskip("transformers", reason="the `llm` extra")
+
+TINY = ["run", "dft", "--model", "tiny", "--num-train", "32", "--num-test", "16", "--pretrain-steps", "20",
+        "--batch-size", "8", "--quiet", "--no-plot"]
+
+
+def _metrics(out):
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("epoch_seconds")
+    return rows
+
+
+def test_generated_run_and_resume_equal_an_uninterrupted_run(tmp_path):
+    torch.set_num_threads(1)
+    assert main(TINY + ["--epochs", "2", "--out", str(tmp_path / "full")]) == 0
+    full = _metrics(tmp_path / "full")
+    assert [r["epoch"] for r in full] == [1, 2]
+    assert all({"train_surrogate", "train_objective", "test_exact_match"} <= set(r) for r in full)
+    lines = [json.loads(x) for x in (tmp_path / "full" / "negatives.jsonl").read_text().splitlines()]
+    assert len(lines) == 32 and all(len(x["negatives"]) == 4 and len(x["ref_logp"]) == 4 for x in lines)
+    config = json.loads((tmp_path / "full" / "config.json").read_text())["resolved"]
+    assert config["negative_columns"] == 4 and config["truncated_prompts"] == 0 and "base_exact_match" in config
+
+    assert main(TINY + ["--epochs", "1", "--out", str(tmp_path / "part")]) == 0
+    assert main(TINY + ["--epochs", "2", "--out", str(tmp_path / "part"), "--resume"]) == 0
+    assert _metrics(tmp_path / "part") == full
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    for part in ("model", "loss"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+
+
+def test_jsonl_data_dft2_and_sft(tmp_path):
+    torch.set_num_threads(1)
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records(16, k=2, ref=False)))
+    base = ["run", "dft", "--model", "tiny", "--data", str(path), "--batch-size", "8", "--epochs", "1", "--quiet",
+            "--no-plot"]
+    assert main(base + ["--variant", "dft2", "--out", str(tmp_path / "dft2")]) == 0
+    assert "train_objective" in _metrics(tmp_path / "dft2")[0]
+    assert main(base + ["--variant", "sft", "--out", str(tmp_path / "sft")]) == 0
+    assert "train_loss" in _metrics(tmp_path / "sft")[0]
+
+
+def test_usage_errors_name_the_flag_or_the_line(tmp_path, capsys):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(records(1, k=2)[0]) + "\n" + json.dumps({"prompt": "1+1=", "answer": ""}) + "\n")
+    cases = [
+        (["--data", str(path)], "bad.jsonl:2: the answer is empty"),
+        (["--data", str(tmp_path / "none.jsonl")], "--data"),
+        (["--model", "nonexistent-folder"], "--model"),
+        (["--max-length", "10", "--max-prompt-length", "10"], "--max-length"),
+        (["--num-negatives", "1"], "--num-negatives"),
+        (["--variant", "sft", "--tau", "0.5"], "--tau"),
+        (["--unhelpful-system-prompt"], "--unhelpful-system-prompt"),
+        (["--gguf-file", "x.gguf"], "--gguf-file"),
+    ]
+    for extra, message in cases:
+        argv = ["run", "dft", "--quiet", "--out", str(tmp_path / "run"), *extra]
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse: a bad value of one flag
+            code = e.code
+        assert code == 2, extra
+        assert message in capsys.readouterr().err, extra
