@@ -84,8 +84,8 @@ def sequence_logprobs(
     * **grouped** (prompt groups, the layout of :mod:`xrisk.llm.encoding`): ``prompt_input_ids [B, Lp]``
       and ``prompt_attention_mask`` (left padded), ``completion_input_ids [B, G, Lc]`` and
       ``completion_attention_mask`` (right padded): ``G`` answers per prompt, e.g. the positive and ``m``
-      negatives. Returns ``[B, G]`` tensors. With ``share_prompt=True`` and a model that takes a KV cache
-      (:func:`supports_shared_prompt`) the prompt is encoded once per group and its cache is shared by the
+      negatives. Returns ``[B, G]`` tensors. With ``share_prompt=True``, ``G > 1`` and a model that takes a KV
+      cache (:func:`supports_shared_prompt`) the prompt is encoded once per group and its cache is shared by the
       ``G`` answers (one forward for the prompts, one for all answers); otherwise the ``B G`` full sequences
       go through one concatenated forward, as in the reference code. Both are exact; gradients flow
       through the prompt's encoding in both.
@@ -155,7 +155,7 @@ def _grouped(model: Any, batch: Mapping[str, Tensor], share_prompt: bool) -> tup
     flat_c, flat_m = c_ids.reshape(b * g, lc), c_mask.reshape(b * g, lc)
     p_rep, pm_rep = p_ids.repeat_interleave(g, 0), p_mask.repeat_interleave(g, 0)
     full_mask = torch.cat([pm_rep, flat_m], 1)
-    if share_prompt and supports_shared_prompt(model) and lp > 0:
+    if share_prompt and g > 1 and supports_shared_prompt(model) and lp > 0:
         out = _call(model, p_ids, p_mask, keep=1, use_cache=True)
         cache = out["cache"] if "cache" in out else out.past_key_values
         cache.batch_repeat_interleave(g)  # each prompt's keys/values serve its G answers (gradient summed back)
