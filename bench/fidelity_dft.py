@@ -460,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run (small sizes, RESULTS.md untouched)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    _common.hide_broken_torchvision()  # .venv-bench: LibAUC's torchvision wheel does not load beside CPU torch
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parts = PARTS if args.part == "all" else (args.part,)

@@ -48,13 +48,19 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
      "surrogates of AUC-M, AP, partial AUC and the contrastive losses.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
-      "xrisk.functional.contrastive", "xrisk.functional.similarity"]),
+      "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.dft"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders"]),
+    ("Language models", "llm",
+     "`xrisk.llm` (the `llm` extra): loading causal LMs (hub ids, folders, GGUF with a cache), batched "
+     "generation, sequence log-probabilities, DFT's data format, negatives and trainers "
+     "(see the [DFT guide](../dft.md)).",
+     ["xrisk.llm.loading", "xrisk.llm.generation", "xrisk.llm.logprobs", "xrisk.llm.encoding", "xrisk.llm.data",
+      "xrisk.llm.steps", "xrisk.llm.trainer", "xrisk.llm.tasks", "xrisk.llm.tiny"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.runner", "xrisk.recipes.auc",
-      "xrisk.recipes.contrastive", "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.contrastive", "xrisk.recipes.dft", "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 
