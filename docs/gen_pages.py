@@ -59,7 +59,7 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
       "xrisk.llm.steps", "xrisk.llm.trainer", "xrisk.llm.tasks", "xrisk.llm.tiny"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
-     ["xrisk.recipes.registry", "xrisk.recipes.runner", "xrisk.recipes.auc",
+     ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
       "xrisk.recipes.contrastive", "xrisk.recipes.dft", "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]

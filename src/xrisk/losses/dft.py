@@ -6,12 +6,13 @@ import functools
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_positive, check_unit_interval
+from xrisk.checkpoint import default_checkpoint_settings
 from xrisk.functional.dft import dft_log_estimate, dft_log_terms, dft_surrogate
-from xrisk.state import SampleState, check_index_unique, write_rows
+from xrisk.state import ReplicatedStateModule, SampleState, check_index_unique, write_rows
 
 __all__ = ["DFTLoss"]
 
@@ -21,7 +22,7 @@ Variant = Literal["dft", "dft2"]
 PAPER_SETTINGS: dict[str, tuple[float, float]] = {"dft": (1.0, 0.85), "dft2": (0.3, 0.9)}
 
 
-class DFTLoss(nn.Module):
+class DFTLoss(ReplicatedStateModule):
     """Discriminative likelihood of the supervised answer among all outputs (DFT / DFT2).
 
     With the score ``s(y, x) = log pi_theta(y | x)`` of an answer, DFT maximises the
@@ -129,14 +130,18 @@ class DFTLoss(nn.Module):
 
     def forward(self, logp_pos: Tensor, logp_neg: Tensor, index: Tensor, ref_logp_neg: Tensor | None = None) -> Tensor:
         """Surrogate loss of a batch of prompts (scalar tensor); see the class docstring."""
-        ref = self._check(logp_pos, logp_neg, ref_logp_neg)
-        idx, unique = check_index_unique(index, self.num_prompts, batch_size=logp_pos.shape[0])
-        if self.gather and xdist.is_distributed():
-            logp_pos = xdist.all_gather(logp_pos, grad="sum")
-            logp_neg = xdist.all_gather(logp_neg, grad="sum")
-            idx = xdist.all_gather_no_grad(idx.to(logp_pos.device))
-            ref = None if ref is None else xdist.all_gather_no_grad(ref)
+        check = functools.partial(self._check, logp_pos, logp_neg, index, ref_logp_neg)
+        if self.gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
+            (ref, idx, _), layout = xdist.agree_on_batch(
+                type(self).__name__, check,
+                lambda out: {"logp_pos": logp_pos, "logp_neg": logp_neg, "index": out[1], "ref_logp_neg": out[0]})
+            logp_pos = xdist.all_gather(logp_pos, grad="sum", sizes=layout.sizes)
+            logp_neg = xdist.all_gather(logp_neg, grad="sum", sizes=layout.sizes)
+            idx = xdist.all_gather_no_grad(idx.to(logp_pos.device), sizes=layout.sizes)
+            ref = None if ref is None else xdist.all_gather_no_grad(ref, sizes=layout.sizes)
             unique = bool(torch.unique(idx).numel() == idx.numel())
+        else:
+            ref, idx, unique = check()
         if logp_pos.shape[0] == 0:
             self._record(None)
             return logp_pos.sum() * 0.0 + logp_neg.sum() * 0.0
@@ -146,8 +151,15 @@ class DFTLoss(nn.Module):
         self._record(functools.partial(_objective_estimate, logp_pos.detach(), log_u, self.tau))
         return loss
 
+    def checkpoint_settings(self) -> dict[str, object]:
+        """Stored with the state (a checkpoint loads only into a loss with equal settings): the variant and
+        ``tau`` fix what ``log u`` estimates."""
+        return {**default_checkpoint_settings(self), "variant": self.variant, "tau": self.tau}
+
     # ------------------------------------------------------------------ steps
-    def _check(self, logp_pos: Tensor, logp_neg: Tensor, ref: Tensor | None) -> Tensor | None:
+    def _check(self, logp_pos: Tensor, logp_neg: Tensor, index: Tensor,
+               ref: Tensor | None) -> tuple[Tensor | None, Tensor, bool]:
+        """This rank's checks: ``(reference log-probs or None, index as int64, whether it is duplicate-free)``."""
         for name, x in (("logp_pos", logp_pos), ("logp_neg", logp_neg)):
             if not isinstance(x, Tensor) or not x.is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
@@ -166,7 +178,8 @@ class DFTLoss(nn.Module):
         if not all_finite(*tensors):
             for name, x in zip(("logp_pos", "logp_neg", "ref_logp_neg"), tensors):
                 check_finite(name, x)
-        return None if ref is None else ref.detach().to(logp_neg.device)
+        idx, unique = check_index_unique(index, self.num_prompts, batch_size=logp_pos.shape[0])
+        return (None if ref is None else ref.detach().to(logp_neg.device, logp_neg.dtype)), idx, unique
 
     def _estimate(self, idx: Tensor, log_new: Tensor, unique: bool) -> Tensor:
         """Refresh ``log u`` at ``idx`` (written in training mode only) and return the rows for each batch entry."""

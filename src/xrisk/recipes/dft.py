@@ -19,7 +19,6 @@ base model's). Truncated prompts and answers are counted in ``config.json``.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 
 from xrisk.recipes.flags import number, text
 from xrisk.recipes.registry import Recipe, UsageError, register
-from xrisk.recipes.runner import RunContext
+from xrisk.recipes.runner import RunContext, train_loss_key
 
 __all__ = ["add_arguments", "run", "validate", "MODEL_DEFAULTS"]
 
@@ -54,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", type=text(pattern_help="tiny, smollm2 or an existing model folder",
                                         check=_model_choice), default="tiny", help="tiny | smollm2 | PATH")
-    g.add_argument("--gguf-file", type=text(), default=None, help="a GGUF file inside the --model folder")
+    g.add_argument("--gguf-file", type=text(), default=None, help="a GGUF file inside the --model folder (default: none, a model folder)")
     g.add_argument("--data", type=text(pattern_help="generated or an existing .jsonl file", check=_data_choice),
                    default="generated", help="generated | PATH.jsonl")
     g.add_argument("--num-train", type=number(int, ge=1, allow_none=True), default=None,
@@ -62,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-test", type=number(int, ge=1, allow_none=True), default=None,
                    help="generated held-out prompts (default: 500 tiny, 100 otherwise)")
     g.add_argument("--pretrain-steps", type=number(int, ge=0, allow_none=True), default=None,
-                   help="SFT steps that make the tiny base model (default 1500; 0 for pretrained models)")
+                   help="SFT steps that make the tiny base model (default: 1500 tiny, 0 for pretrained models)")
     g.add_argument("--num-negatives", type=number(int, ge=1, allow_none=True), default=None,
                    help="negatives sampled per prompt (default: 2 x --negatives-per-prompt: fresh ones in 2 epochs, "
                         "then they cycle)")
@@ -86,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=number(float, gt=0, le=1, allow_none=True), default=None,
                    help="moving-average weight on the new value (default: 0.85 DFT / 0.9 DFT2)")
     g.add_argument("--u-init", type=number(float, allow_none=True), default=None,
-                   help="the reference code's start value of log u (e.g. 0); none: xrisk's first-visit rule")
+                   help="the reference code's start value of log u, e.g. 0 (default: none, xrisk's first-visit rule)")
     g.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of data, base model and batches")
 
 
@@ -165,8 +164,7 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
     from xrisk.losses import DFTLoss
     from xrisk.recipes.auc import ShuffleBatches
 
-    validate(args)  # also run by the CLI before the run folder exists
-    r = _resolve(args)
+    r = _resolve(args)  # the CLI ran validate(args) before the run folder existed
     model, tok = _load_model(args)
     task, test, base_acc = None, [], float("nan")
     if args.data == "generated":
@@ -190,32 +188,34 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
     if data.truncation.prompts or data.truncation.answers:
         ctx.notice(f"truncated {data.truncation.prompts} prompts (left) and {data.truncation.answers} answers")
     start = ctx.resume(model=model, loss=loss, optimizer=optimizer, sampler=sampler)
-    key = "train_loss" if loss is None else "train_surrogate"
-    bar = ctx.progress(max(args.epochs - start, 0) * math.ceil(len(data) / r["batch_size"]), "train")
+    key = train_loss_key(loss)  # SFT: train_loss (token cross-entropy); DFT: train_surrogate
+    bar = ctx.progress(max(args.epochs - start, 0) * len(sampler) - ctx.start_step, "train")
     for epoch in range(start + 1, args.epochs + 1):
         sampler.set_epoch(epoch)
         cols = None if loss is None else negative_columns(epoch - 1, args.negatives_per_prompt, data.num_negatives)
         model.train()
-        t0, total, count, objectives = time.monotonic(), 0.0, 0, []
-        for index in sampler:
+        t0 = time.monotonic()
+        acc: dict[str, Any] = {"total": 0.0, "count": 0, "objectives": []}
+        for index in ctx.steps(epoch, sampler, state=acc):
             batch = collate([data[i] for i in index.tolist()])
             value = sft_batch_loss(model, batch) if loss is None else dft_batch_loss(model, batch, loss, cols)
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
-            total, count = total + float(value.detach()), count + 1
+            acc["total"] += float(value.detach())
+            acc["count"] += 1
             if loss is not None:
-                objectives.append(float(loss.objective()))
-            bar.update(**{key.removeprefix("train_"): total / count})
+                acc["objectives"].append(float(loss.objective()))
+            bar.update(**{key.removeprefix("train_"): acc["total"] / acc["count"]})
         model.eval()
-        metrics: dict[str, float] = {key: total / max(count, 1)}
-        if objectives:
-            metrics["train_objective"] = sum(objectives) / len(objectives)
+        metrics: dict[str, float] = {key: acc["total"] / max(acc["count"], 1)}
+        if acc["objectives"]:
+            metrics["train_objective"] = sum(acc["objectives"]) / len(acc["objectives"])
         if task is not None:
             metrics["test_exact_match"] = exact_match(model, tok, test, task, max_new_tokens=r["max_new_tokens"])
         metrics["epoch_seconds"] = time.monotonic() - t0
         ctx.log_epoch(epoch, metrics)
-        ctx.save(model=model, loss=loss, optimizer=optimizer, sampler=sampler, epoch=epoch)
+        ctx.save(epoch=epoch)
     bar.close()
     final = {k: v for k, v in (ctx.history[-1] if ctx.history else {}).items() if k != "epoch"}
     return ctx.finish({**final, "base_exact_match": base_acc, "epochs": args.epochs})
