@@ -54,11 +54,12 @@ class TinyConfig:
     num_pretrain: int = 3000
     pretrain_steps: int = 2500
     num_train: int = 1000
+    num_val: int = 500
     num_test: int = 500
     epochs: int = 3
     m: int = 2
     batch_size: int = 32
-    lr: float = 1e-3
+    lrs: tuple[float, ...] = (1e-3, 3e-4, 1e-4)
     max_new_tokens: int = 5
 
 
@@ -123,70 +124,98 @@ def tiny_seed(seed: int, cfg: TinyConfig, workdir: Path) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     tok, task = char_tokenizer(), addition_task(2)
-    pre, test = split_records(task, cfg.num_pretrain + cfg.num_train, cfg.num_test, seed=seed)
+    pre, held = split_records(task, cfg.num_pretrain + cfg.num_train, cfg.num_val + cfg.num_test, seed=seed)
     pre, train = pre[:cfg.num_pretrain], pre[cfg.num_pretrain:]
+    val, test = held[:cfg.num_val], held[cfg.num_val:]
     base = tiny_llama(len(tok), hidden_size=cfg.hidden, num_layers=cfg.layers, seed=seed)
     sft_warmup(base, DFTDataset(pre, tok), steps=cfg.pretrain_steps, batch_size=64, lr=3e-3, pad_token_id=0,
                seed=seed)
-    out: dict[str, Any] = {"seed": seed, "acc": {"base": exact_match(base, tok, test, task,
-                                                                      max_new_tokens=cfg.max_new_tokens)}}
+
+    def score(model: Any) -> tuple[float, float]:
+        return tuple(exact_match(model, tok, rows, task, max_new_tokens=cfg.max_new_tokens, batch_size=250)
+                     for rows in (val, test))  # type: ignore[return-value]
+
+    out: dict[str, Any] = {"seed": seed, "base": score(base), "val": {}, "test": {}, "cost": {}}
     path = workdir / f"negatives-{seed}.jsonl"
     generate_negatives(base, tok, train, path, num_negatives=cfg.m * cfg.epochs, batch_size=64, seed=seed,
                        settings=SamplingSettings(max_new_tokens=cfg.max_new_tokens))
     records = read_jsonl(path)
-    negs = [n for r in records for n in r["negatives"]]
-    out["negatives_correct"] = sum(n == r["answer"] for r in records for n in r["negatives"]) / len(negs)
+    out["negatives_correct"] = (sum(n == r["answer"] for r in records for n in r["negatives"])
+                                / sum(len(r["negatives"]) for r in records))
     out["negatives_distinct"] = sum(len(set(r["negatives"])) for r in records) / len(records)
     data = DFTDataset(records, tok)
-    out["cost"] = {}
-    for label, variant, options, epochs in _methods(cfg.m, cfg.epochs, 5):
-        model = copy.deepcopy(base)
-        loss_fn = None if variant is None else DFTLoss(len(data), variant, **options)
-        out["cost"][label] = finetune(model, data, loss_fn, epochs=epochs, m=cfg.m, batch_size=cfg.batch_size,
-                                      lr=cfg.lr, seed=seed, pad_token_id=0)
-        out["acc"][label] = exact_match(model, tok, test, task, max_new_tokens=cfg.max_new_tokens)
+    for lr in cfg.lrs:
+        for label, variant, options, epochs in _methods(cfg.m, cfg.epochs, 5):
+            model = copy.deepcopy(base)
+            loss_fn = None if variant is None else DFTLoss(len(data), variant, **options)
+            out["cost"][label] = finetune(model, data, loss_fn, epochs=epochs, m=cfg.m, batch_size=cfg.batch_size,
+                                          lr=lr, seed=seed, pad_token_id=0)
+            out["val"][f"{label} @ {lr:g}"], out["test"][f"{label} @ {lr:g}"] = score(model)
     out["wall_s"] = time.perf_counter() - t0
-    print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in out["acc"].items())
+    print(f"seed {seed}: base {out['base'][1]:.3f}, " + ", ".join(f"{k} {v:.3f}" for k, v in out["test"].items())
           + f" ({out['wall_s']:.0f} s)", flush=True)
     return out
+
+
+def _by_validation(result: dict[str, Any], label: str, lrs: tuple[float, ...]) -> tuple[float, float]:
+    """(test accuracy, lr) of ``label`` at the lr with the best validation accuracy (first on ties)."""
+    best = max(lrs, key=lambda lr: (result["val"][f"{label} @ {lr:g}"], -lrs.index(lr)))
+    return result["test"][f"{label} @ {best:g}"], best
 
 
 def part_tiny(cfg: TinyConfig, argv: list[str], write: bool) -> str:
     load0 = _common.loadavg()
     with tempfile.TemporaryDirectory() as d:
         results = [tiny_seed(s, cfg, Path(d)) for s in cfg.seeds]
-    labels = list(results[0]["acc"])
-    rows = []
+    labels = [m[0] for m in _methods(cfg.m, cfg.epochs, 5)]
+    cost = results[0]["cost"]
+    grid = [["base model (not fine-tuned)", *([_common.fmt_mean_std([r["base"][1] for r in results], 3)]
+                                              * len(cfg.lrs)), "-", "-", "-"]]
     for label in labels:
-        accs = [r["acc"][label] for r in results]
-        cost = results[0]["cost"].get(label, {})
-        rows.append([label, _common.fmt_mean_std(accs, 3), " ".join(f"{a:.3f}" for a in accs),
-                     cost.get("steps", "-"), cost.get("answers", "-"),
-                     f"{sum(r['cost'][label]['cpu_s'] for r in results) / len(results):.0f}" if cost else "-"])
-    dft_label, sft_label = labels[3], labels[1]
-    diffs = [r["acc"][dft_label] - r["acc"][sft_label] for r in results]
-    diffs_c = [r["acc"][dft_label] - r["acc"][labels[2]] for r in results]
+        cells = [_common.fmt_mean_std([r["test"][f"{label} @ {lr:g}"] for r in results], 3) for lr in cfg.lrs]
+        cpu = sum(r["cost"][label]["cpu_s"] for r in results) / len(results)
+        grid.append([label, *cells, cost[label]["steps"], cost[label]["answers"], f"{cpu:.1f}"])
+    chosen = {label: [_by_validation(r, label, cfg.lrs) for r in results] for label in labels}
+    sel_rows = [[label, _common.fmt_mean_std([t for t, _ in chosen[label]], 3),
+                 " ".join(f"{t:.3f}" for t, _ in chosen[label]), " ".join(f"{lr:g}" for _, lr in chosen[label])]
+                for label in labels]
+    sel_rows.insert(0, ["base model (not fine-tuned)", _common.fmt_mean_std([r["base"][1] for r in results], 3),
+                        " ".join(f"{r['base'][1]:.3f}" for r in results), "-"])
+    sft, sft_c, dft, dft2 = (chosen[labels[i]] for i in (0, 1, 2, 3))
+
+    def paired(a: list, b: list) -> str:
+        diffs = [x[0] - y[0] for x, y in zip(a, b)]
+        return f"{_common.fmt_mean_std(diffs, 3)} (higher in {sum(d > 0 for d in diffs)} of {len(diffs)} seeds)"
+
+    lr_text = ", ".join(f"{lr:g}" for lr in cfg.lrs)
     body = [
         "## DFT / DFT2 vs SFT from scratch: tiny Llama, 2-digit addition (issue 12)",
         "",
-        f"Command: `{_command(argv)}` ({len(cfg.seeds)} seeds, {sum(r['wall_s'] for r in results) / 60:.0f} min). "
-        f"Machine: {_common.machine_facts(1)}; load average at the end {_common.loadavg():.2f} "
+        f"Command: `{_command(argv)}` ({len(cfg.seeds)} seeds, {sum(r['wall_s'] for r in results) / 60:.0f} min "
+        f"wall). Machine: {_common.machine_facts(1)}; load average at the end {_common.loadavg():.2f} "
         f"(start {load0:.2f}).",
         "",
         f"Per seed: a tiny Llama from a config ({cfg.hidden} hidden, {cfg.layers} layers, character tokenizer) is "
         f"trained with SFT for {cfg.pretrain_steps} steps on {cfg.num_pretrain} addition problems (the base "
-        f"model); it samples {cfg.m * cfg.epochs} negatives for each of {cfg.num_train} other training problems "
-        f"(temperature 0.7, top-k 50; reference log-probs stored); each method fine-tunes a copy of the base "
-        f"on those {cfg.num_train} problems (batch {cfg.batch_size}, AdamW lr {cfg.lr:g}, m = {cfg.m} fresh "
-        f"negatives per epoch) and is scored by greedy exact match on {cfg.num_test} held-out problems. Steps, "
-        "answers forwarded and CPU seconds are per run (one thread).",
+        f"model, partly right); it samples {cfg.m * cfg.epochs} negatives for each of {cfg.num_train} other "
+        f"training problems (temperature 0.7, top-k 50, as the reference; reference log-probs stored); each "
+        f"method fine-tunes a copy of the base on those {cfg.num_train} problems (one correct answer each; "
+        f"batch {cfg.batch_size}, AdamW at lr {lr_text}, {cfg.epochs} epochs, m = {cfg.m} fresh negatives per "
+        f"epoch) and is scored by greedy exact match on {cfg.num_val} validation and {cfg.num_test} test "
+        "problems (all held out). Equal compute: SFT gets (1 + m) x the steps, i.e. as many answers forwarded "
+        "as DFT. Steps, answers and CPU seconds are per run (one thread).",
         "",
-        _common.md_table(["method", "exact match (mean ± std)", "per seed", "steps", "answers forwarded",
-                          "CPU s"], rows),
+        "Test exact match (mean ± std over seeds) at each learning rate:",
         "",
-        f"Paired over seeds, DFT minus SFT at equal steps: {_common.fmt_mean_std(diffs, 3)} "
-        f"(DFT higher in {sum(d > 0 for d in diffs)} of {len(diffs)} seeds); at equal compute: "
-        f"{_common.fmt_mean_std(diffs_c, 3)} (higher in {sum(d > 0 for d in diffs_c)} of {len(diffs_c)}). "
+        _common.md_table(["method", *[f"lr {lr:g}" for lr in cfg.lrs], "steps", "answers forwarded", "CPU s"],
+                         grid),
+        "",
+        "Each method at the learning rate with the best validation accuracy (per seed):",
+        "",
+        _common.md_table(["method", "test exact match", "per seed", "chosen lr per seed"], sel_rows),
+        "",
+        f"Paired over seeds (validation-chosen lr), DFT minus SFT at equal steps: {paired(dft, sft)}; DFT minus "
+        f"SFT at equal compute: {paired(dft, sft_c)}; DFT2 minus SFT at equal steps: {paired(dft2, sft)}. "
         f"Sampled negatives equal to the correct answer: "
         f"{_common.fmt_mean_std([r['negatives_correct'] for r in results], 3)}; distinct negatives per prompt "
         f"(of {cfg.m * cfg.epochs}): {_common.fmt_mean_std([r['negatives_distinct'] for r in results], 2)}.",
@@ -468,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     for part in parts:
         t = time.perf_counter()
         if part == "tiny":
-            cfg = TinyConfig(seeds=(0,), num_pretrain=300, pretrain_steps=30, num_train=64, num_test=40,
-                             epochs=1) if args.quick else TinyConfig()
+            cfg = TinyConfig(seeds=(0, 1), num_pretrain=300, pretrain_steps=30, num_train=64, num_val=20,
+                             num_test=20, epochs=1, lrs=(1e-3, 1e-4)) if args.quick else TinyConfig()
             part_tiny(cfg, argv, write)
         elif part == "smollm2":
             if args.quick and args.part == "all":
