@@ -49,7 +49,8 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
      "surrogates of AUC-M, AP, partial AUC and the contrastive losses, the masked-value imputation loss.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
-      "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.imputation"]),
+      "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.imputation",
+      "xrisk.functional.dft"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders", "xrisk.models.timeseries"]),
     ("Audio (Myna)", "audio",
@@ -66,10 +67,17 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
       "xrisk.trust.attacks", "xrisk.trust.scenes", "xrisk.trust.templates", "xrisk.trust.suite",
       "xrisk.trust.engine", "xrisk.trust.dimensions", "xrisk.trust.run", "xrisk.trust.report",
       "xrisk.trust.browser", "xrisk.trust.cli"]),
+    ("Language models", "llm",
+     "`xrisk.llm` (the `llm` extra): loading causal LMs (hub ids, folders, GGUF with a cache), batched "
+     "generation, sequence log-probabilities, DFT's data format, negatives and trainers "
+     "(see the [DFT guide](../dft.md)).",
+     ["xrisk.llm.loading", "xrisk.llm.generation", "xrisk.llm.logprobs", "xrisk.llm.encoding", "xrisk.llm.data",
+      "xrisk.llm.steps", "xrisk.llm.trainer", "xrisk.llm.tasks", "xrisk.llm.tiny"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
-      "xrisk.recipes.contrastive", "xrisk.recipes.ehr", "xrisk.recipes.myna", "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.contrastive", "xrisk.recipes.dft", "xrisk.recipes.ehr", "xrisk.recipes.myna",
+      "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 
