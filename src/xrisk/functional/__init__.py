@@ -4,6 +4,7 @@ from xrisk.functional import ap, pauc
 from xrisk.functional import contrastive, similarity
 from xrisk.functional import aucm
 from xrisk.functional import distillation, drrho, selection
+from xrisk.functional import dft
 from xrisk.functional import imputation
 
-__all__ = ["ap", "aucm", "contrastive", "distillation", "drrho", "imputation", "pauc", "selection", "similarity"]
+__all__ = ["ap", "aucm", "contrastive", "dft", "distillation", "drrho", "imputation", "pauc", "selection", "similarity"]

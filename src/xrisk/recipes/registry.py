@@ -81,6 +81,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.auc",
     "xrisk.recipes.contrastive",
     "xrisk.recipes.steer",
+    "xrisk.recipes.dft",
     "xrisk.recipes.ehr",
     "xrisk.recipes.myna",
 )
