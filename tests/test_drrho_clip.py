@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_global_contrastive import MODES, TEMPS, oracle_loss, oracle_step
+from test_global_contrastive import MODES, TEMPS, oracle_loss, oracle_step, oracle_tau
 from xrisk.functional import contrastive as fc
 from xrisk.functional.contrastive import gcl_fcco, gcl_fcco_square, nuclr_fcco, nuclr_fcco_square, reference_offset
 from xrisk.losses import FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss
@@ -30,13 +30,7 @@ def test_drrho_clip_matches_slow_loop_over_pairs(mode, temperature):
     for step, index in enumerate(indices):
         a, b = _feats(g, B, d)
         ref = (torch.randn(B, dr, generator=g, dtype=torch.float64), torch.randn(B, dr, generator=g, dtype=torch.float64))
-        tau_o = hp["tau"] + 0.05 * step
-        if temperature == "global":
-            loss_fn.tau.data.fill_(tau_o)
-            tau_arg = torch.tensor(tau_o, dtype=torch.float64, requires_grad=True)
-        else:
-            tau_arg = hp["tau"]
-        kw = {k: v for k, v in hp.items() if k != "tau"}
+        tau_arg, kw = oracle_tau(loss_fn, hp, temperature, step)
         want_loss, want_obj = oracle_step(st, a, b, index, mode=mode, temperature=temperature, tau=tau_arg, ref=ref, **kw)
         want = torch.autograd.grad(want_loss, [a, b] + ([tau_arg] if temperature == "global" else []))
         out = loss_fn(a, b, index, ref_feats=ref)

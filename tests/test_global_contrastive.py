@@ -97,6 +97,17 @@ def oracle_loss(n: int, mode: str, temperature: str) -> tuple[dict, GlobalContra
     return hp, loss_fn
 
 
+def oracle_tau(loss_fn: GlobalContrastiveLoss, hp: dict, temperature: str, step: int) -> tuple[object, dict]:
+    """The oracle's temperature at ``step`` and its other keywords. A global temperature moves every step: the
+    loss's parameter is set to it and the oracle gets a leaf tensor (its gradient is compared); else ``hp["tau"]``."""
+    kw = {k: v for k, v in hp.items() if k != "tau"}
+    if temperature != "global":
+        return hp["tau"], kw
+    tau = hp["tau"] + 0.05 * step
+    loss_fn.tau.data.fill_(tau)
+    return torch.tensor(tau, dtype=torch.float64, requires_grad=True), kw
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("temperature", TEMPS)
 def test_matches_slow_loop_oracle_over_batches(mode, temperature):
@@ -108,13 +119,7 @@ def test_matches_slow_loop_oracle_over_batches(mode, temperature):
     for step, index in enumerate(indices):
         a = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
         b = (a.detach() + 0.7 * torch.randn(B, d, generator=g, dtype=torch.float64)).requires_grad_(True)
-        tau_o = hp["tau"] + 0.05 * step
-        if temperature == "global":
-            loss_fn.tau.data.fill_(tau_o)
-            tau_arg = torch.tensor(tau_o, dtype=torch.float64, requires_grad=True)
-        else:
-            tau_arg = hp["tau"]
-        kw = {k: v for k, v in hp.items() if k != "tau"}
+        tau_arg, kw = oracle_tau(loss_fn, hp, temperature, step)
         ref, ref_obj = oracle_step(st, a, b, index, mode=mode, temperature=temperature, tau=tau_arg, **kw)
         want = torch.autograd.grad(ref, [a, b] + ([tau_arg] if temperature == "global" else []))
         out = loss_fn(a, b, index)
