@@ -66,6 +66,9 @@ CLASSIFICATION_METHODS = ("erm", "drrho-kl", "drrho-cvar", "rho-select", "distil
 CLIP_METHODS = ("gcl", "drrho", "jest", "distill")
 LABELS = {"erm": "ERM", "drrho-kl": "DRRho-KL", "drrho-cvar": "DRRho-CVaR", "rho-select": "RHO selection",
           "distill": "distillation", "gcl": "GCL (no reference)", "drrho": "DRRho-CLIP", "jest": "JEST"}
+# the same colour for the same role in every panel: no reference, DRRho, second DRRho, selection, distillation
+COLORS = {"erm": "C0", "gcl": "C0", "drrho-kl": "C1", "drrho": "C1", "drrho-cvar": "C2", "rho-select": "C3",
+          "jest": "C3", "distill": "C4"}
 GOAL_CLIP, GOAL_DRRHO, GOAL_CACHE = 1.15, 1.10, 0.05
 CLOCK = time.thread_time  # CPU time of the timing thread: on the shared machine wall time is mostly waiting
 
@@ -278,7 +281,8 @@ def _plot(results: dict[str, tuple[dict, tuple[str, ...], str]]) -> bool:
         x = [100 * f for f in FRACTIONS]
         for m in methods:
             ms = [_common.mean_std([100 * v for v in res[m][f]]) for f in FRACTIONS]
-            ax.errorbar(x, [a for a, _ in ms], yerr=[b for _, b in ms], marker="o", capsize=3, label=LABELS[m])
+            ax.errorbar(x, [a for a, _ in ms], yerr=[b for _, b in ms], marker="o", capsize=3, label=LABELS[m],
+                        color=COLORS[m])
         ref_m = 100 * statistics.fmean(res["reference"])
         ax.axhline(ref_m, color="grey", linestyle="--", label="reference")
         ax.set_xscale("log")
@@ -288,7 +292,7 @@ def _plot(results: dict[str, tuple[dict, tuple[str, ...], str]]) -> bool:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=8)  # every panel: the CLIP panel has other methods
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT, dpi=110)
