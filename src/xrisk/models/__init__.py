@@ -6,7 +6,9 @@ from xrisk.models.encoders import (
     ProjectionHead, SimpleTokenizer, TinyViT,
 )
 from xrisk.models.mlp import MLP
+from xrisk.models.text_classifier import TransformerTextClassifier, minilm_text_classifier
 
 __all__ = ["MLP", "SmallCNN",
            "BagOfTokensTextEncoder", "ContrastiveEncoder", "ConvBackbone", "MLPBackbone",
-           "PrecomputedTextEncoder", "ProjectionHead", "SimpleTokenizer", "TinyViT"]
+           "PrecomputedTextEncoder", "ProjectionHead", "SimpleTokenizer", "TinyViT",
+           "TransformerTextClassifier", "minilm_text_classifier"]

@@ -81,6 +81,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.auc",
     "xrisk.recipes.contrastive",
     "xrisk.recipes.dft",
+    "xrisk.recipes.textdetect",
 )
 
 
