@@ -20,8 +20,10 @@ continuation is the sample: the opening itself, shared by both classes, is not p
   ``source`` and ``num_words``: its text is rebuilt from the installed corpus package (the BBC and gensim
   licences do not allow redistributing the articles), and ``sha1`` (of the text) checks it;
 * ``domain``, ``generator`` (default ``"all"`` and ``"human"``/``"machine"`` by label), ``source`` (the
-  document the sample comes from: train/test splits never separate two samples of one document; default
-  the record's ``id``), ``id`` (default ``"<file>:<line>"``, unique), ``features`` (numbers) are optional.
+  document the sample comes from; default the record's ``id``), ``group`` (samples of one group are never
+  separated by a train/test split; default the ``source``: the bundled file gives duplicate documents, and
+  documents with the same opening, one group), ``id`` (default ``"<file>:<line>"``, unique), ``features``
+  (numbers) are optional.
 
 A line that is not UTF-8, not JSON, has no ``label``, an empty ``text`` or a reference that does not match
 the installed corpus raises :class:`ValueError` naming the file and the line.
@@ -50,7 +52,7 @@ from torch import Tensor
 
 from xrisk.data.builtin import _generator, _subsample_to_ratio
 
-__all__ = ["DOMAINS", "HUMAN", "SourceDocument", "split_opening", "source_documents", "normalize_text",
+__all__ = ["DOMAINS", "HUMAN", "SourceDocument", "split_opening", "source_documents", "document_groups", "normalize_text",
            "text_sha1", "TextDetectionData", "read_text_records", "load_text_detection", "bundled_data_path",
            "split_by_source", "subsample_to_ratio"]
 
@@ -153,6 +155,27 @@ def source_documents(domains: Sequence[str] = DOMAINS) -> list[SourceDocument]:
     return docs
 
 
+def document_groups(docs: Sequence[SourceDocument]) -> dict[str, str]:
+    """The group of every document's ``source``: documents with the same opening or the same (whitespace-
+    normalised) body are linked, and a group is named by its first document in ``docs`` order. (The BBC
+    corpus holds about a hundred duplicated articles; their samples must not straddle a train/test split.)"""
+    parent = list(range(len(docs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for i, d in enumerate(docs):
+        for key in (("opening", d.split()[0]), ("body", normalize_text(d.body))):
+            j = first.setdefault(key, i)
+            a, b = root(i), root(j)
+            parent[max(a, b)] = min(a, b)
+    return {d.source: docs[root(i)].source for i, d in enumerate(docs)}
+
+
 @dataclass(frozen=True)
 class TextDetectionData:
     """Texts with a human (0) / machine (1) label and their domain, generator and source document.
@@ -162,6 +185,7 @@ class TextDetectionData:
         texts: the samples.
         labels: ``[N]`` int64, 1 = machine-written.
         domains, generators, sources: per sample (``generators[i] == "human"`` for human samples).
+        groups: per sample, the group a train/test split keeps together.
         features: analysis features by name, each ``[N]`` float64 (NaN where a record has none).
     """
 
@@ -171,6 +195,7 @@ class TextDetectionData:
     domains: list[str]
     generators: list[str]
     sources: list[str]
+    groups: list[str]
     features: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -182,7 +207,7 @@ class TextDetectionData:
         return TextDetectionData(
             [self.ids[i] for i in idx], [self.texts[i] for i in idx], self.labels[idx],
             [self.domains[i] for i in idx], [self.generators[i] for i in idx], [self.sources[i] for i in idx],
-            {k: v[idx] for k, v in self.features.items()})
+            [self.groups[i] for i in idx], {k: v[idx] for k, v in self.features.items()})
 
     def describe(self) -> str:
         """One line: sizes, machine share, domains and generators."""
@@ -266,7 +291,7 @@ def _check_record(rec: dict[str, Any], where: str) -> dict[str, Any]:
             raise ValueError(f"{where}: empty text")
     elif not (isinstance(rec.get("source"), str) and isinstance(rec.get("num_words"), int) and rec["num_words"] > 0):
         raise ValueError(f"{where}: record has no 'text' (nor a 'source' and 'num_words' reference to a corpus)")
-    for key in ("domain", "generator", "source", "id"):
+    for key in ("domain", "generator", "source", "group", "id"):
         if key in rec and (not isinstance(rec[key], str) or not rec[key].strip()):
             raise ValueError(f"{where}: {key!r} must be a non-empty string, got {rec[key]!r}")
     rec.setdefault("domain", "all")
@@ -334,27 +359,28 @@ def load_text_detection(path: str | os.PathLike[str] | None = None, *,
         ids=[r["id"] for r in records], texts=[r["text"] for r in records],
         labels=torch.tensor([r["label"] for r in records], dtype=torch.long),
         domains=[r["domain"] for r in records], generators=[r["generator"] for r in records],
-        sources=[r.get("source", r["id"]) for r in records], features=feats)
+        sources=[r.get("source", r["id"]) for r in records],
+        groups=[r.get("group", r.get("source", r["id"])) for r in records], features=feats)
 
 
-def split_by_source(sources: Sequence[str], domains: Sequence[str], *, test_fraction: float = 0.4,
+def split_by_source(groups: Sequence[str], domains: Sequence[str], *, test_fraction: float = 0.4,
                     seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Train and test indices (sorted) that never separate two samples of one source document.
+    """Train and test indices (sorted) that never separate two samples of one group (source document).
 
-    In every domain, ``round(test_fraction * S)`` of its ``S`` source documents (a permutation of the
-    sorted sources drawn from a generator seeded by ``seed`` and the domain's position) go to the test
-    split with all their samples.
+    In every domain, ``round(test_fraction * S)`` of its ``S`` groups (a permutation of the sorted group
+    names drawn from a generator seeded by ``seed`` and the domain's position) go to the test split with
+    all their samples.
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    if len(sources) != len(domains):
-        raise ValueError(f"sources and domains differ in length: {len(sources)} vs {len(domains)}")
+    if len(groups) != len(domains):
+        raise ValueError(f"groups and domains differ in length: {len(groups)} vs {len(domains)}")
     test_sources: set[tuple[str, str]] = set()
     for k, d in enumerate(sorted(set(domains))):
-        srcs = sorted({s for s, dd in zip(sources, domains) if dd == d})
+        srcs = sorted({s for s, dd in zip(groups, domains) if dd == d})
         perm = torch.randperm(len(srcs), generator=_generator(seed * 131 + k, 0)).tolist()
         test_sources.update((d, srcs[i]) for i in perm[:round(test_fraction * len(srcs))])
-    is_test = torch.tensor([(d, s) in test_sources for s, d in zip(sources, domains)], dtype=torch.bool)
+    is_test = torch.tensor([(d, s) in test_sources for s, d in zip(groups, domains)], dtype=torch.bool)
     return torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
 
 

@@ -8,7 +8,7 @@ continuations of their openings under three decoding settings; see :mod:`xrisk.d
 split is subsampled so that machine texts are a fraction ``--machine-ratio`` of it (the minority, as in
 practice); the test split keeps every sample (its natural ratio).
 
-**Encoders** (``--encoder``): ``tfidf`` (scikit-learn TF-IDF of word 1-2-grams fit on the training texts,
+**Encoders** (``--text-encoder``): ``tfidf`` (scikit-learn TF-IDF of word 1-2-grams fit on the training texts,
 then an MLP), ``minilm`` (frozen all-MiniLM-L6-v2 sentence embeddings, cached, then an MLP), ``finetune``
 (:func:`~xrisk.models.minilm_text_classifier`: MiniLM cut to ``--finetune-layers`` layers with its
 pretrained weights, fine-tuned end to end with a linear head).
@@ -79,14 +79,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-train", type=number(int, ge=10, allow_none=True), default=None,
                    help="subsample the training split to at most this many texts, keeping the ratio (default: all)")
     g = p.add_argument_group("encoder")
-    g.add_argument("--encoder", choices=ENCODERS, default="tfidf", help="text representation")
+    g.add_argument("--text-encoder", choices=ENCODERS, default="tfidf",
+                   help="text representation")
     g.add_argument("--tfidf-features", type=number(int, ge=16), default=5000, help="TF-IDF vocabulary size")
     g.add_argument("--hidden", type=number(int, ge=0), default=64,
                    help="hidden units of the MLP on tfidf/minilm features (0: linear)")
     g.add_argument("--finetune-layers", type=number(int, ge=1, le=6), default=2,
-                   help="MiniLM layers kept by --encoder finetune")
+                   help="MiniLM layers kept by --text-encoder finetune")
     g.add_argument("--max-length", type=number(int, ge=8, le=512), default=128,
-                   help="tokens per text for --encoder finetune")
+                   help="tokens per text for --text-encoder finetune")
     g = p.add_argument_group("training")
     g.add_argument("--loss", choices=LOSSES, default="aucm", help="training objective")
     g.add_argument("--epochs", type=number(int, ge=1, allow_none=True), default=None,
@@ -110,7 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _resolved(args: argparse.Namespace) -> dict[str, Any]:
-    d = ENCODER_DEFAULTS[args.encoder]
+    d = ENCODER_DEFAULTS[args.text_encoder]
     lr = args.lr if args.lr is not None else d["lr_pesg" if args.loss == "aucm" else "lr_adam"]
     return {"epochs": args.epochs or d["epochs"], "batch_size": args.batch_size or d["batch_size"], "lr": lr,
             "sampler": args.sampler or ("dual" if args.loss in SCORE_LOSSES else "shuffle")}
@@ -158,7 +159,7 @@ def prepare_split(data: Any, *, machine_ratio: float, test_fraction: float, seed
     training split to ``machine_ratio`` machine texts and to at most ``max_train`` texts."""
     from xrisk.data.machine_text import split_by_source, subsample_to_ratio
 
-    train, test = split_by_source(data.sources, data.domains, test_fraction=test_fraction, seed=seed)
+    train, test = split_by_source(data.groups, data.domains, test_fraction=test_fraction, seed=seed)
     for name, idx in (("training", train), ("test", test)):
         y = data.labels[idx]
         if not (y == 1).any() or not (y == 0).any():
@@ -185,7 +186,7 @@ def _encode(args: argparse.Namespace, split: Split) -> tuple[nn.Module, dict[str
     """``(model, inputs, info)``: the scorer and the inputs of every sample (rows in data order)."""
     texts = split.data.texts
     torch.manual_seed(args.seed)
-    if args.encoder == "finetune":
+    if args.text_encoder == "finetune":
         from xrisk.models import minilm_text_classifier
 
         model, tok = minilm_text_classifier(num_layers=args.finetune_layers)
@@ -194,11 +195,11 @@ def _encode(args: argparse.Namespace, split: Split) -> tuple[nn.Module, dict[str
         model.head.reset_parameters()  # the head's initialisation depends on the seed only
         return model, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, {
             "model": f"MiniLM-L{args.finetune_layers}-H384 (pretrained) + linear head"}
-    if args.encoder == "tfidf":
+    if args.text_encoder == "tfidf":
         try:
             from sklearn.feature_extraction.text import TfidfVectorizer
         except ImportError as e:
-            raise UsageError("--encoder tfidf needs scikit-learn: pip install 'xrisk[text]'") from e
+            raise UsageError("--text-encoder tfidf needs scikit-learn: pip install 'xrisk[text]'") from e
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=args.tfidf_features, sublinear_tf=True)
         vec.fit([texts[i] for i in split.train.tolist()])
         x = torch.from_numpy(vec.transform(texts).toarray()).float()
@@ -357,7 +358,7 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
     if test_features:
         result["feature_analysis"] = feature_analysis(
             test_features, y_test, test_domains, {d: m["auroc"] for d, m in result["by_domain"].items()})
-    result["settings"] = {**kw, "operating_fpr": 0.01, "encoder": args.encoder, "loss": args.loss}
+    result["settings"] = {**kw, "operating_fpr": 0.01, "encoder": args.text_encoder, "loss": args.loss}
     (ctx.out_dir / "evaluation.json").write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
     if ctx.plot:
         from xrisk.recipes.plots import PlotsUnavailable

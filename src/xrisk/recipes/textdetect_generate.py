@@ -10,10 +10,13 @@ command again after an interruption and it continues):
    :func:`xrisk.llm.generate_negatives` (one continuation per prompt, ``--batch-size`` prompts per
    left-padded ``generate`` call with the KV cache, per-batch seeds from ``--seed``, a JSONL per generator
    written batch by batch; the settings are kept next to it and checked on resume).
-3. **samples**: machine samples are the whitespace-normalised continuations (those under 5 words are
-   dropped and counted; ``--min-words``); every document of every domain with at least 30 words after its opening gives a
-   human sample, its continuation cut to the word count of a machine sample drawn at random (seeded), so
-   that the two classes have the same length distribution overall.
+3. **samples**: machine samples are the whitespace-normalised continuations (those under ``--min-words``
+   words are dropped and counted, and so are the continuations of a prompt that repeats an earlier one);
+   every document of every domain with at least 30 words after its opening gives a human sample (but one
+   per group of duplicates, see below), its continuation cut to the word count of a
+   machine sample drawn at random (seeded), so that the two classes have the same length distribution
+   overall. Duplicate documents and documents with the same opening form one ``group``
+   (:func:`~xrisk.data.machine_text.document_groups`), which a train/test split never separates.
 4. **features**: :data:`~xrisk.data.text_features.FEATURE_NAMES` of every sample: the out-of-vocabulary
    ratio against MiniLM's WordPiece words, the word entropy, and the token log-probability and entropy
    statistics of the sample after its opening under the generating model
@@ -38,6 +41,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from collections import Counter
@@ -142,12 +146,14 @@ def run_textdetect_command(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    options = [f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
+               for k, v in vars(args).items() if k not in ("command", "textdetect_command") and v not in (None, False)]
     meta = build_data_file(
         out, work=Path(args.work) if args.work is not None else out.with_name(out.name + ".work"),
         model=args.model, gguf_file=args.gguf_file, generators=[g.strip() for g in args.generators.split(",")],
         domains=[d.strip() for d in args.domains.split(",")], prompts_per_domain=args.prompts_per_domain,
         max_new_tokens=args.max_new_tokens, min_words=args.min_words, batch_size=args.batch_size, feature_batch_size=args.feature_batch_size,
-        seed=args.seed, log=None if args.quiet else _log)
+        seed=args.seed, log=None if args.quiet else _log, command=" ".join(["xrisk textdetect generate", *options]))
     counts = meta["counts"]
     print(f"xrisk: wrote {out} ({counts['human']} human, {counts['machine']} machine texts) and {out.name}.meta.json")
     return 0
@@ -209,9 +215,10 @@ def build_data_file(
     out: Path, *, work: Path, model: str = "smollm2", gguf_file: str | None = None,
     generators: list[str] | None = None, domains: list[str] | None = None, prompts_per_domain: int = 50,
     max_new_tokens: int = 64, min_words: int = 5, batch_size: int = 16, feature_batch_size: int = 8, seed: int = 0,
-    log: Any = None,
+    log: Any = None, command: str | None = None,
 ) -> dict[str, Any]:
-    """Run the stages of the module docstring (resuming from ``work``) and write ``out`` and its meta file.
+    """Run the stages of the module docstring (resuming from ``work``) and write ``out`` and its meta file
+    (``command``: the command line recorded in it, default ``sys.argv``).
 
     Returns:
         the meta data written to ``out.meta.json``.
@@ -259,8 +266,7 @@ def build_data_file(
     counts = Counter((s["domain"], s["generator"]) for s in samples)
     meta = {
         "file": out.name, "sha256": hashlib.sha256(data).hexdigest(),
-        "command": "xrisk textdetect generate " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["textdetect", "generate"]
-        else " ".join(sys.argv),
+        "command": command if command is not None else " ".join(sys.argv),
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": model, "gguf_file": gguf_file, "seed": seed, "prompts_per_domain": prompts_per_domain,
         "max_new_tokens": max_new_tokens, "min_words": min_words, "batch_size": batch_size, "feature_batch_size": feature_batch_size,
@@ -268,7 +274,7 @@ def build_data_file(
                                         "instruction": CONTINUE_INSTRUCTION if GENERATORS[k].chat else None}
                        for k in generators},
         "counts": {"human": sum(s["label"] == 0 for s in samples), "machine": sum(s["label"] == 1 for s in samples),
-                   "dropped_short_machine": dropped,
+                   "dropped": dropped,
                    "by_domain": {d: {g: n for (dd, g), n in sorted(counts.items()) if dd == d} for d in domains}},
         "timing": timer.data, "torch_threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
@@ -293,11 +299,23 @@ def _complete(path: Path, n: int) -> bool:
 
 
 def _samples(docs: list[Any], prompts: list[dict[str, str]], work: Path, generators: list[str], label: str,
-             seed: int, min_words: int) -> tuple[list[dict[str, Any]], int]:
-    """Machine and human sample records (see the module docstring), ordered by domain, source, generator."""
-    from xrisk.data.machine_text import HUMAN, normalize_text, text_sha1
+             seed: int, min_words: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Machine and human sample records (see the module docstring), ordered by document then generator, and
+    the counts of what was dropped: short continuations, continuations of a prompt equal to an earlier one,
+    human samples of a :func:`document_groups` group that already has one (records whose group is not their
+    own source carry it as ``group``)."""
+    from xrisk.data.machine_text import HUMAN, document_groups, normalize_text, text_sha1
 
-    machine, dropped = [], 0
+    groups = document_groups(docs)
+    by_source = {d.source: d for d in docs}
+    dropped = {"short_machine": 0, "duplicate_prompt_machine": 0, "duplicate_human": 0}
+    machine: list[dict[str, Any]] = []
+    seen_prompts: set[str] = set()
+    repeated = set()
+    for p in prompts:
+        if p["prompt"] in seen_prompts:
+            repeated.add(p["source"])
+        seen_prompts.add(p["prompt"])
     for key in generators:
         lines = (work / f"generate-{key}.jsonl").read_text(encoding="utf-8").splitlines()
         for p, line in zip(prompts, lines):
@@ -305,28 +323,41 @@ def _samples(docs: list[Any], prompts: list[dict[str, str]], work: Path, generat
             if rec["source"] != p["source"]:
                 raise ValueError(f"{work}/generate-{key}.jsonl does not follow prompts.json; delete the work folder")
             t = normalize_text(rec["negatives"][0])
-            if len(t.split()) < min_words:
-                dropped += 1
+            if p["source"] in repeated:
+                dropped["duplicate_prompt_machine"] += 1
                 continue
-            machine.append({"id": f"{label}-{key}/{p['source']}", "label": 1, "domain": p["domain"],
-                            "generator": f"{label}-{key}", "source": p["source"], "text": t,
-                            "sha1": text_sha1(t)})
+            if len(t.split()) < min_words:
+                dropped["short_machine"] += 1
+                continue
+            machine.append(_with_group({"id": f"{label}-{key}/{p['source']}", "label": 1, "domain": p["domain"],
+                                        "generator": f"{label}-{key}", "source": p["source"], "text": t,
+                                        "sha1": text_sha1(t)}, groups))
     lengths = [len(m["text"].split()) for m in machine]
     if not lengths:
         raise ValueError(f"no machine text of at least {min_words} words was generated")
     g = torch.Generator().manual_seed(seed * 1_000_003 + 99991)
-    human = []
+    human, taken = [], set()
     for d in docs:
         rest = d.split()[1]
         if len(rest) < MIN_REST_WORDS:
             continue
+        if groups[d.source] in taken:  # a duplicate, or the same opening (a revised copy of an article)
+            dropped["duplicate_human"] += 1
+            continue
+        taken.add(groups[d.source])
         n = min(lengths[int(torch.randint(len(lengths), (1,), generator=g))], len(rest))
         t = " ".join(rest[:n])
-        human.append({"id": f"{HUMAN}/{d.source}", "label": 0, "domain": d.domain, "generator": HUMAN,
-                      "source": d.source, "num_words": n, "sha1": text_sha1(t), "_text": t})
+        human.append(_with_group({"id": f"{HUMAN}/{d.source}", "label": 0, "domain": d.domain, "generator": HUMAN,
+                                  "source": d.source, "num_words": n, "sha1": text_sha1(t), "_text": t}, groups))
     order = {d.source: k for k, d in enumerate(docs)}
     samples = sorted(human + machine, key=lambda s: (order[s["source"]], s["generator"] != HUMAN, s["generator"]))
     return samples, dropped
+
+
+def _with_group(record: dict[str, Any], groups: dict[str, str]) -> dict[str, Any]:
+    if groups[record["source"]] != record["source"]:
+        record["group"] = groups[record["source"]]
+    return record
 
 
 def _features(samples: list[dict[str, Any]], path: Path, model_and_tokenizer: Any, batch_size: int,
@@ -337,39 +368,45 @@ def _features(samples: list[dict[str, Any]], path: Path, model_and_tokenizer: An
     from xrisk.llm import token_statistics
 
     done: dict[str, dict[str, float]] = {}
+    sha = {s["id"]: s["sha1"] for s in samples}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 rec = json.loads(line)
             except ValueError:  # a line cut by an interruption: recomputed
                 break
-            done[rec["id"]] = rec["features"]
+            if sha.get(rec["id"]) == rec.get("sha1"):  # entries of other or changed samples are dropped
+                done[rec["id"]] = rec["features"]
     ids = [s["id"] for s in samples]
-    if set(done) - set(ids):
-        raise ValueError(f"{path} holds features of other samples; delete it")
-    todo = [s for s in samples if s["id"] not in done]
-    if not todo:
-        return done
+    # fixed batches over the whole sample list (padding changes the last float bits): a batch is complete or
+    # recomputed whole, so a resumed run computes every value in the same batch as an uninterrupted one
+    batches = [samples[k:k + batch_size] for k in range(0, len(samples), batch_size)]
+    complete = [all(x["id"] in done for x in b) for b in batches]
+    done = {x["id"]: done[x["id"]] for b, ok in zip(batches, complete) if ok for x in b}
+    if all(complete):
+        return {i: done[i] for i in ids}
     vocab = minilm_vocabulary()
-    openings = {d.source: d.split()[0] for d in source_documents(sorted({s["domain"] for s in todo}))}
+    todo_domains = sorted({x["domain"] for b, ok in zip(batches, complete) if not ok for x in b})
+    openings = {d.source: d.split()[0] for d in source_documents(todo_domains)}
     model, tok = model_and_tokenizer()
     t0, load = time.monotonic(), _load()
-    with open(path, "w", encoding="utf-8") as f:  # rewrite the complete lines, then append
-        f.writelines(json.dumps({"id": i, "features": done[i]}) + "\n" for i in ids if i in done)
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            texts = [s.get("text", s.get("_text")) for s in batch]
-            stats = token_statistics(model, tok, [openings[s["source"]] for s in batch], texts, batch_size=batch_size)
-            for s, t, st in zip(batch, texts, stats):
-                feats = {k: float(f"{v:.6g}") for k, v in text_features(t, vocab, st.logprobs, st.entropies).items()
+    with open(path, "w", encoding="utf-8") as f:  # the complete batches, then the new ones as they are done
+        f.writelines(json.dumps({"id": i, "sha1": sha[i], "features": done[i]}) + "\n" for i in ids if i in done)
+        for k, (batch, ok) in enumerate(zip(batches, complete)):
+            if ok:
+                continue
+            texts = [x.get("text", x.get("_text")) for x in batch]
+            stats = token_statistics(model, tok, [openings[x["source"]] for x in batch], texts, batch_size=batch_size)
+            for x, t, st in zip(batch, texts, stats):
+                feats = {n: float(f"{v:.6g}") for n, v in text_features(t, vocab, st.logprobs, st.entropies).items()
                          if math.isfinite(v)}
-                done[s["id"]] = feats
-                f.write(json.dumps({"id": s["id"], "features": feats}) + "\n")
+                done[x["id"]] = feats
+                f.write(json.dumps({"id": x["id"], "sha1": x["sha1"], "features": feats}) + "\n")
             f.flush()
-            if (start // batch_size) % 25 == 0:
+            if k % 25 == 0:
                 log(f"  features: {len(done)}/{len(samples)}")
     timer.add("features", time.monotonic() - t0, load)
-    return done
+    return {i: done[i] for i in ids}
 
 
 def _write_gzip_jsonl(out: Path, records: list[dict[str, Any]]) -> bytes:
