@@ -65,12 +65,12 @@ class TinyConfig:
 
 @dataclass
 class SmolConfig:
-    num_train: int = 64
+    num_train: int = 192
     num_test: int = 60
     epochs: int = 2
     m: int = 2
     batch_size: int = 8
-    lr: float = 3e-5
+    lr: float = 5e-5
     max_new_tokens: int = 12
 
 
@@ -164,7 +164,7 @@ def _by_validation(result: dict[str, Any], label: str, lrs: tuple[float, ...]) -
 
 
 def part_tiny(cfg: TinyConfig, argv: list[str], write: bool) -> str:
-    load0 = _common.loadavg()
+    facts = _common.machine_facts(1)
     with tempfile.TemporaryDirectory() as d:
         results = [tiny_seed(s, cfg, Path(d)) for s in cfg.seeds]
     labels = [m[0] for m in _methods(cfg.m, cfg.epochs, 5)]
@@ -185,15 +185,15 @@ def part_tiny(cfg: TinyConfig, argv: list[str], write: bool) -> str:
 
     def paired(a: list, b: list) -> str:
         diffs = [x[0] - y[0] for x, y in zip(a, b)]
-        return f"{_common.fmt_mean_std(diffs, 3)} (higher in {sum(d > 0 for d in diffs)} of {len(diffs)} seeds)"
+        return (f"{_common.fmt_mean_std(diffs, 3)} (higher in {sum(d > 0 for d in diffs)}, equal in "
+                f"{sum(d == 0 for d in diffs)} of {len(diffs)} seeds)")
 
     lr_text = ", ".join(f"{lr:g}" for lr in cfg.lrs)
     body = [
         "## DFT / DFT2 vs SFT from scratch: tiny Llama, 2-digit addition (issue 12)",
         "",
         f"Command: `{_command(argv)}` ({len(cfg.seeds)} seeds, {sum(r['wall_s'] for r in results) / 60:.0f} min "
-        f"wall). Machine: {_common.machine_facts(1)}; load average at the end {_common.loadavg():.2f} "
-        f"(start {load0:.2f}).",
+        f"wall). Machine: {facts}; 1-minute load average at the end {_common.loadavg():.2f}.",
         "",
         f"Per seed: a tiny Llama from a config ({cfg.hidden} hidden, {cfg.layers} layers, character tokenizer) is "
         f"trained with SFT for {cfg.pretrain_steps} steps on {cfg.num_pretrain} addition problems (the base "
@@ -238,7 +238,7 @@ def part_smollm2(cfg: SmolConfig, argv: list[str], write: bool) -> str:
                            read_jsonl, smollm2_gguf, split_records, word_problem_task)
     from xrisk.losses import DFTLoss
 
-    load0 = _common.loadavg()
+    facts = _common.machine_facts(1)
     t = time.perf_counter()
     base, tok = load_causal_lm(*smollm2_gguf())
     load_s = time.perf_counter() - t
@@ -270,8 +270,7 @@ def part_smollm2(cfg: SmolConfig, argv: list[str], write: bool) -> str:
     body = "\n".join([
         "## DFT vs SFT on SmolLM2-135M-Instruct: templated word problems (issue 12)",
         "",
-        f"Command: `{_command(argv)}`. Machine: {_common.machine_facts(1)}; load average at the end "
-        f"{_common.loadavg():.2f} (start {load0:.2f}).",
+        f"Command: `{_command(argv)}`. Machine: {facts}; 1-minute load average at the end {_common.loadavg():.2f}.",
         "",
         f"{cfg.num_train} training and {cfg.num_test} held-out one-step word problems (\"Mia has 7 pens. Then Mia "
         "buys 5 more pens. How many pens does Mia have now? Reply with the number only.\"), chat template; "
@@ -315,7 +314,7 @@ def _speed_batch(b: int, lp: int, lc: int, k: int, vocab: int) -> dict[str, torc
 
 def part_speed(argv: list[str], write: bool, quick: bool) -> str:
     torch.set_num_threads(1)
-    load0 = _common.loadavg()
+    facts = _common.machine_facts(1)
     layers = 1 if quick else 4
     b, lp, lc, rounds = (4, 16, 8, 2) if quick else (8, 48, 16, 7)
     model = _smollm2_shape(layers)
@@ -325,8 +324,7 @@ def part_speed(argv: list[str], write: bool, quick: bool) -> str:
     body = "\n".join([
         "## DFT speed: step time vs SFT, generation throughput, memory (issue 12)",
         "",
-        f"Command: `{_command(argv)}`. Machine: {_common.machine_facts(1)}; load average at the end "
-        f"{_common.loadavg():.2f} (start {load0:.2f}).",
+        f"Command: `{_command(argv)}`. Machine: {facts}; 1-minute load average at the end {_common.loadavg():.2f}.",
         "",
         f"(a) One training step (forward, backward, SGD) of a Llama with SmolLM2-135M's shape but {layers} layers "
         f"(vocab 49152, hidden 576, 9 heads / 3 KV heads; random weights, {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M "

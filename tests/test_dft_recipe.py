@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from _llm import records
+from _llm import records, tiny
 from xrisk.cli import main
 
 pytest.importorskip("transformers", reason="the `llm` extra")
@@ -54,6 +54,11 @@ def test_jsonl_data_dft2_and_sft(tmp_path):
     assert "train_objective" in _metrics(tmp_path / "dft2")[0]
     assert main(base + ["--variant", "sft", "--out", str(tmp_path / "sft")]) == 0
     assert "train_loss" in _metrics(tmp_path / "sft")[0]
+    model, tok = tiny(seed=1)  # --model PATH: a saved model folder
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    folder = ["--model", str(tmp_path / "model"), *base[4:]]
+    assert main(["run", "dft", *folder, "--variant", "dft2", "--out", str(tmp_path / "path")]) == 0
 
 
 def test_usage_errors_name_the_flag_or_the_line(tmp_path, capsys):
@@ -68,6 +73,7 @@ def test_usage_errors_name_the_flag_or_the_line(tmp_path, capsys):
         (["--variant", "sft", "--tau", "0.5"], "--tau"),
         (["--unhelpful-system-prompt"], "--unhelpful-system-prompt"),
         (["--gguf-file", "x.gguf"], "--gguf-file"),
+        (["--model", str(tmp_path), "--data", str(path), "--variant", "sft"], "--model"),  # a folder, not a model
     ]
     for extra, message in cases:
         argv = ["run", "dft", "--quiet", "--out", str(tmp_path / "run"), *extra]

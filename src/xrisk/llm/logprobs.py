@@ -15,16 +15,16 @@ __all__ = ["sequence_logprobs", "supports_shared_prompt"]
 IGNORE = -100  # the label of a token that is not scored (prompt, padding): transformers' convention
 
 
+_FORWARD_PARAMS: dict[type, frozenset[str]] = {}
+
+
 def _forward_params(model: Any) -> frozenset[str]:
+    """The argument names of ``model.forward`` (cached per class: ``inspect.signature`` is slow)."""
     cls = type(model)
-    cached = cls.__dict__.get("_xrisk_forward_params")
-    if cached is None:
-        cached = frozenset(inspect.signature(model.forward).parameters)
-        try:
-            setattr(cls, "_xrisk_forward_params", cached)
-        except (AttributeError, TypeError):
-            pass
-    return cached
+    params = _FORWARD_PARAMS.get(cls)
+    if params is None:
+        params = _FORWARD_PARAMS[cls] = frozenset(inspect.signature(model.forward).parameters)
+    return params
 
 
 def supports_shared_prompt(model: Any) -> bool:

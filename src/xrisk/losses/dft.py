@@ -12,7 +12,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_positive, check_unit_interval
 from xrisk.checkpoint import default_checkpoint_settings
 from xrisk.functional.dft import dft_log_estimate, dft_log_terms, dft_surrogate
-from xrisk.state import ReplicatedStateModule, SampleState, check_index_unique, write_rows
+from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index_unique
 
 __all__ = ["DFTLoss"]
 
@@ -146,8 +146,10 @@ class DFTLoss(ReplicatedStateModule):
             self._record(None)
             return logp_pos.sum() * 0.0 + logp_neg.sum() * 0.0
         d, log_new = dft_log_terms(logp_neg, ref, self.tau)
-        log_u = self._estimate(idx, log_new, unique)
+        writes = PendingWrites("the DFT estimate log u is not finite (scores or reference log-probs overflow)")
+        log_u = self._estimate(idx, log_new, unique, writes)
         loss = dft_surrogate(logp_pos, logp_neg, d, log_u)
+        writes.commit(write=self.training)  # all or nothing; state changes in training mode only
         self._record(functools.partial(_objective_estimate, logp_pos.detach(), log_u, self.tau))
         return loss
 
@@ -181,8 +183,8 @@ class DFTLoss(ReplicatedStateModule):
         idx, unique = check_index_unique(index, self.num_prompts, batch_size=logp_pos.shape[0])
         return (None if ref is None else ref.detach().to(logp_neg.device, logp_neg.dtype)), idx, unique
 
-    def _estimate(self, idx: Tensor, log_new: Tensor, unique: bool) -> Tensor:
-        """Refresh ``log u`` at ``idx`` (written in training mode only) and return the rows for each batch entry."""
+    def _estimate(self, idx: Tensor, log_new: Tensor, unique: bool, writes: PendingWrites) -> Tensor:
+        """The refreshed ``log u`` at ``idx``, staged in ``writes``; returns the rows of every batch entry."""
         value, seen = self.log_u.tensors()
         idx = idx.to(value.device)
         rows, inv = (idx, None) if unique else torch.unique(idx, return_inverse=True)
@@ -191,10 +193,7 @@ class DFTLoss(ReplicatedStateModule):
         seen_rows = seen.index_select(0, rows) if self.u_init is None else torch.ones_like(rows, dtype=torch.bool)
         old = value.index_select(0, rows).to(log_new.dtype)  # computed in the scores' precision, stored in float32
         log_u = dft_log_estimate(old, log_new.to(value.device), self.gamma, seen_rows)
-        if self.training:
-            write_rows((self.log_u,), rows, (log_u.float(),))  # checks finiteness before writing
-        elif not all_finite(log_u):
-            raise FloatingPointError("the DFT estimate log u is not finite; no state was changed")
+        writes.stage(self.log_u, rows, log_u.float())
         return log_u if inv is None else log_u.index_select(0, inv)
 
     # ------------------------------------------------------------------ objective

@@ -19,6 +19,7 @@ base model's). Truncated prompts and answers are counted in ``config.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,10 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
         return tiny_llama(len(tok), hidden_size=64, num_layers=2, seed=args.seed), tok
     if args.model == "smollm2":
         return load_causal_lm(*smollm2_gguf())
-    return load_causal_lm(args.model, args.gguf_file)
+    try:
+        return load_causal_lm(args.model, args.gguf_file)
+    except (OSError, ValueError) as e:  # not a model folder, unknown architecture, ...
+        raise UsageError(f"--model {args.model}: cannot load a causal LM from it ({e})") from None
 
 
 def _generated_data(args: argparse.Namespace, r: dict[str, Any], model: Any, tok: Any, ctx: RunContext) -> tuple:
@@ -130,6 +134,8 @@ def _generated_data(args: argparse.Namespace, r: dict[str, Any], model: Any, tok
                            generate_negatives, read_jsonl, sft_warmup, split_records, word_problem_task)
 
     task = addition_task(2) if args.model == "tiny" else word_problem_task()
+    if task.chat and getattr(tok, "chat_template", None) is None:
+        task = dataclasses.replace(task, chat=False)  # a base model without a chat template: plain prompts
     n_pre = 3 * r["num_train"] if r["pretrain_steps"] else 0
     pre, test = split_records(task, n_pre + r["num_train"], r["num_test"], seed=args.seed)
     pre, train = pre[:n_pre], pre[n_pre:]
