@@ -186,13 +186,17 @@ from xrisk.recipes.flags import FlagType  # noqa: E402
 
 
 def _commands() -> list[tuple[list[str], argparse.ArgumentParser]]:
-    """Every sub-command that trains: ``run RECIPE`` for every registered recipe, and ``demo``."""
+    """Every sub-command that takes flags: ``run RECIPE`` for every registered recipe, ``demo``, and the
+    commands of every other command group (``textdetect generate``)."""
     def subparsers(p):
         return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
 
     top = subparsers(build_parser())
     out = [(["run", name], p) for name, p in sorted(subparsers(top["run"]).items())]
-    return [*out, (["demo"], top["demo"])]
+    groups = [([group, name], p) for group in sorted(top) if group not in ("run", "demo", "list")
+              and any(isinstance(a, argparse._SubParsersAction) for a in top[group]._actions)
+              for name, p in sorted(subparsers(top[group]).items())]
+    return [*out, (["demo"], top["demo"]), *groups]
 
 
 def _value_flags():

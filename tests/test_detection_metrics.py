@@ -133,3 +133,29 @@ def test_feature_separability_and_spearman():
         ref = stats.spearmanr(a, b).statistic
         assert spearman(list(a), list(b)) == pytest.approx(ref) or (math.isnan(ref) and math.isnan(spearman(a, b)))
     assert math.isnan(spearman([1.0, 2.0], [1.0, 2.0])) and math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_recipe_evaluation_equals_a_slow_loop_over_domains_and_generators():
+    from xrisk.recipes.textdetect import evaluate_groups
+
+    g = torch.Generator().manual_seed(5)
+    n = 400
+    y = (torch.rand(n, generator=g) < 0.3).long()
+    domains = [["news", "forum"][int(i)] for i in torch.randint(0, 2, (n,), generator=g)]
+    gens = [["gA", "gB", "gC"][int(i)] if t else "human" for i, t in zip(torch.randint(0, 3, (n,), generator=g), y.tolist())]
+    s = torch.randn(n, generator=g).double() + y * torch.tensor([{"gA": 2.0, "gB": 1.0, "gC": 0.2}.get(x, 0.0) for x in gens],
+                                                                  dtype=torch.float64)
+    ev = evaluate_groups(s, y, domains, gens, max_fpr=0.1, min_tpr=0.5)
+    assert ev["overall"]["auroc"] == pytest.approx(sk.roc_auc_score(y.numpy(), s.numpy()))
+    for d in ("news", "forum"):
+        idx = [i for i in range(n) if domains[i] == d]
+        assert ev["by_domain"][d]["auroc"] == pytest.approx(sk.roc_auc_score(y[idx].numpy(), s[idx].numpy()))
+        for name in ("gA", "gB", "gC"):  # a generator's texts of the domain against the domain's human texts
+            idx = [i for i in range(n) if domains[i] == d and gens[i] in (name, "human")]
+            ss, yy = s[idx].numpy(), y[idx].numpy()
+            got = ev["by_domain_generator"][d][name]
+            assert got["auroc"] == pytest.approx(sk.roc_auc_score(yy, ss))
+            assert got["ap"] == pytest.approx(sk.average_precision_score(yy, ss))
+            assert got["tpr_at_1pct_fpr"] == pytest.approx(_tpr_at_fpr_reference(ss, yy, 0.01))
+    assert list(ev["by_generator"]) == ["gA", "gB", "gC"]
+    assert ev["by_generator"]["gA"]["auroc"] > ev["by_generator"]["gC"]["auroc"]  # the weaker shift is harder

@@ -57,9 +57,11 @@ def test_bundled_file_matches_its_meta_and_the_design(records, meta):
     # and the texts missing are exactly the ones the meta file counts as dropped
     assert all(n <= per_domain for (d, g), n in counts.items() if g != HUMAN)
     assert machine == len(DOMAINS) * per_domain * 3 - dropped["short_machine"] - dropped["duplicate_prompt_machine"]
-    assert machine == meta["counts"]["machine"] >= 900
+    assert machine == meta["counts"]["machine"] >= 400
     humans = {d: counts[(d, HUMAN)] for d in DOMAINS}
     assert sum(humans.values()) == meta["counts"]["human"] and min(humans.values()) >= 100
+    if meta["humans_per_domain"] is not None:
+        assert max(humans.values()) <= meta["humans_per_domain"]
     assert all(r["label"] == (r["generator"] != HUMAN) for r in records)
 
 

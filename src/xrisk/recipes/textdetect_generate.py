@@ -13,7 +13,8 @@ command again after an interruption and it continues):
 3. **samples**: machine samples are the whitespace-normalised continuations (those under ``--min-words``
    words are dropped and counted, and so are the continuations of a prompt that repeats an earlier one);
    every document of every domain with at least 30 words after its opening gives a human sample (but one
-   per group of duplicates, see below), its continuation cut to the word count of a
+   per group of duplicates, see below; with ``--humans-per-domain N``, N documents per domain: the prompted
+   ones first, then others drawn at random, seeded), its continuation cut to the word count of a
    machine sample drawn at random (seeded), so that the two classes have the same length distribution
    overall. Duplicate documents and documents with the same opening form one ``group``
    (:func:`~xrisk.data.machine_text.document_groups`), which a train/test split never separates.
@@ -125,6 +126,9 @@ def add_textdetect_parser(sub: Any, formatter_class: Any = argparse.HelpFormatte
                                           check=_word_list(DOMAINS)), default=",".join(DOMAINS), help="domains")
     g.add_argument("--prompts-per-domain", type=number(int, ge=1), default=50, help="documents continued per domain")
     g.add_argument("--max-new-tokens", type=number(int, ge=1), default=64, help="tokens per continuation")
+    g.add_argument("--humans-per-domain", type=number(int, ge=1, allow_none=True), default=None,
+                   help="human samples per domain: the prompted documents first, then others at random "
+                        "(default: every document)")
     g.add_argument("--min-words", type=number(int, ge=1), default=5,
                    help="machine continuations with fewer words are dropped (and counted)")
     g.add_argument("--batch-size", type=number(int, ge=1), default=16, help="prompts per generate call")
@@ -152,7 +156,7 @@ def run_textdetect_command(args: argparse.Namespace) -> int:
         out, work=Path(args.work) if args.work is not None else out.with_name(out.name + ".work"),
         model=args.model, gguf_file=args.gguf_file, generators=[g.strip() for g in args.generators.split(",")],
         domains=[d.strip() for d in args.domains.split(",")], prompts_per_domain=args.prompts_per_domain,
-        max_new_tokens=args.max_new_tokens, min_words=args.min_words, batch_size=args.batch_size, feature_batch_size=args.feature_batch_size,
+        humans_per_domain=args.humans_per_domain, max_new_tokens=args.max_new_tokens, min_words=args.min_words, batch_size=args.batch_size, feature_batch_size=args.feature_batch_size,
         seed=args.seed, log=None if args.quiet else _log, command=" ".join(["xrisk textdetect generate", *options]))
     counts = meta["counts"]
     print(f"xrisk: wrote {out} ({counts['human']} human, {counts['machine']} machine texts) and {out.name}.meta.json")
@@ -214,7 +218,7 @@ def _model_label(model: str) -> str:
 def build_data_file(
     out: Path, *, work: Path, model: str = "smollm2", gguf_file: str | None = None,
     generators: list[str] | None = None, domains: list[str] | None = None, prompts_per_domain: int = 50,
-    max_new_tokens: int = 64, min_words: int = 5, batch_size: int = 16, feature_batch_size: int = 8, seed: int = 0,
+    humans_per_domain: int | None = None, max_new_tokens: int = 64, min_words: int = 5, batch_size: int = 16, feature_batch_size: int = 8, seed: int = 0,
     log: Any = None, command: str | None = None,
 ) -> dict[str, Any]:
     """Run the stages of the module docstring (resuming from ``work``) and write ``out`` and its meta file
@@ -260,7 +264,7 @@ def build_data_file(
                            store_reference_logprobs=False,
                            on_batch=lambda done, total: log(f"  {label}-{key}: {done}/{total}"))
         timer.add(f"generate {key}", time.monotonic() - t0, load)
-    samples, dropped = _samples(docs, prompts, work, generators, label, seed, min_words)
+    samples, dropped = _samples(docs, prompts, work, generators, label, seed, min_words, humans_per_domain)
     features = _features(samples, work / "features.jsonl", model_and_tokenizer, feature_batch_size, timer, log)
     data = _write_gzip_jsonl(out, [{**s, "features": features[s["id"]]} for s in samples])
     counts = Counter((s["domain"], s["generator"]) for s in samples)
@@ -269,7 +273,7 @@ def build_data_file(
         "command": command if command is not None else " ".join(sys.argv),
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": model, "gguf_file": gguf_file, "seed": seed, "prompts_per_domain": prompts_per_domain,
-        "max_new_tokens": max_new_tokens, "min_words": min_words, "batch_size": batch_size, "feature_batch_size": feature_batch_size,
+        "humans_per_domain": humans_per_domain, "max_new_tokens": max_new_tokens, "min_words": min_words, "batch_size": batch_size, "feature_batch_size": feature_batch_size,
         "generators": {f"{label}-{k}": {**asdict(GENERATORS[k]), "max_new_tokens": max_new_tokens,
                                         "instruction": CONTINUE_INSTRUCTION if GENERATORS[k].chat else None}
                        for k in generators},
@@ -299,7 +303,8 @@ def _complete(path: Path, n: int) -> bool:
 
 
 def _samples(docs: list[Any], prompts: list[dict[str, str]], work: Path, generators: list[str], label: str,
-             seed: int, min_words: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+             seed: int, min_words: int, humans_per_domain: int | None = None
+             ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Machine and human sample records (see the module docstring), ordered by document then generator, and
     the counts of what was dropped: short continuations, continuations of a prompt equal to an earlier one,
     human samples of a :func:`document_groups` group that already has one (records whose group is not their
@@ -336,15 +341,18 @@ def _samples(docs: list[Any], prompts: list[dict[str, str]], work: Path, generat
     if not lengths:
         raise ValueError(f"no machine text of at least {min_words} words was generated")
     g = torch.Generator().manual_seed(seed * 1_000_003 + 99991)
-    human, taken = [], set()
-    for d in docs:
+    human, taken, per_domain = [], set(), Counter()
+    for d in _human_candidates(docs, prompts, humans_per_domain, seed):
         rest = d.split()[1]
         if len(rest) < MIN_REST_WORDS:
+            continue
+        if humans_per_domain is not None and per_domain[d.domain] >= humans_per_domain:
             continue
         if groups[d.source] in taken:  # a duplicate, or the same opening (a revised copy of an article)
             dropped["duplicate_human"] += 1
             continue
         taken.add(groups[d.source])
+        per_domain[d.domain] += 1
         n = min(lengths[int(torch.randint(len(lengths), (1,), generator=g))], len(rest))
         t = " ".join(rest[:n])
         human.append(_with_group({"id": f"{HUMAN}/{d.source}", "label": 0, "domain": d.domain, "generator": HUMAN,
@@ -352,6 +360,22 @@ def _samples(docs: list[Any], prompts: list[dict[str, str]], work: Path, generat
     order = {d.source: k for k, d in enumerate(docs)}
     samples = sorted(human + machine, key=lambda s: (order[s["source"]], s["generator"] != HUMAN, s["generator"]))
     return samples, dropped
+
+
+def _human_candidates(docs: list[Any], prompts: list[dict[str, str]], humans_per_domain: int | None,
+                      seed: int) -> list[Any]:
+    """The documents in the order they are offered as human samples: all in corpus order, or (with a cap)
+    per domain the prompted documents first, then the others in a random order seeded by ``seed``."""
+    if humans_per_domain is None:
+        return list(docs)
+    prompted = {p["source"] for p in prompts}
+    out: list[Any] = []
+    for k, domain in enumerate(dict.fromkeys(d.domain for d in docs)):
+        mine = [d for d in docs if d.domain == domain]
+        rest = [d for d in mine if d.source not in prompted]
+        perm = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 + k))
+        out.extend([d for d in mine if d.source in prompted] + [rest[i] for i in perm.tolist()])
+    return out
 
 
 def _with_group(record: dict[str, Any], groups: dict[str, str]) -> dict[str, Any]:
