@@ -252,3 +252,17 @@ def test_clean_post_and_the_unpickler_refuses_code():
 
     with pytest.raises(pickle.UnpicklingError, match="refusing to load __builtin__.print"):
         _SafeUnpickler(io.BytesIO(pickle.dumps(Evil(), protocol=0)), encoding="latin1").load()
+
+
+def test_installed_package_dir_names_the_package_and_the_command(tmp_path, monkeypatch):
+    from xrisk.data.errors import DataNotInstalledError, installed_package_dir
+
+    with pytest.raises(DataNotInstalledError, match=r"the corpora need the PyPI package no_such_package_xyz: pip x"):
+        installed_package_dir("no_such_package_xyz", "data", what="the corpora", install="pip x")
+    (tmp_path / "fakepkg").mkdir()
+    (tmp_path / "fakepkg" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(DataNotInstalledError, match=r"fakepkg is installed but .*fakepkg/data is missing; reinstall"):
+        installed_package_dir("fakepkg", "data", what="the corpora", install="pip x")
+    (tmp_path / "fakepkg" / "data").mkdir()
+    assert installed_package_dir("fakepkg", "data", what="the corpora", install="pip x") == tmp_path / "fakepkg" / "data"

