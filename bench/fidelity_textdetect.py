@@ -56,11 +56,20 @@ def run_recipe(loss: str, ratio: float, seed: int, extra: list[str]) -> dict[str
         seconds = time.perf_counter() - t0
         if code != 0:
             raise RuntimeError(f"xrisk run textdetect --loss {loss} --machine-ratio {ratio} --seed {seed}: exit {code}")
-        ev = json.loads((out / "evaluation.json").read_text())
+        ev = _compact(json.loads((out / "evaluation.json").read_text()))
         cfg = json.loads((out / "config.json").read_text())["resolved"]
     return {"evaluation": ev, "seconds": seconds, "num_train": cfg["num_train"],
             "num_train_machine": cfg["num_train_machine"], "num_test": cfg["num_test"],
             "num_test_machine": cfg["num_test_machine"]}
+
+
+def _compact(ev: dict[str, Any]) -> dict[str, Any]:
+    """What the tables use of a run's ``evaluation.json`` (the per-domain feature table and the
+    generator-within-domain metrics stay in the run folder)."""
+    fa = ev.get("feature_analysis", {})
+    return {**{k: ev[k] for k in ("overall", "by_domain", "by_generator", "settings") if k in ev},
+            "feature_analysis": {"spearman_detector_auroc_vs_separability":
+                                 fa.get("spearman_detector_auroc_vs_separability", {})}}
 
 
 def zero_shot(seed: int, data_path: str) -> dict[str, Any]:
@@ -260,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     extra = (["--epochs", "2"] if args.quick else []) + ["--data", args.data]
     write = not args.quick and args.data == "builtin"
     facts = _common.machine_facts(1)
-    load_start = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     t_start = time.perf_counter()
     results = _load_results() if write else {}
     todo = [(s, r, loss) for s in seeds for r in RATIOS for loss in LOSSES if _key(loss, r, s) not in results]
@@ -280,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "## Machine-text detection: CE vs AUC / AP / partial-AUC losses (issue 17, `bench/fidelity_textdetect.py`)\n\n"
         f"Command: `{COMMAND}`{' --quick' if args.quick else ''}; {len(todo)} runs in this invocation, "
         f"{minutes:.1f} min (runs already in `bench/results_textdetect.json` are kept).  \n"
-        f"Machine: {facts}; load average at the end {', '.join(f'{x:.2f}' for x in load_end)} "
-        f"(at the start {', '.join(f'{x:.2f}' for x in load_start)}).\n\n"
+        f"Machine: {facts}; load average at the end {', '.join(f'{x:.2f}' for x in load_end)}.\n\n"
         "Data: the bundled file (`src/xrisk/data/files/textdetect_smollm2.jsonl.gz`, command in its `.meta.json`). "
         "Detector: `xrisk run textdetect --text-encoder tfidf --loss LOSS --machine-ratio R --seed S` (TF-IDF word "
         "1-2-grams, at most 5000 features, then an MLP with 64 hidden units, 20 epochs; Adam lr 1e-3 for ce/ap/pauc-cvar/tpauc, PESG lr 0.1 for aucm; dual "
