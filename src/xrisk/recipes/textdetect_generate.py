@@ -26,9 +26,11 @@ command again after an interruption and it continues):
    stored as references to the corpus text, see :mod:`xrisk.data.machine_text`) and ``OUT.meta.json``: the
    command, settings, seeds, counts per domain and generator, the time of every stage and the load average.
 
-Example (the bundled file; about an hour on 2 shared cores)::
+Example (the bundled file: 32 min on 2 cores shared at a load average of 8-16; its ``.meta.json`` has the
+exact command and the time of every stage)::
 
-    nice -n 10 xrisk textdetect generate --out src/xrisk/data/files/textdetect_smollm2.jsonl.gz --threads 1
+    nice -n 10 xrisk textdetect generate --out src/xrisk/data/files/textdetect_smollm2.jsonl.gz --threads 1 \
+        --prompts-per-domain 20 --max-new-tokens 40 --humans-per-domain 100 --feature-batch-size 16
 """
 
 from __future__ import annotations
