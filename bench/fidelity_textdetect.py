@@ -212,11 +212,11 @@ def render(results: dict[str, Any], seeds: tuple[int, ...], header: str) -> tupl
                 if "feature_analysis" in zs[seeds[0]]["evaluation"] else []
             rows.append([f, _ms(v, 2), _ms(sep, 3) if sep else "n/a"])
         parts.append("**Analysis features** (Spearman correlation over the domains between the detector's "
-                     "per-domain AUROC and the feature's own separability |AUROC_f − 0.5| in that domain; mean ± std "
+                     "per-domain AUROC and the feature's own separability abs(AUROC_f − 0.5) in that domain; mean ± std "
                      f"over the {len(LOSSES) * len(seeds)} runs at the 10 % ratio; and the feature's separability itself, over seeds × "
                      "domains)\n")
         parts.append(_common.md_table(["feature", "Spearman (detector AUROC, separability)",
-                                       "separability |AUROC_f − 0.5|"], rows) + "\n")
+                                       "separability abs(AUROC_f − 0.5)"], rows) + "\n")
     # verdicts on the losses
     gains = {}
     for ratio in RATIOS:
