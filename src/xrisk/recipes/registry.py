@@ -84,6 +84,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.dft",
     "xrisk.recipes.ehr",
     "xrisk.recipes.myna",
+    "xrisk.recipes.textdetect",
 )
 
 
