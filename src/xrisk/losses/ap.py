@@ -12,6 +12,7 @@ from xrisk.functional.ap import ap_inner_estimates, ap_ratio, ap_weights
 from xrisk.functional.surrogates import SURROGATES, SurrogateName, weighted_pairwise_mean_of
 from xrisk.losses.base import ScoreLoss, overflow_cause, positions
 from xrisk._tensors import as_state_rows, like_tensor, on_device
+from xrisk.sharding import Placement
 from xrisk.state import Cause, PendingWrites, SampleState, column_views, update_states
 
 __all__ = ["APLoss"]
@@ -50,6 +51,8 @@ class APLoss(ScoreLoss):
         gamma: moving-average weight on the new value, in ``(0, 1]``.
         margin: ``m`` of the surrogate (``>= 0``).
         surrogate: pairwise surrogate name (:mod:`xrisk.functional.surrogates`).
+        state_placement: ``"replicated"`` (default) or ``"sharded"``: how the per-sample state is held under
+            ``torch.distributed`` (same results; see :class:`~xrisk.losses.base.ScoreLoss`, :mod:`xrisk.sharding`).
 
     Shapes: ``scores``, ``targets`` ``[B]`` or ``[B, T]``; ``index`` ``[B]`` (the dataset index of
     every sample; only the positives' entries are used).
@@ -93,14 +96,15 @@ class APLoss(ScoreLoss):
         gamma: float = 0.9,
         margin: float = 1.0,
         surrogate: SurrogateName = "squared_hinge",
+        state_placement: Placement = "replicated",
     ) -> None:
-        super().__init__(num_tasks=num_tasks)
+        super().__init__(num_tasks=num_tasks, state_placement=state_placement)
         self.num_samples = num_samples
         self.gamma = check_unit_interval("gamma", gamma)
         self.margin = check_positive("margin", margin, allow_zero=True)
         self.surrogate = check_choice("surrogate", surrogate, tuple(SURROGATES))
-        self.u_all = SampleState(num_samples, (num_tasks,))
-        self.u_pos = SampleState(num_samples, (num_tasks,))
+        self.u_all = SampleState(num_samples, (num_tasks,), placement=state_placement)
+        self.u_pos = SampleState(num_samples, (num_tasks,), placement=state_placement)
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, num_tasks={self.num_tasks}, gamma={self.gamma}, "

@@ -43,7 +43,8 @@ import torch
 from torch import Tensor
 
 from xrisk import distributed as xdist
-from xrisk._validate import all_finite, check_binary_batch
+from xrisk._validate import all_finite, check_binary_batch, check_choice
+from xrisk.sharding import PLACEMENTS, Placement, close_window, open_window, sharded_states
 from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_unique
 
 __all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
@@ -64,6 +65,10 @@ class ScoreLoss(ReplicatedStateModule):
         num_tasks: number of labels ``T``; scores/targets are ``[B]`` or ``[B, T]``.
         gather: under ``torch.distributed``, compute the loss on the global batch
             (default True; needed for exactness of every global loss).
+        state_placement: where the per-sample state lives under ``torch.distributed``: ``"replicated"``
+            (every rank holds all rows) or ``"sharded"`` (each rank holds about ``num_samples / K`` rows and a
+            step fetches the global batch's rows from their owners; the same results, see
+            :mod:`xrisk.sharding`). Needs ``gather=True``. Losses without per-sample state ignore it.
     """
 
     uses_index: ClassVar[bool] = True
@@ -72,12 +77,16 @@ class ScoreLoss(ReplicatedStateModule):
     _writes: PendingWrites  #: the current step's staged state updates (set by forward before ``_loss``)
     _index_unique: bool  #: the step's (global) ``index`` holds no duplicate (False: unknown or some)
 
-    def __init__(self, *, num_tasks: int = 1, gather: bool = True) -> None:
+    def __init__(self, *, num_tasks: int = 1, gather: bool = True, state_placement: Placement = "replicated") -> None:
         super().__init__()
         if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
             raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
         self.num_tasks = num_tasks
         self.gather = bool(gather)
+        self.state_placement = check_choice("state_placement", state_placement, PLACEMENTS)
+        if state_placement == "sharded" and not self.gather:
+            raise ValueError("state_placement='sharded' needs gather=True: every rank must compute the global "
+                             "batch's state update (with gather=False each rank would update the rows differently)")
         self.register_buffer("_objective", torch.full((), float("nan")), persistent=False)
 
     def forward(self, scores: Tensor, targets: Tensor, index: Tensor | None = None) -> Tensor:
@@ -109,8 +118,16 @@ class ScoreLoss(ReplicatedStateModule):
         self.__dict__["_index_unique"] = unique  # known without a device op: no index occurs twice in the batch
         self.__dict__["_given_scores"] = given
         self.__dict__["_step_objective"] = _NOT_RECORDED
-        out = self._loss(s, y, idx, pos_counts)
-        writes.commit(write=self.training)  # all or nothing; state changes in training mode only
+        sharded = sharded_states(self) if idx is not None and self.state_placement == "sharded" else []
+        if sharded:  # the global batch's rows, fetched from their owners; idx -> their positions (xrisk.sharding)
+            idx = open_window(sharded, idx)
+        try:
+            out = self._loss(s, y, idx, pos_counts)
+            writes.commit(write=self.training)  # all or nothing; state changes in training mode only
+        except BaseException:
+            close_window(sharded, write=False)
+            raise
+        close_window(sharded, write=self.training)  # each rank keeps the rows it owns
         record = self.__dict__.pop("_step_objective")
         if record is not _NOT_RECORDED:  # the step succeeded: its objective estimate replaces the last one
             self.__dict__["_pending_objective"] = record

@@ -21,6 +21,7 @@ from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.ap import _update_column
 from xrisk._tensors import as_state_rows, like_tensor, on_device
+from xrisk.sharding import Placement
 from xrisk.state import Cause, PendingWrites, SampleState, column_views
 
 __all__ = ["OneWayPartialAUCLoss"]
@@ -92,6 +93,8 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         eta: step size of the CVaR thresholds (``method="cvar"``), ``> 0``.
         tau: KL temperature (``method="kl"``), ``> 0``.
         gamma: moving-average weight on the new value (``method="kl"``), in ``(0, 1]``.
+        state_placement: ``"replicated"`` (default) or ``"sharded"``: how the per-sample state is held under
+            ``torch.distributed`` (same results; see :class:`~xrisk.losses.base.ScoreLoss`, :mod:`xrisk.sharding`).
 
     Shapes: ``scores``, ``targets`` ``[B]`` or ``[B, T]``; ``index`` ``[B]``.
 
@@ -138,8 +141,9 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         eta: float = 0.1,
         tau: float = 1.0,
         gamma: float = 0.9,
+        state_placement: Placement = "replicated",
     ) -> None:
-        super().__init__(num_tasks=num_tasks)
+        super().__init__(num_tasks=num_tasks, state_placement=state_placement)
         self.num_samples = num_samples
         self.method = check_choice("method", method, ("cvar", "kl"))
         self.max_fpr = check_unit_interval("max_fpr", max_fpr)
@@ -150,9 +154,9 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         self.gamma = check_unit_interval("gamma", gamma)
         self._checks_value = self.method == "cvar"  # the thresholds stay finite whatever the losses
         if self.method == "cvar":
-            self.threshold = SampleState(num_samples, (num_tasks,))
+            self.threshold = SampleState(num_samples, (num_tasks,), placement=state_placement)
         else:
-            self.log_u = SampleState(num_samples, (num_tasks,))
+            self.log_u = SampleState(num_samples, (num_tasks,), placement=state_placement)
 
     def extra_repr(self) -> str:
         knobs = f"eta={self.eta}" if self.method == "cvar" else f"tau={self.tau}, gamma={self.gamma}"

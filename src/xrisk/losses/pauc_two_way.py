@@ -14,6 +14,7 @@ from xrisk.functional.pauc import kl_logits, log_ema, log_mean_exp_inner, tpauc_
 from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.pauc_one_way import _log_ema_column
+from xrisk.sharding import Placement
 from xrisk.state import Cause, SampleState, column_views
 
 __all__ = ["TwoWayPartialAUCLoss"]
@@ -61,6 +62,8 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         gamma1: moving-average weight on the new value for ``w``, in ``(0, 1]``.
         margin: ``m`` of the surrogate (``>= 0``).
         surrogate: pairwise surrogate name (:mod:`xrisk.functional.surrogates`).
+        state_placement: ``"replicated"`` (default) or ``"sharded"``: how the per-sample state is held under
+            ``torch.distributed`` (same results; see :class:`~xrisk.losses.base.ScoreLoss`, :mod:`xrisk.sharding`).
 
     Shapes: ``scores``, ``targets`` ``[B]`` or ``[B, T]``; ``index`` ``[B]``.
 
@@ -108,8 +111,9 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         gamma1: float = 0.9,
         margin: float = 1.0,
         surrogate: SurrogateName = "squared_hinge",
+        state_placement: Placement = "replicated",
     ) -> None:
-        super().__init__(num_tasks=num_tasks)
+        super().__init__(num_tasks=num_tasks, state_placement=state_placement)
         self.num_samples = num_samples
         self.min_tpr = check_unit_interval("min_tpr", min_tpr, closed_left=True, closed_right=False)
         self.max_fpr = check_unit_interval("max_fpr", max_fpr)
@@ -119,7 +123,7 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         self.gamma1 = check_unit_interval("gamma1", gamma1)
         self.margin = check_positive("margin", margin, allow_zero=True)
         self.surrogate = check_choice("surrogate", surrogate, tuple(SURROGATES))
-        self.log_u = SampleState(num_samples, (num_tasks,))
+        self.log_u = SampleState(num_samples, (num_tasks,), placement=state_placement)
         self.log_w = SampleState(1, (num_tasks,))
 
     def extra_repr(self) -> str:
