@@ -52,11 +52,11 @@ import torch
 from torch import Tensor, nn
 
 from xrisk import distributed as xdist
-from xrisk._validate import all_finite, check_choice
+from xrisk._validate import all_finite, all_finite_async, assert_async, check_choice, validation_enabled
 from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, local_rows, open_window, shard_range
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
-           "update_states", "write_rows"]
+           "update_states", "write_rows", "same_index", "merge_duplicates", "masked_update_rows"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -525,6 +525,29 @@ class PendingWrites:
     def __len__(self) -> int:
         return len(self._rows) + len(self._after)
 
+    def commit_on_device(self, *, write: bool) -> None:
+        """:meth:`commit` without a host read: the finiteness of every staged row and checked tensor is one device
+        flag, required with :func:`~xrisk._validate.assert_async` (on CPU a failure raises before anything is
+        written; on an accelerator the device raises it later) and applied as a mask to every write (a step with
+        a non-finite row writes nothing). The message is generic: the cause is named with validation on."""
+        tensors = [x for x, _ in self._checks] + [r[3] for r in self._rows]
+        ok = all_finite_async(tensors) if tensors else None
+        if ok is not None:
+            assert_async(ok, "xrisk: a new state estimate (or a checked value) of this step is NaN/inf; no state was "
+                             "changed (validation is off, so the cause is not named: xrisk.set_validation(True) names it)")
+        if write:
+            for value, seen, index, rows, mask, _ in self._rows:
+                keep = ok if mask is None else (mask if ok is None else mask & ok)
+                if keep is None:
+                    value.index_copy_(0, index, rows)
+                    seen.index_fill_(0, index, True)
+                else:
+                    value.index_copy_(0, index, torch.where(keep, rows, value.index_select(0, index)))
+                    seen.index_copy_(0, index, seen.index_select(0, index) | keep)
+            for fn in self._after:
+                fn()
+        self._rows, self._checks, self._after = [], [], []
+
     def verify(self) -> None:
         """Raise :class:`FloatingPointError` naming the cause if a staged row or checked tensor is not finite."""
         tensors = [x for x, _ in self._checks] + [r[3] for r in self._rows]
@@ -537,7 +560,13 @@ class PendingWrites:
 
     def commit(self, *, write: bool, check: bool = True) -> None:
         """:meth:`verify` (unless ``check=False``: the caller proved every row finite), then, if ``write``,
-        apply every staged write in order. The object is spent afterwards."""
+        apply every staged write in order. The object is spent afterwards.
+
+        With validation off (:func:`xrisk.set_validation`) nothing is read on the host: see
+        :meth:`commit_on_device`."""
+        if check and not validation_enabled():
+            self.commit_on_device(write=write)
+            return
         if check:
             self.verify()
         if write:
@@ -551,6 +580,56 @@ class PendingWrites:
             for fn in self._after:
                 fn()
         self._rows, self._checks, self._after = [], [], []
+
+
+def same_index(index: Tensor) -> Tensor:
+    """``[B, B]`` bool: ``index[r] == index[c]`` (the duplicate structure of a batch, fixed shape, no host read)."""
+    return index.unsqueeze(1) == index.unsqueeze(0)
+
+
+def merge_duplicates(same: Tensor, values: Tensor, mask: Tensor, *, log_space: bool = False) -> tuple[Tensor, Tensor]:
+    """:class:`SampleState`'s duplicate rule on the device: ``(merged [B], any [B])``.
+
+    Row ``r`` gets the mean of ``values`` over the rows ``c`` with the same index (``same [B, B]``,
+    :func:`same_index`) where ``mask [B]`` holds (``log_space``: ``values`` are logs and the mean is taken of
+    their exponentials, shifted by the group maximum); ``any[r]``: some such row exists (then every occurrence
+    of the index gets the same merged value and the same flag). Rows without one get 0. Without duplicates the
+    merged value of a masked row is its own value bit for bit. ``O(B^2)`` comparisons, fixed shape.
+    """
+    member = same & mask.unsqueeze(0)
+    count = member.sum(1)
+    found = count > 0
+    if log_space:
+        shift = torch.where(member, values.unsqueeze(0), float("-inf")).amax(1)
+        shift = torch.where(found, shift, torch.zeros_like(shift))
+        total = torch.where(member, torch.exp(values.unsqueeze(0) - shift.unsqueeze(1)), 0.0).sum(1)
+        merged = torch.log(total.clamp_min(1e-38)) + shift - torch.log(count.clamp_min(1).to(values.dtype))
+    else:
+        merged = torch.where(member, values.unsqueeze(0), 0.0).sum(1) / count.clamp_min(1).to(values.dtype)
+    return torch.where(found, merged, torch.zeros_like(merged)), found
+
+
+def masked_update_rows(
+    value: Tensor, seen: Tensor, index: Tensor, new: Tensor, mask: Tensor, same: Tensor,
+    step: Callable[[Tensor, Tensor, Tensor], Tensor], *, log_space: bool = False, writes: PendingWrites | None = None,
+    cause: Cause | None = None,
+) -> tuple[Tensor, Tensor]:
+    """A fixed-shape state update of rows ``index`` (validated, on the state's device; duplicates allowed) with
+    no host read: ``(rows [B], written [B])``.
+
+    ``value``/``seen``: a state's tensors or one column of them (:func:`column_views`); ``new [B]`` float32 new
+    values, used where ``mask [B]``; ``same``: :func:`same_index` of ``index``. Duplicates are merged first
+    (:func:`merge_duplicates`), then ``step(old, merged, seen_rows)`` gives the new rows (e.g. the moving average
+    ``torch.where(seen, torch.lerp(old, merged, gamma), merged)``); rows of indices without a masked occurrence
+    keep their old value. With ``writes`` the rows are staged there (masked by ``written``). Every occurrence of
+    an index holds the same row, so the result does not depend on which duplicate is written last.
+    """
+    merged, written = merge_duplicates(same, new, mask, log_space=log_space)
+    old, seen_rows = value.index_select(0, index), seen.index_select(0, index)
+    rows = torch.where(written, step(old, merged, seen_rows), old)
+    if writes is not None:
+        writes.stage_tensors(value, seen, index, rows, mask=written, cause=cause)
+    return rows, written
 
 
 def column_views(state: SampleState, column: int) -> tuple[Tensor, Tensor]:
