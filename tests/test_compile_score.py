@@ -236,3 +236,59 @@ def test_set_validation_is_global_and_restored():
     assert xrisk.validation_enabled()
     with pytest.raises(TypeError):
         xrisk.set_validation("no")  # type: ignore[arg-type]
+
+
+def _gathered(rank: int, world: int) -> dict:
+    """Each rank trains on its half of the batches (uneven sizes), losses gather the global batch; validation on
+    and off, replicated and sharded state (the score losses with per-sample state)."""
+    out = {}
+    for case in ("aucm-pesg", "compauc-pdsca", "ap-sgd", "pauc-kl", "tpauc-kl"):
+        for placement in ("replicated", "sharded"):
+            if placement == "sharded" and case.startswith(("aucm", "compauc")):
+                continue
+            for validate in (True, False):
+                make_loss, make_opt = CASES[case]
+                torch.manual_seed(0)
+                net = nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 1))
+                loss = make_loss()
+                if placement == "sharded":
+                    loss = type(loss)(N, **{k: getattr(loss, k) for k in _KNOBS[case]}, state_placement="sharded")
+                opt = make_opt(net, loss)
+                values = []
+                with xrisk.validation(validate):
+                    for x, y, index in _batches(6):
+                        part = slice(0, 9) if rank == 0 else slice(9, B)  # 9 and 7 samples
+                        out_v = loss(torch.sigmoid(net(x[part])).squeeze(1), y[part], index[part])
+                        out_v.backward()
+                        for p in net.parameters():  # what DDP does with the model's gradients
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= world
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                        values.append(out_v.detach())
+                state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone()
+                         for k, v in loss.state_dict().items()}
+                out[(case, placement, validate)] = (torch.stack(values), [p.detach().clone() for p in net.parameters()],
+                                                    state)
+    return out
+
+
+_KNOBS = {"ap-sgd": ("gamma",), "pauc-kl": ("method", "tau", "gamma"),
+          "tpauc-kl": ("tau", "tau_outer", "gamma0", "gamma1")}
+
+
+@pytest.mark.distributed
+def test_validation_off_on_two_ranks_equals_validation_on():
+    from _dist import run_distributed
+
+    per_rank = run_distributed(_gathered, timeout=240.0)
+    for rank_out in per_rank:
+        for (case, placement, validate), (values, params, state) in rank_out.items():
+            if validate:
+                continue
+            ref_values, ref_params, ref_state = rank_out[(case, placement, True)]
+            _close(values, ref_values, f"{case} {placement}: loss values")
+            for p, q in zip(params, ref_params):
+                _close(p, q, f"{case} {placement}: parameters")
+            for key in ref_state:
+                _close(state[key], ref_state[key], f"{case} {placement}: state {key}")
