@@ -56,7 +56,7 @@ from xrisk._validate import all_finite, all_finite_async, assert_async, check_ch
 from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, local_rows, open_window, shard_range
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
-           "update_states", "write_rows", "same_index", "merge_duplicates", "masked_update_rows"]
+           "update_states", "write_rows", "same_index", "merge_duplicates", "masked_update_rows", "flat_column"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -630,6 +630,19 @@ def masked_update_rows(
     if writes is not None:
         writes.stage_tensors(value, seen, index, rows, mask=written, cause=cause)
     return rows, written
+
+
+def flat_column(state: SampleState, column: int, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(value [N*T], seen [N*T], positions [B])``: the state's buffers as flat views and the positions of rows
+    ``index`` of column ``column`` in them, so that ``value[positions]`` is ``value2d[index, column]``.
+
+    For the fixed-shape device path: ``torch.compile`` writes ``index_copy_`` into a contiguous flat view in place
+    (``O(B)``), but functionalises a write through a strided column view (:func:`column_views`) into a copy of the
+    whole buffer (``O(N)`` per step)."""
+    value, seen = state.tensors()
+    width = value.shape[1] if value.dim() == 2 else 1
+    i = index.to(value.device)
+    return value.view(-1), seen.view(-1), i if width == 1 else i * width + column
 
 
 def column_views(state: SampleState, column: int) -> tuple[Tensor, Tensor]:

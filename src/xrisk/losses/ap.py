@@ -15,7 +15,7 @@ from xrisk.losses.base import ScoreLoss, distinct_alias, overflow_cause, positio
 from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk.sharding import Placement
 from xrisk.state import (
-    Cause, PendingWrites, SampleState, column_views, masked_update_rows, same_index, update_states,
+    Cause, PendingWrites, SampleState, column_views, flat_column, masked_update_rows, same_index, update_states,
 )
 
 __all__ = ["APLoss"]
@@ -153,9 +153,8 @@ class APLoss(ScoreLoss):
             col_d = col.detach()
             losses, g_all, g_pos, shortfall = ap_inner_estimates(col_d, col_d, pos, margin=self.margin,
                                                                  surrogate=self.surrogate, with_shortfall=True)
-            va, sa = column_views(self.u_all, t)  # type: ignore[arg-type]
-            vp, sp = column_views(self.u_pos, t)  # type: ignore[arg-type]
-            i = on_device(index, va.device)
+            va, sa, i = flat_column(self.u_all, t, index)  # type: ignore[arg-type]
+            vp, sp, _ = flat_column(self.u_pos, t, index)  # type: ignore[arg-type]
             new_all, _ = masked_update_rows(va, sa, i, as_state_rows(g_all, i), pos, same, step, writes=self._writes)
             new_pos, _ = masked_update_rows(vp, sp, i, as_state_rows(g_pos, i), pos, same, step, writes=self._writes)
             u_all, u_pos = like_tensor(new_all, g_all), like_tensor(new_pos, g_pos)

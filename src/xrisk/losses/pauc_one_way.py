@@ -22,7 +22,7 @@ from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.ap import _update_column
 from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk.sharding import Placement
-from xrisk.state import Cause, PendingWrites, SampleState, column_views, masked_update_rows
+from xrisk.state import Cause, PendingWrites, SampleState, column_views, flat_column, masked_update_rows
 
 __all__ = ["OneWayPartialAUCLoss"]
 
@@ -186,8 +186,7 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
                              n_pos: Tensor, n_neg: Tensor, same: Tensor) -> Tensor:
         neg = pairs.any(0)  # the negative columns (all False when the task has no positive: nothing is used)
         if self.method == "cvar":
-            value, seen = column_views(self._modules["threshold"], task)  # type: ignore[arg-type]
-            i = on_device(index, value.device)
+            value, seen, i = flat_column(self._modules["threshold"], task, index)  # type: ignore[arg-type]
             s = like_tensor(value.index_select(0, i), losses)  # [B]
             above = (losses > s.unsqueeze(1)) & neg.unsqueeze(0)
             grad = 1.0 - above.sum(1).to(losses.dtype) / (self.max_fpr * n_neg.clamp_min(1).to(losses.dtype))
@@ -219,8 +218,7 @@ def masked_log_ema_column(state: SampleState, index: Tensor, task: int, log_new:
                           gamma: float, writes: PendingWrites) -> Tensor:
     """:func:`_log_ema_column` over the whole batch (validation off): the rows ``rows [B]`` are merged in log space
     (duplicates by ``same``) and stepped; returns ``[B]`` ``log u`` (the old value where not in ``rows``)."""
-    value, seen = column_views(state, task)
-    i = on_device(index, value.device)
+    value, seen, i = flat_column(state, task, index)
     new, _ = masked_update_rows(value, seen, i, as_state_rows(log_new, i), rows, same,
                                 lambda old, merged, seen_rows: log_ema(old, merged, gamma, seen_rows), log_space=True,
                                 writes=writes)
