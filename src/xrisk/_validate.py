@@ -9,7 +9,7 @@ path (positive counts, duplicate merging and index rules computed with masks on 
 work for every batch of one size), which ``torch.compile(..., fullgraph=True)`` takes whole. What can
 be checked on the device still is, with :func:`assert_async` (``torch._assert_async``: on CPU it raises
 at once, on an accelerator the device raises it asynchronously): dataset indices in range
-(:func:`check_index_async`) and finite state rows before they are written (a failing step writes
+(:func:`xrisk.state.check_index_async`) and finite state rows before they are written (a failing step writes
 nothing). Not checked without validation: NaN/inf inputs that do not reach a state row (they reach the
 returned value), non-binary targets (read as ``target != 0``), the cause of a non-finite update (the
 message is generic).
@@ -28,7 +28,7 @@ from torch import Tensor
 
 __all__ = ["all_finite", "check_finite", "check_binary_inputs", "check_binary_batch",
            "check_positive", "check_unit_interval", "check_choice", "set_validation", "validation_enabled",
-           "validation", "assert_async", "all_finite_async", "check_index_async", "binary_batch_unchecked"]
+           "validation", "assert_async", "all_finite_async", "binary_batch_unchecked"]
 
 _VALIDATION = [True]
 
@@ -69,22 +69,6 @@ def all_finite_async(tensors: Sequence[Tensor]) -> Tensor:
     if not flags:
         return torch.ones((), dtype=torch.bool, device=tensors[0].device if tensors else None)
     return flags[0] if len(flags) == 1 else torch.stack(flags).all()
-
-
-def check_index_async(index: Tensor, num_samples: int) -> Tensor:
-    """:func:`~xrisk.state.check_index` without a host read: type and shape checked on the host (metadata),
-    the bounds with :func:`assert_async`. Returns ``index`` as ``int64``."""
-    if not isinstance(index, Tensor):
-        raise TypeError(f"index must be a torch.Tensor of dataset indices, got {type(index).__name__}")
-    if index.dtype.is_floating_point or index.dtype == torch.bool or index.is_complex():
-        raise TypeError(f"index must be an integer tensor (dataset indices), got dtype {index.dtype}")
-    if index.dim() != 1:
-        raise ValueError(f"index must be 1-D [B], got shape {tuple(index.shape)}")
-    index = index.long()
-    if index.numel():
-        assert_async(((index >= 0) & (index < num_samples)).all(),
-                     f"a dataset index is out of range for a state built with num_samples={num_samples}")
-    return index
 
 
 def binary_batch_unchecked(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple[Tensor, Tensor]:

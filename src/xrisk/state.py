@@ -56,7 +56,7 @@ from xrisk._validate import all_finite, all_finite_async, assert_async, check_ch
 from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, local_rows, open_window, shard_range
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
-           "update_states", "write_rows", "same_index", "merge_duplicates", "masked_update_rows", "flat_column"]
+           "update_states", "write_rows", "check_index_async", "same_index", "merge_duplicates", "masked_update_rows", "flat_column"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -99,6 +99,17 @@ def check_index_unique(index: Tensor, num_samples: int, *, batch_size: int | Non
     bounds = uniq[:: max(uniq.numel() - 1, 1)].tolist()
     _check_bounds(bounds[0], bounds[-1], num_samples)
     return index.long(), uniq.numel() == n
+
+
+def check_index_async(index: Tensor, num_samples: int) -> Tensor:
+    """:func:`check_index` without a host read: type and shape checked on the host (metadata), the bounds with
+    :func:`~xrisk._validate.assert_async`. Returns ``index`` as ``int64``."""
+    _check_index_type(index, None)
+    index = index.long()
+    if index.numel():
+        assert_async(((index >= 0) & (index < num_samples)).all(),
+                     f"a dataset index is out of range for a state built with num_samples={num_samples}")
+    return index
 
 
 def _check_index_type(index: Tensor, batch_size: int | None) -> None:
@@ -535,18 +546,7 @@ class PendingWrites:
         if ok is not None:
             assert_async(ok, "xrisk: a new state estimate (or a checked value) of this step is NaN/inf; no state was "
                              "changed (validation is off, so the cause is not named: xrisk.set_validation(True) names it)")
-        if write:
-            for value, seen, index, rows, mask, _ in self._rows:
-                keep = ok if mask is None else (mask if ok is None else mask & ok)
-                if keep is None:
-                    value.index_copy_(0, index, rows)
-                    seen.index_fill_(0, index, True)
-                else:
-                    value.index_copy_(0, index, torch.where(keep, rows, value.index_select(0, index)))
-                    seen.index_copy_(0, index, seen.index_select(0, index) | keep)
-            for fn in self._after:
-                fn()
-        self._rows, self._checks, self._after = [], [], []
+        self._apply(write=write, ok=ok)
 
     def verify(self) -> None:
         """Raise :class:`FloatingPointError` naming the cause if a staged row or checked tensor is not finite."""
@@ -569,14 +569,20 @@ class PendingWrites:
             return
         if check:
             self.verify()
+        self._apply(write=write, ok=None)
+
+    def _apply(self, *, write: bool, ok: Tensor | None) -> None:
+        """If ``write``, apply every staged write in order, each row where its mask and ``ok`` (a device flag, or
+        ``None``: no condition) hold; then spend the object."""
         if write:
             for value, seen, index, rows, mask, _ in self._rows:
-                if mask is None:
+                keep = ok if mask is None else (mask if ok is None else mask & ok)
+                if keep is None:
                     value.index_copy_(0, index, rows)
                     seen.index_fill_(0, index, True)
                 else:
-                    value.index_copy_(0, index, torch.where(mask, rows, value.index_select(0, index)))
-                    seen.index_copy_(0, index, seen.index_select(0, index) | mask)
+                    value.index_copy_(0, index, torch.where(keep, rows, value.index_select(0, index)))
+                    seen.index_copy_(0, index, seen.index_select(0, index) | keep)
             for fn in self._after:
                 fn()
         self._rows, self._checks, self._after = [], [], []

@@ -53,10 +53,10 @@ from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import (
-    all_finite, binary_batch_unchecked, check_binary_batch, check_choice, check_index_async, validation_enabled,
+    all_finite, binary_batch_unchecked, check_binary_batch, check_choice, validation_enabled,
 )
 from xrisk.sharding import PLACEMENTS, Placement, close_window, open_window, sharded_states
-from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_unique
+from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
 
 __all__ = ["ScoreLoss", "distinct_alias", "label_order", "label_positions", "overflow_cause", "positions"]
 
