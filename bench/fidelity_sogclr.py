@@ -349,14 +349,15 @@ def _ms(rows: list[dict], key: str, scale: float, digits: int) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(rows) > 1 else f"{m:.{digits}f}"
 
 
-def _gap(res: dict, a: str, b: str, e: int, key: str = "probe_acc") -> tuple[float, float] | None:
-    """Mean difference ``a - b`` (points) over the seeds both have, and its std over seeds (paired)."""
+def _gap(res: dict, a: str, b: str, e: int, key: str = "probe_acc", scale: float = 100.0) -> tuple[float, float] | None:
+    """Mean difference ``scale (a - b)`` (accuracy points by default) over the seeds both have, and its std over
+    seeds (paired)."""
     ra = {r["seed"]: r[key] for r in res.get((a, e), [])}
     rb = {r["seed"]: r[key] for r in res.get((b, e), [])}
     common = sorted(set(ra) & set(rb))
     if not common:
         return None
-    d = [100 * (ra[s] - rb[s]) for s in common]
+    d = [scale * (ra[s] - rb[s]) for s in common]
     return float(np.mean(d)), float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
 
 
@@ -401,11 +402,13 @@ def report(res: dict, refs: dict[str, list[float]], cfg: Config, arms: tuple[Arm
            facts: str, cmd: str, png: str | None) -> str:
     labels = [a.label for a in arms]
     acc_rows, obj_rows = [], []
-    small = [a for a in arms if a.method == "SogCLR" and a.batch < REFERENCE.batch]
+    diff_rows = []
     for e in grid(cfg):
-        acc_rows.append([e] + [_ms(res.get((lab, e), []), "probe_acc", 100, 1) for lab in labels]
-                        + [_fmt_gap(_gap(res, a.label, REFERENCE.label, e)) for a in small])
+        acc_rows.append([e, _seeds(res, arms, e)] + [_ms(res.get((lab, e), []), "probe_acc", 100, 1) for lab in labels])
         obj_rows.append([e] + [_ms(res.get((lab, e), []), "objective", 1, 3) for lab in labels])
+        diff_rows.append([e] + [_fmt_gap(_gap(res, a.label, b.label, e)) for _, a, b in contrasts(arms)]
+                         + [_fmt_gap(_gap(res, a.label, b.label, e, "objective", 1.0), 3)
+                            for _, a, b in contrasts(arms)[:1]])
     est_rows = []
     for a in (x for x in arms if x.method == "SogCLR"):
         for e in grid(cfg):
@@ -438,8 +441,13 @@ def report(res: dict, refs: dict[str, list[float]], cfg: Config, arms: tuple[Arm
         "## SogCLR's small-batch claim vs training length and the gamma schedule (issue 10)", "",
         head, "", setup, "",
         "### Linear-probe test accuracy (%) vs epochs", "",
-        _common.md_table(["epochs"] + labels + [f"gap: {a.label}" for a in small], acc_rows), "",
+        _common.md_table(["epochs", "seeds"] + labels, acc_rows), "",
         *([f"![probe accuracy, gap and objective vs epochs]({png})", ""] if png else []),
+        "Paired differences (probe accuracy points, mean ± std over the seeds; the last column is the "
+        "difference in the exact objective below, negative = SogCLR B=32 optimised it further):", "",
+        _common.md_table(["epochs"] + [t for t, _, _ in contrasts(arms)]
+                         + [f"objective: {contrasts(arms)[0][0].split(':')[0]}"], diff_rows), "",
+        claim_verdict(res, cfg, arms), "",
         "### Exact global contrastive objective on the training set (lower is better)", "",
         "`(1/n) sum_i sum_v tau log g_iv` with `g_iv` the mean of `exp((s_ij - s_i+)/tau)` over all `2n - 2` "
         "other views of the data set (one fixed draw of two views per image; the objective SogCLR minimises, "
@@ -459,8 +467,49 @@ def report(res: dict, refs: dict[str, list[float]], cfg: Config, arms: tuple[Arm
     ])
 
 
-def _fmt_gap(g: tuple[float, float] | None) -> str:
-    return "–" if g is None else f"{g[0]:+.1f} ± {g[1]:.1f}"
+def _fmt_gap(g: tuple[float, float] | None, digits: int = 1) -> str:
+    return "–" if g is None else f"{g[0]:+.{digits}f} ± {g[1]:.{digits}f}"
+
+
+def _seeds(res: dict, arms: tuple[Arm, ...], e: int) -> int:
+    return max((len(res.get((a.label, e), [])) for a in arms), default=0)
+
+
+def contrasts(arms: tuple[Arm, ...]) -> list[tuple[str, Arm, Arm]]:
+    """The paired differences the study reads: ``(column title, a, b)`` for ``a - b``."""
+    by = {(a.method, a.batch, a.gamma, a.cosine): a for a in arms}
+    sog32, sim32 = by.get(("SogCLR", 32, 0.9, False)), by.get(("SimCLR", 32, None, False))
+    cos32, g02 = by.get(("SogCLR", 32, 0.2, True)), by.get(("SogCLR", 32, 0.2, False))
+    sog256 = by.get(("SogCLR", 256, 0.9, False))
+    out = [("SogCLR B=32 (0.9) − SimCLR B=256: the claim", sog32, REFERENCE),
+           ("SogCLR B=32 (0.9) − SimCLR B=32: the estimator at B=32", sog32, sim32),
+           ("cosine 1 -> 0.2 − constant 0.9 (B=32)", cos32, sog32),
+           ("constant 0.2 − constant 0.9 (B=32)", g02, sog32),
+           ("SogCLR B=256 − SimCLR B=256", sog256, REFERENCE),
+           ("SimCLR B=32 − SimCLR B=256", sim32, REFERENCE)]
+    return [(t, a, b) for t, a, b in out if a is not None and b is not None]
+
+
+def claim_verdict(res: dict, cfg: Config, arms: tuple[Arm, ...]) -> str:
+    """The claim read at every epoch of the grid: gap of SogCLR B=32 (gamma 0.9, and the best SogCLR B=32 arm)
+    to SimCLR B=256, 'held' when it is above -max(0.5, std of the paired gaps) (part (a)'s rule)."""
+    parts = []
+    for title, a, b in contrasts(arms)[:1]:
+        for e in grid(cfg):
+            g = _gap(res, a.label, b.label, e)
+            if g is None:
+                continue
+            tol = max(0.5, g[1])
+            parts.append(f"{e} epochs {g[0]:+.1f} (tolerance {tol:.1f}, {_seeds(res, (a, b), e)} seed(s)): "
+                         f"**{'held' if g[0] >= -tol else 'did not hold'}**")
+    best = []
+    sog_small = [a for a in arms if a.method == "SogCLR" and a.batch < REFERENCE.batch]
+    for e in grid(cfg):
+        gs = [(g[0], a.label) for a in sog_small if (g := _gap(res, a.label, REFERENCE.label, e)) is not None]
+        if gs:
+            best.append(f"{e}: {max(gs)[0]:+.1f} ({max(gs)[1]})")
+    return ("Claim 'SogCLR at B=32 matches SimCLR at B=256', gamma 0.9: " + "; ".join(parts) + ". Best SogCLR B=32 "
+            "arm at each epoch count: " + "; ".join(best) + ".")
 
 
 # ----------------------------------------------------------------------------- main
