@@ -30,8 +30,10 @@ PER_OBJECT = {"xrisk.losses": "Losses", "xrisk.optim": "Optimizers"}
 #: Areas documented one page each: (nav title, slug, intro, modules rendered on the page).
 AREAS: list[tuple[str, str, str, list[str]]] = [
     ("Metrics", "metrics",
-     "Ranking metrics (AUROC, AP, partial AUROC; binary and multi-label), their streaming "
-     "versions, and the retrieval metrics of the contrastive recipes.",
+     "Ranking metrics (AUROC, AP, partial AUROC; binary and multi-label), which torchmetrics class "
+     "streams each of them (and the McClish conversion for one-way pAUC), the streaming two-way "
+     "partial AUROC `TwoWayPartialAUROC` (a `torchmetrics.Metric`, `metrics` extra), and the "
+     "retrieval metrics of the contrastive recipes.",
      ["xrisk.metrics.ranking", "xrisk.metrics.streaming", "xrisk.metrics.retrieval"]),
     ("Data", "data",
      "`IndexedDataset` (batches carry their dataset indices), the positive-oversampling "
@@ -51,7 +53,7 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
-     ["xrisk.recipes.registry", "xrisk.recipes.runner", "xrisk.recipes.auc",
+     ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
       "xrisk.recipes.contrastive", "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]

@@ -1,8 +1,11 @@
-"""mkdocs hooks (``mkdocs.yml``: ``hooks``): generate the API pages and put them in the navigation.
+"""mkdocs hooks (``mkdocs.yml``: ``hooks``): generate the API pages, put them in the navigation,
+and add the bundled MathJax to the site.
 
 :func:`gen_pages.generate` writes the git-ignored generated pages (API, CLI help, home page from
 README.md, benchmarks from bench/RESULTS.md) before mkdocs collects the files, so a plain
-``mkdocs build`` or ``mkdocs serve`` never shows stale copies.
+``mkdocs build`` or ``mkdocs serve`` never shows stale copies. :func:`on_files` adds MathJax 3
+(from the ``django-static-mathjax`` wheel of the ``docs`` extra) under ``javascripts/mathjax/``,
+so the formulas render with no network.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen_pages  # noqa: E402
+import mathjax_bundle  # noqa: E402
 
 
 def on_config(config: Any, **kwargs: Any) -> Any:
@@ -28,3 +32,12 @@ def on_config(config: Any, **kwargs: Any) -> Any:
         nav.append({"API reference": api_nav})
     config["nav"] = nav
     return config
+
+
+def on_files(files: Any, config: Any, **kwargs: Any) -> Any:
+    """Add the MathJax files the pages load (``mkdocs.yml``: ``extra_javascript``) to the site."""
+    from mkdocs.structure.files import File
+
+    for rel, path in mathjax_bundle.files():
+        files.append(File.generated(config, f"{mathjax_bundle.SITE_DIR}/{rel}", abs_src_path=str(path)))
+    return files

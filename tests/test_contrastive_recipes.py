@@ -77,11 +77,12 @@ def test_clip_cli_fashion_captions_tiny_run(tmp_path):
     assert main(argv) == 0
     rows, final = _metrics(out)
     assert [r["epoch"] for r in rows] == [1, 2]
-    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "zero_shot_acc", "objective", "tau", "train_loss"):
+    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "zero_shot_acc", "train_objective", "tau", "train_surrogate"):
         assert key in final and math.isfinite(final[key])
     assert 0 <= final["i2t_r1"] <= final["i2t_r5"] <= 1 and 0 <= final["zero_shot_acc"] <= 1
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["recipe"] == "clip" and cfg["resolved"]["num_train"] == 256
+    assert cfg["resolved"]["loss_class"] == "GlobalContrastiveLoss" and "train_loss" not in final
 
 
 @needs_fashion
@@ -111,18 +112,71 @@ def test_clip_resume_equals_uninterrupted(tmp_path):
 def test_simclr_and_sogclr_tiny_runs(tmp_path):
     from xrisk.cli import main
 
-    common = ["--encoder", "mlp", "--subset", "200", "--test-subset", "200", "--probe-train", "200",
+    common = ["--image-encoder", "mlp", "--subset", "200", "--test-subset", "200", "--probe-train", "200",
               "--batch-size", "32", "--epochs", "1", "--max-steps", "3", "--quiet", "--no-plot"]
     for method in ("simclr", "sogclr"):
         out = tmp_path / method
         assert main(["run", method, *common, "--out", str(out)]) == 0
         rows, final = _metrics(out)
-        assert len(rows) == 1 and 0 <= final["probe_test_acc"] <= 1 and math.isfinite(final["train_loss"])
-        assert ("objective" in final) == (method == "sogclr")
+        key = "train_surrogate" if method == "sogclr" else "train_loss"  # a surrogate is named so
+        assert len(rows) == 1 and 0 <= final["probe_test_acc"] <= 1 and math.isfinite(final[key])
+        assert ("train_objective" in final) == (method == "sogclr")
+        assert {"train_loss", "train_surrogate"} - {key} & set(final) == set()
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["resolved"]["loss_class"] == ("GlobalContrastiveLoss" if method == "sogclr" else "nt_xent_loss")
     # the probe on frozen features beats chance (10 classes) even after a few steps
     assert final["probe_test_acc"] > 0.3
     with pytest.raises(ValueError, match="method"):
         train_simclr(SimCLRConfig(method="moco"))
+
+
+class _Crash(Exception):
+    pass
+
+
+@needs_fashion
+@pytest.mark.parametrize("method", ["clip", "sogclr"])
+def test_resume_from_inside_an_epoch_equals_uninterrupted(tmp_path, monkeypatch, request, method):
+    """Checkpoints every step; the process dies in the last step of epoch 2; the resumed run restores the
+    epoch's augmentation generator, running sums and loss state and ends bit-identical."""
+    import functools
+
+    import xrisk.data.captions as captions
+    from xrisk.data.augment import ContrastiveAugment
+    from xrisk.recipes.runner import RunContext
+
+    monkeypatch.setattr(captions, "load_fashion_captions", functools.lru_cache(captions.load_fashion_captions))  # once
+    threads = torch.get_num_threads()  # the configs use one thread (fast on a shared machine); restored after
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    if method == "clip":
+        train, cfg = train_clip, CLIPConfig(loss="isogclr", image_encoder="mlp", subset=96, test_subset=64,
+                                            eval_size=64, batch_size=32, epochs=2, num_threads=1)
+        calls_per_step = 1
+    else:
+        train, cfg = train_simclr, SimCLRConfig(method="sogclr", image_encoder="mlp", subset=96, test_subset=64,
+                                                probe_train=96, batch_size=32, epochs=2, num_threads=1)
+        calls_per_step = 2
+
+    def ctx(folder, **kw):
+        return RunContext(tmp_path / folder, recipe=method, args={"m": method}, quiet=True, plot=False, **kw)
+
+    full = train(cfg, ctx("a", checkpoint_every=0))
+    real, calls = ContrastiveAugment.__call__, [0]
+
+    def dies_in_step_6(self, x, g):
+        calls[0] += 1
+        if calls[0] > 5 * calls_per_step:
+            raise _Crash
+        return real(self, x, g)
+
+    monkeypatch.setattr(ContrastiveAugment, "__call__", dies_in_step_6)
+    with pytest.raises(_Crash), ctx("b", checkpoint_every=1) as c:
+        train(cfg, c)
+    monkeypatch.setattr(ContrastiveAugment, "__call__", real)
+    extra = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["extra"]
+    assert (extra["epoch"], extra["step"]) == (1, 2)  # 3 steps per epoch
+    resumed = train(cfg, ctx("b", resume=True))
+    assert resumed == full
 
 
 def test_templated_captions():
@@ -212,7 +266,7 @@ def test_gamma_schedule_flags_are_validated_before_any_work(recipe, capsys, tmp_
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert f"argument {flag}" in err
     args = parser.parse_args(["run", recipe, "--gamma-decay-epochs", "3", "--out", str(tmp_path / "x")])
-    with pytest.raises(UsageError, match="--gamma-decay-epochs needs --gamma-schedule cosine"):
+    with pytest.raises(UsageError, match="--gamma-decay-epochs: needs --gamma-schedule cosine"):
         get_recipe(recipe).validate(args)
     get_recipe(recipe).validate(parser.parse_args(["run", recipe, "--gamma-schedule", "cosine", "--gamma-decay-epochs",
                                                    "3", "--gamma", "0.2"]))
@@ -223,7 +277,7 @@ def test_gamma_schedule_flags_are_validated_before_any_work(recipe, capsys, tmp_
 def test_sogclr_cosine_gamma_schedule_end_to_end(tmp_path):
     from xrisk.cli import main
 
-    common = ["--encoder", "mlp", "--subset", "200", "--test-subset", "100", "--probe-train", "200",
+    common = ["--image-encoder", "mlp", "--subset", "200", "--test-subset", "100", "--probe-train", "200",
               "--batch-size", "32", "--epochs", "3", "--max-steps", "2", "--quiet", "--no-plot"]
     out = tmp_path / "cos"
     argv = ["run", "sogclr", *common, "--gamma", "0.2", "--gamma-schedule", "cosine", "--gamma-decay-epochs", "2"]

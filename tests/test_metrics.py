@@ -1,4 +1,4 @@
-"""xrisk.metrics: AUROC / AP / partial AUROC against scikit-learn and slow oracles; streaming + 2-rank sync."""
+"""xrisk.metrics: AUROC / AP / partial AUROC against scikit-learn and slow oracles (streaming: test_streaming_metrics.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from _dist import run_distributed
-from xrisk.metrics import AUROC, AveragePrecision, PartialAUROC, auroc, average_precision, partial_auroc
+from xrisk.metrics import auroc, average_precision, partial_auroc
 from xrisk.metrics.ranking import mcclish_to_normalized, normalized_to_mcclish, roc_curve
 
 skm = pytest.importorskip("sklearn.metrics", reason="the metric oracles are scikit-learn's")
@@ -229,86 +228,3 @@ def test_integer_and_bool_inputs_and_monotone_invariance():
     assert auroc((s * 10).round().long(), y.bool()) == ref  # s = k/5 + 0.3 y: same ranking as integers
     assert auroc(torch.sigmoid(s.double() * 3), y.float()) == ref
     assert average_precision(s.exp(), y) == average_precision(s, y)
-
-
-# ----------------------------------------------------------------------------- streaming
-def _metric_pairs() -> list[tuple[object, object]]:
-    return [
-        (lambda **k: AUROC(**k), lambda s, y, **k: auroc(s, y, **k)),
-        (lambda **k: AveragePrecision(**k), lambda s, y, **k: average_precision(s, y, **k)),
-        (lambda **k: PartialAUROC(max_fpr=0.3, min_tpr=0.4, **k),
-         lambda s, y, **k: partial_auroc(s, y, max_fpr=0.3, min_tpr=0.4, **k)),
-    ]
-
-
-@pytest.mark.parametrize("which", range(3))
-@pytest.mark.parametrize("shape", [(97,), (97, 3)])
-def test_streaming_equals_one_shot_exactly(which, shape):
-    make, fn = _metric_pairs()[which]
-    g = torch.Generator().manual_seed(which)
-    s = (torch.randint(0, 20, shape, generator=g) / 7).float()
-    y = (torch.rand(shape, generator=g) < 0.3).long()
-    for average in ("macro", "none"):
-        m = make(average=average)
-        for chunk_s, chunk_y in zip(s.split(10), y.split(10)):
-            m.update(chunk_s, chunk_y)
-        assert m.num_samples == 97
-        assert torch.equal(m.compute(), fn(s, y, average=average))
-        m.reset()
-        assert m.num_samples == 0 and math.isnan(float(m.compute()[0] if average == "none" else m.compute()))
-        m.update(s[:40], y[:40])
-        assert torch.equal(m.compute(), fn(s[:40], y[:40], average=average))
-
-
-def test_streaming_rejects_changing_task_count_and_bad_values():
-    m = AUROC()
-    m.update(torch.rand(4, 2), torch.tensor([[0, 1], [1, 0], [1, 1], [0, 0]]))
-    with pytest.raises(ValueError, match="2 task"):
-        m.update(torch.rand(4, 3), torch.zeros(4, 3))
-    with pytest.raises(ValueError, match="NaN/inf"):
-        m.update(torch.tensor([[float("inf"), 0.0]]), torch.tensor([[0, 1]]))
-    with pytest.raises(ValueError, match="max_fpr"):
-        PartialAUROC(max_fpr=1.5)
-
-
-def test_streaming_does_not_keep_the_graph_or_alias_inputs():
-    s = torch.rand(6, requires_grad=True)
-    y = torch.tensor([0, 1, 0, 1, 1, 0])
-    m = AUROC()
-    m.update(s * 2, y)
-    ref = m.compute()
-    with torch.no_grad():
-        s.mul_(-1)  # changing the caller's tensor afterwards does not change the stored copy
-    assert torch.equal(m.compute(), ref) and not m._scores[0].requires_grad
-
-
-# ----------------------------------------------------------------------------- 2 gloo processes
-def _global_data() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(21)
-    s = (torch.randint(0, 9, (53, 2), generator=g) / 4).float()
-    y = (torch.rand(53, 2, generator=g) < 0.35).long()
-    return s, y
-
-
-def _streaming_on_rank(rank: int, world: int) -> dict:
-    s, y = _global_data()
-    part = slice(0, 31) if rank == 0 else slice(31, None)  # uneven: 31 and 22 samples
-    out = {}
-    for name, m in (("auroc", AUROC(average="none")), ("ap", AveragePrecision()),
-                    ("pauc", PartialAUROC(max_fpr=0.5, min_tpr=0.2)), ("local", AUROC(sync=False))):
-        for cs, cy in zip(s[part].split(8), y[part].split(8)):
-            m.update(cs, cy)
-        out[name] = m.compute()
-    return out
-
-
-@pytest.mark.distributed
-def test_streaming_sync_gathers_all_ranks_before_compute():
-    results = run_distributed(_streaming_on_rank)
-    s, y = _global_data()
-    for r, res in enumerate(results):
-        assert torch.equal(res["auroc"], auroc(s, y, average="none"))
-        assert torch.equal(res["ap"], average_precision(s, y))
-        assert torch.equal(res["pauc"], partial_auroc(s, y, max_fpr=0.5, min_tpr=0.2))
-        part = slice(0, 31) if r == 0 else slice(31, None)
-        assert torch.equal(res["local"], auroc(s[part], y[part]))

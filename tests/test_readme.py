@@ -7,22 +7,16 @@ the README promises a runnable example.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from _examples import marked_code
 
-_MARKED = re.compile(r"<!--\s*example\s*-->(.*?)<!--\s*/example\s*-->", re.S)
-_PYTHON_BLOCK = re.compile(r"^[ \t]*```[ \t]*(?:python|py|python3)[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.S | re.M)
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def readme_example(text: str) -> str:
     """The python code between the example markers of ``text`` (blocks joined in order)."""
-    marked = _MARKED.findall(text.replace("\r\n", "\n"))
-    assert marked, "README.md has no <!-- example --> ... <!-- /example --> section"
-    blocks = [b for section in marked for b in _PYTHON_BLOCK.findall(section)]
-    assert blocks, "the <!-- example --> section of README.md holds no ```python block"
-    return "\n".join(blocks)
+    return marked_code(text, "example")
 
 
 def test_extraction_takes_every_python_block_between_the_markers():

@@ -167,6 +167,21 @@ def test_with_dataloader_as_sampler_and_as_batch_sampler():
     assert torch.equal(torch.cat([index for _, _, index in batches]), s.batches(0).flatten())
 
 
+def test_set_epoch_between_iter_and_the_first_draw_selects_the_epoch():
+    """PyTorch Lightning creates the loader's iterator, then calls set_epoch: a resumed run at
+    epoch 1 must get epoch 1's batches, not epoch 0's."""
+    y = _labels(90, 9)
+    ds = IndexedDataset(TensorDataset(torch.arange(90).float().unsqueeze(1), y))
+    s = DualSampler(y, 12, pos_ratio=0.25, seed=4)
+    for loader, want in ((DataLoader(ds, batch_sampler=s.batch_sampler), s.batches(1)[0]),
+                         (DataLoader(ds, batch_size=12, sampler=s), s.batches(1)[0])):
+        s.set_epoch(0)
+        it = iter(loader)
+        s.set_epoch(1)
+        assert torch.equal(next(it)[2], want)
+        assert s.epoch == 2
+
+
 def test_state_dict_round_trip_and_mismatch():
     y = _labels()
     s = DualSampler(y, 16, seed=8)

@@ -1,6 +1,6 @@
 // MathJax 3 configuration for pymdownx.arithmatex (generic mode): \( \) inline, \[ \] display.
-// MathJax itself is loaded from a CDN by the browser (mkdocs.yml, extra_javascript); building
-// the site needs no network, and without one the formulas show as their TeX source.
+// MathJax itself (3.2.2) is served by the site from javascripts/mathjax/ (copied at build time by
+// docs/hooks.py from the docs extra's django-static-mathjax wheel): no request leaves the site.
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"]],

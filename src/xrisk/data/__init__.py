@@ -2,6 +2,7 @@
 
 from xrisk.data.augment import ContrastiveAugment
 from xrisk.data.builtin import BinaryData, MulticlassData, load_binary, load_multiclass
+from xrisk.data.builtin import class_names, resolve_positive_class
 from xrisk.data.errors import DataNotInstalledError
 from xrisk.data.indexed import IndexedDataset
 from xrisk.data.samplers import DistributedDualSampler, DualBatchSampler, DualSampler
@@ -9,6 +10,6 @@ from xrisk.data.captions import CaptionedImages, load_fashion_captions, minilm_e
 from xrisk.data.emoji import EmojiPairs, load_emoji
 
 __all__ = ["DataNotInstalledError", "IndexedDataset", "DualSampler", "DistributedDualSampler", "DualBatchSampler",
-           "BinaryData", "MulticlassData", "load_binary", "load_multiclass",
+           "BinaryData", "MulticlassData", "load_binary", "load_multiclass", "class_names", "resolve_positive_class",
            "ContrastiveAugment", "CaptionedImages", "load_fashion_captions", "minilm_embeddings",
            "EmojiPairs", "load_emoji"]

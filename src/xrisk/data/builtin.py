@@ -53,7 +53,8 @@ from torch import Tensor
 from xrisk.data.errors import DataNotInstalledError
 from xrisk.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 
-__all__ = ["BinaryData", "MulticlassData", "load_binary", "load_multiclass", "DATASETS"]
+__all__ = ["BinaryData", "MulticlassData", "load_binary", "load_multiclass", "DATASETS", "class_names",
+           "resolve_positive_class"]
 
 #: Names understood by :func:`load_binary` and :func:`load_multiclass`.
 DATASETS: tuple[str, ...] = ("fashion-mnist", "breast-cancer", "digits", "wine", "iris", "bbc")
@@ -221,6 +222,34 @@ def load_multiclass(name: str, *, seed: int = 0, test_fraction: float | None = N
             f"({raw.source})")
     return MulticlassData(x_tr.float(), raw.y_train.long(), x_te.float(), raw.y_test.long(),
                           tuple(raw.x_train.shape[1:]), raw.class_names, desc)
+
+
+def class_names(name: str) -> tuple[str, ...]:
+    """The class names of the built-in data set ``name`` in id order, without loading its samples.
+
+    Raises:
+        ValueError: unknown name.
+        DataNotInstalledError: the package that provides the data set is missing.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {DATASETS}")
+    if name == "fashion-mnist":
+        return FASHION_MNIST_CLASSES
+    if name == "bbc":
+        from xrisk.data.text import bbc_topics
+
+        return bbc_topics()
+    return _sklearn(name)[2]
+
+
+def resolve_positive_class(name: str, positive_class: int | str | Sequence[int | str]) -> list[int]:
+    """Class ids of ``positive_class`` (ids, names or digit strings, as :func:`load_binary` takes them) in ``name``.
+
+    Raises:
+        ValueError: an unknown class (the message lists the classes), or every class named.
+        DataNotInstalledError: the package that provides the data set is missing.
+    """
+    return _class_ids(positive_class, class_names(name), name)
 
 
 def _class_ids(spec: int | str | Sequence[int | str], names: tuple[str, ...], name: str) -> list[int]:

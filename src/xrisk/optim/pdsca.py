@@ -56,18 +56,39 @@ def pdsca_update(
 class PDSCA(AUCOptimizer):
     """Primal-dual stochastic compositional adaptive method for compositional AUC training.
 
-    Optimises ``min_{v} max_{alpha >= 0} F_AUC(w - eta_0 grad L_CE(w), a, b, alpha)`` of
-    :class:`~xrisk.losses.CompositionalAUCLoss` (``v = (w, a, b)``), following the loss's
-    alternation (:meth:`~xrisk.losses.CompositionalAUCLoss.last_phase`). With
-    ``d = clip(g, +-c) + lambda_0 (v - v_ref) + lambda v`` as in :class:`PESG`:
+    Optimises the compositional objective of :class:`~xrisk.losses.CompositionalAUCLoss`
+    (``v = (w, a, b)``, ``eta_0`` = ``lr0``)
 
-    * **CE step** (inner function): ``w <- w - eta_0 d`` then the moving average
-      ``u <- (1 - beta_1) u + beta_1 w`` and ``w <- u`` (the first CE step sets ``u = w``);
-      ``loss.a, loss.b, loss.alpha`` are not touched.
-    * **AUC step** (outer function, gradient taken at ``u``): ``z <- (1 - beta_2) z + beta_2 d``
-      (the first sets ``z = d``), ``v <- v - eta z``, and the dual ascent
-      ``alpha <- max(0, alpha + eta_alpha dF/dalpha)`` on ``loss.alpha.grad`` (exact batch
-      gradient, see :class:`PESG`).
+    .. math::
+
+        \\min_{v}\\, \\max_{\\alpha \\ge 0}\\;
+            F_{\\mathrm{AUC}}\\big(w - \\eta_0 \\nabla L_{\\mathrm{CE}}(w),\\, a,\\, b,\\, \\alpha\\big),
+
+    following the loss's alternation (:meth:`~xrisk.losses.CompositionalAUCLoss.last_phase`). With
+    the proximal direction of :class:`PESG` (``c`` = ``clip_value``, ``lambda_0`` =
+    ``epoch_decay``, ``lambda`` = ``weight_decay``)
+
+    .. math::
+
+        d = \\operatorname{clip}(g, \\pm c) + \\lambda_0 (v - v_{\\mathrm{ref}}) + \\lambda v,
+
+    each step is one of (``beta_1`` = ``beta1``, ``beta_2`` = ``beta2``, ``eta`` = ``lr``,
+    ``eta_alpha`` = ``alpha_lr``):
+
+    .. math::
+
+        \\begin{aligned}
+        \\text{CE step:}\\quad & w \\leftarrow w - \\eta_0 d,\\quad
+            u \\leftarrow (1 - \\beta_1)\\, u + \\beta_1 w,\\quad w \\leftarrow u; \\\\
+        \\text{AUC step:}\\quad & z \\leftarrow (1 - \\beta_2)\\, z + \\beta_2 d,\\quad
+            v \\leftarrow v - \\eta z,\\quad
+            \\alpha \\leftarrow \\max\\big(0,\\, \\alpha + \\eta_\\alpha\\, \\partial F / \\partial \\alpha\\big).
+        \\end{aligned}
+
+    * **CE step** (inner function): the first CE step sets ``u = w``; ``loss.a, loss.b,
+      loss.alpha`` are not touched.
+    * **AUC step** (outer function, gradient taken at ``u``): the first sets ``z = d``; the dual
+      ascent uses ``loss.alpha.grad`` (exact batch gradient, see :class:`PESG`).
 
     ``beta1`` and ``beta2`` are **weights on the new value** (as ``gamma`` everywhere in xrisk,
     and as in LibAUC; ``beta = 1`` disables the averaging). This is LibAUC's practical form of the
@@ -77,7 +98,8 @@ class PDSCA(AUCOptimizer):
     :meth:`update_regularizer` divides ``lr`` by ``decay_factor`` and ``lr0`` by
     ``decay_factor0`` (each if given) and resets the reference points to the mean of the iterates,
     as :class:`PESG` does. Parameter groups, the ``a, b`` group and the last ``"dual"`` group of
-    ``alpha`` work as in :class:`PESG`.
+    ``alpha`` work as in :class:`PESG` (``params`` may contain the loss's parameters, e.g.
+    ``model.parameters()`` with the loss as a submodule).
 
     State (``optimizer.state``, in ``state_dict``): per primal parameter ``ref``,
     ``iterate_avg``, ``avg_count``, ``weight_avg``, ``grad_avg``. The phase counter is the loss's

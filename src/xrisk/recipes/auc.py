@@ -35,50 +35,62 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from xrisk.recipes.flags import int_list, number, text
 from xrisk.recipes.registry import Recipe, UsageError, register
-from xrisk.recipes.runner import RunContext
+from xrisk.recipes.runner import RunContext, train_loss_key
 
-__all__ = ["LOSSES", "DATASETS", "add_arguments", "run", "evaluate", "ShuffleBatches"]
+__all__ = ["LOSSES", "DATASETS", "add_arguments", "validate", "run", "evaluate", "ShuffleBatches"]
 
 LOSSES: tuple[str, ...] = ("aucm", "ap", "pauc-cvar", "pauc-kl", "tpauc", "ce", "focal")
 SCORE_LOSSES: frozenset[str] = frozenset({"aucm", "ap", "pauc-cvar", "pauc-kl", "tpauc"})
 DATASETS: tuple[str, ...] = ("fashion-mnist", "breast-cancer", "digits", "bbc")
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(t) for t in text.replace(",", " ").split()]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``xrisk run auc``."""
     g = p.add_argument_group("data")
     g.add_argument("--data", choices=DATASETS, default="breast-cancer", help="built-in data set")
-    g.add_argument("--pos-ratio", type=float, default=0.05,
+    g.add_argument("--pos-ratio", type=number(float, gt=0, lt=1), default=0.05,
                    help="fraction of positives kept in the training set (positives are subsampled)")
-    g.add_argument("--positive-class", default=None,
-                   help="class used as the positive (name or number; default: the loader's choice)")
-    g.add_argument("--max-train", type=int, default=None,
-                   help="subsample the training set to at most this many samples (keeps the positive ratio)")
+    g.add_argument("--positive-class", type=text(pattern_help="a class name or number"), default=None,
+                   help="class used as the positive, a name or number (default: the data set's usual one)")
+    g.add_argument("--max-train", type=number(int, ge=10), default=None,
+                   help="subsample the training set to at most this many samples, keeping the positive ratio "
+                        "(default: all)")
     g = p.add_argument_group("training")
     g.add_argument("--loss", choices=LOSSES, default="aucm", help="training objective")
-    g.add_argument("--epochs", type=int, default=10, help="number of epochs (may grow on --resume)")
-    g.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.1 for aucm, else 1e-3)")
-    g.add_argument("--weight-decay", type=float, default=1e-5, help="L2 weight decay")
+    g.add_argument("--epochs", type=number(int, ge=1), default=10, help="number of epochs (may grow on --resume)")
+    g.add_argument("--batch-size", type=number(int, ge=2), default=64, help="mini-batch size")
+    g.add_argument("--lr", type=number(float, gt=0), default=None,
+                   help="learning rate (default: 0.1 for aucm, else 1e-3)")
+    g.add_argument("--weight-decay", type=number(float, ge=0), default=1e-5, help="L2 weight decay")
     g.add_argument("--sampler", choices=("dual", "shuffle"), default=None,
-                   help="batch sampler: dual over-samples positives (default for AUC/AP/pAUC losses), "
-                        "shuffle is plain random batches (default for ce/focal)")
-    g.add_argument("--batch-pos-ratio", type=float, default=0.5,
+                   help="batch sampler: dual over-samples positives, shuffle is plain random batches "
+                        "(default: dual for the AUC/AP/pAUC losses, shuffle for ce/focal)")
+    g.add_argument("--batch-pos-ratio", type=number(float, gt=0, lt=1), default=0.5,
                    help="fraction of positives per batch with --sampler dual")
-    g.add_argument("--margin", type=float, default=1.0, help="margin of the AUC/AP/pAUC surrogates")
-    g.add_argument("--decay-epochs", type=_int_list, default=[],
+    g.add_argument("--margin", type=number(float, ge=0), default=1.0, help="margin of the AUC/AP/pAUC surrogates")
+    g.add_argument("--decay-epochs", type=int_list(ge=1), default=[],
                    help="epochs after which lr is divided by --decay-factor (PESG: update_regularizer), "
-                        "e.g. '50 75'")
-    g.add_argument("--decay-factor", type=float, default=10.0, help="lr divisor at --decay-epochs")
-    g.add_argument("--seed", type=int, default=0, help="seed of data subsampling, model init and batches")
+                        "e.g. '50 75' (default: none)")
+    g.add_argument("--decay-factor", type=number(float, gt=0), default=10.0, help="lr divisor at --decay-epochs")
+    g.add_argument("--seed", type=number(int, ge=0), default=0,
+                   help="seed of data subsampling, model init and batches")
     g = p.add_argument_group("evaluation")
-    g.add_argument("--max-fpr", type=float, default=0.3, help="FPR bound of the partial AUCs (and pAUC losses)")
-    g.add_argument("--min-tpr", type=float, default=0.7, help="TPR bound of the two-way partial AUC")
+    g.add_argument("--max-fpr", type=number(float, gt=0, le=1), default=0.3,
+                   help="FPR bound of the partial AUCs (and pAUC losses)")
+    g.add_argument("--min-tpr", type=number(float, ge=0, lt=1), default=0.7, help="TPR bound of the two-way partial AUC")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Rules that need the data set's class names: ``--positive-class`` must name a class of ``--data``."""
+    if args.positive_class is not None:
+        from xrisk.data.builtin import resolve_positive_class
+
+        try:
+            resolve_positive_class(args.data, args.positive_class)
+        except ValueError as e:
+            raise UsageError(f"argument --positive-class: {e}") from None
 
 
 class ShuffleBatches:
@@ -226,19 +238,6 @@ def _build(args: argparse.Namespace, in_shape: Sequence[int], y_train: Tensor) -
     return _Setup(model, loss, optimizer, sampler, lr, sampler_name)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if args.epochs < 1:
-        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.batch_size < 2:
-        raise UsageError(f"--batch-size must be >= 2, got {args.batch_size}")
-    if not 0 < args.pos_ratio < 1:
-        raise UsageError(f"--pos-ratio must be in (0, 1), got {args.pos_ratio}")
-    if args.max_train is not None and args.max_train < 10:
-        raise UsageError(f"--max-train must be >= 10, got {args.max_train}")
-    if not 0 < args.max_fpr <= 1 or not 0 <= args.min_tpr < 1:
-        raise UsageError(f"need 0 < --max-fpr <= 1 and 0 <= --min-tpr < 1, got {args.max_fpr}, {args.min_tpr}")
-
-
 def _load(args: argparse.Namespace) -> Any:
     from xrisk.data import load_binary
 
@@ -251,7 +250,6 @@ def _load(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
     """Train and evaluate; see the module docstring. Returns the final test metrics."""
-    _check_args(args)
     data = _load(args)
     x_train, y_train = torch.as_tensor(data.x_train).float(), torch.as_tensor(data.y_train).float()
     x_test, y_test = torch.as_tensor(data.x_test).float(), torch.as_tensor(data.y_test).float()
@@ -273,9 +271,9 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
 
     start = ctx.resume(model=s.model, loss=s.loss, optimizer=s.optimizer, sampler=s.sampler)
     is_score_loss = args.loss in SCORE_LOSSES
-    loss_key = "train_surrogate" if is_score_loss else "train_loss"
+    loss_key = train_loss_key(s.loss)
     steps = _num_batches(s.sampler, args.batch_size)
-    bar = ctx.progress(max(args.epochs - start, 0) * steps, "")
+    bar = ctx.progress(max(args.epochs - start, 0) * steps - ctx.start_step, "")
     last = ctx.history[-1] if ctx.history else {}
     for epoch in range(start + 1, args.epochs + 1):
         bar.set_description(f"epoch {epoch}/{args.epochs}")
@@ -283,8 +281,8 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
             s.sampler.set_epoch(epoch)
         s.model.train()
         t0 = time.monotonic()
-        total, count, objectives = 0.0, 0, []
-        for index in _batches(s.sampler, args.batch_size):
+        acc: dict[str, Any] = {"total": 0.0, "count": 0, "objectives": []}
+        for index in ctx.steps(epoch, _batches(s.sampler, args.batch_size), state=acc):
             out = s.model(x_train[index]).reshape(-1)
             target = y_train[index]
             if is_score_loss:
@@ -295,11 +293,12 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
             value.backward()
             s.optimizer.step()
             v = float(value.detach())
-            total, count = total + v, count + 1
+            acc["total"] += v
+            acc["count"] += 1
             if is_score_loss:
                 obj = float(s.loss.objective())
                 if math.isfinite(obj):
-                    objectives.append(obj)
+                    acc["objectives"].append(obj)
             postfix = {loss_key.removeprefix("train_"): v}
             if "test_auroc" in last:
                 postfix["test_auroc"] = last["test_auroc"]
@@ -310,15 +309,16 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
             else:
                 for group in s.optimizer.param_groups:
                     group["lr"] /= args.decay_factor
-        metrics: dict[str, float] = {loss_key: total / max(count, 1)}
+        metrics: dict[str, float] = {loss_key: acc["total"] / max(acc["count"], 1)}
         if is_score_loss:
+            objectives = acc["objectives"]
             metrics["train_objective"] = sum(objectives) / len(objectives) if objectives else float("nan")
         metrics.update(evaluate(s.model, x_test, y_test, max_fpr=args.max_fpr, min_tpr=args.min_tpr))
         metrics["lr"] = float(s.optimizer.param_groups[0]["lr"])
         metrics["epoch_seconds"] = time.monotonic() - t0
         last = metrics
         ctx.log_epoch(epoch, metrics)
-        ctx.save(model=s.model, loss=s.loss, optimizer=s.optimizer, sampler=s.sampler, epoch=epoch)
+        ctx.save(epoch=epoch)
     bar.close()
     final = evaluate(s.model, x_test, y_test, max_fpr=args.max_fpr, min_tpr=args.min_tpr)
     return ctx.finish({**final, "epochs": args.epochs})
@@ -329,4 +329,5 @@ register(Recipe(
     help="imbalanced binary classification: AUROC/AP/pAUC losses vs cross-entropy on built-in data",
     add_arguments=add_arguments,
     run=run,
+    validate=validate,
 ))

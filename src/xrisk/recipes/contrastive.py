@@ -3,7 +3,7 @@
 ``simclr`` / ``sogclr`` (self-supervised, two augmented views of each Fashion-MNIST image, a small
 CNN/MLP/ViT encoder with a projection head, linear-probe test accuracy every epoch)::
 
-    xrisk run simclr --data fashion-mnist --batch-size 64 --epochs 5 --tau 0.2 --subset 10000
+    xrisk run simclr --data fashion-mnist --batch-size 64 --epochs 5 --tau 0.2 --subset 10000 --image-encoder cnn
     xrisk run sogclr --data fashion-mnist --batch-size 64 --epochs 5 --tau 0.2 --gamma 0.9
     xrisk run sogclr --batch-size 32 --epochs 40 --gamma 0.2 --gamma-schedule cosine  # 1 -> 0.2 over 20 epochs
 
@@ -42,7 +42,7 @@ generators seeded by ``(seed, epoch)``, so a resumed run repeats the uninterrupt
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from xrisk.recipes.flags import number
 from xrisk.recipes.registry import Recipe, UsageError, register
+from xrisk.recipes.runner import train_loss_key
 
 if TYPE_CHECKING:
     from xrisk.recipes.runner import RunContext
@@ -176,17 +177,17 @@ def gamma_schedule_for(
     from xrisk.schedules import CosineGammaSchedule
 
     if kind not in GAMMA_SCHEDULES:
-        raise UsageError(f"--gamma-schedule must be one of {GAMMA_SCHEDULES}, got {kind!r}")
+        raise UsageError(f"argument --gamma-schedule: must be one of {GAMMA_SCHEDULES}, got {kind!r}")
     if kind == "constant":
         if decay_epochs is not None:
-            raise UsageError("--gamma-decay-epochs needs --gamma-schedule cosine")
+            raise UsageError("argument --gamma-decay-epochs: needs --gamma-schedule cosine")
         return None
     length = max(1, int(epochs) // 2) if decay_epochs is None else int(decay_epochs)
     try:
         return CosineGammaSchedule(gamma_min=gamma, decay_epochs=length)
     except ValueError as e:
         flag = "--gamma" if "gamma_min" in str(e) else "--gamma-decay-epochs"
-        raise UsageError(f"{flag}: {e}") from None
+        raise UsageError(f"argument {flag}: {e}") from None
 
 
 class _Plain:
@@ -197,6 +198,12 @@ class _Plain:
 
     def close(self) -> None:
         return None
+
+
+def _steps(ctx: RunContext | None, epoch: int, steps: range, state: dict[str, Any], g: torch.Generator) -> Iterable[int]:
+    """The epoch's step numbers through :meth:`RunContext.steps` (checkpoints inside the epoch) when there
+    is a run context, else as they are."""
+    return steps if ctx is None else ctx.steps(epoch, steps, state=state, generators=[g])
 
 
 def _set_threads(num_threads: int | None) -> None:
@@ -212,7 +219,7 @@ class SimCLRConfig:
     Attributes:
         method: ``"simclr"`` (mini-batch NT-Xent) or ``"sogclr"`` (GlobalContrastiveLoss, unimodal).
         data: ``"fashion-mnist"``.
-        encoder: ``"cnn"``, ``"mlp"`` or ``"vit"``.
+        image_encoder: ``"cnn"``, ``"mlp"`` or ``"vit"``.
         batch_size, epochs, lr, weight_decay: AdamW training at a constant learning rate (so a run
             resumed with more ``--epochs`` equals a longer run).
         tau: temperature; gamma: SogCLR moving-average weight on the new value (with
@@ -230,7 +237,7 @@ class SimCLRConfig:
 
     method: Literal["simclr", "sogclr"] = "simclr"
     data: str = "fashion-mnist"
-    encoder: Literal["cnn", "mlp", "vit"] = "cnn"
+    image_encoder: Literal["cnn", "mlp", "vit"] = "cnn"
     batch_size: int = 64
     epochs: int = 5
     lr: float = 1e-3
@@ -259,8 +266,9 @@ def _fashion_images(split: str, subset: int | None, seed: int) -> tuple[Tensor, 
 def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[str, float]:
     """Train an image encoder with SimCLR or SogCLR and return the final metrics.
 
-    Per epoch (logged with ``ctx.log_epoch`` when ``ctx`` is given): ``train_loss`` (mean of the
-    optimised loss; for SogCLR a surrogate, not the objective), ``objective`` (SogCLR: mean of
+    Per epoch (logged with ``ctx.log_epoch`` when ``ctx`` is given): ``train_loss`` (SimCLR: mean
+    NT-Xent loss) or ``train_surrogate`` (SogCLR: mean of the GCL surrogate, whose value is not the
+    objective), ``train_objective`` (SogCLR: mean of
     :meth:`~xrisk.losses.GlobalContrastiveLoss.objective` over the epoch's batches, the estimate of
     the GCL objective), ``probe_train_acc`` and ``probe_test_acc`` (linear probe,
     :func:`xrisk.metrics.linear_probe`, on frozen backbone features of un-augmented images).
@@ -284,7 +292,7 @@ def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[st
     if config.batch_size > n:
         raise UsageError(f"--batch-size {config.batch_size} exceeds the {n} training images")
     torch.manual_seed(config.seed)
-    model = build_image_encoder(config.encoder, tuple(x_train.shape[1:]), dim=config.dim, width=config.width)
+    model = build_image_encoder(config.image_encoder, tuple(x_train.shape[1:]), dim=config.dim, width=config.width)
     loss_fn: nn.Module | None = None
     if config.method == "sogclr":
         from xrisk.losses import GlobalContrastiveLoss
@@ -298,11 +306,13 @@ def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[st
     start = 0
     if ctx is not None:
         ctx.update_config(num_train=n, num_test=int(x_test.shape[0]), steps_per_epoch=steps_per_epoch,
-                          loss=type(loss_fn).__name__ if loss_fn is not None else "nt_xent_loss")
+                          loss_class=type(loss_fn).__name__ if loss_fn is not None else "nt_xent_loss")
         start = ctx.resume(model=model, loss=loss_fn, optimizer=opt)
     aug = ContrastiveAugment()
     probe_n = min(config.probe_train, n)
-    bar = ctx.progress(steps_per_epoch * (config.epochs - start), config.method) if ctx is not None else _Plain()
+    bar = (ctx.progress(steps_per_epoch * (config.epochs - start) - ctx.start_step, config.method)
+           if ctx is not None else _Plain())
+    loss_key = train_loss_key(loss_fn)
     metrics: dict[str, float] = {}
     for epoch in range(start + 1, config.epochs + 1):
         if loss_fn is not None:
@@ -310,8 +320,8 @@ def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[st
         model.train()
         g = _epoch_generator(config.seed, epoch)
         perm = torch.randperm(n, generator=g)
-        total, objective = 0.0, 0.0
-        for step in range(steps_per_epoch):
+        acc = {"total": 0.0, "objective": 0.0}
+        for step in _steps(ctx, epoch, range(steps_per_epoch), acc, g):
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
             x = x_train[idx]
             views = _prep(torch.cat([aug(x, g), aug(x, g)]))
@@ -323,22 +333,22 @@ def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[st
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach())
+            acc["total"] += float(loss.detach())
             if loss_fn is not None:
-                objective += float(loss_fn.objective())
-            bar.update(loss=float(loss.detach()))
+                acc["objective"] += float(loss_fn.objective())
+            bar.update(**{loss_key.removeprefix("train_"): float(loss.detach())})
         model.eval()
         f_train = embed(lambda t: model.features(_prep(t)), x_train[:probe_n])
         f_test = embed(lambda t: model.features(_prep(t)), x_test)
         probe = linear_probe(f_train, y_train[:probe_n], f_test, y_test, num_classes=10)
-        metrics = {"train_loss": total / max(1, steps_per_epoch)}
+        metrics = {loss_key: acc["total"] / max(1, steps_per_epoch)}
         if loss_fn is not None:
-            metrics["objective"] = objective / max(1, steps_per_epoch)
+            metrics["train_objective"] = acc["objective"] / max(1, steps_per_epoch)
             metrics["gamma"] = loss_fn.current_gamma()
         metrics.update(probe_train_acc=probe.train_accuracy, probe_test_acc=probe.test_accuracy)
         if ctx is not None:
             ctx.log_epoch(epoch, metrics)
-            ctx.save(model=model, loss=loss_fn, optimizer=opt, epoch=epoch)
+            ctx.save(epoch=epoch)
     bar.close()
     if not metrics and ctx is not None and ctx.history:
         metrics = {k: v for k, v in ctx.history[-1].items() if k != "epoch"}
@@ -540,8 +550,9 @@ def _clip_eval(
 def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, float]:
     """Train an image tower and a text tower on image-caption pairs; return the final metrics.
 
-    Per epoch (``ctx.log_epoch`` when ``ctx`` is given): ``train_loss`` (mean optimised loss; a
-    surrogate for the global losses), ``objective`` (global losses: mean of ``loss.objective()``),
+    Per epoch (``ctx.log_epoch`` when ``ctx`` is given): ``train_loss`` (InfoNCE: mean loss) or
+    ``train_surrogate`` (the global losses: mean surrogate, whose value is not the objective),
+    ``train_objective`` (global losses: mean of ``loss.objective()``),
     ``tau`` (learnable global temperature), ``i2t_r1``, ``i2t_r5``, ``t2i_r1``, ``t2i_r5`` (held-out
     pairs; fashion-captions retrieves among the distinct captions and counts any caption of the
     image's class as a hit) and, for
@@ -579,11 +590,13 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
     start = 0
     if ctx is not None:
         ctx.update_config(num_train=n, num_eval=int(data.eval_images.shape[0]), steps_per_epoch=steps_per_epoch,
-                          loss_module=type(loss_fn).__name__ if loss_fn is not None else "clip_infonce_loss")
+                          loss_class=type(loss_fn).__name__ if loss_fn is not None else "clip_infonce_loss")
         start = ctx.resume(model=model, loss=loss_fn, optimizer=opt)
     aug = ContrastiveAugment(crop_scale=(0.6, 1.0), flip_p=0.5 if data.flip else 0.0, jitter=0.2,
                              jitter_p=0.5, erase_p=0.0, noise_std=0.0)
-    bar = ctx.progress(steps_per_epoch * (config.epochs - start), f"clip/{config.loss}") if ctx is not None else _Plain()
+    bar = (ctx.progress(steps_per_epoch * (config.epochs - start) - ctx.start_step, f"clip/{config.loss}")
+           if ctx is not None else _Plain())
+    loss_key = train_loss_key(loss_fn)
     metrics: dict[str, float] = {}
     for epoch in range(start + 1, config.epochs + 1):
         if loss_fn is not None:
@@ -591,8 +604,8 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
         model.train()
         g = _epoch_generator(config.seed, epoch, salt=1)
         perm = torch.randperm(n, generator=g)
-        total, objective = 0.0, 0.0
-        for step in range(steps_per_epoch):
+        acc = {"total": 0.0, "objective": 0.0}
+        for step in _steps(ctx, epoch, range(steps_per_epoch), acc, g):
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
             x = data.train_images[idx]
             if config.augment:
@@ -603,20 +616,20 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach())
+            acc["total"] += float(loss.detach())
             if loss_fn is not None:
-                objective += float(loss_fn.objective())
-            bar.update(loss=float(loss.detach()))
-        metrics = {"train_loss": total / max(1, steps_per_epoch)}
+                acc["objective"] += float(loss_fn.objective())
+            bar.update(**{loss_key.removeprefix("train_"): float(loss.detach())})
+        metrics = {loss_key: acc["total"] / max(1, steps_per_epoch)}
         if loss_fn is not None:
-            metrics["objective"] = objective / max(1, steps_per_epoch)
+            metrics["train_objective"] = acc["objective"] / max(1, steps_per_epoch)
             metrics["gamma"] = loss_fn.current_gamma()  # type: ignore[operator]
             if isinstance(getattr(loss_fn, "tau", None), nn.Parameter):
                 metrics["tau"] = float(loss_fn.tau.detach())
         metrics.update(_clip_eval(image_model, text_model, data, eval_text_in, prompt_in))
         if ctx is not None:
             ctx.log_epoch(epoch, metrics)
-            ctx.save(model=model, loss=loss_fn, optimizer=opt, epoch=epoch)
+            ctx.save(epoch=epoch)
     bar.close()
     if not metrics and ctx is not None and ctx.history:
         metrics = {k: v for k, v in ctx.history[-1].items() if k != "epoch"}
@@ -631,55 +644,76 @@ def _config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
 
 
 def _add_common(p: argparse.ArgumentParser, *, tau: float) -> None:
-    p.add_argument("--batch-size", type=int, default=64, help="pairs (images) per step")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (constant)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--tau", type=float, default=tau, help="temperature (initial value when learned)")
-    p.add_argument("--gamma", type=float, default=0.9, help="moving-average weight on the new value (global losses)")
+    p.add_argument("--batch-size", type=number(int, ge=2), default=64, help="pairs (images) per step")
+    p.add_argument("--epochs", type=number(int, ge=1), default=5, help="number of epochs (may grow on --resume)")
+    p.add_argument("--lr", type=number(float, gt=0), default=1e-3, help="AdamW learning rate (constant)")
+    p.add_argument("--weight-decay", type=number(float, ge=0), default=1e-4, help="AdamW weight decay")
+    p.add_argument("--tau", type=number(float, gt=0), default=tau, help="temperature (initial value when learned)")
+    p.add_argument("--gamma", type=number(float, gt=0, le=1), default=0.9,
+                   help="moving-average weight on the new value (global losses)")
     p.add_argument("--gamma-schedule", default="constant", choices=GAMMA_SCHEDULES,
                    help="constant: --gamma throughout; cosine: from 1 in the first epoch to --gamma at "
                         "--gamma-decay-epochs (FastCLIP/LibAUC)")
     p.add_argument("--gamma-decay-epochs", type=number(int, ge=1), default=None,
                    help="epochs of the cosine decay of gamma (default: half of --epochs; cosine only)")
-    p.add_argument("--dim", type=int, default=64, help="embedding (projection) size")
-    p.add_argument("--width", type=int, default=16, help="image-encoder width")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--subset", type=int, default=None, help="number of training samples (default: all)")
-    p.add_argument("--test-subset", type=int, default=None, help="number of test images (default: all)")
-    p.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch (smoke runs)")
-    p.add_argument("--num-threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--dim", type=number(int, ge=1), default=64, help="embedding (projection) size")
+    p.add_argument("--width", type=number(int, ge=1), default=16, help="image-encoder width (even for vit)")
+    p.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of initialisation, data order and augmentations")
+    p.add_argument("--subset", type=number(int, ge=2), default=None, help="number of training samples (default: all)")
+    p.add_argument("--test-subset", type=number(int, ge=1), default=None, help="number of test images (default: all)")
+    p.add_argument("--max-steps", type=number(int, ge=1), default=None,
+                   help="cap on steps per epoch, for smoke runs (default: full epochs)")
+    p.add_argument("--num-threads", type=number(int, ge=1), default=None,
+                   help="torch threads (default: torch's choice)")
 
 
 def _simclr_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="fashion-mnist", choices=("fashion-mnist",))
-    p.add_argument("--encoder", default="cnn", choices=("cnn", "mlp", "vit"))
-    p.add_argument("--probe-train", type=int, default=10000, help="training images used to fit the linear probe")
+    p.add_argument("--data", default="fashion-mnist", choices=("fashion-mnist",), help="training images")
+    p.add_argument("--image-encoder", default="cnn", choices=("cnn", "mlp", "vit"), help="image encoder")
+    p.add_argument("--probe-train", type=number(int, ge=1), default=10000,
+                   help="training images used to fit the linear probe")
     _add_common(p, tau=0.2)
 
 
 def _clip_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="fashion-captions", choices=("fashion-captions", "emoji"))
-    p.add_argument("--loss", default="gcl", choices=CLIP_LOSSES)
+    p.add_argument("--data", default="fashion-captions", choices=("fashion-captions", "emoji"), help="image-caption pairs")
+    p.add_argument("--loss", default="gcl", choices=CLIP_LOSSES, help="training objective")
     p.add_argument("--fnd", action="store_true", help="GloFND false-negative detection (global losses)")
-    p.add_argument("--fnd-alpha", type=float, default=0.01, help="fraction of negatives treated as false")
-    p.add_argument("--fnd-start-epoch", type=int, default=1, help="first (0-based) epoch that masks")
+    p.add_argument("--fnd-alpha", type=number(float, gt=0, lt=1), default=0.01,
+                   help="fraction of negatives treated as false")
+    p.add_argument("--fnd-start-epoch", type=number(int, ge=0), default=1, help="first (0-based) epoch that masks")
     p.add_argument("--fnd-optimizer", default="sgd", choices=("sgd", "adam"),
                    help="GloFND threshold update: sgd (lr 0.5) or the reference's per-sample adam (lr 0.05)")
-    p.add_argument("--text-encoder", default="bag", choices=("bag", "minilm"))
-    p.add_argument("--image-encoder", default="cnn", choices=("cnn", "mlp", "vit"))
-    p.add_argument("--rho", type=float, default=1.0,
-                   help="KL-DRO radius of the learned temperatures (gcl-global-temp, isogclr)")
-    p.add_argument("--lr-zeta", type=float, default=None, help="NUCLR zeta step size (default: loss default)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="emoji: held-out fraction")
-    p.add_argument("--eval-size", type=int, default=2000, help="held-out pairs used for retrieval")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no image augmentation")
+    p.add_argument("--text-encoder", default="bag", choices=("bag", "minilm"),
+                   help="text tower: a trainable bag of tokens, or a trainable head on frozen MiniLM embeddings")
+    p.add_argument("--image-encoder", default="cnn", choices=("cnn", "mlp", "vit"), help="image encoder")
+    p.add_argument("--rho", type=number(float, ge=0, allow_none=True), default=1.0,
+                   help="KL-DRO radius of the learned temperatures (gcl-global-temp, isogclr); 'none': the loss's "
+                        "default")
+    p.add_argument("--lr-zeta", type=number(float, ge=0), default=None,
+                   help="NUCLR zeta step size (default: the loss's default)")
+    p.add_argument("--test-fraction", type=number(float, gt=0, lt=1), default=0.1, help="emoji: held-out fraction")
+    p.add_argument("--eval-size", type=number(int, ge=1, allow_none=True), default=2000,
+                   help="held-out pairs used for retrieval ('none': all)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="turn off image augmentation (random crops, flips, brightness jitter)")
     _add_common(p, tau=0.1)
 
 
-def _validate_gamma_schedule(args: argparse.Namespace) -> None:
-    """Cross-flag rule of the estimator flags (runs before the run folder exists)."""
+def _validate_common(args: argparse.Namespace) -> None:
     gamma_schedule_for(args.gamma_schedule, args.gamma, args.gamma_decay_epochs, args.epochs)
+    if args.subset is not None and args.subset < args.batch_size:
+        raise UsageError(f"argument --batch-size: {args.batch_size} exceeds --subset {args.subset}")
+    if args.image_encoder == "vit" and args.width % 2:
+        raise UsageError(f"argument --width: the vit encoder needs an even width (4 heads over 2 x width), got {args.width}")
+
+
+def _validate_clip(args: argparse.Namespace) -> None:
+    _validate_common(args)
+    try:
+        build_clip_loss(_config_from_args(CLIPConfig, args), 2)
+    except ValueError as e:
+        raise UsageError(f"the loss options do not fit: {e}") from None
 
 
 def _make_simclr_run(method: str) -> Callable[[argparse.Namespace, RunContext], dict[str, float]]:
@@ -696,8 +730,8 @@ def _run_clip(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
 
 
 register(Recipe("simclr", "SimCLR (mini-batch NT-Xent) on Fashion-MNIST; linear-probe accuracy",
-                _simclr_arguments, _make_simclr_run("simclr"), validate=_validate_gamma_schedule))
+                _simclr_arguments, _make_simclr_run("simclr"), validate=_validate_common))
 register(Recipe("sogclr", "SogCLR (global contrastive loss, moving-average estimators) on Fashion-MNIST; linear probe",
-                _simclr_arguments, _make_simclr_run("sogclr"), validate=_validate_gamma_schedule))
+                _simclr_arguments, _make_simclr_run("sogclr"), validate=_validate_common))
 register(Recipe("clip", "image-text contrastive training (InfoNCE/GCL/iSogCLR/NUCLR, GloFND) on fashion-captions or emoji",
-                _clip_arguments, _run_clip, validate=_validate_gamma_schedule))
+                _clip_arguments, _run_clip, validate=_validate_clip))

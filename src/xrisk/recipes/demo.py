@@ -25,9 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xrisk.recipes.flags import number, text
+from xrisk.recipes.lock import RunLock
 from xrisk.recipes.runner import RunContext
 
-__all__ = ["HELP", "METHODS", "DEFAULT_MAX_TRAIN", "DEFAULT_EPOCHS", "SMALL_EPOCHS", "add_arguments", "run_demo"]
+__all__ = ["HELP", "METHODS", "DEFAULT_MAX_TRAIN", "DEFAULT_EPOCHS", "SMALL_EPOCHS", "add_arguments", "validate",
+           "run_demo"]
 
 HELP = "cross-entropy vs AUC-M vs AP on imbalanced Fashion-MNIST (about 3 minutes on 2 cores)"
 
@@ -51,18 +54,29 @@ SMALL_EPOCHS = 30
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``xrisk demo`` (the common ``--out/--quiet/--no-plot`` are added by the CLI)."""
-    p.add_argument("--data", default="fashion-mnist", choices=("fashion-mnist", "breast-cancer", "digits", "bbc"),
+    """Options of ``xrisk demo`` (the common ``--out/--resume/--quiet/--no-plot`` are added by the CLI)."""
+    from xrisk.recipes.auc import DATASETS
+
+    p.add_argument("--data", default="fashion-mnist", choices=DATASETS,
                    help="data set (falls back to breast-cancer when fashion-mnist is not installed)")
-    p.add_argument("--positive-class", default=None, help="positive class (default: the loader's choice)")
-    p.add_argument("--pos-ratio", type=float, default=None,
+    p.add_argument("--positive-class", type=text(pattern_help="a class name or number"), default=None,
+                   help="positive class, a name or number (default: the data set's usual one)")
+    p.add_argument("--pos-ratio", type=number(float, gt=0, lt=1), default=None,
                    help="fraction of positives in the training set (default: 0.02, 0.1 on breast-cancer)")
-    p.add_argument("--max-train", type=int, default=DEFAULT_MAX_TRAIN, help="training samples kept (stratified)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--max-train", type=number(int, ge=10), default=DEFAULT_MAX_TRAIN,
+                   help="training samples kept (stratified)")
+    p.add_argument("--epochs", type=number(int, ge=1), default=None,
                    help=f"epochs per method (default: {DEFAULT_EPOCHS}, {SMALL_EPOCHS} on the small breast-cancer "
                         "set)")
-    p.add_argument("--batch-size", type=int, default=64, help="mini-batch size")
-    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--batch-size", type=number(int, ge=2), default=64, help="mini-batch size")
+    p.add_argument("--seed", type=number(int, ge=0), default=0, help="seed")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """``--positive-class`` must name a class of ``--data`` (checked before the run folder exists)."""
+    from xrisk.recipes import auc
+
+    auc.validate(args)
 
 
 def _auc_args(args: argparse.Namespace, data: str, loss: str, out: Path) -> argparse.Namespace:
@@ -75,6 +89,7 @@ def _auc_args(args: argparse.Namespace, data: str, loss: str, out: Path) -> argp
     ns.pos_ratio, ns.max_train, ns.epochs = args.pos_ratio, args.max_train, args.epochs
     ns.batch_size, ns.seed = args.batch_size, args.seed
     ns.out, ns.resume, ns.quiet, ns.no_plot = out, args.resume, args.quiet, args.no_plot
+    ns.checkpoint_every = args.checkpoint_every
     return ns
 
 
@@ -91,42 +106,51 @@ def _fill_defaults(args: argparse.Namespace, data: str) -> None:
 def run_demo(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Run the three methods, print the table, write ``summary.json`` and ``comparison.png``.
 
+    The demo folder is locked while it runs (:class:`~xrisk.recipes.lock.RunLock`), and each
+    method's run folder is a :class:`~xrisk.recipes.runner.RunContext` of its own, so ``--resume``
+    continues an interrupted demo.
+
     Returns:
         Final metrics per method name.
     """
     from xrisk.cli import default_out_dir
-    from xrisk.recipes import auc
-    from xrisk.recipes.plots import PlotsUnavailable, plot_comparison
 
     out = Path(args.out) if args.out is not None else default_out_dir("demo")
     args.out = out
+    with RunLock(out):
+        return _run_methods(args, out)
+
+
+def _run_methods(args: argparse.Namespace, out: Path) -> dict[str, dict[str, Any]]:
     from xrisk.data import DataNotInstalledError
+    from xrisk.recipes import auc
+    from xrisk.recipes.plots import PlotsUnavailable, plot_comparison
 
     data = args.data
     user_pos_ratio, user_epochs = args.pos_ratio, args.epochs
     _fill_defaults(args, data)
-    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     histories: dict[str, list[dict[str, Any]]] = {}
     t_all = time.monotonic()
     for label, loss in METHODS:
         while True:
             ns = _auc_args(args, data, loss, out / loss)
-            ctx = RunContext(out / loss, recipe="auc", args=ns, quiet=args.quiet, resume=args.resume,
-                             plot=not args.no_plot)
-            ctx.notice(f"demo: {label} on {data}")
-            t0 = time.monotonic()
-            try:
-                final = auc.run(ns, ctx)
-                break
-            except DataNotInstalledError as e:
-                if data == "breast-cancer":
-                    raise
-                data, args.positive_class = "breast-cancer", None
-                args.pos_ratio, args.epochs = user_pos_ratio, user_epochs
-                _fill_defaults(args, data)
-                print(f"xrisk: {e}; the demo uses breast-cancer instead ({args.pos_ratio:.0%} positives, "
-                      f"{args.epochs} epochs)", file=sys.stderr, flush=True)
+            with RunContext(out / loss, recipe="auc", args=ns, quiet=args.quiet, resume=args.resume,
+                            plot=not args.no_plot, checkpoint_every=args.checkpoint_every) as ctx:
+                ctx.notice(f"demo: {label} on {data}")
+                t0 = time.monotonic()
+                try:
+                    final = auc.run(ns, ctx)
+                    break
+                except DataNotInstalledError as e:
+                    if data == "breast-cancer":
+                        raise
+                    missing = str(e)
+            data, args.positive_class = "breast-cancer", None
+            args.pos_ratio, args.epochs = user_pos_ratio, user_epochs
+            _fill_defaults(args, data)
+            print(f"xrisk: {missing}; the demo uses breast-cancer instead ({args.pos_ratio:.0%} positives, "
+                  f"{args.epochs} epochs)", file=sys.stderr, flush=True)
         results[label] = {**final, "seconds": round(time.monotonic() - t0, 1), "run_folder": str(out / loss)}
         histories[label] = ctx.history
     summary = {"data": data, "pos_ratio": args.pos_ratio, "max_train": args.max_train,

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PlotsUnavailable", "plot_history", "plot_comparison"]
+__all__ = ["PlotsUnavailable", "LABELS", "history_figures", "plot_history", "plot_comparison"]
 
 
 class PlotsUnavailable(ImportError):
@@ -18,6 +18,14 @@ class PlotsUnavailable(ImportError):
 
 
 _LOSS_WORDS = ("loss", "surrogate", "objective")
+
+#: Legend labels of the metric names every recipe uses (see :mod:`xrisk.recipes.runner`): a
+#: surrogate is named as such, so a negative or rising curve is not read as the objective.
+LABELS: dict[str, str] = {
+    "train_surrogate": "train surrogate (optimised; its value is not the objective)",
+    "train_objective": "train objective (the loss's estimate)",
+    "train_loss": "train loss",
+}
 
 
 def _figure(ncols: int = 1) -> tuple[Any, Any]:
@@ -42,12 +50,64 @@ def _numeric_keys(history: Sequence[Mapping[str, Any]]) -> list[str]:
     return keys
 
 
+def _curve(ax: Any, history: Sequence[Mapping[str, Any]], key: str, label: str) -> list[int]:
+    """Plot ``key`` over epochs; a lone point gets a large marker and its value written next to it."""
+    pts = [(row["epoch"], row[key]) for row in history if isinstance(row.get(key), (int, float))]
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    if len(pts) == 1:
+        ax.plot(xs, ys, linestyle="none", marker="o", markersize=8, label=f"{label}: {ys[0]:.4g}")
+    else:
+        ax.plot(xs, ys, marker="o", markersize=4, label=label)
+    return xs
+
+
+def _epoch_axis(ax: Any, epochs: Sequence[int]) -> None:
+    ax.set_xlabel("epoch")
+    if epochs:
+        lo, hi = min(epochs), max(epochs)
+        ax.set_xlim(lo - 0.5, hi + 0.5)  # a one-epoch run is a point in the middle, not at an edge
+        if hi - lo < 10:
+            ax.set_xticks(range(int(lo), int(hi) + 1))
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def history_figures(history: Sequence[Mapping[str, Any]], *, title: str = "") -> dict[str, Any]:
+    """The figures :func:`plot_history` writes, by file name (``loss.png``, ``metrics.png``).
+
+    Raises:
+        PlotsUnavailable: matplotlib is missing.
+    """
+    keys = [k for k in _numeric_keys(history) if k != "lr" and "seconds" not in k]
+    lossy = [k for k in keys if any(w in k for w in _LOSS_WORDS)]
+    groups = {"loss.png": lossy, "metrics.png": [k for k in keys if k not in lossy]}
+    figures: dict[str, Any] = {}
+    for fname, names in groups.items():
+        if not names:
+            continue
+        fig, (ax,) = _figure()
+        epochs: list[int] = []
+        for k in names:
+            epochs += _curve(ax, history, k, LABELS.get(k, k))
+        if fname == "loss.png":
+            what = "training surrogate and objective" if "train_surrogate" in names else "training loss"
+        else:
+            what = "metrics"
+        ax.set_title(f"{title}: {what}" if title else what)
+        _epoch_axis(ax, epochs)
+        figures[fname] = fig
+    return figures
+
+
 def plot_history(history: Sequence[Mapping[str, Any]], out_dir: str | Path, *, title: str = "") -> list[Path]:
     """Plot every numeric metric of ``history`` (rows of ``{"epoch": e, name: value}``) over epochs.
 
-    Writes ``loss.png`` (names containing ``loss``, ``surrogate`` or ``objective``) and
-    ``metrics.png`` (all other metrics, e.g. test AUROC/AP/pAUC) into ``out_dir``; ``lr`` and
-    timings (names containing ``seconds``) are not plotted.
+    Writes ``loss.png`` (names containing ``loss``, ``surrogate`` or ``objective``; a surrogate is
+    labelled as one, see :data:`LABELS`) and ``metrics.png`` (all other metrics, e.g. test
+    AUROC/AP/pAUC) into ``out_dir``; ``lr`` and timings (names containing ``seconds``) are not
+    plotted. A run of one epoch shows each value as a large marker with its value in the legend.
 
     Returns:
         The written paths.
@@ -55,24 +115,9 @@ def plot_history(history: Sequence[Mapping[str, Any]], out_dir: str | Path, *, t
     Raises:
         PlotsUnavailable: matplotlib is missing.
     """
-    out = Path(out_dir)
-    keys = [k for k in _numeric_keys(history) if k != "lr" and "seconds" not in k]
-    lossy = [k for k in keys if any(w in k for w in _LOSS_WORDS)]
-    groups = {"loss.png": lossy, "metrics.png": [k for k in keys if k not in lossy]}
     written: list[Path] = []
-    for fname, names in groups.items():
-        if not names:
-            continue
-        fig, (ax,) = _figure()
-        for k in names:
-            pts = [(row["epoch"], row[k]) for row in history if isinstance(row.get(k), (int, float))]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=k)
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_title(f"{title} {fname[:-4]}".strip())
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        path = out / fname
+    for fname, fig in history_figures(history, title=title).items():
+        path = Path(out_dir) / fname
         fig.savefig(path, dpi=100)
         written.append(path)
     return written
@@ -92,14 +137,11 @@ def plot_comparison(
     """
     fig, axes = _figure(len(metrics))
     for ax, name in zip(axes, metrics):
+        epochs: list[int] = []
         for method, history in histories.items():
-            pts = [(row["epoch"], row[name]) for row in history if isinstance(row.get(name), (int, float))]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=method)
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+            epochs += _curve(ax, history, name, method)
+        ax.set_title(LABELS.get(name, name))
+        _epoch_axis(ax, epochs)
     if title:
         fig.suptitle(title)
     path = Path(path)

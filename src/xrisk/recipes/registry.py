@@ -5,16 +5,30 @@ A recipe is a :class:`Recipe` registered with :func:`register` at the bottom of 
 imports it. Adding a recipe is therefore: one file plus one line here. Recipe modules should
 import heavy dependencies inside ``run`` so that ``xrisk list`` stays fast.
 
+Every value flag declares what it accepts (a :class:`~xrisk.recipes.flags.FlagType` or
+``choices=``); rules involving several flags or the data go into ``validate``. The training loop
+goes through :meth:`RunContext.steps <xrisk.recipes.runner.RunContext.steps>` (checkpoints inside
+an epoch and on Ctrl-C; see :mod:`xrisk.recipes.runner`).
+
 Example:
     >>> import argparse
-    >>> from xrisk.recipes.registry import Recipe, register
+    >>> from xrisk.recipes.flags import number
+    >>> from xrisk.recipes.registry import Recipe, UsageError, register
     >>> def add_arguments(p: argparse.ArgumentParser) -> None:
-    ...     p.add_argument("--epochs", type=int, default=3)
+    ...     p.add_argument("--epochs", type=number(int, ge=1), default=3, help="epochs")
+    ...     p.add_argument("--steps", type=number(int, ge=1), default=4, help="steps per epoch")
+    >>> def validate(args: argparse.Namespace) -> None:
+    ...     if args.steps > 100 * args.epochs:
+    ...         raise UsageError("argument --steps: at most 100 x --epochs")
     >>> def run(args, ctx):
     ...     for epoch in range(ctx.resume() + 1, args.epochs + 1):
-    ...         ctx.log_epoch(epoch, {"value": float(epoch)})
+    ...         acc = {"total": 0.0}
+    ...         for step in ctx.steps(epoch, range(args.steps), state=acc):
+    ...             acc["total"] += step
+    ...         ctx.log_epoch(epoch, {"value": acc["total"]})
+    ...         ctx.save(epoch=epoch)
     ...     return ctx.finish({"value": float(args.epochs)})
-    >>> toy = Recipe("toy", "a toy recipe", add_arguments, run)  # register(toy) adds it
+    >>> toy = Recipe("toy", "a toy recipe", add_arguments, run, validate)  # register(toy) adds it
 """
 
 from __future__ import annotations
