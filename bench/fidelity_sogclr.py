@@ -22,7 +22,7 @@ constant learning rate: the state after E epochs of a longer run is the state of
 scheduled arm is one run per budget. Every evaluation is appended to a cache and every run
 checkpoints itself, so an interrupted study resumes where it stopped (``--cache``).
 
-    .venv-bench/bin/python bench/fidelity_sogclr.py            # full study (~2-3 h on a shared 2-core machine)
+    .venv-bench/bin/python bench/fidelity_sogclr.py            # full study (~3 h on a shared 2-core machine)
     .venv-bench/bin/python bench/fidelity_sogclr.py --quick    # smoke run (< 2 min), prints only
 """
 
@@ -60,14 +60,14 @@ PNG = Path(__file__).resolve().parent / "fidelity_sogclr.png"
 class Arm:
     """One training configuration. ``gamma``: SogCLR's constant weight, or ``gamma_min`` of the cosine
     schedule when ``cosine`` (one run per epoch budget, decay over half of it). ``core``: trained for every
-    seed (otherwise for the ``long_seeds`` only: a side diagnostic the 2-core budget allows once)."""
+    seed (otherwise for the ``side_seeds`` only: a side diagnostic the 2-core budget allows once)."""
 
     label: str
     method: str  # "SimCLR" | "SogCLR"
     batch: int
     gamma: float | None = None
     cosine: bool = False
-    core: bool = True
+    core: bool = True  # False: trained for Config.side_seeds only
 
     def schedule(self, budget: int) -> CosineGammaSchedule | None:
         return CosineGammaSchedule(gamma_min=self.gamma, decay_epochs=max(1, budget // 2)) if self.cosine else None
@@ -89,8 +89,9 @@ class Config:
     quick: bool
     seeds: tuple[int, ...]
     epochs: tuple[int, ...]
-    long_epochs: tuple[int, ...] = ()  # further grid points, trained for long_seeds only (first)
+    long_epochs: tuple[int, ...] = ()  # further grid points, trained for long_seeds only
     long_seeds: tuple[int, ...] = ()
+    side_seeds: tuple[int, ...] = ()  # the seeds that train the side arms (Arm.core False)
     n_train: int = 6000
     n_test: int = 10000
     tau: float = 0.2
@@ -99,11 +100,13 @@ class Config:
 
 
 def full_config() -> Config:
-    return Config(quick=False, seeds=(0, 1, 2), epochs=(10, 20, 40, 80), long_epochs=(160,), long_seeds=(0,))
+    return Config(quick=False, seeds=(0, 1, 2), epochs=(10, 20, 40, 80), long_epochs=(160,), long_seeds=(0, 1, 2),
+                  side_seeds=(0,))
 
 
 def quick_config() -> Config:
-    return Config(quick=True, seeds=(0,), epochs=(1, 2), long_epochs=(3,), long_seeds=(0,), n_train=512, n_test=500)
+    return Config(quick=True, seeds=(0, 1), epochs=(1, 2), long_epochs=(3,), long_seeds=(0,), side_seeds=(0,),
+                  n_train=512, n_test=500)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -310,15 +313,16 @@ def reference_probes(data: tuple, cfg: Config, cache: Cache) -> dict[str, list[f
 
 def plan(cfg: Config, arms: tuple[Arm, ...]) -> list[tuple[Arm, int, int | None, list[int]]]:
     """Task list ``(arm, seed, budget, eval epochs)``, seed-major (a stopped study still has whole seeds): the
-    ``long_seeds`` over ``epochs + long_epochs`` first (the whole curve early), then the other seeds over ``epochs``."""
+    ``long_seeds`` over ``epochs + long_epochs`` first (the whole curve early), then the other seeds over ``epochs``;
+    the side arms for the ``side_seeds`` only."""
     tasks = []
-    long = [s for s in cfg.long_seeds if cfg.long_epochs]
+    long = [s for s in cfg.seeds if s in cfg.long_seeds and cfg.long_epochs]
     stages = [((s,), list(cfg.epochs) + list(cfg.long_epochs)) for s in long]
     stages += [(tuple(s for s in cfg.seeds if s not in long), list(cfg.epochs))]
     for seeds, grid in stages:
         for seed in seeds:
             for arm in arms:
-                if not arm.core and seed not in cfg.long_seeds:
+                if not arm.core and seed not in cfg.side_seeds:
                     continue
                 if arm.cosine:
                     tasks += [(arm, seed, e, [e]) for e in grid]
@@ -346,23 +350,46 @@ def collect(cfg: Config, arms: tuple[Arm, ...], cache: Cache) -> dict[tuple[str,
 
 
 # ----------------------------------------------------------------------------- report
-def _ms(rows: list[dict], key: str, scale: float, digits: int) -> str:
+def _ms(rows: list[dict], key: str, scale: float, digits: int, full: int = 0) -> str:
+    """``mean ± std`` over the seeds' rows; one seed: the value alone; ``(n=k)`` when fewer than ``full`` seeds."""
     if not rows:
         return "–"
     m, s = _common.mean_std([scale * r[key] for r in rows])
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(rows) > 1 else f"{m:.{digits}f}"
+    txt = f"{m:.{digits}f} ± {s:.{digits}f}" if len(rows) > 1 else f"{m:.{digits}f}"
+    return txt + (f" (n={len(rows)})" if len(rows) < full else "")
 
 
-def _gap(res: dict, a: str, b: str, e: int, key: str = "probe_acc", scale: float = 100.0) -> tuple[float, float] | None:
-    """Mean difference ``scale (a - b)`` (accuracy points by default) over the seeds both have, and its std over
-    seeds (paired)."""
+@dataclass(frozen=True)
+class Gap:
+    """A paired difference ``a - b`` over the seeds both arms have: mean, std over seeds (``None`` for one seed),
+    the per-seed values (seed order) and the two-sided 95 % Student-t interval of the mean (``None`` for one seed)."""
+
+    mean: float
+    std: float | None
+    per_seed: tuple[float, ...]
+    ci: tuple[float, float] | None
+
+    @property
+    def n(self) -> int:
+        return len(self.per_seed)
+
+
+def _gap(res: dict, a: str, b: str, e: int, key: str = "probe_acc", scale: float = 100.0) -> Gap | None:
+    """Difference ``scale (a - b)`` (accuracy points by default) paired by seed, over the seeds both have."""
+    from scipy import stats
+
     ra = {r["seed"]: r[key] for r in res.get((a, e), [])}
     rb = {r["seed"]: r[key] for r in res.get((b, e), [])}
     common = sorted(set(ra) & set(rb))
     if not common:
         return None
     d = [scale * (ra[s] - rb[s]) for s in common]
-    return float(np.mean(d)), float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
+    m = float(np.mean(d))
+    if len(d) == 1:
+        return Gap(m, None, tuple(d), None)
+    sd = float(np.std(d, ddof=1))
+    half = float(stats.t.ppf(0.975, len(d) - 1)) * sd / math.sqrt(len(d))
+    return Gap(m, sd, tuple(d), (m - half, m + half))
 
 
 def plot(res: dict, refs: dict[str, list[float]], cfg: Config, arms: tuple[Arm, ...], path: Path) -> None:
@@ -378,17 +405,19 @@ def plot(res: dict, refs: dict[str, list[float]], cfg: Config, arms: tuple[Arm, 
         for ax, key, scale in ((axes[0], "probe_acc", 100), (axes[2], "objective", 1)):
             m = [np.mean([scale * r[key] for r in res[(arm.label, e)]]) for e in es]
             s = [np.std([scale * r[key] for r in res[(arm.label, e)]]) for e in es]
-            ax.errorbar(es, m, yerr=s, marker="o", capsize=3, label=arm.label, color=color)
+            label = arm.label if arm.core else f"{arm.label} (seed(s) {', '.join(map(str, cfg.side_seeds))})"
+            ax.errorbar(es, m, yerr=s, marker="o", capsize=3, label=label, color=color)
         if arm is not REFERENCE:
             gs = [(e, _gap(res, arm.label, REFERENCE.label, e)) for e in es]
             gs = [(e, g) for e, g in gs if g is not None]
             if gs:
-                axes[1].errorbar([e for e, _ in gs], [g[0] for _, g in gs], yerr=[g[1] for _, g in gs],
+                axes[1].errorbar([e for e, _ in gs], [g.mean for _, g in gs], yerr=[g.std or 0.0 for _, g in gs],
                                  marker="o", capsize=3, label=arm.label, color=color)
     for (name, vals), style in zip(refs.items(), (":", "--")):
         axes[0].axhline(100 * float(np.mean(vals)), color="grey", ls=style, lw=1, label=name)
     axes[1].axhline(0.0, color="grey", lw=0.8)
     single = f"; {', '.join(map(str, cfg.long_epochs))} epochs: one seed" if cfg.long_epochs and len(cfg.long_seeds) == 1 else ""
+    single += "; bars: std over seeds"
     titles = (f"linear-probe test accuracy (%{single})", f"gap to {REFERENCE.label} (points, paired{single})",
               "exact global contrastive objective (train set)")
     for ax, t in zip(axes, titles):
@@ -409,27 +438,32 @@ def report(res: dict, refs: dict[str, list[float]], cfg: Config, arms: tuple[Arm
     acc_rows, obj_rows = [], []
     diff_rows = []
     for e in grid(cfg):
-        acc_rows.append([e, _seeds(res, arms, e)] + [_ms(res.get((lab, e), []), "probe_acc", 100, 1) for lab in labels])
-        obj_rows.append([e] + [_ms(res.get((lab, e), []), "objective", 1, 3) for lab in labels])
-        diff_rows.append([e] + [_fmt_gap(_gap(res, a.label, b.label, e)) for _, a, b in contrasts(arms)]
-                         + [_fmt_gap(_gap(res, a.label, b.label, e, "objective", 1.0), 3)
+        full = _seeds(res, arms, e)
+        acc_rows.append([e, full] + [_ms(res.get((lab, e), []), "probe_acc", 100, 1, full) for lab in labels])
+        obj_rows.append([e] + [_ms(res.get((lab, e), []), "objective", 1, 3, full) for lab in labels])
+        diff_rows.append([e] + [_fmt_gap(_gap(res, a.label, b.label, e), 1, full) for _, a, b in contrasts(arms)]
+                         + [_fmt_gap(_gap(res, a.label, b.label, e, "objective", 1.0), 3, full)
                             for _, a, b in contrasts(arms)[:1]])
     est_rows = []
     for a in (x for x in arms if x.method == "SogCLR"):
         for e in grid(cfg):
             rows = res.get((a.label, e), [])
             if rows:
+                full = _seeds(res, arms, e)
                 est_rows.append([a.label, e, f"{np.mean([r['gamma'] for r in rows]):.2f}"]
-                                + [_ms(rows, f"err_{k}", 1, 2) for k in ("step", "stored", "batch", "floor")]
-                                + [_ms(rows, f"bias_{k}", 1, 2) for k in ("step", "batch")])
+                                + [_ms(rows, f"err_{k}", 1, 2, full) for k in ("step", "stored", "batch", "floor")]
+                                + [_ms(rows, f"bias_{k}", 1, 2, full) for k in ("step", "batch")])
     trained = sorted((x for x in sessions if x["trained"]), key=lambda x: x["start"])
     wall = sum(x["wall_s"] for x in trained)
     loads = [x[k][0] for x in trained for k in ("load_start", "load_end") if k in x]
     late = [x for x in trained if "reconstructed" in x]
+    argvs = [f"`{a}`" if a else "none" for a in dict.fromkeys(" ".join(x["argv"]) for x in trained
+                                                               if x.get("argv") is not None)]
     head = (f"Command: `{cmd}` (one process, one torch thread; {wall / 60:.0f} min wall in {len(trained)} "
             f"session(s) from {trained[0]['start'] if trained else '?'} to {max((x['end'] for x in trained), default='?')}"
             + (f", {len(late)} of them reconstructed from file times ({'; '.join(x['reconstructed'] for x in late)})"
                if late else "")
+            + (f"; the sessions' arguments: {'; '.join(argvs)}" if argvs else "")
             + ", the evaluations cached and every run checkpointed between sessions; 1-minute load average "
             + (f"{min(loads):.1f}-{max(loads):.1f} at the sessions' starts and ends" if loads else "n/a")
             + f"). Machine of the report: {facts}.")
@@ -441,10 +475,13 @@ def report(res: dict, refs: dict[str, list[float]], cfg: Config, arms: tuple[Arm
         "or `CosineGammaSchedule(gamma_min=0.2, decay_epochs=E/2)` (gamma 1 in epoch 0, cosine to 0.2 at half "
         "the budget E, then 0.2; FastCLIP's/LibAUC's schedule and recommended decay length), trained once per "
         "budget. The other arms are one run each, evaluated after E epochs. "
-        + (f"Seeds {', '.join(map(str, cfg.seeds))} up to {max(cfg.epochs)} epochs; seed "
-           f"{', '.join(map(str, cfg.long_seeds))} also at {', '.join(map(str, cfg.long_epochs))} epochs, and it alone "
-           "trains the side arms " + " and ".join(f"'{a.label}'" for a in arms if not a.core) + ". "
-           if cfg.long_seeds else "")
+        + (f"Seeds {', '.join(map(str, cfg.seeds))} up to {max(cfg.epochs)} epochs"
+           + (f", seed(s) {', '.join(map(str, cfg.long_seeds))} also at {', '.join(map(str, cfg.long_epochs))} epochs"
+              if cfg.long_seeds and cfg.long_epochs else "")
+           + ("; the side arms " + " and ".join(f"'{a.label}'" for a in arms if not a.core)
+              + f" for seed(s) {', '.join(map(str, cfg.side_seeds))} only"
+              if cfg.side_seeds and any(not a.core for a in arms) else "")
+           + "; a cell over fewer seeds than its row says so with `(n=k)`. ")
         + "Linear probe: `xrisk.metrics.linear_probe` "
         "(multinomial logistic regression, L-BFGS, weight decay 1e-4) on the standardised 256-d backbone features "
         "of the training images (part (a) used scikit-learn's, 15x slower); mean ± std over seeds "
@@ -457,8 +494,8 @@ def report(res: dict, refs: dict[str, list[float]], cfg: Config, arms: tuple[Arm
         "### Linear-probe test accuracy (%) vs epochs", "",
         _common.md_table(["epochs", "seeds"] + labels, acc_rows), "",
         *([f"![probe accuracy, gap and objective vs epochs]({png})", ""] if png else []),
-        "Paired differences (probe accuracy points, mean ± std over the seeds; the last column is the "
-        "difference in the exact objective below, negative = SogCLR B=32 optimised it further):", "",
+        "Paired differences (probe accuracy points, mean ± std over the seeds, `(n=k)`: only k seeds; the last "
+        "column is the difference in the exact objective below, negative = SogCLR B=32 optimised it further):", "",
         _common.md_table(["epochs"] + [t for t, _, _ in contrasts(arms)]
                          + [f"objective: {contrasts(arms)[0][0].split(':')[0]}"], diff_rows), "",
         claim_verdict(res, cfg, arms), "",
@@ -482,8 +519,12 @@ def report(res: dict, refs: dict[str, list[float]], cfg: Config, arms: tuple[Arm
     ])
 
 
-def _fmt_gap(g: tuple[float, float] | None, digits: int = 1) -> str:
-    return "–" if g is None else f"{g[0]:+.{digits}f} ± {g[1]:.{digits}f}"
+def _fmt_gap(g: Gap | None, digits: int = 1, full: int = 0) -> str:
+    """``mean ± std`` of a paired difference; one seed: the value alone; ``(n=k)`` when fewer than ``full`` seeds."""
+    if g is None:
+        return "–"
+    txt = f"{g.mean:+.{digits}f}" if g.std is None else f"{g.mean:+.{digits}f} ± {g.std:.{digits}f}"
+    return txt + (f" (n={g.n})" if g.n < max(full, 2) else "")
 
 
 def _seeds(res: dict, arms: tuple[Arm, ...], e: int) -> int:
@@ -506,26 +547,37 @@ def contrasts(arms: tuple[Arm, ...]) -> list[tuple[str, Arm, Arm]]:
 
 
 def claim_verdict(res: dict, cfg: Config, arms: tuple[Arm, ...]) -> str:
-    """The claim read at every epoch of the grid: gap of SogCLR B=32 (gamma 0.9, and the best SogCLR B=32 arm)
-    to SimCLR B=256, 'held' when it is above -max(0.5, std of the paired gaps) (part (a)'s rule)."""
+    """The claim read at every epoch of the grid: the paired gap of SogCLR B=32 (gamma 0.9) to SimCLR B=256,
+    'held' when its mean over seeds is above ``-max(0.5, std of the paired gaps)`` (part (a)'s rule), with the
+    per-seed gaps and the 95 % t-interval next to it; one seed decides nothing. Then the best SogCLR B=32 arm per
+    epoch count among the arms with as many seeds as the claim's pair."""
     parts = []
-    for title, a, b in contrasts(arms)[:1]:
+    for _, a, b in contrasts(arms)[:1]:
         for e in grid(cfg):
             g = _gap(res, a.label, b.label, e)
             if g is None:
                 continue
-            tol = max(0.5, g[1])
-            k = _seeds(res, (a, b), e)
-            parts.append(f"{e} epochs {g[0]:+.1f} (tolerance {tol:.1f}, {k} seed(s)): "
-                         f"**{'held' if g[0] >= -tol else 'did not hold'}**" + (" (one seed: indicative only)" if k == 1 else ""))
+            seeds = "/".join(f"{x:+.1f}" for x in g.per_seed)
+            if g.std is None:
+                parts.append(f"{e} epochs {g.mean:+.1f} on one seed: **not decided**")
+                continue
+            tol = max(0.5, g.std)
+            behind = sum(x < 0 for x in g.per_seed)
+            parts.append(f"{e} epochs {g.mean:+.1f} ({g.n} seeds: {seeds}, behind in {behind} of {g.n}; 95 % CI "
+                         f"{g.ci[0]:+.1f} to {g.ci[1]:+.1f}; tolerance {tol:.1f}): "
+                         f"**{'held' if g.mean >= -tol else 'did not hold'}**")
     best = []
     sog_small = [a for a in arms if a.method == "SogCLR" and a.batch < REFERENCE.batch]
     for e in grid(cfg):
-        gs = [(g[0], a.label) for a in sog_small if (g := _gap(res, a.label, REFERENCE.label, e)) is not None]
+        gs = [(g.mean, a.label, g.n) for a in sog_small if (g := _gap(res, a.label, REFERENCE.label, e)) is not None]
+        k = max((x[2] for x in gs), default=0)
+        gs = [x for x in gs if x[2] == k]
         if gs:
-            best.append(f"{e}: {max(gs)[0]:+.1f} ({max(gs)[1]})")
-    return ("Claim 'SogCLR at B=32 matches SimCLR at B=256', gamma 0.9: " + "; ".join(parts) + ". Best SogCLR B=32 "
-            "arm at each epoch count: " + "; ".join(best) + ".")
+            m, lab, _ = max(gs)
+            best.append(f"{e}: {m:+.1f} ({lab}, {_count(k, 'seed')})")
+    return ("Claim 'SogCLR at B=32 matches SimCLR at B=256', gamma 0.9, gap in probe points per epoch count: "
+            + "; ".join(parts) + ". Best SogCLR B=32 arm at each epoch count (among the arms with the most seeds "
+            "there): " + "; ".join(best) + ".")
 
 
 def _mean(res: dict, label: str, e: int, key: str) -> float | None:
@@ -546,46 +598,59 @@ def _count(k: int, noun: str) -> str:
 def findings(res: dict, cfg: Config, arms: tuple[Arm, ...]) -> str:
     """Why the claim holds or not, every number read from ``res``: the gap's trend with epochs, how much of
     SimCLR's small-batch loss the estimator wins back, the estimator's error against a fresh mini-batch estimate
-    and the augmentation floor, and the gamma schedule's effect. Empty unless the study's main arms are present."""
+    and the augmentation floor, and the gamma schedule's effect. Each statement uses the epoch counts where its
+    arms have every seed, and says how many seeds a single-seed statement rests on. Empty unless the study's main
+    arms are present."""
     by = {(a.method, a.batch, a.gamma, a.cosine): a for a in arms}
     sog, sim32 = by.get(("SogCLR", 32, 0.9, False)), by.get(("SimCLR", 32, None, False))
     cos, sog256 = by.get(("SogCLR", 32, 0.2, True)), by.get(("SogCLR", 256, 0.9, False))
     g02 = by.get(("SogCLR", 32, 0.2, False))
     if sog is None or sim32 is None or cos is None:
         return ""
-    core = [e for e in cfg.epochs if _seeds(res, (sog, REFERENCE, sim32, cos), e) == len(cfg.seeds)]
+    allg, k = grid(cfg), len(cfg.seeds)
+
+    def full(*xs: Arm) -> list[int]:
+        """Epoch counts where every arm in ``xs`` has all the seeds."""
+        return [e for e in allg if all(len(res.get((a.label, e), [])) == k for a in xs)]
+
+    core = full(sog, REFERENCE)
     if len(core) < 2:
         return ""
     steps = cfg.n_train // sog.batch
 
-    def gaps(a: Arm, b: Arm, es: list[int], key: str = "probe_acc", scale: float = 100.0) -> list[float]:
-        return [g[0] for e in es if (g := _gap(res, a.label, b.label, e, key, scale)) is not None]
+    def gaps(a: Arm, b: Arm, es: list[int], key: str = "probe_acc", scale: float = 100.0) -> list[Gap]:
+        return [g for e in es if (g := _gap(res, a.label, b.label, e, key, scale)) is not None]
 
     def col(a: Arm, key: str, es: list[int]) -> list[float]:
         return [v for e in es if (v := _mean(res, a.label, e, key)) is not None]
 
     claim = gaps(sog, REFERENCE, core)
-    trend = claim[-1] - claim[0]
-    allg = grid(cfg)
-    long = [e for e in allg if e not in core and (g := _gap(res, sog.label, REFERENCE.label, e)) is not None]
-    out = [f"**Why.** (1) Longer training {'does not close' if trend < 0.3 else 'narrows'} the gap: SogCLR B=32 "
-           f"(gamma 0.9) − {REFERENCE.label} is {claim[0]:+.1f} points at {core[0]} epochs and {claim[-1]:+.1f} at "
-           f"{core[-1]} ({len(cfg.seeds)} seeds, paired std up to "
-           f"{max(_gap(res, sog.label, REFERENCE.label, e)[1] for e in core):.1f})"]
-    if long:
-        e = long[-1]
-        out[-1] += (f"; {_gap(res, sog.label, REFERENCE.label, e)[0]:+.1f} at {e} epochs on "
-                    f"{_count(_seeds(res, (sog, REFERENCE), e), 'seed')}, within that spread")
+    trend = claim[-1].mean - claim[0].mean
+    spread = max(g.std for g in claim)
+    verb = "does not close" if trend < max(0.3, spread) else "narrows"
+    out = [f"**Why.** (1) Longer training {verb} the gap: SogCLR B=32 (gamma 0.9) − {REFERENCE.label} is "
+           f"{claim[0].mean:+.1f} points at {core[0]} epochs and {claim[-1].mean:+.1f} at {core[-1]} "
+           f"({_count(k, 'seed')}, per seed {'/'.join(f'{x:+.1f}' for x in claim[-1].per_seed)} at {core[-1]}; "
+           f"paired std up to {spread:.1f}"
+           + (f", so a change of {trend:+.1f} over the curve is within the noise)" if abs(trend) <= spread else ")")]
+    short = [e for e in allg if e > core[-1] and (g := _gap(res, sog.label, REFERENCE.label, e)) is not None]
+    if short:
+        g = _gap(res, sog.label, REFERENCE.label, short[-1])
+        out[-1] += f"; {g.mean:+.1f} at {short[-1]} epochs on {_count(g.n, 'seed')} only"
     out[-1] += "."
-    loss32, won = gaps(sim32, REFERENCE, core), gaps(sog, sim32, core)
-    obj = {a.label: _mean(res, a.label, core[-1], "objective") for a in (sog, sim32, REFERENCE)}
-    out.append(f"(2) The estimator wins back part of the small batch's loss, not all of it: SimCLR loses "
-               f"{_span([-x for x in loss32], sign='')} points from B={REFERENCE.batch} to B={sim32.batch}; SogCLR at "
-               f"B={sog.batch} is {_span(won)} points above SimCLR at B={sim32.batch}. On the exact global objective "
-               f"it does barely better than SimCLR B={sim32.batch} ({obj[sog.label]:.3f} vs {obj[sim32.label]:.3f} at "
-               f"{core[-1]} epochs) and stays behind {REFERENCE.label} ({obj[REFERENCE.label]:.3f}).")
-    stored, batch, step, floor = (col(sog, f"err_{k}", core) for k in ("stored", "batch", "step", "floor"))
-    ratio = [s / b for s, b in zip(step, batch)]
+    es32 = full(sog, sim32, REFERENCE)
+    if es32:
+        loss32, won = gaps(sim32, REFERENCE, es32), gaps(sog, sim32, es32)
+        e = es32[-1]
+        obj = {a.label: _mean(res, a.label, e, "objective") for a in (sog, sim32, REFERENCE)}
+        out.append(f"(2) The estimator wins back part of the small batch's loss, not all of it ({es32[0]}-{e} "
+                   f"epochs): SimCLR loses {_span([-g.mean for g in loss32], sign='')} points from B={REFERENCE.batch} "
+                   f"to B={sim32.batch}; SogCLR at B={sog.batch} is {_span([g.mean for g in won])} points above SimCLR "
+                   f"at B={sim32.batch}. On the exact global objective it does barely better than SimCLR "
+                   f"B={sim32.batch} ({obj[sog.label]:.3f} vs {obj[sim32.label]:.3f} at {e} epochs) and stays behind "
+                   f"{REFERENCE.label} ({obj[REFERENCE.label]:.3f}).")
+    stored, batch, step, floor = (col(sog, f"err_{x}", core) for x in ("stored", "batch", "step", "floor"))
+    ratio = [a / b for a, b in zip(step, batch)]
     txt = (f"(3) Why so little: at B={sog.batch} an image's `u` is refreshed once per epoch ({steps} steps), so with "
            f"gamma 0.9 it holds one stale mini-batch estimate (older encoder, other views): its error in `log g` "
            f"({_span(stored, 2, '')}) exceeds a fresh mini-batch estimate's ({_span(batch, 2, '')}), and the denominator "
@@ -595,28 +660,34 @@ def findings(res: dict, cfg: Config, arms: tuple[Arm, ...]) -> str:
            "earlier views cannot get much closer to the current view's `g` than that.")
     if sog256 is not None:
         s256 = col(sog256, "err_stored", allg)
-        d256 = [g[0] for e in allg if (g := _gap(res, sog256.label, REFERENCE.label, e)) is not None]
-        txt += (f" At B={sog256.batch} (`u` refreshed every {cfg.n_train // sog256.batch} steps, stored error "
-                f"{_span(s256, 2, '')}) SogCLR is {_span(d256)} points from SimCLR B={REFERENCE.batch} "
-                f"({_count(_seeds(res, (sog256,), allg[0]), 'seed')}).")
+        d256 = gaps(sog256, REFERENCE, allg)
+        if d256:
+            txt += (f" At B={sog256.batch} (`u` refreshed every {cfg.n_train // sog256.batch} steps, stored error "
+                    f"{_span(s256, 2, '')}) SogCLR is {_span([g.mean for g in d256])} points from SimCLR "
+                    f"B={REFERENCE.batch} ({_count(max(g.n for g in d256), 'seed')}).")
     out.append(txt)
-    cgap, cbias = gaps(cos, sog, core), col(cos, "bias_step", allg)
-    ces = [e for e in allg if (cos.label, e) in res]
-    cstep, cbatch = col(cos, "err_step", ces), col(cos, "err_batch", ces)
-    txt = (f"(4) The gamma schedule {'does not help' if max(cgap) < 0.3 else 'helps'}: the cosine decay from 1 to "
-           f"{cos.gamma} (FastCLIP's/LibAUC's) is {_span(cgap)} points against constant 0.9")
-    if g02 is not None:
-        txt += f", a constant {g02.gamma} {_span(gaps(g02, sog, allg))} (one seed)"
-    below = [e for e, s, b in zip(ces, cstep, cbatch) if round(s, 2) < round(b, 2)]
-    txt += (f". Leaning on the stale `u` biases the step's denominator high (mean error {_span(cbias, 2)} in "
-            "`log g`: `g` shrinks as training proceeds and `u` lags behind); "
-            + (f"its error falls below the fresh mini-batch's only from {below[0]} epochs on (at {ces[-1]}: "
-               f"{cstep[-1]:.2f} vs {cbatch[-1]:.2f}), and that did not " if below else
-               f"its error stays above the fresh mini-batch's ({cstep[-1]:.2f} vs {cbatch[-1]:.2f} at {ces[-1]} "
-               "epochs), and the schedule did not ")
-            + f"turn into accuracy or a lower objective ({_mean(res, cos.label, allg[-1], 'objective'):.3f} vs "
-            f"{_mean(res, sog.label, allg[-1], 'objective'):.3f} with gamma 0.9).")
-    out.append(txt)
+    ces = full(cos, sog)
+    if ces:
+        cgap = [g.mean for g in gaps(cos, sog, ces)]
+        txt = (f"(4) The gamma schedule {'does not help' if max(cgap) < 0.3 else 'helps'}: the cosine decay from 1 "
+               f"to {cos.gamma} (FastCLIP's/LibAUC's) is {_span(cgap)} points against constant 0.9 ({ces[0]}-{ces[-1]} "
+               f"epochs, {_count(k, 'seed')})")
+        if g02 is not None and (d02 := gaps(g02, sog, allg)):
+            txt += f", a constant {g02.gamma} {_span([g.mean for g in d02])} ({_count(max(g.n for g in d02), 'seed')})"
+        cbias = col(cos, "bias_step", ces)
+        cstep, cbatch = col(cos, "err_step", ces), col(cos, "err_batch", ces)
+        below = [e for e, a, b in zip(ces, cstep, cbatch) if round(a, 2) < round(b, 2)]
+        last = [e for e in allg if (cos.label, e) in res][-1]
+        dobj = _gap(res, cos.label, sog.label, last, "objective", 1.0)
+        lstep, lbatch = _mean(res, cos.label, last, "err_step"), _mean(res, cos.label, last, "err_batch")
+        txt += (f". Leaning on the stale `u` biases the step's denominator high (mean error {_span(cbias, 2)} in "
+                "`log g`: `g` shrinks as training proceeds and `u` lags behind); "
+                + (f"its error falls below the fresh mini-batch's only from {below[0]} epochs on" if below else
+                   f"its error stays above the fresh mini-batch's up to {ces[-1]} epochs")
+                + f" (at {last}: {lstep:.2f} vs {lbatch:.2f}, {_count(dobj.n, 'seed')}), and that did not turn into "
+                f"accuracy or a lower objective (cosine − constant 0.9 at {last} epochs: "
+                f"{_fmt_gap(_gap(res, cos.label, sog.label, last))} probe points, {dobj.mean:+.3f} in the objective).")
+        out.append(txt)
     return " ".join(out)
 
 
@@ -627,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="*", default=None, help="override the seeds")
     p.add_argument("--epochs", type=int, nargs="*", default=None, help="override the epoch grid")
     p.add_argument("--long-epochs", type=int, nargs="*", default=None,
-                   help="override the further grid points trained for the first seed only (none: no extension)")
+                   help="override the further grid points trained for the long seeds (none: no extension)")
     p.add_argument("--arms", type=int, nargs="*", default=None, help="indices into ARMS (default: all)")
     p.add_argument("--cache", type=Path, default=None,
                    help="cache folder (default: runs/bench-fidelity-sogclr, --quick: a temporary folder)")
@@ -642,8 +713,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = Config(**{**asdict(cfg), "epochs": tuple(sorted(args.epochs))})
     if args.long_epochs is not None:
         cfg = Config(**{**asdict(cfg), "long_epochs": tuple(sorted(args.long_epochs))})
-    if not set(cfg.long_seeds) <= set(cfg.seeds):
-        cfg = Config(**{**asdict(cfg), "long_seeds": cfg.seeds[:1]})
+    # the long and side seeds among the chosen ones (``--seeds 1``: seed 1 alone, to 160 epochs, no side arms)
+    cfg = Config(**{**asdict(cfg), "long_seeds": tuple(s for s in cfg.long_seeds if s in cfg.seeds),
+                    "side_seeds": tuple(s for s in cfg.side_seeds if s in cfg.seeds)})
     arms = ARMS if args.arms is None else tuple(ARMS[i] for i in args.arms)
     if REFERENCE not in arms:
         arms = (REFERENCE, *arms)
