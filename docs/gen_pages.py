@@ -50,7 +50,8 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
      "surrogates of AUC-M, AP, partial AUC and the contrastive losses, the masked-value imputation loss.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
-      "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.imputation"]),
+      "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.imputation",
+      "xrisk.functional.dft"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders", "xrisk.models.timeseries"]),
     ("Audio (Myna)", "audio",
@@ -58,10 +59,33 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "the music21 key corpus, key score and frozen-embedding probes (see the [Myna guide](../myna.md)).",
      ["xrisk.models.audio.mel", "xrisk.models.audio.vit", "xrisk.models.audio.masking", "xrisk.data.audio",
       "xrisk.data.music", "xrisk.data.key_corpus", "xrisk.metrics.key", "xrisk.metrics.probe"]),
+    ("Trust", "trust",
+     "The trustworthiness benchmark of vision-language models (`xrisk trust`, see the "
+     "[guide](../trust.md)): records, prompts, parsers, metrics, adapters, attacks, the generated suite, "
+     "the in-library model, runs and reports.",
+     ["xrisk.trust.records", "xrisk.trust.prompts", "xrisk.trust.scoring", "xrisk.trust.metrics",
+      "xrisk.trust.judge", "xrisk.trust.adapters", "xrisk.trust.rules", "xrisk.trust.hf", "xrisk.trust.vqa",
+      "xrisk.trust.attacks", "xrisk.trust.scenes", "xrisk.trust.templates", "xrisk.trust.suite",
+      "xrisk.trust.engine", "xrisk.trust.dimensions", "xrisk.trust.run", "xrisk.trust.report",
+      "xrisk.trust.browser", "xrisk.trust.cli"]),
+    ("Language models", "llm",
+     "`xrisk.llm` (the `llm` extra): loading causal LMs (hub ids, folders, GGUF with a cache), batched "
+     "generation, sequence log-probabilities, DFT's data format, negatives and trainers "
+     "(see the [DFT guide](../dft.md)).",
+     ["xrisk.llm.loading", "xrisk.llm.generation", "xrisk.llm.logprobs", "xrisk.llm.encoding", "xrisk.llm.data",
+      "xrisk.llm.steps", "xrisk.llm.trainer", "xrisk.llm.tasks", "xrisk.llm.tiny"]),
+    ("Machine-text detection", "textdetect",
+     "Human-vs-machine text data (the bundled SmolLM2 file, its reader and splits, the generator command), the "
+     "paper's analysis features, detection metrics per domain and generator, and the `xrisk run textdetect` "
+     "recipe (see the [machine-text detection guide](../textdetect.md)).",
+     ["xrisk.data.machine_text", "xrisk.data.gensim_corpora", "xrisk.data.text_features", "xrisk.llm.token_stats",
+      "xrisk.metrics.detection", "xrisk.models.text_classifier", "xrisk.recipes.objectives",
+      "xrisk.recipes.textdetect", "xrisk.recipes.textdetect_generate"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
-      "xrisk.recipes.contrastive", "xrisk.recipes.ehr", "xrisk.recipes.myna", "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.contrastive", "xrisk.recipes.dft", "xrisk.recipes.ehr", "xrisk.recipes.myna",
+      "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 
@@ -111,6 +135,13 @@ def _cli_page() -> str:
     ]
     for name in sorted(load_builtin_recipes()):
         parts += [f"## `xrisk run {name} --help`", "", "```text", _help(["run", name]), "```", ""]
+    parts += ["## `xrisk textdetect generate --help`", "", "```text", _help(["textdetect", "generate"]), "```", ""]
+    from xrisk.trust.cli import TRUST_COMMANDS
+
+    parts += ["## `xrisk trust --help`", "", "See the [trust guide](../trust.md).", "", "```text", _help(["trust"]),
+              "```", ""]
+    for cmd in TRUST_COMMANDS:
+        parts += [f"## `xrisk trust {cmd} --help`", "", "```text", _help(["trust", cmd]), "```", ""]
     return "\n".join(parts)
 
 
@@ -157,7 +188,7 @@ def generate() -> list[Any]:
         index.append(f"- [{title}]({slug}.md): " + ", ".join(f"`{m}`" for m in present))
         nav.append({title: f"api/{slug}.md"})
     write("cli.md", _cli_page())
-    index.append("- [Command line](cli.md): `xrisk demo`, `xrisk run`, `xrisk list`")
+    index.append("- [Command line](cli.md): `xrisk demo`, `xrisk run`, `xrisk list`, `xrisk trust`")
     nav.append({"Command line": "api/cli.md"})
     write("index.md", "\n".join(index) + "\n")
 

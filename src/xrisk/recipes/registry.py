@@ -80,8 +80,10 @@ RECIPES: dict[str, Recipe] = {}
 BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.auc",
     "xrisk.recipes.contrastive",
+    "xrisk.recipes.dft",
     "xrisk.recipes.ehr",
     "xrisk.recipes.myna",
+    "xrisk.recipes.textdetect",
 )
 
 
