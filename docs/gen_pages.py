@@ -3,8 +3,8 @@
 One page per loss and per optimizer (from ``xrisk.losses.__all__`` / ``xrisk.optim.__all__``;
 the docstring carries the math), one page per area (metrics, data, state/distributed/checkpoint,
 functional, models, CLI and recipes), the CLI help texts, and copies of README.md (the home page)
-and bench/RESULTS.md (the benchmark tables). Everything written here is git-ignored
-(``docs/api/``, ``docs/index.md``, ``docs/benchmarks.md``) and rewritten on every build:
+and bench/RESULTS.md (the benchmark tables; :func:`bench_images` lists the plots it shows). Everything
+written here is git-ignored (``docs/api/``, ``docs/index.md``, ``docs/benchmarks.md``) and rewritten on every build:
 ``docs/hooks.py`` runs :func:`generate` when mkdocs loads its config (so ``mkdocs build`` and
 ``mkdocs serve`` alone are enough) and puts the returned pages in the navigation. Running this
 file by hand writes the same pages.
@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,21 @@ def generate() -> list[Any]:
         _write(DOCS / "benchmarks.md", "# Benchmark results\n\n`bench/RESULTS.md` has not been written yet "
                                        "(`make bench`).\n")
     return nav
+
+
+def bench_images() -> list[tuple[str, Path]]:
+    """The images ``bench/RESULTS.md`` shows by a relative link (``![...](name.png)``, written next to it by the
+    benchmarks), as ``(site path, file)``: ``docs/benchmarks.md`` is a copy at the docs root, so the same link
+    resolves when :func:`hooks.on_files` serves each file under its own name."""
+    results = ROOT / "bench" / "RESULTS.md"
+    if not results.exists():
+        return []
+    out = []
+    for rel in dict.fromkeys(re.findall(r"!\[[^\]]*\]\(([^)\s:]+)\)", results.read_text(encoding="utf-8"))):
+        path = (results.parent / rel).resolve()
+        if path.is_file() and path.parent == results.parent:
+            out.append((rel, path))
+    return out
 
 
 def main() -> None:
