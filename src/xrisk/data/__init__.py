@@ -8,8 +8,9 @@ from xrisk.data.indexed import IndexedDataset
 from xrisk.data.samplers import DistributedDualSampler, DualBatchSampler, DualSampler
 from xrisk.data.captions import CaptionedImages, load_fashion_captions, minilm_embeddings
 from xrisk.data.emoji import EmojiPairs, load_emoji
+from xrisk.data.fairness import FairnessData, load_fairness
 
 __all__ = ["DataNotInstalledError", "IndexedDataset", "DualSampler", "DistributedDualSampler", "DualBatchSampler",
            "BinaryData", "MulticlassData", "load_binary", "load_multiclass", "class_names", "resolve_positive_class",
            "ContrastiveAugment", "CaptionedImages", "load_fashion_captions", "minilm_embeddings",
-           "EmojiPairs", "load_emoji"]
+           "EmojiPairs", "load_emoji", "FairnessData", "load_fairness"]

@@ -80,6 +80,8 @@ RECIPES: dict[str, Recipe] = {}
 BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.auc",
     "xrisk.recipes.contrastive",
+    "xrisk.recipes.fair",
+    "xrisk.recipes.continual",
 )
 
 
