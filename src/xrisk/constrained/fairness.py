@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -21,17 +22,25 @@ def roc_fairness_num_constraints(num_thresholds: int) -> int:
 
 def group_rates(
     scores: Tensor, targets: Tensor, groups: Tensor, thresholds: Tensor, temperature: float | None,
+    *, cell: Tensor | None = None, counts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-group rates ``(rates [2, 2, K], counts [2, 2])``: ``rates[g, y, k]`` is the mean over the samples
     of group ``g`` and label ``y`` of ``sigma((s - theta_k) / temperature)`` (``1[s >= theta_k]`` when
     ``temperature`` is None), i.e. the FPR (``y = 0``) and TPR (``y = 1``) of group ``g`` at
-    ``theta_k``; ``counts[g, y]`` the number of such samples (rates of empty cells are 0)."""
-    z = scores.reshape(-1, 1) - thresholds.reshape(1, -1).to(scores.dtype)
-    soft = torch.sigmoid(z / temperature) if temperature is not None else (z >= 0).to(scores.dtype)
-    cell = groups.long() * 2 + targets.long()  # [B] in 0..3
-    one_hot = torch.nn.functional.one_hot(cell, 4).to(scores.dtype)  # [B, 4]
-    counts = one_hot.sum(0)  # [4]
-    sums = one_hot.t() @ soft  # [4, K]
+    ``theta_k``; ``counts[g, y]`` the number of such samples (rates of empty cells are 0).
+
+    ``cell = 2 groups + targets`` and ``counts`` (its ``bincount``, float) may be passed when known.
+    """
+    if cell is None:
+        cell = groups.long() * 2 + targets.long()
+    if counts is None:
+        counts = torch.bincount(cell, minlength=4).to(scores.dtype)
+    theta = thresholds.to(scores.dtype)
+    if temperature is not None:
+        soft = torch.sigmoid((scores.unsqueeze(1) - theta) / temperature)  # [B, K]
+    else:
+        soft = (scores.unsqueeze(1) >= theta).to(scores.dtype)
+    sums = soft.new_zeros(4, theta.numel()).index_add_(0, cell, soft)  # [4, K]
     rates = sums / counts.clamp_min(1.0).unsqueeze(1)
     return rates.reshape(2, 2, -1), counts.reshape(2, 2)
 
@@ -93,31 +102,36 @@ def roc_fairness_constraints(
     if scores.dim() != 1 or targets.shape != scores.shape or groups.shape != scores.shape:
         raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
                          f"{tuple(targets.shape)}, {tuple(groups.shape)}")
-    check_finite("scores", scores)
-    for name, x in (("targets", targets), ("groups", groups)):
-        if x.numel() and not bool(((x == 0) | (x == 1)).all()):
-            raise ValueError(f"{name} must be binary (0/1)")
     kappa = check_positive("kappa", kappa, allow_zero=True)
     if temperature is not None:
         temperature = check_positive("temperature", temperature)
     theta = torch.as_tensor(thresholds, dtype=scores.dtype, device=scores.device).reshape(-1)
-    if theta.numel() == 0:
+    k = theta.numel()
+    if k == 0:
         raise ValueError("thresholds must hold at least one threshold")
-    check_finite("thresholds", theta)
     if gather and xdist.is_distributed():
         scores = xdist.all_gather(scores, grad="sum")
         targets = xdist.all_gather_no_grad(targets.to(scores.device))
         groups = xdist.all_gather_no_grad(groups.to(scores.device))
-    rates, counts = group_rates(scores, targets, groups, theta, temperature)
-    fpr_gap = rates[1, 0] - rates[0, 0]  # [K]
-    tpr_gap = rates[1, 1] - rates[0, 1]
-    values = torch.stack((fpr_gap - kappa, -fpr_gap - kappa, tpr_gap - kappa, -tpr_gap - kappa), 1).reshape(-1)
-    present = (counts > 0).tolist()
-    has_fpr = present[0][0] and present[1][0]
-    has_tpr = present[0][1] and present[1][1]
+    t, gr = targets.long(), groups.long()
+    cell = gr * 2 + t
+    counts = torch.bincount(cell.clamp(0, 3), minlength=4).to(scores.dtype)
+    # one host read: the labels' range, the cell counts, and NaN if a score or threshold is not finite
+    lo_hi = torch.aminmax(torch.stack((t, gr))) if t.numel() else (t.new_zeros(()), t.new_zeros(()))
+    probe = (scores.detach().sum() + theta.sum()) * 0
+    stats = torch.cat((torch.stack(lo_hi).to(scores.dtype), counts, probe.reshape(1))).tolist()
+    if not math.isfinite(stats[-1]):
+        check_finite("scores", scores)
+        check_finite("thresholds", theta)
+    if t.numel() and (stats[0] < 0 or stats[1] > 1):
+        raise ValueError("targets and groups must be binary (0/1)")
+    rates, _ = group_rates(scores, targets, groups, theta, temperature, cell=cell, counts=counts)
+    gaps = (rates[1] - rates[0])  # [label, K]: group a minus group b, FPR (label 0) and TPR (label 1)
+    values = torch.stack((gaps, -gaps), 1).permute(2, 0, 1).reshape(-1) - kappa  # [K, label, sign]
+    has_fpr = stats[2] > 0 and stats[4] > 0  # cells (group, label): (0, 0) and (1, 0)
+    has_tpr = stats[3] > 0 and stats[5] > 0
+    if has_fpr and has_tpr:
+        return Constraints(values, torch.arange(4 * k, device=scores.device))
     kinds = torch.tensor([has_fpr, has_fpr, has_tpr, has_tpr], device=scores.device)
-    keep = kinds.repeat(theta.numel())
-    index = torch.nonzero(keep).flatten()
-    if bool(keep.all()):
-        return Constraints(values, index)
+    index = torch.nonzero(kinds.repeat(k)).flatten()
     return Constraints(values.index_select(0, index), index)

@@ -127,7 +127,8 @@ class ConstraintFormulation(nn.Module):
             u_new = msvr_estimate(old, was_seen, detached, previous.detach().to(torch.float32), self.gamma, weight)
         writes: list[_Write] = []
         weights = self._weights(u_new, detached, index, writes)
-        if not all_finite(objective, values, u_new, weights):
+        # one host read: u_new carries any NaN/inf of the values (and of previous), the probe the objective's
+        if not math.isfinite(float(objective.detach() + u_new.sum())):
             self._raise_non_finite(objective, values)
         if self.training:
             if index is None:
@@ -138,10 +139,10 @@ class ConstraintFormulation(nn.Module):
                 seen.index_fill_(0, index, True)
             for write in writes:
                 write()
-            self.num_steps += 1
+            self.num_steps.add_(1)
         self.__dict__["_last"] = objective.detach()
-        w = weights.to(values.dtype)
-        return objective + self._scale(k) * torch.dot(w, values)
+        w = weights if weights.dtype == values.dtype else weights.to(values.dtype)
+        return torch.add(objective, torch.dot(w, values), alpha=self._scale(k))
 
     # ------------------------------------------------------------------ hooks
     def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: list[_Write]) -> Tensor:

@@ -87,14 +87,19 @@ def build_formulation(name: str, num_constraints: int, *, beta: float, gamma: fl
 
 @torch.no_grad()
 def fairness_metrics(prob: Tensor, y: Tensor, groups: Tensor, thresholds: list[float], kappa: float) -> dict[str, float]:
-    """Test metrics of predicted probabilities: accuracy, AUROC, cross-entropy, largest group gap, violation."""
+    """Test metrics of predicted probabilities: accuracy, AUROC, cross-entropy, the largest group gap of FPR/TPR
+    over ``thresholds`` (exact rates) and its excess over ``kappa``, and the gap at the decision threshold 0.5
+    alone (``test_eo_gap``, equalized odds of the thresholded classifier)."""
     from xrisk.constrained.fairness import group_rates
     from xrisk.metrics import auroc
 
-    rates, counts = group_rates(prob.double(), y, groups, torch.tensor(thresholds, dtype=torch.float64), None)
-    gaps = (rates[1] - rates[0]).abs()  # [label, K]
-    observable = (counts > 0).all(0)  # a label's gap needs both groups
-    gap = float(gaps[observable].max()) if bool(observable.any()) else float("nan")
+    def max_gap(thetas: list[float]) -> float:
+        rates, counts = group_rates(prob.double(), y, groups, torch.tensor(thetas, dtype=torch.float64), None)
+        gaps = (rates[1] - rates[0]).abs()  # [label, K]
+        observable = (counts > 0).all(0)  # a label's gap needs both groups
+        return float(gaps[observable].max()) if bool(observable.any()) else float("nan")
+
+    gap = max_gap(thresholds)
     p = prob.double().clamp(1e-7, 1 - 1e-7)
     bce = float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
     return {
@@ -103,6 +108,7 @@ def fairness_metrics(prob: Tensor, y: Tensor, groups: Tensor, thresholds: list[f
         "test_loss": bce,
         "test_max_gap": gap,
         "test_violation": max(gap - kappa, 0.0),
+        "test_eo_gap": max_gap([0.5]),
     }
 
 
@@ -181,7 +187,7 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
                                  args.kappa)
     if ctx.plot and ctx.history:
         _plot(ctx, args)
-    test_keys = ("test_accuracy", "test_auroc", "test_loss", "test_max_gap", "test_violation")
+    test_keys = ("test_accuracy", "test_auroc", "test_loss", "test_max_gap", "test_violation", "test_eo_gap")
     return ctx.finish({**{k: final[k] for k in test_keys}, "epochs": args.epochs})
 
 
@@ -191,7 +197,7 @@ def _plot(ctx: RunContext, args: argparse.Namespace) -> None:
     try:
         plot_panels(ctx.history,
                     {"objective (cross-entropy)": ["train_loss", "test_loss"],
-                     "constraint violation": ["train_max_violation", "test_max_gap", "test_violation"]},
+                     "constraint violation": ["train_max_violation", "test_max_gap", "test_violation", "test_eo_gap"]},
                     ctx.out_dir / "constraints.png",
                     title=f"fair: {args.data}, {args.formulation}",
                     reference={"constraint violation": (f"kappa = {args.kappa:g}", args.kappa)})
