@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import tempfile
+import time
 from typing import Any, Callable
 
 import torch
@@ -18,11 +20,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out_dir: str,
+            timeout: float) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a collective that waits longer than this fails instead of hanging the test
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
     try:
         result = fn(rank, world, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -30,12 +34,27 @@ def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tupl
         dist.destroy_process_group()
 
 
-def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[Any]:
+def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 300.0) -> list[Any]:
     """``fn(rank, world_size, *args)`` in ``world_size`` gloo processes; returns results by rank.
 
     ``fn`` must be a module-level function (it is pickled into the spawned processes) and
-    return tensors / plain containers of tensors.
+    return tensors / plain containers of tensors. A worker that dies (e.g. SIGABRT inside gloo)
+    or raises makes this raise; after ``timeout`` seconds (also each collective's timeout) the
+    workers still running are terminated and :class:`TimeoutError` is raised, so a hang fails the
+    test instead of blocking the suite.
     """
     with tempfile.TemporaryDirectory() as d:
-        mp.spawn(_worker, args=(world_size, _free_port(), fn, args, d), nprocs=world_size, join=True)
+        ctx = mp.start_processes(
+            _worker, args=(world_size, _free_port(), fn, args, d, timeout), nprocs=world_size, join=False,
+            start_method="spawn",
+        )
+        deadline = time.monotonic() + timeout + 30.0  # spawning and imports come on top of the collectives
+        while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                for p in ctx.processes:  # only the processes started here, by handle
+                    if p.is_alive():
+                        p.terminate()
+                for p in ctx.processes:
+                    p.join(5.0)
+                raise TimeoutError(f"{getattr(fn, '__name__', fn)} did not finish in {timeout:.0f} s (hang?)")
         return [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]

@@ -113,9 +113,13 @@ def test_to_keeps_fp32_state_and_device(case: LossCase):
     before = _states(loss)
     loss.to("cpu")
     loss.half()
-    for k, v in loss.named_buffers():
-        if k in before and before[k].dtype == torch.float32 and v.numel() > 1:
+    checked = 0
+    params = dict(loss.named_parameters())
+    for k, v in loss.state_dict().items():  # per-sample state is in state_dict, not in named_buffers()
+        if k not in params and k in before and before[k].dtype == torch.float32 and v.numel() > 1:
             assert v.dtype == torch.float32, f"per-sample state {k} was cast by .half()"
+            checked += 1
+    assert checked or not any(v.numel() > 1 for k, v in before.items() if k not in params)
     loss.float()
 
 

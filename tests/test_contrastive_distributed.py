@@ -90,7 +90,7 @@ def _naive_gather_grad(rank: int, world: int) -> torch.Tensor:
             return g[ctx.start : ctx.start + ctx.n]
 
     orig = xdist.all_gather
-    xdist.all_gather = lambda x, grad: _OwnSlice.apply(x)  # type: ignore[assignment]
+    xdist.all_gather = lambda x, grad, sizes=None: _OwnSlice.apply(x)  # type: ignore[assignment]
     try:
         return _train(rank, world, CONFIGS["gcl-unimodal-fixed"])[0]["grad.weight"]
     finally:

@@ -59,8 +59,12 @@ def test_groups_layout_and_validation():
     # a, b given by the user stay in the user's group (no duplicate group)
     opt = PESG([{"params": list(model.parameters()) + [loss.a, loss.b], "lr": 0.3}], loss=loss)
     assert len(opt.param_groups) == 2 and opt.param_groups[0]["lr"] == 0.3
-    with pytest.raises(ValueError, match="alpha"):
-        PESG(list(model.parameters()) + list(loss.parameters()), loss=loss)
+    # the loss's parameters in `params` (loss as a submodule): alpha moves to the dual group only
+    opt = PESG(list(model.parameters()) + list(loss.parameters()), loss=loss)
+    assert [g["params"] for g in opt.param_groups] == [list(model.parameters()) + [loss.a, loss.b], [loss.alpha]]
+    assert [g["dual"] for g in opt.param_groups] == [False, True]
+    with pytest.raises(ValueError, match="besides loss.alpha"):
+        PESG([loss.alpha], loss=loss)
     with pytest.raises(TypeError, match="AUCMLoss"):
         PESG(model.parameters(), loss=APLoss(10))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="CompositionalAUCLoss"):
@@ -334,6 +338,52 @@ def test_state_dict_round_trip_continues_bit_identically(kind):
     for k in s1["state"]:
         for key, v in s1["state"][k].items():
             assert torch.equal(v, s2["state"][k][key]) if isinstance(v, torch.Tensor) else v == s2["state"][k][key]
+
+
+class _WithLoss(torch.nn.Module):
+    """The Lightning pattern: the loss is a submodule, ``model.parameters()`` holds ``a, b, alpha`` too."""
+
+    def __init__(self, net: torch.nn.Module, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.loss = net, loss
+
+    def forward(self, seed: int) -> torch.Tensor:
+        return _forward(self.net, self.loss, seed)
+
+
+@pytest.mark.parametrize("kind", ["pesg-sgd", "pesg-adam", "pdsca"])
+def test_loss_as_submodule_equals_separate_loss_bit_for_bit(kind):
+    """Issue 10: PESG/PDSCA(model.parameters(), loss=model.loss) raised; now every parameter of the loss is
+    updated once, by its own rule (alpha by the dual ascent), exactly as with the loss outside the model."""
+
+    def build(submodule: bool):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+        loss = CompositionalAUCLoss(k=2) if kind == "pdsca" else AUCMLoss()
+        params = _WithLoss(net, loss).parameters() if submodule else net.parameters()
+        if kind == "pdsca":
+            opt = PDSCA(params, loss=loss, lr=0.1, lr0=0.05, alpha_lr=0.2)
+        else:
+            opt = PESG(params, loss=loss, lr=0.1, mode=kind.split("-")[1], alpha_lr=0.2)
+        return net, loss, opt
+
+    results = []
+    for submodule in (False, True):
+        net, loss, opt = build(submodule)
+        _train_steps(net, loss, opt, range(4))
+        opt.update_regularizer(decay_factor=2)
+        _train_steps(net, loss, opt, range(4, 8))
+        assert float(loss.alpha.detach().sum()) > 0  # the dual variable moved (ascent), so the routing is exercised
+        results.append((list(net.parameters()) + list(loss.parameters()), opt))
+    (p_sep, o_sep), (p_sub, o_sub) = results
+    for a, b in zip(p_sep, p_sub):
+        assert torch.equal(a, b)
+    for a, b in zip(p_sep, p_sub):  # same per-parameter optimizer state (alpha has none: no proximal state)
+        sa, sb = o_sep.state.get(a, {}), o_sub.state.get(b, {})
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]) if isinstance(sa[key], torch.Tensor) else sa[key] == sb[key]
+    assert o_sub.param_groups[-1]["params"] == [p_sub[-1]] and o_sub.param_groups[-1]["dual"]
 
 
 # ----------------------------------------------------------------------------- training

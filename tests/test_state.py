@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from xrisk.state import SampleState, check_index, check_index_unique, write_rows
+from xrisk.state import ReplicatedStateModule, SampleState, check_index, check_index_unique, write_rows
 from _dist import run_distributed
 
 
@@ -87,6 +87,48 @@ def test_half_keeps_float32():
     m.lin = torch.nn.Linear(2, 2)
     m.half()
     assert m.u.value.dtype == torch.float32 and m.lin.weight.dtype == torch.float16
+
+
+class _Counter(ReplicatedStateModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("estimate", torch.ones(3))
+        self.register_buffer("cache", torch.zeros(2), persistent=False)
+        self.u = SampleState(5)
+
+
+def test_replicated_state_behaves_like_buffers_but_is_not_one():
+    """Issue 10: kept out of named_buffers() (so DDP's default broadcast_buffers=True never copies it), while
+    state_dict / load_state_dict / .to() / .half() behave as for buffers (float state is never cast)."""
+    m = _Counter()
+    assert [n for n, _ in m.named_buffers()] == []
+    # the order buffers would have: own state, then submodules
+    assert list(m.state_dict()) == ["steps", "estimate", "lin.weight", "lin.bias", "u.value", "u.seen"]
+    m.steps += 3
+    m.estimate.mul_(2.0)
+    m.u.update(torch.tensor([1]), torch.tensor([5.0]), gamma=1.0)
+    other = _Counter()
+    other.load_state_dict(m.state_dict())
+    assert int(other.steps) == 3 and torch.equal(other.estimate, m.estimate) and torch.equal(other.u.value, m.u.value)
+    fresh = _Counter()
+    fresh.load_state_dict(m.state_dict(), assign=True)
+    assert fresh.estimate is not m.estimate and torch.equal(fresh.estimate, m.estimate)
+    keys = fresh.load_state_dict({k: v for k, v in m.state_dict().items() if k != "estimate"} | {"x": m.steps},
+                                 strict=False)
+    assert keys.missing_keys == ["estimate"] and keys.unexpected_keys == ["x"]
+    with pytest.raises(RuntimeError, match="size mismatch for estimate"):
+        fresh.load_state_dict({**m.state_dict(), "estimate": torch.ones(4)})
+    m.half()
+    assert m.lin.weight.dtype == torch.float16
+    assert (m.steps.dtype, m.estimate.dtype, m.cache.dtype, m.u.value.dtype) == (torch.long,) + (torch.float32,) * 3
+    m.to("meta")  # a device move moves every state tensor
+    assert {t.device.type for t in (m.steps, m.estimate, m.cache, m.u.value, m.u.seen)} == {"meta"}
+    with pytest.raises(KeyError, match="already exists"):
+        m.register_buffer("lin", torch.zeros(1))
+    del m.estimate
+    assert "estimate" not in m.state_dict()
 
 
 def _dist_local_update(rank, world):

@@ -1,4 +1,4 @@
-"""Gathering across processes, with an explicit gradient policy.
+"""Gathering across processes, with an explicit gradient policy, and how to run xrisk under DDP.
 
 Every helper here is a no-op (returns its input) when ``torch.distributed`` is not
 initialised or the world has one process, so single-process code needs nothing special.
@@ -25,11 +25,57 @@ Gradient policies of :func:`all_gather`:
     The same policy is exact when rank ``k`` computes only the part ``L_k`` of a loss with
     ``sum_k L_k = K * L`` (local anchors against gathered negatives, scaled by ``K``):
     then the summed gradients are again ``K * dL/dx_k``.
+
+**Agreeing on a batch before gathering it.** A collective needs every rank to take part with
+tensors of one dtype and trailing shape: a rank whose features are wider, or float64 where the
+others send float32, aborts the whole job inside gloo (SIGABRT), and a rank that raises on its own
+bad input before the gather leaves the others waiting, or, if it catches the error and goes on,
+pairs its next batch with their current one. So every gather site of the library (the score-loss
+template, the contrastive template, :meth:`xrisk.SampleState.update` with ``local=True``, which the
+false-negative detector uses) first validates its inputs locally and then calls
+:func:`agree_on_batch`: one ``all_gather`` of a small fixed-size header per rank (the call site,
+the outcome of the local checks, the batch size, the dtype and trailing shape of every tensor to
+be gathered). It replaces the size exchange the gathers needed anyway (:class:`BatchLayout` holds
+the sizes, passed on with ``sizes=``), so a valid step makes no extra round trip. When any rank's
+checks failed, or the ranks disagree, **every** rank raises the same exception type with the same
+message, naming the rank(s) and the fault (``"GlobalContrastiveLoss: bad batch on rank 1 of 2:
+feats_a contains 1 NaN/inf value(s) ..."``); the state is untouched everywhere, so all ranks can
+skip the batch together and stay in step.
+
+Running xrisk under DDP
+-----------------------
+* **Nothing to configure.** Call the loss with this rank's batch, ``loss(scores, targets, index)``
+  or ``loss(feats_a, feats_b, index)``, where ``index`` holds dataset indices (use
+  :class:`~xrisk.data.DistributedDualSampler` or any sampler that gives ranks disjoint shards).
+  The loss may be a submodule of the DDP-wrapped model (the Lightning pattern) or live outside it.
+* **What is gathered.** Score losses gather scores (``grad="sum"``), targets and indices: every rank
+  computes the global-batch loss and the same state update. Contrastive losses gather features
+  (``grad="sum"``) and indices; each rank keeps its own rows as anchors against all columns, and
+  per-anchor statistics (``O(B)`` floats) are gathered so that every rank applies the same state
+  update. Each loss's gradient equals one process's gradient on the concatenated batch (the proof
+  above; 2-process gloo tests check it for every loss, with uneven local batches).
+* **What is exact.** Gradients, state and objective estimates equal the single-process run on the
+  concatenated batch, up to float summation order. ``gather=False`` (score losses) computes a
+  per-rank loss instead: not the global objective, and the state then differs between ranks.
+* **What DDP broadcasts.** Nothing of the loss. Its state, per-sample (:class:`~xrisk.SampleState`,
+  ``O(num_samples)``) and scalar (epoch, counters, objective estimate), is identical on every rank
+  after every step and is kept out of DDP's buffer broadcast automatically: the losses derive from
+  :class:`~xrisk.state.ReplicatedStateModule`, whose buffers are not ``nn.Module`` buffers (not in
+  ``named_buffers()``), yet are in ``state_dict()``, move with ``.to()`` and are never cast by
+  ``.half()``. So the default ``broadcast_buffers=True`` costs nothing for them (``bench/ddp.py``);
+  only the model's own buffers (e.g. BatchNorm's) are broadcast. The loss's parameters (AUC-M
+  ``a, b, alpha``, a learned temperature) receive identical gradients on every rank, so DDP's
+  averaging leaves them exact. Because DDP does not copy the loss's state from rank 0, **load a
+  checkpoint on every rank** (as for the optimizer state).
+* **Optimizers.** ``PESG(model.parameters(), loss=model.loss)`` accepts the loss's parameters in
+  ``params`` and routes each to its rule (``alpha`` to the dual ascent).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Literal, Mapping, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -44,7 +90,11 @@ __all__ = [
     "all_reduce_sum",
     "gather_sizes",
     "local_slice",
+    "BatchLayout",
+    "agree_on_batch",
 ]
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -85,7 +135,188 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
+# ------------------------------------------------------------------------------ agreeing on a batch
+@dataclass(frozen=True)
+class BatchLayout:
+    """The leading size of every rank's batch, as :func:`agree_on_batch` found it.
+
+    ``sizes[r]``: rows of rank ``r`` (rank order); ``rank``: this process. Pass ``sizes`` to
+    :func:`all_gather` / :func:`all_gather_no_grad` to skip their size exchange.
+    """
+
+    sizes: tuple[int, ...]
+    rank: int
+
+    @property
+    def start(self) -> int:
+        """Offset of this rank's rows inside a gathered tensor."""
+        return sum(self.sizes[: self.rank])
+
+    @property
+    def stop(self) -> int:
+        """End (exclusive) of this rank's rows inside a gathered tensor."""
+        return self.start + self.sizes[self.rank]
+
+    @property
+    def total(self) -> int:
+        """Rows of the global batch."""
+        return sum(self.sizes)
+
+
+# Header of one rank: magic, site, status, batch size, report length, tensor count, then per tensor
+# (dtype code, ndim, 3 trailing sizes). Fixed length, so any two xrisk handshakes can pair up.
+_MAGIC = 0x78726B  # "xrk"
+_MAX_TENSORS = 6
+_TRAILING = 3
+_SLOT = 2 + _TRAILING
+_HEAD = 6
+_HEADER_LEN = _HEAD + _MAX_TENSORS * _SLOT
+_DTYPES = (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.bool, torch.uint8, torch.int8,
+    torch.int16, torch.int32, torch.int64, torch.complex64, torch.complex128,
+)
+_DTYPE_CODE = {dt: i + 1 for i, dt in enumerate(_DTYPES)}  # 0: tensor absent (None)
+# error types carried across ranks; anything else is re-raised everywhere as RuntimeError
+_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, IndexError, FloatingPointError, RuntimeError)
+
+
+def _error_code(exc: BaseException) -> int:
+    for i, kind in enumerate(_ERRORS[:-1]):
+        if isinstance(exc, kind):
+            return i + 1
+    return len(_ERRORS)
+
+
+def _site_code(site: str) -> int:
+    return zlib.crc32(site.encode())
+
+
+def _describe(t: Tensor | None) -> list[int]:
+    if t is None:
+        return [0] * _SLOT
+    shape = tuple(t.shape)
+    trailing = list(shape[1 : 1 + _TRAILING])
+    if len(shape) > 1 + _TRAILING:  # fold the rest into the last slot (same row size, same check)
+        rest = 1
+        for d in shape[_TRAILING:]:
+            rest *= d
+        trailing[-1] = rest
+    return [_DTYPE_CODE.get(t.dtype, len(_DTYPES) + 1), len(shape), *trailing, *[0] * (_TRAILING - len(trailing))]
+
+
+def _shape_text(code_row: Sequence[int]) -> str:
+    ndim = code_row[1]
+    dims = ["B", *[str(d) for d in code_row[2 : 2 + min(ndim - 1, _TRAILING)]]]
+    return "[" + ", ".join(dims) + "]" if ndim else "[] (a scalar)"
+
+
+def _dtype_text(code: int) -> str:
+    return str(_DTYPES[code - 1]).replace("torch.", "") if 0 < code <= len(_DTYPES) else "another dtype"
+
+
+def _gather_reports(reports: bytes, lengths: list[int]) -> list[str]:
+    """Every rank's report text (error path only: one more collective)."""
+    buf = torch.tensor(list(reports), dtype=torch.uint8)
+    data = _gather_padded(buf, lengths).tolist()
+    out, pos = [], 0
+    for n in lengths:
+        out.append(bytes(data[pos : pos + n]).decode("utf-8", "replace"))
+        pos += n
+    return out
+
+
+def _collective_error(site: str, headers: list[list[int]], names: list[str],
+                      reports: list[str]) -> tuple[type[Exception], str]:
+    """The exception every rank raises: the same type and text on every rank (from gathered data only)."""
+    k = len(headers)
+    sites = [r.split("\0", 1)[0] for r in reports]
+    failed = [r for r, h in enumerate(headers) if h[2]]
+    if failed:
+        kind = _ERRORS[headers[failed[0]][2] - 1]
+        where = sites[failed[0]]
+        parts = [f"rank {r} of {k}: {reports[r].split(chr(0), 1)[1]}" for r in failed]
+        return kind, f"{where}: bad batch on " + "; on ".join(parts) + " (every rank raises this error)"
+    if len(set(h[1] for h in headers)) > 1:
+        calls = ", ".join(f"rank {r} in {s}" for r, s in enumerate(sites))
+        return RuntimeError, (f"ranks are out of step: {calls}; every rank must make the same xrisk calls in "
+                              "the same order")
+    for i, name in enumerate(names):
+        slots = [h[_HEAD + i * _SLOT : _HEAD + (i + 1) * _SLOT] for h in headers]
+        if len(set(s[0] for s in slots)) > 1:
+            if any(s[0] == 0 for s in slots):
+                got = ", ".join(f"rank {r} {'sends none' if s[0] == 0 else 'sends one'}" for r, s in enumerate(slots))
+                return ValueError, f"{site}: ranks disagree on whether {name} is given: {got}"
+            got = ", ".join(f"rank {r} sends {_dtype_text(s[0])}" for r, s in enumerate(slots))
+            return TypeError, (f"{site}: ranks disagree on the dtype of {name}: {got}; every rank must send the "
+                               "same dtype (the ranks' tensors are gathered into one)")
+        if len(set(tuple(s[1:]) for s in slots)) > 1:
+            got = ", ".join(f"rank {r} sends {_shape_text(s)}" for r, s in enumerate(slots))
+            return ValueError, (f"{site}: ranks disagree on the shape of {name}: {got}; only the batch size B may "
+                                "differ between ranks")
+    sizes = [h[3] for h in headers]
+    return RuntimeError, f"{site}: ranks disagree on the batch layout (sizes {sizes})"
+
+
+def agree_on_batch(
+    site: str, validate: Callable[[], T], describe: Callable[[T], Mapping[str, Tensor | None]]
+) -> tuple[T, BatchLayout]:
+    """Validate this rank's batch, then agree with every rank before anything is gathered.
+
+    Runs ``validate()`` (this rank's checks; returns whatever the caller needs), then one
+    ``all_gather`` of a fixed-size header: ``site`` (the call site, e.g. the loss's class name),
+    whether ``validate`` raised, the batch size and, for every tensor of ``describe(result)`` (the
+    tensors about to be gathered, at most 6; ``None`` for an absent one), its dtype and trailing
+    shape. The batch size is the leading size of the first tensor.
+
+    Raises on **every** rank, with the same type and message, when any rank's ``validate`` raised
+    (the type of the lowest such rank: ``ValueError``, ``TypeError``, ``IndexError``,
+    ``FloatingPointError``, else ``RuntimeError``; the message names each failing rank and its
+    error; on the failing rank the original exception is chained), when the ranks are at different
+    call sites (``RuntimeError``, "out of step"), or when a tensor's dtype (``TypeError``) or trailing
+    shape (``ValueError``) differs between ranks. Nothing has been gathered then, so the caller's
+    state is untouched on every rank.
+
+    Not distributed: ``validate()`` runs (and raises) as usual and the layout has one rank.
+
+    Returns:
+        ``(validate(), layout)``; ``layout.sizes`` are every rank's batch sizes.
+    """
+    if not is_distributed():
+        out = validate()
+        tensors = list(describe(out).values())
+        return out, BatchLayout((0 if tensors[0] is None else int(tensors[0].shape[0]),), 0)
+    error: Exception | None = None
+    out = None
+    names: list[str] = []
+    tensors: list[Tensor | None] = []
+    try:
+        out = validate()
+        described = describe(out)
+        names, tensors = list(described), list(described.values())
+        if len(tensors) > _MAX_TENSORS:
+            raise RuntimeError(f"agree_on_batch describes at most {_MAX_TENSORS} tensors, got {len(tensors)}")
+    except Exception as exc:  # noqa: BLE001 - reported to every rank below
+        error = exc
+    report = f"{site}\0{'' if error is None else (str(error) or type(error).__name__)}".encode()
+    header = [_MAGIC, _site_code(site), 0 if error is None else _error_code(error),
+              0 if error is not None or tensors[0] is None else int(tensors[0].shape[0]), len(report), len(tensors)]
+    for t in tensors:
+        header += _describe(t)
+    header += [0] * (_HEADER_LEN - len(header))
+    h = torch.tensor(header, dtype=torch.long, device=_comm_device())
+    bufs = [torch.empty_like(h) for _ in range(world_size())]
+    dist.all_gather(bufs, h)
+    headers = torch.stack(bufs).tolist()
+    ok = all(r[2] == 0 for r in headers) and all(r[1:2] + r[5:] == headers[0][1:2] + headers[0][5:] for r in headers)
+    if ok:
+        return out, BatchLayout(tuple(r[3] for r in headers), rank())  # type: ignore[return-value]
+    reports = _gather_reports(report, [r[4] for r in headers])
+    kind, message = _collective_error(site, headers, names, reports)
+    raise kind(message) from error
+
+
+# ------------------------------------------------------------------------------ gathers
+def _gather_padded(x: Tensor, sizes: Sequence[int]) -> Tensor:
     """Concatenate ``x`` of every rank along dim 0 (sizes may differ)."""
     orig_device = x.device
     dev = _comm_device()
@@ -104,12 +335,16 @@ def _gather_padded(x: Tensor, sizes: list[int]) -> Tensor:
     return out.to(orig_device)
 
 
-def all_gather_no_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from all ranks along dim 0, without autograd."""
+def all_gather_no_grad(x: Tensor, *, sizes: Sequence[int] | None = None) -> Tensor:
+    """Concatenate ``x`` from all ranks along dim 0, without autograd.
+
+    ``sizes``: every rank's leading size if known (e.g. :attr:`BatchLayout.sizes`), which saves
+    the size exchange; otherwise gathered first.
+    """
     if not is_distributed():
         return x
     with torch.no_grad():
-        return _gather_padded(x.detach(), gather_sizes(x.shape[0]))
+        return _gather_padded(x.detach(), gather_sizes(x.shape[0]) if sizes is None else sizes)
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
@@ -123,26 +358,28 @@ def all_reduce_sum(x: Tensor) -> Tensor:
 
 class _GatherSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        sizes = gather_sizes(x.shape[0])
+    def forward(ctx, x: Tensor, sizes: Sequence[int] | None) -> Tensor:  # type: ignore[override]
+        sizes = gather_sizes(x.shape[0]) if sizes is None else list(sizes)
         ctx.sizes = sizes
         ctx.rank = rank()
         return _gather_padded(x, sizes)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         g = grad.contiguous().to(_comm_device())
         dist.all_reduce(g, op=dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])
-        return g[start : start + ctx.sizes[ctx.rank]].to(grad.device)
+        return g[start : start + ctx.sizes[ctx.rank]].to(grad.device), None
 
 
-def all_gather(x: Tensor, *, grad: Literal["sum", "none"]) -> Tensor:
+def all_gather(x: Tensor, *, grad: Literal["sum", "none"], sizes: Sequence[int] | None = None) -> Tensor:
     """Concatenate ``x`` (``[B_k, ...]`` on rank ``k``) from all ranks along dim 0.
 
     Args:
-        x: this rank's tensor; leading sizes may differ between ranks.
+        x: this rank's tensor; leading sizes may differ between ranks, dtype and trailing shape
+            must not (check them with :func:`agree_on_batch` first).
         grad: gradient policy, ``"sum"`` or ``"none"`` (see the module docstring).
+        sizes: every rank's leading size if known (:attr:`BatchLayout.sizes`); saves the size exchange.
 
     Returns:
         ``[sum_k B_k, ...]`` in rank order; ``x`` itself when not distributed.
@@ -152,5 +389,5 @@ def all_gather(x: Tensor, *, grad: Literal["sum", "none"]) -> Tensor:
     if not is_distributed():
         return x
     if grad == "none" or not x.requires_grad:
-        return all_gather_no_grad(x)
-    return _GatherSum.apply(x)
+        return all_gather_no_grad(x, sizes=sizes)
+    return _GatherSum.apply(x, sizes)

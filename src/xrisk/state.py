@@ -12,9 +12,14 @@ sample and refresh it when sample ``i`` is in the batch:
 Throughout xrisk ``gamma`` is **the weight on the new value** (``gamma = 1`` forgets the
 past entirely), in every moving average of the library.
 
-:class:`SampleState` owns those estimates as registered buffers, so ``state_dict()``
-checkpoints them, ``.to(device)`` moves them, and ``model.half()`` leaves them in
-float32. Rules it enforces:
+:class:`SampleState` owns those estimates as two tensors, ``value`` and ``seen``, that
+``state_dict()`` checkpoints, ``load_state_dict()`` restores, ``.to(device)`` moves, and
+``model.half()`` leaves in float32, like buffers; they are deliberately **not** entries of
+``nn.Module``'s buffer registry (``named_buffers()`` does not list them), so that
+``DistributedDataParallel`` does not broadcast ``O(num_samples)`` state from rank 0 before every
+forward pass (its default ``broadcast_buffers=True``): the state is already identical on every
+rank (see *Distributed sync* below). :class:`ReplicatedStateModule` implements this, for the
+loss templates' scalar state too. Rules it enforces:
 
 * **Index validation.** ``index`` must be an integer tensor of dataset indices in
   ``[0, num_samples)``; anything else raises :class:`IndexError` / :class:`TypeError`.
@@ -35,6 +40,7 @@ float32. Rules it enforces:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -43,7 +49,7 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite
 
-__all__ = ["SampleState", "check_index", "check_index_unique", "update_states", "write_rows"]
+__all__ = ["ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "update_states", "write_rows"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -105,7 +111,121 @@ def _check_bounds(lo: int, hi: int, num_samples: int) -> None:
         raise IndexError(f"dataset index {bad} is out of range for a state built with num_samples={num_samples}")
 
 
-class SampleState(nn.Module):
+class ReplicatedStateModule(nn.Module):
+    """Base of the xrisk modules that keep state: their buffers are *replicated state*.
+
+    Under ``torch.distributed`` every xrisk loss computes its state update from the global batch, so
+    after every step each rank holds the same state. ``DistributedDataParallel`` does not know that: by
+    default (``broadcast_buffers=True``) it copies every buffer of the wrapped model from rank 0 before
+    each forward pass, which for ``O(num_samples)`` per-sample state made a step several times slower
+    and, for the scalars, still costs one collective per step. So in a subclass,
+    :meth:`register_buffer` keeps the tensor out of ``nn.Module``'s buffer registry (it is a plain
+    attribute, not listed by ``named_buffers()``, hence never broadcast by DDP) while giving it a
+    buffer's behaviour everywhere else:
+
+    * ``state_dict()`` saves it (unless ``persistent=False``) under the same key, ``load_state_dict()``
+      restores it (``strict`` missing/unexpected keys, size checks and ``assign=True`` as for a buffer);
+    * ``.to(device)`` / ``.cuda()`` / ``.cpu()`` move it; dtype casts (``.half()``, ``.double()``,
+      ``.to(dtype)``) never change it (float32 estimates stay float32, counters stay integers).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replicated: dict[str, bool] = {}  # name -> persistent
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        """Register ``tensor`` as replicated state ``name`` (see the class docstring): a buffer for
+        ``state_dict()``, ``load_state_dict()`` and ``.to()``, never cast, never broadcast by DDP."""
+        if "_replicated" not in self.__dict__:
+            raise AttributeError("cannot register state before ReplicatedStateModule.__init__() call")
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"state name must be a non-empty string without '.', got {name!r}")
+        if name not in self._replicated and hasattr(self, name):
+            raise KeyError(f"attribute '{name}' already exists")
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"cannot assign '{type(tensor).__name__}' object to state '{name}' "
+                            "(torch Tensor or None required)")
+        self._replicated[name] = bool(persistent)
+        self.__dict__[name] = tensor
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.get("_replicated", {}).pop(name, None)
+        super().__delattr__(name)
+
+    # ----------------------------------------------------------------------------- device policy
+    def _apply(  # type: ignore[override]
+        self, fn: Callable[[Tensor], Tensor], recurse: bool = True
+    ) -> "ReplicatedStateModule":
+        super()._apply(fn, recurse)
+        state = [(n, t) for n in self._replicated if isinstance(t := self.__dict__[n], Tensor)]
+        if state:  # follow device moves, never dtype casts
+            device = fn(torch.empty(0, device=state[0][1].device, dtype=torch.float32)).device
+            for name, t in state:
+                if t.device != device:
+                    self.__dict__[name] = t.to(device)
+        return self
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, persistent in self._replicated.items():  # as nn.Module saves a persistent buffer
+            t = self.__dict__[name]
+            if persistent and t is not None:
+                destination[prefix + name] = t if keep_vars else t.detach()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        assign = bool(local_metadata.get("assign_to_params_buffers", False))
+        ours = [n for n, persistent in self._replicated.items() if persistent and self.__dict__[n] is not None]
+        for name in ours:  # nn.Module's rules for a persistent buffer (and its messages)
+            key = prefix + name
+            current: Tensor = self.__dict__[name]
+            if key not in state_dict:
+                if strict:
+                    missing_keys.append(key)
+                continue
+            src = state_dict[key]
+            if not isinstance(src, Tensor):
+                error_msgs.append(f'While copying the parameter named "{key}", expected torch.Tensor or Tensor-like '
+                                  f"object from checkpoint but received {type(src)}")
+                continue
+            if src.shape != current.shape:
+                self._state_shape_mismatch(name, key, tuple(src.shape), tuple(current.shape))
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {src.shape} from checkpoint, "
+                                  f"the shape in current model is {current.shape}.")
+                continue
+            try:
+                with torch.no_grad():
+                    if assign:  # keep the checkpoint's tensor (and device), in the state's dtype
+                        self.__dict__[name] = src.to(current.dtype)
+                    else:
+                        current.copy_(src)
+            except Exception as ex:  # noqa: BLE001 - reported like nn.Module does
+                error_msgs.append(f'While copying the parameter named "{key}", whose dimensions in the model are '
+                                  f"{current.size()} and whose dimensions in the checkpoint are {src.size()}, an "
+                                  f"exception occurred : {ex.args}.")
+        super()._load_from_state_dict(  # parameters, registered buffers, unexpected keys under this prefix
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for name in self._replicated:
+            if prefix + name in unexpected_keys:
+                unexpected_keys.remove(prefix + name)
+
+    def _state_shape_mismatch(self, name: str, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+        """Hook: a checkpoint's ``key`` has shape ``got`` where state ``name`` has ``want``. Raise to stop the
+        load with a clearer error (nothing of this module is loaded yet when the first state mismatches);
+        returning lets ``load_state_dict`` report a size mismatch as for a buffer."""
+
+
+class SampleState(ReplicatedStateModule):
     """Moving-average estimates ``u[i, ...]``, one per dataset sample (and per task).
 
     Args:
@@ -114,7 +234,8 @@ class SampleState(nn.Module):
         init: value of never-visited entries (only visible through :meth:`read`).
         sync: distributed sync rule; only ``"index_scatter"`` exists (see module docstring).
 
-    Buffers (in ``state_dict``):
+    State (in ``state_dict``; moved by ``.to()``, never cast; kept out of DDP's buffer broadcast,
+    see :class:`ReplicatedStateModule`):
         ``value``: ``[n, *shape]`` float32 estimates.
         ``seen``: ``[n, *shape]`` bool, whether the entry has been written.
 
@@ -155,45 +276,19 @@ class SampleState(nn.Module):
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}, shape={self.shape}, sync={self.sync!r}"
 
-    # ----------------------------------------------------------------------------- device policy
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "SampleState":  # type: ignore[override]
-        # Follow device moves, never dtype casts: the estimates stay float32 under .half()/.double().
-        probe = fn(torch.empty(0, device=self.value.device, dtype=torch.float32))
-        self.value = self.value.to(device=probe.device)
-        self.seen = self.seen.to(device=probe.device)
-        return self
-
     # ----------------------------------------------------------------------------- checkpoints
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        key = prefix + "value"
-        if key in state_dict:
-            got = tuple(state_dict[key].shape)
-            want = tuple(self.value.shape)
-            if got != want:
-                raise ValueError(
-                    f"checkpoint state '{key}' has shape {got} (num_samples={got[0] if got else '?'}), "
-                    f"but this loss was built for shape {want} (num_samples={self.num_samples}); "
-                    "was the checkpoint made for another data set or another number of tasks?"
-                )
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+    def _state_shape_mismatch(self, name: str, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
+        if name == "value":  # checked first: nothing of this state is loaded
+            raise ValueError(
+                f"checkpoint state '{key}' has shape {got} (num_samples={got[0] if got else '?'}), "
+                f"but this loss was built for shape {want} (num_samples={self.num_samples}); "
+                "was the checkpoint made for another data set or another number of tasks?"
+            )
 
     # ----------------------------------------------------------------------------- access
     def tensors(self) -> tuple[Tensor, Tensor]:
-        """The ``(value, seen)`` buffers themselves, for hot loops (two dict reads; reading a buffer as an
-        attribute goes through ``nn.Module.__getattr__``, ~10x slower)."""
-        buffers = self._buffers
-        return buffers["value"], buffers["seen"]  # type: ignore[return-value]
+        """The ``(value, seen)`` tensors themselves (for hot loops; plain attribute reads)."""
+        return self.value, self.seen
 
     def read(self, index: Tensor) -> Tensor:
         """Return ``value[index]`` (float32, on the state's device) without changing anything."""
@@ -266,6 +361,33 @@ def write_rows(states: Sequence[SampleState], index: Tensor, rows: Sequence[Tens
         seen.index_fill_(0, index, True)
 
 
+def _check_update(
+    states: Sequence[SampleState], index: Tensor, news: Sequence[Tensor], gamma: float | Tensor,
+    mask: Tensor | None, index_checked: bool,
+) -> tuple[Tensor, Tensor | float, Tensor | None]:
+    """The checks of :func:`update_states` (this rank's rows): ``(index int64, gamma, mask [B, *shape] or None)``."""
+    first = states[0]
+    if len(states) > 1 and any(st.num_samples != first.num_samples or st.shape != first.shape for st in states):
+        raise ValueError("update_states needs states of the same num_samples and shape")
+    if not index_checked:
+        index = check_index(index, first.num_samples)
+    want = (index.numel(), *first.shape)
+    for new in news:
+        if new.shape != want:
+            raise ValueError(
+                f"new values must have shape {want} for index of {index.numel()} entries, got {tuple(new.shape)}"
+            )
+    if isinstance(gamma, (float, int)):
+        if not 0.0 < float(gamma) <= 1.0:
+            raise ValueError(f"gamma (weight on the new value) must be in (0, 1], got {gamma}")
+        gamma_t: Tensor | float = float(gamma)
+    else:
+        gamma_t = gamma.detach().to(torch.float32).expand(want).to(first.value.device)
+    _require_finite(news)
+    m = None if mask is None else mask.detach().to(torch.bool).expand(want)
+    return index, gamma_t, m
+
+
 def update_states(
     states: Sequence[SampleState],
     index: Tensor,
@@ -295,33 +417,30 @@ def update_states(
     if len(states) != len(news) or not states:
         raise ValueError(f"update_states needs one new tensor per state, got {len(news)} for {len(states)} states")
     first = states[0]
-    if len(states) > 1 and any(st.num_samples != first.num_samples or st.shape != first.shape for st in states):
-        raise ValueError("update_states needs states of the same num_samples and shape")
-    if not index_checked:
-        index = check_index(index, first.num_samples)
-    want = (index.numel(), *first.shape)
-    for new in news:
-        if new.shape != want:
-            raise ValueError(
-                f"new values must have shape {want} for index of {index.numel()} entries, got {tuple(new.shape)}"
-            )
-    if isinstance(gamma, (float, int)):
-        if not 0.0 < float(gamma) <= 1.0:
-            raise ValueError(f"gamma (weight on the new value) must be in (0, 1], got {gamma}")
-        gamma_t: Tensor | float = float(gamma)
-    else:
-        gamma_t = gamma.detach().to(torch.float32).expand(want).to(first.value.device)
-    _require_finite(news)
     out_dtype, out_device = news[0].dtype, news[0].device
-    m = None if mask is None else mask.detach().to(torch.bool).expand(want)
-    n_local = index.numel()
     gathered = local and xdist.is_distributed()
-    if gathered:
-        index = xdist.all_gather_no_grad(index)
-        news = [xdist.all_gather_no_grad(new) for new in news]
-        m = xdist.all_gather_no_grad(torch.ones(want, dtype=torch.bool, device=index.device) if m is None else m)
+    if gathered:  # every rank checks its rows, then all agree (same error everywhere) before the gathers
+        (index, gamma_t, m), layout = xdist.agree_on_batch(
+            "SampleState.update(local=True)",
+            functools.partial(_check_update, states, index, news, gamma, mask, index_checked),
+            lambda checked: {  # news: gathered as float32 whatever their dtype, so only their shape must agree
+                "index": checked[0], "new": torch.empty(news[0].shape, device="meta"),
+                "mask": checked[2], "gamma": checked[1] if isinstance(checked[1], Tensor) else None,
+            },
+        )
+        sizes = layout.sizes
+        want = (index.numel(), *first.shape)
+        index = xdist.all_gather_no_grad(index, sizes=sizes)
+        # float32 (the state's dtype) before the gather: ranks may send different float dtypes
+        news = [xdist.all_gather_no_grad(new.detach().to(torch.float32), sizes=sizes) for new in news]
+        m = xdist.all_gather_no_grad(
+            torch.ones(want, dtype=torch.bool, device=index.device) if m is None else m, sizes=sizes
+        )
         if isinstance(gamma_t, Tensor):
-            gamma_t = xdist.all_gather_no_grad(gamma_t)
+            gamma_t = xdist.all_gather_no_grad(gamma_t, sizes=sizes)
+    else:
+        index, gamma_t, m = _check_update(states, index, news, gamma, mask, index_checked)
+        want = (index.numel(), *first.shape)
     dev = first.value.device
     if index.device != dev:
         index = index.to(dev)
@@ -375,8 +494,7 @@ def update_states(
             st.seen.index_copy_(0, uniq, seen_u | touched)
             outs.append(upd[inv])
     if gathered:  # return only this rank's rows
-        start, stop = xdist.local_slice(n_local)
-        outs = [o[start:stop] for o in outs]
+        outs = [o[layout.start : layout.stop] for o in outs]
     if out_device == dev and out_dtype == torch.float32:
         return outs
     return [o.to(out_device, out_dtype) for o in outs]

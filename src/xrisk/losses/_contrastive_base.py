@@ -6,7 +6,10 @@
    similarity matrix are one autograd node, :mod:`xrisk.functional.similarity`);
 2. **gather** the features of all ranks with :func:`xrisk.distributed.all_gather` (``grad="sum"``)
    and the indices without gradient; each rank keeps **its own rows as anchors** and uses the
-   whole global batch as candidate negatives (cost ``O(B_local * B_global * d)``);
+   whole global batch as candidate negatives (cost ``O(B_local * B_global * d)``). Before that the
+   ranks agree on the batch (:func:`xrisk.distributed.agree_on_batch`; features are then checked for
+   NaN/inf up front): a bad batch on any rank, or ranks sending different feature widths or dtypes,
+   raises the same error on every rank and nothing is gathered or written;
 3. build :class:`ContrastiveBatch`: for each of the two anchor sides a ``[B, C]`` similarity matrix
    against the ``C`` columns (one matmul; in single-process bimodal mode side 1 is the transpose
    of side 0, no second matmul), the positive's similarity and column, and the negatives (a column
@@ -55,7 +58,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
 from xrisk.functional.contrastive import Estimator, count_true, log_moving_average
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
-from xrisk.state import SampleState, check_index, check_index_unique, update_states, write_rows
+from xrisk.state import ReplicatedStateModule, SampleState, check_index, check_index_unique, update_states, write_rows
 
 __all__ = [
     "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "exp_limit", "like_tensor", "moving_average_rows",
@@ -89,6 +92,8 @@ class ContrastiveBatch:
     done (:meth:`ContrastiveLossBase.forward` writes them together, after one finiteness check of all of
     them; used when every index occurs once and every anchor has a negative). objective: the step's
     objective estimate (a callable of detached tensors), recorded after the state rows are written.
+    sizes: every rank's number of anchors as the ranks agreed (pass to the gathers as ``sizes=``); None
+    on one process.
     """
 
     index: Tensor
@@ -109,6 +114,7 @@ class ContrastiveBatch:
     all_valid: bool = False
     pending: list[tuple[SampleState, Tensor]] = field(default_factory=list)
     objective: Callable[[], Tensor] | None = None
+    sizes: tuple[int, ...] | None = None
 
 
 def exp_limit(dtype: torch.dtype) -> float:
@@ -174,7 +180,7 @@ def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> 
         check_finite("feats_b", feats_b)
 
 
-class ContrastiveLossBase(nn.Module):
+class ContrastiveLossBase(ReplicatedStateModule):
     """Base class of the global contrastive losses (see the module docstring for the template).
 
     Args:
@@ -277,10 +283,20 @@ class ContrastiveLossBase(nn.Module):
         # Finiteness: a NaN/inf feature makes the new estimates non-finite, which the estimator update refuses
         # before writing any state (SampleState); the features are then checked to name the culprit. The
         # detector writes its thresholds first, so with one the features are checked up front.
-        check_features(feats_a, feats_b, finite=self.false_negatives is not None)
+        # Several processes: every rank checks its batch (finiteness included), then all agree on it before
+        # anything is gathered, so a bad batch on one rank raises the same error on every rank.
+        distributed = xdist.is_distributed()
+        layout: xdist.BatchLayout | None = None
+        if distributed:
+            idx, layout = xdist.agree_on_batch(
+                type(self).__name__, functools.partial(self._check_batch, feats_a, feats_b, index),
+                lambda i: {"feats_a": feats_a, "feats_b": feats_b, "index": i},
+            )
+        else:
+            check_features(feats_a, feats_b, finite=self.false_negatives is not None)
         raw_a, raw_b = feats_a, feats_b
         lean = self._paired_path and self.mode == "bimodal" and self.false_negatives is None
-        if lean and not xdist.is_distributed():
+        if lean and not distributed:
             idx, unique = check_index_unique(index, self.num_samples, batch_size=feats_a.shape[0])
             idx = on_device(idx, feats_a.device)
             if unique and idx.numel() >= 2:  # every pair once: the lean path
@@ -291,13 +307,13 @@ class ContrastiveLossBase(nn.Module):
                     check_finite("feats_a", raw_a)
                     check_finite("feats_b", raw_b)
                     raise
-        else:
+        elif not distributed:
             idx = on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
         # one process: normalisation and similarity are one autograd node (cosine_similarity_matrix / cosine_gram)
-        fused = self.normalize and not xdist.is_distributed()
+        fused = self.normalize and not distributed
         if self.normalize and not fused:
             feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
-        batch = self._make_batch(feats_a, feats_b, idx, fused)
+        batch = self._make_batch(feats_a, feats_b, idx, fused, layout)
         if self.false_negatives is not None:  # unique indices: no mask yet, the detector knows the excluded diagonals
             excluded = None
             if batch.neg[0] is None:
@@ -323,13 +339,25 @@ class ContrastiveLossBase(nn.Module):
             check_finite("feats_b", raw_b)
             raise
 
-    def _make_batch(self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False) -> ContrastiveBatch:
-        """The batch of ``a``, ``b`` (rows normalised already, or raw with ``fused=True``: one process only)."""
-        ag = xdist.all_gather(a, grad="sum")
-        bg = xdist.all_gather(b, grad="sum")
-        idx_g = xdist.all_gather_no_grad(idx)
+    def _check_batch(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
+        """This rank's checks of a batch (features finite), before the ranks agree on it; returns the index."""
+        check_features(feats_a, feats_b)
+        return on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
+
+    def _make_batch(
+        self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False, layout: xdist.BatchLayout | None = None
+    ) -> ContrastiveBatch:
+        """The batch of ``a``, ``b`` (rows normalised already, or raw with ``fused=True``: one process only);
+        ``layout``: the ranks' batch sizes, as agreed (:func:`xrisk.distributed.agree_on_batch`)."""
+        sizes = None if layout is None else layout.sizes
+        ag = xdist.all_gather(a, grad="sum", sizes=sizes)
+        bg = xdist.all_gather(b, grad="sum", sizes=sizes)
+        idx_g = xdist.all_gather_no_grad(idx, sizes=sizes)
         nb, ng = idx.numel(), idx_g.numel()
-        start = xdist.local_slice(nb)[0] if xdist.is_distributed() else 0
+        if layout is not None:
+            start = layout.start
+        else:
+            start = xdist.local_slice(nb)[0] if xdist.is_distributed() else 0
         self_offset: tuple[int, int] | None
         stacked: Tensor | None = None
         if self.mode == "unimodal":
@@ -373,6 +401,7 @@ class ContrastiveLossBase(nn.Module):
         return ContrastiveBatch(
             idx, idx_g, sims, pos, pos_offset, self_offset, neg, count, col_index, xdist.world_size() / max(ng, 1),
             transposed, stacked, start, unique_index, inverse, neg[0] is None and col_index.numel() > n_excl,
+            sizes=sizes,
         )
 
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
@@ -420,7 +449,7 @@ class ContrastiveLossBase(nn.Module):
         """
         dev = state.value.device
         if xdist.is_distributed():
-            packed = xdist.all_gather_no_grad(torch.cat([log_g.float(), valid.float()], 1))
+            packed = xdist.all_gather_no_grad(torch.cat([log_g.float(), valid.float()], 1), sizes=batch.sizes)
             new, m = packed[:, :2].to(dev), packed[:, 2:].to(dev) > 0.5
         else:
             new, m = log_g.to(dev, torch.float32), valid.to(dev)
@@ -487,7 +516,7 @@ class ContrastiveLossBase(nn.Module):
     def _materialize_objective(self) -> None:
         pending = self.__dict__.pop("_pending_objective", None)
         if pending is not None:
-            self._buffers["_objective"].copy_(pending().detach().reshape(()))  # type: ignore[union-attr]
+            self.__dict__["_objective"].copy_(pending().detach().reshape(()))
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         self._materialize_objective()  # the checkpoint holds the last step's objective
@@ -496,7 +525,7 @@ class ContrastiveLossBase(nn.Module):
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         self.__dict__.pop("_pending_objective", None)  # the loaded objective replaces the last step's
         super()._load_from_state_dict(*args, **kwargs)
-        self._epoch_int = int(self._buffers["epoch"])  # type: ignore[arg-type]
+        self._epoch_int = int(self.epoch)
         self._on_load()
 
     def _on_load(self) -> None:

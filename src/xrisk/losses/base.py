@@ -5,7 +5,10 @@
 1. **validate** shapes, dtypes, finiteness and the dataset index (clear errors, never NaN);
 2. **gather** the global batch under ``torch.distributed`` (scores with the ``"sum"``
    gradient policy, targets and indices without gradient; see :mod:`xrisk.distributed`),
-   so every rank computes the same global-batch loss and applies the same state update;
+   so every rank computes the same global-batch loss and applies the same state update.
+   The ranks first agree on the batch (:func:`xrisk.distributed.agree_on_batch`, in place of
+   the size exchange): a bad batch on any rank, or ranks sending different dtypes or numbers of
+   tasks, raises the same error on every rank before anything is gathered;
 3. return a **graph-connected zero** and leave state untouched when the batch has no
    positive in any task;
 4. call the subclass hook :meth:`ScoreLoss._loss`, which computes the surrogate, updates
@@ -24,11 +27,11 @@ import functools
 from typing import Callable, ClassVar, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_binary_batch
-from xrisk.state import check_index
+from xrisk.state import ReplicatedStateModule, check_index
 
 __all__ = ["ScoreLoss", "label_order"]
 
@@ -38,7 +41,7 @@ __all__ = ["ScoreLoss", "label_order"]
 ObjectiveRecord = Union[Tensor, Callable[[], Tensor], None]
 
 
-class ScoreLoss(nn.Module):
+class ScoreLoss(ReplicatedStateModule):
     """Base class of losses on real-valued scores and binary (multi-label) targets.
 
     Subclasses set ``uses_index`` (whether per-sample state needs dataset indices),
@@ -71,21 +74,32 @@ class ScoreLoss(nn.Module):
             index: ``[B]`` dataset indices of the samples (required when the loss keeps
                 per-sample state; ignored otherwise).
         """
+        if self.gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
+            (s, y, _, idx), layout = xdist.agree_on_batch(
+                type(self).__name__, functools.partial(self._check_batch, scores, targets, index), _batch_tensors
+            )
+            s = xdist.all_gather(s, grad="sum", sizes=layout.sizes)
+            y = xdist.all_gather_no_grad(y, sizes=layout.sizes)
+            if idx is not None:
+                idx = xdist.all_gather_no_grad(idx.to(s.device), sizes=layout.sizes)
+            pos_counts = y.sum(0).tolist()  # of the global batch
+        else:
+            s, y, pos_counts, idx = self._check_batch(scores, targets, index)
+        if not any(pos_counts):
+            return s.sum() * 0.0
+        return self._loss(s, y, idx, pos_counts)
+
+    def _check_batch(
+        self, scores: Tensor, targets: Tensor, index: Tensor | None
+    ) -> tuple[Tensor, Tensor, list[int], Tensor | None]:
+        """This rank's checks: ``(scores [B, T], targets [B, T] bool, positives per task, index or None)``."""
         s, y, pos_counts = check_binary_batch(scores, targets, self.num_tasks)  # one host read
         idx: Tensor | None = None
         if self.uses_index:
             if index is None:
                 raise ValueError(f"{type(self).__name__} keeps per-sample state and needs `index` (dataset indices)")
             idx = check_index(index, self._num_samples(), batch_size=s.shape[0])
-        if self.gather and xdist.is_distributed():
-            s = xdist.all_gather(s, grad="sum")
-            y = xdist.all_gather_no_grad(y)
-            if idx is not None:
-                idx = xdist.all_gather_no_grad(idx.to(s.device))
-            pos_counts = y.sum(0).tolist()  # of the global batch
-        if not any(pos_counts):
-            return s.sum() * 0.0
-        return self._loss(s, y, idx, pos_counts)
+        return s, y, pos_counts, idx
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
@@ -129,6 +143,11 @@ class ScoreLoss(nn.Module):
             self.__dict__["_pending_objective"] = None
             self.__dict__["_objective_ready"] = True
         return self._objective.clone()
+
+
+def _batch_tensors(batch: tuple[Tensor, Tensor, list[int], Tensor | None]) -> dict[str, Tensor | None]:
+    """What the score-loss template gathers, by name (for :func:`xrisk.distributed.agree_on_batch`)."""
+    return {"scores": batch[0], "targets": batch[1], "index": batch[3]}
 
 
 def label_order(pos: Tensor, n_pos: int) -> tuple[Tensor, Tensor]:

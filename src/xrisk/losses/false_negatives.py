@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+import functools
+from typing import Any, Callable, Literal, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.contrastive import (
     count_true, masked_upper_quantile, negatives_mask, quantile_subgradient, quantile_threshold_step,
     restrict_to_negatives,
 )
-from xrisk.state import SampleState, check_index, update_states
+from xrisk.state import ReplicatedStateModule, SampleState, check_index, update_states
 
 __all__ = ["FalseNegativeDetector"]
 
@@ -30,7 +32,12 @@ def _explicit_masks(sims: Sequence[Tensor], negs: Sequence[Tensor | None], exclu
             for s, m, blocks in zip(sims, negs, excluded)]
 
 
-class FalseNegativeDetector(nn.Module):
+def _check_forward_shapes(sim: Tensor, neg: Tensor, index: Tensor) -> None:
+    if sim.shape != neg.shape or sim.dim() != 3 or sim.shape[:2] != (index.numel(), 2):
+        raise ValueError(f"sim {tuple(sim.shape)} / neg {tuple(neg.shape)} must be [B={index.numel()}, 2, C]")
+
+
+class FalseNegativeDetector(ReplicatedStateModule):
     """Learns, for every anchor, the ``(1 - alpha)`` quantile of its similarities to the data set.
 
     For anchor ``i`` (and side ``v``: view a/b in unimodal mode, image/text in bimodal mode) the
@@ -143,7 +150,7 @@ class FalseNegativeDetector(nn.Module):
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         super()._load_from_state_dict(*args, **kwargs)
-        self._epoch_int = int(self._buffers["epoch"])  # type: ignore[arg-type]
+        self._epoch_int = int(self.epoch)
 
     @property
     def masking(self) -> bool:
@@ -179,7 +186,7 @@ class FalseNegativeDetector(nn.Module):
         """
         ref = sims[0]
         if not index_checked:
-            index = check_index(index, self.num_samples)
+            index = self._agreed_index(index)
         index = index.to(self.lam.value.device)
         lam = self.lam.value.index_select(0, index).to(ref.device, ref.dtype)
         states: tuple[SampleState, ...] = (self.lam,)
@@ -296,15 +303,27 @@ class FalseNegativeDetector(nn.Module):
         Returns:
             ``[B, 2, C]`` bool, False for detected false negatives (all True before ``start_epoch``).
         """
-        if sim.shape != neg.shape or sim.dim() != 3 or sim.shape[:2] != (index.numel(), 2):
-            raise ValueError(f"sim {tuple(sim.shape)} / neg {tuple(neg.shape)} must be [B={index.numel()}, 2, C]")
+        index = self._agreed_index(index, functools.partial(_check_forward_shapes, sim, neg, index))
         sims, masks = [sim[:, 0], sim[:, 1]], [neg[:, 0], neg[:, 1]]
         counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
-        lam = self._step(sims, masks, index, counts)
+        lam = self._step(sims, masks, index, counts, index_checked=True)
         self._kept(sims, masks, lam, counts)
         if not self.masking:
             return torch.ones_like(neg)
         return sim <= lam.unsqueeze(-1)
+
+    def _agreed_index(self, index: Tensor, check: Callable[[], None] | None = None) -> Tensor:
+        """``check()`` and :func:`~xrisk.state.check_index`, agreed by every rank under torch.distributed
+        (:func:`xrisk.distributed.agree_on_batch`: a bad index on one rank raises on all of them)."""
+
+        def validate() -> Tensor:
+            if check is not None:
+                check()
+            return check_index(index, self.num_samples)
+
+        if not xdist.is_distributed():
+            return validate()
+        return xdist.agree_on_batch(type(self).__name__, validate, lambda i: {"index": i})[0]
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, alpha={self.alpha}, lr={self.lr}, optimizer={self.optimizer!r}, "

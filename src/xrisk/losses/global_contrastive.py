@@ -255,7 +255,9 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         """Update the individual temperatures and set the batch's objective (identically on every rank)."""
         if tau_grad is not None:  # individual temperatures; tau_g: [B_global, 2] before the step
             tau_g = tau_g.to(log_u_g.device)  # type: ignore[union-attr]
-            grad_g = xdist.all_gather_no_grad(tau_grad.clamp(-self.tau_grad_clip, self.tau_grad_clip).float())
+            grad_g = xdist.all_gather_no_grad(
+                tau_grad.clamp(-self.tau_grad_clip, self.tau_grad_clip).float(), sizes=batch.sizes
+            )
             self._momentum_sgd_step(
                 self.tau_individual, self.tau_momentum, batch, tau_g, grad_g, self.beta_tau, self.lr_tau, valid_g,
                 (self.tau_min, self.tau_max),

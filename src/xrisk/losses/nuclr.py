@@ -165,7 +165,7 @@ class NUCLRLoss(ContrastiveLossBase):
         key = (like.device, like.dtype)
         out = cache.get(key)
         if out is None:
-            xi = self._buffers["xi"].to(like.device, like.dtype)  # type: ignore[union-attr]
+            xi = self.xi.to(like.device, like.dtype)
             out = cache[key] = xi.mul(-1.0 / self.tau).sub_(math.log(self.num_samples - 1))
         return out
 

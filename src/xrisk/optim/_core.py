@@ -107,6 +107,25 @@ def _as_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
     return [{"params": items}]
 
 
+def _route_dual(groups: list[dict[str, Any]], alpha: Tensor) -> list[dict[str, Any]]:
+    """``groups`` without the dual variable ``alpha``, which gets its own ascent group.
+
+    ``params`` may contain the loss's parameters (e.g. ``model.parameters()`` when the loss is a
+    submodule of the model, the Lightning pattern): ``a, b`` stay in the group they came in,
+    ``alpha`` is taken out of it (a group left empty is dropped).
+    """
+    out = []
+    for g in groups:
+        kept = [p for p in g["params"] if p is not alpha]
+        if len(kept) == len(g["params"]):
+            out.append(g)
+        elif kept:
+            out.append({**g, "params": kept})
+    if not out:
+        raise ValueError("optimizer got no parameter besides loss.alpha")
+    return out
+
+
 class AUCOptimizer(torch.optim.Optimizer):
     """Base of PESG and PDSCA: groups, proximal state, ``update_regularizer``. Not public."""
 
@@ -117,11 +136,8 @@ class AUCOptimizer(torch.optim.Optimizer):
                 raise TypeError(
                     f"loss must be an AUCMLoss-like module with parameter `{name}`, got {type(loss).__name__}"
                 )
-        groups = _as_groups(params)
+        groups = _route_dual(_as_groups(params), loss.alpha)
         seen = {id(p) for g in groups for p in g["params"]}
-        if id(loss.alpha) in seen:
-            raise ValueError("loss.alpha must not be in `params`: the optimizer adds it to its own "
-                             "dual-ascent group; pass model parameters (and optionally loss.a, loss.b)")
         missing = [p for p in (loss.a, loss.b) if id(p) not in seen]
         if missing:
             groups.append({"params": missing})

@@ -98,7 +98,8 @@ class PDSCA(AUCOptimizer):
     :meth:`update_regularizer` divides ``lr`` by ``decay_factor`` and ``lr0`` by
     ``decay_factor0`` (each if given) and resets the reference points to the mean of the iterates,
     as :class:`PESG` does. Parameter groups, the ``a, b`` group and the last ``"dual"`` group of
-    ``alpha`` work as in :class:`PESG`.
+    ``alpha`` work as in :class:`PESG` (``params`` may contain the loss's parameters, e.g.
+    ``model.parameters()`` with the loss as a submodule).
 
     State (``optimizer.state``, in ``state_dict``): per primal parameter ``ref``,
     ``iterate_avg``, ``avg_count``, ``weight_avg``, ``grad_avg``. The phase counter is the loss's

@@ -121,8 +121,11 @@ class PESG(AUCOptimizer):
 
     Parameter groups are honoured: every option may differ per group. ``loss.a, loss.b`` join a
     group of their own with the defaults unless ``params`` already contains them; ``loss.alpha``
-    always forms the last group (``"dual": True``, ``lr = alpha_lr or lr``) and must not be in
-    ``params``.
+    always forms the last group (``"dual": True``, ``lr = alpha_lr or lr``). ``params`` may contain
+    the loss's parameters, e.g. ``PESG(model.parameters(), loss=model.loss)`` with the loss as a
+    submodule of the model (the Lightning pattern): ``a, b`` then stay in their group and ``alpha``
+    is moved to the dual group, so each is updated once, by its own rule (the result is the same as
+    with the loss outside the model).
 
     Implementation: each :meth:`step` buckets the primal parameters of all groups by equal
     hyper-parameters and counters and updates every bucket with one set of ``torch._foreach_*``
