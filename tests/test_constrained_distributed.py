@@ -128,3 +128,32 @@ def test_sync_mean_two_processes_equal_one() -> None:
             assert torch.allclose(a, b, atol=1e-6)
         for a, b in zip(out["estimates"], single["estimates"]):
             assert torch.allclose(a, b, atol=1e-6)
+
+
+def _fault_worker(rank: int, world: int) -> dict:
+    """A bad batch on rank 1 only: both ranks raise the same error and no state changes anywhere."""
+    out = {}
+    f = HingePenalty(2, beta=1.0, sync="mean")
+    values = torch.tensor([0.1, float("nan")]) if rank == 1 else torch.tensor([0.1, 0.2])
+    try:
+        f(ProblemState(torch.tensor(0.0), values))
+    except ValueError as e:
+        out["formulation"] = str(e)
+    out["seen"] = f.u.seen.clone()
+    scores = torch.tensor([0.2, 0.7, 0.4]) if rank == 0 else torch.tensor([0.5, float("inf")])
+    targets = torch.tensor([1, 0, 1]) if rank == 0 else torch.tensor([0, 1])
+    groups = torch.tensor([0, 1, 1]) if rank == 0 else torch.tensor([1, 0])
+    try:
+        roc_fairness_constraints(scores, targets, groups, [0.5], 0.1)
+    except ValueError as e:
+        out["fairness"] = str(e)
+    return out
+
+
+def test_a_bad_batch_on_one_rank_raises_on_every_rank() -> None:
+    ranks = run_distributed(_fault_worker)
+    for out in ranks:
+        assert "NaN/inf" in out["formulation"] and "rank 1" in out["formulation"]
+        assert "NaN/inf" in out["fairness"] and "rank 1" in out["fairness"]
+        assert not out["seen"].any()
+    assert ranks[0]["formulation"] == ranks[1]["formulation"] and ranks[0]["fairness"] == ranks[1]["fairness"]

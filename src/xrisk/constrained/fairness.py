@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -43,6 +44,31 @@ def group_rates(
     sums = soft.new_zeros(4, theta.numel()).index_add_(0, cell, soft)  # [4, K]
     rates = sums / counts.clamp_min(1.0).unsqueeze(1)
     return rates.reshape(2, 2, -1), counts.reshape(2, 2)
+
+
+def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor,
+                 theta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[float]]:
+    """This rank's checks with one host read: ``(scores [B], targets int64, groups int64, cell = 2 groups +
+    targets, cell counts [4] as a tensor and as host numbers)``."""
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
+    scores = scores.reshape(-1) if scores.dim() == 2 and scores.shape[1] == 1 else scores
+    if scores.dim() != 1 or targets.shape != scores.shape or groups.shape != scores.shape:
+        raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
+                         f"{tuple(targets.shape)}, {tuple(groups.shape)}")
+    t, gr = targets.long(), groups.long()
+    cell = gr * 2 + t
+    counts = torch.bincount(cell.clamp(0, 3), minlength=4).to(scores.dtype)
+    # one host read: the labels' range, the cell counts, and NaN if a score or threshold is not finite
+    lo_hi = torch.aminmax(torch.stack((t, gr))) if t.numel() else (t.new_zeros(()), t.new_zeros(()))
+    probe = (scores.detach().sum() + theta.sum()) * 0
+    stats = torch.cat((torch.stack(lo_hi).to(scores.dtype), counts, probe.reshape(1))).tolist()
+    if not math.isfinite(stats[-1]):
+        check_finite("scores", scores)
+        check_finite("thresholds", theta)
+    if t.numel() and (stats[0] < 0 or stats[1] > 1):
+        raise ValueError("targets and groups must be binary (0/1)")
+    return scores, t, gr, cell, counts, stats[2:6]
 
 
 def roc_fairness_constraints(
@@ -96,40 +122,31 @@ def roc_fairness_constraints(
         >>> c.values.tolist(), c.index.tolist()
         ([0.75, -1.25, 0.75, -1.25], [0, 1, 2, 3])
     """
-    if not isinstance(scores, Tensor) or not scores.is_floating_point():
-        raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
-    scores = scores.reshape(-1) if scores.dim() == 2 and scores.shape[1] == 1 else scores
-    if scores.dim() != 1 or targets.shape != scores.shape or groups.shape != scores.shape:
-        raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
-                         f"{tuple(targets.shape)}, {tuple(groups.shape)}")
     kappa = check_positive("kappa", kappa, allow_zero=True)
     if temperature is not None:
         temperature = check_positive("temperature", temperature)
-    theta = torch.as_tensor(thresholds, dtype=scores.dtype, device=scores.device).reshape(-1)
+    theta = torch.as_tensor(thresholds, dtype=getattr(scores, "dtype", None), device=getattr(scores, "device", None))
+    theta = theta.reshape(-1)
     k = theta.numel()
     if k == 0:
         raise ValueError("thresholds must hold at least one threshold")
-    if gather and xdist.is_distributed():
-        scores = xdist.all_gather(scores, grad="sum")
-        targets = xdist.all_gather_no_grad(targets.to(scores.device))
-        groups = xdist.all_gather_no_grad(groups.to(scores.device))
-    t, gr = targets.long(), groups.long()
-    cell = gr * 2 + t
-    counts = torch.bincount(cell.clamp(0, 3), minlength=4).to(scores.dtype)
-    # one host read: the labels' range, the cell counts, and NaN if a score or threshold is not finite
-    lo_hi = torch.aminmax(torch.stack((t, gr))) if t.numel() else (t.new_zeros(()), t.new_zeros(()))
-    probe = (scores.detach().sum() + theta.sum()) * 0
-    stats = torch.cat((torch.stack(lo_hi).to(scores.dtype), counts, probe.reshape(1))).tolist()
-    if not math.isfinite(stats[-1]):
-        check_finite("scores", scores)
-        check_finite("thresholds", theta)
-    if t.numel() and (stats[0] < 0 or stats[1] > 1):
-        raise ValueError("targets and groups must be binary (0/1)")
-    rates, _ = group_rates(scores, targets, groups, theta, temperature, cell=cell, counts=counts)
+    check = functools.partial(_check_batch, scores, targets, groups, theta)
+    if gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
+        (scores, t, gr, _, _, _), layout = xdist.agree_on_batch(
+            "roc_fairness_constraints", check, lambda o: {"scores": o[0], "targets": o[1], "groups": o[2]})
+        scores = xdist.all_gather(scores, grad="sum", sizes=layout.sizes)
+        t = xdist.all_gather_no_grad(t, sizes=layout.sizes)
+        gr = xdist.all_gather_no_grad(gr, sizes=layout.sizes)
+        cell = gr * 2 + t
+        counts = torch.bincount(cell, minlength=4).to(scores.dtype)
+        present = counts.tolist()
+    else:
+        scores, t, gr, cell, counts, present = check()
+    rates, _ = group_rates(scores, t, gr, theta, temperature, cell=cell, counts=counts)
     gaps = (rates[1] - rates[0])  # [label, K]: group a minus group b, FPR (label 0) and TPR (label 1)
     values = torch.stack((gaps, -gaps), 1).permute(2, 0, 1).reshape(-1) - kappa  # [K, label, sign]
-    has_fpr = stats[2] > 0 and stats[4] > 0  # cells (group, label): (0, 0) and (1, 0)
-    has_tpr = stats[3] > 0 and stats[5] > 0
+    has_fpr = present[0] > 0 and present[2] > 0  # cells 2 group + label: (b, 0) and (a, 0)
+    has_tpr = present[1] > 0 and present[3] > 0
     if has_fpr and has_tpr:
         return Constraints(values, torch.arange(4 * k, device=scores.device))
     kinds = torch.tensor([has_fpr, has_fpr, has_tpr, has_tpr], device=scores.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -10,6 +12,27 @@ from xrisk._validate import check_finite, check_positive
 from xrisk.constrained.problem import Constraints
 
 __all__ = ["non_forgetting_constraints"]
+
+
+def _check_batch(losses_now: Tensor, losses_before: Tensor, groups: Tensor,
+                 num_groups: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """This rank's checks: ``(losses_now, losses_before detached, groups int64)``."""
+    if not isinstance(losses_now, Tensor) or not losses_now.is_floating_point():
+        raise TypeError("losses_now must be a floating-point tensor")
+    if losses_now.dim() != 1 or losses_before.shape != losses_now.shape or groups.shape != losses_now.shape:
+        raise ValueError(f"losses_now, losses_before and groups must all be [B]; got {tuple(losses_now.shape)}, "
+                         f"{tuple(losses_before.shape)}, {tuple(groups.shape)}")
+    if groups.dtype.is_floating_point or groups.dtype == torch.bool:
+        raise TypeError(f"groups must hold integer task ids, got dtype {groups.dtype}")
+    check_finite("losses_now", losses_now)
+    check_finite("losses_before", losses_before)
+    groups = groups.long()
+    if groups.numel():
+        lo, hi = torch.aminmax(groups)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or (num_groups is not None and hi >= num_groups):
+            raise IndexError(f"task id {lo if lo < 0 else hi} is out of range for num_groups={num_groups}")
+    return losses_now, losses_before.detach().to(losses_now.device), groups
 
 
 def non_forgetting_constraints(
@@ -54,27 +77,20 @@ def non_forgetting_constraints(
         >>> [round(v, 4) for v in c.values.tolist()], c.index.tolist()
         ([0.4, -0.6], [0, 2])
     """
-    if not isinstance(losses_now, Tensor) or not losses_now.is_floating_point():
-        raise TypeError("losses_now must be a floating-point tensor")
-    if losses_now.dim() != 1 or losses_before.shape != losses_now.shape or groups.shape != losses_now.shape:
-        raise ValueError(f"losses_now, losses_before and groups must all be [B]; got {tuple(losses_now.shape)}, "
-                         f"{tuple(losses_before.shape)}, {tuple(groups.shape)}")
-    if groups.dtype.is_floating_point or groups.dtype == torch.bool:
-        raise TypeError(f"groups must hold integer task ids, got dtype {groups.dtype}")
-    check_finite("losses_now", losses_now)
-    check_finite("losses_before", losses_before)
     slack = check_positive("slack", slack, allow_zero=True)
-    if gather and xdist.is_distributed():
-        losses_now = xdist.all_gather(losses_now, grad="sum")
-        losses_before = xdist.all_gather_no_grad(losses_before.to(losses_now.device))
-        groups = xdist.all_gather_no_grad(groups.to(losses_now.device))
+    check = functools.partial(_check_batch, losses_now, losses_before, groups, num_groups)
+    if gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
+        (now, before, groups), layout = xdist.agree_on_batch(
+            "non_forgetting_constraints", check, lambda o: {"losses_now": o[0], "losses_before": o[1], "groups": o[2]})
+        now = xdist.all_gather(now, grad="sum", sizes=layout.sizes)
+        before = xdist.all_gather_no_grad(before, sizes=layout.sizes)
+        groups = xdist.all_gather_no_grad(groups, sizes=layout.sizes)
+    else:
+        now, before, groups = check()
     if groups.numel() == 0:
-        return Constraints(losses_now.sum().reshape(1)[:0] * 0.0, groups.long())
-    lo, hi = int(groups.min()), int(groups.max())
-    if lo < 0 or (num_groups is not None and hi >= num_groups):
-        raise IndexError(f"task id {lo if lo < 0 else hi} is out of range for num_groups={num_groups}")
+        return Constraints(now.sum().reshape(1)[:0] * 0.0, groups)
     index, inverse = torch.unique(groups.long(), sorted=True, return_inverse=True)
-    diff = losses_now - losses_before.detach().to(losses_now.dtype)
+    diff = now - before.to(now.dtype)
     sums = torch.zeros(index.numel(), dtype=diff.dtype, device=diff.device).index_add(0, inverse, diff)
     counts = torch.bincount(inverse, minlength=index.numel()).to(diff.dtype)
     return Constraints(sums / counts - slack, index)

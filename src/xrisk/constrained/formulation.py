@@ -32,17 +32,18 @@ every rank), which is exact when the global constraint value is the mean of the 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, ClassVar, Iterable, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_unit_interval
 from xrisk.constrained.problem import ConstraintReport, ProblemState
 from xrisk.functional.constrained import moving_average_estimate, msvr_correction, msvr_estimate
-from xrisk.state import SampleState, check_index_unique
+from xrisk.state import ReplicatedStateModule, SampleState, check_index_unique
 
 __all__ = ["ConstraintFormulation", "Estimator"]
 
@@ -51,7 +52,7 @@ Estimator = Literal["ma", "msvr"]
 _Write = Callable[[], None]
 
 
-class ConstraintFormulation(nn.Module):
+class ConstraintFormulation(ReplicatedStateModule):
     """Base class of the formulations; a subclass implements :meth:`_weights` and :meth:`_multipliers`.
 
     Args:
@@ -105,9 +106,13 @@ class ConstraintFormulation(nn.Module):
         """The scalar to back-propagate for one step (a surrogate; see the module docstring)."""
         if not isinstance(state, ProblemState):
             raise TypeError(f"{type(self).__name__} takes a ProblemState, got {type(state).__name__}")
-        objective, values, index, previous = self._validated(state)
-        if self.sync == "mean" and xdist.is_distributed():
-            values, previous = self._rank_mean(values, index, previous)
+        if self.sync == "mean" and xdist.is_distributed():  # every rank validates, then all agree, then gather
+            (objective, values, index, previous), layout = xdist.agree_on_batch(
+                type(self).__name__, functools.partial(self._validated, state, finite=True),
+                lambda o: {"values": o[1], "index": o[2], "previous": o[3]})
+            values, previous = self._rank_mean(values, index, previous, layout.sizes)
+        else:
+            objective, values, index, previous = self._validated(state)
         k = values.shape[0]
         if k == 0:
             self.__dict__["_last"] = objective.detach()
@@ -163,7 +168,9 @@ class ConstraintFormulation(nn.Module):
         raise TypeError(f"{type(self).__name__} must override _penalty(estimates, seen)")
 
     # ------------------------------------------------------------------ validation
-    def _validated(self, state: ProblemState) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    def _validated(self, state: ProblemState, *,
+                   finite: bool = False) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """Shapes, dtypes and ids (and, with ``finite``, NaN/inf: for the ranks' agreement before a gather)."""
         objective, values, index, previous = state.objective, state.constraints, state.index, state.previous
         name = type(self).__name__
         if not isinstance(objective, Tensor) or not objective.is_floating_point() or objective.numel() != 1:
@@ -194,6 +201,10 @@ class ConstraintFormulation(nn.Module):
         if previous is not None and (not isinstance(previous, Tensor) or previous.shape != values.shape):
             raise ValueError(f"{name}: previous must have the shape of the constraint values {tuple(values.shape)}, "
                              f"got {tuple(getattr(previous, 'shape', ()))}")
+        if finite and not all_finite(objective, values, *(() if previous is None else (previous,))):
+            if all_finite(objective, values):
+                raise ValueError(f"{name}: previous holds NaN/inf values")
+            self._raise_non_finite(objective, values)
         return objective, values, index, previous
 
     def _raise_non_finite(self, objective: Tensor, values: Tensor) -> None:
@@ -205,19 +216,18 @@ class ConstraintFormulation(nn.Module):
             raise ValueError(f"{name}: constraint values at positions {bad} are NaN/inf; no state was changed")
         raise FloatingPointError(f"{name}: a constraint estimate overflows float32; no state was changed")
 
-    def _rank_mean(self, values: Tensor, index: Tensor | None,
-                   previous: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Mean over ranks of each rank's values (gradient policy ``"sum"``); the ranks must agree on ``index``."""
-        world = xdist.world_size()
-        k = values.shape[0]
-        sizes = xdist.gather_sizes(k, values.device)
+    def _rank_mean(self, values: Tensor, index: Tensor | None, previous: Tensor | None,
+                   sizes: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+        """Mean over ranks of each rank's values (gradient policy ``"sum"``); the ranks must agree on ``index``
+        (checked on the gathered ids, so every rank raises alike)."""
+        world, k = len(sizes), values.shape[0]
         ids = torch.arange(k, device=values.device) if index is None else index.to(values.device)
-        all_ids = xdist.all_gather_no_grad(ids) if len(set(sizes)) == 1 else None
-        if all_ids is None or not bool((all_ids.reshape(world, k) == ids).all()):
+        all_ids = xdist.all_gather_no_grad(ids, sizes=sizes)
+        if len(set(sizes)) != 1 or not bool((all_ids.reshape(world, k) == all_ids[:k]).all()):
             raise ValueError(f"{type(self).__name__}(sync='mean'): the ranks observed different constraints "
-                             f"(counts per rank {sizes}); every rank must pass the same index")
-        mean = xdist.all_gather(values, grad="sum").reshape(world, k).mean(0)
-        prev = None if previous is None else xdist.all_gather_no_grad(previous).reshape(world, k).mean(0)
+                             f"(counts per rank {list(sizes)}); every rank must pass the same index")
+        mean = xdist.all_gather(values, grad="sum", sizes=sizes).reshape(world, k).mean(0)
+        prev = None if previous is None else xdist.all_gather_no_grad(previous, sizes=sizes).reshape(world, k).mean(0)
         return mean, prev
 
     # ------------------------------------------------------------------ reports
