@@ -15,6 +15,15 @@ pytestmark = pytest.mark.distributed
 SPLIT = 10  # rank 0 holds the first 10 samples of each global batch of 16, rank 1 the other 6 (uneven)
 
 
+def _averaged_grads(model: torch.nn.Module, rank: int | None, world: int) -> torch.Tensor:
+    """What DDP does (average the parameter gradients over ranks; nothing in one process), flattened."""
+    if rank is not None:
+        for p in model.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= world
+    return torch.cat([p.grad.reshape(-1).clone() for p in model.parameters()])
+
+
 def _data() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(5)
     out = []
@@ -50,11 +59,7 @@ def _fairness_run(rank: int | None, world: int, kind: str) -> dict:
         loss = f(ProblemState.from_constraints(objective, cons))
         opt.zero_grad()
         loss.backward()
-        if rank is not None:  # what DDP does: average the parameter gradients
-            for p in model.parameters():
-                dist.all_reduce(p.grad)
-                p.grad /= world
-        grads.append(torch.cat([p.grad.reshape(-1).clone() for p in model.parameters()]))
+        grads.append(_averaged_grads(model, rank, world))
         estimates.append(f.u.value.clone())
         opt.step()
     return {"grads": grads, "estimates": estimates, "state": {k: v.clone() for k, v in f.state_dict().items()}}
@@ -107,11 +112,7 @@ def _mean_run(rank: int | None, world: int) -> dict:
         loss = f(ProblemState(obj, cons))
         opt.zero_grad()
         loss.backward()
-        if rank is not None:
-            for p in model.parameters():
-                dist.all_reduce(p.grad)
-                p.grad /= world
-        grads.append(torch.cat([p.grad.reshape(-1).clone() for p in model.parameters()]))
+        grads.append(_averaged_grads(model, rank, world))
         estimates.append(f.u.value.clone())
         opt.step()
     return {"grads": grads, "estimates": estimates}

@@ -167,6 +167,11 @@ class ConstraintFormulation(ReplicatedStateModule):
         """Estimate of what the formulation adds to the objective (for :meth:`objective`)."""
         raise TypeError(f"{type(self).__name__} must override _penalty(estimates, seen)")
 
+    @staticmethod
+    def _observed(estimates: Tensor, seen: Tensor) -> Tensor:
+        """The estimates where a constraint was observed, 0 elsewhere."""
+        return torch.where(seen, estimates, torch.zeros_like(estimates))
+
     # ------------------------------------------------------------------ validation
     def _validated(self, state: ProblemState, *,
                    finite: bool = False) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 from xrisk.constrained.formulation import ConstraintFormulation, Estimator, check_beta
@@ -104,9 +103,7 @@ class HingePenalty(ConstraintFormulation):
         return self.beta / k
 
     def _multipliers(self, estimates: Tensor, seen: Tensor) -> Tensor:
-        return torch.where(seen, hinge_weight(estimates, self.smooth), torch.zeros_like(estimates)) \
-            * (self.beta / self.num_constraints)
+        return self._observed(hinge_weight(estimates, self.smooth), seen) * (self.beta / self.num_constraints)
 
     def _penalty(self, estimates: Tensor, seen: Tensor) -> Tensor:
-        return penalty_value(torch.where(seen, estimates, torch.zeros_like(estimates)), self.beta, "hinge",
-                             self.smooth)
+        return penalty_value(self._observed(estimates, seen), self.beta, "hinge", self.smooth)

@@ -92,4 +92,4 @@ class Lagrangian(ConstraintFormulation):
         return self.multipliers.clone()
 
     def _penalty(self, estimates: Tensor, seen: Tensor) -> Tensor:
-        return (self.multipliers * torch.where(seen, estimates, torch.zeros_like(estimates))).sum()
+        return (self.multipliers * self._observed(estimates, seen)).sum()

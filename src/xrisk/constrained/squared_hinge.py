@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 from xrisk.constrained.formulation import ConstraintFormulation, Estimator, check_beta
@@ -68,8 +67,7 @@ class SquaredHingePenalty(ConstraintFormulation):
         return self.beta / k
 
     def _multipliers(self, estimates: Tensor, seen: Tensor) -> Tensor:
-        return torch.where(seen, squared_hinge_weight(estimates), torch.zeros_like(estimates)) \
-            * (self.beta / self.num_constraints)
+        return self._observed(squared_hinge_weight(estimates), seen) * (self.beta / self.num_constraints)
 
     def _penalty(self, estimates: Tensor, seen: Tensor) -> Tensor:
-        return penalty_value(torch.where(seen, estimates, torch.zeros_like(estimates)), self.beta, "squared")
+        return penalty_value(self._observed(estimates, seen), self.beta, "squared")

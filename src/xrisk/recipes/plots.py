@@ -142,11 +142,7 @@ def plot_comparison(
             epochs += _curve(ax, history, name, method)
         ax.set_title(LABELS.get(name, name))
         _epoch_axis(ax, epochs)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_panels(
@@ -176,6 +172,11 @@ def plot_panels(
             ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=label)
         ax.set_title(name)
         _epoch_axis(ax, epochs)
+    return _save(fig, path, title)
+
+
+def _save(fig: Any, path: str | Path, title: str) -> Path:
+    """Give ``fig`` its title (if any) and write it to ``path``."""
     if title:
         fig.suptitle(title)
     path = Path(path)
