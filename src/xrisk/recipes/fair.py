@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="estimator weight on the new constraint value")
     g.add_argument("--smooth", type=number(float, gt=0, allow_none=True), default=None,
                    help="Moreau smoothing nu of the hinge (default: none, the plain hinge)")
-    g.add_argument("--dual-lr", type=number(float, gt=0), default=0.5, help="multiplier ascent step (lagrangian)")
+    g.add_argument("--dual-lr", type=number(float, gt=0), default=0.05, help="multiplier ascent step (lagrangian)")
     g = p.add_argument_group("training")
     g.add_argument("--model", choices=("linear", "mlp"), default="linear", help="logistic regression or a 1-hidden-layer MLP")
     g.add_argument("--epochs", type=number(int, ge=1), default=20, help="number of epochs (may grow on --resume)")
