@@ -372,3 +372,17 @@ def test_constraints_pair_builds_a_state() -> None:
     c = Constraints(torch.tensor([0.1, 0.2]), torch.tensor([0, 2]))
     s = ProblemState.from_constraints(torch.tensor(1.0), c)
     assert s.index.tolist() == [0, 2] and s.constraints.tolist() == pytest.approx([0.1, 0.2])
+
+
+@pytest.mark.parametrize("name", list(FORMULATIONS))
+def test_half_and_double_keep_the_state_dtypes(name: str) -> None:
+    f = FORMULATIONS[name](3)
+    f(_state([0.1, 0.2, 0.3]))
+    f.half()
+    f.double()
+    assert f.u.value.dtype == torch.float32 and f.num_steps.dtype == torch.int64
+    if name == "lagrangian":
+        assert f.multipliers.dtype == torch.float32
+    out = f(ProblemState(torch.tensor(1.0, dtype=torch.float64), torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)))
+    assert out.dtype == torch.float64 and int(f.num_steps) == 2
+    assert "num_steps" not in dict(f.named_buffers())  # replicated state: never broadcast by DDP
