@@ -271,11 +271,18 @@ def part_continual(seeds: list[int], log) -> str:
     table = _common.md_table(["method", "average accuracy after 5 tasks (%)", "forgetting (%)"], rows)
     acc = {m: statistics.fmean(x["average_accuracy"] for x in r) for m, r in results.items()}
     fgt = {m: statistics.fmean(x["forgetting"] for x in r) for m, r in results.items()}
+    sd = {m: statistics.stdev([x["forgetting"] for x in r]) if len(r) > 1 else 0.0 for m, r in results.items()}
     c, f, r = "constrained (hinge penalty)", "plain fine-tuning", "rehearsal"
-    verdict = (f"**Verdict:** the constrained run forgets {100 * fgt[c]:.2f} points vs {100 * fgt[f]:.2f} for plain "
-               f"fine-tuning ({'less' if fgt[c] < fgt[f] else 'NOT less'}) and {100 * fgt[r]:.2f} for rehearsal on the "
-               f"same memory ({'less or equal' if fgt[c] <= fgt[r] else 'more'}); average accuracy "
-               f"{100 * acc[c]:.2f} / {100 * acc[f]:.2f} / {100 * acc[r]:.2f}.")
+
+    def compare(other: str) -> str:
+        if abs(fgt[c] - fgt[other]) <= max(sd[c], sd[other]):
+            return "the same within one standard deviation"
+        return "less" if fgt[c] < fgt[other] else "MORE"
+
+    verdict = (f"**Verdict:** the constrained run forgets {100 * fgt[c]:.2f} points: vs plain fine-tuning "
+               f"({100 * fgt[f]:.2f}) {compare(f)}, vs rehearsal on the same memory ({100 * fgt[r]:.2f}) {compare(r)}; "
+               f"average accuracy {100 * acc[c]:.2f} / {100 * acc[f]:.2f} / {100 * acc[r]:.2f} %. Task-incremental "
+               "Fashion-MNIST forgets little even without protection at this scale.")
     return table + "\n\n" + verdict
 
 
@@ -404,7 +411,7 @@ def part_convergence(seeds: list[int], log) -> str:
     iters = [10, 100, 1000, 10000]
     x_qp = _qp_solution()
     x_wc = np.full(2, math.sqrt(0.75))
-    rows, curves = [], {}
+    rows, curves, dist = [], {}, {}
     for problem, x_star in (("qp", x_qp), ("weakly convex", x_wc)):
         for kind in ("hinge", "squared", "lagrangian"):
             per = {t: [] for t in iters}
@@ -413,6 +420,7 @@ def part_convergence(seeds: list[int], log) -> str:
                 for t in iters:
                     per[t].append(out[t])
             curves[(problem, kind)] = [statistics.fmean(r[1] for r in per[t]) for t in iters]
+            dist[(problem, kind)] = statistics.fmean(float(np.linalg.norm(r[0] - x_star)) for r in per[iters[-1]])
             for t in iters:
                 rows.append([problem, kind, t, _ms([float(np.linalg.norm(r[0] - x_star)) for r in per[t]]),
                              _ms([r[2] for r in per[t]]), _ms([r[1] for r in per[t]])])
@@ -442,11 +450,14 @@ def part_convergence(seeds: list[int], log) -> str:
     parts = []
     for p in ("qp", "weakly convex"):
         h, q, lg = last[(p, "hinge")], last[(p, "squared")], last[(p, "lagrangian")]
-        parts.append(f"{p}: hinge {h:.3f}, squared hinge {q:.3f}, Lagrangian {lg:.3f} (the squared hinge at the same "
-                     f"beta is {'the farthest from' if q > max(h, lg) else 'NOT the farthest from'} the KKT point)")
-    verdict = ("**Verdict:** exact KKT residual after 10,000 noisy steps (sigma 0.1, step 0.1/sqrt(t)), mean of seeds: "
-               + "; ".join(parts) + ". At a fixed beta the squared hinge's minimiser is infeasible by about "
-               "m lambda*/beta, the hinge penalty's (beta above the threshold) is the KKT point.")
+        dh, dq, dl = (dist[(p, k)] for k in ("hinge", "squared", "lagrangian"))
+        parts.append(f"{p}: KKT residual hinge {h:.3f}, squared hinge {q:.3f}, Lagrangian {lg:.3f}; distance to x* "
+                     f"{dh:.3f} / {dq:.3f} / {dl:.3f}")
+    verdict = ("**Verdict:** after 10,000 noisy steps (sigma 0.1, step 0.1/sqrt(t)), mean of seeds: "
+               + "; ".join(parts) + ". The squared hinge at the same beta stays infeasible (its minimiser violates "
+               "the active constraints by about m lambda*/beta), the hinge penalty with beta above the threshold and "
+               "the Lagrangian end near the KKT point; with this noise the hinge penalty's iterate ends farther "
+               "from x* than the Lagrangian's on the QP.")
     return (table + "\n\n" + verdict + "\n\nCompositional methods on `min_x | ||Ax - b||^2 - 1 |` (A 20x5 Gaussian, b = A x_true, x0 = "
             "(3, ..., 3); the minimum 0 is attained on the set ||Ax - b|| = 1, every point of which is stationary; "
             "f(c(x)) is the distance in value to it):\n\n" + comp
@@ -455,7 +466,12 @@ def part_convergence(seeds: list[int], log) -> str:
 
 # ----------------------------------------------------------------------------- (s) speed
 def part_speed(log, rounds: int = 40) -> str:
+    import gc
+
     from xrisk.constrained import HingePenalty, ProblemState, roc_fairness_constraints
+
+    gc.collect()
+    gc.freeze()  # the objects the other parts left behind must not make the garbage collector's passes costlier
 
     torch.manual_seed(0)
     x = torch.randn(BATCH, 85)
@@ -498,14 +514,18 @@ def part_speed(log, rounds: int = 40) -> str:
         times = _common.time_interleaved({"plain": plain, "builder": with_builder, "formulation": formulation_only},
                                          rounds=rounds, steps_per_round=20)
         med = {k: _common.median(v) for k, v in times.items()}
+        low = {k: min(v) for k, v in times.items()}
         for label, key in (("HingePenalty + roc_fairness_constraints (20 constraints)", "builder"),
                            ("HingePenalty on 20 given constraint values", "formulation")):
-            ratio = med[key] / med["plain"]
-            rows.append([kind, label, f"{med['plain'] * 1e3:.3f}", f"{med[key] * 1e3:.3f}", f"{ratio:.2f}x",
-                         "met" if ratio <= 1.2 else "NOT met", f"{load0:.1f} / {_common.loadavg():.1f}"])
+            ratio, ratio_min = med[key] / med["plain"], low[key] / low["plain"]
+            rows.append([kind, label, f"{med['plain'] * 1e3:.3f} / {low['plain'] * 1e3:.3f}",
+                         f"{med[key] * 1e3:.3f} / {low[key] * 1e3:.3f}", f"{ratio:.2f}x / {ratio_min:.2f}x",
+                         "met" if max(ratio, ratio_min) <= 1.2 else "NOT met",
+                         f"{load0:.1f} / {_common.loadavg():.1f}"])
         log(f"speed {kind}: {', '.join(f'{k} {v * 1e3:.3f} ms' for k, v in med.items())}")
-    return _common.md_table(["model (batch 256, Adam)", "constrained step", "unconstrained step (ms, median)",
-                             "constrained step (ms, median)", "ratio", "goal <= 1.2x", "load before / after"], rows)
+    return _common.md_table(["model (batch 256, Adam)", "constrained step", "unconstrained step (ms, median / min)",
+                             "constrained step (ms, median / min)", "ratio (median / min)",
+                             "goal <= 1.2x (both ratios)", "load before / after"], rows)
 
 
 # ----------------------------------------------------------------------------- main
@@ -553,7 +573,9 @@ def _section_convergence(seeds: list[int], log, quick: bool) -> str:
 def _section_speed(seeds: list[int], log, quick: bool) -> str:
     return ("### (d) Speed: a HingePenalty step with 20 constraints vs the unconstrained step\n\n"
             "Same model, data and optimizer; one thread; steps timed in interleaved rounds "
-            f"(`bench/_common.py::time_interleaved`, {5 if quick else 40} rounds of 20 steps, medians).\n\n"
+            f"(`bench/_common.py::time_interleaved`, {5 if quick else 40} rounds of 20 steps). The median is "
+            "what a shared machine gives (its contention inflates both steps alike and dilutes the ratio); the "
+            "minimum is closest to the steps' own cost.\n\n"
             + part_speed(log, rounds=5 if quick else 40))
 
 
@@ -587,10 +609,12 @@ def main(argv: list[str] | None = None) -> int:
         facts = _common.machine_facts(1)
         t0 = time.perf_counter()
         body = PARTS[key](seeds, log, args.quick)
-        cmd = f"nice -n 10 .venv-bench/bin/python bench/fidelity_constrained.py --parts {key}"
+        cmd = "nice -n 10 .venv-bench/bin/python bench/fidelity_constrained.py" + (
+            f" --parts {args.parts}" if args.parts != "fcvs" else "")
         cmd += (" --quick" if args.quick else "") + (f" --seeds {args.seeds}" if args.seeds != 5 else "")
-        text = (f"Command: `{cmd}` ({(time.perf_counter() - t0) / 60:.1f} min wall, one process, one thread). "
-                f"Machine: {facts}; load average at the end {_common.loadavg():.2f}.")
+        alone = "" if args.parts == key else f"; this part alone: `--parts {key}`"
+        text = (f"Command: `{cmd}` (this part {(time.perf_counter() - t0) / 60:.1f} min wall, one process, one "
+                f"thread{alone}). Machine: {facts}; load average at the end {_common.loadavg():.2f}.")
         heading, rest = body.split("\n\n", 1)
         section = f"{heading}\n\n{text}\n\n{rest}"
         print(section, flush=True)

@@ -46,10 +46,11 @@ def group_rates(
     return rates.reshape(2, 2, -1), counts.reshape(2, 2)
 
 
-def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor,
-                 theta: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[float]]:
-    """This rank's checks with one host read: ``(scores [B], targets int64, groups int64, cell = 2 groups +
-    targets, cell counts [4] as a tensor and as host numbers)``."""
+def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, list[int]]:
+    """This rank's checks: ``(scores [B], cell = 2 groups + targets (int64), the cell counts [4] on the host)``.
+
+    Few tensor ops (on a CPU each costs more than its arithmetic): the binary check is
+    ``(targets | groups) >> 1 == 0``, which also refuses negative values."""
     if not isinstance(scores, Tensor) or not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
     scores = scores.reshape(-1) if scores.dim() == 2 and scores.shape[1] == 1 else scores
@@ -57,18 +58,12 @@ def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor,
         raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
                          f"{tuple(targets.shape)}, {tuple(groups.shape)}")
     t, gr = targets.long(), groups.long()
-    cell = gr * 2 + t
-    counts = torch.bincount(cell.clamp(0, 3), minlength=4).to(scores.dtype)
-    # one host read: the labels' range, the cell counts, and NaN if a score or threshold is not finite
-    lo_hi = torch.aminmax(torch.stack((t, gr))) if t.numel() else (t.new_zeros(()), t.new_zeros(()))
-    probe = (scores.detach().sum() + theta.sum()) * 0
-    stats = torch.cat((torch.stack(lo_hi).to(scores.dtype), counts, probe.reshape(1))).tolist()
-    if not math.isfinite(stats[-1]):
-        check_finite("scores", scores)
-        check_finite("thresholds", theta)
-    if t.numel() and (stats[0] < 0 or stats[1] > 1):
+    if t.numel() and int(torch.count_nonzero(torch.bitwise_or(t, gr) >> 1)):
         raise ValueError("targets and groups must be binary (0/1)")
-    return scores, t, gr, cell, counts, stats[2:6]
+    if not math.isfinite(float(scores.detach().sum())):
+        check_finite("scores", scores)  # raises unless the sum only overflowed
+    cell = torch.add(t, gr, alpha=2)
+    return scores, cell, torch.bincount(cell, minlength=4).tolist()
 
 
 def roc_fairness_constraints(
@@ -125,26 +120,34 @@ def roc_fairness_constraints(
     kappa = check_positive("kappa", kappa, allow_zero=True)
     if temperature is not None:
         temperature = check_positive("temperature", temperature)
-    theta = torch.as_tensor(thresholds, dtype=getattr(scores, "dtype", None), device=getattr(scores, "device", None))
-    theta = theta.reshape(-1)
-    k = theta.numel()
-    if k == 0:
+    theta = [float(v) for v in (thresholds.reshape(-1).tolist() if isinstance(thresholds, Tensor) else thresholds)]
+    if not theta:
         raise ValueError("thresholds must hold at least one threshold")
-    check = functools.partial(_check_batch, scores, targets, groups, theta)
+    if not all(math.isfinite(v) for v in theta):
+        raise ValueError(f"thresholds contain NaN/inf: {theta}")
+    k = len(theta)
+    check = functools.partial(_check_batch, scores, targets, groups)
     if gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
-        (scores, t, gr, _, _, _), layout = xdist.agree_on_batch(
-            "roc_fairness_constraints", check, lambda o: {"scores": o[0], "targets": o[1], "groups": o[2]})
+        (scores, cell, _), layout = xdist.agree_on_batch(
+            "roc_fairness_constraints", check, lambda o: {"scores": o[0], "cell": o[1]})
         scores = xdist.all_gather(scores, grad="sum", sizes=layout.sizes)
-        t = xdist.all_gather_no_grad(t, sizes=layout.sizes)
-        gr = xdist.all_gather_no_grad(gr, sizes=layout.sizes)
-        cell = gr * 2 + t
-        counts = torch.bincount(cell, minlength=4).to(scores.dtype)
-        present = counts.tolist()
+        cell = xdist.all_gather_no_grad(cell, sizes=layout.sizes)
+        present = torch.bincount(cell, minlength=4).tolist()
     else:
-        scores, t, gr, cell, counts, present = check()
-    rates, _ = group_rates(scores, t, gr, theta, temperature, cell=cell, counts=counts)
-    gaps = (rates[1] - rates[0])  # [label, K]: group a minus group b, FPR (label 0) and TPR (label 1)
-    values = torch.stack((gaps, -gaps), 1).permute(2, 0, 1).reshape(-1) - kappa  # [K, label, sign]
+        scores, cell, present = check()
+    # rows (FPR_a - FPR_b, FPR_b - FPR_a, TPR_a - TPR_b, TPR_b - TPR_a) as weights on the cells (b,0), (b,1),
+    # (a,0), (a,1), each cell's weight divided by its count: values = coef[:, cell] @ rates-at-each-sample
+    inv = [1.0 / max(c, 1) for c in present]
+    coef = torch.tensor([[-inv[0], 0.0, inv[2], 0.0], [inv[0], 0.0, -inv[2], 0.0],
+                         [0.0, -inv[1], 0.0, inv[3]], [0.0, inv[1], 0.0, -inv[3]]],
+                        dtype=scores.dtype, device=scores.device)
+    if temperature is not None:
+        shift = torch.tensor([-v / temperature for v in theta], dtype=scores.dtype, device=scores.device)
+        soft = torch.sigmoid(torch.add(shift, scores.unsqueeze(1), alpha=1.0 / temperature))  # [B, K]
+    else:
+        soft = (scores.unsqueeze(1) >= scores.new_tensor(theta)).to(scores.dtype)
+    offset = torch.full((4, k), -kappa, dtype=scores.dtype, device=scores.device)
+    values = torch.addmm(offset, coef.index_select(1, cell), soft).t().reshape(-1)  # [K, 4] in threshold order
     has_fpr = present[0] > 0 and present[2] > 0  # cells 2 group + label: (b, 0) and (a, 0)
     has_tpr = present[1] > 0 and present[3] > 0
     if has_fpr and has_tpr:
