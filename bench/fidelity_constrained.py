@@ -185,6 +185,31 @@ def part_fair(seeds: list[int], log) -> tuple[str, dict]:
     return table, {"results": results, "histories": histories}
 
 
+def _majority_accuracy(name: str, seeds: int) -> float:
+    """Mean over the seeds' test splits of the accuracy of predicting the majority class for everybody."""
+    from xrisk.data.fairness import load_fairness
+
+    accs = []
+    for seed in range(seeds):
+        y = load_fairness(name, seed=seed).y_test.double()
+        accs.append(max(float(y.mean()), 1.0 - float(y.mean())))
+    return statistics.fmean(accs)
+
+
+def _squeeze_note(results: dict) -> str:
+    """How close the hinge penalty's decisions come to the constant classifier (scores squeezed between thresholds)."""
+    parts = []
+    for name in ("adult", "compas", "german"):
+        r = results[(name, "hinge (ours)")]
+        acc = statistics.fmean(x["test_accuracy"] for x in r)
+        parts.append(f"{name} {acc:.3f} vs {_majority_accuracy(name, len(r)):.3f}")
+    return ("- Test accuracy of the hinge penalty vs predicting the majority class for everybody: " + "; ".join(parts)
+            + ". Where the two are close, the penalty meets the ROC constraints largely by moving almost all scores "
+              "to one side of each threshold (a rate that is 0 or 1 for both groups has no gap): ranking survives "
+              "(AUROC), decisions at 0.5 do not. Constraints at a few fixed thresholds admit such solutions; the "
+              "squared hinge and the Lagrangian, which stop short of feasibility, keep more accuracy.")
+
+
 def _fair_verdicts(results: dict) -> list[str]:
     lines = []
     feasible_everywhere = True
@@ -213,6 +238,7 @@ def _fair_verdicts(results: dict) -> list[str]:
     lines.append(f"- Cross-check: our `Lagrangian` and cooper's `SimultaneousOptimizer` run the same SGDA on the same "
                  f"batches; over all runs the test AUROC differs by at most {max(diffs):.2e} and the max gap by at most "
                  f"{max(gdiffs):.2e}.")
+    lines.append(_squeeze_note(results))
     lines.insert(0, "**Verdict (goal: the hinge penalty feasible on every data set and at least as accurate as every "
                     f"feasible baseline): {'met' if feasible_everywhere else 'NOT met'}.**")
     return lines
