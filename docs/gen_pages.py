@@ -41,7 +41,8 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "`DualSampler` family, and the built-in offline loaders.",
      ["xrisk.data.indexed", "xrisk.data.samplers", "xrisk.data.builtin", "xrisk.data.fashion_mnist",
       "xrisk.data.captions", "xrisk.data.emoji", "xrisk.data.text", "xrisk.data.augment",
-      "xrisk.data.errors", "xrisk.data.fairness"]),
+      "xrisk.data.errors", "xrisk.data.clinical.stays", "xrisk.data.clinical.reader",
+      "xrisk.data.clinical.generator", "xrisk.data.clinical.views", "xrisk.data.fairness"]),
     ("Constrained learning", "constrained",
      "The problem / formulation split (`ProblemState`, `HingePenalty`, `SquaredHingePenalty`, `Lagrangian`) and "
      "the constraint builders (see the [guide](../constrained.md)).",
@@ -53,18 +54,23 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "(see also the [design notes](../design.md)).",
      ["xrisk.state", "xrisk.distributed", "xrisk.checkpoint", "xrisk.schedules"]),
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
-     "surrogates of AUC-M, AP, partial AUC and the contrastive losses; the constrained formulations' estimators "
-     "and weights; proximal maps and Moreau envelopes.",
+     "surrogates of AUC-M, AP, partial AUC and the contrastive losses, the masked-value imputation loss; the "
+     "constrained formulations' estimators and weights; proximal maps and Moreau envelopes.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
-      "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.constrained",
-      "xrisk.functional.prox"]),
+      "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.imputation",
+      "xrisk.functional.constrained", "xrisk.functional.prox"]),
     ("Models", "models", "Small models used by the recipes and tests.",
-     ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders"]),
+     ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders", "xrisk.models.timeseries"]),
+    ("Audio (Myna)", "audio",
+     "The Myna pieces: mel front end, spectrogram ViT with masked tokens, audio reader and data sets, "
+     "the music21 key corpus, key score and frozen-embedding probes (see the [Myna guide](../myna.md)).",
+     ["xrisk.models.audio.mel", "xrisk.models.audio.vit", "xrisk.models.audio.masking", "xrisk.data.audio",
+      "xrisk.data.music", "xrisk.data.key_corpus", "xrisk.metrics.key", "xrisk.metrics.probe"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
-      "xrisk.recipes.contrastive", "xrisk.recipes.fair", "xrisk.recipes.continual", "xrisk.recipes.demo",
-      "xrisk.recipes.plots",
+      "xrisk.recipes.contrastive", "xrisk.recipes.ehr", "xrisk.recipes.myna", "xrisk.recipes.fair",
+      "xrisk.recipes.continual", "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 

@@ -5,15 +5,19 @@ Cases live in ``tests/cases/cases_*.py``; see :class:`cases.LossCase`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
 import torch
 
 from cases import LossCase, all_cases
+from xrisk.state import PendingWrites
 
 CASES = all_cases()
 IDS = [c.name for c in CASES]
+# losses whose schedules read the epoch warn once that it is inferred (tests/test_step_contract.py checks that)
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*set_epoch\(\) was never called")
 
 
 def _prepare(case: LossCase, args: tuple) -> tuple:
@@ -65,6 +69,90 @@ def test_empty_batch_is_connected_zero_and_keeps_state(case: LossCase):
     out.backward()
     for i in case.grad_args:
         assert args[i].grad is not None and torch.equal(args[i].grad, torch.zeros_like(args[i]))
+    _assert_same_state(before, _states(loss))
+
+
+DEGENERATE = [c for c in CASES if "degenerate" in c.extra]
+
+
+@pytest.mark.parametrize("case", DEGENERATE, ids=[c.name for c in DEGENERATE])
+def test_degenerate_batches_are_connected_zero_and_keep_state(case: LossCase):
+    loss = case.make()
+    loss(*_prepare(case, case.batch(0)))
+    before = _states(loss)
+    for batch in case.extra["degenerate"]():
+        args = _prepare(case, batch)
+        out = loss(*args)
+        assert out.item() == 0.0 and out.requires_grad
+        out.backward()
+        for i in case.grad_args:
+            assert torch.equal(args[i].grad, torch.zeros_like(args[i]))
+    _assert_same_state(before, _states(loss))
+
+
+def _is_stateful(loss: torch.nn.Module) -> bool:
+    params = {k for k, _ in loss.named_parameters()}
+    return any(k not in params for k in loss.state_dict())
+
+
+CONTEXTS = {"plain": contextlib.nullcontext, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("context", list(CONTEXTS))
+def test_state_changes_in_training_mode_only(case: LossCase, context: str):
+    """BatchNorm's rule: eval() computes the training value from a copy of the update and writes nothing
+    (under no_grad / inference_mode too); training mode updates the state (under no_grad / inference_mode too)."""
+    loss = case.make()
+    for seed in range(2):
+        loss(*_prepare(case, case.batch(seed)))
+    before = _states(loss)
+    twin = copy.deepcopy(loss)
+    want = twin(*_prepare(case, case.batch(2)))  # what a training step returns (and writes)
+    loss.eval()
+    with CONTEXTS[context]():
+        got = loss(*_prepare(case, case.batch(2)))
+    assert torch.equal(got.detach(), want.detach()), "eval() returns the training-mode value"
+    assert torch.equal(loss.objective(), twin.objective()), "objective() reports the eval call's estimate"
+    _assert_same_state(before, _states(loss))
+    loss.train()
+    with CONTEXTS[context]():
+        loss(*_prepare(case, case.batch(2)))
+    after = _states(loss)
+    _assert_same_state(_states(twin), after)  # the mode decides, not the autograd context
+    if _is_stateful(loss):
+        assert any(not torch.equal(before[k], after[k]) for k in before), "training mode updates the state"
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_failed_step_writes_nothing(case: LossCase, monkeypatch):
+    """All or nothing: a step whose last staged update is not finite raises and changes no buffer."""
+    loss = case.make()
+    loss(*_prepare(case, case.batch(0)))
+    before = _states(loss)
+    commit = PendingWrites.commit
+    staged = []
+
+    def poisoned(self: PendingWrites, *, write: bool, check: bool = True) -> None:
+        if self._rows:  # spoil the last staged update: the others must not be written either
+            value, seen, index, rows, mask, _ = self._rows[-1]
+            bad = rows.clone()
+            bad.view(-1)[-1] = float("nan")
+            self._rows[-1] = (value, seen, index, bad, mask, "forced failure")
+            staged.append(len(self._rows))
+        elif len(self):  # only other writes (a step counter): fail the step's check
+            self.check(torch.full((1,), float("nan")), "forced failure")
+            staged.append(len(self))
+        return commit(self, write=write, check=check)
+
+    monkeypatch.setattr(PendingWrites, "commit", poisoned)
+    if not _is_stateful(loss):
+        loss(*_prepare(case, case.batch(1)))
+        assert not staged  # nothing to stage, nothing to spoil
+        return
+    with pytest.raises(FloatingPointError, match="forced failure; no state was changed"):
+        loss(*_prepare(case, case.batch(1)))
+    assert staged
     _assert_same_state(before, _states(loss))
 
 

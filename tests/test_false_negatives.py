@@ -223,7 +223,7 @@ def test_adam_thresholds_match_a_per_sample_loop():
                     assert fnd.lam_m.value[i, s].item() == pytest.approx(m[(i, s)], abs=1e-6)
                     assert fnd.lam_v.value[i, s].item() == pytest.approx(v[(i, s)], abs=1e-7)
         assert set(fnd.state_dict()) == {"lam.value", "lam.seen", "lam_m.value", "lam_m.seen", "lam_v.value",
-                                         "lam_v.seen", "epoch"}
+                                         "lam_v.seen", "epoch", "samples_seen", "epoch_is_set"}
 
 
 def test_threshold_kernels_against_loops():
@@ -270,7 +270,7 @@ def test_default_lr_converges_and_masked_fraction_is_reported():
             if epoch >= 5:
                 assert torch.equal(keep, sim <= fnd.lam.value[idx][:, :, None])
     assert abs(fnd.last_masked_fraction - alpha) < 0.08
-    assert fnd.state_dict().keys() == {"lam.value", "lam.seen", "epoch"}
+    assert fnd.state_dict().keys() == {"lam.value", "lam.seen", "epoch", "samples_seen", "epoch_is_set"}
 
 
 def test_count_true_equals_sum_for_every_layout():

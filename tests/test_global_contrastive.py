@@ -189,6 +189,7 @@ def test_cosine_gamma_schedule_and_epoch_buffer():
     assert sched(0) == 1.0 and sched(4) == 0.2 and sched(9) == 0.2
     assert sched(2) == pytest.approx(0.2 + 0.8 * 0.5)
     loss_fn = GlobalContrastiveLoss(6, mode="bimodal", gamma_schedule=sched)
+    loss_fn.set_epoch(0)  # explicit: the epoch is not inferred from the samples seen
     a, b = torch.randn(6, 3), torch.randn(6, 3)
     loss_fn(a, b, torch.arange(6))
     first = loss_fn.log_u.value.clone()

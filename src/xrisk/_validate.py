@@ -21,9 +21,9 @@ def all_finite(*tensors: Tensor) -> bool:
     floats = [x.detach() if x.requires_grad else x for x in tensors if x.is_floating_point()]
     if not floats:
         return True
-    probe = floats[0].sum()
+    probe = floats[0] if floats[0].dim() == 0 else floats[0].sum()
     for x in floats[1:]:
-        probe = probe + x.sum()
+        probe = probe + (x if x.dim() == 0 else x.sum())
     if math.isfinite(float(probe)):
         return True
     return all(bool(torch.isfinite(x).all()) for x in floats)
@@ -49,7 +49,9 @@ def check_binary_inputs(scores: Tensor, targets: Tensor, num_tasks: int) -> tupl
 def check_binary_batch(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple[Tensor, Tensor, list[int]]:
     """:func:`check_binary_inputs` plus the number of positives of each task (host ints).
 
-    One host read serves the finiteness check, the 0/1 check and the counts: for float targets
+    A small CPU batch (at most 256 targets) reads the targets as a list (the 0/1 check and the counts in
+    Python) and one sum of the scores (finiteness). Otherwise one host read serves the finiteness
+    check, the 0/1 check and the counts: for float targets
     ``s * 0 + t (t - 1)`` is nonzero exactly where a score is NaN/inf or a target is not 0/1
     (``NaN != 0``), counted together with the targets themselves; for bool
     targets the counts carry ``0 * sum(scores)``, NaN exactly when the sum is not finite (an
@@ -59,6 +61,7 @@ def check_binary_batch(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple
         raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
     if not isinstance(targets, Tensor):
         raise TypeError(f"targets must be a tensor, got {type(targets).__name__}")
+    given = targets
     if scores.dim() == 1:
         scores = scores.unsqueeze(1)
     if targets.dim() == 1:
@@ -71,6 +74,18 @@ def check_binary_batch(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple
         raise ValueError(
             f"targets shape {tuple(targets.shape)} does not match scores shape {tuple(scores.shape)}"
         )
+    if targets.device.type == "cpu" and targets.numel() <= 256 and not targets.is_complex():
+        # a small CPU batch: the targets are read as a list (no tensor op costs less), the scores summed
+        values = (given if given.dim() == 1 else targets.reshape(-1)).tolist()
+        if not set(values) <= {0, 1}:  # NaN != 0, 1
+            check_finite("scores", scores)
+            if targets.is_floating_point():
+                check_finite("targets", targets)
+            raise ValueError("targets must be binary (0/1); got values outside {0, 1}")
+        if not math.isfinite(float((scores.detach() if scores.requires_grad else scores).sum())):
+            check_finite("scores", scores)  # raises unless the sum only overflowed
+        counts = [int(sum(values[t::num_tasks])) for t in range(num_tasks)]
+        return scores, targets if targets.dtype == torch.bool else targets != 0, counts
     with torch.no_grad():
         if targets.dtype == torch.bool:
             stats = (targets.sum(0) + scores.sum(0, dtype=torch.float32) * 0).tolist()  # counts exact < 2**24

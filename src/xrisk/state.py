@@ -41,7 +41,8 @@ loss templates' scalar state too. Rules it enforces:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Literal, Sequence
+import math
+from typing import Any, Callable, Literal, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +50,8 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._validate import all_finite
 
-__all__ = ["ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "update_states", "write_rows"]
+__all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
+           "update_states", "write_rows"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -83,11 +85,11 @@ def check_index_unique(index: Tensor, num_samples: int, *, batch_size: int | Non
     _check_index_type(index, batch_size)
     n = index.numel()
     if not n:
-        return index.long(), True
+        return (index if index.dtype == torch.long else index.long()), True
     if n <= 256 and index.device.type == "cpu":
         values = index.tolist()
         _check_bounds(min(values), max(values), num_samples)
-        return index.long(), len(set(values)) == n
+        return (index if index.dtype == torch.long else index.long()), len(set(values)) == n
     uniq = torch.unique(index)  # sorted
     bounds = uniq[:: max(uniq.numel() - 1, 1)].tolist()
     _check_bounds(bounds[0], bounds[-1], num_samples)
@@ -334,44 +336,174 @@ def _moving_average(old: Tensor, new: Tensor, gamma: float | Tensor, seen: Tenso
     return upd if mask is None else torch.where(mask, upd, old)
 
 
-def _require_finite(news: Sequence[Tensor]) -> None:
-    """Raise before anything is written when a new estimate is NaN/inf (one host read for all)."""
-    if len(news) > 1 and sum(x.numel() for x in news) <= 65536:  # small rows: one sum over them all
-        shape = news[0].shape
-        if all(x.shape == shape for x in news):  # the usual case (a loss's rows): no reshape views
-            news = [torch.stack(list(news))]  # all_finite reads it detached
-        else:
-            news = [torch.cat([x.reshape(-1) for x in news])]
-    if not all_finite(*news):
-        raise FloatingPointError("refusing to store a non-finite estimate in SampleState")
+def _finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every entry of every tensor is finite, with one host read for all (see :func:`all_finite`)."""
+    if len(tensors) == 1 and tensors[0].is_floating_point():
+        x = tensors[0]
+        return math.isfinite(float(x.sum())) or all_finite(x)  # an overflowing sum goes to the exact check
+    if len(tensors) == 2 and tensors[0].dim() == 1 and tensors[0].shape == tensors[1].shape:
+        a, b = tensors
+        if a.dtype == b.dtype and a.is_floating_point():
+            # sum_k a_k b_k is NaN/inf whenever an entry is (inf * 0 is NaN, NaN propagates, inf - inf is NaN);
+            # a finite pair whose products overflow goes to the exact check
+            return math.isfinite(float(torch.dot(a, b))) or all_finite(a, b)
+    if len(tensors) > 1 and sum(x.numel() for x in tensors) <= 65536:  # small rows: one sum over them all
+        shape, dtype = tensors[0].shape, tensors[0].dtype
+        if all(x.shape == shape and x.dtype == dtype for x in tensors):  # a loss's rows: no reshape views
+            return all_finite(torch.stack(list(tensors)))
+        if all(x.dtype == dtype for x in tensors):
+            return all_finite(torch.cat([x if x.dim() == 1 else x.reshape(-1) for x in tensors]))
+    return all_finite(*tensors)
 
 
-def write_rows(states: Sequence[SampleState], index: Tensor, rows: Sequence[Tensor]) -> None:
+Cause = Union[str, Callable[[], str]]
+
+
+class PendingWrites:
+    """The state writes of one step, computed first and applied together: all or nothing.
+
+    A loss step stages every update it computes (:meth:`stage`: new rows of a
+    :class:`SampleState`, or of one column of it; :meth:`after`: any other write, e.g. a step counter),
+    and may register further tensors that must be finite for the step to count (:meth:`check`, e.g. the
+    pairwise losses behind a returned value). :meth:`commit` then checks every staged row and checked
+    tensor for NaN/inf with one host read -- raising :class:`FloatingPointError` with the *cause*
+    given at staging (what overflowed, e.g. "scores overflow the exponential surrogate") before anything
+    is written -- and writes them all only when ``write`` is true (a loss passes ``self.training``: state
+    changes in training mode only, like BatchNorm's running estimates).
+
+    Rows of one state staged twice in a step must touch different entries (different columns, or a
+    ``mask``); later stages win otherwise. A masked stage writes only the entries where ``mask`` is True
+    (the others keep the value they have when the step is committed).
+
+    Example:
+        >>> s = SampleState(4)
+        >>> w = PendingWrites("example")
+        >>> w.stage(s, torch.tensor([1, 2]), torch.tensor([5.0, 6.0]))
+        >>> s.value.tolist()  # nothing written yet
+        [0.0, 0.0, 0.0, 0.0]
+        >>> w.commit(write=True)
+        >>> s.value.tolist()
+        [0.0, 5.0, 6.0, 0.0]
+    """
+
+    __slots__ = ("cause", "_rows", "_checks", "_after")
+
+    def __init__(self, cause: Cause = "a new state estimate is NaN/inf") -> None:
+        self.cause = cause
+        self._rows: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Cause | None]] = []
+        self._checks: list[tuple[Tensor, Cause]] = []
+        self._after: list[Callable[[], None]] = []
+
+    def stage(
+        self, state: SampleState, index: Tensor, rows: Tensor, *, column: int | None = None,
+        mask: Tensor | None = None, cause: Cause | None = None,
+    ) -> None:
+        """Stage ``state[index] = rows`` (``column``: ``state[index, column] = rows``), marking them seen.
+
+        ``index``: validated, duplicate-free, on the state's device; ``rows``: ``[B, *shape]`` (``[B]`` with
+        ``column``) ``float32`` on that device, finite (masked-out entries included); ``mask``: bool like
+        ``rows`` (None: every entry). ``cause``: the message if these rows are not finite (default: the
+        writes' ``cause``).
+        """
+        value, seen = state.tensors()
+        if column is not None:
+            value, seen = value.select(1, column), seen.select(1, column)
+        self.stage_tensors(value, seen, index, rows, mask=mask, cause=cause)
+
+    def stage_tensors(
+        self, value: Tensor, seen: Tensor, index: Tensor, rows: Tensor, *, mask: Tensor | None = None,
+        cause: Cause | None = None,
+    ) -> None:
+        """:meth:`stage` into a state's ``(value, seen)`` buffers or views of them (e.g. one column the caller has
+        already selected)."""
+        self._rows.append((value, seen, index, rows.detach() if rows.requires_grad else rows, mask, cause))
+
+    def check(self, x: Tensor, cause: Cause) -> None:
+        """Require ``x`` to be finite for the step to be written (raise ``FloatingPointError(cause)`` if not)."""
+        self._checks.append((x.detach() if x.requires_grad else x, cause))
+
+    def after(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` after the staged rows are written (only if they are: training mode, all finite)."""
+        self._after.append(fn)
+
+    def __len__(self) -> int:
+        return len(self._rows) + len(self._after)
+
+    def verify(self) -> None:
+        """Raise :class:`FloatingPointError` naming the cause if a staged row or checked tensor is not finite."""
+        tensors = [x for x, _ in self._checks] + [r[3] for r in self._rows]
+        if not tensors or _finite(tensors):
+            return
+        for x, cause in [*self._checks, *((r[3], r[5] or self.cause) for r in self._rows)]:
+            if not all_finite(x):
+                raise FloatingPointError((cause() if callable(cause) else cause) + "; no state was changed")
+        raise FloatingPointError((self.cause() if callable(self.cause) else self.cause) + "; no state was changed")
+
+    def commit(self, *, write: bool, check: bool = True) -> None:
+        """:meth:`verify` (unless ``check=False``: the caller proved every row finite), then, if ``write``,
+        apply every staged write in order. The object is spent afterwards."""
+        if check:
+            self.verify()
+        if write:
+            for value, seen, index, rows, mask, _ in self._rows:
+                if mask is None:
+                    value.index_copy_(0, index, rows)
+                    seen.index_fill_(0, index, True)
+                else:
+                    value.index_copy_(0, index, torch.where(mask, rows, value.index_select(0, index)))
+                    seen.index_copy_(0, index, seen.index_select(0, index) | mask)
+            for fn in self._after:
+                fn()
+        self._rows, self._checks, self._after = [], [], []
+
+
+def column_views(state: SampleState, column: int) -> tuple[Tensor, Tensor]:
+    """Views ``(value[:, column], seen[:, column])`` of a state of shape ``(T,)``, made once per buffer pair
+    (remade when ``.to()`` or ``load_state_dict(assign=True)`` replaces the buffers)."""
+    value, seen = state.tensors()
+    cache = state.__dict__.setdefault("_column_views", {})
+    hit = cache.get(column)
+    if hit is not None and hit[0] is value and hit[1] is seen:
+        return hit[2], hit[3]
+    views = value.select(1, column), seen.select(1, column)
+    cache[column] = (value, seen, *views)
+    return views
+
+
+def write_rows(
+    states: Sequence[SampleState], index: Tensor, rows: Sequence[Tensor], *, writes: PendingWrites | None = None,
+) -> None:
     """Low level: ``states[k].value[index] = rows[k]`` and mark those rows seen (an overwrite, no averaging).
 
     For callers that computed the new rows themselves (the losses' state steps): ``index`` must be
     validated (:func:`check_index`), free of duplicates and on the states' device, ``rows[k]``
-    ``float32`` ``[B, *shape]`` on that device. The rows are checked to be finite (one host read for
-    all, before any write), as in :func:`update_states`. Everything else should use :func:`update_states`.
+    ``float32`` ``[B, *shape]`` on that device. With ``writes`` the rows are staged there (written at its
+    commit); without, they are checked to be finite (one host read for all, before any write) and written
+    now. Everything else should use :func:`update_states`.
     """
-    _require_finite(rows)
+    w = PendingWrites("refusing to store a non-finite estimate in SampleState") if writes is None else writes
     for st, r in zip(states, rows):
-        value, seen = st.tensors()
-        value.index_copy_(0, index, r.detach() if r.requires_grad else r)  # the buffers never join a graph
-        seen.index_fill_(0, index, True)
+        w.stage(st, index, r)
+    if writes is None:
+        w.commit(write=True)
 
 
 def _check_update(
     states: Sequence[SampleState], index: Tensor, news: Sequence[Tensor], gamma: float | Tensor,
-    mask: Tensor | None, index_checked: bool,
+    mask: Tensor | None, index_checked: bool, column: int | None = None, finite_cause: Cause | None = None,
 ) -> tuple[Tensor, Tensor | float, Tensor | None]:
-    """The checks of :func:`update_states` (this rank's rows): ``(index int64, gamma, mask [B, *shape] or None)``."""
+    """The checks of :func:`update_states` (this rank's rows): ``(index int64, gamma, mask [B, *shape] or None)``.
+
+    ``finite_cause``: also require the new values to be finite (raising ``FloatingPointError(finite_cause)``);
+    otherwise the commit of the staged rows checks them."""
     first = states[0]
     if len(states) > 1 and any(st.num_samples != first.num_samples or st.shape != first.shape for st in states):
         raise ValueError("update_states needs states of the same num_samples and shape")
     if not index_checked:
         index = check_index(index, first.num_samples)
-    want = (index.numel(), *first.shape)
+    if column is not None and not (len(first.shape) == 1 and 0 <= column < first.shape[0]):
+        raise ValueError(f"column={column} needs states of shape (T,) with T > column, got shape {first.shape}")
+    want = _row_shape(index, first, column)
     for new in news:
         if new.shape != want:
             raise ValueError(
@@ -383,9 +515,15 @@ def _check_update(
         gamma_t: Tensor | float = float(gamma)
     else:
         gamma_t = gamma.detach().to(torch.float32).expand(want).to(first.value.device)
-    _require_finite(news)
+    if finite_cause is not None and not _finite(news):
+        raise FloatingPointError((finite_cause() if callable(finite_cause) else finite_cause) + "; no state was changed")
     m = None if mask is None else mask.detach().to(torch.bool).expand(want)
     return index, gamma_t, m
+
+
+def _row_shape(index: Tensor, state: SampleState, column: int | None) -> tuple[int, ...]:
+    """Shape of the new values of an update at ``index``: ``[B, *shape]``, or ``[B]`` for one ``column``."""
+    return (index.numel(),) if column is not None else (index.numel(), *state.shape)
 
 
 def update_states(
@@ -398,6 +536,9 @@ def update_states(
     local: bool = False,
     index_checked: bool = False,
     assume_unique: bool = False,
+    column: int | None = None,
+    writes: PendingWrites | None = None,
+    cause: Cause | None = None,
 ) -> list[Tensor]:
     """:meth:`SampleState.update` of several states of one shape at the same ``index`` in one pass.
 
@@ -405,6 +546,11 @@ def update_states(
     :meth:`SampleState.update`, shared by all states. The index is validated, checked for
     duplicates and (under ``local``) gathered once; the result equals updating each state in turn.
     Returns the updated rows ``[B, *shape]`` of every state, in order.
+
+    ``column``: update only entry ``column`` of each row of states of shape ``(T,)``; ``news``, ``mask``
+    and the returned rows are then ``[B]``. ``writes``: stage the new rows in this
+    :class:`PendingWrites` (with ``cause`` as the message if they are not finite) instead of checking and
+    writing them now; the returned rows are what the state will hold once it is committed.
 
     Cost: without duplicated indices (detected from ``torch.unique``'s output size) every state
     takes one gather, one ``lerp``/``where`` and one ``index_copy_``; duplicates take the
@@ -422,14 +568,16 @@ def update_states(
     if gathered:  # every rank checks its rows, then all agree (same error everywhere) before the gathers
         (index, gamma_t, m), layout = xdist.agree_on_batch(
             "SampleState.update(local=True)",
-            functools.partial(_check_update, states, index, news, gamma, mask, index_checked),
+            # the rows are checked before the gather, so a non-finite row raises the same error on every rank
+            functools.partial(_check_update, states, index, news, gamma, mask, index_checked, column,
+                              cause or "refusing to store a non-finite estimate in SampleState"),
             lambda checked: {  # news: gathered as float32 whatever their dtype, so only their shape must agree
                 "index": checked[0], "new": torch.empty(news[0].shape, device="meta"),
                 "mask": checked[2], "gamma": checked[1] if isinstance(checked[1], Tensor) else None,
             },
         )
         sizes = layout.sizes
-        want = (index.numel(), *first.shape)
+        want = _row_shape(index, first, column)
         index = xdist.all_gather_no_grad(index, sizes=sizes)
         # float32 (the state's dtype) before the gather: ranks may send different float dtypes
         news = [xdist.all_gather_no_grad(new.detach().to(torch.float32), sizes=sizes) for new in news]
@@ -439,8 +587,8 @@ def update_states(
         if isinstance(gamma_t, Tensor):
             gamma_t = xdist.all_gather_no_grad(gamma_t, sizes=sizes)
     else:
-        index, gamma_t, m = _check_update(states, index, news, gamma, mask, index_checked)
-        want = (index.numel(), *first.shape)
+        index, gamma_t, m = _check_update(states, index, news, gamma, mask, index_checked, column)
+        want = _row_shape(index, first, column)
     dev = first.value.device
     if index.device != dev:
         index = index.to(dev)
@@ -449,35 +597,26 @@ def update_states(
             for new in news]
     if m is not None and m.device != dev:
         m = m.to(dev)
+    w = PendingWrites(cause or "refusing to store a non-finite estimate in SampleState") if writes is None else writes
+    tensors = [st.tensors() for st in states]
+    if column is not None:
+        tensors = [(v.select(1, column), s.select(1, column)) for v, s in tensors]
     outs: list[Tensor] = []
     unique = assume_unique and not gathered
     if not unique:
         uniq, inv = torch.unique(index, return_inverse=True)
         unique = uniq.numel() == index.numel()
-    if unique:  # no duplicates: gather, mix, scatter back
+    if unique:  # no duplicates: gather, mix, stage
         overwrite = isinstance(gamma_t, float) and gamma_t == 1.0
-        for st, new in zip(states, news):
-            if overwrite and m is None:  # plain overwrite
-                st.value.index_copy_(0, index, new)
-                st.seen.index_fill_(0, index, True)
-                outs.append(new.clone())  # never alias the caller's tensor
-                continue
-            if overwrite:  # masked overwrite: the new value where masked in, the old one elsewhere
-                upd = torch.where(m, new, st.value.index_select(0, index))  # type: ignore[arg-type]
-                st.value.index_copy_(0, index, upd)
-                st.seen.index_copy_(0, index, st.seen.index_select(0, index) | m)  # type: ignore[operator]
-                outs.append(upd)
-                continue
-            seen = st.seen.index_select(0, index)
-            upd = _moving_average(st.value.index_select(0, index), new, gamma_t, seen, m)
-            st.value.index_copy_(0, index, upd)
-            if m is None:
-                st.seen.index_fill_(0, index, True)
+        for st, (value, seen), new in zip(states, tensors, news):
+            if overwrite:  # the new value where masked in (the old one elsewhere)
+                upd = new if m is None else torch.where(m, new, value.index_select(0, index))
             else:
-                st.seen.index_copy_(0, index, seen | m)
-            outs.append(upd)
+                upd = _moving_average(value.index_select(0, index), new, gamma_t, seen.index_select(0, index), m)
+            w.stage(st, index, upd, column=column, mask=m, cause=cause)
+            outs.append(upd.clone() if upd is new else upd)  # never alias the caller's tensor
     else:  # duplicates: average the new values (and gammas) of each index, one step per index
-        shape_u = (uniq.numel(), *first.shape)
+        shape_u = (uniq.numel(), *want[1:])
         mf = torch.ones(want, device=dev) if m is None else m.to(torch.float32)
         count = torch.zeros(shape_u, device=dev).index_add_(0, inv, mf)
         touched = count > 0
@@ -486,13 +625,13 @@ def update_states(
             g: Tensor | float = torch.zeros(shape_u, device=dev).index_add_(0, inv, gamma_t * mf) / denom
         else:
             g = gamma_t
-        for st, new in zip(states, news):
+        for st, (value, seen), new in zip(states, tensors, news):
             mean_new = torch.zeros(shape_u, device=dev).index_add_(0, inv, new * mf) / denom
-            seen_u = st.seen.index_select(0, uniq)
-            upd = _moving_average(st.value.index_select(0, uniq), mean_new, g, seen_u, touched)
-            st.value.index_copy_(0, uniq, upd)
-            st.seen.index_copy_(0, uniq, seen_u | touched)
+            upd = _moving_average(value.index_select(0, uniq), mean_new, g, seen.index_select(0, uniq), touched)
+            w.stage(st, uniq, upd, column=column, mask=None if m is None else touched, cause=cause)
             outs.append(upd[inv])
+    if writes is None:
+        w.commit(write=True)
     if gathered:  # return only this rank's rows
         outs = [o[layout.start : layout.stop] for o in outs]
     if out_device == dev and out_dtype == torch.float32:

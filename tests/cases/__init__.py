@@ -23,10 +23,16 @@ class LossCase:
         floating tensor(s) listed in ``grad_args`` get ``requires_grad``. Batches of
         different seeds must reuse dataset indices so state is exercised.
     grad_args: positions in the batch tuple that are differentiable inputs.
-    empty_batch: ``() -> tuple`` for the degenerate case (no positives), or None when the
-        loss has no such case; the result must be a graph-connected zero and leave state unchanged.
+    empty_batch: ``() -> tuple`` for the degenerate case (no positives; for the contrastive losses no pair
+        at all), or None when the loss has no such case; the result must be a graph-connected zero and
+        leave state unchanged.
     gradcheck: ``() -> None`` that runs ``torch.autograd.gradcheck`` on the loss's pure kernels in
         float64 (raising on failure).
+    extra: optional keys. ``"degenerate"``: ``() -> list[tuple]`` of further batches that must give a
+        graph-connected zero and leave state unchanged (e.g. a contrastive batch without negatives).
+
+    Every case is also run in ``eval()`` mode (no state may change) and with a forced non-finite update
+    (no state may change, the error names a cause); see ``tests/test_conformance.py``.
     """
 
     name: str

@@ -37,8 +37,23 @@ def _gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda d: detached_weights_dot(d, weights), (diff,))
 
 
+def _empty() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """No pair at all."""
+    return torch.empty(0, 5), torch.empty(0, 5), torch.empty(0, dtype=torch.long)
+
+
+def _degenerate() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches in which no anchor has a negative: one pair; one sample twice."""
+    g = torch.Generator().manual_seed(11)
+    return [
+        (torch.randn(1, 5, generator=g), torch.randn(1, 5, generator=g), torch.tensor([3])),
+        (torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g), torch.tensor([4, 4])),
+    ]
+
+
 def _case(name: str, make) -> LossCase:
-    return LossCase(name=name, make=make, batch=_batch, grad_args=(0, 1), empty_batch=None, gradcheck=_gradcheck)
+    return LossCase(name=name, make=make, batch=_batch, grad_args=(0, 1), empty_batch=_empty, gradcheck=_gradcheck,
+                    extra={"degenerate": _degenerate})
 
 
 CASES = [

@@ -10,7 +10,10 @@ from torch import Tensor
 from cases import LossCase
 from xrisk.functional.ap import ap_inner_estimates, ap_surrogate
 from xrisk.functional.pauc import pauc_cvar_surrogate, pauc_kl_surrogate, tpauc_kl_surrogate
-from xrisk.functional.surrogates import SURROGATES, pairwise_surrogate, weighted_pairwise_mean
+from xrisk.functional.surrogates import (
+    SHORTFALL_LOSSES, SURROGATES, pairwise_shortfall, pairwise_surrogate, weighted_pairwise_mean,
+    weighted_pairwise_mean_of,
+)
 from xrisk.losses import APLoss, OneWayPartialAUCLoss, TwoWayPartialAUCLoss
 
 NUM_SAMPLES = 64
@@ -107,11 +110,20 @@ def _gradcheck() -> None:
         # mean(W * L) with W constant (with and without precomputed detached losses)
         W_pn = torch.rand(P, len(y) - P, generator=g, dtype=torch.float64) - 0.3
         W_pb = torch.rand(P, len(y), generator=g, dtype=torch.float64) - 0.3
+        pi, ni = y.nonzero().view(-1), (~y).nonzero().view(-1)
+
+        def fused_of(x: Tensor, j_idx: Tensor | None, w: Tensor) -> Tensor:  # losses and shortfall of x, held constant
+            r = pairwise_shortfall(x.detach()[pi], x.detach() if j_idx is None else x.detach()[j_idx], margin=0.7)
+            return weighted_pairwise_mean_of(x, pi, j_idx, w, losses=SHORTFALL_LOSSES[name](r), shortfall=r,
+                                             surrogate=name)
+
         fused = [
             lambda x: weighted_pairwise_mean(x[y], x[~y], W_pn, margin=0.7, surrogate=name),
             lambda x: weighted_pairwise_mean(x[y], x[~y], W_pn, margin=0.7, surrogate=name,
                                              losses=pairs(x).detach()),
             lambda x: weighted_pairwise_mean(x[y], x, W_pb, margin=0.7, surrogate=name),
+            lambda x: fused_of(x, ni, W_pn),
+            lambda x: fused_of(x, None, W_pb),
         ]
         for fn in fused:
             assert torch.autograd.gradcheck(fn, (s.clone().requires_grad_(True),))

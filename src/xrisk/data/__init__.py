@@ -9,8 +9,14 @@ from xrisk.data.samplers import DistributedDualSampler, DualBatchSampler, DualSa
 from xrisk.data.captions import CaptionedImages, load_fashion_captions, minilm_embeddings
 from xrisk.data.emoji import EmojiPairs, load_emoji
 from xrisk.data.fairness import FairnessData, load_fairness
+from xrisk.data.audio import AudioReadError, AudioSet, CropPairs, load_audio_folder, read_audio
+from xrisk.data.music import load_singularity_music, load_sonic_pi_samples
+from xrisk.data.key_corpus import KeyClips, render_key_corpus
 
 __all__ = ["DataNotInstalledError", "IndexedDataset", "DualSampler", "DistributedDualSampler", "DualBatchSampler",
            "BinaryData", "MulticlassData", "load_binary", "load_multiclass", "class_names", "resolve_positive_class",
            "ContrastiveAugment", "CaptionedImages", "load_fashion_captions", "minilm_embeddings",
-           "EmojiPairs", "load_emoji", "FairnessData", "load_fairness"]
+           "EmojiPairs", "load_emoji",
+           "AudioReadError", "AudioSet", "CropPairs", "load_audio_folder", "read_audio",
+           "load_singularity_music", "load_sonic_pi_samples", "KeyClips", "render_key_corpus",
+           "FairnessData", "load_fairness"]

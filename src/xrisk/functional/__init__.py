@@ -3,5 +3,6 @@
 from xrisk.functional import ap, pauc
 from xrisk.functional import contrastive, similarity
 from xrisk.functional import aucm
+from xrisk.functional import imputation
 
-__all__ = ["ap", "aucm", "contrastive", "pauc", "similarity"]
+__all__ = ["ap", "aucm", "contrastive", "imputation", "pauc", "similarity"]

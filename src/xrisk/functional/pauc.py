@@ -31,10 +31,12 @@ __all__ = [
     "pauc_risk",
     "tpauc_risk",
     "cvar_threshold_grad",
+    "cvar_step",
     "pauc_cvar_surrogate",
     "pauc_cvar_weights",
     "pauc_kl_weights",
     "tpauc_kl_weights",
+    "kl_logits",
     "log_mean_exp_inner",
     "log_mean_exp_by_index",
     "log_ema",
@@ -45,8 +47,21 @@ __all__ = [
 
 def _detached_f32(x: Tensor) -> Tensor:
     """``x`` detached, in at least float32 (weights of half-precision scores are formed in float32)."""
-    d = x.detach()
+    d = x.detach() if x.requires_grad else x
     return d if d.dtype in (torch.float32, torch.float64) else d.to(torch.promote_types(d.dtype, torch.float32))
+
+
+def _const(x: Tensor, like: Tensor) -> Tensor:
+    """``x`` detached, in ``like``'s dtype and device (no call for what already is)."""
+    x = x.detach() if x.requires_grad else x
+    return x if x.dtype == like.dtype and x.device == like.device else x.to(like)
+
+
+def kl_logits(losses: Tensor, tau: float) -> Tensor:
+    """``L / tau`` detached, in at least float32: what the KL-DRO kernels exponentiate (pass it as ``scaled`` to
+    share it between them)."""
+    d = _detached_f32(losses)
+    return d if tau == 1.0 else d / tau  # x / 1 is x
 
 
 # ----------------------------------------------------------------------------- risks (objectives)
@@ -104,6 +119,14 @@ def cvar_threshold_grad(losses: Tensor, threshold: Tensor, max_fpr: float) -> Te
     return 1.0 - above.sum(dim=1) / (max_fpr * d.shape[1])
 
 
+def cvar_step(losses: Tensor, threshold: Tensor, max_fpr: float) -> tuple[Tensor, Tensor]:
+    """:func:`cvar_threshold_grad` and :func:`pauc_cvar_weights` of the same ``losses [P, N]`` and thresholds
+    ``[P]`` from one comparison: ``(grad [P], weights [P, N])`` (detached; the same values bit for bit)."""
+    d = losses.detach() if losses.requires_grad else losses
+    above = (d > threshold.to(d.dtype).unsqueeze(1)).to(d.dtype)
+    return 1.0 - above.sum(dim=1) / (max_fpr * d.shape[1]), above / max_fpr
+
+
 def pauc_cvar_surrogate(losses: Tensor, threshold: Tensor, max_fpr: float) -> Tensor:
     """SOPA surrogate ``mean_ij 1[L_ij > s_i] L_ij / beta`` (indicator detached).
 
@@ -120,9 +143,10 @@ def pauc_cvar_weights(losses: Tensor, threshold: Tensor, max_fpr: float) -> Tens
 
 
 # ----------------------------------------------------------------------------- KL-DRO (log space)
-def log_mean_exp_inner(losses: Tensor, tau: float) -> Tensor:
-    """``log mean_j exp(L_ij / tau)`` for a ``[P, N]`` matrix -> ``[P]`` (detached, overflow-free)."""
-    d = _detached_f32(losses) / tau
+def log_mean_exp_inner(losses: Tensor, tau: float, *, scaled: Tensor | None = None) -> Tensor:
+    """``log mean_j exp(L_ij / tau)`` for a ``[P, N]`` matrix -> ``[P]`` (detached, overflow-free; ``scaled``:
+    :func:`kl_logits` of the same arguments, if the caller has it)."""
+    d = kl_logits(losses, tau) if scaled is None else scaled
     return torch.logsumexp(d, dim=1) - math.log(d.shape[1])
 
 
@@ -162,10 +186,11 @@ def pauc_kl_surrogate(losses: Tensor, log_u: Tensor, tau: float) -> Tensor:
     return (pauc_kl_weights(losses, log_u, tau).to(losses.dtype) * losses).mean()
 
 
-def pauc_kl_weights(losses: Tensor, log_u: Tensor, tau: float) -> Tensor:
-    """SOPA-s's detached weights ``p_ij = exp(L_ij / tau - log u_i)`` ``[P, N]`` (at least float32)."""
-    d = _detached_f32(losses)
-    return torch.exp(d / tau - log_u.detach().to(d).unsqueeze(1))
+def pauc_kl_weights(losses: Tensor, log_u: Tensor, tau: float, *, scaled: Tensor | None = None) -> Tensor:
+    """SOPA-s's detached weights ``p_ij = exp(L_ij / tau - log u_i)`` ``[P, N]`` (at least float32; ``scaled``:
+    :func:`kl_logits` of the same arguments, if the caller has it)."""
+    d = kl_logits(losses, tau) if scaled is None else scaled
+    return torch.exp(d - _const(log_u, d).unsqueeze(1))
 
 
 def tpauc_kl_surrogate(losses: Tensor, log_u: Tensor, log_w: Tensor, tau: float, tau_outer: float) -> Tensor:
@@ -179,8 +204,13 @@ def tpauc_kl_surrogate(losses: Tensor, log_u: Tensor, log_w: Tensor, tau: float,
     return (tpauc_kl_weights(losses, log_u, log_w, tau, tau_outer).to(losses.dtype) * losses).mean()
 
 
-def tpauc_kl_weights(losses: Tensor, log_u: Tensor, log_w: Tensor, tau: float, tau_outer: float) -> Tensor:
-    """SOTA-s's detached weights ``p_ij = u_i^(tau / tau' - 1) exp(L_ij / tau) / w`` ``[P, N]``."""
-    d = _detached_f32(losses)
-    lu = log_u.detach().to(d).unsqueeze(1)
-    return torch.exp((tau / tau_outer - 1.0) * lu + d / tau - log_w.detach().to(d))
+def tpauc_kl_weights(
+    losses: Tensor, log_u: Tensor, log_w: Tensor, tau: float, tau_outer: float, *, scaled: Tensor | None = None,
+) -> Tensor:
+    """SOTA-s's detached weights ``p_ij = u_i^(tau / tau' - 1) exp(L_ij / tau) / w`` ``[P, N]`` (``scaled``:
+    :func:`kl_logits` of ``losses`` and ``tau``, if the caller has it)."""
+    d = kl_logits(losses, tau) if scaled is None else scaled
+    if tau == tau_outer:  # u_i^0: the term is 0 (log u is finite in every step that is kept)
+        return torch.exp(d - _const(log_w, d))
+    lu = _const(log_u, d).unsqueeze(1)
+    return torch.exp((tau / tau_outer - 1.0) * lu + d - _const(log_w, d))

@@ -25,18 +25,40 @@ from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SURROGATES", "SURROGATE_SLOPES", "SurrogateName", "get_surrogate", "pairwise_surrogate",
-           "weighted_pairwise_mean"]
+__all__ = ["SHORTFALL_LOSSES", "SHORTFALL_SLOPES", "SURROGATES", "SURROGATE_SLOPES", "SurrogateName", "get_surrogate",
+           "pairwise_shortfall", "pairwise_surrogate", "weighted_pairwise_mean", "weighted_pairwise_mean_of"]
 
 SurrogateName = Literal["squared_hinge", "hinge", "logistic", "exponential", "square"]
 
 
+# ell(m, t) = f(r) of the shortfall r = m - t; the pairwise kernels keep r to reuse it for the slope
+def _squared_hinge_of(r: Tensor) -> Tensor:
+    return torch.clamp(r, min=0).pow(2)  # = ** 2 without Tensor.__pow__'s Python wrapper
+
+
+def _hinge_of(r: Tensor) -> Tensor:
+    return torch.clamp(r, min=0)
+
+
+def _square_of(r: Tensor) -> Tensor:
+    return r.pow(2)
+
+
+SHORTFALL_LOSSES: dict[str, Callable[[Tensor], Tensor]] = {
+    "squared_hinge": _squared_hinge_of,
+    "hinge": _hinge_of,
+    "logistic": F.softplus,
+    "exponential": torch.exp,
+    "square": _square_of,
+}
+
+
 def _squared_hinge(m: float, t: Tensor) -> Tensor:
-    return torch.clamp(m - t, min=0) ** 2
+    return _squared_hinge_of(m - t)
 
 
 def _hinge(m: float, t: Tensor) -> Tensor:
-    return torch.clamp(m - t, min=0)
+    return _hinge_of(m - t)
 
 
 def _logistic(m: float, t: Tensor) -> Tensor:
@@ -48,7 +70,7 @@ def _exponential(m: float, t: Tensor) -> Tensor:
 
 
 def _square(m: float, t: Tensor) -> Tensor:
-    return (m - t) ** 2
+    return _square_of(m - t)
 
 
 SURROGATES: dict[str, Callable[[float, Tensor], Tensor]] = {
@@ -79,15 +101,25 @@ def pairwise_surrogate(
     return fn(margin, scores_i.unsqueeze(-1) - scores_j.unsqueeze(-2))
 
 
-# d ell(m, t) / d t of every surrogate (the slope autograd would give, kinks included: clamp passes
-# the gradient at its boundary).
-SURROGATE_SLOPES: dict[str, Callable[[float, Tensor], Tensor]] = {
-    "squared_hinge": lambda m, t: torch.clamp(m - t, min=0) * -2.0,
-    "hinge": lambda m, t: -((m - t) >= 0).to(t.dtype),
-    "logistic": lambda m, t: -torch.sigmoid(m - t),
-    "exponential": lambda m, t: -torch.exp(m - t),
-    "square": lambda m, t: (m - t) * -2.0,
+# d ell(m, t) / d t of every surrogate as a function of the shortfall r = m - t (the slope autograd would give,
+# kinks included: clamp passes the gradient at its boundary)
+SHORTFALL_SLOPES: dict[str, Callable[[Tensor], Tensor]] = {
+    "squared_hinge": lambda r: torch.clamp(r, min=0) * -2.0,
+    "hinge": lambda r: -(r >= 0).to(r.dtype),
+    "logistic": lambda r: -torch.sigmoid(r),
+    "exponential": lambda r: -torch.exp(r),
+    "square": lambda r: r * -2.0,
 }
+# the same as functions of (m, t)
+SURROGATE_SLOPES: dict[str, Callable[[float, Tensor], Tensor]] = {
+    name: (lambda m, t, slope=slope: slope(m - t)) for name, slope in SHORTFALL_SLOPES.items()
+}
+
+
+def pairwise_shortfall(scores_i: Tensor, scores_j: Tensor, *, margin: float) -> Tensor:
+    """``R[..., a, b] = margin - (scores_i[..., a] - scores_j[..., b])``: every surrogate is ``ell = f(R)``
+    (:data:`SHORTFALL_LOSSES`), so ``SHORTFALL_LOSSES[name](R)`` equals :func:`pairwise_surrogate` bit for bit."""
+    return torch.rsub(scores_i.unsqueeze(-1) - scores_j.unsqueeze(-2), margin)  # = margin - (...), one call less
 
 
 class _WeightedPairwiseMean(torch.autograd.Function):
@@ -97,21 +129,29 @@ class _WeightedPairwiseMean(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, scores_i: Tensor, scores_j: Tensor, weights: Tensor, losses: Tensor | None, margin: float, surrogate: str,
+        shortfall: Tensor | None,
     ) -> Tensor:
         if losses is None:
             losses = get_surrogate(surrogate)(margin, scores_i.unsqueeze(-1) - scores_j.unsqueeze(-2))
-        ctx.save_for_backward(scores_i, scores_j, weights)
-        ctx.margin, ctx.surrogate = margin, surrogate
+        if shortfall is None:
+            ctx.save_for_backward(scores_i, scores_j, weights)
+        else:  # the backward's slope comes from the saved shortfall (no second pairwise difference)
+            ctx.save_for_backward(weights, shortfall)
+        ctx.margin, ctx.surrogate, ctx.saved_shortfall = margin, surrogate, shortfall is not None
         return (weights * losses).mean()
 
     @staticmethod
     @once_differentiable  # first order only: a double backward raises instead of returning zeros
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        s_i, s_j, w = ctx.saved_tensors
-        t = s_i.unsqueeze(-1) - s_j.unsqueeze(-2)
-        g = SURROGATE_SLOPES[ctx.surrogate](ctx.margin, t) * w * (grad / t.numel())
+        if ctx.saved_shortfall:
+            w, r = ctx.saved_tensors
+            slope = SHORTFALL_SLOPES[ctx.surrogate](r)
+        else:
+            s_i, s_j, w = ctx.saved_tensors
+            slope = SURROGATE_SLOPES[ctx.surrogate](ctx.margin, s_i.unsqueeze(-1) - s_j.unsqueeze(-2))
+        g = slope * w * (grad / slope.numel())
         need = ctx.needs_input_grad
-        return (g.sum(-1) if need[0] else None, -g.sum(-2) if need[1] else None, None, None, None, None)
+        return (g.sum(-1) if need[0] else None, -g.sum(-2) if need[1] else None, None, None, None, None, None)
 
 
 def weighted_pairwise_mean(
@@ -122,6 +162,7 @@ def weighted_pairwise_mean(
     margin: float,
     surrogate: str = "squared_hinge",
     losses: Tensor | None = None,
+    shortfall: Tensor | None = None,
 ) -> Tensor:
     """``mean_ab W[a, b] ell(margin, scores_i[a] - scores_j[b])`` with ``W`` = ``weights`` held constant.
 
@@ -129,15 +170,72 @@ def weighted_pairwise_mean(
     every stochastic pairwise estimator in xrisk (AP, pAUC), with a closed-form backward (one fused
     pass instead of autograd through each elementwise step). Shapes: ``scores_i`` ``[P]``,
     ``scores_j`` ``[N]``, ``weights`` ``[P, N]`` -> scalar. ``losses``: optionally the detached
-    ``pairwise_surrogate`` of the same scores, if the caller already has it (saves recomputing it).
+    ``pairwise_surrogate`` of the same scores, if the caller already has it (saves recomputing it);
+    ``shortfall``: optionally the detached :func:`pairwise_shortfall` of the same scores (the backward then
+    reuses it; the same gradient bit for bit).
     """
     get_surrogate(surrogate)
-    w = weights.detach()
-    if w.dtype != scores_i.dtype:
-        w = w.to(scores_i.dtype)
-    if losses is not None:
-        losses = losses.detach()
-        if losses.dtype != scores_i.dtype:
-            losses = losses.to(scores_i.dtype)
-    out = _WeightedPairwiseMean.apply(scores_i, scores_j, w, losses, float(margin), surrogate)
+    dtype = scores_i.dtype
+    w = _constant(weights, dtype)
+    losses = None if losses is None else _constant(losses, dtype)
+    shortfall = None if shortfall is None else _constant(shortfall, dtype)
+    out = _WeightedPairwiseMean.apply(scores_i, scores_j, w, losses, float(margin), surrogate, shortfall)
+    return out  # type: ignore[no-any-return]
+
+
+def _constant(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` detached in ``dtype`` (no call for what already is)."""
+    x = x.detach() if x.requires_grad else x
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+class _WeightedPairwiseMeanOf(torch.autograd.Function):
+    """:class:`_WeightedPairwiseMean` of ``scores[i_index]`` against ``scores[j_index]`` (None: all of ``scores``),
+    its gradient scattered into ``scores`` directly (no index node per side)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, scores: Tensor, i_index: Tensor, j_index: Tensor | None, weights: Tensor, losses: Tensor,
+        shortfall: Tensor, surrogate: str,
+    ) -> Tensor:
+        ctx.save_for_backward(weights, shortfall, i_index, j_index)
+        ctx.surrogate, ctx.size = surrogate, scores.shape[0]
+        prod = weights * losses
+        return prod.sum().div_(prod.numel())  # = prod.mean() bit for bit (mean is sum / numel), a cheaper call
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        w, r, i_index, j_index = ctx.saved_tensors
+        slope = SHORTFALL_SLOPES[ctx.surrogate](r)  # a new tensor: the products below are taken in place
+        g = slope.mul_(w).mul_(grad / slope.numel())  # = slope * w * (grad / numel), _WeightedPairwiseMean's
+        if j_index is None:  # the j side is every score: -sum_i g_ij, then the i side added at its positions
+            out = g.sum(-2).neg_()
+        else:
+            out = g.new_zeros(ctx.size).index_add_(0, j_index, g.sum(-2), alpha=-1)
+        return out.index_add_(0, i_index, g.sum(-1)), None, None, None, None, None, None
+
+
+def weighted_pairwise_mean_of(
+    scores: Tensor,
+    i_index: Tensor,
+    j_index: Tensor | None,
+    weights: Tensor,
+    *,
+    losses: Tensor,
+    shortfall: Tensor,
+    surrogate: str = "squared_hinge",
+) -> Tensor:
+    """:func:`weighted_pairwise_mean` of ``scores[i_index]`` against ``scores[j_index]`` (``j_index`` None: against
+    every score), for pairs drawn from one score vector (AP: positives against the batch; pAUC: positives
+    against negatives). The same value and gradient (up to the sign of zero entries), with one autograd node.
+
+    ``losses`` and ``shortfall`` are the detached :data:`SHORTFALL_LOSSES` and :func:`pairwise_shortfall` of the
+    selected scores (the caller has them; the margin is in the shortfall). Shapes: ``scores [B]``,
+    ``i_index [P]``, ``j_index [N]`` (distinct positions each), ``weights [P, N]`` -> scalar.
+    """
+    get_surrogate(surrogate)
+    dtype = scores.dtype
+    out = _WeightedPairwiseMeanOf.apply(scores, i_index, j_index, _constant(weights, dtype), _constant(losses, dtype),
+                                        _constant(shortfall, dtype), surrogate)
     return out  # type: ignore[no-any-return]

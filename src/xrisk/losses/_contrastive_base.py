@@ -1,9 +1,12 @@
 """The template every global contrastive loss follows: ``loss(feats_a, feats_b, index)``.
 
 1. **validate** ``feats_a [B, d]``, ``feats_b [B, d]`` (floating, same shape; finite: checked up front
-   with a detector, else by the estimator update before any state is written) and the dataset
-   ``index [B]``; L2-normalise the rows unless ``normalize=False`` (on one process normalisation and
-   similarity matrix are one autograd node, :mod:`xrisk.functional.similarity`);
+   with a detector, else by the commit before any state is written) and the dataset ``index [B]``;
+   features of two floating dtypes are promoted to their common dtype (``torch.promote_types``, e.g.
+   float32 and float64 give float64) in both modes; L2-normalise the rows unless ``normalize=False``
+   (on one process normalisation and similarity matrix are one autograd node,
+   :mod:`xrisk.functional.similarity`); a (global) batch of fewer than two pairs has no negative and
+   returns a graph-connected zero without touching any state;
 2. **gather** the features of all ranks with :func:`xrisk.distributed.all_gather` (``grad="sum"``)
    and the indices without gradient; each rank keeps **its own rows as anchors** and uses the
    whole global batch as candidate negatives (cost ``O(B_local * B_global * d)``). Before that the
@@ -18,17 +21,24 @@
    the optional :class:`~xrisk.losses.FalseNegativeDetector` removes detected false negatives;
 4. call the subclass hook ``_loss(batch)``, which calls its kernel in :mod:`xrisk.functional.contrastive`
    with :meth:`ContrastiveLossBase._log_estimator_step` as the estimator callback;
-5. write the step's state rows -- with unique indices and a negative for every anchor all together,
-   after one finiteness check of all of them (:attr:`ContrastiveBatch.pending`); otherwise each
-   update checks its own rows -- and record the objective, which is evaluated on request
-   (:meth:`~ContrastiveLossBase.objective`, ``state_dict()``) from the step's detached rows.
+5. **commit** (all or nothing): every state update of the step -- estimators, temperatures, normalisers,
+   the detector's thresholds -- was staged in ``self._writes`` (a :class:`~xrisk.state.PendingWrites`);
+   they are checked for NaN/inf at once (a failure raises :class:`FloatingPointError` naming the cause and
+   leaves every buffer as it was) and written **in training mode only**; then the objective is recorded,
+   evaluated on request (:meth:`~ContrastiveLossBase.objective`, ``state_dict()``) from the step's
+   detached rows.
+
+**State changes in training mode only** (like BatchNorm's running estimates): in ``eval()`` mode a call
+returns the same value it would in training, computed from the staged (uncommitted) update, and writes
+no state, counts no samples towards the inferred epoch and leaves the learnable temperature as it is;
+``torch.no_grad()`` / ``torch.inference_mode()`` do not change this rule.
 
 **Lean path.** On one process, ``mode="bimodal"``, without a detector and with every index once
 (the usual case), steps 2-4 are replaced by the subclass hook ``_paired_step(sim, index)``: the same
 kernel on the ``[B, B]`` similarity matrix, with the state rows read and written directly (no batch
 record, no gathers, no duplicate merging, no masks). At ``B = 128`` that bookkeeping cost as much as
 the step's arithmetic; the tests hold the lean path equal to the general one (values, gradients,
-objectives, state).
+objectives, state). Its rows are staged and committed like the general path's.
 
 **Sides.** ``mode="unimodal"`` (SogCLR, two augmented views): side 0 anchors are ``feats_a`` rows,
 side 1 anchors are ``feats_b`` rows, both against the ``C = 2 B_global`` columns
@@ -47,7 +57,7 @@ global state update, so the state stays replicated and equal to the single-proce
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal
 
 import torch
@@ -55,13 +65,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xrisk import distributed as xdist
+from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
 from xrisk.functional.contrastive import Estimator, count_true, log_moving_average
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
-from xrisk.state import ReplicatedStateModule, SampleState, check_index, check_index_unique, update_states, write_rows
+from xrisk.losses._epochs import EpochTracking
+from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_unique, update_states
 
 __all__ = [
-    "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "exp_limit", "like_tensor", "moving_average_rows",
+    "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "common_dtype", "exp_limit", "like_tensor",
+    "moving_average_rows",
     "momentum_rows", "on_device", "sgd_rows",
 ]
 
@@ -88,12 +101,9 @@ class ContrastiveBatch:
     global batch with duplicate indices, ``torch.unique(index_global, return_inverse=True)``; both None
     when every index occurs once. all_valid: known without a device sync that every anchor of every rank
     has a negative (``count > 0`` everywhere; False means "not known", not "some anchor has none").
-    pending: state rows ``(state, rows [B_global, ...])`` to overwrite at ``index_global`` once the step is
-    done (:meth:`ContrastiveLossBase.forward` writes them together, after one finiteness check of all of
-    them; used when every index occurs once and every anchor has a negative). objective: the step's
-    objective estimate (a callable of detached tensors), recorded after the state rows are written.
-    sizes: every rank's number of anchors as the ranks agreed (pass to the gathers as ``sizes=``); None
-    on one process.
+    objective: the step's objective estimate (a callable of detached tensors), recorded once the step's
+    state rows are committed. sizes: every rank's number of anchors as the ranks agreed (pass to the gathers
+    as ``sizes=``); None on one process.
     """
 
     index: Tensor
@@ -112,7 +122,6 @@ class ContrastiveBatch:
     unique_index: Tensor | None
     inverse: Tensor | None
     all_valid: bool = False
-    pending: list[tuple[SampleState, Tensor]] = field(default_factory=list)
     objective: Callable[[], Tensor] | None = None
     sizes: tuple[int, ...] | None = None
 
@@ -121,22 +130,6 @@ def exp_limit(dtype: torch.dtype) -> float:
     """Largest exponent the kernels' unshifted (``stable=False``) passes accept in ``dtype`` (far inside its
     range, room left for sums over a batch); 0 for other dtypes (always shift)."""
     return {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
-
-
-def like_tensor(x: Tensor, like: Tensor) -> Tensor:
-    """``x`` on ``like``'s device and dtype, without a call when it already is (a no-op ``.to()`` still costs
-    a dispatch, several us on the hot path)."""
-    return x if x.dtype == like.dtype and x.device == like.device else x.to(like.device, like.dtype)
-
-
-def on_device(x: Tensor, device: torch.device) -> Tensor:
-    """``x`` on ``device`` (no call when it already is)."""
-    return x if x.device == device else x.to(device)
-
-
-def as_state_rows(x: Tensor, index: Tensor) -> Tensor:
-    """``x`` as state rows: float32 on ``index``'s device (the state's; no call when it already is)."""
-    return x if x.dtype == torch.float32 and x.device == index.device else x.to(index.device, torch.float32)
 
 
 def moving_average_rows(state: SampleState, index: Tensor, log_new: Tensor, gamma: float) -> Tensor:
@@ -163,6 +156,30 @@ def sgd_rows(before: Tensor, m: Tensor, lr: float, bounds: tuple[float, float] |
     return new.clamp_(*bounds) if bounds is not None else new
 
 
+def common_dtype(feats_a: Tensor, feats_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Both feature tensors in their common dtype (``torch.promote_types``; the same rule in both modes)."""
+    if feats_a.dtype == feats_b.dtype:
+        return feats_a, feats_b
+    dtype = torch.promote_types(feats_a.dtype, feats_b.dtype)
+    return feats_a.to(dtype), feats_b.to(dtype)
+
+
+def _connected_zero(feats_a: Tensor, feats_b: Tensor) -> Tensor:
+    """The loss of a batch without negatives: a zero connected to both inputs' graphs."""
+    return (feats_a.sum() + feats_b.sum()) * 0.0
+
+
+def _overflow_message(feats_a: Tensor, feats_b: Tensor, normalize: bool) -> str:
+    """Why a step of finite features produced a non-finite estimate (built only when one did)."""
+    if normalize:
+        return "the contrastive estimator produced a NaN/inf estimate from finite, normalised features"
+    with torch.no_grad():
+        norm = max(float(feats_a.norm(dim=1).max()), float(feats_b.norm(dim=1).max()))  # B >= 2 here
+    return (f"the similarities overflow the contrastive estimator: with normalize=False and feature norms up to "
+            f"{norm:.4g}, s_ij = <a_i, b_j> or exp(s_ij / tau) leaves the {feats_a.dtype} range; normalise the "
+            "features (normalize=True) or scale them down")
+
+
 def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> None:
     """Validate two ``[B, d]`` floating feature tensors of equal shape, finite (``finite=False``: the caller
     checks finiteness later, before any state is written)."""
@@ -180,7 +197,7 @@ def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> 
         check_finite("feats_b", feats_b)
 
 
-class ContrastiveLossBase(ReplicatedStateModule):
+class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
     """Base class of the global contrastive losses (see the module docstring for the template).
 
     Args:
@@ -192,14 +209,15 @@ class ContrastiveLossBase(ReplicatedStateModule):
         false_negatives: optional :class:`~xrisk.losses.FalseNegativeDetector`.
         normalize: L2-normalise the feature rows first.
 
-    Buffers: ``epoch`` (long, set by :meth:`set_epoch`, checkpointed).
+    Buffers: ``epoch``, ``samples_seen``, ``epoch_is_set`` (the epoch of :meth:`set_epoch`, or inferred from the
+    samples seen in training until it is first called: :class:`~xrisk.losses._epochs.EpochTracking`).
     """
 
     objective_name: ClassVar[str] = "objective"
     _paired_path: ClassVar[bool] = False  # the subclass implements _paired_step (False on an instance: never use it)
     _fp32_buffers: ClassVar[tuple[str, ...]] = ("_objective",)
-    epoch: Tensor
     _objective: Tensor
+    _writes: PendingWrites  #: the current step's staged state updates (set by forward)
 
     def __init__(
         self,
@@ -232,8 +250,7 @@ class ContrastiveLossBase(ReplicatedStateModule):
                 )
         self.false_negatives = false_negatives
         self.normalize = bool(normalize)
-        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
-        self._epoch_int = 0  # the buffer's value on the host: read per step without a device sync
+        self._init_epochs()
         self.register_buffer("_objective", torch.full((), float("nan")))  # persistent: objective() survives resume
 
     # ----------------------------------------------------------------------------- device / dtype
@@ -244,22 +261,15 @@ class ContrastiveLossBase(ReplicatedStateModule):
         return self
 
     # ----------------------------------------------------------------------------- epochs
-    def set_epoch(self, epoch: int) -> None:
-        """Set the 0-based epoch (drives ``gamma_schedule`` and the detector's start epoch)."""
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch!r}")
-        self.epoch.fill_(int(epoch))
-        self._epoch_int = int(epoch)
-        if self.false_negatives is not None:
-            self.false_negatives.set_epoch(int(epoch))
-        self._on_epoch(int(epoch))
+    def _apply_epoch(self, epoch: int) -> None:
+        super()._apply_epoch(epoch)
+        fnd = self.false_negatives
+        if fnd is not None:  # the detector follows the loss's epoch, set or inferred
+            fnd.set_epoch(epoch) if self._epoch_set else fnd._apply_epoch(epoch)
 
-    def _on_epoch(self, epoch: int) -> None:
-        """Hook for per-epoch work of a subclass (default: nothing)."""
-
-    def current_epoch(self) -> int:
-        """The epoch of :meth:`set_epoch` (or of a loaded ``state_dict``) as a Python int."""
-        return self._epoch_int
+    def _epoch_dependence(self) -> list[str]:
+        out = ["gamma_schedule"] if self.gamma_schedule is not None else []
+        return out + (self.false_negatives._epoch_dependence() if self.false_negatives is not None else [])
 
     def current_gamma(self) -> float:
         """The ``gamma`` used at the current epoch (schedule if given, else the constant)."""
@@ -271,18 +281,19 @@ class ContrastiveLossBase(ReplicatedStateModule):
     def forward(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
         """Surrogate loss of a batch (scalar; its gradient is the FCCO estimator, see :meth:`objective`).
 
-        Every call is a training step: it updates the per-sample state (also under ``torch.no_grad()``
-        or ``eval()``). Under torch.distributed the value is this rank's share ``L_k`` (the mean over
-        ranks is the single-process surrogate).
+        In training mode a call is a training step: it updates the per-sample state (also under
+        ``torch.no_grad()``); in ``eval()`` mode it returns the same value and writes nothing. Under
+        torch.distributed the value is this rank's share ``L_k`` (the mean over ranks is the
+        single-process surrogate).
 
         Args:
             feats_a: ``[B, d]`` first view / image embeddings.
             feats_b: ``[B, d]`` second view / text embeddings (row ``i`` is the positive of ``feats_a[i]``).
             index: ``[B]`` dataset indices of the pairs.
         """
-        # Finiteness: a NaN/inf feature makes the new estimates non-finite, which the estimator update refuses
-        # before writing any state (SampleState); the features are then checked to name the culprit. The
-        # detector writes its thresholds first, so with one the features are checked up front.
+        # Finiteness: a NaN/inf feature makes the new estimates non-finite, which the commit refuses before
+        # writing any state; the features are then checked to name the culprit. The detector's thresholds are
+        # compared with the similarities, so with one the features are checked up front.
         # Several processes: every rank checks its batch (finiteness included), then all agree on it before
         # anything is gathered, so a bad batch on one rank raises the same error on every rank.
         distributed = xdist.is_distributed()
@@ -294,7 +305,10 @@ class ContrastiveLossBase(ReplicatedStateModule):
             )
         else:
             check_features(feats_a, feats_b, finite=self.false_negatives is not None)
+        feats_a, feats_b = common_dtype(feats_a, feats_b)  # the same dtypes on every rank (agreed above)
         raw_a, raw_b = feats_a, feats_b
+        writes = self.__dict__["_writes"] = PendingWrites(functools.partial(_overflow_message, raw_a, raw_b, self.normalize))
+        self.__dict__["_step_objective"] = None
         lean = self._paired_path and self.mode == "bimodal" and self.false_negatives is None
         if lean and not distributed:
             idx, unique = check_index_unique(index, self.num_samples, batch_size=feats_a.shape[0])
@@ -302,18 +316,25 @@ class ContrastiveLossBase(ReplicatedStateModule):
             if unique and idx.numel() >= 2:  # every pair once: the lean path
                 sim = cosine_similarity_matrix(feats_a, feats_b) if self.normalize else feats_a @ feats_b.T
                 try:
-                    return self._paired_step(sim, idx)
+                    out = self._paired_step(sim, idx)
+                    self._commit(writes, idx.numel())
+                    return out
                 except FloatingPointError:
                     check_finite("feats_a", raw_a)
                     check_finite("feats_b", raw_b)
                     raise
         elif not distributed:
             idx = on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
+        if idx.numel() < 2 and not distributed:  # no anchor has a negative: nothing to learn
+            return _connected_zero(raw_a, raw_b)
         # one process: normalisation and similarity are one autograd node (cosine_similarity_matrix / cosine_gram)
         fused = self.normalize and not distributed
         if self.normalize and not fused:
             feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
         batch = self._make_batch(feats_a, feats_b, idx, fused, layout)
+        distinct = batch.index_global.numel() if batch.unique_index is None else batch.unique_index.numel()
+        if distinct < 2:  # the global batch (the same on every rank) holds one sample: no negative anywhere
+            return _connected_zero(raw_a, raw_b)
         if self.false_negatives is not None:  # unique indices: no mask yet, the detector knows the excluded diagonals
             excluded = None
             if batch.neg[0] is None:
@@ -322,22 +343,33 @@ class ContrastiveLossBase(ReplicatedStateModule):
                 excluded = [[(0, nb, off[v]) for off in offsets] for v in (0, 1)]
             batch.neg, batch.count = self.false_negatives.detect_with_counts(  # type: ignore[assignment]
                 [s.detach() for s in batch.sims], batch.neg, batch.index, counts=batch.count, index_checked=True,
-                unique=batch.inverse is None, excluded=excluded,
+                unique=batch.inverse is None, excluded=excluded, writes=writes,
             )
             # masking may leave an anchor without negatives: known only from the per-anchor counts it returns
             batch.all_valid = batch.all_valid and isinstance(batch.count, int)
         try:
             out = self._loss(batch)
-            if batch.pending:  # one finiteness check, then every state row of the step is written
-                states = [st for st, _ in batch.pending]
-                write_rows(states, batch.index_global.to(states[0].value.device), [r for _, r in batch.pending])
             if batch.objective is not None:
-                self._record_objective(batch.objective)  # a partial: evaluated on request
+                self.__dict__["_step_objective"] = batch.objective
+            self._commit(writes, batch.index_global.numel())
             return out
         except FloatingPointError:
             check_finite("feats_a", raw_a)
             check_finite("feats_b", raw_b)
             raise
+
+    def _commit(self, writes: PendingWrites, num_global: int) -> None:
+        """End of a step: check every staged row at once, write them (training mode only), count the step's
+        ``num_global`` samples for the inferred epoch and record the objective (see :meth:`objective`)."""
+        writes.commit(write=self.training)
+        pending = self.__dict__.pop("_step_objective", None)
+        if self.training:
+            self.__dict__.pop("_eval_objective", None)
+            if pending is not None:
+                self.__dict__["_pending_objective"] = pending
+            self._count_samples(num_global)
+        elif pending is not None:
+            self.__dict__["_eval_objective"] = pending
 
     def _check_batch(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
         """This rank's checks of a batch (features finite), before the ranks agree on it; returns the index."""
@@ -427,8 +459,9 @@ class ContrastiveLossBase(ReplicatedStateModule):
         ``sim``: ``[B, B]`` similarities (with gradient; the positives on the diagonal, every other column a
         negative), ``index``: ``[B]`` validated indices. Must equal ``_loss`` on the same batch (state, value,
         gradient); it skips the batch record and the general estimator step (distributed gathers, merging of
-        duplicates, masks), which at ``B = 128`` cost as much as the step's arithmetic. Writes every state row
-        with one :func:`~xrisk.state.write_rows` after the step. Used when the class sets ``_paired_path``.
+        duplicates, masks), which at ``B = 128`` cost as much as the step's arithmetic. Stages every state row
+        in ``self._writes`` (one :func:`~xrisk.state.write_rows` after the step) and records the objective with
+        :meth:`_record_objective`. Used when the class sets ``_paired_path``.
         """
         raise TypeError(f"{type(self).__name__} sets _paired_path but does not override _paired_step")
 
@@ -440,9 +473,8 @@ class ContrastiveLossBase(ReplicatedStateModule):
 
         Gathers ``(log_g, valid)`` of all ranks (``O(B_global)`` floats), merges duplicate indices by
         averaging their new values in linear space (the :class:`~xrisk.state.SampleState` rule), applies
-        ``log u <- log((1-gamma) u + gamma g)`` (first visit: ``log g``) identically on every rank. Without
-        duplicates and with ``batch.all_valid`` the new rows join ``batch.pending`` (written at the end of
-        the step), else they are written now.
+        ``log u <- log((1-gamma) u + gamma g)`` (first visit: ``log g``) identically on every rank. The new rows
+        are staged in ``self._writes`` (written when the step commits; anchors without negatives keep theirs).
 
         Returns:
             ``(log_u_local [B, 2], log_u_global [B_global, 2], valid_global [B_global, 2])`` after the update.
@@ -454,13 +486,14 @@ class ContrastiveLossBase(ReplicatedStateModule):
         else:
             new, m = log_g.to(dev, torch.float32), valid.to(dev)
         idx_g = batch.index_global.to(dev)
+        writes = self._writes
         if batch.inverse is None:  # every index once: no merging
             upd_g = moving_average_rows(state, idx_g, new, gamma)
-            if batch.all_valid:  # every row is written (no mask): with the step's other rows, at the end
-                batch.pending.append((state, upd_g))
+            if batch.all_valid:  # every row is written (no mask)
+                writes.stage(state, idx_g, upd_g)
             else:  # anchors without negatives keep their old row (their new one is not finite)
                 upd_g = torch.where(m, upd_g, state.value.index_select(0, idx_g))
-                update_states((state,), idx_g, (upd_g,), 1.0, mask=m, index_checked=True, assume_unique=True)
+                writes.stage(state, idx_g, upd_g, mask=m)
         else:
             uniq, inv = batch.unique_index.to(dev), batch.inverse.to(dev)  # type: ignore[union-attr]
             vals = new.masked_fill(~m, float("-inf"))
@@ -474,7 +507,7 @@ class ContrastiveLossBase(ReplicatedStateModule):
             old = state.value.index_select(0, uniq)
             seen_u = state.seen.index_select(0, uniq)
             upd = torch.where(touched, log_moving_average(old, log_mean, gamma, seen_u), old)
-            update_states((state,), uniq, (upd,), 1.0, mask=touched, index_checked=True, assume_unique=True)
+            writes.stage(state, uniq, upd, mask=touched)
             upd_g = upd[inv]
         local = upd_g[batch.start : batch.start + batch.index.numel()]
         out_dev, out_dtype = batch.pos.device, batch.pos.dtype
@@ -489,29 +522,33 @@ class ContrastiveLossBase(ReplicatedStateModule):
         ``m <- (1 - beta) m + beta grad`` (first visit: ``grad``; duplicates average their gradients,
         the :class:`~xrisk.state.SampleState` rule), then ``param <- clip(before - lr m, *bounds)``, both
         only where ``mask``. ``before``, ``grad``, ``mask``: ``[B_global, 2]`` rows of ``batch.index_global``
-        (``before``: the parameter before the step). Without duplicates and with ``batch.all_valid`` both
-        states' rows join ``batch.pending`` (written at the end of the step; the caller's ``mask`` must then be
-        all True and is not applied); otherwise :func:`~xrisk.state.update_states` writes them now.
+        (``before``: the parameter before the step). Both states' rows are staged in ``self._writes`` (without
+        duplicates and with ``batch.all_valid`` directly, the caller's ``mask`` then being all True and not
+        applied; otherwise through :func:`~xrisk.state.update_states`).
         """
         dev = momentum.value.device
         index, grad = batch.index_global.to(dev), grad.to(dev, torch.float32)
         unique = batch.inverse is None
-        if unique:  # the moving average of SampleState.update, written below together with the parameter
+        writes = self._writes
+        if unique:  # the moving average of SampleState.update, staged below together with the parameter
             m = momentum_rows(momentum, index, grad, beta)
         else:
-            m = update_states((momentum,), index, (grad,), beta, mask=mask, index_checked=True)[0]
+            m = update_states((momentum,), index, (grad,), beta, mask=mask, index_checked=True, writes=writes)[0]
         new = sgd_rows(before, m, lr, bounds)
-        if unique and batch.all_valid:  # every row has a negative (no masking): written at the end of the step
-            batch.pending += [(momentum, m), (param, new)]
+        if unique and batch.all_valid:  # every row has a negative (no masking)
+            writes.stage(momentum, index, m)
+            writes.stage(param, index, new)
         elif unique:
-            update_states((momentum, param), index, (m, new), 1.0, mask=mask, index_checked=True, assume_unique=True)
+            update_states((momentum, param), index, (m, new), 1.0, mask=mask, index_checked=True, assume_unique=True,
+                          writes=writes)
         else:
-            update_states((param,), index, (new,), 1.0, mask=mask, index_checked=True)
+            update_states((param,), index, (new,), 1.0, mask=mask, index_checked=True, writes=writes)
 
     def _record_objective(self, fn: Callable[..., Tensor], *args: Any) -> None:
         """Record the step's objective estimate ``fn(*args)`` (detached tensors that are not modified later),
-        evaluated on request -- :meth:`objective`, ``state_dict()`` -- instead of on every step."""
-        self.__dict__["_pending_objective"] = functools.partial(fn, *args)  # past nn.Module.__setattr__
+        evaluated on request -- :meth:`objective`, ``state_dict()`` -- instead of on every step; it replaces
+        the last one when the step commits."""
+        self.__dict__["_step_objective"] = functools.partial(fn, *args)  # past nn.Module.__setattr__
 
     def _materialize_objective(self) -> None:
         pending = self.__dict__.pop("_pending_objective", None)
@@ -522,10 +559,12 @@ class ContrastiveLossBase(ReplicatedStateModule):
         self._materialize_objective()  # the checkpoint holds the last step's objective
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:  # type: ignore[override]
         self.__dict__.pop("_pending_objective", None)  # the loaded objective replaces the last step's
-        super()._load_from_state_dict(*args, **kwargs)
-        self._epoch_int = int(self.epoch)
+        self.__dict__.pop("_eval_objective", None)
+        self._load_epochs(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._loaded_epochs()
         self._on_load()
 
     def _on_load(self) -> None:
@@ -535,8 +574,13 @@ class ContrastiveLossBase(ReplicatedStateModule):
         """Estimate of the true objective on the last (global) batch; NaN before the first batch.
 
         Each loss documents its exact definition (``objective_name``). Computed on request from the
-        (detached) rows the last step saved.
+        (detached) rows the last step saved. After an ``eval()``-mode call it is that call's estimate
+        (from its uncommitted update), while ``state_dict()`` keeps the last training step's.
         """
+        evaluated = self.__dict__.get("_eval_objective")
+        if evaluated is not None:
+            with torch.no_grad():
+                return evaluated().detach().reshape(()).to(self._objective)
         self._materialize_objective()
         return self._objective.clone()
 

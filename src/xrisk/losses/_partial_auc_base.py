@@ -7,9 +7,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from xrisk.functional.surrogates import pairwise_surrogate, weighted_pairwise_mean
+from xrisk._tensors import on_device
+from xrisk.functional.surrogates import SHORTFALL_LOSSES, pairwise_shortfall, weighted_pairwise_mean_of
 from xrisk.losses.ap import _mean_of
-from xrisk.losses.base import ScoreLoss, label_order
+from xrisk.losses.base import ScoreLoss, label_positions, overflow_cause
+from xrisk.state import Cause
 
 __all__ = ["PartialAUCLossBase"]
 
@@ -27,10 +29,12 @@ class PartialAUCLossBase(ScoreLoss):
 
     margin: float
     surrogate: str
+    _checks_value: bool = False  #: the staged state can be finite while the value is not (CVaR): check the value too
 
-    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor) -> Tensor:
-        """Update the state of ``task`` from ``losses [P, N]`` (``index_pos [P]``: dataset indices of the
-        positives) and return the detached weights ``[P, N]`` of the stochastic estimator."""
+    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor, cause: Cause) -> Tensor:
+        """Stage the state update of ``task`` from ``losses [P, N]`` (``index_pos [P]``: dataset indices of the
+        positives) in ``self._writes`` and return the detached weights ``[P, N]`` of the stochastic estimator
+        (``cause``: the message if the staged values are not finite)."""
         raise TypeError(f"{type(self).__name__} must override _task_weights")
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
@@ -45,14 +49,21 @@ class PartialAUCLossBase(ScoreLoss):
         for t, n_pos in enumerate(pos_counts):
             if not 0 < n_pos < size:  # needs both positives and negatives
                 continue
-            col = scores[:, t]
-            pos_idx, neg_idx = label_order(targets[:, t], n_pos)
-            s_pos, s_neg = col.index_select(0, pos_idx), col.index_select(0, neg_idx)  # = col[pos], col[~pos]
-            idx = index.index_select(0, pos_idx.to(index.device))  # = index[pos]
-            losses = pairwise_surrogate(s_pos.detach(), s_neg.detach(), margin=self.margin, surrogate=self.surrogate)
-            weights = self._task_weights(t, n_pos, idx, losses)
-            terms.append(weighted_pairwise_mean(s_pos, s_neg, weights, margin=self.margin, surrogate=self.surrogate,
-                                                losses=losses))
+            col = self._score_column(scores, t)
+            pos_idx, neg_idx = label_positions(targets.select(1, t), n_pos)
+            col_d = col.detach()
+            idx = index.index_select(0, on_device(pos_idx, index.device))  # = index[pos]
+            # L = pairwise_surrogate(col[pos], col[~pos]) as a function of the shortfall R (kept for the backward)
+            shortfall = pairwise_shortfall(col_d.index_select(0, pos_idx), col_d.index_select(0, neg_idx),
+                                           margin=self.margin)
+            losses = SHORTFALL_LOSSES[self.surrogate](shortfall)
+            cause = overflow_cause(self.surrogate, self.margin, col, t, losses, getattr(self, "tau", None))
+            weights = self._task_weights(t, n_pos, idx, losses, cause)
+            term = weighted_pairwise_mean_of(col, pos_idx, neg_idx, weights, losses=losses, shortfall=shortfall,
+                                             surrogate=self.surrogate)
+            if self._checks_value:  # the state stays finite whatever the losses: the value must be checked
+                self._writes.check(term, cause)
+            terms.append(term)
             detached.append(losses)
         if not terms:
             self._record_objective(None)

@@ -9,9 +9,10 @@ from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.ap import ap_inner_estimates, ap_ratio, ap_weights
-from xrisk.functional.surrogates import SURROGATES, SurrogateName, weighted_pairwise_mean
-from xrisk.losses.base import ScoreLoss, label_order
-from xrisk.state import SampleState, update_states
+from xrisk.functional.surrogates import SURROGATES, SurrogateName, weighted_pairwise_mean_of
+from xrisk.losses.base import ScoreLoss, overflow_cause, positions
+from xrisk._tensors import as_state_rows, like_tensor, on_device
+from xrisk.state import Cause, PendingWrites, SampleState, column_views, update_states
 
 __all__ = ["APLoss"]
 
@@ -58,6 +59,10 @@ class APLoss(ScoreLoss):
     Duplicated indices follow SampleState's rule (their new values are averaged, one moving-average
     step) and every occurrence uses the merged value in ``W``. Under ``torch.distributed`` the
     loss is computed on the gathered global batch, so every rank applies the same update.
+    Written in training mode only (in ``eval()`` a call returns the same value from a copy of the
+    update and writes nothing), all at once after every task's update was checked: a NaN/inf update
+    (e.g. scores that overflow the surrogate) raises :class:`FloatingPointError` naming the cause and
+    changes nothing.
 
     Multi-label: the loss is the mean over tasks with at least one positive in the batch
     (negatives are not required); other tasks contribute a graph-connected zero.
@@ -108,22 +113,51 @@ class APLoss(ScoreLoss):
         for t, n_pos in enumerate(pos_counts):
             if not n_pos:
                 continue
-            pos = targets[:, t]
-            col = scores[:, t]
-            pos_idx, _ = label_order(pos, n_pos)
-            anchors = col.index_select(0, pos_idx)  # = col[pos]
-            losses, g_all, g_pos = ap_inner_estimates(
-                anchors.detach(), col.detach(), pos, margin=self.margin, surrogate=self.surrogate
+            pos = targets.select(1, t)
+            col = self._score_column(scores, t)
+            pos_idx = positions(pos, n_pos)
+            col_d = col.detach()
+            losses, g_all, g_pos, shortfall = ap_inner_estimates(
+                col_d.index_select(0, pos_idx), col_d, pos, margin=self.margin, surrogate=self.surrogate,
+                with_shortfall=True,
             )
-            # both estimators in one state pass (one index check, one duplicate test)
-            u_all, u_pos = update_columns((self.u_all, self.u_pos), index.index_select(0, pos_idx.to(index.device)), t, (g_all, g_pos), self.gamma)
+            u_all, u_pos = self._update(index.index_select(0, on_device(pos_idx, index.device)), t, g_all, g_pos,
+                                        overflow_cause(self.surrogate, self.margin, col, t))
             # = ap_surrogate(L, pos, u_all, u_pos) with L carrying the graph; closed-form backward
             weights = ap_weights(pos, u_all, u_pos, losses.dtype)
-            terms.append(weighted_pairwise_mean(anchors, col, weights, margin=self.margin, surrogate=self.surrogate,
-                                                losses=losses))
+            terms.append(weighted_pairwise_mean_of(col, pos_idx, None, weights, losses=losses, shortfall=shortfall,
+                                                   surrogate=self.surrogate))
             estimates.append((u_all, u_pos))
         self._record_objective_from(_mean_ratio, estimates)
         return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
+
+    def _update(self, idx: Tensor, task: int, g_all: Tensor, g_pos: Tensor, cause: Cause) -> tuple[Tensor, Tensor]:
+        """Stage the moving-average step of both estimators at the positives ``idx`` of ``task``; return the
+        updated values ``[P]`` (in ``g_all``'s dtype and device)."""
+        u_all, u_pos = self._modules["u_all"], self._modules["u_pos"]  # read once (nn.Module attribute reads are slow)
+        if not self._index_unique:  # duplicates (or a gathered batch): merged by SampleState's rule
+            return update_columns((u_all, u_pos), idx, task, (g_all, g_pos), self.gamma,  # type: ignore[arg-type]
+                                  writes=self._writes, cause=cause)
+        # every index once: SampleState's moving average written out (bit-identical), the seen flags read once
+        # (both estimators are always written together, so their flags agree)
+        va, sa = column_views(u_all, task)  # type: ignore[arg-type]
+        vp, sp = column_views(u_pos, task)  # type: ignore[arg-type]
+        i = on_device(idx, va.device)
+        weight = torch.where(sa.index_select(0, i), *_gamma_or_one(self.gamma, va.device))  # first visit: the new value
+        new_all = torch.lerp(va.index_select(0, i), as_state_rows(g_all, i), weight)
+        new_pos = torch.lerp(vp.index_select(0, i), as_state_rows(g_pos, i), weight)
+        self._writes.stage_tensors(va, sa, i, new_all, cause=cause)
+        self._writes.stage_tensors(vp, sp, i, new_pos, cause=cause)
+        return like_tensor(new_all, g_all), like_tensor(new_pos, g_pos)
+
+
+def _gamma_or_one(gamma: float, device: torch.device, _cache: dict = {}) -> tuple[Tensor, Tensor]:
+    """0-dim float32 ``gamma`` and ``1`` on ``device`` (made once; ``torch.where`` with tensors is the faster call)."""
+    key = (gamma, device)
+    out = _cache.get(key)
+    if out is None:
+        out = _cache[key] = (torch.tensor(gamma, device=device), torch.tensor(1.0, device=device))
+    return out
 
 
 def _mean_ratio(estimates: list[tuple[Tensor, Tensor]]) -> Tensor:
@@ -140,26 +174,18 @@ def _mean_of(fn: Callable[..., Tensor], per_task: list[Tensor], *args: object) -
 
 def update_columns(
     states: tuple[SampleState, ...], idx: Tensor, task: int, news: tuple[Tensor, ...], gamma: float, *,
-    assume_unique: bool = False,
+    assume_unique: bool = False, writes: PendingWrites | None = None, cause: Cause | None = None,
 ) -> list[Tensor]:
     """Moving-average update of column ``task`` of each state at rows ``idx`` (validated dataset
-    indices), all in one :func:`~xrisk.state.update_states` pass; returns the merged values ``[P]``."""
-    if states[0].shape == (1,):  # single task: the column is the whole row, no mask needed
-        outs = update_states(states, idx, [n.detach().unsqueeze(1) for n in news], gamma, index_checked=True,
-                             assume_unique=assume_unique)
-        return [o.squeeze(1) for o in outs]
-    full = []
-    for new in news:
-        values = new.new_zeros((idx.numel(), *states[0].shape))
-        values[:, task] = new.detach()
-        full.append(values)
-    mask = torch.zeros(full[0].shape, dtype=torch.bool, device=full[0].device)
-    mask[:, task] = True
-    outs = update_states(states, idx, full, gamma, mask=mask, index_checked=True, assume_unique=assume_unique)
-    return [o[:, task] for o in outs]
+    indices), all in one :func:`~xrisk.state.update_states` pass; returns the merged values ``[P]``.
+    With ``writes`` the new entries are staged there (see :class:`~xrisk.state.PendingWrites`)."""
+    return update_states(states, idx, news, gamma, index_checked=True, assume_unique=assume_unique, column=task,
+                         writes=writes, cause=cause)
 
 
 def _update_column(state: SampleState, idx: Tensor, task: int, new: Tensor, gamma: float, *,
-                   assume_unique: bool = False) -> Tensor:
+                   assume_unique: bool = False, writes: PendingWrites | None = None,
+                   cause: Cause | None = None) -> Tensor:
     """Moving-average update of column ``task`` of ``state`` at rows ``idx``; returns the merged values ``[P]``."""
-    return update_columns((state,), idx, task, (new,), gamma, assume_unique=assume_unique)[0]
+    return update_columns((state,), idx, task, (new,), gamma, assume_unique=assume_unique, writes=writes,
+                          cause=cause)[0]

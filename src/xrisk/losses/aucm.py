@@ -59,7 +59,8 @@ class AUCMLoss(ScoreLoss):
             ``None`` uses each batch's positive ratio. Ignored by ``v2``.
 
     Parameters (``nn.Parameter``, in ``state_dict``): ``a``, ``b``, ``alpha``, each ``[T]``,
-    initialised at 0. No per-sample state, no ``index``. Under ``torch.distributed`` the loss is
+    initialised at 0. No per-sample state, no ``index``; a forward pass writes nothing (in either
+    mode; the parameters change only through the optimizer). Under ``torch.distributed`` the loss is
     computed on the gathered global batch, so ``a, b, alpha`` receive the single-process
     gradient on every rank without any reduction (see :mod:`xrisk.distributed`).
 

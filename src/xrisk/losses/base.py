@@ -11,10 +11,23 @@
    tasks, raises the same error on every rank before anything is gathered;
 3. return a **graph-connected zero** and leave state untouched when the batch has no
    positive in any task;
-4. call the subclass hook :meth:`ScoreLoss._loss`, which computes the surrogate, updates
-   state and records the objective estimate with :meth:`ScoreLoss._record_objective`
-   (lazily: a recipe over detached tensors, evaluated only when :meth:`ScoreLoss.objective`
-   is called, so a training step never pays for it).
+4. call the subclass hook :meth:`ScoreLoss._loss`, which computes the surrogate, **stages** its
+   state updates in ``self._writes`` (a :class:`~xrisk.state.PendingWrites`) and records the
+   objective estimate with :meth:`ScoreLoss._record_objective` (lazily: a recipe over detached
+   tensors, evaluated only when :meth:`ScoreLoss.objective` is called, so a training step never
+   pays for it);
+5. **commit**: every staged update of the step (all tasks, all states) is checked for NaN/inf at
+   once -- a failure raises :class:`FloatingPointError` naming the cause (e.g. "scores overflow the
+   exponential surrogate") and leaves every buffer as it was -- and written only in training mode.
+
+**State changes in training mode only** (like BatchNorm's running estimates): in ``eval()`` mode
+a call computes the same value from the staged (uncommitted) update and writes no state; this
+holds under ``torch.no_grad()`` and ``torch.inference_mode()`` too (they do not change the rule:
+in training mode the state is updated, in eval mode it is not). :meth:`ScoreLoss.objective` reports
+the last call's estimate in both modes.
+
+**Dtypes.** The computation runs in the dtype of ``scores`` (any floating type); ``targets`` may be
+bool, integer or floating of any dtype (only their 0/1 values matter); per-sample state is float32.
 
 The returned value is a *surrogate*: its gradient is the method's stochastic gradient
 estimator, but its value is not the objective (it can be negative). The current estimate
@@ -30,10 +43,10 @@ import torch
 from torch import Tensor
 
 from xrisk import distributed as xdist
-from xrisk._validate import check_binary_batch
-from xrisk.state import ReplicatedStateModule, check_index
+from xrisk._validate import all_finite, check_binary_batch
+from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_unique
 
-__all__ = ["ScoreLoss", "label_order"]
+__all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
 
 #: What a subclass records as the batch's objective estimate: a tensor, a zero-argument callable
 #: over detached tensors (a ``functools.partial`` of a module-level function, so the module stays
@@ -56,6 +69,8 @@ class ScoreLoss(ReplicatedStateModule):
     uses_index: ClassVar[bool] = True
     objective_name: ClassVar[str] = "objective"
     _objective: Tensor
+    _writes: PendingWrites  #: the current step's staged state updates (set by forward before ``_loss``)
+    _index_unique: bool  #: the step's (global) ``index`` holds no duplicate (False: unknown or some)
 
     def __init__(self, *, num_tasks: int = 1, gather: bool = True) -> None:
         super().__init__()
@@ -83,22 +98,38 @@ class ScoreLoss(ReplicatedStateModule):
             if idx is not None:
                 idx = xdist.all_gather_no_grad(idx.to(s.device), sizes=layout.sizes)
             pos_counts = y.sum(0).tolist()  # of the global batch
+            unique, given = False, None  # duplicates in the global batch: not known
         else:
             s, y, pos_counts, idx = self._check_batch(scores, targets, index)
+            unique = self.__dict__["_checked_unique"]
+            given = scores if scores.dim() == 1 else None  # [B]: task 0's column as given (no view in the graph)
         if not any(pos_counts):
             return s.sum() * 0.0
-        return self._loss(s, y, idx, pos_counts)
+        writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
+        self.__dict__["_index_unique"] = unique  # known without a device op: no index occurs twice in the batch
+        self.__dict__["_given_scores"] = given
+        self.__dict__["_step_objective"] = _NOT_RECORDED
+        out = self._loss(s, y, idx, pos_counts)
+        writes.commit(write=self.training)  # all or nothing; state changes in training mode only
+        record = self.__dict__.pop("_step_objective")
+        if record is not _NOT_RECORDED:  # the step succeeded: its objective estimate replaces the last one
+            self.__dict__["_pending_objective"] = record
+            self.__dict__["_objective_ready"] = False
+        return out
 
     def _check_batch(
         self, scores: Tensor, targets: Tensor, index: Tensor | None
     ) -> tuple[Tensor, Tensor, list[int], Tensor | None]:
-        """This rank's checks: ``(scores [B, T], targets [B, T] bool, positives per task, index or None)``."""
+        """This rank's checks: ``(scores [B, T], targets [B, T] bool, positives per task, index or None)``;
+        whether no index occurs twice is left in ``_checked_unique`` (found with the bounds, on the host)."""
         s, y, pos_counts = check_binary_batch(scores, targets, self.num_tasks)  # one host read
         idx: Tensor | None = None
+        unique = False
         if self.uses_index:
             if index is None:
                 raise ValueError(f"{type(self).__name__} keeps per-sample state and needs `index` (dataset indices)")
-            idx = check_index(index, self._num_samples(), batch_size=s.shape[0])
+            idx, unique = check_index_unique(index, self._num_samples(), batch_size=s.shape[0])
+        self.__dict__["_checked_unique"] = unique
         return s, y, pos_counts, idx
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -109,6 +140,12 @@ class ScoreLoss(ReplicatedStateModule):
         """
         raise TypeError(f"{type(self).__name__} must override _loss(scores, targets, index, pos_counts)")
 
+    def _score_column(self, scores: Tensor, task: int) -> Tensor:
+        """``scores[:, task]`` as a ``[B]`` tensor (for ``[B]`` input: the tensor given to :meth:`forward`, so
+        autograd records no view for it)."""
+        given = self.__dict__.get("_given_scores")
+        return given if given is not None else scores.select(1, task)
+
     def _num_samples(self) -> int:
         n = getattr(self, "num_samples", None)
         if n is None:
@@ -116,10 +153,12 @@ class ScoreLoss(ReplicatedStateModule):
         return int(n)
 
     def _record_objective(self, value: ObjectiveRecord) -> None:
-        """Record the batch's objective estimate (see :data:`ObjectiveRecord`); nothing is computed here."""
-        # plain attributes, set past nn.Module.__setattr__ (this runs on every training step)
-        self.__dict__["_pending_objective"] = value
-        self.__dict__["_objective_ready"] = False
+        """Record the batch's objective estimate (see :data:`ObjectiveRecord`); nothing is computed here.
+
+        It becomes :meth:`objective`'s value once the step has committed (a step that raises keeps the last one).
+        """
+        # a plain attribute, set past nn.Module.__setattr__ (this runs on every training step)
+        self.__dict__["_step_objective"] = value
 
     def _record_objective_from(self, fn: Callable[..., Tensor], *args: object, **kwargs: object) -> None:
         """Record ``fn(*args, **kwargs)`` (tensors detached by the caller) to be evaluated on request."""
@@ -150,6 +189,34 @@ def _batch_tensors(batch: tuple[Tensor, Tensor, list[int], Tensor | None]) -> di
     return {"scores": batch[0], "targets": batch[1], "index": batch[3]}
 
 
+_NOT_RECORDED = object()
+
+
+def overflow_cause(surrogate: str, margin: float, scores: Tensor, task: int, losses: Tensor | None = None,
+                   tau: float | None = None) -> Callable[[], str]:
+    """The message of a step whose pairwise estimates are not finite, built only if it fails.
+
+    ``scores``: the task's ``[B]`` scores; ``losses``: its pairwise losses, and ``tau``: the temperature they
+    are divided by (KL-DRO estimators), to tell an overflowing surrogate from an overflowing ``L / tau``.
+    """
+    return functools.partial(_overflow_message, surrogate, margin, scores, task, losses, tau)
+
+
+def _overflow_message(surrogate: str, margin: float, scores: Tensor, task: int, losses: Tensor | None,
+                      tau: float | None) -> str:
+    lo, hi = (float(v) for v in torch.aminmax(scores.detach()))
+    where = f"task {task} has scores in [{lo:.4g}, {hi:.4g}]"
+    if losses is not None and tau is not None and all_finite(losses):
+        return (f"the pairwise losses divided by tau={tau} overflow the KL-DRO estimator ({where}, largest loss "
+                f"{float(losses.amax()):.4g}); raise tau or bound the scores")
+    return (f"scores overflow the {surrogate} surrogate: {where}, so ell(margin={margin}, s_i - s_j) is not finite "
+            f"in {scores.dtype}; bound the scores (e.g. sigmoid outputs) or use a surrogate that grows slower")
+
+
+def _default_cause() -> str:
+    return "a new state estimate of the loss is NaN/inf"
+
+
 def label_order(pos: Tensor, n_pos: int) -> tuple[Tensor, Tensor]:
     """Positions of the positives and of the negatives of one task, each in batch order.
 
@@ -159,3 +226,21 @@ def label_order(pos: Tensor, n_pos: int) -> tuple[Tensor, Tensor]:
     """
     order = torch.argsort(pos.to(torch.uint8), descending=True, stable=True)
     return order[:n_pos], order[n_pos:]
+
+
+def label_positions(pos: Tensor, n_pos: int) -> tuple[Tensor, Tensor]:
+    """:func:`label_order` (positions of the positives and of the negatives, each in batch order); on CPU two
+    ``nonzero`` calls instead of the sort."""
+    if pos.device.type == "cpu":
+        return pos.nonzero().view(-1), torch.logical_not(pos).nonzero().view(-1)
+    return label_order(pos, n_pos)
+
+
+def positions(pos: Tensor, n_pos: int) -> Tensor:
+    """Positions of the ``True`` entries of the ``[B]`` bool ``pos`` (``n_pos`` of them), in batch order.
+
+    On CPU one ``nonzero`` (no device to synchronise with); elsewhere :func:`label_order`'s sort.
+    """
+    if pos.device.type == "cpu":
+        return pos.nonzero().view(-1)
+    return label_order(pos, n_pos)[0]

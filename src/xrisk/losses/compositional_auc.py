@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -47,8 +48,10 @@ class CompositionalAUCLoss(AUCMLoss):
 
     State: parameters ``a, b, alpha`` ``[T]`` (as :class:`AUCMLoss`) and the buffer
     ``num_steps`` (int64 scalar, in ``state_dict``: resuming continues the same alternation).
-    The counter advances on every call that reaches the loss, i.e. every batch with at least
-    one positive (a batch without positives returns a connected zero and changes nothing).
+    The counter advances on every training-mode call that reaches the loss, i.e. every batch with at
+    least one positive (a batch without positives returns a connected zero and changes nothing); in
+    ``eval()`` mode a call computes the current phase's value and leaves the counter as it is (and
+    :meth:`last_phase` with it). A step that raises does not advance it.
     Under ``torch.distributed`` every rank sees the same global batch, so the counters agree.
 
     Example:
@@ -111,5 +114,5 @@ class CompositionalAUCLoss(AUCMLoss):
             out = F.binary_cross_entropy(scores, targets.to(scores.dtype))
         else:
             out = self._aucm(scores, targets, pos_counts)
-        self.num_steps += 1
+        self._writes.after(functools.partial(self.num_steps.add_, 1))  # training mode, committed step
         return out

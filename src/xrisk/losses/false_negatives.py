@@ -14,11 +14,16 @@ from xrisk.functional.contrastive import (
     count_true, masked_upper_quantile, negatives_mask, quantile_subgradient, quantile_threshold_step,
     restrict_to_negatives,
 )
-from xrisk.state import ReplicatedStateModule, SampleState, check_index, update_states
+from xrisk.losses._epochs import EpochTracking
+from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, update_states
 
 __all__ = ["FalseNegativeDetector"]
 
 Blocks = Sequence[tuple[int, int, int]]
+
+
+def _cause() -> str:
+    return "a GloFND threshold update is NaN/inf (are the similarities finite?)"
 
 
 def _side(counts: Tensor | int, v: int) -> Tensor | int:
@@ -37,7 +42,7 @@ def _check_forward_shapes(sim: Tensor, neg: Tensor, index: Tensor) -> None:
         raise ValueError(f"sim {tuple(sim.shape)} / neg {tuple(neg.shape)} must be [B={index.numel()}, 2, C]")
 
 
-class FalseNegativeDetector(ReplicatedStateModule):
+class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
     """Learns, for every anchor, the ``(1 - alpha)`` quantile of its similarities to the data set.
 
     For anchor ``i`` (and side ``v``: view a/b in unimodal mode, image/text in bimodal mode) the
@@ -79,7 +84,9 @@ class FalseNegativeDetector(ReplicatedStateModule):
 
     ``start_epoch``: thresholds are learned from the first batch on, but masking starts at epoch
     ``start_epoch`` (GloFND's ``start_update = 0``, ``lda_start = start_epoch``); the owning loss
-    forwards :meth:`set_epoch`.
+    forwards its epoch (:meth:`set_epoch`, or inferred from the samples seen until it is called; a
+    detector used on its own infers its epoch the same way, see
+    :class:`~xrisk.losses._epochs.EpochTracking`).
 
     Args:
         num_samples: data-set size ``n``.
@@ -92,8 +99,11 @@ class FalseNegativeDetector(ReplicatedStateModule):
 
     State (``state_dict``): ``lam`` (:class:`~xrisk.state.SampleState` ``[n, 2]``, thresholds per sample
     and side; synced with ``local=True`` so every rank holds the same values), with Adam also
-    ``lam_m``, ``lam_v`` (the moments, ``[n, 2]``), ``epoch`` buffer;
-    :attr:`last_masked_fraction` (diagnostic, not checkpointed).
+    ``lam_m``, ``lam_v`` (the moments, ``[n, 2]``), the ``epoch``, ``samples_seen``, ``epoch_is_set``
+    buffers; :attr:`last_masked_fraction` (diagnostic, not checkpointed). The thresholds change in
+    training mode only: in ``eval()`` mode (of the detector, or of the loss that owns it) the step is
+    computed from a copy of the update -- the returned masks are the same -- and nothing is written.
+    Inside a loss its updates are committed with the loss's (all or nothing).
 
     Example:
         >>> from xrisk.losses import GlobalContrastiveLoss
@@ -139,18 +149,17 @@ class FalseNegativeDetector(ReplicatedStateModule):
         if self.optimizer == "adam":
             self.lam_m = SampleState(num_samples, (2,))
             self.lam_v = SampleState(num_samples, (2,))
-        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
-        self._epoch_int = 0  # the buffer's value on the host: read per step without a device sync
+        self._init_epochs()
         self._fraction_counts: tuple[Tensor, Tensor | int] | None = None  # (kept, candidates) of the last batch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Set the 0-based epoch (masking starts at ``start_epoch``)."""
-        self.epoch.fill_(int(epoch))
-        self._epoch_int = int(epoch)
+    def _epoch_dependence(self) -> list[str]:
+        out = [f"the detector's start_epoch={self.start_epoch}"] if self.start_epoch > 0 else []
+        return out + (["the detector's Adam bias correction"] if self.optimizer == "adam" else [])
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        super()._load_from_state_dict(*args, **kwargs)
-        self._epoch_int = int(self.epoch)
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:  # type: ignore[override]
+        self._load_epochs(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._loaded_epochs()
 
     @property
     def masking(self) -> bool:
@@ -175,9 +184,10 @@ class FalseNegativeDetector(ReplicatedStateModule):
     @torch.no_grad()
     def _step(
         self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, counts: Tensor | int, *,
-        index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] = ((), ()),
+        writes: PendingWrites, index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] = ((), ()),
     ) -> Tensor:
-        """Update the thresholds of the batch anchors from per-side ``[B, C]`` sims/negatives; return ``[B, 2]``.
+        """Stage the threshold update of the batch anchors (from per-side ``[B, C]`` sims/negatives) in ``writes``;
+        return the updated thresholds ``[B, 2]``.
 
         ``counts [B, 2]``: number of negatives per anchor and side (an int: every anchor has that many, ``>= 1``).
         ``index_checked`` / ``unique``: as
@@ -214,7 +224,8 @@ class FalseNegativeDetector(ReplicatedStateModule):
                 rows = [torch.where(first, 0.0, r) for r in rows]  # the moments start after the initialisation
         has = None if isinstance(counts, int) else counts > 0  # an int: every anchor has that many (>= 1)
         out = update_states(
-            states, index, (new, *rows), 1.0, mask=has, local=True, index_checked=True, assume_unique=unique
+            states, index, (new, *rows), 1.0, mask=has, local=True, index_checked=True, assume_unique=unique,
+            writes=writes,
         )[0]
         return out.to(ref.device, ref.dtype)
 
@@ -252,6 +263,7 @@ class FalseNegativeDetector(ReplicatedStateModule):
     def detect_with_counts(
         self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, *, counts: Tensor | int | None = None,
         index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] | None = None,
+        writes: PendingWrites | None = None,
     ) -> tuple[list[Tensor], Tensor | int]:
         """:meth:`detect` that also returns the number of kept negatives per anchor and side ``[B, 2]``.
 
@@ -262,7 +274,8 @@ class FalseNegativeDetector(ReplicatedStateModule):
         ``excluded``: per side, the candidate negatives are every column but these diagonals (blocks
         ``(first, count, offset)`` as in :func:`~xrisk.functional.contrastive.row_exp`) and ``negs`` may be
         ``[None, None]`` (``counts`` required): no ``[B, C]`` mask is built or combined (one process, unique
-        indices). The returned masks are explicit either way.
+        indices). The returned masks are explicit either way. ``writes``: stage the threshold update there (the
+        owning loss commits it with its own); without, it is checked and written now, in training mode only.
         """
         if excluded is None:
             if any(m is None for m in negs):
@@ -272,9 +285,14 @@ class FalseNegativeDetector(ReplicatedStateModule):
             raise ValueError("detect without masks needs counts")
         if counts is None:
             counts = torch.stack([count_true(negs[v], 1) for v in (0, 1)], 1)  # type: ignore[arg-type]
-        lam = self._step(sims, negs, index, counts, index_checked=index_checked, unique=unique, excluded=excluded)
+        own, masking = writes is None, self.masking  # the epoch at the start of the step
+        w = PendingWrites(_cause) if writes is None else writes
+        lam = self._step(sims, negs, index, counts, writes=w, index_checked=index_checked, unique=unique,
+                         excluded=excluded)
+        if own:
+            self._commit(w, index.numel())
         kept, kept_counts = self._kept(sims, negs, lam, counts, excluded)
-        if self.masking:
+        if masking:
             return kept, kept_counts
         return _explicit_masks(sims, negs, excluded), counts
 
@@ -306,11 +324,19 @@ class FalseNegativeDetector(ReplicatedStateModule):
         index = self._agreed_index(index, functools.partial(_check_forward_shapes, sim, neg, index))
         sims, masks = [sim[:, 0], sim[:, 1]], [neg[:, 0], neg[:, 1]]
         counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
-        lam = self._step(sims, masks, index, counts, index_checked=True)
+        writes, masking = PendingWrites(_cause), self.masking  # the epoch at the start of the step
+        lam = self._step(sims, masks, index, counts, writes=writes, index_checked=True)
+        self._commit(writes, index.numel())
         self._kept(sims, masks, lam, counts)
-        if not self.masking:
+        if not masking:
             return torch.ones_like(neg)
         return sim <= lam.unsqueeze(-1)
+
+    def _commit(self, writes: PendingWrites, num_local: int) -> None:
+        """Check and (training mode only) write a step of the detector used on its own; count its samples."""
+        writes.commit(write=self.training)
+        if self.training:
+            self._count_samples(num_local * xdist.world_size())  # the global batch of equal local batches
 
     def _agreed_index(self, index: Tensor, check: Callable[[], None] | None = None) -> Tensor:
         """``check()`` and :func:`~xrisk.state.check_index`, agreed by every rank under torch.distributed

@@ -65,7 +65,8 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
       ``... + 2 rho tau``); the returned surrogate's gradient w.r.t. ``self.tau`` is the FCCO estimate of
       ``dF/dtau = mean_i sum_v [log(eps + g_iv) - sum_j p_ij d_ij / tau] + 2 rho``
       (``p_ij = exp(d_ij/tau) / (|S_iv| (eps + u_iv))``), exact when ``u = g``. Step ``self.tau`` with your
-      optimizer (own param group); it is projected onto ``[tau_min, tau_max]`` at every forward.
+      optimizer (own param group); it is projected onto ``[tau_min, tau_max]`` (in place) at every
+      training-mode forward (an ``eval()``-mode call uses the projected value and leaves the parameter as it is).
     * ``"individual"``: per-sample ``tau_iv`` (iSogCLR's KL-DRO dual); updated inside the loss by
       momentum SGD: ``m <- (1 - beta_tau) m + beta_tau clip(dF_iv/dtau_iv, +-tau_grad_clip)``,
       ``tau_iv <- clip(tau_iv - lr_tau m, tau_min, tau_max)`` (a sample's first visit sets ``m`` to the
@@ -105,13 +106,19 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         false_negatives: optional :class:`FalseNegativeDetector` (GloFND) removing detected false negatives.
         normalize: L2-normalise the features.
 
-    Shapes: ``feats_a [B, d]``, ``feats_b [B, d]``, ``index [B]`` -> scalar.
+    Shapes: ``feats_a [B, d]``, ``feats_b [B, d]``, ``index [B]`` -> scalar (features of two dtypes are
+    promoted to their common dtype, in both modes; fewer than two distinct samples: a connected zero).
 
     State (``state_dict``; replicated on every rank, every rank applies the same global update):
     ``log_u`` (``SampleState [n, 2]``), ``epoch``; ``tau`` (Parameter, global mode);
-    ``tau_individual``, ``tau_momentum`` (``SampleState [n, 2]``, individual mode). The state lives
-    where ``.to()`` puts the module (e.g. keep it on CPU while features are on an accelerator: the
-    batch rows are moved to the feature device).
+    ``tau_individual``, ``tau_momentum`` (``SampleState [n, 2]``, individual mode); ``samples_seen``,
+    ``epoch_is_set`` (the epoch is inferred from the samples seen until :meth:`set_epoch` is called; it
+    drives ``gamma_schedule`` and the detector). The state lives where ``.to()`` puts the module (e.g.
+    keep it on CPU while features are on an accelerator: the batch rows are moved to the feature
+    device). Written in training mode only (in ``eval()`` a call returns the same value from a copy of
+    the update and writes nothing, the learnable ``tau`` included), all at once after every update of
+    the step (estimator, temperatures, detector thresholds) was checked: a NaN/inf update raises
+    :class:`FloatingPointError` naming the cause and changes nothing.
 
     Distributed: exact under DDP (see :mod:`xrisk.losses._contrastive_base`); the gradient of the
     global ``tau`` is averaged over ranks inside backward, so every rank holds ``dL/dtau`` of the
@@ -194,11 +201,15 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         the local anchors ``index_g[start : start + B]`` on ``like``'s device/dtype), the temperatures of the global
         batch (state device, float32) and the smallest one (for the stability gate)."""
         if isinstance(self.tau, nn.Parameter):
-            with torch.no_grad():
-                self.tau.clamp_(self.tau_min, self.tau_max)
-            tau = _MeanGradOverRanks.apply(self.tau) if xdist.is_distributed() else self.tau
+            if self.training:  # project the parameter onto its box (in place: the optimizer's next step starts there)
+                with torch.no_grad():
+                    self.tau.clamp_(self.tau_min, self.tau_max)
+                tau = self.tau
+            else:  # eval mode changes nothing: the same value, projected out of place
+                tau = self.tau.clamp(self.tau_min, self.tau_max)
+            value = float(tau.detach())
+            tau = _MeanGradOverRanks.apply(tau) if xdist.is_distributed() else tau
             tau = like_tensor(tau, like)
-            value = float(self.tau.detach())
             return tau, value, value  # a float tau_g: the parameter changes in place after the step
         if self.temperature == "individual":
             values = self.tau_individual.tensors()[0]
@@ -225,7 +236,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             m = momentum_rows(momentum, i, grad, self.beta_tau)  # type: ignore[arg-type]
             states += [momentum, self._modules["tau_individual"]]
             rows += [m, sgd_rows(tau_g, m, self.lr_tau, (self.tau_min, self.tau_max))]  # type: ignore[arg-type]
-        write_rows(states, i, rows)  # type: ignore[arg-type]
+        write_rows(states, i, rows, writes=self._writes)  # type: ignore[arg-type]  # staged: written at the commit
         self._record_objective(_gcl_objective, tau_g, rows[0], rho, self.eps, None)
         return step.surrogate
 

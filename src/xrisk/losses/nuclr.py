@@ -45,7 +45,7 @@ class NUCLRLoss(ContrastiveLossBase):
 
     Side ``v = 0``: image anchors ``x_i`` (``feats_a``) against text columns (``feats_b``), side 1 the
     reverse. With ``d_ij = s(x_i, t_j) - s(x_i, t_i)``, the learned normaliser ``zeta_jv`` of column
-    ``j`` on side ``v`` and ``xi_v = max(max_j zeta_jv, xi_init)`` (refreshed by :meth:`set_epoch`):
+    ``j`` on side ``v`` and ``xi_v = max(max_j zeta_jv, xi_init)`` (refreshed when the epoch changes):
 
     .. math::
 
@@ -82,12 +82,18 @@ class NUCLRLoss(ContrastiveLossBase):
         false_negatives: optional :class:`FalseNegativeDetector`.
         normalize: L2-normalise the features.
 
-    Cost: per step ``O(B_local B_global d)``, independent of ``n``; :meth:`set_epoch` scans ``zeta``
+    Cost: per step ``O(B_local B_global d)``, independent of ``n``; an epoch change scans ``zeta``
     once (``O(n)``) to refresh ``xi``.
 
     State (``state_dict``, replicated on every rank): ``log_u``, ``zeta``, ``zeta_momentum``
-    (``SampleState [n, 2]``), ``xi`` ``[2]``, ``epoch``. Under torch.distributed the per-column sums
-    for the ``zeta`` gradient are all-reduced (``O(B_global)`` floats), so every rank applies the same update.
+    (``SampleState [n, 2]``), ``xi`` ``[2]``, ``epoch``, ``samples_seen``, ``epoch_is_set``. Under
+    torch.distributed the per-column sums for the ``zeta`` gradient are all-reduced (``O(B_global)``
+    floats), so every rank applies the same update. Written in training mode only (in ``eval()`` a call
+    returns the same value from a copy of the update and writes nothing), all at once after every
+    update of the step was checked (a NaN/inf update raises :class:`FloatingPointError` naming the
+    cause and changes nothing). The epoch (warm-up, ``xi`` refresh, ``zeta_lr_schedule``) is inferred
+    from the samples seen in training until :meth:`set_epoch` is first called (one warning); an
+    explicit epoch always wins. Features of two dtypes are promoted to their common dtype.
 
     Example:
         >>> loss_fn = NUCLRLoss(1000, tau=0.05, zeta_start_epoch=0)
@@ -150,6 +156,14 @@ class NUCLRLoss(ContrastiveLossBase):
         spread = max(torch.sub(hi, lo).tolist())  # one host read
         return lo if (2.0 + spread) / self.tau <= limit else None
 
+    def _epoch_dependence(self) -> list[str]:
+        out = ["the per-epoch refresh of xi"]
+        if self.zeta_start_epoch > 0:
+            out.append(f"the zeta warm-up (zeta_start_epoch={self.zeta_start_epoch})")
+        if self.zeta_lr_schedule is not None:
+            out.append("zeta_lr_schedule")
+        return out + super()._epoch_dependence()
+
     def _on_epoch(self, epoch: int) -> None:
         with torch.no_grad():
             self.xi.copy_(self.zeta.value.amax(0).clamp_min(self.xi_init).to(self.xi))
@@ -197,7 +211,7 @@ class NUCLRLoss(ContrastiveLossBase):
             m = momentum_rows(momentum, i, grad, self.beta_zeta)  # type: ignore[arg-type]
             states += [momentum, zeta]
             rows += [m, sgd_rows(zeta_g, m, eta)]
-        write_rows(states, i, rows)  # type: ignore[arg-type]
+        write_rows(states, i, rows, writes=self._writes)  # type: ignore[arg-type]  # staged: written at the commit
         self._record_objective(_nuclr_objective, self.tau, rows[0], log_pos, zeta_g, None)
         return step.surrogate
 

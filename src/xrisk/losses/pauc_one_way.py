@@ -9,18 +9,19 @@ from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.pauc import (
-    cvar_threshold_grad,
+    cvar_step,
+    kl_logits,
     log_ema,
     log_mean_exp_by_index,
     log_mean_exp_inner,
-    pauc_cvar_weights,
     pauc_kl_weights,
     pauc_risk,
 )
 from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.ap import _update_column
-from xrisk.state import SampleState
+from xrisk._tensors import as_state_rows, like_tensor, on_device
+from xrisk.state import Cause, PendingWrites, SampleState, column_views
 
 __all__ = ["OneWayPartialAUCLoss"]
 
@@ -100,7 +101,10 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
     step is applied (the mean of their threshold steps; for ``log_u`` the mean is taken of
     ``u``, not of ``log u``), and every occurrence then uses the merged estimate. Under
     ``torch.distributed`` the loss runs on the gathered global batch: every rank applies the
-    same update.
+    same update. Written in training mode only (in ``eval()`` a call returns the same value from a copy of the
+    update and writes nothing), all at once after every task's update was checked: a NaN/inf update
+    (e.g. scores that overflow the surrogate) raises :class:`FloatingPointError` naming the cause and
+    changes nothing.
 
     Multi-label: the mean over tasks with both positives and negatives in the batch; others
     contribute a graph-connected zero and keep their state.
@@ -144,6 +148,7 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         self.eta = check_positive("eta", eta)
         self.tau = check_positive("tau", tau)
         self.gamma = check_unit_interval("gamma", gamma)
+        self._checks_value = self.method == "cvar"  # the thresholds stay finite whatever the losses
         if self.method == "cvar":
             self.threshold = SampleState(num_samples, (num_tasks,))
         else:
@@ -154,32 +159,51 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         return (f"num_samples={self.num_samples}, num_tasks={self.num_tasks}, method={self.method!r}, "
                 f"max_fpr={self.max_fpr}, margin={self.margin}, surrogate={self.surrogate!r}, {knobs}")
 
-    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor) -> Tensor:
+    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor, cause: Cause) -> Tensor:
+        writes, unique = self._writes, self._index_unique
         if self.method == "cvar":
-            s = self.threshold.value[index_pos.to(self.threshold.value.device), task].to(losses)
-            step = cvar_threshold_grad(losses, s, self.max_fpr)
-            _update_column(self.threshold, index_pos, task, s - self.eta * step, 1.0)
-            return pauc_cvar_weights(losses, s, self.max_fpr)  # pauc_cvar_surrogate's weights
-        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau), self.gamma)
-        return pauc_kl_weights(losses, log_u, self.tau)  # pauc_kl_surrogate's weights
+            state = self._modules["threshold"]
+            value, seen = column_views(state, task)  # type: ignore[arg-type]
+            i = on_device(index_pos, value.device)
+            s = like_tensor(value.index_select(0, i), losses)  # = threshold[index_pos, task]
+            step, weights = cvar_step(losses, s, self.max_fpr)  # pauc_cvar_surrogate's weights
+            new = s - self.eta * step
+            if unique:  # one threshold per row: overwrite
+                writes.stage_tensors(value, seen, i, as_state_rows(new, i), cause=cause)
+            else:  # duplicates: the mean of their steps
+                _update_column(state, index_pos, task, new, 1.0, writes=writes, cause=cause)  # type: ignore[arg-type]
+            return weights
+        z = kl_logits(losses, self.tau)
+        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau, scaled=z),
+                                self.gamma, writes, cause, unique)
+        return pauc_kl_weights(losses, log_u, self.tau, scaled=z)  # pauc_kl_surrogate's weights
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return pauc_risk, (self.max_fpr,)
 
 
-def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor, gamma: float) -> Tensor:
-    """Log-space moving average of ``u = exp(state)`` in column ``task``; returns the merged ``log u`` ``[P]``.
+def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor, gamma: float,
+                    writes: PendingWrites, cause: Cause, unique: bool = False) -> Tensor:
+    """Log-space moving average of ``u = exp(state)`` in column ``task``; returns the merged ``log u`` ``[P]``
+    (the value the state will hold).
 
-    Duplicates are merged first (mean of ``exp(log_new)``), then one step per index is written
-    with ``gamma = 1`` so the state stores exactly the log-space result.
+    Duplicates are merged first (mean of ``exp(log_new)``), then one step per index is staged in ``writes``
+    with ``gamma = 1`` so the state will hold exactly the log-space result. ``unique``: the caller knows that
+    ``idx`` has no duplicate (else it is checked).
     """
-    dev = state.value.device
-    idx_s = idx.to(dev)
-    unique = torch.unique(idx_s).numel() == idx_s.numel()
-    merged = log_new.detach() if unique else log_mean_exp_by_index(idx, log_new)
-    old = state.value[idx_s, task]
-    seen = state.seen[idx_s, task]
+    value, seen_all = column_views(state, task)
+    i = on_device(idx, value.device)
+    direct = unique  # every index once, known: the new entries are staged directly
+    if not unique:
+        unique = torch.unique(i).numel() == i.numel()
+    merged = (log_new.detach() if log_new.requires_grad else log_new) if unique else log_mean_exp_by_index(idx, log_new)
+    old = value.index_select(0, i)  # = value[idx, task]
+    seen = seen_all.index_select(0, i)
     if old.dtype != merged.dtype or old.device != merged.device:
         old, seen = old.to(merged), seen.to(merged.device)
     new = log_ema(old, merged, gamma, seen)
-    return _update_column(state, idx, task, new, 1.0, assume_unique=unique)
+    if not direct:  # SampleState's update (an overwrite: duplicates already hold the same merged value)
+        return _update_column(state, idx, task, new, 1.0, assume_unique=unique, writes=writes, cause=cause)
+    rows = as_state_rows(new, i)
+    writes.stage_tensors(value, seen_all, i, rows, cause=cause)
+    return like_tensor(rows, new)

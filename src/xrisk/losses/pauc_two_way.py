@@ -9,11 +9,12 @@ import torch
 from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.pauc import log_ema, log_mean_exp_inner, tpauc_kl_weights, tpauc_risk
+from xrisk._tensors import as_state_rows, like_tensor, on_device
+from xrisk.functional.pauc import kl_logits, log_ema, log_mean_exp_inner, tpauc_kl_weights, tpauc_risk
 from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.pauc_one_way import _log_ema_column
-from xrisk.state import SampleState
+from xrisk.state import Cause, SampleState, column_views
 
 __all__ = ["TwoWayPartialAUCLoss"]
 
@@ -69,7 +70,10 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
     follow ``.to()`` and stay float32). The mean over batch positives in the ``w`` update counts
     every row of the batch, so a duplicated positive counts as often as it was sampled. Under
     ``torch.distributed`` the loss runs on the gathered global batch: every rank applies the same
-    updates.
+    updates. Written in training mode only (in ``eval()`` a call returns the same value from a copy of the
+    update and writes nothing), all at once after every task's update was checked: a NaN/inf update
+    (e.g. scores that overflow the surrogate) raises :class:`FloatingPointError` naming the cause and
+    changes nothing.
 
     Multi-label: the mean over tasks with both positives and negatives in the batch; others
     contribute a graph-connected zero and keep their state.
@@ -123,19 +127,23 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
                 f"max_fpr={self.max_fpr}, tau={self.tau}, tau_outer={self.tau_outer}, gamma0={self.gamma0}, "
                 f"gamma1={self.gamma1}, margin={self.margin}, surrogate={self.surrogate!r}")
 
-    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor) -> Tensor:
-        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau), self.gamma0)
-        log_w = self._update_w(task, torch.logsumexp(self.tau / self.tau_outer * log_u, 0) - math.log(n_pos))
-        return tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer)  # tpauc_kl_surrogate's weights
+    def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor, cause: Cause) -> Tensor:
+        z = kl_logits(losses, self.tau)
+        log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau, scaled=z),
+                                self.gamma0, self._writes, cause, self._index_unique)
+        ratio = self.tau / self.tau_outer
+        log_w = self._update_w(task, torch.logsumexp(log_u if ratio == 1.0 else ratio * log_u, 0) - math.log(n_pos), cause)
+        return tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer, scaled=z)  # tpauc_kl_surrogate's
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return tpauc_risk, (self.min_tpr, self.max_fpr)
 
-    def _update_w(self, task: int, log_new: Tensor) -> Tensor:
-        """One log-space moving-average step of ``w`` for ``task``; returns the new ``log w`` (scalar)."""
-        value, seen = self.log_w.value[0], self.log_w.seen[0]
-        new = log_ema(value[task].to(log_new), log_new, self.gamma1, seen[task].to(log_new.device))
-        with torch.no_grad():  # one row, one column: write it directly (no index to merge)
-            value[task] = new.detach()
-            seen[task] = True
+    def _update_w(self, task: int, log_new: Tensor, cause: Cause) -> Tensor:
+        """One log-space moving-average step of ``w`` for ``task`` (staged); returns the new ``log w`` ``[1]``."""
+        value, seen = column_views(self._modules["log_w"], task)  # type: ignore[arg-type]  # [1]: the only row
+        new = log_ema(like_tensor(value, log_new), log_new, self.gamma1, on_device(seen, log_new.device))
+        zero = self.__dict__.get("_row0")
+        if zero is None or zero.device != value.device:  # the index of the only row, made once
+            zero = self.__dict__["_row0"] = torch.zeros(1, dtype=torch.long, device=value.device)
+        self._writes.stage_tensors(value, seen, zero, as_state_rows(new, zero), cause=cause)
         return new

@@ -5,7 +5,8 @@
 * :func:`image_text_recall`: image->text and text->image recall@k of paired embeddings.
 * :func:`zero_shot_accuracy`: classify images by the nearest class-prompt embedding (CLIP).
 * :func:`linear_probe`: multinomial logistic regression on frozen features (full-batch L-BFGS in
-  torch), the standard evaluation of self-supervised encoders (SimCLR, SogCLR).
+  torch), the standard evaluation of self-supervised encoders (SimCLR, SogCLR);
+  :func:`fit_linear_classifier` returns the fitted classifier (for scores, e.g. a probe's AUROC).
 
 Ties are counted **against** the query: a positive at the same score as a negative is ranked after
 it, so a constant encoder gets recall 0, not 1.
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["recall_at_k", "image_text_recall", "zero_shot_accuracy", "linear_probe", "LinearProbeResult"]
+__all__ = ["recall_at_k", "image_text_recall", "zero_shot_accuracy", "linear_probe", "LinearProbeResult",
+           "LinearClassifier", "fit_linear_classifier"]
 
 
 def recall_at_k(sim: Tensor, positives: Tensor | None = None, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
@@ -124,6 +126,66 @@ class LinearProbeResult:
     test_accuracy: float
 
 
+@dataclass(frozen=True)
+class LinearClassifier:
+    """A multinomial logistic regression on standardised features (fitted by :func:`fit_linear_classifier`).
+
+    ``logits(z) = ((z - mean) / std) @ weight + bias``; shapes ``mean, std [F]``, ``weight [F, K]``, ``bias [K]``.
+    """
+
+    mean: Tensor
+    std: Tensor
+    weight: Tensor
+    bias: Tensor
+
+    def logits(self, feats: Tensor) -> Tensor:
+        """``[N, F]`` features -> ``[N, K]`` logits (no gradient)."""
+        if feats.dim() != 2 or feats.shape[1] != self.mean.numel():
+            raise ValueError(f"features must be [N, {self.mean.numel()}], got {tuple(feats.shape)}")
+        with torch.no_grad():
+            return ((feats.detach().float().to(self.mean.device) - self.mean) / self.std) @ self.weight + self.bias
+
+
+def fit_linear_classifier(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    *,
+    num_classes: int | None = None,
+    weight_decay: float = 1e-4,
+    max_iter: int = 200,
+) -> LinearClassifier:
+    """Fit the linear probe's classifier on frozen features (see :func:`linear_probe` for the objective).
+
+    Args:
+        train_feats: ``[N, F]`` features; train_labels: ``[N]`` ints in ``[0, K)``.
+        num_classes: ``K`` (default: ``max label + 1``).
+        weight_decay: L2 penalty on ``W``.
+        max_iter: L-BFGS iterations.
+    """
+    if train_feats.dim() != 2:
+        raise ValueError(f"features must be [N, F], got {tuple(train_feats.shape)}")
+    if train_labels.shape != (train_feats.shape[0],):
+        raise ValueError("labels must be 1-d with one entry per feature row")
+    x = train_feats.detach().float()
+    y = train_labels.long().to(x.device)
+    k = int(num_classes) if num_classes is not None else int(y.max()) + 1
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    x = (x - mean) / std
+    w = torch.zeros(x.shape[1], k, device=x.device, requires_grad=True)
+    b = torch.zeros(k, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y) + 0.5 * weight_decay * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return LinearClassifier(mean, std, w.detach(), b.detach())
+
+
 def linear_probe(
     train_feats: Tensor,
     train_labels: Tensor,
@@ -140,7 +202,8 @@ def linear_probe(
     Wolfe line search), where ``z`` are the train features standardised with the train mean and
     standard deviation (the test features use the same statistics). Runs in float32 on the device
     of the features, without gradient to the encoder (inputs are detached) and without touching the
-    global RNG (the weights start at zero, so the result is deterministic).
+    global RNG (the weights start at zero, so the result is deterministic). The fitted classifier
+    itself (for scores, e.g. AUROC) is :func:`fit_linear_classifier`.
 
     Args:
         train_feats: ``[N, F]`` features; train_labels: ``[N]`` ints in ``[0, K)``.
@@ -153,26 +216,12 @@ def linear_probe(
         raise ValueError(f"features must be [N, F] and [M, F], got {tuple(train_feats.shape)}, {tuple(test_feats.shape)}")
     if train_labels.shape != (train_feats.shape[0],) or test_labels.shape != (test_feats.shape[0],):
         raise ValueError("labels must be 1-d with one entry per feature row")
-    x = train_feats.detach().float()
-    xt = test_feats.detach().float()
-    y = train_labels.long().to(x.device)
-    yt = test_labels.long().to(x.device)
-    k = int(num_classes) if num_classes is not None else int(max(y.max(), yt.max() if yt.numel() else 0)) + 1
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    x, xt = (x - mean) / std, (xt - mean) / std
-    w = torch.zeros(x.shape[1], k, device=x.device, requires_grad=True)
-    b = torch.zeros(k, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + 0.5 * weight_decay * (w * w).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    with torch.no_grad():
-        train_acc = float(((x @ w + b).argmax(1) == y).float().mean())
-        test_acc = float(((xt @ w + b).argmax(1) == yt).float().mean()) if yt.numel() else float("nan")
+    if num_classes is None:
+        num_classes = int(max(train_labels.max(), test_labels.max() if test_labels.numel() else 0)) + 1
+    clf = fit_linear_classifier(train_feats, train_labels, num_classes=num_classes, weight_decay=weight_decay,
+                                max_iter=max_iter)
+    y = train_labels.long().to(clf.mean.device)
+    yt = test_labels.long().to(clf.mean.device)
+    train_acc = float((clf.logits(train_feats).argmax(1) == y).float().mean())
+    test_acc = float((clf.logits(test_feats).argmax(1) == yt).float().mean()) if yt.numel() else float("nan")
     return LinearProbeResult(train_accuracy=train_acc, test_accuracy=test_acc)

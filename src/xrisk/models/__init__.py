@@ -6,7 +6,9 @@ from xrisk.models.encoders import (
     ProjectionHead, SimpleTokenizer, TinyViT,
 )
 from xrisk.models.mlp import MLP
+from xrisk.models.timeseries import Time2Vec, TokenBatch, TripletOutput, TripletTransformer, length_buckets
 
 __all__ = ["MLP", "SmallCNN",
            "BagOfTokensTextEncoder", "ContrastiveEncoder", "ConvBackbone", "MLPBackbone",
-           "PrecomputedTextEncoder", "ProjectionHead", "SimpleTokenizer", "TinyViT"]
+           "PrecomputedTextEncoder", "ProjectionHead", "SimpleTokenizer", "TinyViT",
+           "Time2Vec", "TokenBatch", "TripletOutput", "TripletTransformer", "length_buckets"]
