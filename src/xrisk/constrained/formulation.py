@@ -10,9 +10,10 @@
    moving-average or MSVR kernel (:mod:`xrisk.functional.constrained`; first visit takes the value);
 4. call the subclass hook :meth:`ConstraintFormulation._weights`, which returns the detached weights
    ``w_i`` and may stage more writes (the Lagrangian's multiplier step);
-5. **check, then write**: every new state value is checked finite with one host read before any is
-   written (all or nothing), and written only in training mode (``eval()`` computes the same value
-   and changes nothing, like BatchNorm's running estimates);
+5. **check, then write**: every new state value is staged in a :class:`~xrisk.state.PendingWrites`,
+   checked finite with one host read before any is written (all or nothing), and committed only in
+   training mode (``eval()`` computes the same value and changes nothing, like BatchNorm's running
+   estimates);
 6. return ``objective + scale(k) * sum_i w_i g_i``: its gradient is the formulation's stochastic
    gradient, its value a surrogate. :meth:`ConstraintFormulation.objective` estimates the penalised
    objective and :meth:`ConstraintFormulation.report` the violations and a KKT residual.
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, ClassVar, Iterable, Literal
+from typing import ClassVar, Iterable, Literal
 
 import torch
 from torch import Tensor
@@ -43,13 +44,11 @@ from xrisk import distributed as xdist
 from xrisk._validate import all_finite, check_choice, check_unit_interval
 from xrisk.constrained.problem import ConstraintReport, ProblemState
 from xrisk.functional.constrained import moving_average_estimate, msvr_correction, msvr_estimate
-from xrisk.state import ReplicatedStateModule, SampleState, check_index_unique
+from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index_unique
 
 __all__ = ["ConstraintFormulation", "Estimator"]
 
 Estimator = Literal["ma", "msvr"]
-#: A staged write: applied only after every new value is checked finite, and only in training mode.
-_Write = Callable[[], None]
 
 
 class ConstraintFormulation(ReplicatedStateModule):
@@ -92,6 +91,7 @@ class ConstraintFormulation(ReplicatedStateModule):
         self.sync = check_choice("sync", sync, ("replicated", "mean"))
         self.u = SampleState(num_constraints)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("_all_ids", torch.arange(num_constraints), persistent=False)  # index of "all of them"
         self.__dict__["_last"] = None  # (objective detached) of the last step, for objective()
 
     def extra_repr(self) -> str:
@@ -130,29 +130,23 @@ class ConstraintFormulation(ReplicatedStateModule):
                 self.num_constraints, k, self.gamma)
             assert previous is not None
             u_new = msvr_estimate(old, was_seen, detached, previous.detach().to(torch.float32), self.gamma, weight)
-        writes: list[_Write] = []
+        writes = PendingWrites(f"{type(self).__name__}: a constraint estimate overflows float32")
+        writes.stage(self.u, self._all_ids if index is None else index, u_new)
         weights = self._weights(u_new, detached, index, writes)
-        # one host read: u_new carries any NaN/inf of the values (and of previous), the probe the objective's
+        writes.after(functools.partial(self.num_steps.add_, 1))
+        # one host read: u_new carries any NaN/inf of the values (and of previous), the probe the objective's;
+        # the weights and multipliers are functions of finite values, so the commit needs no second check
         if not math.isfinite(float(objective.detach() + u_new.sum())):
             self._raise_non_finite(objective, values)
-        if self.training:
-            if index is None:
-                value.copy_(u_new)
-                seen.fill_(True)
-            else:
-                value.index_copy_(0, index, u_new)
-                seen.index_fill_(0, index, True)
-            for write in writes:
-                write()
-            self.num_steps.add_(1)
+        writes.commit(write=self.training, check=False)
         self.__dict__["_last"] = objective.detach()
         w = weights if weights.dtype == values.dtype else weights.to(values.dtype)
         return torch.add(objective, torch.dot(w, values), alpha=self._scale(k))
 
     # ------------------------------------------------------------------ hooks
-    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: list[_Write]) -> Tensor:
+    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: PendingWrites) -> Tensor:
         """Detached weights ``w_i`` of the observed constraints (``[k]`` float32) given their refreshed
-        estimates ``u_new``; stage further state writes by appending to ``writes``."""
+        estimates ``u_new``; stage further state writes in ``writes`` (``writes.after(fn)``)."""
         raise TypeError(f"{type(self).__name__} must override _weights(u_new, values, index, writes)")
 
     def _scale(self, k: int) -> float:

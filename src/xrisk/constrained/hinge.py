@@ -8,6 +8,7 @@ from torch import Tensor
 
 from xrisk.constrained.formulation import ConstraintFormulation, Estimator, check_beta
 from xrisk.functional.constrained import hinge_weight, penalty_value
+from xrisk.state import PendingWrites
 
 __all__ = ["HingePenalty"]
 
@@ -96,7 +97,7 @@ class HingePenalty(ConstraintFormulation):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beta={self.beta}, smooth={self.smooth}"
 
-    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: list) -> Tensor:
+    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: PendingWrites) -> Tensor:
         return hinge_weight(u_new, self.smooth)
 
     def _scale(self, k: int) -> float:

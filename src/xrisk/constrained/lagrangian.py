@@ -9,6 +9,7 @@ from torch import Tensor
 
 from xrisk._validate import check_positive
 from xrisk.constrained.formulation import ConstraintFormulation, Estimator
+from xrisk.state import PendingWrites
 
 __all__ = ["Lagrangian"]
 
@@ -75,14 +76,14 @@ class Lagrangian(ConstraintFormulation):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dual_lr={self.dual_lr}"
 
-    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: list) -> Tensor:
+    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: PendingWrites) -> Tensor:
         lam = self.multipliers
         current = lam.clone() if index is None else lam.index_select(0, index)
         new = (current + self.dual_lr * values).clamp_min(0.0)
         if index is None:
-            writes.append(lambda: lam.copy_(new))
+            writes.after(lambda: lam.copy_(new))
         else:
-            writes.append(lambda: lam.index_copy_(0, index, new))
+            writes.after(lambda: lam.index_copy_(0, index, new))
         return current
 
     def _scale(self, k: int) -> float:

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from xrisk.constrained.formulation import ConstraintFormulation, Estimator, check_beta
 from xrisk.functional.constrained import penalty_value, squared_hinge_weight
+from xrisk.state import PendingWrites
 
 __all__ = ["SquaredHingePenalty"]
 
@@ -60,7 +61,7 @@ class SquaredHingePenalty(ConstraintFormulation):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beta={self.beta}"
 
-    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: list) -> Tensor:
+    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: PendingWrites) -> Tensor:
         return squared_hinge_weight(u_new)
 
     def _scale(self, k: int) -> float:
