@@ -74,6 +74,13 @@ def test_smoothed_hinge_gradient_is_clipped_ratio() -> None:
     assert hinge_weight(torch.tensor([-1.0, 0.0, 1e-6]), None).tolist() == [0.0, 0.0, 1.0]
 
 
+def test_smoothed_hinge_gradcheck_float64() -> None:
+    # points off the two kinks u = 0 and u = nu of the envelope's second derivative
+    u = torch.tensor([-0.8, -0.1, 0.05, 0.2, 0.45, 0.7, 1.9], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: smoothed_hinge(x, 0.5), (u,))
+    assert torch.autograd.gradgradcheck(lambda x: smoothed_hinge(x, 0.5), (u,))
+
+
 @pytest.mark.parametrize("smooth", [None, 0.4])
 def test_penalty_gradient_uses_detached_weights_of_the_estimates(smooth) -> None:
     beta, gamma = 3.0, 0.5

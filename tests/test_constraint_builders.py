@@ -104,3 +104,25 @@ def test_non_forgetting_errors() -> None:
         non_forgetting_constraints(now, before, torch.tensor([0, 0, 1, 1]), -1.0)
     empty = non_forgetting_constraints(torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
     assert empty.values.numel() == 0 and empty.index.numel() == 0
+
+
+# ------------------------------------------------------------------------------------ float64 gradchecks
+def test_roc_fairness_gradcheck_float64() -> None:
+    g = torch.Generator().manual_seed(7)
+    scores = torch.rand(24, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 1] * 12)
+    groups = torch.tensor([0, 0, 1, 1] * 6)
+
+    def values(s: torch.Tensor) -> torch.Tensor:
+        return roc_fairness_constraints(s, targets, groups, [0.3, 0.5, 0.7], 0.05, temperature=0.2).values
+
+    assert values(scores).shape == (12,)
+    assert torch.autograd.gradcheck(values, (scores,), eps=1e-6, atol=1e-7)
+
+
+def test_non_forgetting_gradcheck_float64() -> None:
+    g = torch.Generator().manual_seed(8)
+    now = torch.rand(15, generator=g, dtype=torch.float64, requires_grad=True)
+    before = torch.rand(15, generator=g, dtype=torch.float64)
+    groups = torch.randint(0, 4, (15,), generator=g)
+    assert torch.autograd.gradcheck(lambda x: non_forgetting_constraints(x, before, groups, 0.1).values, (now,))
