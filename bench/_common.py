@@ -54,6 +54,20 @@ def import_libauc():
     return libauc
 
 
+def hide_broken_torchvision() -> None:
+    """Make ``import torchvision`` raise ImportError when the installed wheel cannot load (CPU torch next to
+    the torchvision pip pulls for LibAUC): transformers then treats it as absent instead of failing on
+    ``LlamaConfig``. A working torchvision is left alone."""
+    if "torchvision" in sys.modules:
+        return
+    try:
+        importlib.import_module("torchvision")
+    except Exception:  # noqa: BLE001 - the broken wheel raises RuntimeError from its operator registration
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        sys.modules["torchvision"] = None  # type: ignore[assignment]
+
+
 def machine_facts(threads: int) -> str:
     """One markdown line: date, CPU, cores, torch and libauc versions, threads, load."""
     import torch

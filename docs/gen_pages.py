@@ -58,7 +58,7 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "constrained formulations' estimators and weights; proximal maps and Moreau envelopes.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
       "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.imputation",
-      "xrisk.functional.constrained", "xrisk.functional.prox"]),
+      "xrisk.functional.dft", "xrisk.functional.constrained", "xrisk.functional.prox"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders", "xrisk.models.timeseries"]),
     ("Audio (Myna)", "audio",
@@ -66,11 +66,17 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "the music21 key corpus, key score and frozen-embedding probes (see the [Myna guide](../myna.md)).",
      ["xrisk.models.audio.mel", "xrisk.models.audio.vit", "xrisk.models.audio.masking", "xrisk.data.audio",
       "xrisk.data.music", "xrisk.data.key_corpus", "xrisk.metrics.key", "xrisk.metrics.probe"]),
+    ("Language models", "llm",
+     "`xrisk.llm` (the `llm` extra): loading causal LMs (hub ids, folders, GGUF with a cache), batched "
+     "generation, sequence log-probabilities, DFT's data format, negatives and trainers "
+     "(see the [DFT guide](../dft.md)).",
+     ["xrisk.llm.loading", "xrisk.llm.generation", "xrisk.llm.logprobs", "xrisk.llm.encoding", "xrisk.llm.data",
+      "xrisk.llm.steps", "xrisk.llm.trainer", "xrisk.llm.tasks", "xrisk.llm.tiny"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
-      "xrisk.recipes.contrastive", "xrisk.recipes.ehr", "xrisk.recipes.myna", "xrisk.recipes.fair",
-      "xrisk.recipes.continual", "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.contrastive", "xrisk.recipes.dft", "xrisk.recipes.ehr", "xrisk.recipes.myna",
+      "xrisk.recipes.fair", "xrisk.recipes.continual", "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 

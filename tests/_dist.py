@@ -58,3 +58,32 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2, tim
                     p.join(5.0)
                 raise TimeoutError(f"{getattr(fn, '__name__', fn)} did not finish in {timeout:.0f} s (hang?)")
         return [torch.load(os.path.join(d, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
+
+
+def ddp_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, rank: int | None,
+             world: int, record: dict[str, list]) -> None:
+    """``loss.backward()``, then what DDP does to the gradients (their mean over ranks; ``rank=None``: one
+    process), recorded in ``record["grads"]`` / ``record["losses"]``, then the optimizer step."""
+    optimizer.zero_grad()
+    loss.backward()
+    if rank is not None:
+        for p in model.parameters():
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
+    record.setdefault("grads", []).append([p.grad.clone() for p in model.parameters()])
+    record.setdefault("losses", []).append(loss.detach().clone())
+    optimizer.step()
+
+
+def assert_same_as_one_process(got: dict[str, Any], ref: dict[str, Any], label: str) -> None:
+    """A rank's ``{"grads", "losses", "state", "objective"}`` equal one process's on the concatenated batches."""
+    for step, (gg, rg) in enumerate(zip(got["grads"], ref["grads"])):
+        for a, b in zip(gg, rg):
+            assert b.abs().sum() > 0
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda m: f"{label} step {step}: {m}")
+    torch.testing.assert_close(torch.stack(got["losses"]), torch.stack(ref["losses"]), rtol=1e-5, atol=1e-7)
+    assert got["state"].keys() == ref["state"].keys()
+    for k in ref["state"]:
+        torch.testing.assert_close(got["state"][k], ref["state"][k], rtol=1e-5, atol=1e-6,
+                                   msg=lambda m: f"{label} state {k}: {m}")
+    torch.testing.assert_close(got["objective"], ref["objective"], rtol=1e-5, atol=1e-6)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 
-from _dist import run_distributed
+from _dist import ddp_step, run_distributed
 from xrisk.constrained import HingePenalty, Lagrangian, ProblemState, non_forgetting_constraints, \
     roc_fairness_constraints
 
@@ -15,13 +14,9 @@ pytestmark = pytest.mark.distributed
 SPLIT = 10  # rank 0 holds the first 10 samples of each global batch of 16, rank 1 the other 6 (uneven)
 
 
-def _averaged_grads(model: torch.nn.Module, rank: int | None, world: int) -> torch.Tensor:
-    """What DDP does (average the parameter gradients over ranks; nothing in one process), flattened."""
-    if rank is not None:
-        for p in model.parameters():
-            dist.all_reduce(p.grad)
-            p.grad /= world
-    return torch.cat([p.grad.reshape(-1).clone() for p in model.parameters()])
+def _flat_grads(record: dict) -> list[torch.Tensor]:
+    """The per-step parameter gradients recorded by :func:`_dist.ddp_step` (averaged over ranks), flattened."""
+    return [torch.cat([g.reshape(-1) for g in step]) for step in record["grads"]]
 
 
 def _data() -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -46,7 +41,8 @@ def _fairness_run(rank: int | None, world: int, kind: str) -> dict:
     model = torch.nn.Linear(3, 1)
     f = _formulation(kind)
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    grads, estimates = [], []
+    record: dict = {}
+    estimates = []
     for x, y, groups in _data():
         total = y.numel()
         if rank is not None:
@@ -57,12 +53,10 @@ def _fairness_run(rank: int | None, world: int, kind: str) -> dict:
         objective = bce * world / total  # DDP averages over ranks: the global mean
         cons = roc_fairness_constraints(scores, y, groups, [0.4, 0.6], 0.02, temperature=0.2)
         loss = f(ProblemState.from_constraints(objective, cons))
-        opt.zero_grad()
-        loss.backward()
-        grads.append(_averaged_grads(model, rank, world))
+        ddp_step(model, opt, loss, rank, world, record)
         estimates.append(f.u.value.clone())
-        opt.step()
-    return {"grads": grads, "estimates": estimates, "state": {k: v.clone() for k, v in f.state_dict().items()}}
+    return {"grads": _flat_grads(record), "estimates": estimates,
+            "state": {k: v.clone() for k, v in f.state_dict().items()}}
 
 
 def _fairness_worker(rank: int, world: int, kind: str) -> dict:
@@ -90,7 +84,8 @@ def _mean_run(rank: int | None, world: int) -> dict:
     f = HingePenalty(3, beta=2.0, gamma=0.5, sync="mean" if rank is not None else "replicated")
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     g = torch.Generator().manual_seed(9)
-    grads, estimates = [], []
+    record: dict = {}
+    estimates = []
     for _ in range(3):
         x = torch.randn(8, 3, generator=g)
         labels = torch.randint(0, 2, (8,), generator=g)
@@ -110,12 +105,9 @@ def _mean_run(rank: int | None, world: int) -> dict:
         else:
             cons = values(halves[rank])
         loss = f(ProblemState(obj, cons))
-        opt.zero_grad()
-        loss.backward()
-        grads.append(_averaged_grads(model, rank, world))
+        ddp_step(model, opt, loss, rank, world, record)
         estimates.append(f.u.value.clone())
-        opt.step()
-    return {"grads": grads, "estimates": estimates}
+    return {"grads": _flat_grads(record), "estimates": estimates}
 
 
 def _mean_worker(rank: int, world: int) -> dict:

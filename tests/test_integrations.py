@@ -82,7 +82,7 @@ def test_hf_trainer_without_the_override_would_drop_the_index_column(tmp_path, m
     data = scope["TokenData"](8, seed=0)
     plain = transformers.Trainer(model=model, args=args, train_dataset=data)
     assert "index" not in next(iter(plain.get_train_dataloader()))
-    ours = scope["XRiskTrainer"](model=model, args=args, train_dataset=data,
+    ours = scope["ScoreTrainer"](model=model, args=args, train_dataset=data,
                                  xrisk_loss=scope["APLoss"](num_samples=len(data)))
     batch = next(iter(ours.get_train_dataloader()))
     assert "index" in batch and batch["index"].dtype == torch.long

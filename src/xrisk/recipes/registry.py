@@ -80,6 +80,7 @@ RECIPES: dict[str, Recipe] = {}
 BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.auc",
     "xrisk.recipes.contrastive",
+    "xrisk.recipes.dft",
     "xrisk.recipes.fair",
     "xrisk.recipes.continual",
     "xrisk.recipes.ehr",
