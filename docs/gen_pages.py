@@ -66,6 +66,15 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "the music21 key corpus, key score and frozen-embedding probes (see the [Myna guide](../myna.md)).",
      ["xrisk.models.audio.mel", "xrisk.models.audio.vit", "xrisk.models.audio.masking", "xrisk.data.audio",
       "xrisk.data.music", "xrisk.data.key_corpus", "xrisk.metrics.key", "xrisk.metrics.probe"]),
+    ("Trust", "trust",
+     "The trustworthiness benchmark of vision-language models (`xrisk trust`, see the "
+     "[guide](../trust.md)): records, prompts, parsers, metrics, adapters, attacks, the generated suite, "
+     "the in-library model, runs and reports.",
+     ["xrisk.trust.records", "xrisk.trust.prompts", "xrisk.trust.scoring", "xrisk.trust.metrics",
+      "xrisk.trust.judge", "xrisk.trust.adapters", "xrisk.trust.rules", "xrisk.trust.hf", "xrisk.trust.vqa",
+      "xrisk.trust.attacks", "xrisk.trust.scenes", "xrisk.trust.templates", "xrisk.trust.suite",
+      "xrisk.trust.engine", "xrisk.trust.dimensions", "xrisk.trust.run", "xrisk.trust.report",
+      "xrisk.trust.browser", "xrisk.trust.cli"]),
     ("Language models", "llm",
      "`xrisk.llm` (the `llm` extra): loading causal LMs (hub ids, folders, GGUF with a cache), batched "
      "generation, sequence log-probabilities, DFT's data format, negatives and trainers "
@@ -126,6 +135,12 @@ def _cli_page() -> str:
     ]
     for name in sorted(load_builtin_recipes()):
         parts += [f"## `xrisk run {name} --help`", "", "```text", _help(["run", name]), "```", ""]
+    from xrisk.trust.cli import TRUST_COMMANDS
+
+    parts += ["## `xrisk trust --help`", "", "See the [trust guide](../trust.md).", "", "```text", _help(["trust"]),
+              "```", ""]
+    for cmd in TRUST_COMMANDS:
+        parts += [f"## `xrisk trust {cmd} --help`", "", "```text", _help(["trust", cmd]), "```", ""]
     return "\n".join(parts)
 
 
@@ -172,7 +187,7 @@ def generate() -> list[Any]:
         index.append(f"- [{title}]({slug}.md): " + ", ".join(f"`{m}`" for m in present))
         nav.append({title: f"api/{slug}.md"})
     write("cli.md", _cli_page())
-    index.append("- [Command line](cli.md): `xrisk demo`, `xrisk run`, `xrisk list`")
+    index.append("- [Command line](cli.md): `xrisk demo`, `xrisk run`, `xrisk list`, `xrisk trust`")
     nav.append({"Command line": "api/cli.md"})
     write("index.md", "\n".join(index) + "\n")
 

@@ -186,25 +186,33 @@ from xrisk.recipes.flags import FlagType  # noqa: E402
 
 
 def _commands() -> list[tuple[list[str], argparse.ArgumentParser]]:
-    """Every sub-command that trains: ``run RECIPE`` for every registered recipe, and ``demo``."""
+    """Every sub-command that takes flags: ``run RECIPE`` for every registered recipe, ``demo``, and
+    ``trust COMMAND`` for every command of the trustworthiness benchmark."""
     def subparsers(p):
         return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
 
     top = subparsers(build_parser())
     out = [(["run", name], p) for name, p in sorted(subparsers(top["run"]).items())]
-    return [*out, (["demo"], top["demo"])]
+    trust = [(["trust", name], p) for name, p in sorted(subparsers(top["trust"]).items())]
+    return [*out, (["demo"], top["demo"]), *trust]
+
+
+def _flag(action: argparse.Action) -> str:
+    """How the error line names the argument: the long option, or a positional's name."""
+    return action.option_strings[-1] if action.option_strings else action.dest
 
 
 def _value_flags():
     for prefix, p in _commands():
         for action in p._actions:
-            if action.option_strings and action.nargs != 0 and not isinstance(
-                    action, (argparse._HelpAction, argparse._VersionAction)):
+            if action.nargs != 0 and not isinstance(
+                    action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
                 yield prefix, action
 
 
 VALUE_FLAGS = list(_value_flags())
-BAD_VALUES = [(prefix, a.option_strings[-1], bad)
+_HAS_OUT = {" ".join(p): any("--out" in a.option_strings for a in parser._actions) for p, parser in _commands()}
+BAD_VALUES = [(prefix, _flag(a), bad, bool(a.option_strings), _HAS_OUT[" ".join(prefix)])
               for prefix, a in VALUE_FLAGS
               for bad in (a.type.bad if isinstance(a.type, FlagType) else ("no-such-choice",))]
 
@@ -217,18 +225,28 @@ def _one_error_line(err: str, *words: str) -> None:
         assert w in lines[0], (w, lines[0])
 
 
-@pytest.mark.parametrize("prefix, action", VALUE_FLAGS, ids=[f"{' '.join(p)} {a.option_strings[-1]}" for p, a in VALUE_FLAGS])
+def test_the_flag_walk_reaches_every_command():
+    """The walk below covers every recipe, the demo and every `xrisk trust` command (positionals too)."""
+    names = {" ".join(p) for p, _ in _commands()}
+    assert {"run auc", "demo", "trust make-suite", "trust train", "trust run", "trust report", "trust demo"} <= names
+    assert (["trust", "report"], "run_dir") in [(p, _flag(a)) for p, a in VALUE_FLAGS]
+
+
+@pytest.mark.parametrize("prefix, action", VALUE_FLAGS, ids=[f"{' '.join(p)} {_flag(a)}" for p, a in VALUE_FLAGS])
 def test_every_value_flag_declares_what_it_accepts(prefix, action):
     """A new flag without a FlagType or choices fails here, so every future recipe is covered below."""
-    assert isinstance(action.type, FlagType) or action.choices, (prefix, action.option_strings)
+    assert isinstance(action.type, FlagType) or action.choices, (prefix, _flag(action))
     if isinstance(action.type, FlagType):
-        assert action.type.bad, (prefix, action.option_strings)
+        assert action.type.bad, (prefix, _flag(action))
 
 
-@pytest.mark.parametrize("prefix, flag, bad", BAD_VALUES, ids=[f"{' '.join(p)} {f}={b!r}" for p, f, b in BAD_VALUES])
-def test_every_bad_flag_value_is_one_line_exit_2_and_no_run_folder(tmp_path, capsys, prefix, flag, bad):
+@pytest.mark.parametrize("prefix, flag, bad, optional, has_out", BAD_VALUES,
+                         ids=[f"{' '.join(p)} {f}={b!r}" for p, f, b, _, _ in BAD_VALUES])
+def test_every_bad_flag_value_is_one_line_exit_2_and_no_run_folder(tmp_path, capsys, prefix, flag, bad, optional,
+                                                                   has_out):
     out = tmp_path / "run"
-    argv = [*prefix, f"{flag}={bad}"] + ([] if flag == "--out" else ["--out", str(out)])
+    argv = [*prefix, f"{flag}={bad}" if optional else bad]
+    argv += ["--out", str(out)] if has_out and flag != "--out" else []
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
@@ -263,6 +281,16 @@ VALIDATE_EXAMPLES = [
     (["run", "sogclr", "--subset", "10", "--batch-size", "32"], "--batch-size"),
     (["run", "simclr", "--image-encoder", "vit", "--width", "3"], "--width"),
     (["run", "auc", "--resume"], "--resume"),
+    (["trust", "make-suite", "--train-scenes", "0", "--test-scenes", "0"], "--test-scenes"),
+    (["trust", "demo", "--train-scenes", "0"], "--train-scenes"),
+    (["trust", "demo", "--test-scenes", "0"], "--test-scenes"),
+    (["trust", "train", "--suite", "."], "--suite"),
+    (["trust", "run", "--adapter", "refuse", "--suite", "."], "--suite"),
+    (["trust", "run", "--adapter", "vqa", "--suite", "."], "--model"),
+    (["trust", "run", "--adapter", "refuse", "--model", "m.pt", "--suite", "."], "--model"),
+    (["trust", "run", "--adapter", "refuse", "--surrogate-model", "m.pt", "--suite", "."], "--surrogate-model"),
+    (["trust", "run", "--adapter", "refuse", "--surrogate", "vqa", "--suite", "."], "--surrogate-model"),
+    (["trust", "run", "--adapter", "refuse", "--suite", ".", "--resume"], "--resume"),
 ]
 
 
@@ -284,6 +312,18 @@ def test_out_under_a_file_is_refused(tmp_path, capsys):
         _one_error_line(capsys.readouterr().err, "--out")
 
 
+def test_model_file_under_a_file_or_a_folder_is_refused(tmp_path, capsys):
+    """``trust train --out`` is a file to write (``out_file``): not a folder, not under a file."""
+    f = tmp_path / "file"
+    f.write_text("x")
+    for out, why in ((f / "m.pt", "is a file"), (f / "sub" / "m.pt", "is a file"), (tmp_path, "it is a folder")):
+        with pytest.raises(SystemExit) as e:
+            main(["trust", "train", "--suite", str(tmp_path), "--out", str(out)])
+        assert e.value.code == 2
+        _one_error_line(capsys.readouterr().err, "--out", why)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and f.read_text() == "x"
+
+
 def test_version(capsys):
     import xrisk
 
@@ -300,7 +340,9 @@ def test_help_states_each_default_once(prefix, action):
     from xrisk.cli import HelpFormatter
 
     text = HelpFormatter("x")._expand_help(action)
-    assert text.count("default:") == 1, (prefix, action.option_strings, text)
+    # a required option has no default: the formatter adds none (its help may still say "default: none")
+    assert text.count("default:") == 1 or action.required and text.count("default:") == 0, (
+        prefix, action.option_strings, text)
     assert "None" not in text, text  # a default of None is explained in words
     if action.nargs == 0:
         assert text.endswith("(default: off)"), text

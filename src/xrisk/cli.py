@@ -7,6 +7,7 @@
     xrisk run RECIPE --help            # the recipe's options
     xrisk demo                         # cross-entropy vs AUC-M vs AP on imbalanced data (~3 min)
     xrisk --version
+    xrisk trust COMMAND                # trustworthiness benchmark of vision-language models (AutoTrust)
 
 Every ``run`` writes a run folder (``--out DIR``, default ``runs/<recipe>-<timestamp>``) with
 ``config.json``, ``metrics.jsonl``, ``metrics.json``, ``checkpoint.pt`` and PNG plots; see
@@ -46,11 +47,13 @@ class Parser(argparse.ArgumentParser):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default once: ``(default: X)`` unless the help text already says
-    ``default:``, ``(default: off)`` for on/off switches, nothing for ``--help``/``--version``."""
+    ``default:``, ``(default: off)`` for on/off switches, nothing for ``--help``/``--version`` and
+    for required options (they have no default)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if "default:" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+        if ("default:" in text or action.default is argparse.SUPPRESS or not action.option_strings
+                or action.required):
             return text
         if action.nargs == 0:  # a switch: store_true / store_false
             return f"{text} (default: off)"
@@ -98,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("demo", help=demo.HELP, description=demo.HELP, formatter_class=HelpFormatter)
     demo.add_arguments(dp)
     add_common_arguments(dp)
+    from xrisk.trust.cli import add_trust_parser  # `xrisk trust ...` (issue 16)
+
+    add_trust_parser(sub)
     return parser
 
 
@@ -161,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo.validate(args)  # before the run folder exists
             demo.run_demo(args)
             return 0
+        if args.command == "trust":
+            from xrisk.trust.cli import run_trust_command
+
+            return run_trust_command(args)
         recipe = load_builtin_recipes()[args.recipe]
         final = _run(recipe, args)
         _print_final(recipe.name, args.out, final)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FlagType", "number", "int_list", "float_list", "text", "out_dir", "existing_path"]
+__all__ = ["FlagType", "number", "int_list", "float_list", "text", "out_dir", "out_file", "existing_path"]
 
 
 @dataclass(frozen=True)
@@ -186,12 +186,15 @@ def text(*, pattern_help: str = "a non-empty string", check: Callable[[str], boo
     return FlagType(pattern_help, parse, ("", "   "))
 
 
-def _out_dir(value: str) -> Path:
+def _writable_path(value: str, *, folder: bool) -> Path:
+    """``value`` as a path to create: not empty, not the other kind when it exists, not under a file."""
     if not value.strip():
         raise ValueError("empty path")
     p = Path(value)
-    if p.exists() and not p.is_dir():
+    if folder and p.exists() and not p.is_dir():
         raise ValueError("it is a file, not a folder")
+    if not folder and p.is_dir():
+        raise ValueError("it is a folder; give a file path")
     for parent in p.parents:  # the first existing ancestor must be a folder
         if parent.exists():
             if not parent.is_dir():
@@ -201,7 +204,10 @@ def _out_dir(value: str) -> Path:
 
 
 #: A run folder: refused when it, or one of its existing ancestors, is a file.
-out_dir = FlagType("a folder path (not under a file)", _out_dir, ("",))
+out_dir = FlagType("a folder path (not under a file)", lambda v: _writable_path(v, folder=True), ("",))
+
+#: A file to write (e.g. a trained model): refused when it is a folder or one of its existing ancestors is a file.
+out_file = FlagType("a file path (not a folder, not under a file)", lambda v: _writable_path(v, folder=False), ("", "."))
 
 
 def existing_path(*, kind: str = "file or folder") -> FlagType:
