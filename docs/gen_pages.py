@@ -81,6 +81,13 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "(see the [DFT guide](../dft.md)).",
      ["xrisk.llm.loading", "xrisk.llm.generation", "xrisk.llm.logprobs", "xrisk.llm.encoding", "xrisk.llm.data",
       "xrisk.llm.steps", "xrisk.llm.trainer", "xrisk.llm.tasks", "xrisk.llm.tiny"]),
+    ("Machine-text detection", "textdetect",
+     "Human-vs-machine text data (the bundled SmolLM2 file, its reader and splits, the generator command), the "
+     "paper's analysis features, detection metrics per domain and generator, and the `xrisk run textdetect` "
+     "recipe (see the [machine-text detection guide](../textdetect.md)).",
+     ["xrisk.data.machine_text", "xrisk.data.gensim_corpora", "xrisk.data.text_features", "xrisk.llm.token_stats",
+      "xrisk.metrics.detection", "xrisk.models.text_classifier", "xrisk.recipes.objectives",
+      "xrisk.recipes.textdetect", "xrisk.recipes.textdetect_generate"]),
     ("Recipes", "recipes",
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
@@ -135,6 +142,7 @@ def _cli_page() -> str:
     ]
     for name in sorted(load_builtin_recipes()):
         parts += [f"## `xrisk run {name} --help`", "", "```text", _help(["run", name]), "```", ""]
+    parts += ["## `xrisk textdetect generate --help`", "", "```text", _help(["textdetect", "generate"]), "```", ""]
     from xrisk.trust.cli import TRUST_COMMANDS
 
     parts += ["## `xrisk trust --help`", "", "See the [trust guide](../trust.md).", "", "```text", _help(["trust"]),

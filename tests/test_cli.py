@@ -186,15 +186,17 @@ from xrisk.recipes.flags import FlagType  # noqa: E402
 
 
 def _commands() -> list[tuple[list[str], argparse.ArgumentParser]]:
-    """Every sub-command that takes flags: ``run RECIPE`` for every registered recipe, ``demo``, and
-    ``trust COMMAND`` for every command of the trustworthiness benchmark."""
+    """Every sub-command that takes flags: ``run RECIPE`` for every registered recipe, ``demo``, and the
+    commands of every other command group (``trust COMMAND``, ``textdetect generate``)."""
     def subparsers(p):
         return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
 
     top = subparsers(build_parser())
     out = [(["run", name], p) for name, p in sorted(subparsers(top["run"]).items())]
-    trust = [(["trust", name], p) for name, p in sorted(subparsers(top["trust"]).items())]
-    return [*out, (["demo"], top["demo"]), *trust]
+    groups = [([group, name], p) for group in sorted(top) if group not in ("run", "demo", "list")
+              and any(isinstance(a, argparse._SubParsersAction) for a in top[group]._actions)
+              for name, p in sorted(subparsers(top[group]).items())]
+    return [*out, (["demo"], top["demo"]), *groups]
 
 
 def _flag(action: argparse.Action) -> str:
@@ -226,9 +228,11 @@ def _one_error_line(err: str, *words: str) -> None:
 
 
 def test_the_flag_walk_reaches_every_command():
-    """The walk below covers every recipe, the demo and every `xrisk trust` command (positionals too)."""
+    """The walk below covers every recipe, the demo, every `xrisk trust` command (positionals too) and
+    `xrisk textdetect generate`."""
     names = {" ".join(p) for p, _ in _commands()}
-    assert {"run auc", "demo", "trust make-suite", "trust train", "trust run", "trust report", "trust demo"} <= names
+    assert {"run auc", "run textdetect", "demo", "trust make-suite", "trust train", "trust run", "trust report",
+            "trust demo", "textdetect generate"} <= names
     assert (["trust", "report"], "run_dir") in [(p, _flag(a)) for p, a in VALUE_FLAGS]
 
 

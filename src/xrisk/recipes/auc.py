@@ -36,13 +36,13 @@ import torch
 from torch import Tensor, nn
 
 from xrisk.recipes.flags import int_list, number, text
+from xrisk.recipes.objectives import (LOSSES, SCORE_LOSSES, build_objective, build_sampler, count_batches,
+                                      default_lr, index_batches, loss_value)
 from xrisk.recipes.registry import Recipe, UsageError, register
 from xrisk.recipes.runner import RunContext, train_loss_key
 
 __all__ = ["LOSSES", "DATASETS", "add_arguments", "validate", "run", "evaluate", "ShuffleBatches"]
 
-LOSSES: tuple[str, ...] = ("aucm", "ap", "pauc-cvar", "pauc-kl", "tpauc", "ce", "focal")
-SCORE_LOSSES: frozenset[str] = frozenset({"aucm", "ap", "pauc-cvar", "pauc-kl", "tpauc"})
 DATASETS: tuple[str, ...] = ("fashion-mnist", "breast-cancer", "digits", "bbc")
 
 
@@ -122,27 +122,8 @@ class ShuffleBatches:
         yield from torch.randperm(self.num_samples, generator=g).split(self.batch_size)
 
 
-def _batches(sampler: Any, batch_size: int) -> Iterator[Tensor]:
-    """Index batches from a sampler that yields batches (lists/tensors) or single indices."""
-    pending: list[int] = []
-    for item in sampler:
-        if isinstance(item, Tensor) and item.dim() == 1:
-            yield item.long()
-        elif isinstance(item, (list, tuple)):
-            yield torch.as_tensor(item, dtype=torch.long)
-        else:
-            pending.append(int(item))
-            if len(pending) == batch_size:
-                yield torch.tensor(pending, dtype=torch.long)
-                pending = []
-    if pending:
-        yield torch.tensor(pending, dtype=torch.long)
-
-
-def _num_batches(sampler: Any, batch_size: int) -> int:
-    n = len(sampler)
-    yields_batches = isinstance(sampler, ShuffleBatches) or getattr(sampler, "yields_batches", False)
-    return n if yields_batches else math.ceil(n / batch_size)
+_batches = index_batches  # the names this module used before xrisk.recipes.objectives held them
+_num_batches = count_batches
 
 
 @torch.no_grad()
@@ -196,45 +177,12 @@ def _build(args: argparse.Namespace, in_shape: Sequence[int], y_train: Tensor) -
         model: nn.Module = SmallCNN(in_channels=int(in_shape[0]), num_outputs=1)
     else:
         model = MLP(int(math.prod(in_shape)), hidden=(64,), out_features=1)
-    n = len(y_train)
-    lr = args.lr if args.lr is not None else (0.1 if args.loss == "aucm" else 1e-3)
-    loss: nn.Module
-    if args.loss == "aucm":
-        from xrisk.losses import AUCMLoss
-        from xrisk.optim import PESG
-
-        loss = AUCMLoss(margin=args.margin)
-        optimizer: torch.optim.Optimizer = PESG(model.parameters(), loss=loss, lr=lr, momentum=0.9,
-                                                weight_decay=args.weight_decay, epoch_decay=2e-3)
-    else:
-        if args.loss == "ap":
-            from xrisk.losses import APLoss
-
-            loss = APLoss(n, gamma=0.9, margin=args.margin)
-        elif args.loss in ("pauc-cvar", "pauc-kl"):
-            from xrisk.losses import OneWayPartialAUCLoss
-
-            loss = OneWayPartialAUCLoss(n, method=args.loss.split("-")[1], max_fpr=args.max_fpr,
-                                        margin=args.margin)
-        elif args.loss == "tpauc":
-            from xrisk.losses import TwoWayPartialAUCLoss
-
-            loss = TwoWayPartialAUCLoss(n, min_tpr=args.min_tpr, max_fpr=args.max_fpr, margin=args.margin)
-        elif args.loss == "focal":
-            from xrisk.losses import FocalLoss
-
-            loss = FocalLoss()
-        else:
-            loss = nn.BCEWithLogitsLoss()
-        params = list(model.parameters()) + list(loss.parameters())
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=args.weight_decay)
+    lr = args.lr if args.lr is not None else default_lr(args.loss)
+    loss, optimizer = build_objective(args.loss, model.parameters(), num_samples=len(y_train), lr=lr,
+                                      weight_decay=args.weight_decay, margin=args.margin, max_fpr=args.max_fpr,
+                                      min_tpr=args.min_tpr)
     sampler_name = args.sampler or ("dual" if args.loss in SCORE_LOSSES else "shuffle")
-    if sampler_name == "dual":
-        from xrisk.data import DualSampler
-
-        sampler: Any = DualSampler(y_train, args.batch_size, pos_ratio=args.batch_pos_ratio, seed=args.seed)
-    else:
-        sampler = ShuffleBatches(n, args.batch_size, seed=args.seed)
+    sampler = build_sampler(sampler_name, y_train, args.batch_size, pos_ratio=args.batch_pos_ratio, seed=args.seed)
     return _Setup(model, loss, optimizer, sampler, lr, sampler_name)
 
 
@@ -283,12 +231,7 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
         t0 = time.monotonic()
         acc: dict[str, Any] = {"total": 0.0, "count": 0, "objectives": []}
         for index in ctx.steps(epoch, _batches(s.sampler, args.batch_size), state=acc):
-            out = s.model(x_train[index]).reshape(-1)
-            target = y_train[index]
-            if is_score_loss:
-                value = s.loss(torch.sigmoid(out), target, index)
-            else:
-                value = s.loss(out, target)
+            value = loss_value(args.loss, s.loss, s.model(x_train[index]).reshape(-1), y_train[index], index)
             s.optimizer.zero_grad(set_to_none=True)
             value.backward()
             s.optimizer.step()

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PlotsUnavailable", "LABELS", "history_figures", "plot_history", "plot_comparison", "plot_panels"]
+__all__ = ["PlotsUnavailable", "LABELS", "history_figures", "plot_history", "plot_comparison", "plot_panels",
+           "plot_roc_curves"]
 
 
 class PlotsUnavailable(ImportError):
@@ -177,6 +178,41 @@ def plot_panels(
 
 def _save(fig: Any, path: str | Path, title: str) -> Path:
     """Give ``fig`` its title (if any) and write it to ``path``."""
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_roc_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    title: str = "",
+    max_fpr: float | None = None,
+) -> Path:
+    """ROC curves, one per name (``curves[name] = (fpr, tpr)``), on a linear and a logarithmic FPR axis (the
+    low-FPR region where flagging decisions are made); ``max_fpr`` draws a vertical line at that FPR.
+
+    Raises:
+        PlotsUnavailable: matplotlib is missing.
+    """
+    fig, (lin, log) = _figure(2)
+    for name, (fpr, tpr) in curves.items():
+        line = lin.plot(fpr, tpr, label=name)[0]
+        pts = [(f, t) for f, t in zip(fpr, tpr) if f > 0]
+        log.plot([p[0] for p in pts], [p[1] for p in pts], color=line.get_color())
+    lin.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    log.set_xscale("log")
+    for ax in (lin, log):
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_ylim(0, 1.01)
+        if max_fpr is not None:
+            ax.axvline(max_fpr, color="grey", linestyle="--", linewidth=1)
+    lin.legend(fontsize=7, loc="lower right")
+    log.set_title("log FPR")
     if title:
         fig.suptitle(title)
     path = Path(path)

@@ -85,6 +85,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.continual",
     "xrisk.recipes.ehr",
     "xrisk.recipes.myna",
+    "xrisk.recipes.textdetect",
 )
 
 
