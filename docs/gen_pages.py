@@ -52,7 +52,8 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
     ("State, distributed, checkpoints", "state",
      "Per-sample estimators, exact multi-process training, checkpoints and schedules "
      "(see also the [design notes](../design.md)).",
-     ["xrisk.state", "xrisk.distributed", "xrisk.checkpoint", "xrisk.schedules"]),
+     ["xrisk.state", "xrisk.sharding", "xrisk.distributed", "xrisk.checkpoint", "xrisk.sharded_checkpoint",
+      "xrisk.schedules"]),
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
      "surrogates of AUC-M, AP, partial AUC and the contrastive losses, the masked-value imputation loss; the "
      "constrained formulations' estimators and weights; proximal maps and Moreau envelopes.",
