@@ -18,6 +18,7 @@ import importlib
 import io
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,24 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      ["xrisk.data.indexed", "xrisk.data.samplers", "xrisk.data.builtin", "xrisk.data.fashion_mnist",
       "xrisk.data.captions", "xrisk.data.emoji", "xrisk.data.text", "xrisk.data.augment",
       "xrisk.data.errors", "xrisk.data.clinical.stays", "xrisk.data.clinical.reader",
-      "xrisk.data.clinical.generator", "xrisk.data.clinical.views"]),
+      "xrisk.data.clinical.generator", "xrisk.data.clinical.views", "xrisk.data.fairness"]),
+    ("Constrained learning", "constrained",
+     "The problem / formulation split (`ProblemState`, `HingePenalty`, `SquaredHingePenalty`, `Lagrangian`) and "
+     "the constraint builders (see the [guide](../constrained.md)).",
+     ["xrisk.constrained.problem", "xrisk.constrained.formulation", "xrisk.constrained.hinge",
+      "xrisk.constrained.squared_hinge", "xrisk.constrained.lagrangian", "xrisk.constrained.fairness",
+      "xrisk.constrained.forgetting"]),
     ("State, distributed, checkpoints", "state",
      "Per-sample estimators, exact multi-process training, checkpoints and schedules "
      "(see also the [design notes](../design.md)).",
      ["xrisk.state", "xrisk.sharding", "xrisk.distributed", "xrisk.checkpoint", "xrisk.sharded_checkpoint",
       "xrisk.schedules"]),
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
-     "surrogates of AUC-M, AP, partial AUC and the contrastive losses, the masked-value imputation loss.",
+     "surrogates of AUC-M, AP, partial AUC and the contrastive losses, the masked-value imputation loss; the "
+     "constrained formulations' estimators and weights; proximal maps and Moreau envelopes.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
       "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.imputation",
-      "xrisk.functional.dft"]),
+      "xrisk.functional.dft", "xrisk.functional.constrained", "xrisk.functional.prox"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders", "xrisk.models.timeseries"]),
     ("Audio (Myna)", "audio",
@@ -86,7 +94,7 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      "The training recipes behind `xrisk run` and `xrisk demo`, their registry and run folders.",
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
       "xrisk.recipes.contrastive", "xrisk.recipes.dft", "xrisk.recipes.ehr", "xrisk.recipes.myna",
-      "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.fair", "xrisk.recipes.continual", "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 
@@ -201,6 +209,11 @@ def generate() -> list[Any]:
     readme = readme.replace("(bench/RESULTS.md)", "(benchmarks.md)").replace("docs/", "")
     _write(DOCS / "index.md", readme)
     results = ROOT / "bench" / "RESULTS.md"
+    plots = ROOT / "bench" / "plots"
+    if plots.is_dir():  # the figures RESULTS.md links as plots/NAME.png
+        (DOCS / "plots").mkdir(exist_ok=True)
+        for png in plots.glob("*.png"):
+            shutil.copyfile(png, DOCS / "plots" / png.name)
     if results.exists():
         _write(DOCS / "benchmarks.md", results.read_text(encoding="utf-8"))
     else:

@@ -81,6 +81,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.auc",
     "xrisk.recipes.contrastive",
     "xrisk.recipes.dft",
+    "xrisk.recipes.fair",
+    "xrisk.recipes.continual",
     "xrisk.recipes.ehr",
     "xrisk.recipes.myna",
     "xrisk.recipes.textdetect",
