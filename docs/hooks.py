@@ -35,9 +35,12 @@ def on_config(config: Any, **kwargs: Any) -> Any:
 
 
 def on_files(files: Any, config: Any, **kwargs: Any) -> Any:
-    """Add the MathJax files the pages load (``mkdocs.yml``: ``extra_javascript``) to the site."""
+    """Add the MathJax files the pages load (``mkdocs.yml``: ``extra_javascript``) and the benchmark plots
+    ``benchmarks.md`` shows (:func:`gen_pages.bench_images`, served from ``bench/``) to the site."""
     from mkdocs.structure.files import File
 
     for rel, path in mathjax_bundle.files():
         files.append(File.generated(config, f"{mathjax_bundle.SITE_DIR}/{rel}", abs_src_path=str(path)))
+    for rel, path in gen_pages.bench_images():
+        files.append(File.generated(config, rel, abs_src_path=str(path)))
     return files

@@ -284,6 +284,8 @@ VALIDATE_EXAMPLES = [
     (["run", "clip", "--subset", "10", "--batch-size", "32"], "--batch-size"),
     (["run", "sogclr", "--subset", "10", "--batch-size", "32"], "--batch-size"),
     (["run", "simclr", "--image-encoder", "vit", "--width", "3"], "--width"),
+    (["run", "sogclr", "--gamma-decay-epochs", "3"], "--gamma-decay-epochs"),
+    (["run", "clip", "--loss", "infonce", "--gamma-decay-epochs", "3"], "--gamma-decay-epochs"),
     (["run", "auc", "--resume"], "--resume"),
     (["run", "steer", "--data", "bbc", "--arch", "cnn"], "--arch"),
     (["run", "steer", "--data", "bbc", "--ref-arch", "cnn"], "--ref-arch"),

@@ -220,3 +220,72 @@ def test_minilm_embeddings_semantics(tmp_path, monkeypatch):
     assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.3
     assert torch.equal(e[0], e[3])
     assert torch.equal(minilm_embeddings(texts), e) and len(list(tmp_path.glob("minilm_*.pt"))) == 1
+
+
+def test_gamma_schedule_for_builds_the_cosine_schedule_and_names_bad_flags():
+    from xrisk.recipes.contrastive import gamma_schedule_for
+    from xrisk.recipes.registry import UsageError
+    from xrisk.schedules import CosineGammaSchedule
+
+    assert gamma_schedule_for("constant", 0.9, None, 10) is None
+    assert gamma_schedule_for("cosine", 0.2, None, 10) == CosineGammaSchedule(gamma_min=0.2, decay_epochs=5)
+    assert gamma_schedule_for("cosine", 0.2, 3, 10) == CosineGammaSchedule(gamma_min=0.2, decay_epochs=3)
+    assert gamma_schedule_for("cosine", 0.5, None, 1) == CosineGammaSchedule(gamma_min=0.5, decay_epochs=1)
+    for args, flag in ((("constant", 0.9, 3, 10), "--gamma-decay-epochs"), (("cosine", 0.0, None, 10), "--gamma:"),
+                       (("cosine", 0.2, 0, 10), "--gamma-decay-epochs"), (("linear", 0.9, None, 10), "--gamma-schedule")):
+        with pytest.raises(UsageError, match=flag):
+            gamma_schedule_for(*args)
+
+
+def test_clip_losses_get_the_gamma_schedule():
+    from xrisk.recipes.registry import UsageError
+    from xrisk.schedules import CosineGammaSchedule
+
+    want = CosineGammaSchedule(gamma_min=0.2, decay_epochs=4)
+    for loss in ("gcl", "isogclr", "nuclr"):
+        fn = build_clip_loss(CLIPConfig(loss=loss, gamma=0.2, gamma_schedule="cosine", epochs=8), 10)
+        assert fn.gamma_schedule == want
+        fn.set_epoch(2)
+        assert fn.current_gamma() == pytest.approx(want(2))
+    assert build_clip_loss(CLIPConfig(loss="gcl"), 10).gamma_schedule is None
+    with pytest.raises(UsageError, match="--gamma-decay-epochs"):
+        build_clip_loss(CLIPConfig(loss="infonce", gamma_decay_epochs=3), 10)
+
+
+@pytest.mark.parametrize("recipe", ["simclr", "sogclr", "clip"])
+def test_gamma_schedule_flags_are_validated_before_any_work(recipe, capsys, tmp_path):
+    from xrisk.cli import build_parser
+    from xrisk.recipes.flags import number
+    from xrisk.recipes.registry import UsageError, get_recipe
+
+    parser = build_parser()
+    for flag, value in [("--gamma-schedule", "linear")] + [("--gamma-decay-epochs", v) for v in number(int, ge=1).bad]:
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args(["run", recipe, flag, value, "--out", str(tmp_path / "x")])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"argument {flag}" in err
+    args = parser.parse_args(["run", recipe, "--gamma-decay-epochs", "3", "--out", str(tmp_path / "x")])
+    with pytest.raises(UsageError, match="--gamma-decay-epochs: needs --gamma-schedule cosine"):
+        get_recipe(recipe).validate(args)
+    get_recipe(recipe).validate(parser.parse_args(["run", recipe, "--gamma-schedule", "cosine", "--gamma-decay-epochs",
+                                                   "3", "--gamma", "0.2"]))
+    assert not (tmp_path / "x").exists()
+
+
+@needs_fashion
+def test_sogclr_cosine_gamma_schedule_end_to_end(tmp_path):
+    from xrisk.cli import main
+
+    common = ["--image-encoder", "mlp", "--subset", "200", "--test-subset", "100", "--probe-train", "200",
+              "--batch-size", "32", "--epochs", "3", "--max-steps", "2", "--quiet", "--no-plot"]
+    out = tmp_path / "cos"
+    argv = ["run", "sogclr", *common, "--gamma", "0.2", "--gamma-schedule", "cosine", "--gamma-decay-epochs", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    rows, final = _metrics(out)
+    assert [r["gamma"] for r in rows] == pytest.approx([1.0, 0.6, 0.2])  # 1 in epoch 0, cosine to 0.2 at epoch 2
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["args"]["gamma_schedule"] == "cosine" and cfg["args"]["gamma_decay_epochs"] == 2
+    out = tmp_path / "const"
+    assert main(["run", "sogclr", *common, "--gamma", "0.5", "--out", str(out)]) == 0
+    assert [r["gamma"] for r in _metrics(out)[0]] == [0.5, 0.5, 0.5]

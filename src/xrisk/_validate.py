@@ -1,14 +1,90 @@
-"""Input checks shared by every loss: shapes, dtypes and finiteness, with messages that name the values."""
+"""Input checks shared by every loss: shapes, dtypes and finiteness, with messages that name the values.
+
+**The validation switch.** Checks that read a tensor's values back to the host (NaN/inf inputs, 0/1
+targets, index bounds and duplicates found on the host, the finiteness of every staged state row
+before it is written) are on by default and can be turned off once a pipeline is trusted:
+``xrisk.set_validation(False)`` (or ``with xrisk.validation(False): ...``). With validation off a loss
+step (forward, backward, optimizer step) reads nothing back: the losses take their fixed-shape device
+path (positive counts, duplicate merging and index rules computed with masks on the device, the same
+work for every batch of one size), which ``torch.compile(..., fullgraph=True)`` takes whole. What can
+be checked on the device still is, with :func:`assert_async` (``torch._assert_async``: on CPU it raises
+at once, on an accelerator the device raises it asynchronously): dataset indices in range
+(:func:`xrisk.state.check_index_async`) and finite state rows before they are written (a failing step writes
+nothing). Not checked without validation: NaN/inf inputs that do not reach a state row (they reach the
+returned value), non-binary targets (read as ``target != 0``), the cause of a non-finite update (the
+message is generic).
+
+Shape, dtype and argument checks never read tensor values and always run.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = ["all_finite", "check_finite", "check_binary_inputs", "check_binary_batch",
-           "check_positive", "check_unit_interval", "check_choice"]
+           "check_positive", "check_unit_interval", "check_choice", "set_validation", "validation_enabled",
+           "validation", "assert_async", "all_finite_async", "binary_batch_unchecked"]
+
+_VALIDATION = [True]
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn the checks that read tensor values on the host on (default) or off, for every xrisk loss and
+    optimizer (see the module docstring for what changes)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_validation takes a bool, got {type(enabled).__name__}")
+    _VALIDATION[0] = enabled
+
+
+def validation_enabled() -> bool:
+    """Whether host-side validation is on (:func:`set_validation`)."""
+    return _VALIDATION[0]
+
+
+@contextlib.contextmanager
+def validation(enabled: bool) -> Iterator[None]:
+    """Context manager: :func:`set_validation` inside the block, the previous setting restored after it."""
+    before = _VALIDATION[0]
+    set_validation(enabled)
+    try:
+        yield
+    finally:
+        _VALIDATION[0] = before
+
+
+def assert_async(condition: Tensor, message: str) -> None:
+    """Require the 0-dim bool ``condition`` without reading it on the host (``torch._assert_async``): on CPU a
+    failure raises ``RuntimeError(message)`` at once; on an accelerator the device raises it when it runs."""
+    torch._assert_async(condition, message)
+
+
+def all_finite_async(tensors: Sequence[Tensor]) -> Tensor:
+    """0-dim bool tensor: every entry of every (floating) tensor is finite; no host read."""
+    flags = [torch.isfinite(x).all() for x in tensors if x.is_floating_point()]
+    if not flags:
+        return torch.ones((), dtype=torch.bool, device=tensors[0].device if tensors else None)
+    return flags[0] if len(flags) == 1 else torch.stack(flags).all()
+
+
+def binary_batch_unchecked(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple[Tensor, Tensor]:
+    """:func:`check_binary_inputs` without reading values: shapes and dtypes checked, targets read as
+    ``targets != 0`` (no 0/1 check), scores not checked for NaN/inf. Returns ``[B, T]`` scores and bool targets."""
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a tensor, got {type(targets).__name__}")
+    s = scores.unsqueeze(1) if scores.dim() == 1 else scores
+    y = targets.unsqueeze(1) if targets.dim() == 1 else targets
+    if s.dim() != 2 or s.shape[1] != num_tasks:
+        raise ValueError(f"scores must have shape [B] or [B, {num_tasks}] (num_tasks={num_tasks}), got {tuple(s.shape)}")
+    if y.shape != s.shape:
+        raise ValueError(f"targets shape {tuple(y.shape)} does not match scores shape {tuple(s.shape)}")
+    return s, y if y.dtype == torch.bool else y != 0
 
 
 def all_finite(*tensors: Tensor) -> bool:

@@ -224,7 +224,10 @@ def save_checkpoint(
 
     Raises:
         TypeError: ``extra`` holds a value a safe load cannot read back (nothing is written).
+        ValueError: ``model`` or ``loss`` holds per-sample state sharded over several processes (no process
+            has all of it): use :func:`xrisk.save_sharded_checkpoint` on every rank instead.
     """
+    _refuse_sharded(model=model, loss=loss)
     path = Path(path)
     payload: dict[str, Any] = {"format": _FORMAT, "extra": _checked_extra(extra)}
     if model is not None:
@@ -249,6 +252,21 @@ def save_checkpoint(
     return path
 
 
+def _refuse_sharded(**modules: nn.Module | None) -> None:
+    """Raise when a module holds per-sample state split over several processes (one file cannot hold it)."""
+    from xrisk.sharding import sharded_states
+
+    for kind, module in modules.items():
+        states = sharded_states(module) if module is not None else []
+        if states:
+            raise ValueError(
+                f"the {kind} holds per-sample state sharded over {states[0].num_shards} processes "
+                "(state_placement='sharded'), which no single process has: save it with "
+                "xrisk.save_sharded_checkpoint(path, ...) called on every rank (torch.distributed.checkpoint, "
+                "each rank writes its shard; load it with xrisk.load_sharded_checkpoint on any number of processes)"
+            )
+
+
 # ---------------------------------------------------------------------------------------- read
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
@@ -264,6 +282,9 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
             is not an xrisk checkpoint; the message names the file and the problem.
     """
     path = Path(path)
+    if path.is_dir() and (path / "xrisk.pt").is_file():
+        raise CheckpointError(f"{path} is a sharded checkpoint folder (xrisk.save_sharded_checkpoint); load it with "
+                              "xrisk.load_sharded_checkpoint")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     with open(path, "rb"):  # permission problems stay OSErrors
@@ -388,6 +409,9 @@ def load_checkpoint(
     """
     path = Path(path)
     payload = read_checkpoint(path, map_location=map_location)
+    if payload.get("sharded"):
+        raise CheckpointError(f"{path} is the metadata file of a sharded checkpoint folder; load the folder "
+                              f"{path.parent} with xrisk.load_sharded_checkpoint")
     for name, obj in (("model", model), ("loss", loss), ("optimizer", optimizer)):
         if obj is not None and name not in payload:
             raise CheckpointMismatchError(f"checkpoint {path} holds no {name} state")
@@ -397,22 +421,32 @@ def load_checkpoint(
         _check_loss(loss, payload, path)
     if optimizer is not None:
         _check_optimizer(optimizer, payload["optimizer"], path)
-    # Everything fits. A module's own load hook may still refuse: undo the parts loaded before it.
-    # The model loads last and is not copied (its keys and shapes were checked above).
+    _load_all_or_nothing(path, model=model, loss=loss, optimizer=optimizer, model_state=payload.get("model"),
+                         loss_state=payload.get("loss"), optimizer_state=payload.get("optimizer"))
+    return payload["extra"]
+
+
+def _load_all_or_nothing(
+    path: Path, *, model: nn.Module | None, loss: nn.Module | None, optimizer: torch.optim.Optimizer | None,
+    model_state: Mapping[str, Any] | None, loss_state: Mapping[str, Any] | None,
+    optimizer_state: Mapping[str, Any] | None,
+) -> None:
+    """Load checked states into the given objects. A module's own load hook may still refuse: the parts
+    loaded before it are then undone. The model loads last and is not copied (its keys and shapes were
+    checked)."""
     loaded: list[tuple[Any, Any]] = []
     try:
         if loss is not None:
             before = copy.deepcopy(loss.state_dict())  # modules load in place: keep a copy
-            loss.load_state_dict(payload["loss"])
+            loss.load_state_dict(loss_state)  # type: ignore[arg-type]
             loaded.append((loss, before))
         if optimizer is not None:
             before = optimizer.state_dict()  # an optimizer swaps in new state: references suffice
-            optimizer.load_state_dict(payload["optimizer"])
+            optimizer.load_state_dict(optimizer_state)  # type: ignore[arg-type]
             loaded.append((optimizer, before))
         if model is not None:
-            model.load_state_dict(payload["model"])
+            model.load_state_dict(model_state)  # type: ignore[arg-type]
     except Exception as e:
         for obj, before in reversed(loaded):
             obj.load_state_dict(before)
         raise CheckpointMismatchError(f"{type(e).__name__} while loading {path}: {e}") from e
-    return payload["extra"]

@@ -88,6 +88,7 @@ __all__ = [
     "all_gather",
     "all_gather_no_grad",
     "all_reduce_sum",
+    "all_reduce_max",
     "gather_sizes",
     "local_slice",
     "BatchLayout",
@@ -349,10 +350,17 @@ def all_gather_no_grad(x: Tensor, *, sizes: Sequence[int] | None = None) -> Tens
 
 def all_reduce_sum(x: Tensor) -> Tensor:
     """Sum of ``x`` over ranks (no autograd); returns ``x`` when not distributed."""
-    if not is_distributed():
-        return x
+    return _all_reduce(x, dist.ReduceOp.SUM) if is_distributed() else x
+
+
+def all_reduce_max(x: Tensor) -> Tensor:
+    """Element-wise maximum of ``x`` over ranks (no autograd); returns ``x`` when not distributed."""
+    return _all_reduce(x, dist.ReduceOp.MAX) if is_distributed() else x
+
+
+def _all_reduce(x: Tensor, op: "dist.ReduceOp") -> Tensor:
     y = x.detach().clone().to(_comm_device())
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    dist.all_reduce(y, op=op)
     return y.to(x.device)
 
 

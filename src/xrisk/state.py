@@ -36,6 +36,10 @@ loss templates' scalar state too. Rules it enforces:
   identical state. Losses in xrisk compute their update on the *global* batch on every
   rank, so every rank applies the same update; a caller that updates with rank-local
   indices passes ``local=True`` and the state all-gathers indices and values first.
+* **Placement** (``placement=``): ``"replicated"`` (default) keeps all ``num_samples`` rows on every
+  process; ``"sharded"`` splits them over the processes of ``torch.distributed`` (rank ``r`` owns a
+  contiguous block of about ``num_samples / K`` rows) and fetches the rows of each global batch from
+  their owners during a step, with the same results (see :mod:`xrisk.sharding`).
 """
 
 from __future__ import annotations
@@ -48,10 +52,11 @@ import torch
 from torch import Tensor, nn
 
 from xrisk import distributed as xdist
-from xrisk._validate import all_finite
+from xrisk._validate import all_finite, all_finite_async, assert_async, check_choice, validation_enabled
+from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, local_rows, open_window, shard_range
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
-           "update_states", "write_rows"]
+           "update_states", "write_rows", "check_index_async", "same_index", "merge_duplicates", "masked_update_rows", "flat_column"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -94,6 +99,17 @@ def check_index_unique(index: Tensor, num_samples: int, *, batch_size: int | Non
     bounds = uniq[:: max(uniq.numel() - 1, 1)].tolist()
     _check_bounds(bounds[0], bounds[-1], num_samples)
     return index.long(), uniq.numel() == n
+
+
+def check_index_async(index: Tensor, num_samples: int) -> Tensor:
+    """:func:`check_index` without a host read: type and shape checked on the host (metadata), the bounds with
+    :func:`~xrisk._validate.assert_async`. Returns ``index`` as ``int64``."""
+    _check_index_type(index, None)
+    index = index.long()
+    if index.numel():
+        assert_async(((index >= 0) & (index < num_samples)).all(),
+                     f"a dataset index is out of range for a state built with num_samples={num_samples}")
+    return index
 
 
 def _check_index_type(index: Tensor, batch_size: int | None) -> None:
@@ -235,11 +251,17 @@ class SampleState(ReplicatedStateModule):
         shape: trailing shape of one sample's estimate, e.g. ``(num_tasks,)``; ``()`` for a scalar.
         init: value of never-visited entries (only visible through :meth:`read`).
         sync: distributed sync rule; only ``"index_scatter"`` exists (see module docstring).
+        placement: ``"replicated"`` (every process holds all ``n`` rows) or ``"sharded"`` (under
+            ``torch.distributed`` with ``K`` processes rank ``r`` holds the rows
+            ``[shard_start, shard_stop)`` of :func:`xrisk.sharding.shard_range`, about ``n / K``; build it after
+            ``init_process_group``). Both give the same training results; see :mod:`xrisk.sharding`.
 
     State (in ``state_dict``; moved by ``.to()``, never cast; kept out of DDP's buffer broadcast,
     see :class:`ReplicatedStateModule`):
         ``value``: ``[n, *shape]`` float32 estimates.
         ``seen``: ``[n, *shape]`` bool, whether the entry has been written.
+    Sharded over ``K > 1`` processes, the tensors hold the rank's ``shard_stop - shard_start`` rows and
+    ``state_dict()`` returns them as ``DTensor`` shards of the ``[n, *shape]`` tensors.
 
     Example:
         >>> s = SampleState(10)
@@ -259,6 +281,7 @@ class SampleState(ReplicatedStateModule):
         *,
         init: float = 0.0,
         sync: Literal["index_scatter"] = "index_scatter",
+        placement: Placement = "replicated",
     ) -> None:
         super().__init__()
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples <= 0:
@@ -272,35 +295,116 @@ class SampleState(ReplicatedStateModule):
         self.shape = shape
         self.sync = sync
         self.init = float(init)
-        self.register_buffer("value", torch.full((num_samples, *shape), self.init, dtype=torch.float32))
-        self.register_buffer("seen", torch.zeros((num_samples, *shape), dtype=torch.bool))
+        self.placement = check_choice("placement", placement, PLACEMENTS)
+        #: processes the rows are split over (1: this process holds every row) and this rank's rows
+        self.num_shards = xdist.world_size() if placement == "sharded" else 1
+        self.shard_start, self.shard_stop = shard_range(num_samples, self.num_shards, xdist.rank() if self.num_shards > 1 else 0)
+        rows = self.shard_stop - self.shard_start
+        self.register_buffer("value", torch.full((rows, *shape), self.init, dtype=torch.float32))
+        self.register_buffer("seen", torch.zeros((rows, *shape), dtype=torch.bool))
+        self.__dict__["_window"] = None
 
     def extra_repr(self) -> str:
-        return f"num_samples={self.num_samples}, shape={self.shape}, sync={self.sync!r}"
+        where = "" if self.placement == "replicated" else f", placement='sharded', rows=[{self.shard_start}, {self.shard_stop})"
+        return f"num_samples={self.num_samples}, shape={self.shape}, sync={self.sync!r}{where}"
+
+    # ----------------------------------------------------------------------------- sharded steps
+    @property
+    def window_open(self) -> bool:
+        """Whether a step's window is open (sharded state: ``value``/``seen`` are then the fetched batch rows)."""
+        return self.__dict__.get("_window") is not None
+
+    def shard_tensors(self) -> tuple[Tensor, Tensor]:
+        """This process's rows ``(value, seen)`` (all rows unless sharded), also while a step's window is open."""
+        window = self.__dict__.get("_window")
+        return (self.value, self.seen) if window is None else (window[2], window[3])
+
+    def _begin_window(self, uniq: Tensor, cuts: list[int], value: Tensor, seen: Tensor) -> None:
+        """Swap in the fetched rows of the step's distinct indices ``uniq`` (see :func:`xrisk.sharding.open_window`)."""
+        self.__dict__["_window"] = (uniq, cuts, self.value, self.seen)
+        self.__dict__["value"], self.__dict__["seen"] = value, seen
+
+    def _end_window(self, write: bool) -> None:
+        """Restore the shard; with ``write``, first copy the window rows this rank owns into it."""
+        uniq, cuts, shard_value, shard_seen = self.__dict__["_window"]
+        value, seen = self.__dict__["value"], self.__dict__["seen"]
+        self.__dict__["value"], self.__dict__["seen"], self.__dict__["_window"] = shard_value, shard_seen, None
+        if write:
+            lo, hi = cuts[xdist.rank()], cuts[xdist.rank() + 1]
+            own = uniq[lo:hi].to(shard_value.device) - self.shard_start
+            shard_value.index_copy_(0, own, value[lo:hi])
+            shard_seen.index_copy_(0, own, seen[lo:hi])
 
     # ----------------------------------------------------------------------------- checkpoints
     def _state_shape_mismatch(self, name: str, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:
         if name == "value":  # checked first: nothing of this state is loaded
+            want = (self.num_samples, *self.shape)
             raise ValueError(
                 f"checkpoint state '{key}' has shape {got} (num_samples={got[0] if got else '?'}), "
                 f"but this loss was built for shape {want} (num_samples={self.num_samples}); "
                 "was the checkpoint made for another data set or another number of tasks?"
             )
 
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        if self.num_shards == 1 and not self.window_open:
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+            return
+        nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
+        for name, t in zip(("value", "seen"), self.shard_tensors()):
+            t = t if keep_vars else t.detach()
+            destination[prefix + name] = as_dtensor(t, self.num_samples) if self.num_shards > 1 else t
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        if self.window_open:
+            raise RuntimeError("cannot load a SampleState during a step (its window is open)")
+        if self.num_shards > 1:  # keep this rank's rows of a DTensor shard or of a full (replicated) tensor
+            state_dict = dict(state_dict)
+            for name in ("value", "seen"):
+                key = prefix + name
+                if isinstance(state_dict.get(key), Tensor):
+                    state_dict[key] = local_rows(state_dict[key], self.num_samples, self.shard_start, self.shard_stop,
+                                                 key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     # ----------------------------------------------------------------------------- access
     def tensors(self) -> tuple[Tensor, Tensor]:
-        """The ``(value, seen)`` tensors themselves (for hot loops; plain attribute reads)."""
+        """The ``(value, seen)`` tensors themselves (for hot loops; plain attribute reads). For sharded state
+        inside a step these are the window's rows, indexed by the remapped positions the loss receives."""
         return self.value, self.seen
 
     def read(self, index: Tensor) -> Tensor:
-        """Return ``value[index]`` (float32, on the state's device) without changing anything."""
+        """Return ``value[index]`` (float32, on the state's device) without changing anything.
+
+        Sharded over several processes (outside a step) this is collective: every rank calls it, each with
+        its own ``index``, and the rows are fetched from their owners."""
+        if self.num_shards > 1 and not self.window_open and xdist.is_distributed():
+            index = check_index(index, self.num_samples)
+            sizes = xdist.gather_sizes(index.numel())
+            start = sum(sizes[: xdist.rank()])
+            both = xdist.all_gather_no_grad(index, sizes=sizes)
+            positions = open_window((self,), both)[start : start + index.numel()]
+            value = self.value.index_select(0, positions.to(self.value.device))
+            close_window((self,), write=False)
+            return value
         index = check_index(index, self.num_samples).to(self.value.device)
         return self.value.index_select(0, index)
 
+    def amax(self) -> Tensor:
+        """``[*shape]`` maximum of the estimates over all samples (never-written entries count with ``init``);
+        sharded over several processes it is reduced over the ranks (collective)."""
+        value = self.shard_tensors()[0]
+        local = value.amax(0) if value.shape[0] else value.new_full(self.shape, float("-inf"))
+        return xdist.all_reduce_max(local) if self.num_shards > 1 else local
+
     def reset(self) -> None:
         """Forget everything: every entry becomes unseen again."""
-        self.value.fill_(self.init)
-        self.seen.zero_()
+        value, seen = self.shard_tensors()
+        value.fill_(self.init)
+        seen.zero_()
 
     @torch.no_grad()
     def update(
@@ -326,6 +430,9 @@ class SampleState(ReplicatedStateModule):
         Returns:
             ``[B, *shape]`` updated estimates for ``index`` in ``new``'s dtype and device. Entries
             excluded by ``mask`` return their current (possibly never-seen) value.
+
+        Sharded over several processes (outside a loss step) the call is collective: the rows of the
+        (gathered) batch are fetched from their owners, updated and written back by their owners.
         """
         return update_states((self,), index, (new,), gamma, mask=mask, local=local)[0]
 
@@ -429,6 +536,18 @@ class PendingWrites:
     def __len__(self) -> int:
         return len(self._rows) + len(self._after)
 
+    def commit_on_device(self, *, write: bool) -> None:
+        """:meth:`commit` without a host read: the finiteness of every staged row and checked tensor is one device
+        flag, required with :func:`~xrisk._validate.assert_async` (on CPU a failure raises before anything is
+        written; on an accelerator the device raises it later) and applied as a mask to every write (a step with
+        a non-finite row writes nothing). The message is generic: the cause is named with validation on."""
+        tensors = [x for x, _ in self._checks] + [r[3] for r in self._rows]
+        ok = all_finite_async(tensors) if tensors else None
+        if ok is not None:
+            assert_async(ok, "xrisk: a new state estimate (or a checked value) of this step is NaN/inf; no state was "
+                             "changed (validation is off, so the cause is not named: xrisk.set_validation(True) names it)")
+        self._apply(write=write, ok=ok)
+
     def verify(self) -> None:
         """Raise :class:`FloatingPointError` naming the cause if a staged row or checked tensor is not finite."""
         tensors = [x for x, _ in self._checks] + [r[3] for r in self._rows]
@@ -441,20 +560,95 @@ class PendingWrites:
 
     def commit(self, *, write: bool, check: bool = True) -> None:
         """:meth:`verify` (unless ``check=False``: the caller proved every row finite), then, if ``write``,
-        apply every staged write in order. The object is spent afterwards."""
+        apply every staged write in order. The object is spent afterwards.
+
+        With validation off (:func:`xrisk.set_validation`) nothing is read on the host: see
+        :meth:`commit_on_device`."""
+        if check and not validation_enabled():
+            self.commit_on_device(write=write)
+            return
         if check:
             self.verify()
+        self._apply(write=write, ok=None)
+
+    def _apply(self, *, write: bool, ok: Tensor | None) -> None:
+        """If ``write``, apply every staged write in order, each row where its mask and ``ok`` (a device flag, or
+        ``None``: no condition) hold; then spend the object."""
         if write:
             for value, seen, index, rows, mask, _ in self._rows:
-                if mask is None:
+                keep = ok if mask is None else (mask if ok is None else mask & ok)
+                if keep is None:
                     value.index_copy_(0, index, rows)
                     seen.index_fill_(0, index, True)
                 else:
-                    value.index_copy_(0, index, torch.where(mask, rows, value.index_select(0, index)))
-                    seen.index_copy_(0, index, seen.index_select(0, index) | mask)
+                    value.index_copy_(0, index, torch.where(keep, rows, value.index_select(0, index)))
+                    seen.index_copy_(0, index, seen.index_select(0, index) | keep)
             for fn in self._after:
                 fn()
         self._rows, self._checks, self._after = [], [], []
+
+
+def same_index(index: Tensor) -> Tensor:
+    """``[B, B]`` bool: ``index[r] == index[c]`` (the duplicate structure of a batch, fixed shape, no host read)."""
+    return index.unsqueeze(1) == index.unsqueeze(0)
+
+
+def merge_duplicates(same: Tensor, values: Tensor, mask: Tensor, *, log_space: bool = False) -> tuple[Tensor, Tensor]:
+    """:class:`SampleState`'s duplicate rule on the device: ``(merged [B], any [B])``.
+
+    Row ``r`` gets the mean of ``values`` over the rows ``c`` with the same index (``same [B, B]``,
+    :func:`same_index`) where ``mask [B]`` holds (``log_space``: ``values`` are logs and the mean is taken of
+    their exponentials, shifted by the group maximum); ``any[r]``: some such row exists (then every occurrence
+    of the index gets the same merged value and the same flag). Rows without one get 0. Without duplicates the
+    merged value of a masked row is its own value bit for bit. ``O(B^2)`` comparisons, fixed shape.
+    """
+    member = same & mask.unsqueeze(0)
+    count = member.sum(1)
+    found = count > 0
+    if log_space:
+        shift = torch.where(member, values.unsqueeze(0), float("-inf")).amax(1)
+        shift = torch.where(found, shift, torch.zeros_like(shift))
+        total = torch.where(member, torch.exp(values.unsqueeze(0) - shift.unsqueeze(1)), 0.0).sum(1)
+        merged = torch.log(total.clamp_min(1e-38)) + shift - torch.log(count.clamp_min(1).to(values.dtype))
+    else:
+        merged = torch.where(member, values.unsqueeze(0), 0.0).sum(1) / count.clamp_min(1).to(values.dtype)
+    return torch.where(found, merged, torch.zeros_like(merged)), found
+
+
+def masked_update_rows(
+    value: Tensor, seen: Tensor, index: Tensor, new: Tensor, mask: Tensor, same: Tensor,
+    step: Callable[[Tensor, Tensor, Tensor], Tensor], *, log_space: bool = False, writes: PendingWrites | None = None,
+    cause: Cause | None = None,
+) -> tuple[Tensor, Tensor]:
+    """A fixed-shape state update of rows ``index`` (validated, on the state's device; duplicates allowed) with
+    no host read: ``(rows [B], written [B])``.
+
+    ``value``/``seen``: a state's tensors or one column of them (:func:`column_views`); ``new [B]`` float32 new
+    values, used where ``mask [B]``; ``same``: :func:`same_index` of ``index``. Duplicates are merged first
+    (:func:`merge_duplicates`), then ``step(old, merged, seen_rows)`` gives the new rows (e.g. the moving average
+    ``torch.where(seen, torch.lerp(old, merged, gamma), merged)``); rows of indices without a masked occurrence
+    keep their old value. With ``writes`` the rows are staged there (masked by ``written``). Every occurrence of
+    an index holds the same row, so the result does not depend on which duplicate is written last.
+    """
+    merged, written = merge_duplicates(same, new, mask, log_space=log_space)
+    old, seen_rows = value.index_select(0, index), seen.index_select(0, index)
+    rows = torch.where(written, step(old, merged, seen_rows), old)
+    if writes is not None:
+        writes.stage_tensors(value, seen, index, rows, mask=written, cause=cause)
+    return rows, written
+
+
+def flat_column(state: SampleState, column: int, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(value [N*T], seen [N*T], positions [B])``: the state's buffers as flat views and the positions of rows
+    ``index`` of column ``column`` in them, so that ``value[positions]`` is ``value2d[index, column]``.
+
+    For the fixed-shape device path: ``torch.compile`` writes ``index_copy_`` into a contiguous flat view in place
+    (``O(B)``), but functionalises a write through a strided column view (:func:`column_views`) into a copy of the
+    whole buffer (``O(N)`` per step)."""
+    value, seen = state.tensors()
+    width = value.shape[1] if value.dim() == 2 else 1
+    i = index.to(value.device)
+    return value.view(-1), seen.view(-1), i if width == 1 else i * width + column
 
 
 def column_views(state: SampleState, column: int) -> tuple[Tensor, Tensor]:
@@ -589,6 +783,50 @@ def update_states(
     else:
         index, gamma_t, m = _check_update(states, index, news, gamma, mask, index_checked, column)
         want = _row_shape(index, first, column)
+    fetched = _sharded_outside_step(states, writes)
+    if fetched:  # sharded state outside a loss step: fetch the batch's rows (collective), written back below
+        index = open_window(states, index)
+    try:
+        outs = _update_rows(states, index, news, gamma_t, m, want, gathered, assume_unique, column, writes, cause)
+    except BaseException:
+        if fetched:
+            close_window(states, write=False)
+        raise
+    if fetched:
+        close_window(states, write=True)
+    if gathered:  # return only this rank's rows
+        outs = [o[layout.start : layout.stop] for o in outs]
+    if out_device == first.value.device and out_dtype == torch.float32:
+        return outs
+    return [o.to(out_device, out_dtype) for o in outs]
+
+
+def _sharded_outside_step(states: Sequence[SampleState], writes: PendingWrites | None) -> bool:
+    """Whether an update of ``states`` must fetch its rows itself: they are split over processes and no loss step
+    has opened their window. Refuses states of mixed placements and staged writes into such states."""
+    if not xdist.is_distributed():
+        return False
+    split = [st.num_shards > 1 for st in states]
+    if not any(split):
+        return False
+    if not all(split) or len({st.window_open for st in states}) > 1:
+        raise ValueError("update_states needs states of one placement (all sharded or all replicated)")
+    if states[0].window_open:
+        return False
+    if writes is not None:
+        raise RuntimeError("staged writes into sharded SampleState need a step window "
+                           "(xrisk.sharding.open_window / state_window, which the loss templates open)")
+    return True
+
+
+def _update_rows(
+    states: Sequence[SampleState], index: Tensor, news: Sequence[Tensor], gamma_t: Tensor | float, m: Tensor | None,
+    want: tuple[int, ...], gathered: bool, assume_unique: bool, column: int | None, writes: PendingWrites | None,
+    cause: Cause | None,
+) -> list[Tensor]:
+    """The moving-average step of :func:`update_states` on checked (and gathered) rows: stages or writes them;
+    returns the new rows of every state (float32, on the states' device)."""
+    first = states[0]
     dev = first.value.device
     if index.device != dev:
         index = index.to(dev)
@@ -632,8 +870,4 @@ def update_states(
             outs.append(upd[inv])
     if writes is None:
         w.commit(write=True)
-    if gathered:  # return only this rank's rows
-        outs = [o[layout.start : layout.stop] for o in outs]
-    if out_device == dev and out_dtype == torch.float32:
-        return outs
-    return [o.to(out_device, out_dtype) for o in outs]
+    return outs

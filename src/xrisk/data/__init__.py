@@ -9,6 +9,7 @@ from xrisk.data.samplers import DistributedDualSampler, DualBatchSampler, DualSa
 from xrisk.data.captions import CaptionedImages, load_fashion_captions, minilm_embeddings
 from xrisk.data.emoji import EmojiPairs, load_emoji
 from xrisk.data.reference_cache import ReferenceCache, ReferenceCacheError, ReferenceCacheMismatchError
+from xrisk.data.fairness import FairnessData, load_fairness
 from xrisk.data.audio import AudioReadError, AudioSet, CropPairs, load_audio_folder, read_audio
 from xrisk.data.music import load_singularity_music, load_sonic_pi_samples
 from xrisk.data.key_corpus import KeyClips, render_key_corpus
@@ -18,4 +19,5 @@ __all__ = ["DataNotInstalledError", "IndexedDataset", "DualSampler", "Distribute
            "ContrastiveAugment", "CaptionedImages", "load_fashion_captions", "minilm_embeddings",
            "EmojiPairs", "load_emoji", "ReferenceCache", "ReferenceCacheError", "ReferenceCacheMismatchError",
            "AudioReadError", "AudioSet", "CropPairs", "load_audio_folder", "read_audio",
-           "load_singularity_music", "load_sonic_pi_samples", "KeyClips", "render_key_corpus"]
+           "load_singularity_music", "load_sonic_pi_samples", "KeyClips", "render_key_corpus",
+           "FairnessData", "load_fairness"]

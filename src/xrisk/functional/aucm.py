@@ -102,13 +102,41 @@ def _coefficients(
 _cached_coefficients = functools.lru_cache(maxsize=128)(_coefficients)
 
 
-def _get_coefficients(pos_counts: tuple[int, ...], *args: object) -> tuple[Tensor, ...]:
-    """:func:`_coefficients`, memoised for few tasks (a training run sees few distinct count tuples)."""
+def _device_coefficients(
+    n_pos: Tensor, size: int, version: str, p: float | None, margin: float, dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_coefficients` from the ``[T]`` device tensor of positive counts (no host read): the same
+    formulas, in float64 where the device has it (float32 on MPS), cast once."""
+    work = torch.float32 if n_pos.device.type == "mps" else torch.float64
+    n_pos = n_pos.to(work)
+    n_neg = size - n_pos
+    if version == "v2":
+        c_pos, c_neg, q = 1.0 / n_pos.clamp_min(1.0), 1.0 / n_neg.clamp_min(1.0), torch.ones_like(n_pos)
+    else:
+        pr = n_pos / size if p is None else torch.full_like(n_pos, p)
+        c_pos, c_neg, q = (1.0 - pr) / size, pr / size, pr * (1.0 - pr)
+    zero = torch.zeros_like(n_pos)
+    k0 = torch.stack([c_neg, zero, -2.0 * c_neg, 2.0 * c_neg, zero], 1).to(dtype)
+    k1 = torch.stack([c_pos - c_neg, -2.0 * c_pos, 2.0 * c_neg, -2.0 * (c_pos + c_neg), zero], 1).to(dtype)
+    quad = torch.diag_embed(torch.stack([c_pos * n_pos, c_neg * n_neg, -q, zero], 1))
+    quad[:, 2, 3] = 2.0 * q * margin
+    return k0[:, 0], k1[:, 0], k0[:, 1:], k1[:, 1:], quad.to(dtype), torch.ones(n_pos.numel(), 1, dtype=dtype,
+                                                                                    device=n_pos.device)
+
+
+def _get_coefficients(pos_counts: tuple[int, ...] | Tensor, *args: object) -> tuple[Tensor, ...]:
+    """:func:`_coefficients`, memoised for few tasks (a training run sees few distinct count tuples); from a device
+    tensor of counts: :func:`_device_coefficients` (``args`` without the device)."""
+    if isinstance(pos_counts, Tensor):
+        return _device_coefficients(pos_counts, *args[:-1])  # type: ignore[arg-type]
     fn = _cached_coefficients if len(pos_counts) <= 8 else _coefficients
     return fn(pos_counts, *args)  # type: ignore[arg-type]
 
 
-def _host_counts(targets: Tensor, pos_counts: list[int] | None) -> tuple[int, ...]:
+def _host_counts(targets: Tensor, pos_counts: list[int] | Tensor | None) -> tuple[int, ...] | Tensor:
+    """The counts as a tuple of host ints, or the ``[T]`` device tensor given (the no-host-read path)."""
+    if isinstance(pos_counts, Tensor):
+        return pos_counts
     return tuple(int(c) for c in (targets.sum(0).tolist() if pos_counts is None else pos_counts))
 
 
@@ -122,7 +150,7 @@ def aucm_surrogate(
     margin: float,
     version: Literal["v1", "v2"] = "v2",
     p: float | None = None,
-    pos_counts: list[int] | None = None,
+    pos_counts: list[int] | Tensor | None = None,
     reduction: Literal["none", "sum"] = "none",
 ) -> Tensor:
     """Per-task min-max value ``F(w, a, b, alpha)`` of AUC-M (module docstring, ``F_1``/``F_2``).
@@ -141,7 +169,8 @@ def aucm_surrogate(
         version: ``"v2"`` (class-balanced ``F_2``) or ``"v1"`` (``F_1`` with ``p``).
         p: positive ratio for ``v1``; ``None`` uses the batch ratio of each task.
         pos_counts: optional number of positives of each task (host ints, as the loss module
-            already knows them); must match ``targets``.
+            already knows them, or a ``[T]`` device tensor: then nothing is read on the host); must match
+            ``targets``.
         reduction: ``"none"`` (one value per task) or ``"sum"`` (their sum, a scalar).
 
     Returns:

@@ -70,6 +70,7 @@ from xrisk._validate import all_finite, check_choice, check_finite, check_unit_i
 from xrisk.functional.contrastive import Estimator, Offset, count_true, log_moving_average, reference_offset
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
 from xrisk.losses._epochs import EpochTracking
+from xrisk.sharding import PLACEMENTS, Placement, close_window, open_window, sharded_states
 from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_unique, update_states
 
 __all__ = [
@@ -248,6 +249,9 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             :class:`xrisk.schedules.CosineGammaSchedule`); overrides ``gamma`` when given.
         false_negatives: optional :class:`~xrisk.losses.FalseNegativeDetector`.
         normalize: L2-normalise the feature rows first.
+        state_placement: ``"replicated"`` (default) or ``"sharded"``: every rank holds all per-sample rows, or
+            about ``num_samples / K`` of them and a step fetches the global batch's rows from their owners (the
+            same results; :mod:`xrisk.sharding`). A detector must have the same placement.
 
     Buffers: ``epoch``, ``samples_seen``, ``epoch_is_set`` (the epoch of :meth:`set_epoch`, or inferred from the
     samples seen in training until it is first called: :class:`~xrisk.losses._epochs.EpochTracking`).
@@ -268,6 +272,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         gamma_schedule: Callable[[int], float] | None,
         false_negatives: nn.Module | None,
         normalize: bool,
+        state_placement: Placement = "replicated",
     ) -> None:
         super().__init__()
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 2:
@@ -290,6 +295,10 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
                 )
         self.false_negatives = false_negatives
         self.normalize = bool(normalize)
+        self.state_placement = check_choice("state_placement", state_placement, PLACEMENTS)
+        if false_negatives is not None and false_negatives.state_placement != self.state_placement:
+            raise ValueError(f"false_negatives has state_placement={false_negatives.state_placement!r}, the loss "
+                             f"{self.state_placement!r}: build both with the same placement")
         self._init_epochs()
         self.register_buffer("_objective", torch.full((), float("nan")))  # persistent: objective() survives resume
 
@@ -339,6 +348,13 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
                 the per-pair offset ``-s^ref_ij`` (:func:`~xrisk.functional.contrastive.reference_offset`). None:
                 the plain loss, unchanged.
         """
+        try:
+            return self._forward(feats_a, feats_b, index)
+        finally:  # sharded state: a step that returned early or raised leaves the shards as they were
+            close_window(sharded_states(self) if self.state_placement == "sharded" else [], write=False)
+
+    def _forward(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
+        """The step of :meth:`forward` (the template of the module docstring)."""
         # Finiteness: a NaN/inf feature makes the new estimates non-finite, which the commit refuses before
         # writing any state; the features are then checked to name the culprit. The detector's thresholds are
         # compared with the similarities, so with one the features are checked up front.
@@ -418,6 +434,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         """End of a step: check every staged row at once, write them (training mode only), count the step's
         ``num_global`` samples for the inferred epoch and record the objective (see :meth:`objective`)."""
         writes.commit(write=self.training)
+        close_window(sharded_states(self) if self.state_placement == "sharded" else [], write=self.training)
         pending = self.__dict__.pop("_step_objective", None)
         if self.training:
             self.__dict__.pop("_eval_objective", None)
@@ -454,6 +471,9 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             start = layout.start
         else:
             start = xdist.local_slice(nb)[0] if xdist.is_distributed() else 0
+        if self.state_placement == "sharded" and xdist.is_distributed():  # fetch the rows; indices -> positions
+            idx_g = open_window(sharded_states(self), idx_g)
+            idx = idx_g[start : start + nb]
         self_offset: tuple[int, int] | None
         stacked: Tensor | None = None
         if self.mode == "unimodal":

@@ -8,10 +8,12 @@ import torch
 from torch import Tensor
 
 from xrisk._tensors import on_device
-from xrisk.functional.surrogates import SHORTFALL_LOSSES, pairwise_shortfall, weighted_pairwise_mean_of
+from xrisk.functional.surrogates import (
+    SHORTFALL_LOSSES, pairwise_shortfall, weighted_pairwise_mean, weighted_pairwise_mean_of,
+)
 from xrisk.losses.ap import _mean_of
-from xrisk.losses.base import ScoreLoss, label_positions, overflow_cause
-from xrisk.state import Cause
+from xrisk.losses.base import ScoreLoss, distinct_alias, label_positions, overflow_cause
+from xrisk.state import Cause, same_index
 
 __all__ = ["PartialAUCLossBase"]
 
@@ -37,9 +39,50 @@ class PartialAUCLossBase(ScoreLoss):
         (``cause``: the message if the staged values are not finite)."""
         raise TypeError(f"{type(self).__name__} must override _task_weights")
 
+    def _masked_task_weights(self, task: int, index: Tensor, losses: Tensor, pairs: Tensor, rows: Tensor,
+                             n_pos: Tensor, n_neg: Tensor, same: Tensor) -> Tensor:
+        """:meth:`_task_weights` over the whole batch (no host read): ``losses [B, B]`` of every row against every
+        column, ``pairs [B, B]`` the positive-negative pairs that count, ``rows [B]`` the rows whose state is
+        updated (the positives, when the task has negatives), ``n_pos``/``n_neg`` device counts, ``same`` the
+        :func:`~xrisk.state.same_index` of ``index``. Stages the masked update; returns ``[B, B]`` weights that are
+        zero outside ``pairs``."""
+        raise TypeError(f"{type(self).__name__} has no device path (_masked_task_weights)")
+
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         """``(fn, args)``: the objective estimate of one task is ``fn(L, *args)``."""
         raise TypeError(f"{type(self).__name__} must override _risk")
+
+    def _masked_loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: Tensor) -> Tensor:
+        assert index is not None
+        size = scores.shape[0]
+        same = same_index(index)
+        terms: list[Tensor] = []
+        detached: list[tuple[Tensor, Tensor, Tensor]] = []
+        valid: list[Tensor] = []
+        for t in range(self.num_tasks):
+            pos = targets.select(1, t)
+            col = self._score_column(scores, t)
+            col_d = col.detach()
+            shortfall = pairwise_shortfall(col_d, col_d, margin=self.margin)  # [B, B]: every row against every column
+            losses = SHORTFALL_LOSSES[self.surrogate](shortfall)
+            pairs = pos.unsqueeze(1) & ~pos.unsqueeze(0)
+            n_pos = pos_counts[t]
+            n_neg = size - n_pos
+            ok = (n_pos > 0) & (n_neg > 0)
+            weights = self._masked_task_weights(t, on_device(index, losses.device), losses, pairs, pos & ok,
+                                                n_pos, n_neg, same)
+            weights = weights * (size * size / (n_pos * n_neg).clamp_min(1).to(weights.dtype))  # mean over [P, N]
+            term = weighted_pairwise_mean(col, distinct_alias(col), weights, margin=self.margin,
+                                          surrogate=self.surrogate, losses=losses, shortfall=shortfall)
+            if self._checks_value:
+                self._writes.check(term, None)  # type: ignore[arg-type]
+            terms.append(term)
+            detached.append((losses, pairs, pos))
+            valid.append(ok)
+        v = torch.stack(valid)
+        fn, args = self._risk()
+        self._record_objective_from(_masked_risk, fn, detached, v, *args)
+        return torch.stack(terms).sum() / v.sum().clamp_min(1)
 
     def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
         assert index is not None  # uses_index: the base class enforces it
@@ -71,3 +114,13 @@ class PartialAUCLossBase(ScoreLoss):
         fn, args = self._risk()
         self._record_objective_from(_mean_of, fn, detached, *args)
         return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
+
+
+def _masked_risk(fn: Callable[..., Tensor], per_task: list[tuple[Tensor, Tensor, Tensor]], valid: Tensor,
+                 *args: object) -> Tensor:
+    """The objective estimate from whole-batch losses: ``fn(L[pos][:, neg], *args)`` of each valid task, averaged
+    (NaN when no task is valid). Evaluated on request, outside the step (it reads the masks on the host)."""
+    values = [fn(losses[pos][:, ~pos], *args) for (losses, _, pos), ok in zip(per_task, valid.tolist()) if ok]
+    if not values:
+        return torch.full((), float("nan"))
+    return torch.stack(values).mean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -9,10 +10,13 @@ from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.ap import ap_inner_estimates, ap_ratio, ap_weights
-from xrisk.functional.surrogates import SURROGATES, SurrogateName, weighted_pairwise_mean_of
-from xrisk.losses.base import ScoreLoss, overflow_cause, positions
+from xrisk.functional.surrogates import SURROGATES, SurrogateName, weighted_pairwise_mean, weighted_pairwise_mean_of
+from xrisk.losses.base import ScoreLoss, distinct_alias, overflow_cause, positions
 from xrisk._tensors import as_state_rows, like_tensor, on_device
-from xrisk.state import Cause, PendingWrites, SampleState, column_views, update_states
+from xrisk.sharding import Placement
+from xrisk.state import (
+    Cause, PendingWrites, SampleState, column_views, flat_column, masked_update_rows, same_index, update_states,
+)
 
 __all__ = ["APLoss"]
 
@@ -50,6 +54,8 @@ class APLoss(ScoreLoss):
         gamma: moving-average weight on the new value, in ``(0, 1]``.
         margin: ``m`` of the surrogate (``>= 0``).
         surrogate: pairwise surrogate name (:mod:`xrisk.functional.surrogates`).
+        state_placement: ``"replicated"`` (default) or ``"sharded"``: how the per-sample state is held under
+            ``torch.distributed`` (same results; see :class:`~xrisk.losses.base.ScoreLoss`, :mod:`xrisk.sharding`).
 
     Shapes: ``scores``, ``targets`` ``[B]`` or ``[B, T]``; ``index`` ``[B]`` (the dataset index of
     every sample; only the positives' entries are used).
@@ -93,14 +99,15 @@ class APLoss(ScoreLoss):
         gamma: float = 0.9,
         margin: float = 1.0,
         surrogate: SurrogateName = "squared_hinge",
+        state_placement: Placement = "replicated",
     ) -> None:
-        super().__init__(num_tasks=num_tasks)
+        super().__init__(num_tasks=num_tasks, state_placement=state_placement)
         self.num_samples = num_samples
         self.gamma = check_unit_interval("gamma", gamma)
         self.margin = check_positive("margin", margin, allow_zero=True)
         self.surrogate = check_choice("surrogate", surrogate, tuple(SURROGATES))
-        self.u_all = SampleState(num_samples, (num_tasks,))
-        self.u_pos = SampleState(num_samples, (num_tasks,))
+        self.u_all = SampleState(num_samples, (num_tasks,), placement=state_placement)
+        self.u_pos = SampleState(num_samples, (num_tasks,), placement=state_placement)
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, num_tasks={self.num_tasks}, gamma={self.gamma}, "
@@ -131,6 +138,37 @@ class APLoss(ScoreLoss):
         self._record_objective_from(_mean_ratio, estimates)
         return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
 
+    def _masked_loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: Tensor) -> Tensor:
+        """:meth:`_loss` over the whole batch as anchors (``[B, B]`` pairwise losses), the rows of the negatives
+        masked out of the state update and of the weights; no host read."""
+        assert index is not None
+        size = scores.shape[0]
+        same = same_index(index)
+        step = functools.partial(_moving_average_step, self.gamma)
+        terms: list[Tensor] = []
+        estimates: list[tuple[Tensor, Tensor, Tensor]] = []
+        for t in range(self.num_tasks):
+            pos = targets.select(1, t)
+            col = self._score_column(scores, t)
+            col_d = col.detach()
+            losses, g_all, g_pos, shortfall = ap_inner_estimates(col_d, col_d, pos, margin=self.margin,
+                                                                 surrogate=self.surrogate, with_shortfall=True)
+            va, sa, i = flat_column(self.u_all, t, index)  # type: ignore[arg-type]
+            vp, sp, _ = flat_column(self.u_pos, t, index)  # type: ignore[arg-type]
+            new_all, _ = masked_update_rows(va, sa, i, as_state_rows(g_all, i), pos, same, step, writes=self._writes)
+            new_pos, _ = masked_update_rows(vp, sp, i, as_state_rows(g_pos, i), pos, same, step, writes=self._writes)
+            u_all, u_pos = like_tensor(new_all, g_all), like_tensor(new_pos, g_pos)
+            n_pos = pos_counts[t].to(losses.dtype)
+            # the weights of the positives' rows, scaled so that the mean over [B, B] is the mean over [P, B]
+            weights = torch.where(pos.unsqueeze(1), ap_weights(pos, u_all, u_pos, losses.dtype), 0.0)
+            weights = weights * (size / n_pos.clamp_min(1.0))
+            terms.append(weighted_pairwise_mean(col, distinct_alias(col), weights, margin=self.margin,
+                                                surrogate=self.surrogate, losses=losses, shortfall=shortfall))
+            estimates.append((u_all, u_pos, pos))
+        self._record_objective_from(_masked_mean_ratio, estimates)
+        valid = (pos_counts > 0).sum()
+        return torch.stack(terms).sum() / valid.clamp_min(1)
+
     def _update(self, idx: Tensor, task: int, g_all: Tensor, g_pos: Tensor, cause: Cause) -> tuple[Tensor, Tensor]:
         """Stage the moving-average step of both estimators at the positives ``idx`` of ``task``; return the
         updated values ``[P]`` (in ``g_all``'s dtype and device)."""
@@ -158,6 +196,24 @@ def _gamma_or_one(gamma: float, device: torch.device, _cache: dict = {}) -> tupl
     if out is None:
         out = _cache[key] = (torch.tensor(gamma, device=device), torch.tensor(1.0, device=device))
     return out
+
+
+def _moving_average_step(gamma: float, old: Tensor, new: Tensor, seen: Tensor) -> Tensor:
+    """SampleState's moving average of one row: ``lerp(old, new, gamma)`` where seen, ``new`` on a first visit."""
+    return torch.where(seen, torch.lerp(old, new, gamma), new)
+
+
+def _masked_mean_ratio(estimates: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """:func:`_mean_ratio` from whole-batch rows ``(u_all, u_pos, pos)``: the mean over each task's positives, then
+    over the tasks that have one (NaN when none has)."""
+    ratios, valid = [], []
+    for u_all, u_pos, pos in estimates:
+        n_pos = pos.sum()
+        ratio = torch.where(pos, u_pos / u_all.clamp_min(1e-12), 0.0).sum() / n_pos.clamp_min(1)
+        ratios.append(ratio)
+        valid.append(n_pos > 0)
+    v = torch.stack(valid)
+    return torch.where(v, torch.stack(ratios), 0.0).sum() / v.sum()
 
 
 def _mean_ratio(estimates: list[tuple[Tensor, Tensor]]) -> Tensor:

@@ -124,12 +124,29 @@ class AUCMLoss(ScoreLoss):
                                 version=self.version, p=self.imratio, pos_counts=pos_counts)
         return scores.sum() * 0.0 + values[torch.tensor(valid, device=values.device)].mean()
 
+    def _masked_loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: Tensor) -> Tensor:
+        return self._masked_aucm(scores, targets, pos_counts)
+
+    def _masked_aucm(self, scores: Tensor, targets: Tensor, pos_counts: Tensor) -> Tensor:
+        """:meth:`_aucm` with the counts on the device: every task computed, the invalid ones masked out."""
+        valid = (pos_counts > 0) & (pos_counts < scores.shape[0])
+        values = aucm_surrogate(scores, targets, self.a, self.b, self.alpha, margin=self.margin, version=self.version,
+                                p=self.imratio, pos_counts=pos_counts)
+        self._record_objective_from(_masked_objective, scores.detach(), targets, valid, self.margin)
+        return torch.where(valid, values, torch.zeros_like(values)).sum() / valid.sum().clamp_min(1)
+
     def _record_aucm_objective(self, scores: Tensor, targets: Tensor, valid: list[bool]) -> None:
         """Save what :meth:`objective` needs (detached scores, targets, valid tasks); compute nothing."""
         if not any(valid):
             self._record_objective(None)
         else:
             self._record_objective_from(_batch_objective, scores.detach(), targets, valid, self.margin)
+
+
+def _masked_objective(scores: Tensor, targets: Tensor, valid: Tensor, margin: float) -> Tensor:
+    """:func:`_batch_objective` with the valid tasks as a ``[T]`` bool tensor (NaN when there is none)."""
+    per_task = aucm_objective(scores, targets, margin=margin)
+    return torch.where(valid, per_task, torch.zeros_like(per_task)).sum() / valid.sum()
 
 
 def _batch_objective(scores: Tensor, targets: Tensor, valid: list[bool], margin: float) -> Tensor:

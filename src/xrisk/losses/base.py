@@ -26,6 +26,15 @@ holds under ``torch.no_grad()`` and ``torch.inference_mode()`` too (they do not 
 in training mode the state is updated, in eval mode it is not). :meth:`ScoreLoss.objective` reports
 the last call's estimate in both modes.
 
+**Validation off** (:func:`xrisk.set_validation`): ``forward`` takes the fixed-shape device path
+instead (:meth:`ScoreLoss._forward_unchecked`): no value is read on the host (shapes and dtypes are still
+checked; index bounds and finite state rows with on-device asserts), the positive counts stay on the
+device, the subclass hook :meth:`ScoreLoss._masked_loss` computes the same loss with masks over the whole
+batch (pairwise losses as ``[B, B]`` matrices masked to the pairs that count, duplicate indices merged with
+an ``[B, B]`` equality mask), and a batch without positives gives a zero through the same ops. The work
+depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes the step whole and does not
+recompile when the number of positives changes. Equal to the default path up to float rounding (tested).
+
 **Dtypes.** The computation runs in the dtype of ``scores`` (any floating type); ``targets`` may be
 bool, integer or floating of any dtype (only their 0/1 values matter); per-sample state is float32.
 
@@ -43,10 +52,13 @@ import torch
 from torch import Tensor
 
 from xrisk import distributed as xdist
-from xrisk._validate import all_finite, check_binary_batch
-from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_unique
+from xrisk._validate import (
+    all_finite, binary_batch_unchecked, check_binary_batch, check_choice, validation_enabled,
+)
+from xrisk.sharding import PLACEMENTS, Placement, close_window, open_window, sharded_states
+from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
 
-__all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
+__all__ = ["ScoreLoss", "distinct_alias", "label_order", "label_positions", "overflow_cause", "positions"]
 
 #: What a subclass records as the batch's objective estimate: a tensor, a zero-argument callable
 #: over detached tensors (a ``functools.partial`` of a module-level function, so the module stays
@@ -64,6 +76,10 @@ class ScoreLoss(ReplicatedStateModule):
         num_tasks: number of labels ``T``; scores/targets are ``[B]`` or ``[B, T]``.
         gather: under ``torch.distributed``, compute the loss on the global batch
             (default True; needed for exactness of every global loss).
+        state_placement: where the per-sample state lives under ``torch.distributed``: ``"replicated"``
+            (every rank holds all rows) or ``"sharded"`` (each rank holds about ``num_samples / K`` rows and a
+            step fetches the global batch's rows from their owners; the same results, see
+            :mod:`xrisk.sharding`). Needs ``gather=True``. Losses without per-sample state ignore it.
     """
 
     uses_index: ClassVar[bool] = True
@@ -72,12 +88,16 @@ class ScoreLoss(ReplicatedStateModule):
     _writes: PendingWrites  #: the current step's staged state updates (set by forward before ``_loss``)
     _index_unique: bool  #: the step's (global) ``index`` holds no duplicate (False: unknown or some)
 
-    def __init__(self, *, num_tasks: int = 1, gather: bool = True) -> None:
+    def __init__(self, *, num_tasks: int = 1, gather: bool = True, state_placement: Placement = "replicated") -> None:
         super().__init__()
         if not isinstance(num_tasks, int) or isinstance(num_tasks, bool) or num_tasks < 1:
             raise ValueError(f"num_tasks must be a positive int, got {num_tasks!r}")
         self.num_tasks = num_tasks
         self.gather = bool(gather)
+        self.state_placement = check_choice("state_placement", state_placement, PLACEMENTS)
+        if state_placement == "sharded" and not self.gather:
+            raise ValueError("state_placement='sharded' needs gather=True: every rank must compute the global "
+                             "batch's state update (with gather=False each rank would update the rows differently)")
         self.register_buffer("_objective", torch.full((), float("nan")), persistent=False)
 
     def forward(self, scores: Tensor, targets: Tensor, index: Tensor | None = None) -> Tensor:
@@ -89,6 +109,8 @@ class ScoreLoss(ReplicatedStateModule):
             index: ``[B]`` dataset indices of the samples (required when the loss keeps
                 per-sample state; ignored otherwise).
         """
+        if not validation_enabled():
+            return self._forward_unchecked(scores, targets, index)
         if self.gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
             (s, y, _, idx), layout = xdist.agree_on_batch(
                 type(self).__name__, functools.partial(self._check_batch, scores, targets, index), _batch_tensors
@@ -109,13 +131,70 @@ class ScoreLoss(ReplicatedStateModule):
         self.__dict__["_index_unique"] = unique  # known without a device op: no index occurs twice in the batch
         self.__dict__["_given_scores"] = given
         self.__dict__["_step_objective"] = _NOT_RECORDED
-        out = self._loss(s, y, idx, pos_counts)
-        writes.commit(write=self.training)  # all or nothing; state changes in training mode only
+        sharded = sharded_states(self) if idx is not None and self.state_placement == "sharded" else []
+        if sharded:  # the global batch's rows, fetched from their owners; idx -> their positions (xrisk.sharding)
+            idx = open_window(sharded, idx)
+        try:
+            out = self._loss(s, y, idx, pos_counts)
+            writes.commit(write=self.training)  # all or nothing; state changes in training mode only
+        except BaseException:
+            close_window(sharded, write=False)
+            raise
+        close_window(sharded, write=self.training)  # each rank keeps the rows it owns
         record = self.__dict__.pop("_step_objective")
         if record is not _NOT_RECORDED:  # the step succeeded: its objective estimate replaces the last one
             self.__dict__["_pending_objective"] = record
             self.__dict__["_objective_ready"] = False
         return out
+
+    def _forward_unchecked(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
+        """:meth:`forward` with validation off: no host read, fixed-shape work (module docstring)."""
+        if self.gather and xdist.is_distributed():  # batch sizes are still exchanged (the gathers need them)
+            (s, y, idx), layout = xdist.agree_on_batch(
+                type(self).__name__, functools.partial(self._shape_batch, scores, targets, index),
+                lambda b: {"scores": b[0], "targets": b[1], "index": b[2]},
+            )
+            s = xdist.all_gather(s, grad="sum", sizes=layout.sizes)
+            y = xdist.all_gather_no_grad(y, sizes=layout.sizes)
+            if idx is not None:
+                idx = xdist.all_gather_no_grad(idx.to(s.device), sizes=layout.sizes)
+            given = None
+        else:
+            s, y, idx = self._shape_batch(scores, targets, index)
+            given = None  # no reference to the graph kept past the step (torch.compile returns no hidden output)
+        pos_counts = y.sum(0)  # [T] on the device
+        writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
+        self.__dict__["_index_unique"] = False
+        self.__dict__["_given_scores"] = given
+        self.__dict__["_step_objective"] = _NOT_RECORDED
+        sharded = sharded_states(self) if idx is not None and self.state_placement == "sharded" else []
+        if sharded:
+            idx = open_window(sharded, idx)
+        try:
+            out = self._masked_loss(s, y, idx, pos_counts)
+            out = torch.where(pos_counts.sum() > 0, out, torch.zeros_like(out))  # no positive: a connected zero
+            writes.commit(write=self.training)  # validation off: on the device (PendingWrites.commit_on_device)
+        except BaseException:
+            close_window(sharded, write=False)
+            raise
+        close_window(sharded, write=self.training)
+        record = self.__dict__.pop("_step_objective")
+        if record is not _NOT_RECORDED:
+            self.__dict__["_pending_objective"] = record
+            self.__dict__["_objective_ready"] = False
+        return out
+
+    def _shape_batch(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """This rank's checks that read no value: ``(scores [B, T], targets [B, T] bool, index int64 or None)``."""
+        s, y = binary_batch_unchecked(scores, targets, self.num_tasks)
+        idx = None
+        if self.uses_index:
+            if index is None:
+                raise ValueError(f"{type(self).__name__} keeps per-sample state and needs `index` (dataset indices)")
+            idx = check_index_async(index, self._num_samples())
+            if idx.numel() != s.shape[0]:
+                raise ValueError(f"index has {idx.numel()} entries but the batch has {s.shape[0]} samples")
+        return s, y, idx
 
     def _check_batch(
         self, scores: Tensor, targets: Tensor, index: Tensor | None
@@ -139,6 +218,13 @@ class ScoreLoss(ReplicatedStateModule):
         ``pos_counts[t]`` is the number of positives of task ``t`` in the batch (host ints).
         """
         raise TypeError(f"{type(self).__name__} must override _loss(scores, targets, index, pos_counts)")
+
+    def _masked_loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: Tensor) -> Tensor:
+        """:meth:`_loss` with no host read and fixed-shape work (validation off): ``pos_counts`` is the ``[T]``
+        device tensor of positives per task; tasks without the positives (and negatives) they need contribute
+        zero and write nothing, through masks rather than branches. Stages its writes in ``self._writes``."""
+        raise TypeError(f"{type(self).__name__} has no device path (_masked_loss): turn validation on "
+                        "(xrisk.set_validation(True))")
 
     def _score_column(self, scores: Tensor, task: int) -> Tensor:
         """``scores[:, task]`` as a ``[B]`` tensor (for ``[B]`` input: the tensor given to :meth:`forward`, so
@@ -211,6 +297,12 @@ def _overflow_message(surrogate: str, margin: float, scores: Tensor, task: int, 
                 f"{float(losses.amax()):.4g}); raise tau or bound the scores")
     return (f"scores overflow the {surrogate} surrogate: {where}, so ell(margin={margin}, s_i - s_j) is not finite "
             f"in {scores.dtype}; bound the scores (e.g. sigmoid outputs) or use a surrogate that grows slower")
+
+
+def distinct_alias(x: Tensor) -> Tensor:
+    """A view of ``x`` that is another tensor object: for the whole-batch pairwise kernels called with the same
+    scores on both sides (``torch.compile`` traces an ``autograd.Function`` only with distinct inputs)."""
+    return x.view_as(x)
 
 
 def _default_cause() -> str:

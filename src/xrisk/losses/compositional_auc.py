@@ -116,3 +116,22 @@ class CompositionalAUCLoss(AUCMLoss):
             out = self._aucm(scores, targets, pos_counts)
         self._writes.after(functools.partial(self.num_steps.add_, 1))  # training mode, committed step
         return out
+
+    def _masked_loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: Tensor) -> Tensor:
+        """Both phases' values, the current one selected on the device (no read of ``num_steps``). The
+        cross-entropy is taken of the scores clamped to ``[0, 1]`` (nothing is checked: out-of-range scores give
+        no error), the counter advances on batches with a positive."""
+        aucm = self._masked_aucm(scores, targets, pos_counts)
+        ce = F.binary_cross_entropy(scores.clamp(0.0, 1.0), targets.to(scores.dtype))
+        out = torch.where(self.phase_is_ce(self.num_steps), ce, aucm)
+        has_positive = (pos_counts.sum() > 0).to(self.num_steps.dtype)
+        self._writes.after(functools.partial(self.num_steps.add_, has_positive))
+        return out
+
+    def phase_is_ce(self, step: Tensor) -> Tensor:
+        """:meth:`phase` on the device: a bool tensor, True where the call number ``step`` is a cross-entropy step."""
+        return torch.remainder(step, 2 * self.k) < self.k
+
+    def last_phase_is_ce(self) -> Tensor:
+        """:meth:`last_phase` on the device, ``== "ce"`` as a 0-dim bool tensor (no host read, nothing checked)."""
+        return self.phase_is_ce(self.num_steps - 1)

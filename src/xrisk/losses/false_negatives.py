@@ -15,6 +15,7 @@ from xrisk.functional.contrastive import (
     restrict_to_negatives,
 )
 from xrisk.losses._epochs import EpochTracking
+from xrisk.sharding import PLACEMENTS, Placement, state_window
 from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, update_states
 
 __all__ = ["FalseNegativeDetector"]
@@ -96,6 +97,9 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         start_epoch: first epoch at which detected false negatives are masked.
         init: initial threshold (``1.0``: nothing is masked until it is learned).
         init_quantile: initialise each threshold at its first visit from the batch quantile.
+        state_placement: ``"replicated"`` or ``"sharded"`` per-sample state under torch.distributed (same results;
+            :mod:`xrisk.sharding`); must match the loss's. Sharded, it runs inside its loss or through
+            :meth:`forward`.
 
     State (``state_dict``): ``lam`` (:class:`~xrisk.state.SampleState` ``[n, 2]``, thresholds per sample
     and side; synced with ``local=True`` so every rank holds the same values), with Adam also
@@ -129,8 +133,10 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         optimizer: Literal["sgd", "adam"] = "sgd",
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-8,
+        state_placement: Placement = "replicated",
     ) -> None:
         super().__init__()
+        self.state_placement = check_choice("state_placement", state_placement, PLACEMENTS)
         self.alpha = check_unit_interval("alpha", alpha, closed_right=False)
         self.optimizer = check_choice("optimizer", optimizer, ("sgd", "adam"))
         self.lr = check_positive("lr", (0.5 if optimizer == "sgd" else 0.05) if lr is None else lr)
@@ -144,11 +150,11 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         if not -1.0 <= float(init) <= 1.0:
             raise ValueError(f"init threshold must be in [-1, 1], got {init!r}")
         self.init_quantile = bool(init_quantile)
-        self.lam = SampleState(num_samples, (2,), init=float(init))
+        self.lam = SampleState(num_samples, (2,), init=float(init), placement=state_placement)
         self.num_samples = self.lam.num_samples
         if self.optimizer == "adam":
-            self.lam_m = SampleState(num_samples, (2,))
-            self.lam_v = SampleState(num_samples, (2,))
+            self.lam_m = SampleState(num_samples, (2,), placement=state_placement)
+            self.lam_v = SampleState(num_samples, (2,), placement=state_placement)
         self._init_epochs()
         self._fraction_counts: tuple[Tensor, Tensor | int] | None = None  # (kept, candidates) of the last batch
 
@@ -195,6 +201,8 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         column but the diagonals ``excluded[v]``.
         """
         ref = sims[0]
+        if self.lam.num_shards > 1 and not self.lam.window_open:
+            raise RuntimeError("a FalseNegativeDetector with sharded state runs inside its loss or through forward()")
         if not index_checked:
             index = self._agreed_index(index)
         index = index.to(self.lam.value.device)
@@ -325,8 +333,9 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         sims, masks = [sim[:, 0], sim[:, 1]], [neg[:, 0], neg[:, 1]]
         counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
         writes, masking = PendingWrites(_cause), self.masking  # the epoch at the start of the step
-        lam = self._step(sims, masks, index, counts, writes=writes, index_checked=True)
-        self._commit(writes, index.numel())
+        with state_window(self, index, local=True, write=self.training) as rows:  # sharded: the batch's rows
+            lam = self._step(sims, masks, rows, counts, writes=writes, index_checked=True)
+            self._commit(writes, index.numel())
         self._kept(sims, masks, lam, counts)
         if not masking:
             return torch.ones_like(neg)

@@ -16,6 +16,7 @@ from xrisk.losses._contrastive_base import (
     sgd_rows,
 )
 from xrisk.losses.false_negatives import FalseNegativeDetector
+from xrisk.sharding import Placement
 from xrisk.state import SampleState, write_rows
 
 __all__ = ["GlobalContrastiveLoss"]
@@ -114,6 +115,8 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         eps: the ``eps`` inside ``log(eps + g)`` (FastCLIP: 1e-14; 0 is the plain GCL).
         false_negatives: optional :class:`FalseNegativeDetector` (GloFND) removing detected false negatives.
         normalize: L2-normalise the features.
+        state_placement: ``"replicated"`` or ``"sharded"`` per-sample state under torch.distributed (same results;
+            :mod:`xrisk.sharding`); the detector must match.
 
     Shapes: ``feats_a [B, d]``, ``feats_b [B, d]``, ``index [B]``, optional ``ref_feats`` two ``[B, d_ref]`` -> scalar
     (features of two dtypes are promoted to their common dtype, in both modes; fewer than two distinct samples: a
@@ -170,10 +173,11 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         eps: float = 0.0,
         false_negatives: FalseNegativeDetector | None = None,
         normalize: bool = True,
+        state_placement: Placement = "replicated",
     ) -> None:
         super().__init__(
             num_samples, mode=mode, gamma=gamma, gamma_schedule=gamma_schedule,
-            false_negatives=false_negatives, normalize=normalize,
+            false_negatives=false_negatives, normalize=normalize, state_placement=state_placement,
         )
         self.temperature = check_choice("temperature", temperature, ("fixed", "global", "individual"))
         tau = check_positive("tau", tau)
@@ -188,15 +192,15 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         self.beta_tau = check_unit_interval("beta_tau", beta_tau)
         self.tau_grad_clip = check_positive("tau_grad_clip", tau_grad_clip)
         self.eps = check_positive("eps", eps, allow_zero=True)
-        self.log_u = SampleState(num_samples, (2,))
+        self.log_u = SampleState(num_samples, (2,), placement=state_placement)
         self.tau: float | nn.Parameter
         if self.temperature == "global":
             self.tau = nn.Parameter(torch.tensor(tau, dtype=torch.float32))
         else:
             self.tau = tau
         if self.temperature == "individual":
-            self.tau_individual = SampleState(num_samples, (2,), init=tau)
-            self.tau_momentum = SampleState(num_samples, (2,))
+            self.tau_individual = SampleState(num_samples, (2,), init=tau, placement=state_placement)
+            self.tau_momentum = SampleState(num_samples, (2,), placement=state_placement)
 
     def _exp_is_safe(self, dtype: torch.dtype, tau_low: float, shifted: bool = False) -> bool:
         """``|d / tau| <= 2 / tau_low`` (``4 / tau_low`` with a reference offset, ``shifted``) stays far inside the

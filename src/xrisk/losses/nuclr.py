@@ -16,6 +16,7 @@ from xrisk.losses._contrastive_base import (
     ContrastiveBatch, ContrastiveLossBase, as_state_rows, exp_limit, like_tensor, momentum_rows, on_device, sgd_rows,
 )
 from xrisk.losses.false_negatives import FalseNegativeDetector
+from xrisk.sharding import Placement
 from xrisk.state import SampleState, write_rows
 
 __all__ = ["NUCLRLoss"]
@@ -84,6 +85,8 @@ class NUCLRLoss(ContrastiveLossBase):
         zeta_start_epoch: first epoch at which ``zeta`` is updated (reference: 5).
         false_negatives: optional :class:`FalseNegativeDetector`.
         normalize: L2-normalise the features.
+        state_placement: ``"replicated"`` or ``"sharded"`` per-sample state under torch.distributed (same results;
+            :mod:`xrisk.sharding`; sharded, :meth:`set_epoch` is collective); the detector must match.
 
     Cost: per step ``O(B_local B_global d)``, independent of ``n``; an epoch change scans ``zeta``
     once (``O(n)``) to refresh ``xi``.
@@ -127,10 +130,11 @@ class NUCLRLoss(ContrastiveLossBase):
         zeta_start_epoch: int = 5,
         false_negatives: FalseNegativeDetector | None = None,
         normalize: bool = True,
+        state_placement: Placement = "replicated",
     ) -> None:
         super().__init__(
             num_samples, mode="bimodal", gamma=gamma, gamma_schedule=gamma_schedule,
-            false_negatives=false_negatives, normalize=normalize,
+            false_negatives=false_negatives, normalize=normalize, state_placement=state_placement,
         )
         self.tau = check_positive("tau", tau)
         self.lr_zeta = check_positive("lr_zeta", lr_zeta, allow_zero=True)
@@ -142,9 +146,9 @@ class NUCLRLoss(ContrastiveLossBase):
             raise ValueError(f"zeta_start_epoch must be >= 0, got {zeta_start_epoch!r}")
         self.zeta_start_epoch = int(zeta_start_epoch)
         self.xi_init = float(xi_init)
-        self.log_u = SampleState(num_samples, (2,))
-        self.zeta = SampleState(num_samples, (2,), init=float(zeta_init))
-        self.zeta_momentum = SampleState(num_samples, (2,))
+        self.log_u = SampleState(num_samples, (2,), placement=state_placement)
+        self.zeta = SampleState(num_samples, (2,), init=float(zeta_init), placement=state_placement)
+        self.zeta_momentum = SampleState(num_samples, (2,), placement=state_placement)
         self.register_buffer("xi", torch.full((2,), max(float(zeta_init), self.xi_init)))
 
     def _shared_exp_zeta_min(self, dtype: torch.dtype, zeta_cols: Tensor, shifted: bool = False) -> Tensor | None:
@@ -171,7 +175,7 @@ class NUCLRLoss(ContrastiveLossBase):
 
     def _on_epoch(self, epoch: int) -> None:
         with torch.no_grad():
-            self.xi.copy_(self.zeta.value.amax(0).clamp_min(self.xi_init).to(self.xi))
+            self.xi.copy_(self.zeta.amax().clamp_min(self.xi_init).to(self.xi))  # collective when sharded
         self.__dict__.pop("_log_pos_cache", None)
 
     def _on_load(self) -> None:

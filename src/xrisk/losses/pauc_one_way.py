@@ -21,7 +21,8 @@ from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.ap import _update_column
 from xrisk._tensors import as_state_rows, like_tensor, on_device
-from xrisk.state import Cause, PendingWrites, SampleState, column_views
+from xrisk.sharding import Placement
+from xrisk.state import Cause, PendingWrites, SampleState, column_views, flat_column, masked_update_rows
 
 __all__ = ["OneWayPartialAUCLoss"]
 
@@ -92,6 +93,8 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         eta: step size of the CVaR thresholds (``method="cvar"``), ``> 0``.
         tau: KL temperature (``method="kl"``), ``> 0``.
         gamma: moving-average weight on the new value (``method="kl"``), in ``(0, 1]``.
+        state_placement: ``"replicated"`` (default) or ``"sharded"``: how the per-sample state is held under
+            ``torch.distributed`` (same results; see :class:`~xrisk.losses.base.ScoreLoss`, :mod:`xrisk.sharding`).
 
     Shapes: ``scores``, ``targets`` ``[B]`` or ``[B, T]``; ``index`` ``[B]``.
 
@@ -138,8 +141,9 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         eta: float = 0.1,
         tau: float = 1.0,
         gamma: float = 0.9,
+        state_placement: Placement = "replicated",
     ) -> None:
-        super().__init__(num_tasks=num_tasks)
+        super().__init__(num_tasks=num_tasks, state_placement=state_placement)
         self.num_samples = num_samples
         self.method = check_choice("method", method, ("cvar", "kl"))
         self.max_fpr = check_unit_interval("max_fpr", max_fpr)
@@ -150,9 +154,9 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         self.gamma = check_unit_interval("gamma", gamma)
         self._checks_value = self.method == "cvar"  # the thresholds stay finite whatever the losses
         if self.method == "cvar":
-            self.threshold = SampleState(num_samples, (num_tasks,))
+            self.threshold = SampleState(num_samples, (num_tasks,), placement=state_placement)
         else:
-            self.log_u = SampleState(num_samples, (num_tasks,))
+            self.log_u = SampleState(num_samples, (num_tasks,), placement=state_placement)
 
     def extra_repr(self) -> str:
         knobs = f"eta={self.eta}" if self.method == "cvar" else f"tau={self.tau}, gamma={self.gamma}"
@@ -178,8 +182,47 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
                                 self.gamma, writes, cause, unique)
         return pauc_kl_weights(losses, log_u, self.tau, scaled=z)  # pauc_kl_surrogate's weights
 
+    def _masked_task_weights(self, task: int, index: Tensor, losses: Tensor, pairs: Tensor, rows: Tensor,
+                             n_pos: Tensor, n_neg: Tensor, same: Tensor) -> Tensor:
+        neg = pairs.any(0)  # the negative columns (all False when the task has no positive: nothing is used)
+        if self.method == "cvar":
+            value, seen, i = flat_column(self._modules["threshold"], task, index)  # type: ignore[arg-type]
+            s = like_tensor(value.index_select(0, i), losses)  # [B]
+            above = (losses > s.unsqueeze(1)) & neg.unsqueeze(0)
+            grad = 1.0 - above.sum(1).to(losses.dtype) / (self.max_fpr * n_neg.clamp_min(1).to(losses.dtype))
+            new = as_state_rows(s - self.eta * grad, i)
+            masked_update_rows(value, seen, i, new, rows, same, _overwrite, writes=self._writes)
+            return torch.where(pairs, above.to(losses.dtype) / self.max_fpr, 0.0)
+        z = kl_logits(losses, self.tau)
+        log_u = masked_log_ema_column(self.log_u, index, task, masked_log_mean_exp(z, neg, n_neg), rows, same,
+                                      self.gamma, self._writes)
+        return torch.where(pairs, pauc_kl_weights(losses, like_tensor(log_u, z), self.tau, scaled=z), 0.0)
+
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return pauc_risk, (self.max_fpr,)
+
+
+def _overwrite(old: Tensor, merged: Tensor, seen: Tensor) -> Tensor:
+    """The state step of a threshold: the merged new value replaces the old one."""
+    return merged
+
+
+def masked_log_mean_exp(z: Tensor, cols: Tensor, count: Tensor) -> Tensor:
+    """``log mean_{j in cols} exp(z_ij)`` of a ``[B, B]`` matrix over the columns ``cols [B]`` (``count`` of them,
+    a device tensor) -> ``[B]``: :func:`~xrisk.functional.pauc.log_mean_exp_inner` with a column mask."""
+    masked = torch.where(cols.unsqueeze(0), z, float("-inf"))
+    return torch.logsumexp(masked, dim=1) - torch.log(count.clamp_min(1).to(z.dtype))
+
+
+def masked_log_ema_column(state: SampleState, index: Tensor, task: int, log_new: Tensor, rows: Tensor, same: Tensor,
+                          gamma: float, writes: PendingWrites) -> Tensor:
+    """:func:`_log_ema_column` over the whole batch (validation off): the rows ``rows [B]`` are merged in log space
+    (duplicates by ``same``) and stepped; returns ``[B]`` ``log u`` (the old value where not in ``rows``)."""
+    value, seen, i = flat_column(state, task, index)
+    new, _ = masked_update_rows(value, seen, i, as_state_rows(log_new, i), rows, same,
+                                lambda old, merged, seen_rows: log_ema(old, merged, gamma, seen_rows), log_space=True,
+                                writes=writes)
+    return new
 
 
 def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor, gamma: float,

@@ -13,7 +13,8 @@ from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk.functional.pauc import kl_logits, log_ema, log_mean_exp_inner, tpauc_kl_weights, tpauc_risk
 from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
-from xrisk.losses.pauc_one_way import _log_ema_column
+from xrisk.losses.pauc_one_way import _log_ema_column, masked_log_ema_column, masked_log_mean_exp
+from xrisk.sharding import Placement
 from xrisk.state import Cause, SampleState, column_views
 
 __all__ = ["TwoWayPartialAUCLoss"]
@@ -61,6 +62,8 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         gamma1: moving-average weight on the new value for ``w``, in ``(0, 1]``.
         margin: ``m`` of the surrogate (``>= 0``).
         surrogate: pairwise surrogate name (:mod:`xrisk.functional.surrogates`).
+        state_placement: ``"replicated"`` (default) or ``"sharded"``: how the per-sample state is held under
+            ``torch.distributed`` (same results; see :class:`~xrisk.losses.base.ScoreLoss`, :mod:`xrisk.sharding`).
 
     Shapes: ``scores``, ``targets`` ``[B]`` or ``[B, T]``; ``index`` ``[B]``.
 
@@ -108,8 +111,9 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         gamma1: float = 0.9,
         margin: float = 1.0,
         surrogate: SurrogateName = "squared_hinge",
+        state_placement: Placement = "replicated",
     ) -> None:
-        super().__init__(num_tasks=num_tasks)
+        super().__init__(num_tasks=num_tasks, state_placement=state_placement)
         self.num_samples = num_samples
         self.min_tpr = check_unit_interval("min_tpr", min_tpr, closed_left=True, closed_right=False)
         self.max_fpr = check_unit_interval("max_fpr", max_fpr)
@@ -119,7 +123,7 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         self.gamma1 = check_unit_interval("gamma1", gamma1)
         self.margin = check_positive("margin", margin, allow_zero=True)
         self.surrogate = check_choice("surrogate", surrogate, tuple(SURROGATES))
-        self.log_u = SampleState(num_samples, (num_tasks,))
+        self.log_u = SampleState(num_samples, (num_tasks,), placement=state_placement)
         self.log_w = SampleState(1, (num_tasks,))
 
     def extra_repr(self) -> str:
@@ -135,15 +139,28 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         log_w = self._update_w(task, torch.logsumexp(log_u if ratio == 1.0 else ratio * log_u, 0) - math.log(n_pos), cause)
         return tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer, scaled=z)  # tpauc_kl_surrogate's
 
+    def _masked_task_weights(self, task: int, index: Tensor, losses: Tensor, pairs: Tensor, rows: Tensor,
+                             n_pos: Tensor, n_neg: Tensor, same: Tensor) -> Tensor:
+        z = kl_logits(losses, self.tau)
+        log_u = masked_log_ema_column(self.log_u, index, task, masked_log_mean_exp(z, pairs.any(0), n_neg), rows,
+                                      same, self.gamma0, self._writes)
+        log_u = like_tensor(log_u, z)
+        ratio = self.tau / self.tau_outer
+        inner = torch.where(rows, log_u if ratio == 1.0 else ratio * log_u, float("-inf"))
+        log_new = torch.logsumexp(inner, 0) - torch.log(n_pos.clamp_min(1).to(z.dtype))
+        log_w = self._update_w(task, torch.where(rows.any(), log_new, torch.zeros_like(log_new)), None,
+                               mask=rows.any().unsqueeze(0))
+        return torch.where(pairs, tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer, scaled=z), 0.0)
+
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return tpauc_risk, (self.min_tpr, self.max_fpr)
 
-    def _update_w(self, task: int, log_new: Tensor, cause: Cause) -> Tensor:
+    def _update_w(self, task: int, log_new: Tensor, cause: Cause | None, mask: Tensor | None = None) -> Tensor:
         """One log-space moving-average step of ``w`` for ``task`` (staged); returns the new ``log w`` ``[1]``."""
         value, seen = column_views(self._modules["log_w"], task)  # type: ignore[arg-type]  # [1]: the only row
         new = log_ema(like_tensor(value, log_new), log_new, self.gamma1, on_device(seen, log_new.device))
         zero = self.__dict__.get("_row0")
         if zero is None or zero.device != value.device:  # the index of the only row, made once
             zero = self.__dict__["_row0"] = torch.zeros(1, dtype=torch.long, device=value.device)
-        self._writes.stage_tensors(value, seen, zero, as_state_rows(new, zero), cause=cause)
+        self._writes.stage_tensors(value, seen, zero, as_state_rows(new, zero), mask=mask, cause=cause)
         return new

@@ -15,6 +15,11 @@ stagewise proximal-point scheme; ``lambda`` = ``weight_decay``). Per-parameter o
   decay toward ~0);
 * ``iterate_avg``, ``avg_count``: running mean of the iterates since the last reset.
 
+The step counters (``avg_count``, PESG's ``adam_step``) are host ints; with validation off
+(:func:`xrisk.set_validation`) a step turns them into 0-dim ``int64`` tensors on the parameter's device
+(same values), so the step reads nothing back and ``torch.compile`` does not specialise on them (a
+host int that changes every step would recompile every step). Both forms load and train.
+
 :meth:`AUCOptimizer.update_regularizer` divides the learning rates and moves ``w_ref`` to the
 running mean of the iterates (then resets the mean). The dual variable ``alpha`` of the loss
 lives in its own parameter group (``"dual": True``) and takes projected gradient **ascent**
@@ -28,7 +33,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from xrisk._validate import check_positive
+from xrisk._validate import check_positive, validation_enabled
 
 __all__ = [
     "AUCOptimizer",
@@ -37,7 +42,16 @@ __all__ = [
     "record_iterate",
     "record_iterate_foreach",
     "dual_ascent_",
+    "device_counter",
 ]
+
+
+def device_counter(state: dict[str, Any], key: str, like: Tensor) -> Tensor:
+    """``state[key]`` as a 0-dim ``int64`` tensor on ``like``'s device (a host int is converted once, in place)."""
+    count = state[key]
+    if not isinstance(count, Tensor):
+        count = state[key] = torch.tensor(int(count), dtype=torch.int64, device=like.device)
+    return count
 
 
 def proximal_direction(
@@ -77,6 +91,12 @@ def proximal_direction_foreach(
 
 def record_iterate_foreach(params: list[Tensor], states: list[dict[str, Any]]) -> None:
     """:func:`record_iterate` of a list of parameters that share ``avg_count`` (one ``lerp`` list op)."""
+    if isinstance(states[0]["avg_count"], Tensor):  # device counters (validation off): no host read
+        counts = [st["avg_count"] for st in states]
+        torch._foreach_add_(counts, 1)
+        weights = [(1.0 / c).to(p.dtype) for c, p in zip(counts, params)]
+        torch._foreach_lerp_([st["iterate_avg"] for st in states], params, weights)
+        return
     count = states[0]["avg_count"] + 1
     for st in states:
         st["avg_count"] = count
@@ -85,6 +105,10 @@ def record_iterate_foreach(params: list[Tensor], states: list[dict[str, Any]]) -
 
 def record_iterate(p: Tensor, state: dict[str, Any]) -> None:
     """Fold the new iterate ``p`` into the running mean ``iterate_avg`` (count ``avg_count``)."""
+    if isinstance(state["avg_count"], Tensor):  # device counter (validation off): no host read
+        state["avg_count"].add_(1)
+        state["iterate_avg"].lerp_(p, (1.0 / state["avg_count"]).to(p.dtype))
+        return
     state["avg_count"] += 1
     state["iterate_avg"].add_(p - state["iterate_avg"], alpha=1.0 / state["avg_count"])
 
@@ -166,6 +190,7 @@ class AUCOptimizer(torch.optim.Optimizer):
         ``(group, params, grads, states)`` and can be updated with one set of ``_foreach`` ops."""
         buckets: dict[tuple[Any, ...], tuple[dict[str, Any], list[Tensor], list[Tensor], list[dict[str, Any]]]] = {}
         flag, counters = state_keys[0], state_keys[1:]
+        device = not validation_enabled()
         all_state = self.state
         for group in self.param_groups:
             if group["dual"]:
@@ -180,7 +205,13 @@ class AUCOptimizer(torch.optim.Optimizer):
                 state = all_state[p]
                 if "ref" not in state:
                     state = self._init_proximal(p)
-                key = (hyper, flag in state, state["avg_count"], *[state.get(k) for k in counters])
+                if device:  # one bucket per hyper-parameters: the counters are per-parameter tensors
+                    for k in ("avg_count", *counters):
+                        if k in state:
+                            device_counter(state, k, p)
+                    key = (hyper, flag in state, *[k in state for k in counters])
+                else:
+                    key = (hyper, flag in state, state["avg_count"], *[state.get(k) for k in counters])
                 bucket = buckets.get(key)
                 if bucket is None:
                     bucket = buckets[key] = (group, [], [], [])
@@ -211,7 +242,10 @@ class AUCOptimizer(torch.optim.Optimizer):
                 if state["avg_count"] > 0:
                     state["ref"].copy_(state["iterate_avg"])
                 state["iterate_avg"].zero_()
-                state["avg_count"] = 0
+                if isinstance(state["avg_count"], Tensor):
+                    state["avg_count"].zero_()
+                else:
+                    state["avg_count"] = 0
 
     def update_lr(self, decay_factor: float) -> None:
         """Divide every group's ``lr`` by ``decay_factor`` (reference points unchanged)."""

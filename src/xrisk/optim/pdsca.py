@@ -7,11 +7,11 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 from torch import Tensor
 
-from xrisk._validate import check_positive
+from xrisk._validate import check_positive, validation_enabled
 from xrisk.losses.compositional_auc import CompositionalAUCLoss
-from xrisk.optim._core import AUCOptimizer, proximal_direction, record_iterate
+from xrisk.optim._core import AUCOptimizer, device_counter, dual_ascent_, proximal_direction, record_iterate
 
-__all__ = ["PDSCA", "pdsca_update"]
+__all__ = ["PDSCA", "pdsca_update", "pdsca_update_masked"]
 
 
 def pdsca_update(
@@ -35,6 +35,7 @@ def pdsca_update(
     """
     d = proximal_direction(p, grad, state, clip_value=clip_value, weight_decay=weight_decay,
                            epoch_decay=epoch_decay)
+    _unset_device_averages(state)
     if phase == "ce":
         p.add_(d, alpha=-lr0)
         u = state.get("weight_avg")
@@ -51,6 +52,64 @@ def pdsca_update(
             z.mul_(1.0 - beta2).add_(d, alpha=beta2)
         p.add_(z, alpha=-lr)
     record_iterate(p, state)
+
+
+def _unset_device_averages(state: dict[str, Any]) -> None:
+    """Drop the averages :func:`pdsca_update_masked` allocated but never set (host read: validation on only)."""
+    for key in ("weight_avg", "grad_avg"):
+        flag = state.get(key + "_set")
+        if flag is not None:
+            if not bool(flag):
+                del state[key]
+            del state[key + "_set"]
+
+
+def pdsca_update_masked(
+    p: Tensor,
+    grad: Tensor,
+    state: dict[str, Any],
+    *,
+    ce: Tensor,
+    frozen_in_ce: bool,
+    lr: float,
+    lr0: float,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    epoch_decay: float,
+    clip_value: float | None,
+) -> None:
+    """:func:`pdsca_update` with the phase as a 0-dim bool tensor ``ce`` (validation off: no host read).
+
+    Both phases' updates are computed and the current one selected with ``torch.where``; ``frozen_in_ce``: the
+    parameter is not updated in the CE phase (the loss's ``a``, ``b``). The averages ``weight_avg``/``grad_avg``
+    are allocated at once, with device flags ``weight_avg_set``/``grad_avg_set`` for "set by a step" (a later
+    validated step drops unset ones), and the counter is a device tensor. Equal to :func:`pdsca_update` up to
+    rounding.
+    """
+    d = proximal_direction(p, grad, state, clip_value=clip_value, weight_decay=weight_decay,
+                           epoch_decay=epoch_decay)
+    for key, init in (("weight_avg", p), ("grad_avg", d)):
+        if key not in state:
+            state[key] = init.detach().clone()
+            state[key + "_set"] = torch.zeros((), dtype=torch.bool, device=p.device)
+        elif key + "_set" not in state:
+            state[key + "_set"] = torch.ones((), dtype=torch.bool, device=p.device)
+    u, z, u_set, z_set = state["weight_avg"], state["grad_avg"], state["weight_avg_set"], state["grad_avg_set"]
+    stepped = p - lr0 * d
+    u_new = torch.where(u_set, torch.lerp(u, stepped, beta1), stepped)
+    z_new = torch.where(z_set, torch.lerp(z, d, beta2), d)
+    p_auc = p - lr * z_new
+    p_ce = p if frozen_in_ce else u_new
+    u.copy_(torch.where(ce, u_new, u))
+    z.copy_(torch.where(ce, z, z_new))
+    u_set.logical_or_(ce)
+    z_set.logical_or_(~ce)
+    p.copy_(torch.where(ce, p_ce, p_auc))
+    count = device_counter(state, "avg_count", p)  # the iterate is recorded unless the parameter was frozen
+    moved = ~ce if frozen_in_ce else torch.ones_like(ce)
+    count.add_(moved.to(count.dtype))
+    state["iterate_avg"].lerp_(p, torch.where(moved, 1.0 / count.clamp_min(1), 0.0).to(p.dtype))
 
 
 class PDSCA(AUCOptimizer):
@@ -170,8 +229,11 @@ class PDSCA(AUCOptimizer):
             with torch.enable_grad():
                 out = closure()
         loss = self._compositional
-        phase = loss.last_phase()
         aux = {id(loss.a), id(loss.b)}
+        if not validation_enabled():
+            self._step_masked(loss.last_phase_is_ce(), aux)
+            return out
+        phase = loss.last_phase()
         for group in self.param_groups:
             if group["dual"]:
                 if phase == "auc":
@@ -188,6 +250,27 @@ class PDSCA(AUCOptimizer):
                     epoch_decay=group["epoch_decay"], clip_value=group["clip_value"],
                 )
         return out
+
+    def _step_masked(self, ce: Tensor, aux: set[int]) -> None:
+        """:meth:`step` with the phase on the device (validation off): no host read."""
+        for group in self.param_groups:
+            if group["dual"]:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        ascended = p.detach().clone()
+                        dual_ascent_(ascended, p.grad, group["lr"])
+                        p.copy_(torch.where(ce, p, ascended))
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("PDSCA does not support sparse gradients")
+                pdsca_update_masked(
+                    p, p.grad, self._init_proximal(p), ce=ce, frozen_in_ce=id(p) in aux, lr=group["lr"],
+                    lr0=group["lr0"], beta1=group["beta1"], beta2=group["beta2"], weight_decay=group["weight_decay"],
+                    epoch_decay=group["epoch_decay"], clip_value=group["clip_value"],
+                )
 
     @torch.no_grad()
     def update_regularizer(  # type: ignore[override]

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 from torch import Tensor
 
-from xrisk._validate import check_choice, check_positive
+from xrisk._validate import check_choice, check_positive, validation_enabled
 from xrisk.losses.aucm import AUCMLoss
 from xrisk.optim._core import (
     AUCOptimizer,
@@ -59,9 +59,13 @@ def pesg_update_foreach(
         beta1, beta2 = betas
         if "adam_step" not in states[0]:
             for st, p in zip(states, params):
-                st["adam_step"] = 0
+                st["adam_step"] = 0 if validation_enabled() else torch.zeros((), dtype=torch.int64, device=p.device)
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if isinstance(states[0]["adam_step"], Tensor):  # device counters (validation off): no host read
+            _adam_device(params, d, states, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+            record_iterate_foreach(params, states)
+            return
         t = states[0]["adam_step"] + 1
         for st in states:
             st["adam_step"] = t
@@ -75,6 +79,23 @@ def pesg_update_foreach(
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, exp_avg, denom, value=-lr / (1.0 - beta1**t))
     record_iterate_foreach(params, states)
+
+
+def _adam_device(params: list[Tensor], d: list[Tensor], states: list[dict[str, Any]], *, lr: float, beta1: float,
+                 beta2: float, eps: float) -> None:
+    """The adam branch of :func:`pesg_update_foreach` with ``adam_step`` as 0-dim tensors (no host read; equal up to
+    rounding: the bias corrections are tensors)."""
+    steps = [st["adam_step"] for st in states]
+    torch._foreach_add_(steps, 1)
+    exp_avg = [st["exp_avg"] for st in states]
+    exp_avg_sq = [st["exp_avg_sq"] for st in states]
+    torch._foreach_lerp_(exp_avg, d, 1.0 - beta1)
+    torch._foreach_mul_(exp_avg_sq, beta2)
+    torch._foreach_addcmul_(exp_avg_sq, d, d, value=1.0 - beta2)
+    for p, m, v, t in zip(params, exp_avg, exp_avg_sq, steps):
+        tf = t.to(p.dtype)
+        denom = v.sqrt().div_(torch.sqrt(1.0 - beta2**tf)).add_(eps)
+        p.addcdiv_(m, denom * (1.0 - beta1**tf), value=-lr)
 
 
 class PESG(AUCOptimizer):

@@ -5,12 +5,19 @@ CNN/MLP/ViT encoder with a projection head, linear-probe test accuracy every epo
 
     xrisk run simclr --data fashion-mnist --batch-size 64 --epochs 5 --tau 0.2 --subset 10000 --image-encoder cnn
     xrisk run sogclr --data fashion-mnist --batch-size 64 --epochs 5 --tau 0.2 --gamma 0.9
+    xrisk run sogclr --batch-size 32 --epochs 40 --gamma 0.2 --gamma-schedule cosine  # 1 -> 0.2 over 20 epochs
 
 * ``simclr`` minimises the mini-batch NT-Xent loss (:func:`nt_xent_loss`, the positive in the
   denominator, 2B views). It is **not** :class:`~xrisk.losses.GlobalContrastiveLoss` with
   ``gamma=1``: GCL's inner sum excludes the positive (a decoupled loss) and its gradient is
   ``tau`` times a log-sum-exp gradient, so the two differ even with ``gamma = 1``.
 * ``sogclr`` uses ``GlobalContrastiveLoss(n, mode="unimodal", temperature="fixed", tau, gamma)``.
+
+``--gamma-schedule`` (``sogclr`` and the global losses of ``clip``): ``constant`` keeps ``--gamma``
+(a sample's first visit takes the new value, SogCLR's reference code); ``cosine`` decays the weight
+from 1 in the first epoch to ``--gamma`` at epoch ``--gamma-decay-epochs`` (default: half of
+``--epochs``), :class:`~xrisk.schedules.CosineGammaSchedule` (FastCLIP; LibAUC's
+``gamma_schedule="cosine"``). The weight used in each epoch is logged as ``gamma``.
 
 ``clip`` (image-text pairs; image encoder from scratch, text tower = trainable bag of tokens or a
 trainable head on frozen MiniLM embeddings)::
@@ -80,9 +87,12 @@ __all__ = [
     "embed",
     "build_clip_loss",
     "CLIP_LOSSES",
+    "GAMMA_SCHEDULES",
+    "gamma_schedule_for",
 ]
 
 CLIP_LOSSES: tuple[str, ...] = ("infonce", "gcl", "gcl-global-temp", "isogclr", "nuclr")
+GAMMA_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 
 # --------------------------------------------------------------------------------------------- losses
@@ -169,6 +179,36 @@ def _epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + salt) % (2**63 - 1))
 
 
+def gamma_schedule_for(
+    kind: str, gamma: float, decay_epochs: int | None, epochs: int
+) -> Callable[[int], float] | None:
+    """The ``gamma_schedule`` a recipe gives its global loss (``--gamma-schedule`` and its flags).
+
+    ``"constant"``: ``None`` (the loss keeps ``gamma``; ``decay_epochs`` must be ``None``).
+    ``"cosine"``: :class:`~xrisk.schedules.CosineGammaSchedule` from 1 at epoch 0 to ``gamma_min = gamma``
+    at epoch ``decay_epochs`` (``None``: ``max(1, epochs // 2)``, the length FastCLIP and LibAUC
+    recommend), constant afterwards.
+
+    Raises:
+        UsageError: an unknown ``kind``, ``decay_epochs`` without ``"cosine"``, or a ``gamma`` outside
+            ``(0, 1]`` / ``decay_epochs < 1`` for ``"cosine"`` (naming the flag).
+    """
+    from xrisk.schedules import CosineGammaSchedule
+
+    if kind not in GAMMA_SCHEDULES:
+        raise UsageError(f"argument --gamma-schedule: must be one of {GAMMA_SCHEDULES}, got {kind!r}")
+    if kind == "constant":
+        if decay_epochs is not None:
+            raise UsageError("argument --gamma-decay-epochs: needs --gamma-schedule cosine")
+        return None
+    length = max(1, int(epochs) // 2) if decay_epochs is None else int(decay_epochs)
+    try:
+        return CosineGammaSchedule(gamma_min=gamma, decay_epochs=length)
+    except ValueError as e:
+        flag = "--gamma" if "gamma_min" in str(e) else "--gamma-decay-epochs"
+        raise UsageError(f"argument {flag}: {e}") from None
+
+
 class _Plain:
     """Minimal progress bar stand-in used without a RunContext."""
 
@@ -201,7 +241,10 @@ class SimCLRConfig:
         image_encoder: ``"cnn"``, ``"mlp"`` or ``"vit"``.
         batch_size, epochs, lr, weight_decay: AdamW training at a constant learning rate (so a run
             resumed with more ``--epochs`` equals a longer run).
-        tau: temperature; gamma: SogCLR moving-average weight on the new value.
+        tau: temperature; gamma: SogCLR moving-average weight on the new value (with
+            ``gamma_schedule="cosine"``: its final value).
+        gamma_schedule, gamma_decay_epochs: ``"constant"`` or ``"cosine"`` and the decay length
+            (``None``: half of ``epochs``); see :func:`gamma_schedule_for`.
         dim: projection size; width: encoder width.
         seed: seed of the model initialisation, data order and augmentations.
         subset: number of training images (class-stratified; ``None`` = all 60,000).
@@ -220,6 +263,8 @@ class SimCLRConfig:
     weight_decay: float = 1e-4
     tau: float = 0.2
     gamma: float = 0.9
+    gamma_schedule: Literal["constant", "cosine"] = "constant"
+    gamma_decay_epochs: int | None = None
     dim: int = 64
     width: int = 16
     seed: int = 0
@@ -258,6 +303,7 @@ def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[st
         raise UsageError(f"--data must be fashion-mnist for {config.method}, got {config.data!r}")
     if config.batch_size < 2:
         raise UsageError(f"--batch-size must be >= 2, got {config.batch_size}")
+    schedule = gamma_schedule_for(config.gamma_schedule, config.gamma, config.gamma_decay_epochs, config.epochs)
     _set_threads(config.num_threads)
     x_train, y_train = _fashion_images("train", config.subset, config.seed)
     x_test, y_test = _fashion_images("test", config.test_subset, config.seed)
@@ -270,7 +316,8 @@ def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[st
     if config.method == "sogclr":
         from xrisk.losses import GlobalContrastiveLoss
 
-        loss_fn = GlobalContrastiveLoss(n, mode="unimodal", temperature="fixed", tau=config.tau, gamma=config.gamma)
+        loss_fn = GlobalContrastiveLoss(n, mode="unimodal", temperature="fixed", tau=config.tau, gamma=config.gamma,
+                                        gamma_schedule=schedule)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = n // config.batch_size
     if config.max_steps is not None:
@@ -316,6 +363,7 @@ def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[st
         metrics = {loss_key: acc["total"] / max(1, steps_per_epoch)}
         if loss_fn is not None:
             metrics["train_objective"] = acc["objective"] / max(1, steps_per_epoch)
+            metrics["gamma"] = loss_fn.current_gamma()
         metrics.update(probe_train_acc=probe.train_accuracy, probe_test_acc=probe.test_accuracy)
         if ctx is not None:
             ctx.log_epoch(epoch, metrics)
@@ -342,7 +390,10 @@ class CLIPConfig:
         image_encoder: ``"cnn"``, ``"mlp"`` or ``"vit"``.
         batch_size, epochs, lr, weight_decay: AdamW at a constant learning rate (the learnable
             global temperature gets its own group without weight decay).
-        tau: temperature (initial value when learned); gamma: moving-average weight on the new value.
+        tau: temperature (initial value when learned); gamma: moving-average weight on the new value
+            (with ``gamma_schedule="cosine"``: its final value).
+        gamma_schedule, gamma_decay_epochs: ``"constant"`` or ``"cosine"`` and the decay length
+            (``None``: half of ``epochs``); see :func:`gamma_schedule_for`.
         rho: KL-DRO radius of the learnable temperatures (``None``: the loss default, 6.5, tuned
             for CC3M; it drove the global ``tau`` to ``tau_min`` on emoji, where ``rho = 1`` kept
             ``tau ~ 0.2`` and gave the best recall, hence the default 1.0 here).
@@ -382,6 +433,8 @@ class CLIPConfig:
     weight_decay: float = 1e-4
     tau: float = 0.1
     gamma: float = 0.9
+    gamma_schedule: Literal["constant", "cosine"] = "constant"
+    gamma_decay_epochs: int | None = None
     rho: float | None = 1.0
     lr_zeta: float | None = None
     dim: int = 64
@@ -489,6 +542,7 @@ def build_clip_loss(config: CLIPConfig, num_samples: int) -> nn.Module | None:
 
     if config.loss not in CLIP_LOSSES:
         raise UsageError(f"--loss must be one of {CLIP_LOSSES}, got {config.loss!r}")
+    schedule = gamma_schedule_for(config.gamma_schedule, config.gamma, config.gamma_decay_epochs, config.epochs)
     if config.loss == "infonce":
         if config.fnd:
             raise UsageError("--fnd needs a global loss (gcl, gcl-global-temp, isogclr, nuclr), not infonce")
@@ -500,12 +554,12 @@ def build_clip_loss(config: CLIPConfig, num_samples: int) -> nn.Module | None:
     )
     if config.loss == "nuclr":
         extra: dict[str, Any] = {} if config.lr_zeta is None else {"lr_zeta": config.lr_zeta}
-        return NUCLRLoss(num_samples, tau=config.tau, gamma=config.gamma, zeta_start_epoch=1,
+        return NUCLRLoss(num_samples, tau=config.tau, gamma=config.gamma, gamma_schedule=schedule, zeta_start_epoch=1,
                          false_negatives=fnd, **extra)
     temperature = {"gcl": "fixed", "gcl-global-temp": "global", "isogclr": "individual"}[config.loss]
     extra = {} if config.rho is None or temperature == "fixed" else {"rho": config.rho}
     return GlobalContrastiveLoss(num_samples, mode="bimodal", temperature=temperature, tau=config.tau,
-                                 gamma=config.gamma, false_negatives=fnd, **extra)
+                                 gamma=config.gamma, gamma_schedule=schedule, false_negatives=fnd, **extra)
 
 
 def _clip_eval(
@@ -726,6 +780,7 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
         metrics = {loss_key: acc["total"] / max(1, steps_per_epoch)}
         if loss_fn is not None:
             metrics["train_objective"] = acc["objective"] / max(1, steps_per_epoch)
+            metrics["gamma"] = loss_fn.current_gamma()  # type: ignore[operator]
             if isinstance(getattr(loss_fn, "tau", None), nn.Parameter):
                 metrics["tau"] = float(loss_fn.tau.detach())
         if epoch % config.eval_every == 0 or epoch == config.epochs:
@@ -758,6 +813,11 @@ def _add_common(p: argparse.ArgumentParser, *, tau: float) -> None:
     p.add_argument("--tau", type=number(float, gt=0), default=tau, help="temperature (initial value when learned)")
     p.add_argument("--gamma", type=number(float, gt=0, le=1), default=0.9,
                    help="moving-average weight on the new value (global losses)")
+    p.add_argument("--gamma-schedule", default="constant", choices=GAMMA_SCHEDULES,
+                   help="constant: --gamma throughout; cosine: from 1 in the first epoch to --gamma at "
+                        "--gamma-decay-epochs (FastCLIP/LibAUC)")
+    p.add_argument("--gamma-decay-epochs", type=number(int, ge=1), default=None,
+                   help="epochs of the cosine decay of gamma (default: half of --epochs; cosine only)")
     p.add_argument("--dim", type=number(int, ge=1), default=64, help="embedding (projection) size")
     p.add_argument("--width", type=number(int, ge=1), default=16, help="image-encoder width (even for vit)")
     p.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of initialisation, data order and augmentations")
@@ -818,6 +878,7 @@ def _clip_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _validate_common(args: argparse.Namespace) -> None:
+    gamma_schedule_for(args.gamma_schedule, args.gamma, args.gamma_decay_epochs, args.epochs)
     if args.subset is not None and args.subset < args.batch_size:
         raise UsageError(f"argument --batch-size: {args.batch_size} exceeds --subset {args.subset}")
     if args.image_encoder == "vit" and args.width % 2:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FlagType", "number", "int_list", "text", "out_dir", "out_file", "existing_path"]
+__all__ = ["FlagType", "number", "int_list", "float_list", "text", "out_dir", "out_file", "existing_path"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,28 @@ def int_list(*, ge: int | None = None) -> FlagType:
         return out
 
     bad = ["abc", "1.5", "1,x"] + ([str(ge - 1)] if ge is not None else [])
+    return FlagType(description, parse, tuple(bad))
+
+
+def float_list(*, gt: float | None = None, lt: float | None = None) -> FlagType:
+    """Finite numbers separated by spaces or commas (``"0.3 0.5 0.7"``), at least one, each inside the
+    open bounds when given."""
+    bounds = _bounds_text(gt, None, lt, None)
+    description = "numbers separated by spaces or commas" + (f", each {bounds}" if bounds else "")
+
+    def parse(value: str) -> list[float]:
+        try:
+            out = [float(t) for t in value.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError("") from None
+        if not out or not all(math.isfinite(v) for v in out):
+            raise ValueError("")
+        if (gt is not None and any(v <= gt for v in out)) or (lt is not None and any(v >= lt for v in out)):
+            raise ValueError("")
+        return out
+
+    bad = ["", "abc", "0.5,x", "nan", "inf"] + ([_fmt(float, gt)] if gt is not None else []) \
+        + ([_fmt(float, lt)] if lt is not None else [])
     return FlagType(description, parse, tuple(bad))
 
 

@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PlotsUnavailable", "LABELS", "history_figures", "plot_history", "plot_comparison", "plot_roc_curves"]
+__all__ = ["PlotsUnavailable", "LABELS", "history_figures", "plot_history", "plot_comparison", "plot_panels",
+           "plot_roc_curves"]
 
 
 class PlotsUnavailable(ImportError):
@@ -142,6 +143,41 @@ def plot_comparison(
             epochs += _curve(ax, history, name, method)
         ax.set_title(LABELS.get(name, name))
         _epoch_axis(ax, epochs)
+    return _save(fig, path, title)
+
+
+def plot_panels(
+    history: Sequence[Mapping[str, Any]],
+    panels: Mapping[str, Sequence[str]],
+    path: str | Path,
+    *,
+    title: str = "",
+    reference: Mapping[str, tuple[str, float]] | None = None,
+) -> Path:
+    """One panel per entry of ``panels`` (panel title -> metric names of ``history``), curves over epochs.
+
+    ``reference[panel] = (label, value)`` draws a horizontal line (e.g. the allowed violation).
+    Metrics missing from ``history`` are skipped.
+
+    Raises:
+        PlotsUnavailable: matplotlib is missing.
+    """
+    fig, axes = _figure(len(panels))
+    for ax, (name, keys) in zip(axes, panels.items()):
+        epochs: list[int] = []
+        for k in keys:
+            if any(isinstance(row.get(k), (int, float)) for row in history):
+                epochs += _curve(ax, history, k, LABELS.get(k, k))
+        if reference and name in reference:
+            label, value = reference[name]
+            ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=label)
+        ax.set_title(name)
+        _epoch_axis(ax, epochs)
+    return _save(fig, path, title)
+
+
+def _save(fig: Any, path: str | Path, title: str) -> Path:
+    """Give ``fig`` its title (if any) and write it to ``path``."""
     if title:
         fig.suptitle(title)
     path = Path(path)

@@ -82,6 +82,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "xrisk.recipes.contrastive",
     "xrisk.recipes.steer",
     "xrisk.recipes.dft",
+    "xrisk.recipes.fair",
+    "xrisk.recipes.continual",
     "xrisk.recipes.ehr",
     "xrisk.recipes.myna",
     "xrisk.recipes.textdetect",

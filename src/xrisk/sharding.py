@@ -1,0 +1,230 @@
+"""Sharded per-sample state: which process owns which rows, and how a training step reaches them.
+
+A :class:`~xrisk.state.SampleState` built with ``placement="sharded"`` under ``torch.distributed``
+with ``K`` processes keeps only the rows of its own **shard**:
+
+* **Partition.** Rank ``r`` owns the contiguous rows ``[r c, min((r + 1) c, n))`` with
+  ``c = ceil(n / K)`` (:func:`shard_range`; the layout of ``torch.chunk`` and of a ``DTensor`` with
+  ``Shard(0)``). With ``n`` not divisible by ``K`` the last ranks own fewer rows (possibly none).
+  The partition is fixed when the state is built (build the loss after ``init_process_group``).
+* **A step** (:func:`open_window` / :func:`close_window`, called by the loss templates). Every
+  xrisk loss computes its state update from the *global* batch on every rank. For sharded state the
+  template takes the ``U <= B_global`` distinct indices of the global batch (sorted), **fetches** their
+  rows from their owners with one ``all_gather`` of ``O(U)`` rows for all the loss's sharded states
+  together (each rank sends the rows it owns; nothing of size ``n`` moves), and swaps them in as a
+  **window**: for the rest of the step the state looks like a replicated state of ``U`` rows
+  (``tensors()``, ``value``, ``seen``, :func:`~xrisk.state.update_states`,
+  :class:`~xrisk.state.PendingWrites`), and the loss sees the batch's indices *remapped* to window
+  positions (``index -> position of index among the U sorted distinct indices``). Equal indices stay
+  equal and their order is kept, so the loss's arithmetic -- duplicate merging included -- is the
+  replicated computation on the same numbers: the result is exactly the replicated result. Because
+  every rank computes the same update of the window, :func:`close_window` writes the rows a rank owns
+  back into its shard **without any communication**. A failed or ``eval()``-mode step writes nothing
+  back.
+* **Cost per step**: one ``all_gather`` of ``U`` rows of ``4 (2 s)`` bytes per state (value as float32,
+  the seen flag as a float32 0/1; ``s`` = entries per row), plus ``K + 1`` integers read on the host
+  (how many of the ``U`` rows each rank owns). Memory: the shard (``~n / K`` rows) plus the ``U``-row
+  window.
+
+Outside a step, the public :class:`~xrisk.state.SampleState` calls stay correct and become collective
+(every rank must make them): :meth:`~xrisk.state.SampleState.read` and
+:meth:`~xrisk.state.SampleState.update` fetch the rows they need, :meth:`~xrisk.state.SampleState.amax`
+reduces over ranks. ``state_dict()`` holds ``DTensor`` shards (global shape ``[n, ...]``) for
+:func:`xrisk.save_sharded_checkpoint` (``torch.distributed.checkpoint``); ``load_state_dict`` accepts
+them, or a full ``[n, ...]`` tensor of a replicated checkpoint, of which it keeps its own rows.
+
+One process (``K = 1``): a sharded state owns every row; there is no window and the step is the
+replicated one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from xrisk import distributed as xdist
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from xrisk.state import SampleState
+
+__all__ = ["Placement", "PLACEMENTS", "shard_range", "sharded_states", "open_window", "close_window", "state_window",
+           "fetch_rows", "as_dtensor", "local_rows"]
+
+#: Where the rows of a :class:`~xrisk.state.SampleState` live: on every rank, or split over the ranks.
+Placement = Literal["replicated", "sharded"]
+PLACEMENTS: tuple[str, ...] = ("replicated", "sharded")
+
+
+def shard_range(num_samples: int, world: int, rank: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of ``num_samples`` that rank ``rank`` of ``world`` owns.
+
+    Contiguous blocks of ``ceil(num_samples / world)`` rows in rank order (``torch.chunk``'s layout,
+    a ``DTensor`` ``Shard(0)``); the last ranks may own fewer rows, or none.
+
+    Example:
+        >>> [shard_range(10, 4, r) for r in range(4)]
+        [(0, 3), (3, 6), (6, 9), (9, 10)]
+    """
+    chunk = -(-num_samples // world)
+    start = min(rank * chunk, num_samples)
+    return start, min(start + chunk, num_samples)
+
+
+def sharded_states(module: nn.Module) -> list["SampleState"]:
+    """The :class:`~xrisk.state.SampleState` submodules of ``module`` (itself included) that are split over
+    several processes (``placement="sharded"`` under ``torch.distributed``)."""
+    from xrisk.state import SampleState
+
+    return [m for m in module.modules() if isinstance(m, SampleState) and m.num_shards > 1]
+
+
+def _check_world(states: Sequence["SampleState"]) -> None:
+    world = xdist.world_size()
+    for st in states:
+        if st.num_shards != world:
+            raise RuntimeError(
+                f"a sharded SampleState was built for {st.num_shards} process(es) but this run has {world}; build "
+                "the loss after torch.distributed.init_process_group (to resume on another number of processes, "
+                "load a checkpoint written by xrisk.save_sharded_checkpoint into the new loss)"
+            )
+
+
+def _cuts(uniq: Tensor, num_samples: int, world: int) -> list[int]:
+    """Positions in the sorted ``uniq`` where each rank's rows begin (``world + 1`` entries; one host read)."""
+    starts = [shard_range(num_samples, world, r)[0] for r in range(world)] + [num_samples]
+    bounds = torch.tensor(starts, dtype=uniq.dtype, device=uniq.device)
+    return torch.searchsorted(uniq, bounds).tolist()
+
+
+def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tuple[Tensor, Tensor]], list[int]]:
+    """The rows ``(value [U, *shape], seen [U, *shape])`` of every state at the sorted distinct dataset indices
+    ``uniq`` (the same on every rank), fetched from their owners with one ``all_gather`` for all the states
+    (collective); also the cut positions of :func:`_cuts`. The states must share ``num_samples`` and the
+    number of shards."""
+    first = states[0]
+    n, world, rank = first.num_samples, first.num_shards, xdist.rank()
+    if any(st.num_samples != n for st in states):
+        raise ValueError("fetch_rows needs states of one num_samples")
+    cuts = _cuts(uniq, n, world)
+    lo, hi = cuts[rank], cuts[rank + 1]
+    dev = first.shard_tensors()[0].device
+    own = uniq[lo:hi].to(dev) - first.shard_start  # rows of my shard, in uniq's order
+    pieces, widths = [], []
+    for st in states:
+        value, seen = st.shard_tensors()
+        width = value[0].numel() if value.dim() > 1 else 1
+        pieces += [value.index_select(0, own).reshape(hi - lo, width),
+                   seen.index_select(0, own).reshape(hi - lo, width).to(torch.float32)]
+        widths += [width, width]
+    packed = torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
+    rows = xdist.all_gather_no_grad(packed, sizes=[cuts[r + 1] - cuts[r] for r in range(world)]).to(dev)
+    cols = rows.split(widths, 1)
+    out = []
+    for k, st in enumerate(states):
+        shape = (uniq.numel(), *st.shape)
+        out.append((cols[2 * k].reshape(shape).contiguous(), cols[2 * k + 1].reshape(shape) > 0.5))
+    return out, cuts
+
+
+def open_window(states: Sequence["SampleState"], index: Tensor) -> Tensor:
+    """Start a step on sharded ``states`` for the dataset indices ``index`` (validated; the same on every rank,
+    e.g. the gathered global batch): fetch the rows of its distinct indices (collective) and swap them in as
+    each state's window. Returns ``index`` remapped to window positions (see the module docstring).
+
+    Not distributed, or no state: returns ``index`` unchanged and opens nothing.
+    """
+    if not states or not xdist.is_distributed():
+        return index
+    _check_world(states)
+    if any(st.window_open for st in states):
+        raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
+    uniq, inv = torch.unique(index, sorted=True, return_inverse=True)
+    groups: dict[int, list["SampleState"]] = {}
+    for st in states:
+        groups.setdefault(st.num_samples, []).append(st)
+    for group in groups.values():
+        rows, cuts = fetch_rows(group, uniq)
+        for st, (value, seen) in zip(group, rows):
+            st._begin_window(uniq, cuts, value, seen)
+    return inv
+
+
+def close_window(states: Sequence["SampleState"], *, write: bool) -> None:
+    """End the step of :func:`open_window`: with ``write``, copy the window rows this rank owns into its shard
+    (local: every rank holds the same window); then restore the shards. A state without a window is skipped,
+    so this is also the cleanup after a failed step (``write=False``)."""
+    for st in states:
+        if st.window_open:
+            st._end_window(write)
+
+
+@contextlib.contextmanager
+def state_window(module: nn.Module, index: Tensor, *, local: bool, write: bool) -> Iterator[Tensor]:
+    """Run a step of ``module`` on its sharded states: yields ``index`` remapped to window positions.
+
+    ``index``: validated dataset indices, this rank's own (``local=True``: all ranks' are gathered first,
+    and the yielded positions are this rank's) or the global batch (``local=False``). At a normal exit the
+    window is written back if ``write`` (pass ``module.training``); after an exception nothing is written.
+    Not distributed, or no sharded state: yields ``index`` itself.
+    """
+    states = sharded_states(module) if xdist.is_distributed() else []
+    if not states:
+        yield index
+        return
+    if local:
+        sizes = xdist.gather_sizes(index.numel())
+        start = sum(sizes[: xdist.rank()])
+        positions = open_window(states, xdist.all_gather_no_grad(index, sizes=sizes))
+        positions = positions[start : start + index.numel()]
+    else:
+        positions = open_window(states, index)
+    try:
+        yield positions
+    except BaseException:
+        close_window(states, write=False)
+        raise
+    close_window(states, write=write)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@functools.lru_cache(maxsize=8)
+def _mesh(device_type: str, world: int) -> "DeviceMesh":
+    from torch.distributed.device_mesh import DeviceMesh
+
+    return DeviceMesh.from_group(torch.distributed.group.WORLD, device_type)
+
+
+def as_dtensor(local: Tensor, num_samples: int) -> Tensor:
+    """This rank's rows ``local`` of an ``[num_samples, ...]`` tensor as a ``DTensor`` sharded on dim 0 over all
+    ranks (the layout of :func:`shard_range`; no copy): what ``torch.distributed.checkpoint`` saves and reshards."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    shape = (num_samples, *local.shape[1:])
+    stride = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(local, _mesh(local.device.type, xdist.world_size()), [Shard(0)], run_check=False,
+                              shape=shape, stride=stride)
+
+
+def local_rows(src: Tensor, num_samples: int, start: int, stop: int, key: str) -> Tensor:
+    """The rows ``[start, stop)`` of a checkpoint entry ``src``: a ``DTensor`` (this rank's shard, which must
+    have that layout) or a full ``[num_samples, ...]`` tensor (a copy of the rows); any other tensor as it is
+    (the caller's shape check reports it)."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(src, DTensor):
+        local = src.to_local()
+        if src.shape[0] == num_samples and local.shape[0] != stop - start:
+            raise ValueError(
+                f"checkpoint state '{key}' is a shard of {local.shape[0]} rows, this rank owns {stop - start}: it was "
+                "sharded over another number of processes; load it with xrisk.load_sharded_checkpoint (which reshards)"
+            )
+        return local if src.shape[0] == num_samples else src.full_tensor()
+    if src.dim() and src.shape[0] == num_samples:
+        return src[start:stop].clone()
+    return src

@@ -1,0 +1,294 @@
+"""Score losses with validation off (issue 18, section 2): no host read, one compiled graph, no recompiles.
+
+For AUC-M + PESG (sgd and adam), compositional AUC + PDSCA (both phases), AP, one-way partial AUC (CVaR and
+KL) and two-way partial AUC, each with its optimizer and a small MLP:
+
+* with ``xrisk.set_validation(False)`` training equals the validated default (values, parameters, per-sample
+  state) over batches whose positive count changes every step and whose dataset indices repeat;
+* after the first step (which creates the optimizer's lazy state), a step reads nothing back to the host:
+  ``Tensor.item``/``tolist``/``__bool__``/``__int__``/``__float__``/``__index__``/``numpy`` are counted and the
+  count is pinned at zero (with validation on the same counter sees reads, so the counter works);
+* ``torch.compile(step, fullgraph=True)`` (forward, backward and optimizer step in one function) takes the
+  step, gives the eager result within float tolerance, and compiles no new graph after the warm-up while the
+  number of positives keeps changing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import pytest
+import torch
+from torch import nn
+
+import xrisk
+from xrisk.losses import APLoss, AUCMLoss, CompositionalAUCLoss, OneWayPartialAUCLoss, TwoWayPartialAUCLoss
+from xrisk.optim import PDSCA, PESG
+
+N, B, DIM = 40, 16, 6
+
+
+class _SGD(torch.optim.Optimizer):
+    """Plain SGD whose ``step`` Dynamo traces (``torch.optim.SGD.step`` breaks the graph on purpose, see
+    ``torch.optim.optimizer._use_grad``; PESG and PDSCA are traced as they are)."""
+
+    def __init__(self, params, lr: float = 0.05) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+
+CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, nn.Module], torch.optim.Optimizer]]] = {
+    "aucm-pesg": (lambda: AUCMLoss(), lambda net, loss: PESG(net.parameters(), loss=loss, lr=0.05)),
+    "aucm-pesg-adam": (lambda: AUCMLoss(version="v1"),
+                       lambda net, loss: PESG(net.parameters(), loss=loss, lr=0.01, mode="adam")),
+    "compauc-pdsca": (lambda: CompositionalAUCLoss(k=2),
+                      lambda net, loss: PDSCA(net.parameters(), loss=loss, lr=0.05, lr0=0.05)),
+    "ap-sgd": (lambda: APLoss(N, gamma=0.7), lambda net, loss: _SGD(net.parameters())),
+    "pauc-cvar": (lambda: OneWayPartialAUCLoss(N, method="cvar", max_fpr=0.4, eta=0.2),
+                  lambda net, loss: _SGD(net.parameters())),
+    "pauc-kl": (lambda: OneWayPartialAUCLoss(N, method="kl", tau=0.5, gamma=0.6),
+                lambda net, loss: _SGD(net.parameters())),
+    "tpauc-kl": (lambda: TwoWayPartialAUCLoss(N, tau=0.5, tau_outer=0.8, gamma0=0.7, gamma1=0.5),
+                 lambda net, loss: _SGD(net.parameters())),
+}
+
+
+def _batches(steps: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Batches of B samples with 1 .. B-1 positives (a different count each step) and repeated indices."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for step in range(steps):
+        n_pos = 1 + (3 * step) % (B - 1)
+        y = torch.zeros(B)
+        y[torch.randperm(B, generator=g)[:n_pos]] = 1.0
+        index = torch.randint(0, N, (B,), generator=g)
+        index[1] = index[0]  # a duplicate in every batch
+        out.append((torch.randn(B, DIM, generator=g), y, index))
+    return out
+
+
+def _setup(case: str):
+    make_loss, make_opt = CASES[case]
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 1))
+    loss = make_loss()
+    opt = make_opt(net, loss)
+
+    def step(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        out = loss(torch.sigmoid(net(x)).squeeze(1), y, index)
+        out.backward()
+        opt.step()
+        return out.detach()
+
+    return net, loss, opt, step
+
+
+def _train(case: str, validate: bool, batches, compiled: str | None = None, after_warmup=None):
+    net, loss, opt, step = _setup(case)
+    if compiled is not None:
+        step = torch.compile(step, fullgraph=True, backend=compiled)
+    values = []
+    with xrisk.validation(validate):
+        for i, (x, y, index) in enumerate(batches):
+            if i == 2 and after_warmup is not None:
+                after_warmup()
+            values.append(step(x, y, index))
+            opt.zero_grad(set_to_none=True)
+    return torch.stack(values), net, loss
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, what: str, atol: float = 2e-5) -> None:
+    assert a.shape == b.shape, what
+    assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=atol, equal_nan=True), (
+        f"{what}: max diff {(a.float() - b.float()).abs().max().item()}")
+
+
+def _same_training(a, b) -> None:
+    (va, na, la), (vb, nb, lb) = a, b
+    _close(va, vb, "loss values")
+    for (name, p), q in zip(na.named_parameters(), nb.parameters()):
+        _close(p.detach(), q.detach(), f"model parameter {name}")
+    sa, sb = la.state_dict(), lb.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        _close(sa[key], sb[key], f"loss state {key}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_validation_off_trains_like_validation_on(case):
+    batches = _batches(10)
+    _same_training(_train(case, True, batches), _train(case, False, batches))
+
+
+_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy")
+
+
+@contextlib.contextmanager
+def _count_host_reads() -> Iterator[list[str]]:
+    """Count every call that reads a tensor's values to the host (patched on ``torch.Tensor``)."""
+    calls: list[str] = []
+    saved = {name: getattr(torch.Tensor, name) for name in _READS}
+
+    def patched(name: str, fn):
+        def wrapper(self, *args, **kwargs):
+            calls.append(name)
+            return fn(self, *args, **kwargs)
+        return wrapper
+
+    for name, fn in saved.items():
+        setattr(torch.Tensor, name, patched(name, fn))
+    try:
+        yield calls
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_host_read_per_step_with_validation_off(case):
+    batches = _batches(5)
+    counts = {}
+    for validate in (True, False):
+        net, loss, opt, step = _setup(case)
+        with xrisk.validation(validate):
+            step(*batches[0])  # the optimizer's lazy state is created here
+            opt.zero_grad(set_to_none=True)
+            with _count_host_reads() as calls:
+                for x, y, index in batches[1:]:
+                    step(x, y, index)
+                    opt.zero_grad(set_to_none=True)
+        counts[validate] = list(calls)
+    assert counts[True], "the counter sees the validated step's reads"
+    assert counts[False] == [], f"host reads with validation off: {counts[False]}"
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_compiled_step_is_one_graph_matches_eager_and_does_not_recompile(case, backend):
+    """``aot_eager`` (Dynamo capture + AOT autograd, no code generation) in the default suite; the code-generating
+    ``inductor`` backend, what users run, in the slow suite (about 1.5 min per case on this machine)."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    dynamo.reset()
+    counters.clear()
+    batches = _batches(8)
+    seen: dict[str, int] = {}
+    with dynamo.config.patch(trace_autograd_ops=True):  # backward() inside the compiled step
+        compiled = _train(case, False, batches, compiled=backend,
+                          after_warmup=lambda: seen.setdefault("graphs", counters["stats"]["unique_graphs"]))
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert seen["graphs"] >= 1
+    assert counters["stats"]["unique_graphs"] == seen["graphs"], (
+        "a step after the warm-up compiled a new graph (positive counts change every step)")
+    _same_training(compiled, _train(case, False, batches))
+    dynamo.reset()
+
+
+def test_fullgraph_compile_of_a_validated_step_fails():
+    """The switch is what makes the step whole: with validation on, fullgraph compilation stops at a host read."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    _, _, _, step = _setup("ap-sgd")
+    x, y, index = _batches(1)[0]
+    with xrisk.validation(True), pytest.raises(Exception):
+        torch.compile(lambda *a: step(*a), fullgraph=True)(x, y, index)
+    dynamo.reset()
+
+
+def test_batch_without_positives_gives_zero_and_writes_nothing_with_validation_off():
+    loss = APLoss(N, gamma=0.7)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    s = torch.rand(B, requires_grad=True)
+    with xrisk.validation(False):
+        out = loss(s, torch.zeros(B), torch.arange(B))
+    out.backward()
+    assert out.item() == 0.0 and torch.equal(s.grad, torch.zeros(B))
+    for k, v in loss.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_device_checks_still_run_with_validation_off():
+    loss = OneWayPartialAUCLoss(N, method="kl", tau=0.5)
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    with xrisk.validation(False):
+        with pytest.raises(RuntimeError, match="out of range"):
+            loss(torch.rand(4), y, torch.tensor([0, 1, 2, N]))
+        before = loss.state_dict()["log_u.value"].clone() if "log_u.value" in loss.state_dict() else None
+        with pytest.raises(RuntimeError, match="NaN/inf"):
+            loss(torch.tensor([float("nan"), 0.2, 0.3, 0.4]), y, torch.tensor([0, 1, 2, 3]))
+    if before is not None:
+        assert torch.equal(loss.state_dict()["log_u.value"], before)
+    assert not any(v.any() for k, v in loss.state_dict().items() if k.endswith("seen")), "a failed step wrote"
+
+
+def test_set_validation_is_global_and_restored():
+    assert xrisk.validation_enabled()
+    with xrisk.validation(False):
+        assert not xrisk.validation_enabled()
+    assert xrisk.validation_enabled()
+    with pytest.raises(TypeError):
+        xrisk.set_validation("no")  # type: ignore[arg-type]
+
+
+def _gathered(rank: int, world: int) -> dict:
+    """Each rank trains on its half of the batches (uneven sizes), losses gather the global batch; validation on
+    and off, replicated and sharded state (the score losses with per-sample state)."""
+    out = {}
+    for case in ("aucm-pesg", "compauc-pdsca", "ap-sgd", "pauc-kl", "tpauc-kl"):
+        for placement in ("replicated", "sharded"):
+            if placement == "sharded" and case.startswith(("aucm", "compauc")):
+                continue
+            for validate in (True, False):
+                make_loss, make_opt = CASES[case]
+                torch.manual_seed(0)
+                net = nn.Sequential(nn.Linear(DIM, 8), nn.Tanh(), nn.Linear(8, 1))
+                loss = make_loss()
+                if placement == "sharded":
+                    loss = type(loss)(N, **{k: getattr(loss, k) for k in _KNOBS[case]}, state_placement="sharded")
+                opt = make_opt(net, loss)
+                values = []
+                with xrisk.validation(validate):
+                    for x, y, index in _batches(6):
+                        part = slice(0, 9) if rank == 0 else slice(9, B)  # 9 and 7 samples
+                        out_v = loss(torch.sigmoid(net(x[part])).squeeze(1), y[part], index[part])
+                        out_v.backward()
+                        for p in net.parameters():  # what DDP does with the model's gradients
+                            torch.distributed.all_reduce(p.grad)
+                            p.grad /= world
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                        values.append(out_v.detach())
+                state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone()
+                         for k, v in loss.state_dict().items()}
+                out[(case, placement, validate)] = (torch.stack(values), [p.detach().clone() for p in net.parameters()],
+                                                    state)
+    return out
+
+
+_KNOBS = {"ap-sgd": ("gamma",), "pauc-kl": ("method", "tau", "gamma"),
+          "tpauc-kl": ("tau", "tau_outer", "gamma0", "gamma1")}
+
+
+@pytest.mark.distributed
+def test_validation_off_on_two_ranks_equals_validation_on():
+    from _dist import run_distributed
+
+    per_rank = run_distributed(_gathered, timeout=240.0)
+    for rank_out in per_rank:
+        for (case, placement, validate), (values, params, state) in rank_out.items():
+            if validate:
+                continue
+            ref_values, ref_params, ref_state = rank_out[(case, placement, True)]
+            _close(values, ref_values, f"{case} {placement}: loss values")
+            for p, q in zip(params, ref_params):
+                _close(p, q, f"{case} {placement}: parameters")
+            for key in ref_state:
+                _close(state[key], ref_state[key], f"{case} {placement}: state {key}")

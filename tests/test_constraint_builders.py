@@ -1,0 +1,128 @@
+"""roc_fairness_constraints and non_forgetting_constraints against slow per-group loops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from xrisk.constrained import non_forgetting_constraints, roc_fairness_constraints, roc_fairness_num_constraints
+
+
+def _slow_fairness(scores, targets, groups, thresholds, kappa, temperature):
+    """Per-group, per-threshold loop written from the definition (rates of a group's negatives/positives)."""
+    def rate(group: int, label: int, theta: float) -> float | None:
+        vals = []
+        for s, y, g in zip(scores.tolist(), targets.tolist(), groups.tolist()):
+            if g == group and y == label:
+                vals.append(1.0 / (1.0 + math.exp(-(s - theta) / temperature)) if temperature else float(s >= theta))
+        return sum(vals) / len(vals) if vals else None
+
+    values, index = [], []
+    for k, theta in enumerate(thresholds):
+        fa, fb, ta, tb = rate(1, 0, theta), rate(0, 0, theta), rate(1, 1, theta), rate(0, 1, theta)
+        if fa is not None and fb is not None:
+            values += [fa - fb - kappa, fb - fa - kappa]
+            index += [4 * k, 4 * k + 1]
+        if ta is not None and tb is not None:
+            values += [ta - tb - kappa, tb - ta - kappa]
+            index += [4 * k + 2, 4 * k + 3]
+    return values, index
+
+
+@pytest.mark.parametrize("temperature", [0.1, None])
+def test_roc_fairness_matches_slow_loop(temperature) -> None:
+    g = torch.Generator().manual_seed(4)
+    scores = torch.rand(40, generator=g, dtype=torch.float64)
+    targets = (torch.rand(40, generator=g) < 0.4).long()
+    groups = (torch.rand(40, generator=g) < 0.5).long()
+    thresholds = [0.2, 0.5, 0.8]
+    c = roc_fairness_constraints(scores, targets, groups, thresholds, 0.05, temperature=temperature)
+    values, index = _slow_fairness(scores, targets, groups, thresholds, 0.05, temperature)
+    assert c.index.tolist() == index == list(range(roc_fairness_num_constraints(3)))
+    assert torch.allclose(c.values, torch.tensor(values, dtype=torch.float64), atol=1e-12)
+
+
+def test_roc_fairness_leaves_out_unobservable_rates_and_is_differentiable() -> None:
+    scores = torch.tensor([0.9, 0.1, 0.7, 0.3, 0.6], requires_grad=True)
+    targets = torch.tensor([1, 0, 1, 0, 0])
+    groups = torch.tensor([1, 1, 0, 0, 0])
+    # group a has one positive and one negative, group b one positive and two negatives: all observable
+    c = roc_fairness_constraints(scores, targets, groups, [0.5], 0.0, temperature=0.1)
+    assert c.index.tolist() == [0, 1, 2, 3]
+    c.values.sum().backward()
+    assert scores.grad is not None
+    # no positive in group b: only the FPR pair
+    c2 = roc_fairness_constraints(scores.detach(), targets, torch.tensor([1, 1, 1, 0, 0]), [0.3, 0.6], 0.0,
+                                  temperature=None)
+    vals, idx = _slow_fairness(scores.detach(), targets, torch.tensor([1, 1, 1, 0, 0]), [0.3, 0.6], 0.0, None)
+    assert c2.index.tolist() == idx == [0, 1, 4, 5]
+    assert c2.values.tolist() == pytest.approx(vals)
+
+
+def test_roc_fairness_errors() -> None:
+    s, y, g = torch.rand(6), torch.tensor([0, 1] * 3), torch.tensor([0, 0, 1, 1, 0, 1])
+    with pytest.raises(ValueError, match="NaN/inf"):
+        roc_fairness_constraints(torch.tensor([float("nan")] * 6), y, g, [0.5], 0.1)
+    with pytest.raises(ValueError, match=r"must all be \[B\]"):
+        roc_fairness_constraints(s, y[:5], g, [0.5], 0.1)
+    with pytest.raises(ValueError, match="groups must be binary"):
+        roc_fairness_constraints(s, y, g + 1, [0.5], 0.1)
+    with pytest.raises(ValueError, match="kappa.*-0.1"):
+        roc_fairness_constraints(s, y, g, [0.5], -0.1)
+    with pytest.raises(ValueError, match="at least one threshold"):
+        roc_fairness_constraints(s, y, g, [], 0.1)
+
+
+def test_non_forgetting_matches_slow_loop() -> None:
+    g = torch.Generator().manual_seed(2)
+    now = torch.rand(30, generator=g, dtype=torch.float64, requires_grad=True)
+    before = torch.rand(30, generator=g, dtype=torch.float64)
+    groups = torch.randint(0, 6, (30,), generator=g)
+    groups[groups == 3] = 4  # task 3 absent
+    c = non_forgetting_constraints(now, before, groups, 0.05, num_groups=6)
+    tasks = sorted(set(groups.tolist()))
+    slow = [sum(float(now[j].detach() - before[j]) for j in range(30) if int(groups[j]) == t)
+            / sum(1 for j in range(30) if int(groups[j]) == t) - 0.05 for t in tasks]
+    assert c.index.tolist() == tasks and 3 not in tasks
+    assert c.values.tolist() == pytest.approx(slow, abs=1e-12)
+    c.values.sum().backward()
+    counts = torch.bincount(groups, minlength=6).double()
+    assert torch.allclose(now.grad, 1.0 / counts[groups])
+
+
+def test_non_forgetting_errors() -> None:
+    now, before = torch.rand(4), torch.rand(4)
+    with pytest.raises(IndexError, match="task id 5"):
+        non_forgetting_constraints(now, before, torch.tensor([0, 1, 5, 2]), num_groups=3)
+    with pytest.raises(TypeError, match="integer task ids"):
+        non_forgetting_constraints(now, before, torch.tensor([0.0, 1.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="NaN/inf"):
+        non_forgetting_constraints(torch.tensor([float("inf"), 1.0, 1.0, 1.0]), before, torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="slack"):
+        non_forgetting_constraints(now, before, torch.tensor([0, 0, 1, 1]), -1.0)
+    empty = non_forgetting_constraints(torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    assert empty.values.numel() == 0 and empty.index.numel() == 0
+
+
+# ------------------------------------------------------------------------------------ float64 gradchecks
+def test_roc_fairness_gradcheck_float64() -> None:
+    g = torch.Generator().manual_seed(7)
+    scores = torch.rand(24, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 1] * 12)
+    groups = torch.tensor([0, 0, 1, 1] * 6)
+
+    def values(s: torch.Tensor) -> torch.Tensor:
+        return roc_fairness_constraints(s, targets, groups, [0.3, 0.5, 0.7], 0.05, temperature=0.2).values
+
+    assert values(scores).shape == (12,)
+    assert torch.autograd.gradcheck(values, (scores,), eps=1e-6, atol=1e-7)
+
+
+def test_non_forgetting_gradcheck_float64() -> None:
+    g = torch.Generator().manual_seed(8)
+    now = torch.rand(15, generator=g, dtype=torch.float64, requires_grad=True)
+    before = torch.rand(15, generator=g, dtype=torch.float64)
+    groups = torch.randint(0, 4, (15,), generator=g)
+    assert torch.autograd.gradcheck(lambda x: non_forgetting_constraints(x, before, groups, 0.1).values, (now,))

