@@ -349,11 +349,13 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
                 the plain loss, unchanged.
         """
         try:
-            return self._forward(feats_a, feats_b, index)
+            return self._forward(feats_a, feats_b, index, ref_feats)
         finally:  # sharded state: a step that returned early or raised leaves the shards as they were
             close_window(sharded_states(self) if self.state_placement == "sharded" else [], write=False)
 
-    def _forward(self, feats_a: Tensor, feats_b: Tensor, index: Tensor) -> Tensor:
+    def _forward(
+        self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """The step of :meth:`forward` (the template of the module docstring)."""
         # Finiteness: a NaN/inf feature makes the new estimates non-finite, which the commit refuses before
         # writing any state; the features are then checked to name the culprit. The detector's thresholds are
