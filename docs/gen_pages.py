@@ -18,7 +18,6 @@ import importlib
 import io
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -212,11 +211,6 @@ def generate() -> list[Any]:
     readme = readme.replace("(bench/RESULTS.md)", "(benchmarks.md)").replace("docs/", "")
     _write(DOCS / "index.md", readme)
     results = ROOT / "bench" / "RESULTS.md"
-    plots = ROOT / "bench" / "plots"
-    if plots.is_dir():  # the figures RESULTS.md links as plots/NAME.png
-        (DOCS / "plots").mkdir(exist_ok=True)
-        for png in plots.glob("*.png"):
-            shutil.copyfile(png, DOCS / "plots" / png.name)
     if results.exists():
         _write(DOCS / "benchmarks.md", results.read_text(encoding="utf-8").replace("](../docs/", "]("))
     else:
@@ -226,16 +220,17 @@ def generate() -> list[Any]:
 
 
 def bench_images() -> list[tuple[str, Path]]:
-    """The images ``bench/RESULTS.md`` shows by a relative link (``![...](name.png)``, written next to it by the
-    benchmarks), as ``(site path, file)``: ``docs/benchmarks.md`` is a copy at the docs root, so the same link
-    resolves when :func:`hooks.on_files` serves each file under its own name."""
+    """The images ``bench/RESULTS.md`` shows by a relative link (``![...](name.png)`` or
+    ``![...](plots/name.png)``, written under ``bench/`` by the benchmarks), as ``(site path, file)``:
+    ``docs/benchmarks.md`` is a copy at the docs root, so the same link resolves when
+    :func:`hooks.on_files` serves each file under its relative path."""
     results = ROOT / "bench" / "RESULTS.md"
     if not results.exists():
         return []
     out = []
     for rel in dict.fromkeys(re.findall(r"!\[[^\]]*\]\(([^)\s:]+)\)", results.read_text(encoding="utf-8"))):
         path = (results.parent / rel).resolve()
-        if path.is_file() and path.parent == results.parent:
+        if path.is_file() and path.is_relative_to(results.parent):
             out.append((rel, path))
     return out
 

@@ -30,6 +30,9 @@ def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tupl
     try:
         result = fn(rank, world, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        # no rank tears its connections down while a peer still finishes the last collective (gloo then
+        # aborts the peer: "terminate called without an active exception", seen under load)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -17,16 +17,19 @@ def gen_pages(monkeypatch):
     return gen_pages
 
 
-def test_bench_images_lists_the_plots_next_to_results_md_only(gen_pages, monkeypatch, tmp_path):
+def test_bench_images_lists_the_plots_under_bench_only(gen_pages, monkeypatch, tmp_path):
     bench = tmp_path / "bench"
-    bench.mkdir()
+    (bench / "plots").mkdir(parents=True)
     (bench / "curve.png").write_bytes(b"png")
+    (bench / "plots" / "fair.png").write_bytes(b"png")
     (tmp_path / "outside.png").write_bytes(b"png")
     (bench / "RESULTS.md").write_text(
         "# r\n\n![a curve](curve.png)\n\n![again](curve.png) ![gone](missing.png) ![up](../outside.png)\n"
-        "![web](https://example.org/x.png) [a link, not an image](curve.png)\n", encoding="utf-8")
+        "![web](https://example.org/x.png) [a link, not an image](curve.png) ![sub](plots/fair.png)\n",
+        encoding="utf-8")
     monkeypatch.setattr(gen_pages, "ROOT", tmp_path)
-    assert gen_pages.bench_images() == [("curve.png", (bench / "curve.png").resolve())]
+    assert gen_pages.bench_images() == [("curve.png", (bench / "curve.png").resolve()),
+                                        ("plots/fair.png", (bench / "plots" / "fair.png").resolve())]
     (bench / "RESULTS.md").unlink()
     assert gen_pages.bench_images() == []
 
