@@ -60,7 +60,7 @@ import _common
 SECTION_FIDELITY = "steering-fidelity"
 SECTION_SPEED = "steering-speed"
 REPO = Path(__file__).resolve().parent.parent
-PLOT = REPO / "docs" / "img" / "steering_data_efficiency.png"
+PLOT = REPO / "bench" / "plots" / "steering_data_efficiency.png"
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 CLASSIFICATION_METHODS = ("erm", "drrho-kl", "drrho-cvar", "rho-select", "distill")
 CLIP_METHODS = ("gcl", "drrho", "jest", "distill")
@@ -359,7 +359,7 @@ def fidelity(s: Setup, command: str, write: bool) -> None:
     if write and _plot({"Fashion-MNIST (test accuracy %)": (fm, CLASSIFICATION_METHODS, "test accuracy %"),
               "BBC News (test accuracy %)": (bbc, CLASSIFICATION_METHODS, "test accuracy %"),
               "fashion-captions CLIP (mean recall %)": (clip, CLIP_METHODS, "mean recall@1/5 %")}):
-        body += [f"![data-efficiency curves](../docs/img/{PLOT.name})", ""]
+        body += [f"![data-efficiency curves](plots/{PLOT.name})", ""]
     text = "\n".join(body)
     print(text)
     if write:

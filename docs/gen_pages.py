@@ -212,7 +212,7 @@ def generate() -> list[Any]:
     _write(DOCS / "index.md", readme)
     results = ROOT / "bench" / "RESULTS.md"
     if results.exists():
-        _write(DOCS / "benchmarks.md", results.read_text(encoding="utf-8").replace("](../docs/", "]("))
+        _write(DOCS / "benchmarks.md", results.read_text(encoding="utf-8"))
     else:
         _write(DOCS / "benchmarks.md", "# Benchmark results\n\n`bench/RESULTS.md` has not been written yet "
                                        "(`make bench`).\n")
