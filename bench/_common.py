@@ -134,6 +134,14 @@ def time_interleaved(
     return times
 
 
+def paired_ratio(a: Sequence[float], b: Sequence[float], rounds: int, steps_per_round: int) -> float:
+    """Paired ratio of two methods timed by :func:`time_interleaved`: the median over rounds of the ratio of their
+    round medians."""
+    spr = steps_per_round
+    return statistics.median(
+        statistics.median(a[r * spr:(r + 1) * spr]) / statistics.median(b[r * spr:(r + 1) * spr]) for r in range(rounds))
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs)
 

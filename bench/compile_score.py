@@ -175,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             times = C.time_interleaved(variants, rounds=rounds, steps_per_round=spr)
 
             def paired(a: str, b: str) -> float:
-                return statistics.median(
-                    statistics.median(times[a][r * spr:(r + 1) * spr]) / statistics.median(times[b][r * spr:(r + 1) * spr])
-                    for r in range(rounds))
+                return C.paired_ratio(times[a], times[b], rounds, spr)
 
             ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
             vs_bce = ""

@@ -15,33 +15,19 @@ KL) and two-way partial AUC, each with its optimizer and a small MLP:
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 import torch
 from torch import nn
 
 import xrisk
+from _compile import TraceableSGD, close as _close, compiled_without_recompiles, count_host_reads as _count_host_reads
 from xrisk.losses import APLoss, AUCMLoss, CompositionalAUCLoss, OneWayPartialAUCLoss, TwoWayPartialAUCLoss
 from xrisk.optim import PDSCA, PESG
 
 N, B, DIM = 40, 16, 6
 
-
-class _SGD(torch.optim.Optimizer):
-    """Plain SGD whose ``step`` Dynamo traces (``torch.optim.SGD.step`` breaks the graph on purpose, see
-    ``torch.optim.optimizer._use_grad``; PESG and PDSCA are traced as they are)."""
-
-    def __init__(self, params, lr: float = 0.05) -> None:
-        super().__init__(params, {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-group["lr"])
 
 CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, nn.Module], torch.optim.Optimizer]]] = {
     "aucm-pesg": (lambda: AUCMLoss(), lambda net, loss: PESG(net.parameters(), loss=loss, lr=0.05)),
@@ -49,13 +35,13 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, nn.Module],
                        lambda net, loss: PESG(net.parameters(), loss=loss, lr=0.01, mode="adam")),
     "compauc-pdsca": (lambda: CompositionalAUCLoss(k=2),
                       lambda net, loss: PDSCA(net.parameters(), loss=loss, lr=0.05, lr0=0.05)),
-    "ap-sgd": (lambda: APLoss(N, gamma=0.7), lambda net, loss: _SGD(net.parameters())),
+    "ap-sgd": (lambda: APLoss(N, gamma=0.7), lambda net, loss: TraceableSGD(net.parameters())),
     "pauc-cvar": (lambda: OneWayPartialAUCLoss(N, method="cvar", max_fpr=0.4, eta=0.2),
-                  lambda net, loss: _SGD(net.parameters())),
+                  lambda net, loss: TraceableSGD(net.parameters())),
     "pauc-kl": (lambda: OneWayPartialAUCLoss(N, method="kl", tau=0.5, gamma=0.6),
-                lambda net, loss: _SGD(net.parameters())),
+                lambda net, loss: TraceableSGD(net.parameters())),
     "tpauc-kl": (lambda: TwoWayPartialAUCLoss(N, tau=0.5, tau_outer=0.8, gamma0=0.7, gamma1=0.5),
-                 lambda net, loss: _SGD(net.parameters())),
+                 lambda net, loss: TraceableSGD(net.parameters())),
 }
 
 
@@ -103,12 +89,6 @@ def _train(case: str, validate: bool, batches, compiled: str | None = None, afte
     return torch.stack(values), net, loss
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, what: str, atol: float = 2e-5) -> None:
-    assert a.shape == b.shape, what
-    assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=atol, equal_nan=True), (
-        f"{what}: max diff {(a.float() - b.float()).abs().max().item()}")
-
-
 def _same_training(a, b) -> None:
     (va, na, la), (vb, nb, lb) = a, b
     _close(va, vb, "loss values")
@@ -124,30 +104,6 @@ def _same_training(a, b) -> None:
 def test_validation_off_trains_like_validation_on(case):
     batches = _batches(10)
     _same_training(_train(case, True, batches), _train(case, False, batches))
-
-
-_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy")
-
-
-@contextlib.contextmanager
-def _count_host_reads() -> Iterator[list[str]]:
-    """Count every call that reads a tensor's values to the host (patched on ``torch.Tensor``)."""
-    calls: list[str] = []
-    saved = {name: getattr(torch.Tensor, name) for name in _READS}
-
-    def patched(name: str, fn):
-        def wrapper(self, *args, **kwargs):
-            calls.append(name)
-            return fn(self, *args, **kwargs)
-        return wrapper
-
-    for name, fn in saved.items():
-        setattr(torch.Tensor, name, patched(name, fn))
-    try:
-        yield calls
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.Tensor, name, fn)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -173,22 +129,10 @@ def test_no_host_read_per_step_with_validation_off(case):
 def test_compiled_step_is_one_graph_matches_eager_and_does_not_recompile(case, backend):
     """``aot_eager`` (Dynamo capture + AOT autograd, no code generation) in the default suite; the code-generating
     ``inductor`` backend, what users run, in the slow suite (about 1.5 min per case on this machine)."""
-    import torch._dynamo as dynamo
-    from torch._dynamo.utils import counters
-
-    dynamo.reset()
-    counters.clear()
     batches = _batches(8)
-    seen: dict[str, int] = {}
-    with dynamo.config.patch(trace_autograd_ops=True):  # backward() inside the compiled step
-        compiled = _train(case, False, batches, compiled=backend,
-                          after_warmup=lambda: seen.setdefault("graphs", counters["stats"]["unique_graphs"]))
-    assert not counters["graph_break"], dict(counters["graph_break"])
-    assert seen["graphs"] >= 1
-    assert counters["stats"]["unique_graphs"] == seen["graphs"], (
-        "a step after the warm-up compiled a new graph (positive counts change every step)")
+    compiled = compiled_without_recompiles(  # the positive counts change every step
+        lambda after_warmup: _train(case, False, batches, compiled=backend, after_warmup=after_warmup))
     _same_training(compiled, _train(case, False, batches))
-    dynamo.reset()
 
 
 def test_fullgraph_compile_of_a_validated_step_fails():

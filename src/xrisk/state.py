@@ -56,7 +56,8 @@ from xrisk._validate import all_finite, all_finite_async, assert_async, check_ch
 from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, local_rows, open_window, shard_range
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
-           "update_states", "write_rows", "check_index_async", "same_index", "merge_duplicates", "masked_update_rows", "flat_column"]
+           "update_states", "write_rows", "check_index_async", "same_index", "merge_duplicates", "masked_update_rows", "masked_update_state", "flat_column",
+           "duplicate_groups", "merge_groups"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -635,6 +636,53 @@ def masked_update_rows(
     rows = torch.where(written, step(old, merged, seen_rows), old)
     if writes is not None:
         writes.stage_tensors(value, seen, index, rows, mask=written, cause=cause)
+    return rows, written
+
+
+def duplicate_groups(index: Tensor) -> Tensor:
+    """``[B]`` int64: for each entry of ``index``, the id in ``[0, B)`` of its group of equal entries (equal entries
+    share an id, different ones differ). Fixed shape, no host read, ``O(B log B)`` (one sort): the duplicate
+    structure of a batch for :func:`merge_groups`, without the ``[B, B]`` mask of :func:`same_index`."""
+    ordered, order = torch.sort(index, stable=True)
+    starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
+    return torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
+
+
+def merge_groups(group: Tensor, values: Tensor, mask: Tensor, *, log_space: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`merge_duplicates` from :func:`duplicate_groups` ids: ``(merged, any)`` shaped like ``values`` (``[B]``
+    or ``[B, T]``, each column merged on its own; ``mask`` like ``values``). ``O(B)`` scatter work, fixed shape;
+    without duplicates the merged value of a masked row is its own value bit for bit."""
+    grid = group.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
+    count = torch.zeros_like(values).scatter_add_(0, grid, mask.to(values.dtype))
+    if log_space:
+        kept = torch.where(mask, values, float("-inf"))
+        shift = torch.full_like(values, float("-inf")).scatter_reduce_(0, grid, kept, "amax")
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        total = torch.zeros_like(values).scatter_add_(0, grid, torch.exp(kept - shift.gather(0, grid)))
+        merged = torch.log(total.clamp_min(1e-38)) + shift - torch.log(count.clamp_min(1.0))
+    else:
+        merged = torch.zeros_like(values).scatter_add_(0, grid, torch.where(mask, values, 0.0)) / count.clamp_min(1.0)
+    found = count > 0
+    return torch.where(found, merged, torch.zeros_like(merged)).gather(0, grid), found.gather(0, grid)
+
+
+def masked_update_state(
+    state: SampleState, index: Tensor, new: Tensor, mask: Tensor, group: Tensor,
+    step: Callable[[Tensor, Tensor, Tensor], Tensor], *, log_space: bool = False, writes: PendingWrites | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`masked_update_rows` of whole rows of a state of shape ``(T,)``, duplicates merged with
+    :func:`merge_groups` (``group``: :func:`duplicate_groups` of ``index``): ``new``, ``mask`` and the returned
+    ``(rows, written)`` are ``[B, T]``. The rows are staged as one write per buffer into its flat view
+    (``torch.compile`` updates that in place; a write per column would copy the whole buffer, see
+    :func:`flat_column`). No host read, fixed shape. ``index``: validated, on the state's device."""
+    value, seen = state.tensors()
+    width = new.shape[1]
+    merged, written = merge_groups(group, new, mask, log_space=log_space)
+    old, seen_rows = value.index_select(0, index), seen.index_select(0, index)
+    rows = torch.where(written, step(old, merged, seen_rows), old)
+    if writes is not None:
+        positions = (index.unsqueeze(1) * width + torch.arange(width, device=index.device)).view(-1)
+        writes.stage_tensors(value.view(-1), seen.view(-1), positions, rows.reshape(-1), mask=written.reshape(-1))
     return rows, written
 
 

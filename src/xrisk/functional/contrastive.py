@@ -34,6 +34,8 @@ from typing import Callable, NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
+from xrisk._validate import validation_enabled
+
 __all__ = [
     "count_true",
     "masked_log_mean_exp",
@@ -80,7 +82,7 @@ def count_true(mask: Tensor, dim: int | None = None) -> Tensor:
     """
     if dim is None:
         return torch.count_nonzero(mask)
-    if mask.dim() != 2:
+    if mask.dim() != 2 or torch.compiler.is_compiling():  # compiled: the plain sum fuses with the mask's producer
         return mask.sum(dim)
     dim = dim % 2
     u = mask.view(torch.uint8)
@@ -317,7 +319,8 @@ class _DetachedWeightsDot(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         (weights,) = ctx.saved_tensors
-        if grad.numel() == 1 and bool(grad == 1):  # loss.backward(): the weights are the gradient
+        # loss.backward(): the weights are the gradient (checked with validation on only: it reads grad)
+        if validation_enabled() and grad.numel() == 1 and bool(grad == 1):
             return weights, None, None
         return weights * grad, None, None
 
@@ -679,6 +682,8 @@ def _is_transpose_of(x: Tensor | None, y: Tensor | None) -> bool:
     (the caller's statement that the mask is symmetric)."""
     if x is None or y is None:
         return False
+    if x is not y and torch.compiler.is_compiling():  # no data pointers in a graph ("not known": still correct)
+        return False
     return x is y or (
         x.data_ptr() == y.data_ptr() and x.shape == y.shape[::-1] and x.stride() == y.stride()[::-1]
     )
@@ -737,11 +742,12 @@ def _gcl_square(
             e1 = torch.where(m1, e1, float("-inf"))  # type: ignore[arg-type]
         f = None
         if stable:
-            f = torch.stack([e0.amax(1), e1.amax(0)], 1)
+            f0, f1 = e0.amax(1), e1.amax(0)
             if some_empty:  # an anchor without negatives: -inf, no shift
-                f = torch.where(torch.isfinite(f), f, 0.0)
-            e0.sub_(f[:, 0:1])
-            e1.sub_(f[:, 1])
+                f0, f1 = torch.where(torch.isfinite(f0), f0, 0.0), torch.where(torch.isfinite(f1), f1, 0.0)
+            e0.sub_(f0.unsqueeze(1))  # each side's own contiguous shifts: a strided one stops vectorised code
+            e1.sub_(f1)
+            f = torch.stack([f0, f1], 1)
         e0.exp_()
         e1.exp_()
     s = torch.stack([e0.sum(1), e1.sum(0)], 1)  # [B, 2]: sum_j e_ij over each anchor's negatives

@@ -40,6 +40,19 @@ record, no gathers, no duplicate merging, no masks). At ``B = 128`` that bookkee
 the step's arithmetic; the tests hold the lean path equal to the general one (values, gradients,
 objectives, state). Its rows are staged and committed like the general path's.
 
+**Validation off** (:func:`xrisk.set_validation`), on one process: ``forward`` takes the fixed-shape device
+path (:meth:`ContrastiveLossBase._forward_unchecked`) instead of steps 1-3 and the lean path: no value is read
+on the host (feature shapes and dtypes checked; index bounds and the finiteness of the staged rows with on-device
+asserts), every anchor's negatives are a ``[B, C]`` mask and their counts a tensor, duplicate indices are merged
+by group ids from one sort (:func:`~xrisk.state.duplicate_groups`, :func:`~xrisk.state.masked_update_state`), the
+detector's update is masked the same way, a learnable temperature's stability gate uses ``tau_min`` (always the
+shifted pass) and one learnable temperature goes to the kernel per anchor (its term is added after). The work
+depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes forward, backward and optimizer
+step whole and does not recompile when the duplicates change. Equal to the validated path up to float rounding
+(tested, every mode, NUCLR, GloFND). The samples are counted on the device and the epoch is **not** inferred
+from them: call ``set_epoch``. A batch of one distinct index gives a zero through the same ops (its samples are
+counted). Under ``torch.distributed`` the validated path still runs (it reads on the host).
+
 **Sides.** ``mode="unimodal"`` (SogCLR, two augmented views): side 0 anchors are ``feats_a`` rows,
 side 1 anchors are ``feats_b`` rows, both against the ``C = 2 B_global`` columns
 ``[feats_a; feats_b]`` (``2 B_global - 2`` negatives each). ``mode="bimodal"`` (CLIP): side 0 are
@@ -66,12 +79,15 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._tensors import as_state_rows, like_tensor, on_device
-from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval
+from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval, validation_enabled
 from xrisk.functional.contrastive import Estimator, Offset, count_true, log_moving_average, reference_offset
 from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
 from xrisk.losses._epochs import EpochTracking
 from xrisk.sharding import PLACEMENTS, Placement, close_window, open_window, sharded_states
-from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_unique, update_states
+from xrisk.state import (
+    PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_async, check_index_unique,
+    duplicate_groups, masked_update_state, update_states,
+)
 
 __all__ = [
     "ContrastiveBatch", "ContrastiveLossBase", "as_state_rows", "check_reference_features", "common_dtype",
@@ -107,7 +123,9 @@ class ContrastiveBatch:
     as ``sizes=``); None on one process. offset: DRRho-CLIP's detached per-pair offset ``-s^ref`` (the
     reference model's similarities, negated) in the layout of the similarities: the ``[2B, C]`` matrix of
     ``stacked`` (unimodal), the ``[B, B]`` matrix of ``sims[0]`` (``transposed``), else per side; None without
-    reference features.
+    reference features. groups: on the fixed-shape device path (validation off: negatives always as masks,
+    counts as tensors), the ``[B_global]`` duplicate groups of ``index_global``
+    (:func:`~xrisk.state.duplicate_groups`) with which duplicates are merged; None otherwise.
     """
 
     index: Tensor
@@ -129,6 +147,7 @@ class ContrastiveBatch:
     objective: Callable[[], Tensor] | None = None
     sizes: tuple[int, ...] | None = None
     offset: Offset = None
+    groups: Tensor | None = None
 
 
 def exp_limit(dtype: torch.dtype) -> float:
@@ -167,6 +186,19 @@ def common_dtype(feats_a: Tensor, feats_b: Tensor) -> tuple[Tensor, Tensor]:
         return feats_a, feats_b
     dtype = torch.promote_types(feats_a.dtype, feats_b.dtype)
     return feats_a.to(dtype), feats_b.to(dtype)
+
+
+_DEVICE_CAUSE = "the contrastive estimator produced a NaN/inf estimate"
+
+
+def _log_ema(gamma: float, old: Tensor, new: Tensor, seen: Tensor) -> Tensor:
+    """The log-space moving average of a state row (first visit: the new value)."""
+    return log_moving_average(old, new, gamma, seen)
+
+
+def _momentum(beta: float, old: Tensor, new: Tensor, seen: Tensor) -> Tensor:
+    """The per-sample momentum ``(1 - beta) m + beta grad`` (first visit: ``grad``)."""
+    return torch.where(seen, torch.lerp(old, new, beta), new)
 
 
 def _connected_zero(feats_a: Tensor, feats_b: Tensor) -> Tensor:
@@ -349,6 +381,8 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
                 the plain loss, unchanged.
         """
         try:
+            if not validation_enabled() and not xdist.is_distributed():
+                return self._forward_unchecked(feats_a, feats_b, index, ref_feats)
             return self._forward(feats_a, feats_b, index, ref_feats)
         finally:  # sharded state: a step that returned early or raised leaves the shards as they were
             close_window(sharded_states(self) if self.state_placement == "sharded" else [], write=False)
@@ -432,9 +466,10 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             _check_all_finite(raw_a, raw_b, ref)
             raise
 
-    def _commit(self, writes: PendingWrites, num_global: int) -> None:
+    def _commit(self, writes: PendingWrites, num_global: int, device: bool = False) -> None:
         """End of a step: check every staged row at once, write them (training mode only), count the step's
-        ``num_global`` samples for the inferred epoch and record the objective (see :meth:`objective`)."""
+        ``num_global`` samples for the inferred epoch and record the objective (see :meth:`objective`).
+        ``device``: the validation-off step, whose samples are counted on the device only (no inferred epoch)."""
         writes.commit(write=self.training)
         close_window(sharded_states(self) if self.state_placement == "sharded" else [], write=self.training)
         pending = self.__dict__.pop("_step_objective", None)
@@ -442,9 +477,39 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             self.__dict__.pop("_eval_objective", None)
             if pending is not None:
                 self.__dict__["_pending_objective"] = pending
-            self._count_samples(num_global)
+            if device:
+                self._count_samples_on_device(num_global)
+            else:
+                self._count_samples(num_global)
         elif pending is not None:
             self.__dict__["_eval_objective"] = pending
+
+    def _forward_unchecked(
+        self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """:meth:`forward` with validation off on one process: no host read, the same work for every batch of one
+        size (module docstring, *Validation off*)."""
+        check_features(feats_a, feats_b, finite=False)
+        idx = on_device(check_index_async(index, self.num_samples), feats_a.device)
+        if idx.numel() != feats_a.shape[0]:
+            raise ValueError(f"index has {idx.numel()} entries but the batch has {feats_a.shape[0]} samples")
+        feats_a, feats_b = common_dtype(feats_a, feats_b)
+        ref = check_reference_features(ref_feats, feats_a, normalize=self.normalize)
+        writes = self.__dict__["_writes"] = PendingWrites(_DEVICE_CAUSE)
+        self.__dict__["_step_objective"] = None
+        if idx.numel() < 2:  # no anchor has a negative (a batch of one index: every count is 0, same result)
+            return _connected_zero(feats_a, feats_b)
+        batch = self._make_batch(feats_a, feats_b, idx, fused=self.normalize, ref=ref, device=True)
+        if self.false_negatives is not None:
+            batch.neg, batch.count = self.false_negatives.detect_with_counts(  # type: ignore[assignment]
+                [s.detach() for s in batch.sims], batch.neg, batch.index, counts=batch.count, index_checked=True,
+                writes=writes, groups=batch.groups,
+            )
+        out = self._loss(batch)
+        if batch.objective is not None:
+            self.__dict__["_step_objective"] = batch.objective
+        self._commit(writes, idx.numel(), device=True)
+        return out
 
     def _check_batch(
         self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: Any = None
@@ -459,11 +524,13 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
 
     def _make_batch(
         self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False, layout: xdist.BatchLayout | None = None,
-        ref: tuple[Tensor, Tensor] | None = None,
+        ref: tuple[Tensor, Tensor] | None = None, device: bool = False,
     ) -> ContrastiveBatch:
         """The batch of ``a``, ``b`` (rows normalised already, or raw with ``fused=True``: one process only);
         ``layout``: the ranks' batch sizes, as agreed (:func:`xrisk.distributed.agree_on_batch`); ``ref``: the
-        checked reference features (the batch then carries their offset, in the layout of the similarities)."""
+        checked reference features (the batch then carries their offset, in the layout of the similarities);
+        ``device``: the fixed-shape batch of the validation-off step (one process; masks, count tensors and
+        ``groups``)."""
         sizes = None if layout is None else layout.sizes
         ag = xdist.all_gather(a, grad="sum", sizes=sizes)
         bg = xdist.all_gather(b, grad="sum", sizes=sizes)
@@ -509,6 +576,13 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         else:
             pos = torch.stack([sims[v].detach().diagonal(pos_offset[v]) for v in (0, 1)], 1)
         n_excl = 1 if self_offset is None else 2
+        if device:  # every anchor's negatives as a mask; duplicates merged by group ids (one sort)
+            m = col_index[None, :] != idx[:, None]  # symmetric when transposed: one mask serves both sides
+            return ContrastiveBatch(
+                idx, idx_g, sims, pos, pos_offset, self_offset, [m, m], count_true(m, 1).unsqueeze(1).expand(nb, 2),
+                col_index, 1.0 / max(ng, 1), transposed, stacked, start, None, None, False, offset=offset,
+                groups=duplicate_groups(idx_g),
+            )
         uniq = torch.unique(idx_g)
         unique_index = inverse = None
         if uniq.numel() != ng:  # duplicates: merged by the estimator step (rare; unique samplers skip this)
@@ -584,7 +658,12 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             new, m = log_g.to(dev, torch.float32), valid.to(dev)
         idx_g = batch.index_global.to(dev)
         writes = self._writes
-        if batch.inverse is None:  # every index once: no merging
+        if batch.groups is not None:  # validation off: duplicates merged on the device, fixed shape
+            upd_g, _ = masked_update_state(
+                state, idx_g, new, m, batch.groups.to(dev), functools.partial(_log_ema, gamma), log_space=True,
+                writes=writes,
+            )
+        elif batch.inverse is None:  # every index once: no merging
             upd_g = moving_average_rows(state, idx_g, new, gamma)
             if batch.all_valid:  # every row is written (no mask)
                 writes.stage(state, idx_g, upd_g)
@@ -627,6 +706,11 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         index, grad = batch.index_global.to(dev), grad.to(dev, torch.float32)
         unique = batch.inverse is None
         writes = self._writes
+        if batch.groups is not None:  # validation off: duplicates averaged on the device, fixed shape
+            m, written = masked_update_state(momentum, index, grad, mask.to(dev), batch.groups.to(dev),
+                                             functools.partial(_momentum, beta), writes=writes)
+            writes.stage(param, index, sgd_rows(before, m, lr, bounds), mask=written)
+            return
         if unique:  # the moving average of SampleState.update, staged below together with the parameter
             m = momentum_rows(momentum, index, grad, beta)
         else:

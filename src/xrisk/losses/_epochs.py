@@ -70,6 +70,8 @@ class EpochTracking:
     def _count_samples(self, num: int) -> None:
         """A training step on ``num`` samples is done: count them and, without :meth:`set_epoch`, advance the
         inferred epoch (warning once that it is inferred)."""
+        if self.__dict__.pop("_seen_on_device", False):  # validation-off steps counted on the device since
+            self._seen_int = int(self.samples_seen)
         self._seen_int += num
         self.samples_seen.fill_(self._seen_int)
         if self._epoch_set:
@@ -89,6 +91,14 @@ class EpochTracking:
         epoch = self._seen_int // self.num_samples
         if epoch != self._epoch_int:
             self._apply_epoch(epoch)
+
+    def _count_samples_on_device(self, num: int) -> None:
+        """:meth:`_count_samples` of a validation-off step (:func:`xrisk.set_validation`): the samples are added to
+        the ``samples_seen`` buffer on the device, with no host read and nothing a compiled step would recompile
+        for; the epoch is **not** inferred from them (call :meth:`set_epoch`). The next validated step reads the
+        buffer back once."""
+        self.samples_seen.add_(num)
+        self.__dict__["_seen_on_device"] = True
 
     def _load_epochs(self, state_dict: dict[str, Any], prefix: str) -> None:
         """Before loading: a checkpoint written before the epoch was inferred has no ``samples_seen`` /

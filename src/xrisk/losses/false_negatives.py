@@ -16,7 +16,7 @@ from xrisk.functional.contrastive import (
 )
 from xrisk.losses._epochs import EpochTracking
 from xrisk.sharding import PLACEMENTS, Placement, state_window
-from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, update_states
+from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, masked_update_state, update_states
 
 __all__ = ["FalseNegativeDetector"]
 
@@ -25,6 +25,11 @@ Blocks = Sequence[tuple[int, int, int]]
 
 def _cause() -> str:
     return "a GloFND threshold update is NaN/inf (are the similarities finite?)"
+
+
+def _overwrite(old: Tensor, new: Tensor, seen: Tensor) -> Tensor:
+    """The update rule of a threshold row: the new value (gamma = 1)."""
+    return new
 
 
 def _side(counts: Tensor | int, v: int) -> Tensor | int:
@@ -191,6 +196,7 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
     def _step(
         self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, counts: Tensor | int, *,
         writes: PendingWrites, index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] = ((), ()),
+        groups: Tensor | None = None,
     ) -> Tensor:
         """Stage the threshold update of the batch anchors (from per-side ``[B, C]`` sims/negatives) in ``writes``;
         return the updated thresholds ``[B, 2]``.
@@ -198,7 +204,8 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         ``counts [B, 2]``: number of negatives per anchor and side (an int: every anchor has that many, ``>= 1``).
         ``index_checked`` / ``unique``: as
         ``index_checked`` / ``assume_unique`` of :func:`~xrisk.state.update_states`. ``negs[v]`` None: every
-        column but the diagonals ``excluded[v]``.
+        column but the diagonals ``excluded[v]``. ``groups``: the fixed-shape step of validation off (no host read;
+        duplicates of ``index`` merged by these :func:`~xrisk.state.duplicate_groups` ids).
         """
         ref = sims[0]
         if self.lam.num_shards > 1 and not self.lam.window_open:
@@ -225,12 +232,17 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
             states = (self.lam, self.lam_m, self.lam_v)
         if self.init_quantile:
             first = ~self.lam.seen.index_select(0, index).to(ref.device)
-            if bool(first.any()):
+            if groups is not None or bool(first.any()):  # validation off: always computed, applied by the mask
                 masks = _explicit_masks(sims, negs, excluded)
                 q = torch.stack([masked_upper_quantile(sims[v], masks[v], self.alpha) for v in (0, 1)], 1)
                 new = torch.where(first, q, new)
                 rows = [torch.where(first, 0.0, r) for r in rows]  # the moments start after the initialisation
         has = None if isinstance(counts, int) else counts > 0  # an int: every anchor has that many (>= 1)
+        if groups is not None:  # duplicates averaged on the device (gamma = 1: their mean), fixed shape
+            news = [masked_update_state(st, index, r.to(torch.float32), has, groups.to(index.device), _overwrite,
+                                        writes=writes)[0]
+                    for st, r in zip(states, (new, *rows))]
+            return news[0].to(ref.device, ref.dtype)
         out = update_states(
             states, index, (new, *rows), 1.0, mask=has, local=True, index_checked=True, assume_unique=unique,
             writes=writes,
@@ -271,7 +283,7 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
     def detect_with_counts(
         self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, *, counts: Tensor | int | None = None,
         index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] | None = None,
-        writes: PendingWrites | None = None,
+        writes: PendingWrites | None = None, groups: Tensor | None = None,
     ) -> tuple[list[Tensor], Tensor | int]:
         """:meth:`detect` that also returns the number of kept negatives per anchor and side ``[B, 2]``.
 
@@ -284,6 +296,8 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         ``[None, None]`` (``counts`` required): no ``[B, C]`` mask is built or combined (one process, unique
         indices). The returned masks are explicit either way. ``writes``: stage the threshold update there (the
         owning loss commits it with its own); without, it is checked and written now, in training mode only.
+        ``groups``: the owning loss's validation-off step (:func:`~xrisk.state.duplicate_groups` of ``index``; no
+        host read, ``counts`` a tensor and ``writes`` given).
         """
         if excluded is None:
             if any(m is None for m in negs):
@@ -296,7 +310,7 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         own, masking = writes is None, self.masking  # the epoch at the start of the step
         w = PendingWrites(_cause) if writes is None else writes
         lam = self._step(sims, negs, index, counts, writes=w, index_checked=index_checked, unique=unique,
-                         excluded=excluded)
+                         excluded=excluded, groups=groups)
         if own:
             self._commit(w, index.numel())
         kept, kept_counts = self._kept(sims, negs, lam, counts, excluded)

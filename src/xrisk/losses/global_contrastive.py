@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Literal
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.contrastive import gcl_fcco, gcl_fcco_square
+from xrisk.functional.contrastive import GCLStep, gcl_fcco, gcl_fcco_square
 from xrisk.losses._contrastive_base import (
     ContrastiveBatch, ContrastiveLossBase, Mode, as_state_rows, exp_limit, like_tensor, momentum_rows, on_device,
     sgd_rows,
@@ -43,6 +44,14 @@ def _gcl_objective(tau_g: Tensor | float, log_u_g: Tensor, rho: float, eps: floa
     if valid_g is None:
         return terms.sum() / n
     return torch.where(valid_g.any(), torch.where(valid_g, terms, 0.0).sum() / n, float("nan"))
+
+
+def _shifted_value(step: GCLStep, eps: float, rho: float, scale: float, tau: Tensor) -> Tensor:
+    """``scale * sum_iv sum_j p_ij d_ij`` of a per-anchor step (the surrogate's value on the differences the kernel
+    used), recovered from ``tau_grad_iv = log(eps + u_iv) + rho - value_iv / (scale tau_iv)``."""
+    log_den = step.log_u if eps <= 0.0 else torch.logaddexp(step.log_u, torch.full_like(step.log_u, math.log(eps)))
+    value = (log_den + rho - step.tau_grad) * (scale * tau.detach())  # type: ignore[operator]
+    return torch.where(step.valid, value, 0.0).sum()
 
 
 class GlobalContrastiveLoss(ContrastiveLossBase):
@@ -211,10 +220,14 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         limit = exp_limit(dtype)
         return self.normalize and (4.0 if shifted else 2.0) / tau_low <= limit
 
-    def _temperatures(self, index_g: Tensor, start: int, like: Tensor) -> tuple[Tensor | float, Tensor | float, float]:
+    def _temperatures(
+        self, index_g: Tensor, start: int, like: Tensor, device: bool = False
+    ) -> tuple[Tensor | float, Tensor | float, float]:
         """``(tau, tau_g, tau_low)``: the kernel's temperature (float, the 0-dim parameter, or ``[B, 2]`` rows of
         the local anchors ``index_g[start : start + B]`` on ``like``'s device/dtype), the temperatures of the global
-        batch (state device, float32) and the smallest one (for the stability gate)."""
+        batch (state device, float32) and the smallest one (for the stability gate). ``device`` (validation off):
+        nothing is read on the host, ``tau_g`` of the learnable global temperature is a detached copy and
+        ``tau_low`` is ``tau_min``."""
         if isinstance(self.tau, nn.Parameter):
             if self.training:  # project the parameter onto its box (in place: the optimizer's next step starts there)
                 with torch.no_grad():
@@ -222,6 +235,8 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
                 tau = self.tau
             else:  # eval mode changes nothing: the same value, projected out of place
                 tau = self.tau.clamp(self.tau_min, self.tau_max)
+            if device:
+                return like_tensor(tau, like), tau.detach().clone(), self.tau_min
             value = float(tau.detach())
             tau = _MeanGradOverRanks.apply(tau) if xdist.is_distributed() else tau
             tau = like_tensor(tau, like)
@@ -231,6 +246,8 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             tau_g = values.index_select(0, index_g.to(values.device))
             tau = tau_g if start == 0 and tau_g.shape[0] == like.shape[0] else tau_g[start : start + like.shape[0]]
             tau = like_tensor(tau, like)
+            if device:
+                return tau, tau_g, self.tau_min
             return tau, tau_g, float(tau.min()) if tau.numel() else self.tau_min
         return self.tau, self.tau, self.tau  # type: ignore[return-value]
 
@@ -258,7 +275,11 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
     def _loss(self, batch: ContrastiveBatch) -> Tensor:
         pos = batch.pos
         rho = 0.0 if self.temperature == "fixed" else self.rho
-        tau, tau_g, tau_low = self._temperatures(batch.index_global, batch.start, pos)
+        device = batch.groups is not None  # validation off: no host read
+        tau, tau_g, tau_low = self._temperatures(batch.index_global, batch.start, pos, device)
+        shared = isinstance(tau, Tensor) and tau.dim() == 0
+        if device and shared:  # the kernel reads 1 / tau on the host for one temperature: pass it per anchor
+            tau, shared_tau = tau.detach().expand(pos.shape), tau
         glob: list[Tensor] = []
 
         def estimator(log_g: Tensor, valid: Tensor) -> Tensor:
@@ -271,6 +292,12 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             neg=batch.neg, transposed=batch.transposed, stacked=batch.stacked, eps=self.eps, rho=rho, scale=batch.scale,
             stable=not self._exp_is_safe(pos.dtype, tau_low, batch.offset is not None), offset=batch.offset,
         )
+        if device and shared:  # the one temperature's term: scale * tau * sum_iv tau_grad_iv (as gcl_fcco adds it)
+            self._finish(batch, tau_g, None, *glob, rho)
+            out = step.surrogate
+            if batch.offset is not None:  # gcl_fcco's value is then taken on the shifted differences: the same here
+                out = out + (_shifted_value(step, self.eps, rho, batch.scale, tau) - out).detach()
+            return torch.addcmul(out, shared_tau, step.tau_grad.sum(), value=batch.scale)  # type: ignore[union-attr]
         self._finish(batch, tau_g, step.tau_grad, *glob, rho)
         return step.surrogate
 

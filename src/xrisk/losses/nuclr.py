@@ -239,7 +239,8 @@ class NUCLRLoss(ContrastiveLossBase):
         step = nuclr_fcco(
             batch.sims, pos, zeta_cols, self.tau, log_pos, estimator, pos_offset=batch.pos_offset, count=batch.count,
             self_offset=batch.self_offset, neg=batch.neg, transposed=batch.transposed, scale=batch.scale,
-            stable=not batch.transposed or self._shared_exp_zeta_min(pos.dtype, zeta_cols, batch.offset is not None) is None,
+            stable=(not batch.transposed or batch.groups is not None  # validation off: no host read for the gate
+                    or self._shared_exp_zeta_min(pos.dtype, zeta_cols, batch.offset is not None) is None),
             offset=batch.offset,
         )
         self._finish(batch, zeta_cols, step.col_weight, step.col_count, *glob, log_pos)
@@ -267,7 +268,7 @@ class NUCLRLoss(ContrastiveLossBase):
                 grad = 1.0 - wsum / cnt.clamp_min(1.0)
                 if not batch.all_valid:  # all_valid: every column is some anchor's negative (has is all True)
                     grad = torch.where(has, grad, torch.zeros_like(wsum))
-            if batch.all_valid or bool(has.any()):
+            if batch.all_valid or batch.groups is not None or bool(has.any()):  # masked on the device
                 self._momentum_sgd_step(self.zeta, self.zeta_momentum, batch, zeta_g, grad, self.beta_zeta, eta, has)
         batch.objective = functools.partial(
             _nuclr_objective, self.tau, log_u_g, log_pos, zeta_g, None if batch.all_valid else valid_g

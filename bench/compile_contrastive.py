@@ -1,0 +1,162 @@
+"""Compiled vs eager training steps of the global contrastive losses (issue 18, section 2), on this CPU, one thread.
+
+One image-text step: fixed backbone features ``[B, 256]`` of both modalities (16 batches, cycled) go through two
+linear projection heads 256 -> 128 (CLIP's projection layers), the loss, ``backward()`` and a plain SGD step of
+the heads and the loss's own parameters (the learnable temperature), written as a traceable
+``torch.optim.Optimizer`` (``compile_score.TraceableSGD``). Dataset indices are drawn from ``num_samples = 1e5``.
+Losses: the mini-batch reference, the ClipLoss formula (``_baselines_contrastive.clip_loss``, one matrix product,
+temperature 0.07); ``GlobalContrastiveLoss(mode="bimodal")`` with a fixed (FastCLIP-v1), one learnable
+(FastCLIP-v3) and per-sample (iSogCLR) temperature; ``NUCLRLoss``; the per-sample-temperature GCL and NUCLR with
+``FalseNegativeDetector`` (GloFND, masking from the first step). Three variants of every step, timed in the same
+interleaved rounds (``_common.time_interleaved``), every loss's variants and the reference in one call:
+
+* ``eager``: the default, validation on;
+* ``eager, validation off``: ``xrisk.set_validation(False)``, the fixed-shape device path;
+* ``compiled``: validation off, ``torch.compile(step, fullgraph=True)`` (inductor) with
+  ``torch._dynamo.config.trace_autograd_ops = True`` (backward inside the graph); ClipLoss compiled the same way.
+
+The issue's goals, at B = 128: the compiled per-sample-temperature GCL step and the compiled NUCLR step within
+1.1x of the compiled ClipLoss step, GloFND (with the per-sample-temperature GCL) within 1.3x. Paired ratio =
+median over rounds of the ratio of the round medians.
+
+    python bench/compile_contrastive.py           # writes bench/RESULTS.md (section "compile_contrastive")
+    python bench/compile_contrastive.py --quick   # smoke run, RESULTS.md untouched
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+import _common as C
+from _baselines_contrastive import ClipLossBaseline
+from compile_score import TraceableSGD, _compiled, _runner, _Step
+
+SECTION = "compile_contrastive"
+DIM, PROJ, N, TAU = 256, 128, 100_000, 0.07
+GOALS = {"GCL individual": 1.1, "NUCLR": 1.1, "GCL individual + GloFND": 1.3}
+
+
+def _cases():
+    from xrisk.losses import FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss
+
+    def gcl(temperature: str, fnd: bool = False):
+        return lambda: GlobalContrastiveLoss(
+            N, mode="bimodal", temperature=temperature, tau=TAU, rho=6.5,
+            false_negatives=FalseNegativeDetector(N, alpha=0.01) if fnd else None)
+
+    def nuclr(fnd: bool = False):
+        return lambda: NUCLRLoss(N, tau=TAU, zeta_start_epoch=0,
+                                 false_negatives=FalseNegativeDetector(N, alpha=0.01) if fnd else None)
+
+    return {
+        "GCL fixed": gcl("fixed"),
+        "GCL global": gcl("global"),
+        "GCL individual": gcl("individual"),
+        "NUCLR": nuclr(),
+        "GCL individual + GloFND": gcl("individual", fnd=True),
+        "NUCLR + GloFND": nuclr(fnd=True),
+    }
+
+
+def _data(batch: int, count: int = 16):
+    g = torch.Generator().manual_seed(batch)
+    out = []
+    for _ in range(count):
+        a = torch.randn(batch, DIM, generator=g)
+        out.append((a, a + 0.5 * torch.randn(batch, DIM, generator=g), torch.randint(0, N, (batch,), generator=g)))
+    return out
+
+
+def _step(loss: nn.Module) -> _Step:
+    """Heads + loss + backward + SGD of the heads and the loss's parameters (the epoch set: nothing inferred)."""
+    torch.manual_seed(0)
+    heads = nn.ModuleList([nn.Linear(DIM, PROJ), nn.Linear(DIM, PROJ)])
+    if hasattr(loss, "set_epoch"):
+        loss.set_epoch(0)
+    opt = TraceableSGD([*heads.parameters(), *loss.parameters()], lr=0.01)
+
+    def step(a, b, idx):
+        out = loss(heads[0](a), heads[1](b), idx)
+        out.backward()
+        opt.step()
+        return out.detach()
+
+    return _Step(step, opt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--steps-per-round", type=int, default=4)
+    ap.add_argument("--batches", default="128,512")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    from torch import _dynamo
+
+    _dynamo.config.trace_autograd_ops = True
+    _dynamo.config.cache_size_limit = 64
+    rounds, spr = (2, 2) if args.quick else (args.rounds, args.steps_per_round)
+    cmd = "python bench/compile_contrastive.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    facts = C.machine_facts(threads=1)
+    t0 = time.perf_counter()
+    loads = [f"start {C.loadavg():.2f}"]
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        data = _data(batch)
+        variants = {"ref eager": _runner(_step(ClipLossBaseline(TAU)), data, True)}
+        variants["ref compiled"], _ = _compiled(_step(ClipLossBaseline(TAU)), fullgraph=True, data=data)
+        compile_s = {}
+        for name, make in _cases().items():
+            variants[f"{name} eager"] = _runner(_step(make()), data, True)
+            variants[f"{name} eager_off"] = _runner(_step(make()), data, False)
+            variants[f"{name} compiled"], compile_s[name] = _compiled(_step(make()), fullgraph=True, data=data)
+            print(f"[compile_contrastive] B={batch} {name} compiled in {compile_s[name]:.0f} s", flush=True)
+        times = C.time_interleaved(variants, rounds=rounds, steps_per_round=spr)
+        loads.append(f"B={batch} {C.loadavg():.2f}")
+
+        def paired(a: str, b: str) -> float:
+            return C.paired_ratio(times[a], times[b], rounds, spr)
+
+        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        rows.append(["ClipLoss (mini-batch reference)", batch, f"{ms['ref eager']:.2f}", "", f"{ms['ref compiled']:.2f}",
+                     "", f"{paired('ref compiled', 'ref eager'):.3f}", "1.000", ""])
+        for name in compile_s:
+            r = paired(f"{name} compiled", "ref compiled")
+            goal = GOALS.get(name) if batch == 128 else None
+            verdict = "" if goal is None else f"goal {goal}: {'met' if r <= goal else 'not met'}"
+            rows.append([name, batch, f"{ms[f'{name} eager']:.2f}", f"{ms[f'{name} eager_off']:.2f}",
+                         f"{ms[f'{name} compiled']:.2f}", f"{paired(f'{name} eager_off', f'{name} eager'):.3f}",
+                         f"{paired(f'{name} compiled', f'{name} eager'):.3f}", f"{r:.3f}", verdict])
+        for row in rows[-len(compile_s) - 1:]:
+            print(f"[compile_contrastive] {row}", flush=True)
+        _dynamo.reset()
+    table = C.md_table(["loss", "B", "eager ms/step", "eager, validation off ms/step", "compiled ms/step",
+                        "paired ratio off/eager", "paired ratio compiled/eager",
+                        "paired ratio compiled / ClipLoss compiled", "goal (B = 128)"], rows)
+    body = (
+        "## Global contrastive losses: compiled vs eager step (`bench/compile_contrastive.py`, issue 18)\n\n"
+        f"Command: `{cmd.strip()}`; {time.perf_counter() - t0:.0f} s.  \n"
+        f"Machine: {facts}.  \n"
+        f"1-min load average: {'; '.join(loads)}.\n\n"
+        f"{rounds} interleaved rounds of {spr} steps per variant (2 warm-up rounds dropped), every variant of one "
+        "batch size in the same rounds; one thread. A step: two linear heads 256 -> 128 on fixed backbone features, "
+        "the loss, backward, SGD of the heads and the loss's parameters. `compiled`: validation off, "
+        "`torch.compile(step, fullgraph=True)` (inductor) of the whole step; the ClipLoss reference compiled the same "
+        "way. Goals (issue 18, B = 128): per-sample-temperature GCL and NUCLR within 1.1x of ClipLoss compiled, "
+        "GloFND (with that GCL) within 1.3x.\n\n" + table
+    )
+    print(body, flush=True)
+    if not args.quick:
+        C.write_section(SECTION, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
