@@ -758,8 +758,10 @@ def _gcl_square(
     wrow = s.mul_(coef)  # sum_j p_ij = scale exp(log_g - log(eps + u))
     if some_empty:  # anchors without negatives: no weight
         wrow = torch.where(valid, wrow, 0.0)
+    c1 = coef[:, 1].contiguous() if torch.compiler.is_compiling() else coef[:, 1]  # compiled: a strided column
+    # operand makes the [B, B] product scalar code
     if need_value and per_anchor:  # the positives' weights -sum_j p_ij per side, then sum_j w_ij s_ij is the value
-        w0, w1 = e0.mul_(coef[:, 0:1]), e1.mul_(coef[:, 1])
+        w0, w1 = e0.mul_(coef[:, 0:1]), e1.mul_(c1)
         w0.diagonal().sub_(wrow[:, 0])
         w1.diagonal().sub_(wrow[:, 1])
         value = torch.stack([torch.linalg.vecdot(w0, sd, dim=1), torch.linalg.vecdot(w1, sd, dim=0)], 1)
@@ -767,7 +769,7 @@ def _gcl_square(
     if e0 is e1:
         w = e0.mul_(coef[:, 0:1] + coef[:, 1])
     else:
-        w = e0.mul_(coef[:, 0:1]).add_(e1.mul_(coef[:, 1]))
+        w = e0.mul_(coef[:, 0:1]).add_(e1.mul_(c1))
     w.diagonal().sub_(wrow.sum(1))
     return _shifted_weights_dot(sim, w, sd if shifted else None), log_u, log_den, None
 
