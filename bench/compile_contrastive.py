@@ -25,7 +25,6 @@ median over rounds of the ratio of the round medians.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ from torch import nn
 
 import _common as C
 from _baselines_contrastive import ClipLossBaseline
-from compile_score import TraceableSGD, _compiled, _runner, _Step
+from compile_score import TraceableSGD, _compiled, _runner, _Step, compile_bench_setup
 
 SECTION = "compile_contrastive"
 DIM, PROJ, N, TAU = 256, 128, 100_000, 0.07
@@ -91,19 +90,9 @@ def _step(loss: nn.Module) -> _Step:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=12)
-    ap.add_argument("--steps-per-round", type=int, default=4)
-    ap.add_argument("--batches", default="128,512")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
     from torch import _dynamo
 
-    _dynamo.config.trace_autograd_ops = True
-    _dynamo.config.cache_size_limit = 64
-    rounds, spr = (2, 2) if args.quick else (args.rounds, args.steps_per_round)
-    cmd = "python bench/compile_contrastive.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    args, rounds, spr, cmd = compile_bench_setup("compile_contrastive.py", __doc__, argv)
     facts = C.machine_facts(threads=1)
     t0 = time.perf_counter()
     loads = [f"start {C.loadavg():.2f}"]

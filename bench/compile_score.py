@@ -145,8 +145,10 @@ def _compiled(step: _Step, *, fullgraph: bool, data) -> tuple[Callable[[], None]
     return run, time.perf_counter() - t0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def compile_bench_setup(script: str, doc: str, argv: list[str] | None):
+    """The command line and settings of a compiled-step benchmark: ``(args, rounds, steps per round, command)``;
+    one thread, ``trace_autograd_ops`` (backward inside the compiled step), room for every graph in the cache."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--steps-per-round", type=int, default=4)
@@ -158,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     _dynamo.config.trace_autograd_ops = True
     _dynamo.config.cache_size_limit = 64
     rounds, spr = (2, 2) if args.quick else (args.rounds, args.steps_per_round)
-    cmd = "python bench/compile_score.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = f"python bench/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    return args, rounds, spr, cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    from torch import _dynamo
+
+    args, rounds, spr, cmd = compile_bench_setup("compile_score.py", __doc__, argv)
     facts = C.machine_facts(threads=1)
     t0 = time.perf_counter()
     loads = [f"start {C.loadavg():.2f}"]

@@ -4,6 +4,8 @@
 * :class:`TraceableSGD`: plain SGD whose ``step`` Dynamo traces;
 * :func:`count_host_reads`: counts every call that reads a tensor's values to the host;
 * :func:`close`: ``allclose`` with the largest difference in the message;
+* :func:`train` / :func:`host_reads_per_step`: a test's training loop and its host-read count, from a ``setup()``
+  returning ``(model, loss, optimizer, step)``;
 * :func:`compiled_without_recompiles`: runs a training function under ``torch.compile(fullgraph=True)`` and checks
   that no graph broke and no graph was compiled after the warm-up.
 """
@@ -15,7 +17,10 @@ from typing import Callable, Iterator
 
 import torch
 
-__all__ = ["READS", "TraceableSGD", "close", "compiled_without_recompiles", "count_host_reads"]
+import xrisk
+
+__all__ = ["READS", "TraceableSGD", "close", "compiled_without_recompiles", "count_host_reads", "assert_no_host_reads", "host_reads_per_step",
+           "train"]
 
 
 class TraceableSGD(torch.optim.Optimizer):
@@ -82,3 +87,44 @@ def compiled_without_recompiles(train: Callable[[Callable[[], None]], object]):
     finally:
         dynamo.reset()
     return out
+
+
+def train(setup: Callable[[], tuple], validate: bool, batches, compiled: str | None = None, after_warmup=None):
+    """``(values [steps], model, loss)`` of ``step(*batch)`` over ``batches`` (``setup()`` gives ``(model, loss,
+    optimizer, step)``), with validation on or off, optionally ``torch.compile(fullgraph=True)`` with backend
+    ``compiled``; ``after_warmup()`` is called before the third step."""
+    net, loss, opt, step = setup()
+    if compiled is not None:
+        step = torch.compile(step, fullgraph=True, backend=compiled)
+    values = []
+    with xrisk.validation(validate):
+        for i, batch in enumerate(batches):
+            if i == 2 and after_warmup is not None:
+                after_warmup()
+            values.append(step(*batch))
+            opt.zero_grad(set_to_none=True)
+    return torch.stack(values), net, loss
+
+
+def assert_no_host_reads(setup: Callable[[], tuple], batches) -> None:
+    """:func:`host_reads_per_step` is empty with validation off, and not with validation on (the counter works)."""
+    counts = host_reads_per_step(setup, batches)
+    assert counts[True], "the counter sees the validated step's reads"
+    assert counts[False] == [], f"host reads with validation off: {counts[False]}"
+
+
+def host_reads_per_step(setup: Callable[[], tuple], batches) -> dict[bool, list[str]]:
+    """Per validation setting, the host reads of ``batches[1:]`` after a first step (which creates the optimizer's
+    lazy state), counted with :func:`count_host_reads`."""
+    counts = {}
+    for validate in (True, False):
+        _, _, opt, step = setup()
+        with xrisk.validation(validate):
+            step(*batches[0])
+            opt.zero_grad(set_to_none=True)
+            with count_host_reads() as calls:
+                for batch in batches[1:]:
+                    step(*batch)
+                    opt.zero_grad(set_to_none=True)
+        counts[validate] = list(calls)
+    return counts

@@ -15,6 +15,7 @@ KL) and two-way partial AUC, each with its optimizer and a small MLP:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import pytest
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 import xrisk
-from _compile import TraceableSGD, close as _close, compiled_without_recompiles, count_host_reads as _count_host_reads
+from _compile import TraceableSGD, close as _close, compiled_without_recompiles, assert_no_host_reads, train
 from xrisk.losses import APLoss, AUCMLoss, CompositionalAUCLoss, OneWayPartialAUCLoss, TwoWayPartialAUCLoss
 from xrisk.optim import PDSCA, PESG
 
@@ -76,17 +77,7 @@ def _setup(case: str):
 
 
 def _train(case: str, validate: bool, batches, compiled: str | None = None, after_warmup=None):
-    net, loss, opt, step = _setup(case)
-    if compiled is not None:
-        step = torch.compile(step, fullgraph=True, backend=compiled)
-    values = []
-    with xrisk.validation(validate):
-        for i, (x, y, index) in enumerate(batches):
-            if i == 2 and after_warmup is not None:
-                after_warmup()
-            values.append(step(x, y, index))
-            opt.zero_grad(set_to_none=True)
-    return torch.stack(values), net, loss
+    return train(functools.partial(_setup, case), validate, batches, compiled, after_warmup)
 
 
 def _same_training(a, b) -> None:
@@ -109,19 +100,7 @@ def test_validation_off_trains_like_validation_on(case):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_no_host_read_per_step_with_validation_off(case):
     batches = _batches(5)
-    counts = {}
-    for validate in (True, False):
-        net, loss, opt, step = _setup(case)
-        with xrisk.validation(validate):
-            step(*batches[0])  # the optimizer's lazy state is created here
-            opt.zero_grad(set_to_none=True)
-            with _count_host_reads() as calls:
-                for x, y, index in batches[1:]:
-                    step(x, y, index)
-                    opt.zero_grad(set_to_none=True)
-        counts[validate] = list(calls)
-    assert counts[True], "the counter sees the validated step's reads"
-    assert counts[False] == [], f"host reads with validation off: {counts[False]}"
+    assert_no_host_reads(functools.partial(_setup, case), batches)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
