@@ -165,3 +165,21 @@ def test_validation_off_counts_samples_and_the_validated_path_resumes_the_count(
     loss(a, b, torch.arange(B) + B)
     loss(a, b, torch.arange(B) + 2 * B)
     assert int(loss.samples_seen) == 3 * B and loss.current_epoch() == 3 * B // N
+
+
+@pytest.mark.parametrize("case", ["bi-individual-glofnd", "nuclr"])
+def test_eval_mode_with_validation_off_returns_the_training_value_and_writes_nothing(case):
+    _, loss, _, _ = _setup(case)
+    a, b = torch.randn(B, DIM, dtype=torch.float64), torch.randn(B, DIM, dtype=torch.float64)
+    index = _batches(4)[3][2]  # with duplicates
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    with xrisk.validation(False):
+        loss.eval()
+        evaluated = loss(a, b, index)
+        for k, v in loss.state_dict().items():
+            close(v, before[k], k, atol=0.0)
+        loss.train()
+        trained = loss(a, b, index)
+    assert evaluated.dtype == torch.float64
+    close(evaluated, trained, "eval value", atol=1e-12)
+    assert not torch.equal(loss.log_u.value, before["log_u.value"]), "the training call wrote"
