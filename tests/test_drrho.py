@@ -241,7 +241,7 @@ def test_the_steering_guide_example_runs(capsys):
 
 
 @pytest.mark.parametrize("divergence,alpha", [("kl", 0.3), ("cvar", 0.3), ("cvar", 1.0)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_host_and_device_statistics_give_the_same_steps(divergence, alpha, dtype):
     """The numpy path (CPU default) and the torch path (other devices) of the kernels agree: weights, state,
     objective, over several steps, in every float dtype."""
@@ -261,8 +261,10 @@ def test_host_and_device_statistics_give_the_same_steps(divergence, alpha, dtype
             if host:
                 want = out
             else:
-                tol = 1e-2 if dtype == torch.float16 else 1e-5
-                torch.testing.assert_close(out.weights.to(want.weights.dtype), want.weights, rtol=tol, atol=tol)
+                tol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5
+                assert out.weights.dtype == want.weights.dtype == (torch.float64 if dtype == torch.float64
+                                                                   else torch.float32)
+                torch.testing.assert_close(out.weights, want.weights, rtol=tol, atol=tol)
                 assert out.state == pytest.approx(want.state, rel=tol, abs=tol)
                 assert out.objective == pytest.approx(want.objective, rel=tol, abs=tol)
                 assert out.surrogate.dtype == dtype

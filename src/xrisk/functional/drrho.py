@@ -82,15 +82,10 @@ def _on_host(excess: Tensor, host: bool | None) -> np.ndarray | None:
     return d.numpy().astype(np.float64) if d.dtype != torch.bfloat16 else d.float().numpy().astype(np.float64)
 
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
-
-
 def _weights_tensor(w: np.ndarray, like: Tensor) -> Tensor:
-    """Host weights as a tensor of ``like``'s dtype and device (no torch operation for a CPU float32/64/16 batch)."""
-    np_dtype = _NUMPY_DTYPES.get(like.dtype)
-    out = torch.from_numpy(w.astype(np_dtype if np_dtype is not None else np.float32))
-    if np_dtype is None:
-        out = out.to(like.dtype)
+    """Host weights as a tensor on ``like``'s device, float64 for a float64 batch and float32 otherwise (the dtype
+    :func:`_detached_float` gives the torch path: half-precision batches get float32 weights on both paths)."""
+    out = torch.from_numpy(w.astype(np.float64 if like.dtype == torch.float64 else np.float32))
     return out if like.device.type == "cpu" else out.to(like.device)
 
 
@@ -135,7 +130,7 @@ def drrho_kl(
         m, low, total = torch.stack([hi, lo, e.sum()]).tolist()
     if not (math.isfinite(m) and math.isfinite(low)):
         nan = float("nan")
-        return DRRhoStep(excess.sum() * nan, nan, nan, torch.full_like(excess.detach(), nan))
+        return DRRhoStep(excess.sum() * nan, nan, nan, torch.full_like(_detached_float(excess), nan))
     log_g = math.log(total) + m - math.log(b)
     new = log_g
     if flag and gamma < 1.0:
@@ -210,12 +205,12 @@ def _cvar_on_host(excess: Tensor, a: np.ndarray, s_old: float, flag: bool, *, al
     lo, total = float(a.min()), float(a.sum())
     if not (math.isfinite(lo) and math.isfinite(total) and math.isfinite(s_old)):
         nan = float("nan")
-        return DRRhoStep(excess.sum() * nan, nan, nan, torch.full_like(excess.detach(), nan))
+        return DRRhoStep(excess.sum() * nan, nan, nan, torch.full_like(_detached_float(excess), nan))
     if alpha >= 1.0:
         s_old = s_old if flag else lo
         new = s_old - eta * (1.0 - float(np.count_nonzero(a > s_old)) / b)
         w = _weights_tensor(np.full(b, 1.0 / b), excess)
-        return DRRhoStep(torch.dot(w, excess), new, total / b, w)
+        return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, total / b, w)
     if not flag:
         k = min(int(math.floor(alpha * b + 1e-9)) + 1, b)  # upper_quantile: the k-th largest entry
         s_old = float(np.partition(a, b - k)[b - k])
@@ -223,7 +218,7 @@ def _cvar_on_host(excess: Tensor, a: np.ndarray, s_old: float, flag: bool, *, al
     count = float(np.count_nonzero(above))
     objective = s_old + float(np.maximum(a - s_old, 0.0).sum()) / (alpha * b)
     w = _weights_tensor(above * (1.0 / (alpha * b)), excess)
-    return DRRhoStep(torch.dot(w, excess), s_old - eta * (alpha - count / b), objective, w)
+    return DRRhoStep(torch.dot(w.to(excess.dtype), excess), s_old - eta * (alpha - count / b), objective, w)
 
 
 def drrho_kl_objective(excess: Tensor, tau: float) -> Tensor:

@@ -60,7 +60,7 @@ generators seeded by ``(seed, epoch)``, so a resumed run repeats the uninterrupt
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xrisk.recipes._loop import NoProgress, config_from_args, epoch_generator, epoch_steps
 from xrisk.recipes.flags import existing_path, number, out_dir
 from xrisk.recipes.registry import Recipe, UsageError, register
 from xrisk.recipes.runner import train_loss_key
@@ -175,10 +176,6 @@ def embed(fn: Callable[[Tensor], Tensor], inputs: Tensor, *, batch_size: int = 5
     return torch.cat(outs) if outs else inputs.new_zeros(0, 0)
 
 
-def _epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + salt) % (2**63 - 1))
-
-
 def gamma_schedule_for(
     kind: str, gamma: float, decay_epochs: int | None, epochs: int
 ) -> Callable[[int], float] | None:
@@ -207,22 +204,6 @@ def gamma_schedule_for(
     except ValueError as e:
         flag = "--gamma" if "gamma_min" in str(e) else "--gamma-decay-epochs"
         raise UsageError(f"argument {flag}: {e}") from None
-
-
-class _Plain:
-    """Minimal progress bar stand-in used without a RunContext."""
-
-    def update(self, n: int = 1, **values: object) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-def _steps(ctx: RunContext | None, epoch: int, steps: range, state: dict[str, Any], g: torch.Generator) -> Iterable[int]:
-    """The epoch's step numbers through :meth:`RunContext.steps` (checkpoints inside the epoch) when there
-    is a run context, else as they are."""
-    return steps if ctx is None else ctx.steps(epoch, steps, state=state, generators=[g])
 
 
 def _set_threads(num_threads: int | None) -> None:
@@ -330,17 +311,17 @@ def train_simclr(config: SimCLRConfig, ctx: RunContext | None = None) -> dict[st
     aug = ContrastiveAugment()
     probe_n = min(config.probe_train, n)
     bar = (ctx.progress(steps_per_epoch * (config.epochs - start) - ctx.start_step, config.method)
-           if ctx is not None else _Plain())
+           if ctx is not None else NoProgress())
     loss_key = train_loss_key(loss_fn)
     metrics: dict[str, float] = {}
     for epoch in range(start + 1, config.epochs + 1):
         if loss_fn is not None:
             loss_fn.set_epoch(epoch - 1)
         model.train()
-        g = _epoch_generator(config.seed, epoch)
+        g = epoch_generator(config.seed, epoch)
         perm = torch.randperm(n, generator=g)
         acc = {"total": 0.0, "objective": 0.0}
-        for step in _steps(ctx, epoch, range(steps_per_epoch), acc, g):
+        for step in epoch_steps(ctx, epoch, range(steps_per_epoch), acc, g):
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
             x = x_train[idx]
             views = _prep(torch.cat([aug(x, g), aug(x, g)]))
@@ -739,17 +720,17 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
     aug = ContrastiveAugment(crop_scale=(0.6, 1.0), flip_p=0.5 if data.flip else 0.0, jitter=0.2,
                              jitter_p=0.5, erase_p=0.0, noise_std=0.0)
     bar = (ctx.progress(steps_per_epoch * (config.epochs - start) - ctx.start_step, f"clip/{config.loss}")
-           if ctx is not None else _Plain())
+           if ctx is not None else NoProgress())
     loss_key = train_loss_key(loss_fn)
     metrics: dict[str, float] = {}
     for epoch in range(start + 1, config.epochs + 1):
         if loss_fn is not None:
             loss_fn.set_epoch(epoch - 1)
         model.train()
-        g = _epoch_generator(config.seed, epoch, salt=1)
+        g = epoch_generator(config.seed, epoch, salt=1)
         perm = torch.randperm(n, generator=g)
         acc = {"total": 0.0, "objective": 0.0}
-        for step in _steps(ctx, epoch, range(steps_per_epoch), acc, g):
+        for step in epoch_steps(ctx, epoch, range(steps_per_epoch), acc, g):
             idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
             if use == "jest":  # JEST: B of the next B / jest_keep pairs of the epoch's order
                 cand = perm[(step * config.batch_size + torch.arange(candidates)) % n]
@@ -799,12 +780,6 @@ def train_clip(config: CLIPConfig, ctx: RunContext | None = None) -> dict[str, f
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def _config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-    values.update(fixed)
-    return cls(**values)
-
-
 def _add_common(p: argparse.ArgumentParser, *, tau: float) -> None:
     p.add_argument("--batch-size", type=number(int, ge=2), default=64, help="pairs (images) per step")
     p.add_argument("--epochs", type=number(int, ge=1), default=5, help="number of epochs (may grow on --resume)")
@@ -894,14 +869,14 @@ def _validate_clip(args: argparse.Namespace) -> None:
         if args.ref_use == "drrho" and args.loss == "infonce":
             raise UsageError("argument --ref-use: drrho needs a global loss (gcl, gcl-global-temp, isogclr, nuclr)")
     try:
-        build_clip_loss(_config_from_args(CLIPConfig, args), 2)
+        build_clip_loss(config_from_args(CLIPConfig, args), 2)
     except ValueError as e:
         raise UsageError(f"the loss options do not fit: {e}") from None
 
 
 def _make_simclr_run(method: str) -> Callable[[argparse.Namespace, RunContext], dict[str, float]]:
     def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
-        config = _config_from_args(SimCLRConfig, args, method=method)
+        config = config_from_args(SimCLRConfig, args, method=method)
         return ctx.finish(train_simclr(config, ctx))
 
     run.__qualname__ = f"run_{method}"
@@ -909,7 +884,7 @@ def _make_simclr_run(method: str) -> Callable[[argparse.Namespace, RunContext], 
 
 
 def _run_clip(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
-    return ctx.finish(train_clip(_config_from_args(CLIPConfig, args), ctx))
+    return ctx.finish(train_clip(config_from_args(CLIPConfig, args), ctx))
 
 
 register(Recipe("simclr", "SimCLR (mini-batch NT-Xent) on Fashion-MNIST; linear-probe accuracy",

@@ -62,7 +62,7 @@ import argparse
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xrisk.recipes.contrastive import _epoch_generator
+from xrisk.recipes._loop import config_from_args, epoch_generator
 from xrisk.recipes.flags import number, text
 from xrisk.recipes.registry import Recipe, UsageError, register
 
@@ -278,7 +278,7 @@ def pretrain_epoch(
     encoder.train()
     if loss_fn is not None:
         loss_fn.set_epoch(epoch - 1)
-    g = _epoch_generator(config.seed, epoch, 1)
+    g = epoch_generator(config.seed, epoch, 1)
     perm = torch.randperm(len(data), generator=g)
     b = config.batch_size
     batches = [perm[k * b : (k + 1) * b] for k in range(_pretrain_steps(len(data), config))]
@@ -314,7 +314,7 @@ def eval_sequences(data: StayTensors, budget: int, seed: int) -> list[Tokens]:
     """Every stay cut to the token budget by a fixed-seed ordered subsample (the same tokens in every run)."""
     from xrisk.data.clinical import ordered_subsample
 
-    g = _epoch_generator(seed, 0, 99)
+    g = epoch_generator(seed, 0, 99)
     out = []
     for i in range(len(data)):
         t = data.tokens(i)
@@ -358,7 +358,7 @@ def imputation_errors(encoder: TripletTransformer, sequences: list[Tokens], *, f
     the last visible value of the same variable in the stay (LOCF; the mean when there is none)."""
     from xrisk.data.clinical import value_mask
 
-    g = _epoch_generator(seed, 0, 7)
+    g = epoch_generator(seed, 0, 7)
     masks = [value_mask(int(s.times.numel()), fraction, g) for s in sequences]
     _, preds = encode_stays(encoder, sequences, value_masks=masks)
     sq_model, sq_mean, sq_locf, count = 0.0, 0.0, 0.0, 0
@@ -405,7 +405,7 @@ def finetune_epoch(
 
     encoder.train()
     classifier.train()
-    g = _epoch_generator(config.seed, epoch, 2)
+    g = epoch_generator(config.seed, epoch, 2)
     b = min(config.finetune_batch_size, labelled.numel())
     need = config.finetune_steps * b
     draws = torch.cat([labelled[torch.randperm(labelled.numel(), generator=g)]
@@ -612,8 +612,7 @@ def validate(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
     """``xrisk run ehr``."""
-    values = {f.name: getattr(args, f.name) for f in fields(EHRConfig) if hasattr(args, f.name)}
-    return ctx.finish(train_ehr(EHRConfig(**values), ctx))
+    return ctx.finish(train_ehr(config_from_args(EHRConfig, args), ctx))
 
 
 register(Recipe("ehr", "contrastive (GCL/InfoNCE) + imputation pretraining on ICU time series; outcome AUROC/AUPRC",

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from xrisk.recipes.contrastive import _config_from_args, _epoch_generator, _Plain, _steps
+from xrisk.recipes._loop import NoProgress, config_from_args, epoch_generator, epoch_steps
 from xrisk.recipes.flags import existing_path, number, text
 from xrisk.recipes.registry import Recipe, UsageError, register
 from xrisk.recipes.runner import train_loss_key
@@ -362,18 +362,18 @@ def train_myna(
         )
         start = ctx.resume(model=model, loss=loss_fn, optimizer=opt)
     bar = (ctx.progress(steps_per_epoch * max(0, config.epochs - start) - ctx.start_step, f"myna/{config.patch}")
-           if ctx is not None else _Plain())
+           if ctx is not None else NoProgress())
     loss_key = train_loss_key(loss_fn)  # "train_surrogate": the GCL value is not the objective
     metrics: dict[str, float] = {}
     cpu_used, total_steps = 0.0, 0
     for epoch in range(start + 1, config.epochs + 1):
         loss_fn.set_epoch(epoch - 1)
         model.train()
-        g = _epoch_generator(config.seed, epoch, salt=17)
+        g = epoch_generator(config.seed, epoch, salt=17)
         perm = torch.randperm(n, generator=g)
         acc = {"total": 0.0, "objective": 0.0, "steps": 0}
         t0 = time.perf_counter()
-        for step in _steps(ctx, epoch, range(steps_per_epoch), acc, g):
+        for step in epoch_steps(ctx, epoch, range(steps_per_epoch), acc, g):
             if config.max_cpu_seconds is not None and cpu_used >= config.max_cpu_seconds:
                 break
             c0 = time.process_time()
@@ -454,11 +454,11 @@ def _myna_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _validate_myna(args: argparse.Namespace) -> None:
-    _check_config(_config_from_args(MynaConfig, args))
+    _check_config(config_from_args(MynaConfig, args))
 
 
 def _run_myna(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
-    return ctx.finish(train_myna(_config_from_args(MynaConfig, args), ctx).metrics)
+    return ctx.finish(train_myna(config_from_args(MynaConfig, args), ctx).metrics)
 
 
 def _probe_arguments(p: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ import argparse
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xrisk.recipes._loop import config_from_args, epoch_generator
 from xrisk.recipes.flags import existing_path, number, out_dir
 from xrisk.recipes.registry import Recipe, UsageError, register
 from xrisk.recipes.runner import train_loss_key
@@ -365,7 +366,7 @@ def train_steer(config: SteerConfig, ctx: RunContext | None = None) -> dict[str,
     extra = max(0, math.ceil(config.batch_size / config.select_ratio) - config.batch_size)
     for epoch in range(start + 1, config.epochs + 1):
         model.train()
-        g = torch.Generator().manual_seed((config.seed * 1_000_003 + epoch * 7919) % (2**63 - 1))
+        g = epoch_generator(config.seed, epoch)
         perm = pool[torch.randperm(n, generator=g)]
         acc = {"total": 0.0, "objective": 0.0}
         steps = range(steps_per_epoch)
@@ -476,12 +477,8 @@ def _validate(args: argparse.Namespace) -> None:
         reference_run_args(Path(args.ref), "steer", {k: getattr(args, k) for k in _SAME_SPLIT})
 
 
-def _config_from_args(args: argparse.Namespace) -> SteerConfig:
-    return SteerConfig(**{f.name: getattr(args, f.name) for f in fields(SteerConfig) if hasattr(args, f.name)})
-
-
 def _run(args: argparse.Namespace, ctx: RunContext) -> dict[str, float]:
-    config = _config_from_args(args)
+    config = config_from_args(SteerConfig, args)
     ctx.update_config(steer=_jsonable_config(config))
     return ctx.finish(train_steer(config, ctx))
 
