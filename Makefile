@@ -4,7 +4,6 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install -q -c constraints.txt
 BENCHV  ?= .venv-bench
-DEBS    := dataset-fashion-mnist fonts-noto-color-emoji sonic-pi-samples singularity-music chromium chromium-driver
 
 .PHONY: demo test bench docs docs-deps docs-check install data clean
 
