@@ -194,3 +194,19 @@ def write_section(name: str, body: str, path: Path | None = None) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def run_header(cmd: str, seconds: float, facts: str, loads: Sequence[str],
+               load_label: str = "1-min load average") -> str:
+    """The lines under a section title that say how its numbers were made: the command, the wall time, the
+    machine (:func:`machine_facts`) and the load averages read during the run."""
+    return (f"Command: `{cmd.strip()}`; {seconds:.0f} s.  \n"
+            f"Machine: {facts}.  \n"
+            f"{load_label}: {'; '.join(loads)}.\n\n")
+
+
+def publish(name: str, body: str, write: bool) -> None:
+    """Print a section and, if ``write``, replace the ``name`` section of ``bench/RESULTS.md`` with it."""
+    print(body, flush=True)
+    if write:
+        write_section(name, body)

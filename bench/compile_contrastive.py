@@ -3,7 +3,7 @@
 One image-text step: fixed backbone features ``[B, 256]`` of both modalities (16 batches, cycled) go through two
 linear projection heads 256 -> 128 (CLIP's projection layers), the loss, ``backward()`` and a plain SGD step of
 the heads and the loss's own parameters (the learnable temperature), written as a traceable
-``torch.optim.Optimizer`` (``compile_score.TraceableSGD``). Dataset indices are drawn from ``num_samples = 1e5``.
+``torch.optim.Optimizer`` (``tests/_compile.py``'s ``TraceableSGD``). Dataset indices are drawn from ``num_samples = 1e5``.
 Losses: the mini-batch reference, the ClipLoss formula (``_baselines_contrastive.clip_loss``, one matrix product,
 temperature 0.07); ``GlobalContrastiveLoss(mode="bimodal")`` with a fixed (FastCLIP-v1), one learnable
 (FastCLIP-v3) and per-sample (iSogCLR) temperature; ``NUCLRLoss``; the per-sample-temperature GCL and NUCLR with
@@ -131,19 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                         "paired ratio compiled / ClipLoss compiled", "goal (B = 128)"], rows)
     body = (
         "## Global contrastive losses: compiled vs eager step (`bench/compile_contrastive.py`, issue 18)\n\n"
-        f"Command: `{cmd.strip()}`; {time.perf_counter() - t0:.0f} s.  \n"
-        f"Machine: {facts}.  \n"
-        f"1-min load average: {'; '.join(loads)}.\n\n"
-        f"{rounds} interleaved rounds of {spr} steps per variant (2 warm-up rounds dropped), every variant of one "
+        + C.run_header(cmd, time.perf_counter() - t0, facts, loads)
+        + f"{rounds} interleaved rounds of {spr} steps per variant (2 warm-up rounds dropped), every variant of one "
         "batch size in the same rounds; one thread. A step: two linear heads 256 -> 128 on fixed backbone features, "
         "the loss, backward, SGD of the heads and the loss's parameters. `compiled`: validation off, "
         "`torch.compile(step, fullgraph=True)` (inductor) of the whole step; the ClipLoss reference compiled the same "
         "way. Goals (issue 18, B = 128): per-sample-temperature GCL and NUCLR within 1.1x of ClipLoss compiled, "
         "GloFND (with that GCL) within 1.3x.\n\n" + table
     )
-    print(body, flush=True)
-    if not args.quick:
-        C.write_section(SECTION, body)
+    C.publish(SECTION, body, write=not args.quick)
     return 0
 
 

@@ -27,6 +27,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -34,29 +35,18 @@ from torch import nn
 
 import _common as C
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _compile import TraceableSGD  # noqa: E402  (the tests' optimizer: the step the tests check is the step timed)
+
 SECTION = "compile_score"
 DIM, N = 64, 100_000
-
-
-class TraceableSGD(torch.optim.Optimizer):
-    """Plain SGD whose step Dynamo traces (``torch.optim.SGD.step`` inserts graph breaks by design)."""
-
-    def __init__(self, params, lr: float = 0.01) -> None:
-        super().__init__(params, {"lr": lr})
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-group["lr"])
 
 
 def _cases():
     from xrisk.losses import APLoss, AUCMLoss, CompositionalAUCLoss, OneWayPartialAUCLoss, TwoWayPartialAUCLoss
     from xrisk.optim import PDSCA, PESG
 
-    sgd = lambda net, loss: TraceableSGD(net.parameters())  # noqa: E731
+    sgd = lambda net, loss: TraceableSGD(net.parameters(), lr=0.01)  # noqa: E731
     return {
         "AUCMLoss + PESG": (AUCMLoss, lambda net, loss: PESG(net.parameters(), loss=loss, lr=0.01)),
         "CompositionalAUCLoss + PDSCA": (lambda: CompositionalAUCLoss(k=2),
@@ -202,18 +192,14 @@ def main(argv: list[str] | None = None) -> int:
                         "compile s (3 calls)", "compiled vs BCE + Adam compiled"], rows)
     body = (
         "## Score losses: compiled vs eager step (`bench/compile_score.py`, issue 18)\n\n"
-        f"Command: `{cmd.strip()}`; {time.perf_counter() - t0:.0f} s.  \n"
-        f"Machine: {facts}.  \n"
-        f"1-min load average: {'; '.join(loads)}.\n\n"
-        f"{rounds} interleaved rounds of {spr} steps per variant (2 warm-up rounds dropped); MLP 64-128-1, one "
+        + C.run_header(cmd, time.perf_counter() - t0, facts, loads)
+        + f"{rounds} interleaved rounds of {spr} steps per variant (2 warm-up rounds dropped); MLP 64-128-1, one "
         "thread. `compiled`: validation off, `torch.compile(step, fullgraph=True)` (inductor) of forward + loss + "
         "backward + optimizer step. Ratios below 1: faster than the validated eager step. `compile s`: wall time of "
         "the first three compiled calls, with the on-disk inductor cache warm from earlier runs of the same graphs "
         "(not a cold compile time).\n\n" + table
     )
-    print(body, flush=True)
-    if not args.quick:
-        C.write_section(SECTION, body)
+    C.publish(SECTION, body, write=not args.quick)
     return 0
 
 

@@ -197,18 +197,14 @@ def main(argv: list[str] | None = None) -> int:
          "paired ratio (IQR over rounds)", "A/A control ratio", f"goal <= {GOAL}"], rows)
     body = (
         "## DDP with the loss as a submodule: default vs `broadcast_buffers=False` (`bench/ddp.py`)\n\n"
-        f"Command: `{cmd.strip()}`; {time.perf_counter() - t0:.0f} s.  \n"
-        f"Machine: {facts}.  \n"
-        f"1-min load average before -> after each run: {'; '.join(loads)}.\n\n"
-        f"2 gloo processes, 1 thread each, {BATCH} samples per rank; {rounds} interleaved rounds of {spr} steps "
+        + C.run_header(cmd, time.perf_counter() - t0, facts, loads, "1-min load average before -> after each run")
+        + f"2 gloo processes, 1 thread each, {BATCH} samples per rank; {rounds} interleaved rounds of {spr} steps "
         "per variant (2 warm-up rounds dropped); one step = DDP forward + backward + SGD step. Paired ratio = "
         "median over rounds of (default median / `broadcast_buffers=False` median); rank 0's times. "
         "`state MB`: the loss's `state_dict()`. A/A control: a second default-DDP copy timed in the same rounds, "
         "paired with the first (its distance from 1 is the noise of this measurement on this machine).\n\n" + table
     )
-    print(body, flush=True)
-    if not (args.quick or args.no_write):
-        C.write_section(SECTION, body)
+    C.publish(SECTION, body, write=not (args.quick or args.no_write))
     return 0
 
 

@@ -239,10 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"goal <= {GOAL}"], time_rows)
     body = (
         "## Sharded per-sample state: memory and step time (`bench/scale.py`, issue 18)\n\n"
-        f"Command: `{cmd.strip()}`; {time.perf_counter() - t0:.0f} s.  \n"
-        f"Machine: {facts}.  \n"
-        f"1-min load average: {'; '.join(loads)}.\n\n"
-        f"### (a) State per rank, num_samples = {n:.0e}, {args.batch} per rank, 3 steps\n\n"
+        + C.run_header(cmd, time.perf_counter() - t0, facts, loads)
+        + f"### (a) State per rank, num_samples = {n:.0e}, {args.batch} per rank, 3 steps\n\n"
         "`state MB`: the rank's `value` + `seen` rows of every per-sample `SampleState` (sharded); `replicated MB`: "
         "what every rank holds with the default placement; window: the fetched rows of one step (all states); "
         "RSS growth: resident memory after the steps minus before the loss was built (includes the model, "
@@ -252,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "process; rank 0's times. Fetch: bytes the sharded step's row fetch (one `all_gather`) brings to each "
         "rank per step.\n\n" + tim
     )
-    print(body, flush=True)
-    if not (args.quick or args.no_write):
-        C.write_section(SECTION, body)
+    C.publish(SECTION, body, write=not (args.quick or args.no_write))
     return 0
 
 
