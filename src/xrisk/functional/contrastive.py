@@ -814,11 +814,11 @@ def nuclr_fcco(
         estimator, count, pos_offset, self_offset, neg, transposed, scale, stable, offset: as in :func:`gcl_fcco`
             (``offset``: per side, or one ``[B, B]`` matrix when ``transposed``).
     """
-    if transposed and not stable:
+    if transposed:
         if pos_offset != (0, 0) or self_offset is not None:
             raise ValueError(f"transposed=True needs the positives on the main diagonal, got pos_offset={pos_offset}")
-        return nuclr_fcco_square(sims[0], zeta, tau, log_pos, estimator, count=count, neg=neg, scale=scale, stable=False,
-                                 offset=_square_offset(offset))
+        return nuclr_fcco_square(sims[0], zeta, tau, log_pos, estimator, count=count, neg=neg, scale=scale,
+                                 stable=stable, offset=_square_offset(offset))
     pos, zeta, log_pos = _no_grad(pos), _no_grad(zeta), _no_grad(log_pos)  # only the surrogate is recorded
     sd = [_no_grad(sims[0]), _no_grad(sims[1])]  # what the passes read (shifted by the offset if any)
     if offset is not None:
@@ -884,8 +884,9 @@ def nuclr_fcco_square(
     With ``stable=False`` one ``exp(sim / tau)`` serves both sides: side 0 ``e0_ij = k_ij z0_j``, side 1
     (anchor ``j``, column ``i``) ``e1_ij = k_ij z1_i`` with ``k = exp(sim / tau)`` on the negatives and
     ``zv = exp(-(zeta_v - min zeta_v) / tau)``; the positive's ``exp(-pos / tau)`` and ``exp(-min zeta_v / tau)``
-    are added in log space, so row sums and column weights are matrix-vector products. ``stable=True``
-    runs the per-side passes of :func:`nuclr_fcco`. ``offset``: ``[B, B]`` detached per-pair offset as in
+    are added in log space, so row sums and column weights are matrix-vector products. ``stable=True``: each
+    side has its own pass over ``l = (d - zeta) / tau`` (rows for side 0, columns for side 1, both in the layout of
+    ``sim``), shifted by each anchor's largest negative logit. ``offset``: ``[B, B]`` detached per-pair offset as in
     :func:`gcl_fcco`.
     """
     n = sim.shape[0]
@@ -893,40 +894,55 @@ def nuclr_fcco_square(
         if neg[0] is not None or neg[1] is not None:
             raise ValueError("nuclr_fcco_square: count=None means no masks, got a negatives mask")
         count = n - 1
-    sd = _no_grad(sim)
-    if stable:
-        pos = sd.diagonal().unsqueeze(1).expand(n, 2)
-        return nuclr_fcco([sim, sim.T], pos, zeta, tau, log_pos, estimator, count=count, neg=neg, transposed=True,
-                          scale=scale, stable=True, offset=None if offset is None else [offset, offset.T])
-    sd = _shift(sd, offset)
+    sd = _shift(_no_grad(sim), offset)
     zeta, log_pos = _no_grad(zeta), _no_grad(log_pos)  # only the surrogate is recorded
     inv = 1.0 / tau
     p = sd.diagonal()
     valid, some_empty, log_cnt = _anchor_counts(count, n, sd)
     cnt = count.clamp_min(1).to(sd.dtype) if isinstance(count, Tensor) else float(count)
     m0, m1 = _square_masks(neg)
-    k0, k1 = _shared_exp(sd, inv, m0, m1)
-    zmin = zeta.amin(0) if zeta_min is None else zeta_min
-    z = torch.sub(zmin, zeta).mul_(inv).exp_()  # [B, 2], in (0, 1]
-    z0, z1 = z.unbind(1)
-    shift = torch.add(p.unsqueeze(1), zmin).mul_(inv)  # log of exp(-(pos_i + min zeta_v) / tau), left out of k z
-    k0t = k0.T
-    k1t = k0t if k1 is k0 else k1.T
-    s = torch.stack([torch.mv(k0, z0), torch.mv(k1t, z1)], 1)  # [B, 2]: sum_j k_ij zv_j over the negatives
+    if stable:  # each side's own pass over l = (d - zeta) / tau, shifted by its anchors' largest negative logit
+        zi = zeta * -inv  # [B, 2]: -zeta / tau per column (side 0: text j; side 1: image i)
+        e0 = torch.add(torch.sub(zi[:, 0], p.unsqueeze(1), alpha=inv), sd, alpha=inv)  # side 0: anchor i per row
+        e1 = torch.add(torch.sub(zi[:, 1].unsqueeze(1), p, alpha=inv), sd, alpha=inv)  # side 1: anchor j per column
+        if m0 is None:
+            e0.diagonal().fill_(float("-inf"))
+            e1.diagonal().fill_(float("-inf"))
+        else:
+            e0 = torch.where(m0, e0, float("-inf"))
+            e1 = torch.where(m1, e1, float("-inf"))  # type: ignore[arg-type]
+        f0, f1 = e0.amax(1), e1.amax(0)
+        if some_empty:  # an anchor without negatives: -inf, no shift
+            f0, f1 = torch.where(torch.isfinite(f0), f0, 0.0), torch.where(torch.isfinite(f1), f1, 0.0)
+        k0, k1 = e0.sub_(f0.unsqueeze(1)).exp_(), e1.sub_(f1).exp_()
+        z = None
+        shift = torch.stack([f0, f1], 1).neg_()  # log of the factor left out of k: exp(l) = k exp(-shift)
+        s = torch.stack([k0.sum(1), k1.sum(0)], 1)  # [B, 2]: sum over each anchor's negatives
+    else:  # one exp(sim / tau) for both sides; zv = exp(-(zeta_v - min zeta_v) / tau) per column
+        k0, k1 = _shared_exp(sd, inv, m0, m1)
+        zmin = zeta.amin(0) if zeta_min is None else zeta_min
+        z = torch.sub(zmin, zeta).mul_(inv).exp_()  # [B, 2], in (0, 1]
+        shift = torch.add(p.unsqueeze(1), zmin).mul_(inv)  # log of exp(-(pos_i + min zeta_v) / tau), left out of k z
+        s = torch.stack([torch.mv(k0, z[:, 0]), torch.mv(k1.T, z[:, 1])], 1)  # [B, 2]: sum_j k_ij zv_j
     log_g = s.log().sub_(shift).sub_(log_cnt)
     log_u = _no_grad(estimator(log_g, valid))
-    a = torch.logaddexp(log_u, log_pos).add_(shift).neg_().exp_()  # w0_ij = k_ij z0_j a0_i; w1_ij = k_ij z1_i a1_j
+    a = torch.logaddexp(log_u, log_pos).add_(shift).neg_().exp_()  # the weights' per-anchor factor, 1 / Z e^shift
     a0, a1 = a.unbind(1)
-    col_weight = torch.stack([torch.mv(k0t, a0), torch.mv(k1, a1)], 1).mul_(z)
+    # side 0: w0_ij = k0_ij (z0_j) a0_i; side 1 (anchor j, column i): w1_ij = k1_ij (z1_i) a1_j
+    col_weight = torch.stack([torch.mv(k0.T, a0), torch.mv(k1, a1)], 1)
+    if z is not None:
+        col_weight.mul_(z)
     b = a.mul_(scale).div_(cnt)  # the same rounding for a constant and a per-anchor count
     wrow = s.mul_(b)  # sum_j w_ij / |N_iv| (scaled) = scale g / Z
     if some_empty:  # anchors without negatives: no weight
         wrow = torch.where(valid, wrow, 0.0)
     b0, b1 = b.unbind(1)
-    if k0 is k1:
-        w = k0.mul_(torch.addr(torch.outer(b0, z0), z1, b1))
+    if z is None:
+        w = k0.mul_(b0.unsqueeze(1)).add_(k1.mul_(b1))
+    elif k0 is k1:
+        w = k0.mul_(torch.addr(torch.outer(b0, z[:, 0]), z[:, 1], b1))
     else:
-        w = k0.mul_(torch.outer(b0, z0)).add_(k1.mul_(torch.outer(z1, b1)))
+        w = k0.mul_(torch.outer(b0, z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b1)))
     w.diagonal().sub_(wrow.sum(1))
     col_count: Tensor | int
     if m0 is None and m1 is None:
