@@ -65,6 +65,13 @@ def _no_grad(x: Tensor) -> Tensor:
     return x.detach() if x.requires_grad else x
 
 
+def _finite_shift(shift: Tensor) -> Tensor:
+    """Row maxima used as exponent shifts, with the ``-inf`` of an anchor without negatives raised to the dtype's
+    lowest finite value (one op where ``where(isfinite(shift), shift, 0)`` costs several in eager): its exponentials
+    stay 0 and its log-sum ``-inf``, as with a zero shift."""
+    return shift.clamp_min(torch.finfo(shift.dtype).min)
+
+
 def _as_anchor(t: Tensor | float, ref: Tensor) -> Tensor | float:
     """Broadcast a per-anchor tensor ``[...]`` against ``ref [..., C]``."""
     return t.unsqueeze(-1) if isinstance(t, Tensor) and t.dim() > 0 else t
@@ -287,7 +294,7 @@ def row_exp(
     shift = None
     if stable:
         shift = logits.amax(dim)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        shift = _finite_shift(shift)
         logits.sub_(shift.unsqueeze(dim))
     e = logits.exp_()
     log_s = e.sum(dim).log_()
@@ -744,7 +751,7 @@ def _gcl_square(
         if stable:
             f0, f1 = e0.amax(1), e1.amax(0)
             if some_empty:  # an anchor without negatives: -inf, no shift
-                f0, f1 = torch.where(torch.isfinite(f0), f0, 0.0), torch.where(torch.isfinite(f1), f1, 0.0)
+                f0, f1 = _finite_shift(f0), _finite_shift(f1)
             e0.sub_(f0.unsqueeze(1))  # each side's own contiguous shifts: a strided one stops vectorised code
             e1.sub_(f1)
             f = torch.stack([f0, f1], 1)
@@ -913,7 +920,7 @@ def nuclr_fcco_square(
             e1 = torch.where(m1, e1, float("-inf"))  # type: ignore[arg-type]
         f0, f1 = e0.amax(1), e1.amax(0)
         if some_empty:  # an anchor without negatives: -inf, no shift
-            f0, f1 = torch.where(torch.isfinite(f0), f0, 0.0), torch.where(torch.isfinite(f1), f1, 0.0)
+            f0, f1 = _finite_shift(f0), _finite_shift(f1)
         k0, k1 = e0.sub_(f0.unsqueeze(1)).exp_(), e1.sub_(f1).exp_()
         z = None
         shift = torch.stack([f0, f1], 1).neg_()  # log of the factor left out of k: exp(l) = k exp(-shift)
