@@ -44,7 +44,7 @@ objectives, state). Its rows are staged and committed like the general path's.
 path (:meth:`ContrastiveLossBase._forward_unchecked`) instead of steps 1-3 and the lean path: no value is read
 on the host (feature shapes and dtypes checked; index bounds and the finiteness of the staged rows with on-device
 asserts), every anchor's negatives are a ``[B, C]`` mask and their counts a tensor, duplicate indices are merged
-by group ids read off that mask (:func:`~xrisk.state.masked_update_state`), the
+by group ids from one sort (:func:`~xrisk.state.duplicate_groups`, :func:`~xrisk.state.masked_update_state`), the
 detector's update is masked the same way, a learnable temperature's stability gate uses ``tau_min`` (always the
 shifted pass) and one learnable temperature goes to the kernel per anchor (its term is added after). The work
 depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes forward, backward and optimizer
@@ -86,7 +86,7 @@ from xrisk.losses._epochs import EpochTracking
 from xrisk.sharding import PLACEMENTS, Placement, close_window, open_window, sharded_states
 from xrisk.state import (
     PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_async, check_index_unique,
-    masked_update_state, update_states,
+    duplicate_groups, masked_update_state, update_states,
 )
 
 __all__ = [
@@ -199,14 +199,6 @@ def _log_ema(gamma: float, old: Tensor, new: Tensor, seen: Tensor) -> Tensor:
 def _momentum(beta: float, old: Tensor, new: Tensor, seen: Tensor) -> Tensor:
     """The per-sample momentum ``(1 - beta) m + beta grad`` (first visit: ``grad``)."""
     return torch.where(seen, torch.lerp(old, new, beta), new)
-
-
-def _first_occurrence(neg: Tensor, n: int) -> Tensor:
-    """The duplicate groups of a one-process batch (:func:`~xrisk.state.duplicate_groups` ids) from its ``[B, C]``
-    negatives mask, whose first ``n = B`` columns are the batch itself: for anchor ``i`` the first column ``j`` with
-    ``index[j] == index[i]`` (``j <= i``; the first False of its row). One ``argmin`` over the mask's bytes, no
-    sort: equal indices share the id, different ones differ."""
-    return neg[:, :n].view(torch.uint8).argmin(1)
 
 
 def _connected_zero(feats_a: Tensor, feats_b: Tensor) -> Tensor:
@@ -584,12 +576,12 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         else:
             pos = torch.stack([sims[v].detach().diagonal(pos_offset[v]) for v in (0, 1)], 1)
         n_excl = 1 if self_offset is None else 2
-        if device:  # every anchor's negatives as a mask; duplicates merged by group ids (read off the mask)
+        if device:  # every anchor's negatives as a mask; duplicates merged by group ids (one sort)
             m = col_index[None, :] != idx[:, None]  # symmetric when transposed: one mask serves both sides
             return ContrastiveBatch(
                 idx, idx_g, sims, pos, pos_offset, self_offset, [m, m], count_true(m, 1).unsqueeze(1).expand(nb, 2),
                 col_index, 1.0 / max(ng, 1), transposed, stacked, start, None, None, False, offset=offset,
-                groups=_first_occurrence(m, ng),
+                groups=duplicate_groups(idx_g),
             )
         uniq = torch.unique(idx_g)
         unique_index = inverse = None
