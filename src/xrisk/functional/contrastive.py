@@ -714,6 +714,30 @@ def _shared_exp(sd: Tensor, inv: float, m0: Tensor | None, m1: Tensor | None) ->
     return e0, e0 if m1 is m0 else torch.where(m1, k, 0.0)  # type: ignore[arg-type]
 
 
+def _square_exps(
+    e0: Tensor, e1: Tensor, m0: Tensor | None, m1: Tensor | None, stable: bool, some_empty: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Both sides' logits of a square batch in the layout of ``sim`` (side 0: anchor per row, side 1: anchor per
+    column; masks from :func:`_square_masks`, None: all but the diagonal) restricted to their negatives and
+    exponentiated in place: ``(e0, e1, f)``, ``f [B, 2]`` each anchor's largest negative logit subtracted first
+    (``stable``; ``some_empty``: an anchor may have no negative) or None."""
+    if m0 is None:
+        e0.diagonal().fill_(float("-inf"))
+        e1.diagonal().fill_(float("-inf"))
+    else:
+        e0 = torch.where(m0, e0, float("-inf"))
+        e1 = torch.where(m1, e1, float("-inf"))  # type: ignore[arg-type]
+    f = None
+    if stable:
+        f0, f1 = e0.amax(1), e1.amax(0)
+        if some_empty:  # an anchor without negatives: -inf, no shift
+            f0, f1 = _finite_shift(f0), _finite_shift(f1)
+        e0.sub_(f0.unsqueeze(1))  # each side's own contiguous shifts: a strided one stops vectorised code
+        e1.sub_(f1)
+        f = torch.stack([f0, f1], 1)
+    return e0.exp_(), e1.exp_(), f
+
+
 def _gcl_square(
     sim: Tensor, sd: Tensor, p: Tensor, tau: Tensor | float, per_anchor: bool, inv: float, estimator: Estimator,
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
@@ -741,22 +765,7 @@ def _gcl_square(
             b = p * -inv
             e0 = torch.add(b.unsqueeze(1), sd, alpha=inv)
             e1 = torch.add(b, sd, alpha=inv)
-        if m0 is None:
-            e0.diagonal().fill_(float("-inf"))
-            e1.diagonal().fill_(float("-inf"))
-        else:
-            e0 = torch.where(m0, e0, float("-inf"))
-            e1 = torch.where(m1, e1, float("-inf"))  # type: ignore[arg-type]
-        f = None
-        if stable:
-            f0, f1 = e0.amax(1), e1.amax(0)
-            if some_empty:  # an anchor without negatives: -inf, no shift
-                f0, f1 = _finite_shift(f0), _finite_shift(f1)
-            e0.sub_(f0.unsqueeze(1))  # each side's own contiguous shifts: a strided one stops vectorised code
-            e1.sub_(f1)
-            f = torch.stack([f0, f1], 1)
-        e0.exp_()
-        e1.exp_()
+        e0, e1, f = _square_exps(e0, e1, m0, m1, stable, some_empty)
     s = torch.stack([e0.sum(1), e1.sum(0)], 1)  # [B, 2]: sum_j e_ij over each anchor's negatives
     log_g = s.log() if f is None else s.log().add_(f)
     log_u = _no_grad(estimator(log_g.sub_(log_cnt), valid))
@@ -912,18 +921,9 @@ def nuclr_fcco_square(
         zi = zeta * -inv  # [B, 2]: -zeta / tau per column (side 0: text j; side 1: image i)
         e0 = torch.add(torch.sub(zi[:, 0], p.unsqueeze(1), alpha=inv), sd, alpha=inv)  # side 0: anchor i per row
         e1 = torch.add(torch.sub(zi[:, 1].unsqueeze(1), p, alpha=inv), sd, alpha=inv)  # side 1: anchor j per column
-        if m0 is None:
-            e0.diagonal().fill_(float("-inf"))
-            e1.diagonal().fill_(float("-inf"))
-        else:
-            e0 = torch.where(m0, e0, float("-inf"))
-            e1 = torch.where(m1, e1, float("-inf"))  # type: ignore[arg-type]
-        f0, f1 = e0.amax(1), e1.amax(0)
-        if some_empty:  # an anchor without negatives: -inf, no shift
-            f0, f1 = _finite_shift(f0), _finite_shift(f1)
-        k0, k1 = e0.sub_(f0.unsqueeze(1)).exp_(), e1.sub_(f1).exp_()
+        k0, k1, f = _square_exps(e0, e1, m0, m1, True, some_empty)
         z = None
-        shift = torch.stack([f0, f1], 1).neg_()  # log of the factor left out of k: exp(l) = k exp(-shift)
+        shift = f.neg_()  # type: ignore[union-attr]  # log of the factor left out of k: exp(l) = k exp(-shift)
         s = torch.stack([k0.sum(1), k1.sum(0)], 1)  # [B, 2]: sum over each anchor's negatives
     else:  # one exp(sim / tau) for both sides; zv = exp(-(zeta_v - min zeta_v) / tau) per column
         k0, k1 = _shared_exp(sd, inv, m0, m1)
