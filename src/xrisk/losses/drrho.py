@@ -13,7 +13,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_finite, check_positive, check_unit_interval
 from xrisk.checkpoint import default_checkpoint_settings
 from xrisk.functional.drrho import drrho_cvar, drrho_kl
-from xrisk.state import ReplicatedStateModule
+from xrisk.state import PendingWrites, ReplicatedStateModule
 
 __all__ = ["DRRhoLoss"]
 
@@ -163,11 +163,9 @@ class DRRhoLoss(ReplicatedStateModule):
             raise FloatingPointError(
                 f"the excess losses overflow the {self.divergence} DRRho risk (tau={self.tau}); no state was changed"
             )
-        # every value is checked: write (training mode only: eval() computes the same step and writes nothing)
-        if self.training:
-            state.fill_(step.state)
-            if not seen:
-                self.seen.fill_(True)
+        writes = PendingWrites(f"the {self.divergence} DRRho state is not finite")
+        writes.after(functools.partial(_write_scalar, state, None if seen else self.seen, step.state))
+        writes.commit(write=self.training)  # state changes in training mode only (the check above holds them)
         self.__dict__["_last_objective"] = step.objective  # a plain float: skips nn.Module.__setattr__'s lookups
         return step.surrogate
 
@@ -175,6 +173,13 @@ class DRRhoLoss(ReplicatedStateModule):
         """Estimate of the DRRho risk from the last batch (``objective_name``; float32, on the state's device); NaN
         before the first batch."""
         return torch.tensor(self._last_objective, dtype=torch.float32, device=self.seen.device)
+
+
+def _write_scalar(state: Tensor, seen: Tensor | None, value: float) -> None:
+    """The step's writes: the new scalar state, and the first-visit flag (``seen``; None: already set)."""
+    state.fill_(value)
+    if seen is not None:
+        seen.fill_(True)
 
 
 def _check_batch(
