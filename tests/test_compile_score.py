@@ -215,3 +215,36 @@ def test_validation_off_on_two_ranks_equals_validation_on():
                 _close(p, q, f"{case} {placement}: parameters")
             for key in ref_state:
                 _close(state[key], ref_state[key], f"{case} {placement}: state {key}")
+
+
+@pytest.mark.parametrize("case", ["aucm-pesg", "aucm-pesg-adam", "compauc-pdsca"])
+@pytest.mark.parametrize("labels", ["no positive", "no negative"])
+def test_degenerate_batch_steps_aucm_parameters_alike_with_validation_on_and_off(case, labels):
+    """A batch without a task that has both classes: a zero-gradient step for the model and for a, b, alpha with
+    validation on and off alike (the device path cannot leave a, b, alpha without a gradient, so the validated path
+    connects its zero to them too); the parameters and the optimizer state end equal."""
+    batches = _batches(3)
+    x, _, index = batches[2]
+    batches[2] = (x, torch.zeros(B) if labels == "no positive" else torch.ones(B), index)
+    runs = {}
+    for validate in (True, False):
+        net, loss, opt, step = _setup(case)
+        with xrisk.validation(validate):
+            for batch in batches:
+                before = {k: v.detach().clone() for k, v in loss.named_parameters()}
+                step(*batch)
+                grads = {k: v.grad for k, v in loss.named_parameters()}
+                opt.zero_grad(set_to_none=True)
+        assert all(g is not None and torch.equal(g, torch.zeros_like(g)) for g in grads.values()), (validate, grads)
+        assert torch.equal(loss.alpha.detach(), before["alpha"]), "a zero gradient leaves alpha where it was"
+        runs[validate] = (net, loss, opt)
+    (net_on, loss_on, opt_on), (net_off, loss_off, opt_off) = runs[True], runs[False]
+    for (name, p), q in zip([*net_on.named_parameters(), *loss_on.named_parameters()],
+                            [*net_off.parameters(), *loss_off.parameters()]):
+        _close(p.detach(), q.detach(), f"parameter {name}")
+    for p, q in zip([*net_on.parameters(), *loss_on.parameters()], [*net_off.parameters(), *loss_off.parameters()]):
+        state_on, state_off = opt_on.state.get(p, {}), opt_off.state.get(q, {})
+        assert state_on.keys() <= state_off.keys()  # the device path may keep extra flags (PDSCA)
+        for key in state_on:
+            a, b = state_on[key], state_off[key]
+            _close(torch.as_tensor(a).float(), torch.as_tensor(b).float(), f"optimizer state {key}")

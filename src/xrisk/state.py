@@ -56,7 +56,7 @@ from xrisk._validate import all_finite, all_finite_async, assert_async, check_ch
 from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, local_rows, open_window, shard_range
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
-           "update_states", "write_rows", "check_index_async", "masked_update_rows", "masked_update_state", "flat_column",
+           "update_states", "write_rows", "check_index_async", "masked_update_columns", "masked_update_rows", "masked_update_state", "flat_column",
            "duplicate_groups", "merge_groups"]
 
 
@@ -605,11 +605,32 @@ def masked_update_rows(
     occurrence of an index holds the same row, so the result does not depend on which duplicate is written last.
     """
     merged, written = merge_groups(group, new, mask, log_space=log_space)
+    return _step_rows(value, seen, index, merged, written, step, writes, cause), written
+
+
+def masked_update_columns(
+    columns: Sequence[tuple[Tensor, Tensor]], index: Tensor, new: Tensor, mask: Tensor, group: Tensor,
+    step: Callable[[Tensor, Tensor, Tensor], Tensor], *, writes: PendingWrites | None = None,
+) -> tuple[list[Tensor], Tensor]:
+    """:func:`masked_update_rows` of several ``(value, seen)`` columns (e.g. two estimators always written together)
+    at the same ``index`` with one ``mask [B]``: ``new [B, k]`` holds column ``k``'s new values; duplicates merged
+    for all of them at once. Returns ``(rows of each column, written [B])``."""
+    merged, written = merge_groups(group, new, mask.unsqueeze(1).expand_as(new))
+    written = written.select(1, 0)
+    rows = [_step_rows(value, seen, index, merged.select(1, k), written, step, writes, None)
+            for k, (value, seen) in enumerate(columns)]
+    return rows, written
+
+
+def _step_rows(value: Tensor, seen: Tensor, index: Tensor, merged: Tensor, written: Tensor,
+               step: Callable[[Tensor, Tensor, Tensor], Tensor], writes: PendingWrites | None,
+               cause: Cause | None) -> Tensor:
+    """``step`` of the rows ``index`` where ``written`` (the old rows elsewhere), staged in ``writes`` if given."""
     old, seen_rows = value.index_select(0, index), seen.index_select(0, index)
     rows = torch.where(written, step(old, merged, seen_rows), old)
     if writes is not None:
         writes.stage_tensors(value, seen, index, rows, mask=written, cause=cause)
-    return rows, written
+    return rows
 
 
 def duplicate_groups(index: Tensor) -> Tensor:
@@ -638,8 +659,9 @@ def merge_groups(group: Tensor, values: Tensor, mask: Tensor, *, log_space: bool
         shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
         total = torch.zeros_like(values).scatter_add_(0, grid, torch.exp(kept - shift.gather(0, grid)))
         merged = torch.log(total.clamp_min(1e-38)) + shift - torch.log(count.clamp_min(1.0))
-    else:
+    else:  # 0 where the group has no masked entry (0 / 1)
         merged = torch.zeros_like(values).scatter_add_(0, grid, torch.where(mask, values, 0.0)) / count.clamp_min(1.0)
+        return merged.gather(0, grid), (count > 0).gather(0, grid)
     found = count > 0
     return torch.where(found, merged, torch.zeros_like(merged)).gather(0, grid), found.gather(0, grid)
 

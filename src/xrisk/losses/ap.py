@@ -17,7 +17,7 @@ from xrisk.losses.base import ScoreLoss, overflow_cause, positions
 from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk.sharding import Placement
 from xrisk.state import (
-    Cause, PendingWrites, SampleState, column_views, duplicate_groups, flat_column, masked_update_rows, update_states,
+    Cause, PendingWrites, SampleState, column_views, duplicate_groups, flat_column, masked_update_columns, update_states,
 )
 
 __all__ = ["APLoss"]
@@ -161,9 +161,8 @@ class APLoss(ScoreLoss):
             sums = torch.stack((losses.sum(1), torch.mv(losses, y)))  # size * (g_all, g_pos)
             va, sa, i = flat_column(self.u_all, t, index)  # type: ignore[arg-type]
             vp, sp, _ = flat_column(self.u_pos, t, index)  # type: ignore[arg-type]
-            new = as_state_rows(sums / size, i)
-            new_all, _ = masked_update_rows(va, sa, i, new[0], pos, group, step, writes=self._writes)
-            new_pos, _ = masked_update_rows(vp, sp, i, new[1], pos, group, step, writes=self._writes)
+            (new_all, new_pos), _ = masked_update_columns(((va, sa), (vp, sp)), i, as_state_rows(sums.t() / size, i),
+                                                          pos, group, step, writes=self._writes)
             u_all, u_pos = like_tensor(new_all, losses), like_tensor(new_pos, losses)
             # W_ij = (u_pos_i - u_all_i y_j) / u_all_i^2 on the positives' rows, / (P B): the mean over [P, B]
             ua = u_all.clamp_min(_TINY)

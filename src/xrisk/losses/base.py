@@ -125,7 +125,7 @@ class ScoreLoss(ReplicatedStateModule):
             sharded = []
         if not any(pos_counts):
             close_window(sharded, write=False)
-            return s.sum() * 0.0
+            return self._zero(s)
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
         self.__dict__["_index_unique"] = unique  # known without a device op: no index occurs twice in the batch
         self.__dict__["_given_scores"] = given
@@ -229,6 +229,16 @@ class ScoreLoss(ReplicatedStateModule):
         zero and write nothing, through masks rather than branches. Stages its writes in ``self._writes``."""
         raise TypeError(f"{type(self).__name__} has no device path (_masked_loss): turn validation on "
                         "(xrisk.set_validation(True))")
+
+    def _zero(self, scores: Tensor) -> Tensor:
+        """The graph-connected zero of a batch that gives the loss nothing to compute (no positive): zero gradients
+        for ``scores`` and for the loss's own parameters (if any), so that the step is a zero-gradient step for
+        every parameter whichever path computed it (the device path reaches the parameters through masks)."""
+        out = scores.sum() * 0.0
+        for p in self._parameters.values():
+            if p is not None and p.requires_grad:
+                out = out + p.sum() * 0.0
+        return out
 
     def _scratch(self) -> dict | None:
         """The work matrices of this loss's whole-batch device path (:func:`~xrisk.functional.surrogates.scratch_matrix`),
