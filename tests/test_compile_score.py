@@ -248,3 +248,26 @@ def test_degenerate_batch_steps_aucm_parameters_alike_with_validation_on_and_off
         for key in state_on:
             a, b = state_on[key], state_off[key]
             _close(torch.as_tensor(a).float(), torch.as_tensor(b).float(), f"optimizer state {key}")
+
+
+@pytest.mark.parametrize("case", ["ap-sgd", "pauc-cvar", "pauc-kl", "tpauc-kl"])
+def test_two_forwards_then_backwards_with_validation_off(case):
+    """The device path keeps its ``[B, B]`` work matrices per loss and hands the forward's slope matrix to the
+    backward only while no later forward has overwritten it: the gradient of a step whose backward runs after a
+    second forward equals the gradient of a backward taken at once (eval mode: no state is written in between)."""
+    loss = CASES[case][0]()
+    batches = _batches(3)
+    with xrisk.validation(False):
+        loss(torch.rand(B), batches[0][1], batches[0][2])  # state to read
+        loss.eval()
+        scores = [torch.rand(B, requires_grad=True) for _ in range(2)]
+        alone = []
+        for s, (_, y, index) in zip(scores, batches[1:]):
+            s2 = s.detach().clone().requires_grad_()
+            loss(s2, y, index).backward()
+            alone.append(s2.grad)
+        outs = [loss(s, y, index) for s, (_, y, index) in zip(scores, batches[1:])]
+        outs[0].backward()  # after the second forward
+        outs[1].backward()
+    for s, g in zip(scores, alone):
+        _close(s.grad, g, "gradient")

@@ -27,7 +27,7 @@ from torch import Tensor
 
 __all__ = ["SHORTFALL_LOSSES", "SHORTFALL_SLOPES", "SURROGATES", "SURROGATE_SLOPES", "SurrogateName", "get_surrogate",
            "pairwise_shortfall", "pairwise_surrogate", "weighted_pairwise_mean", "weighted_pairwise_mean_of",
-           "batch_shortfall", "factored_pairwise_sum", "greater", "pair_kernel", "scratch_matrix",
+           "EXP_FLOOR", "SLOPE_SCALE", "batch_shortfall", "factored_pairwise_sum", "slope_ticket", "greater", "pair_kernel", "scratch_matrix",
            "shortfall_loss_and_slope"]
 
 SurrogateName = Literal["squared_hinge", "hinge", "logistic", "exponential", "square"]
@@ -266,7 +266,7 @@ def _detached_work(scores: Tensor) -> Tensor:
     return d if d.dtype in (torch.float32, torch.float64) else d.to(torch.promote_types(d.dtype, torch.float32))
 
 
-def batch_shortfall(scores: Tensor, margin: float, *, scratch: Scratch = None) -> Tensor:
+def batch_shortfall(scores: Tensor, margin: float, *, scratch: Scratch = None, name: str = "r") -> Tensor:
     """``R[i, j] = margin - (f_i - f_j)`` of every ordered pair of one ``[B]`` score vector (detached), in one
     broadcast pass (``(m - f_i) + f_j``; equal to :func:`pairwise_shortfall` up to rounding), in at least float32;
     written into the ``scratch`` matrix ``"r"`` when given (:func:`scratch_matrix`)."""
@@ -274,8 +274,13 @@ def batch_shortfall(scores: Tensor, margin: float, *, scratch: Scratch = None) -
     col, row = torch.rsub(d, margin).unsqueeze(1), d.unsqueeze(0)
     if scratch is None:
         return col + row
-    out = scratch_matrix(scratch, "r", torch.empty((d.shape[0], d.shape[0]), dtype=d.dtype, device=d.device))
+    out = scratch_matrix(scratch, name, torch.empty((d.shape[0], d.shape[0]), dtype=d.dtype, device=d.device))
     return torch.add(col, row, out=out)
+
+
+#: the constant ``c`` of :func:`shortfall_loss_and_slope` per surrogate
+SLOPE_SCALE: dict[str, float] = {"squared_hinge": -2.0, "square": -2.0, "hinge": -1.0, "exponential": -1.0,
+                                 "logistic": -1.0}
 
 
 def shortfall_loss_and_slope(shortfall: Tensor, surrogate: str, *, scratch: Scratch = None) -> tuple[Tensor, Tensor, float]:
@@ -309,18 +314,34 @@ def greater(x: Tensor, y: Tensor, *, out: Tensor | None = None) -> Tensor:
     return torch.gt(x, y, out=out)
 
 
-def pair_kernel(losses: Tensor, threshold: Tensor | None, shift: Tensor | None, bias: Tensor | None,
-                inv_tau: float, *, scratch: Scratch = None) -> Tensor | None:
+#: exponents of the whole-batch KL kernels are clamped to ``[-EXP_FLOOR, 0]``: no overflow, and no ``exp`` of a value
+#: whose result is subnormal or of ``-inf`` (several times slower on CPU); ``exp(-80)`` is 2e-35 of the row maximum
+EXP_FLOOR = 80.0
+
+
+def pair_kernel(losses: Tensor, threshold: Tensor | None = None, shift: Tensor | None = None,
+                cols_mask: Tensor | None = None, inv_tau: float = 1.0, *, scratch: Scratch = None) -> Tensor | None:
     """The matrix ``K`` of :func:`factored_pairwise_sum` from its vectors: ``1[L_ij > threshold_i]`` (``threshold``
-    given), ``exp(L_ij * inv_tau + bias_j - shift_i)`` (``shift`` and ``bias`` given; ``bias = -inf`` zeroes a
-    column), or None (``K = 1``). In the scratch matrix ``"k"`` when given."""
+    given), ``exp(min(L_ij * inv_tau - shift_i, 0)) * cols_mask_j`` (``shift`` and the 0/1 column mask given;
+    ``shift_i`` the row maximum of ``L * inv_tau`` over the columns, so the clamp only removes rounding there, and the
+    exponent is floored at ``-EXP_FLOOR``), or None (``K = 1``). In the scratch matrix ``"k"`` when given."""
     out = scratch_matrix(scratch, "k", losses)
     if threshold is not None:
         return greater(losses, threshold.to(losses.dtype).unsqueeze(1), out=out)
-    if shift is None or bias is None:
+    if shift is None or cols_mask is None:
         return None
-    offset = torch.sub(bias.unsqueeze(0), shift.unsqueeze(1), out=out)
-    return offset.add_(losses, alpha=inv_tau).exp_()
+    z = torch.add(shift.neg().unsqueeze(1), losses, alpha=inv_tau, out=out)
+    return z.clamp_(min=-EXP_FLOOR, max=0.0).exp_().mul_(cols_mask.unsqueeze(0))
+
+
+def slope_ticket(scratch: Scratch, slope: Tensor) -> tuple[Tensor, int] | None:
+    """Hand the step's slope matrix ``K o S`` (the scratch matrix ``"g"``, just written) to the backward of
+    :func:`factored_pairwise_sum`: it is used there if no later step has written ``"g"`` since (a counter in
+    ``scratch`` tells), else the backward rebuilds it. None without a scratch dict or when ``slope`` is not ``"g"``."""
+    if scratch is None or scratch.get(("g", tuple(slope.shape), slope.dtype, slope.device)) is not slope:
+        return None  # only "g" is written by nothing but a step's forward
+    version = scratch["g_version"] = scratch.get("g_version", 0) + 1
+    return slope, version
 
 
 class _FactoredPairwiseSum(torch.autograd.Function):
@@ -331,24 +352,28 @@ class _FactoredPairwiseSum(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, scores: Tensor, work: Tensor, rows: Tensor, cols: Tensor | None, loss_cols: Tensor,
-        threshold: Tensor | None, shift: Tensor | None, bias: Tensor | None, margin: float, surrogate: str,
-        inv_tau: float, scratch: Scratch,
+        threshold: Tensor | None, shift: Tensor | None, cols_mask: Tensor | None, margin: float, surrogate: str,
+        inv_tau: float, scratch: Scratch, ticket: tuple[Tensor, int] | None,
     ) -> Tensor:
-        ctx.save_for_backward(work, rows, cols, threshold, shift, bias)
-        ctx.margin, ctx.surrogate, ctx.inv_tau, ctx.scratch = margin, surrogate, inv_tau, scratch
+        ctx.save_for_backward(work, rows, cols, threshold, shift, cols_mask)
+        ctx.margin, ctx.surrogate, ctx.inv_tau, ctx.scratch, ctx.ticket = margin, surrogate, inv_tau, scratch, ticket
         ctx.dtype = scores.dtype
         return (rows * loss_cols).sum().to(scores.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        f, rows, cols, threshold, shift, bias = ctx.saved_tensors
-        scratch = ctx.scratch
-        losses, slope, scale = shortfall_loss_and_slope(batch_shortfall(f, ctx.margin, scratch=scratch), ctx.surrogate,
-                                                        scratch=scratch)
-        kernel = pair_kernel(losses, threshold, shift, bias, ctx.inv_tau, scratch=scratch)
-        if kernel is not None:
-            slope = kernel.mul_(slope)
+        f, rows, cols, threshold, shift, cols_mask = ctx.saved_tensors
+        scratch, ticket = ctx.scratch, ctx.ticket
+        scale = SLOPE_SCALE[ctx.surrogate]
+        if ticket is not None and scratch is not None and scratch.get("g_version") == ticket[1]:
+            slope = ticket[0]  # the forward's K o S, not overwritten since
+        else:
+            losses, slope, _ = shortfall_loss_and_slope(batch_shortfall(f, ctx.margin, scratch=scratch),
+                                                        ctx.surrogate, scratch=scratch)
+            kernel = pair_kernel(losses, threshold, shift, cols_mask, ctx.inv_tau, scratch=scratch)
+            if kernel is not None:
+                slope = kernel.mul_(slope)
         out = None
         for k in range(rows.shape[0]):
             u = rows[k]
@@ -356,13 +381,13 @@ class _FactoredPairwiseSum(torch.autograd.Function):
             col = torch.mv(slope.t(), u)  # sum_i u_ki S_ij
             term = u * row - (col if cols is None else cols[k] * col)
             out = term if out is None else out + term
-        return (out * (grad * scale)).to(ctx.dtype), None, None, None, None, None, None, None, None, None, None, None
+        return (out * (grad * scale)).to(ctx.dtype), None, None, None, None, None, None, None, None, None, None, None, None
 
 
 def factored_pairwise_sum(
     scores: Tensor, rows: Tensor, cols: Tensor | None, loss_cols: Tensor, *, margin: float, surrogate: str,
-    threshold: Tensor | None = None, shift: Tensor | None = None, bias: Tensor | None = None, inv_tau: float = 1.0,
-    scratch: Scratch = None,
+    threshold: Tensor | None = None, shift: Tensor | None = None, cols_mask: Tensor | None = None,
+    inv_tau: float = 1.0, scratch: Scratch = None, ticket: tuple[Tensor, int] | None = None,
 ) -> Tensor:
     """``sum_{i,j} W_ij ell(m, f_i - f_j)`` over every ordered pair of one batch with ``W = K o sum_k u_k v_k^T`` held
     constant: the value and gradient of ``(W.detach() * L).sum()`` with no ``[B, B]`` weight or mask matrix (masks
@@ -374,8 +399,9 @@ def factored_pairwise_sum(
         cols: ``[r, B]`` the ``v_k`` (column factors), or None for ``v_k = 1``.
         loss_cols: ``[r, B]`` the detached ``(K o L) v_k`` (the caller has them: the value is ``sum_k u_k . (K o L)
             v_k``).
-        threshold, shift, bias, inv_tau: the kernel ``K`` (:func:`pair_kernel`; none of them: ``K = 1``).
+        threshold, shift, cols_mask, inv_tau: the kernel ``K`` (:func:`pair_kernel`; none of them: ``K = 1``).
         scratch: work matrices of the backward (:func:`scratch_matrix`).
+        ticket: the forward's ``K o S`` (:func:`slope_ticket`), used by the backward while still intact.
 
     Gradient: with ``d ell_ij / d(f_i - f_j) = c S_ij`` (:func:`shortfall_loss_and_slope`) and ``G = K o S``,
     ``df_i = c sum_k (u_ki (G v_k)_i - v_ki (G^T u_k)_i)``: the backward recomputes ``G`` in ``O(B^2)`` passes and
@@ -388,5 +414,6 @@ def factored_pairwise_sum(
         return None if x is None else _constant(x, dtype)
 
     out = _FactoredPairwiseSum.apply(scores, work, const(rows), const(cols), const(loss_cols), const(threshold),
-                                     const(shift), const(bias), float(margin), surrogate, float(inv_tau), scratch)
+                                     const(shift), const(cols_mask), float(margin), surrogate, float(inv_tau), scratch,
+                                     ticket)
     return out  # type: ignore[no-any-return]

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from xrisk._tensors import on_device
 from xrisk.functional.surrogates import (
-    SHORTFALL_LOSSES, batch_shortfall, factored_pairwise_sum, pairwise_shortfall, shortfall_loss_and_slope,
+    SHORTFALL_LOSSES, batch_shortfall, factored_pairwise_sum, pairwise_shortfall, scratch_matrix,
+    shortfall_loss_and_slope, slope_ticket,
     weighted_pairwise_mean_of,
 )
 from xrisk.losses.ap import _mean_of
@@ -42,14 +43,15 @@ class PartialAUCLossBase(ScoreLoss):
 
     def _masked_task_weights(self, task: int, index: Tensor, scores: Tensor, losses: Tensor, pos: Tensor,
                              neg: Tensor, rows: Tensor, n_pos: Tensor, n_neg: Tensor, group: Tensor,
-                             scratch: dict | None) -> tuple[Tensor, Tensor, Tensor | None, dict]:
+                             scratch: dict | None) -> tuple[Tensor, Tensor | None, Tensor, dict]:
         """:meth:`_task_weights` over the whole batch (no host read, no ``[B, B]`` mask): ``losses [B, B]`` the
         pairwise losses of every row against every column (in ``scratch``, which the hook may overwrite), ``scores
         [B]`` detached, ``pos``/``neg`` ``[B]`` 0/1 in the losses' dtype, ``rows [B]`` bool the rows whose state is
         updated (the positives, when the task has negatives), ``n_pos``/``n_neg`` device counts, ``group`` the
         :func:`~xrisk.state.duplicate_groups` of ``index``. Stages the masked update and returns the weights
-        ``W = diag(a) K diag(b)`` as ``(a [B], (K o losses) b [B], b [B] or None for ones, K)`` with ``K`` given by
-        the keyword arguments of :func:`~xrisk.functional.surrogates.pair_kernel` (``threshold``, ``shift``, ``bias``,
+        ``W = diag(a) K diag(b)`` as ``(a [B], b [B] or None for ones, K [B, B], kernel)``: ``K`` the matrix (the
+        caller may overwrite it) and ``kernel`` the keyword arguments of
+        :func:`~xrisk.functional.surrogates.pair_kernel` that rebuild it (``threshold``, ``shift``, ``cols_mask``,
         ``inv_tau``); ``a`` is zero outside the positives (and ``K`` zero on the columns outside the negatives when
         ``b`` is None)."""
         raise TypeError(f"{type(self).__name__} has no device path (_masked_task_weights)")
@@ -73,19 +75,23 @@ class PartialAUCLossBase(ScoreLoss):
             pos = targets.select(1, t)
             col = self._score_column(scores, t)
             col_d = col.detach()
-            losses, _, _ = shortfall_loss_and_slope(batch_shortfall(col_d, self.margin, scratch=scratch),
-                                                    self.surrogate, scratch=scratch)
+            losses, slope, _ = shortfall_loss_and_slope(batch_shortfall(col_d, self.margin, scratch=scratch),
+                                                        self.surrogate, scratch=scratch)
             n_pos = pos_counts[t]
             n_neg = size - n_pos
             ok = (n_pos > 0) & (n_neg > 0)
             pos_f = pos.to(losses.dtype)
-            a, loss_cols, b, kernel = self._masked_task_weights(
+            a, b, matrix, kernel = self._masked_task_weights(
                 t, on_device(index, losses.device), col_d.to(losses.dtype), losses, pos_f, 1.0 - pos_f, pos & ok,
                 n_pos, n_neg, group, scratch)
+            # K o S for the backward (kept in the scratch matrix "g" while no later step overwrites it), then K o L
+            ticket = slope_ticket(scratch, torch.mul(matrix, slope, out=scratch_matrix(scratch, "g", matrix)))
+            kernel_losses = matrix.mul_(losses)
+            loss_cols = kernel_losses.sum(1) if b is None else torch.mv(kernel_losses, b)
             scale = (n_pos * n_neg).clamp_min(1).to(a.dtype)  # the mean over the [P, N] pairs
             term = factored_pairwise_sum(col, (a / scale).unsqueeze(0), None if b is None else b.unsqueeze(0),
                                          loss_cols.unsqueeze(0), margin=self.margin, surrogate=self.surrogate,
-                                         scratch=scratch, **kernel)
+                                         scratch=scratch, ticket=ticket, **kernel)
             if self._checks_value:
                 self._writes.check(term, None)  # type: ignore[arg-type]
             terms.append(term)

@@ -11,7 +11,8 @@ from torch import Tensor
 from xrisk._validate import check_choice, check_positive, check_unit_interval
 from xrisk.functional.ap import _TINY, ap_inner_estimates, ap_ratio, ap_weights
 from xrisk.functional.surrogates import (
-    SURROGATES, SurrogateName, batch_shortfall, factored_pairwise_sum, shortfall_loss_and_slope, weighted_pairwise_mean_of,
+    SURROGATES, SurrogateName, batch_shortfall, factored_pairwise_sum, shortfall_loss_and_slope, slope_ticket,
+    weighted_pairwise_mean_of,
 )
 from xrisk.losses.base import ScoreLoss, overflow_cause, positions
 from xrisk._tensors import as_state_rows, like_tensor, on_device
@@ -155,8 +156,8 @@ class APLoss(ScoreLoss):
         for t in range(self.num_tasks):
             pos = targets.select(1, t)
             col = self._score_column(scores, t)
-            losses, _, _ = shortfall_loss_and_slope(batch_shortfall(col, self.margin, scratch=scratch), self.surrogate,
-                                                    scratch=scratch)
+            losses, slope, _ = shortfall_loss_and_slope(batch_shortfall(col, self.margin, scratch=scratch, name="g"),
+                                                        self.surrogate, scratch=scratch)
             y = pos.to(losses.dtype)
             sums = torch.stack((losses.sum(1), torch.mv(losses, y)))  # size * (g_all, g_pos)
             va, sa, i = flat_column(self.u_all, t, index)  # type: ignore[arg-type]
@@ -170,7 +171,7 @@ class APLoss(ScoreLoss):
             rows = torch.stack((c * u_pos / (ua * ua), -c / ua))
             cols = torch.stack((torch.ones_like(y), y))
             terms.append(factored_pairwise_sum(col, rows, cols, sums, margin=self.margin, surrogate=self.surrogate,
-                                               scratch=scratch))
+                                               scratch=scratch, ticket=slope_ticket(scratch, slope)))
             estimates.append((u_all, u_pos, pos))
         self._record_objective_from(_masked_mean_ratio, estimates)
         valid = (pos_counts > 0).sum()

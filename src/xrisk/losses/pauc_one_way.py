@@ -184,7 +184,7 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
 
     def _masked_task_weights(self, task: int, index: Tensor, scores: Tensor, losses: Tensor, pos: Tensor,
                              neg: Tensor, rows: Tensor, n_pos: Tensor, n_neg: Tensor, group: Tensor,
-                             scratch: dict | None) -> tuple[Tensor, Tensor, Tensor | None, dict]:
+                             scratch: dict | None) -> tuple[Tensor, Tensor | None, Tensor, dict]:
         if self.method == "cvar":
             value, seen, i = flat_column(self._modules["threshold"], task, index)  # type: ignore[arg-type]
             s = like_tensor(value.index_select(0, i), losses)  # [B]
@@ -193,14 +193,14 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
             grad = 1.0 - count / (self.max_fpr * n_neg.clamp_min(1).to(losses.dtype))
             new = as_state_rows(s - self.eta * grad, i)
             masked_update_rows(value, seen, i, new, rows, group, _overwrite, writes=self._writes)
-            return pos / self.max_fpr, torch.mv(above.mul_(losses), neg), neg, {"threshold": s}
+            return pos / self.max_fpr, neg, above, {"threshold": s}
         exp_z, log_new, kernel = masked_exp_logits(losses, scores, neg, n_neg, self.tau, self.margin, self.surrogate,
                                                    scratch)
         log_u = like_tensor(masked_log_ema_column(self.log_u, index, task, log_new, rows, group, self.gamma,
                                                   self._writes), exp_z)
         # p_ij = exp(L_ij / tau - log u_i) = exp_z_ij exp(shift_i - log u_i)
         a = torch.where(rows, torch.exp(kernel["shift"] - log_u), 0.0)
-        return a, exp_z.mul_(losses).sum(1), None, kernel
+        return a, None, exp_z, kernel
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return pauc_risk, (self.max_fpr,)
@@ -214,8 +214,8 @@ def _overwrite(old: Tensor, merged: Tensor, seen: Tensor) -> Tensor:
 def masked_exp_logits(losses: Tensor, scores: Tensor, cols: Tensor, count: Tensor, tau: float, margin: float,
                       surrogate: str, scratch: dict | None) -> tuple[Tensor, Tensor, dict]:
     """The overflow-free exponentials of the KL-DRO estimators over a whole batch: ``(E [B, B], log_mean [B],
-    kernel)`` with ``E_ij = exp(L_ij / tau - shift_i)`` on the columns ``cols`` (``[B]`` 0/1, ``count`` of them) and
-    exactly 0 elsewhere, ``shift_i = max_{j in cols} L_ij / tau`` (0 without columns), ``log_mean_i = log mean_{j in
+    kernel)`` with ``E_ij = exp(L_ij / tau - shift_i)`` on the columns ``cols`` (``[B]`` 0/1, ``count`` of them; the
+    exponent floored at ``-EXP_FLOOR``, see :func:`~xrisk.functional.surrogates.pair_kernel`) and exactly 0 elsewhere, ``shift_i = max_{j in cols} L_ij / tau`` (0 without columns), ``log_mean_i = log mean_{j in
     cols} exp(L_ij / tau)``, and ``kernel`` the :func:`~xrisk.functional.surrogates.pair_kernel` arguments of ``E``.
     ``losses`` are ``ell(margin - (f_i - f_j))`` of ``scores [B]`` (same dtype); every surrogate is convex in the
     shortfall, so the row maximum over ``cols`` is at the largest or smallest score of ``cols`` and ``shift`` costs
@@ -227,7 +227,7 @@ def masked_exp_logits(losses: Tensor, scores: Tensor, cols: Tensor, count: Tenso
     shift = torch.maximum(loss(base + torch.where(has, scores, -far).amax()),
                           loss(base + torch.where(has, scores, far).amin())) / tau
     shift = torch.where(count > 0, shift, torch.zeros_like(shift))
-    kernel = {"shift": shift, "bias": torch.where(has, 0.0, float("-inf")).to(scores.dtype), "inv_tau": 1.0 / tau}
+    kernel = {"shift": shift, "cols_mask": cols.to(scores.dtype), "inv_tau": 1.0 / tau}
     exp_z = pair_kernel(losses, None, scratch=scratch, **kernel)
     assert exp_z is not None
     log_mean = torch.log(exp_z.sum(1)) + shift - torch.log(count.clamp_min(1).to(exp_z.dtype))

@@ -141,7 +141,7 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
 
     def _masked_task_weights(self, task: int, index: Tensor, scores: Tensor, losses: Tensor, pos: Tensor,
                              neg: Tensor, rows: Tensor, n_pos: Tensor, n_neg: Tensor, group: Tensor,
-                             scratch: dict | None) -> tuple[Tensor, Tensor, Tensor | None, dict]:
+                             scratch: dict | None) -> tuple[Tensor, Tensor | None, Tensor, dict]:
         exp_z, log_new, kernel = masked_exp_logits(losses, scores, neg, n_neg, self.tau, self.margin, self.surrogate,
                                                    scratch)
         log_u = like_tensor(masked_log_ema_column(self.log_u, index, task, log_new, rows, group, self.gamma0,
@@ -157,7 +157,7 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         if ratio != 1.0:
             log_a = log_a + (ratio - 1.0) * log_u
         a = torch.where(rows, torch.exp(log_a), 0.0)
-        return a, exp_z.mul_(losses).sum(1), None, kernel
+        return a, None, exp_z, kernel
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return tpauc_risk, (self.min_tpr, self.max_fpr)
