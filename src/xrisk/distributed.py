@@ -382,12 +382,13 @@ class _GatherSum(torch.autograd.Function):
 
 
 def _gather_pair(x: Tensor, extra: Tensor, sizes: Sequence[int], extra_sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """``(_gather_padded(x, sizes), _gather_padded(extra, extra_sizes))`` in one collective: both flattened to
-    float64 (exact for every floating dtype up to float64 and for 0/1 flags) and packed per rank."""
+    """``(_gather_padded(x, sizes), _gather_padded(extra, extra_sizes))`` in one collective: both flattened to the
+    wider of their dtypes and at least float32 (exact for floating dtypes and 0/1 flags) and packed per rank."""
     dev = _comm_device()
     a = x[0].numel() if x.dim() > 1 else 1
     b = extra[0].numel() if extra.dim() > 1 else 1
-    flat = torch.cat([x.detach().reshape(-1).to(dev, torch.float64), extra.reshape(-1).to(dev, torch.float64)])
+    work = torch.promote_types(torch.promote_types(x.dtype, extra.dtype), torch.float32)
+    flat = torch.cat([x.detach().reshape(-1).to(dev, work), extra.reshape(-1).to(dev, work)])
     lengths = [s * a + u * b for s, u in zip(sizes, extra_sizes)]
     pieces = _gather_padded(flat, lengths).split(lengths)
     xs = torch.cat([p[: s * a] for p, s in zip(pieces, sizes)]).reshape(sum(sizes), *x.shape[1:])
