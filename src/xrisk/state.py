@@ -494,11 +494,12 @@ class PendingWrites:
         [0.0, 5.0, 6.0, 0.0]
     """
 
-    __slots__ = ("cause", "_rows", "_checks", "_after")
+    __slots__ = ("cause", "_rows", "_checks", "_after", "_hold_old")
 
     def __init__(self, cause: Cause = "a new state estimate is NaN/inf") -> None:
         self.cause = cause
         self._rows: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Cause | None]] = []
+        self._hold_old: list[bool] = []  #: per staged row: ``rows_hold_old``
         self._checks: list[tuple[Tensor, Cause]] = []
         self._after: list[Callable[[], None]] = []
 
@@ -520,11 +521,13 @@ class PendingWrites:
 
     def stage_tensors(
         self, value: Tensor, seen: Tensor, index: Tensor, rows: Tensor, *, mask: Tensor | None = None,
-        cause: Cause | None = None,
+        cause: Cause | None = None, rows_hold_old: bool = False,
     ) -> None:
         """:meth:`stage` into a state's ``(value, seen)`` buffers or views of them (e.g. one column the caller has
-        already selected)."""
+        already selected). ``rows_hold_old``: outside ``mask`` the rows already hold the buffer's current values
+        (read at staging; no other stage of the step writes these entries), so they are written as they are."""
         self._rows.append((value, seen, index, rows.detach() if rows.requires_grad else rows, mask, cause))
+        self._hold_old.append(rows_hold_old)
 
     def check(self, x: Tensor, cause: Cause) -> None:
         """Require ``x`` to be finite for the step to be written (raise ``FloatingPointError(cause)`` if not)."""
@@ -547,6 +550,8 @@ class PendingWrites:
         if ok is not None:
             assert_async(ok, "xrisk: a new state estimate (or a checked value) of this step is NaN/inf; no state was "
                              "changed (validation is off, so the cause is not named: xrisk.set_validation(True) names it)")
+            if ok.device.type == "cpu" and not torch.compiler.is_compiling():
+                ok = None  # on CPU the assert has raised already if it failed: every write may go unmasked
         self._apply(write=write, ok=ok)
 
     def verify(self) -> None:
@@ -576,17 +581,20 @@ class PendingWrites:
         """If ``write``, apply every staged write in order, each row where its mask and ``ok`` (a device flag, or
         ``None``: no condition) hold; then spend the object."""
         if write:
-            for value, seen, index, rows, mask, _ in self._rows:
+            for (value, seen, index, rows, mask, _), hold_old in zip(self._rows, self._hold_old):
                 keep = ok if mask is None else (mask if ok is None else mask & ok)
                 if keep is None:
                     value.index_copy_(0, index, rows)
                     seen.index_fill_(0, index, True)
+                elif hold_old and ok is None:  # rows hold the old values outside the mask
+                    value.index_copy_(0, index, rows)
+                    seen.index_copy_(0, index, seen.index_select(0, index) | keep)
                 else:
                     value.index_copy_(0, index, torch.where(keep, rows, value.index_select(0, index)))
                     seen.index_copy_(0, index, seen.index_select(0, index) | keep)
             for fn in self._after:
                 fn()
-        self._rows, self._checks, self._after = [], [], []
+        self._rows, self._checks, self._after, self._hold_old = [], [], [], []
 
 
 def masked_update_rows(
@@ -629,7 +637,7 @@ def _step_rows(value: Tensor, seen: Tensor, index: Tensor, merged: Tensor, writt
     old, seen_rows = value.index_select(0, index), seen.index_select(0, index)
     rows = torch.where(written, step(old, merged, seen_rows), old)
     if writes is not None:
-        writes.stage_tensors(value, seen, index, rows, mask=written, cause=cause)
+        writes.stage_tensors(value, seen, index, rows, mask=written, cause=cause, rows_hold_old=True)
     return rows
 
 
