@@ -29,9 +29,11 @@ the last call's estimate in both modes.
 **Validation off** (:func:`xrisk.set_validation`): ``forward`` takes the fixed-shape device path
 instead (:meth:`ScoreLoss._forward_unchecked`): no value is read on the host (shapes and dtypes are still
 checked; index bounds and finite state rows with on-device asserts), the positive counts stay on the
-device, the subclass hook :meth:`ScoreLoss._masked_loss` computes the same loss with masks over the whole
-batch (pairwise losses as ``[B, B]`` matrices masked to the pairs that count, duplicate indices merged with
-an ``[B, B]`` equality mask), and a batch without positives gives a zero through the same ops. The work
+device, the subclass hook :meth:`ScoreLoss._masked_loss` computes the same loss over the whole batch
+(pairwise losses as ``[B, B]`` matrices whose pairs that count are selected by row and column factors of
+the weights, :func:`~xrisk.functional.surrogates.factored_pairwise_sum`; duplicate indices merged through
+group ids from one sort, :func:`~xrisk.state.duplicate_groups`), and a batch without positives gives a zero
+through the same ops. The work
 depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes the step whole and does not
 recompile when the number of positives changes. Equal to the default path up to float rounding (tested).
 

@@ -13,7 +13,7 @@ from xrisk.optim._core import (
     AUCOptimizer, device_counter, dual_ascent_, proximal_direction, proximal_direction_foreach, record_iterate,
 )
 
-__all__ = ["PDSCA", "pdsca_update", "pdsca_update_masked", "pdsca_update_masked_foreach"]
+__all__ = ["PDSCA", "pdsca_update", "pdsca_update_masked_foreach"]
 
 
 def pdsca_update(
@@ -57,61 +57,13 @@ def pdsca_update(
 
 
 def _unset_device_averages(state: dict[str, Any]) -> None:
-    """Drop the averages :func:`pdsca_update_masked` allocated but never set (host read: validation on only)."""
+    """Drop the averages :func:`pdsca_update_masked_foreach` allocated but never set (host read: validation on only)."""
     for key in ("weight_avg", "grad_avg"):
         flag = state.get(key + "_set")
         if flag is not None:
             if not bool(flag):
                 del state[key]
             del state[key + "_set"]
-
-
-def pdsca_update_masked(
-    p: Tensor,
-    grad: Tensor,
-    state: dict[str, Any],
-    *,
-    ce: Tensor,
-    frozen_in_ce: bool,
-    lr: float,
-    lr0: float,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    epoch_decay: float,
-    clip_value: float | None,
-) -> None:
-    """:func:`pdsca_update` with the phase as a 0-dim bool tensor ``ce`` (validation off: no host read).
-
-    Both phases' updates are computed and the current one selected with ``torch.where``; ``frozen_in_ce``: the
-    parameter is not updated in the CE phase (the loss's ``a``, ``b``). The averages ``weight_avg``/``grad_avg``
-    are allocated at once, with device flags ``weight_avg_set``/``grad_avg_set`` for "set by a step" (a later
-    validated step drops unset ones), and the counter is a device tensor. Equal to :func:`pdsca_update` up to
-    rounding.
-    """
-    d = proximal_direction(p, grad, state, clip_value=clip_value, weight_decay=weight_decay,
-                           epoch_decay=epoch_decay)
-    for key, init in (("weight_avg", p), ("grad_avg", d)):
-        if key not in state:
-            state[key] = init.detach().clone()
-            state[key + "_set"] = torch.zeros((), dtype=torch.bool, device=p.device)
-        elif key + "_set" not in state:
-            state[key + "_set"] = torch.ones((), dtype=torch.bool, device=p.device)
-    u, z, u_set, z_set = state["weight_avg"], state["grad_avg"], state["weight_avg_set"], state["grad_avg_set"]
-    stepped = p - lr0 * d
-    u_new = torch.where(u_set, torch.lerp(u, stepped, beta1), stepped)
-    z_new = torch.where(z_set, torch.lerp(z, d, beta2), d)
-    p_auc = p - lr * z_new
-    p_ce = p if frozen_in_ce else u_new
-    u.copy_(torch.where(ce, u_new, u))
-    z.copy_(torch.where(ce, z, z_new))
-    u_set.logical_or_(ce)
-    z_set.logical_or_(~ce)
-    p.copy_(torch.where(ce, p_ce, p_auc))
-    count = device_counter(state, "avg_count", p)  # the iterate is recorded unless the parameter was frozen
-    moved = ~ce if frozen_in_ce else torch.ones_like(ce)
-    count.add_(moved.to(count.dtype))
-    state["iterate_avg"].lerp_(p, torch.where(moved, 1.0 / count.clamp_min(1), 0.0).to(p.dtype))
 
 
 def pdsca_update_masked_foreach(
@@ -129,10 +81,14 @@ def pdsca_update_masked_foreach(
     epoch_decay: float,
     clip_value: float | None,
 ) -> None:
-    """:func:`pdsca_update_masked` of a list of parameters (one ``frozen_in_ce`` and one set of hyper-parameters)
-    with ``torch._foreach_*`` ops: about twenty list ops per step instead of about thirty ops per parameter. The
-    phase and the "set" flags select through ``lerp`` with 0/1 weights (``lerp(y, x, 1) = x``, ``lerp(y, x, 0) = y``
-    exactly for finite values). Equal to :func:`pdsca_update_masked` up to rounding."""
+    """:func:`pdsca_update` of a list of parameters (one ``frozen_in_ce``, one set of hyper-parameters) with the
+    phase as a 0-dim bool tensor ``ce`` (validation off: no host read), in ``torch._foreach_*`` list ops.
+
+    Both phases' updates are computed and the current one selected through ``lerp`` with 0/1 weights
+    (``lerp(y, x, 1) = x``, ``lerp(y, x, 0) = y`` exactly for finite values); ``frozen_in_ce``: the parameters are
+    not updated in the CE phase (the loss's ``a``, ``b``). The averages ``weight_avg``/``grad_avg`` are allocated
+    at once, with device flags ``weight_avg_set``/``grad_avg_set`` for "set by a step" (a later validated step
+    drops unset ones), and the counter is a device tensor. Equal to :func:`pdsca_update` up to rounding."""
     d = proximal_direction_foreach(params, grads, states, clip_value=clip_value, weight_decay=weight_decay,
                                    epoch_decay=epoch_decay)
     for key, init in (("weight_avg", params), ("grad_avg", d)):
