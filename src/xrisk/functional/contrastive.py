@@ -57,6 +57,7 @@ __all__ = [
     "anchor_diagonal",
     "detached_weights_dot",
     "reference_offset",
+    "ReferencePair",
 ]
 
 
@@ -357,9 +358,22 @@ def _shifted_weights_dot(x: Tensor, weights: Tensor, shifted: Tensor | None) -> 
     return detached_weights_dot(x, weights, torch.dot(weights.reshape(-1), shifted.reshape(-1)))
 
 
-def _shift(sd: Tensor, offset: Tensor | None) -> Tensor:
-    """``sd + offset`` (a new tensor), or ``sd`` itself without an offset."""
-    return sd if offset is None else sd + _no_grad(offset)
+class ReferencePair(NamedTuple):
+    """DRRho-CLIP's offset in factored form, ``o = -ref_a ref_b^T`` (``[B, d_ref]`` each, detached): the kernels of a
+    square batch add it inside the product (:func:`_shift`), so no ``[B, B]`` offset is made or added."""
+
+    ref_a: Tensor
+    ref_b: Tensor
+
+
+def _shift(sd: Tensor, offset: Tensor | ReferencePair | None) -> Tensor:
+    """``sd + offset`` (a new tensor), or ``sd`` itself without an offset; a :class:`ReferencePair` is one
+    ``addmm`` (``sd - ref_a ref_b^T``: the reference similarities subtracted inside the product)."""
+    if offset is None:
+        return sd
+    if isinstance(offset, ReferencePair):
+        return torch.addmm(sd, _no_grad(offset.ref_a), _no_grad(offset.ref_b).T, alpha=-1.0)
+    return sd + _no_grad(offset)
 
 
 def reference_offset(ref_a: Tensor, ref_b: Tensor) -> Tensor:
@@ -525,7 +539,7 @@ def gcl_fcco_square(
     rho: float = 0.0,
     scale: float = 1.0,
     stable: bool = True,
-    offset: Tensor | None = None,
+    offset: Tensor | ReferencePair | None = None,
 ) -> GCLStep:
     """:func:`gcl_fcco` of a one-process image-text batch: ``sim [B, B]`` (image ``i`` against text ``j``, with
     gradient), the positives on its main diagonal, side 0 its rows and side 1 its columns (``sims[1] = sim.T``,
@@ -540,7 +554,8 @@ def gcl_fcco_square(
     ``d / tau`` (``f`` = the shift of ``stable``, or 0). The two sides' weights
     ``p = e * scale exp(f - log(eps + u) - log |N|)`` are summed into one matrix, the positives weighted
     ``-sum_j p_ij``, so the surrogate is one ``dot`` with ``sim``. ``offset``: ``[B, B]`` detached per-pair
-    offset as in :func:`gcl_fcco`; every pass then runs on ``sim + offset`` (one more ``[B, B]`` addition).
+    offset as in :func:`gcl_fcco`, or a :class:`ReferencePair` (its factors: added inside one ``addmm``); every
+    pass then runs on ``sim + offset``.
     """
     n = sim.shape[0]
     if count is None:
@@ -875,7 +890,7 @@ def nuclr_fcco_square(
     scale: float = 1.0,
     stable: bool = True,
     zeta_min: Tensor | None = None,
-    offset: Tensor | None = None,
+    offset: Tensor | ReferencePair | None = None,
 ) -> NUCLRStep:
     """:func:`nuclr_fcco` of a one-process image-text batch (``sim [B, B]``, positives on the diagonal, side 1
     along the columns; ``count``, ``neg`` as in :func:`gcl_fcco_square`). What :func:`nuclr_fcco` runs for
@@ -895,6 +910,8 @@ def nuclr_fcco_square(
         count = n - 1
     sd = _no_grad(sim)
     if stable:
+        if isinstance(offset, ReferencePair):  # the per-side passes read the [B, B] offset and its transpose
+            offset = reference_offset(*offset)
         pos = sd.diagonal().unsqueeze(1).expand(n, 2)
         return nuclr_fcco([sim, sim.T], pos, zeta, tau, log_pos, estimator, count=count, neg=neg, transposed=True,
                           scale=scale, stable=True, offset=None if offset is None else [offset, offset.T])
