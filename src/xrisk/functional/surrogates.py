@@ -112,6 +112,26 @@ SHORTFALL_SLOPES: dict[str, Callable[[Tensor], Tensor]] = {
     "exponential": lambda r: -torch.exp(r),
     "square": lambda r: torch.mul(r, constant(-2.0, r)),
 }
+# each slope as factor * base(r) with a power-of-two factor: the backward passes fold the factor into the gradient's
+# scale (exact), one [P, N] op less; "square"'s base is r itself (not a new tensor)
+_SLOPE_PARTS: dict[str, tuple[Callable[[Tensor], Tensor], float]] = {
+    "squared_hinge": (lambda r: torch.clamp(r, min=0), -2.0),
+    "hinge": (lambda r: (r >= 0).to(r.dtype), -1.0),
+    "logistic": (torch.sigmoid, -1.0),
+    "exponential": (torch.exp, -1.0),
+    "square": (lambda r: r, -2.0),
+}
+
+
+def _slope_times(r: Tensor, w: Tensor, grad: Tensor, surrogate: str) -> Tensor:
+    """``SHORTFALL_SLOPES[surrogate](r) * w * (grad / r.numel())`` as a new tensor, bit for bit: the slope's factor
+    (a power of two) goes into the scale ``grad / (numel / factor)``, which is exact."""
+    base, factor = _SLOPE_PARTS[surrogate]
+    b = base(r)
+    g = torch.mul(b, w) if b is r else b.mul_(w)
+    return g.mul_(grad / constant(r.numel() / factor, grad))
+
+
 # the same as functions of (m, t)
 SURROGATE_SLOPES: dict[str, Callable[[float, Tensor], Tensor]] = {
     name: (lambda m, t, slope=slope: slope(m - t)) for name, slope in SHORTFALL_SLOPES.items()
@@ -149,11 +169,10 @@ class _WeightedPairwiseMean(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if ctx.saved_shortfall:
             w, r = ctx.saved_tensors
-            slope = SHORTFALL_SLOPES[ctx.surrogate](r)
         else:
             s_i, s_j, w = ctx.saved_tensors
-            slope = SURROGATE_SLOPES[ctx.surrogate](ctx.margin, s_i.unsqueeze(-1) - s_j.unsqueeze(-2))
-        g = slope * w * (grad / constant(float(slope.numel()), grad))
+            r = pairwise_shortfall(s_i, s_j, margin=ctx.margin)
+        g = _slope_times(r, w, grad, ctx.surrogate)  # = slope(r) * w * (grad / numel)
         need = ctx.needs_input_grad
         return (g.sum(-1) if need[0] else None, -g.sum(-2) if need[1] else None, None, None, None, None, None)
 
@@ -212,8 +231,7 @@ class _WeightedPairwiseMeanOf(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         w, r, i_index, j_index = ctx.saved_tensors
-        slope = SHORTFALL_SLOPES[ctx.surrogate](r)  # a new tensor: the products below are taken in place
-        g = slope.mul_(w).mul_(grad / constant(float(slope.numel()), grad))  # = _WeightedPairwiseMean's
+        g = _slope_times(r, w, grad, ctx.surrogate)  # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's
         if j_index is None:  # the j side is every score: -sum_i g_ij, then the i side added at its positions
             out = g.sum(-2).neg_()
         else:
