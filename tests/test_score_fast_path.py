@@ -126,3 +126,21 @@ def test_pauc_kernels_sharing_work_equal_the_separate_ones(dtype):
         for tau_outer in (tau, 2.0):
             want = torch.exp((tau / tau_outer - 1.0) * log_u.unsqueeze(1) + losses / tau - log_w)
             assert torch.equal(tpauc_kl_weights(losses, log_u, log_w, tau, tau_outer, scaled=z), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_cached_constants_give_the_python_scalar_results(dtype):
+    """The hot kernels use :func:`xrisk._tensors.constant` in place of Python numbers: the same values bit for bit."""
+    from xrisk._tensors import constant
+
+    x = (torch.randn(64, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 5).to(dtype)
+    for v in (0.1, -2.0, 1.0 / 3.0, 192.0, -0.10536051565782628, 1e-3):
+        c = constant(v, x)
+        assert c is constant(v, x)  # cached
+        assert torch.equal(x + c, x + v) and torch.equal(torch.rsub(x, c), v - x)
+        assert torch.equal(x * c, x * v) and torch.equal(x / c, x / v) and (x + c).dtype == dtype
+    with torch.inference_mode():  # made under inference mode: still a normal tensor, usable with autograd later
+        c = constant(0.123456, x)
+    y = x.double().requires_grad_(True) if dtype not in (torch.float32, torch.float64) else x.clone().requires_grad_(True)
+    (y * constant(0.123456, y)).sum().backward()
+    assert not c.is_inference() and torch.equal(y.grad, torch.full_like(y, 0.123456))

@@ -170,7 +170,8 @@ def check_binary_batch(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple
         if not math.isfinite(float((scores.detach() if scores.requires_grad else scores).sum())):
             check_finite("scores", scores)  # raises unless the sum only overflowed
         counts = [int(sum(values[t::num_tasks])) for t in range(num_tasks)]
-        return scores, targets if targets.dtype == torch.bool else targets != 0, counts
+        # the values are 0/1 (checked above): .bool() is `!= 0` without wrapping the 0 in a tensor (half the time)
+        return scores, targets if targets.dtype == torch.bool else targets.bool(), counts
     with torch.no_grad():
         if targets.dtype == torch.bool:
             stats = (targets.sum(0) + scores.sum(0, dtype=torch.float32) * 0).tolist()  # counts exact < 2**24

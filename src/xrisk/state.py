@@ -583,7 +583,10 @@ class PendingWrites:
         if write:
             for (value, seen, index, rows, mask, _), hold_old in zip(self._rows, self._hold_old):
                 keep = ok if mask is None else (mask if ok is None else mask & ok)
-                if keep is None:
+                if keep is None and value.shape[0] == 1 and index.shape[0] == 1:  # the only row (a scalar state)
+                    value.copy_(rows)
+                    seen.fill_(True)
+                elif keep is None:
                     value.index_copy_(0, index, rows)
                     seen.index_fill_(0, index, True)
                 elif hold_old and ok is None:  # rows hold the old values outside the mask

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from xrisk._tensors import constant
 from xrisk.functional.surrogates import SHORTFALL_LOSSES, get_surrogate, pairwise_shortfall
 
 __all__ = ["ap_inner_estimates", "ap_weights", "ap_surrogate", "ap_ratio"]
@@ -74,8 +75,9 @@ def ap_inner_estimates(
     d = losses.detach() if losses.requires_grad else losses
     n = d.shape[1]
     y = targets_all if targets_all.dtype in (d.dtype, torch.bool) else targets_all.to(d.dtype)  # bool: promoted
-    g_all = d.sum(1).div_(n)  # = d.mean(1), bit for bit (mean is sum / n), in half the time on CPU
-    g_pos = (d * y).sum(1).div_(n)
+    c = constant(float(n), d)
+    g_all = d.sum(1).div_(c)  # = d.mean(1), bit for bit (mean is sum / n), in half the time on CPU
+    g_pos = (d * y).sum(1).div_(c)
     if with_shortfall:
         return losses, g_all, g_pos, shortfall.detach() if shortfall.requires_grad else shortfall
     return losses, g_all, g_pos

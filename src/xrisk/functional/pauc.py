@@ -26,6 +26,8 @@ import math
 import torch
 from torch import Tensor
 
+from xrisk._tensors import constant
+
 __all__ = [
     "top_fraction_mean",
     "pauc_risk",
@@ -61,7 +63,7 @@ def kl_logits(losses: Tensor, tau: float) -> Tensor:
     """``L / tau`` detached, in at least float32: what the KL-DRO kernels exponentiate (pass it as ``scaled`` to
     share it between them)."""
     d = _detached_f32(losses)
-    return d if tau == 1.0 else d / tau  # x / 1 is x
+    return d if tau == 1.0 else d / constant(tau, d)  # x / 1 is x
 
 
 # ----------------------------------------------------------------------------- risks (objectives)
@@ -124,7 +126,8 @@ def cvar_step(losses: Tensor, threshold: Tensor, max_fpr: float) -> tuple[Tensor
     ``[P]`` from one comparison: ``(grad [P], weights [P, N])`` (detached; the same values bit for bit)."""
     d = losses.detach() if losses.requires_grad else losses
     above = (d > threshold.to(d.dtype).unsqueeze(1)).to(d.dtype)
-    return 1.0 - above.sum(dim=1) / (max_fpr * d.shape[1]), above / max_fpr
+    frac = above.sum(dim=1).div_(constant(max_fpr * d.shape[1], d))
+    return torch.rsub(frac, constant(1.0, d)), above.div(constant(max_fpr, d))
 
 
 def pauc_cvar_surrogate(losses: Tensor, threshold: Tensor, max_fpr: float) -> Tensor:
@@ -147,7 +150,9 @@ def log_mean_exp_inner(losses: Tensor, tau: float, *, scaled: Tensor | None = No
     """``log mean_j exp(L_ij / tau)`` for a ``[P, N]`` matrix -> ``[P]`` (detached, overflow-free; ``scaled``:
     :func:`kl_logits` of the same arguments, if the caller has it)."""
     d = kl_logits(losses, tau) if scaled is None else scaled
-    return torch.logsumexp(d, dim=1) - math.log(d.shape[1])
+    out = torch.logsumexp(d, dim=1)
+    c = constant(math.log(d.shape[1]), out)
+    return out - c if out.requires_grad else out.sub_(c)
 
 
 def log_mean_exp_by_index(index: Tensor, log_values: Tensor) -> Tensor:
@@ -173,7 +178,8 @@ def log_ema(log_old: Tensor, log_new: Tensor, gamma: float, seen: Tensor) -> Ten
     """
     if gamma >= 1.0:
         return log_new.clone()
-    mixed = torch.logaddexp(log_old + math.log1p(-gamma), log_new + math.log(gamma))
+    mixed = torch.logaddexp(torch.add(log_old, constant(math.log1p(-gamma), log_old)),
+                            torch.add(log_new, constant(math.log(gamma), log_new)))
     return torch.where(seen, mixed, log_new)
 
 

@@ -25,6 +25,8 @@ from torch.autograd.function import once_differentiable
 import torch.nn.functional as F
 from torch import Tensor
 
+from xrisk._tensors import constant
+
 __all__ = ["SHORTFALL_LOSSES", "SHORTFALL_SLOPES", "SURROGATES", "SURROGATE_SLOPES", "SurrogateName", "get_surrogate",
            "pairwise_shortfall", "pairwise_surrogate", "weighted_pairwise_mean", "weighted_pairwise_mean_of",
            "EXP_FLOOR", "SLOPE_SCALE", "batch_shortfall", "factored_pairwise_sum", "slope_ticket", "greater", "pair_kernel", "scratch_matrix",
@@ -106,12 +108,32 @@ def pairwise_surrogate(
 # d ell(m, t) / d t of every surrogate as a function of the shortfall r = m - t (the slope autograd would give,
 # kinks included: clamp passes the gradient at its boundary)
 SHORTFALL_SLOPES: dict[str, Callable[[Tensor], Tensor]] = {
-    "squared_hinge": lambda r: torch.clamp(r, min=0) * -2.0,
+    "squared_hinge": lambda r: torch.mul(torch.clamp(r, min=0), constant(-2.0, r)),
     "hinge": lambda r: -(r >= 0).to(r.dtype),
     "logistic": lambda r: -torch.sigmoid(r),
     "exponential": lambda r: -torch.exp(r),
-    "square": lambda r: r * -2.0,
+    "square": lambda r: torch.mul(r, constant(-2.0, r)),
 }
+# each slope as factor * base(r) with a power-of-two factor: the backward passes fold the factor into the gradient's
+# scale (exact), one [P, N] op less; "square"'s base is r itself (not a new tensor)
+_SLOPE_PARTS: dict[str, tuple[Callable[[Tensor], Tensor], float]] = {
+    "squared_hinge": (lambda r: torch.clamp(r, min=0), -2.0),
+    "hinge": (lambda r: (r >= 0).to(r.dtype), -1.0),
+    "logistic": (torch.sigmoid, -1.0),
+    "exponential": (torch.exp, -1.0),
+    "square": (lambda r: r, -2.0),
+}
+
+
+def _slope_times(r: Tensor, w: Tensor, grad: Tensor, surrogate: str) -> Tensor:
+    """``SHORTFALL_SLOPES[surrogate](r) * w * (grad / r.numel())`` as a new tensor, bit for bit: the slope's factor
+    (a power of two) goes into the scale ``grad / (numel / factor)``, which is exact."""
+    base, factor = _SLOPE_PARTS[surrogate]
+    b = base(r)
+    g = torch.mul(b, w) if b is r else b.mul_(w)
+    return g.mul_(grad / constant(r.numel() / factor, grad))
+
+
 # the same as functions of (m, t)
 SURROGATE_SLOPES: dict[str, Callable[[float, Tensor], Tensor]] = {
     name: (lambda m, t, slope=slope: slope(m - t)) for name, slope in SHORTFALL_SLOPES.items()
@@ -121,7 +143,8 @@ SURROGATE_SLOPES: dict[str, Callable[[float, Tensor], Tensor]] = {
 def pairwise_shortfall(scores_i: Tensor, scores_j: Tensor, *, margin: float) -> Tensor:
     """``R[..., a, b] = margin - (scores_i[..., a] - scores_j[..., b])``: every surrogate is ``ell = f(R)``
     (:data:`SHORTFALL_LOSSES`), so ``SHORTFALL_LOSSES[name](R)`` equals :func:`pairwise_surrogate` bit for bit."""
-    return torch.rsub(scores_i.unsqueeze(-1) - scores_j.unsqueeze(-2), margin)  # = margin - (...), one call less
+    diff = scores_i.unsqueeze(-1) - scores_j.unsqueeze(-2)
+    return torch.rsub(diff, constant(margin, diff))  # = margin - (...), one call less
 
 
 class _WeightedPairwiseMean(torch.autograd.Function):
@@ -140,18 +163,18 @@ class _WeightedPairwiseMean(torch.autograd.Function):
         else:  # the backward's slope comes from the saved shortfall (no second pairwise difference)
             ctx.save_for_backward(weights, shortfall)
         ctx.margin, ctx.surrogate, ctx.saved_shortfall = margin, surrogate, shortfall is not None
-        return (weights * losses).mean()
+        prod = weights * losses
+        return prod.sum().div_(constant(float(prod.numel()), prod))  # = prod.mean() bit for bit, a cheaper call
 
     @staticmethod
     @once_differentiable  # first order only: a double backward raises instead of returning zeros
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         if ctx.saved_shortfall:
             w, r = ctx.saved_tensors
-            slope = SHORTFALL_SLOPES[ctx.surrogate](r)
         else:
             s_i, s_j, w = ctx.saved_tensors
-            slope = SURROGATE_SLOPES[ctx.surrogate](ctx.margin, s_i.unsqueeze(-1) - s_j.unsqueeze(-2))
-        g = slope * w * (grad / slope.numel())
+            r = pairwise_shortfall(s_i, s_j, margin=ctx.margin)
+        g = _slope_times(r, w, grad, ctx.surrogate)  # = slope(r) * w * (grad / numel)
         need = ctx.needs_input_grad
         return (g.sum(-1) if need[0] else None, -g.sum(-2) if need[1] else None, None, None, None, None, None)
 
@@ -203,14 +226,14 @@ class _WeightedPairwiseMeanOf(torch.autograd.Function):
         ctx.save_for_backward(weights, shortfall, i_index, j_index)
         ctx.surrogate, ctx.size = surrogate, scores.shape[0]
         prod = weights * losses
-        return prod.sum().div_(prod.numel())  # = prod.mean() bit for bit (mean is sum / numel), a cheaper call
+        # = prod.mean() bit for bit (mean is sum / numel), a cheaper call
+        return prod.sum().div_(constant(float(prod.numel()), prod))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         w, r, i_index, j_index = ctx.saved_tensors
-        slope = SHORTFALL_SLOPES[ctx.surrogate](r)  # a new tensor: the products below are taken in place
-        g = slope.mul_(w).mul_(grad / slope.numel())  # = slope * w * (grad / numel), _WeightedPairwiseMean's
+        g = _slope_times(r, w, grad, ctx.surrogate)  # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's
         if j_index is None:  # the j side is every score: -sum_i g_ij, then the i side added at its positions
             out = g.sum(-2).neg_()
         else:

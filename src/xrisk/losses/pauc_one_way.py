@@ -20,7 +20,7 @@ from xrisk.functional.pauc import (
 from xrisk.functional.surrogates import SHORTFALL_LOSSES, SURROGATES, SurrogateName, pair_kernel
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.ap import _update_column
-from xrisk._tensors import as_state_rows, like_tensor, on_device
+from xrisk._tensors import as_state_rows, constant, like_tensor, on_device
 from xrisk.sharding import Placement
 from xrisk.state import Cause, PendingWrites, SampleState, column_views, flat_column, masked_update_rows
 
@@ -171,7 +171,7 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
             i = on_device(index_pos, value.device)
             s = like_tensor(value.index_select(0, i), losses)  # = threshold[index_pos, task]
             step, weights = cvar_step(losses, s, self.max_fpr)  # pauc_cvar_surrogate's weights
-            new = s - self.eta * step
+            new = s - step.mul_(constant(self.eta, step))  # = s - eta * step (step is a new tensor)
             if unique:  # one threshold per row: overwrite
                 writes.stage_tensors(value, seen, i, as_state_rows(new, i), cause=cause)
             else:  # duplicates: the mean of their steps
