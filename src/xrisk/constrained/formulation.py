@@ -7,13 +7,20 @@
 2. **sync** (``sync="mean"`` only): under ``torch.distributed`` the ranks' values are all-gathered
    (gradient policy ``"sum"``) and averaged;
 3. **estimate**: the running estimates ``u_i`` of the observed constraints are refreshed by the
-   moving-average or MSVR kernel (:mod:`xrisk.functional.constrained`; first visit takes the value);
+   moving-average or MSVR kernel (:mod:`xrisk.functional.constrained`; first visit takes the value); the
+   shared :func:`~xrisk.constrained.full_index` (what the builders return for a batch that observes every
+   constraint) counts as "all ``m``" without an index check;
 4. call the subclass hook :meth:`ConstraintFormulation._weights`, which returns the detached weights
    ``w_i`` and may stage more writes (the Lagrangian's multiplier step);
-5. **check, then write**: every new state value is staged in a :class:`~xrisk.state.PendingWrites`,
-   checked finite with one host read before any is written (all or nothing), and committed only in
-   training mode (``eval()`` computes the same value and changes nothing, like BatchNorm's running
-   estimates);
+5. **check, then write**: every new state value is computed first and checked finite with one host read
+   (the objective plus the sum of the new estimates, which carry any NaN/inf of the values) before any is
+   written (all or nothing; further writes a subclass stages go through a
+   :class:`~xrisk.state.PendingWrites`); with :func:`xrisk.set_validation` off there is no host read: the
+   same flag is required with a device assertion (on CPU it raises before any write) and masks the writes.
+   State changes only in training mode (``eval()`` computes the same value and changes nothing, like
+   BatchNorm's running estimates). Once this module has written every estimate, a step observing all of
+   them is one ``lerp`` (no first-visit branch; ``seen``'s version counter tells whether anything else wrote
+   it since);
 6. return ``objective + scale(k) * sum_i w_i g_i``: its gradient is the formulation's stochastic
    gradient, its value a surrogate. :meth:`ConstraintFormulation.objective` estimates the penalised
    objective and :meth:`ConstraintFormulation.report` the violations and a KKT residual.
@@ -166,7 +173,10 @@ class ConstraintFormulation(ReplicatedStateModule):
         (validation off): a device flag, the writes keep the old state where it is false."""
         value, seen = self.u.tensors()
         if ok is not None:
-            old, was_seen = (value, seen) if index is None else (value.index_select(0, index), seen.index_select(0, index))
+            if index is None:
+                old, was_seen = value, seen
+            else:
+                old, was_seen = value.index_select(0, index), seen.index_select(0, index)
             u_new, mark = torch.where(ok, u_new, old), was_seen | ok
         if index is None:
             value.copy_(u_new)

@@ -19,8 +19,8 @@ the ``csv`` module and numpy (no pandas).
 data        label (1 =)                    protected group (1 =)       split
 ========== ============================== =========================== ============================
 adult       income > 50K                   sex = Female                official train / test files
-compas      two_year_recid = 1             race = African-American     stratified 70/30 (seed)
-german      good credit (class 1)          female (A92, A95)           stratified 70/30 (seed)
+compas      two_year_recid = 1             race = African-American     stratified 70/30 (seed) or fold
+german      good credit (class 1)          female (A92, A95)           stratified 70/30 (seed) or fold
 ========== ============================== =========================== ============================
 
 * Adult: rows with a missing value (``?``) are dropped (30,162 train / 15,060 test rows); ``fnlwgt``
@@ -35,7 +35,10 @@ german      good credit (class 1)          female (A92, A95)           stratifie
 * Everywhere: the protected attribute is **not** a feature; categorical columns are one-hot encoded
   with the categories seen in the training split (an unseen test category is all zeros); numeric
   columns are standardised with training-split mean and standard deviation; the random splits are
-  stratified by (label, group) cell.
+  stratified by (label, group) cell. ``fold=k`` (COMPAS, German) tests on fold ``k`` of a stratified
+  ``folds``-fold partition instead: the folds of one seed partition the rows, so the test predictions
+  of the ``folds`` runs together score every row once (out-of-fold evaluation, far less noisy than one
+  small test split: German's 30% test split holds about 28 women with bad credit).
 """
 
 from __future__ import annotations
@@ -162,7 +165,7 @@ def _stratified_fold(label: np.ndarray, group: np.ndarray, folds: int, fold: int
 
 def _split(table: _Table, test_fraction: float | None, seed: int,
            fold: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """Train and test rows of a random split (``fold``: ``(k, folds)`` of a stratified partition) and its description."""
+    """Train and test rows of a random split (``fold``: ``(k, folds)`` of a stratified partition), and how."""
     if fold is not None:
         tr, te = _stratified_fold(table.label, table.group, fold[1], fold[0], seed)
         return tr, te, f"stratified fold {fold[0]} of {fold[1]} (partition seed {seed})"
