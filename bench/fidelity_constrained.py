@@ -754,8 +754,10 @@ def _section_speed(seeds: list[int], log, quick: bool) -> str:
             f"(`bench/_common.py::time_interleaved`, {5 if quick else 40} rounds of 20 steps). The median is "
             "what a shared machine gives (its contention inflates both steps alike and dilutes the ratio); the "
             "minimum is closest to the steps' own cost.\n\n"
-            + part_speed(log, rounds=5 if quick else 40))
+            + part_speed(log, rounds=5 if quick else 40) + "\n\n" + SPEED_NOTE)
 
+
+SPEED_NOTE = ("The floor rows are what any penalty method costs on that step: the same constraint values (or the builder's arithmetic: one sigmoid over 256 x 5 scores and one matmul with a fixed group/label coefficient matrix) entering `objective + dot(w, values)` with fixed weights, without estimator, checks or state. On logistic regression (a 0.12 ms step) the floors themselves exceed 1.2x, so the goal cannot be met there by any formulation; the formulation's own cost is the gap between its row and the floor. With validation off the step has no host read but a device assertion and masked writes, which on a CPU cost more than the read.")
 
 PARTS = {"b": _section_select, "f": _section_fair, "c": _section_continual, "v": _section_convergence,
          "s": _section_speed}
