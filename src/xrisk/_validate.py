@@ -64,11 +64,14 @@ def assert_async(condition: Tensor, message: str) -> None:
 
 
 def all_finite_async(tensors: Sequence[Tensor]) -> Tensor:
-    """0-dim bool tensor: every entry of every (floating) tensor is finite; no host read."""
-    flags = [torch.isfinite(x).all() for x in tensors if x.is_floating_point()]
-    if not flags:
+    """0-dim bool tensor: every entry of every (floating) tensor is finite; no host read.
+
+    ``sum(0 * x) == 0`` exactly when every ``x`` is finite (``0 * inf`` and ``0 * nan`` are NaN): one product and
+    one sum over all the tensors at once, where ``isfinite`` costs several elementwise ops per tensor in eager."""
+    flat = [x.reshape(-1) for x in tensors if x.is_floating_point()]
+    if not flat:
         return torch.ones((), dtype=torch.bool, device=tensors[0].device if tensors else None)
-    return flags[0] if len(flags) == 1 else torch.stack(flags).all()
+    return (flat[0] if len(flat) == 1 else torch.cat(flat)).mul(0).sum() == 0
 
 
 def binary_batch_unchecked(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple[Tensor, Tensor]:

@@ -657,7 +657,7 @@ def merge_groups(group: Tensor, values: Tensor, mask: Tensor, *, log_space: bool
     if log_space:
         kept = torch.where(mask, values, float("-inf"))
         shift = torch.full_like(values, float("-inf")).scatter_reduce_(0, grid, kept, "amax")
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        shift = shift.clamp_min(torch.finfo(shift.dtype).min)  # a group without entries: exp(-inf - min) = 0
         total = torch.zeros_like(values).scatter_add_(0, grid, torch.exp(kept - shift.gather(0, grid)))
         merged = torch.log(total.clamp_min(1e-38)) + shift - torch.log(count.clamp_min(1.0))
     else:
