@@ -11,7 +11,11 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401 - imported before init_process_group on purpose, see _worker
 import torch.multiprocessing as mp
+
+# threads of a live gloo process group (torch 2.x names): gloo's work loops, its TCP event loop, the TCPStore server
+_COMM_THREADS = ("pt_gloo", "gloo_", "pt_tcpstore")
 
 
 def _free_port() -> int:
@@ -20,8 +24,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _comm_threads() -> list[str]:
+    """Names of this process's threads that belong to a process group (Linux; [] where /proc is missing)."""
+    names = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return names
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if name.startswith(_COMM_THREADS):
+            names.append(name)
+    return sorted(names)
+
+
 def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out_dir: str,
             timeout: float) -> None:
+    """One rank: init, ``fn``, save its result, then a teardown that leaves no gloo thread to interpreter shutdown.
+
+    The process group must be freed by ``destroy_process_group``, while Python is fully alive: gloo's threads are
+    then joined in order. If something still references it, it is freed during interpreter shutdown instead,
+    with its threads running, and the process can die with SIGABRT ("terminate called without an active
+    exception"). The reference came from ``torch.distributed.nn.functional``, which binds ``group.WORLD`` as
+    a default argument when first imported; the first ``torch.optim`` optimizer imports it (through
+    ``torch._dynamo``), so in every test that builds an optimizer after ``init_process_group`` the group
+    outlived ``destroy_process_group``. Imported at the top of this module (before init), it binds ``None``.
+    The check after ``destroy_process_group`` makes any such leak a clear test failure, not a rare abort.
+    """
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -30,11 +63,15 @@ def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tupl
     try:
         result = fn(rank, world, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-        # no rank tears its connections down while a peer still finishes the last collective (gloo then
-        # aborts the peer: "terminate called without an active exception", seen under load)
+        # no rank closes its connections while a peer still finishes the last collective
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    left = _comm_threads()
+    if left:
+        raise RuntimeError(f"rank {rank}: the process group outlived destroy_process_group ({', '.join(left)} still "
+                           "running): something still references it (a default argument bound to group.WORLD, a "
+                           "global); it would be torn down during interpreter shutdown, which can abort the process")
 
 
 def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 300.0) -> list[Any]:

@@ -1,0 +1,29 @@
+"""The 2-process helper (tests/_dist.py) frees the process group before interpreter shutdown."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from _dist import run_distributed
+
+pytestmark = pytest.mark.distributed
+
+
+def _optimizer_after_init(rank: int, world: int) -> torch.Tensor:
+    """What most 2-process tests do: the first optimizer is built after init_process_group (it imports
+    torch._dynamo, and with it torch.distributed.nn.functional, lazily)."""
+    model = torch.nn.Linear(2, 1)
+    torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.full((1,), float(rank + 1))
+    dist.all_reduce(x)
+    return x
+
+
+def test_destroy_process_group_frees_gloo_before_shutdown() -> None:
+    """Regression (intermittent SIGABRT "terminate called without an active exception" in 2-process tests):
+    torch.distributed.nn.functional, imported by the first optimizer after init, bound the live group as a
+    default argument, so destroy_process_group could not free it and gloo's threads ran into interpreter
+    shutdown. The helper imports it before init and raises when gloo or TCPStore threads outlive the teardown."""
+    assert [r.item() for r in run_distributed(_optimizer_after_init, timeout=60.0)] == [3.0, 3.0]
