@@ -27,3 +27,18 @@ def test_destroy_process_group_frees_gloo_before_shutdown() -> None:
     default argument, so destroy_process_group could not free it and gloo's threads ran into interpreter
     shutdown. The helper imports it before init and raises when gloo or TCPStore threads outlive the teardown."""
     assert [r.item() for r in run_distributed(_optimizer_after_init, timeout=60.0)] == [3.0, 3.0]
+
+
+def _sharded_rows_as_dtensor(rank: int, world: int) -> torch.Tensor:
+    """What a sharded SampleState's state_dict does: this rank's rows as a DTensor over the default group's mesh."""
+    from xrisk.sharding import as_dtensor
+
+    rows = as_dtensor(torch.full((3,), float(rank)), 3 * world)
+    return rows.to_local().clone()
+
+
+def test_the_device_mesh_of_sharded_checkpoints_does_not_keep_the_group_alive() -> None:
+    """xrisk.sharding cached the mesh (and with it the process group) for the life of the process
+    (functools.lru_cache), so after a sharded state_dict destroy_process_group could not free the group, and a
+    re-initialised group would have been handed the destroyed one's mesh."""
+    assert [r.tolist() for r in run_distributed(_sharded_rows_as_dtensor, timeout=60.0)] == [[0.0] * 3, [1.0] * 3]
