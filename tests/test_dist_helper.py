@@ -25,8 +25,8 @@ def test_destroy_process_group_frees_gloo_before_shutdown() -> None:
     """Regression (intermittent SIGABRT "terminate called without an active exception" in 2-process tests):
     torch.distributed.nn.functional, imported by the first optimizer after init, bound the live group as a
     default argument, so destroy_process_group could not free it and gloo's threads ran into interpreter
-    shutdown. The helper imports it before init and raises when gloo or TCPStore threads outlive the teardown."""
-    assert [r.item() for r in run_distributed(_optimizer_after_init, timeout=60.0)] == [3.0, 3.0]
+    shutdown. The helper imports it before init; strict_teardown fails when gloo or TCPStore threads outlive it."""
+    assert [r.item() for r in run_distributed(_optimizer_after_init, timeout=60.0, strict_teardown=True)] == [3.0, 3.0]
 
 
 def _sharded_rows_as_dtensor(rank: int, world: int) -> torch.Tensor:
@@ -41,4 +41,5 @@ def test_the_device_mesh_of_sharded_checkpoints_does_not_keep_the_group_alive() 
     """xrisk.sharding cached the mesh (and with it the process group) for the life of the process
     (functools.lru_cache), so after a sharded state_dict destroy_process_group could not free the group, and a
     re-initialised group would have been handed the destroyed one's mesh."""
-    assert [r.tolist() for r in run_distributed(_sharded_rows_as_dtensor, timeout=60.0)] == [[0.0] * 3, [1.0] * 3]
+    assert [r.tolist() for r in run_distributed(_sharded_rows_as_dtensor, timeout=60.0,
+                                                    strict_teardown=True)] == [[0.0] * 3, [1.0] * 3]
