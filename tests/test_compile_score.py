@@ -215,3 +215,59 @@ def test_validation_off_on_two_ranks_equals_validation_on():
                 _close(p, q, f"{case} {placement}: parameters")
             for key in ref_state:
                 _close(state[key], ref_state[key], f"{case} {placement}: state {key}")
+
+
+@pytest.mark.parametrize("case", ["aucm-pesg", "aucm-pesg-adam", "compauc-pdsca"])
+@pytest.mark.parametrize("labels", ["no positive", "no negative"])
+def test_degenerate_batch_steps_aucm_parameters_alike_with_validation_on_and_off(case, labels):
+    """A batch without a task that has both classes: a zero-gradient step for the model and for a, b, alpha with
+    validation on and off alike (the device path cannot leave a, b, alpha without a gradient, so the validated path
+    connects its zero to them too); the parameters and the optimizer state end equal."""
+    batches = _batches(3)
+    x, _, index = batches[2]
+    batches[2] = (x, torch.zeros(B) if labels == "no positive" else torch.ones(B), index)
+    runs = {}
+    for validate in (True, False):
+        net, loss, opt, step = _setup(case)
+        with xrisk.validation(validate):
+            for batch in batches:
+                before = {k: v.detach().clone() for k, v in loss.named_parameters()}
+                step(*batch)
+                grads = {k: v.grad for k, v in loss.named_parameters()}
+                opt.zero_grad(set_to_none=True)
+        assert all(g is not None and torch.equal(g, torch.zeros_like(g)) for g in grads.values()), (validate, grads)
+        assert torch.equal(loss.alpha.detach(), before["alpha"]), "a zero gradient leaves alpha where it was"
+        runs[validate] = (net, loss, opt)
+    (net_on, loss_on, opt_on), (net_off, loss_off, opt_off) = runs[True], runs[False]
+    for (name, p), q in zip([*net_on.named_parameters(), *loss_on.named_parameters()],
+                            [*net_off.parameters(), *loss_off.parameters()]):
+        _close(p.detach(), q.detach(), f"parameter {name}")
+    for p, q in zip([*net_on.parameters(), *loss_on.parameters()], [*net_off.parameters(), *loss_off.parameters()]):
+        state_on, state_off = opt_on.state.get(p, {}), opt_off.state.get(q, {})
+        assert state_on.keys() <= state_off.keys()  # the device path may keep extra flags (PDSCA)
+        for key in state_on:
+            a, b = state_on[key], state_off[key]
+            _close(torch.as_tensor(a).float(), torch.as_tensor(b).float(), f"optimizer state {key}")
+
+
+@pytest.mark.parametrize("case", ["ap-sgd", "pauc-cvar", "pauc-kl", "tpauc-kl"])
+def test_two_forwards_then_backwards_with_validation_off(case):
+    """The device path keeps its ``[B, B]`` work matrices per loss and hands the forward's slope matrix to the
+    backward only while no later forward has overwritten it: the gradient of a step whose backward runs after a
+    second forward equals the gradient of a backward taken at once (eval mode: no state is written in between)."""
+    loss = CASES[case][0]()
+    batches = _batches(3)
+    with xrisk.validation(False):
+        loss(torch.rand(B), batches[0][1], batches[0][2])  # state to read
+        loss.eval()
+        scores = [torch.rand(B, requires_grad=True) for _ in range(2)]
+        alone = []
+        for s, (_, y, index) in zip(scores, batches[1:]):
+            s2 = s.detach().clone().requires_grad_()
+            loss(s2, y, index).backward()
+            alone.append(s2.grad)
+        outs = [loss(s, y, index) for s, (_, y, index) in zip(scores, batches[1:])]
+        outs[0].backward()  # after the second forward
+        outs[1].backward()
+    for s, g in zip(scores, alone):
+        _close(s.grad, g, "gradient")

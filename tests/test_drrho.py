@@ -240,31 +240,65 @@ def test_the_steering_guide_example_runs(capsys):
     assert "DRRho-KL risk estimate" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("divergence,alpha", [("kl", 0.3), ("cvar", 0.3), ("cvar", 1.0)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_host_and_device_statistics_give_the_same_steps(divergence, alpha, dtype):
-    """The numpy path (CPU default) and the torch path (other devices) of the kernels agree: weights, state,
-    objective, over several steps, in every float dtype."""
-    from xrisk.functional.drrho import drrho_cvar, drrho_kl
+def test_kl_shift_by_the_state_and_by_the_batch_maximum_give_the_same_steps(dtype):
+    """The one-pass KL step (exponentials shifted by the stored log u) and the max-shifted step agree: weights,
+    state, objective, over several steps, in every float dtype; a batch far above the estimate (the sum leaves
+    the float32 range) falls back to the max shift and still agrees."""
+    from xrisk.functional.drrho import drrho_kl
 
     g = torch.Generator().manual_seed(8)
-    state = {True: (0.0, False), False: (0.0, False)}
-    for step in range(4):
-        x = (torch.randn(13, generator=g) * 3).to(dtype)
-        for host in (True, False):
-            old, seen = state[host]
-            if divergence == "kl":
-                out = drrho_kl(x, old, seen, tau=0.4, gamma=0.6, host=host)
-            else:
-                out = drrho_cvar(x, old, seen, alpha=alpha, eta=0.2, host=host)
-            state[host] = (out.state, True)
-            if host:
+    state = {"state": (0.0, False), "max": (0.0, False)}
+    for step in range(5):
+        x = (torch.randn(13, generator=g) * 3 + (400.0 if step == 3 else 0.0)).to(dtype)
+        for shift in ("max", "state"):
+            old, seen = state[shift]
+            out = drrho_kl(x, old, seen, tau=0.4, gamma=0.6, shift=shift)
+            state[shift] = (out.state, True)
+            if shift == "max":
                 want = out
-            else:
-                tol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5
-                assert out.weights.dtype == want.weights.dtype == (torch.float64 if dtype == torch.float64
-                                                                   else torch.float32)
-                torch.testing.assert_close(out.weights, want.weights, rtol=tol, atol=tol)
-                assert out.state == pytest.approx(want.state, rel=tol, abs=tol)
-                assert out.objective == pytest.approx(want.objective, rel=tol, abs=tol)
-                assert out.surrogate.dtype == dtype
+                continue
+            tol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5
+            assert out.weights.dtype == want.weights.dtype == (torch.float64 if dtype == torch.float64
+                                                               else torch.float32)
+            torch.testing.assert_close(out.weights, want.weights, rtol=tol, atol=tol)
+            assert out.state == pytest.approx(want.state, rel=tol, abs=tol)
+            assert out.objective == pytest.approx(want.objective, rel=tol, abs=tol)
+            assert out.surrogate.dtype == dtype
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("divergence,alpha", [("kl", 0.3), ("cvar", 0.3), ("cvar", 1.0)])
+def test_a_non_finite_excess_loss_gives_nan_floats_in_every_step(divergence, alpha, bad):
+    """Every kernel path reports a NaN/inf entry (at -inf it has weight 0 and leaves the sums finite) through its
+    returned floats, first visit or not, so the module raises before writing."""
+    from xrisk.functional.drrho import drrho_cvar, drrho_kl
+
+    for seen in (False, True):
+        x = torch.tensor([0.5, bad, 1.0, 2.0])
+        if divergence == "kl":
+            out = drrho_kl(x, 0.3, seen, tau=0.4, gamma=0.6)
+        else:
+            out = drrho_cvar(x, 0.3, seen, alpha=alpha, eta=0.2)
+        assert not (math.isfinite(out.state) and math.isfinite(out.objective)), (seen, out)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cvar_steps_in_every_dtype_match_float64(dtype, alpha):
+    """The CVaR step of a float32 / half batch equals the float64 step of the same values (weights in float32,
+    surrogate in the batch's dtype), over several steps."""
+    from xrisk.functional.drrho import drrho_cvar
+
+    g = torch.Generator().manual_seed(5)
+    state = {dtype: (0.0, False), torch.float64: (0.0, False)}
+    for _ in range(4):
+        x = (torch.randn(13, generator=g) * 3).to(dtype)
+        want = drrho_cvar(x.double(), *state[torch.float64], alpha=alpha, eta=0.2)
+        out = drrho_cvar(x, *state[dtype], alpha=alpha, eta=0.2)
+        state[torch.float64], state[dtype] = (want.state, True), (out.state, True)
+        tol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-5
+        assert out.weights.dtype == torch.float32 and out.surrogate.dtype == dtype
+        torch.testing.assert_close(out.weights, want.weights.float(), rtol=tol, atol=tol)
+        assert out.state == pytest.approx(want.state, rel=tol, abs=tol)
+        assert out.objective == pytest.approx(want.objective, rel=tol, abs=tol)

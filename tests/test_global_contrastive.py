@@ -519,6 +519,18 @@ def test_square_kernels_equal_the_transposed_layout_and_refuse_bad_layouts():
                                   zeta_min=zeta.amin(0) if not stable else None)
         torch.testing.assert_close(got_n.surrogate, want_n.surrogate, rtol=0, atol=0)
         torch.testing.assert_close(got_n.col_weight, want_n.col_weight, rtol=0, atol=0)
+        # the square kernel (both passes) against the two-sided one on sims[0] and its transpose (side by side)
+        rows = nuclr_fcco(sims, pos, zeta, 0.3, log_pos, lambda lg, ok: lg, count=n - 1, stable=stable)
+        for field in ("surrogate", "log_u", "col_weight"):
+            torch.testing.assert_close(getattr(got_n, field), getattr(rows, field))
+        a.grad = b.grad = None
+        got_n.surrogate.backward()
+        grads = a.grad.clone(), b.grad.clone()
+        a.grad = b.grad = None
+        sims2, *_ = _layout(a, b, "bimodal")
+        nuclr_fcco(sims2, pos, zeta, 0.3, log_pos, lambda lg, ok: lg, count=n - 1, stable=stable).surrogate.backward()
+        torch.testing.assert_close(grads, (a.grad, b.grad))
+        sims, *_ = _layout(a, b, "bimodal")
     mask = ~torch.eye(n, dtype=torch.bool)
     with pytest.raises(ValueError, match="count=None means no masks"):
         gcl_fcco_square(sims[0], 0.3, lambda lg, ok: lg, neg=(mask, mask))

@@ -79,6 +79,25 @@ def test_a_missing_row_raises_naming_it_never_zeros(tmp_path):
         cache.write(torch.tensor([4]), torch.full((1, D), float("nan")))
 
 
+def test_a_complete_cache_reads_copies_and_names_a_bad_index(tmp_path):
+    """Once every row is filled a read is one gather from the map: still a copy, in any integer index dtype, and an
+    index out of range (negative included) raises naming it; an incomplete cache checks its rows until filled."""
+    x, model, cache, _ = _setup(tmp_path)
+    cache.write(torch.arange(N - 1), torch.ones(N - 1, D))
+    with pytest.raises(ReferenceCacheError, match=f"no row for dataset index {N - 1}"):
+        cache.read(torch.tensor([0, N - 1]))
+    cache.write(torch.tensor([N - 1]), torch.full((1, D), 2.0))
+    rows = cache.read(torch.tensor([N - 1, 0], dtype=torch.int32))
+    assert torch.equal(rows, torch.tensor([[2.0] * D, [1.0] * D]))
+    rows.fill_(7.0)  # a copy: the cache is unchanged
+    assert torch.equal(cache.read([N - 1]), torch.full((1, D), 2.0))
+    for bad in (N, -1):
+        with pytest.raises(IndexError, match=f"dataset index {bad} is out of range"):
+            cache.read(torch.tensor([0, bad]))
+    with pytest.raises(TypeError, match="integer"):
+        cache.read(torch.tensor([0.0]))
+
+
 @pytest.mark.parametrize("change,match", [
     ("data", r"another data set \(data set: '[0-9a-f]+' in the cache, '[0-9a-f]+' now\)"),
     ("model", r"another reference model \(reference model: '[0-9a-f]+' in the cache"),

@@ -57,3 +57,20 @@ def test_label_order_matches_boolean_masks() -> None:
         pos_idx, neg_idx = label_order(pos, int(pos.sum()))
         assert torch.equal(x.index_select(0, pos_idx), x[pos])
         assert torch.equal(x.index_select(0, neg_idx), x[~pos])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [None, float("inf"), float("-inf"), float("nan")])
+def test_all_finite_async_flags_every_nonfinite_entry(dtype: torch.dtype, bad: float | None) -> None:
+    from xrisk._validate import all_finite_async
+
+    big = torch.finfo(dtype).max
+    # Large finite values of one sign must not read as overflow (float64 sums of them would reach inf).
+    x = torch.full((64,), big, dtype=dtype)
+    y = torch.linspace(-1, 1, 7, dtype=dtype)
+    if bad is not None:
+        y[3] = bad
+    ints = torch.arange(5)
+    assert bool(all_finite_async([x, ints, y])) is (bad is None)
+    assert bool(all_finite_async([y])) is (bad is None)
+    assert bool(all_finite_async([ints]))

@@ -104,6 +104,7 @@ __all__ = [
     "world_size",
     "rank",
     "all_gather",
+    "all_gather_with",
     "all_gather_no_grad",
     "all_reduce_sum",
     "all_reduce_max",
@@ -396,6 +397,53 @@ class _GatherSum(torch.autograd.Function):
         dist.all_reduce(g, op=dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])
         return g[start : start + ctx.sizes[ctx.rank]].to(grad.device), None
+
+
+def _gather_pair(x: Tensor, extra: Tensor, sizes: Sequence[int], extra_sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``(_gather_padded(x, sizes), _gather_padded(extra, extra_sizes))`` in one collective: both flattened to the
+    wider of their dtypes and at least float32 (exact for floating dtypes and 0/1 flags) and packed per rank."""
+    dev = _comm_device()
+    a = x[0].numel() if x.dim() > 1 else 1
+    b = extra[0].numel() if extra.dim() > 1 else 1
+    work = torch.promote_types(torch.promote_types(x.dtype, extra.dtype), torch.float32)
+    flat = torch.cat([x.detach().reshape(-1).to(dev, work), extra.reshape(-1).to(dev, work)])
+    lengths = [s * a + u * b for s, u in zip(sizes, extra_sizes)]
+    pieces = _gather_padded(flat, lengths).split(lengths)
+    xs = torch.cat([p[: s * a] for p, s in zip(pieces, sizes)]).reshape(sum(sizes), *x.shape[1:])
+    es = torch.cat([p[s * a :] for p, s in zip(pieces, sizes)]).reshape(sum(extra_sizes), *extra.shape[1:])
+    return xs.to(x.device, x.dtype), es.to(extra.device, extra.dtype)
+
+
+class _GatherSumWith(torch.autograd.Function):
+    """:class:`_GatherSum` of ``x`` with a gradient-free ``extra`` gathered in the same collective."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, extra: Tensor, sizes: Sequence[int], extra_sizes: Sequence[int]):  # type: ignore[override]
+        ctx.sizes = list(sizes)
+        ctx.rank = rank()
+        xs, es = _gather_pair(x, extra, sizes, extra_sizes)
+        ctx.mark_non_differentiable(es)
+        return xs, es
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _grad_extra: Tensor | None):  # type: ignore[override]
+        return _GatherSum.backward(ctx, grad)[0], None, None, None
+
+
+def all_gather_with(
+    x: Tensor, extra: Tensor, *, grad: Literal["sum", "none"], sizes: Sequence[int], extra_sizes: Sequence[int],
+) -> tuple[Tensor, Tensor]:
+    """``(all_gather(x, grad=grad, sizes=sizes), all_gather_no_grad(extra, sizes=extra_sizes))`` with **one**
+    collective (a step that needs both pays one round trip; e.g. the global batch's scores and the sharded state
+    rows it reads, :func:`xrisk.sharding.gather_and_open`). ``x`` and ``extra`` floating point or bool (exact)."""
+    if grad not in ("sum", "none"):
+        raise ValueError(f"grad policy must be 'sum' or 'none', got {grad!r}")
+    if not is_distributed():
+        return x, extra
+    if grad == "none" or not x.requires_grad:
+        with torch.no_grad():
+            return _gather_pair(x.detach(), extra.detach(), sizes, extra_sizes)
+    return _GatherSumWith.apply(x, extra.detach(), list(sizes), list(extra_sizes))
 
 
 def all_gather(x: Tensor, *, grad: Literal["sum", "none"], sizes: Sequence[int] | None = None) -> Tensor:

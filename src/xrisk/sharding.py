@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from xrisk.state import SampleState
 
 __all__ = ["Placement", "PLACEMENTS", "shard_range", "sharded_states", "open_window", "close_window", "state_window",
-           "fetch_rows", "as_dtensor", "local_rows"]
+           "fetch_rows", "gather_and_open", "as_dtensor", "local_rows"]
 
 #: Where the rows of a :class:`~xrisk.state.SampleState` live: on every rank, or split over the ranks.
 Placement = Literal["replicated", "sharded"]
@@ -102,11 +102,9 @@ def _cuts(uniq: Tensor, num_samples: int, world: int) -> list[int]:
     return torch.searchsorted(uniq, bounds).tolist()
 
 
-def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tuple[Tensor, Tensor]], list[int]]:
-    """The rows ``(value [U, *shape], seen [U, *shape])`` of every state at the sorted distinct dataset indices
-    ``uniq`` (the same on every rank), fetched from their owners with one ``all_gather`` for all the states
-    (collective); also the cut positions of :func:`_cuts`. The states must share ``num_samples`` and the
-    number of shards."""
+def _owned_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[Tensor, list[int], list[int]]:
+    """This rank's rows of every state at the sorted distinct indices ``uniq``, packed ``[own, sum widths]`` float32
+    (value, then seen as 0/1, per state); the cut positions of :func:`_cuts`; the widths."""
     first = states[0]
     n, world, rank = first.num_samples, first.num_shards, xdist.rank()
     if any(st.num_samples != n for st in states):
@@ -122,14 +120,50 @@ def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tupl
         pieces += [value.index_select(0, own).reshape(hi - lo, width),
                    seen.index_select(0, own).reshape(hi - lo, width).to(torch.float32)]
         widths += [width, width]
-    packed = torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]
-    rows = xdist.all_gather_no_grad(packed, sizes=[cuts[r + 1] - cuts[r] for r in range(world)]).to(dev)
-    cols = rows.split(widths, 1)
+    return (torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]), cuts, widths
+
+
+def _window_rows(states: Sequence["SampleState"], rows: Tensor, widths: list[int]) -> list[tuple[Tensor, Tensor]]:
+    """The gathered packed rows ``[U, sum widths]`` of :func:`_owned_rows` as ``(value, seen)`` per state."""
+    dev = states[0].shard_tensors()[0].device
+    cols = rows.to(dev).split(widths, 1)
     out = []
     for k, st in enumerate(states):
-        shape = (uniq.numel(), *st.shape)
+        shape = (rows.shape[0], *st.shape)
         out.append((cols[2 * k].reshape(shape).contiguous(), cols[2 * k + 1].reshape(shape) > 0.5))
-    return out, cuts
+    return out
+
+
+def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tuple[Tensor, Tensor]], list[int]]:
+    """The rows ``(value [U, *shape], seen [U, *shape])`` of every state at the sorted distinct dataset indices
+    ``uniq`` (the same on every rank), fetched from their owners with one ``all_gather`` for all the states
+    (collective); also the cut positions of :func:`_cuts`. The states must share ``num_samples`` and the
+    number of shards."""
+    packed, cuts, widths = _owned_rows(states, uniq)
+    world = states[0].num_shards
+    rows = xdist.all_gather_no_grad(packed, sizes=[cuts[r + 1] - cuts[r] for r in range(world)])
+    return _window_rows(states, rows, widths), cuts
+
+
+def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tensor, *,
+                    sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """:func:`open_window` for the global batch's ``index`` with the row fetch riding on the gather of this rank's
+    ``scores`` (``xrisk.distributed.all_gather(scores, grad="sum", sizes=sizes)``): one collective for both, so a
+    sharded step makes as many round trips as a replicated one. Returns ``(gathered scores, index remapped to window
+    positions)``. States of several ``num_samples`` take the separate fetch."""
+    if not states or not xdist.is_distributed() or len({st.num_samples for st in states}) > 1:
+        return xdist.all_gather(scores, grad="sum", sizes=sizes), open_window(states, index)
+    _check_world(states)
+    if any(st.window_open for st in states):
+        raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
+    uniq, inv = torch.unique(index, sorted=True, return_inverse=True)
+    packed, cuts, widths = _owned_rows(states, uniq)
+    world = states[0].num_shards
+    gathered, rows = xdist.all_gather_with(scores, packed, grad="sum", sizes=sizes,
+                                           extra_sizes=[cuts[r + 1] - cuts[r] for r in range(world)])
+    for st, (value, seen) in zip(states, _window_rows(states, rows, widths)):
+        st._begin_window(uniq, cuts, value, seen)
+    return gathered, inv
 
 
 def open_window(states: Sequence["SampleState"], index: Tensor) -> Tensor:

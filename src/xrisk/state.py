@@ -56,7 +56,7 @@ from xrisk._validate import all_finite, all_finite_async, assert_async, check_ch
 from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, local_rows, open_window, shard_range
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
-           "update_states", "write_rows", "check_index_async", "same_index", "merge_duplicates", "masked_update_rows", "masked_update_state", "flat_column",
+           "update_states", "write_rows", "check_index_async", "masked_update_columns", "masked_update_rows", "masked_update_state", "flat_column",
            "duplicate_groups", "merge_groups"]
 
 
@@ -494,11 +494,12 @@ class PendingWrites:
         [0.0, 5.0, 6.0, 0.0]
     """
 
-    __slots__ = ("cause", "_rows", "_checks", "_after")
+    __slots__ = ("cause", "_rows", "_checks", "_after", "_hold_old")
 
     def __init__(self, cause: Cause = "a new state estimate is NaN/inf") -> None:
         self.cause = cause
         self._rows: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Cause | None]] = []
+        self._hold_old: list[bool] = []  #: per staged row: ``rows_hold_old``
         self._checks: list[tuple[Tensor, Cause]] = []
         self._after: list[Callable[[], None]] = []
 
@@ -520,11 +521,13 @@ class PendingWrites:
 
     def stage_tensors(
         self, value: Tensor, seen: Tensor, index: Tensor, rows: Tensor, *, mask: Tensor | None = None,
-        cause: Cause | None = None,
+        cause: Cause | None = None, rows_hold_old: bool = False,
     ) -> None:
         """:meth:`stage` into a state's ``(value, seen)`` buffers or views of them (e.g. one column the caller has
-        already selected)."""
+        already selected). ``rows_hold_old``: outside ``mask`` the rows already hold the buffer's current values
+        (read at staging; no other stage of the step writes these entries), so they are written as they are."""
         self._rows.append((value, seen, index, rows.detach() if rows.requires_grad else rows, mask, cause))
+        self._hold_old.append(rows_hold_old)
 
     def check(self, x: Tensor, cause: Cause) -> None:
         """Require ``x`` to be finite for the step to be written (raise ``FloatingPointError(cause)`` if not)."""
@@ -547,6 +550,8 @@ class PendingWrites:
         if ok is not None:
             assert_async(ok, "xrisk: a new state estimate (or a checked value) of this step is NaN/inf; no state was "
                              "changed (validation is off, so the cause is not named: xrisk.set_validation(True) names it)")
+            if ok.device.type == "cpu" and not torch.compiler.is_compiling():
+                ok = None  # on CPU the assert has raised already if it failed: every write may go unmasked
         self._apply(write=write, ok=ok)
 
     def verify(self) -> None:
@@ -576,92 +581,95 @@ class PendingWrites:
         """If ``write``, apply every staged write in order, each row where its mask and ``ok`` (a device flag, or
         ``None``: no condition) hold; then spend the object."""
         if write:
-            for value, seen, index, rows, mask, _ in self._rows:
+            for (value, seen, index, rows, mask, _), hold_old in zip(self._rows, self._hold_old):
                 keep = ok if mask is None else (mask if ok is None else mask & ok)
                 if keep is None:
                     value.index_copy_(0, index, rows)
                     seen.index_fill_(0, index, True)
+                elif hold_old and ok is None:  # rows hold the old values outside the mask
+                    value.index_copy_(0, index, rows)
+                    seen.index_copy_(0, index, seen.index_select(0, index) | keep)
                 else:
                     value.index_copy_(0, index, torch.where(keep, rows, value.index_select(0, index)))
                     seen.index_copy_(0, index, seen.index_select(0, index) | keep)
             for fn in self._after:
                 fn()
-        self._rows, self._checks, self._after = [], [], []
-
-
-def same_index(index: Tensor) -> Tensor:
-    """``[B, B]`` bool: ``index[r] == index[c]`` (the duplicate structure of a batch, fixed shape, no host read)."""
-    return index.unsqueeze(1) == index.unsqueeze(0)
-
-
-def merge_duplicates(same: Tensor, values: Tensor, mask: Tensor, *, log_space: bool = False) -> tuple[Tensor, Tensor]:
-    """:class:`SampleState`'s duplicate rule on the device: ``(merged [B], any [B])``.
-
-    Row ``r`` gets the mean of ``values`` over the rows ``c`` with the same index (``same [B, B]``,
-    :func:`same_index`) where ``mask [B]`` holds (``log_space``: ``values`` are logs and the mean is taken of
-    their exponentials, shifted by the group maximum); ``any[r]``: some such row exists (then every occurrence
-    of the index gets the same merged value and the same flag). Rows without one get 0. Without duplicates the
-    merged value of a masked row is its own value bit for bit. ``O(B^2)`` comparisons, fixed shape.
-    """
-    member = same & mask.unsqueeze(0)
-    count = member.sum(1)
-    found = count > 0
-    if log_space:
-        shift = torch.where(member, values.unsqueeze(0), float("-inf")).amax(1)
-        shift = torch.where(found, shift, torch.zeros_like(shift))
-        total = torch.where(member, torch.exp(values.unsqueeze(0) - shift.unsqueeze(1)), 0.0).sum(1)
-        merged = torch.log(total.clamp_min(1e-38)) + shift - torch.log(count.clamp_min(1).to(values.dtype))
-    else:
-        merged = torch.where(member, values.unsqueeze(0), 0.0).sum(1) / count.clamp_min(1).to(values.dtype)
-    return torch.where(found, merged, torch.zeros_like(merged)), found
+        self._rows, self._checks, self._after, self._hold_old = [], [], [], []
 
 
 def masked_update_rows(
-    value: Tensor, seen: Tensor, index: Tensor, new: Tensor, mask: Tensor, same: Tensor,
+    value: Tensor, seen: Tensor, index: Tensor, new: Tensor, mask: Tensor, group: Tensor,
     step: Callable[[Tensor, Tensor, Tensor], Tensor], *, log_space: bool = False, writes: PendingWrites | None = None,
     cause: Cause | None = None,
 ) -> tuple[Tensor, Tensor]:
     """A fixed-shape state update of rows ``index`` (validated, on the state's device; duplicates allowed) with
     no host read: ``(rows [B], written [B])``.
 
-    ``value``/``seen``: a state's tensors or one column of them (:func:`column_views`); ``new [B]`` float32 new
-    values, used where ``mask [B]``; ``same``: :func:`same_index` of ``index``. Duplicates are merged first
-    (:func:`merge_duplicates`), then ``step(old, merged, seen_rows)`` gives the new rows (e.g. the moving average
-    ``torch.where(seen, torch.lerp(old, merged, gamma), merged)``); rows of indices without a masked occurrence
-    keep their old value. With ``writes`` the rows are staged there (masked by ``written``). Every occurrence of
-    an index holds the same row, so the result does not depend on which duplicate is written last.
+    ``value``/``seen``: a state's tensors or one column of them (:func:`flat_column`); ``new [B]`` float32 new
+    values, used where ``mask [B]``; ``group``: :func:`duplicate_groups` of ``index``. Duplicates are merged first
+    (:func:`merge_groups`, ``O(B)``), then ``step(old, merged, seen_rows)`` gives the new rows (e.g. the moving
+    average ``torch.where(seen, torch.lerp(old, merged, gamma), merged)``); rows of indices without a masked
+    occurrence keep their old value. With ``writes`` the rows are staged there (masked by ``written``). Every
+    occurrence of an index holds the same row, so the result does not depend on which duplicate is written last.
     """
-    merged, written = merge_duplicates(same, new, mask, log_space=log_space)
+    merged, written = merge_groups(group, new, mask, log_space=log_space)
+    return _step_rows(value, seen, index, merged, written, step, writes, cause), written
+
+
+def masked_update_columns(
+    columns: Sequence[tuple[Tensor, Tensor]], index: Tensor, new: Tensor, mask: Tensor, group: Tensor,
+    step: Callable[[Tensor, Tensor, Tensor], Tensor], *, writes: PendingWrites | None = None,
+) -> tuple[list[Tensor], Tensor]:
+    """:func:`masked_update_rows` of several ``(value, seen)`` columns (e.g. two estimators always written together)
+    at the same ``index`` with one ``mask [B]``: ``new [B, k]`` holds column ``k``'s new values; duplicates merged
+    for all of them at once. Returns ``(rows of each column, written [B])``."""
+    merged, written = merge_groups(group, new, mask.unsqueeze(1).expand_as(new))
+    written = written.select(1, 0)
+    rows = [_step_rows(value, seen, index, merged.select(1, k), written, step, writes, None)
+            for k, (value, seen) in enumerate(columns)]
+    return rows, written
+
+
+def _step_rows(value: Tensor, seen: Tensor, index: Tensor, merged: Tensor, written: Tensor,
+               step: Callable[[Tensor, Tensor, Tensor], Tensor], writes: PendingWrites | None,
+               cause: Cause | None) -> Tensor:
+    """``step`` of the rows ``index`` where ``written`` (the old rows elsewhere), staged in ``writes`` if given."""
     old, seen_rows = value.index_select(0, index), seen.index_select(0, index)
     rows = torch.where(written, step(old, merged, seen_rows), old)
     if writes is not None:
-        writes.stage_tensors(value, seen, index, rows, mask=written, cause=cause)
-    return rows, written
+        writes.stage_tensors(value, seen, index, rows, mask=written, cause=cause, rows_hold_old=True)
+    return rows
 
 
 def duplicate_groups(index: Tensor) -> Tensor:
     """``[B]`` int64: for each entry of ``index``, the id in ``[0, B)`` of its group of equal entries (equal entries
     share an id, different ones differ). Fixed shape, no host read, ``O(B log B)`` (one sort): the duplicate
-    structure of a batch for :func:`merge_groups`, without the ``[B, B]`` mask of :func:`same_index`."""
+    structure of a batch for :func:`merge_groups` (no ``[B, B]`` equality mask)."""
     ordered, order = torch.sort(index, stable=True)
     starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
     return torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
 
 
 def merge_groups(group: Tensor, values: Tensor, mask: Tensor, *, log_space: bool = False) -> tuple[Tensor, Tensor]:
-    """:func:`merge_duplicates` from :func:`duplicate_groups` ids: ``(merged, any)`` shaped like ``values`` (``[B]``
-    or ``[B, T]``, each column merged on its own; ``mask`` like ``values``). ``O(B)`` scatter work, fixed shape;
-    without duplicates the merged value of a masked row is its own value bit for bit."""
+    """:class:`SampleState`'s duplicate rule on the device, from :func:`duplicate_groups` ids: ``(merged, any)``
+    shaped like ``values`` (``[B]`` or ``[B, T]``, each column merged on its own; ``mask`` like ``values``).
+
+    Row ``r`` gets the mean of ``values`` over the rows of its group where ``mask`` holds (``log_space``: ``values``
+    are logs and the mean is taken of their exponentials, shifted by the group maximum); ``any[r]``: some such row
+    exists (then every occurrence of the index gets the same merged value and flag). Rows without one get 0.
+    ``O(B)`` scatter work, fixed shape, no host read; without duplicates the merged value of a masked row is its
+    own value bit for bit."""
     grid = group.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
     count = torch.zeros_like(values).scatter_add_(0, grid, mask.to(values.dtype))
     if log_space:
         kept = torch.where(mask, values, float("-inf"))
         shift = torch.full_like(values, float("-inf")).scatter_reduce_(0, grid, kept, "amax")
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        shift = shift.clamp_min(torch.finfo(shift.dtype).min)  # a group without entries: exp(-inf - min) = 0
         total = torch.zeros_like(values).scatter_add_(0, grid, torch.exp(kept - shift.gather(0, grid)))
         merged = torch.log(total.clamp_min(1e-38)) + shift - torch.log(count.clamp_min(1.0))
-    else:
+    else:  # 0 where the group has no masked entry (0 / 1)
         merged = torch.zeros_like(values).scatter_add_(0, grid, torch.where(mask, values, 0.0)) / count.clamp_min(1.0)
+        return merged.gather(0, grid), (count > 0).gather(0, grid)
     found = count > 0
     return torch.where(found, merged, torch.zeros_like(merged)).gather(0, grid), found.gather(0, grid)
 

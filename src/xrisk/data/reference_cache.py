@@ -241,6 +241,8 @@ class ReferenceCache:
         np_dtype = np.dtype(_DTYPES[self._meta["dtype"]][1])
         self._values = self._map("values.npy", (self.num_samples, *self.shape), np_dtype)
         self._filled = self._map("filled.npy", (self.num_samples,), np.dtype(np.uint8))
+        self._rows = torch.from_numpy(self._values)  # a tensor view of the map: a read is one index_select
+        self._complete: bool | None = None  # every row filled (once True, stays True); None: not known
 
     def _map(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
         file = self.path / name
@@ -276,11 +278,28 @@ class ReferenceCache:
     def read(self, index: Tensor | Sequence[int]) -> Tensor:
         """Rows ``[B, *shape]`` of the dataset indices ``index`` (a CPU tensor of the cache's dtype; a copy).
 
+        A complete cache (every row filled: checked once, then known) reads with one ``index_select`` from the
+        memory map; until then each read also checks its rows' filled flags.
+
         Raises:
             ReferenceCacheError: a row was never filled (the message names up to 5 of them and how many).
             IndexError: an index outside ``[0, num_samples)``.
         """
-        idx = self._index(index)
+        if self._complete is None:
+            self._complete = bool(self._filled.all())
+        if (not self._complete or not isinstance(index, Tensor) or index.ndim != 1 or index.device.type != "cpu"
+                or index.dtype not in (torch.int64, torch.int32)):
+            idx = self._index(index)  # validated on the host (and the filled flags checked when incomplete)
+            if not self._complete:
+                self._check_filled(idx)
+            index = torch.from_numpy(idx)
+        try:
+            return torch.index_select(self._rows, 0, index)
+        except IndexError:  # out of range (negative included): name the index
+            self._index(index)
+            raise
+
+    def _check_filled(self, idx: np.ndarray) -> None:
         missing = self._filled[idx] == 0
         if missing.any():
             rows = np.unique(idx[missing])
@@ -290,7 +309,6 @@ class ReferenceCache:
                 f"{f' (and {rows.size - 5} more)' if rows.size > 5 else ''}: it was not filled for them "
                 "(call fill() first)"
             )
-        return torch.from_numpy(self._values[idx])
 
     def write(self, index: Tensor | Sequence[int], rows: Tensor) -> None:
         """Store ``rows [B, *shape]`` at the dataset indices ``index``: the rows are flushed to disk, then marked
@@ -305,6 +323,8 @@ class ReferenceCache:
         self._values.flush()
         self._filled[idx] = 1
         self._filled.flush()
+        if self._complete is False:
+            self._complete = None  # checked again at the next read
 
     def missing(self) -> Tensor:
         """Dataset indices whose row was never filled (``int64``, increasing)."""

@@ -106,22 +106,35 @@ def _device_coefficients(
     n_pos: Tensor, size: int, version: str, p: float | None, margin: float, dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """:func:`_coefficients` from the ``[T]`` device tensor of positive counts (no host read): the same
-    formulas, in float64 where the device has it (float32 on MPS), cast once."""
+    formulas, in float64 where the device has it (float32 on MPS), cast once. Every coefficient is linear in
+    ``(c_+, c_-, c_+ n_+, c_- n_-, q)``, so all of them come from one product with a constant matrix."""
     work = torch.float32 if n_pos.device.type == "mps" else torch.float64
     n_pos = n_pos.to(work)
     n_neg = size - n_pos
     if version == "v2":
-        c_pos, c_neg, q = 1.0 / n_pos.clamp_min(1.0), 1.0 / n_neg.clamp_min(1.0), torch.ones_like(n_pos)
+        c_pos, c_neg, q = n_pos.clamp_min(1.0).reciprocal(), n_neg.clamp_min(1.0).reciprocal(), torch.ones_like(n_pos)
     else:
         pr = n_pos / size if p is None else torch.full_like(n_pos, p)
         c_pos, c_neg, q = (1.0 - pr) / size, pr / size, pr * (1.0 - pr)
-    zero = torch.zeros_like(n_pos)
-    k0 = torch.stack([c_neg, zero, -2.0 * c_neg, 2.0 * c_neg, zero], 1).to(dtype)
-    k1 = torch.stack([c_pos - c_neg, -2.0 * c_pos, 2.0 * c_neg, -2.0 * (c_pos + c_neg), zero], 1).to(dtype)
-    quad = torch.diag_embed(torch.stack([c_pos * n_pos, c_neg * n_neg, -q, zero], 1))
-    quad[:, 2, 3] = 2.0 * q * margin
-    return k0[:, 0], k1[:, 0], k0[:, 1:], k1[:, 1:], quad.to(dtype), torch.ones(n_pos.numel(), 1, dtype=dtype,
-                                                                                    device=n_pos.device)
+    out = (torch.stack([c_pos, c_neg, c_pos * n_pos, c_neg * n_neg, q], 1) @ _linear_map(margin, work, n_pos.device))
+    out = out.to(dtype)
+    tasks = n_pos.numel()
+    return (out[:, 0], out[:, 1], out[:, 2:6], out[:, 6:10], out[:, 10:26].view(tasks, 4, 4),
+            torch.ones(tasks, 1, dtype=dtype, device=n_pos.device))
+
+
+@functools.lru_cache(maxsize=32)
+def _linear_map(margin: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[5, 26]``: ``(c_+, c_-, c_+ n_+, c_- n_-, q) -> (kw0, kw1, kc0 [4], kc1 [4], K [4 x 4])`` of
+    :func:`_coefficients` (row-major ``K``)."""
+    m = np.zeros((5, 26))
+    m[1, 0] = 1.0  # kw0 = c_-
+    m[0, 1], m[1, 1] = 1.0, -1.0  # kw1 = c_+ - c_-
+    m[1, 3], m[1, 4] = -2.0, 2.0  # kc0 = (0, -2 c_-, 2 c_-, 0)
+    m[0, 6], m[1, 7], m[0, 8], m[1, 8] = -2.0, 2.0, -2.0, -2.0  # kc1 = (-2 c_+, 2 c_-, -2 (c_+ + c_-), 0)
+    m[2, 10], m[3, 15], m[4, 20], m[4, 21] = 1.0, 1.0, -1.0, 2.0 * margin  # K = diag(c_+ n_+, c_- n_-, -q, 0) + 2 q m
+    with torch.inference_mode(False):  # an ordinary tensor even when first built under inference_mode
+        return torch.from_numpy(m).to(dtype).to(device)
 
 
 def _get_coefficients(pos_counts: tuple[int, ...] | Tensor, *args: object) -> tuple[Tensor, ...]:

@@ -57,12 +57,20 @@ __all__ = [
     "anchor_diagonal",
     "detached_weights_dot",
     "reference_offset",
+    "ReferencePair",
 ]
 
 
 def _no_grad(x: Tensor) -> Tensor:
     """``x`` outside autograd: ``x.detach()`` when it requires grad, else ``x`` itself (no extra view)."""
     return x.detach() if x.requires_grad else x
+
+
+def _finite_shift(shift: Tensor) -> Tensor:
+    """Row maxima used as exponent shifts, with the ``-inf`` of an anchor without negatives raised to the dtype's
+    lowest finite value (one op where ``where(isfinite(shift), shift, 0)`` costs several in eager): its exponentials
+    stay 0 and its log-sum ``-inf``, as with a zero shift."""
+    return shift.clamp_min(torch.finfo(shift.dtype).min)
 
 
 def _as_anchor(t: Tensor | float, ref: Tensor) -> Tensor | float:
@@ -287,7 +295,7 @@ def row_exp(
     shift = None
     if stable:
         shift = logits.amax(dim)
-        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+        shift = _finite_shift(shift)
         logits.sub_(shift.unsqueeze(dim))
     e = logits.exp_()
     log_s = e.sum(dim).log_()
@@ -357,9 +365,22 @@ def _shifted_weights_dot(x: Tensor, weights: Tensor, shifted: Tensor | None) -> 
     return detached_weights_dot(x, weights, torch.dot(weights.reshape(-1), shifted.reshape(-1)))
 
 
-def _shift(sd: Tensor, offset: Tensor | None) -> Tensor:
-    """``sd + offset`` (a new tensor), or ``sd`` itself without an offset."""
-    return sd if offset is None else sd + _no_grad(offset)
+class ReferencePair(NamedTuple):
+    """DRRho-CLIP's offset in factored form, ``o = -ref_a ref_b^T`` (``[B, d_ref]`` each, detached): the kernels of a
+    square batch add it inside the product (:func:`_shift`), so no ``[B, B]`` offset is made or added."""
+
+    ref_a: Tensor
+    ref_b: Tensor
+
+
+def _shift(sd: Tensor, offset: Tensor | ReferencePair | None) -> Tensor:
+    """``sd + offset`` (a new tensor), or ``sd`` itself without an offset; a :class:`ReferencePair` is one
+    ``addmm`` (``sd - ref_a ref_b^T``: the reference similarities subtracted inside the product)."""
+    if offset is None:
+        return sd
+    if isinstance(offset, ReferencePair):
+        return torch.addmm(sd, _no_grad(offset.ref_a), _no_grad(offset.ref_b).T, alpha=-1.0)
+    return sd + _no_grad(offset)
 
 
 def reference_offset(ref_a: Tensor, ref_b: Tensor) -> Tensor:
@@ -525,7 +546,7 @@ def gcl_fcco_square(
     rho: float = 0.0,
     scale: float = 1.0,
     stable: bool = True,
-    offset: Tensor | None = None,
+    offset: Tensor | ReferencePair | None = None,
 ) -> GCLStep:
     """:func:`gcl_fcco` of a one-process image-text batch: ``sim [B, B]`` (image ``i`` against text ``j``, with
     gradient), the positives on its main diagonal, side 0 its rows and side 1 its columns (``sims[1] = sim.T``,
@@ -540,7 +561,8 @@ def gcl_fcco_square(
     ``d / tau`` (``f`` = the shift of ``stable``, or 0). The two sides' weights
     ``p = e * scale exp(f - log(eps + u) - log |N|)`` are summed into one matrix, the positives weighted
     ``-sum_j p_ij``, so the surrogate is one ``dot`` with ``sim``. ``offset``: ``[B, B]`` detached per-pair
-    offset as in :func:`gcl_fcco`; every pass then runs on ``sim + offset`` (one more ``[B, B]`` addition).
+    offset as in :func:`gcl_fcco`, or a :class:`ReferencePair` (its factors: added inside one ``addmm``); every
+    pass then runs on ``sim + offset``.
     """
     n = sim.shape[0]
     if count is None:
@@ -707,6 +729,30 @@ def _shared_exp(sd: Tensor, inv: float, m0: Tensor | None, m1: Tensor | None) ->
     return e0, e0 if m1 is m0 else torch.where(m1, k, 0.0)  # type: ignore[arg-type]
 
 
+def _square_exps(
+    e0: Tensor, e1: Tensor, m0: Tensor | None, m1: Tensor | None, stable: bool, some_empty: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Both sides' logits of a square batch in the layout of ``sim`` (side 0: anchor per row, side 1: anchor per
+    column; masks from :func:`_square_masks`, None: all but the diagonal) restricted to their negatives and
+    exponentiated in place: ``(e0, e1, f)``, ``f [B, 2]`` each anchor's largest negative logit subtracted first
+    (``stable``; ``some_empty``: an anchor may have no negative) or None."""
+    if m0 is None:
+        e0.diagonal().fill_(float("-inf"))
+        e1.diagonal().fill_(float("-inf"))
+    else:
+        e0 = torch.where(m0, e0, float("-inf"))
+        e1 = torch.where(m1, e1, float("-inf"))  # type: ignore[arg-type]
+    f = None
+    if stable:
+        f0, f1 = e0.amax(1), e1.amax(0)
+        if some_empty:  # an anchor without negatives: -inf, no shift
+            f0, f1 = _finite_shift(f0), _finite_shift(f1)
+        e0.sub_(f0.unsqueeze(1))  # each side's own contiguous shifts: a strided one stops vectorised code
+        e1.sub_(f1)
+        f = torch.stack([f0, f1], 1)
+    return e0.exp_(), e1.exp_(), f
+
+
 def _gcl_square(
     sim: Tensor, sd: Tensor, p: Tensor, tau: Tensor | float, per_anchor: bool, inv: float, estimator: Estimator,
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
@@ -734,22 +780,7 @@ def _gcl_square(
             b = p * -inv
             e0 = torch.add(b.unsqueeze(1), sd, alpha=inv)
             e1 = torch.add(b, sd, alpha=inv)
-        if m0 is None:
-            e0.diagonal().fill_(float("-inf"))
-            e1.diagonal().fill_(float("-inf"))
-        else:
-            e0 = torch.where(m0, e0, float("-inf"))
-            e1 = torch.where(m1, e1, float("-inf"))  # type: ignore[arg-type]
-        f = None
-        if stable:
-            f0, f1 = e0.amax(1), e1.amax(0)
-            if some_empty:  # an anchor without negatives: -inf, no shift
-                f0, f1 = torch.where(torch.isfinite(f0), f0, 0.0), torch.where(torch.isfinite(f1), f1, 0.0)
-            e0.sub_(f0.unsqueeze(1))  # each side's own contiguous shifts: a strided one stops vectorised code
-            e1.sub_(f1)
-            f = torch.stack([f0, f1], 1)
-        e0.exp_()
-        e1.exp_()
+        e0, e1, f = _square_exps(e0, e1, m0, m1, stable, some_empty)
     s = torch.stack([e0.sum(1), e1.sum(0)], 1)  # [B, 2]: sum_j e_ij over each anchor's negatives
     log_g = s.log() if f is None else s.log().add_(f)
     log_u = _no_grad(estimator(log_g.sub_(log_cnt), valid))
@@ -814,11 +845,11 @@ def nuclr_fcco(
         estimator, count, pos_offset, self_offset, neg, transposed, scale, stable, offset: as in :func:`gcl_fcco`
             (``offset``: per side, or one ``[B, B]`` matrix when ``transposed``).
     """
-    if transposed and not stable:
+    if transposed:
         if pos_offset != (0, 0) or self_offset is not None:
             raise ValueError(f"transposed=True needs the positives on the main diagonal, got pos_offset={pos_offset}")
-        return nuclr_fcco_square(sims[0], zeta, tau, log_pos, estimator, count=count, neg=neg, scale=scale, stable=False,
-                                 offset=_square_offset(offset))
+        return nuclr_fcco_square(sims[0], zeta, tau, log_pos, estimator, count=count, neg=neg, scale=scale,
+                                 stable=stable, offset=_square_offset(offset))
     pos, zeta, log_pos = _no_grad(pos), _no_grad(zeta), _no_grad(log_pos)  # only the surrogate is recorded
     sd = [_no_grad(sims[0]), _no_grad(sims[1])]  # what the passes read (shifted by the offset if any)
     if offset is not None:
@@ -875,7 +906,7 @@ def nuclr_fcco_square(
     scale: float = 1.0,
     stable: bool = True,
     zeta_min: Tensor | None = None,
-    offset: Tensor | None = None,
+    offset: Tensor | ReferencePair | None = None,
 ) -> NUCLRStep:
     """:func:`nuclr_fcco` of a one-process image-text batch (``sim [B, B]``, positives on the diagonal, side 1
     along the columns; ``count``, ``neg`` as in :func:`gcl_fcco_square`). What :func:`nuclr_fcco` runs for
@@ -884,8 +915,9 @@ def nuclr_fcco_square(
     With ``stable=False`` one ``exp(sim / tau)`` serves both sides: side 0 ``e0_ij = k_ij z0_j``, side 1
     (anchor ``j``, column ``i``) ``e1_ij = k_ij z1_i`` with ``k = exp(sim / tau)`` on the negatives and
     ``zv = exp(-(zeta_v - min zeta_v) / tau)``; the positive's ``exp(-pos / tau)`` and ``exp(-min zeta_v / tau)``
-    are added in log space, so row sums and column weights are matrix-vector products. ``stable=True``
-    runs the per-side passes of :func:`nuclr_fcco`. ``offset``: ``[B, B]`` detached per-pair offset as in
+    are added in log space, so row sums and column weights are matrix-vector products. ``stable=True``: each
+    side has its own pass over ``l = (d - zeta) / tau`` (rows for side 0, columns for side 1, both in the layout of
+    ``sim``), shifted by each anchor's largest negative logit. ``offset``: ``[B, B]`` detached per-pair offset as in
     :func:`gcl_fcco`.
     """
     n = sim.shape[0]
@@ -893,40 +925,46 @@ def nuclr_fcco_square(
         if neg[0] is not None or neg[1] is not None:
             raise ValueError("nuclr_fcco_square: count=None means no masks, got a negatives mask")
         count = n - 1
-    sd = _no_grad(sim)
-    if stable:
-        pos = sd.diagonal().unsqueeze(1).expand(n, 2)
-        return nuclr_fcco([sim, sim.T], pos, zeta, tau, log_pos, estimator, count=count, neg=neg, transposed=True,
-                          scale=scale, stable=True, offset=None if offset is None else [offset, offset.T])
-    sd = _shift(sd, offset)
+    sd = _shift(_no_grad(sim), offset)
     zeta, log_pos = _no_grad(zeta), _no_grad(log_pos)  # only the surrogate is recorded
     inv = 1.0 / tau
     p = sd.diagonal()
     valid, some_empty, log_cnt = _anchor_counts(count, n, sd)
     cnt = count.clamp_min(1).to(sd.dtype) if isinstance(count, Tensor) else float(count)
     m0, m1 = _square_masks(neg)
-    k0, k1 = _shared_exp(sd, inv, m0, m1)
-    zmin = zeta.amin(0) if zeta_min is None else zeta_min
-    z = torch.sub(zmin, zeta).mul_(inv).exp_()  # [B, 2], in (0, 1]
-    z0, z1 = z.unbind(1)
-    shift = torch.add(p.unsqueeze(1), zmin).mul_(inv)  # log of exp(-(pos_i + min zeta_v) / tau), left out of k z
-    k0t = k0.T
-    k1t = k0t if k1 is k0 else k1.T
-    s = torch.stack([torch.mv(k0, z0), torch.mv(k1t, z1)], 1)  # [B, 2]: sum_j k_ij zv_j over the negatives
+    if stable:  # each side's own pass over l = (d - zeta) / tau, shifted by its anchors' largest negative logit
+        zi = zeta * -inv  # [B, 2]: -zeta / tau per column (side 0: text j; side 1: image i)
+        e0 = torch.add(torch.sub(zi[:, 0], p.unsqueeze(1), alpha=inv), sd, alpha=inv)  # side 0: anchor i per row
+        e1 = torch.add(torch.sub(zi[:, 1].unsqueeze(1), p, alpha=inv), sd, alpha=inv)  # side 1: anchor j per column
+        k0, k1, f = _square_exps(e0, e1, m0, m1, True, some_empty)
+        z = None
+        shift = f.neg_()  # type: ignore[union-attr]  # log of the factor left out of k: exp(l) = k exp(-shift)
+        s = torch.stack([k0.sum(1), k1.sum(0)], 1)  # [B, 2]: sum over each anchor's negatives
+    else:  # one exp(sim / tau) for both sides; zv = exp(-(zeta_v - min zeta_v) / tau) per column
+        k0, k1 = _shared_exp(sd, inv, m0, m1)
+        zmin = zeta.amin(0) if zeta_min is None else zeta_min
+        z = torch.sub(zmin, zeta).mul_(inv).exp_()  # [B, 2], in (0, 1]
+        shift = torch.add(p.unsqueeze(1), zmin).mul_(inv)  # log of exp(-(pos_i + min zeta_v) / tau), left out of k z
+        s = torch.stack([torch.mv(k0, z[:, 0]), torch.mv(k1.T, z[:, 1])], 1)  # [B, 2]: sum_j k_ij zv_j
     log_g = s.log().sub_(shift).sub_(log_cnt)
     log_u = _no_grad(estimator(log_g, valid))
-    a = torch.logaddexp(log_u, log_pos).add_(shift).neg_().exp_()  # w0_ij = k_ij z0_j a0_i; w1_ij = k_ij z1_i a1_j
+    a = torch.logaddexp(log_u, log_pos).add_(shift).neg_().exp_()  # the weights' per-anchor factor, 1 / Z e^shift
     a0, a1 = a.unbind(1)
-    col_weight = torch.stack([torch.mv(k0t, a0), torch.mv(k1, a1)], 1).mul_(z)
+    # side 0: w0_ij = k0_ij (z0_j) a0_i; side 1 (anchor j, column i): w1_ij = k1_ij (z1_i) a1_j
+    col_weight = torch.stack([torch.mv(k0.T, a0), torch.mv(k1, a1)], 1)
+    if z is not None:
+        col_weight.mul_(z)
     b = a.mul_(scale).div_(cnt)  # the same rounding for a constant and a per-anchor count
     wrow = s.mul_(b)  # sum_j w_ij / |N_iv| (scaled) = scale g / Z
     if some_empty:  # anchors without negatives: no weight
         wrow = torch.where(valid, wrow, 0.0)
     b0, b1 = b.unbind(1)
-    if k0 is k1:
-        w = k0.mul_(torch.addr(torch.outer(b0, z0), z1, b1))
+    if z is None:
+        w = k0.mul_(b0.unsqueeze(1)).add_(k1.mul_(b1))
+    elif k0 is k1:
+        w = k0.mul_(torch.addr(torch.outer(b0, z[:, 0]), z[:, 1], b1))
     else:
-        w = k0.mul_(torch.outer(b0, z0)).add_(k1.mul_(torch.outer(z1, b1)))
+        w = k0.mul_(torch.outer(b0, z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b1)))
     w.diagonal().sub_(wrow.sum(1))
     col_count: Tensor | int
     if m0 is None and m1 is None:

@@ -30,9 +30,8 @@ Bounds and Scaling Laws", ICML 2025, arXiv:2505.06699.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,24 +68,15 @@ def _detached_float(x: Tensor) -> Tensor:
     return d if d.dtype in (torch.float32, torch.float64) else d.float()
 
 
-def _on_host(excess: Tensor, host: bool | None) -> np.ndarray | None:
-    """The detached batch as a float64 numpy array when the statistics are computed on the host (``host``; None:
-    for CPU tensors), else None. In a training step a dozen small torch operations cost far more than in a tight
-    loop (each dispatch meets cold caches after the model's kernels); the same few numpy operations on ``B``
-    values cost a fraction of that."""
-    if host is False or (host is None and excess.device.type != "cpu"):
-        return None
-    d = excess.detach()
-    if d.device.type != "cpu":
-        d = d.cpu()
-    return d.numpy().astype(np.float64) if d.dtype != torch.bfloat16 else d.float().numpy().astype(np.float64)
+def _surrogate(w: Tensor, excess: Tensor) -> Tensor:
+    """``sum_i w_i x_i`` in ``excess``'s dtype (its gradient with respect to ``excess`` is ``w``)."""
+    return torch.dot(w if w.dtype == excess.dtype else w.to(excess.dtype), excess)
 
 
-def _weights_tensor(w: np.ndarray, like: Tensor) -> Tensor:
-    """Host weights as a tensor on ``like``'s device, float64 for a float64 batch and float32 otherwise (the dtype
-    :func:`_detached_float` gives the torch path: half-precision batches get float32 weights on both paths)."""
-    out = torch.from_numpy(w.astype(np.float64 if like.dtype == torch.float64 else np.float32))
-    return out if like.device.type == "cpu" else out.to(like.device)
+def _nan_step(excess: Tensor, w: Tensor) -> DRRhoStep:
+    """The step of a batch holding NaN/inf: every output NaN (the caller raises before writing anything)."""
+    nan = float("nan")
+    return DRRhoStep(excess.sum() * nan, nan, nan, w)
 
 
 def _host(state: Tensor | float, seen: Tensor | bool) -> tuple[float, bool]:
@@ -94,51 +84,68 @@ def _host(state: Tensor | float, seen: Tensor | bool) -> tuple[float, bool]:
     return float(state), bool(seen)
 
 
+# a sum of exponentials shifted by the stored log u inside this range loses nothing to under/overflow in float32
+_SHIFT_RANGE = (1e-30, 1e30)
+
+
 def drrho_kl(
-    excess: Tensor, log_u: Tensor | float, seen: Tensor | bool, *, tau: float, gamma: float, host: bool | None = None,
+    excess: Tensor, log_u: Tensor | float, seen: Tensor | bool, *, tau: float, gamma: float,
+    shift: Literal["state", "max"] = "state",
 ) -> DRRhoStep:
     """One step of the KL DRRho risk ``tau log mean_i exp(x_i / tau)`` with a moving-average estimator.
 
-    1. ``log g_hat = log (1/B) sum_i exp(x_i / tau)`` (shifted by the batch maximum: never overflows);
+    1. ``log g_hat = log (1/B) sum_i exp(x_i / tau)``, the exponentials shifted by a constant ``c``;
     2. ``log u_new = log((1 - gamma) exp(log_u) + gamma g_hat)``, or ``log g_hat`` on the first visit
        (``seen`` False);
     3. ``w_i = exp(x_i / tau - log u_new)`` (``<= B / gamma``, finite), surrogate ``(1/B) sum_i w_i x_i``;
     4. objective estimate ``tau log u_new``.
 
-    The batch statistics (extremes, sum of the exponentials) are read once on the host, so the scalar estimator is
-    updated in Python and an input holding NaN/inf shows in the returned floats; with ``host`` (default for CPU
-    tensors) they are computed in numpy (float64), else with torch operations and one host read.
+    ``shift="state"`` (default): ``c`` is the stored ``log u`` (the scale the exponentials had on the last
+    batches), so one pass gives both the sum and, rescaled in place, the weights: with ``r = (1/B) sum_i
+    exp(x_i / tau - c)``, ``log u_new = c + log((1 - gamma) + gamma r)`` and ``w_i = exp(x_i / tau - c) / (B ((1 -
+    gamma) + gamma r))``. When that sum leaves ``[1e-30, 1e30]`` (a batch far from the estimate, e.g. the first one
+    at a small ``tau``) or an input is not finite, the step is recomputed with ``shift="max"``: ``c`` is the batch
+    maximum (never overflows). Both give the same step up to rounding.
+
+    The scalars (the sum, the surrogate's value, the state) are read on the host, so the estimator is updated in
+    Python and an input holding NaN/inf shows in the returned floats (a few host reads: in a CPU training step
+    each costs less than one more tensor operation).
 
     Args:
         excess: ``[B]`` excess losses ``x_i = l_i - l_ref_i`` (with gradient through ``l_i``), ``B >= 1``.
         log_u: stored ``log u`` (0-dim tensor or float); seen: whether it was ever written.
         tau: KL temperature ``> 0``; gamma: weight on the new value, in ``(0, 1]``.
-        host: compute the batch statistics in numpy (None: for CPU tensors).
+        shift: ``"state"`` or ``"max"``, see above.
     """
     b = excess.shape[0]
     old, flag = _host(log_u, seen)
-    arr = _on_host(excess, host)
-    if arr is not None:
-        xs_h = arr * (1.0 / tau)
-        m, low = float(xs_h.max()), float(xs_h.min())
-        e_h = np.exp(xs_h - m) if math.isfinite(m) and math.isfinite(low) else None
-        total = float(e_h.sum()) if e_h is not None else float("nan")
-    else:
-        xs = torch.mul(_detached_float(excess), 1.0 / tau)
-        lo, hi = torch.aminmax(xs)
-        e = torch.sub(xs, hi).exp_()
-        m, low, total = torch.stack([hi, lo, e.sum()]).tolist()
+    xd = _detached_float(excess)
+    inv = 1.0 / tau
+    if shift == "state" and math.isfinite(old):
+        e = torch.sub(xd, tau * old)
+        if inv != 1.0:
+            e.mul_(inv)
+        r = e.exp_().sum().item() / b  # g_hat / u
+        if _SHIFT_RANGE[0] < r < _SHIFT_RANGE[1]:  # (False for NaN)
+            d = (1.0 - gamma) + gamma * r if flag else r  # u_new / u
+            w = e.mul_(1.0 / (b * d))
+            surrogate = _surrogate(w, excess)
+            if math.isfinite(surrogate.item()):  # an input at -inf has weight 0 and leaves the sum finite
+                new = old + math.log(d)
+                return DRRhoStep(surrogate, new, tau * new, w)
+    xs = torch.mul(xd, inv)
+    lo, hi = torch.aminmax(xs)
+    e = torch.sub(xs, hi).exp_()
+    m, low, total = torch.stack([hi, lo, e.sum()]).tolist()
     if not (math.isfinite(m) and math.isfinite(low)):
-        nan = float("nan")
-        return DRRhoStep(excess.sum() * nan, nan, nan, torch.full_like(_detached_float(excess), nan))
+        return _nan_step(excess, torch.full_like(xd, float("nan")))
     log_g = math.log(total) + m - math.log(b)
     new = log_g
     if flag and gamma < 1.0:
         a, c = old + math.log1p(-gamma), log_g + math.log(gamma)
         new = max(a, c) + math.log1p(math.exp(-abs(a - c)))
-    factor = math.exp(m - new) / b
-    w = _weights_tensor(e_h * factor, excess) if arr is not None else e.mul_(factor)
-    return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, tau * new, w)
+    w = e.mul_(math.exp(m - new) / b)
+    return DRRhoStep(_surrogate(w, excess), new, tau * new, w)
 
 
 def upper_quantile(x: Tensor, alpha: float) -> Tensor:
@@ -152,73 +159,56 @@ def upper_quantile(x: Tensor, alpha: float) -> Tensor:
 
 def drrho_cvar(
     excess: Tensor, threshold: Tensor | float, seen: Tensor | bool, *, alpha: float, eta: float,
-    host: bool | None = None,
 ) -> DRRhoStep:
     """One step of the CVaR DRRho risk in Rockafellar-Uryasev form, the threshold ``s`` being state.
 
     1. ``s = threshold``, or on the first visit (``seen`` False) the batch's :func:`upper_quantile`;
     2. ``w_i = 1[x_i > s] / alpha``, surrogate ``(1/B) sum_i w_i x_i``;
     3. objective estimate ``s + (1/(alpha B)) sum_i (x_i - s)_+`` (unbiased for ``F(theta, s)``, which is
-       at least the CVaR and equal to it at the optimal ``s``);
-    4. new threshold ``s - eta (alpha - (1/B) sum_i 1[x_i > s])``.
+       at least the CVaR and equal to it at the optimal ``s``), read off the surrogate's value as
+       ``s + surrogate - s count / (alpha B)``;
+    4. new threshold ``s - eta (alpha - count / B)``, ``count = sum_i 1[x_i > s]``.
 
     ``alpha = 1``: the minimum over ``s`` is attained at any ``s <= min_i x_i``, where ``F`` is the mean;
     the kernel then uses that minimiser directly (``w_i = 1``, objective ``mean_i x_i``: exact, whatever the
     threshold), while the threshold keeps taking its step (it only descends; first visit: ``min_i x_i``).
 
+    The scalars are read on the host one by one, as in :func:`drrho_kl`; an input holding NaN/inf makes the
+    returned floats NaN.
+
     Args:
         excess: ``[B]`` excess losses (with gradient through ``l_i``), ``B >= 1``.
         threshold: stored ``s`` (0-dim tensor or float); seen: whether it was ever written.
         alpha: level in ``(0, 1]``; eta: threshold step size ``> 0``.
-        host: compute the batch statistics in numpy (None: for CPU tensors), as in :func:`drrho_kl`.
     """
     b = excess.shape[0]
     s_old, flag = _host(threshold, seen)
-    arr = _on_host(excess, host)
-    if arr is not None:
-        return _cvar_on_host(excess, arr, s_old, flag, alpha=alpha, eta=eta)
     xd = _detached_float(excess)
     if alpha >= 1.0:  # weights 1 whatever s is; s still takes its pinball step (towards min x, where F is the mean)
         w = torch.full_like(xd, 1.0 / b)
+        surrogate = _surrogate(w, excess)
+        mean = surrogate.item() if xd.dtype == excess.dtype else torch.dot(w, xd).item()  # NaN/inf if an entry is
         if not flag:
-            s_old = float(xd.min())
-        lo, mean, count = torch.stack([xd.min(), xd.mean(), torch.gt(xd, s_old).sum().to(xd.dtype)]).tolist()
-        bad = not (math.isfinite(lo) and math.isfinite(mean) and math.isfinite(s_old))
-        new = float("nan") if bad else s_old - eta * (1.0 - count / b)
-        return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, mean, w)
+            s_old = xd.min().item()
+        if not (math.isfinite(mean) and math.isfinite(s_old)):
+            return _nan_step(excess, w)
+        count = torch.gt(xd, s_old).sum().item()
+        return DRRhoStep(surrogate, s_old - eta * (1.0 - count / b), mean, w)
     if not flag:
-        s_old = float(upper_quantile(xd, alpha))
+        s_old = upper_quantile(xd, alpha).item()
+    c = 1.0 / (alpha * b)
     above = torch.gt(xd, s_old)
-    w = torch.where(above, 1.0 / (alpha * b), 0.0).to(xd.dtype)
-    over, count, lo = torch.stack([torch.sub(xd, s_old).clamp_min_(0.0).sum(), above.sum(), xd.min()]).tolist()
-    if not (math.isfinite(over) and math.isfinite(lo) and math.isfinite(s_old)):
-        nan = float("nan")
-        return DRRhoStep(excess.sum() * nan, nan, nan, w)
-    objective = s_old + over / (alpha * b)
-    new = s_old - eta * (alpha - count / b)
-    return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, objective, w)
-
-
-def _cvar_on_host(excess: Tensor, a: np.ndarray, s_old: float, flag: bool, *, alpha: float, eta: float) -> DRRhoStep:
-    """:func:`drrho_cvar` with the batch statistics computed in numpy (``a``: the batch, float64)."""
-    b = a.shape[0]
-    lo, total = float(a.min()), float(a.sum())
-    if not (math.isfinite(lo) and math.isfinite(total) and math.isfinite(s_old)):
-        nan = float("nan")
-        return DRRhoStep(excess.sum() * nan, nan, nan, torch.full_like(_detached_float(excess), nan))
-    if alpha >= 1.0:
-        s_old = s_old if flag else lo
-        new = s_old - eta * (1.0 - float(np.count_nonzero(a > s_old)) / b)
-        w = _weights_tensor(np.full(b, 1.0 / b), excess)
-        return DRRhoStep(torch.dot(w.to(excess.dtype), excess), new, total / b, w)
-    if not flag:
-        k = min(int(math.floor(alpha * b + 1e-9)) + 1, b)  # upper_quantile: the k-th largest entry
-        s_old = float(np.partition(a, b - k)[b - k])
-    above = a > s_old
-    count = float(np.count_nonzero(above))
-    objective = s_old + float(np.maximum(a - s_old, 0.0).sum()) / (alpha * b)
-    w = _weights_tensor(above * (1.0 / (alpha * b)), excess)
-    return DRRhoStep(torch.dot(w.to(excess.dtype), excess), s_old - eta * (alpha - count / b), objective, w)
+    w = torch.mul(above, c)
+    if w.dtype != xd.dtype:
+        w = w.to(xd.dtype)
+    total = xd.sum().item()  # NaN/inf when an entry is (the weighted sum below skips the entries at or below s)
+    if not (math.isfinite(total) and math.isfinite(s_old)):
+        return _nan_step(excess, w)
+    surrogate = _surrogate(w, excess)
+    top = surrogate.item() if xd.dtype == excess.dtype else torch.dot(w, xd).item()  # sum_{x_i > s} x_i / (alpha B)
+    count = above.sum().item()
+    objective = s_old + top - s_old * count * c  # s + sum_i (x_i - s)_+ / (alpha B)
+    return DRRhoStep(surrogate, s_old - eta * (alpha - count / b), objective, w)
 
 
 def drrho_kl_objective(excess: Tensor, tau: float) -> Tensor:

@@ -18,7 +18,7 @@ negative by at least the margin costs (almost) nothing.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Callable, Literal, Union
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["SHORTFALL_LOSSES", "SHORTFALL_SLOPES", "SURROGATES", "SURROGATE_SLOPES", "SurrogateName", "get_surrogate",
-           "pairwise_shortfall", "pairwise_surrogate", "weighted_pairwise_mean", "weighted_pairwise_mean_of"]
+           "pairwise_shortfall", "pairwise_surrogate", "weighted_pairwise_mean", "weighted_pairwise_mean_of",
+           "EXP_FLOOR", "SLOPE_SCALE", "batch_shortfall", "factored_pairwise_sum", "slope_ticket", "greater", "pair_kernel", "scratch_matrix",
+           "shortfall_loss_and_slope"]
 
 SurrogateName = Literal["squared_hinge", "hinge", "logistic", "exponential", "square"]
 
@@ -238,4 +240,180 @@ def weighted_pairwise_mean_of(
     dtype = scores.dtype
     out = _WeightedPairwiseMeanOf.apply(scores, i_index, j_index, _constant(weights, dtype), _constant(losses, dtype),
                                         _constant(shortfall, dtype), surrogate)
+    return out  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------- whole-batch pairwise sums (no masks)
+Scratch = Union[dict, None]
+
+
+def scratch_matrix(scratch: Scratch, name: str, like: Tensor) -> Tensor | None:
+    """A ``[B, B]`` work matrix shaped like ``like``, kept in ``scratch`` (a dict the caller owns, e.g. one per loss
+    module) and reused by every step: on CPU a fresh matrix of this size costs more in page faults than the pass
+    that fills it. ``None`` without a scratch dict (under ``torch.compile``: the ops then allocate)."""
+    if scratch is None:
+        return None
+    key = (name, tuple(like.shape), like.dtype, like.device)
+    out = scratch.get(key)
+    if out is None:
+        out = scratch[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+    return out
+
+
+def _detached_work(scores: Tensor) -> Tensor:
+    """``scores`` detached, in at least float32 (the whole-batch matrices of half-precision scores are float32)."""
+    d = scores.detach() if scores.requires_grad else scores
+    return d if d.dtype in (torch.float32, torch.float64) else d.to(torch.promote_types(d.dtype, torch.float32))
+
+
+def batch_shortfall(scores: Tensor, margin: float, *, scratch: Scratch = None, name: str = "r") -> Tensor:
+    """``R[i, j] = margin - (f_i - f_j)`` of every ordered pair of one ``[B]`` score vector (detached), in one
+    broadcast pass (``(m - f_i) + f_j``; equal to :func:`pairwise_shortfall` up to rounding), in at least float32;
+    written into the ``scratch`` matrix ``"r"`` when given (:func:`scratch_matrix`)."""
+    d = _detached_work(scores)
+    col, row = torch.rsub(d, margin).unsqueeze(1), d.unsqueeze(0)
+    if scratch is None:
+        return col + row
+    out = scratch_matrix(scratch, name, torch.empty((d.shape[0], d.shape[0]), dtype=d.dtype, device=d.device))
+    return torch.add(col, row, out=out)
+
+
+#: the constant ``c`` of :func:`shortfall_loss_and_slope` per surrogate
+SLOPE_SCALE: dict[str, float] = {"squared_hinge": -2.0, "square": -2.0, "hinge": -1.0, "exponential": -1.0,
+                                 "logistic": -1.0}
+
+
+def shortfall_loss_and_slope(shortfall: Tensor, surrogate: str, *, scratch: Scratch = None) -> tuple[Tensor, Tensor, float]:
+    """``(L, S, c)`` of a shortfall matrix ``R``: ``L = SHORTFALL_LOSSES[surrogate](R)`` and the slope
+    ``d ell / d t = c * S`` (``t = f_i - f_j``, :data:`SHORTFALL_SLOPES`) as a matrix ``S`` and a constant ``c``,
+    sharing the work: for the squared hinge ``C = max(R, 0)`` gives ``L = C * C`` and ``S = C``, ``c = -2``. With
+    ``scratch`` (:func:`scratch_matrix`) ``R`` is overwritten and the results live in the scratch matrices."""
+    l_out = scratch_matrix(scratch, "l", shortfall)
+    if surrogate == "squared_hinge":
+        c = shortfall.clamp_(min=0) if scratch is not None else torch.clamp(shortfall, min=0)
+        return torch.mul(c, c, out=l_out), c, -2.0
+    if surrogate == "square":
+        return torch.mul(shortfall, shortfall, out=l_out), shortfall, -2.0
+    if surrogate == "hinge":
+        return torch.clamp(shortfall, min=0, out=l_out), (shortfall >= 0).to(shortfall.dtype), -1.0
+    if surrogate == "exponential":
+        e = torch.exp(shortfall, out=l_out)
+        return e, e, -1.0
+    if surrogate == "logistic":
+        return F.softplus(shortfall), torch.sigmoid(shortfall), -1.0
+    raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {sorted(SURROGATES)}")
+
+
+def greater(x: Tensor, y: Tensor, *, out: Tensor | None = None) -> Tensor:
+    """``(x > y)`` as 0/1 in ``x``'s dtype (broadcast); in eager mode written straight into a float tensor (a bool
+    result and its conversion cost several times more on CPU)."""
+    if torch.compiler.is_compiling():
+        return (x > y).to(x.dtype)
+    if out is None:
+        out = torch.empty(torch.broadcast_shapes(x.shape, y.shape), dtype=x.dtype, device=x.device)
+    return torch.gt(x, y, out=out)
+
+
+#: exponents of the whole-batch KL kernels are clamped to ``[-EXP_FLOOR, 0]``: no overflow, and no ``exp`` of a value
+#: whose result is subnormal or of ``-inf`` (several times slower on CPU); ``exp(-80)`` is 2e-35 of the row maximum
+EXP_FLOOR = 80.0
+
+
+def pair_kernel(losses: Tensor, threshold: Tensor | None = None, shift: Tensor | None = None,
+                cols_mask: Tensor | None = None, inv_tau: float = 1.0, *, scratch: Scratch = None) -> Tensor | None:
+    """The matrix ``K`` of :func:`factored_pairwise_sum` from its vectors: ``1[L_ij > threshold_i]`` (``threshold``
+    given), ``exp(min(L_ij * inv_tau - shift_i, 0)) * cols_mask_j`` (``shift`` and the 0/1 column mask given;
+    ``shift_i`` the row maximum of ``L * inv_tau`` over the columns, so the clamp only removes rounding there, and the
+    exponent is floored at ``-EXP_FLOOR``), or None (``K = 1``). In the scratch matrix ``"k"`` when given."""
+    out = scratch_matrix(scratch, "k", losses)
+    if threshold is not None:
+        return greater(losses, threshold.to(losses.dtype).unsqueeze(1), out=out)
+    if shift is None or cols_mask is None:
+        return None
+    z = torch.add(shift.neg().unsqueeze(1), losses, alpha=inv_tau, out=out)
+    return z.clamp_(min=-EXP_FLOOR, max=0.0).exp_().mul_(cols_mask.unsqueeze(0))
+
+
+def slope_ticket(scratch: Scratch, slope: Tensor) -> tuple[Tensor, int] | None:
+    """Hand the step's slope matrix ``K o S`` (the scratch matrix ``"g"``, just written) to the backward of
+    :func:`factored_pairwise_sum`: it is used there if no later step has written ``"g"`` since (a counter in
+    ``scratch`` tells), else the backward rebuilds it. None without a scratch dict or when ``slope`` is not ``"g"``."""
+    if scratch is None or scratch.get(("g", tuple(slope.shape), slope.dtype, slope.device)) is not slope:
+        return None  # only "g" is written by nothing but a step's forward
+    version = scratch["g_version"] = scratch.get("g_version", 0) + 1
+    return slope, version
+
+
+class _FactoredPairwiseSum(torch.autograd.Function):
+    """``sum_ij W_ij ell_ij`` of one score vector against itself with ``W = K o (sum_k u_k v_k^T)``: the value from
+    the given ``(K o L) v_k``; the backward rebuilds ``K o S`` from the saved vectors (nothing ``[B, B]`` is saved)
+    and takes matrix-vector products."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, scores: Tensor, work: Tensor, rows: Tensor, cols: Tensor | None, loss_cols: Tensor,
+        threshold: Tensor | None, shift: Tensor | None, cols_mask: Tensor | None, margin: float, surrogate: str,
+        inv_tau: float, scratch: Scratch, ticket: tuple[Tensor, int] | None,
+    ) -> Tensor:
+        ctx.save_for_backward(work, rows, cols, threshold, shift, cols_mask)
+        ctx.margin, ctx.surrogate, ctx.inv_tau, ctx.scratch, ctx.ticket = margin, surrogate, inv_tau, scratch, ticket
+        ctx.dtype = scores.dtype
+        return (rows * loss_cols).sum().to(scores.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        f, rows, cols, threshold, shift, cols_mask = ctx.saved_tensors
+        scratch, ticket = ctx.scratch, ctx.ticket
+        scale = SLOPE_SCALE[ctx.surrogate]
+        if ticket is not None and scratch is not None and scratch.get("g_version") == ticket[1]:
+            slope = ticket[0]  # the forward's K o S, not overwritten since
+        else:
+            losses, slope, _ = shortfall_loss_and_slope(batch_shortfall(f, ctx.margin, scratch=scratch),
+                                                        ctx.surrogate, scratch=scratch)
+            kernel = pair_kernel(losses, threshold, shift, cols_mask, ctx.inv_tau, scratch=scratch)
+            if kernel is not None:
+                slope = kernel.mul_(slope)
+        out = None
+        for k in range(rows.shape[0]):
+            u = rows[k]
+            row = slope.sum(1) if cols is None else torch.mv(slope, cols[k])  # sum_j S_ij v_kj
+            col = torch.mv(slope.t(), u)  # sum_i u_ki S_ij
+            term = u * row - (col if cols is None else cols[k] * col)
+            out = term if out is None else out + term
+        return (out * (grad * scale)).to(ctx.dtype), None, None, None, None, None, None, None, None, None, None, None, None
+
+
+def factored_pairwise_sum(
+    scores: Tensor, rows: Tensor, cols: Tensor | None, loss_cols: Tensor, *, margin: float, surrogate: str,
+    threshold: Tensor | None = None, shift: Tensor | None = None, cols_mask: Tensor | None = None,
+    inv_tau: float = 1.0, scratch: Scratch = None, ticket: tuple[Tensor, int] | None = None,
+) -> Tensor:
+    """``sum_{i,j} W_ij ell(m, f_i - f_j)`` over every ordered pair of one batch with ``W = K o sum_k u_k v_k^T`` held
+    constant: the value and gradient of ``(W.detach() * L).sum()`` with no ``[B, B]`` weight or mask matrix (masks
+    and per-row/per-column factors live in the vectors) and nothing ``[B, B]`` kept for the backward.
+
+    Args:
+        scores: ``[B]`` scores ``f`` (the graph); ``L_ij = ell(margin - (f_i - f_j))``.
+        rows: ``[r, B]`` the ``u_k`` (row factors; zero on rows that do not count).
+        cols: ``[r, B]`` the ``v_k`` (column factors), or None for ``v_k = 1``.
+        loss_cols: ``[r, B]`` the detached ``(K o L) v_k`` (the caller has them: the value is ``sum_k u_k . (K o L)
+            v_k``).
+        threshold, shift, cols_mask, inv_tau: the kernel ``K`` (:func:`pair_kernel`; none of them: ``K = 1``).
+        scratch: work matrices of the backward (:func:`scratch_matrix`).
+        ticket: the forward's ``K o S`` (:func:`slope_ticket`), used by the backward while still intact.
+
+    Gradient: with ``d ell_ij / d(f_i - f_j) = c S_ij`` (:func:`shortfall_loss_and_slope`) and ``G = K o S``,
+    ``df_i = c sum_k (u_ki (G v_k)_i - v_ki (G^T u_k)_i)``: the backward recomputes ``G`` in ``O(B^2)`` passes and
+    takes ``2 r`` matrix-vector products.
+    """
+    work = _detached_work(scores)
+    dtype = work.dtype
+
+    def const(x: Tensor | None) -> Tensor | None:
+        return None if x is None else _constant(x, dtype)
+
+    out = _FactoredPairwiseSum.apply(scores, work, const(rows), const(cols), const(loss_cols), const(threshold),
+                                     const(shift), const(cols_mask), float(margin), surrogate, float(inv_tau), scratch,
+                                     ticket)
     return out  # type: ignore[no-any-return]

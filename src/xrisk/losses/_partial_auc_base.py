@@ -9,11 +9,13 @@ from torch import Tensor
 
 from xrisk._tensors import on_device
 from xrisk.functional.surrogates import (
-    SHORTFALL_LOSSES, pairwise_shortfall, weighted_pairwise_mean, weighted_pairwise_mean_of,
+    SHORTFALL_LOSSES, batch_shortfall, factored_pairwise_sum, pairwise_shortfall, scratch_matrix,
+    shortfall_loss_and_slope, slope_ticket,
+    weighted_pairwise_mean_of,
 )
 from xrisk.losses.ap import _mean_of
-from xrisk.losses.base import ScoreLoss, distinct_alias, label_positions, overflow_cause
-from xrisk.state import Cause, same_index
+from xrisk.losses.base import ScoreLoss, label_positions, overflow_cause
+from xrisk.state import Cause, duplicate_groups
 
 __all__ = ["PartialAUCLossBase"]
 
@@ -39,13 +41,19 @@ class PartialAUCLossBase(ScoreLoss):
         (``cause``: the message if the staged values are not finite)."""
         raise TypeError(f"{type(self).__name__} must override _task_weights")
 
-    def _masked_task_weights(self, task: int, index: Tensor, losses: Tensor, pairs: Tensor, rows: Tensor,
-                             n_pos: Tensor, n_neg: Tensor, same: Tensor) -> Tensor:
-        """:meth:`_task_weights` over the whole batch (no host read): ``losses [B, B]`` of every row against every
-        column, ``pairs [B, B]`` the positive-negative pairs that count, ``rows [B]`` the rows whose state is
-        updated (the positives, when the task has negatives), ``n_pos``/``n_neg`` device counts, ``same`` the
-        :func:`~xrisk.state.same_index` of ``index``. Stages the masked update; returns ``[B, B]`` weights that are
-        zero outside ``pairs``."""
+    def _masked_task_weights(self, task: int, index: Tensor, scores: Tensor, losses: Tensor, pos: Tensor,
+                             neg: Tensor, rows: Tensor, n_pos: Tensor, n_neg: Tensor, group: Tensor,
+                             scratch: dict | None) -> tuple[Tensor, Tensor | None, Tensor, dict]:
+        """:meth:`_task_weights` over the whole batch (no host read, no ``[B, B]`` mask): ``losses [B, B]`` the
+        pairwise losses of every row against every column (in ``scratch``, which the hook may overwrite), ``scores
+        [B]`` detached, ``pos``/``neg`` ``[B]`` 0/1 in the losses' dtype, ``rows [B]`` bool the rows whose state is
+        updated (the positives, when the task has negatives), ``n_pos``/``n_neg`` device counts, ``group`` the
+        :func:`~xrisk.state.duplicate_groups` of ``index``. Stages the masked update and returns the weights
+        ``W = diag(a) K diag(b)`` as ``(a [B], b [B] or None for ones, K [B, B], kernel)``: ``K`` the matrix (the
+        caller may overwrite it) and ``kernel`` the keyword arguments of
+        :func:`~xrisk.functional.surrogates.pair_kernel` that rebuild it (``threshold``, ``shift``, ``cols_mask``,
+        ``inv_tau``); ``a`` is zero outside the positives (and ``K`` zero on the columns outside the negatives when
+        ``b`` is None)."""
         raise TypeError(f"{type(self).__name__} has no device path (_masked_task_weights)")
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
@@ -53,35 +61,45 @@ class PartialAUCLossBase(ScoreLoss):
         raise TypeError(f"{type(self).__name__} must override _risk")
 
     def _masked_loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: Tensor) -> Tensor:
+        """:meth:`_loss` over the whole batch: the pairwise losses ``L [B, B]`` of every row against every column, the
+        pairs that count selected by row and column factors of the weights (never a ``[B, B]`` mask), the weighted
+        sum and its gradient by :func:`~xrisk.functional.surrogates.factored_pairwise_sum`; no host read."""
         assert index is not None
         size = scores.shape[0]
-        same = same_index(index)
+        group = duplicate_groups(index)
+        scratch = self._scratch()
         terms: list[Tensor] = []
-        detached: list[tuple[Tensor, Tensor, Tensor]] = []
+        detached: list[tuple[Tensor, Tensor]] = []
         valid: list[Tensor] = []
         for t in range(self.num_tasks):
             pos = targets.select(1, t)
             col = self._score_column(scores, t)
             col_d = col.detach()
-            shortfall = pairwise_shortfall(col_d, col_d, margin=self.margin)  # [B, B]: every row against every column
-            losses = SHORTFALL_LOSSES[self.surrogate](shortfall)
-            pairs = pos.unsqueeze(1) & ~pos.unsqueeze(0)
+            losses, slope, _ = shortfall_loss_and_slope(batch_shortfall(col_d, self.margin, scratch=scratch),
+                                                        self.surrogate, scratch=scratch)
             n_pos = pos_counts[t]
             n_neg = size - n_pos
             ok = (n_pos > 0) & (n_neg > 0)
-            weights = self._masked_task_weights(t, on_device(index, losses.device), losses, pairs, pos & ok,
-                                                n_pos, n_neg, same)
-            weights = weights * (size * size / (n_pos * n_neg).clamp_min(1).to(weights.dtype))  # mean over [P, N]
-            term = weighted_pairwise_mean(col, distinct_alias(col), weights, margin=self.margin,
-                                          surrogate=self.surrogate, losses=losses, shortfall=shortfall)
+            pos_f = pos.to(losses.dtype)
+            a, b, matrix, kernel = self._masked_task_weights(
+                t, on_device(index, losses.device), col_d.to(losses.dtype), losses, pos_f, 1.0 - pos_f, pos & ok,
+                n_pos, n_neg, group, scratch)
+            # K o S for the backward (kept in the scratch matrix "g" while no later step overwrites it), then K o L
+            ticket = slope_ticket(scratch, torch.mul(matrix, slope, out=scratch_matrix(scratch, "g", matrix)))
+            kernel_losses = matrix.mul_(losses)
+            loss_cols = kernel_losses.sum(1) if b is None else torch.mv(kernel_losses, b)
+            scale = (n_pos * n_neg).clamp_min(1).to(a.dtype)  # the mean over the [P, N] pairs
+            term = factored_pairwise_sum(col, (a / scale).unsqueeze(0), None if b is None else b.unsqueeze(0),
+                                         loss_cols.unsqueeze(0), margin=self.margin, surrogate=self.surrogate,
+                                         scratch=scratch, ticket=ticket, **kernel)
             if self._checks_value:
                 self._writes.check(term, None)  # type: ignore[arg-type]
             terms.append(term)
-            detached.append((losses, pairs, pos))
+            detached.append((col_d, pos))
             valid.append(ok)
         v = torch.stack(valid)
         fn, args = self._risk()
-        self._record_objective_from(_masked_risk, fn, detached, v, *args)
+        self._record_objective_from(_masked_risk, fn, detached, v, self.margin, self.surrogate, *args)
         return torch.stack(terms).sum() / v.sum().clamp_min(1)
 
     def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
@@ -116,11 +134,13 @@ class PartialAUCLossBase(ScoreLoss):
         return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
 
 
-def _masked_risk(fn: Callable[..., Tensor], per_task: list[tuple[Tensor, Tensor, Tensor]], valid: Tensor,
-                 *args: object) -> Tensor:
-    """The objective estimate from whole-batch losses: ``fn(L[pos][:, neg], *args)`` of each valid task, averaged
-    (NaN when no task is valid). Evaluated on request, outside the step (it reads the masks on the host)."""
-    values = [fn(losses[pos][:, ~pos], *args) for (losses, _, pos), ok in zip(per_task, valid.tolist()) if ok]
+def _masked_risk(fn: Callable[..., Tensor], per_task: list[tuple[Tensor, Tensor]], valid: Tensor, margin: float,
+                 surrogate: str, *args: object) -> Tensor:
+    """The objective estimate of a whole-batch step from each task's detached scores and labels: ``fn(L, *args)`` of
+    the ``[P, N]`` pairwise losses of each valid task, averaged (NaN when no task is valid). Evaluated on request,
+    outside the step (it reads the masks on the host)."""
+    values = [fn(SHORTFALL_LOSSES[surrogate](pairwise_shortfall(scores[pos], scores[~pos], margin=margin)), *args)
+              for (scores, pos), ok in zip(per_task, valid.tolist()) if ok]
     if not values:
         return torch.full((), float("nan"))
     return torch.stack(values).mean()

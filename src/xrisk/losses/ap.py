@@ -9,13 +9,16 @@ import torch
 from torch import Tensor
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.ap import ap_inner_estimates, ap_ratio, ap_weights
-from xrisk.functional.surrogates import SURROGATES, SurrogateName, weighted_pairwise_mean, weighted_pairwise_mean_of
-from xrisk.losses.base import ScoreLoss, distinct_alias, overflow_cause, positions
+from xrisk.functional.ap import _TINY, ap_inner_estimates, ap_ratio, ap_weights
+from xrisk.functional.surrogates import (
+    SURROGATES, SurrogateName, batch_shortfall, factored_pairwise_sum, shortfall_loss_and_slope, slope_ticket,
+    weighted_pairwise_mean_of,
+)
+from xrisk.losses.base import ScoreLoss, overflow_cause, positions
 from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk.sharding import Placement
 from xrisk.state import (
-    Cause, PendingWrites, SampleState, column_views, flat_column, masked_update_rows, same_index, update_states,
+    Cause, PendingWrites, SampleState, column_views, duplicate_groups, flat_column, masked_update_columns, update_states,
 )
 
 __all__ = ["APLoss"]
@@ -139,31 +142,36 @@ class APLoss(ScoreLoss):
         return terms[0] if len(terms) == 1 else torch.stack(terms).mean()
 
     def _masked_loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: Tensor) -> Tensor:
-        """:meth:`_loss` over the whole batch as anchors (``[B, B]`` pairwise losses), the rows of the negatives
-        masked out of the state update and of the weights; no host read."""
+        """:meth:`_loss` over the whole batch as anchors (``L [B, B]``, every row against every column), the rows of
+        the negatives masked out of the state update and, as zero row factors, out of the weights, which are never
+        formed: ``W = u_0 1^T + u_1 y^T`` (:func:`~xrisk.functional.surrogates.factored_pairwise_sum`, matrix-vector
+        products only); no host read."""
         assert index is not None
         size = scores.shape[0]
-        same = same_index(index)
+        group = duplicate_groups(index)
+        scratch = self._scratch()
         step = functools.partial(_moving_average_step, self.gamma)
         terms: list[Tensor] = []
         estimates: list[tuple[Tensor, Tensor, Tensor]] = []
         for t in range(self.num_tasks):
             pos = targets.select(1, t)
             col = self._score_column(scores, t)
-            col_d = col.detach()
-            losses, g_all, g_pos, shortfall = ap_inner_estimates(col_d, col_d, pos, margin=self.margin,
-                                                                 surrogate=self.surrogate, with_shortfall=True)
+            losses, slope, _ = shortfall_loss_and_slope(batch_shortfall(col, self.margin, scratch=scratch, name="g"),
+                                                        self.surrogate, scratch=scratch)
+            y = pos.to(losses.dtype)
+            sums = torch.stack((losses.sum(1), torch.mv(losses, y)))  # size * (g_all, g_pos)
             va, sa, i = flat_column(self.u_all, t, index)  # type: ignore[arg-type]
             vp, sp, _ = flat_column(self.u_pos, t, index)  # type: ignore[arg-type]
-            new_all, _ = masked_update_rows(va, sa, i, as_state_rows(g_all, i), pos, same, step, writes=self._writes)
-            new_pos, _ = masked_update_rows(vp, sp, i, as_state_rows(g_pos, i), pos, same, step, writes=self._writes)
-            u_all, u_pos = like_tensor(new_all, g_all), like_tensor(new_pos, g_pos)
-            n_pos = pos_counts[t].to(losses.dtype)
-            # the weights of the positives' rows, scaled so that the mean over [B, B] is the mean over [P, B]
-            weights = torch.where(pos.unsqueeze(1), ap_weights(pos, u_all, u_pos, losses.dtype), 0.0)
-            weights = weights * (size / n_pos.clamp_min(1.0))
-            terms.append(weighted_pairwise_mean(col, distinct_alias(col), weights, margin=self.margin,
-                                                surrogate=self.surrogate, losses=losses, shortfall=shortfall))
+            (new_all, new_pos), _ = masked_update_columns(((va, sa), (vp, sp)), i, as_state_rows(sums.t() / size, i),
+                                                          pos, group, step, writes=self._writes)
+            u_all, u_pos = like_tensor(new_all, losses), like_tensor(new_pos, losses)
+            # W_ij = (u_pos_i - u_all_i y_j) / u_all_i^2 on the positives' rows, / (P B): the mean over [P, B]
+            ua = u_all.clamp_min(_TINY)
+            c = y / (pos_counts[t].clamp_min(1).to(losses.dtype) * size)
+            rows = torch.stack((c * u_pos / (ua * ua), -c / ua))
+            cols = torch.stack((torch.ones_like(y), y))
+            terms.append(factored_pairwise_sum(col, rows, cols, sums, margin=self.margin, surrogate=self.surrogate,
+                                               scratch=scratch, ticket=slope_ticket(scratch, slope)))
             estimates.append((u_all, u_pos, pos))
         self._record_objective_from(_masked_mean_ratio, estimates)
         valid = (pos_counts > 0).sum()

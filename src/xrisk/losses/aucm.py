@@ -67,6 +67,12 @@ class AUCMLoss(ScoreLoss):
     Multi-label ``[B, T]``: one ``(a, b, alpha)`` per task; the loss is the mean over the tasks
     that have both a positive and a negative in the batch (others contribute a connected zero).
 
+    A batch in which no task has both classes returns a zero connected to the scores **and** to
+    ``a, b, alpha``: every parameter gets a zero gradient, with validation on or off (the device path
+    reaches ``a, b, alpha`` through its masks), so the optimizer step after it is a zero-gradient step
+    for all of them (:class:`~xrisk.optim.PESG` still applies its decay and momentum to the model and
+    ``a, b``, as torch optimizers do; ``alpha``'s ascent step is zero).
+
     Example:
         >>> import torch
         >>> from xrisk.losses import AUCMLoss
@@ -114,7 +120,7 @@ class AUCMLoss(ScoreLoss):
         valid = [0 < c < size for c in pos_counts]
         if not any(valid):
             self._record_objective(None)
-            return scores.sum() * 0.0
+            return self._zero(scores)
         self._record_aucm_objective(scores, targets, valid)
         if all(valid):
             total = aucm_surrogate(scores, targets, self.a, self.b, self.alpha, margin=self.margin,

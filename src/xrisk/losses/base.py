@@ -29,9 +29,11 @@ the last call's estimate in both modes.
 **Validation off** (:func:`xrisk.set_validation`): ``forward`` takes the fixed-shape device path
 instead (:meth:`ScoreLoss._forward_unchecked`): no value is read on the host (shapes and dtypes are still
 checked; index bounds and finite state rows with on-device asserts), the positive counts stay on the
-device, the subclass hook :meth:`ScoreLoss._masked_loss` computes the same loss with masks over the whole
-batch (pairwise losses as ``[B, B]`` matrices masked to the pairs that count, duplicate indices merged with
-an ``[B, B]`` equality mask), and a batch without positives gives a zero through the same ops. The work
+device, the subclass hook :meth:`ScoreLoss._masked_loss` computes the same loss over the whole batch
+(pairwise losses as ``[B, B]`` matrices whose pairs that count are selected by row and column factors of
+the weights, :func:`~xrisk.functional.surrogates.factored_pairwise_sum`; duplicate indices merged through
+group ids from one sort, :func:`~xrisk.state.duplicate_groups`), and a batch without positives gives a zero
+through the same ops. The work
 depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes the step whole and does not
 recompile when the number of positives changes. Equal to the default path up to float rounding (tested).
 
@@ -55,7 +57,7 @@ from xrisk import distributed as xdist
 from xrisk._validate import (
     all_finite, binary_batch_unchecked, check_binary_batch, check_choice, validation_enabled,
 )
-from xrisk.sharding import PLACEMENTS, Placement, close_window, open_window, sharded_states
+from xrisk.sharding import PLACEMENTS, Placement, close_window, gather_and_open, sharded_states
 from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
 
 __all__ = ["ScoreLoss", "distinct_alias", "label_order", "label_positions", "overflow_cause", "positions"]
@@ -115,25 +117,21 @@ class ScoreLoss(ReplicatedStateModule):
             (s, y, _, idx), layout = xdist.agree_on_batch(
                 type(self).__name__, functools.partial(self._check_batch, scores, targets, index), _batch_tensors
             )
-            s = xdist.all_gather(s, grad="sum", sizes=layout.sizes)
-            y = xdist.all_gather_no_grad(y, sizes=layout.sizes)
-            if idx is not None:
-                idx = xdist.all_gather_no_grad(idx.to(s.device), sizes=layout.sizes)
+            s, y, idx, sharded = self._gather_batch(s, y, idx, layout.sizes)
             pos_counts = y.sum(0).tolist()  # of the global batch
             unique, given = False, None  # duplicates in the global batch: not known
         else:
             s, y, pos_counts, idx = self._check_batch(scores, targets, index)
             unique = self.__dict__["_checked_unique"]
             given = scores if scores.dim() == 1 else None  # [B]: task 0's column as given (no view in the graph)
+            sharded = []
         if not any(pos_counts):
-            return s.sum() * 0.0
+            close_window(sharded, write=False)
+            return self._zero(s)
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
         self.__dict__["_index_unique"] = unique  # known without a device op: no index occurs twice in the batch
         self.__dict__["_given_scores"] = given
         self.__dict__["_step_objective"] = _NOT_RECORDED
-        sharded = sharded_states(self) if idx is not None and self.state_placement == "sharded" else []
-        if sharded:  # the global batch's rows, fetched from their owners; idx -> their positions (xrisk.sharding)
-            idx = open_window(sharded, idx)
         try:
             out = self._loss(s, y, idx, pos_counts)
             writes.commit(write=self.training)  # all or nothing; state changes in training mode only
@@ -154,22 +152,16 @@ class ScoreLoss(ReplicatedStateModule):
                 type(self).__name__, functools.partial(self._shape_batch, scores, targets, index),
                 lambda b: {"scores": b[0], "targets": b[1], "index": b[2]},
             )
-            s = xdist.all_gather(s, grad="sum", sizes=layout.sizes)
-            y = xdist.all_gather_no_grad(y, sizes=layout.sizes)
-            if idx is not None:
-                idx = xdist.all_gather_no_grad(idx.to(s.device), sizes=layout.sizes)
-            given = None
+            s, y, idx, sharded = self._gather_batch(s, y, idx, layout.sizes)
         else:
             s, y, idx = self._shape_batch(scores, targets, index)
-            given = None  # no reference to the graph kept past the step (torch.compile returns no hidden output)
+            sharded = []
+        given = None  # no reference to the graph kept past the step (torch.compile returns no hidden output)
         pos_counts = y.sum(0)  # [T] on the device
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
         self.__dict__["_index_unique"] = False
         self.__dict__["_given_scores"] = given
         self.__dict__["_step_objective"] = _NOT_RECORDED
-        sharded = sharded_states(self) if idx is not None and self.state_placement == "sharded" else []
-        if sharded:
-            idx = open_window(sharded, idx)
         try:
             out = self._masked_loss(s, y, idx, pos_counts)
             out = torch.where(pos_counts.sum() > 0, out, torch.zeros_like(out))  # no positive: a connected zero
@@ -183,6 +175,20 @@ class ScoreLoss(ReplicatedStateModule):
             self.__dict__["_pending_objective"] = record
             self.__dict__["_objective_ready"] = False
         return out
+
+    def _gather_batch(self, s: Tensor, y: Tensor, idx: Tensor | None, sizes: list[int]) -> tuple[Tensor, Tensor, Tensor | None, list]:
+        """The global batch ``(scores, targets, index)`` of every rank's checked rows (``sizes``: the agreed layout) and
+        the sharded states whose step window is now open (``index`` then holds window positions, see
+        :mod:`xrisk.sharding`): their rows are fetched in the same collective as the scores."""
+        y = xdist.all_gather_no_grad(y, sizes=sizes)
+        if idx is not None:
+            idx = xdist.all_gather_no_grad(idx.to(s.device), sizes=sizes)
+        sharded = sharded_states(self) if idx is not None and self.state_placement == "sharded" else []
+        if sharded:  # the global batch's rows, fetched from their owners with the scores; idx -> window positions
+            s, idx = gather_and_open(sharded, idx, s, sizes=sizes)
+        else:
+            s = xdist.all_gather(s, grad="sum", sizes=sizes)
+        return s, y, idx, sharded
 
     def _shape_batch(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         """This rank's checks that read no value: ``(scores [B, T], targets [B, T] bool, index int64 or None)``."""
@@ -225,6 +231,23 @@ class ScoreLoss(ReplicatedStateModule):
         zero and write nothing, through masks rather than branches. Stages its writes in ``self._writes``."""
         raise TypeError(f"{type(self).__name__} has no device path (_masked_loss): turn validation on "
                         "(xrisk.set_validation(True))")
+
+    def _zero(self, scores: Tensor) -> Tensor:
+        """The graph-connected zero of a batch that gives the loss nothing to compute (no positive): zero gradients
+        for ``scores`` and for the loss's own parameters (if any), so that the step is a zero-gradient step for
+        every parameter whichever path computed it (the device path reaches the parameters through masks)."""
+        out = scores.sum() * 0.0
+        for p in self._parameters.values():
+            if p is not None and p.requires_grad:
+                out = out + p.sum() * 0.0
+        return out
+
+    def _scratch(self) -> dict | None:
+        """The work matrices of this loss's whole-batch device path (:func:`~xrisk.functional.surrogates.scratch_matrix`),
+        reused by every step; None under ``torch.compile`` (the compiled code manages its buffers)."""
+        if torch.compiler.is_compiling():
+            return None
+        return self.__dict__.setdefault("_scratch_matrices", {})
 
     def _score_column(self, scores: Tensor, task: int) -> Tensor:
         """``scores[:, task]`` as a ``[B]`` tensor (for ``[B]`` input: the tensor given to :meth:`forward`, so

@@ -95,7 +95,6 @@ class DRRhoLoss(ReplicatedStateModule):
     log_u: Tensor
     threshold: Tensor
     seen: Tensor
-    _objective: Tensor
 
     def __init__(
         self,
@@ -117,7 +116,7 @@ class DRRhoLoss(ReplicatedStateModule):
         name = "log_u" if self.divergence == "kl" else "threshold"
         self.register_buffer(name, torch.zeros((), dtype=torch.float32))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("_objective", torch.full((), float("nan")), persistent=False)
+        self._last_objective = float("nan")  # the last batch's estimate; a tensor on request (objective())
 
     def checkpoint_settings(self) -> dict[str, Any]:
         """Structural settings stored with a checkpoint: the divergence fixes what the state means."""
@@ -151,10 +150,12 @@ class DRRhoLoss(ReplicatedStateModule):
         if x.shape[0] == 0:
             return x.sum() * 0.0
         excess = x - r
-        if self.divergence == "kl":
-            step = drrho_kl(excess, self.log_u, self.seen, tau=self.tau, gamma=self.gamma)
+        kl = self.divergence == "kl"
+        state, seen = (self.log_u if kl else self.threshold), bool(self.seen)
+        if kl:
+            step = drrho_kl(excess, state, seen, tau=self.tau, gamma=self.gamma)
         else:
-            step = drrho_cvar(excess, self.threshold, self.seen, alpha=self.alpha, eta=self.eta)
+            step = drrho_cvar(excess, state, seen, alpha=self.alpha, eta=self.eta)
         if not (math.isfinite(step.state) and math.isfinite(step.objective)):  # the kernels read these anyway
             if not checked_inputs:
                 check_finite("losses", x)
@@ -163,20 +164,22 @@ class DRRhoLoss(ReplicatedStateModule):
                 f"the excess losses overflow the {self.divergence} DRRho risk (tau={self.tau}); no state was changed"
             )
         writes = PendingWrites(f"the {self.divergence} DRRho state is not finite")
-        writes.after(functools.partial(_write_scalar, self.log_u if self.divergence == "kl" else self.threshold,
-                                       self.seen, step.state))
+        writes.after(functools.partial(_write_scalar, state, None if seen else self.seen, step.state))
         writes.commit(write=self.training)  # state changes in training mode only (the check above holds them)
-        self._objective.fill_(step.objective)
+        self.__dict__["_last_objective"] = step.objective  # a plain float: skips nn.Module.__setattr__'s lookups
         return step.surrogate
 
     def objective(self) -> Tensor:
-        """Estimate of the DRRho risk from the last batch (``objective_name``); NaN before the first batch."""
-        return self._objective.clone()
+        """Estimate of the DRRho risk from the last batch (``objective_name``; float32, on the state's device); NaN
+        before the first batch."""
+        return torch.tensor(self._last_objective, dtype=torch.float32, device=self.seen.device)
 
 
-def _write_scalar(state: Tensor, seen: Tensor, value: float) -> None:
+def _write_scalar(state: Tensor, seen: Tensor | None, value: float) -> None:
+    """The step's writes: the new scalar state, and the first-visit flag (``seen``; None: already set)."""
     state.fill_(value)
-    seen.fill_(True)
+    if seen is not None:
+        seen.fill_(True)
 
 
 def _check_batch(
@@ -184,14 +187,14 @@ def _check_batch(
 ) -> tuple[Tensor, Tensor]:
     """This rank's checks: ``(losses [B], ref_losses [B] detached)``; ``finite=False`` leaves the NaN/inf check
     to the caller (after the step, before any state is written)."""
-    if not isinstance(losses, Tensor) or not losses.is_floating_point():
+    if not isinstance(losses, Tensor) or not losses.dtype.is_floating_point:
         raise TypeError(f"losses must be a floating-point tensor, got {getattr(losses, 'dtype', type(losses))}")
-    if losses.dim() != 1:
+    if losses.ndim != 1:
         raise ValueError(f"losses must have shape [B] (one loss per sample), got shape {tuple(losses.shape)}")
     if ref_losses is None:
         ref = torch.zeros_like(losses, requires_grad=False)
     else:
-        if not isinstance(ref_losses, Tensor) or not ref_losses.is_floating_point():
+        if not isinstance(ref_losses, Tensor) or not ref_losses.dtype.is_floating_point:
             raise TypeError(
                 f"ref_losses must be a floating-point tensor, got {getattr(ref_losses, 'dtype', type(ref_losses))}"
             )
@@ -199,7 +202,7 @@ def _check_batch(
             raise ValueError(
                 f"ref_losses shape {tuple(ref_losses.shape)} does not match losses shape {tuple(losses.shape)}"
             )
-        ref = ref_losses.detach()
+        ref = ref_losses.detach() if ref_losses.requires_grad else ref_losses
         if ref.dtype != losses.dtype or ref.device != losses.device:
             ref = ref.to(losses.device, losses.dtype)
     if index is not None:

@@ -17,7 +17,7 @@ from xrisk.functional.pauc import (
     pauc_kl_weights,
     pauc_risk,
 )
-from xrisk.functional.surrogates import SURROGATES, SurrogateName
+from xrisk.functional.surrogates import SHORTFALL_LOSSES, SURROGATES, SurrogateName, pair_kernel
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
 from xrisk.losses.ap import _update_column
 from xrisk._tensors import as_state_rows, like_tensor, on_device
@@ -182,21 +182,25 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
                                 self.gamma, writes, cause, unique)
         return pauc_kl_weights(losses, log_u, self.tau, scaled=z)  # pauc_kl_surrogate's weights
 
-    def _masked_task_weights(self, task: int, index: Tensor, losses: Tensor, pairs: Tensor, rows: Tensor,
-                             n_pos: Tensor, n_neg: Tensor, same: Tensor) -> Tensor:
-        neg = pairs.any(0)  # the negative columns (all False when the task has no positive: nothing is used)
+    def _masked_task_weights(self, task: int, index: Tensor, scores: Tensor, losses: Tensor, pos: Tensor,
+                             neg: Tensor, rows: Tensor, n_pos: Tensor, n_neg: Tensor, group: Tensor,
+                             scratch: dict | None) -> tuple[Tensor, Tensor | None, Tensor, dict]:
         if self.method == "cvar":
             value, seen, i = flat_column(self._modules["threshold"], task, index)  # type: ignore[arg-type]
             s = like_tensor(value.index_select(0, i), losses)  # [B]
-            above = (losses > s.unsqueeze(1)) & neg.unsqueeze(0)
-            grad = 1.0 - above.sum(1).to(losses.dtype) / (self.max_fpr * n_neg.clamp_min(1).to(losses.dtype))
+            above = pair_kernel(losses, s, None, None, 1.0, scratch=scratch)  # [B, B] 0/1: L_ij > s_i
+            count = torch.mv(above, neg)  # over the negative columns
+            grad = 1.0 - count / (self.max_fpr * n_neg.clamp_min(1).to(losses.dtype))
             new = as_state_rows(s - self.eta * grad, i)
-            masked_update_rows(value, seen, i, new, rows, same, _overwrite, writes=self._writes)
-            return torch.where(pairs, above.to(losses.dtype) / self.max_fpr, 0.0)
-        z = kl_logits(losses, self.tau)
-        log_u = masked_log_ema_column(self.log_u, index, task, masked_log_mean_exp(z, neg, n_neg), rows, same,
-                                      self.gamma, self._writes)
-        return torch.where(pairs, pauc_kl_weights(losses, like_tensor(log_u, z), self.tau, scaled=z), 0.0)
+            masked_update_rows(value, seen, i, new, rows, group, _overwrite, writes=self._writes)
+            return pos / self.max_fpr, neg, above, {"threshold": s}
+        exp_z, log_new, kernel = masked_exp_logits(losses, scores, neg, n_neg, self.tau, self.margin, self.surrogate,
+                                                   scratch)
+        log_u = like_tensor(masked_log_ema_column(self.log_u, index, task, log_new, rows, group, self.gamma,
+                                                  self._writes), exp_z)
+        # p_ij = exp(L_ij / tau - log u_i) = exp_z_ij exp(shift_i - log u_i)
+        a = torch.where(rows, torch.exp(kernel["shift"] - log_u), 0.0)
+        return a, None, exp_z, kernel
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return pauc_risk, (self.max_fpr,)
@@ -207,19 +211,36 @@ def _overwrite(old: Tensor, merged: Tensor, seen: Tensor) -> Tensor:
     return merged
 
 
-def masked_log_mean_exp(z: Tensor, cols: Tensor, count: Tensor) -> Tensor:
-    """``log mean_{j in cols} exp(z_ij)`` of a ``[B, B]`` matrix over the columns ``cols [B]`` (``count`` of them,
-    a device tensor) -> ``[B]``: :func:`~xrisk.functional.pauc.log_mean_exp_inner` with a column mask."""
-    masked = torch.where(cols.unsqueeze(0), z, float("-inf"))
-    return torch.logsumexp(masked, dim=1) - torch.log(count.clamp_min(1).to(z.dtype))
+def masked_exp_logits(losses: Tensor, scores: Tensor, cols: Tensor, count: Tensor, tau: float, margin: float,
+                      surrogate: str, scratch: dict | None) -> tuple[Tensor, Tensor, dict]:
+    """The overflow-free exponentials of the KL-DRO estimators over a whole batch: ``(E [B, B], log_mean [B],
+    kernel)`` with ``E_ij = exp(L_ij / tau - shift_i)`` on the columns ``cols`` (``[B]`` 0/1, ``count`` of them; the
+    exponent floored at ``-EXP_FLOOR``, see :func:`~xrisk.functional.surrogates.pair_kernel`) and exactly 0 elsewhere, ``shift_i = max_{j in cols} L_ij / tau`` (0 without columns), ``log_mean_i = log mean_{j in
+    cols} exp(L_ij / tau)``, and ``kernel`` the :func:`~xrisk.functional.surrogates.pair_kernel` arguments of ``E``.
+    ``losses`` are ``ell(margin - (f_i - f_j))`` of ``scores [B]`` (same dtype); every surrogate is convex in the
+    shortfall, so the row maximum over ``cols`` is at the largest or smallest score of ``cols`` and ``shift`` costs
+    ``O(B)``. One ``exp`` over the matrix (in the scratch matrix ``"k"``), no mask matrix."""
+    has = cols > 0
+    far = torch.finfo(scores.dtype).max
+    base = torch.rsub(scores, margin)
+    loss = SHORTFALL_LOSSES[surrogate]
+    shift = torch.maximum(loss(base + torch.where(has, scores, -far).amax()),
+                          loss(base + torch.where(has, scores, far).amin())) / tau
+    shift = torch.where(count > 0, shift, torch.zeros_like(shift))
+    kernel = {"shift": shift, "cols_mask": cols.to(scores.dtype), "inv_tau": 1.0 / tau}
+    exp_z = pair_kernel(losses, None, scratch=scratch, **kernel)
+    assert exp_z is not None
+    log_mean = torch.log(exp_z.sum(1)) + shift - torch.log(count.clamp_min(1).to(exp_z.dtype))
+    return exp_z, log_mean, kernel
 
 
-def masked_log_ema_column(state: SampleState, index: Tensor, task: int, log_new: Tensor, rows: Tensor, same: Tensor,
+def masked_log_ema_column(state: SampleState, index: Tensor, task: int, log_new: Tensor, rows: Tensor, group: Tensor,
                           gamma: float, writes: PendingWrites) -> Tensor:
     """:func:`_log_ema_column` over the whole batch (validation off): the rows ``rows [B]`` are merged in log space
-    (duplicates by ``same``) and stepped; returns ``[B]`` ``log u`` (the old value where not in ``rows``)."""
+    (duplicates by their :func:`~xrisk.state.duplicate_groups` ids ``group``) and stepped; returns ``[B]`` ``log u``
+    (the old value where not in ``rows``)."""
     value, seen, i = flat_column(state, task, index)
-    new, _ = masked_update_rows(value, seen, i, as_state_rows(log_new, i), rows, same,
+    new, _ = masked_update_rows(value, seen, i, as_state_rows(log_new, i), rows, group,
                                 lambda old, merged, seen_rows: log_ema(old, merged, gamma, seen_rows), log_space=True,
                                 writes=writes)
     return new

@@ -13,7 +13,7 @@ from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk.functional.pauc import kl_logits, log_ema, log_mean_exp_inner, tpauc_kl_weights, tpauc_risk
 from xrisk.functional.surrogates import SURROGATES, SurrogateName
 from xrisk.losses._partial_auc_base import PartialAUCLossBase
-from xrisk.losses.pauc_one_way import _log_ema_column, masked_log_ema_column, masked_log_mean_exp
+from xrisk.losses.pauc_one_way import _log_ema_column, masked_exp_logits, masked_log_ema_column
 from xrisk.sharding import Placement
 from xrisk.state import Cause, SampleState, column_views
 
@@ -139,18 +139,25 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         log_w = self._update_w(task, torch.logsumexp(log_u if ratio == 1.0 else ratio * log_u, 0) - math.log(n_pos), cause)
         return tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer, scaled=z)  # tpauc_kl_surrogate's
 
-    def _masked_task_weights(self, task: int, index: Tensor, losses: Tensor, pairs: Tensor, rows: Tensor,
-                             n_pos: Tensor, n_neg: Tensor, same: Tensor) -> Tensor:
-        z = kl_logits(losses, self.tau)
-        log_u = masked_log_ema_column(self.log_u, index, task, masked_log_mean_exp(z, pairs.any(0), n_neg), rows,
-                                      same, self.gamma0, self._writes)
-        log_u = like_tensor(log_u, z)
+    def _masked_task_weights(self, task: int, index: Tensor, scores: Tensor, losses: Tensor, pos: Tensor,
+                             neg: Tensor, rows: Tensor, n_pos: Tensor, n_neg: Tensor, group: Tensor,
+                             scratch: dict | None) -> tuple[Tensor, Tensor | None, Tensor, dict]:
+        exp_z, log_new, kernel = masked_exp_logits(losses, scores, neg, n_neg, self.tau, self.margin, self.surrogate,
+                                                   scratch)
+        log_u = like_tensor(masked_log_ema_column(self.log_u, index, task, log_new, rows, group, self.gamma0,
+                                                  self._writes), exp_z)
         ratio = self.tau / self.tau_outer
         inner = torch.where(rows, log_u if ratio == 1.0 else ratio * log_u, float("-inf"))
-        log_new = torch.logsumexp(inner, 0) - torch.log(n_pos.clamp_min(1).to(z.dtype))
-        log_w = self._update_w(task, torch.where(rows.any(), log_new, torch.zeros_like(log_new)), None,
-                               mask=rows.any().unsqueeze(0))
-        return torch.where(pairs, tpauc_kl_weights(losses, log_u, log_w, self.tau, self.tau_outer, scaled=z), 0.0)
+        log_w_new = torch.logsumexp(inner, 0) - torch.log(n_pos.clamp_min(1).to(exp_z.dtype))
+        any_row = rows.any()
+        log_w = like_tensor(self._update_w(task, torch.where(any_row, log_w_new, torch.zeros_like(log_w_new)), None,
+                                           mask=any_row.unsqueeze(0)), exp_z)
+        # p_ij = u_i^(tau / tau' - 1) exp(L_ij / tau) / w = exp_z_ij exp((tau / tau' - 1) log u_i + shift_i - log w)
+        log_a = kernel["shift"] - log_w
+        if ratio != 1.0:
+            log_a = log_a + (ratio - 1.0) * log_u
+        a = torch.where(rows, torch.exp(log_a), 0.0)
+        return a, None, exp_z, kernel
 
     def _risk(self) -> tuple[Callable[..., Tensor], tuple[object, ...]]:
         return tpauc_risk, (self.min_tpr, self.max_fpr)

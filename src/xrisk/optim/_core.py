@@ -94,8 +94,10 @@ def record_iterate_foreach(params: list[Tensor], states: list[dict[str, Any]]) -
     if isinstance(states[0]["avg_count"], Tensor):  # device counters (validation off): no host read
         counts = [st["avg_count"] for st in states]
         torch._foreach_add_(counts, 1)
-        weights = [(1.0 / c).to(p.dtype) for c, p in zip(counts, params)]
-        torch._foreach_lerp_([st["iterate_avg"] for st in states], params, weights)
+        weights = torch._foreach_reciprocal(counts)  # float32 0-dim tensors
+        if any(p.dtype != w.dtype for p, w in zip(params, weights)):
+            weights = [w.to(p.dtype) for w, p in zip(weights, params)]
+        torch._foreach_lerp_([st["iterate_avg"] for st in states], params, list(weights))
         return
     count = states[0]["avg_count"] + 1
     for st in states:

@@ -9,9 +9,11 @@ from torch import Tensor
 
 from xrisk._validate import check_positive, validation_enabled
 from xrisk.losses.compositional_auc import CompositionalAUCLoss
-from xrisk.optim._core import AUCOptimizer, device_counter, dual_ascent_, proximal_direction, record_iterate
+from xrisk.optim._core import (
+    AUCOptimizer, device_counter, dual_ascent_, proximal_direction, proximal_direction_foreach, record_iterate,
+)
 
-__all__ = ["PDSCA", "pdsca_update", "pdsca_update_masked"]
+__all__ = ["PDSCA", "pdsca_update", "pdsca_update_masked_foreach"]
 
 
 def pdsca_update(
@@ -55,7 +57,7 @@ def pdsca_update(
 
 
 def _unset_device_averages(state: dict[str, Any]) -> None:
-    """Drop the averages :func:`pdsca_update_masked` allocated but never set (host read: validation on only)."""
+    """Drop the averages :func:`pdsca_update_masked_foreach` allocated but never set (host read: validation on only)."""
     for key in ("weight_avg", "grad_avg"):
         flag = state.get(key + "_set")
         if flag is not None:
@@ -64,10 +66,10 @@ def _unset_device_averages(state: dict[str, Any]) -> None:
             del state[key + "_set"]
 
 
-def pdsca_update_masked(
-    p: Tensor,
-    grad: Tensor,
-    state: dict[str, Any],
+def pdsca_update_masked_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
     *,
     ce: Tensor,
     frozen_in_ce: bool,
@@ -79,37 +81,47 @@ def pdsca_update_masked(
     epoch_decay: float,
     clip_value: float | None,
 ) -> None:
-    """:func:`pdsca_update` with the phase as a 0-dim bool tensor ``ce`` (validation off: no host read).
+    """:func:`pdsca_update` of a list of parameters (one ``frozen_in_ce``, one set of hyper-parameters) with the
+    phase as a 0-dim bool tensor ``ce`` (validation off: no host read), in ``torch._foreach_*`` list ops.
 
-    Both phases' updates are computed and the current one selected with ``torch.where``; ``frozen_in_ce``: the
-    parameter is not updated in the CE phase (the loss's ``a``, ``b``). The averages ``weight_avg``/``grad_avg``
-    are allocated at once, with device flags ``weight_avg_set``/``grad_avg_set`` for "set by a step" (a later
-    validated step drops unset ones), and the counter is a device tensor. Equal to :func:`pdsca_update` up to
-    rounding.
-    """
-    d = proximal_direction(p, grad, state, clip_value=clip_value, weight_decay=weight_decay,
-                           epoch_decay=epoch_decay)
-    for key, init in (("weight_avg", p), ("grad_avg", d)):
-        if key not in state:
-            state[key] = init.detach().clone()
-            state[key + "_set"] = torch.zeros((), dtype=torch.bool, device=p.device)
-        elif key + "_set" not in state:
-            state[key + "_set"] = torch.ones((), dtype=torch.bool, device=p.device)
-    u, z, u_set, z_set = state["weight_avg"], state["grad_avg"], state["weight_avg_set"], state["grad_avg_set"]
-    stepped = p - lr0 * d
-    u_new = torch.where(u_set, torch.lerp(u, stepped, beta1), stepped)
-    z_new = torch.where(z_set, torch.lerp(z, d, beta2), d)
-    p_auc = p - lr * z_new
-    p_ce = p if frozen_in_ce else u_new
-    u.copy_(torch.where(ce, u_new, u))
-    z.copy_(torch.where(ce, z, z_new))
-    u_set.logical_or_(ce)
-    z_set.logical_or_(~ce)
-    p.copy_(torch.where(ce, p_ce, p_auc))
-    count = device_counter(state, "avg_count", p)  # the iterate is recorded unless the parameter was frozen
-    moved = ~ce if frozen_in_ce else torch.ones_like(ce)
-    count.add_(moved.to(count.dtype))
-    state["iterate_avg"].lerp_(p, torch.where(moved, 1.0 / count.clamp_min(1), 0.0).to(p.dtype))
+    Both phases' updates are computed and the current one selected through ``lerp`` with 0/1 weights
+    (``lerp(y, x, 1) = x``, ``lerp(y, x, 0) = y`` exactly for finite values); ``frozen_in_ce``: the parameters are
+    not updated in the CE phase (the loss's ``a``, ``b``). The averages ``weight_avg``/``grad_avg`` are allocated
+    at once, with device flags ``weight_avg_set``/``grad_avg_set`` for "set by a step" (a later validated step
+    drops unset ones), and the counter is a device tensor. Equal to :func:`pdsca_update` up to rounding."""
+    d = proximal_direction_foreach(params, grads, states, clip_value=clip_value, weight_decay=weight_decay,
+                                   epoch_decay=epoch_decay)
+    for key, init in (("weight_avg", params), ("grad_avg", d)):
+        for st, x in zip(states, init):
+            if key not in st:
+                st[key] = x.detach().clone()
+                st[key + "_set"] = torch.zeros((), dtype=torch.bool, device=x.device)
+            elif key + "_set" not in st:
+                st[key + "_set"] = torch.ones((), dtype=torch.bool, device=x.device)
+    n = len(params)
+    dtype = params[0].dtype
+    u, z = [st["weight_avg"] for st in states], [st["grad_avg"] for st in states]
+    u_set, z_set = [st["weight_avg_set"] for st in states], [st["grad_avg_set"] for st in states]
+    flags = torch.stack([*u_set, *z_set]).to(dtype).unbind()
+    ce_w = ce.to(dtype)
+    auc_w = 1.0 - ce_w
+    stepped = torch._foreach_add(params, d, alpha=-lr0)  # p - lr0 d
+    u_new = torch._foreach_lerp(stepped, torch._foreach_lerp(u, stepped, beta1), list(flags[:n]))
+    z_new = torch._foreach_lerp(d, torch._foreach_lerp(z, d, beta2), list(flags[n:]))
+    p_auc = torch._foreach_add(params, z_new, alpha=-lr)
+    torch._foreach_lerp_(u, u_new, [ce_w] * n)  # the CE phase moves u, the AUC phase z
+    torch._foreach_lerp_(z, z_new, [auc_w] * n)
+    for st in states:
+        st["weight_avg_set"].logical_or_(ce)
+        st["grad_avg_set"].logical_or_(~ce)
+    torch._foreach_lerp_(p_auc, params if frozen_in_ce else u_new, [ce_w] * n)
+    torch._foreach_copy_(params, p_auc)
+    counts = [device_counter(st, "avg_count", p) for st, p in zip(states, params)]
+    moved = auc_w if frozen_in_ce else torch.ones_like(ce_w)  # the iterate is recorded unless the parameter was frozen
+    torch._foreach_add_(counts, [moved.to(counts[0].dtype)] * n)
+    weights = torch._foreach_reciprocal(torch._foreach_clamp_min(counts, 1))
+    weights = torch._foreach_mul(weights if weights[0].dtype == dtype else [w.to(dtype) for w in weights], moved)
+    torch._foreach_lerp_([st["iterate_avg"] for st in states], params, list(weights))
 
 
 class PDSCA(AUCOptimizer):
@@ -261,14 +273,20 @@ class PDSCA(AUCOptimizer):
                         dual_ascent_(ascended, p.grad, group["lr"])
                         p.copy_(torch.where(ce, p, ascended))
                 continue
+            buckets: dict[tuple[bool, torch.dtype, torch.device], tuple[list, list, list]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("PDSCA does not support sparse gradients")
-                pdsca_update_masked(
-                    p, p.grad, self._init_proximal(p), ce=ce, frozen_in_ce=id(p) in aux, lr=group["lr"],
-                    lr0=group["lr0"], beta1=group["beta1"], beta2=group["beta2"], weight_decay=group["weight_decay"],
+                bucket = buckets.setdefault((id(p) in aux, p.dtype, p.device), ([], [], []))
+                bucket[0].append(p)
+                bucket[1].append(p.grad)
+                bucket[2].append(self._init_proximal(p))
+            for (frozen, _, _), (params, grads, states) in buckets.items():
+                pdsca_update_masked_foreach(
+                    params, grads, states, ce=ce, frozen_in_ce=frozen, lr=group["lr"], lr0=group["lr0"],
+                    beta1=group["beta1"], beta2=group["beta2"], weight_decay=group["weight_decay"],
                     epoch_decay=group["epoch_decay"], clip_value=group["clip_value"],
                 )
 
