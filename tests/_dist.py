@@ -5,13 +5,18 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import tempfile
 import time
 from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401 - imported before init_process_group on purpose, see _worker
 import torch.multiprocessing as mp
+
+# threads of a live gloo process group (torch 2.x names): gloo's work loops, its TCP event loop, the TCPStore server
+_COMM_THREADS = ("pt_gloo", "gloo_", "pt_tcpstore")
 
 
 def _free_port() -> int:
@@ -20,8 +25,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _comm_threads() -> list[str]:
+    """Names of this process's threads that belong to a process group (Linux; [] where /proc is missing)."""
+    names = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return names
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if name.startswith(_COMM_THREADS):
+            names.append(name)
+    return sorted(names)
+
+
 def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out_dir: str,
-            timeout: float) -> None:
+            timeout: float, strict_teardown: bool) -> None:
+    """One rank: init, ``fn``, save its result, then a teardown that leaves no gloo thread to interpreter shutdown.
+
+    The process group must be freed by ``destroy_process_group``, while Python is fully alive: gloo's threads are
+    then joined in order. If something still references it, it is freed during interpreter shutdown instead,
+    with its threads running, and the process can die with SIGABRT ("terminate called without an active
+    exception"). The reference came from ``torch.distributed.nn.functional``, which binds ``group.WORLD`` as
+    a default argument when first imported; the first ``torch.optim`` optimizer imports it (through
+    ``torch._dynamo``), so in every test that builds an optimizer after ``init_process_group`` the group
+    outlived ``destroy_process_group``. Imported at the top of this module (before init), it binds ``None``.
+    Other references remain inside torch (DDP, ``torch.distributed.checkpoint``, ``torch.compile`` keep the group
+    in 2-process tests of those): when gloo threads outlive the teardown, the rank skips interpreter shutdown
+    (``os._exit`` after its result is saved), and with ``strict_teardown`` the leak fails the test instead.
+    """
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -30,26 +66,36 @@ def _worker(rank: int, world: int, port: int, fn: Callable[..., Any], args: tupl
     try:
         result = fn(rank, world, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-        # no rank tears its connections down while a peer still finishes the last collective (gloo then
-        # aborts the peer: "terminate called without an active exception", seen under load)
+        # no rank closes its connections while a peer still finishes the last collective
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    left = _comm_threads()
+    if left and not strict_teardown:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # the result is saved: no interpreter shutdown with the group's threads running
+    if left:
+        raise RuntimeError(f"rank {rank}: the process group outlived destroy_process_group ({', '.join(left)} still "
+                           "running): something still references it (a default argument bound to group.WORLD, a "
+                           "global); it would be torn down during interpreter shutdown, which can abort the process")
 
 
-def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 300.0) -> list[Any]:
+def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2, timeout: float = 300.0,
+                    strict_teardown: bool = False) -> list[Any]:
     """``fn(rank, world_size, *args)`` in ``world_size`` gloo processes; returns results by rank.
 
     ``fn`` must be a module-level function (it is pickled into the spawned processes) and
     return tensors / plain containers of tensors. A worker that dies (e.g. SIGABRT inside gloo)
     or raises makes this raise; after ``timeout`` seconds (also each collective's timeout) the
     workers still running are terminated and :class:`TimeoutError` is raised, so a hang fails the
-    test instead of blocking the suite.
+    test instead of blocking the suite. ``strict_teardown``: fail when the process group outlives
+    ``destroy_process_group`` (see ``_worker``).
     """
     with tempfile.TemporaryDirectory() as d:
         ctx = mp.start_processes(
-            _worker, args=(world_size, _free_port(), fn, args, d, timeout), nprocs=world_size, join=False,
-            start_method="spawn",
+            _worker, args=(world_size, _free_port(), fn, args, d, timeout, strict_teardown), nprocs=world_size,
+            join=False, start_method="spawn",
         )
         deadline = time.monotonic() + timeout + 30.0  # spawning and imports come on top of the collectives
         while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):

@@ -393,3 +393,62 @@ def test_half_and_double_keep_the_state_dtypes(name: str) -> None:
     out = f(ProblemState(torch.tensor(1.0, dtype=torch.float64), torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)))
     assert out.dtype == torch.float64 and int(f.num_steps) == 2
     assert "num_steps" not in dict(f.named_buffers())  # replicated state: never broadcast by DDP
+
+
+# ------------------------------------------------------------------------------------ fast paths
+@pytest.mark.parametrize("name", list(FORMULATIONS))
+def test_whole_set_fast_path_equals_the_first_visit_rule_and_restarts_after_load(name: str) -> None:
+    torch.manual_seed(5)
+    seq = [torch.randn(4) for _ in range(5)]
+    fast = FORMULATIONS[name](4, gamma=0.6)  # every step observes all four: the lerp-only path from step 2 on
+    slow = FORMULATIONS[name](4, gamma=0.6)  # the same values through an explicit index: the first-visit path
+    for v in seq:
+        a = fast(_state(v, objective=torch.tensor(1.0)))
+        b = slow(_state(v, [0, 1, 2, 3], objective=torch.tensor(1.0)))
+        assert float(a) == float(b)
+    for k, v in fast.state_dict().items():
+        assert torch.equal(v, slow.state_dict()[k]), k
+    # a state loaded into the module (here: a fresh one, nothing seen) must be read again, not assumed seen
+    fast.load_state_dict(FORMULATIONS[name](4, gamma=0.6).state_dict())
+    fast(_state([0.5, -0.5, 0.25, 1.0]))
+    assert fast.u.value.tolist() == [0.5, -0.5, 0.25, 1.0] and bool(fast.u.seen.all())
+
+
+@pytest.mark.parametrize("name", list(FORMULATIONS))
+def test_validation_off_matches_validation_on_and_still_refuses_nan(name: str) -> None:
+    from xrisk import validation
+
+    torch.manual_seed(6)
+    seq = [(torch.randn(3), None if t % 2 else torch.tensor([2, 0, 1])) for t in range(5)]
+    on, off = FORMULATIONS[name](3, gamma=0.5), FORMULATIONS[name](3, gamma=0.5)
+    for v, i in seq:
+        a = on(_state(v, i, objective=torch.tensor(0.5)))
+        with validation(False):
+            b = off(_state(v, i, objective=torch.tensor(0.5)))
+        assert float(a) == float(b)
+    for k, v in on.state_dict().items():
+        assert torch.equal(v, off.state_dict()[k]), k
+    before = copy.deepcopy(off.state_dict())
+    with validation(False), pytest.raises(RuntimeError, match="NaN/inf.*no state was changed"):
+        off(_state([0.1, float("nan"), 0.3]))
+    with validation(False), pytest.raises(RuntimeError, match="NaN/inf"):
+        off(_state([0.1, 0.2, 0.3], objective=torch.tensor(float("inf"))))
+    for k, v in off.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_full_index_is_recognised_only_while_unmodified() -> None:
+    from xrisk.constrained import full_index
+    from xrisk.constrained.problem import is_full_index
+
+    ids = full_index(4)
+    assert ids is full_index(4) and ids.tolist() == [0, 1, 2, 3] and is_full_index(ids, 4)
+    assert not is_full_index(torch.arange(4), 4) and not is_full_index(ids, 5)
+    f, g = HingePenalty(4, beta=1.0, gamma=0.5), HingePenalty(4, beta=1.0, gamma=0.5)
+    for v in ([0.2, -0.1, 0.3, 0.4], [0.1, 0.1, -0.3, 0.2]):
+        assert float(f(_state(v, full_index(4)))) == float(g(_state(v)))
+    assert torch.equal(f.u.value, g.u.value)
+    ids.add_(0)  # written in place: no longer trusted, and replaced
+    assert not is_full_index(ids, 4) and full_index(4) is not ids
+    with pytest.raises(ValueError, match="repeats a constraint"):
+        f(_state([0.1, 0.2, 0.3, 0.4], ids.fill_(1)))

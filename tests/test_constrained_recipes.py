@@ -155,3 +155,26 @@ def test_continual_resume_is_bit_identical(tmp_path) -> None:
 def test_continual_tasks_must_fit_the_classes(tmp_path, capsys) -> None:
     assert main(["run", "continual", "--data", "digits", "--tasks", "6", "--out", str(tmp_path / "r")]) == 2
     assert "--tasks" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_fair_folds_write_out_of_fold_predictions(tmp_path, fake_root, capsys) -> None:
+    from xrisk.data.fairness import load_fairness
+
+    pooled = []
+    for k in range(3):
+        out = tmp_path / f"fold{k}"
+        assert main([*_fair(fake_root, "--formulation", "hinge", "--epochs", "1", "--no-plot", "--fold", str(k),
+                            "--folds", "3", "--split-seed", "0", "--out", str(out))]) == 0
+        pred = torch.load(out / "test_predictions.pt")
+        final, _ = _read(out)
+        assert len(pred["prob"]) == len(pred["target"]) == len(pred["group"])
+        assert final["test_accuracy"] == pytest.approx(float(((pred["prob"] >= 0.5).long() == pred["target"])
+                                                             .double().mean()))
+        pooled.append(len(pred["prob"]))
+    d = load_fairness("compas", root=fake_root, seed=0)
+    assert sum(pooled) == len(d.y_train) + len(d.y_test)
+    capsys.readouterr()
+    assert main([*_fair(fake_root, "--fold", "3", "--folds", "3", "--out", str(tmp_path / "bad"))]) == 2
+    assert "must be smaller than --folds 3" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["run", "fair", "--data", "adult", "--fold", "0", "--out", str(tmp_path / "bad2")]) == 2
+    assert "adult has an official train/test split" in capsys.readouterr().err

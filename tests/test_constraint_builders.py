@@ -126,3 +126,19 @@ def test_non_forgetting_gradcheck_float64() -> None:
     before = torch.rand(15, generator=g, dtype=torch.float64)
     groups = torch.randint(0, 4, (15,), generator=g)
     assert torch.autograd.gradcheck(lambda x: non_forgetting_constraints(x, before, groups, 0.1).values, (now,))
+
+
+def test_roc_fairness_full_batch_returns_the_shared_full_index_and_one_host_read_checks() -> None:
+    from xrisk.constrained import full_index
+
+    s, y, g = torch.rand(8), torch.tensor([0, 1] * 4), torch.tensor([0, 0, 1, 1] * 2)
+    c = roc_fairness_constraints(s, y, g, [0.3, 0.6], 0.1)
+    assert c.index is full_index(8)
+    with pytest.raises(ValueError, match="targets and groups must be binary"):
+        roc_fairness_constraints(s, y - 1, g, [0.5], 0.1)  # negative labels
+    with pytest.raises(ValueError, match="targets and groups must be binary"):
+        roc_fairness_constraints(s, y * 2, g, [0.5], 0.1)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        roc_fairness_constraints(s.clone().fill_(float("inf")), y, g, [0.5], 0.1)
+    big = torch.full((8,), 3e38)  # finite scores whose sum overflows: only the exact check decides
+    assert roc_fairness_constraints(big, y, g, [0.5], 0.1).values.isfinite().all()

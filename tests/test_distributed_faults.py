@@ -14,6 +14,7 @@ import torch
 
 from _dist import run_distributed
 from xrisk.losses import APLoss, FalseNegativeDetector, GlobalContrastiveLoss, OneWayPartialAUCLoss
+from xrisk import distributed as xdist
 from xrisk.state import SampleState
 
 N = 12
@@ -98,7 +99,8 @@ def _assert_same_error_everywhere(per_rank: list[dict], expected: dict, name_of)
 def _all_cases(rank: int, world: int) -> dict:
     """Every scenario of this file in one pair of processes (spawning them costs more than the scenarios)."""
     return {"score": _score_faults(rank, world), "contrastive": _contrastive_faults(rank, world),
-            "state": _state_faults(rank, world), "skip": _train_skipping(rank, world)}
+            "state": _state_faults(rank, world), "skip": _train_skipping(rank, world),
+            "skip_backward": _skip_backward_together(rank, world)}
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +250,46 @@ def test_ranks_that_skip_a_bad_batch_stay_in_step(results):
         assert len(res["errors"]) == 1 and "rank 1 of 2" in res["errors"][0], f"rank {r}: {res['errors']}"
         for k, v in ref.state_dict().items():
             torch.testing.assert_close(res["state"][k], v, equal_nan=True, msg=f"rank {r} state {k}")
+
+
+
+# ----------------------------------------------------------------------------- skipping backward together
+def _skip_backward_together(rank: int, world: int) -> dict:
+    """Step 1: rank 1 rejects its loss value after the forward (a check of its own, which xrisk cannot see). The
+    ranks decide together (``all_reduce_max`` of the flag, as docs/guide.md says) and all skip that backward."""
+    loss = APLoss(N, gamma=0.5)
+    skipped, grads = [], []
+    for step in range(3):
+        s, y, idx = _scores(step, rank)
+        s.requires_grad_(True)
+        value = loss(s, y, idx)
+        bad = torch.tensor(float(step == 1 and rank == 1))
+        if xdist.all_reduce_max(bad).item() > 0:
+            skipped.append(step)
+            continue
+        value.backward()
+        grads.append(s.grad.clone())
+    return {"skipped": skipped, "state": _snapshot(loss), "grads": grads}
+
+
+@pytest.mark.distributed
+def test_ranks_that_skip_a_backward_together_stay_in_step(results):
+    """A rank that skips backward alone leaves its peers waiting in the gradient all-reduce of the gather until
+    the process group's timeout (measured: gloo "Timed out waiting ... for recv/send" on both ranks, the group closed
+    afterwards); agreeing on the skip keeps every rank in step, with the state and gradients of one process."""
+    per_rank = results["skip_backward"]
+    ref = APLoss(N, gamma=0.5)
+    ref_grads = []
+    for step in range(3):  # the forward of the skipped step still updated the state, on every rank alike
+        parts = [_scores(step, r) for r in range(2)]
+        s = torch.cat([p[0] for p in parts]).requires_grad_(True)
+        value = ref(s, *[torch.cat([p[i] for p in parts]) for i in (1, 2)])
+        if step != 1:
+            value.backward()
+            ref_grads.append(s.grad)
+    for r, res in enumerate(per_rank):
+        assert res["skipped"] == [1], f"rank {r}: {res['skipped']}"
+        for k, v in ref.state_dict().items():
+            torch.testing.assert_close(res["state"][k], v, equal_nan=True, msg=f"rank {r} state {k}")
+        for got, want in zip(res["grads"], ref_grads):  # the gather's "sum" policy: K x one process's rows
+            torch.testing.assert_close(got, 2 * want[4 * r : 4 * r + 4], msg=f"rank {r} gradient")

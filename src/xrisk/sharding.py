@@ -40,7 +40,7 @@ replicated one.
 from __future__ import annotations
 
 import contextlib
-import functools
+import weakref
 from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import torch
@@ -227,11 +227,21 @@ def state_window(module: nn.Module, index: Tensor, *, local: bool, write: bool) 
 
 
 # ----------------------------------------------------------------------------- checkpoints
-@functools.lru_cache(maxsize=8)
-def _mesh(device_type: str, world: int) -> "DeviceMesh":
+# The mesh of the default group by device type, while something (a state_dict's DTensors) still uses it. Weak
+# values: a cached mesh holds its process group, and a group that outlives destroy_process_group is torn down
+# during interpreter shutdown with gloo's threads still running (and a re-initialised group would get the old one).
+_MESHES: "weakref.WeakValueDictionary[str, DeviceMesh]" = weakref.WeakValueDictionary()
+
+
+def _mesh(device_type: str) -> "DeviceMesh":
     from torch.distributed.device_mesh import DeviceMesh
 
-    return DeviceMesh.from_group(torch.distributed.group.WORLD, device_type)
+    group = torch.distributed.group.WORLD
+    mesh = _MESHES.get(device_type)
+    if mesh is None or mesh.get_group() is not group:
+        mesh = DeviceMesh.from_group(group, device_type)
+        _MESHES[device_type] = mesh
+    return mesh
 
 
 def as_dtensor(local: Tensor, num_samples: int) -> Tensor:
@@ -241,7 +251,7 @@ def as_dtensor(local: Tensor, num_samples: int) -> Tensor:
 
     shape = (num_samples, *local.shape[1:])
     stride = torch.empty(shape, device="meta").stride()
-    return DTensor.from_local(local, _mesh(local.device.type, xdist.world_size()), [Shard(0)], run_check=False,
+    return DTensor.from_local(local, _mesh(local.device.type), [Shard(0)], run_check=False,
                               shape=shape, stride=stride)
 
 

@@ -31,6 +31,10 @@ class LossCase:
     extra: optional keys. ``"degenerate"``: ``() -> list[tuple]`` of further batches that must give a
         graph-connected zero and leave state unchanged (e.g. a contrastive batch without negatives).
 
+    A loss with ``objective()`` (every surrogate loss) must report a finite estimate after a batch; a loss
+    whose value is the objective itself (FocalLoss) has no ``objective()``.
+    ``tests/test_conformance.py`` fails for a loss exported from ``xrisk.losses`` that no case drives.
+
     Every case is also run in ``eval()`` mode (no state may change) and with a forced non-finite update
     (no state may change, the error names a cause); see ``tests/test_conformance.py``.
     """

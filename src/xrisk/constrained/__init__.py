@@ -1,7 +1,7 @@
 """Re-exports only."""
 
 from xrisk.constrained.problem import Constraints, ConstrainedProblem, ConstraintReport, ProblemState
-from xrisk.constrained.problem import equality_as_inequalities
+from xrisk.constrained.problem import equality_as_inequalities, full_index
 from xrisk.constrained.formulation import ConstraintFormulation
 from xrisk.constrained.hinge import HingePenalty
 from xrisk.constrained.squared_hinge import SquaredHingePenalty
@@ -10,5 +10,6 @@ from xrisk.constrained.fairness import roc_fairness_constraints, roc_fairness_nu
 from xrisk.constrained.forgetting import non_forgetting_constraints
 
 __all__ = ["ProblemState", "ConstrainedProblem", "Constraints", "ConstraintReport", "equality_as_inequalities",
+           "full_index",
            "ConstraintFormulation", "HingePenalty", "SquaredHingePenalty", "Lagrangian",
            "roc_fairness_constraints", "roc_fairness_num_constraints", "non_forgetting_constraints"]

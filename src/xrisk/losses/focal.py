@@ -23,7 +23,8 @@ class FocalLoss(nn.Module):
     where ``z`` are the ``logits`` (not sigmoid scores), ``gamma`` down-weights easy examples
     (``gamma = 0`` and ``alpha = 0.5`` give half the binary cross-entropy) and ``alpha`` weighs
     the positive class (``alpha=None`` gives ``alpha_t = 1``). ``log p_t`` is computed as
-    ``-BCEWithLogits`` for numerical stability. No state.
+    ``-BCEWithLogits`` for numerical stability. No state. An empty batch (no entries) gives a
+    graph-connected zero, not the NaN of an empty mean.
 
     Args:
         alpha: weight of the positives in ``[0, 1]``, or ``None`` for no class weighting.
@@ -56,6 +57,8 @@ class FocalLoss(nn.Module):
         y = targets.to(logits.dtype)
         if not ((y == 0) | (y == 1)).all():
             raise ValueError("targets must be binary (0/1); got values outside {0, 1}")
+        if logits.numel() == 0:  # the mean of nothing: a connected zero, like every xrisk loss
+            return logits.sum() * 0.0
         ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")  # -log p_t
         p_t = torch.exp(-ce)
         loss = (1.0 - p_t).pow(self.gamma) * ce

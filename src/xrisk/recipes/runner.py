@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 import xrisk
-from xrisk.checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, read_checkpoint, save_checkpoint
+from xrisk.checkpoint import CheckpointError, CheckpointMismatchError, _restore, read_checkpoint, save_checkpoint
 from xrisk.recipes.lock import RunLock
 from xrisk.recipes.progress import ProgressBar
 
@@ -175,7 +175,8 @@ class RunContext:
             checkpoint, and on resume every argument outside :data:`RESUME_FREE_ARGS` must equal
             the stored one.
         quiet: silence the progress bar and notices.
-        resume: continue from ``out_dir/checkpoint.pt`` (:meth:`resume` loads it).
+        resume: continue from ``out_dir/checkpoint.pt``: the file is read once, here, and checked against
+            ``args``; :meth:`resume` validates the parts and restores them from that read.
         plot: write PNG plots of the metric curves in :meth:`finish` (needs matplotlib).
         stream: where progress and notices go (default ``sys.stderr``).
         checkpoint_every: write a checkpoint every this many steps of :meth:`steps` (0: only at
@@ -228,6 +229,7 @@ class RunContext:
         self._objects: dict[str, Any] | None = None
         self._user_extra: dict[str, Any] = {}
         self._pending: dict[str, Any] | None = None  # a mid-epoch checkpoint waiting for steps()
+        self._checkpoint: dict[str, Any] | None = None  # the file read (once) on --resume, until resume() loads it
         self._interrupted = False
         self._old_handler: Any = None
         self._handler_installed = False
@@ -261,8 +263,7 @@ class RunContext:
             "started": now,
         }
         if resume and self.checkpoint_path.exists():
-            # Fail before touching the folder if the arguments differ from the checkpoint's.
-            self._check_args(self._read_run_extra())
+            self._read_run_checkpoint()  # fails before touching the folder if the arguments differ
             old_config = self.out_dir / "config.json"
             if old_config.exists():
                 try:
@@ -407,8 +408,8 @@ class RunContext:
         if not self.checkpoint_path.exists():
             self.notice(f"no checkpoint in {self.out_dir}; starting from epoch 0")
             return 0
-        extra = self._read_run_extra()
-        self._check_args(extra)  # checked at construction too; the file may have changed since
+        payload = self._read_run_checkpoint()  # the file read at construction: validated, restored, never re-read
+        extra = payload["extra"]
         epoch, step = int(extra.get("epoch", 0)), int(extra.get("step", 0))
         wanted = self.args.get("epochs")
         if isinstance(wanted, int) and (epoch > wanted or step and epoch + 1 > wanted):
@@ -425,11 +426,12 @@ class RunContext:
             except (ValueError, KeyError, TypeError) as e:
                 raise CheckpointMismatchError(f"sampler state in {self.checkpoint_path} does not fit: {e}") from e
         try:
-            extra = load_checkpoint(self.checkpoint_path, model=model, loss=loss, optimizer=optimizer)
+            extra = _restore(self.checkpoint_path, payload, model=model, loss=loss, optimizer=optimizer)
         except BaseException:
             if previous_sampler is not None:
                 _load_sampler_state(sampler, previous_sampler)
             raise
+        self._checkpoint = None  # loaded: free the memory
         self.history = list(extra.get("history", []))
         self._rewrite_history()
         _set_rng_state(extra["rng"])
@@ -451,11 +453,18 @@ class RunContext:
         """The ``extra`` keyword values given to :meth:`save`, as restored by :meth:`resume` ({} if none)."""
         return dict(self._user_extra)
 
-    def _read_run_extra(self) -> dict[str, Any]:
-        extra = read_checkpoint(self.checkpoint_path)["extra"]
-        if not isinstance(extra.get("epoch"), int) or not isinstance(extra.get("rng"), dict):
-            raise CheckpointError(f"{self.checkpoint_path} is a checkpoint but not of an xrisk run (no epoch or RNG state)")
-        return extra
+    def _read_run_checkpoint(self) -> dict[str, Any]:
+        """The run's checkpoint, read from disk once (kept until :meth:`resume` has loaded it), checked to be
+        an xrisk run's with this run's arguments."""
+        if self._checkpoint is None:
+            payload = read_checkpoint(self.checkpoint_path)
+            extra = payload["extra"]
+            if not isinstance(extra.get("epoch"), int) or not isinstance(extra.get("rng"), dict):
+                raise CheckpointError(f"{self.checkpoint_path} is a checkpoint but not of an xrisk run (no epoch or "
+                                      "RNG state)")
+            self._check_args(extra)
+            self._checkpoint = payload
+        return self._checkpoint
 
     def _check_args(self, stored: Mapping[str, Any]) -> None:
         if stored.get("recipe") not in (None, self.recipe):
@@ -592,6 +601,7 @@ class RunContext:
         """Restore the Ctrl-C handler and release the folder's lock (done by :meth:`finish`; idempotent)."""
         self._restore_sigint_handler()
         self._lock.release()
+        self._checkpoint = None
 
     def __enter__(self) -> RunContext:
         return self
