@@ -183,3 +183,38 @@ def test_eval_mode_with_validation_off_returns_the_training_value_and_writes_not
     assert evaluated.dtype == torch.float64
     close(evaluated, trained, "eval value", atol=1e-12)
     assert not torch.equal(loss.log_u.value, before["log_u.value"]), "the training call wrote"
+
+
+def test_bench_hand_written_gcl_is_the_per_sample_temperature_gcl_step_on_distinct_indices():
+    """``bench/compile_contrastive.py``'s hand-written per-sample-temperature GCL step is the library's step when no
+    index repeats: loss values, feature gradients and every per-sample state over steps that revisit samples."""
+    import importlib.util
+    import pathlib
+    import sys
+
+    bench = pathlib.Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("_bench_compile_contrastive", bench / "compile_contrastive.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    finally:
+        sys.path.remove(str(bench))
+    n = 30
+    floor = mod.HandWrittenGCL(n, 0.07)
+    loss = GlobalContrastiveLoss(n, mode="bimodal", temperature="individual", tau=0.07, rho=6.5)
+    g = torch.Generator().manual_seed(0)
+    for step in range(4):
+        a, b = torch.randn(B, 16, generator=g), torch.randn(B, 16, generator=g)
+        idx = torch.randperm(n, generator=g)[:B]  # distinct within a batch, samples revisited across batches
+        grads = []
+        for module in (floor, loss):
+            fa, fb = a.clone().requires_grad_(), b.clone().requires_grad_()
+            out = module(fa, fb, idx)
+            out.backward()
+            grads.append((out.detach(), fa.grad, fb.grad))
+        for x, y, what in zip(*grads, ("loss", "grad a", "grad b")):
+            close(x, y, f"step {step}: {what}")
+        close(floor.log_u[idx], loss.log_u.value[idx], f"step {step}: log u")
+        close(floor.momentum[idx], loss.tau_momentum.value[idx], f"step {step}: momentum")
+        close(floor.tau, loss.tau_individual.value, f"step {step}: temperatures")
