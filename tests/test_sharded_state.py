@@ -28,6 +28,7 @@ SCORE_BATCHES = [  # global batches of 11: duplicates inside a rank and across r
     [0, 3, 1, 4, 5, 12, 0, 7, 8, 9, 5],
     [2, 2, 3, 4, 9, 10, 11, 5, 6, 8, 12],
     [1, 0, 6, 7, 8, 3, 2, 1, 10, 11, 4],
+    [6, 0, 5, 1, 4, 2, 3, 6, 0, 5, 1],  # rows of the first shard only: on 2 ranks rank 1 owns none of the batch
 ]
 PAIR_BATCHES = [[0, 1, 2, 12, 4, 2, 5, 9, 6], [6, 2, 7, 8, 0, 9, 2, 11, 3], [3, 5, 1, 10, 12, 4, 7, 0, 8]]
 SPLITS = {1: None, 2: (6, 5), 4: (4, 3, 2, 2)}  # local sizes of the score batches of 11

@@ -91,6 +91,7 @@ Running xrisk under DDP
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Literal, Mapping, Sequence, TypeVar
@@ -403,8 +404,8 @@ def _gather_pair(x: Tensor, extra: Tensor, sizes: Sequence[int], extra_sizes: Se
     """``(_gather_padded(x, sizes), _gather_padded(extra, extra_sizes))`` in one collective: both flattened to the
     wider of their dtypes and at least float32 (exact for floating dtypes and 0/1 flags) and packed per rank."""
     dev = _comm_device()
-    a = x[0].numel() if x.dim() > 1 else 1
-    b = extra[0].numel() if extra.dim() > 1 else 1
+    a = math.prod(x.shape[1:])  # per-row widths from the shape: a rank may hold no row (owns none of the batch)
+    b = math.prod(extra.shape[1:])
     work = torch.promote_types(torch.promote_types(x.dtype, extra.dtype), torch.float32)
     flat = torch.cat([x.detach().reshape(-1).to(dev, work), extra.reshape(-1).to(dev, work)])
     lengths = [s * a + u * b for s, u in zip(sizes, extra_sizes)]
