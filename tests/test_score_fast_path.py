@@ -144,3 +144,14 @@ def test_cached_constants_give_the_python_scalar_results(dtype):
     y = x.double().requires_grad_(True) if dtype not in (torch.float32, torch.float64) else x.clone().requires_grad_(True)
     (y * constant(0.123456, y)).sum().backward()
     assert not c.is_inference() and torch.equal(y.grad, torch.full_like(y, 0.123456))
+
+
+@pytest.mark.parametrize("surrogate", sorted(SURROGATES))
+@pytest.mark.parametrize("scratch", [None, {}])
+def test_loss_and_slope_matrices_equal_the_surrogate_tables(surrogate, scratch):
+    from xrisk.functional.surrogates import SHORTFALL_SLOPES, SLOPE_SCALE, shortfall_loss_and_slope
+
+    r = torch.linspace(-3, 3, 42, dtype=torch.float64).reshape(6, 7)  # both sides of every kink
+    losses, slope = shortfall_loss_and_slope(r.clone(), surrogate, scratch=scratch)
+    torch.testing.assert_close(losses, SHORTFALL_LOSSES[surrogate](r), rtol=0, atol=1e-12)
+    torch.testing.assert_close(SLOPE_SCALE[surrogate] * slope, SHORTFALL_SLOPES[surrogate](r), rtol=0, atol=1e-12)

@@ -145,6 +145,15 @@ def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tupl
     return _window_rows(states, rows, widths), cuts
 
 
+def _distinct_rows(states: Sequence["SampleState"], index: Tensor) -> tuple[Tensor, Tensor]:
+    """The start of every step window: the states fit this process group and none is in a step; returns the sorted
+    distinct indices of ``index`` and each entry's position among them."""
+    _check_world(states)
+    if any(st.window_open for st in states):
+        raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
+    return torch.unique(index, sorted=True, return_inverse=True)
+
+
 def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tensor, *,
                     sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
     """:func:`open_window` for the global batch's ``index`` with the row fetch riding on the gather of this rank's
@@ -153,10 +162,7 @@ def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tens
     positions)``. States of several ``num_samples`` take the separate fetch."""
     if not states or not xdist.is_distributed() or len({st.num_samples for st in states}) > 1:
         return xdist.all_gather(scores, grad="sum", sizes=sizes), open_window(states, index)
-    _check_world(states)
-    if any(st.window_open for st in states):
-        raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
-    uniq, inv = torch.unique(index, sorted=True, return_inverse=True)
+    uniq, inv = _distinct_rows(states, index)
     packed, cuts, widths = _owned_rows(states, uniq)
     world = states[0].num_shards
     gathered, rows = xdist.all_gather_with(scores, packed, grad="sum", sizes=sizes,
@@ -175,10 +181,7 @@ def open_window(states: Sequence["SampleState"], index: Tensor) -> Tensor:
     """
     if not states or not xdist.is_distributed():
         return index
-    _check_world(states)
-    if any(st.window_open for st in states):
-        raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
-    uniq, inv = torch.unique(index, sorted=True, return_inverse=True)
+    uniq, inv = _distinct_rows(states, index)
     groups: dict[int, list["SampleState"]] = {}
     for st in states:
         groups.setdefault(st.num_samples, []).append(st)

@@ -29,8 +29,8 @@ from xrisk._tensors import constant
 
 __all__ = ["SHORTFALL_LOSSES", "SHORTFALL_SLOPES", "SURROGATES", "SURROGATE_SLOPES", "SurrogateName", "get_surrogate",
            "pairwise_shortfall", "pairwise_surrogate", "weighted_pairwise_mean", "weighted_pairwise_mean_of",
-           "EXP_FLOOR", "SLOPE_SCALE", "batch_shortfall", "factored_pairwise_sum", "slope_ticket", "greater", "pair_kernel", "scratch_matrix",
-           "shortfall_loss_and_slope"]
+           "EXP_FLOOR", "SLOPE_SCALE", "batch_shortfall", "factored_pairwise_sum", "slope_ticket", "greater",
+           "pair_kernel", "scratch_matrix", "shortfall_loss_and_slope"]
 
 SurrogateName = Literal["squared_hinge", "hinge", "logistic", "exponential", "square"]
 
@@ -301,29 +301,29 @@ def batch_shortfall(scores: Tensor, margin: float, *, scratch: Scratch = None, n
     return torch.add(col, row, out=out)
 
 
-#: the constant ``c`` of :func:`shortfall_loss_and_slope` per surrogate
-SLOPE_SCALE: dict[str, float] = {"squared_hinge": -2.0, "square": -2.0, "hinge": -1.0, "exponential": -1.0,
-                                 "logistic": -1.0}
+#: the constant ``c`` of :func:`shortfall_loss_and_slope` per surrogate: the slope is ``c * S``
+SLOPE_SCALE: dict[str, float] = {name: factor for name, (_, factor) in _SLOPE_PARTS.items()}
 
 
-def shortfall_loss_and_slope(shortfall: Tensor, surrogate: str, *, scratch: Scratch = None) -> tuple[Tensor, Tensor, float]:
-    """``(L, S, c)`` of a shortfall matrix ``R``: ``L = SHORTFALL_LOSSES[surrogate](R)`` and the slope
-    ``d ell / d t = c * S`` (``t = f_i - f_j``, :data:`SHORTFALL_SLOPES`) as a matrix ``S`` and a constant ``c``,
-    sharing the work: for the squared hinge ``C = max(R, 0)`` gives ``L = C * C`` and ``S = C``, ``c = -2``. With
-    ``scratch`` (:func:`scratch_matrix`) ``R`` is overwritten and the results live in the scratch matrices."""
+def shortfall_loss_and_slope(shortfall: Tensor, surrogate: str, *, scratch: Scratch = None) -> tuple[Tensor, Tensor]:
+    """``(L, S)`` of a shortfall matrix ``R``: ``L = SHORTFALL_LOSSES[surrogate](R)`` and the slope
+    ``d ell / d t = c * S`` (``t = f_i - f_j``, :data:`SHORTFALL_SLOPES`) as a matrix ``S`` times the constant
+    ``c = SLOPE_SCALE[surrogate]``, sharing the work: for the squared hinge ``C = max(R, 0)`` gives ``L = C * C`` and
+    ``S = C``, ``c = -2``. With ``scratch`` (:func:`scratch_matrix`) ``R`` is overwritten and the results live in the
+    scratch matrices."""
     l_out = scratch_matrix(scratch, "l", shortfall)
     if surrogate == "squared_hinge":
         c = shortfall.clamp_(min=0) if scratch is not None else torch.clamp(shortfall, min=0)
-        return torch.mul(c, c, out=l_out), c, -2.0
+        return torch.mul(c, c, out=l_out), c
     if surrogate == "square":
-        return torch.mul(shortfall, shortfall, out=l_out), shortfall, -2.0
+        return torch.mul(shortfall, shortfall, out=l_out), shortfall
     if surrogate == "hinge":
-        return torch.clamp(shortfall, min=0, out=l_out), (shortfall >= 0).to(shortfall.dtype), -1.0
+        return torch.clamp(shortfall, min=0, out=l_out), (shortfall >= 0).to(shortfall.dtype)
     if surrogate == "exponential":
         e = torch.exp(shortfall, out=l_out)
-        return e, e, -1.0
+        return e, e
     if surrogate == "logistic":
-        return F.softplus(shortfall), torch.sigmoid(shortfall), -1.0
+        return F.softplus(shortfall), torch.sigmoid(shortfall)
     raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {sorted(SURROGATES)}")
 
 
@@ -392,7 +392,7 @@ class _FactoredPairwiseSum(torch.autograd.Function):
         if ticket is not None and scratch is not None and scratch.get("g_version") == ticket[1]:
             slope = ticket[0]  # the forward's K o S, not overwritten since
         else:
-            losses, slope, _ = shortfall_loss_and_slope(batch_shortfall(f, ctx.margin, scratch=scratch),
+            losses, slope = shortfall_loss_and_slope(batch_shortfall(f, ctx.margin, scratch=scratch),
                                                         ctx.surrogate, scratch=scratch)
             kernel = pair_kernel(losses, threshold, shift, cols_mask, ctx.inv_tau, scratch=scratch)
             if kernel is not None:

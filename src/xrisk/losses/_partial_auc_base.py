@@ -75,7 +75,7 @@ class PartialAUCLossBase(ScoreLoss):
             pos = targets.select(1, t)
             col = self._score_column(scores, t)
             col_d = col.detach()
-            losses, slope, _ = shortfall_loss_and_slope(batch_shortfall(col_d, self.margin, scratch=scratch),
+            losses, slope = shortfall_loss_and_slope(batch_shortfall(col_d, self.margin, scratch=scratch),
                                                         self.surrogate, scratch=scratch)
             n_pos = pos_counts[t]
             n_neg = size - n_pos

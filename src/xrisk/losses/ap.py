@@ -156,7 +156,7 @@ class APLoss(ScoreLoss):
         for t in range(self.num_tasks):
             pos = targets.select(1, t)
             col = self._score_column(scores, t)
-            losses, slope, _ = shortfall_loss_and_slope(batch_shortfall(col, self.margin, scratch=scratch, name="g"),
+            losses, slope = shortfall_loss_and_slope(batch_shortfall(col, self.margin, scratch=scratch, name="g"),
                                                         self.surrogate, scratch=scratch)
             y = pos.to(losses.dtype)
             sums = torch.stack((losses.sum(1), torch.mv(losses, y)))  # size * (g_all, g_pos)

@@ -60,7 +60,7 @@ from xrisk._validate import (
 from xrisk.sharding import PLACEMENTS, Placement, close_window, gather_and_open, sharded_states
 from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
 
-__all__ = ["ScoreLoss", "distinct_alias", "label_order", "label_positions", "overflow_cause", "positions"]
+__all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
 
 #: What a subclass records as the batch's objective estimate: a tensor, a zero-argument callable
 #: over detached tensors (a ``functools.partial`` of a module-level function, so the module stays
@@ -320,12 +320,6 @@ def _overflow_message(surrogate: str, margin: float, scores: Tensor, task: int, 
                 f"{float(losses.amax()):.4g}); raise tau or bound the scores")
     return (f"scores overflow the {surrogate} surrogate: {where}, so ell(margin={margin}, s_i - s_j) is not finite "
             f"in {scores.dtype}; bound the scores (e.g. sigmoid outputs) or use a surrogate that grows slower")
-
-
-def distinct_alias(x: Tensor) -> Tensor:
-    """A view of ``x`` that is another tensor object: for the whole-batch pairwise kernels called with the same
-    scores on both sides (``torch.compile`` traces an ``autograd.Function`` only with distinct inputs)."""
-    return x.view_as(x)
 
 
 def _default_cause() -> str:
