@@ -22,9 +22,9 @@ with ``K`` processes keeps only the rows of its own **shard**:
   every rank computes the same update of the window, :func:`close_window` writes the rows a rank owns
   back into its shard **without any communication**. A failed or ``eval()``-mode step writes nothing
   back.
-* **Cost per step**: no collective of its own: the ``U`` rows of ``4 (2 s)`` bytes per state (value as float32,
-  the seen flag as a float32 0/1; ``s`` = entries per row) ride on the score loss's gather of the scores (one
-  ``all_gather`` for the scores and every state's rows), plus ``K + 1`` integers read on the host (how many of the
+* **Cost per step**: one ``all_gather`` of the ``U`` rows of ``4 (2 s)`` bytes per state (value as float32, the
+  seen flag as a float32 0/1; ``s`` = entries per row) for all the states together, which in a score loss is the
+  gather of the scores itself (:func:`gather_and_open`: no extra round trip), plus ``K + 1`` integers read on the host (how many of the
   ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any repeats, so the step
   does not search the batch for duplicates again. Memory: the shard (``~n / K`` rows) plus the ``U``-row window.
 
