@@ -24,8 +24,8 @@ with ``K`` processes keeps only the rows of its own **shard**:
   back.
 * **Cost per step**: one ``all_gather`` of the ``U`` rows of ``4 (2 s)`` bytes per state (value as float32, the
   seen flag as a float32 0/1; ``s`` = entries per row) for all the states together, which in a score loss is the
-  gather of the scores itself (:func:`gather_and_open`: no extra round trip), plus ``K + 1`` integers read on the host (how many of the
-  ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any repeats, so the step
+  gather of the scores itself (:func:`gather_and_open`: no extra round trip), plus ``K + 1`` integers read on the
+  host (how many of the ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any repeats, so the step
   does not search the batch for duplicates again. Memory: the shard (``~n / K`` rows) plus the ``U``-row window.
 
 Outside a step, the public :class:`~xrisk.state.SampleState` calls stay correct and become collective
@@ -141,6 +141,7 @@ def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tupl
 
 
 def _begin(states: Sequence["SampleState"], uniq: Tensor, fetched: list[Tensor], cuts: list[int], own: Tensor) -> None:
+    """Swap the fetched ``[value, seen, ...]`` rows of :func:`_fetch` in as each state's window."""
     for k, st in enumerate(states):
         st._begin_window(uniq, cuts, fetched[2 * k], fetched[2 * k + 1], own)
 
