@@ -143,8 +143,9 @@ SURROGATE_SLOPES: dict[str, Callable[[float, Tensor], Tensor]] = {
 def pairwise_shortfall(scores_i: Tensor, scores_j: Tensor, *, margin: float) -> Tensor:
     """``R[..., a, b] = margin - (scores_i[..., a] - scores_j[..., b])``: every surrogate is ``ell = f(R)``
     (:data:`SHORTFALL_LOSSES`), so ``SHORTFALL_LOSSES[name](R)`` equals :func:`pairwise_surrogate` bit for bit."""
-    diff = scores_i.unsqueeze(-1) - scores_j.unsqueeze(-2)
-    return torch.rsub(diff, constant(margin, diff))  # = margin - (...), one call less
+    # (s_j - s_i) + m: the same bits as m - (s_i - s_j) (IEEE subtraction is antisymmetric and a - b = a + (-b)),
+    # two calls less than forming the difference then subtracting it
+    return torch.sub(scores_j.unsqueeze(-2), scores_i.unsqueeze(-1)).add_(constant(margin, scores_i))
 
 
 class _WeightedPairwiseMean(torch.autograd.Function):
@@ -221,10 +222,10 @@ class _WeightedPairwiseMeanOf(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx, scores: Tensor, i_index: Tensor, j_index: Tensor | None, weights: Tensor, losses: Tensor,
-        shortfall: Tensor, surrogate: str,
+        shortfall: Tensor | None, surrogate: str, slope: Tensor | None,
     ) -> Tensor:
-        ctx.save_for_backward(weights, shortfall, i_index, j_index)
-        ctx.surrogate, ctx.size = surrogate, scores.shape[0]
+        ctx.save_for_backward(weights, shortfall if slope is None else slope, i_index, j_index)
+        ctx.surrogate, ctx.size, ctx.slope_given = surrogate, scores.shape[0], slope is not None
         prod = weights * losses
         # = prod.mean() bit for bit (mean is sum / numel), a cheaper call
         return prod.sum().div_(constant(float(prod.numel()), prod))
@@ -233,12 +234,15 @@ class _WeightedPairwiseMeanOf(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         w, r, i_index, j_index = ctx.saved_tensors
-        g = _slope_times(r, w, grad, ctx.surrogate)  # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's
+        if ctx.slope_given:  # r is S of shortfall_loss_and_slope, the slope's base: _slope_times without base(r)
+            g = torch.mul(r, w).mul_(grad / constant(r.numel() / SLOPE_SCALE[ctx.surrogate], grad))
+        else:
+            g = _slope_times(r, w, grad, ctx.surrogate)  # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's
         if j_index is None:  # the j side is every score: -sum_i g_ij, then the i side added at its positions
             out = g.sum(-2).neg_()
         else:
             out = g.new_zeros(ctx.size).index_add_(0, j_index, g.sum(-2), alpha=-1)
-        return out.index_add_(0, i_index, g.sum(-1)), None, None, None, None, None, None
+        return out.index_add_(0, i_index, g.sum(-1)), None, None, None, None, None, None, None
 
 
 def weighted_pairwise_mean_of(
@@ -248,7 +252,8 @@ def weighted_pairwise_mean_of(
     weights: Tensor,
     *,
     losses: Tensor,
-    shortfall: Tensor,
+    shortfall: Tensor | None = None,
+    slope: Tensor | None = None,
     surrogate: str = "squared_hinge",
 ) -> Tensor:
     """:func:`weighted_pairwise_mean` of ``scores[i_index]`` against ``scores[j_index]`` (``j_index`` None: against
@@ -256,13 +261,18 @@ def weighted_pairwise_mean_of(
     against negatives). The same value and gradient (up to the sign of zero entries), with one autograd node.
 
     ``losses`` and ``shortfall`` are the detached :data:`SHORTFALL_LOSSES` and :func:`pairwise_shortfall` of the
-    selected scores (the caller has them; the margin is in the shortfall). Shapes: ``scores [B]``,
+    selected scores (the caller has them; the margin is in the shortfall). Instead of ``shortfall`` the caller may
+    give ``slope``, the ``S`` of :func:`shortfall_loss_and_slope` (``losses`` its ``L``): the backward then skips
+    recomputing the slope's base from the shortfall (the same gradient bit for bit). Shapes: ``scores [B]``,
     ``i_index [P]``, ``j_index [N]`` (distinct positions each), ``weights [P, N]`` -> scalar.
     """
     get_surrogate(surrogate)
+    if (shortfall is None) == (slope is None):
+        raise ValueError("weighted_pairwise_mean_of needs exactly one of `shortfall` and `slope`")
     dtype = scores.dtype
     out = _WeightedPairwiseMeanOf.apply(scores, i_index, j_index, _constant(weights, dtype), _constant(losses, dtype),
-                                        _constant(shortfall, dtype), surrogate)
+                                        None if shortfall is None else _constant(shortfall, dtype), surrogate,
+                                        None if slope is None else _constant(slope, dtype))
     return out  # type: ignore[no-any-return]
 
 

@@ -117,10 +117,10 @@ class PartialAUCLossBase(ScoreLoss):
             # L = pairwise_surrogate(col[pos], col[~pos]) as a function of the shortfall R (kept for the backward)
             shortfall = pairwise_shortfall(col_d.index_select(0, pos_idx), col_d.index_select(0, neg_idx),
                                            margin=self.margin)
-            losses = SHORTFALL_LOSSES[self.surrogate](shortfall)
+            losses, slope = shortfall_loss_and_slope(shortfall, self.surrogate)  # the backward reuses the slope
             cause = overflow_cause(self.surrogate, self.margin, col, t, losses, getattr(self, "tau", None))
             weights = self._task_weights(t, n_pos, idx, losses, cause)
-            term = weighted_pairwise_mean_of(col, pos_idx, neg_idx, weights, losses=losses, shortfall=shortfall,
+            term = weighted_pairwise_mean_of(col, pos_idx, neg_idx, weights, losses=losses, slope=slope,
                                              surrogate=self.surrogate)
             if self._checks_value:  # the state stays finite whatever the losses: the value must be checked
                 self._writes.check(term, cause)
