@@ -217,32 +217,34 @@ def _constant(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 class _WeightedPairwiseMeanOf(torch.autograd.Function):
     """:class:`_WeightedPairwiseMean` of ``scores[i_index]`` against ``scores[j_index]`` (None: all of ``scores``),
-    its gradient scattered into ``scores`` directly (no index node per side)."""
+    its gradient scattered into ``scores`` directly (no index node per side).
+
+    Everything but ``scores`` comes in one tuple ``(i_index, j_index, weights, losses, r, surrogate, slope_given)``
+    (``r``: the shortfall, or the slope's base when ``slope_given``): ``apply`` then handles one argument instead of
+    seven, and the detached tensors the backward needs are kept on ``ctx`` (they are no inputs of the node, so no
+    saved-variable packing and unpacking; they are freed with the graph, a second backward with ``retain_graph``
+    works)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, scores: Tensor, i_index: Tensor, j_index: Tensor | None, weights: Tensor, losses: Tensor,
-        shortfall: Tensor | None, surrogate: str, slope: Tensor | None,
-    ) -> Tensor:
-        ctx.save_for_backward(weights, shortfall if slope is None else slope, i_index, j_index)
-        ctx.surrogate, ctx.size, ctx.slope_given = surrogate, scores.shape[0], slope is not None
-        prod = weights * losses
+    def forward(ctx, scores: Tensor, rest: tuple) -> Tensor:  # type: ignore[override]
+        ctx.rest, ctx.size = rest, scores.shape[0]
+        prod = rest[2] * rest[3]  # weights * losses
         # = prod.mean() bit for bit (mean is sum / numel), a cheaper call
         return prod.sum().div_(constant(float(prod.numel()), prod))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        w, r, i_index, j_index = ctx.saved_tensors
-        if ctx.slope_given:  # r is S of shortfall_loss_and_slope, the slope's base: _slope_times without base(r)
-            g = torch.mul(r, w).mul_(grad / constant(r.numel() / SLOPE_SCALE[ctx.surrogate], grad))
+        i_index, j_index, w, _, r, surrogate, slope_given = ctx.rest
+        if slope_given:  # r is S of shortfall_loss_and_slope, the slope's base: _slope_times without base(r)
+            g = torch.mul(r, w).mul_(grad / constant(r.numel() / SLOPE_SCALE[surrogate], grad))
         else:
-            g = _slope_times(r, w, grad, ctx.surrogate)  # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's
+            g = _slope_times(r, w, grad, surrogate)  # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's
         if j_index is None:  # the j side is every score: -sum_i g_ij, then the i side added at its positions
             out = g.sum(-2).neg_()
         else:
             out = g.new_zeros(ctx.size).index_add_(0, j_index, g.sum(-2), alpha=-1)
-        return out.index_add_(0, i_index, g.sum(-1)), None, None, None, None, None, None, None
+        return out.index_add_(0, i_index, g.sum(-1)), None
 
 
 def weighted_pairwise_mean_of(
@@ -270,9 +272,9 @@ def weighted_pairwise_mean_of(
     if (shortfall is None) == (slope is None):
         raise ValueError("weighted_pairwise_mean_of needs exactly one of `shortfall` and `slope`")
     dtype = scores.dtype
-    out = _WeightedPairwiseMeanOf.apply(scores, i_index, j_index, _constant(weights, dtype), _constant(losses, dtype),
-                                        None if shortfall is None else _constant(shortfall, dtype), surrogate,
-                                        None if slope is None else _constant(slope, dtype))
+    r = _constant(shortfall, dtype) if slope is None else _constant(slope, dtype)
+    out = _WeightedPairwiseMeanOf.apply(scores, (i_index, j_index, _constant(weights, dtype), _constant(losses, dtype),
+                                                 r, surrogate, slope is not None))
     return out  # type: ignore[no-any-return]
 
 
