@@ -145,7 +145,8 @@ def pairwise_shortfall(scores_i: Tensor, scores_j: Tensor, *, margin: float) -> 
     (:data:`SHORTFALL_LOSSES`), so ``SHORTFALL_LOSSES[name](R)`` equals :func:`pairwise_surrogate` bit for bit."""
     # (s_j - s_i) + m: the same bits as m - (s_i - s_j) (IEEE subtraction is antisymmetric and a - b = a + (-b)),
     # two calls less than forming the difference then subtracting it
-    return torch.sub(scores_j.unsqueeze(-2), scores_i.unsqueeze(-1)).add_(constant(margin, scores_i))
+    row = scores_j if scores_j.dim() == 1 else scores_j.unsqueeze(-2)  # [N] broadcasts as [1, N] already
+    return torch.sub(row, scores_i.unsqueeze(-1)).add_(constant(margin, scores_i))
 
 
 class _WeightedPairwiseMean(torch.autograd.Function):
