@@ -19,7 +19,8 @@ moving average: the step's batch is also scored by the previous iterate (a copy 
 one step behind, part of the checkpoint), which corrects the estimate for the iterate's move, so a
 small ``--gamma`` (less noise) does not lag. ``--lr-schedule cosine`` decays Adam's step size from
 ``--lr`` to 0 over the run, ``lr_t = lr (1 + cos(pi t / T)) / 2`` (``T`` = ``--epochs`` times the
-batches per epoch; computed from the step count, so a resumed run follows the same schedule).
+batches per epoch; computed from the step count, so a resumed run follows the same schedule, and a resume
+with more ``--epochs`` stretches what is left of it).
 
 Reported every epoch and at the end: test accuracy (threshold 0.5), test AUROC, the test
 cross-entropy, ``test_max_gap`` (the largest group gap of FPR or TPR over the thresholds, with exact
@@ -36,7 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +46,11 @@ from xrisk.recipes.flags import existing_path, float_list, number
 from xrisk.recipes.registry import Recipe, UsageError, register
 from xrisk.recipes.runner import RunContext
 
-__all__ = ["FORMULATIONS", "add_arguments", "validate", "run", "fairness_metrics", "build_formulation"]
+if TYPE_CHECKING:
+    from xrisk.constrained.formulation import Estimator
+
+__all__ = ["FORMULATIONS", "LR_SCHEDULES", "add_arguments", "validate", "run", "fairness_metrics", "build_formulation",
+           "scheduled_lr"]
 
 FORMULATIONS: tuple[str, ...] = ("hinge", "squared", "lagrangian", "none")
 DEFAULT_BETA = 10.0
@@ -107,15 +112,15 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def build_formulation(name: str, num_constraints: int, *, beta: float, gamma: float, smooth: float | None,
-                      dual_lr: float, estimator: str = "ma") -> nn.Module | None:
+                      dual_lr: float, estimator: Estimator = "ma") -> nn.Module | None:
     """The formulation ``name`` of :data:`FORMULATIONS` (``None`` for ``"none"``); ``estimator`` is the
     penalties' (the Lagrangian's estimators only report, and keep the moving average)."""
     from xrisk.constrained import HingePenalty, Lagrangian, SquaredHingePenalty
 
     if name == "hinge":
-        return HingePenalty(num_constraints, beta, gamma=gamma, smooth=smooth, estimator=estimator)  # type: ignore[arg-type]
+        return HingePenalty(num_constraints, beta, gamma=gamma, smooth=smooth, estimator=estimator)
     if name == "squared":
-        return SquaredHingePenalty(num_constraints, beta, gamma=gamma, estimator=estimator)  # type: ignore[arg-type]
+        return SquaredHingePenalty(num_constraints, beta, gamma=gamma, estimator=estimator)
     if name == "lagrangian":
         return Lagrangian(num_constraints, dual_lr=dual_lr, gamma=gamma)
     return None
