@@ -94,7 +94,49 @@ class StateFloor(nn.Module):
         return out
 
 
-class HandWrittenGCL(nn.Module):
+class _HandWritten(nn.Module):
+    """What the hand-written steps share: the log-space estimator ``u``, a third per-sample state ``name`` (initial
+    value ``init``) with its momentum, the cosine similarities and the plain state writes (the last write of a
+    repeated index wins)."""
+
+    def __init__(self, num_samples: int, name: str, init: float) -> None:
+        super().__init__()
+        self.name = name
+        self.register_buffer("log_u", torch.zeros(num_samples, 2))
+        self.register_buffer("u_seen", torch.zeros(num_samples, 2, dtype=torch.bool))
+        self.register_buffer(name, torch.full((num_samples, 2), init))
+        self.register_buffer("momentum", torch.zeros(num_samples, 2))
+        self.register_buffer("m_seen", torch.zeros(num_samples, 2, dtype=torch.bool))
+
+    @staticmethod
+    def similarities(a, b):
+        """``(s, s detached, its diagonal, the identity mask)``; side 0: image anchors (rows) against text columns,
+        side 1: text anchors (columns) against images."""
+        a = a / torch.linalg.vector_norm(a, dim=1, keepdim=True).clamp_min(1e-12)
+        b = b / torch.linalg.vector_norm(b, dim=1, keepdim=True).clamp_min(1e-12)
+        s = a @ b.T
+        sd = s.detach()
+        return s, sd, sd.diagonal(), torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+
+    def moving_average(self, idx, log_g, gamma: float):
+        """The new ``log u`` rows (first visit: ``log_g``)."""
+        old, seen = self.log_u.index_select(0, idx), self.u_seen.index_select(0, idx)
+        return torch.where(seen, torch.logaddexp(old + math.log1p(-gamma), log_g + math.log(gamma)), log_g)
+
+    def write(self, idx, log_u, grad, beta: float, lr: float, before, bounds=None):
+        """Momentum ``m <- (1 - beta) m + beta grad`` (first visit: ``grad``), the third state ``before - lr m`` (clipped
+        to ``bounds``), all rows written with ``log u``."""
+        m_seen = self.m_seen.index_select(0, idx)
+        m = torch.where(m_seen, torch.lerp(self.momentum.index_select(0, idx), grad, beta), grad)
+        new = before - lr * m
+        self.log_u.index_copy_(0, idx, log_u)
+        self.u_seen.index_fill_(0, idx, True)
+        self.momentum.index_copy_(0, idx, m)
+        self.m_seen.index_fill_(0, idx, True)
+        getattr(self, self.name).index_copy_(0, idx, new if bounds is None else new.clamp(*bounds))
+
+
+class HandWrittenGCL(_HandWritten):
     """The per-sample-temperature GCL step (iSogCLR, ``mode="bimodal"``, FCCO) written out by hand with
     ``GlobalContrastiveLoss``'s defaults: the same loss value, gradients and state as the library's step when every
     index of the batch is distinct (tested in ``tests/test_compile_contrastive.py``), and nothing else -- no checks,
@@ -105,24 +147,14 @@ class HandWrittenGCL(nn.Module):
 
     def __init__(self, num_samples: int = N, tau: float = TAU, *, gamma: float = 0.9, rho: float = 6.5,
                  lr_tau: float = 0.03, beta_tau: float = 0.9, clip: float = 5.0, bounds=(0.01, 1.0)) -> None:
-        super().__init__()
+        super().__init__(num_samples, "tau", tau)
         self.gamma, self.rho, self.lr_tau, self.beta_tau, self.clip, self.bounds = gamma, rho, lr_tau, beta_tau, clip, bounds
-        self.register_buffer("log_u", torch.zeros(num_samples, 2))
-        self.register_buffer("u_seen", torch.zeros(num_samples, 2, dtype=torch.bool))
-        self.register_buffer("tau", torch.full((num_samples, 2), tau))
-        self.register_buffer("momentum", torch.zeros(num_samples, 2))
-        self.register_buffer("m_seen", torch.zeros(num_samples, 2, dtype=torch.bool))
 
     def forward(self, a, b, idx):
-        a = a / torch.linalg.vector_norm(a, dim=1, keepdim=True).clamp_min(1e-12)
-        b = b / torch.linalg.vector_norm(b, dim=1, keepdim=True).clamp_min(1e-12)
-        s = a @ b.T  # side 0: image anchors (rows), side 1: text anchors (columns)
+        s, sd, p, eye = self.similarities(a, b)
         n = s.shape[0]
-        sd = s.detach()
-        p = sd.diagonal()
         tau = self.tau.index_select(0, idx)
         inv = tau.reciprocal()
-        eye = torch.eye(n, dtype=torch.bool, device=s.device)
         d0, d1 = sd - p[:, None], sd - p[None, :]
         z0 = torch.where(eye, float("-inf"), d0 * inv[:, 0:1])
         z1 = torch.where(eye, float("-inf"), d1 * inv[:, 1][None, :])
@@ -131,27 +163,18 @@ class HandWrittenGCL(nn.Module):
         f = torch.stack([f0, f1], 1)
         sums = torch.stack([e0.sum(1), e1.sum(0)], 1)
         log_cnt = math.log(n - 1)
-        log_g = sums.log() + f - log_cnt
-        old, seen = self.log_u.index_select(0, idx), self.u_seen.index_select(0, idx)
-        log_u = torch.where(seen, torch.logaddexp(old + math.log1p(-self.gamma), log_g + math.log(self.gamma)), log_g)
+        log_u = self.moving_average(idx, sums.log() + f - log_cnt, self.gamma)
         coef = torch.exp(f - log_u - log_cnt) / n  # p_ij = e_ij * coef_i, scaled by 1 / B
         w0, w1 = e0 * coef[:, 0:1], e1 * coef[:, 1][None, :]
         value = torch.stack([(w0 * d0).sum(1), (w1 * d1).sum(0)], 1)
         w = w0 + w1 - torch.diag((sums * coef).sum(1))
         out = (w * s).sum()
         grad = (log_u + self.rho - value * n / tau).clamp(-self.clip, self.clip)
-        m_seen = self.m_seen.index_select(0, idx)
-        m = torch.where(m_seen, torch.lerp(self.momentum.index_select(0, idx), grad, self.beta_tau), grad)
-        self.log_u.index_copy_(0, idx, log_u)
-        self.u_seen.index_fill_(0, idx, True)
-        self.momentum.index_copy_(0, idx, m)
-        self.m_seen.index_fill_(0, idx, True)
-        self.tau.index_copy_(0, idx, (tau - self.lr_tau * m).clamp(*self.bounds))
+        self.write(idx, log_u, grad, self.beta_tau, self.lr_tau, tau, self.bounds)
         return out
 
 
-
-class HandWrittenNUCLR(nn.Module):
+class HandWrittenNUCLR(_HandWritten):
     """The NUCLR step (``NUCLRLoss`` with ``zeta`` updated from the first step, its defaults otherwise) written out by
     hand, as :class:`HandWrittenGCL` is for the GCL: the paper's FCCO arithmetic -- per side the row-max shifted
     exponentials of ``(d_ij - zeta_j) / tau`` over the other columns, the log-space moving average ``u``, the weights
@@ -164,47 +187,27 @@ class HandWrittenNUCLR(nn.Module):
 
     def __init__(self, num_samples: int = N, tau: float = TAU, *, gamma: float = 0.8, zeta_init: float = -0.05,
                  xi_init: float = 0.0, lr_zeta: float = 5e-6, beta_zeta: float = 0.9) -> None:
-        super().__init__()
+        super().__init__(num_samples, "zeta", zeta_init)
         self.tau, self.gamma, self.lr_zeta, self.beta_zeta = tau, gamma, lr_zeta, beta_zeta
         self.log_pos = -max(zeta_init, xi_init) / tau - math.log(num_samples - 1)  # log of exp(-xi / tau) / (n - 1)
-        self.register_buffer("log_u", torch.zeros(num_samples, 2))
-        self.register_buffer("u_seen", torch.zeros(num_samples, 2, dtype=torch.bool))
-        self.register_buffer("zeta", torch.full((num_samples, 2), zeta_init))
-        self.register_buffer("momentum", torch.zeros(num_samples, 2))
-        self.register_buffer("m_seen", torch.zeros(num_samples, 2, dtype=torch.bool))
 
     def forward(self, a, b, idx):
-        a = a / torch.linalg.vector_norm(a, dim=1, keepdim=True).clamp_min(1e-12)
-        b = b / torch.linalg.vector_norm(b, dim=1, keepdim=True).clamp_min(1e-12)
-        s = a @ b.T  # side 0: image anchors (rows) against text columns, side 1: text anchors (columns) against images
+        s, sd, p, eye = self.similarities(a, b)
         n = s.shape[0]
-        sd = s.detach()
-        p = sd.diagonal()
         zeta = self.zeta.index_select(0, idx)  # [B, 2]: zeta[j, 0] of text column j, zeta[i, 1] of image column i
-        eye = torch.eye(n, dtype=torch.bool, device=s.device)
         l0 = torch.where(eye, float("-inf"), (sd - p[:, None] - zeta[:, 0][None, :]) / self.tau)
         l1 = torch.where(eye, float("-inf"), (sd - p[None, :] - zeta[:, 1][:, None]) / self.tau)
         f0, f1 = l0.amax(1), l1.amax(0)
         e0, e1 = torch.exp(l0 - f0[:, None]), torch.exp(l1 - f1[None, :])
         f = torch.stack([f0, f1], 1)
         sums = torch.stack([e0.sum(1), e1.sum(0)], 1)
-        log_cnt = math.log(n - 1)
-        log_g = sums.log() + f - log_cnt
-        old, seen = self.log_u.index_select(0, idx), self.u_seen.index_select(0, idx)
-        log_u = torch.where(seen, torch.logaddexp(old + math.log1p(-self.gamma), log_g + math.log(self.gamma)), log_g)
+        log_u = self.moving_average(idx, sums.log() + f - math.log(n - 1), self.gamma)
         coef = torch.exp(f - torch.logaddexp(log_u, torch.full_like(log_u, self.log_pos)))  # w_ij = e_ij * coef_i
         w0, w1 = e0 * coef[:, 0:1], e1 * coef[:, 1][None, :]
         col_weight = torch.stack([w0.sum(0), w1.sum(1)], 1)  # per column: the sum of its weights over the anchors
         w = (w0 + w1 - torch.diag((sums * coef).sum(1))) / (n * (n - 1))
         out = (w * s).sum()
-        grad = 1.0 - col_weight / (n - 1)
-        m_seen = self.m_seen.index_select(0, idx)
-        m = torch.where(m_seen, torch.lerp(self.momentum.index_select(0, idx), grad, self.beta_zeta), grad)
-        self.log_u.index_copy_(0, idx, log_u)
-        self.u_seen.index_fill_(0, idx, True)
-        self.momentum.index_copy_(0, idx, m)
-        self.m_seen.index_fill_(0, idx, True)
-        self.zeta.index_copy_(0, idx, zeta - self.lr_zeta * m)
+        self.write(idx, log_u, 1.0 - col_weight / (n - 1), self.beta_zeta, self.lr_zeta, zeta)
         return out
 
 def _data(batch: int, count: int = 16):
