@@ -369,6 +369,7 @@ def fidelity(s: Setup, command: str, write: bool) -> None:
 # ============================================================================ speed
 D = 256
 D_SMALL = 64  # a reference with a quarter of the target's embedding width (context row)
+D_SWEEP = (32, 64, 128, 256)  # reference widths of the product-share table (the floor's extra matrix product)
 
 
 def _clip_towers(dim: int, width: int, vocab: int = 300) -> tuple[nn.Module, nn.Module]:
@@ -425,7 +426,7 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
     ref_losses = F.cross_entropy(logit_cache.read(torch.arange(n)), y_all, reduction="none")  # as the steer recipe
     _fresh_index = _Indices(n, g)
     spr = 3 if not s.quick else 2
-    clip_rows, loss_rows, onfly_rows, cache_rows = [], [], [], []
+    clip_rows, loss_rows, onfly_rows, cache_rows, sweep_rows = [], [], [], [], []
     goals = {}
     for b in s.batches:
         rounds = s.rounds if b < 2048 else max(3, s.rounds // 3)
@@ -487,6 +488,12 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
         def cache_read(b=b):
             clip_cache.read(_fresh_index(n, b, g))
 
+        ref_pairs = {w: (F.normalize(torch.randn(b, w, generator=g), dim=1), F.normalize(torch.randn(b, w, generator=g), dim=1))
+                     for w in D_SWEEP}
+
+        def bare_product(w, pairs=ref_pairs):  # the reference similarity matrix alone, [B, w] x [w, B]
+            torch.mm(pairs[w][0], pairs[w][1].T)
+
         # three groups, each alternating its steps one by one (spr = 1): a ratio is the median of per-step ratios
         times = _common.time_interleaved({
             "loss: GCL": lambda: loss_step(gcl_plain, None),
@@ -502,7 +509,8 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
             "train: DRRho-CLIP small": lambda: train_step(gcl_train_small, "small"),
             "train: floor": lambda: train_step(gcl_train_floor, "floor"),
         }, rounds=rounds * 4, steps_per_round=1, clock=CLOCK))
-        times.update(_common.time_interleaved({"reference forward": ref_forward, "cache read": cache_read},
+        times.update(_common.time_interleaved({"reference forward": ref_forward, "cache read": cache_read,
+                                               **{f"product {w}": functools.partial(bare_product, w) for w in D_SWEEP}},
                                               rounds=rounds * 4, steps_per_round=1, clock=CLOCK))
         med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
         r_loss = _paired(times, "loss: DRRho-CLIP cached", "loss: GCL", 1)
@@ -523,6 +531,9 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
                            f"{r_fly:.2f}x"])
         cache_rows.append([b, f"{1e3 * med['cache read']:.0f}", f"{b / (med['cache read'] / 1e3):,.0f}",
                            f"{100 * share:.2f} %"])
+        sweep_rows.append([b, f"{med['train: GCL']:.2f}", *(
+            f"{med[f'product {w}']:.2f} ({100 * med[f'product {w}'] / med['train: GCL']:.1f} %)" for w in D_SWEEP),
+            f"{1 + (med['cache read'] + med[f'product {D}']) / med['train: GCL']:.2f}x"])
         print(f"  B={b}: loss {r_loss:.2f}x, train {r_train:.2f}x, on the fly {r_fly:.2f}x, cache share {100 * share:.2f} %",
               flush=True)
     # --- DRRhoLoss vs the plain mean loss
@@ -630,6 +641,14 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
         "two in backward), so where the floor is above the goal the goal cannot be met with d_ref = d. The last two "
         f"columns: a reference of width d_ref = {D_SMALL} (reads from a `[{n:,}, 2, {D_SMALL}]` cache), the "
         "realistic case of a smaller reference model.",
+        "",
+        "The floor's extra work by reference width: the bare reference product `[B, d_ref] x [d_ref, B]` (median CPU "
+        "ms, timed alone in the same run) and its share of the GCL training step; the last column adds the cache read "
+        f"at d_ref = {D} to give the least ratio a DRRho-CLIP step at d_ref = d can have (1 + (read + product) / GCL "
+        "step), before any overhead of the loss itself:",
+        "",
+        _common.md_table(["B", "train: GCL ms", *(f"product ms, d_ref = {w} (share)" for w in D_SWEEP),
+                          f"1 + (read + product) / GCL, d_ref = {D}"], sweep_rows),
         "",
         "On-the-fly reference (towers of the target's size, forward under `no_grad` on the same batch), reported "
         "separately:",

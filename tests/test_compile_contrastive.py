@@ -185,9 +185,8 @@ def test_eval_mode_with_validation_off_returns_the_training_value_and_writes_not
     assert not torch.equal(loss.log_u.value, before["log_u.value"]), "the training call wrote"
 
 
-def test_bench_hand_written_gcl_is_the_per_sample_temperature_gcl_step_on_distinct_indices():
-    """``bench/compile_contrastive.py``'s hand-written per-sample-temperature GCL step is the library's step when no
-    index repeats: loss values, feature gradients and every per-sample state over steps that revisit samples."""
+def _bench_module():
+    """``bench/compile_contrastive.py`` as a module (its hand-written steps)."""
     import importlib.util
     import pathlib
     import sys
@@ -200,9 +199,12 @@ def test_bench_hand_written_gcl_is_the_per_sample_temperature_gcl_step_on_distin
         spec.loader.exec_module(mod)  # type: ignore[union-attr]
     finally:
         sys.path.remove(str(bench))
-    n = 30
-    floor = mod.HandWrittenGCL(n, 0.07)
-    loss = GlobalContrastiveLoss(n, mode="bimodal", temperature="individual", tau=0.07, rho=6.5)
+    return mod
+
+
+def _same_steps(floor: nn.Module, loss: nn.Module, n: int, states: Callable[[torch.Tensor], list]) -> None:
+    """Four steps of ``floor`` and ``loss`` on the same batches of distinct indices (samples revisited across batches):
+    equal loss values, feature gradients and ``states(idx)`` pairs ``(floor's, library's, name)``."""
     g = torch.Generator().manual_seed(0)
     for step in range(4):
         a, b = torch.randn(B, 16, generator=g), torch.randn(B, 16, generator=g)
@@ -215,6 +217,33 @@ def test_bench_hand_written_gcl_is_the_per_sample_temperature_gcl_step_on_distin
             grads.append((out.detach(), fa.grad, fb.grad))
         for x, y, what in zip(*grads, ("loss", "grad a", "grad b")):
             close(x, y, f"step {step}: {what}")
-        close(floor.log_u[idx], loss.log_u.value[idx], f"step {step}: log u")
-        close(floor.momentum[idx], loss.tau_momentum.value[idx], f"step {step}: momentum")
-        close(floor.tau, loss.tau_individual.value, f"step {step}: temperatures")
+        for x, y, what in states(idx):
+            close(x, y, f"step {step}: {what}")
+
+
+def test_bench_hand_written_gcl_is_the_per_sample_temperature_gcl_step_on_distinct_indices():
+    """``bench/compile_contrastive.py``'s hand-written per-sample-temperature GCL step is the library's step when no
+    index repeats: loss values, feature gradients and every per-sample state over steps that revisit samples."""
+    n = 30
+    floor = _bench_module().HandWrittenGCL(n, 0.07)
+    loss = GlobalContrastiveLoss(n, mode="bimodal", temperature="individual", tau=0.07, rho=6.5)
+    _same_steps(floor, loss, n, lambda idx: [
+        (floor.log_u[idx], loss.log_u.value[idx], "log u"),
+        (floor.momentum[idx], loss.tau_momentum.value[idx], "momentum"),
+        (floor.tau, loss.tau_individual.value, "temperatures"),
+    ])
+
+
+def test_bench_hand_written_nuclr_is_the_nuclr_step_on_distinct_indices():
+    """``bench/compile_contrastive.py``'s hand-written NUCLR step is the library's step (zeta updated from the first
+    step; a large ``lr_zeta`` so that ``zeta`` moves) when no index repeats: values, gradients, ``u``, ``zeta`` and
+    its momentum."""
+    n = 30
+    floor = _bench_module().HandWrittenNUCLR(n, 0.07, lr_zeta=0.5)
+    loss = NUCLRLoss(n, tau=0.07, lr_zeta=0.5, zeta_start_epoch=0)
+    loss.set_epoch(0)
+    _same_steps(floor, loss, n, lambda idx: [
+        (floor.log_u[idx], loss.log_u.value[idx], "log u"),
+        (floor.momentum[idx], loss.zeta_momentum.value[idx], "zeta momentum"),
+        (floor.zeta, loss.zeta.value, "zeta"),
+    ])

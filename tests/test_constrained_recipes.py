@@ -78,14 +78,17 @@ def test_fair_resume_is_bit_identical(tmp_path, fake_root, formulation: str) -> 
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
 
 
-def test_fair_mid_epoch_interrupt_then_resume_is_bit_identical(tmp_path, fake_root, monkeypatch) -> None:
+@pytest.mark.parametrize("extra", [(), ("--estimator", "msvr", "--gamma", "0.3", "--lr-schedule", "cosine")],
+                         ids=["ma-constant", "msvr-cosine"])
+def test_fair_mid_epoch_interrupt_then_resume_is_bit_identical(tmp_path, fake_root, monkeypatch, extra) -> None:
+    """Also with MSVR (the previous iterate is in the checkpoint) and the cosine schedule (its step count resumes)."""
     import math
 
     from xrisk.data import load_fairness
 
     full, part = tmp_path / "full", tmp_path / "part"
     common = [*_fair(fake_root, "--formulation", "hinge", "--no-plot", "--epochs", "2", "--checkpoint-every", "2"),
-              "--batch-size", "8"]
+              "--batch-size", "8", *extra]
     steps_per_epoch = math.ceil(len(load_fairness("compas", seed=2, root=fake_root).y_train) / 8)
     assert steps_per_epoch >= 4
     assert main([*common, "--out", str(full)]) == 0
@@ -105,6 +108,31 @@ def test_fair_mid_epoch_interrupt_then_resume_is_bit_identical(tmp_path, fake_ro
     assert (extra["epoch"], extra["step"]) == (1, 2)
     assert main([*common, "--out", str(part), "--resume"]) == 0
     assert _read(part) == _read(full)
+
+
+def test_fair_msvr_keeps_the_previous_iterate_and_the_schedule_decays(tmp_path, fake_root) -> None:
+    """MSVR: the checkpoint holds the model and the iterate one step behind it (not equal to it); the cosine schedule
+    follows its closed form and ends near 0; --estimator msvr with --gamma 1 is refused before any work."""
+    import math
+
+    from xrisk.data import load_fairness
+    from xrisk.recipes.fair import scheduled_lr
+
+    out = tmp_path / "run"
+    assert main([*_fair(fake_root, "--formulation", "squared", "--estimator", "msvr", "--gamma", "0.2",
+                        "--lr-schedule", "cosine", "--epochs", "2", "--no-plot", "--out", str(out))]) == 0
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    now = {k[len("model."):]: v for k, v in ck["model"].items() if k.startswith("model.")}
+    before = {k[len("previous."):]: v for k, v in ck["model"].items() if k.startswith("previous.")}
+    assert set(now) == set(before) == {"weight", "bias"}
+    assert not torch.equal(now["weight"], before["weight"])
+    total = 2 * math.ceil(len(load_fairness("compas", seed=2, root=fake_root).y_train) / 32)
+    assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * (total - 1)
+                                                                                              / total)))
+    assert scheduled_lr(0.2, "cosine", 0, 10) == 0.2 and scheduled_lr(0.2, "cosine", 5, 10) == pytest.approx(0.1)
+    assert scheduled_lr(0.2, "cosine", 10, 10) == pytest.approx(0.0) and scheduled_lr(0.2, "constant", 7, 10) == 0.2
+    assert main([*_fair(fake_root, "--estimator", "msvr", "--gamma", "1", "--out", str(tmp_path / "bad"))]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def _continual(*extra):

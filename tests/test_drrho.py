@@ -240,17 +240,19 @@ def test_the_steering_guide_example_runs(capsys):
     assert "DRRho-KL risk estimate" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("level", [0.0, 40.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_kl_shift_by_the_state_and_by_the_batch_maximum_give_the_same_steps(dtype):
-    """The one-pass KL step (exponentials shifted by the stored log u) and the max-shifted step agree: weights,
-    state, objective, over several steps, in every float dtype; a batch far above the estimate (the sum leaves
-    the float32 range) falls back to the max shift and still agrees."""
+def test_kl_shift_by_the_state_and_by_the_batch_maximum_give_the_same_steps(dtype, level):
+    """The one-pass KL step (exponentials shifted by the stored log u, or unshifted while ``|log u| <= 30``) and the
+    max-shifted step agree: weights, state, objective, over several steps, in every float dtype; a batch far above
+    the estimate (the sum leaves the float32 range) falls back to the max shift and still agrees. ``level = 40``
+    (``x / tau`` near 100, ``log u`` near 100 after the first step) takes the shifted branch."""
     from xrisk.functional.drrho import drrho_kl
 
     g = torch.Generator().manual_seed(8)
     state = {"state": (0.0, False), "max": (0.0, False)}
     for step in range(5):
-        x = (torch.randn(13, generator=g) * 3 + (400.0 if step == 3 else 0.0)).to(dtype)
+        x = (torch.randn(13, generator=g) * 3 + level + (400.0 if step == 3 else 0.0)).to(dtype)
         for shift in ("max", "state"):
             old, seen = state[shift]
             out = drrho_kl(x, old, seen, tau=0.4, gamma=0.6, shift=shift)

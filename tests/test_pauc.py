@@ -9,7 +9,7 @@ import torch
 from _training import badly_ranked_problem, train_on_dual_batches
 
 from xrisk.functional.pauc import top_fraction_mean
-from xrisk.losses import OneWayPartialAUCLoss, TwoWayPartialAUCLoss
+from xrisk.losses import APLoss, OneWayPartialAUCLoss, TwoWayPartialAUCLoss
 
 MARGIN = 0.8
 
@@ -253,3 +253,32 @@ def test_training_with_stock_sgd_raises_auroc(kind: str):
     train_on_dual_batches(model, loss_fn, opt, x, y)
     after = auroc()
     assert after > before + 0.2 and after > 0.85, (before, after)
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2])
+@pytest.mark.parametrize("make", [
+    lambda t: OneWayPartialAUCLoss(20, num_tasks=t), lambda t: OneWayPartialAUCLoss(20, num_tasks=t, method="kl"),
+    lambda t: TwoWayPartialAUCLoss(20, num_tasks=t), lambda t: APLoss(20, num_tasks=t),
+])
+def test_label_positions_kept_across_steps_follow_the_labels(make, num_tasks: int):
+    """The positions of positives kept from the last step (repeated labels: no tensor op) are replaced when the labels
+    move, also with the same number of positives: every step equals a step that recomputes them."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.tensor([1, 1, 0, 0, 0, 1, 0, 0], dtype=torch.float32)
+    moved = base[torch.tensor([2, 0, 1, 5, 3, 4, 7, 6])]  # the same count at other positions
+    patterns = [base, base, moved, base, torch.tensor([0, 1, 0, 0, 0, 0, 0, 1.0]), moved]
+    cached, fresh = make(num_tasks), make(num_tasks)
+    for step, y in enumerate(patterns):
+        targets = y if num_tasks == 1 else torch.stack([y, y.roll(step)], 1)
+        scores = torch.rand(targets.shape, generator=g)
+        index = torch.randperm(20, generator=g)[:8]
+        fresh.__dict__.pop("_label_cache", None)
+        outs = []
+        for loss_fn in (cached, fresh):
+            s = scores.clone().requires_grad_()
+            out = loss_fn(s, targets, index)
+            out.backward()
+            outs.append((out.detach(), s.grad))
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+        assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in cached.state_dict().items())
+    assert "_label_cache" in cached.__dict__  # the kept positions were used

@@ -28,7 +28,7 @@ from torch import Tensor
 
 __all__ = ["all_finite", "check_finite", "check_binary_inputs", "check_binary_batch",
            "check_positive", "check_unit_interval", "check_choice", "set_validation", "validation_enabled",
-           "validation", "assert_async", "all_finite_async", "binary_batch_unchecked"]
+           "validation", "assert_async", "all_finite_async", "binary_batch_unchecked", "inspect_binary_batch"]
 
 _VALIDATION = [True]
 
@@ -132,7 +132,19 @@ def check_binary_inputs(scores: Tensor, targets: Tensor, num_tasks: int) -> tupl
 
 
 def check_binary_batch(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple[Tensor, Tensor, list[int]]:
-    """:func:`check_binary_inputs` plus the number of positives of each task (host ints).
+    """:func:`check_binary_inputs` plus the number of positives of each task (host ints); see
+    :func:`inspect_binary_batch`."""
+    s, y, counts, _, _ = inspect_binary_batch(scores, targets, num_tasks)
+    return s, y, counts
+
+
+def inspect_binary_batch(
+    scores: Tensor, targets: Tensor, num_tasks: int
+) -> tuple[Tensor, Tensor, list[int], list | None, Tensor | None]:
+    """:func:`check_binary_batch`, and what a small CPU batch's check read on the host, for the caller to reuse:
+    ``(scores [B, T], targets [B, T] bool, positives per task, values, detached)`` with ``values`` the targets'
+    0/1 values as a list in ``[B, T]`` row-major order and ``detached`` the given scores detached (as given, ``[B]``
+    or ``[B, T]``); both None on the one-read path of larger or non-CPU batches.
 
     A small CPU batch (at most 256 targets) reads the targets as a list (the 0/1 check and the counts in
     Python) and one sum of the scores (finiteness). Otherwise one host read serves the finiteness
@@ -146,7 +158,7 @@ def check_binary_batch(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple
         raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
     if not isinstance(targets, Tensor):
         raise TypeError(f"targets must be a tensor, got {type(targets).__name__}")
-    given = targets
+    given, given_scores = targets, scores
     if scores.dim() == 1:
         scores = scores.unsqueeze(1)
     if targets.dim() == 1:
@@ -167,18 +179,19 @@ def check_binary_batch(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple
             if targets.is_floating_point():
                 check_finite("targets", targets)
             raise ValueError("targets must be binary (0/1); got values outside {0, 1}")
-        if not math.isfinite(float((scores.detach() if scores.requires_grad else scores).sum())):
+        detached = given_scores.detach() if given_scores.requires_grad else given_scores
+        if not math.isfinite(float(detached.sum())):
             check_finite("scores", scores)  # raises unless the sum only overflowed
         counts = [int(sum(values[t::num_tasks])) for t in range(num_tasks)]
         # the values are 0/1 (checked above): .bool() is `!= 0` without wrapping the 0 in a tensor (half the time)
-        return scores, targets if targets.dtype == torch.bool else targets.bool(), counts
+        return scores, targets if targets.dtype == torch.bool else targets.bool(), counts, values, detached
     with torch.no_grad():
         if targets.dtype == torch.bool:
             stats = (targets.sum(0) + scores.sum(0, dtype=torch.float32) * 0).tolist()  # counts exact < 2**24
             if all(math.isfinite(v) for v in stats):
-                return scores, targets, [int(v) for v in stats]
+                return scores, targets, [int(v) for v in stats], None, None
             check_finite("scores", scores)  # raises unless the probe only overflowed
-            return scores, targets, targets.sum(0).tolist()
+            return scores, targets, targets.sum(0).tolist(), None, None
         if targets.dtype == scores.dtype:
             bad = torch.addcmul(scores * 0, targets, targets - 1)
             stats = torch.cat((bad, targets), 1).ne(0).sum(0).tolist()  # NaN != 0 is True
@@ -194,7 +207,7 @@ def check_binary_batch(scores: Tensor, targets: Tensor, num_tasks: int) -> tuple
         targets = targets != 0
         if counts is None:
             counts = targets.sum(0).tolist()
-    return scores, targets, counts
+    return scores, targets, counts, None, None
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:

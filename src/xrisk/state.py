@@ -494,12 +494,13 @@ class PendingWrites:
         [0.0, 5.0, 6.0, 0.0]
     """
 
-    __slots__ = ("cause", "_rows", "_checks", "_after", "_hold_old")
+    __slots__ = ("cause", "_rows", "_checks", "_after", "_hold_old", "_implied")
 
     def __init__(self, cause: Cause = "a new state estimate is NaN/inf") -> None:
         self.cause = cause
         self._rows: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, Cause | None]] = []
         self._hold_old: list[bool] = []  #: per staged row: ``rows_hold_old``
+        self._implied: list[bool] = []  #: per staged row: ``implied``
         self._checks: list[tuple[Tensor, Cause]] = []
         self._after: list[Callable[[], None]] = []
 
@@ -521,13 +522,17 @@ class PendingWrites:
 
     def stage_tensors(
         self, value: Tensor, seen: Tensor, index: Tensor, rows: Tensor, *, mask: Tensor | None = None,
-        cause: Cause | None = None, rows_hold_old: bool = False,
+        cause: Cause | None = None, rows_hold_old: bool = False, implied: bool = False,
     ) -> None:
         """:meth:`stage` into a state's ``(value, seen)`` buffers or views of them (e.g. one column the caller has
         already selected). ``rows_hold_old``: outside ``mask`` the rows already hold the buffer's current values
-        (read at staging; no other stage of the step writes these entries), so they are written as they are."""
+        (read at staging; no other stage of the step writes these entries), so they are written as they are.
+        ``implied``: the rows are finite whenever the rows and checks staged without the flag are (e.g. a log-sum-exp
+        over them is staged too): :meth:`verify`'s one-read probe leaves them out; a failing probe checks every row in
+        order, so the error and its cause are the same."""
         self._rows.append((value, seen, index, rows.detach() if rows.requires_grad else rows, mask, cause))
         self._hold_old.append(rows_hold_old)
+        self._implied.append(implied)
 
     def check(self, x: Tensor, cause: Cause) -> None:
         """Require ``x`` to be finite for the step to be written (raise ``FloatingPointError(cause)`` if not)."""
@@ -556,7 +561,8 @@ class PendingWrites:
 
     def verify(self) -> None:
         """Raise :class:`FloatingPointError` naming the cause if a staged row or checked tensor is not finite."""
-        tensors = [x for x, _ in self._checks] + [r[3] for r in self._rows]
+        # implied rows stay out of the one-read probe; a failing probe checks every row, in order
+        tensors = [x for x, _ in self._checks] + [r[3] for r, imp in zip(self._rows, self._implied) if not imp]
         if not tensors or _finite(tensors):
             return
         for x, cause in [*self._checks, *((r[3], r[5] or self.cause) for r in self._rows)]:
@@ -597,7 +603,7 @@ class PendingWrites:
                     seen.index_copy_(0, index, seen.index_select(0, index) | keep)
             for fn in self._after:
                 fn()
-        self._rows, self._checks, self._after, self._hold_old = [], [], [], []
+        self._rows, self._checks, self._after, self._hold_old, self._implied = [], [], [], [], []
 
 
 def masked_update_rows(

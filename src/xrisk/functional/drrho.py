@@ -86,6 +86,8 @@ def _host(state: Tensor | float, seen: Tensor | bool) -> tuple[float, bool]:
 
 # a sum of exponentials shifted by the stored log u inside this range loses nothing to under/overflow in float32
 _SHIFT_RANGE = (1e-30, 1e30)
+# a stored log u at most this far from 0 needs no shift: exp(x / tau) itself stays in the range above
+_UNSHIFTED = 30.0
 
 
 def drrho_kl(
@@ -101,9 +103,10 @@ def drrho_kl(
     4. objective estimate ``tau log u_new``.
 
     ``shift="state"`` (default): ``c`` is the stored ``log u`` (the scale the exponentials had on the last
-    batches), so one pass gives both the sum and, rescaled in place, the weights: with ``r = (1/B) sum_i
-    exp(x_i / tau - c)``, ``log u_new = c + log((1 - gamma) + gamma r)`` and ``w_i = exp(x_i / tau - c) / (B ((1 -
-    gamma) + gamma r))``. When that sum leaves ``[1e-30, 1e30]`` (a batch far from the estimate, e.g. the first one
+    batches; 0 when ``|log u| <= 30``, which saves the subtraction), so one pass gives both the sum and, rescaled
+    in place, the weights: with ``r = (1/B) sum_i exp(x_i / tau - c) exp(c - log u)``, ``log u_new = log u +
+    log((1 - gamma) + gamma r)`` and ``w_i = exp(x_i / tau - c) exp(c - log u) / (B ((1 - gamma) + gamma r))``.
+    When that ratio leaves ``[1e-30, 1e30]`` (a batch far from the estimate, e.g. the first one
     at a small ``tau``) or an input is not finite, the step is recomputed with ``shift="max"``: ``c`` is the batch
     maximum (never overflows). Both give the same step up to rounding.
 
@@ -122,17 +125,25 @@ def drrho_kl(
     xd = _detached_float(excess)
     inv = 1.0 / tau
     if shift == "state" and math.isfinite(old):
-        e = torch.sub(xd, tau * old)
-        if inv != 1.0:
-            e.mul_(inv)
-        r = e.exp_().sum().item() / b  # g_hat / u
+        c = old if abs(old) > _UNSHIFTED else 0.0  # |c - log u| <= 30: the sums below stay in range
+        if c:
+            e = torch.sub(xd, tau * c)
+            if inv != 1.0:
+                e.mul_(inv)
+            e.exp_()
+        else:  # one op fewer
+            e = torch.mul(xd, inv).exp_() if inv != 1.0 else torch.exp(xd)
+        f = math.exp(c - old)
+        r = e.sum().item() * f / b  # g_hat / u
         if _SHIFT_RANGE[0] < r < _SHIFT_RANGE[1]:  # (False for NaN)
             d = (1.0 - gamma) + gamma * r if flag else r  # u_new / u
-            w = e.mul_(1.0 / (b * d))
-            surrogate = _surrogate(w, excess)
-            if math.isfinite(surrogate.item()):  # an input at -inf has weight 0 and leaves the sum finite
-                new = old + math.log(d)
-                return DRRhoStep(surrogate, new, tau * new, w)
+            k = f / (b * d)  # exp(c - log u_new) / B
+            if k < _SHIFT_RANGE[1]:
+                w = e.mul_(k)
+                surrogate = _surrogate(w, excess)
+                if math.isfinite(surrogate.item()):  # an input at -inf has weight 0 and leaves the sum finite
+                    new = old + math.log(d)
+                    return DRRhoStep(surrogate, new, tau * new, w)
     xs = torch.mul(xd, inv)
     lo, hi = torch.aminmax(xs)
     e = torch.sub(xs, hi).exp_()
@@ -201,11 +212,11 @@ def drrho_cvar(
     w = torch.mul(above, c)
     if w.dtype != xd.dtype:
         w = w.to(xd.dtype)
-    total = xd.sum().item()  # NaN/inf when an entry is (the weighted sum below skips the entries at or below s)
-    if not (math.isfinite(total) and math.isfinite(s_old)):
-        return _nan_step(excess, w)
     surrogate = _surrogate(w, excess)
-    top = surrogate.item() if xd.dtype == excess.dtype else torch.dot(w, xd).item()  # sum_{x_i > s} x_i / (alpha B)
+    # sum_{x_i > s} x_i / (alpha B); NaN/inf when an entry is (weight 0 included: 0 * inf is NaN)
+    top = surrogate.item() if xd.dtype == excess.dtype else torch.dot(w, xd).item()
+    if not (math.isfinite(top) and math.isfinite(s_old)):
+        return _nan_step(excess, w)
     count = above.sum().item()
     objective = s_old + top - s_old * count * c  # s + sum_i (x_i - s)_+ / (alpha B)
     return DRRhoStep(surrogate, s_old - eta * (alpha - count / b), objective, w)

@@ -143,8 +143,10 @@ SURROGATE_SLOPES: dict[str, Callable[[float, Tensor], Tensor]] = {
 def pairwise_shortfall(scores_i: Tensor, scores_j: Tensor, *, margin: float) -> Tensor:
     """``R[..., a, b] = margin - (scores_i[..., a] - scores_j[..., b])``: every surrogate is ``ell = f(R)``
     (:data:`SHORTFALL_LOSSES`), so ``SHORTFALL_LOSSES[name](R)`` equals :func:`pairwise_surrogate` bit for bit."""
-    diff = scores_i.unsqueeze(-1) - scores_j.unsqueeze(-2)
-    return torch.rsub(diff, constant(margin, diff))  # = margin - (...), one call less
+    # (s_j - s_i) + m: the same bits as m - (s_i - s_j) (IEEE subtraction is antisymmetric and a - b = a + (-b)),
+    # two calls less than forming the difference then subtracting it
+    row = scores_j if scores_j.dim() == 1 else scores_j.unsqueeze(-2)  # [N] broadcasts as [1, N] already
+    return torch.sub(row, scores_i.unsqueeze(-1)).add_(constant(margin, scores_i))
 
 
 class _WeightedPairwiseMean(torch.autograd.Function):
@@ -216,29 +218,34 @@ def _constant(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 class _WeightedPairwiseMeanOf(torch.autograd.Function):
     """:class:`_WeightedPairwiseMean` of ``scores[i_index]`` against ``scores[j_index]`` (None: all of ``scores``),
-    its gradient scattered into ``scores`` directly (no index node per side)."""
+    its gradient scattered into ``scores`` directly (no index node per side).
+
+    Everything but ``scores`` comes in one tuple ``(i_index, j_index, weights, losses, r, surrogate, slope_given)``
+    (``r``: the shortfall, or the slope's base when ``slope_given``): ``apply`` then handles one argument instead of
+    seven, and the detached tensors the backward needs are kept on ``ctx`` (they are no inputs of the node, so no
+    saved-variable packing and unpacking; they are freed with the graph, a second backward with ``retain_graph``
+    works)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx, scores: Tensor, i_index: Tensor, j_index: Tensor | None, weights: Tensor, losses: Tensor,
-        shortfall: Tensor, surrogate: str,
-    ) -> Tensor:
-        ctx.save_for_backward(weights, shortfall, i_index, j_index)
-        ctx.surrogate, ctx.size = surrogate, scores.shape[0]
-        prod = weights * losses
+    def forward(ctx, scores: Tensor, rest: tuple) -> Tensor:  # type: ignore[override]
+        ctx.rest, ctx.size = rest, scores.shape[0]
+        prod = rest[2] * rest[3]  # weights * losses
         # = prod.mean() bit for bit (mean is sum / numel), a cheaper call
         return prod.sum().div_(constant(float(prod.numel()), prod))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        w, r, i_index, j_index = ctx.saved_tensors
-        g = _slope_times(r, w, grad, ctx.surrogate)  # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's
+        i_index, j_index, w, _, r, surrogate, slope_given = ctx.rest
+        if slope_given:  # r is S of shortfall_loss_and_slope, the slope's base: _slope_times without base(r)
+            g = torch.mul(r, w).mul_(grad / constant(r.numel() / SLOPE_SCALE[surrogate], grad))
+        else:
+            g = _slope_times(r, w, grad, surrogate)  # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's
         if j_index is None:  # the j side is every score: -sum_i g_ij, then the i side added at its positions
             out = g.sum(-2).neg_()
         else:
             out = g.new_zeros(ctx.size).index_add_(0, j_index, g.sum(-2), alpha=-1)
-        return out.index_add_(0, i_index, g.sum(-1)), None, None, None, None, None, None
+        return out.index_add_(0, i_index, g.sum(-1)), None
 
 
 def weighted_pairwise_mean_of(
@@ -248,7 +255,8 @@ def weighted_pairwise_mean_of(
     weights: Tensor,
     *,
     losses: Tensor,
-    shortfall: Tensor,
+    shortfall: Tensor | None = None,
+    slope: Tensor | None = None,
     surrogate: str = "squared_hinge",
 ) -> Tensor:
     """:func:`weighted_pairwise_mean` of ``scores[i_index]`` against ``scores[j_index]`` (``j_index`` None: against
@@ -256,13 +264,18 @@ def weighted_pairwise_mean_of(
     against negatives). The same value and gradient (up to the sign of zero entries), with one autograd node.
 
     ``losses`` and ``shortfall`` are the detached :data:`SHORTFALL_LOSSES` and :func:`pairwise_shortfall` of the
-    selected scores (the caller has them; the margin is in the shortfall). Shapes: ``scores [B]``,
+    selected scores (the caller has them; the margin is in the shortfall). Instead of ``shortfall`` the caller may
+    give ``slope``, the ``S`` of :func:`shortfall_loss_and_slope` (``losses`` its ``L``): the backward then skips
+    recomputing the slope's base from the shortfall (the same gradient bit for bit). Shapes: ``scores [B]``,
     ``i_index [P]``, ``j_index [N]`` (distinct positions each), ``weights [P, N]`` -> scalar.
     """
     get_surrogate(surrogate)
+    if (shortfall is None) == (slope is None):
+        raise ValueError("weighted_pairwise_mean_of needs exactly one of `shortfall` and `slope`")
     dtype = scores.dtype
-    out = _WeightedPairwiseMeanOf.apply(scores, i_index, j_index, _constant(weights, dtype), _constant(losses, dtype),
-                                        _constant(shortfall, dtype), surrogate)
+    r = _constant(shortfall, dtype) if slope is None else _constant(slope, dtype)
+    out = _WeightedPairwiseMeanOf.apply(scores, (i_index, j_index, _constant(weights, dtype), _constant(losses, dtype),
+                                                 r, surrogate, slope is not None))
     return out  # type: ignore[no-any-return]
 
 

@@ -14,7 +14,7 @@ from xrisk.functional.surrogates import (
     weighted_pairwise_mean_of,
 )
 from xrisk.losses.ap import _mean_of
-from xrisk.losses.base import ScoreLoss, label_positions, overflow_cause
+from xrisk.losses.base import ScoreLoss, overflow_cause
 from xrisk.state import Cause, duplicate_groups
 
 __all__ = ["PartialAUCLossBase"]
@@ -111,16 +111,17 @@ class PartialAUCLossBase(ScoreLoss):
             if not 0 < n_pos < size:  # needs both positives and negatives
                 continue
             col = self._score_column(scores, t)
-            pos_idx, neg_idx = label_positions(targets.select(1, t), n_pos)
-            col_d = col.detach()
+            pos_idx, neg_idx = self._label_positions(targets, t, n_pos)
+            assert neg_idx is not None
+            col_d = self._detached_column(scores, t)
             idx = index.index_select(0, on_device(pos_idx, index.device))  # = index[pos]
             # L = pairwise_surrogate(col[pos], col[~pos]) as a function of the shortfall R (kept for the backward)
             shortfall = pairwise_shortfall(col_d.index_select(0, pos_idx), col_d.index_select(0, neg_idx),
                                            margin=self.margin)
-            losses = SHORTFALL_LOSSES[self.surrogate](shortfall)
+            losses, slope = shortfall_loss_and_slope(shortfall, self.surrogate)  # the backward reuses the slope
             cause = overflow_cause(self.surrogate, self.margin, col, t, losses, getattr(self, "tau", None))
             weights = self._task_weights(t, n_pos, idx, losses, cause)
-            term = weighted_pairwise_mean_of(col, pos_idx, neg_idx, weights, losses=losses, shortfall=shortfall,
+            term = weighted_pairwise_mean_of(col, pos_idx, neg_idx, weights, losses=losses, slope=slope,
                                              surrogate=self.surrogate)
             if self._checks_value:  # the state stays finite whatever the losses: the value must be checked
                 self._writes.check(term, cause)

@@ -14,7 +14,7 @@ from xrisk.functional.surrogates import (
     SURROGATES, SurrogateName, batch_shortfall, factored_pairwise_sum, shortfall_loss_and_slope, slope_ticket,
     weighted_pairwise_mean_of,
 )
-from xrisk.losses.base import ScoreLoss, overflow_cause, positions
+from xrisk.losses.base import ScoreLoss, overflow_cause
 from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk.sharding import Placement
 from xrisk.state import (
@@ -125,8 +125,8 @@ class APLoss(ScoreLoss):
                 continue
             pos = targets.select(1, t)
             col = self._score_column(scores, t)
-            pos_idx = positions(pos, n_pos)
-            col_d = col.detach()
+            pos_idx, _ = self._label_positions(targets, t, n_pos, negatives=False)
+            col_d = self._detached_column(scores, t)
             losses, g_all, g_pos, shortfall = ap_inner_estimates(
                 col_d.index_select(0, pos_idx), col_d, pos, margin=self.margin, surrogate=self.surrogate,
                 with_shortfall=True,

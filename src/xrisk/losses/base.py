@@ -55,7 +55,7 @@ from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import (
-    all_finite, binary_batch_unchecked, check_binary_batch, check_choice, validation_enabled,
+    all_finite, binary_batch_unchecked, check_choice, inspect_binary_batch, validation_enabled,
 )
 from xrisk.sharding import PLACEMENTS, Placement, close_window, gather_and_open, sharded_states
 from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
@@ -120,10 +120,12 @@ class ScoreLoss(ReplicatedStateModule):
             s, y, idx, sharded = self._gather_batch(s, y, idx, layout.sizes)
             pos_counts = y.sum(0).tolist()  # of the global batch
             unique, given = False, None  # duplicates in the global batch: not known
+            host = None
         else:
             s, y, pos_counts, idx = self._check_batch(scores, targets, index)
             unique = self.__dict__["_checked_unique"]
             given = scores if scores.dim() == 1 else None  # [B]: task 0's column as given (no view in the graph)
+            host = self.__dict__["_checked_host"]
             sharded = []
         if not any(pos_counts):
             close_window(sharded, write=False)
@@ -131,6 +133,7 @@ class ScoreLoss(ReplicatedStateModule):
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
         self.__dict__["_index_unique"] = unique  # known without a device op: no index occurs twice in the batch
         self.__dict__["_given_scores"] = given
+        self.__dict__["_host_batch"] = host
         self.__dict__["_step_objective"] = _NOT_RECORDED
         try:
             out = self._loss(s, y, idx, pos_counts)
@@ -161,6 +164,7 @@ class ScoreLoss(ReplicatedStateModule):
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
         self.__dict__["_index_unique"] = False
         self.__dict__["_given_scores"] = given
+        self.__dict__["_host_batch"] = None
         self.__dict__["_step_objective"] = _NOT_RECORDED
         try:
             out = self._masked_loss(s, y, idx, pos_counts)
@@ -206,8 +210,11 @@ class ScoreLoss(ReplicatedStateModule):
         self, scores: Tensor, targets: Tensor, index: Tensor | None
     ) -> tuple[Tensor, Tensor, list[int], Tensor | None]:
         """This rank's checks: ``(scores [B, T], targets [B, T] bool, positives per task, index or None)``;
-        whether no index occurs twice is left in ``_checked_unique`` (found with the bounds, on the host)."""
-        s, y, pos_counts = check_binary_batch(scores, targets, self.num_tasks)  # one host read
+        whether no index occurs twice is left in ``_checked_unique`` (found with the bounds, on the host), what the
+        check read on the host in ``_checked_host`` (:func:`~xrisk._validate.inspect_binary_batch`'s ``(values,
+        detached)`` of a small CPU batch, else None)."""
+        s, y, pos_counts, values, detached = inspect_binary_batch(scores, targets, self.num_tasks)  # one host read
+        self.__dict__["_checked_host"] = None if values is None else (values, detached)
         idx: Tensor | None = None
         unique = False
         if self.uses_index:
@@ -254,6 +261,34 @@ class ScoreLoss(ReplicatedStateModule):
         autograd records no view for it)."""
         given = self.__dict__.get("_given_scores")
         return given if given is not None else scores.select(1, task)
+
+    def _detached_column(self, scores: Tensor, task: int) -> Tensor:
+        """``scores[:, task]`` detached (``[B]``); for ``[B]`` input the detached scores the validation made."""
+        host = self.__dict__.get("_host_batch")
+        if host is not None and host[1].dim() == 1:
+            return host[1]
+        col = self._score_column(scores, task)
+        return col.detach() if col.requires_grad else col
+
+    def _label_positions(self, targets: Tensor, task: int, n_pos: int, *,
+                         negatives: bool = True) -> tuple[Tensor, Tensor | None]:
+        """:func:`label_positions` of ``targets[:, task]`` (``negatives=False``: :func:`positions` and None), kept from
+        the last step while the labels repeat (a :class:`~xrisk.data.DualSampler` batch has its positives at the same
+        positions every step): then no tensor op. Only for a small CPU batch whose targets the validation read on the
+        host; a batch with other labels costs one comparison of Python lists."""
+        host = self.__dict__.get("_host_batch")
+        if host is None:
+            pos = targets.select(1, task)
+            return label_positions(pos, n_pos) if negatives else (positions(pos, n_pos), None)
+        values = host[0] if self.num_tasks == 1 else host[0][task::self.num_tasks]
+        cache = self.__dict__.setdefault("_label_cache", {})
+        hit = cache.get(task)
+        if hit is not None and hit[0] == values and (hit[2] is not None or not negatives):
+            return hit[1], hit[2]
+        pos = targets.select(1, task)
+        pos_idx, neg_idx = label_positions(pos, n_pos) if negatives else (positions(pos, n_pos), None)
+        cache[task] = (values, pos_idx, neg_idx)
+        return pos_idx, neg_idx
 
     def _num_samples(self) -> int:
         n = getattr(self, "num_samples", None)

@@ -247,13 +247,14 @@ def masked_log_ema_column(state: SampleState, index: Tensor, task: int, log_new:
 
 
 def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor, gamma: float,
-                    writes: PendingWrites, cause: Cause, unique: bool = False) -> Tensor:
+                    writes: PendingWrites, cause: Cause, unique: bool = False, implied: bool = False) -> Tensor:
     """Log-space moving average of ``u = exp(state)`` in column ``task``; returns the merged ``log u`` ``[P]``
     (the value the state will hold).
 
     Duplicates are merged first (mean of ``exp(log_new)``), then one step per index is staged in ``writes``
     with ``gamma = 1`` so the state will hold exactly the log-space result. ``unique``: the caller knows that
-    ``idx`` has no duplicate (else it is checked).
+    ``idx`` has no duplicate (else it is checked). ``implied``: the caller stages a value that is finite only if these
+    rows are (:meth:`~xrisk.state.PendingWrites.stage_tensors`).
     """
     value, seen_all = column_views(state, task)
     i = on_device(idx, value.device)
@@ -269,5 +270,5 @@ def _log_ema_column(state: SampleState, idx: Tensor, task: int, log_new: Tensor,
     if not direct:  # SampleState's update (an overwrite: duplicates already hold the same merged value)
         return _update_column(state, idx, task, new, 1.0, assume_unique=unique, writes=writes, cause=cause)
     rows = as_state_rows(new, i)
-    writes.stage_tensors(value, seen_all, i, rows, cause=cause)
+    writes.stage_tensors(value, seen_all, i, rows, cause=cause, implied=implied)
     return like_tensor(rows, new)

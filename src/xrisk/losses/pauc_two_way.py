@@ -133,8 +133,10 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
 
     def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor, cause: Cause) -> Tensor:
         z = kl_logits(losses, self.tau)
+        # log u is finite whenever log w (a log-sum-exp over it, staged below) is: NaN/+inf propagate and log u is never
+        # -inf (a log-mean-exp of L / tau >= 0), so the commit's finiteness probe reads log w only
         log_u = _log_ema_column(self.log_u, index_pos, task, log_mean_exp_inner(losses, self.tau, scaled=z),
-                                self.gamma0, self._writes, cause, self._index_unique)
+                                self.gamma0, self._writes, cause, self._index_unique, implied=True)
         ratio = self.tau / self.tau_outer
         # log sum_i u_i^(tau / tau') of the P batch positives: the last entry of the running log-sum-exp, one call (a
         # third of logsumexp's time on a short vector; equal up to float rounding)

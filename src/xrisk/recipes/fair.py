@@ -14,11 +14,19 @@ lagrangian    :class:`~xrisk.constrained.Lagrangian` (``--dual-lr``)
 none          the unconstrained model
 ============ =========================================================================
 
+``--estimator msvr`` (hinge, squared) tracks each constraint with the MSVR estimator instead of the
+moving average: the step's batch is also scored by the previous iterate (a copy of the model kept
+one step behind, part of the checkpoint), which corrects the estimate for the iterate's move, so a
+small ``--gamma`` (less noise) does not lag. ``--lr-schedule cosine`` decays Adam's step size from
+``--lr`` to 0 over the run, ``lr_t = lr (1 + cos(pi t / T)) / 2`` (``T`` = ``--epochs`` times the
+batches per epoch; computed from the step count, so a resumed run follows the same schedule, and a resume
+with more ``--epochs`` stretches what is left of it).
+
 Reported every epoch and at the end: test accuracy (threshold 0.5), test AUROC, the test
 cross-entropy, ``test_max_gap`` (the largest group gap of FPR or TPR over the thresholds, with exact
 step-function rates), ``test_violation = max(test_max_gap - kappa, 0)``, ``test_eo_gap`` (the gap at
-0.5 alone) and ``train_max_gap`` (the same largest gap on the training split); for the constrained
-formulations also the training estimate of the largest violation and a KKT-residual estimate
+0.5 alone) and ``train_max_gap`` (the same largest gap on the training split, with ``train_accuracy``); for
+the constrained formulations also the training estimate of the largest violation and a KKT-residual estimate
 (:meth:`~xrisk.constrained.ConstraintFormulation.report`). ``constraints.png`` plots objective and
 violation per epoch; ``test_predictions.pt`` holds the final model's test probabilities with the test
 labels and groups (``--fold``: pool the folds' files to score every row out of fold).
@@ -27,7 +35,9 @@ labels and groups (``--fold``: pool the folds' files to score every row out of f
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import copy
+import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -36,10 +46,15 @@ from xrisk.recipes.flags import existing_path, float_list, number
 from xrisk.recipes.registry import Recipe, UsageError, register
 from xrisk.recipes.runner import RunContext
 
-__all__ = ["FORMULATIONS", "add_arguments", "validate", "run", "fairness_metrics", "build_formulation"]
+if TYPE_CHECKING:
+    from xrisk.constrained.formulation import Estimator
+
+__all__ = ["FORMULATIONS", "LR_SCHEDULES", "add_arguments", "validate", "run", "fairness_metrics", "build_formulation",
+           "scheduled_lr"]
 
 FORMULATIONS: tuple[str, ...] = ("hinge", "squared", "lagrangian", "none")
 DEFAULT_BETA = 10.0
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,18 +84,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="estimator weight on the new constraint value")
     g.add_argument("--smooth", type=number(float, gt=0, allow_none=True), default=None,
                    help="Moreau smoothing nu of the hinge (default: none, the plain hinge)")
+    g.add_argument("--estimator", choices=("ma", "msvr"), default="ma",
+                   help="constraint estimator of the penalties: moving average or MSVR (needs --gamma < 1)")
     g.add_argument("--dual-lr", type=number(float, gt=0), default=0.05, help="multiplier ascent step (lagrangian)")
     g = p.add_argument_group("training")
     g.add_argument("--model", choices=("linear", "mlp"), default="linear", help="logistic regression or a 1-hidden-layer MLP")
     g.add_argument("--epochs", type=number(int, ge=1), default=20, help="number of epochs (may grow on --resume)")
     g.add_argument("--batch-size", type=number(int, ge=8), default=256, help="mini-batch size")
     g.add_argument("--lr", type=number(float, gt=0), default=0.01, help="Adam learning rate")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="Adam's step size over the run: constant, or cosine decay from --lr to 0")
     g.add_argument("--weight-decay", type=number(float, ge=0), default=0.0, help="L2 weight decay")
     g.add_argument("--seed", type=number(int, ge=0), default=0, help="seed of the split, model init and batches")
 
 
 def validate(args: argparse.Namespace) -> None:
-    """``--fold`` needs a random split (not Adult's official one) and must be below ``--folds``."""
+    """``--fold`` needs a random split (not Adult's official one) and must be below ``--folds``; ``--estimator
+    msvr`` needs ``--gamma`` below 1."""
+    if args.estimator == "msvr" and args.gamma >= 1.0:
+        raise UsageError(f"argument --gamma: --estimator msvr needs a gamma in (0, 1), got {args.gamma:g}")
     if args.fold is None:
         return
     if args.data == "adult":
@@ -90,14 +112,15 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def build_formulation(name: str, num_constraints: int, *, beta: float, gamma: float, smooth: float | None,
-                      dual_lr: float) -> nn.Module | None:
-    """The formulation ``name`` of :data:`FORMULATIONS` (``None`` for ``"none"``)."""
+                      dual_lr: float, estimator: Estimator = "ma") -> nn.Module | None:
+    """The formulation ``name`` of :data:`FORMULATIONS` (``None`` for ``"none"``); ``estimator`` is the
+    penalties' (the Lagrangian's estimators only report, and keep the moving average)."""
     from xrisk.constrained import HingePenalty, Lagrangian, SquaredHingePenalty
 
     if name == "hinge":
-        return HingePenalty(num_constraints, beta, gamma=gamma, smooth=smooth)
+        return HingePenalty(num_constraints, beta, gamma=gamma, smooth=smooth, estimator=estimator)
     if name == "squared":
-        return SquaredHingePenalty(num_constraints, beta, gamma=gamma)
+        return SquaredHingePenalty(num_constraints, beta, gamma=gamma, estimator=estimator)
     if name == "lagrangian":
         return Lagrangian(num_constraints, dual_lr=dual_lr, gamma=gamma)
     return None
@@ -136,6 +159,14 @@ def _model(kind: str, dim: int) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, 64), nn.ReLU(), nn.Linear(64, 1))
 
 
+def scheduled_lr(lr: float, schedule: str, step: int, total: int) -> float:
+    """Step size of step ``step`` (0-based) of ``total``: ``lr`` (constant) or ``lr (1 + cos(pi step / total)) / 2``
+    (cosine)."""
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
 def _predict(model: nn.Module, x: Tensor) -> Tensor:
     was = model.training
     model.eval()
@@ -157,7 +188,10 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
     model = _model(args.model, data.x_train.shape[1])
     m = roc_fairness_num_constraints(len(args.thresholds))
     formulation = build_formulation(args.formulation, m, beta=args.beta, gamma=args.gamma, smooth=args.smooth,
-                                    dual_lr=args.dual_lr)
+                                    dual_lr=args.dual_lr, estimator=args.estimator)
+    msvr = formulation is not None and getattr(formulation, "estimator", "ma") == "msvr"
+    # MSVR: the iterate before the last step (x_{t-1}), kept in the checkpoint next to the model
+    previous = copy.deepcopy(model).requires_grad_(False) if msvr else None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sampler = ShuffleBatches(len(data.y_train), args.batch_size, seed=args.seed)
     ctx.update_config(data_description=data.description, num_features=data.x_train.shape[1],
@@ -165,7 +199,9 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
                       formulation_class=type(formulation).__name__ if formulation is not None else None)
     ctx.notice(data.description)
     x, y, g = data.x_train, data.y_train, data.group_train
-    start = ctx.resume(model=model, loss=formulation, optimizer=optimizer, sampler=sampler)
+    saved = model if previous is None else nn.ModuleDict({"model": model, "previous": previous})
+    start = ctx.resume(model=saved, loss=formulation, optimizer=optimizer, sampler=sampler)
+    total_steps = args.epochs * len(sampler)
     bar = ctx.progress(max(args.epochs - start, 0) * len(sampler) - ctx.start_step, "")
     final: dict[str, Any] = {}
     for epoch in range(start + 1, args.epochs + 1):
@@ -173,7 +209,10 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
         sampler.set_epoch(epoch)
         model.train()
         acc: dict[str, Any] = {"loss": 0.0, "surrogate": 0.0, "count": 0}
-        for index in ctx.steps(epoch, iter(sampler), state=acc):
+        first = (epoch - 1) * len(sampler) + (ctx.start_step if epoch == start + 1 else 0)  # resumed: batches done
+        for step, index in enumerate(ctx.steps(epoch, iter(sampler), state=acc), first):
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(args.lr, args.lr_schedule, step, total_steps)
             logits = model(x[index]).reshape(-1)
             objective = nn.functional.binary_cross_entropy_with_logits(logits, y[index].float())
             if formulation is None:
@@ -181,7 +220,14 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
             else:
                 cons = roc_fairness_constraints(torch.sigmoid(logits), y[index], g[index], args.thresholds,
                                                 args.kappa, temperature=args.temperature)
-                value = formulation(ProblemState.from_constraints(objective, cons))
+                before = None
+                if previous is not None:  # the same batch's constraint values at the previous iterate
+                    with torch.no_grad():
+                        before = roc_fairness_constraints(torch.sigmoid(previous(x[index]).reshape(-1)), y[index],
+                                                          g[index], args.thresholds, args.kappa,
+                                                          temperature=args.temperature).values
+                    previous.load_state_dict(model.state_dict())  # x_t, the previous iterate of the next step
+                value = formulation(ProblemState.from_constraints(objective, cons, previous=before))
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
@@ -197,6 +243,7 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
                            train_kkt_residual=report.kkt_residual)
         train_fair = fairness_metrics(_predict(model, x), y, g, args.thresholds, args.kappa)
         metrics["train_max_gap"] = train_fair["test_max_gap"]  # exact rates on the training split
+        metrics["train_accuracy"] = train_fair["test_accuracy"]
         metrics.update(fairness_metrics(_predict(model, data.x_test), data.y_test, data.group_test,
                                         args.thresholds, args.kappa))
         final = metrics
