@@ -107,9 +107,9 @@ def _watch_windows() -> list[int]:
     sizes: list[int] = []
     original = SampleState._begin_window
 
-    def begin(self, uniq, cuts, value, seen, _orig=original):
+    def begin(self, uniq, cuts, value, seen, *rest, _orig=original):
         sizes.append(value.numel() * value.element_size() + seen.numel() * seen.element_size())
-        return _orig(self, uniq, cuts, value, seen)
+        return _orig(self, uniq, cuts, value, seen, *rest)
 
     SampleState._begin_window = begin  # type: ignore[method-assign]
     return sizes
@@ -140,10 +140,10 @@ def _timing(rank: int, world: int, num_samples: int, batch: int, rounds: int, sp
     fetched: list[int] = []
     original = SampleState._begin_window
 
-    def begin(self, uniq, cuts, value, seen, _orig=original):  # bytes the fetch's all_gather brings in
+    def begin(self, uniq, cuts, value, seen, *rest, _orig=original):  # bytes the fetch's all_gather brings in
         width = value[0].numel() if value.dim() > 1 else 1
         fetched.append(uniq.numel() * 2 * width * 4)
-        return _orig(self, uniq, cuts, value, seen)
+        return _orig(self, uniq, cuts, value, seen, *rest)
 
     SampleState._begin_window = begin  # type: ignore[method-assign]
     for kind in LOSSES:

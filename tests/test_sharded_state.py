@@ -29,6 +29,7 @@ SCORE_BATCHES = [  # global batches of 11: duplicates inside a rank and across r
     [2, 2, 3, 4, 9, 10, 11, 5, 6, 8, 12],
     [1, 0, 6, 7, 8, 3, 2, 1, 10, 11, 4],
     [6, 0, 5, 1, 4, 2, 3, 6, 0, 5, 1],  # rows of the first shard only: on 2 ranks rank 1 owns none of the batch
+    [3, 4, 0, 3, 8, 9, 12, 6, 4, 10, 7],  # distinct positives (0, 12 | 7), duplicated negatives: the distinct path
 ]
 PAIR_BATCHES = [[0, 1, 2, 12, 4, 2, 5, 9, 6], [6, 2, 7, 8, 0, 9, 2, 11, 3], [3, 5, 1, 10, 12, 4, 7, 0, 8]]
 SPLITS = {1: None, 2: (6, 5), 4: (4, 3, 2, 2)}  # local sizes of the score batches of 11
@@ -92,8 +93,7 @@ def _train_score(name: str, placement: str, rank: int, world: int) -> list[dict]
         part = _split(batch, SPLITS[world], rank)
         idx = torch.tensor(batch)[part]
         scores = torch.sigmoid(model(x_all[idx]))[:, :tasks]
-        if step == 2:
-            loss_fn.eval()  # an eval-mode step writes nothing (sharded: nothing written back)
+        loss_fn.train(step != 2)  # an eval-mode step writes nothing (sharded: nothing written back)
         loss = loss_fn(scores.squeeze(1) if tasks == 1 else scores, y_all[idx, :tasks].squeeze(1) if tasks == 1
                        else y_all[idx, :tasks], idx)
         opt.zero_grad()
@@ -183,8 +183,25 @@ def _ddp(placement: str, rank: int, world: int) -> dict:
             "buffers": [k for k, _ in model.named_buffers()]}
 
 
+def _window_rows(rank: int, world: int) -> list[int]:
+    """The rows of every sharded APLoss step's window: only the positives' (the state it reads and writes)."""
+    sizes: list[int] = []
+    original = SampleState._begin_window
+
+    def begin(self, uniq, *args):  # type: ignore[no-untyped-def]
+        sizes.append(uniq.numel())
+        return original(self, uniq, *args)
+
+    SampleState._begin_window = begin  # type: ignore[method-assign]
+    try:
+        _train_score("ap", "sharded", rank, world)
+    finally:
+        SampleState._begin_window = original  # type: ignore[method-assign]
+    return sizes
+
+
 def _worker(rank: int, world: int, names: tuple[str, ...]) -> dict:
-    out: dict = {}
+    out: dict = {"windows": _window_rows(rank, world)}
     for name in names:
         train = _train_score if name in SCORE_LOSSES else _train_pairs
         out[name] = {p: train(name, p, rank, world) for p in ("replicated", "sharded")}
@@ -227,7 +244,7 @@ def _equal(got, want, where: str) -> None:  # type: ignore[no-untyped-def]
 def _check(per_rank: list[dict], names: tuple[str, ...]) -> None:
     world = len(per_rank)
     for name in names:
-        for step in range(3):
+        for step in range(len(per_rank[0][name]["replicated"])):
             want = per_rank[0][name]["replicated"][step]
             for r in range(world):
                 rep, sh = per_rank[r][name]["replicated"][step], per_rank[r][name]["sharded"][step]
@@ -256,6 +273,11 @@ def two_ranks() -> list[dict]:
 @pytest.mark.distributed
 def test_sharded_state_trains_exactly_like_replicated_on_two_ranks(two_ranks):
     _check(two_ranks, (*SCORE_LOSSES, *PAIR_LOSSES))
+    # APLoss keeps state for positives only: a sharded step fetches their rows, each distinct index once (two states)
+    y = torch.zeros(N, dtype=torch.bool)
+    y[[0, 1, 2, 12, 5, 7]] = True
+    want = [n for batch in SCORE_BATCHES for n in [len({i for i in batch if y[i]})] * 2]
+    assert all(res["windows"] == want for res in two_ranks)
 
 
 @pytest.mark.distributed

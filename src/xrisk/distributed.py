@@ -106,6 +106,7 @@ __all__ = [
     "rank",
     "all_gather",
     "all_gather_with",
+    "all_gather_many",
     "all_gather_no_grad",
     "all_reduce_sum",
     "all_reduce_max",
@@ -400,51 +401,81 @@ class _GatherSum(torch.autograd.Function):
         return g[start : start + ctx.sizes[ctx.rank]].to(grad.device), None
 
 
-def _gather_pair(x: Tensor, extra: Tensor, sizes: Sequence[int], extra_sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """``(_gather_padded(x, sizes), _gather_padded(extra, extra_sizes))`` in one collective: both flattened to the
-    wider of their dtypes and at least float32 (exact for floating dtypes and 0/1 flags) and packed per rank."""
-    dev = _comm_device()
-    a = math.prod(x.shape[1:])  # per-row widths from the shape: a rank may hold no row (owns none of the batch)
-    b = math.prod(extra.shape[1:])
-    work = torch.promote_types(torch.promote_types(x.dtype, extra.dtype), torch.float32)
-    flat = torch.cat([x.detach().reshape(-1).to(dev, work), extra.reshape(-1).to(dev, work)])
-    lengths = [s * a + u * b for s, u in zip(sizes, extra_sizes)]
-    pieces = _gather_padded(flat, lengths).split(lengths)
-    xs = torch.cat([p[: s * a] for p, s in zip(pieces, sizes)]).reshape(sum(sizes), *x.shape[1:])
-    es = torch.cat([p[s * a :] for p, s in zip(pieces, sizes)]).reshape(sum(extra_sizes), *extra.shape[1:])
-    return xs.to(x.device, x.dtype), es.to(extra.device, extra.dtype)
+def _gather_packed(tensors: Sequence[Tensor], sizes: Sequence[Sequence[int]]) -> list[Tensor]:
+    """``[_gather_padded(t, sizes[k]) for k, t in enumerate(tensors)]`` in **one** collective: every rank writes its
+    tensors, flattened, one after the other into one buffer of the widest dtype among them and float32 (exact for
+    floating dtypes and 0/1 flags: bool tensors come back as bool), padded to the longest rank's; the gathered
+    buffers are cut back into each tensor's rows of every rank (no copy of the whole buffer in between)."""
+    dev, me, world = _comm_device(), rank(), world_size()
+    work = torch.float32
+    for t in tensors:
+        if t.dtype != torch.bool:
+            work = torch.promote_types(work, t.dtype)
+    widths = [math.prod(t.shape[1:]) for t in tensors]  # per-row widths from the shape: a rank may send no row
+    lengths = [sum(n[r] * w for n, w in zip(sizes, widths)) for r in range(world)]
+    longest = max(lengths)
+    buf = torch.empty(longest, dtype=work, device=dev)
+    pos = 0
+    for t, w, n in zip(tensors, widths, sizes):
+        buf[pos : pos + n[me] * w].copy_(t.detach().reshape(-1))
+        pos += n[me] * w
+    if pos < longest:
+        buf[pos:].zero_()
+    out = torch.empty(world, longest, dtype=work, device=dev)
+    dist.all_gather(list(out.unbind(0)), buf)
+    starts = [0] * world
+    result = []
+    for t, w, n in zip(tensors, widths, sizes):
+        parts = []
+        for r in range(world):
+            parts.append(out[r, starts[r] : starts[r] + n[r] * w])
+            starts[r] += n[r] * w
+        rows = torch.cat(parts).view(sum(n), *t.shape[1:])
+        result.append(rows.to(t.device, t.dtype))
+    return result
 
 
 class _GatherSumWith(torch.autograd.Function):
-    """:class:`_GatherSum` of ``x`` with a gradient-free ``extra`` gathered in the same collective."""
+    """:class:`_GatherSum` of ``x`` with gradient-free ``extras`` gathered in the same collective."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, extra: Tensor, sizes: Sequence[int], extra_sizes: Sequence[int]):  # type: ignore[override]
+    def forward(ctx, x: Tensor, sizes: Sequence[int], extra_sizes: Sequence[int], *extras: Tensor):  # type: ignore[override]
         ctx.sizes = list(sizes)
         ctx.rank = rank()
-        xs, es = _gather_pair(x, extra, sizes, extra_sizes)
-        ctx.mark_non_differentiable(es)
-        return xs, es
+        xs, *es = _gather_packed([x, *extras], [sizes, *[extra_sizes] * len(extras)])
+        ctx.mark_non_differentiable(*es)
+        return (xs, *es)
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _grad_extra: Tensor | None):  # type: ignore[override]
-        return _GatherSum.backward(ctx, grad)[0], None, None, None
+    def backward(ctx, grad: Tensor, *_grad_extras: Tensor | None):  # type: ignore[override]
+        return (_GatherSum.backward(ctx, grad)[0], None, None, *[None] * len(_grad_extras))
 
 
 def all_gather_with(
-    x: Tensor, extra: Tensor, *, grad: Literal["sum", "none"], sizes: Sequence[int], extra_sizes: Sequence[int],
-) -> tuple[Tensor, Tensor]:
-    """``(all_gather(x, grad=grad, sizes=sizes), all_gather_no_grad(extra, sizes=extra_sizes))`` with **one**
-    collective (a step that needs both pays one round trip; e.g. the global batch's scores and the sharded state
-    rows it reads, :func:`xrisk.sharding.gather_and_open`). ``x`` and ``extra`` floating point or bool (exact)."""
+    x: Tensor, extras: Sequence[Tensor], *, grad: Literal["sum", "none"], sizes: Sequence[int],
+    extra_sizes: Sequence[int],
+) -> tuple[Tensor, list[Tensor]]:
+    """``(all_gather(x, grad=grad, sizes=sizes), [all_gather_no_grad(e, sizes=extra_sizes) for e in extras])`` with
+    **one** collective (a step that needs both pays one round trip; e.g. the global batch's scores and the sharded
+    state rows it reads, :func:`xrisk.sharding.gather_and_open`). Floating point or bool tensors (exact)."""
     if grad not in ("sum", "none"):
         raise ValueError(f"grad policy must be 'sum' or 'none', got {grad!r}")
     if not is_distributed():
-        return x, extra
+        return x, list(extras)
     if grad == "none" or not x.requires_grad:
         with torch.no_grad():
-            return _gather_pair(x.detach(), extra.detach(), sizes, extra_sizes)
-    return _GatherSumWith.apply(x, extra.detach(), list(sizes), list(extra_sizes))
+            xs, *es = _gather_packed([x, *extras], [sizes, *[extra_sizes] * len(extras)])
+        return xs, es
+    xs, *es = _GatherSumWith.apply(x, list(sizes), list(extra_sizes), *[e.detach() for e in extras])
+    return xs, es
+
+
+def all_gather_many(tensors: Sequence[Tensor], *, sizes: Sequence[int]) -> list[Tensor]:
+    """``[all_gather_no_grad(t, sizes=sizes) for t in tensors]`` with one collective (floating point or bool)."""
+    if not is_distributed():
+        return list(tensors)
+    with torch.no_grad():
+        return _gather_packed(tensors, [sizes] * len(tensors))
 
 
 def all_gather(x: Tensor, *, grad: Literal["sum", "none"], sizes: Sequence[int] | None = None) -> Tensor:

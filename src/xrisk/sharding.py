@@ -9,7 +9,8 @@ with ``K`` processes keeps only the rows of its own **shard**:
   The partition is fixed when the state is built (build the loss after ``init_process_group``).
 * **A step** (:func:`open_window` / :func:`close_window`, called by the loss templates). Every
   xrisk loss computes its state update from the *global* batch on every rank. For sharded state the
-  template takes the ``U <= B_global`` distinct indices of the global batch (sorted), **fetches** their
+  template takes the ``U <= B_global`` distinct indices of the global batch (sorted; only of the samples whose state
+  the step uses, e.g. the positives of ``APLoss`` and the partial-AUC losses), **fetches** their
   rows from their owners with one ``all_gather`` of ``O(U)`` rows for all the loss's sharded states
   together (each rank sends the rows it owns; nothing of size ``n`` moves), and swaps them in as a
   **window**: for the rest of the step the state looks like a replicated state of ``U`` rows
@@ -21,10 +22,11 @@ with ``K`` processes keeps only the rows of its own **shard**:
   every rank computes the same update of the window, :func:`close_window` writes the rows a rank owns
   back into its shard **without any communication**. A failed or ``eval()``-mode step writes nothing
   back.
-* **Cost per step**: one ``all_gather`` of ``U`` rows of ``4 (2 s)`` bytes per state (value as float32,
-  the seen flag as a float32 0/1; ``s`` = entries per row), plus ``K + 1`` integers read on the host
-  (how many of the ``U`` rows each rank owns). Memory: the shard (``~n / K`` rows) plus the ``U``-row
-  window.
+* **Cost per step**: one ``all_gather`` of the ``U`` rows of ``4 (2 s)`` bytes per state (value as float32, the
+  seen flag as a float32 0/1; ``s`` = entries per row) for all the states together, which in a score loss is the
+  gather of the scores itself (:func:`gather_and_open`: no extra round trip), plus ``K + 1`` integers read on the
+  host (how many of the ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any repeats, so the step
+  does not search the batch for duplicates again. Memory: the shard (``~n / K`` rows) plus the ``U``-row window.
 
 Outside a step, the public :class:`~xrisk.state.SampleState` calls stay correct and become collective
 (every rank must make them): :meth:`~xrisk.state.SampleState.read` and
@@ -95,43 +97,38 @@ def _check_world(states: Sequence["SampleState"]) -> None:
             )
 
 
+# the shard starts of (num_samples, world) on a device, as the tensor _cuts searches (plain data: no process group)
+_BOUNDS: dict[tuple[int, int, torch.device], Tensor] = {}
+
+
 def _cuts(uniq: Tensor, num_samples: int, world: int) -> list[int]:
     """Positions in the sorted ``uniq`` where each rank's rows begin (``world + 1`` entries; one host read)."""
-    starts = [shard_range(num_samples, world, r)[0] for r in range(world)] + [num_samples]
-    bounds = torch.tensor(starts, dtype=uniq.dtype, device=uniq.device)
+    key = (num_samples, world, uniq.device)
+    bounds = _BOUNDS.get(key)
+    if bounds is None or bounds.dtype != uniq.dtype:
+        starts = [shard_range(num_samples, world, r)[0] for r in range(world)] + [num_samples]
+        bounds = _BOUNDS[key] = torch.tensor(starts, dtype=uniq.dtype, device=uniq.device)
     return torch.searchsorted(uniq, bounds).tolist()
 
 
-def _owned_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[Tensor, list[int], list[int]]:
-    """This rank's rows of every state at the sorted distinct indices ``uniq``, packed ``[own, sum widths]`` float32
-    (value, then seen as 0/1, per state); the cut positions of :func:`_cuts`; the widths."""
+def _fetch(states: Sequence["SampleState"], uniq: Tensor, scores: Tensor | None = None,
+           sizes: Sequence[int] = ()) -> tuple[Tensor | None, list[Tensor], list[int], Tensor]:
+    """The rows of every state at the sorted distinct indices ``uniq``, from their owners, in one collective (with the
+    gather of ``scores``, ``grad="sum"``, if given): ``(gathered scores or None, [value, seen, value, seen, ...] of
+    the U rows, cut positions of :func:`_cuts`, this rank's shard rows of its part of the window)``."""
     first = states[0]
     n, world, rank = first.num_samples, first.num_shards, xdist.rank()
     if any(st.num_samples != n for st in states):
         raise ValueError("fetch_rows needs states of one num_samples")
     cuts = _cuts(uniq, n, world)
-    lo, hi = cuts[rank], cuts[rank + 1]
     dev = first.shard_tensors()[0].device
-    own = uniq[lo:hi].to(dev) - first.shard_start  # rows of my shard, in uniq's order
-    pieces, widths = [], []
-    for st in states:
-        value, seen = st.shard_tensors()
-        width = value[0].numel() if value.dim() > 1 else 1
-        pieces += [value.index_select(0, own).reshape(hi - lo, width),
-                   seen.index_select(0, own).reshape(hi - lo, width).to(torch.float32)]
-        widths += [width, width]
-    return (torch.cat(pieces, 1) if len(pieces) > 1 else pieces[0]), cuts, widths
-
-
-def _window_rows(states: Sequence["SampleState"], rows: Tensor, widths: list[int]) -> list[tuple[Tensor, Tensor]]:
-    """The gathered packed rows ``[U, sum widths]`` of :func:`_owned_rows` as ``(value, seen)`` per state."""
-    dev = states[0].shard_tensors()[0].device
-    cols = rows.to(dev).split(widths, 1)
-    out = []
-    for k, st in enumerate(states):
-        shape = (rows.shape[0], *st.shape)
-        out.append((cols[2 * k].reshape(shape).contiguous(), cols[2 * k + 1].reshape(shape) > 0.5))
-    return out
+    own = uniq[cuts[rank] : cuts[rank + 1]].to(dev) - first.shard_start  # rows of my shard, in uniq's order
+    pieces = [t.index_select(0, own) for st in states for t in st.shard_tensors()]
+    counts = [cuts[r + 1] - cuts[r] for r in range(world)]
+    if scores is None:
+        return None, xdist.all_gather_many(pieces, sizes=counts), cuts, own
+    gathered, fetched = xdist.all_gather_with(scores, pieces, grad="sum", sizes=sizes, extra_sizes=counts)
+    return gathered, fetched, cuts, own
 
 
 def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tuple[Tensor, Tensor]], list[int]]:
@@ -139,57 +136,76 @@ def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tupl
     ``uniq`` (the same on every rank), fetched from their owners with one ``all_gather`` for all the states
     (collective); also the cut positions of :func:`_cuts`. The states must share ``num_samples`` and the
     number of shards."""
-    packed, cuts, widths = _owned_rows(states, uniq)
-    world = states[0].num_shards
-    rows = xdist.all_gather_no_grad(packed, sizes=[cuts[r + 1] - cuts[r] for r in range(world)])
-    return _window_rows(states, rows, widths), cuts
+    _, fetched, cuts, _ = _fetch(states, uniq)
+    return list(zip(fetched[::2], fetched[1::2])), cuts
 
 
-def _distinct_rows(states: Sequence["SampleState"], index: Tensor) -> tuple[Tensor, Tensor]:
-    """The start of every step window: the states fit this process group and none is in a step; returns the sorted
-    distinct indices of ``index`` and each entry's position among them."""
+def _begin(states: Sequence["SampleState"], uniq: Tensor, fetched: list[Tensor], cuts: list[int], own: Tensor) -> None:
+    """Swap the fetched ``[value, seen, ...]`` rows of :func:`_fetch` in as each state's window."""
+    for k, st in enumerate(states):
+        st._begin_window(uniq, cuts, fetched[2 * k], fetched[2 * k + 1], own)
+
+
+def _window_positions(states: Sequence["SampleState"], index: Tensor,
+                      rows: Tensor | None) -> tuple[Tensor, Tensor, bool]:
+    """The start of every step window: the states fit this process group and none is in a step. Returns the sorted
+    distinct indices ``uniq`` of ``index`` (of its entries where ``rows`` holds), each entry's position among them
+    (``uniq.numel()``, one past the window, for an entry outside ``rows``: a use of it is rejected) and whether no
+    index occurs twice among those entries (known from the sort, so the step need not look for duplicates)."""
     _check_world(states)
     if any(st.window_open for st in states):
         raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
-    return torch.unique(index, sorted=True, return_inverse=True)
+    chosen = index if rows is None else index.masked_select(rows)
+    uniq, inv = torch.unique(chosen, sorted=True, return_inverse=True)
+    if rows is not None:
+        inv = torch.full_like(index, uniq.numel()).masked_scatter_(rows, inv)
+    return uniq, inv, uniq.numel() == chosen.numel()
 
 
-def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tensor, *,
-                    sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
+def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tensor, *, sizes: Sequence[int],
+                    rows: Tensor | None = None) -> tuple[Tensor, Tensor, bool]:
     """:func:`open_window` for the global batch's ``index`` with the row fetch riding on the gather of this rank's
     ``scores`` (``xrisk.distributed.all_gather(scores, grad="sum", sizes=sizes)``): one collective for both, so a
-    sharded step makes as many round trips as a replicated one. Returns ``(gathered scores, index remapped to window
-    positions)``. States of several ``num_samples`` take the separate fetch."""
-    if not states or not xdist.is_distributed() or len({st.num_samples for st in states}) > 1:
-        return xdist.all_gather(scores, grad="sum", sizes=sizes), open_window(states, index)
-    uniq, inv = _distinct_rows(states, index)
-    packed, cuts, widths = _owned_rows(states, uniq)
-    world = states[0].num_shards
-    gathered, rows = xdist.all_gather_with(scores, packed, grad="sum", sizes=sizes,
-                                           extra_sizes=[cuts[r + 1] - cuts[r] for r in range(world)])
-    for st, (value, seen) in zip(states, _window_rows(states, rows, widths)):
-        st._begin_window(uniq, cuts, value, seen)
-    return gathered, inv
+    sharded step makes as many round trips as a replicated one. ``rows``: as in :func:`open_window`. Returns
+    ``(gathered scores, index remapped to window positions, distinct)``, ``distinct``: no index occurs twice among
+    the fetched entries (False when nothing was opened). States of several ``num_samples`` take the separate fetch."""
+    if not states or not xdist.is_distributed():
+        return xdist.all_gather(scores, grad="sum", sizes=sizes), index, False
+    if len({st.num_samples for st in states}) > 1:
+        gathered = xdist.all_gather(scores, grad="sum", sizes=sizes)
+        return (gathered, *_open_window(states, index, rows))
+    uniq, inv, distinct = _window_positions(states, index, rows)
+    gathered, fetched, cuts, own = _fetch(states, uniq, scores, sizes)
+    _begin(states, uniq, fetched, cuts, own)
+    return gathered, inv, distinct
 
 
-def open_window(states: Sequence["SampleState"], index: Tensor) -> Tensor:
+def open_window(states: Sequence["SampleState"], index: Tensor, *, rows: Tensor | None = None) -> Tensor:
     """Start a step on sharded ``states`` for the dataset indices ``index`` (validated; the same on every rank,
     e.g. the gathered global batch): fetch the rows of its distinct indices (collective) and swap them in as
     each state's window. Returns ``index`` remapped to window positions (see the module docstring).
+
+    ``rows``: optional ``[B]`` bool, the entries of ``index`` whose state rows the step reads or writes (e.g. the
+    positives of a loss that keeps state for positives only); only their rows are fetched, and the other entries
+    are remapped to the position one past the window, which any read or write rejects.
 
     Not distributed, or no state: returns ``index`` unchanged and opens nothing.
     """
     if not states or not xdist.is_distributed():
         return index
-    uniq, inv = _distinct_rows(states, index)
+    return _open_window(states, index, rows)[0]
+
+
+def _open_window(states: Sequence["SampleState"], index: Tensor, rows: Tensor | None) -> tuple[Tensor, bool]:
+    """:func:`open_window` (distributed, some state); also whether the fetched entries hold distinct indices."""
+    uniq, inv, distinct = _window_positions(states, index, rows)
     groups: dict[int, list["SampleState"]] = {}
     for st in states:
         groups.setdefault(st.num_samples, []).append(st)
     for group in groups.values():
-        rows, cuts = fetch_rows(group, uniq)
-        for st, (value, seen) in zip(group, rows):
-            st._begin_window(uniq, cuts, value, seen)
-    return inv
+        _, fetched, cuts, own = _fetch(group, uniq)
+        _begin(group, uniq, fetched, cuts, own)
+    return inv, distinct
 
 
 def close_window(states: Sequence["SampleState"], *, write: bool) -> None:

@@ -318,21 +318,24 @@ class SampleState(ReplicatedStateModule):
     def shard_tensors(self) -> tuple[Tensor, Tensor]:
         """This process's rows ``(value, seen)`` (all rows unless sharded), also while a step's window is open."""
         window = self.__dict__.get("_window")
-        return (self.value, self.seen) if window is None else (window[2], window[3])
+        return (self.value, self.seen) if window is None else (window[3], window[4])
 
-    def _begin_window(self, uniq: Tensor, cuts: list[int], value: Tensor, seen: Tensor) -> None:
-        """Swap in the fetched rows of the step's distinct indices ``uniq`` (see :func:`xrisk.sharding.open_window`)."""
-        self.__dict__["_window"] = (uniq, cuts, self.value, self.seen)
+    def _begin_window(self, uniq: Tensor, cuts: list[int], value: Tensor, seen: Tensor, own: Tensor | None = None) -> None:
+        """Swap in the fetched rows ``value``/``seen`` of the step's distinct indices ``uniq`` (see
+        :func:`xrisk.sharding.open_window`); ``own``: this rank's shard rows of the window positions
+        ``[cuts[rank], cuts[rank + 1])`` (computed from ``uniq`` if not given), where :meth:`_end_window` writes back."""
+        lo, hi = cuts[xdist.rank()], cuts[xdist.rank() + 1]
+        if own is None:
+            own = uniq[lo:hi].to(self.value.device) - self.shard_start
+        self.__dict__["_window"] = (own, lo, hi, self.value, self.seen)
         self.__dict__["value"], self.__dict__["seen"] = value, seen
 
     def _end_window(self, write: bool) -> None:
         """Restore the shard; with ``write``, first copy the window rows this rank owns into it."""
-        uniq, cuts, shard_value, shard_seen = self.__dict__["_window"]
+        own, lo, hi, shard_value, shard_seen = self.__dict__["_window"]
         value, seen = self.__dict__["value"], self.__dict__["seen"]
         self.__dict__["value"], self.__dict__["seen"], self.__dict__["_window"] = shard_value, shard_seen, None
         if write:
-            lo, hi = cuts[xdist.rank()], cuts[xdist.rank() + 1]
-            own = uniq[lo:hi].to(shard_value.device) - self.shard_start
             shard_value.index_copy_(0, own, value[lo:hi])
             shard_seen.index_copy_(0, own, seen[lo:hi])
 

@@ -33,6 +33,7 @@ class PartialAUCLossBase(ScoreLoss):
 
     margin: float
     surrogate: str
+    state_rows = "positives"  # the step reads and writes the state of positives only
     _checks_value: bool = False  #: the staged state can be finite while the value is not (CVaR): check the value too
 
     def _task_weights(self, task: int, n_pos: int, index_pos: Tensor, losses: Tensor, cause: Cause) -> Tensor:

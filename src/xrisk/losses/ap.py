@@ -93,6 +93,7 @@ class APLoss(ScoreLoss):
 
     uses_index = True
     objective_name = "smoothed_ap"
+    state_rows = "positives"  # the step reads and writes the state of positives only
 
     def __init__(
         self,

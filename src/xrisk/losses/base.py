@@ -48,7 +48,7 @@ of the true objective is :meth:`ScoreLoss.objective`.
 from __future__ import annotations
 
 import functools
-from typing import Callable, ClassVar, Union
+from typing import Callable, ClassVar, Literal, Union
 
 import torch
 from torch import Tensor
@@ -86,9 +86,12 @@ class ScoreLoss(ReplicatedStateModule):
 
     uses_index: ClassVar[bool] = True
     objective_name: ClassVar[str] = "objective"
+    #: the samples whose per-sample state rows :meth:`_loss` reads or writes: ``"all"``, or ``"positives"`` (the samples
+    #: positive for some task); a sharded step fetches only those rows (:meth:`_masked_loss` always gets every row)
+    state_rows: ClassVar[Literal["all", "positives"]] = "all"
     _objective: Tensor
     _writes: PendingWrites  #: the current step's staged state updates (set by forward before ``_loss``)
-    _index_unique: bool  #: the step's (global) ``index`` holds no duplicate (False: unknown or some)
+    _index_unique: bool  #: no index occurs twice among the step's ``state_rows`` entries (False: unknown or some)
 
     def __init__(self, *, num_tasks: int = 1, gather: bool = True, state_placement: Placement = "replicated") -> None:
         super().__init__()
@@ -117,10 +120,9 @@ class ScoreLoss(ReplicatedStateModule):
             (s, y, _, idx), layout = xdist.agree_on_batch(
                 type(self).__name__, functools.partial(self._check_batch, scores, targets, index), _batch_tensors
             )
-            s, y, idx, sharded = self._gather_batch(s, y, idx, layout.sizes)
+            s, y, idx, sharded, unique = self._gather_batch(s, y, idx, layout.sizes, select=True)
             pos_counts = y.sum(0).tolist()  # of the global batch
-            unique, given = False, None  # duplicates in the global batch: not known
-            host = None
+            given, host = None, None
         else:
             s, y, pos_counts, idx = self._check_batch(scores, targets, index)
             unique = self.__dict__["_checked_unique"]
@@ -155,7 +157,7 @@ class ScoreLoss(ReplicatedStateModule):
                 type(self).__name__, functools.partial(self._shape_batch, scores, targets, index),
                 lambda b: {"scores": b[0], "targets": b[1], "index": b[2]},
             )
-            s, y, idx, sharded = self._gather_batch(s, y, idx, layout.sizes)
+            s, y, idx, sharded, _ = self._gather_batch(s, y, idx, layout.sizes)
         else:
             s, y, idx = self._shape_batch(scores, targets, index)
             sharded = []
@@ -180,19 +182,23 @@ class ScoreLoss(ReplicatedStateModule):
             self.__dict__["_objective_ready"] = False
         return out
 
-    def _gather_batch(self, s: Tensor, y: Tensor, idx: Tensor | None, sizes: list[int]) -> tuple[Tensor, Tensor, Tensor | None, list]:
-        """The global batch ``(scores, targets, index)`` of every rank's checked rows (``sizes``: the agreed layout) and
+    def _gather_batch(self, s: Tensor, y: Tensor, idx: Tensor | None, sizes: list[int], *, select: bool = False
+                      ) -> tuple[Tensor, Tensor, Tensor | None, list, bool]:
+        """The global batch ``(scores, targets, index)`` of every rank's checked rows (``sizes``: the agreed layout),
         the sharded states whose step window is now open (``index`` then holds window positions, see
-        :mod:`xrisk.sharding`): their rows are fetched in the same collective as the scores."""
+        :mod:`xrisk.sharding`: their rows are fetched in the same collective as the scores) and whether no index
+        occurs twice among the fetched entries (False without a window). ``select``: fetch only the rows of
+        :attr:`state_rows` (the :meth:`_loss` path; the other entries' positions are then unusable)."""
         y = xdist.all_gather_no_grad(y, sizes=sizes)
         if idx is not None:
             idx = xdist.all_gather_no_grad(idx.to(s.device), sizes=sizes)
         sharded = sharded_states(self) if idx is not None and self.state_placement == "sharded" else []
-        if sharded:  # the global batch's rows, fetched from their owners with the scores; idx -> window positions
-            s, idx = gather_and_open(sharded, idx, s, sizes=sizes)
-        else:
-            s = xdist.all_gather(s, grad="sum", sizes=sizes)
-        return s, y, idx, sharded
+        if not sharded:
+            return xdist.all_gather(s, grad="sum", sizes=sizes), y, idx, sharded, False
+        # the global batch's rows, fetched from their owners with the scores; idx -> window positions
+        rows = y.any(1) if select and self.state_rows == "positives" else None
+        s, idx, distinct = gather_and_open(sharded, idx, s, sizes=sizes, rows=rows)
+        return s, y, idx, sharded, distinct
 
     def _shape_batch(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         """This rank's checks that read no value: ``(scores [B, T], targets [B, T] bool, index int64 or None)``."""
