@@ -142,3 +142,17 @@ def test_roc_fairness_full_batch_returns_the_shared_full_index_and_one_host_read
         roc_fairness_constraints(s.clone().fill_(float("inf")), y, g, [0.5], 0.1)
     big = torch.full((8,), 3e38)  # finite scores whose sum overflows: only the exact check decides
     assert roc_fairness_constraints(big, y, g, [0.5], 0.1).values.isfinite().all()
+
+
+def test_roc_fairness_label_dtypes_give_the_same_values() -> None:
+    """bool / int32 / float labels and groups (read on the host) give the int64 result; float64 scores keep it."""
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(30, generator=g, dtype=torch.float64)
+    targets = (torch.rand(30, generator=g) < 0.4).long()
+    groups = (torch.rand(30, generator=g) < 0.5).long()
+    ref = roc_fairness_constraints(scores, targets, groups, [0.3, 0.6], 0.05)
+    for y, a in ((targets.bool(), groups.bool()), (targets.int(), groups.int()), (targets.double(), groups.float())):
+        c = roc_fairness_constraints(scores, y, a, [0.3, 0.6], 0.05)
+        assert c.values.dtype == torch.float64 and torch.equal(c.values, ref.values)
+    with pytest.raises(ValueError, match="targets and groups must be binary"):
+        roc_fairness_constraints(scores, targets, groups - 2, [0.5], 0.1)  # negative groups

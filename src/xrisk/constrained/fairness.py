@@ -6,6 +6,7 @@ import functools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,37 +47,57 @@ def group_rates(
     return rates.reshape(2, 2, -1), counts.reshape(2, 2)
 
 
-def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, list[int]]:
-    """This rank's checks: ``(scores [B], cell = 2 groups + targets (int64), the cell counts [4] on the host)``.
+def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tensor, np.ndarray, list[int]]:
+    """This rank's checks: ``(scores [B], cell = 2 groups + targets (int64, on the host), the cell counts [4])``.
 
-    One host read for everything (on a CPU each tensor operation costs more than its arithmetic): the
-    counts of the cells ``2 groups + targets``, a fifth count of the rows whose target or group is not 0/1
-    (``(targets | groups) >> 1 != 0``, which also catches negative values), and the sum of the scores (a
-    finite probe; an overflowing sum only sends it to the exact check)."""
+    The labels and groups are integer bookkeeping without gradients, done on the host with NumPy (on a CPU each
+    torch operation costs several times its NumPy counterpart on a batch this small; on an accelerator they are
+    copied once): a row whose target or group is not 0/1 has ``(targets | groups) >> 1 != 0`` (which also catches
+    negative values). The scores' sum (a finite probe; an overflowing sum only sends it to the exact check) is
+    launched before that copy, so a device is waited for once."""
     if not isinstance(scores, Tensor) or not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
     scores = scores.reshape(-1) if scores.dim() == 2 and scores.shape[1] == 1 else scores
     if scores.dim() != 1 or targets.shape != scores.shape or groups.shape != scores.shape:
         raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
                          f"{tuple(targets.shape)}, {tuple(groups.shape)}")
-    t, gr = targets.long(), groups.long()
-    cell = torch.add(t, gr, alpha=2)
-    key = cell.masked_fill(torch.bitwise_or(t, gr) >> 1 != 0, 4)  # 4: not binary
-    stats = torch.cat((torch.bincount(key, minlength=5).to(scores.dtype), scores.detach().sum().reshape(1))).tolist()
-    if stats[4]:
+    total = scores.detach().sum()
+    t = np.asarray(targets.numpy(force=True), dtype=np.int64)  # as targets.long(): float labels are truncated
+    gr = np.asarray(groups.numpy(force=True), dtype=np.int64)
+    if np.count_nonzero((t | gr) >> 1):
         raise ValueError("targets and groups must be binary (0/1)")
-    if not math.isfinite(stats[5]):
+    if not math.isfinite(total):
         check_finite("scores", scores)  # raises unless the sum only overflowed
-    return scores, cell, [int(c) for c in stats[:4]]
+    cell = (gr << 1) | t
+    return scores, cell, np.bincount(cell, minlength=4).tolist()
+
+
+def _sample_weights(cell: np.ndarray, present: list[int], like: Tensor) -> Tensor:
+    """``[B, 4]`` weights of each sample (cell ``c = 2 group + label``: (b,0) (b,1) (a,0) (a,1)) in the four
+    constraint rows ``FPR_a - FPR_b, FPR_b - FPR_a, TPR_a - TPR_b, TPR_b - TPR_a``: ``+-1 / n_c`` or 0, made on
+    the host and moved to ``like``'s device and dtype."""
+    i0, i1, i2, i3 = (1.0 / max(c, 1) for c in present)
+    rows = np.array([-i0, i0, 0.0, 0.0, 0.0, 0.0, -i1, i1, i2, -i2, 0.0, 0.0, 0.0, 0.0, i3, -i3],
+                    dtype=_NUMPY_DTYPES.get(like.dtype, np.float64)).reshape(4, 4)
+    weights = torch.from_numpy(rows.take(cell, axis=0))
+    return weights if weights.dtype == like.dtype and like.is_cpu else weights.to(like.device, like.dtype)
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
+
+
+def _as_tensors(scores: Tensor, cell: np.ndarray, present: list[int]) -> tuple[Tensor, Tensor, list[int]]:
+    """The checked batch with ``cell`` as a tensor on the scores' device (to be gathered)."""
+    return scores, torch.from_numpy(cell).to(scores.device), present
 
 
 @functools.lru_cache(maxsize=64)
 def _threshold_tensors(theta: tuple[float, ...], temperature: float | None, kappa: float, dtype: torch.dtype,
                        device: torch.device) -> tuple[Tensor, Tensor]:
-    """Constants of one threshold set: ``(shift [K] = -theta / temperature`` (``theta`` without a temperature),
-    ``offset [4, K] = -kappa)``, built once per setting (they are never written)."""
-    shift = torch.tensor([v if temperature is None else -v / temperature for v in theta], dtype=dtype, device=device)
-    return shift, torch.full((4, len(theta)), -kappa, dtype=dtype, device=device)
+    """Constants of one threshold set: ``(shift [K, 1] = -theta / temperature`` (``theta`` without a temperature),
+    ``offset [K, 4] = -kappa)``, built once per setting (they are never written)."""
+    shift = torch.tensor([[v if temperature is None else -v / temperature] for v in theta], dtype=dtype, device=device)
+    return shift, torch.full((len(theta), 4), -kappa, dtype=dtype, device=device)
 
 
 def roc_fairness_constraints(
@@ -142,24 +163,21 @@ def roc_fairness_constraints(
     check = functools.partial(_check_batch, scores, targets, groups)
     if gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
         (scores, cell, _), layout = xdist.agree_on_batch(
-            "roc_fairness_constraints", check, lambda o: {"scores": o[0], "cell": o[1]})
+            "roc_fairness_constraints", lambda: _as_tensors(*check()), lambda o: {"scores": o[0], "cell": o[1]})
         scores = xdist.all_gather(scores, grad="sum", sizes=layout.sizes)
-        cell = xdist.all_gather_no_grad(cell, sizes=layout.sizes)
-        present = torch.bincount(cell, minlength=4).tolist()
+        cell = xdist.all_gather_no_grad(cell, sizes=layout.sizes).numpy(force=True)
+        present = np.bincount(cell, minlength=4).tolist()
     else:
         scores, cell, present = check()
-    # rows (FPR_a - FPR_b, FPR_b - FPR_a, TPR_a - TPR_b, TPR_b - TPR_a) as weights on the cells (b,0), (b,1),
-    # (a,0), (a,1), each cell's weight divided by its count: values = coef[:, cell] @ rates-at-each-sample
-    inv = [1.0 / max(c, 1) for c in present]
-    coef = torch.tensor([[-inv[0], 0.0, inv[2], 0.0], [inv[0], 0.0, -inv[2], 0.0],
-                         [0.0, -inv[1], 0.0, inv[3]], [0.0, inv[1], 0.0, -inv[3]]],
-                        dtype=scores.dtype, device=scores.device)
+    # values[k, r] = -kappa + sum_b rate_k(s_b) weights[b, r], one matmul of the rates [K, B] with the samples'
+    # weights [B, 4] (thresholds first: the [K, 4] result flattens to the constraint ids 4k + r without a copy)
+    weights = _sample_weights(cell, present, scores)
     shift, offset = _threshold_tensors(tuple(theta), temperature, float(kappa), scores.dtype, scores.device)
     if temperature is not None:
-        soft = torch.sigmoid(torch.add(shift, scores.unsqueeze(1), alpha=1.0 / temperature))  # [B, K]
+        rates = torch.sigmoid(torch.add(shift, scores, alpha=1.0 / temperature))  # [K, B]
     else:
-        soft = (scores.unsqueeze(1) >= shift).to(scores.dtype)
-    values = torch.addmm(offset, coef.index_select(1, cell), soft).t().reshape(-1)  # [K, 4] in threshold order
+        rates = (scores >= shift).to(scores.dtype)
+    values = torch.addmm(offset, rates, weights).view(-1)  # [K, 4] -> 4K in threshold order
     has_fpr = present[0] > 0 and present[2] > 0  # cells 2 group + label: (b, 0) and (a, 0)
     has_tpr = present[1] > 0 and present[3] > 0
     if has_fpr and has_tpr:

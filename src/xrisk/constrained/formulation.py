@@ -12,9 +12,9 @@
    constraint) counts as "all ``m``" without an index check;
 4. call the subclass hook :meth:`ConstraintFormulation._weights`, which returns the detached weights
    ``w_i`` and may stage more writes (the Lagrangian's multiplier step);
-5. **check, then write**: every new state value is computed first and checked finite with one host read
-   (the objective plus the sum of the new estimates, which carry any NaN/inf of the values) before any is
-   written (all or nothing; further writes a subclass stages go through a
+5. **check, then write**: every new state value is computed first and checked finite by reading two values
+   computed before either read (one wait for a device): the objective and the sum of the new estimates, which
+   carry any NaN/inf of the values, before any is written (all or nothing; further writes a subclass stages go through a
    :class:`~xrisk.state.PendingWrites`); with :func:`xrisk.set_validation` off there is no host read: the
    same flag is required with a device assertion (on CPU it raises before any write) and masks the writes.
    State changes only in training mode (``eval()`` computes the same value and changes nothing, like
@@ -124,7 +124,7 @@ class ConstraintFormulation(ReplicatedStateModule):
         if k == 0:
             self.__dict__["_last"] = objective.detach()
             return objective + values.sum() * 0.0
-        value, seen = self.u.tensors()
+        value, seen = self._modules["u"].tensors()  # (not self.u: nn.Module's attribute fallback costs more here)
         detached = values.detach()
         if detached.dtype != torch.float32:
             detached = detached.to(torch.float32)
@@ -143,21 +143,21 @@ class ConstraintFormulation(ReplicatedStateModule):
                                       weight)
         writes = PendingWrites(f"{type(self).__name__}: a constraint estimate overflows float32")
         weights = self._weights(u_new, detached, index, writes)  # may stage more writes (the multipliers)
-        probe = objective.detach() + u_new.sum()  # u_new carries any NaN/inf of the values (and of previous)
-        if validation_enabled():  # one host read; the weights and multipliers are functions of finite values
-            ok = None
-            if not math.isfinite(float(probe)):
+        last, total = objective.detach(), u_new.sum()  # u_new carries any NaN/inf of the values (and of previous)
+        if validation_enabled():  # reads of two values computed before either (one wait for a device); the
+            ok = None             # weights and multipliers are functions of finite values
+            if not (math.isfinite(float(total)) and math.isfinite(float(last))):
                 self._raise_non_finite(objective, values)
         else:  # no host read: a device assertion (on CPU it raises here), and the writes masked by the same flag
-            ok = torch.isfinite(probe)
+            ok = torch.isfinite(last + total)
             assert_async(ok, f"{type(self).__name__}: the objective, a constraint value or a new estimate is NaN/inf; "
                              "no state was changed (validation is off: xrisk.set_validation(True) names the cause)")
         if self.training:
-            self._write_estimates(u_new, index, ok)
+            self._write_estimates(u_new, index, ok, value, seen)
             if len(writes):
                 writes.commit(write=True, check=False)
             self.num_steps.add_(1)
-        self.__dict__["_last"] = objective.detach()
+        self.__dict__["_last"] = last
         w = weights if weights.dtype == values.dtype else weights.to(values.dtype)
         return torch.add(objective, torch.dot(w, values), alpha=self._scale(k))
 
@@ -168,10 +168,11 @@ class ConstraintFormulation(ReplicatedStateModule):
         mark = self.__dict__.get("_seen_mark")
         return mark is not None and mark[0] is seen and mark[1] == seen._version
 
-    def _write_estimates(self, u_new: Tensor, index: Tensor | None, ok: Tensor | None) -> None:
-        """Write the checked estimates of the observed constraints (all of them when ``index`` is None); ``ok``
-        (validation off): a device flag, the writes keep the old state where it is false."""
-        value, seen = self.u.tensors()
+    def _write_estimates(self, u_new: Tensor, index: Tensor | None, ok: Tensor | None, value: Tensor,
+                         seen: Tensor) -> None:
+        """Write the checked estimates of the observed constraints (all of them when ``index`` is None) into the
+        state ``(value, seen)``; ``ok`` (validation off): a device flag, the writes keep the old state where it is
+        false."""
         if ok is not None:
             if index is None:
                 old, was_seen = value, seen
