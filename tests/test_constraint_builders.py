@@ -156,3 +156,17 @@ def test_roc_fairness_label_dtypes_give_the_same_values() -> None:
         assert c.values.dtype == torch.float64 and torch.equal(c.values, ref.values)
     with pytest.raises(ValueError, match="targets and groups must be binary"):
         roc_fairness_constraints(scores, targets, groups - 2, [0.5], 0.1)  # negative groups
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_roc_fairness_non_finite_float_labels_raise_the_binary_error_without_a_numpy_warning(bad: float) -> None:
+    import warnings
+
+    s, y, g = torch.rand(8), torch.tensor([0.0, 1.0] * 4), torch.tensor([0, 0, 1, 1] * 2)
+    y[3] = bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning from the cast would fail here
+        with pytest.raises(ValueError, match="targets and groups must be binary"):
+            roc_fairness_constraints(s, y, g, [0.5], 0.1)
+        with pytest.raises(ValueError, match="targets and groups must be binary"):
+            roc_fairness_constraints(s, g, y, [0.5], 0.1)  # as groups

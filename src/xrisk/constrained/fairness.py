@@ -62,8 +62,9 @@ def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tenso
         raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
                          f"{tuple(targets.shape)}, {tuple(groups.shape)}")
     total = scores.detach().sum()
-    t = np.asarray(targets.numpy(force=True), dtype=np.int64)  # as targets.long(): float labels are truncated
-    gr = np.asarray(groups.numpy(force=True), dtype=np.int64)
+    with np.errstate(invalid="ignore"):  # NaN/inf labels cast to a huge integer, refused below (no NumPy warning)
+        t = np.asarray(targets.numpy(force=True), dtype=np.int64)  # as targets.long(): float labels are truncated
+        gr = np.asarray(groups.numpy(force=True), dtype=np.int64)
     if np.count_nonzero((t | gr) >> 1):
         raise ValueError("targets and groups must be binary (0/1)")
     if not math.isfinite(total):
