@@ -145,21 +145,24 @@ def test_roc_fairness_full_batch_returns_the_shared_full_index_and_one_host_read
 
 
 def test_roc_fairness_label_dtypes_give_the_same_values() -> None:
-    """bool / int32 / float labels and groups (read on the host) give the int64 result; float64 scores keep it."""
+    """bool / integer / float (bfloat16 too) labels and groups (read on the host) give the int64 result; float64
+    scores keep it."""
     g = torch.Generator().manual_seed(3)
     scores = torch.rand(30, generator=g, dtype=torch.float64)
     targets = (torch.rand(30, generator=g) < 0.4).long()
     groups = (torch.rand(30, generator=g) < 0.5).long()
     ref = roc_fairness_constraints(scores, targets, groups, [0.3, 0.6], 0.05)
-    for y, a in ((targets.bool(), groups.bool()), (targets.int(), groups.int()), (targets.double(), groups.float())):
+    for y, a in ((targets.bool(), groups.bool()), (targets.int(), groups.int()), (targets.double(), groups.float()),
+                 (targets.bfloat16(), groups.half()), (targets.to(torch.uint8), groups.to(torch.int8))):
         c = roc_fairness_constraints(scores, y, a, [0.3, 0.6], 0.05)
         assert c.values.dtype == torch.float64 and torch.equal(c.values, ref.values)
     with pytest.raises(ValueError, match="targets and groups must be binary"):
         roc_fairness_constraints(scores, targets, groups - 2, [0.5], 0.1)  # negative groups
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_roc_fairness_non_finite_float_labels_raise_the_binary_error_without_a_numpy_warning(bad: float) -> None:
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 0.5, 1.5, -0.5])
+def test_roc_fairness_non_binary_float_labels_raise_the_binary_error_without_a_numpy_warning(bad: float) -> None:
+    """NaN/inf and fractional float labels or groups are refused (not truncated to 0/1 as a cast would)."""
     import warnings
 
     s, y, g = torch.rand(8), torch.tensor([0.0, 1.0] * 4), torch.tensor([0, 0, 1, 1] * 2)

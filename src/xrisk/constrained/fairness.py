@@ -62,15 +62,25 @@ def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tenso
         raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
                          f"{tuple(targets.shape)}, {tuple(groups.shape)}")
     total = scores.detach().sum()
-    with np.errstate(invalid="ignore"):  # NaN/inf labels cast to a huge integer, refused below (no NumPy warning)
-        t = np.asarray(targets.numpy(force=True), dtype=np.int64)  # as targets.long(): float labels are truncated
-        gr = np.asarray(groups.numpy(force=True), dtype=np.int64)
-    if np.count_nonzero((t | gr) >> 1):
+    tn, gn = _host_array(targets), _host_array(groups)
+    floats = tn.dtype.kind == "f" or gn.dtype.kind == "f"
+    if floats:
+        with np.errstate(invalid="ignore"):  # NaN/inf labels cast to a huge integer, refused below (no warning)
+            t, gr = tn.astype(np.int64), gn.astype(np.int64)
+    else:
+        t, gr = tn.astype(np.int64), gn.astype(np.int64)
+    fractional = floats and (np.any(t != tn) or np.any(gr != gn))
+    if fractional or np.count_nonzero((t | gr) >> 1):  # float labels must be exactly 0/1 (0.5 is not truncated)
         raise ValueError("targets and groups must be binary (0/1)")
     if not math.isfinite(total):
         check_finite("scores", scores)  # raises unless the sum only overflowed
     cell = (gr << 1) | t
     return scores, cell, np.bincount(cell, minlength=4).tolist()
+
+
+def _host_array(x: Tensor) -> np.ndarray:
+    """``x`` as a NumPy array on the host (bfloat16, which NumPy lacks, as float32: exact)."""
+    return (x.float() if x.dtype == torch.bfloat16 else x).numpy(force=True)
 
 
 def _sample_weights(cell: np.ndarray, present: list[int], like: Tensor) -> Tensor:
