@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["as_state_rows", "constant", "like_tensor", "on_device"]
+__all__ = ["as_state_rows", "constant", "finite_shift", "like_tensor", "on_device"]
 
 
 def like_tensor(x: Tensor, like: Tensor) -> Tensor:
@@ -47,3 +47,10 @@ def constant(value: float, like: Tensor) -> Tensor | float:
         with torch.inference_mode(False):  # a normal tensor, whatever mode the first call runs under
             out = _CONSTANTS[key] = torch.tensor(value, dtype=dtype, device=like.device)
     return out
+
+
+def finite_shift(shift: Tensor) -> Tensor:
+    """Maxima used as exponent shifts, with the ``-inf`` of an empty row or group (no entry) raised to the dtype's
+    lowest finite value (one op where ``where(isfinite(shift), shift, 0)`` costs several in eager): its exponentials
+    stay 0 and its log-sum ``-inf``, as with a zero shift, and ``x - shift`` is never ``-inf - (-inf)`` = NaN."""
+    return shift.clamp_min(torch.finfo(shift.dtype).min)

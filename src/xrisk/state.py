@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from xrisk import distributed as xdist
+from xrisk._tensors import finite_shift
 from xrisk._validate import all_finite, all_finite_async, assert_async, check_choice, validation_enabled
 from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, local_rows, open_window, shard_range
 
@@ -676,7 +677,7 @@ def merge_groups(group: Tensor, values: Tensor, mask: Tensor, *, log_space: bool
     if log_space:
         kept = torch.where(mask, values, float("-inf"))
         shift = torch.full_like(values, float("-inf")).scatter_reduce_(0, grid, kept, "amax")
-        shift = shift.clamp_min(torch.finfo(shift.dtype).min)  # a group without entries: exp(-inf - min) = 0
+        shift = finite_shift(shift)  # a group without entries: exp(-inf - min) = 0
         total = torch.zeros_like(values).scatter_add_(0, grid, torch.exp(kept - shift.gather(0, grid)))
         merged = torch.log(total.clamp_min(1e-38)) + shift - torch.log(count.clamp_min(1.0))
     else:  # 0 where the group has no masked entry (0 / 1)

@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
+from xrisk._tensors import finite_shift
 from xrisk._validate import validation_enabled
 
 __all__ = [
@@ -64,13 +65,6 @@ __all__ = [
 def _no_grad(x: Tensor) -> Tensor:
     """``x`` outside autograd: ``x.detach()`` when it requires grad, else ``x`` itself (no extra view)."""
     return x.detach() if x.requires_grad else x
-
-
-def _finite_shift(shift: Tensor) -> Tensor:
-    """Row maxima used as exponent shifts, with the ``-inf`` of an anchor without negatives raised to the dtype's
-    lowest finite value (one op where ``where(isfinite(shift), shift, 0)`` costs several in eager): its exponentials
-    stay 0 and its log-sum ``-inf``, as with a zero shift."""
-    return shift.clamp_min(torch.finfo(shift.dtype).min)
 
 
 def _as_anchor(t: Tensor | float, ref: Tensor) -> Tensor | float:
@@ -295,7 +289,7 @@ def row_exp(
     shift = None
     if stable:
         shift = logits.amax(dim)
-        shift = _finite_shift(shift)
+        shift = finite_shift(shift)
         logits.sub_(shift.unsqueeze(dim))
     e = logits.exp_()
     log_s = e.sum(dim).log_()
@@ -746,7 +740,7 @@ def _square_exps(
     if stable:
         f0, f1 = e0.amax(1), e1.amax(0)
         if some_empty:  # an anchor without negatives: -inf, no shift
-            f0, f1 = _finite_shift(f0), _finite_shift(f1)
+            f0, f1 = finite_shift(f0), finite_shift(f1)
         e0.sub_(f0.unsqueeze(1))  # each side's own contiguous shifts: a strided one stops vectorised code
         e1.sub_(f1)
         f = torch.stack([f0, f1], 1)
