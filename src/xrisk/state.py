@@ -321,13 +321,11 @@ class SampleState(ReplicatedStateModule):
         window = self.__dict__.get("_window")
         return (self.value, self.seen) if window is None else (window[3], window[4])
 
-    def _begin_window(self, uniq: Tensor, cuts: list[int], value: Tensor, seen: Tensor, own: Tensor | None = None) -> None:
+    def _begin_window(self, uniq: Tensor, cuts: list[int], value: Tensor, seen: Tensor, own: Tensor) -> None:
         """Swap in the fetched rows ``value``/``seen`` of the step's distinct indices ``uniq`` (see
         :func:`xrisk.sharding.open_window`); ``own``: this rank's shard rows of the window positions
-        ``[cuts[rank], cuts[rank + 1])`` (computed from ``uniq`` if not given), where :meth:`_end_window` writes back."""
+        ``[cuts[rank], cuts[rank + 1])`` (``uniq[lo:hi] - shard_start``), where :meth:`_end_window` writes back."""
         lo, hi = cuts[xdist.rank()], cuts[xdist.rank() + 1]
-        if own is None:
-            own = uniq[lo:hi].to(self.value.device) - self.shard_start
         self.__dict__["_window"] = (own, lo, hi, self.value, self.seen)
         self.__dict__["value"], self.__dict__["seen"] = value, seen
 
