@@ -125,11 +125,12 @@ _SLOPE_PARTS: dict[str, tuple[Callable[[Tensor], Tensor], float]] = {
 }
 
 
-def _slope_times(r: Tensor, w: Tensor, grad: Tensor, surrogate: str) -> Tensor:
+def _slope_times(r: Tensor, w: Tensor, grad: Tensor, surrogate: str, *, base_given: bool = False) -> Tensor:
     """``SHORTFALL_SLOPES[surrogate](r) * w * (grad / r.numel())`` as a new tensor, bit for bit: the slope's factor
-    (a power of two) goes into the scale ``grad / (numel / factor)``, which is exact."""
+    (a power of two) goes into the scale ``grad / (numel / factor)``, which is exact. ``base_given``: ``r`` is already
+    the slope's base (the ``S`` of :func:`shortfall_loss_and_slope`), not the shortfall."""
     base, factor = _SLOPE_PARTS[surrogate]
-    b = base(r)
+    b = r if base_given else base(r)
     g = torch.mul(b, w) if b is r else b.mul_(w)
     return g.mul_(grad / constant(r.numel() / factor, grad))
 
@@ -237,10 +238,8 @@ class _WeightedPairwiseMeanOf(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         i_index, j_index, w, _, r, surrogate, slope_given = ctx.rest
-        if slope_given:  # r is S of shortfall_loss_and_slope, the slope's base: _slope_times without base(r)
-            g = torch.mul(r, w).mul_(grad / constant(r.numel() / SLOPE_SCALE[surrogate], grad))
-        else:
-            g = _slope_times(r, w, grad, surrogate)  # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's
+        # = slope(r) * w * (grad / numel), _WeightedPairwiseMean's; r is the slope's base S when slope_given
+        g = _slope_times(r, w, grad, surrogate, base_given=slope_given)
         if j_index is None:  # the j side is every score: -sum_i g_ij, then the i side added at its positions
             out = g.sum(-2).neg_()
         else:
