@@ -283,17 +283,16 @@ class ScoreLoss(ReplicatedStateModule):
         positions every step): then no tensor op. Only for a small CPU batch whose targets the validation read on the
         host; a batch with other labels costs one comparison of Python lists."""
         host = self.__dict__.get("_host_batch")
-        if host is None:
-            pos = targets.select(1, task)
-            return label_positions(pos, n_pos) if negatives else (positions(pos, n_pos), None)
-        values = host[0] if self.num_tasks == 1 else host[0][task::self.num_tasks]
-        cache = self.__dict__.setdefault("_label_cache", {})
-        hit = cache.get(task)
-        if hit is not None and hit[0] == values and (hit[2] is not None or not negatives):
-            return hit[1], hit[2]
+        if host is not None:
+            values = host[0] if self.num_tasks == 1 else host[0][task::self.num_tasks]
+            cache = self.__dict__.setdefault("_label_cache", {})
+            hit = cache.get(task)
+            if hit is not None and hit[0] == values and (hit[2] is not None or not negatives):
+                return hit[1], hit[2]
         pos = targets.select(1, task)
         pos_idx, neg_idx = label_positions(pos, n_pos) if negatives else (positions(pos, n_pos), None)
-        cache[task] = (values, pos_idx, neg_idx)
+        if host is not None:
+            cache[task] = (values, pos_idx, neg_idx)
         return pos_idx, neg_idx
 
     def _num_samples(self) -> int:
