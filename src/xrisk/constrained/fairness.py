@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -64,10 +65,8 @@ def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tenso
     total = scores.detach().sum()
     tn, gn = _host_array(targets), _host_array(groups)
     floats = tn.dtype.kind == "f" or gn.dtype.kind == "f"
-    if floats:
-        with np.errstate(invalid="ignore"):  # NaN/inf labels cast to a huge integer, refused below (no warning)
-            t, gr = tn.astype(np.int64), gn.astype(np.int64)
-    else:
+    # NaN/inf float labels cast to a huge integer, refused below (no warning); an integer cast never warns
+    with np.errstate(invalid="ignore") if floats else contextlib.nullcontext():
         t, gr = tn.astype(np.int64), gn.astype(np.int64)
     fractional = floats and (np.any(t != tn) or np.any(gr != gn))
     if fractional or np.count_nonzero((t | gr) >> 1):  # float labels must be exactly 0/1 (0.5 is not truncated)
