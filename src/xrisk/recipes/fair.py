@@ -202,6 +202,11 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
     saved = model if previous is None else nn.ModuleDict({"model": model, "previous": previous})
     start = ctx.resume(model=saved, loss=formulation, optimizer=optimizer, sampler=sampler)
     total_steps = args.epochs * len(sampler)
+
+    def constraints(logits: Tensor, labels: Tensor, groups: Tensor) -> Any:  # the ROC-fairness constraints of a batch
+        return roc_fairness_constraints(torch.sigmoid(logits), labels, groups, args.thresholds, args.kappa,
+                                        temperature=args.temperature)
+
     bar = ctx.progress(max(args.epochs - start, 0) * len(sampler) - ctx.start_step, "")
     final: dict[str, Any] = {}
     for epoch in range(start + 1, args.epochs + 1):
@@ -213,19 +218,17 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
         for step, index in enumerate(ctx.steps(epoch, iter(sampler), state=acc), first):
             for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr(args.lr, args.lr_schedule, step, total_steps)
-            logits = model(x[index]).reshape(-1)
-            objective = nn.functional.binary_cross_entropy_with_logits(logits, y[index].float())
+            xb, yb, gb = x[index], y[index], g[index]
+            logits = model(xb).reshape(-1)
+            objective = nn.functional.binary_cross_entropy_with_logits(logits, yb.float())
             if formulation is None:
                 value = objective
             else:
-                cons = roc_fairness_constraints(torch.sigmoid(logits), y[index], g[index], args.thresholds,
-                                                args.kappa, temperature=args.temperature)
+                cons = constraints(logits, yb, gb)
                 before = None
                 if previous is not None:  # the same batch's constraint values at the previous iterate
                     with torch.no_grad():
-                        before = roc_fairness_constraints(torch.sigmoid(previous(x[index]).reshape(-1)), y[index],
-                                                          g[index], args.thresholds, args.kappa,
-                                                          temperature=args.temperature).values
+                        before = constraints(previous(xb).reshape(-1), yb, gb).values
                     previous.load_state_dict(model.state_dict())  # x_t, the previous iterate of the next step
                 value = formulation(ProblemState.from_constraints(objective, cons, previous=before))
             optimizer.zero_grad(set_to_none=True)
