@@ -173,3 +173,39 @@ def test_roc_fairness_non_binary_float_labels_raise_the_binary_error_without_a_n
             roc_fairness_constraints(s, y, g, [0.5], 0.1)
         with pytest.raises(ValueError, match="targets and groups must be binary"):
             roc_fairness_constraints(s, g, y, [0.5], 0.1)  # as groups
+
+
+def test_roc_fairness_reuses_checked_labels_only_while_they_are_unchanged() -> None:
+    """The same targets/groups tensors again (a full batch; MSVR's previous iterate) reuse the last check and sample
+    weights; a write the version counter misses (through a NumPy view), an in-place write, another scores dtype or
+    changed thresholds are all seen: the values equal the slow loop after each, and bad labels still raise."""
+    g = torch.Generator().manual_seed(5)
+    s = torch.rand(40, generator=g)
+    y, a = (torch.rand(40, generator=g) < 0.4).long(), (torch.rand(40, generator=g) < 0.5).long()
+    th = [0.3, 0.6]
+
+    def check(scores: torch.Tensor, thresholds: list[float]) -> None:
+        c = roc_fairness_constraints(scores, y, a, thresholds, 0.05)
+        values, index = _slow_fairness(scores, y, a, thresholds, 0.05, 0.05)
+        assert c.values.dtype == scores.dtype and c.index.tolist() == index
+        assert c.values.tolist() == pytest.approx(values, abs=1e-6)
+
+    check(s, th)
+    check(s, th)  # reused
+    y.numpy()[:6] = 1 - y.numpy()[:6]  # not seen by the version counter
+    check(s, th)
+    check(s.double(), th)  # the same labels, weights in another dtype
+    th[0] = 0.4  # the thresholds list written between calls
+    check(s, th)
+    a.numpy()[3] = 2  # a bad group, not seen by the version counter
+    with pytest.raises(ValueError, match="targets and groups must be binary"):
+        roc_fairness_constraints(s, y, a, th, 0.05)
+    a[3] = 1
+    y[7] = -1  # in place: a new version
+    with pytest.raises(ValueError, match="targets and groups must be binary"):
+        roc_fairness_constraints(s, y, a, th, 0.05)
+    y[7] = 0
+    check(s, th)
+    a.numpy()[:] = 1  # one group only: no rate gap observable
+    c = roc_fairness_constraints(s, y, a, th, 0.05)
+    assert c.values.numel() == 0 and c.index.numel() == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Sequence
 
@@ -48,21 +47,66 @@ def group_rates(
     return rates.reshape(2, 2, -1), counts.reshape(2, 2)
 
 
-def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tensor, np.ndarray, list[int]]:
-    """This rank's checks: ``(scores [B], cell = 2 groups + targets (int64, on the host), the cell counts [4])``.
+def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tensor, _Labels]:
+    """This rank's checks: ``(scores [B], the checked labels and groups)`` (:func:`_checked_labels`).
 
-    The labels and groups are integer bookkeeping without gradients, done on the host with NumPy (on a CPU each
-    torch operation costs several times its NumPy counterpart on a batch this small; on an accelerator they are
-    copied once): a row whose target or group is not 0/1 has ``(targets | groups) >> 1 != 0`` (which also catches
-    negative values). The scores' sum (a finite probe; an overflowing sum only sends it to the exact check) is
-    launched before that copy, so a device is waited for once."""
+    The scores' sum (a finite probe; an overflowing sum only sends it to the exact check) is launched before the
+    labels are read, so a device is waited for once."""
     if not isinstance(scores, Tensor) or not scores.is_floating_point():
         raise TypeError(f"scores must be a floating-point tensor, got {getattr(scores, 'dtype', type(scores))}")
-    scores = scores.reshape(-1) if scores.dim() == 2 and scores.shape[1] == 1 else scores
-    if scores.dim() != 1 or targets.shape != scores.shape or groups.shape != scores.shape:
+    shape = scores.shape
+    if len(shape) == 2 and shape[1] == 1:
+        scores = scores.reshape(-1)
+        shape = scores.shape
+    if len(shape) != 1 or targets.shape != shape or groups.shape != shape:
         raise ValueError(f"scores, targets and groups must all be [B]; got {tuple(scores.shape)}, "
                          f"{tuple(targets.shape)}, {tuple(groups.shape)}")
     total = scores.detach().sum()
+    labels = _checked_labels(targets, groups)
+    if not math.isfinite(total):
+        check_finite("scores", scores)  # raises unless the sum only overflowed
+    return scores, labels
+
+
+class _Labels:
+    """The checked labels and groups of a batch: ``cell = 2 group + label`` (int64, on the host), the cell counts
+    ``present [4]``, and what :func:`_checked_labels` needs to recognise the same tensors, unchanged, next time.
+    ``weights`` keeps the batch's :func:`_sample_weights` per ``(dtype, device)`` (made from these counts: the
+    single-process path only)."""
+
+    __slots__ = ("key", "host", "refs", "cell", "present", "weights")
+
+    def __init__(self, key: tuple[int, int, int, int], host: tuple[np.ndarray, np.ndarray], cell: np.ndarray,
+                 present: list[int]) -> None:
+        self.key, self.host, self.cell, self.present = key, host, cell, present
+        self.refs: tuple[Tensor, Tensor] | None = None  # the labels as the caller's tensors, made on the first reuse
+        self.weights: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    def same(self, targets: Tensor, groups: Tensor) -> bool:
+        """Whether ``targets``/``groups`` hold the labels checked here: the same tensors at the same version (a
+        cheap filter) and, compared on their device, the same values (which a write the version counter does not
+        see, e.g. through a NumPy view, also changes)."""
+        if self.refs is None:
+            self.refs = tuple(torch.from_numpy(a).to(x.device, x.dtype)  # type: ignore[assignment]
+                              for a, x in zip(self.host, (targets, groups)))
+        return torch.equal(targets, self.refs[0]) and torch.equal(groups, self.refs[1])  # type: ignore[index]
+
+
+_LAST_LABELS: list[_Labels | None] = [None]
+
+
+def _checked_labels(targets: Tensor, groups: Tensor) -> _Labels:
+    """Check that ``targets`` and ``groups`` are binary and return their cells and counts (:class:`_Labels`).
+
+    The labels and groups are integer bookkeeping without gradients, checked on the host with NumPy (on a CPU each
+    torch operation costs several times its NumPy counterpart on a batch this small; on an accelerator they are
+    copied once): a row whose target or group is not 0/1 has ``(targets | groups) >> 1 != 0`` (which also catches
+    negative values). The result of the last call is kept: the same two tensors again, unchanged (a full batch, or
+    one batch scored by two models), cost two comparisons on their device instead."""
+    key = (id(targets), targets._version, id(groups), groups._version)
+    last = _LAST_LABELS[0]
+    if last is not None and last.key == key and last.same(targets, groups):
+        return last
     tn, gn = _host_array(targets), _host_array(groups)
     floats = tn.dtype.kind == "f" or gn.dtype.kind == "f"
     # NaN/inf float labels cast to a huge integer, refused below (no warning); an integer cast never warns
@@ -71,10 +115,10 @@ def _check_batch(scores: Tensor, targets: Tensor, groups: Tensor) -> tuple[Tenso
     fractional = floats and (np.any(t != tn) or np.any(gr != gn))
     if fractional or np.count_nonzero((t | gr) >> 1):  # float labels must be exactly 0/1 (0.5 is not truncated)
         raise ValueError("targets and groups must be binary (0/1)")
-    if not math.isfinite(total):
-        check_finite("scores", scores)  # raises unless the sum only overflowed
     cell = (gr << 1) | t
-    return scores, cell, np.bincount(cell, minlength=4).tolist()
+    labels = _Labels(key, (t, gr), cell, np.bincount(cell, minlength=4).tolist())
+    _LAST_LABELS[0] = labels
+    return labels
 
 
 def _host_array(x: Tensor) -> np.ndarray:
@@ -96,18 +140,65 @@ def _sample_weights(cell: np.ndarray, present: list[int], like: Tensor) -> Tenso
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}
 
 
-def _as_tensors(scores: Tensor, cell: np.ndarray, present: list[int]) -> tuple[Tensor, Tensor, list[int]]:
-    """The checked batch with ``cell`` as a tensor on the scores' device (to be gathered)."""
-    return scores, torch.from_numpy(cell).to(scores.device), present
+def _as_tensors(scores: Tensor, labels: _Labels) -> tuple[Tensor, Tensor]:
+    """The checked batch with its cells as a tensor on the scores' device (to be gathered)."""
+    return scores, torch.from_numpy(labels.cell).to(scores.device)
 
 
-@functools.lru_cache(maxsize=64)
-def _threshold_tensors(theta: tuple[float, ...], temperature: float | None, kappa: float, dtype: torch.dtype,
-                       device: torch.device) -> tuple[Tensor, Tensor]:
-    """Constants of one threshold set: ``(shift [K, 1] = -theta / temperature`` (``theta`` without a temperature),
-    ``offset [K, 4] = -kappa)``, built once per setting (they are never written)."""
-    shift = torch.tensor([[v if temperature is None else -v / temperature] for v in theta], dtype=dtype, device=device)
-    return shift, torch.full((len(theta), 4), -kappa, dtype=dtype, device=device)
+class _Settings:
+    """The checked settings of a threshold set: ``theta``, ``temperature``, ``kappa`` as floats, and their constant
+    tensors per ``(dtype, device)``: ``shift [K, 1] = -theta / temperature`` (``theta`` without a temperature) and
+    ``offset [K, 4] = -kappa`` (never written)."""
+
+    __slots__ = ("theta", "temperature", "kappa", "tensors")
+
+    def __init__(self, thresholds: Sequence[float] | Tensor, temperature: float | None, kappa: float) -> None:
+        self.kappa = check_positive("kappa", kappa, allow_zero=True)
+        self.temperature = None if temperature is None else check_positive("temperature", temperature)
+        theta = [float(v) for v in (thresholds.reshape(-1).tolist() if isinstance(thresholds, Tensor) else thresholds)]
+        if not theta:
+            raise ValueError("thresholds must hold at least one threshold")
+        if not all(math.isfinite(v) for v in theta):
+            raise ValueError(f"thresholds contain NaN/inf: {theta}")
+        self.theta = tuple(theta)
+        self.tensors: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+
+    def constants(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(shift, offset)`` in ``dtype`` on ``device``, made once."""
+        hit = self.tensors.get((dtype, device))
+        if hit is None:
+            t = self.temperature
+            shift = torch.tensor([[v if t is None else -v / t] for v in self.theta], dtype=dtype, device=device)
+            hit = self.tensors[(dtype, device)] = (shift, torch.full((len(self.theta), 4), -self.kappa, dtype=dtype,
+                                                                     device=device))
+        return hit
+
+
+_SETTINGS: dict[tuple[object, ...], _Settings] = {}
+
+
+def _settings(thresholds: Sequence[float] | Tensor, temperature: float | None, kappa: float) -> _Settings:
+    """The checked :class:`_Settings` of these arguments, kept (at most 64) when the thresholds are a list or tuple of
+    Python numbers and ``temperature``/``kappa`` Python numbers (or None): equal arguments then find them (equal
+    numbers give the same floats)."""
+    key: tuple[object, ...] | None = None
+    if type(thresholds) is list or type(thresholds) is tuple:
+        key = (*thresholds, temperature, kappa)
+        try:
+            hit = _SETTINGS.get(key)
+        except TypeError:  # an unhashable entry: checked below
+            hit = key = None
+        if hit is not None:
+            return hit
+    settings = _Settings(thresholds, temperature, kappa)
+    if key is not None and all(type(v) in _NUMBERS for v in key if v is not None):
+        if len(_SETTINGS) >= 64:
+            _SETTINGS.clear()
+        _SETTINGS[key] = settings
+    return settings
+
+
+_NUMBERS = (float, int)
 
 
 def roc_fairness_constraints(
@@ -161,28 +252,26 @@ def roc_fairness_constraints(
         >>> c.values.tolist(), c.index.tolist()
         ([0.75, -1.25, 0.75, -1.25], [0, 1, 2, 3])
     """
-    kappa = check_positive("kappa", kappa, allow_zero=True)
-    if temperature is not None:
-        temperature = check_positive("temperature", temperature)
-    theta = [float(v) for v in (thresholds.reshape(-1).tolist() if isinstance(thresholds, Tensor) else thresholds)]
-    if not theta:
-        raise ValueError("thresholds must hold at least one threshold")
-    if not all(math.isfinite(v) for v in theta):
-        raise ValueError(f"thresholds contain NaN/inf: {theta}")
-    k = len(theta)
-    check = functools.partial(_check_batch, scores, targets, groups)
+    settings = _settings(thresholds, temperature, kappa)
+    temperature, k = settings.temperature, len(settings.theta)
     if gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
-        (scores, cell, _), layout = xdist.agree_on_batch(
-            "roc_fairness_constraints", lambda: _as_tensors(*check()), lambda o: {"scores": o[0], "cell": o[1]})
+        (scores, cell), layout = xdist.agree_on_batch(
+            "roc_fairness_constraints", lambda: _as_tensors(*_check_batch(scores, targets, groups)),
+            lambda o: {"scores": o[0], "cell": o[1]})
         scores = xdist.all_gather(scores, grad="sum", sizes=layout.sizes)
-        cell = xdist.all_gather_no_grad(cell, sizes=layout.sizes).numpy(force=True)
-        present = np.bincount(cell, minlength=4).tolist()
+        cells = xdist.all_gather_no_grad(cell, sizes=layout.sizes).numpy(force=True)
+        present = np.bincount(cells, minlength=4).tolist()
+        weights = _sample_weights(cells, present, scores)
+        device = scores.device
     else:
-        scores, cell, present = check()
+        scores, labels = _check_batch(scores, targets, groups)
+        present, dtype, device = labels.present, scores.dtype, scores.device
+        weights = labels.weights.get((dtype, device))  # the same labels again: the same weights
+        if weights is None:
+            weights = labels.weights[(dtype, device)] = _sample_weights(labels.cell, present, scores)
     # values[k, r] = -kappa + sum_b rate_k(s_b) weights[b, r], one matmul of the rates [K, B] with the samples'
     # weights [B, 4] (thresholds first: the [K, 4] result flattens to the constraint ids 4k + r without a copy)
-    weights = _sample_weights(cell, present, scores)
-    shift, offset = _threshold_tensors(tuple(theta), temperature, float(kappa), scores.dtype, scores.device)
+    shift, offset = settings.constants(scores.dtype, device)
     if temperature is not None:
         rates = torch.sigmoid(torch.add(shift, scores, alpha=1.0 / temperature))  # [K, B]
     else:
@@ -191,7 +280,7 @@ def roc_fairness_constraints(
     has_fpr = present[0] > 0 and present[2] > 0  # cells 2 group + label: (b, 0) and (a, 0)
     has_tpr = present[1] > 0 and present[3] > 0
     if has_fpr and has_tpr:
-        return Constraints(values, full_index(4 * k, scores.device))
-    kinds = torch.tensor([has_fpr, has_fpr, has_tpr, has_tpr], device=scores.device)
+        return Constraints(values, full_index(4 * k, device))
+    kinds = torch.tensor([has_fpr, has_fpr, has_tpr, has_tpr], device=device)
     index = torch.nonzero(kinds.repeat(k)).flatten()
     return Constraints(values.index_select(0, index), index)

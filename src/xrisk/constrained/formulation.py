@@ -57,6 +57,8 @@ __all__ = ["ConstraintFormulation", "Estimator"]
 
 Estimator = Literal["ma", "msvr"]
 
+_ONE = torch.ones((), dtype=torch.int64)  # the step count's increment (a constant, never written)
+
 
 class ConstraintFormulation(ReplicatedStateModule):
     """Base class of the formulations; a subclass implements :meth:`_weights` and :meth:`_multipliers`.
@@ -73,6 +75,8 @@ class ConstraintFormulation(ReplicatedStateModule):
     """
 
     objective_name: ClassVar[str] = "penalized_objective"
+    #: whether :meth:`_weights` stages writes (it then gets a :class:`~xrisk.state.PendingWrites`, else None)
+    _stages_writes: ClassVar[bool] = True
     num_steps: Tensor
 
     def __init__(
@@ -99,7 +103,7 @@ class ConstraintFormulation(ReplicatedStateModule):
         self.u = SampleState(num_constraints)
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
         self.register_buffer("_all_ids", torch.arange(num_constraints), persistent=False)  # index of "all of them"
-        self.__dict__["_last"] = None  # (objective detached) of the last step, for objective()
+        self.__dict__["_last"] = None  # the last step's objective (a float, or detached), for objective()
 
     def extra_repr(self) -> str:
         return f"num_constraints={self.num_constraints}, gamma={self.gamma}, estimator={self.estimator!r}"
@@ -126,10 +130,12 @@ class ConstraintFormulation(ReplicatedStateModule):
             return objective + values.sum() * 0.0
         value, seen = self._modules["u"].tensors()  # (not self.u: nn.Module's attribute fallback costs more here)
         detached = values.detach()
-        if detached.dtype != torch.float32:
+        dtype = detached.dtype
+        if dtype != torch.float32:
             detached = detached.to(torch.float32)
         whole = index is None
-        if whole and self.estimator == "ma" and self._all_seen(seen):
+        all_seen = whole and self._all_seen(seen)
+        if all_seen and self.estimator == "ma":
             u_new = torch.lerp(value, detached, self.gamma)  # no first visit left: one kernel
         else:
             old, was_seen = (value, seen) if whole else (value.index_select(0, index), seen.index_select(0, index))
@@ -141,24 +147,27 @@ class ConstraintFormulation(ReplicatedStateModule):
                 assert previous is not None
                 u_new = msvr_estimate(old, was_seen, detached, previous.detach().to(torch.float32), self.gamma,
                                       weight)
-        writes = PendingWrites(f"{type(self).__name__}: a constraint estimate overflows float32")
+        writes = PendingWrites(f"{type(self).__name__}: a constraint estimate overflows float32") \
+            if self._stages_writes else None
         weights = self._weights(u_new, detached, index, writes)  # may stage more writes (the multipliers)
-        last, total = objective.detach(), u_new.sum()  # u_new carries any NaN/inf of the values (and of previous)
+        total = u_new.sum()  # u_new carries any NaN/inf of the values (and of previous)
         if validation_enabled():  # reads of two values computed before either (one wait for a device); the
             ok = None             # weights and multipliers are functions of finite values
-            if not (math.isfinite(float(total)) and math.isfinite(float(last))):
+            last: Tensor | float = objective.item()  # (a read that records nothing, unlike detach())
+            if not (math.isfinite(float(total)) and math.isfinite(last)):
                 self._raise_non_finite(objective, values)
         else:  # no host read: a device assertion (on CPU it raises here), and the writes masked by the same flag
+            last = objective.detach()
             ok = torch.isfinite(last + total)
             assert_async(ok, f"{type(self).__name__}: the objective, a constraint value or a new estimate is NaN/inf; "
                              "no state was changed (validation is off: xrisk.set_validation(True) names the cause)")
         if self.training:
-            self._write_estimates(u_new, index, ok, value, seen)
-            if len(writes):
+            self._write_estimates(u_new, index, ok, value, seen, all_seen)
+            if writes is not None and len(writes):
                 writes.commit(write=True, check=False)
-            self.num_steps.add_(1)
+            self.num_steps.add_(_ONE)
         self.__dict__["_last"] = last
-        w = weights if weights.dtype == values.dtype else weights.to(values.dtype)
+        w = weights if dtype == torch.float32 else weights.to(dtype)
         return torch.add(objective, torch.dot(w, values), alpha=self._scale(k))
 
     def _all_seen(self, seen: Tensor) -> bool:
@@ -169,10 +178,10 @@ class ConstraintFormulation(ReplicatedStateModule):
         return mark is not None and mark[0] is seen and mark[1] == seen._version
 
     def _write_estimates(self, u_new: Tensor, index: Tensor | None, ok: Tensor | None, value: Tensor,
-                         seen: Tensor) -> None:
+                         seen: Tensor, all_seen: bool) -> None:
         """Write the checked estimates of the observed constraints (all of them when ``index`` is None) into the
         state ``(value, seen)``; ``ok`` (validation off): a device flag, the writes keep the old state where it is
-        false."""
+        false; ``all_seen``: :meth:`_all_seen` at the start of the step."""
         if ok is not None:
             if index is None:
                 old, was_seen = value, seen
@@ -181,7 +190,7 @@ class ConstraintFormulation(ReplicatedStateModule):
             u_new, mark = torch.where(ok, u_new, old), was_seen | ok
         if index is None:
             value.copy_(u_new)
-            if not self._all_seen(seen):
+            if not all_seen:
                 if ok is None:
                     seen.fill_(True)
                     self.__dict__["_seen_mark"] = (seen, seen._version)
@@ -195,9 +204,10 @@ class ConstraintFormulation(ReplicatedStateModule):
                 seen.index_copy_(0, index, mark)
 
     # ------------------------------------------------------------------ hooks
-    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: PendingWrites) -> Tensor:
+    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: PendingWrites | None) -> Tensor:
         """Detached weights ``w_i`` of the observed constraints (``[k]`` float32) given their refreshed
-        estimates ``u_new``; stage further state writes in ``writes`` (``writes.after(fn)``)."""
+        estimates ``u_new``; stage further state writes in ``writes`` (``writes.after(fn)``; None when the class
+        sets ``_stages_writes = False``)."""
         raise TypeError(f"{type(self).__name__} must override _weights(u_new, values, index, writes)")
 
     def _scale(self, k: int) -> float:
@@ -291,7 +301,8 @@ class ConstraintFormulation(ReplicatedStateModule):
             return torch.full((), float("nan"))
         value, seen = self.u.tensors()
         with torch.no_grad():
-            return (last.to(torch.float32) + self._penalty(value, seen)).reshape(())
+            base = torch.tensor(last, dtype=torch.float32, device=value.device) if isinstance(last, float) else last.to(torch.float32)
+            return (base + self._penalty(value, seen)).reshape(())
 
     def report(self, parameters: Iterable[Tensor] | None = None) -> ConstraintReport:
         """Violations, multipliers and a KKT-residual estimate from the current state (:class:`ConstraintReport`).

@@ -74,6 +74,7 @@ class HingePenalty(ConstraintFormulation):
     """
 
     objective_name = "penalized_objective"
+    _stages_writes = False  # the weights are all it computes
 
     def __init__(
         self,
@@ -97,7 +98,8 @@ class HingePenalty(ConstraintFormulation):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beta={self.beta}, smooth={self.smooth}"
 
-    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: PendingWrites) -> Tensor:
+    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None,
+                 writes: PendingWrites | None) -> Tensor:
         return hinge_weight(u_new, self.smooth)
 
     def _scale(self, k: int) -> float:

@@ -38,19 +38,25 @@ def full_index(m: int, device: torch.device | str | None = None) -> Tensor:
     constraints" and skips the checks and the gather an arbitrary index needs; a builder that observes every
     constraint returns it. Do not write into it (a written one is no longer recognised, and is replaced).
     """
-    key = (int(m), torch.device("cpu") if device is None else torch.device(device))
+    key = (m if type(m) is int else int(m), device if type(device) is torch.device else torch.device(
+        "cpu" if device is None else device))
     ids = _FULL.get(key)
     if ids is None or ids._version != 0:
+        if ids is not None:
+            _FULL_IDS.pop(id(ids), None)
         ids = _FULL[key] = torch.arange(key[0], device=key[1])
+        _FULL_IDS[id(ids)] = (ids, key[0])
     return ids
 
 
 def is_full_index(index: Tensor, m: int) -> bool:
     """Whether ``index`` is :func:`full_index` of ``m`` constraints on its device (unmodified)."""
-    return _FULL.get((m, index.device)) is index and index._version == 0
+    hit = _FULL_IDS.get(id(index))
+    return hit is not None and hit[0] is index and hit[1] == m and index._version == 0
 
 
 _FULL: dict[tuple[int, torch.device], Tensor] = {}
+_FULL_IDS: dict[int, tuple[Tensor, int]] = {}  # id of each tensor in _FULL -> (it, m): recognised without its device
 
 
 class Constraints(NamedTuple):

@@ -44,6 +44,7 @@ class SquaredHingePenalty(ConstraintFormulation):
     """
 
     objective_name = "penalized_objective"
+    _stages_writes = False  # the weights are all it computes
 
     def __init__(
         self,
@@ -61,7 +62,8 @@ class SquaredHingePenalty(ConstraintFormulation):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, beta={self.beta}"
 
-    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None, writes: PendingWrites) -> Tensor:
+    def _weights(self, u_new: Tensor, values: Tensor, index: Tensor | None,
+                 writes: PendingWrites | None) -> Tensor:
         return squared_hinge_weight(u_new)
 
     def _scale(self, k: int) -> float:
