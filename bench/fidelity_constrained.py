@@ -668,9 +668,8 @@ def part_speed(log, rounds: int = 40) -> str:
         med = {k: _common.median(v) for k, v in times.items()}
         low = {k: min(v) for k, v in times.items()}
         for label, key in (("HingePenalty + roc_fairness_constraints (20 constraints)", "builder"),
-                           ("floor of that: the builder's arithmetic alone (sigmoid of the scores, one sigmoid over "
-                            "256 x 5, one matmul with a fixed coefficient matrix) in `objective + dot(w, values)` with "
-                            "fixed w (no checks, no state)", "builder_floor"),
+                           ("floor: the builder's arithmetic alone in `objective + dot(w, values)` with fixed w "
+                            "(no checks, no formulation)", "builder_floor"),
                            ("HingePenalty on 20 given constraint values", "formulation"),
                            ("the same with `xrisk.set_validation(False)` (no host read)", "unvalidated"),
                            ("floor: the same 20 values in `objective + dot(w, values)` with fixed w "

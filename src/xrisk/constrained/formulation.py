@@ -232,23 +232,24 @@ class ConstraintFormulation(ReplicatedStateModule):
                    finite: bool = False) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
         """Shapes, dtypes and ids (and, with ``finite``, NaN/inf: for the ranks' agreement before a gather)."""
         objective, values, index, previous = state.objective, state.constraints, state.index, state.previous
-        name = type(self).__name__
         if not isinstance(objective, Tensor) or not objective.is_floating_point() or objective.numel() != 1:
-            raise ValueError(f"{name}: the objective must be a floating-point scalar tensor, got "
+            raise ValueError(f"{type(self).__name__}: the objective must be a floating-point scalar tensor, got "
                              f"{getattr(objective, 'shape', type(objective).__name__)}")
         if objective.dim():
             objective = objective.reshape(())
         if not isinstance(values, Tensor) or not values.is_floating_point():
-            raise TypeError(f"{name}: constraint values must be a floating-point tensor, got "
+            raise TypeError(f"{type(self).__name__}: constraint values must be a floating-point tensor, got "
                             f"{getattr(values, 'dtype', type(values).__name__)}")
-        if values.dim() != 1:
-            raise ValueError(f"{name}: constraint values must be 1-D [k], got shape {tuple(values.shape)}")
-        k = values.shape[0]
-        if index is not None and is_full_index(index, self.num_constraints) and k == self.num_constraints:
+        shape, m = values.shape, self.num_constraints
+        if len(shape) != 1:
+            raise ValueError(f"{type(self).__name__}: constraint values must be 1-D [k], got shape {tuple(shape)}")
+        k = shape[0]
+        if index is not None and k == m and is_full_index(index, m):
             index = None  # the shared "every constraint" index of a builder: no checks, no gather
+        name = type(self).__name__
         if index is None:
-            if k != self.num_constraints:
-                raise ValueError(f"{name} was built for num_constraints={self.num_constraints} but got {k} "
+            if k != m:
+                raise ValueError(f"{name} was built for num_constraints={m} but got {k} "
                                  "constraint values and no index (pass index= for a subset)")
         else:
             index, unique = check_index_unique(index, self.num_constraints, batch_size=k)
