@@ -972,7 +972,7 @@ def _section_fair(seeds: list[int], log, quick: bool) -> str:
         f"primal step), batch {BATCH}, {_sampler_words()}, about {STEPS} steps per run on every data set (Adult "
         f"{_epochs(30162)} epochs, COMPAS {_epochs(4222)}, German {_epochs(800)}). The hinge penalty: one setting "
         f"for all three data sets, beta = {BETA:g}, {smooth}, estimator {HINGE_ESTIMATOR} with gamma = {HINGE_GAMMA:g}, "
-        f"chosen on training data only (part a0); the squared hinge at beta = {SQUARED_BETAS[0]:g} and "
+        f"chosen on training data only (parts a0 and a1); the squared hinge at beta = {SQUARED_BETAS[0]:g} and "
         f"{SQUARED_BETAS[1]:g} (not tuned) with the same estimator and gamma, the baselines' other settings those of "
         f"the previous version of this table (recipe defaults); the "
         f"Lagrangian's dual step {DUAL_LR:g} for ours and cooper's. fairlearn: "
