@@ -147,7 +147,8 @@ def _load(name: str, seed: int):
 
 
 def _sampler_flags(sampler: str, size: int) -> list[str]:
-    return ["--constraint-sampler", sampler, *(["--constraint-batch-size", str(size)] if sampler == "stratified" else [])]
+    size_flags = ["--constraint-batch-size", str(size)] if sampler == "stratified" else []
+    return ["--constraint-sampler", sampler, *size_flags]
 
 
 def _base_flags(name: str, seed: int, epochs: int, schedule: str | None = None, sampler: str | None = None,
