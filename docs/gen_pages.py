@@ -39,7 +39,8 @@ AREAS: list[tuple[str, str, str, list[str]]] = [
     ("Data", "data",
      "`IndexedDataset` (batches carry their dataset indices), the positive-oversampling "
      "`DualSampler` family, and the built-in offline loaders.",
-     ["xrisk.data.indexed", "xrisk.data.samplers", "xrisk.data.builtin", "xrisk.data.fashion_mnist",
+     ["xrisk.data.indexed", "xrisk.data.samplers", "xrisk.data.stratified", "xrisk.data.builtin",
+      "xrisk.data.fashion_mnist",
       "xrisk.data.captions", "xrisk.data.emoji", "xrisk.data.text", "xrisk.data.augment",
       "xrisk.data.errors", "xrisk.data.reference_cache", "xrisk.data.clinical.stays",
       "xrisk.data.clinical.reader", "xrisk.data.clinical.generator", "xrisk.data.clinical.views",

@@ -78,10 +78,13 @@ def test_fair_resume_is_bit_identical(tmp_path, fake_root, formulation: str) -> 
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])
 
 
-@pytest.mark.parametrize("extra", [(), ("--estimator", "msvr", "--gamma", "0.3", "--lr-schedule", "cosine")],
-                         ids=["ma-constant", "msvr-cosine"])
+@pytest.mark.parametrize("extra", [(), ("--estimator", "msvr", "--gamma", "0.3", "--lr-schedule", "cosine"),
+                                   ("--estimator", "msvr", "--gamma", "0.3", "--constraint-sampler", "stratified",
+                                    "--constraint-batch-size", "12")],
+                         ids=["ma-constant", "msvr-cosine", "msvr-stratified"])
 def test_fair_mid_epoch_interrupt_then_resume_is_bit_identical(tmp_path, fake_root, monkeypatch, extra) -> None:
-    """Also with MSVR (the previous iterate is in the checkpoint) and the cosine schedule (its step count resumes)."""
+    """Also with MSVR (the previous iterate is in the checkpoint), the cosine schedule (its step count resumes) and
+    the stratified constraint batches (a function of the step)."""
     import math
 
     from xrisk.data import load_fairness
@@ -133,6 +136,41 @@ def test_fair_msvr_keeps_the_previous_iterate_and_the_schedule_decays(tmp_path, 
     assert scheduled_lr(0.2, "cosine", 10, 10) == pytest.approx(0.0) and scheduled_lr(0.2, "constant", 7, 10) == 0.2
     assert main([*_fair(fake_root, "--estimator", "msvr", "--gamma", "1", "--out", str(tmp_path / "bad"))]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_fair_stratified_constraint_batch_has_every_cell_and_keeps_the_objective_batches(tmp_path, fake_root,
+                                                                                         monkeypatch, capsys) -> None:
+    """--constraint-sampler stratified: every step's constraint values come from a batch with
+    --constraint-batch-size / 4 rows of each (group, label) cell (distinct rows, different per step); the
+    objective's batches are the same as with the default, so the unconstrained run does not change; the rules
+    between flags are checked before any work (bad values of each flag: tests/test_cli.py)."""
+    import xrisk.constrained as constrained
+
+    seen = []
+    real = constrained.roc_fairness_constraints
+
+    def spy(scores, targets, groups, *args, **kwargs):
+        seen.append((targets + 2 * groups).tolist())
+        return real(scores, targets, groups, *args, **kwargs)
+
+    monkeypatch.setattr(constrained, "roc_fairness_constraints", spy)
+    out = tmp_path / "strat"
+    assert main([*_fair(fake_root, "--formulation", "lagrangian", "--epochs", "1", "--no-plot",
+                        "--constraint-sampler", "stratified", "--constraint-batch-size", "16", "--out", str(out))]) == 0
+    assert len(seen) >= 3 and all(sorted(cells) == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 for cells in seen)
+    monkeypatch.setattr(constrained, "roc_fairness_constraints", real)
+    runs = {}
+    for sampler in ("batch", "stratified"):
+        runs[sampler] = tmp_path / f"none-{sampler}"
+        assert main([*_fair(fake_root, "--formulation", "none", "--epochs", "2", "--no-plot", "--constraint-sampler",
+                            sampler, "--out", str(runs[sampler]))]) == 0
+    assert _read(runs["batch"]) == _read(runs["stratified"])
+    capsys.readouterr()
+    for bad, message in ((("--constraint-batch-size", "16"), "needs --constraint-sampler stratified"),
+                         (("--constraint-sampler", "stratified", "--constraint-batch-size", "18"), "multiple of 4"),
+                         (("--constraint-sampler", "stratified", "--batch-size", "30"), "argument --batch-size")):
+        assert main([*_fair(fake_root, *bad, "--out", str(tmp_path / "bad"))]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def _continual(*extra):

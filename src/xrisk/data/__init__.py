@@ -6,6 +6,7 @@ from xrisk.data.builtin import class_names, resolve_positive_class
 from xrisk.data.errors import DataNotInstalledError
 from xrisk.data.indexed import IndexedDataset
 from xrisk.data.samplers import DistributedDualSampler, DualBatchSampler, DualSampler
+from xrisk.data.stratified import StratifiedBatches
 from xrisk.data.captions import CaptionedImages, load_fashion_captions, minilm_embeddings
 from xrisk.data.emoji import EmojiPairs, load_emoji
 from xrisk.data.reference_cache import ReferenceCache, ReferenceCacheError, ReferenceCacheMismatchError
@@ -20,4 +21,4 @@ __all__ = ["DataNotInstalledError", "IndexedDataset", "DualSampler", "Distribute
            "EmojiPairs", "load_emoji", "ReferenceCache", "ReferenceCacheError", "ReferenceCacheMismatchError",
            "AudioReadError", "AudioSet", "CropPairs", "load_audio_folder", "read_audio",
            "load_singularity_music", "load_sonic_pi_samples", "KeyClips", "render_key_corpus",
-           "FairnessData", "load_fairness"]
+           "FairnessData", "load_fairness", "StratifiedBatches"]

@@ -22,6 +22,15 @@ small ``--gamma`` (less noise) does not lag. ``--lr-schedule cosine`` decays Ada
 batches per epoch; computed from the step count, so a resumed run follows the same schedule, and a resume
 with more ``--epochs`` stretches what is left of it).
 
+``--constraint-sampler stratified`` computes the constraint values on their own batch instead of the
+objective's: ``--constraint-batch-size / 4`` rows of each (group, label) cell, drawn for step ``t`` as a
+pure function of ``(--seed, t)`` (:class:`~xrisk.data.StratifiedBatches`); the objective's batches are
+unchanged. A group rate is a mean within one cell, so every cell's rate is then the mean of the same number
+of rows, instead of a handful of rows of the smallest cell (Adult: about 9 women with high income in a
+batch of 256); the constraint estimates are that much less noisy. It costs a second forward pass per step
+(two with MSVR: the previous iterate scores the constraint batch too). The default ``batch`` computes them on
+the objective's batch.
+
 Reported every epoch and at the end: test accuracy (threshold 0.5), test AUROC, the test
 cross-entropy, ``test_max_gap`` (the largest group gap of FPR or TPR over the thresholds, with exact
 step-function rates), ``test_violation = max(test_max_gap - kappa, 0)``, ``test_eo_gap`` (the gap at
@@ -49,10 +58,12 @@ from xrisk.recipes.runner import RunContext
 if TYPE_CHECKING:
     from xrisk.constrained.formulation import Estimator
 
-__all__ = ["FORMULATIONS", "LR_SCHEDULES", "add_arguments", "validate", "run", "fairness_metrics", "build_formulation",
+__all__ = ["FORMULATIONS", "LR_SCHEDULES", "CONSTRAINT_SAMPLERS", "constraint_batches", "add_arguments", "validate", "run", "fairness_metrics", "build_formulation",
            "scheduled_lr"]
 
 FORMULATIONS: tuple[str, ...] = ("hinge", "squared", "lagrangian", "none")
+CONSTRAINT_SAMPLERS: tuple[str, ...] = ("batch", "stratified")
+NUM_CELLS = 4  # (group, label) cells of the binary group and label: the strata of the constraint batch
 DEFAULT_BETA = 10.0
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
@@ -86,6 +97,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Moreau smoothing nu of the hinge (default: none, the plain hinge)")
     g.add_argument("--estimator", choices=("ma", "msvr"), default="ma",
                    help="constraint estimator of the penalties: moving average or MSVR (needs --gamma < 1)")
+    g.add_argument("--constraint-sampler", choices=CONSTRAINT_SAMPLERS, default="batch",
+                   help="rows the constraint values are computed on: the objective's batch, or their own batch "
+                        "with the same number of rows of every (group, label) cell")
+    g.add_argument("--constraint-batch-size", type=number(int, ge=NUM_CELLS, allow_none=True), default=None,
+                   help="rows of the stratified constraint batch, a multiple of 4 (default: --batch-size)")
     g.add_argument("--dual-lr", type=number(float, gt=0), default=0.05, help="multiplier ascent step (lagrangian)")
     g = p.add_argument_group("training")
     g.add_argument("--model", choices=("linear", "mlp"), default="linear", help="logistic regression or a 1-hidden-layer MLP")
@@ -100,9 +116,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def validate(args: argparse.Namespace) -> None:
     """``--fold`` needs a random split (not Adult's official one) and must be below ``--folds``; ``--estimator
-    msvr`` needs ``--gamma`` below 1."""
+    msvr`` needs ``--gamma`` below 1; ``--constraint-batch-size`` needs ``--constraint-sampler stratified`` and a
+    multiple of 4 (the stratified default, ``--batch-size``, too)."""
     if args.estimator == "msvr" and args.gamma >= 1.0:
         raise UsageError(f"argument --gamma: --estimator msvr needs a gamma in (0, 1), got {args.gamma:g}")
+    if args.constraint_sampler == "batch" and args.constraint_batch_size is not None:
+        raise UsageError("argument --constraint-batch-size: needs --constraint-sampler stratified")
+    if args.constraint_sampler == "stratified":
+        size, flag = ((args.batch_size, "--batch-size") if args.constraint_batch_size is None
+                      else (args.constraint_batch_size, "--constraint-batch-size"))
+        if size % NUM_CELLS:
+            raise UsageError(f"argument {flag}: the stratified constraint batch splits it equally over the "
+                             f"{NUM_CELLS} (group, label) cells; needs a multiple of {NUM_CELLS}, got {size}")
     if args.fold is None:
         return
     if args.data == "adult":
@@ -151,6 +176,17 @@ def fairness_metrics(prob: Tensor, y: Tensor, groups: Tensor, thresholds: list[f
         "test_violation": max(gap - kappa, 0.0),
         "test_eo_gap": max_gap([0.5]),
     }
+
+
+def constraint_batches(sampler: str, y: Tensor, groups: Tensor, size: int, *, seed: int) -> Any:
+    """The constraint batches of ``--constraint-sampler``: ``None`` for ``"batch"`` (the objective's batch), else a
+    :class:`~xrisk.data.StratifiedBatches` over the (group, label) cells ``y + 2 groups`` with ``size / 4`` rows of
+    each per step (its own seed stream: ``seed`` shifted, so its draws are not the objective batches')."""
+    if sampler == "batch":
+        return None
+    from xrisk.data.stratified import StratifiedBatches
+
+    return StratifiedBatches(y + 2 * groups, size // NUM_CELLS, seed=seed + 7919)
 
 
 def _model(kind: str, dim: int) -> nn.Module:
@@ -202,6 +238,8 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
     saved = model if previous is None else nn.ModuleDict({"model": model, "previous": previous})
     start = ctx.resume(model=saved, loss=formulation, optimizer=optimizer, sampler=sampler)
     total_steps = args.epochs * len(sampler)
+    cells = constraint_batches(args.constraint_sampler, y, g, args.constraint_batch_size or args.batch_size,
+                               seed=args.seed)
 
     def constraints(logits: Tensor, labels: Tensor, groups: Tensor) -> Any:  # the ROC-fairness constraints of a batch
         return roc_fairness_constraints(torch.sigmoid(logits), labels, groups, args.thresholds, args.kappa,
@@ -224,11 +262,17 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
             if formulation is None:
                 value = objective
             else:
-                cons = constraints(logits, yb, gb)
+                if cells is None:  # the constraints on the objective's batch
+                    xc, yc, gc, lc = xb, yb, gb, logits
+                else:  # on their own stratified batch (a function of the step: resumes unchanged)
+                    ic = cells.batch(step)
+                    xc, yc, gc = x[ic], y[ic], g[ic]
+                    lc = model(xc).reshape(-1)
+                cons = constraints(lc, yc, gc)
                 before = None
                 if previous is not None:  # the same batch's constraint values at the previous iterate
                     with torch.no_grad():
-                        before = constraints(previous(xb).reshape(-1), yb, gb).values
+                        before = constraints(previous(xc).reshape(-1), yc, gc).values
                     previous.load_state_dict(model.state_dict())  # x_t, the previous iterate of the next step
                 value = formulation(ProblemState.from_constraints(objective, cons, previous=before))
             optimizer.zero_grad(set_to_none=True)
