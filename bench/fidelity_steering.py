@@ -776,7 +776,7 @@ def _first_change(config: str, base_rev: str, want: dict, tmp: str) -> str:
     subject = _git("show", "-s", "--format=%s", bad)
     files = _git("show", "--format=", "--name-only", bad).split()
     parents = _git("show", "-s", "--format=%p", bad).split()
-    return (f"`{config}`: first trained differently by commit `{bad[:10]}` ({subject[:160]}{'...' if len(subject) > 160 else ''}); "
+    return (f"`{config}`: first trained differently by commit `{bad[:10]}` (\"{subject}\"); "
             f"files it changed: {', '.join(f'`{f}`' for f in files) or 'none (a merge)'}; its parent(s) "
             f"{', '.join(f'`{p}`' for p in parents)} train it as the baseline does.")
 
