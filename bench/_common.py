@@ -95,6 +95,16 @@ def machine_facts(threads: int) -> str:
     )
 
 
+def interpreter() -> str:
+    """The Python interpreter running this benchmark, for a section's command line: relative to the repository
+    root when it lives inside it (e.g. ``.venv-bench/bin/python``), else its full path (a venv elsewhere)."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(BENCH_DIR.parent))
+    except ValueError:
+        return str(exe)
+
+
 def loadavg() -> float:
     """1-minute load average (0.0 where the OS does not report it)."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0

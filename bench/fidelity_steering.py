@@ -28,11 +28,14 @@ ratio of the two methods' median step times, then the median over rounds):
 * ``DRRhoLoss`` training step (MLP on Fashion-MNIST-sized inputs, cached reference logits) vs the plain mean
   cross-entropy step, and the loss alone;
 * reads of a ``ReferenceCache`` (rows/s from the memory map, and their share of the DRRho-CLIP training step);
-* with ``--baseline-src DIR`` (an export of main before this change): training without reference features is
-  bit-identical to the baseline's and as fast (child processes, alternating).
+* with ``--baseline-commit REV`` (a commit of this repository, exported with ``git archive``) or ``--baseline-src
+  DIR`` (an exported package): training without reference features is bit-identical to the baseline's and as fast
+  (child processes, alternating). With a commit, a loss whose training is not bit-identical is traced to the
+  first commit that changed it (a bisection of the history between the baseline and ``HEAD``, as ``git bisect``
+  would do, without touching the worktree), named in the table with the files it changed.
 
     .venv-bench/bin/python bench/fidelity_steering.py                      # full run (nice -n 10, 1 thread)
-    .venv-bench/bin/python bench/fidelity_steering.py --part speed --baseline-src /tmp/xrisk-main/src
+    .venv-bench/bin/python bench/fidelity_steering.py --part speed --baseline-commit 13d977b
     .venv-bench/bin/python bench/fidelity_steering.py --quick              # smoke run, prints only
 """
 
@@ -314,7 +317,7 @@ def fidelity(s: Setup, command: str, write: bool) -> None:
     body = [
         "## Model steering: data efficiency with a reference model (issue 11)",
         "",
-        f"Command: `nice -n 10 .venv-bench/bin/python {command}` ({minutes:.0f} min, "
+        f"Command: `nice -n 10 {_common.interpreter()} {command}` ({minutes:.0f} min, "
         f"one process, one thread). {facts}, at the end {', '.join(f'{v:.2f}' for v in load1)}.",
         "",
         f"Scale (what fits the shared 2-core machine): seeds {seeds}; every run takes the same number of optimisation "
@@ -402,7 +405,8 @@ def _paired(times: dict[str, list[float]], a: str, b: str, spr: int) -> float:
     return statistics.median(x / y for x, y in zip(ra, rb))
 
 
-def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None:
+def speed(s: Setup, command: str, write: bool, baseline: tuple[str, str | None] | None) -> None:
+    """The speed section; ``baseline``: ``(package src dir, its commit or None)`` for the no-reference comparison."""
     from xrisk.data.reference_cache import ReferenceCache, fingerprint
     from xrisk.losses import DRRhoLoss, GlobalContrastiveLoss
 
@@ -599,7 +603,7 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
                               f"{1e3 * med['erm loss']:.0f}", f"{1e3 * med[k + ' loss']:.0f}",
                               f"{_paired(times, k + ' loss', 'erm loss', 1):.2f}x"])
     tmp.cleanup()
-    baseline_lines = _baseline_comparison(baseline_src, s) if baseline_src else []
+    baseline_lines = _baseline_comparison(*baseline, s) if baseline else []
     minutes = (time.perf_counter() - t_start) / 60
     load1 = os.getloadavg()
     verdict_clip = ", ".join(f"B={b} {goals[b][0]:.2f}x" for b in s.batches)
@@ -612,8 +616,7 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
     body = [
         "## Model steering: speed (issue 11)",
         "",
-        f"Command: `nice -n 10 .venv-bench/bin/python bench/fidelity_steering.py --part speed"
-        f"{' --baseline-src ' + baseline_src if baseline_src else ''}` ({minutes:.1f} min). {facts}, "
+        f"Command: `nice -n 10 {_common.interpreter()} {command}` ({minutes:.1f} min). {facts}, "
         f"at the end {', '.join(f'{v:.2f}' for v in load1)}.",
         "",
         "One process, `torch.set_num_threads(1)`; the steps compared alternate one by one (rotating order); median "
@@ -689,7 +692,7 @@ def speed(s: Setup, command: str, write: bool, baseline_src: str | None) -> None
 CHILD_CONFIGS = ("bimodal-fixed", "bimodal-global", "unimodal-individual", "bimodal-fnd", "nuclr")
 
 
-def _child(out: str) -> None:
+def _child(out: str, configs: tuple[str, ...] = CHILD_CONFIGS) -> None:
     """Run in a child process with the xrisk under test first on sys.path: train each config without reference
     features for a few steps, time the steps, save the final state and the gradients."""
     import xrisk
@@ -698,7 +701,7 @@ def _child(out: str) -> None:
     torch.set_num_threads(1)
     n, b, steps = 5000, 512, 12
     result: dict = {"xrisk_file": xrisk.__file__}
-    for name in CHILD_CONFIGS:
+    for name in configs:
         if name == "nuclr":
             loss = NUCLRLoss(n, tau=0.07, zeta_start_epoch=0)
         else:
@@ -723,7 +726,62 @@ def _child(out: str) -> None:
     torch.save(result, out)
 
 
-def _baseline_comparison(baseline_src: str, s: Setup) -> list[str]:
+def _run_child(src: str, out: str, configs: tuple[str, ...] = CHILD_CONFIGS) -> dict:
+    """:func:`_child` in a fresh process with the package in ``src`` first on its path."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(Path(__file__).parent)]), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, __file__, "--child", out, "--child-configs", *configs], check=True, env=env)
+    return torch.load(out, weights_only=False)
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Every gradient of every step and the final state equal bit for bit."""
+    return torch.equal(a["grads"], b["grads"]) and a["state"].keys() == b["state"].keys() and all(
+        torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _export(rev: str, into: str) -> str:
+    """``rev``'s ``src`` exported with ``git archive`` under ``into``; returns the package directory."""
+    os.makedirs(into, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+    return os.path.join(into, "src")
+
+
+def _first_change(config: str, base_rev: str, want: dict, tmp: str) -> str:
+    """The first commit after ``base_rev`` whose package trains ``config`` differently from ``want`` (the baseline's
+    result): a bisection of the commits in ``HEAD`` but not in ``base_rev``, as ``git bisect`` does (``git rev-list
+    --bisect``: merges and side branches included), each commit exported and run in a child. Returns a markdown
+    line naming it and the files it changed, or why none was found."""
+    def differs(rev: str) -> bool:
+        res = _run_child(_export(rev, os.path.join(tmp, rev)), os.path.join(tmp, f"{rev}.pt"), (config,))
+        return not _same(res[config], want)
+
+    head = _git("rev-parse", "--short", "HEAD")
+    if not differs(head):
+        return f"`{config}`: `HEAD` ({head}) trains it as the baseline does: the difference is in uncommitted changes."
+    bad, good = head, [base_rev]
+    while True:
+        left = _git("rev-list", bad, "--not", *good).split()
+        if len(left) <= 1:
+            break
+        mid = _git("rev-list", "--bisect", bad, "--not", *good)
+        if differs(mid):
+            bad = mid
+        else:
+            good.append(mid)
+    subject = _git("show", "-s", "--format=%s", bad)
+    files = _git("show", "--format=", "--name-only", bad).split()
+    parents = _git("show", "-s", "--format=%p", bad).split()
+    return (f"`{config}`: first trained differently by commit `{bad[:10]}` (\"{subject}\"); "
+            f"files it changed: {', '.join(f'`{f}`' for f in files) or 'none (a merge)'}; its parent(s) "
+            f"{', '.join(f'`{p}`' for p in parents)} train it as the baseline does.")
+
+
+def _baseline_comparison(baseline_src: str, base_rev: str | None, s: Setup) -> list[str]:
     here = str(REPO / "src")
     rounds = 2 if s.quick else 5
     med: dict[str, dict[str, list[float]]] = {"branch": {c: [] for c in CHILD_CONFIGS},
@@ -733,35 +791,42 @@ def _baseline_comparison(baseline_src: str, s: Setup) -> list[str]:
         for r in range(rounds):
             order = [("branch", here), ("baseline", baseline_src)]
             for label, src in (order if r % 2 == 0 else order[::-1]):
-                out = os.path.join(tmp, f"{label}.pt")
-                env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, str(Path(__file__).parent)]),
-                       "OMP_NUM_THREADS": "1"}
-                subprocess.run([sys.executable, __file__, "--child", out], check=True, env=env)
-                res = torch.load(out, weights_only=False)
+                res = _run_child(src, os.path.join(tmp, f"{label}.pt"))
                 last[label] = res
                 for c in CHILD_CONFIGS:
                     med[label][c].append(res[c]["median_s"])
-    rows = []
-    all_equal = True
-    for c in CHILD_CONFIGS:
-        a, b = last["branch"][c], last["baseline"][c]
-        same = torch.equal(a["grads"], b["grads"]) and a["state"].keys() == b["state"].keys() and all(
-            torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
-        all_equal &= same
-        ratio = statistics.median(x / y for x, y in zip(med["branch"][c], med["baseline"][c]))
-        rows.append([c, "yes" if same else "**no**", f"{1e3 * statistics.median(med['baseline'][c]):.2f}",
-                     f"{1e3 * statistics.median(med['branch'][c]):.2f}", f"{ratio:.3f}"])
+        rows, traced = [], []
+        for c in CHILD_CONFIGS:
+            a, b = last["branch"][c], last["baseline"][c]
+            same = _same(a, b)
+            diff = (a["grads"] - b["grads"]).abs().max().item()
+            ratio = statistics.median(x / y for x, y in zip(med["branch"][c], med["baseline"][c]))
+            rows.append([c, "yes" if same else "**no**", "0" if same else f"{diff:.2g}",
+                         f"{1e3 * statistics.median(med['baseline'][c]):.2f}",
+                         f"{1e3 * statistics.median(med['branch'][c]):.2f}", f"{ratio:.3f}"])
+            if not same:
+                traced.append(_first_change(c, base_rev, b, tmp) if base_rev else
+                              f"`{c}`: not traced (run with `--baseline-commit` to find the commit that changed it).")
+    differing = [r[0] for r in rows if r[1] != "yes"]
+    what = (f"commit `{base_rev}` (its `src` exported with `git archive`)" if base_rev else
+            f"the package in `{baseline_src}` (`{last['baseline']['xrisk_file']}`)")
     return [
-        f"Without reference features, this branch vs the baseline package in `{baseline_src}` (`{last['baseline']['xrisk_file']}`): "
+        f"Without reference features, this branch vs the baseline, {what}: "
         f"12 steps of each loss at B = 512, `num_samples` 5,000, 64-d features, the same seeds, in child processes "
         f"that alternate ({rounds} rounds each); 'bit-identical' compares every gradient of every step and the final "
-        "state bit for bit; times are the median CPU time of a step (forward + backward) per process, the ratio the "
+        "state bit for bit ('largest gradient difference': the largest absolute difference of a gradient entry over "
+        "the steps); times are the median CPU time of a step (forward + backward) per process, the ratio the "
         "median over rounds of branch / baseline.",
         "",
-        _common.md_table(["loss", "bit-identical", "baseline ms", "branch ms", "branch / baseline"], rows),
+        _common.md_table(["loss", "bit-identical", "largest gradient difference", "baseline ms", "branch ms",
+                          "branch / baseline"], rows),
         "",
-        f"Training without reference features is **{'bit-identical' if all_equal else 'NOT bit-identical'}** to the "
-        "baseline.",
+        ("Training without reference features is **bit-identical** to the baseline." if not differing else
+         f"Training without reference features is **NOT bit-identical** to the baseline for {', '.join(differing)}. "
+         "Where the baseline is a commit, the first commit that changed each such loss (a bisection of the "
+         "history since the baseline, every commit exported and run as above):"),
+        "",
+        *(f"- {t}" for t in traced),
         "",
     ]
 
@@ -774,15 +839,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the fidelity study (>= 3 for the tables)")
     ap.add_argument("--baseline-src", metavar="DIR", default=None,
                     help="also compare training without a reference with the xrisk package in DIR (e.g. main)")
+    ap.add_argument("--baseline-commit", metavar="REV", default=None,
+                    help="the same with commit REV of this repository (exported with git archive; a loss that "
+                         "differs is traced to the first commit that changed it)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="speed: batch sizes (default 128 512 2048)")
     ap.add_argument("--steps", type=int, default=None,
                     help="fidelity: optimisation steps of every run on every data set (default 1500)")
     ap.add_argument("--child", metavar="OUT", help=argparse.SUPPRESS)
+    ap.add_argument("--child-configs", nargs="+", default=list(CHILD_CONFIGS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        _child(args.child)
+        _child(args.child, tuple(args.child_configs))
         return 0
+    if args.baseline_src and args.baseline_commit:
+        ap.error("give --baseline-src or --baseline-commit, not both")
     s = quick_setup() if args.quick else full_setup(args.seeds)
     if args.batches:
         s.batches = tuple(args.batches)
@@ -791,7 +862,12 @@ def main(argv: list[str] | None = None) -> int:
     write = not (args.quick or args.no_write)
     command = " ".join(["bench/fidelity_steering.py", *(argv if argv is not None else sys.argv[1:])])
     if args.part in ("all", "speed"):
-        speed(s, command, write, args.baseline_src)
+        if args.baseline_commit:
+            rev = _git("rev-parse", "--short", args.baseline_commit)
+            with tempfile.TemporaryDirectory(prefix=f"xrisk-base-{rev}-") as tmp:
+                speed(s, command, write, (_export(rev, tmp), rev))
+        else:
+            speed(s, command, write, (args.baseline_src, None) if args.baseline_src else None)
     if args.part in ("all", "fidelity"):
         fidelity(s, command, write)
     return 0

@@ -35,6 +35,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from xrisk._tensors import constant
 from xrisk.functional.pauc import top_fraction_mean
 
 __all__ = [
@@ -126,13 +127,15 @@ def drrho_kl(
     inv = 1.0 / tau
     if shift == "state" and math.isfinite(old):
         c = old if abs(old) > _UNSHIFTED else 0.0  # |c - log u| <= 30: the sums below stay in range
+        # the constants as cached 0-dim tensors of xd's dtype: the same kernel and bits as a Python number, without
+        # wrapping and converting one on every call
         if c:
-            e = torch.sub(xd, tau * c)
+            e = torch.sub(xd, constant(tau * c, xd))
             if inv != 1.0:
-                e.mul_(inv)
+                e.mul_(constant(inv, xd))
             e.exp_()
         else:  # one op fewer
-            e = torch.mul(xd, inv).exp_() if inv != 1.0 else torch.exp(xd)
+            e = torch.mul(xd, constant(inv, xd)).exp_() if inv != 1.0 else torch.exp(xd)
         f = math.exp(c - old)
         r = e.sum().item() * f / b  # g_hat / u
         if _SHIFT_RANGE[0] < r < _SHIFT_RANGE[1]:  # (False for NaN)
@@ -203,21 +206,22 @@ def drrho_cvar(
             s_old = xd.min().item()
         if not (math.isfinite(mean) and math.isfinite(s_old)):
             return _nan_step(excess, w)
-        count = torch.gt(xd, s_old).sum().item()
+        count = torch.count_nonzero(torch.gt(xd, s_old)).item()
         return DRRhoStep(surrogate, s_old - eta * (1.0 - count / b), mean, w)
-    if not flag:
-        s_old = upper_quantile(xd, alpha).item()
+    if flag:  # compare with the stored 0-dim tensor itself (the same value; no Python number to wrap)
+        s = threshold if isinstance(threshold, Tensor) and threshold.device == xd.device else s_old
+    else:
+        s = upper_quantile(xd, alpha)
+        s_old = s.item()
     c = 1.0 / (alpha * b)
-    above = torch.gt(xd, s_old)
-    w = torch.mul(above, c)
-    if w.dtype != xd.dtype:
-        w = w.to(xd.dtype)
+    above = torch.gt(xd, s)
+    w = torch.mul(above, constant(c, xd))  # in xd's dtype (a 0-dim float operand sets it)
     surrogate = _surrogate(w, excess)
     # sum_{x_i > s} x_i / (alpha B); NaN/inf when an entry is (weight 0 included: 0 * inf is NaN)
     top = surrogate.item() if xd.dtype == excess.dtype else torch.dot(w, xd).item()
     if not (math.isfinite(top) and math.isfinite(s_old)):
         return _nan_step(excess, w)
-    count = above.sum().item()
+    count = torch.count_nonzero(above).item()
     objective = s_old + top - s_old * count * c  # s + sum_i (x_i - s)_+ / (alpha B)
     return DRRhoStep(surrogate, s_old - eta * (alpha - count / b), objective, w)
 

@@ -117,6 +117,7 @@ class DRRhoLoss(ReplicatedStateModule):
         self.register_buffer(name, torch.zeros((), dtype=torch.float32))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
         self._last_objective = float("nan")  # the last batch's estimate; a tensor on request (objective())
+        self._cause = f"the {self.divergence} DRRho state is not finite"  # fixed per instance: no f-string per step
 
     def checkpoint_settings(self) -> dict[str, Any]:
         """Structural settings stored with a checkpoint: the divergence fixes what the state means."""
@@ -150,11 +151,12 @@ class DRRhoLoss(ReplicatedStateModule):
         if x.shape[0] == 0:
             return x.sum() * 0.0
         excess = x - r
-        kl = self.divergence == "kl"
-        state, seen = (self.log_u if kl else self.threshold), bool(self.seen)
-        if kl:
+        seen = bool(self.seen)
+        if self.divergence == "kl":
+            state = self.log_u
             step = drrho_kl(excess, state, seen, tau=self.tau, gamma=self.gamma)
         else:
+            state = self.threshold
             step = drrho_cvar(excess, state, seen, alpha=self.alpha, eta=self.eta)
         if not (math.isfinite(step.state) and math.isfinite(step.objective)):  # the kernels read these anyway
             if not checked_inputs:
@@ -163,7 +165,7 @@ class DRRhoLoss(ReplicatedStateModule):
             raise FloatingPointError(
                 f"the excess losses overflow the {self.divergence} DRRho risk (tau={self.tau}); no state was changed"
             )
-        writes = PendingWrites(f"the {self.divergence} DRRho state is not finite")
+        writes = PendingWrites(self._cause)
         writes.after(functools.partial(_write_scalar, state, None if seen else self.seen, step.state))
         writes.commit(write=self.training)  # state changes in training mode only (the check above holds them)
         self.__dict__["_last_objective"] = step.objective  # a plain float: skips nn.Module.__setattr__'s lookups
