@@ -22,11 +22,12 @@ with ``K`` processes keeps only the rows of its own **shard**:
   every rank computes the same update of the window, :func:`close_window` writes the rows a rank owns
   back into its shard **without any communication**. A failed or ``eval()``-mode step writes nothing
   back.
-* **Cost per step**: one ``all_gather`` of the ``U`` rows of ``4 (2 s)`` bytes per state (value as float32, the
-  seen flag as a float32 0/1; ``s`` = entries per row) for all the states together, which in a score loss is the
+* **Cost per step**: one ``all_gather`` of the ``U`` rows, ``5 s`` bytes per state (the float32 value and the bool
+  seen flag travel as their bytes; ``s`` = entries per row) for all the states together, which in a score loss is the
   gather of the scores itself (:func:`gather_and_open`: no extra round trip), plus ``K + 1`` integers read on the
-  host (how many of the ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any repeats, so the step
-  does not search the batch for duplicates again. Memory: the shard (``~n / K`` rows) plus the ``U``-row window.
+  host (how many of the ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any
+  repeats, so the step does not search the batch for duplicates again. The write-back is local: each rank copies
+  the window rows it owns into its shard. Memory: the shard (``~n / K`` rows) plus the ``U``-row window.
 
 Outside a step, the public :class:`~xrisk.state.SampleState` calls stay correct and become collective
 (every rank must make them): :meth:`~xrisk.state.SampleState.read` and
@@ -42,6 +43,7 @@ replicated one.
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
@@ -123,13 +125,27 @@ def _cuts(uniq: Tensor, num_samples: int, world: int) -> list[int]:
     return torch.searchsorted(uniq, bounds).tolist()
 
 
-def _row_pieces(states: Sequence["SampleState"], own: Tensor) -> list[Tensor]:
-    """This rank's shard rows ``own`` of every state's ``value`` and ``seen``, in that order (what a fetch sends)."""
-    pieces = []
+def _row_bytes(states: Sequence["SampleState"], own: Tensor) -> Tensor:
+    """What a rank's fetch sends: its shard rows ``own`` of every state's ``value`` and ``seen``, as the bytes of one
+    ``[len(own), sum of their row bytes]`` ``uint8`` tensor (one tensor for the collective, whatever the states)."""
+    parts = []
     for st in states:
-        value, seen = st.shard_tensors()
-        pieces += [value.index_select(0, own), seen.index_select(0, own)]
-    return pieces
+        width = math.prod(st.shape)
+        for t in st.shard_tensors():
+            parts.append(t.index_select(0, own).view(own.numel(), width).view(torch.uint8))
+    return torch.cat(parts, 1)
+
+
+def _unpack_rows(states: Sequence["SampleState"], rows: Tensor) -> list[Tensor]:
+    """The ``[value, seen, value, seen, ...]`` window rows of every state from the gathered bytes of
+    :func:`_row_bytes` (``[U, row bytes]``)."""
+    out, pos, count = [], 0, rows.shape[0]
+    for st in states:
+        for t in st.shard_tensors():
+            nbytes = math.prod(st.shape) * t.element_size()
+            out.append(rows.narrow(1, pos, nbytes).contiguous().view(t.dtype).view(count, *st.shape))
+            pos += nbytes
+    return out
 
 
 def _fetch(states: Sequence["SampleState"], uniq: Tensor, cuts: list[int], scores: Tensor | None = None,
@@ -137,17 +153,17 @@ def _fetch(states: Sequence["SampleState"], uniq: Tensor, cuts: list[int], score
     """The rows of every state at the sorted distinct indices ``uniq`` (cut by owner at ``cuts``, :func:`_cuts`), from
     their owners, in one collective (with the gather of ``scores``, ``grad="sum"``, if given): ``(gathered scores or
     None, [value, seen, value, seen, ...] of the U rows, this rank's shard rows of its part of the window)``. The
-    collective carries every tensor as its bytes (:func:`xrisk.distributed.all_gather_with`): exact for any dtype."""
+    rows travel as their bytes (:func:`_row_bytes`, :func:`xrisk.distributed.all_gather_with`): exact."""
     first = states[0]
     rank = first.shard_rank
     own = uniq[cuts[rank] : cuts[rank + 1]]
     own = (own if own.device == first.value.device else own.to(first.value.device)) - first.shard_start
-    pieces = _row_pieces(states, own)
+    sent = _row_bytes(states, own)
     counts = [cuts[r + 1] - cuts[r] for r in range(first.num_shards)]
     if scores is None:
-        return None, xdist.all_gather_many(pieces, sizes=counts), own
-    gathered, fetched = xdist.all_gather_with(scores, pieces, grad="sum", sizes=sizes, extra_sizes=counts)
-    return gathered, fetched, own
+        return None, _unpack_rows(states, xdist.all_gather_many([sent], sizes=counts)[0]), own
+    gathered, (rows,) = xdist.all_gather_with(scores, [sent], grad="sum", sizes=sizes, extra_sizes=counts)
+    return gathered, _unpack_rows(states, rows), own
 
 
 def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tuple[Tensor, Tensor]], list[int]]:
