@@ -143,7 +143,9 @@ def _unpack_rows(states: Sequence["SampleState"], rows: Tensor) -> list[Tensor]:
     for st in states:
         for t in st.shard_tensors():
             nbytes = math.prod(st.shape) * t.element_size()
-            out.append(rows.narrow(1, pos, nbytes).contiguous().view(t.dtype).view(count, *st.shape))
+            # a fresh copy (contiguous() keeps the stride of a size-1 dim, which view(dtype) refuses)
+            out.append(rows.narrow(1, pos, nbytes).clone(memory_format=torch.contiguous_format).view(t.dtype)
+                       .view(count, *st.shape))
             pos += nbytes
     return out
 
