@@ -200,8 +200,25 @@ def _window_rows(rank: int, world: int) -> list[int]:
     return sizes
 
 
+def _packed(rank: int, world: int) -> dict:
+    """What a sharded step's fetch relies on: ``all_gather_with`` / ``all_gather_many`` carry tensors of any dtype as
+    their bytes, with uneven sizes and a rank that sends no row, and the gathered tensor's gradient is summed."""
+    from xrisk import distributed as xdist
+
+    g = torch.Generator().manual_seed(rank)
+    sizes, extra_sizes = [3 + r for r in range(world)], [0 if r == 0 else 2 + r for r in range(world)]
+    x = torch.randn(sizes[rank], 2, dtype=torch.float64, generator=g).requires_grad_()
+    k = extra_sizes[rank]
+    extras = [torch.full((k, 3), 2**62 + 7 * rank + 1, dtype=torch.int64), torch.arange(k) % 2 == rank % 2,
+              torch.randn(k, 1, generator=g).half(), torch.randn(k, 2, generator=g)]
+    xs, es = xdist.all_gather_with(x, extras, grad="sum", sizes=sizes, extra_sizes=extra_sizes)
+    (xs * torch.arange(xs.numel(), dtype=xs.dtype).view_as(xs)).sum().backward()
+    return {"x": x.detach(), "xs": xs.detach(), "es": es, "extras": extras, "grad": x.grad,
+            "many": xdist.all_gather_many(extras, sizes=extra_sizes)}
+
+
 def _worker(rank: int, world: int, names: tuple[str, ...]) -> dict:
-    out: dict = {"windows": _window_rows(rank, world)}
+    out: dict = {"windows": _window_rows(rank, world), "packed": _packed(rank, world)}
     for name in names:
         train = _train_score if name in SCORE_LOSSES else _train_pairs
         out[name] = {p: train(name, p, rank, world) for p in ("replicated", "sharded")}
@@ -278,6 +295,21 @@ def test_sharded_state_trains_exactly_like_replicated_on_two_ranks(two_ranks):
     y[[0, 1, 2, 12, 5, 7]] = True
     want = [n for batch in SCORE_BATCHES for n in [len({i for i in batch if y[i]})] * 2]
     assert all(res["windows"] == want for res in two_ranks)
+
+
+@pytest.mark.distributed
+def test_packed_gathers_carry_every_dtype_exactly(two_ranks):
+    parts = [res["packed"] for res in two_ranks]
+    full = torch.cat([p["x"] for p in parts])
+    weights = torch.arange(full.numel(), dtype=full.dtype).view_as(full)
+    for r, p in enumerate(parts):
+        assert torch.equal(p["xs"], full) and p["xs"].dtype == torch.float64
+        for k in range(len(p["extras"])):
+            want = torch.cat([q["extras"][k] for q in parts])
+            for got in (p["es"][k], p["many"][k]):
+                assert got.dtype == want.dtype and torch.equal(got, want), (r, k)
+        start = sum(q["x"].shape[0] for q in parts[:r])
+        assert torch.equal(p["grad"], len(parts) * weights[start : start + p["x"].shape[0]])  # summed over ranks
 
 
 @pytest.mark.distributed

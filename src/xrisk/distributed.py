@@ -402,36 +402,32 @@ class _GatherSum(torch.autograd.Function):
 
 
 def _gather_packed(tensors: Sequence[Tensor], sizes: Sequence[Sequence[int]]) -> list[Tensor]:
-    """``[_gather_padded(t, sizes[k]) for k, t in enumerate(tensors)]`` in **one** collective: every rank writes its
-    tensors, flattened, one after the other into one buffer of the widest dtype among them and float32 (exact for
-    floating dtypes and 0/1 flags: bool tensors come back as bool), padded to the longest rank's; the gathered
-    buffers are cut back into each tensor's rows of every rank (no copy of the whole buffer in between)."""
+    """``[_gather_padded(t, sizes[k]) for k, t in enumerate(tensors)]`` in **one** collective: every rank sends the
+    bytes of its tensors one after the other in one ``uint8`` buffer, padded (with whatever memory holds: nothing
+    reads the padding) to the longest rank's; one ``split`` cuts the gathered buffers into every rank's part of every
+    tensor, one ``cat`` per tensor joins them, viewed in its dtype. Exact for every dtype (the bytes travel). Called
+    without autograd (inside a ``no_grad`` block or an autograd function's ``forward``)."""
     dev, me, world = _comm_device(), rank(), world_size()
-    work = torch.float32
-    for t in tensors:
-        if t.dtype != torch.bool:
-            work = torch.promote_types(work, t.dtype)
-    widths = [math.prod(t.shape[1:]) for t in tensors]  # per-row widths from the shape: a rank may send no row
-    lengths = [sum(n[r] * w for n, w in zip(sizes, widths)) for r in range(world)]
-    longest = max(lengths)
-    buf = torch.empty(longest, dtype=work, device=dev)
-    pos = 0
-    for t, w, n in zip(tensors, widths, sizes):
-        buf[pos : pos + n[me] * w].copy_(t.detach().reshape(-1))
-        pos += n[me] * w
-    if pos < longest:
-        buf[pos:].zero_()
-    out = torch.empty(world, longest, dtype=work, device=dev)
-    dist.all_gather(list(out.unbind(0)), buf)
-    starts = [0] * world
+    widths = [math.prod(t.shape[1:]) * t.element_size() for t in tensors]  # bytes per row (a rank may send none)
+    segments = [[n[r] * w for n, w in zip(sizes, widths)] for r in range(world)]
+    longest = max(sum(seg) for seg in segments)
+    parts = [t.contiguous().view(-1).view(torch.uint8) if t.device == dev else t.contiguous().view(-1).view(torch.uint8).to(dev)
+             for t in tensors]
+    pad = longest - sum(segments[me])
+    if pad:
+        parts.append(torch.empty(pad, dtype=torch.uint8, device=dev))
+    out = torch.empty(world, longest, dtype=torch.uint8, device=dev)
+    dist.all_gather(list(out.unbind(0)), torch.cat(parts) if len(parts) > 1 else parts[0])
+    cuts = []
+    for seg in segments:
+        cuts += seg
+        cuts.append(longest - sum(seg))
+    pieces = out.view(-1).split_with_sizes(cuts)  # rank-major: every rank's part of tensor 0, 1, ..., its padding
+    stride = len(tensors) + 1
     result = []
-    for t, w, n in zip(tensors, widths, sizes):
-        parts = []
-        for r in range(world):
-            parts.append(out[r, starts[r] : starts[r] + n[r] * w])
-            starts[r] += n[r] * w
-        rows = torch.cat(parts).view(sum(n), *t.shape[1:])
-        result.append(rows.to(t.device, t.dtype))
+    for k, (t, n) in enumerate(zip(tensors, sizes)):
+        rows = torch.cat(pieces[k::stride]).view(t.dtype).view(sum(n), *t.shape[1:])
+        result.append(rows if rows.device == t.device else rows.to(t.device))
     return result
 
 
@@ -457,7 +453,7 @@ def all_gather_with(
 ) -> tuple[Tensor, list[Tensor]]:
     """``(all_gather(x, grad=grad, sizes=sizes), [all_gather_no_grad(e, sizes=extra_sizes) for e in extras])`` with
     **one** collective (a step that needs both pays one round trip; e.g. the global batch's scores and the sharded
-    state rows it reads, :func:`xrisk.sharding.gather_and_open`). Floating point or bool tensors (exact)."""
+    state rows it reads, :func:`xrisk.sharding.gather_and_open`). Any dtypes (the bytes travel: exact)."""
     if grad not in ("sum", "none"):
         raise ValueError(f"grad policy must be 'sum' or 'none', got {grad!r}")
     if not is_distributed():
@@ -471,7 +467,7 @@ def all_gather_with(
 
 
 def all_gather_many(tensors: Sequence[Tensor], *, sizes: Sequence[int]) -> list[Tensor]:
-    """``[all_gather_no_grad(t, sizes=sizes) for t in tensors]`` with one collective (floating point or bool)."""
+    """``[all_gather_no_grad(t, sizes=sizes) for t in tensors]`` with one collective (any dtypes, exact)."""
     if not is_distributed():
         return list(tensors)
     with torch.no_grad():

@@ -22,11 +22,12 @@ with ``K`` processes keeps only the rows of its own **shard**:
   every rank computes the same update of the window, :func:`close_window` writes the rows a rank owns
   back into its shard **without any communication**. A failed or ``eval()``-mode step writes nothing
   back.
-* **Cost per step**: one ``all_gather`` of the ``U`` rows of ``4 (2 s)`` bytes per state (value as float32, the
-  seen flag as a float32 0/1; ``s`` = entries per row) for all the states together, which in a score loss is the
+* **Cost per step**: one ``all_gather`` of the ``U`` rows, ``5 s`` bytes per state (the float32 value and the bool
+  seen flag travel as their bytes; ``s`` = entries per row) for all the states together, which in a score loss is the
   gather of the scores itself (:func:`gather_and_open`: no extra round trip), plus ``K + 1`` integers read on the
-  host (how many of the ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any repeats, so the step
-  does not search the batch for duplicates again. Memory: the shard (``~n / K`` rows) plus the ``U``-row window.
+  host (how many of the ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any
+  repeats, so the step does not search the batch for duplicates again. The write-back is local: each rank copies
+  the window rows it owns into its shard. Memory: the shard (``~n / K`` rows) plus the ``U``-row window.
 
 Outside a step, the public :class:`~xrisk.state.SampleState` calls stay correct and become collective
 (every rank must make them): :meth:`~xrisk.state.SampleState.read` and
@@ -42,6 +43,7 @@ replicated one.
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
@@ -83,7 +85,17 @@ def sharded_states(module: nn.Module) -> list["SampleState"]:
     several processes (``placement="sharded"`` under ``torch.distributed``)."""
     from xrisk.state import SampleState
 
-    return [m for m in module.modules() if isinstance(m, SampleState) and m.num_shards > 1]
+    found: list[SampleState] = []
+    stack, seen = [module], set()
+    while stack:  # depth first, children in registration order (modules()' order, without its name bookkeeping)
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if isinstance(m, SampleState) and m.num_shards > 1:
+            found.append(m)
+        stack.extend(c for c in reversed(m._modules.values()) if c is not None)
+    return found
 
 
 def _check_world(states: Sequence["SampleState"]) -> None:
@@ -97,38 +109,63 @@ def _check_world(states: Sequence["SampleState"]) -> None:
             )
 
 
-# the shard starts of (num_samples, world) on a device, as the tensor _cuts searches (plain data: no process group)
-_BOUNDS: dict[tuple[int, int, torch.device], Tensor] = {}
+# the shard starts of (num_samples, world) and num_samples on a device, as the tensor _cuts searches (plain data: no
+# process group)
+_BOUNDS: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
 
 
 def _cuts(uniq: Tensor, num_samples: int, world: int) -> list[int]:
-    """Positions in the sorted ``uniq`` where each rank's rows begin (``world + 1`` entries; one host read)."""
-    key = (num_samples, world, uniq.device)
+    """Positions in the sorted ``uniq`` where each rank's rows begin, and its length: ``world + 1`` entries, one host
+    read."""
+    key = (num_samples, world, uniq.device, uniq.dtype)
     bounds = _BOUNDS.get(key)
-    if bounds is None or bounds.dtype != uniq.dtype:
+    if bounds is None:
         starts = [shard_range(num_samples, world, r)[0] for r in range(world)] + [num_samples]
         bounds = _BOUNDS[key] = torch.tensor(starts, dtype=uniq.dtype, device=uniq.device)
     return torch.searchsorted(uniq, bounds).tolist()
 
 
-def _fetch(states: Sequence["SampleState"], uniq: Tensor, scores: Tensor | None = None,
-           sizes: Sequence[int] = ()) -> tuple[Tensor | None, list[Tensor], list[int], Tensor]:
-    """The rows of every state at the sorted distinct indices ``uniq``, from their owners, in one collective (with the
-    gather of ``scores``, ``grad="sum"``, if given): ``(gathered scores or None, [value, seen, value, seen, ...] of
-    the U rows, cut positions of :func:`_cuts`, this rank's shard rows of its part of the window)``."""
+def _row_bytes(states: Sequence["SampleState"], own: Tensor) -> Tensor:
+    """What a rank's fetch sends: its shard rows ``own`` of every state's ``value`` and ``seen``, as the bytes of one
+    ``[len(own), sum of their row bytes]`` ``uint8`` tensor (one tensor for the collective, whatever the states)."""
+    parts = []
+    for st in states:
+        width = math.prod(st.shape)
+        for t in st.shard_tensors():
+            parts.append(t.index_select(0, own).view(own.numel(), width).view(torch.uint8))
+    return torch.cat(parts, 1)
+
+
+def _unpack_rows(states: Sequence["SampleState"], rows: Tensor) -> list[Tensor]:
+    """The ``[value, seen, value, seen, ...]`` window rows of every state from the gathered bytes of
+    :func:`_row_bytes` (``[U, row bytes]``)."""
+    out, pos, count = [], 0, rows.shape[0]
+    for st in states:
+        for t in st.shard_tensors():
+            nbytes = math.prod(st.shape) * t.element_size()
+            # a fresh copy (contiguous() keeps the stride of a size-1 dim, which view(dtype) refuses)
+            out.append(rows.narrow(1, pos, nbytes).clone(memory_format=torch.contiguous_format).view(t.dtype)
+                       .view(count, *st.shape))
+            pos += nbytes
+    return out
+
+
+def _fetch(states: Sequence["SampleState"], uniq: Tensor, cuts: list[int], scores: Tensor | None = None,
+           sizes: Sequence[int] = ()) -> tuple[Tensor | None, list[Tensor], Tensor]:
+    """The rows of every state at the sorted distinct indices ``uniq`` (cut by owner at ``cuts``, :func:`_cuts`), from
+    their owners, in one collective (with the gather of ``scores``, ``grad="sum"``, if given): ``(gathered scores or
+    None, [value, seen, value, seen, ...] of the U rows, this rank's shard rows of its part of the window)``. The
+    rows travel as their bytes (:func:`_row_bytes`, :func:`xrisk.distributed.all_gather_with`): exact."""
     first = states[0]
-    n, world, rank = first.num_samples, first.num_shards, xdist.rank()
-    if any(st.num_samples != n for st in states):
-        raise ValueError("fetch_rows needs states of one num_samples")
-    cuts = _cuts(uniq, n, world)
-    dev = first.shard_tensors()[0].device
-    own = uniq[cuts[rank] : cuts[rank + 1]].to(dev) - first.shard_start  # rows of my shard, in uniq's order
-    pieces = [t.index_select(0, own) for st in states for t in st.shard_tensors()]
-    counts = [cuts[r + 1] - cuts[r] for r in range(world)]
+    rank = first.shard_rank
+    own = uniq[cuts[rank] : cuts[rank + 1]]
+    own = (own if own.device == first.value.device else own.to(first.value.device)) - first.shard_start
+    sent = _row_bytes(states, own)
+    counts = [cuts[r + 1] - cuts[r] for r in range(first.num_shards)]
     if scores is None:
-        return None, xdist.all_gather_many(pieces, sizes=counts), cuts, own
-    gathered, fetched = xdist.all_gather_with(scores, pieces, grad="sum", sizes=sizes, extra_sizes=counts)
-    return gathered, fetched, cuts, own
+        return None, _unpack_rows(states, xdist.all_gather_many([sent], sizes=counts)[0]), own
+    gathered, (rows,) = xdist.all_gather_with(scores, [sent], grad="sum", sizes=sizes, extra_sizes=counts)
+    return gathered, _unpack_rows(states, rows), own
 
 
 def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tuple[Tensor, Tensor]], list[int]]:
@@ -136,7 +173,11 @@ def fetch_rows(states: Sequence["SampleState"], uniq: Tensor) -> tuple[list[tupl
     ``uniq`` (the same on every rank), fetched from their owners with one ``all_gather`` for all the states
     (collective); also the cut positions of :func:`_cuts`. The states must share ``num_samples`` and the
     number of shards."""
-    _, fetched, cuts, _ = _fetch(states, uniq)
+    first = states[0]
+    if any(st.num_samples != first.num_samples for st in states):
+        raise ValueError("fetch_rows needs states of one num_samples")
+    cuts = _cuts(uniq, first.num_samples, first.num_shards)
+    _, fetched, _ = _fetch(states, uniq, cuts)
     return list(zip(fetched[::2], fetched[1::2])), cuts
 
 
@@ -147,19 +188,21 @@ def _begin(states: Sequence["SampleState"], uniq: Tensor, fetched: list[Tensor],
 
 
 def _window_positions(states: Sequence["SampleState"], index: Tensor,
-                      rows: Tensor | None) -> tuple[Tensor, Tensor, bool]:
-    """The start of every step window: the states fit this process group and none is in a step. Returns the sorted
-    distinct indices ``uniq`` of ``index`` (of its entries where ``rows`` holds), each entry's position among them
-    (``uniq.numel()``, one past the window, for an entry outside ``rows``: a use of it is rejected) and whether no
-    index occurs twice among those entries (known from the sort, so the step need not look for duplicates)."""
+                      rows: Tensor | None) -> tuple[Tensor, Tensor, list[int], bool]:
+    """The start of every step window: the states (of one ``num_samples``) fit this process group and none is in a
+    step. Returns the sorted distinct indices ``uniq`` of ``index`` (of its entries where ``rows`` holds), each
+    entry's position among them (``uniq.numel()``, one past the window, for an entry outside ``rows``: a use of it is
+    rejected), the cut positions of :func:`_cuts` and whether no index occurs twice among those entries (known from
+    the sort, so the step need not look for duplicates). One ``torch.unique`` and one host read."""
     _check_world(states)
     if any(st.window_open for st in states):
         raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
+    first = states[0]
     chosen = index if rows is None else index.masked_select(rows)
     uniq, inv = torch.unique(chosen, sorted=True, return_inverse=True)
     if rows is not None:
         inv = torch.full_like(index, uniq.numel()).masked_scatter_(rows, inv)
-    return uniq, inv, uniq.numel() == chosen.numel()
+    return uniq, inv, _cuts(uniq, first.num_samples, first.num_shards), uniq.numel() == chosen.numel()
 
 
 def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tensor, *, sizes: Sequence[int],
@@ -174,8 +217,8 @@ def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tens
     if len({st.num_samples for st in states}) > 1:
         gathered = xdist.all_gather(scores, grad="sum", sizes=sizes)
         return (gathered, *_open_window(states, index, rows))
-    uniq, inv, distinct = _window_positions(states, index, rows)
-    gathered, fetched, cuts, own = _fetch(states, uniq, scores, sizes)
+    uniq, inv, cuts, distinct = _window_positions(states, index, rows)
+    gathered, fetched, own = _fetch(states, uniq, cuts, scores, sizes)
     _begin(states, uniq, fetched, cuts, own)
     return gathered, inv, distinct
 
@@ -198,13 +241,15 @@ def open_window(states: Sequence["SampleState"], index: Tensor, *, rows: Tensor 
 
 def _open_window(states: Sequence["SampleState"], index: Tensor, rows: Tensor | None) -> tuple[Tensor, bool]:
     """:func:`open_window` (distributed, some state); also whether the fetched entries hold distinct indices."""
-    uniq, inv, distinct = _window_positions(states, index, rows)
     groups: dict[int, list["SampleState"]] = {}
     for st in states:
         groups.setdefault(st.num_samples, []).append(st)
-    for group in groups.values():
-        _, fetched, cuts, own = _fetch(group, uniq)
+    inv, distinct = index, True
+    for group in groups.values():  # one fetch per num_samples (the positions agree: the same sorted indices)
+        uniq, inv, cuts, one = _window_positions(group, index, rows)
+        _, fetched, own = _fetch(group, uniq, cuts)
         _begin(group, uniq, fetched, cuts, own)
+        distinct = distinct and one
     return inv, distinct
 
 

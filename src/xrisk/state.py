@@ -300,7 +300,8 @@ class SampleState(ReplicatedStateModule):
         self.placement = check_choice("placement", placement, PLACEMENTS)
         #: processes the rows are split over (1: this process holds every row) and this rank's rows
         self.num_shards = xdist.world_size() if placement == "sharded" else 1
-        self.shard_start, self.shard_stop = shard_range(num_samples, self.num_shards, xdist.rank() if self.num_shards > 1 else 0)
+        self.shard_rank = xdist.rank() if self.num_shards > 1 else 0
+        self.shard_start, self.shard_stop = shard_range(num_samples, self.num_shards, self.shard_rank)
         rows = self.shard_stop - self.shard_start
         self.register_buffer("value", torch.full((rows, *shape), self.init, dtype=torch.float32))
         self.register_buffer("seen", torch.zeros((rows, *shape), dtype=torch.bool))
@@ -325,18 +326,19 @@ class SampleState(ReplicatedStateModule):
         """Swap in the fetched rows ``value``/``seen`` of the step's distinct indices ``uniq`` (see
         :func:`xrisk.sharding.open_window`); ``own``: this rank's shard rows of the window positions
         ``[cuts[rank], cuts[rank + 1])`` (``uniq[lo:hi] - shard_start``), where :meth:`_end_window` writes back."""
-        lo, hi = cuts[xdist.rank()], cuts[xdist.rank() + 1]
-        self.__dict__["_window"] = (own, lo, hi, self.value, self.seen)
-        self.__dict__["value"], self.__dict__["seen"] = value, seen
+        d = self.__dict__
+        d["_window"] = (own, cuts[self.shard_rank], cuts[self.shard_rank + 1], d["value"], d["seen"])
+        d["value"], d["seen"] = value, seen
 
     def _end_window(self, write: bool) -> None:
         """Restore the shard; with ``write``, first copy the window rows this rank owns into it."""
-        own, lo, hi, shard_value, shard_seen = self.__dict__["_window"]
-        value, seen = self.__dict__["value"], self.__dict__["seen"]
-        self.__dict__["value"], self.__dict__["seen"], self.__dict__["_window"] = shard_value, shard_seen, None
-        if write:
-            shard_value.index_copy_(0, own, value[lo:hi])
-            shard_seen.index_copy_(0, own, seen[lo:hi])
+        d = self.__dict__
+        own, lo, hi, shard_value, shard_seen = d["_window"]
+        value, seen = d["value"], d["seen"]
+        d["value"], d["seen"], d["_window"] = shard_value, shard_seen, None
+        if write and hi > lo:
+            shard_value.index_copy_(0, own, value.narrow(0, lo, hi - lo))
+            shard_seen.index_copy_(0, own, seen.narrow(0, lo, hi - lo))
 
     # ----------------------------------------------------------------------------- checkpoints
     def _state_shape_mismatch(self, name: str, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> None:

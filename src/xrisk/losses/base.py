@@ -196,7 +196,9 @@ class ScoreLoss(ReplicatedStateModule):
         if not sharded:
             return xdist.all_gather(s, grad="sum", sizes=sizes), y, idx, sharded, False
         # the global batch's rows, fetched from their owners with the scores; idx -> window positions
-        rows = y.any(1) if select and self.state_rows == "positives" else None
+        rows = None
+        if select and self.state_rows == "positives":
+            rows = y.select(1, 0) if y.shape[1] == 1 else y.any(1)
         s, idx, distinct = gather_and_open(sharded, idx, s, sizes=sizes, rows=rows)
         return s, y, idx, sharded, distinct
 
