@@ -13,8 +13,9 @@ from xrisk.losses.base import ScoreLoss
 
 __all__ = ["AUCMLoss"]
 
-#: the largest batch whose one-task surrogate is computed as ``v^T M v`` with a kept ``[B + 4, B + 4]`` matrix
-#: (:func:`~xrisk.functional.aucm.aucm_quadratic_form`: three autograd nodes); larger batches use the ``O(B)`` form
+#: the largest batch whose one-task surrogate is computed as ``v^T M v`` with a ``[B + 4, B + 4]`` matrix kept while the
+#: labels repeat (:func:`~xrisk.functional.aucm.aucm_quadratic_form`: three autograd nodes; small CPU batches, whose
+#: labels the validation reads); larger batches, other devices and gathered batches use the ``O(B)`` form
 _FORM_MAX_BATCH = 128
 
 
@@ -67,6 +68,10 @@ class AUCMLoss(ScoreLoss):
     mode; the parameters change only through the optimizer). Under ``torch.distributed`` the loss is
     computed on the gathered global batch, so ``a, b, alpha`` receive the single-process
     gradient on every rank without any reduction (see :mod:`xrisk.distributed`).
+
+    One task, a small CPU batch (``B <= 128``): ``F`` is computed as ``v^T M v`` with ``v = (f, a, b, alpha, 1)``
+    and ``M`` (:func:`~xrisk.functional.aucm.aucm_quadratic_form`) kept while the labels repeat, as they do with a
+    :class:`~xrisk.data.DualSampler` (three autograd nodes; equal to the ``O(B)`` form up to float rounding).
 
     Multi-label ``[B, T]``: one ``(a, b, alpha)`` per task; the loss is the mean over the tasks
     that have both a positive and a negative in the batch (others contribute a connected zero).
@@ -121,7 +126,8 @@ class AUCMLoss(ScoreLoss):
     def _aucm(self, scores: Tensor, targets: Tensor, pos_counts: list[int]) -> Tensor:
         """Mean of the per-task surrogate over tasks with both classes; records the objective (lazily)."""
         size = scores.shape[0]
-        if len(pos_counts) == 1 and size <= _FORM_MAX_BATCH and 0 < pos_counts[0] < size:
+        if (len(pos_counts) == 1 and size <= _FORM_MAX_BATCH and 0 < pos_counts[0] < size
+                and self.__dict__.get("_host_batch") is not None):  # a small CPU batch whose labels were read
             params = self._parameters
             a, b, alpha = params["a"], params["b"], params["alpha"]
             f = self._score_column(scores, 0)
