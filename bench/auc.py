@@ -173,8 +173,8 @@ def _floor_aucm_pesg(model, n, hp: HP, lib) -> Trainer:
     hyper-parameters, reference point and iterate average, ``end_stage`` included) written out by hand with nothing
     else: no checks of the batch, no objective record, no optimizer bookkeeping. The surrogate is ``v^T M v`` with
     ``v = (f, a, b, alpha, 1)`` and ``M`` built once, from the first batch (every batch of this benchmark has its
-    positives at the same positions: ``dual_batches`` puts them first); the PESG update is seven ``_foreach`` ops over
-    the model parameters and ``a, b`` and two ops for ``alpha``. ``tests/test_aucm.py`` checks that it equals the
+    positives at the same positions: ``dual_batches`` puts them first); the PESG update is four ``_foreach`` ops and
+    one ``torch._fused_sgd_`` call over the model parameters and ``a, b``, and two ops for ``alpha``. ``tests/test_aucm.py`` checks that it equals the
     library's step."""
     a, b, alpha = (nn.Parameter(torch.zeros(1)) for _ in range(3))
     params = list(model.parameters()) + [a, b]
@@ -212,13 +212,13 @@ def _floor_aucm_pesg(model, n, hp: HP, lib) -> Trainer:
             alpha.add_(alpha.grad, alpha=lr).clamp_(min=0.0)
             d = torch._foreach_clamp_min([p.grad for p in params], -1.0)
             torch._foreach_clamp_max_(d, 1.0)
-            torch._foreach_add_(d, params, alpha=ed + wd)
             torch._foreach_add_(d, st["refs"], alpha=-ed)
-            if st["bufs"] is None:
-                st["bufs"] = d
-            else:
-                torch._foreach_lerp_(st["bufs"], d, 1.0 - m)
-            torch._foreach_add_(params, st["bufs"], alpha=-lr)
+            first = st["bufs"] is None
+            if first:
+                st["bufs"] = [torch.empty_like(p) for p in params]
+            # d + (ed + wd) v, then u <- m u + (1 - m) d (u = d at first), v <- v - lr u: one fused kernel call
+            torch._fused_sgd_(params, d, st["bufs"], weight_decay=ed + wd, momentum=m, lr=lr, dampening=m,
+                              nesterov=False, maximize=False, is_first_step=first)
             st["count"] += 1
             torch._foreach_lerp_(st["avg"], params, 1.0 / st["count"])
 
