@@ -755,7 +755,10 @@ TIMING_NOTE = (
     "the recorded steps. Scores are `sigmoid(logit)` for every AUC loss. "
     "Pairs use the same hyper-parameters on both sides (xrisk AUCMLoss at its default `v2`, "
     "LibAUC at its default `v1`). `x BCE+Adam` = median step / median BCE+Adam step of the same "
-    "run; `xrisk / LibAUC` < 1 means xrisk is faster."
+    "run; `xrisk / LibAUC` < 1 means xrisk is faster. The floor row is the AUC-M + PESG step written out by hand "
+    "(`_floor_aucm_pesg`: the same update, equal to the library's step in `tests/test_aucm.py`, with the surrogate as "
+    "`v^T M v` for a fixed `M` and the PESG update as four `_foreach` ops and one `torch._fused_sgd_` call; no checks, "
+    "no objective record, no optimizer bookkeeping): what any implementation of this step costs at least."
 )
 QUALITY_NOTE = (
     "Same MLP initial weights per seed, same number of steps (epochs x ceil(n_train / 64)), "

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _bench import load_bench
 from _dist import run_distributed
 from xrisk.functional.aucm import aucm_alpha_grad, aucm_objective, aucm_quadratic_form, aucm_surrogate
 from xrisk.losses import AUCMLoss, CompositionalAUCLoss
@@ -298,25 +299,6 @@ def test_quadratic_form_kernel_equals_surrogate_and_is_built_outside_inference_m
     assert s.grad is not None and loss.alpha.grad is not None
 
 
-def _bench_auc():
-    """``bench/auc.py`` as a module (its hand-written floor step)."""
-    import importlib.util
-    import pathlib
-    import sys
-
-    bench = pathlib.Path(__file__).resolve().parents[1] / "bench"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("_bench_auc", bench / "auc.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["_bench_auc"] = mod  # its dataclasses look their module up
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    finally:
-        sys.path.remove(str(bench))
-        sys.modules.pop("_bench_auc", None)
-    return mod
-
-
 def _closure(fn, name: str):
     """The variable ``name`` that the function ``fn`` closes over."""
     return fn.__closure__[fn.__code__.co_freevars.index(name)].cell_contents
@@ -327,7 +309,7 @@ def test_bench_floor_is_the_library_aucm_pesg_step():
     ``a, b, alpha`` after steps on the benchmark's batches, across a stage end (lr / 10, reference reset)."""
     import numpy as np
 
-    bench = _bench_auc()
+    bench = load_bench("auc")
     hp = bench.HP()
     y_np = (np.random.default_rng(0).random(512) < 0.1).astype(np.int64)
     x = torch.randn(512, 30, generator=torch.Generator().manual_seed(0))
