@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _bench import load_bench
 from _dist import run_distributed
-from xrisk.functional.aucm import aucm_alpha_grad, aucm_objective
+from xrisk.functional.aucm import aucm_alpha_grad, aucm_objective, aucm_quadratic_form, aucm_surrogate
 from xrisk.losses import AUCMLoss, CompositionalAUCLoss
 
 
@@ -201,6 +202,133 @@ def test_half_and_double_scores():
     y = torch.tensor([1, 0, 1, 0, 0, 0])
     assert loss(s, y).dtype == torch.float64
     assert loss(s.half().detach(), y).dtype == torch.float32  # promoted to the parameters' dtype
+
+
+# ----------------------------------------------------------------------------- one-task quadratic form
+def _kernel_step(loss: AUCMLoss, scores: torch.Tensor, targets: torch.Tensor) -> tuple:
+    """Value and gradients (scores, a, b, alpha) of :func:`aucm_surrogate` on copies of the loss's parameters."""
+    s = scores.detach().clone().requires_grad_()
+    a, b, alpha = (getattr(loss, n).detach().clone().requires_grad_() for n in ("a", "b", "alpha"))
+    out = aucm_surrogate(s.view(-1, 1), targets.view(-1, 1).bool(), a, b, alpha, margin=loss.margin,
+                         version=loss.version, p=loss.imratio, reduction="sum")
+    out.backward()
+    return out.detach(), s.grad, a.grad, alpha.grad, b.grad
+
+
+def _module_step(loss: AUCMLoss, scores: torch.Tensor, targets: torch.Tensor) -> tuple:
+    s = scores.detach().clone().requires_grad_()
+    for p in loss.parameters():
+        p.grad = None
+    out = loss(s, targets)
+    out.backward()
+    return out.detach(), s.grad, loss.a.grad, loss.alpha.grad, loss.b.grad
+
+
+@pytest.mark.parametrize("version,imratio,margin", [("v2", None, 1.0), ("v2", None, 0.6), ("v1", None, 1.0),
+                                                    ("v1", 0.1, 0.7)])
+@pytest.mark.parametrize("size", [8, 128, 129])  # 129 > _FORM_MAX_BATCH: the O(B) kernel
+def test_one_task_form_follows_the_labels_and_equals_the_kernel(version, imratio, margin, size):
+    """One task: ``F = v^T M v`` with ``M`` kept while the labels repeat; every step (labels repeated, moved with the
+    same count, another count, float / bool / [B, 1] targets) equals :func:`aucm_surrogate` and the formula loop in
+    value and in every gradient."""
+    loss = AUCMLoss(margin, version=version, imratio=imratio).double()
+    g = torch.Generator().manual_seed(size)
+    base = (torch.arange(size) % 4 == 0).double()
+    moved = base.roll(1)
+    other = (torch.arange(size) % 3 == 0).double()
+    for step, y in enumerate([base, base, moved, base, other, other.bool(), moved.view(-1, 1), base]):
+        _set_params(loss, step)
+        scores = torch.sigmoid(2 * torch.randn(y.shape, generator=g, dtype=torch.float64))
+        got, want = _module_step(loss, scores, y), _kernel_step(loss, scores, y)
+        for x, w, what in zip(got, want, ("value", "scores", "a", "alpha", "b")):
+            assert torch.allclose(x.view(-1), w.view(-1), rtol=1e-12, atol=1e-12), (step, what)
+        oracle = _oracle_multitask(scores.view(-1, 1), y.view(-1, 1).bool(), loss)
+        assert got[0].item() == pytest.approx(oracle, rel=1e-10, abs=1e-12)
+        assert loss.objective().item() == pytest.approx(
+            aucm_objective(scores.view(-1, 1), y.view(-1, 1).bool(), margin=margin).item(), rel=1e-6)
+    assert ("_label_cache" in loss.__dict__) == (size <= 128)
+
+
+def test_one_task_form_gradcheck_and_gradgradcheck():
+    """The module's one-task path (``cat``, ``mv``, ``dot``) in float64: first and second derivatives in the scores
+    and in ``a, b, alpha`` (the kept ``M`` is a constant)."""
+    for version, imratio in (("v2", None), ("v1", None), ("v1", 0.2)):
+        loss = AUCMLoss(0.8, version=version, imratio=imratio).double()
+        y = torch.tensor([1.0, 0, 0, 1, 0, 0, 1])
+
+        s = torch.rand(7, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda s: loss(s, y), (s,))
+        assert torch.autograd.gradgradcheck(lambda s: loss(s, y), (s,))
+        for name in ("a", "b", "alpha"):
+            p = getattr(loss, name)
+
+            def of_param(x, name=name):
+                with torch.no_grad():
+                    getattr(loss, name).copy_(x.detach())
+                return _substitute(loss, name, x, s.detach(), y)
+
+            assert torch.autograd.gradcheck(of_param, (p.detach().clone().requires_grad_(),)), name
+            assert torch.autograd.gradgradcheck(of_param, (p.detach().clone().requires_grad_(),)), name
+
+
+def _substitute(loss: AUCMLoss, name: str, x: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``loss(s, y)`` as a function of its parameter ``name`` set to ``x`` (differentiable in ``x``)."""
+    param = loss._parameters[name]
+    loss._parameters[name] = x  # a plain tensor for this call: the graph reaches x
+    try:
+        return loss(s, y)
+    finally:
+        loss._parameters[name] = param
+
+
+def test_quadratic_form_kernel_equals_surrogate_and_is_built_outside_inference_mode():
+    y = torch.tensor([True, False, False, True, False])
+    f, z = torch.rand(5, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
+    for version, p in (("v2", None), ("v1", None), ("v1", 0.25)):
+        with torch.inference_mode():
+            form = aucm_quadratic_form(y, margin=0.7, version=version, p=p, dtype=torch.float64)
+        assert not form.is_inference()
+        v = torch.cat((f, z, torch.ones(1, dtype=torch.float64)))
+        want = aucm_surrogate(f.view(5, 1), y.view(5, 1), z[:1], z[1:2], z[2:], margin=0.7, version=version, p=p)
+        assert torch.allclose(torch.dot(v, form @ v), want[0], rtol=1e-12)
+    loss = AUCMLoss()
+    with torch.inference_mode():  # the kept M first built under inference_mode, then used with autograd
+        loss(torch.rand(5), y)
+    s = torch.rand(5, requires_grad=True)
+    loss(s, y).backward()
+    assert s.grad is not None and loss.alpha.grad is not None
+
+
+def _closure(fn, name: str):
+    """The variable ``name`` that the function ``fn`` closes over."""
+    return fn.__closure__[fn.__code__.co_freevars.index(name)].cell_contents
+
+
+def test_bench_floor_is_the_library_aucm_pesg_step():
+    """``bench/auc.py``'s hand-written AUC-M + PESG step (its timing floor) is the library's step: the same model,
+    ``a, b, alpha`` after steps on the benchmark's batches, across a stage end (lr / 10, reference reset)."""
+    import numpy as np
+
+    bench = load_bench("auc")
+    hp = bench.HP()
+    y_np = (np.random.default_rng(0).random(512) < 0.1).astype(np.int64)
+    x = torch.randn(512, 30, generator=torch.Generator().manual_seed(0))
+    y = torch.from_numpy(y_np).float()
+    batches = bench.dual_batches(y_np, batch_size=32, pos_per_batch=8, num_batches=12, seed=0)
+    base = bench.make_model(30, (64,), seed=0)
+    lib = bench._xrisk_aucm_pesg(copy.deepcopy(base), 512, hp, None)
+    floor = bench._floor_aucm_pesg(copy.deepcopy(base), 512, hp, None)
+    for i, b in enumerate(batches):
+        for tr in (lib, floor):
+            tr.step(x[b], y[b], torch.from_numpy(b))
+        if i == 5:
+            lib.end_stage(), floor.end_stage()
+    for (name, p), q in zip(lib.model.named_parameters(), floor.model.parameters()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), name
+    lib_loss = _closure(lib.step, "loss_fn")
+    for name in ("a", "b", "alpha"):
+        assert torch.allclose(getattr(lib_loss, name), _closure(floor.step, name), rtol=1e-6, atol=1e-7), name
+    assert not torch.equal(lib.model.head.weight, base.head.weight)  # the steps moved the model
 
 
 # ----------------------------------------------------------------------------- compositional

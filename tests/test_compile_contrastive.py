@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import xrisk
+from _bench import load_bench
 from _compile import TraceableSGD, close, compiled_without_recompiles, assert_no_host_reads, train
 from xrisk.losses import FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss
 
@@ -185,23 +186,6 @@ def test_eval_mode_with_validation_off_returns_the_training_value_and_writes_not
     assert not torch.equal(loss.log_u.value, before["log_u.value"]), "the training call wrote"
 
 
-def _bench_module():
-    """``bench/compile_contrastive.py`` as a module (its hand-written steps)."""
-    import importlib.util
-    import pathlib
-    import sys
-
-    bench = pathlib.Path(__file__).resolve().parents[1] / "bench"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("_bench_compile_contrastive", bench / "compile_contrastive.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    finally:
-        sys.path.remove(str(bench))
-    return mod
-
-
 def _same_steps(floor: nn.Module, loss: nn.Module, n: int, states: Callable[[torch.Tensor], list]) -> None:
     """Four steps of ``floor`` and ``loss`` on the same batches of distinct indices (samples revisited across batches):
     equal loss values, feature gradients and ``states(idx)`` pairs ``(floor's, library's, name)``."""
@@ -225,7 +209,7 @@ def test_bench_hand_written_gcl_is_the_per_sample_temperature_gcl_step_on_distin
     """``bench/compile_contrastive.py``'s hand-written per-sample-temperature GCL step is the library's step when no
     index repeats: loss values, feature gradients and every per-sample state over steps that revisit samples."""
     n = 30
-    floor = _bench_module().HandWrittenGCL(n, 0.07)
+    floor = load_bench("compile_contrastive").HandWrittenGCL(n, 0.07)
     loss = GlobalContrastiveLoss(n, mode="bimodal", temperature="individual", tau=0.07, rho=6.5)
     _same_steps(floor, loss, n, lambda idx: [
         (floor.log_u[idx], loss.log_u.value[idx], "log u"),
@@ -239,7 +223,7 @@ def test_bench_hand_written_nuclr_is_the_nuclr_step_on_distinct_indices():
     step; a large ``lr_zeta`` so that ``zeta`` moves) when no index repeats: values, gradients, ``u``, ``zeta`` and
     its momentum."""
     n = 30
-    floor = _bench_module().HandWrittenNUCLR(n, 0.07, lr_zeta=0.5)
+    floor = load_bench("compile_contrastive").HandWrittenNUCLR(n, 0.07, lr_zeta=0.5)
     loss = NUCLRLoss(n, tau=0.07, lr_zeta=0.5, zeta_start_epoch=0)
     loss.set_epoch(0)
     _same_steps(floor, loss, n, lambda idx: [

@@ -429,3 +429,43 @@ def test_training_raises_auroc_well_above_chance(kind):
         after = roc_auc_score(y_test.numpy(), model(x_test).squeeze(1).numpy())
     assert after > 0.85 and after > before + 0.05, (before, after)
     assert sum(objectives[-20:]) < sum(objectives[:20])  # the AUC-M objective went down
+
+
+@pytest.mark.parametrize("momentum,dampening,clip_value,epoch_decay,weight_decay", [
+    (0.1, 0.1, 1.0, 3e-3, 1e-4), (0.9, 0.0, 0.05, 2e-3, 1e-5), (0.0, 0.0, None, 0.0, 0.0), (0.5, 0.2, None, 1e-2, 0.0),
+    (0.9, 0.0, 0.5, 0.0, 1e-3),
+])
+def test_pesg_fused_sgd_equals_the_list_ops(monkeypatch, momentum, dampening, clip_value, epoch_decay, weight_decay):
+    """PESG's sgd update through ``torch._fused_sgd_`` (eager CPU/CUDA) equals the ``_foreach`` list ops (the path of
+    other devices and of ``torch.compile``) up to float rounding, first step and stage end included, on a
+    non-contiguous parameter too; the gradients are not modified."""
+    import xrisk.optim.pesg as pesg_module
+
+    def run(fused: bool):
+        monkeypatch.setattr(pesg_module, "_fusable", lambda params: fused)
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+        with torch.no_grad():  # a transposed (non-contiguous) weight
+            model[0].weight = torch.nn.Parameter(torch.randn(3, 5).t())
+        loss = AUCMLoss()
+        opt = PESG(model.parameters(), loss=loss, lr=0.1, momentum=momentum, dampening=dampening,
+                   clip_value=clip_value, epoch_decay=epoch_decay, weight_decay=weight_decay)
+        g = torch.Generator().manual_seed(1)
+        for step in range(6):
+            x, y = torch.randn(16, 3, generator=g), (torch.arange(16) % 4 == 0).float()
+            opt.zero_grad()
+            loss(torch.sigmoid(model(x)).squeeze(1), y).backward()
+            grads = [p.grad.clone() for p in model.parameters()]
+            opt.step()
+            assert all(torch.equal(p.grad, q) for p, q in zip(model.parameters(), grads))
+            if step == 2:
+                opt.update_regularizer(decay_factor=2)
+        return [p.detach() for p in list(model.parameters()) + list(loss.parameters())], opt.state_dict()["state"]
+
+    (fused, s1), (lists, s2) = run(True), run(False)
+    for a, b in zip(fused, lists):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    for k in s1:
+        assert s1[k].keys() == s2[k].keys()
+        for key, v in s1[k].items():
+            assert torch.allclose(v, s2[k][key], rtol=1e-5, atol=1e-7) if isinstance(v, torch.Tensor) else v == s2[k][key]

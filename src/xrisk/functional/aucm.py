@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["aucm_surrogate", "aucm_objective", "aucm_alpha_grad"]
+__all__ = ["aucm_surrogate", "aucm_quadratic_form", "aucm_objective", "aucm_alpha_grad"]
 
 
 def _masks(scores: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -222,6 +222,51 @@ def aucm_surrogate(
     inner = torch.addcmul(torch.einsum("btk,tk->bt", coef_c, z), coef_w, f)
     values = (f * inner).sum(0) + torch.einsum("tk,tkl,tl->t", z, quad, z)
     return values.sum() if reduction == "sum" else values
+
+
+def aucm_quadratic_form(
+    targets: Tensor,
+    *,
+    margin: float,
+    version: Literal["v1", "v2"] = "v2",
+    p: float | None = None,
+    pos_count: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """The one-task surrogate as a quadratic form: ``M [B + 4, B + 4]`` with ``F = v^T M v`` for
+    ``v = (f_1, ..., f_B, a, b, alpha, 1)``.
+
+    ``M`` holds the constants of :func:`aucm_surrogate`'s form (:func:`_coefficients`): ``diag(w)`` in the
+    score block, the rows ``C_i`` in the score-by-``z`` block, ``K`` in the ``z`` block (zeros elsewhere). It
+    depends on the labels only, so a caller whose labels repeat (a DualSampler batch) builds it once and a
+    step is ``dot(v, M v)``: three autograd nodes (``cat``, ``mv``, ``dot``), twice differentiable, equal to
+    :func:`aucm_surrogate` up to float rounding. ``O(B^2)`` memory and work: meant for small batches.
+
+    Args:
+        targets: ``[B]`` bool labels of the task.
+        margin, version, p: as in :func:`aucm_surrogate`.
+        pos_count: the number of positives (a host int, if the caller knows it).
+        dtype: dtype of ``M`` (that of the scores and of ``a, b, alpha``).
+
+    Example:
+        >>> y = torch.tensor([True, False, False])
+        >>> v = torch.tensor([0.9, 0.2, 0.4, 0.0, 0.0, 1.0, 1.0])  # f, a, b, alpha, 1
+        >>> torch.dot(v, aucm_quadratic_form(y, margin=1.0) @ v)
+        tensor(0.7100)
+    """
+    if version not in ("v1", "v2"):
+        raise ValueError(f"version must be 'v1' or 'v2', got {version!r}")
+    size = targets.shape[0]
+    counts = _host_counts(targets.view(size, 1), None if pos_count is None else [pos_count])
+    kw0, kw1, kc0, kc1, quad, _ = _get_coefficients(
+        counts, size, version, None if p is None else float(p), float(margin), dtype, targets.device)
+    with torch.inference_mode(False):  # an ordinary tensor even when built under inference_mode (callers keep it)
+        t = targets.to(dtype)
+        form = torch.zeros(size + 4, size + 4, dtype=dtype, device=targets.device)
+        form[:size, :size].diagonal().copy_(kw0[0] + t * kw1[0])
+        form[:size, size:] = kc0[0] + t.unsqueeze(1) * kc1[0]
+        form[size:, size:] = quad[0]
+    return form
 
 
 def aucm_alpha_grad(

@@ -8,10 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.aucm import aucm_objective, aucm_surrogate
+from xrisk.functional.aucm import aucm_objective, aucm_quadratic_form, aucm_surrogate
 from xrisk.losses.base import ScoreLoss
 
 __all__ = ["AUCMLoss"]
+
+#: the largest batch whose one-task surrogate is computed as ``v^T M v`` with a ``[B + 4, B + 4]`` matrix kept while the
+#: labels repeat (:func:`~xrisk.functional.aucm.aucm_quadratic_form`: three autograd nodes; small CPU batches, whose
+#: labels the validation reads); larger batches, other devices and gathered batches use the ``O(B)`` form
+_FORM_MAX_BATCH = 128
 
 
 class AUCMLoss(ScoreLoss):
@@ -63,6 +68,10 @@ class AUCMLoss(ScoreLoss):
     mode; the parameters change only through the optimizer). Under ``torch.distributed`` the loss is
     computed on the gathered global batch, so ``a, b, alpha`` receive the single-process
     gradient on every rank without any reduction (see :mod:`xrisk.distributed`).
+
+    One task, a small CPU batch (``B <= 128``): ``F`` is computed as ``v^T M v`` with ``v = (f, a, b, alpha, 1)``
+    and ``M`` (:func:`~xrisk.functional.aucm.aucm_quadratic_form`) kept while the labels repeat, as they do with a
+    :class:`~xrisk.data.DualSampler` (three autograd nodes; equal to the ``O(B)`` form up to float rounding).
 
     Multi-label ``[B, T]``: one ``(a, b, alpha)`` per task; the loss is the mean over the tasks
     that have both a positive and a negative in the batch (others contribute a connected zero).
@@ -117,6 +126,21 @@ class AUCMLoss(ScoreLoss):
     def _aucm(self, scores: Tensor, targets: Tensor, pos_counts: list[int]) -> Tensor:
         """Mean of the per-task surrogate over tasks with both classes; records the objective (lazily)."""
         size = scores.shape[0]
+        if (len(pos_counts) == 1 and size <= _FORM_MAX_BATCH and 0 < pos_counts[0] < size
+                and self.__dict__.get("_host_batch") is not None):  # a small CPU batch whose labels were read
+            params = self._parameters
+            a, b, alpha = params["a"], params["b"], params["alpha"]
+            f = self._score_column(scores, 0)
+            dtype = f.dtype
+            if a.dtype == dtype and b.dtype == dtype and alpha.dtype == dtype:
+                # one task: F = v^T M v with v = (f, a, b, alpha, 1), M kept while the labels repeat
+                self._record_objective_from(_batch_objective, self._detached_column(scores, 0), targets, [True],
+                                            self.margin)
+                form, one = self._kept_for_labels(
+                    (_form, self.margin, self.version, self.imratio, dtype, f.device), 0, _form, targets, self.margin,
+                    self.version, self.imratio, pos_counts[0], dtype)
+                v = torch.cat((f, a, b, alpha, one))
+                return torch.dot(v, torch.mv(form, v))
         valid = [0 < c < size for c in pos_counts]
         if not any(valid):
             self._record_objective(None)
@@ -149,6 +173,15 @@ class AUCMLoss(ScoreLoss):
             self._record_objective_from(_batch_objective, scores.detach(), targets, valid, self.margin)
 
 
+def _form(targets: Tensor, margin: float, version: str, imratio: float | None, n_pos: int,
+          dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The quadratic form ``M`` of a one-task batch and the constant ``1`` that ends ``v`` (both kept)."""
+    form = aucm_quadratic_form(targets.select(1, 0), margin=margin, version=version, p=imratio,  # type: ignore[arg-type]
+                               pos_count=n_pos, dtype=dtype)
+    with torch.inference_mode(False):
+        return form, torch.ones(1, dtype=dtype, device=form.device)
+
+
 def _masked_objective(scores: Tensor, targets: Tensor, valid: Tensor, margin: float) -> Tensor:
     """:func:`_batch_objective` with the valid tasks as a ``[T]`` bool tensor (NaN when there is none)."""
     per_task = aucm_objective(scores, targets, margin=margin)
@@ -156,6 +189,7 @@ def _masked_objective(scores: Tensor, targets: Tensor, valid: Tensor, margin: fl
 
 
 def _batch_objective(scores: Tensor, targets: Tensor, valid: list[bool], margin: float) -> Tensor:
-    """Mean over the ``valid`` tasks of :func:`~xrisk.functional.aucm.aucm_objective` (a scalar)."""
-    per_task = aucm_objective(scores, targets, margin=margin)
+    """Mean over the ``valid`` tasks of :func:`~xrisk.functional.aucm.aucm_objective` (a scalar); ``scores`` ``[B, T]``
+    or the ``[B]`` scores of one task."""
+    per_task = aucm_objective(scores.view(targets.shape), targets, margin=margin)
     return per_task[torch.tensor(valid, device=per_task.device)].mean()

@@ -48,7 +48,7 @@ of the true objective is :meth:`ScoreLoss.objective`.
 from __future__ import annotations
 
 import functools
-from typing import Callable, ClassVar, Literal, Union
+from typing import Callable, ClassVar, Literal, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -61,6 +61,8 @@ from xrisk.sharding import PLACEMENTS, Placement, close_window, gather_and_open,
 from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
 
 __all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
+
+_T = TypeVar("_T")
 
 #: What a subclass records as the batch's objective estimate: a tensor, a zero-argument callable
 #: over detached tensors (a ``functools.partial`` of a module-level function, so the module stays
@@ -281,21 +283,28 @@ class ScoreLoss(ReplicatedStateModule):
     def _label_positions(self, targets: Tensor, task: int, n_pos: int, *,
                          negatives: bool = True) -> tuple[Tensor, Tensor | None]:
         """:func:`label_positions` of ``targets[:, task]`` (``negatives=False``: :func:`positions` and None), kept from
-        the last step while the labels repeat (a :class:`~xrisk.data.DualSampler` batch has its positives at the same
-        positions every step): then no tensor op. Only for a small CPU batch whose targets the validation read on the
-        host; a batch with other labels costs one comparison of Python lists."""
-        host = self.__dict__.get("_host_batch")
-        if host is not None:
-            values = host[0] if self.num_tasks == 1 else host[0][task::self.num_tasks]
-            cache = self.__dict__.setdefault("_label_cache", {})
-            hit = cache.get(task)
-            if hit is not None and hit[0] == values and (hit[2] is not None or not negatives):
-                return hit[1], hit[2]
+        the last step while the labels repeat (:meth:`_kept_for_labels`)."""
         pos = targets.select(1, task)
-        pos_idx, neg_idx = label_positions(pos, n_pos) if negatives else (positions(pos, n_pos), None)
-        if host is not None:
-            cache[task] = (values, pos_idx, neg_idx)
-        return pos_idx, neg_idx
+        if negatives:
+            return self._kept_for_labels(("positions", True), task, label_positions, pos, n_pos)
+        return self._kept_for_labels(("positions", False), task, _positions_only, pos, n_pos)
+
+    def _kept_for_labels(self, key: object, task: int, build: Callable[..., _T], *args: object) -> _T:
+        """``build(*args)`` (a function of task ``task``'s labels and of ``key``), kept from the last step while the labels
+        repeat (a :class:`~xrisk.data.DualSampler` batch has its positives at the same positions every step): then no
+        tensor op. Only for a small CPU batch whose targets the validation read on the host (otherwise built every
+        step); a batch with other labels costs one comparison of Python lists."""
+        host = self.__dict__.get("_host_batch")
+        if host is None:
+            return build(*args)
+        values = host[0] if self.num_tasks == 1 else host[0][task::self.num_tasks]
+        cache = self.__dict__.setdefault("_label_cache", {})
+        hit = cache.get((key, task))
+        if hit is not None and hit[0] == values:
+            return hit[1]
+        out = build(*args)
+        cache[(key, task)] = (values, out)
+        return out
 
     def _num_samples(self) -> int:
         n = getattr(self, "num_samples", None)
@@ -385,6 +394,10 @@ def label_positions(pos: Tensor, n_pos: int) -> tuple[Tensor, Tensor]:
     if pos.device.type == "cpu":
         return pos.nonzero().view(-1), torch.logical_not(pos).nonzero().view(-1)
     return label_order(pos, n_pos)
+
+
+def _positions_only(pos: Tensor, n_pos: int) -> tuple[Tensor, None]:
+    return positions(pos, n_pos), None
 
 
 def positions(pos: Tensor, n_pos: int) -> Tensor:

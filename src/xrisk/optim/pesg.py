@@ -39,6 +39,11 @@ def pesg_update_foreach(
     """One PESG step of a list of primal parameters in place with ``torch._foreach_*`` ops (see
     :class:`PESG` for the math). The parameters must share ``avg_count`` and, in adam mode, ``adam_step``; in sgd
     mode either all or none have a ``momentum_buffer`` (:meth:`PESG.step` buckets them so)."""
+    if mode == "sgd" and _fusable(params):
+        _sgd_fused(params, grads, states, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                   epoch_decay=epoch_decay, clip_value=clip_value)
+        record_iterate_foreach(params, states)
+        return
     d = proximal_direction_foreach(params, grads, states, clip_value=clip_value, weight_decay=weight_decay,
                                    epoch_decay=epoch_decay)
     if mode == "sgd":
@@ -79,6 +84,41 @@ def pesg_update_foreach(
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, exp_avg, denom, value=-lr / (1.0 - beta1**t))
     record_iterate_foreach(params, states)
+
+
+def _fusable(params: list[Tensor]) -> bool:
+    """Whether the sgd update may run as ``torch._fused_sgd_`` (one kernel call for the whole list): eager mode,
+    parameters on the CPU or CUDA (where torch's ``SGD(fused=True)`` runs)."""
+    return not torch.compiler.is_compiling() and all(p.device.type in ("cpu", "cuda") for p in params)
+
+
+def _sgd_fused(params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], *, lr: float, momentum: float,
+               dampening: float, weight_decay: float, epoch_decay: float, clip_value: float | None) -> None:
+    """The sgd branch of :func:`pesg_update_foreach` with the last three of its list ops in one
+    ``torch._fused_sgd_`` call: ``clip(g) - epoch_decay ref`` is formed with ``_foreach`` ops (the gradients are
+    not modified), and the fused kernel adds ``(epoch_decay + weight_decay) v``, updates the momentum buffer
+    (``u <- mu u + (1 - delta) d``; ``u = d`` on the first step) and the parameter (``v <- v - eta u``) in one pass
+    per tensor. Equal to the list ops up to float rounding (``mu u + (1-delta) d`` instead of the ``lerp`` that
+    the list ops use when ``mu = delta``)."""
+    if clip_value is not None:
+        d = torch._foreach_clamp_min(grads, -clip_value)
+        torch._foreach_clamp_max_(d, clip_value)
+        if epoch_decay != 0.0:
+            torch._foreach_add_(d, [st["ref"] for st in states], alpha=-epoch_decay)
+    elif epoch_decay != 0.0:
+        d = torch._foreach_add(grads, [st["ref"] for st in states], alpha=-epoch_decay)
+    else:
+        d = grads  # the fused kernel reads them only
+    first = False
+    bufs: list[Tensor] = []
+    if momentum != 0.0:
+        first = "momentum_buffer" not in states[0]
+        if first:
+            for st, di in zip(states, d):
+                st["momentum_buffer"] = torch.empty_like(di)
+        bufs = [st["momentum_buffer"] for st in states]
+    torch._fused_sgd_(params, list(d), bufs, weight_decay=epoch_decay + weight_decay, momentum=momentum, lr=lr,
+                      dampening=dampening, nesterov=False, maximize=False, is_first_step=first)
 
 
 def _adam_device(params: list[Tensor], d: list[Tensor], states: list[dict[str, Any]], *, lr: float, beta1: float,
@@ -150,7 +190,9 @@ class PESG(AUCOptimizer):
 
     Implementation: each :meth:`step` buckets the primal parameters of all groups by equal
     hyper-parameters and counters and updates every bucket with one set of ``torch._foreach_*``
-    ops (:func:`pesg_update_foreach`, like ``torch.optim.SGD``/``Adam``'s foreach path).
+    ops (:func:`pesg_update_foreach`, like ``torch.optim.SGD``/``Adam``'s foreach path); in sgd mode on the CPU or
+    CUDA (eager) the decay, momentum and parameter update of a bucket are one ``torch._fused_sgd_`` call (the kernel
+    of ``torch.optim.SGD(fused=True)``).
 
     State (``optimizer.state``, in ``state_dict``): per primal parameter ``ref``,
     ``iterate_avg``, ``avg_count`` and ``momentum_buffer`` (sgd) or ``adam_step``, ``exp_avg``,
