@@ -566,9 +566,9 @@ def test_paired_path_is_taken_only_when_it_applies():
     calls = []
 
     class Spy(GlobalContrastiveLoss):
-        def _paired_step(self, sim, index):
+        def _paired_step(self, sim, index, *args):
             calls.append(index.numel())
-            return super()._paired_step(sim, index)
+            return super()._paired_step(sim, index, *args)
 
     loss = Spy(20, mode="bimodal")
     a, b = torch.randn(4, 3), torch.randn(4, 3)
