@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
-from xrisk._tensors import finite_shift
+from xrisk._tensors import constant, finite_shift
 from xrisk._validate import validation_enabled
 
 __all__ = [
@@ -799,7 +799,11 @@ def _gcl_square(
         # broadcast operand halves the speed of the pass)
         ivt = _no_grad(tau).T.contiguous().reciprocal_().mul_(LOG2E)  # type: ignore[union-attr]  # base 2
         e0, e1, _ = _square_exps(torch.mul(sd, ivt[0].unsqueeze(1)), torch.mul(sd, ivt[1]), m0, m1, False, some_empty)
-        f = torch.mul(ivt, p).mul_(-LN2).T
+        c = constant(-log_cnt, p) if isinstance(log_cnt, float) else None
+        if isinstance(c, Tensor):  # log |N| folded into the anchor factor: one op for f, none for log_g below
+            f, log_cnt = torch.addcmul(c, ivt, p, value=-LN2).T, 0.0
+        else:
+            f = torch.mul(ivt, p).mul_(-LN2).T
     else:
         if per_anchor:  # [2, B] rows, each contiguous (a strided broadcast operand halves the speed of the pass)
             ivt = _no_grad(tau).T.contiguous().reciprocal_().mul_(LOG2E)  # type: ignore[union-attr]  # base 2
@@ -814,7 +818,9 @@ def _gcl_square(
         e0, e1, f = _square_exps(e0, e1, m0, m1, stable, some_empty)
     s = torch.stack([e0.sum(1), e1.sum(0)], 1)  # [B, 2]: sum_j e_ij over each anchor's negatives
     log_g = s.log() if f is None else s.log().add_(f)
-    log_u = _no_grad(estimator(log_g.sub_(log_cnt), valid))
+    if not isinstance(log_cnt, float) or log_cnt != 0.0:
+        log_g = log_g.sub_(log_cnt)
+    log_u = _no_grad(estimator(log_g, valid))
     log_den = _log_den(log_u, eps)
     coef = _weight_coef(f, log_den, log_cnt, scale)  # p_ij = e_ij * coef_i
     wrow = s.mul_(coef)  # sum_j p_ij = scale exp(log_g - log(eps + u))
@@ -990,7 +996,7 @@ def nuclr_fcco_square(
     col_weight = torch.stack([torch.mv(k0.T, a0), torch.mv(k1, a1)], 1)
     if z is not None:
         col_weight.mul_(z)
-    b = a.mul_(scale).div_(cnt)  # the same rounding for a constant and a per-anchor count
+    b = a.mul_(scale / cnt) if isinstance(cnt, float) else a.mul_(scale).div_(cnt)
     wrow = s.mul_(b)  # sum_j w_ij / |N_iv| (scaled) = scale g / Z
     if some_empty:  # anchors without negatives: no weight
         wrow = torch.where(valid, wrow, 0.0)

@@ -34,9 +34,11 @@ no state, counts no samples towards the inferred epoch and leaves the learnable 
 ``torch.no_grad()`` / ``torch.inference_mode()`` do not change this rule.
 
 **Lean path.** On one process, ``mode="bimodal"``, without a detector and with every index once
-(the usual case), steps 2-4 are replaced by the subclass hook ``_paired_step(sim, index)``: the same
+(the usual case), steps 2-4 are replaced by the subclass hook ``_paired_step(sim, index, ...)``: the same
 kernel on the ``[B, B]`` similarity matrix, with the state rows read and written directly (no batch
-record, no gathers, no duplicate merging, no masks). At ``B = 128`` that bookkeeping cost as much as
+record, no gathers, no duplicate merging, no masks); with ``normalize=True`` the similarities carry no graph and
+the surrogate ``sum(stopgrad(W) * S)`` is one autograd node of the features
+(:func:`~xrisk.functional.similarity.cosine_weighted_sum`). At ``B = 128`` that bookkeeping cost as much as
 the step's arithmetic; the tests hold the lean path equal to the general one (values, gradients,
 objectives, state). Its rows are staged and committed like the general path's.
 
