@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
-from xrisk._tensors import constant, finite_shift
+from xrisk._tensors import finite_shift
 from xrisk._validate import validation_enabled
 
 __all__ = [
@@ -579,8 +579,7 @@ def gcl_fcco_square(
     both). Each side's exponentials ``e`` (zero off the negatives) come with a per-anchor log factor ``f``,
     ``exp(d_ij / tau_iv) = e_ij exp(f_iv)``: with a shared temperature and ``stable=False`` one
     ``exp(sim / tau)`` serves both sides (``f = -pos / tau``), else each side has its own pass over
-    ``sim / tau`` (per-anchor temperatures without ``stable``: ``f = -pos / tau``) or ``d / tau`` (``f`` = the
-    shift of ``stable``). The two sides' weights
+    ``d / tau`` (``f`` = the shift of ``stable``, or 0). The two sides' weights
     ``p = e * scale exp(f - log(eps + u) - log |N|)`` are summed into one matrix, the positives weighted
     ``-sum_j p_ij``, so the surrogate is one ``dot`` with ``sim``. ``offset``: ``[B, B]`` detached per-pair
     offset as in :func:`gcl_fcco`, or a :class:`ReferencePair` (its factors: added inside one ``addmm``); every
@@ -794,16 +793,6 @@ def _gcl_square(
     if not per_anchor and not stable:
         e0, e1 = _shared_exp(sd, inv, m0, m1)
         f: Tensor | None = (p * -inv).unsqueeze(1)  # both sides share the positive's factor exp(-pos / tau)
-    elif not stable:  # per anchor, |sim / tau| far inside the exponent range: exp(sim / tau) per side, the
-        # positive's factor exp(-pos / tau) left out of the pass (f); [2, B] rows, each contiguous (a strided
-        # broadcast operand halves the speed of the pass)
-        ivt = _no_grad(tau).T.contiguous().reciprocal_().mul_(LOG2E)  # type: ignore[union-attr]  # base 2
-        e0, e1, _ = _square_exps(torch.mul(sd, ivt[0].unsqueeze(1)), torch.mul(sd, ivt[1]), m0, m1, False, some_empty)
-        c = constant(-log_cnt, p) if isinstance(log_cnt, float) else None
-        if isinstance(c, Tensor):  # log |N| folded into the anchor factor: one op for f, none for log_g below
-            f, log_cnt = torch.addcmul(c, ivt, p, value=-LN2).T, 0.0
-        else:
-            f = torch.mul(ivt, p).mul_(-LN2).T
     else:
         if per_anchor:  # [2, B] rows, each contiguous (a strided broadcast operand halves the speed of the pass)
             ivt = _no_grad(tau).T.contiguous().reciprocal_().mul_(LOG2E)  # type: ignore[union-attr]  # base 2
@@ -818,9 +807,7 @@ def _gcl_square(
         e0, e1, f = _square_exps(e0, e1, m0, m1, stable, some_empty)
     s = torch.stack([e0.sum(1), e1.sum(0)], 1)  # [B, 2]: sum_j e_ij over each anchor's negatives
     log_g = s.log() if f is None else s.log().add_(f)
-    if not isinstance(log_cnt, float) or log_cnt != 0.0:
-        log_g = log_g.sub_(log_cnt)
-    log_u = _no_grad(estimator(log_g, valid))
+    log_u = _no_grad(estimator(log_g.sub_(log_cnt), valid))
     log_den = _log_den(log_u, eps)
     coef = _weight_coef(f, log_den, log_cnt, scale)  # p_ij = e_ij * coef_i
     wrow = s.mul_(coef)  # sum_j p_ij = scale exp(log_g - log(eps + u))
