@@ -566,9 +566,9 @@ def test_paired_path_is_taken_only_when_it_applies():
     calls = []
 
     class Spy(GlobalContrastiveLoss):
-        def _paired_step(self, sim, index):
+        def _paired_step(self, sim, index, *args):
             calls.append(index.numel())
-            return super()._paired_step(sim, index)
+            return super()._paired_step(sim, index, *args)
 
     loss = Spy(20, mode="bimodal")
     a, b = torch.randn(4, 3), torch.randn(4, 3)
@@ -595,3 +595,40 @@ def test_objective_is_evaluated_on_request_from_the_last_step():
     other(b, a, idx)  # a pending objective of another batch ...
     other.load_state_dict(eager.state_dict())  # ... is replaced by the checkpoint's
     assert torch.equal(other.objective(), want)
+
+
+@pytest.mark.parametrize("kind", ("fixed-shared-exp", "fixed-stable", "global", "individual", "individual-stable",
+                                  "nuclr", "nuclr-stable"))
+def test_square_kernels_with_the_features_node_equal_the_dot_with_the_similarities(kind):
+    """``weighted_sum`` (the lean path's node of the features, cosine_weighted_sum) gives the kernels' value, state
+    rows and gradients of the default surrogate (a dot with ``sim``), on every square-kernel branch (float64)."""
+    from xrisk.functional.similarity import cosine_similarity_detached, cosine_similarity_matrix, cosine_weighted_sum
+
+    n = 7
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(n, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    b = (a.detach() + 0.6 * torch.randn(n, 4, generator=g, dtype=torch.float64)).requires_grad_(True)
+    stable = kind.endswith("stable")
+    tau_g = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    tau_i = 0.2 + 0.3 * torch.rand(n, 2, generator=g, dtype=torch.float64)
+    zeta = 0.05 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    log_pos = torch.tensor([-3.0, -2.5], dtype=torch.float64)
+
+    def run(sim, ws):
+        est = lambda lg, ok: lg - 0.1  # noqa: E731
+        if kind.startswith("nuclr"):
+            return nuclr_fcco_square(sim, zeta, 0.3, log_pos, est, scale=0.2, stable=stable, weighted_sum=ws)
+        tau = {"global": tau_g, "individual": tau_i, "individual-stable": tau_i}.get(kind, 0.3)
+        return gcl_fcco_square(sim, tau, est, scale=0.2, rho=0.4, stable=stable, weighted_sum=ws)
+
+    want = run(cosine_similarity_matrix(a, b), None)
+    grads_want = torch.autograd.grad(want[0], [a, b] + ([tau_g] if kind == "global" else []))
+    s, factors = cosine_similarity_detached(a, b)
+    got = run(s, lambda w, v: cosine_weighted_sum(factors, w, v))
+    grads_got = torch.autograd.grad(got[0], [a, b] + ([tau_g] if kind == "global" else []))
+    torch.testing.assert_close(got[0].detach(), want[0].detach())
+    for x, y in zip(grads_got, grads_want):
+        torch.testing.assert_close(x, y)
+    for x, y in zip(got[1:], want[1:]):
+        if isinstance(x, torch.Tensor):
+            torch.testing.assert_close(x, y)

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
+from xrisk.functional.similarity import (
+    cosine_gram, cosine_similarity_detached, cosine_similarity_matrix, cosine_weighted_sum,
+)
 
 
 def _inputs(dtype, zero_row=False):
@@ -58,3 +60,35 @@ def test_second_backward_raises():
     (ga,) = torch.autograd.grad(cosine_similarity_matrix(a, b).sum(), [a], create_graph=True)
     with pytest.raises(RuntimeError):
         ga.sum().backward()
+
+
+def test_weighted_sum_node_equals_the_dot_with_the_similarity_matrix():
+    """cosine_weighted_sum(cosine_similarity_detached(a, b), W, value) has the value given and the gradient of
+    sum(W * cosine_similarity_matrix(a, b)), also for an upstream gradient other than 1 and one input without grad."""
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        a, b = _inputs(dtype, zero_row=True)
+        w = torch.randn(5, 4, generator=torch.Generator().manual_seed(3), dtype=dtype)
+        s, f = cosine_similarity_detached(a, b)
+        torch.testing.assert_close(s, cosine_similarity_matrix(a, b).detach(), rtol=tol, atol=tol)
+        value = (w * s).sum()
+        out = cosine_weighted_sum(f, w, value)
+        assert torch.equal(out.detach(), value) and out.requires_grad
+        got = torch.autograd.grad(out * 2.5, [a, b])
+        want = torch.autograd.grad((w * cosine_similarity_matrix(a, b)).sum() * 2.5, [a, b])
+        for g, x in zip(got, want):
+            torch.testing.assert_close(g, x, rtol=tol, atol=tol)
+        s, f = cosine_similarity_detached(a, b.detach())
+        (ga,) = torch.autograd.grad(cosine_weighted_sum(f, w, (w * s).sum()), [a])
+        (wa,) = torch.autograd.grad((w * cosine_similarity_matrix(a, b.detach())).sum(), [a])
+        torch.testing.assert_close(ga, wa, rtol=tol, atol=tol)
+
+
+def test_weighted_sum_node_gradcheck():
+    a, b = _inputs(torch.float64)
+    w = torch.randn(5, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def fn(a, b):
+        s, f = cosine_similarity_detached(a, b)
+        return cosine_weighted_sum(f, w, (w * s).sum())
+
+    assert torch.autograd.gradcheck(fn, (a, b))

@@ -18,14 +18,24 @@ fold into one, ``dL/dZ = (G + G^T) Z``. The global contrastive losses use them o
 :mod:`xrisk.losses._contrastive_base`).
 
 Both are differentiable once (the backward is not itself recorded; a second backward raises).
+
+A loss that uses the similarities only through ``sum(stopgrad(W) * S)`` (every FCCO surrogate of
+:mod:`xrisk.functional.contrastive`) can take ``S`` without a graph, ``(S, factors) =
+cosine_similarity_detached(a, b)``, compute ``W``, and record one node of ``a`` and ``b``,
+``cosine_weighted_sum(factors, W, value)``: its backward is ``W``'s two products and the normalisation's
+Jacobian, without the ``[R, C]`` gradient of ``S`` and the nodes of a separate ``dot`` (a few us each at
+``R = C = 128``).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-__all__ = ["cosine_similarity_matrix", "cosine_gram"]
+__all__ = ["cosine_similarity_matrix", "cosine_gram", "cosine_similarity_detached", "cosine_weighted_sum",
+           "CosineFactors"]
 
 _EPS = 1e-12  # F.normalize's default
 
@@ -36,10 +46,12 @@ def _normalize(x: Tensor) -> tuple[Tensor, Tensor]:
     return x / n, n
 
 
-def _normalize_backward(g: Tensor, xh: Tensor, n: Tensor) -> Tensor:
-    """Gradient w.r.t. ``x`` of ``xh = x / max(||x||, eps)`` given ``g = dL/dxh`` (rows)."""
+def _normalize_backward(g: Tensor, xh: Tensor, n: Tensor, grad: Tensor | None = None) -> Tensor:
+    """Gradient w.r.t. ``x`` of ``xh = x / max(||x||, eps)`` given ``g = dL/dxh`` (rows); ``grad``: a 0-dim factor
+    of ``g`` left out of it (applied with the ``[R, 1]`` division)."""
     dot = torch.linalg.vecdot(xh, g, dim=1).unsqueeze(1).mul_(n > _EPS)  # clamped rows: a plain scaling
-    return torch.addcmul(g, xh, dot, value=-1.0).div_(n)
+    out = torch.addcmul(g, xh, dot, value=-1.0)
+    return out.div_(n) if grad is None else out.mul_(torch.div(grad, n))
 
 
 class _CosineSimilarityMatrix(torch.autograd.Function):
@@ -73,6 +85,58 @@ class _CosineGram(torch.autograd.Function):
         zh, nz = ctx.saved_tensors
         gz = _normalize_backward(torch.add(grad, grad.T) @ zh, zh, nz)
         return gz[: ctx.split], gz[ctx.split :]
+
+
+class CosineFactors(NamedTuple):
+    """What :func:`cosine_weighted_sum` needs of :func:`cosine_similarity_detached`: the inputs ``a [R, d]``,
+    ``b [C, d]``, their normalised rows ``ah``, ``bh`` and row norms ``na [R, 1]``, ``nb [C, 1]`` (clamped at eps)."""
+
+    a: Tensor
+    b: Tensor
+    ah: Tensor
+    na: Tensor
+    bh: Tensor
+    nb: Tensor
+
+
+def cosine_similarity_detached(a: Tensor, b: Tensor) -> tuple[Tensor, CosineFactors]:
+    """``(S, factors)``: ``S [R, C]`` the values of :func:`cosine_similarity_matrix` without autograd, and the
+    factors with which :func:`cosine_weighted_sum` records ``sum(stopgrad(W) * S)`` as one node of ``a``, ``b``."""
+    with torch.no_grad():
+        ah, na = _normalize(a)
+        bh, nb = _normalize(b)
+        return ah @ bh.T, CosineFactors(a, b, ah, na, bh, nb)
+
+
+class _CosineWeightedSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, weights: Tensor, value: Tensor, ah: Tensor, na: Tensor, bh: Tensor,  # type: ignore[override]
+                nb: Tensor) -> Tensor:
+        ctx.save_for_backward(weights, ah, na, bh, nb)
+        return value.detach().clone() if value.requires_grad else value.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        w, ah, na, bh, nb = ctx.saved_tensors
+        ga = _normalize_backward(w @ bh, ah, na, grad) if ctx.needs_input_grad[0] else None
+        gb = _normalize_backward(w.T @ ah, bh, nb, grad) if ctx.needs_input_grad[1] else None
+        return ga, gb, None, None, None, None, None, None
+
+
+def cosine_weighted_sum(factors: CosineFactors, weights: Tensor, value: Tensor) -> Tensor:
+    """``sum(stopgrad(weights) * S)`` for ``S`` of :func:`cosine_similarity_detached` as one autograd node of
+    ``factors.a`` and ``factors.b``, whose value is ``value`` (the caller's ``sum(weights * S)``, or any value it
+    chooses: only the gradient is this sum's). ``weights``: ``[R, C]``, no gradient.
+
+    Example:
+        >>> a, b = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+        >>> s, f = cosine_similarity_detached(a, b)
+        >>> w = torch.rand(4, 4)
+        >>> cosine_weighted_sum(f, w, (w * s).sum()).backward()  # a.grad = d sum(w * cos(a, b)) / da
+    """
+    return _CosineWeightedSum.apply(factors.a, factors.b, weights, value, factors.ah, factors.na, factors.bh,
+                                    factors.nb)
 
 
 def cosine_similarity_matrix(a: Tensor, b: Tensor) -> Tensor:

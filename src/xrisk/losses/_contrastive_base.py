@@ -34,9 +34,11 @@ no state, counts no samples towards the inferred epoch and leaves the learnable 
 ``torch.no_grad()`` / ``torch.inference_mode()`` do not change this rule.
 
 **Lean path.** On one process, ``mode="bimodal"``, without a detector and with every index once
-(the usual case), steps 2-4 are replaced by the subclass hook ``_paired_step(sim, index)``: the same
+(the usual case), steps 2-4 are replaced by the subclass hook ``_paired_step(sim, index, ...)``: the same
 kernel on the ``[B, B]`` similarity matrix, with the state rows read and written directly (no batch
-record, no gathers, no duplicate merging, no masks). At ``B = 128`` that bookkeeping cost as much as
+record, no gathers, no duplicate merging, no masks); with ``normalize=True`` the similarities carry no graph and
+the surrogate ``sum(stopgrad(W) * S)`` is one autograd node of the features
+(:func:`~xrisk.functional.similarity.cosine_weighted_sum`). At ``B = 128`` that bookkeeping cost as much as
 the step's arithmetic; the tests hold the lean path equal to the general one (values, gradients,
 objectives, state). Its rows are staged and committed like the general path's.
 
@@ -81,9 +83,11 @@ from xrisk import distributed as xdist
 from xrisk._tensors import as_state_rows, like_tensor, on_device
 from xrisk._validate import all_finite, check_choice, check_finite, check_unit_interval, validation_enabled
 from xrisk.functional.contrastive import (
-    Estimator, Offset, ReferencePair, count_true, log_moving_average, reference_offset,
+    Estimator, Offset, ReferencePair, WeightedSum, count_true, log_moving_average, reference_offset,
 )
-from xrisk.functional.similarity import cosine_gram, cosine_similarity_matrix
+from xrisk.functional.similarity import (
+    cosine_gram, cosine_similarity_detached, cosine_similarity_matrix, cosine_weighted_sum,
+)
 from xrisk.losses._epochs import EpochTracking
 from xrisk.sharding import PLACEMENTS, Placement, close_window, open_window, sharded_states
 from xrisk.state import (
@@ -425,10 +429,14 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             idx, unique = check_index_unique(index, self.num_samples, batch_size=feats_a.shape[0])
             idx = on_device(idx, feats_a.device)
             if unique and idx.numel() >= 2:  # every pair once: the lean path
-                sim = cosine_similarity_matrix(feats_a, feats_b) if self.normalize else feats_a @ feats_b.T
-                try:
-                    out = self._paired_step(sim, idx) if ref is None else self._paired_step(
-                        sim, idx, ReferencePair(*ref))  # the offset -ref_a ref_b^T, added inside one addmm
+                weighted_sum: WeightedSum | None = None
+                if self.normalize:  # similarities without a graph; the surrogate: one node of the features
+                    sim, factors = cosine_similarity_detached(feats_a, feats_b)
+                    weighted_sum = functools.partial(cosine_weighted_sum, factors)
+                else:
+                    sim = feats_a @ feats_b.T
+                try:  # the offset -ref_a ref_b^T is added inside one addmm
+                    out = self._paired_step(sim, idx, None if ref is None else ReferencePair(*ref), weighted_sum)
                     self._commit(writes, idx.numel())
                     return out
                 except FloatingPointError:
@@ -625,11 +633,16 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
 
         return estimator, rows
 
-    def _paired_step(self, sim: Tensor, index: Tensor, offset: Tensor | ReferencePair | None = None) -> Tensor:
+    def _paired_step(
+        self, sim: Tensor, index: Tensor, offset: Tensor | ReferencePair | None = None,
+        weighted_sum: WeightedSum | None = None,
+    ) -> Tensor:
         """Lean hook for one process, ``mode="bimodal"``, no detector and every index once (``B >= 2``).
 
-        ``sim``: ``[B, B]`` similarities (with gradient; the positives on the diagonal, every other column a
-        negative), ``index``: ``[B]`` validated indices, ``offset``: the ``[B, B]`` DRRho-CLIP offset
+        ``sim``: ``[B, B]`` similarities (the positives on the diagonal, every other column a negative), with
+        gradient, or without when ``weighted_sum`` is given (the features' node of the surrogate
+        ``sum(stopgrad(W) * sim)``, :func:`~xrisk.functional.similarity.cosine_weighted_sum`: pass it to the
+        kernel); ``index``: ``[B]`` validated indices, ``offset``: the ``[B, B]`` DRRho-CLIP offset
         (:class:`ContrastiveBatch`) or None. Must equal ``_loss`` on the same batch (state, value,
         gradient); it skips the batch record and the general estimator step (distributed gathers, merging of
         duplicates, masks), which at ``B = 128`` cost as much as the step's arithmetic. Stages every state row

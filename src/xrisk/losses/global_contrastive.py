@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_choice, check_positive, check_unit_interval
-from xrisk.functional.contrastive import GCLStep, ReferencePair, gcl_fcco, gcl_fcco_square
+from xrisk.functional.contrastive import GCLStep, ReferencePair, WeightedSum, gcl_fcco, gcl_fcco_square
 from xrisk.losses._contrastive_base import (
     ContrastiveBatch, ContrastiveLossBase, Mode, as_state_rows, exp_limit, like_tensor, momentum_rows, on_device,
     sgd_rows,
@@ -251,7 +251,10 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             return tau, tau_g, float(tau.min()) if tau.numel() else self.tau_min
         return self.tau, self.tau, self.tau  # type: ignore[return-value]
 
-    def _paired_step(self, sim: Tensor, index: Tensor, offset: Tensor | ReferencePair | None = None) -> Tensor:
+    def _paired_step(
+        self, sim: Tensor, index: Tensor, offset: Tensor | ReferencePair | None = None,
+        weighted_sum: WeightedSum | None = None,
+    ) -> Tensor:
         rho = 0.0 if self.temperature == "fixed" else self.rho
         log_u = self._modules["log_u"]  # submodules and buffers read once (nn.Module attribute reads are slow)
         i = on_device(index, log_u.tensors()[0].device)  # type: ignore[union-attr]
@@ -260,6 +263,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         step = gcl_fcco_square(
             sim, tau, estimator, eps=self.eps, rho=rho, scale=1.0 / sim.shape[0],
             stable=not self._exp_is_safe(sim.dtype, tau_low, offset is not None), offset=offset,
+            weighted_sum=weighted_sum,
         )
         states = [log_u]
         if step.tau_grad is not None:  # individual temperatures: momentum SGD of the batch's rows

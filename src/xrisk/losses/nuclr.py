@@ -11,7 +11,7 @@ from torch import Tensor
 
 from xrisk import distributed as xdist
 from xrisk._validate import check_positive, check_unit_interval
-from xrisk.functional.contrastive import ReferencePair, nuclr_fcco, nuclr_fcco_square
+from xrisk.functional.contrastive import ReferencePair, WeightedSum, nuclr_fcco, nuclr_fcco_square
 from xrisk.losses._contrastive_base import (
     ContrastiveBatch, ContrastiveLossBase, as_state_rows, exp_limit, like_tensor, momentum_rows, on_device, sgd_rows,
 )
@@ -199,7 +199,10 @@ class NUCLRLoss(ContrastiveLossBase):
             return None
         return float(self.zeta_lr_schedule(epoch)) if self.zeta_lr_schedule else self.lr_zeta
 
-    def _paired_step(self, sim: Tensor, index: Tensor, offset: Tensor | ReferencePair | None = None) -> Tensor:
+    def _paired_step(
+        self, sim: Tensor, index: Tensor, offset: Tensor | ReferencePair | None = None,
+        weighted_sum: WeightedSum | None = None,
+    ) -> Tensor:
         log_u, zeta = self._modules["log_u"], self._modules["zeta"]  # read once (nn.Module attribute reads are slow)
         zeta_value = zeta.tensors()[0]  # type: ignore[union-attr]
         i = on_device(index, zeta_value.device)
@@ -210,7 +213,7 @@ class NUCLRLoss(ContrastiveLossBase):
         zeta_min = self._shared_exp_zeta_min(sim.dtype, zeta_cols, offset is not None)
         step = nuclr_fcco_square(
             sim, zeta_cols, self.tau, log_pos, estimator, scale=1.0 / sim.shape[0], stable=zeta_min is None,
-            zeta_min=zeta_min, offset=offset,
+            zeta_min=zeta_min, offset=offset, weighted_sum=weighted_sum,
         )
         states = [log_u]
         eta = self._zeta_lr()
