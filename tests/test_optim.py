@@ -469,3 +469,28 @@ def test_pesg_fused_sgd_equals_the_list_ops(monkeypatch, momentum, dampening, cl
         assert s1[k].keys() == s2[k].keys()
         for key, v in s1[k].items():
             assert torch.allclose(v, s2[k][key], rtol=1e-5, atol=1e-7) if isinstance(v, torch.Tensor) else v == s2[k][key]
+
+
+def test_pesg_falls_back_to_list_ops_without_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the torch build lacks ``torch._fused_sgd_`` for a device, PESG's sgd mode takes the ``_foreach`` list ops
+    and gives the same update as the fused kernel (up to float rounding)."""
+    from xrisk.optim import pesg as pesg_module
+
+    def run() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        loss_fn = AUCMLoss()
+        opt = PESG(list(model.parameters()) + list(loss_fn.parameters()), loss=loss_fn, lr=0.1, momentum=0.9,
+                   epoch_decay=0.01)
+        x, y = torch.randn(16, 4), torch.tensor([1, 0] * 8)
+        for _ in range(3):
+            opt.zero_grad()
+            loss_fn(torch.sigmoid(model(x)).squeeze(1), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    fused = run()
+    monkeypatch.setattr(pesg_module, "_fused_sgd_available", lambda device_type: False)
+    listed = run()
+    for a, b in zip(fused, listed):
+        torch.testing.assert_close(a, b)

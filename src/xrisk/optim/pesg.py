@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Iterable, Literal
 
@@ -89,7 +90,23 @@ def pesg_update_foreach(
 def _fusable(params: list[Tensor]) -> bool:
     """Whether the sgd update may run as ``torch._fused_sgd_`` (one kernel call for the whole list): eager mode,
     parameters on the CPU or CUDA (where torch's ``SGD(fused=True)`` runs)."""
-    return not torch.compiler.is_compiling() and all(p.device.type in ("cpu", "cuda") for p in params)
+    return (not torch.compiler.is_compiling() and all(p.device.type in ("cpu", "cuda") for p in params)
+            and _fused_sgd_available(params[0].device.type))
+
+
+@functools.cache
+def _fused_sgd_available(device_type: str) -> bool:
+    """Whether this torch build has ``torch._fused_sgd_`` for ``device_type`` (a private kernel: CPU support came
+    after torch 2.3, the oldest torch xrisk accepts); probed once per device type on one-element tensors."""
+    if not hasattr(torch, "_fused_sgd_") or (device_type == "cuda" and not torch.cuda.is_available()):
+        return False
+    try:
+        p, g, b = (torch.zeros(1, device=device_type) for _ in range(3))
+        torch._fused_sgd_([p], [g], [b], weight_decay=0.0, momentum=0.5, lr=0.1, dampening=0.0, nesterov=False,
+                          maximize=False, is_first_step=True)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    return True
 
 
 def _sgd_fused(params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], *, lr: float, momentum: float,
