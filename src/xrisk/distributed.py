@@ -401,6 +401,12 @@ class _GatherSum(torch.autograd.Function):
         return g[start : start + ctx.sizes[ctx.rank]].to(grad.device), None
 
 
+def _as_bytes(t: Tensor, device: torch.device) -> Tensor:
+    """The bytes of ``t`` (flattened, contiguous) as a ``uint8`` tensor on ``device``."""
+    b = t.contiguous().view(-1).view(torch.uint8)
+    return b if b.device == device else b.to(device)
+
+
 def _gather_packed(tensors: Sequence[Tensor], sizes: Sequence[Sequence[int]]) -> list[Tensor]:
     """``[_gather_padded(t, sizes[k]) for k, t in enumerate(tensors)]`` in **one** collective: every rank sends the
     bytes of its tensors one after the other in one ``uint8`` buffer, padded (with whatever memory holds: nothing
@@ -411,8 +417,7 @@ def _gather_packed(tensors: Sequence[Tensor], sizes: Sequence[Sequence[int]]) ->
     widths = [math.prod(t.shape[1:]) * t.element_size() for t in tensors]  # bytes per row (a rank may send none)
     segments = [[n[r] * w for n, w in zip(sizes, widths)] for r in range(world)]
     longest = max(sum(seg) for seg in segments)
-    parts = [t.contiguous().view(-1).view(torch.uint8) if t.device == dev else t.contiguous().view(-1).view(torch.uint8).to(dev)
-             for t in tensors]
+    parts = [_as_bytes(t, dev) for t in tensors]
     pad = longest - sum(segments[me])
     if pad:
         parts.append(torch.empty(pad, dtype=torch.uint8, device=dev))

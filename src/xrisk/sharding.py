@@ -188,21 +188,20 @@ def _begin(states: Sequence["SampleState"], uniq: Tensor, fetched: list[Tensor],
 
 
 def _window_positions(states: Sequence["SampleState"], index: Tensor,
-                      rows: Tensor | None) -> tuple[Tensor, Tensor, list[int], bool]:
-    """The start of every step window: the states (of one ``num_samples``) fit this process group and none is in a
-    step. Returns the sorted distinct indices ``uniq`` of ``index`` (of its entries where ``rows`` holds), each
-    entry's position among them (``uniq.numel()``, one past the window, for an entry outside ``rows``: a use of it is
-    rejected), the cut positions of :func:`_cuts` and whether no index occurs twice among those entries (known from
-    the sort, so the step need not look for duplicates). One ``torch.unique`` and one host read."""
+                      rows: Tensor | None) -> tuple[Tensor, Tensor, bool]:
+    """The start of every step window: the states fit this process group and none is in a step (checked for all of
+    them before any window opens). Returns the sorted distinct indices ``uniq`` of ``index`` (of its entries where
+    ``rows`` holds), each entry's position among them (``uniq.numel()``, one past the window, for an entry outside
+    ``rows``: a use of it is rejected) and whether no index occurs twice among those entries (known from the sort,
+    so the step need not look for duplicates). One ``torch.unique``."""
     _check_world(states)
     if any(st.window_open for st in states):
         raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
-    first = states[0]
     chosen = index if rows is None else index.masked_select(rows)
     uniq, inv = torch.unique(chosen, sorted=True, return_inverse=True)
     if rows is not None:
         inv = torch.full_like(index, uniq.numel()).masked_scatter_(rows, inv)
-    return uniq, inv, _cuts(uniq, first.num_samples, first.num_shards), uniq.numel() == chosen.numel()
+    return uniq, inv, uniq.numel() == chosen.numel()
 
 
 def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tensor, *, sizes: Sequence[int],
@@ -217,7 +216,8 @@ def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tens
     if len({st.num_samples for st in states}) > 1:
         gathered = xdist.all_gather(scores, grad="sum", sizes=sizes)
         return (gathered, *_open_window(states, index, rows))
-    uniq, inv, cuts, distinct = _window_positions(states, index, rows)
+    uniq, inv, distinct = _window_positions(states, index, rows)
+    cuts = _cuts(uniq, states[0].num_samples, states[0].num_shards)
     gathered, fetched, own = _fetch(states, uniq, cuts, scores, sizes)
     _begin(states, uniq, fetched, cuts, own)
     return gathered, inv, distinct
@@ -241,15 +241,14 @@ def open_window(states: Sequence["SampleState"], index: Tensor, *, rows: Tensor 
 
 def _open_window(states: Sequence["SampleState"], index: Tensor, rows: Tensor | None) -> tuple[Tensor, bool]:
     """:func:`open_window` (distributed, some state); also whether the fetched entries hold distinct indices."""
+    uniq, inv, distinct = _window_positions(states, index, rows)
     groups: dict[int, list["SampleState"]] = {}
     for st in states:
         groups.setdefault(st.num_samples, []).append(st)
-    inv, distinct = index, True
-    for group in groups.values():  # one fetch per num_samples (the positions agree: the same sorted indices)
-        uniq, inv, cuts, one = _window_positions(group, index, rows)
+    for group in groups.values():  # one fetch per num_samples (the shards, hence the cuts, differ)
+        cuts = _cuts(uniq, group[0].num_samples, group[0].num_shards)
         _, fetched, own = _fetch(group, uniq, cuts)
         _begin(group, uniq, fetched, cuts, own)
-        distinct = distinct and one
     return inv, distinct
 
 

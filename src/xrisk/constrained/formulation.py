@@ -302,7 +302,8 @@ class ConstraintFormulation(ReplicatedStateModule):
             return torch.full((), float("nan"))
         value, seen = self.u.tensors()
         with torch.no_grad():
-            base = torch.tensor(last, dtype=torch.float32, device=value.device) if isinstance(last, float) else last.to(torch.float32)
+            base = (torch.tensor(last, dtype=torch.float32, device=value.device) if isinstance(last, float)
+                    else last.to(torch.float32))
             return (base + self._penalty(value, seen)).reshape(())
 
     def report(self, parameters: Iterable[Tensor] | None = None) -> ConstraintReport:

@@ -362,11 +362,6 @@ def detached_weights_dot(x: Tensor, weights: Tensor, value: Tensor | None = None
 WeightedSum = Callable[[Tensor, Tensor], Tensor]
 
 
-def _flat_dot(x: Tensor, y: Tensor) -> Tensor:
-    """``sum(x * y)`` of two contiguous tensors of one shape, as one native ``dot`` (no autograd use)."""
-    return torch.dot(x.reshape(-1), y.reshape(-1))
-
-
 def _weights_dot(x: Tensor, weights: Tensor) -> Tensor:
     """``sum(weights * x)`` as one native ``dot`` (gradient ``weights`` w.r.t. ``x``); ``weights`` has no grad.
 
@@ -382,7 +377,7 @@ def _shifted_weights_dot(x: Tensor, weights: Tensor, shifted: Tensor | None) -> 
     is None."""
     if shifted is None:
         return _weights_dot(x, weights)
-    return detached_weights_dot(x, weights, torch.dot(weights.reshape(-1), shifted.reshape(-1)))
+    return detached_weights_dot(x, weights, _weights_dot(shifted, weights))
 
 
 class ReferencePair(NamedTuple):
@@ -825,7 +820,7 @@ def _gcl_square(
         w = e0.mul_(coef[:, 0:1]).addcmul_(e1, c1)
     w.diagonal().sub_(wrow.sum(1))
     if weighted_sum is not None:  # sum(w * sd) is the sum of the per-anchor values when they were computed
-        total = value.sum() if value is not None else _flat_dot(w, sd if shifted else sim)
+        total = value.sum() if value is not None else _weights_dot(sd if shifted else sim, w)  # sim: no graph
         return weighted_sum(w, total), log_u, log_den, value
     if value is not None:
         return _weights_dot(sim, w), log_u, log_den, value
@@ -1002,5 +997,5 @@ def nuclr_fcco_square(
         col_count = torch.stack(
             [_column_counts(neg[0], n, (0, 0), None, 0, n, sd), _column_counts(neg[1], n, (0, 0), None, 1, n, sd)], 1
         )
-    out = _weights_dot(sim, w) if weighted_sum is None else weighted_sum(w, _flat_dot(w, sim))
+    out = _weights_dot(sim, w) if weighted_sum is None else weighted_sum(w, _weights_dot(sim, w))
     return NUCLRStep(out, log_u, col_weight, col_count, valid)

@@ -58,8 +58,8 @@ from xrisk.recipes.runner import RunContext
 if TYPE_CHECKING:
     from xrisk.constrained.formulation import Estimator
 
-__all__ = ["FORMULATIONS", "LR_SCHEDULES", "CONSTRAINT_SAMPLERS", "constraint_batches", "add_arguments", "validate", "run", "fairness_metrics", "build_formulation",
-           "scheduled_lr"]
+__all__ = ["FORMULATIONS", "LR_SCHEDULES", "CONSTRAINT_SAMPLERS", "constraint_batches", "add_arguments", "validate",
+           "run", "fairness_metrics", "build_formulation", "scheduled_lr"]
 
 FORMULATIONS: tuple[str, ...] = ("hinge", "squared", "lagrangian", "none")
 CONSTRAINT_SAMPLERS: tuple[str, ...] = ("batch", "stratified")
