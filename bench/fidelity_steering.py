@@ -37,6 +37,7 @@ ratio of the two methods' median step times, then the median over rounds):
     .venv-bench/bin/python bench/fidelity_steering.py                      # full run (nice -n 10, 1 thread)
     .venv-bench/bin/python bench/fidelity_steering.py --part speed --baseline-commit 13d977b
     .venv-bench/bin/python bench/fidelity_steering.py --quick              # smoke run, prints only
+    .venv-bench/bin/python bench/fidelity_steering.py --drrho-only         # only the DRRhoLoss rows, prints only
 """
 
 from __future__ import annotations
@@ -405,8 +406,10 @@ def _paired(times: dict[str, list[float]], a: str, b: str, spr: int) -> float:
     return statistics.median(x / y for x, y in zip(ra, rb))
 
 
-def speed(s: Setup, command: str, write: bool, baseline: tuple[str, str | None] | None) -> None:
-    """The speed section; ``baseline``: ``(package src dir, its commit or None)`` for the no-reference comparison."""
+def speed(s: Setup, command: str, write: bool, baseline: tuple[str, str | None] | None,
+          drrho_only: bool = False) -> None:
+    """The speed section; ``baseline``: ``(package src dir, its commit or None)`` for the no-reference comparison;
+    ``drrho_only``: time only the ``DRRhoLoss`` rows (the same steps, rounds and pairing) and print their table."""
     from xrisk.data.reference_cache import ReferenceCache, fingerprint
     from xrisk.losses import DRRhoLoss, GlobalContrastiveLoss
 
@@ -432,7 +435,7 @@ def speed(s: Setup, command: str, write: bool, baseline: tuple[str, str | None] 
     spr = 3 if not s.quick else 2
     clip_rows, loss_rows, onfly_rows, cache_rows, sweep_rows = [], [], [], [], []
     goals = {}
-    for b in s.batches:
+    for b in () if drrho_only else s.batches:
         rounds = s.rounds if b < 2048 else max(3, s.rounds // 3)
         # --- loss alone, leaf features
         gcl_plain = GlobalContrastiveLoss(n, mode="bimodal", tau=0.07, gamma=0.9)
@@ -574,6 +577,27 @@ def speed(s: Setup, command: str, write: bool, baseline: tuple[str, str | None] 
             value.backward()
             opts["erm"].step()
 
+        bare = {"log_u": torch.zeros(()), "old": 0.0, "seen": False}
+        kl_base = torch.tensor(math.exp(1 / losses["kl"].tau))
+
+        def bare_kl_step(x=x, y=y, b=b, st=bare, gamma=losses["kl"].gamma):
+            """The KL row's arithmetic as bare tensor ops (the state as Python values, one write), without the module
+            call, the input checks or the staged writes: the least a step with DRRho-KL weights costs."""
+            idx = _fresh_index(n, b, g)
+            excess = F.cross_entropy(models["erm"](x), y, reduction="none") - ref_losses[idx]
+            e = torch.pow(kl_base, excess.detach())  # exp(x / tau) in one op, as DRRhoLoss
+            f = math.exp(-st["old"])
+            r = e.sum().item() * f / b
+            d = (1 - gamma) + gamma * r if st["seen"] else r
+            value = torch.dot(e.mul_(f / (b * d)), excess)
+            if not math.isfinite(value.item()):
+                raise FloatingPointError("bare KL step")
+            st["old"], st["seen"] = st["old"] + math.log(d), True
+            st["log_u"].fill_(st["old"])
+            opts["erm"].zero_grad(set_to_none=True)
+            value.backward()
+            opts["erm"].step()
+
         def erm_loss(logits=logits, y=y):
             z = logits.clone().requires_grad_(True)
             F.cross_entropy(z, y).backward()
@@ -584,8 +608,8 @@ def speed(s: Setup, command: str, write: bool, baseline: tuple[str, str | None] 
             losses[k](F.cross_entropy(z, y, reduction="none"), ref_losses[idx], idx).backward()
 
         times = _common.time_interleaved(
-            {"erm": erm_step, "erm again": erm_step, "floor": floor_step, "kl": lambda: drrho_step("kl"),
-             "cvar": lambda: drrho_step("cvar")},
+            {"erm": erm_step, "erm again": erm_step, "floor": floor_step, "bare kl": bare_kl_step,
+             "kl": lambda: drrho_step("kl"), "cvar": lambda: drrho_step("cvar")},
             rounds=s.rounds * 40, steps_per_round=1, clock=CLOCK)
         times.update(_common.time_interleaved(
             {"erm loss": erm_loss, "kl loss": lambda: drrho_loss("kl"), "cvar loss": lambda: drrho_loss("cvar")},
@@ -596,6 +620,9 @@ def speed(s: Setup, command: str, write: bool, baseline: tuple[str, str | None] 
                           "", "", ""])
         loss_rows.append(["floor: gathered reference losses, fixed weights", b, f"{med['erm']:.3f}",
                           f"{med['floor']:.3f}", f"{_paired(times, 'floor', 'erm', 1):.2f}x", "", "", ""])
+        loss_rows.append(["floor: the KL arithmetic as bare tensor ops (no module call, checks, staged writes)", b,
+                          f"{med['erm']:.3f}", f"{med['bare kl']:.3f}", f"{_paired(times, 'bare kl', 'erm', 1):.2f}x",
+                          "", "", ""])
         for k in ("kl", "cvar"):
             r = _paired(times, k, "erm", 1)
             goals[(k, b)] = r
@@ -603,6 +630,11 @@ def speed(s: Setup, command: str, write: bool, baseline: tuple[str, str | None] 
                               f"{1e3 * med['erm loss']:.0f}", f"{1e3 * med[k + ' loss']:.0f}",
                               f"{_paired(times, k + ' loss', 'erm loss', 1):.2f}x"])
     tmp.cleanup()
+    if drrho_only:
+        print(f"{facts}, at the end {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        print(_common.md_table(["loss", "B", "mean CE step ms", "DRRho step ms", "step ratio", "mean CE loss us",
+                                "DRRho loss us", "loss ratio"], loss_rows))
+        return
     baseline_lines = _baseline_comparison(*baseline, s) if baseline else []
     minutes = (time.perf_counter() - t_start) / 60
     load1 = os.getloadavg()
@@ -671,7 +703,10 @@ def speed(s: Setup, command: str, write: bool, baseline: tuple[str, str | None] 
         + ", ".join(f"{r:.2f}x" for r in drrho_r) + f" -> **{'held' if held_drrho else 'not held'}** (training step; "
         "the loss alone is a few elementwise operations more than a mean and is reported for context). The floor row "
         "is the step with the per-sample losses, the gathered reference losses and a weighted sum with fixed weights "
-        "(no DRRho statistics, no state): what any loss on the excess loss costs over the mean.",
+        "(no DRRho statistics, no state): what any loss on the excess loss costs over the mean. The bare-ops row adds "
+        "the KL row's arithmetic (`pow`, `sum`, `mul_`, two host reads, one state write) written inline, without "
+        "the module call, the input checks and the staged all-or-nothing writes: the least a step with DRRho-KL "
+        "weights costs; the distance from it to the KL row is the cost of those contracts.",
         "",
         "Cache reads (`ReferenceCache.read` of B random rows of `[2, 256]` float32 from the memory map) and their share "
         "of the DRRho-CLIP training step:",
@@ -843,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the same with commit REV of this repository (exported with git archive; a loss that "
                          "differs is traced to the first commit that changed it)")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--drrho-only", action="store_true",
+                    help="speed: time only the DRRhoLoss rows (the same steps; prints, writes nothing)")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="speed: batch sizes (default 128 512 2048)")
     ap.add_argument("--steps", type=int, default=None,
                     help="fidelity: optimisation steps of every run on every data set (default 1500)")
@@ -859,8 +896,11 @@ def main(argv: list[str] | None = None) -> int:
         s.batches = tuple(args.batches)
     if args.steps:
         s.steps = {k: args.steps for k in s.steps}
-    write = not (args.quick or args.no_write)
+    write = not (args.quick or args.no_write or args.drrho_only)
     command = " ".join(["bench/fidelity_steering.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.drrho_only:
+        speed(s, command, write, None, drrho_only=True)
+        return 0
     if args.part in ("all", "speed"):
         if args.baseline_commit:
             rev = _git("rev-parse", "--short", args.baseline_commit)
