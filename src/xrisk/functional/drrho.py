@@ -63,13 +63,10 @@ class DRRhoStep(NamedTuple):
     weights: Tensor
 
 
-_WIDE = (torch.float32, torch.float64)  # dtypes the weights and the state are computed in (half: float32)
-
-
 def _detached_float(x: Tensor) -> Tensor:
     """``x`` detached, in float32 when it is a half type (the weights and the state are float32 or wider)."""
     d = x.detach()
-    return d if d.dtype in _WIDE else d.float()
+    return d if d.dtype in (torch.float32, torch.float64) else d.float()
 
 
 def _surrogate(w: Tensor, excess: Tensor) -> Tensor:
@@ -84,8 +81,7 @@ def _nan_step(excess: Tensor, w: Tensor) -> DRRhoStep:
 
 
 def _host(state: Tensor | float, seen: Tensor | bool) -> tuple[float, bool]:
-    """The scalar state as Python values (two ``item()`` reads of 0-dim tensors: cheaper than any tensor op; none
-    when the caller passes Python values)."""
+    """The scalar state as Python values (two ``item()`` reads of 0-dim tensors: cheaper than any tensor op)."""
     return float(state), bool(seen)
 
 
@@ -93,15 +89,6 @@ def _host(state: Tensor | float, seen: Tensor | bool) -> tuple[float, bool]:
 _SHIFT_RANGE = (1e-30, 1e30)
 # a stored log u at most this far from 0 needs no shift: exp(x / tau) itself stays in the range above
 _UNSHIFTED = 30.0
-# 1 / tau up to this: the base e^(1 / tau) of the one-op power below is finite in float32
-_POWER_BASE_MAX = 80.0
-
-
-# exp(x / tau) (inv = 1 / tau) in one op on the hot path: the power (e^inv)^x of a cached 0-dim base, where
-# exp(x * inv) takes two (a multiplication, then the exponential). The base is rounded to x's dtype, so the result's
-# relative error is about |x| eps (eps: the dtype's, 2^-24 in float32) where the two-op form has |x / tau| eps: the
-# same for tau <= 1, tau times more above (1e-6 relative at |x| = 17 in float32), far below the noise of a
-# stochastic weight. A base that would overflow (inv > _POWER_BASE_MAX) takes the two ops.
 
 
 def drrho_kl(
@@ -117,8 +104,7 @@ def drrho_kl(
     4. objective estimate ``tau log u_new``.
 
     ``shift="state"`` (default): ``c`` is the stored ``log u`` (the scale the exponentials had on the last
-    batches; 0 when ``|log u| <= 30``, which saves the subtraction and makes ``exp(x_i / tau)`` one power op of
-    a cached base ``e^(1/tau)``), so one pass gives both the sum and, rescaled
+    batches; 0 when ``|log u| <= 30``, which saves the subtraction), so one pass gives both the sum and, rescaled
     in place, the weights: with ``r = (1/B) sum_i exp(x_i / tau - c) exp(c - log u)``, ``log u_new = log u +
     log((1 - gamma) + gamma r)`` and ``w_i = exp(x_i / tau - c) exp(c - log u) / (B ((1 - gamma) + gamma r))``.
     When that ratio leaves ``[1e-30, 1e30]`` (a batch far from the estimate, e.g. the first one
@@ -135,31 +121,21 @@ def drrho_kl(
         tau: KL temperature ``> 0``; gamma: weight on the new value, in ``(0, 1]``.
         shift: ``"state"`` or ``"max"``, see above.
     """
-    # the hot path (a training step of a small model costs about a millisecond, so every call counts): helpers
-    # inlined, the state taken as Python values when the caller passes them
     b = excess.shape[0]
-    old, flag = float(log_u), bool(seen)
-    xd = excess.detach()
-    if xd.dtype not in _WIDE:
-        xd = xd.float()
+    old, flag = _host(log_u, seen)
+    xd = _detached_float(excess)
     inv = 1.0 / tau
     if shift == "state" and math.isfinite(old):
+        c = old if abs(old) > _UNSHIFTED else 0.0  # |c - log u| <= 30: the sums below stay in range
         # the constants as cached 0-dim tensors of xd's dtype: the same kernel and bits as a Python number, without
         # wrapping and converting one on every call
-        if -_UNSHIFTED <= old <= _UNSHIFTED:  # no shift (c = 0): exp(x / tau) in one op (see the note above)
-            c = 0.0
-            if inv == 1.0:
-                e = torch.exp(xd)
-            elif inv <= _POWER_BASE_MAX:
-                e = torch.pow(constant(math.exp(inv), xd), xd)
-            else:
-                e = torch.mul(xd, constant(inv, xd)).exp_()
-        else:  # |c - log u| = 0: the sums below stay in range
-            c = old
+        if c:
             e = torch.sub(xd, constant(tau * c, xd))
             if inv != 1.0:
                 e.mul_(constant(inv, xd))
             e.exp_()
+        else:  # one op fewer
+            e = torch.mul(xd, constant(inv, xd)).exp_() if inv != 1.0 else torch.exp(xd)
         f = math.exp(c - old)
         r = e.sum().item() * f / b  # g_hat / u
         if _SHIFT_RANGE[0] < r < _SHIFT_RANGE[1]:  # (False for NaN)
@@ -167,7 +143,7 @@ def drrho_kl(
             k = f / (b * d)  # exp(c - log u_new) / B
             if k < _SHIFT_RANGE[1]:
                 w = e.mul_(k)
-                surrogate = torch.dot(w, excess) if w.dtype == excess.dtype else _surrogate(w, excess)
+                surrogate = _surrogate(w, excess)
                 if math.isfinite(surrogate.item()):  # an input at -inf has weight 0 and leaves the sum finite
                     new = old + math.log(d)
                     return DRRhoStep(surrogate, new, tau * new, w)
@@ -197,7 +173,6 @@ def upper_quantile(x: Tensor, alpha: float) -> Tensor:
 
 def drrho_cvar(
     excess: Tensor, threshold: Tensor | float, seen: Tensor | bool, *, alpha: float, eta: float,
-    value: float | None = None,
 ) -> DRRhoStep:
     """One step of the CVaR DRRho risk in Rockafellar-Uryasev form, the threshold ``s`` being state.
 
@@ -219,11 +194,9 @@ def drrho_cvar(
         excess: ``[B]`` excess losses (with gradient through ``l_i``), ``B >= 1``.
         threshold: stored ``s`` (0-dim tensor or float); seen: whether it was ever written.
         alpha: level in ``(0, 1]``; eta: threshold step size ``> 0``.
-        value: ``threshold``'s value as a Python float when the caller knows it (no host read); the comparison
-            still uses the 0-dim ``threshold`` itself (no Python number to wrap).
     """
     b = excess.shape[0]
-    s_old, flag = _host(threshold if value is None else value, seen)
+    s_old, flag = _host(threshold, seen)
     xd = _detached_float(excess)
     if alpha >= 1.0:  # weights 1 whatever s is; s still takes its pinball step (towards min x, where F is the mean)
         w = torch.full_like(xd, 1.0 / b)
@@ -236,8 +209,7 @@ def drrho_cvar(
         count = torch.count_nonzero(torch.gt(xd, s_old)).item()
         return DRRhoStep(surrogate, s_old - eta * (1.0 - count / b), mean, w)
     if flag:  # compare with the stored 0-dim tensor itself (the same value; no Python number to wrap)
-        same = isinstance(threshold, Tensor) and (threshold.is_cpu and xd.is_cpu or threshold.device == xd.device)
-        s = threshold if same else s_old
+        s = threshold if isinstance(threshold, Tensor) and threshold.device == xd.device else s_old
     else:
         s = upper_quantile(xd, alpha)
         s_old = s.item()

@@ -151,13 +151,13 @@ class DRRhoLoss(ReplicatedStateModule):
         if x.shape[0] == 0:
             return x.sum() * 0.0
         excess = x - r
-        kl = self.divergence == "kl"
-        state = self.log_u if kl else self.threshold
-        old, seen = float(state), bool(self.seen)  # read once, passed to the kernel as Python values
-        if kl:
-            step = drrho_kl(excess, old, seen, tau=self.tau, gamma=self.gamma)
+        seen = bool(self.seen)
+        if self.divergence == "kl":
+            state = self.log_u
+            step = drrho_kl(excess, state, seen, tau=self.tau, gamma=self.gamma)
         else:
-            step = drrho_cvar(excess, state, seen, alpha=self.alpha, eta=self.eta, value=old)
+            state = self.threshold
+            step = drrho_cvar(excess, state, seen, alpha=self.alpha, eta=self.eta)
         if not (math.isfinite(step.state) and math.isfinite(step.objective)):  # the kernels read these anyway
             if not checked_inputs:
                 check_finite("losses", x)
@@ -205,8 +205,7 @@ def _check_batch(
                 f"ref_losses shape {tuple(ref_losses.shape)} does not match losses shape {tuple(losses.shape)}"
             )
         ref = ref_losses.detach() if ref_losses.requires_grad else ref_losses
-        # (is_cpu first: comparing devices builds two device objects, a few us on a small step)
-        if ref.dtype != losses.dtype or not (ref.is_cpu and losses.is_cpu) and ref.device != losses.device:
+        if ref.dtype != losses.dtype or ref.device != losses.device:
             ref = ref.to(losses.device, losses.dtype)
     if index is not None:
         if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.dtype == torch.bool:
