@@ -387,7 +387,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
                 the plain loss, unchanged.
         """
         try:
-            if not validation_enabled() and not xdist.is_distributed():
+            if not validation_enabled():
                 return self._forward_unchecked(feats_a, feats_b, index, ref_feats)
             return self._forward(feats_a, feats_b, index, ref_feats)
         finally:  # sharded state: a step that returned early or raised leaves the shards as they were
@@ -497,19 +497,28 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
     def _forward_unchecked(
         self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
-        """:meth:`forward` with validation off on one process: no host read, the same work for every batch of one
-        size (module docstring, *Validation off*)."""
-        check_features(feats_a, feats_b, finite=False)
-        idx = on_device(check_index_async(index, self.num_samples), feats_a.device)
-        if idx.numel() != feats_a.shape[0]:
-            raise ValueError(f"index has {idx.numel()} entries but the batch has {feats_a.shape[0]} samples")
+        """:meth:`forward` with validation off: no host read, the same work for every batch of one size (module
+        docstring, *Validation off*). Under torch.distributed every rank's batch must have the same size
+        (:func:`xrisk.distributed.agree_on_shapes`, checked on the device)."""
+        layout: xdist.BatchLayout | None = None
+        if xdist.is_distributed():  # the ranks agree on shapes (no value read), then the batch is gathered
+            (idx, ref), layout = xdist.agree_on_shapes(
+                type(self).__name__, functools.partial(self._shape_batch, feats_a, feats_b, index, ref_feats),
+                lambda checked: {"feats_a": feats_a, "feats_b": feats_b, "index": checked[0],
+                                 "ref_a": None if checked[1] is None else checked[1][0],
+                                 "ref_b": None if checked[1] is None else checked[1][1]},
+            )
+        else:
+            idx, ref = self._shape_batch(feats_a, feats_b, index, ref_feats)
         feats_a, feats_b = common_dtype(feats_a, feats_b)
-        ref = check_reference_features(ref_feats, feats_a, normalize=self.normalize)
         writes = self.__dict__["_writes"] = PendingWrites(_DEVICE_CAUSE)
         self.__dict__["_step_objective"] = None
-        if idx.numel() < 2:  # no anchor has a negative (a batch of one index: every count is 0, same result)
+        if idx.numel() * xdist.world_size() < 2:  # no anchor has a negative (one index: every count is 0, same result)
             return _connected_zero(feats_a, feats_b)
-        batch = self._make_batch(feats_a, feats_b, idx, fused=self.normalize, ref=ref, device=True)
+        fused = self.normalize and layout is None  # several processes: normalised rows are gathered
+        if self.normalize and not fused:
+            feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
+        batch = self._make_batch(feats_a, feats_b, idx, fused=fused, layout=layout, ref=ref, device=True)
         if self.false_negatives is not None:
             batch.neg, batch.count = self.false_negatives.detect_with_counts(  # type: ignore[assignment]
                 [s.detach() for s in batch.sims], batch.neg, batch.index, counts=batch.count, index_checked=True,
@@ -518,8 +527,19 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         out = self._loss(batch)
         if batch.objective is not None:
             self.__dict__["_step_objective"] = batch.objective
-        self._commit(writes, idx.numel(), device=True)
+        self._commit(writes, batch.index_global.numel(), device=True)
         return out
+
+    def _shape_batch(
+        self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: Any = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """This rank's checks that read no value (validation off): shapes, dtypes, the index bounds on the device;
+        returns the index (int64, on the features' device) and the reference features (or None)."""
+        check_features(feats_a, feats_b, finite=False)
+        idx = on_device(check_index_async(index, self.num_samples), feats_a.device)
+        if idx.numel() != feats_a.shape[0]:
+            raise ValueError(f"index has {idx.numel()} entries but the batch has {feats_a.shape[0]} samples")
+        return idx, check_reference_features(ref_feats, common_dtype(feats_a, feats_b)[0], normalize=self.normalize)
 
     def _check_batch(
         self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: Any = None
@@ -590,8 +610,8 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             m = col_index[None, :] != idx[:, None]  # symmetric when transposed: one mask serves both sides
             return ContrastiveBatch(
                 idx, idx_g, sims, pos, pos_offset, self_offset, [m, m], count_true(m, 1).unsqueeze(1).expand(nb, 2),
-                col_index, 1.0 / max(ng, 1), transposed, stacked, start, None, None, False, offset=offset,
-                groups=duplicate_groups(idx_g),
+                col_index, xdist.world_size() / max(ng, 1), transposed, stacked, start, None, None, False, sizes=sizes,
+                offset=offset, groups=duplicate_groups(idx_g),
             )
         uniq = torch.unique(idx_g)
         unique_index = inverse = None
