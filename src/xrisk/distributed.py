@@ -40,7 +40,9 @@ the sizes, passed on with ``sizes=``), so a valid step makes no extra round trip
 checks failed, or the ranks disagree, **every** rank raises the same exception type with the same
 message, naming the rank(s) and the fault (``"GlobalContrastiveLoss: bad batch on rank 1 of 2:
 feats_a contains 1 NaN/inf value(s) ..."``); the state is untouched everywhere, so all ranks can
-skip the batch together and stay in step.
+skip the batch together and stay in step. With validation off (:func:`xrisk.set_validation`) the sites call
+:func:`agree_on_shapes` instead: the same header exchange, checked on the device with ``torch._assert_async``
+(no host read), for which every rank's batch must have the same size.
 
 **What no check can see: a rank that leaves out a call.** The agreement pairs the ranks' *next* xrisk
 calls, so it catches a bad batch, never a missing call. A rank that raises (and catches) its own error

@@ -36,6 +36,13 @@ reduces over ranks. ``state_dict()`` holds ``DTensor`` shards (global shape ``[n
 :func:`xrisk.save_sharded_checkpoint` (``torch.distributed.checkpoint``); ``load_state_dict`` accepts
 them, or a full ``[n, ...]`` tensor of a replicated checkpoint, of which it keeps its own rows.
 
+**Validation off** (:func:`xrisk.set_validation`): the ``K + 1`` integers would be a host read, so the window
+has a fixed capacity instead: one slot per entry of the global batch (``G``, sorted; a repeated index uses the
+slot of its first occurrence). Every rank sends ``G`` rows (its shard's row where it owns the slot's index, any
+row elsewhere), each slot takes its owner's row (``K x G`` rows received: ``K`` times the traffic), and the
+write-back redirects every slot a rank does not own, and every repeat, to an owned first slot, so that each
+write to a shard row carries one value (one ``index_copy_``). No host read; equal to the counted window.
+
 One process (``K = 1``): a sharded state owns every row; there is no window and the step is the
 replicated one.
 """

@@ -53,7 +53,9 @@ depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes 
 step whole and does not recompile when the duplicates change. Equal to the validated path up to float rounding
 (tested, every mode, NUCLR, GloFND). The samples are counted on the device and the epoch is **not** inferred
 from them: call ``set_epoch``. A batch of one distinct index gives a zero through the same ops (its samples are
-counted). Under ``torch.distributed`` the validated path still runs (it reads on the host).
+counted). Under ``torch.distributed`` every rank's batch must have the same size (the ranks agree on shapes
+only, :func:`xrisk.distributed.agree_on_shapes`) and the step reads nothing either (sharded state: a
+fixed-capacity window, :mod:`xrisk.sharding`).
 
 **Sides.** ``mode="unimodal"`` (SogCLR, two augmented views): side 0 anchors are ``feats_a`` rows,
 side 1 anchors are ``feats_b`` rows, both against the ``C = 2 B_global`` columns
@@ -562,9 +564,14 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         ``device``: the fixed-shape batch of the validation-off step (one process; masks, count tensors and
         ``groups``)."""
         sizes = None if layout is None else layout.sizes
-        ag = xdist.all_gather(a, grad="sum", sizes=sizes)
-        bg = xdist.all_gather(b, grad="sum", sizes=sizes)
-        idx_g = xdist.all_gather_no_grad(idx, sizes=sizes)
+        ag, bg, idx_g, ref_g = a, b, idx, ref
+        if xdist.is_distributed():  # one round: both views side by side (one gradient all_reduce), indices, ref
+            sizes = xdist.gather_sizes(idx.numel()) if sizes is None else sizes
+            ab, (idx_g, *ref_rows) = xdist.all_gather_with(
+                torch.cat([a, b], 1), [idx] if ref is None else [idx, *ref], grad="sum", sizes=sizes,
+                extra_sizes=sizes)
+            ag, bg = ab.narrow(1, 0, a.shape[1]), ab.narrow(1, a.shape[1], b.shape[1])
+            ref_g = None if ref is None else (ref_rows[0], ref_rows[1])
         nb, ng = idx.numel(), idx_g.numel()
         if layout is not None:
             start = layout.start
@@ -593,8 +600,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         transposed = self.mode == "bimodal" and not xdist.is_distributed()
         offset: Offset = None
         if ref is not None:  # -s^ref in the layout of the similarities, no gradient
-            ra, rb = ref
-            rag, rbg = xdist.all_gather_no_grad(ra, sizes=sizes), xdist.all_gather_no_grad(rb, sizes=sizes)
+            (ra, rb), (rag, rbg) = ref, ref_g
             if self.mode == "unimodal":
                 offset = reference_offset(torch.cat([ra, rb], 0), torch.cat([rag, rbg], 0))  # like stacked
             elif transposed:

@@ -36,6 +36,10 @@ group ids from one sort, :func:`~xrisk.state.duplicate_groups`), and a batch wit
 through the same ops. The work
 depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes the step whole and does not
 recompile when the number of positives changes. Equal to the default path up to float rounding (tested).
+Under ``torch.distributed`` every rank's batch must have the same size: the ranks agree on shapes only
+(:func:`xrisk.distributed.agree_on_shapes`, checked on the device) and gather without reading sizes; sharded
+state opens a fixed-capacity window (:mod:`xrisk.sharding`). The targets and indices travel in the scores' gather
+(one round, either setting).
 
 **Dtypes.** The computation runs in the dtype of ``scores`` (any floating type); ``targets`` may be
 bool, integer or floating of any dtype (only their 0/1 values matter); per-sample state is float32.
