@@ -242,6 +242,15 @@ def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> 
         check_finite("feats_b", feats_b)
 
 
+def _gathered_tensors(feats_a: Tensor, feats_b: Tensor, checked: tuple[Tensor, tuple[Tensor, Tensor] | None]
+                      ) -> dict[str, Tensor | None]:
+    """What the template gathers, by name, from a rank's checked ``(index, ref)`` (for
+    :func:`xrisk.distributed.agree_on_batch` / :func:`~xrisk.distributed.agree_on_shapes`)."""
+    ref = checked[1]
+    return {"feats_a": feats_a, "feats_b": feats_b, "index": checked[0], "ref_a": None if ref is None else ref[0],
+            "ref_b": None if ref is None else ref[1]}
+
+
 def check_reference_features(ref_feats: Any, feats_a: Tensor, *, normalize: bool) -> tuple[Tensor, Tensor] | None:
     """Validate DRRho-CLIP's ``ref_feats = (ref_a, ref_b)``: two floating ``[B, d_ref]`` tensors of one shape
     with the batch's ``B`` (``d_ref`` may differ from the target's ``d``). Returns them detached, in ``feats_a``'s
@@ -410,9 +419,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         if distributed:
             (idx, ref), layout = xdist.agree_on_batch(
                 type(self).__name__, functools.partial(self._check_batch, feats_a, feats_b, index, ref_feats),
-                lambda checked: {"feats_a": feats_a, "feats_b": feats_b, "index": checked[0],
-                                 "ref_a": None if checked[1] is None else checked[1][0],
-                                 "ref_b": None if checked[1] is None else checked[1][1]},
+                functools.partial(_gathered_tensors, feats_a, feats_b),
             )
         else:
             check_features(feats_a, feats_b, finite=self.false_negatives is not None)
@@ -506,9 +513,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         if xdist.is_distributed():  # the ranks agree on shapes (no value read), then the batch is gathered
             (idx, ref), layout = xdist.agree_on_shapes(
                 type(self).__name__, functools.partial(self._shape_batch, feats_a, feats_b, index, ref_feats),
-                lambda checked: {"feats_a": feats_a, "feats_b": feats_b, "index": checked[0],
-                                 "ref_a": None if checked[1] is None else checked[1][0],
-                                 "ref_b": None if checked[1] is None else checked[1][1]},
+                functools.partial(_gathered_tensors, feats_a, feats_b),
             )
         else:
             idx, ref = self._shape_batch(feats_a, feats_b, index, ref_feats)
