@@ -24,7 +24,8 @@ with ``K`` processes keeps only the rows of its own **shard**:
   back.
 * **Cost per step**: one ``all_gather`` of the ``U`` rows, ``5 s`` bytes per state (the float32 value and the bool
   seen flag travel as their bytes; ``s`` = entries per row) for all the states together, which in a score loss is the
-  gather of the scores itself (:func:`gather_and_open`: no extra round trip), plus ``K + 1`` integers read on the
+  gather of the scores itself (:func:`gather_and_open`; the owners learn the indices from the round before, so the
+  step makes one round trip more than with replicated state), plus ``K + 1`` integers read on the
   host (how many of the ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any
   repeats, so the step does not search the batch for duplicates again. The write-back is local: each rank copies
   the window rows it owns into its shard. Memory: the shard (``~n / K`` rows) plus the ``U``-row window.
