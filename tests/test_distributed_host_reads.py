@@ -161,3 +161,28 @@ def test_validation_off_on_two_ranks_reads_nothing_and_trains_like_validation_on
             assert run["state"].keys() == ref["state"].keys()
             for k in ref["state"]:
                 close(run["state"][k], ref["state"][k], f"{label}: state {k}")
+
+
+FOUR = ("score:ap-sgd", "score:tpauc-kl", "score:ap-sgd-low", "contrastive:nuclr-glofnd", "contrastive:uni-individual")
+
+
+def _four(rank: int, world: int) -> dict:
+    return {(name, validate): _run(rank, world, name, "sharded", validate) for name in FOUR for validate in (True, False)}
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sharded_validation_off_on_four_ranks():
+    """The fixed-capacity window with 4 owners (3 or 4 samples per rank): no host read, equal to the validated step."""
+    from _dist import run_distributed
+
+    for rank, got in enumerate(run_distributed(_four, world_size=4, timeout=600.0)):
+        for name in FOUR:
+            run, ref = got[(name, False)], got[(name, True)]
+            label = f"rank {rank} {name}"
+            assert run["reads"] == [], f"{label}: {run['reads']}"
+            close(run["values"], ref["values"], f"{label}: loss values")
+            for p, q in zip(run["params"], ref["params"]):
+                close(p, q, f"{label}: parameters")
+            for k in ref["state"]:
+                close(run["state"][k], ref["state"][k], f"{label}: state {k}")
