@@ -46,6 +46,7 @@ from compile_score import TraceableSGD, _compiled, _runner, _Step, compile_bench
 
 SECTION = "compile_contrastive"
 DIM, PROJ, N, TAU = 256, 128, 100_000, 0.07
+LOG2E = 1.0 / math.log(2.0)
 GOALS = {"GCL individual": 1.1, "NUCLR": 1.1, "GCL individual + GloFND": 1.3}
 
 
@@ -154,22 +155,27 @@ class HandWrittenGCL(_HandWritten):
         s, sd, p, eye = self.similarities(a, b)
         n = s.shape[0]
         tau = self.tau.index_select(0, idx)
-        inv = tau.reciprocal()
-        d0, d1 = sd - p[:, None], sd - p[None, :]
-        z0 = torch.where(eye, float("-inf"), d0 * inv[:, 0:1])
-        z1 = torch.where(eye, float("-inf"), d1 * inv[:, 1][None, :])
-        f0, f1 = z0.amax(1), z1.amax(0)
-        e0, e1 = torch.exp(z0 - f0[:, None]), torch.exp(z1 - f1[None, :])
-        f = torch.stack([f0, f1], 1)
-        sums = torch.stack([e0.sum(1), e1.sum(0)], 1)
+        # per-anchor vectors as [2, B] rows (contiguous operands of the [B, B] passes); log2(e) / tau through
+        # exp2/log2: inductor gives a reused result with an exponential its own buffer instead of recomputing it
+        # (with the temperature gather) in every [B, B] entry
+        tau_t = tau.T.contiguous()
+        k = torch.exp2(math.log2(LOG2E) - torch.log2(tau_t))
+        # each side's shift: its largest negative similarity (the positive cancels: d / tau - max d / tau)
+        masked = torch.where(eye, float("-inf"), sd)
+        top = torch.stack([masked.amax(1), masked.amax(0)], 0)
+        e0 = torch.where(eye, 0.0, torch.exp2((sd - top[0][:, None]) * k[0][:, None]))
+        e1 = torch.where(eye, 0.0, torch.exp2((sd - top[1][None, :]) * k[1][None, :]))
+        sums = torch.stack([e0.sum(1), e1.sum(0)], 0)
+        dots = torch.stack([(e0 * sd).sum(1), (e1 * sd).sum(0)], 0)
+        f = (top - p[None, :]) / tau_t  # exp(d_ij / tau) = e_ij exp(f)
         log_cnt = math.log(n - 1)
-        log_u = self.moving_average(idx, sums.log() + f - log_cnt, self.gamma)
-        coef = torch.exp(f - log_u - log_cnt) / n  # p_ij = e_ij * coef_i, scaled by 1 / B
-        w0, w1 = e0 * coef[:, 0:1], e1 * coef[:, 1][None, :]
-        value = torch.stack([(w0 * d0).sum(1), (w1 * d1).sum(0)], 1)
-        w = w0 + w1 - torch.diag((sums * coef).sum(1))
+        log_u = self.moving_average(idx, (sums.log() + f - log_cnt).T, self.gamma)
+        coef = torch.exp(f - log_u.T - log_cnt) / n  # p_ij = e_ij * coef_i, scaled by 1 / B
+        wrow = sums * coef
+        value = dots * coef - wrow * p[None, :]  # sum_j p_ij d_ij
+        w = e0 * coef[0][:, None] + e1 * coef[1][None, :] - torch.diag(wrow.sum(0))
         out = (w * s).sum()
-        grad = (log_u + self.rho - value * n / tau).clamp(-self.clip, self.clip)
+        grad = (log_u + self.rho - (value * n / tau_t).T).clamp(-self.clip, self.clip)
         self.write(idx, log_u, grad, self.beta_tau, self.lr_tau, tau, self.bounds)
         return out
 

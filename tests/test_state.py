@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import xrisk.state as S
 from xrisk.state import ReplicatedStateModule, SampleState, check_index, check_index_unique, write_rows
 from _dist import run_distributed
 
@@ -175,3 +176,52 @@ def test_write_rows_sets_values_and_seen_flags():
     with pytest.raises(FloatingPointError):  # checked before any write, for every state
         write_rows((st, other), torch.tensor([0]), (torch.ones(1, 2), torch.full((1, 2), float("nan"))))
     assert torch.equal(st.value, before[0]) and torch.equal(other.value, before[1])
+
+
+def _groups_both_ways(index, monkeypatch):
+    """``duplicate_groups`` of the equality-matrix path (small batches) and of the sort path (large ones)."""
+    eq = S.duplicate_groups(index)
+    monkeypatch.setattr(S, "EQUALITY_GROUPING_MAX", 0)
+    by_sort = S.duplicate_groups(index)
+    monkeypatch.undo()
+    return eq, by_sort
+
+
+@pytest.mark.parametrize("size,high", [(2, 1), (7, 3), (64, 20), (128, 10**6), (300, 40)])
+def test_duplicate_groups_equality_and_sort_paths_merge_the_same(size, high, monkeypatch):
+    """Both ways of grouping duplicates (``[B, B]`` equality matrix: first occurrence; sort: rank of the value) give
+    the same partition and :func:`merge_groups` the same result bit for bit, linear and log-space, with the group
+    maximum of either path, for duplicates within a batch and across the blocks of a gathered batch (two ranks)."""
+    g = torch.Generator().manual_seed(size * 7 + high)
+    local = torch.randint(0, high, (size // 2,), generator=g)
+    index = torch.cat([local, torch.randint(0, high, (size - size // 2,), generator=g)])  # rank 0 rows, rank 1 rows
+    index[-1] = index[0]  # a duplicate across the two blocks
+    eq, by_sort = _groups_both_ways(index, monkeypatch)
+    same = index[:, None] == index[None, :]
+    assert torch.equal(eq[:, None] == eq[None, :], same) and torch.equal(by_sort[:, None] == by_sort[None, :], same)
+    assert torch.equal(eq, torch.argmax(same.to(torch.uint8), 1))  # the first occurrence
+    for shape in [(size,), (size, 2)]:
+        values = torch.randn(*shape, generator=g) * 30
+        mask = torch.rand(*shape, generator=g) < 0.7
+        for log_space in (False, True):
+            a = S.merge_groups(eq, values, mask, log_space=log_space)
+            monkeypatch.setattr(S, "EQUALITY_GROUPING_MAX", 0)  # scatter_reduce for the group maximum
+            b = S.merge_groups(by_sort, values, mask, log_space=log_space)
+            monkeypatch.undo()
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (shape, log_space)
+
+
+def test_duplicate_groups_compiled_equals_eager():
+    """The equality path compiled whole (inductor) gives the eager ids and merged rows."""
+    index = torch.tensor([5, 3, 5, 9, 3, 3, 1, 5])
+    values, mask = torch.randn(8, 2), torch.rand(8, 2) < 0.8
+    mask[0] = True
+
+    def step(i, v, m):
+        return S.merge_groups(S.duplicate_groups(i), v, m, log_space=True)
+
+    torch._dynamo.reset()
+    got = torch.compile(step, fullgraph=True)(index, values, mask)
+    want = step(index, values, mask)
+    assert torch.equal(got[1], want[1])
+    assert torch.allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
