@@ -142,9 +142,13 @@ class HandWrittenGCL(_HandWritten):
     ``GlobalContrastiveLoss``'s defaults: the same loss value, gradients and state as the library's step when every
     index of the batch is distinct (tested in ``tests/test_compile_contrastive.py``), and nothing else -- no checks,
     no duplicate merging (a repeated index: the last write wins), no negatives mask (the diagonal only), no staged
-    or all-or-nothing commit, no objective record. The row-max shifted exponentials are kept (``tau_min = 0.01``
-    puts ``|d / tau|`` up to 200, beyond float32's exponent range). What the plain FCCO arithmetic of that loss costs
-    compiled without the library around it; not a lower bound (its ``[B, B]`` temporaries are not fused by hand)."""
+    or all-or-nothing commit, no objective record. The shifted exponentials are kept (``tau_min = 0.01`` puts
+    ``|d / tau|`` up to 200, beyond float32's exponent range), each side's shift taken on the similarities (its
+    largest negative ``s``: the positive cancels), every per-anchor vector a contiguous ``[2, B]`` row and
+    ``log2(e) / tau`` computed once (through ``exp2``/``log2``, which inductor keeps in its own buffer instead of
+    recomputing it with the temperature gather in every ``[B, B]`` entry): five ``[B, B]`` passes (two maxima, one
+    exponential pass per side with its sums, the weights with the surrogate). What the plain FCCO arithmetic of that
+    loss costs compiled without the library around it; not a lower bound."""
 
     def __init__(self, num_samples: int = N, tau: float = TAU, *, gamma: float = 0.9, rho: float = 6.5,
                  lr_tau: float = 0.03, beta_tau: float = 0.9, clip: float = 5.0, bounds=(0.01, 1.0)) -> None:
@@ -305,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "per-sample `[N, 2]` states (the per-sample-temperature GCL and NUCLR each keep three: estimator, "
         "temperature or normaliser, its momentum): the batch's rows and seen flags read, a moving average, the rows "
         "written back, nothing else. The hand-written row is the per-sample-temperature GCL step written out by hand "
-        "(`HandWrittenGCL`: its plain arithmetic -- row-max shifted exponentials, moving average, weights, temperature gradient "
+        "(`HandWrittenGCL`: its plain arithmetic -- shifted exponentials (each side shifted by its largest negative similarity), moving average, weights, temperature gradient "
         "and momentum SGD -- and its three states; equal to the library's step when no index repeats, "
         "`tests/test_compile_contrastive.py`), without checks, duplicate merging, masks or staged commit: what "
         "that loss costs compiled without the library around it (not a lower bound: at B = 512 its unfused `[B, B]` "

@@ -705,16 +705,6 @@ def _weight_coef(shift: Tensor | None, log_den: Tensor, log_cnt: Tensor | float,
     return torch.sub(shift, log_den).add_(log_c).exp_()
 
 
-def _inverse_rows(tau: Tensor) -> Tensor:
-    """``log2(e) / tau`` of per-anchor temperatures ``[B, 2]`` as ``[2, B]`` rows, each contiguous (a strided
-    broadcast operand halves the speed of a ``[B, B]`` pass). Compiled, as ``exp2(log2(log2 e) - log2(tau))``
-    (equal up to float rounding): inductor gives a reused result that holds an ``exp``/``log`` its own buffer on
-    CPU instead of recomputing it, with strided loads of the temperatures, in every ``[B, B]`` entry."""
-    if torch.compiler.is_compiling():
-        return torch.exp2(torch.log2(tau.T).neg_().add_(math.log2(LOG2E)))
-    return tau.T.contiguous().reciprocal_().mul_(LOG2E)
-
-
 def _log_den(log_u: Tensor, eps: float) -> Tensor:
     return log_u if eps <= 0.0 else torch.logaddexp(log_u, torch.full_like(log_u, math.log(eps)))
 
@@ -781,32 +771,6 @@ def _square_exps(
     return e0.exp2_(), e1.exp2_(), f
 
 
-def _top_shifted_exps(
-    sd: Tensor, p: Tensor, tau: Tensor, m0: Tensor | None, m1: Tensor | None, some_empty: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`_square_exps` of per-anchor temperatures ``tau [B, 2]`` with ``stable=True``, as ``torch.compile``
-    fuses it best: each anchor's shift is taken on the similarities, ``t_iv`` = its largest negative similarity
-    (``(d_ij - max_j d_ij) / tau_iv = (s_ij - t_iv) / tau_iv``: the positive cancels), so every ``[B, B]`` pass reads
-    ``sd`` and ``[B]`` rows only (no stored logits, no strided diagonal); ``f = (t - pos) / tau`` in natural log
-    units. Equal to :func:`_square_exps` up to float rounding."""
-    if m0 is None:
-        eye = torch.eye(sd.shape[0], dtype=torch.bool, device=sd.device)
-        m0 = m1 = ~eye
-    ivt = _inverse_rows(tau)  # [2, B] rows, base 2
-    x0 = torch.where(m0, sd, float("-inf"))
-    top0 = x0.amax(1)
-    top1 = (x0 if m1 is m0 else torch.where(m1, sd, float("-inf"))).amax(0)  # type: ignore[arg-type]
-    top = torch.stack([top0, top1], 0)  # [2, B]
-    if some_empty:  # an anchor without negatives: -inf, no shift (its exponentials are 0 by the masks below)
-        top = finite_shift(top)
-    e0 = torch.where(m0, torch.exp2((sd - top[0].unsqueeze(1)) * ivt[0].unsqueeze(1)), 0.0)
-    e1 = torch.where(m1, torch.exp2((sd - top[1]) * ivt[1]), 0.0)  # type: ignore[arg-type]
-    f = (top - p).mul_(ivt).mul_(LN2)  # natural log units
-    if some_empty:
-        f = finite_shift(f)
-    return e0, e1, f.T
-
-
 def _gcl_square(
     sim: Tensor, sd: Tensor, p: Tensor, tau: Tensor | float, per_anchor: bool, inv: float, estimator: Estimator,
     neg: Sequence[Tensor | None], valid: Tensor, some_empty: bool, log_cnt: Tensor | float, eps: float, scale: float,
@@ -824,11 +788,9 @@ def _gcl_square(
     if not per_anchor and not stable:
         e0, e1 = _shared_exp(sd, inv, m0, m1)
         f: Tensor | None = (p * -inv).unsqueeze(1)  # both sides share the positive's factor exp(-pos / tau)
-    elif per_anchor and stable and torch.compiler.is_compiling():
-        e0, e1, f = _top_shifted_exps(sd, p, _no_grad(tau), m0, m1, some_empty)  # type: ignore[arg-type]
     else:
         if per_anchor:  # [2, B] rows, each contiguous (a strided broadcast operand halves the speed of the pass)
-            ivt = _inverse_rows(_no_grad(tau))  # type: ignore[arg-type]  # base 2
+            ivt = _no_grad(tau).T.contiguous().reciprocal_().mul_(LOG2E)  # type: ignore[union-attr]  # base 2
             bias = torch.mul(ivt, p).neg_()  # -pos / tau (base 2)
             # side 0: per row, as a multiply and an add (addcmul with [B, 1] operands is twice as slow on CPU)
             e0 = torch.mul(sd, ivt[0].unsqueeze(1)).add_(bias[0].unsqueeze(1))
@@ -842,16 +804,12 @@ def _gcl_square(
     log_g = s.log() if f is None else s.log().add_(f)
     log_u = _no_grad(estimator(log_g.sub_(log_cnt), valid))
     log_den = _log_den(log_u, eps)
-    if torch.compiler.is_compiling():  # compiled: coef computed as [2, B] rows (each contiguous; a strided column
-        # operand makes the [B, B] product scalar code); an exponential that is reused gets its own buffer
-        coef = _weight_coef(None if f is None else f.T, log_den.T, log_cnt.T if isinstance(log_cnt, Tensor) else log_cnt,
-                            scale).T
-    else:
-        coef = _weight_coef(f, log_den, log_cnt, scale)  # p_ij = e_ij * coef_i
+    coef = _weight_coef(f, log_den, log_cnt, scale)  # p_ij = e_ij * coef_i
     wrow = s.mul_(coef)  # sum_j p_ij = scale exp(log_g - log(eps + u))
     if some_empty:  # anchors without negatives: no weight
         wrow = torch.where(valid, wrow, 0.0)
-    c1 = coef[:, 1]
+    c1 = coef[:, 1].contiguous() if torch.compiler.is_compiling() else coef[:, 1]  # compiled: a strided column
+    # operand makes the [B, B] product scalar code
     value = None
     if need_value and per_anchor:  # value_iv = coef_iv sum_{j != i} e_ij s_ij - (sum_j p_ij) s_ii (e: 0 on the diagonal)
         value = torch.stack([torch.linalg.vecdot(e0, sd, dim=1), torch.linalg.vecdot(e1, sd, dim=0)], 1)
