@@ -178,13 +178,9 @@ def test_write_rows_sets_values_and_seen_flags():
     assert torch.equal(st.value, before[0]) and torch.equal(other.value, before[1])
 
 
-def _groups_both_ways(index, monkeypatch):
-    """``duplicate_groups`` of the equality-matrix path (small batches) and of the sort path (large ones)."""
-    eq = S.duplicate_groups(index)
-    monkeypatch.setattr(S, "EQUALITY_GROUPING_MAX", 0)
-    by_sort = S.duplicate_groups(index)
-    monkeypatch.undo()
-    return eq, by_sort
+def _eq_path(monkeypatch, on: bool) -> None:
+    """Force the ``[B, B]`` equality-matrix grouping (``on``; by default compiled steps only) or the sort path."""
+    monkeypatch.setattr(S, "_equality_grouping", lambda size: on)
 
 
 @pytest.mark.parametrize("size,high", [(2, 1), (7, 3), (64, 20), (128, 10**6), (300, 40)])
@@ -193,10 +189,13 @@ def test_duplicate_groups_equality_and_sort_paths_merge_the_same(size, high, mon
     the same partition and :func:`merge_groups` the same result bit for bit, linear and log-space, with the group
     maximum of either path, for duplicates within a batch and across the blocks of a gathered batch (two ranks)."""
     g = torch.Generator().manual_seed(size * 7 + high)
-    local = torch.randint(0, high, (size // 2,), generator=g)
-    index = torch.cat([local, torch.randint(0, high, (size - size // 2,), generator=g)])  # rank 0 rows, rank 1 rows
+    index = torch.cat([torch.randint(0, high, (size // 2,), generator=g),  # rank 0's rows, then rank 1's
+                       torch.randint(0, high, (size - size // 2,), generator=g)])
     index[-1] = index[0]  # a duplicate across the two blocks
-    eq, by_sort = _groups_both_ways(index, monkeypatch)
+    _eq_path(monkeypatch, True)
+    eq = S.duplicate_groups(index)
+    _eq_path(monkeypatch, False)
+    by_sort = S.duplicate_groups(index)
     same = index[:, None] == index[None, :]
     assert torch.equal(eq[:, None] == eq[None, :], same) and torch.equal(by_sort[:, None] == by_sort[None, :], same)
     assert torch.equal(eq, torch.argmax(same.to(torch.uint8), 1))  # the first occurrence
@@ -204,24 +203,27 @@ def test_duplicate_groups_equality_and_sort_paths_merge_the_same(size, high, mon
         values = torch.randn(*shape, generator=g) * 30
         mask = torch.rand(*shape, generator=g) < 0.7
         for log_space in (False, True):
+            _eq_path(monkeypatch, True)
             a = S.merge_groups(eq, values, mask, log_space=log_space)
-            monkeypatch.setattr(S, "EQUALITY_GROUPING_MAX", 0)  # scatter_reduce for the group maximum
+            _eq_path(monkeypatch, False)
             b = S.merge_groups(by_sort, values, mask, log_space=log_space)
-            monkeypatch.undo()
             assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (shape, log_space)
 
 
-def test_duplicate_groups_compiled_equals_eager():
-    """The equality path compiled whole (inductor) gives the eager ids and merged rows."""
+def test_duplicate_groups_compiled_takes_the_equality_path_and_equals_eager():
+    """Compiled (inductor), a small batch is grouped by the equality matrix (ids: first occurrences), eager by one
+    sort; the merged rows agree."""
     index = torch.tensor([5, 3, 5, 9, 3, 3, 1, 5])
     values, mask = torch.randn(8, 2), torch.rand(8, 2) < 0.8
     mask[0] = True
 
     def step(i, v, m):
-        return S.merge_groups(S.duplicate_groups(i), v, m, log_space=True)
+        g = S.duplicate_groups(i)
+        return g, *S.merge_groups(g, v, m, log_space=True)
 
     torch._dynamo.reset()
     got = torch.compile(step, fullgraph=True)(index, values, mask)
     want = step(index, values, mask)
-    assert torch.equal(got[1], want[1])
-    assert torch.allclose(got[0], want[0], rtol=1e-6, atol=1e-6)
+    assert got[0].tolist() == [0, 1, 0, 3, 1, 1, 6, 0] and want[0].tolist() == [2, 1, 2, 3, 1, 1, 0, 2]
+    assert torch.equal(got[2], want[2])
+    assert torch.allclose(got[1], want[1], rtol=1e-6, atol=1e-6)

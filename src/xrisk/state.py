@@ -654,21 +654,26 @@ def _step_rows(value: Tensor, seen: Tensor, index: Tensor, merged: Tensor, writt
     return rows
 
 
-#: Batches of at most this many entries group their duplicates with a ``[B, B]`` equality matrix (one fused
-#: compare-and-reduce under ``torch.compile``, no sort); larger ones with one sort (``O(B log B)``). Measured at
-#: ``B = 128`` with ``bench/compile_contrastive.py`` (the sort, its ``cumsum`` and a ``scatter_reduce`` are library
-#: calls that ``torch.compile`` cannot fuse).
+#: Under ``torch.compile``, batches of at most this many entries group their duplicates with a ``[B, B]`` equality
+#: matrix (compare-and-reduce loops that inductor fuses with the rest of the step, no sort); larger ones, and every
+#: eager call (where the ``[B, B]`` ops cost more than the sort: 0.65 ms against 0.19 ms at ``B = 128`` on one CPU
+#: thread), with one sort (``O(B log B)``), whose ``sort``, ``cumsum`` and ``scatter_reduce`` inductor cannot fuse
+#: (library calls).
 EQUALITY_GROUPING_MAX = 512
+
+
+def _equality_grouping(size: int) -> bool:
+    """Group duplicates with the ``[B, B]`` equality matrix (see :data:`EQUALITY_GROUPING_MAX`)."""
+    return size <= EQUALITY_GROUPING_MAX and torch.compiler.is_compiling()
 
 
 def duplicate_groups(index: Tensor) -> Tensor:
     """``[B]`` int64: for each entry of ``index``, the id in ``[0, B)`` of its group of equal entries (equal entries
     share an id, different ones differ). Fixed shape, no host read: the duplicate structure of a batch for
-    :func:`merge_groups`. Up to :data:`EQUALITY_GROUPING_MAX` entries the id is the position of the entry's first
-    occurrence (the first ``True`` of its row of the ``[B, B]`` equality matrix, ``O(B^2)`` work that
-    ``torch.compile`` fuses into one loop); beyond, the rank of its value among the distinct values (one sort,
-    ``O(B log B)``). :func:`merge_groups` gives the same result, bit for bit, with either numbering."""
-    if index.numel() <= EQUALITY_GROUPING_MAX:
+    :func:`merge_groups`. Compiled, up to :data:`EQUALITY_GROUPING_MAX` entries, the id is the position of the entry's
+    first occurrence (the first ``True`` of its row of the ``[B, B]`` equality matrix, ``O(B^2)`` work that inductor
+    fuses into one loop); otherwise the rank of its value among the distinct values (one sort, ``O(B log B)``). :func:`merge_groups` gives the same result, bit for bit, with either numbering."""
+    if _equality_grouping(index.numel()):
         return (index.unsqueeze(1) == index.unsqueeze(0)).to(torch.uint8).argmax(1)
     ordered, order = torch.sort(index, stable=True)
     starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
@@ -677,9 +682,9 @@ def duplicate_groups(index: Tensor) -> Tensor:
 
 def _group_max(group: Tensor, kept: Tensor, grid: Tensor) -> Tensor:
     """Per entry, the maximum of ``kept`` (``[B]`` or ``[B, T]``) over its group (``-inf`` for a group without a
-    finite entry): a masked reduction over the ``[B, B]`` group equality matrix up to
-    :data:`EQUALITY_GROUPING_MAX` entries (fused under ``torch.compile``), else ``scatter_reduce`` and ``gather``."""
-    if group.numel() <= EQUALITY_GROUPING_MAX:
+    finite entry): compiled, up to :data:`EQUALITY_GROUPING_MAX` entries, a masked reduction over the ``[B, B]`` group
+    equality matrix (fused by inductor); otherwise ``scatter_reduce`` and ``gather``."""
+    if _equality_grouping(group.numel()):
         same = group.unsqueeze(1) == group.unsqueeze(0)  # [B, B]
         if kept.dim() == 1:
             return torch.where(same, kept.unsqueeze(0), float("-inf")).amax(1)

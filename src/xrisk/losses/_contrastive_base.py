@@ -46,7 +46,8 @@ objectives, state). Its rows are staged and committed like the general path's.
 path (:meth:`ContrastiveLossBase._forward_unchecked`) instead of steps 1-3 and the lean path: no value is read
 on the host (feature shapes and dtypes checked; index bounds and the finiteness of the staged rows with on-device
 asserts), every anchor's negatives are a ``[B, C]`` mask and their counts a tensor, duplicate indices are merged
-by group ids from one sort (:func:`~xrisk.state.duplicate_groups`, :func:`~xrisk.state.masked_update_state`), the
+by group ids (:func:`~xrisk.state.duplicate_groups`: compiled, a ``[B, B]`` equality matrix that inductor fuses, up to
+``B = 512``; else one sort; :func:`~xrisk.state.masked_update_state`), the
 detector's update is masked the same way, a learnable temperature's stability gate uses ``tau_min`` (always the
 shifted pass) and one learnable temperature goes to the kernel per anchor (its term is added after). The work
 depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes forward, backward and optimizer
