@@ -587,7 +587,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         else:
             pos = torch.stack([sims[v].detach().diagonal(pos_offset[v]) for v in (0, 1)], 1)
         n_excl = 1 if self_offset is None else 2
-        if device:  # every anchor's negatives as a mask; duplicates merged by group ids (one sort)
+        if device:  # every anchor's negatives as a mask; duplicates merged by group ids (duplicate_groups)
             m = col_index[None, :] != idx[:, None]  # symmetric when transposed: one mask serves both sides
             return ContrastiveBatch(
                 idx, idx_g, sims, pos, pos_offset, self_offset, [m, m], count_true(m, 1).unsqueeze(1).expand(nb, 2),
