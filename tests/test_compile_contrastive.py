@@ -231,25 +231,3 @@ def test_bench_hand_written_nuclr_is_the_nuclr_step_on_distinct_indices():
         (floor.momentum[idx], loss.zeta_momentum.value[idx], "zeta momentum"),
         (floor.zeta, loss.zeta.value, "zeta"),
     ])
-
-
-@pytest.mark.parametrize("case", ["bi-individual-glofnd", "nuclr-glofnd", "uni-individual"])
-def test_validation_off_duplicates_merged_by_equality_matrix_equal_the_sort_path(case, monkeypatch):
-    """The validation-off step with duplicates grouped by the ``[B, B]`` equality matrix (compiled steps up to
-    ``xrisk.state.EQUALITY_GROUPING_MAX``; forced here in eager mode) trains bit for bit like the same step grouped by
-    one sort (eager steps, larger batches): loss values, parameters and every state over batches with changing
-    duplicates."""
-    import xrisk.state as S
-
-    batches = _batches(8)
-    monkeypatch.setattr(S, "_equality_grouping", lambda size: True)
-    by_equality = _train(case, False, batches)
-    monkeypatch.setattr(S, "_equality_grouping", lambda size: False)
-    by_sort = _train(case, False, batches)
-    (va, na, la), (vb, nb, lb) = by_equality, by_sort
-    assert torch.equal(va, vb)
-    for p, q in zip([*na.parameters(), *la.parameters()], [*nb.parameters(), *lb.parameters()]):
-        assert torch.equal(p, q)
-    sa, sb = la.state_dict(), lb.state_dict()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]) or (sa[key].isnan() == sb[key].isnan()).all(), key

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import xrisk.state as S
 from xrisk.state import ReplicatedStateModule, SampleState, check_index, check_index_unique, write_rows
 from _dist import run_distributed
 
@@ -176,54 +175,3 @@ def test_write_rows_sets_values_and_seen_flags():
     with pytest.raises(FloatingPointError):  # checked before any write, for every state
         write_rows((st, other), torch.tensor([0]), (torch.ones(1, 2), torch.full((1, 2), float("nan"))))
     assert torch.equal(st.value, before[0]) and torch.equal(other.value, before[1])
-
-
-def _eq_path(monkeypatch, on: bool) -> None:
-    """Force the ``[B, B]`` equality-matrix grouping (``on``; by default compiled steps only) or the sort path."""
-    monkeypatch.setattr(S, "_equality_grouping", lambda size: on)
-
-
-@pytest.mark.parametrize("size,high", [(2, 1), (7, 3), (64, 20), (128, 10**6), (300, 40)])
-def test_duplicate_groups_equality_and_sort_paths_merge_the_same(size, high, monkeypatch):
-    """Both ways of grouping duplicates (``[B, B]`` equality matrix: first occurrence; sort: rank of the value) give
-    the same partition and :func:`merge_groups` the same result bit for bit, linear and log-space, with the group
-    maximum of either path, for duplicates within a batch and across the blocks of a gathered batch (two ranks)."""
-    g = torch.Generator().manual_seed(size * 7 + high)
-    index = torch.cat([torch.randint(0, high, (size // 2,), generator=g),  # rank 0's rows, then rank 1's
-                       torch.randint(0, high, (size - size // 2,), generator=g)])
-    index[-1] = index[0]  # a duplicate across the two blocks
-    _eq_path(monkeypatch, True)
-    eq = S.duplicate_groups(index)
-    _eq_path(monkeypatch, False)
-    by_sort = S.duplicate_groups(index)
-    same = index[:, None] == index[None, :]
-    assert torch.equal(eq[:, None] == eq[None, :], same) and torch.equal(by_sort[:, None] == by_sort[None, :], same)
-    assert torch.equal(eq, torch.argmax(same.to(torch.uint8), 1))  # the first occurrence
-    for shape in [(size,), (size, 2)]:
-        values = torch.randn(*shape, generator=g) * 30
-        mask = torch.rand(*shape, generator=g) < 0.7
-        for log_space in (False, True):
-            _eq_path(monkeypatch, True)
-            a = S.merge_groups(eq, values, mask, log_space=log_space)
-            _eq_path(monkeypatch, False)
-            b = S.merge_groups(by_sort, values, mask, log_space=log_space)
-            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (shape, log_space)
-
-
-def test_duplicate_groups_compiled_takes_the_equality_path_and_equals_eager():
-    """Compiled (inductor), a small batch is grouped by the equality matrix (ids: first occurrences), eager by one
-    sort; the merged rows agree."""
-    index = torch.tensor([5, 3, 5, 9, 3, 3, 1, 5])
-    values, mask = torch.randn(8, 2), torch.rand(8, 2) < 0.8
-    mask[0] = True
-
-    def step(i, v, m):
-        g = S.duplicate_groups(i)
-        return g, *S.merge_groups(g, v, m, log_space=True)
-
-    torch._dynamo.reset()
-    got = torch.compile(step, fullgraph=True)(index, values, mask)
-    want = step(index, values, mask)
-    assert got[0].tolist() == [0, 1, 0, 3, 1, 1, 6, 0] and want[0].tolist() == [2, 1, 2, 3, 1, 1, 0, 2]
-    assert torch.equal(got[2], want[2])
-    assert torch.allclose(got[1], want[1], rtol=1e-6, atol=1e-6)

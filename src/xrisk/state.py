@@ -58,7 +58,7 @@ from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetc
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
            "update_states", "write_rows", "check_index_async", "masked_update_columns", "masked_update_rows", "masked_update_state", "flat_column",
-           "duplicate_groups", "merge_groups", "EQUALITY_GROUPING_MAX"]
+           "duplicate_groups", "merge_groups"]
 
 
 def check_index(index: Tensor, num_samples: int, *, batch_size: int | None = None) -> Tensor:
@@ -654,44 +654,13 @@ def _step_rows(value: Tensor, seen: Tensor, index: Tensor, merged: Tensor, writt
     return rows
 
 
-#: Under ``torch.compile``, batches of at most this many entries group their duplicates with a ``[B, B]`` equality
-#: matrix (compare-and-reduce loops that inductor fuses with the rest of the step, no sort); larger ones, and every
-#: eager call (where the ``[B, B]`` ops cost more than the sort: 0.65 ms against 0.19 ms at ``B = 128`` on one CPU
-#: thread), with one sort (``O(B log B)``), whose ``sort``, ``cumsum`` and ``scatter_reduce`` inductor cannot fuse
-#: (library calls).
-EQUALITY_GROUPING_MAX = 512
-
-
-def _equality_grouping(size: int) -> bool:
-    """Group duplicates with the ``[B, B]`` equality matrix (see :data:`EQUALITY_GROUPING_MAX`)."""
-    return size <= EQUALITY_GROUPING_MAX and torch.compiler.is_compiling()
-
-
 def duplicate_groups(index: Tensor) -> Tensor:
     """``[B]`` int64: for each entry of ``index``, the id in ``[0, B)`` of its group of equal entries (equal entries
-    share an id, different ones differ). Fixed shape, no host read: the duplicate structure of a batch for
-    :func:`merge_groups`. Compiled, up to :data:`EQUALITY_GROUPING_MAX` entries, the id is the position of the entry's
-    first occurrence (the first ``True`` of its row of the ``[B, B]`` equality matrix, ``O(B^2)`` work that inductor
-    fuses into one loop); otherwise the rank of its value among the distinct values (one sort, ``O(B log B)``). :func:`merge_groups` gives the same result, bit for bit, with either numbering."""
-    if _equality_grouping(index.numel()):
-        return (index.unsqueeze(1) == index.unsqueeze(0)).to(torch.uint8).argmax(1)
+    share an id, different ones differ). Fixed shape, no host read, ``O(B log B)`` (one sort): the duplicate
+    structure of a batch for :func:`merge_groups` (no ``[B, B]`` equality mask)."""
     ordered, order = torch.sort(index, stable=True)
     starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
     return torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
-
-
-def _group_max(group: Tensor, kept: Tensor, grid: Tensor) -> Tensor:
-    """Per entry, the maximum of ``kept`` (``[B]`` or ``[B, T]``) over its group (``-inf`` for a group without a
-    finite entry): compiled, up to :data:`EQUALITY_GROUPING_MAX` entries, a masked reduction over the ``[B, B]`` group
-    equality matrix (fused by inductor); otherwise ``scatter_reduce`` and ``gather``."""
-    if _equality_grouping(group.numel()):
-        same = group.unsqueeze(1) == group.unsqueeze(0)  # [B, B]
-        if kept.dim() == 1:
-            return torch.where(same, kept.unsqueeze(0), float("-inf")).amax(1)
-        # [T, B, B], reduced along its contiguous last dimension (vectorised), back to [B, T]
-        cols = kept.reshape(kept.shape[0], -1).T.unsqueeze(1)
-        return torch.where(same, cols, float("-inf")).amax(2).T.reshape(kept.shape)
-    return torch.full_like(kept, float("-inf")).scatter_reduce_(0, grid, kept, "amax").gather(0, grid)
 
 
 def merge_groups(group: Tensor, values: Tensor, mask: Tensor, *, log_space: bool = False) -> tuple[Tensor, Tensor]:
@@ -701,20 +670,21 @@ def merge_groups(group: Tensor, values: Tensor, mask: Tensor, *, log_space: bool
     Row ``r`` gets the mean of ``values`` over the rows of its group where ``mask`` holds (``log_space``: ``values``
     are logs and the mean is taken of their exponentials, shifted by the group maximum); ``any[r]``: some such row
     exists (then every occurrence of the index gets the same merged value and flag). Rows without one get 0.
-    ``O(B)`` scatter work (the group maximum: see :func:`_group_max`), fixed shape, no host read; without duplicates
-    the merged value of a masked row is its own value bit for bit."""
+    ``O(B)`` scatter work, fixed shape, no host read; without duplicates the merged value of a masked row is its
+    own value bit for bit."""
     grid = group.view(-1, *([1] * (values.dim() - 1))).expand_as(values)
     count = torch.zeros_like(values).scatter_add_(0, grid, mask.to(values.dtype))
     if log_space:
         kept = torch.where(mask, values, float("-inf"))
-        shift = finite_shift(_group_max(group, kept, grid))  # a group without entries: exp(-inf - min) = 0
-        total = torch.zeros_like(values).scatter_add_(0, grid, torch.exp(kept - shift))
-        merged = torch.log(total.gather(0, grid).clamp_min(1e-38)) + shift - torch.log(count.gather(0, grid).clamp_min(1.0))
-        found = count.gather(0, grid) > 0
-        return torch.where(found, merged, torch.zeros_like(merged)), found
-    # 0 where the group has no masked entry (0 / 1)
-    merged = torch.zeros_like(values).scatter_add_(0, grid, torch.where(mask, values, 0.0)) / count.clamp_min(1.0)
-    return merged.gather(0, grid), (count > 0).gather(0, grid)
+        shift = torch.full_like(values, float("-inf")).scatter_reduce_(0, grid, kept, "amax")
+        shift = finite_shift(shift)  # a group without entries: exp(-inf - min) = 0
+        total = torch.zeros_like(values).scatter_add_(0, grid, torch.exp(kept - shift.gather(0, grid)))
+        merged = torch.log(total.clamp_min(1e-38)) + shift - torch.log(count.clamp_min(1.0))
+    else:  # 0 where the group has no masked entry (0 / 1)
+        merged = torch.zeros_like(values).scatter_add_(0, grid, torch.where(mask, values, 0.0)) / count.clamp_min(1.0)
+        return merged.gather(0, grid), (count > 0).gather(0, grid)
+    found = count > 0
+    return torch.where(found, merged, torch.zeros_like(merged)).gather(0, grid), found.gather(0, grid)
 
 
 def masked_update_state(

@@ -46,8 +46,7 @@ objectives, state). Its rows are staged and committed like the general path's.
 path (:meth:`ContrastiveLossBase._forward_unchecked`) instead of steps 1-3 and the lean path: no value is read
 on the host (feature shapes and dtypes checked; index bounds and the finiteness of the staged rows with on-device
 asserts), every anchor's negatives are a ``[B, C]`` mask and their counts a tensor, duplicate indices are merged
-by group ids (:func:`~xrisk.state.duplicate_groups`: compiled, a ``[B, B]`` equality matrix that inductor fuses, up to
-``B = 512``; else one sort; :func:`~xrisk.state.masked_update_state`), the
+by group ids from one sort (:func:`~xrisk.state.duplicate_groups`, :func:`~xrisk.state.masked_update_state`), the
 detector's update is masked the same way, a learnable temperature's stability gate uses ``tau_min`` (always the
 shifted pass) and one learnable temperature goes to the kernel per anchor (its term is added after). The work
 depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes forward, backward and optimizer
@@ -587,7 +586,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         else:
             pos = torch.stack([sims[v].detach().diagonal(pos_offset[v]) for v in (0, 1)], 1)
         n_excl = 1 if self_offset is None else 2
-        if device:  # every anchor's negatives as a mask; duplicates merged by group ids (duplicate_groups)
+        if device:  # every anchor's negatives as a mask; duplicates merged by group ids (one sort)
             m = col_index[None, :] != idx[:, None]  # symmetric when transposed: one mask serves both sides
             return ContrastiveBatch(
                 idx, idx_g, sims, pos, pos_offset, self_offset, [m, m], count_true(m, 1).unsqueeze(1).expand(nb, 2),

@@ -32,7 +32,7 @@ checked; index bounds and finite state rows with on-device asserts), the positiv
 device, the subclass hook :meth:`ScoreLoss._masked_loss` computes the same loss over the whole batch
 (pairwise losses as ``[B, B]`` matrices whose pairs that count are selected by row and column factors of
 the weights, :func:`~xrisk.functional.surrogates.factored_pairwise_sum`; duplicate indices merged through
-group ids, :func:`~xrisk.state.duplicate_groups`: a ``[B, B]`` equality matrix when compiled, else one sort), and a batch without positives gives a zero
+group ids from one sort, :func:`~xrisk.state.duplicate_groups`), and a batch without positives gives a zero
 through the same ops. The work
 depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes the step whole and does not
 recompile when the number of positives changes. Equal to the default path up to float rounding (tested).
