@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         "A/A control: replicated state again. Floor: the replicated step plus one `all_gather` of the bytes the "
         "sharded fetch moves (`B/4` rows per rank for APLoss, `B` for GCL, 5 bytes per state entry), issued after "
         "the loss's forward: what a sharded step costs if its rows travel in a round of their own. The sharded "
-        "score-loss step makes no such round (its rows ride on the scores' gather, `gather_and_open`), so it can "
-        "be below the floor; the contrastive step fetches in a round of its own. Fetch: bytes the sharded step's "
+        "score-loss step's rows ride on the scores' gather (`gather_and_open`), but the owners learn the indices "
+        "from the round before it (the targets and indices), which the replicated step packs with the scores: "
+        "one round more, as the floor; the contrastive step fetches in a round of its own. Fetch: bytes the sharded step's "
         "row fetch brings to each rank per step (values and flags as their bytes: 5 per state entry).\n\n" + tim
     )
     C.publish(SECTION, body, write=not (args.quick or args.no_write))

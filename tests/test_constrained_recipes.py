@@ -244,3 +244,20 @@ def test_fair_folds_write_out_of_fold_predictions(tmp_path, fake_root, capsys) -
     assert "must be smaller than --folds 3" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["run", "fair", "--data", "adult", "--fold", "0", "--out", str(tmp_path / "bad2")]) == 2
     assert "adult has an official train/test split" in capsys.readouterr().err
+
+
+def test_fair_validation_fold_evaluates_on_held_out_training_rows(tmp_path, fake_root, capsys) -> None:
+    from xrisk.data.fairness import load_fairness, validation_split
+
+    out = tmp_path / "val"
+    assert main([*_fair(fake_root, "--formulation", "hinge", "--epochs", "1", "--no-plot", "--fold", "1", "--folds",
+                        "3", "--split-seed", "0", "--validation-fold", "2", "--validation-folds", "3",
+                        "--out", str(out))]) == 0
+    pred = torch.load(out / "test_predictions.pt")
+    held = validation_split(load_fairness("compas", root=fake_root, seed=0, fold=1, folds=3), 2, 3, seed=0)
+    assert torch.equal(pred["target"], held.y_test) and torch.equal(pred["group"], held.group_test)
+    assert "validation fold 2 of 3" in json.loads((out / "config.json").read_text())["resolved"]["data_description"]
+    capsys.readouterr()
+    assert main([*_fair(fake_root, "--validation-fold", "3", "--validation-folds", "3",
+                        "--out", str(tmp_path / "bad"))]) == 2
+    assert "must be smaller than --validation-folds 3" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -102,12 +102,16 @@ def _naive_gather_grad(rank: int, world: int) -> torch.Tensor:
         def backward(ctx, g):  # type: ignore[override]
             return g[ctx.start : ctx.start + ctx.n]
 
-    orig = xdist.all_gather
+    def with_extras(x, extras, *, grad, sizes, extra_sizes):  # the template gathers its features with the indices
+        return _OwnSlice.apply(x), [xdist.all_gather_no_grad(e, sizes=extra_sizes) for e in extras]
+
+    orig, orig_with = xdist.all_gather, xdist.all_gather_with
     xdist.all_gather = lambda x, grad, sizes=None: _OwnSlice.apply(x)  # type: ignore[assignment]
+    xdist.all_gather_with = with_extras  # type: ignore[assignment]
     try:
         return _train(rank, world, CONFIGS["gcl-unimodal-fixed"])[0]["grad.weight"]
     finally:
-        xdist.all_gather = orig
+        xdist.all_gather, xdist.all_gather_with = orig, orig_with
 
 
 def _all_configs(rank: int, world: int) -> dict:

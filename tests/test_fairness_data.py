@@ -102,3 +102,29 @@ def test_folds_partition_the_rows_stratified(fake_root) -> None:
         load_fairness("german", root=fake_root, fold=5, folds=5)
     with pytest.raises(ValueError, match="not both"):
         load_fairness("german", root=fake_root, fold=0, test_fraction=0.2)
+
+
+def test_validation_split_partitions_the_training_rows_and_drops_the_test_rows(fake_root) -> None:
+    from xrisk.data.fairness import validation_split
+
+    d = load_fairness("german", root=fake_root, seed=1, fold=0, folds=5)
+    parts = [validation_split(d, j, 4, seed=0) for j in range(4)]
+    train_rows = {tuple(r) for r in torch.cat([d.x_train, d.y_train[:, None], d.group_train[:, None]], 1).tolist()}
+    test_rows = {tuple(r) for r in torch.cat([d.x_test, d.y_test[:, None], d.group_test[:, None]], 1).tolist()}
+    held = []
+    for v in parts:
+        assert len(v.y_train) + len(v.y_test) == len(d.y_train)
+        rows = [tuple(r) for r in torch.cat([v.x_test, v.y_test[:, None], v.group_test[:, None]], 1).tolist()]
+        fit = {tuple(r) for r in torch.cat([v.x_train, v.y_train[:, None], v.group_train[:, None]], 1).tolist()}
+        assert not set(rows) & test_rows and not fit & test_rows and not set(rows) & fit
+        held.extend(rows)
+        for c in range(4):  # stratified: each (label, group) cell dealt round-robin
+            cell = lambda y, g: int(((y + 2 * g) == c).sum())  # noqa: E731
+            assert abs(cell(v.y_test, v.group_test) - cell(d.y_train, d.group_train) / 4) <= 1
+    assert len(held) == len(d.y_train) and set(held) <= train_rows  # the 4 validation folds cover every training row
+    assert torch.equal(validation_split(d, 2, 4, seed=0).y_test, parts[2].y_test)
+    assert "validation fold 2 of 4" in parts[2].description
+    with pytest.raises(ValueError, match="fold must be an int in"):
+        validation_split(d, 4, 4)
+    with pytest.raises(ValueError, match="folds must be an int >= 2"):
+        validation_split(d, 0, 1)

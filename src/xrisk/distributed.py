@@ -40,7 +40,9 @@ the sizes, passed on with ``sizes=``), so a valid step makes no extra round trip
 checks failed, or the ranks disagree, **every** rank raises the same exception type with the same
 message, naming the rank(s) and the fault (``"GlobalContrastiveLoss: bad batch on rank 1 of 2:
 feats_a contains 1 NaN/inf value(s) ..."``); the state is untouched everywhere, so all ranks can
-skip the batch together and stay in step.
+skip the batch together and stay in step. With validation off (:func:`xrisk.set_validation`) the sites call
+:func:`agree_on_shapes` instead: the same header exchange, checked on the device with ``torch._assert_async``
+(no host read), for which every rank's batch must have the same size.
 
 **What no check can see: a rank that leaves out a call.** The agreement pairs the ranks' *next* xrisk
 calls, so it catches a bad batch, never a missing call. A rank that raises (and catches) its own error
@@ -114,6 +116,7 @@ __all__ = [
     "local_slice",
     "BatchLayout",
     "agree_on_batch",
+    "agree_on_shapes",
 ]
 
 T = TypeVar("T")
@@ -335,6 +338,56 @@ def agree_on_batch(
     reports = _gather_reports(report, [r[4] for r in headers])
     kind, message = _collective_error(site, headers, names, reports)
     raise kind(message) from error
+
+
+def agree_on_shapes(
+    site: str, validate: Callable[[], T], describe: Callable[[T], Mapping[str, Tensor | None]]
+) -> tuple[T, BatchLayout]:
+    """:func:`agree_on_batch` with validation off: no value is read on the host, so every rank's batch size must be
+    **equal** (the gathers size their buffers from this rank's shape: ``layout.sizes = (B,) * K``).
+
+    Runs ``validate()`` (this rank's checks of shapes and dtypes, which read no value), then one ``all_gather`` of
+    :func:`agree_on_batch`'s fixed-size header (the call site, the outcome of ``validate``, the batch size, the
+    dtype and trailing shape of every tensor of ``describe(result)``), then ``torch._assert_async`` that every rank
+    sent the same header. A rank whose ``validate`` raised re-raises its error after the exchange; every other
+    rank's assert fails. On CPU the assert raises ``RuntimeError`` at once, before anything else is gathered (so a
+    rank with another batch size, dtype, trailing shape or call site, or a failed check, stops every rank); on an
+    accelerator the device raises it later (the following gathers then meet buffers of other sizes: undefined,
+    like any collective of mismatched tensors). The message cannot name the rank (that would be a host read): turn
+    validation on (:func:`xrisk.set_validation`) to see it, and to train on uneven batches.
+
+    Not distributed: ``validate()`` and the layout of this rank's batch, no collective.
+    """
+    if not is_distributed():
+        out = validate()
+        first = next(iter(describe(out).values()))
+        return out, BatchLayout((0 if first is None else int(first.shape[0]),), 0)
+    error: Exception | None = None
+    out = None
+    header = [_MAGIC, _site_code(site)]
+    try:
+        out = validate()
+        described = list(describe(out).values())
+        if len(described) > _MAX_TENSORS:
+            raise RuntimeError(f"agree_on_shapes describes at most {_MAX_TENSORS} tensors, got {len(described)}")
+        n = 0 if described[0] is None else int(described[0].shape[0])
+        header += [0, n, 0, len(described)]
+        for t in described:
+            header += _describe(t)
+    except Exception as exc:  # noqa: BLE001 - re-raised below, after the exchange the other ranks wait in
+        error = exc
+        header = [_MAGIC, _site_code(site), _error_code(exc)]
+    header += [0] * (_HEADER_LEN - len(header))
+    h = torch.tensor(header, dtype=torch.long, device=_comm_device())
+    gathered = torch.empty(world_size(), _HEADER_LEN, dtype=torch.long, device=h.device)
+    dist.all_gather(list(gathered.unbind(0)), h)
+    if error is not None:
+        raise error
+    torch._assert_async((gathered == h).all(), (
+        f"{site}: with validation off every rank must send a batch of the same size, dtype and trailing shape "
+        f"(this rank: {header[3]} samples) at the same call, and pass its checks: some rank differs or failed; "
+        "turn validation on (xrisk.set_validation(True)) to see which, or to train on uneven batches"))
+    return out, BatchLayout((header[3],) * world_size(), rank())  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------ gathers

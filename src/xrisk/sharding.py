@@ -24,7 +24,8 @@ with ``K`` processes keeps only the rows of its own **shard**:
   back.
 * **Cost per step**: one ``all_gather`` of the ``U`` rows, ``5 s`` bytes per state (the float32 value and the bool
   seen flag travel as their bytes; ``s`` = entries per row) for all the states together, which in a score loss is the
-  gather of the scores itself (:func:`gather_and_open`: no extra round trip), plus ``K + 1`` integers read on the
+  gather of the scores itself (:func:`gather_and_open`; the owners learn the indices from the round before, so the
+  step makes one round trip more than with replicated state), plus ``K + 1`` integers read on the
   host (how many of the ``U`` rows each rank owns). The sort that finds the ``U`` indices also tells whether any
   repeats, so the step does not search the batch for duplicates again. The write-back is local: each rank copies
   the window rows it owns into its shard. Memory: the shard (``~n / K`` rows) plus the ``U``-row window.
@@ -35,6 +36,13 @@ Outside a step, the public :class:`~xrisk.state.SampleState` calls stay correct 
 reduces over ranks. ``state_dict()`` holds ``DTensor`` shards (global shape ``[n, ...]``) for
 :func:`xrisk.save_sharded_checkpoint` (``torch.distributed.checkpoint``); ``load_state_dict`` accepts
 them, or a full ``[n, ...]`` tensor of a replicated checkpoint, of which it keeps its own rows.
+
+**Validation off** (:func:`xrisk.set_validation`): the ``K + 1`` integers would be a host read, so the window
+has a fixed capacity instead: one slot per entry of the global batch (``G``, sorted; a repeated index uses the
+slot of its first occurrence). Every rank sends ``G`` rows (its shard's row where it owns the slot's index, any
+row elsewhere), each slot takes its owner's row (``K x G`` rows received: ``K`` times the traffic), and the
+write-back redirects every slot a rank does not own, and every repeat, to an owned first slot, so that each
+write to a shard row carries one value (one ``index_copy_``). No host read; equal to the counted window.
 
 One process (``K = 1``): a sharded state owns every row; there is no window and the step is the
 replicated one.
@@ -51,6 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from xrisk import distributed as xdist
+from xrisk._validate import validation_enabled
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch.distributed.device_mesh import DeviceMesh
@@ -204,6 +213,69 @@ def _window_positions(states: Sequence["SampleState"], index: Tensor,
     return uniq, inv, uniq.numel() == chosen.numel()
 
 
+# ----------------------------------------------------------------------------- fixed-capacity windows (validation off)
+def _fixed_positions(states: Sequence["SampleState"], index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The start of a fixed-capacity window (validation off: no host read): ``(sorted, slots, first)``, ``sorted``
+    the ``G`` entries of ``index`` in ascending order (window slot ``p`` holds the row of ``sorted[p]``), ``slots``
+    every entry's window slot (the slot of the first occurrence of its value in ``sorted``: equal indices share
+    one, order is kept) and ``first`` the same for every slot of ``sorted``. One sort, fixed shape."""
+    _check_world(states)
+    if any(st.window_open for st in states):
+        raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
+    ordered, order = torch.sort(index, stable=True)
+    ar = torch.arange(ordered.numel(), device=ordered.device)
+    starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
+    first = torch.cummax(torch.where(starts, ar, 0), 0).values
+    return ordered, torch.empty_like(order).scatter_(0, order, first), first
+
+
+def _fixed_fetch(states: Sequence["SampleState"], ordered: Tensor, first: Tensor, scores: Tensor | None = None,
+                 sizes: Sequence[int] = ()) -> tuple[Tensor | None, list[Tensor], tuple[Tensor, Tensor, Tensor]]:
+    """:func:`_fetch` without a host read: every rank sends ``G`` rows (its shard's row where it owns ``sorted[p]``,
+    any row elsewhere), so the gather's sizes are ``(G,) * K``, and slot ``p`` takes the owner's row (``K`` times the
+    traffic of the counted fetch). Returns ``(gathered scores or None, [value, seen, ...] of the G slots, the
+    write-back plan)``: ``(dest, src, any)``, this rank's shard rows ``dest [G]`` and the window slots ``src [G]``
+    whose rows go there, ``any`` whether it owns a slot (otherwise ``dest`` is row 0 and gets its own value back).
+    The slots this rank does not own are redirected to an owned slot, and a repeated index to its first slot, so
+    every write to one shard row carries one value: one ``index_copy_`` per tensor, deterministic."""
+    st0 = states[0]
+    dev, world, count = st0.shard_tensors()[0].device, st0.num_shards, ordered.numel()
+    o = ordered if ordered.device == dev else ordered.to(dev)
+    start, stop = st0.shard_start, st0.shard_stop
+    local = (o - start).clamp_(0, max(stop - start - 1, 0))
+    if stop > start:
+        sent = _row_bytes(states, local)
+    else:  # this rank owns no row at all (num_samples < K): it sends placeholders
+        width = sum(math.prod(st.shape) * t.element_size() for st in states for t in st.shard_tensors())
+        sent = torch.zeros(count, width, dtype=torch.uint8, device=dev)
+    counts = [count] * world
+    if scores is None:
+        gathered, rows = None, xdist.all_gather_many([sent], sizes=counts)[0]
+    else:
+        gathered, (rows,) = xdist.all_gather_with(scores, [sent], grad="sum", sizes=sizes, extra_sizes=counts)
+    chunk = -(-st0.num_samples // world)
+    owner = torch.div(o, chunk, rounding_mode="floor").clamp_(max=world - 1).to(rows.device)
+    rows = rows.view(world, count, -1)
+    rows = rows.gather(0, owner.view(1, count, 1).expand(1, count, rows.shape[2])).squeeze(0)
+    lo, hi = (o < start).sum(), (o < stop).sum()  # this rank's slots are [lo, hi) (sorted: contiguous)
+    owned = torch.clamp(torch.arange(count, device=dev), min=lo, max=hi - 1)
+    has = hi > lo
+    dest = torch.where(has, local.index_select(0, owned.clamp_min(0)), 0)
+    src = torch.where(has, first.to(dev).index_select(0, owned.clamp_min(0)), 0)
+    return gathered, _unpack_rows(states, rows), (dest, src, has)
+
+
+def _open_fixed(states: Sequence["SampleState"], index: Tensor, scores: Tensor | None = None,
+                sizes: Sequence[int] = ()) -> tuple[Tensor | None, Tensor]:
+    """Open a fixed-capacity window of ``G = index.numel()`` slots on ``states`` (one ``num_samples``), fetching with
+    the gather of ``scores`` if given: ``(gathered scores or None, index remapped to window slots)``."""
+    ordered, slots, first = _fixed_positions(states, index)
+    gathered, fetched, plan = _fixed_fetch(states, ordered, first, scores, sizes)
+    for k, st in enumerate(states):
+        st._begin_window(ordered, None, fetched[2 * k], fetched[2 * k + 1], plan)
+    return gathered, slots
+
+
 def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tensor, *, sizes: Sequence[int],
                     rows: Tensor | None = None) -> tuple[Tensor, Tensor, bool]:
     """:func:`open_window` for the global batch's ``index`` with the row fetch riding on the gather of this rank's
@@ -216,6 +288,9 @@ def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tens
     if len({st.num_samples for st in states}) > 1:
         gathered = xdist.all_gather(scores, grad="sum", sizes=sizes)
         return (gathered, *_open_window(states, index, rows))
+    if not validation_enabled():  # a window of G slots: no host read (every entry's row fetched; rows unused)
+        gathered, slots = _open_fixed(states, index, scores, sizes)
+        return gathered, slots, False  # type: ignore[return-value]
     uniq, inv, distinct = _window_positions(states, index, rows)
     cuts = _cuts(uniq, states[0].num_samples, states[0].num_shards)
     gathered, fetched, own = _fetch(states, uniq, cuts, scores, sizes)
@@ -241,10 +316,12 @@ def open_window(states: Sequence["SampleState"], index: Tensor, *, rows: Tensor 
 
 def _open_window(states: Sequence["SampleState"], index: Tensor, rows: Tensor | None) -> tuple[Tensor, bool]:
     """:func:`open_window` (distributed, some state); also whether the fetched entries hold distinct indices."""
-    uniq, inv, distinct = _window_positions(states, index, rows)
     groups: dict[int, list["SampleState"]] = {}
     for st in states:
         groups.setdefault(st.num_samples, []).append(st)
+    if not validation_enabled() and len(groups) == 1:  # fixed capacity: no host read
+        return _open_fixed(states, index)[1], False
+    uniq, inv, distinct = _window_positions(states, index, rows)
     for group in groups.values():  # one fetch per num_samples (the shards, hence the cuts, differ)
         cuts = _cuts(uniq, group[0].num_samples, group[0].num_shards)
         _, fetched, own = _fetch(group, uniq, cuts)

@@ -322,12 +322,18 @@ class SampleState(ReplicatedStateModule):
         window = self.__dict__.get("_window")
         return (self.value, self.seen) if window is None else (window[3], window[4])
 
-    def _begin_window(self, uniq: Tensor, cuts: list[int], value: Tensor, seen: Tensor, own: Tensor) -> None:
+    def _begin_window(self, uniq: Tensor, cuts: list[int] | None, value: Tensor, seen: Tensor,
+                      own: Tensor | tuple[Tensor, Tensor, Tensor]) -> None:
         """Swap in the fetched rows ``value``/``seen`` of the step's distinct indices ``uniq`` (see
         :func:`xrisk.sharding.open_window`); ``own``: this rank's shard rows of the window positions
-        ``[cuts[rank], cuts[rank + 1])`` (``uniq[lo:hi] - shard_start``), where :meth:`_end_window` writes back."""
+        ``[cuts[rank], cuts[rank + 1])`` (``uniq[lo:hi] - shard_start``), where :meth:`_end_window` writes back.
+        ``cuts`` None: a fixed-capacity window (validation off), ``uniq`` the sorted entries and ``own`` the
+        write-back plan ``(dest, src, any)`` of :func:`xrisk.sharding._fixed_fetch`."""
         d = self.__dict__
-        d["_window"] = (own, cuts[self.shard_rank], cuts[self.shard_rank + 1], d["value"], d["seen"])
+        if cuts is None:
+            d["_window"] = (own, None, None, d["value"], d["seen"])
+        else:
+            d["_window"] = (own, cuts[self.shard_rank], cuts[self.shard_rank + 1], d["value"], d["seen"])
         d["value"], d["seen"] = value, seen
 
     def _end_window(self, write: bool) -> None:
@@ -336,6 +342,13 @@ class SampleState(ReplicatedStateModule):
         own, lo, hi, shard_value, shard_seen = d["_window"]
         value, seen = d["value"], d["seen"]
         d["value"], d["seen"], d["_window"] = shard_value, shard_seen, None
+        if lo is None:  # fixed capacity: every slot writes (a rank without an owned slot: row 0 its own value)
+            if write and shard_value.shape[0]:
+                dest, src, has = own
+                for shard, rows in ((shard_value, value), (shard_seen, seen)):
+                    new = torch.where(has, rows.index_select(0, src), shard.index_select(0, dest))
+                    shard.index_copy_(0, dest, new)
+            return
         if write and hi > lo:
             shard_value.index_copy_(0, own, value.narrow(0, lo, hi - lo))
             shard_seen.index_copy_(0, own, seen.narrow(0, lo, hi - lo))

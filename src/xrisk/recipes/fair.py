@@ -39,6 +39,12 @@ the constrained formulations also the training estimate of the largest violation
 (:meth:`~xrisk.constrained.ConstraintFormulation.report`). ``constraints.png`` plots objective and
 violation per epoch; ``test_predictions.pt`` holds the final model's test probabilities with the test
 labels and groups (``--fold``: pool the folds' files to score every row out of fold).
+
+``--validation-fold j`` (with ``--validation-folds F``, default 4) never reads the test rows: it trains on
+the training rows outside fold ``j`` of a stratified ``F``-fold partition of the training rows and reports
+the ``test_*`` metrics (and writes ``test_predictions.pt``) on fold ``j``
+(:func:`~xrisk.data.fairness.validation_split`); pooling the ``F`` runs' predictions scores every training
+row once. Settings chosen on these numbers are chosen on training data only.
 """
 
 from __future__ import annotations
@@ -83,6 +89,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--folds", type=number(int, ge=2), default=5, help="number of folds of --fold")
     g.add_argument("--split-seed", type=number(int, ge=0, allow_none=True), default=None,
                    help="seed of the random split or fold partition (default: none, the --seed)")
+    g.add_argument("--validation-fold", type=number(int, ge=0, allow_none=True), default=None,
+                   help="training data only: train on the other training rows and evaluate (the test_* metrics) on "
+                        "this fold of a stratified --validation-folds partition of the training rows; the test "
+                        "rows are not used (default: none, evaluate on the test rows)")
+    g.add_argument("--validation-folds", type=number(int, ge=2), default=4,
+                   help="number of folds of --validation-fold")
     g = p.add_argument_group("constraints")
     g.add_argument("--formulation", choices=FORMULATIONS, default="hinge", help="constrained formulation")
     g.add_argument("--kappa", type=number(float, ge=0, lt=1), default=0.05, help="allowed group gap of TPR and FPR")
@@ -128,6 +140,9 @@ def validate(args: argparse.Namespace) -> None:
         if size % NUM_CELLS:
             raise UsageError(f"argument {flag}: the stratified constraint batch splits it equally over the "
                              f"{NUM_CELLS} (group, label) cells; needs a multiple of {NUM_CELLS}, got {size}")
+    if args.validation_fold is not None and args.validation_fold >= args.validation_folds:
+        raise UsageError(f"argument --validation-fold: must be smaller than --validation-folds "
+                         f"{args.validation_folds}, got {args.validation_fold}")
     if args.fold is None:
         return
     if args.data == "adult":
@@ -220,6 +235,11 @@ def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
 
     data = load_fairness(args.data, seed=args.seed if args.split_seed is None else args.split_seed,
                          fold=args.fold, folds=args.folds, root=args.data_root)
+    if args.validation_fold is not None:  # evaluate on held-out training rows: the test rows are never read
+        from xrisk.data.fairness import validation_split
+
+        data = validation_split(data, args.validation_fold, args.validation_folds,
+                                seed=args.seed if args.split_seed is None else args.split_seed)
     torch.manual_seed(args.seed)
     model = _model(args.model, data.x_train.shape[1])
     m = roc_fairness_num_constraints(len(args.thresholds))
