@@ -46,6 +46,7 @@ from compile_score import TraceableSGD, _compiled, _runner, _Step, compile_bench
 
 SECTION = "compile_contrastive"
 DIM, PROJ, N, TAU = 256, 128, 100_000, 0.07
+LOG2E = 1.0 / math.log(2.0)
 GOALS = {"GCL individual": 1.1, "NUCLR": 1.1, "GCL individual + GloFND": 1.3}
 
 
@@ -141,9 +142,13 @@ class HandWrittenGCL(_HandWritten):
     ``GlobalContrastiveLoss``'s defaults: the same loss value, gradients and state as the library's step when every
     index of the batch is distinct (tested in ``tests/test_compile_contrastive.py``), and nothing else -- no checks,
     no duplicate merging (a repeated index: the last write wins), no negatives mask (the diagonal only), no staged
-    or all-or-nothing commit, no objective record. The row-max shifted exponentials are kept (``tau_min = 0.01``
-    puts ``|d / tau|`` up to 200, beyond float32's exponent range). What the plain FCCO arithmetic of that loss costs
-    compiled without the library around it; not a lower bound (its ``[B, B]`` temporaries are not fused by hand)."""
+    or all-or-nothing commit, no objective record. The shifted exponentials are kept (``tau_min = 0.01`` puts
+    ``|d / tau|`` up to 200, beyond float32's exponent range), each side's shift taken on the similarities (its
+    largest negative ``s``: the positive cancels), every per-anchor vector a contiguous ``[2, B]`` row and
+    ``log2(e) / tau`` computed once (through ``exp2``/``log2``, which inductor keeps in its own buffer instead of
+    recomputing it with the temperature gather in every ``[B, B]`` entry): five ``[B, B]`` passes (two maxima, one
+    exponential pass per side with its sums, the weights with the surrogate). What the plain FCCO arithmetic of that
+    loss costs compiled without the library around it; not a lower bound."""
 
     def __init__(self, num_samples: int = N, tau: float = TAU, *, gamma: float = 0.9, rho: float = 6.5,
                  lr_tau: float = 0.03, beta_tau: float = 0.9, clip: float = 5.0, bounds=(0.01, 1.0)) -> None:
@@ -154,22 +159,27 @@ class HandWrittenGCL(_HandWritten):
         s, sd, p, eye = self.similarities(a, b)
         n = s.shape[0]
         tau = self.tau.index_select(0, idx)
-        inv = tau.reciprocal()
-        d0, d1 = sd - p[:, None], sd - p[None, :]
-        z0 = torch.where(eye, float("-inf"), d0 * inv[:, 0:1])
-        z1 = torch.where(eye, float("-inf"), d1 * inv[:, 1][None, :])
-        f0, f1 = z0.amax(1), z1.amax(0)
-        e0, e1 = torch.exp(z0 - f0[:, None]), torch.exp(z1 - f1[None, :])
-        f = torch.stack([f0, f1], 1)
-        sums = torch.stack([e0.sum(1), e1.sum(0)], 1)
+        # per-anchor vectors as [2, B] rows (contiguous operands of the [B, B] passes); log2(e) / tau through
+        # exp2/log2: inductor gives a reused result with an exponential its own buffer instead of recomputing it
+        # (with the temperature gather) in every [B, B] entry
+        tau_t = tau.T.contiguous()
+        k = torch.exp2(math.log2(LOG2E) - torch.log2(tau_t))
+        # each side's shift: its largest negative similarity (the positive cancels: d / tau - max d / tau)
+        masked = torch.where(eye, float("-inf"), sd)
+        top = torch.stack([masked.amax(1), masked.amax(0)], 0)
+        e0 = torch.where(eye, 0.0, torch.exp2((sd - top[0][:, None]) * k[0][:, None]))
+        e1 = torch.where(eye, 0.0, torch.exp2((sd - top[1][None, :]) * k[1][None, :]))
+        sums = torch.stack([e0.sum(1), e1.sum(0)], 0)
+        dots = torch.stack([(e0 * sd).sum(1), (e1 * sd).sum(0)], 0)
+        f = (top - p[None, :]) / tau_t  # exp(d_ij / tau) = e_ij exp(f)
         log_cnt = math.log(n - 1)
-        log_u = self.moving_average(idx, sums.log() + f - log_cnt, self.gamma)
-        coef = torch.exp(f - log_u - log_cnt) / n  # p_ij = e_ij * coef_i, scaled by 1 / B
-        w0, w1 = e0 * coef[:, 0:1], e1 * coef[:, 1][None, :]
-        value = torch.stack([(w0 * d0).sum(1), (w1 * d1).sum(0)], 1)
-        w = w0 + w1 - torch.diag((sums * coef).sum(1))
+        log_u = self.moving_average(idx, (sums.log() + f - log_cnt).T, self.gamma)
+        coef = torch.exp(f - log_u.T - log_cnt) / n  # p_ij = e_ij * coef_i, scaled by 1 / B
+        wrow = sums * coef
+        value = dots * coef - wrow * p[None, :]  # sum_j p_ij d_ij
+        w = e0 * coef[0][:, None] + e1 * coef[1][None, :] - torch.diag(wrow.sum(0))
         out = (w * s).sum()
-        grad = (log_u + self.rho - value * n / tau).clamp(-self.clip, self.clip)
+        grad = (log_u + self.rho - (value * n / tau_t).T).clamp(-self.clip, self.clip)
         self.write(idx, log_u, grad, self.beta_tau, self.lr_tau, tau, self.bounds)
         return out
 
@@ -299,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "per-sample `[N, 2]` states (the per-sample-temperature GCL and NUCLR each keep three: estimator, "
         "temperature or normaliser, its momentum): the batch's rows and seen flags read, a moving average, the rows "
         "written back, nothing else. The hand-written row is the per-sample-temperature GCL step written out by hand "
-        "(`HandWrittenGCL`: its plain arithmetic -- row-max shifted exponentials, moving average, weights, temperature gradient "
+        "(`HandWrittenGCL`: its plain arithmetic -- shifted exponentials (each side shifted by its largest negative similarity), moving average, weights, temperature gradient "
         "and momentum SGD -- and its three states; equal to the library's step when no index repeats, "
         "`tests/test_compile_contrastive.py`), without checks, duplicate merging, masks or staged commit: what "
         "that loss costs compiled without the library around it (not a lower bound: at B = 512 its unfused `[B, B]` "
