@@ -308,30 +308,9 @@ def agree_on_batch(
     """
     if not is_distributed():
         out = validate()
-        tensors = list(describe(out).values())
-        return out, BatchLayout((0 if tensors[0] is None else int(tensors[0].shape[0]),), 0)
-    error: Exception | None = None
-    out = None
-    names: list[str] = []
-    tensors: list[Tensor | None] = []
-    try:
-        out = validate()
-        described = describe(out)
-        names, tensors = list(described), list(described.values())
-        if len(tensors) > _MAX_TENSORS:
-            raise RuntimeError(f"agree_on_batch describes at most {_MAX_TENSORS} tensors, got {len(tensors)}")
-    except Exception as exc:  # noqa: BLE001 - reported to every rank below
-        error = exc
-    report = f"{site}\0{'' if error is None else (str(error) or type(error).__name__)}".encode()
-    header = [_MAGIC, _site_code(site), 0 if error is None else _error_code(error),
-              0 if error is not None or tensors[0] is None else int(tensors[0].shape[0]), len(report), len(tensors)]
-    for t in tensors:
-        header += _describe(t)
-    header += [0] * (_HEADER_LEN - len(header))
-    h = torch.tensor(header, dtype=torch.long, device=_comm_device())
-    bufs = [torch.empty_like(h) for _ in range(world_size())]
-    dist.all_gather(bufs, h)
-    headers = torch.stack(bufs).tolist()
+        return out, BatchLayout((_batch_size(list(describe(out).values())),), 0)
+    out, error, names, report, header = _local_header(site, validate, describe, "agree_on_batch")
+    headers = _exchange_headers(header)[1].tolist()
     ok = all(r[2] == 0 for r in headers) and all(r[1:2] + r[5:] == headers[0][1:2] + headers[0][5:] for r in headers)
     if ok:
         return out, BatchLayout(tuple(r[3] for r in headers), rank())  # type: ignore[return-value]
@@ -360,34 +339,60 @@ def agree_on_shapes(
     """
     if not is_distributed():
         out = validate()
-        first = next(iter(describe(out).values()))
-        return out, BatchLayout((0 if first is None else int(first.shape[0]),), 0)
-    error: Exception | None = None
-    out = None
-    header = [_MAGIC, _site_code(site)]
-    try:
-        out = validate()
-        described = list(describe(out).values())
-        if len(described) > _MAX_TENSORS:
-            raise RuntimeError(f"agree_on_shapes describes at most {_MAX_TENSORS} tensors, got {len(described)}")
-        n = 0 if described[0] is None else int(described[0].shape[0])
-        header += [0, n, 0, len(described)]
-        for t in described:
-            header += _describe(t)
-    except Exception as exc:  # noqa: BLE001 - re-raised below, after the exchange the other ranks wait in
-        error = exc
-        header = [_MAGIC, _site_code(site), _error_code(exc)]
-    header += [0] * (_HEADER_LEN - len(header))
-    h = torch.tensor(header, dtype=torch.long, device=_comm_device())
-    gathered = torch.empty(world_size(), _HEADER_LEN, dtype=torch.long, device=h.device)
-    dist.all_gather(list(gathered.unbind(0)), h)
+        return out, BatchLayout((_batch_size(list(describe(out).values())),), 0)
+    out, error, _, _, header = _local_header(site, validate, describe, "agree_on_shapes")
+    h, gathered = _exchange_headers(header)
     if error is not None:
         raise error
+    n = header[3]  # this rank's batch size, from the host-side header (no device read)
     torch._assert_async((gathered == h).all(), (
         f"{site}: with validation off every rank must send a batch of the same size, dtype and trailing shape "
-        f"(this rank: {header[3]} samples) at the same call, and pass its checks: some rank differs or failed; "
+        f"(this rank: {n} samples) at the same call, and pass its checks: some rank differs or failed; "
         "turn validation on (xrisk.set_validation(True)) to see which, or to train on uneven batches"))
-    return out, BatchLayout((header[3],) * world_size(), rank())  # type: ignore[return-value]
+    return out, BatchLayout((n,) * world_size(), rank())  # type: ignore[return-value]
+
+
+def _batch_size(tensors: Sequence[Tensor | None]) -> int:
+    """The batch size of a described batch: the leading size of its first tensor (0 when that one is absent)."""
+    return 0 if tensors[0] is None else int(tensors[0].shape[0])
+
+
+def _local_header(site: str, validate: Callable[[], T], describe: Callable[[T], Mapping[str, Tensor | None]],
+                  caller: str) -> tuple[T | None, Exception | None, list[str], bytes, list[int]]:
+    """This rank's side of :func:`agree_on_batch` / :func:`agree_on_shapes`: runs ``validate()`` and ``describe``
+    (an exception is caught and returned, to be raised after the exchange the other ranks wait in) and builds
+    the fixed-size header ``[magic, site, error code, batch size, report length, tensor count, (dtype, ndim,
+    trailing shape) per tensor, 0...]``. Returns ``(validate(), error, tensor names, report, header)``;
+    ``report``: the site name, a NUL byte and the error text (read by the other ranks only when the agreement
+    fails)."""
+    error: Exception | None = None
+    out = None
+    names: list[str] = []
+    tensors: list[Tensor | None] = []
+    try:
+        out = validate()
+        described = describe(out)
+        names, tensors = list(described), list(described.values())
+        if len(tensors) > _MAX_TENSORS:
+            raise RuntimeError(f"{caller} describes at most {_MAX_TENSORS} tensors, got {len(tensors)}")
+    except Exception as exc:  # noqa: BLE001 - returned, raised after the exchange
+        error = exc
+    report = f"{site}\0{'' if error is None else (str(error) or type(error).__name__)}".encode()
+    header = [_MAGIC, _site_code(site), 0 if error is None else _error_code(error),
+              0 if error is not None else _batch_size(tensors), len(report), len(tensors)]
+    for t in tensors:
+        header += _describe(t)
+    header += [0] * (_HEADER_LEN - len(header))
+    return out, error, names, report, header
+
+
+def _exchange_headers(header: list[int]) -> tuple[Tensor, Tensor]:
+    """This rank's header as a tensor on the communication device and every rank's, ``[K, _HEADER_LEN]``
+    (one ``all_gather``)."""
+    h = torch.tensor(header, dtype=torch.long, device=_comm_device())
+    gathered = torch.empty(world_size(), h.numel(), dtype=h.dtype, device=h.device)
+    dist.all_gather(list(gathered.unbind(0)), h)
+    return h, gathered
 
 
 # ------------------------------------------------------------------------------ gathers

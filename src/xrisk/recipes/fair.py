@@ -230,16 +230,13 @@ def _predict(model: nn.Module, x: Tensor) -> Tensor:
 def run(args: argparse.Namespace, ctx: RunContext) -> dict[str, Any]:
     """Train and evaluate; see the module docstring. Returns the final test metrics."""
     from xrisk.constrained import ProblemState, roc_fairness_constraints, roc_fairness_num_constraints
-    from xrisk.data.fairness import load_fairness
+    from xrisk.data.fairness import load_fairness, validation_split
     from xrisk.recipes.auc import ShuffleBatches
 
-    data = load_fairness(args.data, seed=args.seed if args.split_seed is None else args.split_seed,
-                         fold=args.fold, folds=args.folds, root=args.data_root)
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    data = load_fairness(args.data, seed=split_seed, fold=args.fold, folds=args.folds, root=args.data_root)
     if args.validation_fold is not None:  # evaluate on held-out training rows: the test rows are never read
-        from xrisk.data.fairness import validation_split
-
-        data = validation_split(data, args.validation_fold, args.validation_folds,
-                                seed=args.seed if args.split_seed is None else args.split_seed)
+        data = validation_split(data, args.validation_fold, args.validation_folds, seed=split_seed)
     torch.manual_seed(args.seed)
     model = _model(args.model, data.x_train.shape[1])
     m = roc_fairness_num_constraints(len(args.thresholds))
