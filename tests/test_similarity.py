@@ -62,6 +62,18 @@ def test_second_backward_raises():
         ga.sum().backward()
 
 
+def test_weighted_sum_second_backward_raises():
+    """The weighted-sum node is differentiable once too (its backward skips once_differentiable's wrapper only
+    when no graph is being built)."""
+    a, b = _inputs(torch.float64)
+    s, f = cosine_similarity_detached(a, b)
+    w = torch.randn(s.shape, dtype=s.dtype, generator=torch.Generator().manual_seed(4))
+    p = torch.tensor(2.0, dtype=s.dtype, requires_grad=True)  # an upstream gradient with a graph of its own
+    (ga,) = torch.autograd.grad(cosine_weighted_sum(f, w, (w * s).sum()) * p, [a], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        ga.sum().backward()
+
+
 def test_weighted_sum_node_equals_the_dot_with_the_similarity_matrix():
     """cosine_weighted_sum(cosine_similarity_detached(a, b), W, value) has the value given and the gradient of
     sum(W * cosine_similarity_matrix(a, b)), also for an upstream gradient other than 1 and one input without grad."""

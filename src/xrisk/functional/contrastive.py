@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple, Sequence, Union
 import torch
 from torch import Tensor
 
-from xrisk._tensors import finite_shift
+from xrisk._tensors import constant, finite_shift
 from xrisk._validate import validation_enabled
 
 __all__ = [
@@ -80,6 +80,12 @@ def _no_grad(x: Tensor) -> Tensor:
 def _as_anchor(t: Tensor | float, ref: Tensor) -> Tensor | float:
     """Broadcast a per-anchor tensor ``[...]`` against ``ref [..., C]``."""
     return t.unsqueeze(-1) if isinstance(t, Tensor) and t.dim() > 0 else t
+
+
+def _scalar(x: Tensor | float, like: Tensor) -> Tensor | float:
+    """A float operand as :func:`xrisk._tensors.constant` (no per-call conversion of a Python number; the same
+    value, so the same result), a tensor as itself."""
+    return constant(x, like) if isinstance(x, float) else x
 
 
 def count_true(mask: Tensor, dim: int | None = None) -> Tensor:
@@ -142,7 +148,8 @@ def log_moving_average(log_old: Tensor, log_new: Tensor, gamma: float, seen: Ten
     """
     if gamma >= 1.0:
         return log_new.clone()
-    mixed = torch.logaddexp(log_old + math.log1p(-gamma), log_new + math.log(gamma))
+    mixed = torch.logaddexp(torch.add(log_old, constant(math.log1p(-gamma), log_old)),
+                            torch.add(log_new, constant(math.log(gamma), log_new)))
     return torch.where(seen, mixed, log_new)
 
 
@@ -611,7 +618,7 @@ def _gcl_tau_terms(
     """Step 4 of :func:`gcl_fcco`: ``tau_grad`` of per-anchor temperatures, or the term of one learnable ``tau``."""
     tau_grad = None
     if per_anchor:
-        tau_grad = torch.addcdiv(log_den + rho if rho else log_den, value, _no_grad(tau), value=-1.0 / scale)  # type: ignore[arg-type]
+        tau_grad = torch.addcdiv(torch.add(log_den, constant(rho, log_den)) if rho else log_den, value, _no_grad(tau), value=-1.0 / scale)  # type: ignore[arg-type]
         if some_empty:
             tau_grad = torch.where(valid, tau_grad, 0.0)
     elif isinstance(tau, Tensor):  # one temperature: d/dtau of the surrogate is sum_iv tau_grad_iv
@@ -700,9 +707,10 @@ def _weight_coef(shift: Tensor | None, log_den: Tensor, log_cnt: Tensor | float,
     """``scale * exp(shift - log_den - log_cnt)`` per anchor and side: the factor turning :func:`row_exp`'s
     ``e_ij`` into the scaled weight ``p_ij`` (``shift`` None: 0)."""
     log_c = math.log(scale) - log_cnt  # a float for a constant count: two kernels in all
+    c = constant(log_c, log_den) if isinstance(log_c, float) else log_c
     if shift is None:
-        return torch.sub(log_c, log_den).exp_()
-    return torch.sub(shift, log_den).add_(log_c).exp_()
+        return torch.sub(c, log_den).exp_()
+    return torch.sub(shift, log_den).add_(c).exp_()
 
 
 def _log_den(log_u: Tensor, eps: float) -> Tensor:
@@ -738,7 +746,7 @@ def _square_masks(neg: Sequence[Tensor | None]) -> tuple[Tensor | None, Tensor |
 def _shared_exp(sd: Tensor, inv: float, m0: Tensor | None, m1: Tensor | None) -> tuple[Tensor, Tensor]:
     """``exp(sd / tau)`` restricted to each side's negatives (masks from :func:`_square_masks`): one matrix for
     both sides when they share their negatives (zeroed diagonal in place without masks)."""
-    k = torch.mul(sd, inv * LOG2E).exp2_()
+    k = torch.mul(sd, constant(inv * LOG2E, sd)).exp2_()
     if m0 is None:
         k.diagonal().zero_()
         return k, k
@@ -790,11 +798,11 @@ def _gcl_square(
         f: Tensor | None = (p * -inv).unsqueeze(1)  # both sides share the positive's factor exp(-pos / tau)
     else:
         if per_anchor:  # [2, B] rows, each contiguous (a strided broadcast operand halves the speed of the pass)
-            ivt = _no_grad(tau).T.contiguous().reciprocal_().mul_(LOG2E)  # type: ignore[union-attr]  # base 2
-            bias = torch.mul(ivt, p).neg_()  # -pos / tau (base 2)
+            ivt = _no_grad(tau).T.contiguous().reciprocal_().mul_(constant(LOG2E, sd))  # type: ignore[union-attr]  # base 2
+            (iv0, iv1), (b0, b1) = ivt.unbind(0), torch.mul(ivt, p).neg_().unbind(0)  # bias -pos / tau (base 2)
             # side 0: per row, as a multiply and an add (addcmul with [B, 1] operands is twice as slow on CPU)
-            e0 = torch.mul(sd, ivt[0].unsqueeze(1)).add_(bias[0].unsqueeze(1))
-            e1 = torch.addcmul(bias[1], sd, ivt[1])  # side 1: a [B] vector broadcasts along the columns
+            e0 = torch.mul(sd, iv0.unsqueeze(1)).add_(b0.unsqueeze(1))
+            e1 = torch.addcmul(b1, sd, iv1)  # side 1: a [B] vector broadcasts along the columns
         else:
             b = p * (-inv * LOG2E)  # base 2
             e0 = torch.add(b.unsqueeze(1), sd, alpha=inv * LOG2E)
@@ -802,7 +810,7 @@ def _gcl_square(
         e0, e1, f = _square_exps(e0, e1, m0, m1, stable, some_empty)
     s = torch.stack([e0.sum(1), e1.sum(0)], 1)  # [B, 2]: sum_j e_ij over each anchor's negatives
     log_g = s.log() if f is None else s.log().add_(f)
-    log_u = _no_grad(estimator(log_g.sub_(log_cnt), valid))
+    log_u = _no_grad(estimator(log_g.sub_(_scalar(log_cnt, log_g)), valid))
     log_den = _log_den(log_u, eps)
     coef = _weight_coef(f, log_den, log_cnt, scale)  # p_ij = e_ij * coef_i
     wrow = s.mul_(coef)  # sum_j p_ij = scale exp(log_g - log(eps + u))
@@ -961,16 +969,18 @@ def nuclr_fcco_square(
         e0 = torch.add(torch.sub(zi[:, 0], p.unsqueeze(1), alpha=inv2), sd, alpha=inv2)  # side 0: anchor i per row
         e1 = torch.add(torch.sub(zi[:, 1].unsqueeze(1), p, alpha=inv2), sd, alpha=inv2)  # side 1: anchor j per column
         k0, k1, f = _square_exps(e0, e1, m0, m1, True, some_empty)
-        z = None
+        z = z0 = z1 = None
         shift = f.neg_()  # type: ignore[union-attr]  # log of the factor left out of k: exp(l) = k exp(-shift)
         s = torch.stack([k0.sum(1), k1.sum(0)], 1)  # [B, 2]: sum over each anchor's negatives
     else:  # one exp(sim / tau) for both sides; zv = exp(-(zeta_v - min zeta_v) / tau) per column
         k0, k1 = _shared_exp(sd, inv, m0, m1)
         zmin = zeta.amin(0) if zeta_min is None else zeta_min
-        z = torch.sub(zmin, zeta).mul_(inv).exp_()  # [B, 2], in (0, 1]
-        shift = torch.add(p.unsqueeze(1), zmin).mul_(inv)  # log of exp(-(pos_i + min zeta_v) / tau), left out of k z
-        s = torch.stack([torch.mv(k0, z[:, 0]), torch.mv(k1.T, z[:, 1])], 1)  # [B, 2]: sum_j k_ij zv_j
-    log_g = s.log().sub_(shift).sub_(log_cnt)
+        c_inv = constant(inv, sd)
+        z = torch.sub(zmin, zeta).mul_(c_inv).exp_()  # [B, 2], in (0, 1]
+        z0, z1 = z.unbind(1)
+        shift = torch.add(p.unsqueeze(1), zmin).mul_(c_inv)  # log of exp(-(pos_i + min zeta_v) / tau), left out of k z
+        s = torch.stack([torch.mv(k0, z0), torch.mv(k1.T, z1)], 1)  # [B, 2]: sum_j k_ij zv_j
+    log_g = s.log().sub_(shift).sub_(_scalar(log_cnt, s))
     log_u = _no_grad(estimator(log_g, valid))
     a = torch.logaddexp(log_u, log_pos).add_(shift).neg_().exp_()  # the weights' per-anchor factor, 1 / Z e^shift
     a0, a1 = a.unbind(1)
@@ -978,17 +988,17 @@ def nuclr_fcco_square(
     col_weight = torch.stack([torch.mv(k0.T, a0), torch.mv(k1, a1)], 1)
     if z is not None:
         col_weight.mul_(z)
-    b = a.mul_(scale / cnt) if isinstance(cnt, float) else a.mul_(scale).div_(cnt)
+    b = a.mul_(constant(scale / cnt, a)) if isinstance(cnt, float) else a.mul_(scale).div_(cnt)  # in place: b is a
     wrow = s.mul_(b)  # sum_j w_ij / |N_iv| (scaled) = scale g / Z
     if some_empty:  # anchors without negatives: no weight
         wrow = torch.where(valid, wrow, 0.0)
-    b0, b1 = b.unbind(1)
+    b0, b1 = a0, a1  # the columns of a, which was scaled in place into b
     if z is None:
         w = k0.mul_(b0.unsqueeze(1)).add_(k1.mul_(b1))
     elif k0 is k1:
-        w = k0.mul_(torch.addr(torch.outer(b0, z[:, 0]), z[:, 1], b1))
+        w = k0.mul_(torch.addr(torch.outer(b0, z0), z1, b1))
     else:
-        w = k0.mul_(torch.outer(b0, z[:, 0])).add_(k1.mul_(torch.outer(z[:, 1], b1)))
+        w = k0.mul_(torch.outer(b0, z0)).add_(k1.mul_(torch.outer(z1, b1)))
     w.diagonal().sub_(wrow.sum(1))
     col_count: Tensor | int
     if m0 is None and m1 is None:

@@ -29,7 +29,7 @@ Jacobian, without the ``[R, C]`` gradient of ``S`` and the nodes of a separate `
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -102,10 +102,19 @@ class CosineFactors(NamedTuple):
 def cosine_similarity_detached(a: Tensor, b: Tensor) -> tuple[Tensor, CosineFactors]:
     """``(S, factors)``: ``S [R, C]`` the values of :func:`cosine_similarity_matrix` without autograd, and the
     factors with which :func:`cosine_weighted_sum` records ``sum(stopgrad(W) * S)`` as one node of ``a``, ``b``."""
-    with torch.no_grad():
-        ah, na = _normalize(a)
-        bh, nb = _normalize(b)
-        return ah @ bh.T, CosineFactors(a, b, ah, na, bh, nb)
+    ah, na = _normalize(a.detach())  # detached inputs: nothing recorded (cheaper than entering torch.no_grad())
+    bh, nb = _normalize(b.detach())
+    return ah @ bh.T, CosineFactors(a, b, ah, na, bh, nb)
+
+
+def _weighted_sum_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+    w, ah, na, bh, nb = ctx.saved_tensors
+    ga = _normalize_backward(w @ bh, ah, na, grad) if ctx.needs_input_grad[0] else None
+    gb = _normalize_backward(w.T @ ah, bh, nb, grad) if ctx.needs_input_grad[1] else None
+    return ga, gb, None, None, None, None, None, None
+
+
+_weighted_sum_backward_once = torch.autograd.function.once_differentiable(_weighted_sum_backward)
 
 
 class _CosineWeightedSum(torch.autograd.Function):
@@ -116,12 +125,13 @@ class _CosineWeightedSum(torch.autograd.Function):
         return value.detach().clone() if value.requires_grad else value.clone()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        w, ah, na, bh, nb = ctx.saved_tensors
-        ga = _normalize_backward(w @ bh, ah, na, grad) if ctx.needs_input_grad[0] else None
-        gb = _normalize_backward(w.T @ ah, bh, nb, grad) if ctx.needs_input_grad[1] else None
-        return ga, gb, None, None, None, None, None, None
+        # A plain backward runs with grad mode off, so the body records nothing; once_differentiable's wrapper (a
+        # no_grad block, a few us per step) is needed only under create_graph=True, where it makes a second
+        # differentiation raise
+        if torch.is_grad_enabled():
+            return _weighted_sum_backward_once(ctx, grad)
+        return _weighted_sum_backward(ctx, grad)
 
 
 def cosine_weighted_sum(factors: CosineFactors, weights: Tensor, value: Tensor) -> Tensor:

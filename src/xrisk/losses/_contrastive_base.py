@@ -161,7 +161,10 @@ class ContrastiveBatch:
 def exp_limit(dtype: torch.dtype) -> float:
     """Largest exponent the kernels' unshifted (``stable=False``) passes accept in ``dtype`` (far inside its
     range, room left for sums over a batch); 0 for other dtypes (always shift)."""
-    return {torch.float32: 60.0, torch.float64: 600.0}.get(dtype, 0.0)
+    return _EXP_LIMITS.get(dtype, 0.0)
+
+
+_EXP_LIMITS = {torch.float32: 60.0, torch.float64: 600.0}
 
 
 def moving_average_rows(state: SampleState, index: Tensor, log_new: Tensor, gamma: float) -> Tensor:

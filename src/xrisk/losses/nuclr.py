@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from xrisk import distributed as xdist
+from xrisk._tensors import constant
 from xrisk._validate import check_positive, check_unit_interval
 from xrisk.functional.contrastive import ReferencePair, WeightedSum, nuclr_fcco, nuclr_fcco_square
 from xrisk.losses._contrastive_base import (
@@ -37,7 +38,7 @@ def _zeta_grad(col_weight: Tensor, count: Tensor | int) -> Tensor:
     """``1 - col_weight / count``: ``n dL/dzeta`` of the columns, each a negative of ``count`` anchors (every
     count ``>= 1``)."""
     if isinstance(count, int):
-        return torch.rsub(col_weight, 1.0, alpha=1.0 / count)
+        return torch.sub(constant(1.0, col_weight), col_weight, alpha=1.0 / count)  # rsub(x, 1.0, alpha) is this op
     return torch.div(col_weight, -count).add_(1.0)
 
 
