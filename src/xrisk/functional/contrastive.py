@@ -820,7 +820,8 @@ def _gcl_square(
     # operand makes the [B, B] product scalar code
     value = None
     if need_value and per_anchor:  # value_iv = coef_iv sum_{j != i} e_ij s_ij - (sum_j p_ij) s_ii (e: 0 on the diagonal)
-        value = torch.stack([torch.linalg.vecdot(e0, sd, dim=1), torch.linalg.vecdot(e1, sd, dim=0)], 1)
+        # per side sum_j e_ij s_ij: linalg.vecdot's own mul and sum for real inputs, without its wrapper
+        value = torch.stack([torch.mul(e0, sd).sum(1), torch.mul(e1, sd).sum(0)], 1)
         value = value.mul_(coef).addcmul_(wrow, p.unsqueeze(1), value=-1.0)
     if e0 is e1:
         w = e0.mul_(coef[:, 0:1] + coef[:, 1])

@@ -34,6 +34,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from xrisk._tensors import constant
+
 __all__ = ["cosine_similarity_matrix", "cosine_gram", "cosine_similarity_detached", "cosine_weighted_sum",
            "CosineFactors"]
 
@@ -49,7 +51,8 @@ def _normalize(x: Tensor) -> tuple[Tensor, Tensor]:
 def _normalize_backward(g: Tensor, xh: Tensor, n: Tensor, grad: Tensor | None = None) -> Tensor:
     """Gradient w.r.t. ``x`` of ``xh = x / max(||x||, eps)`` given ``g = dL/dxh`` (rows); ``grad``: a 0-dim factor
     of ``g`` left out of it (applied with the ``[R, 1]`` division)."""
-    dot = torch.linalg.vecdot(xh, g, dim=1).unsqueeze(1).mul_(n > _EPS)  # clamped rows: a plain scaling
+    # <xh, g> per row: linalg.vecdot's own mul and sum for real inputs, keeping the dim (no wrapper, no unsqueeze)
+    dot = torch.mul(xh, g).sum(1, keepdim=True).mul_(torch.gt(n, constant(_EPS, n)))  # clamped rows: a plain scaling
     out = torch.addcmul(g, xh, dot, value=-1.0)
     return out.div_(n) if grad is None else out.mul_(torch.div(grad, n))
 

@@ -243,7 +243,7 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
             tau = like_tensor(tau, like)
             return tau, value, value  # a float tau_g: the parameter changes in place after the step
         if self.temperature == "individual":
-            values = self.tau_individual.tensors()[0]
+            values = self._modules["tau_individual"].tensors()[0]  # type: ignore[union-attr]  # (a plain dict read)
             tau_g = values.index_select(0, index_g.to(values.device))
             tau = tau_g if start == 0 and tau_g.shape[0] == like.shape[0] else tau_g[start : start + like.shape[0]]
             tau = like_tensor(tau, like)
