@@ -618,7 +618,8 @@ def _gcl_tau_terms(
     """Step 4 of :func:`gcl_fcco`: ``tau_grad`` of per-anchor temperatures, or the term of one learnable ``tau``."""
     tau_grad = None
     if per_anchor:
-        tau_grad = torch.addcdiv(torch.add(log_den, constant(rho, log_den)) if rho else log_den, value, _no_grad(tau), value=-1.0 / scale)  # type: ignore[arg-type]
+        base = torch.add(log_den, constant(rho, log_den)) if rho else log_den
+        tau_grad = torch.addcdiv(base, value, _no_grad(tau), value=-1.0 / scale)  # type: ignore[arg-type]
         if some_empty:
             tau_grad = torch.where(valid, tau_grad, 0.0)
     elif isinstance(tau, Tensor):  # one temperature: d/dtau of the surrogate is sum_iv tau_grad_iv
@@ -798,8 +799,9 @@ def _gcl_square(
         f: Tensor | None = (p * -inv).unsqueeze(1)  # both sides share the positive's factor exp(-pos / tau)
     else:
         if per_anchor:  # [2, B] rows, each contiguous (a strided broadcast operand halves the speed of the pass)
-            ivt = _no_grad(tau).T.contiguous().reciprocal_().mul_(constant(LOG2E, sd))  # type: ignore[union-attr]  # base 2
-            (iv0, iv1), (b0, b1) = ivt.unbind(0), torch.mul(ivt, p).neg_().unbind(0)  # bias -pos / tau (base 2)
+            ivt = _no_grad(tau).T.contiguous().reciprocal_().mul_(constant(LOG2E, sd))  # type: ignore[union-attr]
+            # 1 / tau and the bias -pos / tau, both in base 2
+            (iv0, iv1), (b0, b1) = ivt.unbind(0), torch.mul(ivt, p).neg_().unbind(0)
             # side 0: per row, as a multiply and an add (addcmul with [B, 1] operands is twice as slow on CPU)
             e0 = torch.mul(sd, iv0.unsqueeze(1)).add_(b0.unsqueeze(1))
             e1 = torch.addcmul(b1, sd, iv1)  # side 1: a [B] vector broadcasts along the columns
