@@ -466,7 +466,7 @@ def _noise_line(name: str, summary: dict, evals: dict, ours: str = "hinge (ours)
         return f"[{interval[0]:{fmt}}, {interval[1]:{fmt}}]"
 
     s = summary[(name, ours)]
-    words = [f"the hinge penalty's feasibility {decided(s['gap'], bound)} (test max gap {BOOT_LEVEL:.0%} interval "
+    words = [f"the hinge penalty's feasibility is {decided(s['gap'], bound)} (test max gap {BOOT_LEVEL:.0%} interval "
              f"{show(s['gap'])} {'contains' if inside(s['gap'], bound) else 'excludes'} {bound:g}; gap <= {bound:g} "
              f"in {s['share']:.0%} of replicates)"]
     others = [m for d, m in summary if d == name and m != ours]

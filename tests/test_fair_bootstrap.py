@@ -143,12 +143,12 @@ def _summary(gap: tuple[float, float], diff: tuple[float, float]) -> tuple[dict,
 def test_verdict_line_says_which_decisions_the_data_make():
     summary, evals = _summary((0.04, 0.07), (-0.02, -0.005))
     line = bench._noise_line("d", summary, evals)
-    assert "feasibility within sampling noise" in line and "contains 0.06" in line
+    assert "feasibility is within sampling noise" in line and "contains 0.06" in line
     assert "baseline -0.010 [-0.020, -0.005]: decided by the data" in line
     assert "own feasibility is within sampling noise: none" in line
     summary, evals = _summary((0.02, 0.05), (-0.02, 0.005))
     line = bench._noise_line("d", summary, evals)
-    assert "feasibility decided by the data" in line and "excludes 0.06" in line
+    assert "feasibility is decided by the data" in line and "excludes 0.06" in line
     assert "[-0.020, +0.005]: within sampling noise" in line
 
 
