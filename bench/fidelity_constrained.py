@@ -12,7 +12,8 @@ Parts (``--parts bnmfcvs``; each writes its table into the ``fidelity-constraine
 * ``f`` fairness: ``xrisk run fair`` on Adult, COMPAS and German credit with the hinge penalty (one
   constant ``beta`` for all three), the squared hinge (same ``beta``, and ``10 beta``), the
   Lagrangian (SGDA) and no constraint, next to fairlearn's ``ExponentiatedGradient`` (equalized odds,
-  logistic regression) and cooper's Lagrangian (``SimultaneousOptimizer``, same constraints and steps);
+  logistic regression) and cooper's Lagrangian (``SimultaneousOptimizer``, same constraints and steps), with a
+  bootstrap of the test rows (cell-stratified, paired across methods) saying which verdict lines the rows decide;
 * ``c`` continual learning: ``xrisk run continual`` on Fashion-MNIST, 5 tasks: constrained (hinge
   penalty) vs plain fine-tuning vs rehearsal;
 * ``v`` convergence on problems with known solutions: a stochastic convex QP (solution from scipy), a
