@@ -12,7 +12,8 @@ Parts (``--parts bnmfcvs``; each writes its table into the ``fidelity-constraine
 * ``f`` fairness: ``xrisk run fair`` on Adult, COMPAS and German credit with the hinge penalty (one
   constant ``beta`` for all three), the squared hinge (same ``beta``, and ``10 beta``), the
   Lagrangian (SGDA) and no constraint, next to fairlearn's ``ExponentiatedGradient`` (equalized odds,
-  logistic regression) and cooper's Lagrangian (``SimultaneousOptimizer``, same constraints and steps);
+  logistic regression) and cooper's Lagrangian (``SimultaneousOptimizer``, same constraints and steps), with a
+  bootstrap of the test rows (cell-stratified, paired across methods) saying which verdict lines the rows decide;
 * ``c`` continual learning: ``xrisk run continual`` on Fashion-MNIST, 5 tasks: constrained (hinge
   penalty) vs plain fine-tuning vs rehearsal;
 * ``v`` convergence on problems with known solutions: a stochastic convex QP (solution from scipy), a
@@ -291,6 +292,194 @@ def _pooled(name: str, runs: list[dict]) -> dict:
     return {k: v for k, v in fairness_metrics(prob.double(), y, g, THRESHOLDS, KAPPA).items() if k in keys}
 
 
+# the sampling noise of the test rows (part f): a bootstrap of the evaluation rows, the trained models fixed
+BOOT_REPLICATES = 2000  # replicates of the bootstrap over the test rows
+BOOT_SEED = 0  # its generator's seed (the same draws for every method of a data set: paired comparisons)
+BOOT_LEVEL = 0.90  # central percentile interval
+BOOT_CHUNK = 250  # replicates drawn and evaluated at a time (bounds the [rows, replicates] count matrix)
+
+
+def bootstrap_counts(cell: torch.Tensor, replicates: int, generator: torch.Generator) -> torch.Tensor:
+    """``[n, replicates]`` float32 (integers, exact): how often each of the ``n`` rows is drawn in each replicate
+    when the rows of every cell (equal value of ``cell``, e.g. ``2 group + label``) are resampled with replacement
+    to the cell's own size, so every replicate keeps every cell's size (each column sums to ``n``). Rows first: a
+    subset of rows is a contiguous gather."""
+    counts = torch.zeros(cell.numel(), replicates, dtype=torch.float32)
+    for c in cell.unique().tolist():
+        rows = (cell == c).nonzero().squeeze(1)
+        k = rows.numel()
+        draws = torch.randint(k, (replicates, k), generator=generator) + k * torch.arange(replicates).unsqueeze(1)
+        counts[rows] = torch.bincount(draws.reshape(-1), minlength=replicates * k).reshape(replicates, k).t().float()
+    return counts
+
+
+def weighted_auroc(scores: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``[R]`` (``scores [n]``) or ``[M, R]`` (``scores [M, n]``, ``M`` models' scores of the same rows) float64 AUROC
+    with row ``i`` counted ``weights[i, r]`` times, ties 1/2 (0/1 ``targets [n]``):
+    ``sum_{i pos, j neg} w_i w_j (1[s_i > s_j] + 1[s_i = s_j] / 2) / (W_pos W_neg)`` (with integer weights, the
+    AUROC of the rows repeated that often). The running sum of the smaller class's weights in score order is
+    looked up at every row of the other class (below it and up to its ties). Running sums and products are taken
+    in the weights' dtype (exact for integer counts below 2^24 in float32, as ``bootstrap_counts`` gives), the
+    sums over rows and the ratios in float64."""
+    y = targets.bool()
+    positives_small = int(y.sum()) * 2 <= y.numel()
+    small = y if positives_small else ~y
+    rows_small, rows_other = small.nonzero().squeeze(1), (~small).nonzero().squeeze(1)
+    w_small, w_other = weights[rows_small], weights[rows_other]
+    total = w_other.sum(0, dtype=torch.float64) * w_small.sum(0, dtype=torch.float64)
+    zero = weights.new_zeros(1, weights.shape[1])
+    out = []
+    for s in scores.double().reshape(-1, y.numel()):
+        values, order = torch.sort(s[rows_small])
+        cum = torch.cat([zero, w_small[order].cumsum(0)])
+        lo = torch.searchsorted(values, s[rows_other])  # rows of the smaller class scored below each other row
+        hi = torch.searchsorted(values, s[rows_other], right=True)  # ... below or tied
+        pairs = (w_other * (cum[lo] + cum[hi])).sum(0, dtype=torch.float64) / 2  # sum_j w_j (below_j + tied_j / 2)
+        out.append(1.0 - pairs / total if positives_small else pairs / total)  # pairs: the negative ranked higher
+    return out[0] if scores.dim() == 1 else torch.stack(out)
+
+
+def weighted_max_gap(prob: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor, thresholds: list[float],
+                     weights: torch.Tensor) -> torch.Tensor:
+    """``[R]`` (``prob [n]``) or ``[M, R]`` (``prob [M, n]``, ``M`` models' predictions of the same rows): the largest
+    group gap of FPR/TPR over ``thresholds`` with exact rates (``1[prob >= theta]``, as
+    ``xrisk.recipes.fair.fairness_metrics``) and row ``i`` counted ``weights[i, r]`` times; a label's gap counts
+    only where both groups have weight; NaN where no label does. Sums in the weights' dtype (exact for integer
+    counts below 2^24 in float32), rates in float64."""
+    theta = torch.tensor(thresholds, dtype=torch.float64)
+    runs = prob.double().reshape(-1, prob.shape[-1])  # [M, n]
+    hit = (runs.t().unsqueeze(2) >= theta).to(weights.dtype).reshape(runs.shape[1], -1)  # [n, M K]
+    cell = groups.long() * 2 + targets.long()
+    sums, mass = [], []
+    for c in range(4):  # cell c = 2 group + label
+        w = weights[cell == c]  # [n_c, R]
+        sums.append((w.t() @ hit[cell == c]).double().reshape(weights.shape[1], runs.shape[0], -1))  # [R, M, K]
+        mass.append(w.sum(0).double())
+    rates = [t / m.clamp_min(1e-300)[:, None, None] for t, m in zip(sums, mass)]
+    gaps = torch.stack([(rates[2 + y] - rates[y]).abs() for y in (0, 1)], 2)  # [R, M, label, K]
+    observable = torch.stack([(mass[y] > 0) & (mass[2 + y] > 0) for y in (0, 1)], 1)  # [R, label]
+    gaps = gaps.masked_fill(~observable[:, None, :, None], -math.inf).amax((2, 3))  # [R, M]
+    gaps = gaps.masked_fill(gaps == -math.inf, math.nan).t()
+    return gaps[0] if prob.dim() == 1 else gaps
+
+
+def percentile_interval(x: torch.Tensor, level: float = BOOT_LEVEL) -> tuple[float, float]:
+    """The central ``level`` percentile interval of the replicates ``x [R]``."""
+    lo, hi = torch.quantile(x.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)
+
+
+def _eval_rows(name: str, runs: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(prob [M, n] float64, target [n], group [n])``, the rows ``_pooled`` evaluates: Adult, the ``M`` runs'
+    predictions of the same official test rows; COMPAS/German, the runs' pooled out-of-fold predictions (``M = 1``)."""
+    pred = [r["predictions"] for r in runs]
+    if name != "adult":
+        return (torch.cat([p["prob"] for p in pred]).double().unsqueeze(0), torch.cat([p["target"] for p in pred]),
+                torch.cat([p["group"] for p in pred]))
+    y, g = pred[0]["target"], pred[0]["group"]
+    if any(not (torch.equal(p["target"], y) and torch.equal(p["group"], g)) for p in pred):
+        raise RuntimeError("adult: the runs' test rows differ; the bootstrap needs the same rows in every run")
+    return torch.stack([p["prob"].double() for p in pred]), y, g
+
+
+def _replicate_stats(prob: torch.Tensor, y: torch.Tensor, g: torch.Tensor, w: torch.Tensor) -> tuple:
+    """``(max gap [R], AUROC [R])`` of one method under weights ``w``: the mean over its runs (Adult; ``prob [M, n]``)
+    of each run's value, as the table's Adult rows (COMPAS/German: ``M = 1``). AUROC on float32 scores, as
+    ``fairness_metrics``."""
+    gap = weighted_max_gap(prob, y, g, THRESHOLDS, w).mean(0)
+    auc = weighted_auroc(prob.float(), y, w).mean(0)
+    return gap, auc
+
+
+def _fair_bootstrap(results: dict, evals: dict) -> dict:
+    """Per (data set, method): the bootstrap replicates of its test max gap and test AUROC (``BOOT_REPLICATES``,
+    generator seed ``BOOT_SEED``, the same resampled rows for every method of a data set), rows resampled within
+    each (group, label) cell; the trained models are fixed (only the test rows are resampled). Checks that the
+    statistic on the unresampled rows is the table's value."""
+    out = {}
+    for name in dict.fromkeys(d for d, _ in results):
+        methods = [m for d, m in results if d == name]
+        rows = {m: _eval_rows(name, results[(name, m)]) for m in methods}
+        _, y, g = rows[methods[0]]
+        if any(not (torch.equal(r[1], y) and torch.equal(r[2], g)) for r in rows.values()):
+            raise RuntimeError(f"{name}: the methods' test rows differ; a paired bootstrap needs the same rows")
+        ones = torch.ones(y.numel(), 1, dtype=torch.float64)
+        for m in methods:
+            gap, auc = _replicate_stats(rows[m][0], y, g, ones)
+            ev = evals[(name, m)]
+            if abs(float(gap) - ev["test_max_gap"]) > 1e-9 or abs(float(auc) - ev["test_auroc"]) > 1e-9:
+                raise RuntimeError(f"{name} {m}: the bootstrap statistic ({float(gap)}, {float(auc)}) is not the "
+                                   f"table's ({ev['test_max_gap']}, {ev['test_auroc']})")
+        generator = torch.Generator().manual_seed(BOOT_SEED)
+        reps: dict = {m: ([], []) for m in methods}
+        done = 0
+        while done < BOOT_REPLICATES:
+            w = bootstrap_counts(g.long() * 2 + y.long(), min(BOOT_CHUNK, BOOT_REPLICATES - done), generator)
+            for m in methods:
+                for acc, x in zip(reps[m], _replicate_stats(rows[m][0], y, g, w)):
+                    acc.append(x)
+            done += w.shape[1]
+        for m in methods:
+            out[(name, m)] = {"gap": torch.cat(reps[m][0]), "auroc": torch.cat(reps[m][1])}
+    return out
+
+
+def _noise_summary(boot: dict, evals: dict, ours: str = "hinge (ours)") -> dict:
+    """Per (data set, method): 90 % intervals of the test max gap and AUROC, the share of replicates with gap <=
+    kappa + 0.01, and the paired interval of the AUROC difference ``ours`` minus the method."""
+    out = {}
+    for (name, m), r in boot.items():
+        s = {"gap": percentile_interval(r["gap"]), "share": float((r["gap"] <= KAPPA + 0.01).double().mean()),
+             "auroc": percentile_interval(r["auroc"])}
+        if m != ours:
+            s["diff"] = evals[(name, ours)]["test_auroc"] - evals[(name, m)]["test_auroc"]
+            s["diff_interval"] = percentile_interval(boot[(name, ours)]["auroc"] - r["auroc"])
+        out[(name, m)] = s
+    return out
+
+
+def _noise_table(summary: dict, evals: dict) -> str:
+    rows = []
+    for (name, m), s in summary.items():
+        ev = evals[(name, m)]
+        rows.append([name, m, f"{ev['test_max_gap']:.3f}", "[{:.3f}, {:.3f}]".format(*s["gap"]), f"{s['share']:.2f}",
+                     f"{ev['test_auroc']:.3f}", "[{:.3f}, {:.3f}]".format(*s["auroc"]),
+                     f"{s['diff']:+.3f}" if "diff" in s else "",
+                     "[{:+.3f}, {:+.3f}]".format(*s["diff_interval"]) if "diff" in s else ""])
+    pct = f"{BOOT_LEVEL:.0%}"
+    return _common.md_table(["data", "method", "test max gap", f"{pct} interval",
+                             f"share of replicates with gap <= {KAPPA + 0.01:g}", "test AUROC", f"{pct} interval",
+                             "AUROC hinge minus this method", f"{pct} interval (paired)"], rows)
+
+
+def _noise_line(name: str, summary: dict, evals: dict, ours: str = "hinge (ours)") -> str:
+    """The verdict's sampling-noise line of one data set: for the hinge penalty's feasibility and for each AUROC
+    comparison with a feasible baseline, whether its threshold lies outside the bootstrap interval."""
+    bound = KAPPA + 0.01
+
+    def inside(interval: tuple[float, float], at: float) -> bool:
+        return interval[0] <= at <= interval[1]
+
+    def decided(interval: tuple[float, float], at: float) -> str:
+        return "within sampling noise" if inside(interval, at) else "decided by the data"
+
+    def show(interval: tuple[float, float], fmt: str = ".3f") -> str:
+        return f"[{interval[0]:{fmt}}, {interval[1]:{fmt}}]"
+
+    s = summary[(name, ours)]
+    words = [f"the hinge penalty's feasibility is {decided(s['gap'], bound)} (test max gap {BOOT_LEVEL:.0%} interval "
+             f"{show(s['gap'])} {'contains' if inside(s['gap'], bound) else 'excludes'} {bound:g}; gap <= {bound:g} "
+             f"in {s['share']:.0%} of replicates)"]
+    others = [m for d, m in summary if d == name and m != ours]
+    for m in [m for m in others if evals[(name, m)]["test_max_gap"] <= bound]:  # the feasible baselines
+        diff = summary[(name, m)]["diff_interval"]
+        words.append(f"AUROC hinge minus {m} {summary[(name, m)]['diff']:+.3f} {show(diff, '+.3f')}: "
+                     f"{decided(diff, 0.0)}")
+    noisy = [f"{m} (gap {show(summary[(name, m)]['gap'])})" for m in others if inside(summary[(name, m)]["gap"], bound)]
+    words.append("baselines whose own feasibility is within sampling noise: " + (", ".join(noisy) or "none"))
+    return f"  - {name}, sampling noise of the test rows: " + "; ".join(words) + "."
+
+
 def part_fair(seeds: list[int], log) -> tuple[str, dict]:
     rows, results, histories, evals = [], {}, {}, {}
     ours = _ours()
@@ -354,7 +543,9 @@ def _squeeze_note(results: dict, evals: dict) -> str:
                "solution of the previous version is gone; part a0 explains why it arose)."))
 
 
-def _fair_verdicts(results: dict, evals: dict) -> list[str]:
+def _fair_verdicts(results: dict, evals: dict, noise: dict | None = None) -> list[str]:
+    """The verdict lines of part f; with ``noise`` (``_noise_summary``) one sampling-noise line under each data
+    set's line."""
     lines = []
     feasible_everywhere = at_least_everywhere = True
     for name in ("adult", "compas", "german"):
@@ -376,6 +567,8 @@ def _fair_verdicts(results: dict, evals: dict) -> list[str]:
             lines.append(f"- {name}: the hinge penalty is NOT feasible on test data (test max gap "
                          f"{gaps['hinge (ours)']:.3f} > {KAPPA + 0.01:g}); feasible methods: "
                          + (", ".join(f"{m} (AUROC {aurocs[m]:.3f})" for m in feasible) or "none") + ".")
+        if noise is not None:
+            lines.append(_noise_line(name, noise, evals))
     diffs = [abs(a["test_auroc"] - b["test_auroc"]) for (d, m), r in results.items() if m == "Lagrangian SGDA (ours)"
              for a, b in zip(r, results[(d, "cooper Lagrangian")])]
     gdiffs = [abs(a["test_max_gap"] - b["test_max_gap"]) for (d, m), r in results.items()
@@ -1092,6 +1285,10 @@ def _schedule_words() -> str:
 def _section_fair(seeds: list[int], log, quick: bool) -> str:
     table, kept = part_fair(seeds, log)
     plots = _plot_fair(kept["histories"]) if not quick else ""
+    t0 = time.perf_counter()
+    noise = _noise_summary(_fair_bootstrap(kept["results"], kept["evals"]), kept["evals"])
+    boot_seconds = time.perf_counter() - t0
+    log(f"fair bootstrap: {BOOT_REPLICATES} replicates ({boot_seconds:.1f} s)")
     smooth = "no smoothing" if HINGE_SMOOTH is None else f"smooth = {HINGE_SMOOTH:g}"
     return (
         f"### (a) Fairness: ROC-fairness constraints (kappa = {KAPPA:g}, thresholds {THRESHOLDS}, "
@@ -1124,8 +1321,29 @@ def _section_fair(seeds: list[int], log, quick: bool) -> str:
         f"(Adult: the mean over runs; COMPAS/German: the pooled out-of-fold gap). The pooled gap is the gap of the "
         f"procedure (every row scored by the model of its fold), not the mean of the folds' gaps: gaps of opposite "
         f"sign in different folds partly cancel in it, which is why the per-fold column is listed too.\n\n"
-        + table + "\n\n" + "\n".join(_fair_verdicts(kept["results"], kept["evals"]))
+        + table + "\n\n" + _noise_words(len(seeds), boot_seconds) + "\n\n" + _noise_table(noise, kept["evals"])
+        + "\n\n" + "\n".join(_fair_verdicts(kept["results"], kept["evals"], noise))
         + "\n\n" + plots)
+
+
+def _noise_words(runs: int, seconds: float) -> str:
+    pct = f"{BOOT_LEVEL:.0%}"
+    return (
+        f"**Sampling noise of the test rows** (how much of each line of the verdict the particular test rows "
+        f"decide): a bootstrap over the rows the table evaluates (Adult: its official test split; COMPAS/German: "
+        f"the pooled out-of-fold rows), {BOOT_REPLICATES} replicates (generator seed {BOOT_SEED}; "
+        f"{seconds:.1f} s for all three data sets), the rows of each (group, label) cell resampled with replacement "
+        f"to the cell's own size, so every replicate keeps every cell's size; on each replicate the same statistics "
+        f"as the table (exact rates at the thresholds, AUROC with ties 1/2), and on the unresampled rows they "
+        f"reproduce the table's values (checked by the script). Adult: on each replicate every run's predictions "
+        f"of the same resampled rows give that run's value and the replicate's value is the mean over the {runs} "
+        f"runs, as the table's Adult rows. The same resampled rows serve every method of a data set, so the AUROC "
+        f"difference is paired. Intervals: the central {pct} of the replicates (percentile). The trained models "
+        f"are held fixed: this measures which rows happen to be the test rows, not the training randomness (the "
+        f"per-run columns above show that part). The max over 12 absolute gaps is biased upward under resampling "
+        f"(each |gap| near 0 can only grow), so a small gap's interval can lie above its point value. A decision is "
+        f"'decided by the data' when its threshold (the gap bound {KAPPA + 0.01:g}; 0 for an AUROC difference) lies "
+        f"outside the {pct} interval, 'within sampling noise' when inside.")
 
 
 def _section_continual(seeds: list[int], log, quick: bool) -> str:
