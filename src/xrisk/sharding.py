@@ -50,9 +50,9 @@ write to a shard row carries one value (one ``index_copy_``). No host read; equa
 :class:`xrisk.data.ShardLocalSampler` / :class:`xrisk.data.ShardLocalDualSampler`. No rank then needs the others'
 indices before it sends rows: each sends its own batch's rows (``B_r`` rows, as bytes) in the one gather of
 scores (features), targets and indices that a replicated step makes, and every rank opens a window of the
-``G = B_global`` gathered rows, sorted by index (a repeated index uses the slot of its first occurrence, as in the
-fixed-capacity window). The write-back is local: each rank copies the slots of its own entries into its shard, a
-repeat taking its first slot's row. Per step: ``O(B_global)`` rows received in the round the replicated step makes
+gathered rows, sorted by index (validation on: the ``U`` distinct indices; off: ``G = B_global`` fixed slots, a
+repeated index using the slot of its first occurrence, as in the fixed-capacity window). The write-back is local:
+each rank copies the window rows of its own entries into its shard. Per step: ``O(B_global)`` rows received in the round the replicated step makes
 anyway, no extra round, no host read with validation off; exactly the replicated result. Requirement on the data:
 the partition must not correlate with the labels (see :mod:`xrisk.data.samplers`).
 
@@ -334,18 +334,18 @@ def check_owned(index: Tensor, num_samples: int) -> None:
         return
     world, r = xdist.world_size(), xdist.rank()
     start, stop = shard_range(num_samples, world, r)
-    outside = (index < start) | (index >= stop)
     advice = ("state_placement='sharded_local' needs every rank's batch drawn from the rows it owns "
               "(xrisk.data.ShardLocalSampler); use state_placement='sharded' for batches drawn from anywhere")
     if validation_enabled():
-        if bool(outside.any()):
-            bad = int(index.masked_select(outside)[0])
+        lo, hi = (int(v) for v in torch.stack(torch.aminmax(index)).tolist())  # one host read
+        if lo < start or hi >= stop:
+            bad = int(index.masked_select((index < start) | (index >= stop))[0])
             raise IndexError(f"rank {r}: dataset index {bad} is outside its shard [{start}, {stop}) of "
                              f"num_samples={num_samples} over {world} processes; {advice}")
         return
     from xrisk._validate import assert_async
 
-    assert_async(torch.logical_not(outside.any()),
+    assert_async(((index >= start) & (index < stop)).all(),
                  f"rank {r}: a dataset index is outside its shard [{start}, {stop}) of num_samples={num_samples} "
                  f"over {world} processes (turn validation on to see which); {advice}")
 
@@ -355,13 +355,15 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor, index: Tensor, extr
     """The step of ``state_placement="sharded_local"``: every rank's ``index`` lies in its own shard (checked by
     :func:`check_owned` with the batch), so each rank sends its batch's state rows (as bytes, exact) in the
     **one** gather of ``x`` (``grad="sum"``), ``index`` and ``extras`` (no gradient) that a replicated step makes,
-    and opens on ``states`` (one ``num_samples``) a window of ``G = sum(sizes)`` slots, the global batch's rows
-    sorted by index (a repeated index uses the slot of its first occurrence: equal indices stay equal, order is
-    kept, as in every window). The write-back is local: each rank copies the slots of its own entries into its
-    shard (a repeat writes its first slot's row, so every write to one row carries one value).
+    and opens on ``states`` (one ``num_samples``) a window of the global batch's rows sorted by index: with
+    validation on the ``U`` distinct indices (``torch.unique``; a repeated index was sent once per occurrence by
+    its one owner, the same bytes, so any copy is its row), with validation off ``G = sum(sizes)`` slots of fixed
+    shape (a repeat uses the slot of its first occurrence). Equal indices stay equal and order is kept, as in every
+    window. The write-back is local: each rank copies the window rows of its own entries into its shard (a repeat
+    writes the same row again, so every write to one shard row carries one value).
 
-    Returns ``(gathered x, the global index remapped to window slots, gathered extras, distinct)``, ``distinct``:
-    no index occurs twice in the global batch (read on the host with validation on; False with it off)."""
+    Returns ``(gathered x, the global index remapped to window positions, gathered extras, distinct)``,
+    ``distinct``: no index occurs twice in the global batch (known from ``U``; False with validation off)."""
     if not states or not xdist.is_distributed():
         x_g, e = xdist.all_gather_with(x, [index, *extras], grad="sum", sizes=sizes, extra_sizes=sizes)
         return x_g, e[0], e[1:], False
@@ -375,14 +377,19 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor, index: Tensor, extr
     local = (index if index.device == dev else index.to(dev)) - first.shard_start
     x_g, (index_g, *extras_g, rows) = xdist.all_gather_with(
         x, [index, *extras, _row_bytes(states, local)], grad="sum", sizes=sizes, extra_sizes=sizes)
-    ordered, slots, _, order, starts = _sorted_slots(index_g)
-    fetched = _unpack_rows(states, rows.index_select(0, order.to(rows.device)))
-    at = sum(sizes[: xdist.rank()])
-    src = slots.narrow(0, at, index.numel()).to(dev)
-    plan = (local, src, None)  # every entry of this rank's batch is owned: no placeholder writes
+    if validation_enabled():  # the U distinct indices (a host-sized result): a window of U rows, as "sharded" opens
+        ordered, slots = torch.unique(index_g, sorted=True, return_inverse=True)
+        # a row per distinct index: the entry that lands last in the scatter (repeats carry the same row: any will do)
+        pick = torch.empty_like(ordered).scatter_(0, slots, torch.arange(slots.numel(), device=slots.device))
+        distinct = ordered.numel() == index_g.numel()
+    else:  # fixed shape: G slots, a repeat uses the slot of its first occurrence
+        ordered, slots, _, pick, _ = _sorted_slots(index_g)
+        distinct = False
+    fetched = _unpack_rows(states, rows.index_select(0, pick.to(rows.device)))
+    at = sum(sizes[: first.shard_rank])
+    plan = (local, slots.narrow(0, at, index.numel()).to(dev), None)  # every entry of this rank's batch is owned
     for k, st in enumerate(states):
         st._begin_window(ordered, None, fetched[2 * k], fetched[2 * k + 1], plan)
-    distinct = bool(starts.all()) if validation_enabled() else False
     return x_g, slots, extras_g, distinct
 
 
