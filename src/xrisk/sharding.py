@@ -52,9 +52,10 @@ indices before it sends rows: each sends its own batch's rows (``B_r`` rows, as 
 scores (features), targets and indices that a replicated step makes, and every rank opens a window of the
 gathered rows, sorted by index (validation on: the ``U`` distinct indices; off: ``G = B_global`` fixed slots, a
 repeated index using the slot of its first occurrence, as in the fixed-capacity window). The write-back is local:
-each rank copies the window rows of its own entries into its shard. Per step: ``O(B_global)`` rows received in the round the replicated step makes
-anyway, no extra round, no host read with validation off; exactly the replicated result. Requirement on the data:
-the partition must not correlate with the labels (see :mod:`xrisk.data.samplers`).
+each rank copies the window rows of its own entries into its shard. Per step: ``O(B_global)`` rows received in
+the round the replicated step makes anyway, no extra round, no host read with validation off; exactly the
+replicated result. Requirement on the data: the partition must not correlate with the labels (see
+:mod:`xrisk.data.samplers`).
 
 One process (``K = 1``): a sharded state owns every row; there is no window and the step is the
 replicated one.
@@ -241,18 +242,18 @@ def _fixed_positions(states: Sequence["SampleState"], index: Tensor) -> tuple[Te
     _check_world(states)
     if any(st.window_open for st in states):
         raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
-    ordered, slots, first, _, _ = _sorted_slots(index)
+    ordered, slots, first, _ = _sorted_slots(index)
     return ordered, slots, first
 
 
-def _sorted_slots(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """:func:`_fixed_positions` without the checks, plus the sort's ``order`` (slot ``p`` holds entry ``order[p]``)
-    and ``starts`` (slot ``p`` is the first of its value)."""
+def _sorted_slots(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_fixed_positions` without the checks, plus the sort's ``order`` (slot ``p`` holds entry
+    ``order[p]``)."""
     ordered, order = torch.sort(index, stable=True)
     ar = torch.arange(ordered.numel(), device=ordered.device)
     starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
     first = torch.cummax(torch.where(starts, ar, 0), 0).values
-    return ordered, torch.empty_like(order).scatter_(0, order, first), first, order, starts
+    return ordered, torch.empty_like(order).scatter_(0, order, first), first, order
 
 
 def _fixed_fetch(states: Sequence["SampleState"], ordered: Tensor, first: Tensor, scores: Tensor | None = None,
@@ -383,7 +384,7 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor, index: Tensor, extr
         pick = torch.empty_like(ordered).scatter_(0, slots, torch.arange(slots.numel(), device=slots.device))
         distinct = ordered.numel() == index_g.numel()
     else:  # fixed shape: G slots, a repeat uses the slot of its first occurrence
-        ordered, slots, _, pick, _ = _sorted_slots(index_g)
+        ordered, slots, _, pick = _sorted_slots(index_g)
         distinct = False
     fetched = _unpack_rows(states, rows.index_select(0, pick.to(rows.device)))
     at = sum(sizes[: first.shard_rank])
