@@ -15,7 +15,9 @@ of their own: the owners learn the global batch's indices only from a gather); o
 encoder + the loss + backward + SGD step, fresh random dataset indices each step; the variants are timed in
 interleaved rounds (order rotating, ``_common.time_interleaved``). Paired ratio = median over rounds of (variant
 median / replicated median), rank 0's times, with a bootstrap 90 % interval of that median. Goal: at most 1.1x.
-Also the bytes the sharded step's row fetch receives per rank.
+Also the bytes the sharded step's row fetch receives per rank. Two more variants, in the same rounds, draw their
+indices from the rank's own shard (owner-local batches): replicated state and ``state_placement="sharded_local"``
+(the rows travel in the one gather the replicated step makes); their ratio is reported in rows of its own.
 
 Losses: ``GlobalContrastiveLoss(mode="bimodal", temperature="individual")`` (3 states ``[n, 2]``: 30 bytes per
 sample, the largest per-sample footprint of the library) on a linear encoder 64 -> 128, and ``APLoss`` (2 states
@@ -76,11 +78,14 @@ def _build(kind: str, num_samples: int, placement: str):
     return net, loss, torch.optim.SGD(net.parameters(), lr=0.01)
 
 
-def _stepper(kind: str, net, loss, opt, batch: int, num_samples: int, g: torch.Generator, extra=None):
-    """One training step; ``extra()``, if given, runs right after the loss's forward (the floor's extra round)."""
+def _stepper(kind: str, net, loss, opt, batch: int, num_samples: int, g: torch.Generator, extra=None,
+             rows: tuple[int, int] | None = None):
+    """One training step; ``extra()``, if given, runs right after the loss's forward (the floor's extra round).
+    ``rows``: draw the indices from ``[start, stop)`` (owner-local: the rank's own shard) instead of ``[0, n)``."""
+    low, high = (0, num_samples) if rows is None else rows
 
     def step() -> None:
-        index = torch.randint(0, num_samples, (batch,), generator=g)
+        index = torch.randint(low, high, (batch,), generator=g)
         x = torch.randn(batch, DIM, generator=g)
         if kind == "APLoss":
             y = (torch.arange(batch) % 4 == 0).float()
@@ -160,15 +165,18 @@ def _memory(rank: int, world: int, num_samples: int, batch: int, steps: int) -> 
 
 
 def _timing(rank: int, world: int, num_samples: int, batch: int, rounds: int, spr: int) -> dict:
+    from xrisk.sharding import shard_range
     from xrisk.state import SampleState
 
     out = {}
     fetched: list[int] = []
+    carried: list[int] = []  # owner-local windows: the rows that travel in the scores' / features' gather
     original = SampleState._begin_window
 
     def begin(self, uniq, cuts, value, seen, *rest, _orig=original):  # bytes the fetch's all_gather brings in
         width = value[0].numel() if value.dim() > 1 else 1
-        fetched.append(uniq.numel() * width * (value.element_size() + seen.element_size()))
+        (carried if cuts is None else fetched).append(
+            uniq.numel() * width * (value.element_size() + seen.element_size()))
         return _orig(self, uniq, cuts, value, seen, *rest)
 
     SampleState._begin_window = begin  # type: ignore[method-assign]
@@ -176,18 +184,24 @@ def _timing(rank: int, world: int, num_samples: int, batch: int, rounds: int, sp
         g = torch.Generator().manual_seed(100 + rank)
         variants = {name: _build(kind, num_samples, placement)
                     for name, placement in (("replicated", "replicated"), ("sharded", "sharded"),
-                                            ("replicated_copy", "replicated"), ("floor", "replicated"))}
+                                            ("replicated_copy", "replicated"), ("floor", "replicated"),
+                                            ("replicated_local", "replicated"), ("sharded_local", "sharded_local"))}
+        # the owner-local pair: both variants draw their indices from this rank's shard (the same stream)
+        own = shard_range(num_samples, world, rank)
         steps = {name: _stepper(kind, *v, batch, num_samples, g,
-                                extra=_fetch_round(kind, v[1], batch, world) if name == "floor" else None)
+                                extra=_fetch_round(kind, v[1], batch, world) if name == "floor" else None,
+                                rows=own if name.endswith("_local") else None)
                  for name, v in variants.items()}
         fetched.clear()
+        carried.clear()
         times = C.time_interleaved(steps, rounds=rounds, steps_per_round=spr)
 
-        def paired(a: str) -> list[float]:
+        def paired(a: str, base: str = "replicated") -> list[float]:
             return [statistics.median(times[a][r * spr : (r + 1) * spr])
-                    / statistics.median(times["replicated"][r * spr : (r + 1) * spr]) for r in range(rounds)]
+                    / statistics.median(times[base][r * spr : (r + 1) * spr]) for r in range(rounds)]
 
         ratio = paired("sharded")
+        local = paired("sharded_local", "replicated_local")
         n_steps = (rounds + 2) * spr  # warm-up rounds included
         out[kind] = {"replicated_ms": 1e3 * statistics.median(times["replicated"]),
                      "sharded_ms": 1e3 * statistics.median(times["sharded"]),
@@ -195,7 +209,12 @@ def _timing(rank: int, world: int, num_samples: int, batch: int, rounds: int, sp
                      "iqr": C.iqr(ratio) if rounds > 1 else (ratio[0], ratio[0]),
                      "control": statistics.median(paired("replicated_copy")),
                      "floor": statistics.median(paired("floor")), "floor_ci": _median_interval(paired("floor")),
-                     "fetch_bytes": sum(fetched) / max(n_steps, 1)}  # only the sharded variant opens windows
+                     "fetch_bytes": sum(fetched) / max(n_steps, 1),  # the sharded variant's windows
+                     "local": {"replicated_ms": 1e3 * statistics.median(times["replicated_local"]),
+                               "sharded_ms": 1e3 * statistics.median(times["sharded_local"]),
+                               "ratio": statistics.median(local), "ci": _median_interval(local),
+                               "iqr": C.iqr(local) if rounds > 1 else (local[0], local[0]),
+                               "window_bytes": sum(carried) / max(n_steps, 1)}}
         del variants, steps
     return out
 
@@ -270,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
                               f"**{r['ratio']:.3f}** ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}; IQR {lo:.3f}-{hi:.3f})",
                               f"{r['control']:.3f}", f"{r['floor']:.3f} ({r['floor_ci'][0]:.3f}-{r['floor_ci'][1]:.3f})",
                               f"{r['fetch_bytes'] / 1e3:.1f}", "met" if r["ratio"] <= GOAL else "not met"])
+        for kind in LOSSES:
+            r = res[kind]["local"]
+            lo, hi = r["iqr"]
+            time_rows.append([f"{kind}, owner-local batches (`sharded_local`)", world, args.batch,
+                              f"{r['replicated_ms']:.2f}", f"{r['sharded_ms']:.2f}",
+                              f"**{r['ratio']:.3f}** ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}; IQR {lo:.3f}-{hi:.3f})",
+                              "-", "-", f"{r['window_bytes'] / 1e3:.1f} (in the one gather)",
+                              "met" if r["ratio"] <= GOAL else "not met"])
         print(f"[scale] timing K={world} done, {time.perf_counter() - t0:.0f} s", flush=True)
     mem = C.md_table(["loss", "K", "rank", "rows owned", "ceil(N/K)", "state MB (this rank)",
                       "replicated MB (every rank)", "largest step window MB", "RSS growth MB"], mem_rows)
@@ -295,7 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         "score-loss step's rows ride on the scores' gather (`gather_and_open`), but the owners learn the indices "
         "from the round before it (the targets and indices), which the replicated step packs with the scores: "
         "one round more, as the floor; the contrastive step fetches in a round of its own. Fetch: bytes the sharded step's "
-        "row fetch brings to each rank per step (values and flags as their bytes: 5 per state entry).\n\n" + tim
+        "row fetch brings to each rank per step (values and flags as their bytes: 5 per state entry).\n\n"
+        "*Owner-local batches* rows (`state_placement=\"sharded_local\"`): every rank draws its indices from its own "
+        "shard (`xrisk.sharding.shard_range`, what `xrisk.data.ShardLocalSampler` yields), and so does the replicated "
+        "variant it is compared with (two more variants in the same interleaved rounds: the ratio compares placement "
+        "only). Each rank's state rows travel in the one gather of scores / features the replicated step makes "
+        "(no extra round); the fetch column gives the window's bytes per step (every rank receives the global "
+        "batch's `B_global` rows, its own included).\n\n" + tim
     )
     C.publish(SECTION, body, write=not (args.quick or args.no_write))
     return 0

@@ -44,6 +44,19 @@ row elsewhere), each slot takes its owner's row (``K x G`` rows received: ``K`` 
 write-back redirects every slot a rank does not own, and every repeat, to an owned first slot, so that each
 write to a shard row carries one value (one ``index_copy_``). No host read; equal to the counted window.
 
+**Owner-local batches** (``state_placement="sharded_local"``; :func:`gather_owned`): the state is held as with
+``"sharded"``, and every rank's batch indices lie in its own shard (:func:`check_owned`: with validation on an
+:class:`IndexError` naming the rank, the index and the shard; off, an on-device assert), e.g. drawn by
+:class:`xrisk.data.ShardLocalSampler` / :class:`xrisk.data.ShardLocalDualSampler`. No rank then needs the others'
+indices before it sends rows: each sends its own batch's rows (``B_r`` rows, as bytes) in the one gather of
+scores (features), targets and indices that a replicated step makes, and every rank opens a window of the
+gathered rows, sorted by index (validation on: the ``U`` distinct indices; off: ``G = B_global`` fixed slots, a
+repeated index using the slot of its first occurrence, as in the fixed-capacity window). The write-back is local:
+each rank copies the window rows of its own entries into its shard. Per step: ``O(B_global)`` rows received in
+the round the replicated step makes anyway, no extra round, no host read with validation off; exactly the
+replicated result. Requirement on the data: the partition must not correlate with the labels (see
+:mod:`xrisk.data.samplers`).
+
 One process (``K = 1``): a sharded state owns every row; there is no window and the step is the
 replicated one.
 """
@@ -66,12 +79,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from xrisk.state import SampleState
 
-__all__ = ["Placement", "PLACEMENTS", "shard_range", "sharded_states", "open_window", "close_window", "state_window",
+__all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "gather_owned", "sharded_states",
+           "open_window", "close_window", "state_window",
            "fetch_rows", "gather_and_open", "as_dtensor", "local_rows"]
 
-#: Where the rows of a :class:`~xrisk.state.SampleState` live: on every rank, or split over the ranks.
-Placement = Literal["replicated", "sharded"]
-PLACEMENTS: tuple[str, ...] = ("replicated", "sharded")
+#: Where the rows of a :class:`~xrisk.state.SampleState` live: on every rank, or split over the ranks
+#: (``"sharded_local"``: split like ``"sharded"``, and every rank's batch indices lie in its own shard).
+Placement = Literal["replicated", "sharded", "sharded_local"]
+PLACEMENTS: tuple[str, ...] = ("replicated", "sharded", "sharded_local")
+
+
+def is_sharded(placement: str) -> bool:
+    """Whether ``placement`` splits the rows over the ranks (``"sharded"`` or ``"sharded_local"``)."""
+    return placement != "replicated"
 
 
 def shard_range(num_samples: int, world: int, rank: int) -> tuple[int, int]:
@@ -222,11 +242,18 @@ def _fixed_positions(states: Sequence["SampleState"], index: Tensor) -> tuple[Te
     _check_world(states)
     if any(st.window_open for st in states):
         raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
+    ordered, slots, first, _ = _sorted_slots(index)
+    return ordered, slots, first
+
+
+def _sorted_slots(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_fixed_positions` without the checks, plus the sort's ``order`` (slot ``p`` holds entry
+    ``order[p]``)."""
     ordered, order = torch.sort(index, stable=True)
     ar = torch.arange(ordered.numel(), device=ordered.device)
     starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
     first = torch.cummax(torch.where(starts, ar, 0), 0).values
-    return ordered, torch.empty_like(order).scatter_(0, order, first), first
+    return ordered, torch.empty_like(order).scatter_(0, order, first), first, order
 
 
 def _fixed_fetch(states: Sequence["SampleState"], ordered: Tensor, first: Tensor, scores: Tensor | None = None,
@@ -296,6 +323,75 @@ def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tens
     gathered, fetched, own = _fetch(states, uniq, cuts, scores, sizes)
     _begin(states, uniq, fetched, cuts, own)
     return gathered, inv, distinct
+
+
+# ----------------------------------------------------------------------------- owner-local batches (one round)
+def check_owned(index: Tensor, num_samples: int) -> None:
+    """Require every entry of this rank's ``index`` (validated dataset indices) to lie in its own shard
+    (:func:`shard_range`), the contract of ``state_placement="sharded_local"``. Validation on: one host read and an
+    :class:`IndexError` naming the rank, the first index outside and the shard range. Validation off: an on-device
+    assert (:func:`~xrisk._validate.assert_async`), no host read. One process: nothing to check."""
+    if not xdist.is_distributed() or not index.numel():
+        return
+    world, r = xdist.world_size(), xdist.rank()
+    start, stop = shard_range(num_samples, world, r)
+    advice = ("state_placement='sharded_local' needs every rank's batch drawn from the rows it owns "
+              "(xrisk.data.ShardLocalSampler); use state_placement='sharded' for batches drawn from anywhere")
+    if validation_enabled():
+        lo, hi = (int(v) for v in torch.stack(torch.aminmax(index)).tolist())  # one host read
+        if lo < start or hi >= stop:
+            bad = int(index.masked_select((index < start) | (index >= stop))[0])
+            raise IndexError(f"rank {r}: dataset index {bad} is outside its shard [{start}, {stop}) of "
+                             f"num_samples={num_samples} over {world} processes; {advice}")
+        return
+    from xrisk._validate import assert_async
+
+    assert_async(((index >= start) & (index < stop)).all(),
+                 f"rank {r}: a dataset index is outside its shard [{start}, {stop}) of num_samples={num_samples} "
+                 f"over {world} processes (turn validation on to see which); {advice}")
+
+
+def gather_owned(states: Sequence["SampleState"], x: Tensor, index: Tensor, extras: Sequence[Tensor], *,
+                 sizes: Sequence[int]) -> tuple[Tensor, Tensor, list[Tensor], bool]:
+    """The step of ``state_placement="sharded_local"``: every rank's ``index`` lies in its own shard (checked by
+    :func:`check_owned` with the batch), so each rank sends its batch's state rows (as bytes, exact) in the
+    **one** gather of ``x`` (``grad="sum"``), ``index`` and ``extras`` (no gradient) that a replicated step makes,
+    and opens on ``states`` (one ``num_samples``) a window of the global batch's rows sorted by index: with
+    validation on the ``U`` distinct indices (``torch.unique``; a repeated index was sent once per occurrence by
+    its one owner, the same bytes, so any copy is its row), with validation off ``G = sum(sizes)`` slots of fixed
+    shape (a repeat uses the slot of its first occurrence). Equal indices stay equal and order is kept, as in every
+    window. The write-back is local: each rank copies the window rows of its own entries into its shard (a repeat
+    writes the same row again, so every write to one shard row carries one value).
+
+    Returns ``(gathered x, the global index remapped to window positions, gathered extras, distinct)``,
+    ``distinct``: no index occurs twice in the global batch (known from ``U``; False with validation off)."""
+    if not states or not xdist.is_distributed():
+        x_g, e = xdist.all_gather_with(x, [index, *extras], grad="sum", sizes=sizes, extra_sizes=sizes)
+        return x_g, e[0], e[1:], False
+    first = states[0]
+    if any(st.num_samples != first.num_samples for st in states):
+        raise ValueError("state_placement='sharded_local' needs states of one num_samples")
+    _check_world(states)
+    if any(st.window_open for st in states):
+        raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
+    dev = first.shard_tensors()[0].device
+    local = (index if index.device == dev else index.to(dev)) - first.shard_start
+    x_g, (index_g, *extras_g, rows) = xdist.all_gather_with(
+        x, [index, *extras, _row_bytes(states, local)], grad="sum", sizes=sizes, extra_sizes=sizes)
+    if validation_enabled():  # the U distinct indices (a host-sized result): a window of U rows, as "sharded" opens
+        ordered, slots = torch.unique(index_g, sorted=True, return_inverse=True)
+        # a row per distinct index: the entry that lands last in the scatter (repeats carry the same row: any will do)
+        pick = torch.empty_like(ordered).scatter_(0, slots, torch.arange(slots.numel(), device=slots.device))
+        distinct = ordered.numel() == index_g.numel()
+    else:  # fixed shape: G slots, a repeat uses the slot of its first occurrence
+        ordered, slots, _, pick = _sorted_slots(index_g)
+        distinct = False
+    fetched = _unpack_rows(states, rows.index_select(0, pick.to(rows.device)))
+    at = sum(sizes[: first.shard_rank])
+    plan = (local, slots.narrow(0, at, index.numel()).to(dev), None)  # every entry of this rank's batch is owned
+    for k, st in enumerate(states):
+        st._begin_window(ordered, None, fetched[2 * k], fetched[2 * k + 1], plan)
+    return x_g, slots, extras_g, distinct
 
 
 def open_window(states: Sequence["SampleState"], index: Tensor, *, rows: Tensor | None = None) -> Tensor:

@@ -54,7 +54,9 @@ from torch import Tensor, nn
 from xrisk import distributed as xdist
 from xrisk._tensors import finite_shift
 from xrisk._validate import all_finite, all_finite_async, assert_async, check_choice, validation_enabled
-from xrisk.sharding import Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, local_rows, open_window, shard_range
+from xrisk.sharding import (
+    Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, is_sharded, local_rows, open_window, shard_range,
+)
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
            "update_states", "write_rows", "check_index_async", "masked_update_columns", "masked_update_rows", "masked_update_state", "flat_column",
@@ -257,6 +259,8 @@ class SampleState(ReplicatedStateModule):
             ``torch.distributed`` with ``K`` processes rank ``r`` holds the rows
             ``[shard_start, shard_stop)`` of :func:`xrisk.sharding.shard_range`, about ``n / K``; build it after
             ``init_process_group``). Both give the same training results; see :mod:`xrisk.sharding`.
+            ``"sharded_local"`` holds the rows like ``"sharded"`` and tells the loss templates that every rank's
+            batch indices lie in its own shard (one collective round per step; :mod:`xrisk.sharding`).
 
     State (in ``state_dict``; moved by ``.to()``, never cast; kept out of DDP's buffer broadcast,
     see :class:`ReplicatedStateModule`):
@@ -299,7 +303,7 @@ class SampleState(ReplicatedStateModule):
         self.init = float(init)
         self.placement = check_choice("placement", placement, PLACEMENTS)
         #: processes the rows are split over (1: this process holds every row) and this rank's rows
-        self.num_shards = xdist.world_size() if placement == "sharded" else 1
+        self.num_shards = xdist.world_size() if is_sharded(placement) else 1
         self.shard_rank = xdist.rank() if self.num_shards > 1 else 0
         self.shard_start, self.shard_stop = shard_range(num_samples, self.num_shards, self.shard_rank)
         rows = self.shard_stop - self.shard_start
@@ -308,7 +312,8 @@ class SampleState(ReplicatedStateModule):
         self.__dict__["_window"] = None
 
     def extra_repr(self) -> str:
-        where = "" if self.placement == "replicated" else f", placement='sharded', rows=[{self.shard_start}, {self.shard_stop})"
+        where = ("" if self.placement == "replicated"
+                 else f", placement={self.placement!r}, rows=[{self.shard_start}, {self.shard_stop})")
         return f"num_samples={self.num_samples}, shape={self.shape}, sync={self.sync!r}{where}"
 
     # ----------------------------------------------------------------------------- sharded steps
@@ -323,12 +328,13 @@ class SampleState(ReplicatedStateModule):
         return (self.value, self.seen) if window is None else (window[3], window[4])
 
     def _begin_window(self, uniq: Tensor, cuts: list[int] | None, value: Tensor, seen: Tensor,
-                      own: Tensor | tuple[Tensor, Tensor, Tensor]) -> None:
+                      own: Tensor | tuple[Tensor, Tensor, Tensor | None]) -> None:
         """Swap in the fetched rows ``value``/``seen`` of the step's distinct indices ``uniq`` (see
         :func:`xrisk.sharding.open_window`); ``own``: this rank's shard rows of the window positions
         ``[cuts[rank], cuts[rank + 1])`` (``uniq[lo:hi] - shard_start``), where :meth:`_end_window` writes back.
-        ``cuts`` None: a fixed-capacity window (validation off), ``uniq`` the sorted entries and ``own`` the
-        write-back plan ``(dest, src, any)`` of :func:`xrisk.sharding._fixed_fetch`."""
+        ``cuts`` None: a fixed-capacity window (validation off, or owner-local batches), ``uniq`` the sorted entries
+        and ``own`` the write-back plan ``(dest, src, any)`` of :func:`xrisk.sharding._fixed_fetch` (``any`` None:
+        every ``dest`` is owned, :func:`xrisk.sharding.gather_owned`)."""
         d = self.__dict__
         if cuts is None:
             d["_window"] = (own, None, None, d["value"], d["seen"])
@@ -344,9 +350,11 @@ class SampleState(ReplicatedStateModule):
         d["value"], d["seen"], d["_window"] = shard_value, shard_seen, None
         if lo is None:  # fixed capacity: every slot writes (a rank without an owned slot: row 0 its own value)
             if write and shard_value.shape[0]:
-                dest, src, has = own
+                dest, src, has = own  # has None: every dest is owned (owner-local batches)
                 for shard, rows in ((shard_value, value), (shard_seen, seen)):
-                    new = torch.where(has, rows.index_select(0, src), shard.index_select(0, dest))
+                    new = rows.index_select(0, src)
+                    if has is not None:
+                        new = torch.where(has, new, shard.index_select(0, dest))
                     shard.index_copy_(0, dest, new)
             return
         if write and hi > lo:

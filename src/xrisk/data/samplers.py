@@ -30,6 +30,19 @@ Differences from LibAUC's DualSampler (reference study §2.8): no global ``np.ra
 cursor that carries over between epochs (so no hidden state to checkpoint), every negative once
 per epoch instead of ``max(P // num_pos, N // k)`` batches, exact ``__len__``, binary labels
 validated, and ranks of :class:`DistributedDualSampler` receive disjoint, equally composed slices.
+
+**Shard-local samplers** (:class:`ShardLocalSampler`, :class:`ShardLocalDualSampler`): rank ``r`` of ``K`` draws
+only from the rows it owns, ``[start, stop) = xrisk.sharding.shard_range(num_samples, K, r)`` (at scale every rank
+streams its own part of the data anyway), which is what a loss with ``state_placement="sharded_local"`` requires:
+its step then makes one collective round, like replicated state (:mod:`xrisk.sharding`). Each epoch rank ``r``
+shuffles its shard's indices (seeded by ``(seed, epoch, rank)``); every sample is still visited once per epoch, but
+each rank's share of the global batch comes from its own shard rather than from the whole data set. **The one
+requirement**: the partition must not correlate with the labels (or any other property the objective depends on).
+A data set stored sorted by label, source or time puts whole classes into one shard, so every global batch would
+mix the shards' different distributions in fixed shares; apply a fixed random permutation to the data set once
+(store it permuted, or wrap it: ``Subset(ds, perm)``, the permutation the same on every rank and across restarts)
+before training. With the rows shuffled once, a rank's part of a batch is a uniform draw from a random ``1/K`` of
+the data, and the global batch is a stratified draw over the ``K`` shards (the same mean as a uniform draw).
 """
 
 from __future__ import annotations
@@ -45,10 +58,11 @@ from torch.utils.data import Sampler
 
 from xrisk import distributed as xdist
 
-__all__ = ["DualSampler", "DistributedDualSampler", "DualBatchSampler"]
+__all__ = ["DualSampler", "DistributedDualSampler", "DualBatchSampler", "ShardLocalSampler", "ShardLocalDualSampler"]
 
 _MIX_A = 6364136223846793005
 _MIX_B = 1442695040888963407
+_MIX_C = 2862933555777941757
 
 
 def _binary_labels(labels: Any) -> Tensor:
@@ -117,14 +131,17 @@ def _no_repeat_at_junctions(order: list[int], n_pos: int, num_pos: int, draws: i
     return order
 
 
-def _plan(pos: Tensor, neg: Tensor, num_pos: int, num_neg: int, g: torch.Generator | None) -> Tensor:
-    """``[num_batches, num_pos + num_neg]`` dataset indices of one epoch (see the module docstring)."""
+def _plan(pos: Tensor, neg: Tensor, num_pos: int, num_neg: int, g: torch.Generator | None,
+          num_batches: int | None = None) -> Tensor:
+    """``[num_batches, num_pos + num_neg]`` dataset indices of one epoch (see the module docstring); ``num_batches``
+    (at least ``ceil(N / num_neg)``, the default) tops up the negatives beyond one pass (shard-local samplers:
+    every rank makes the same number of steps)."""
 
     def perm(n: int) -> Tensor:
         return torch.randperm(n, generator=g) if g is not None else torch.arange(n)
 
     n_neg = neg.numel()
-    num_batches = math.ceil(n_neg / num_neg)
+    num_batches = max(math.ceil(n_neg / num_neg), num_batches or 0)
     neg_order = neg[perm(n_neg)]
     need = num_batches * num_neg - n_neg
     if need:
@@ -380,3 +397,202 @@ class DualBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         """Batches per epoch."""
         return self.sampler.num_batches
+
+
+# ----------------------------------------------------------------------------- shard-local samplers
+def _rank_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * _MIX_A + int(epoch) * _MIX_B + int(rank) * _MIX_C + 1) % (2**63))
+
+
+def _world_and_rank(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    world = xdist.world_size() if num_replicas is None else num_replicas
+    me = xdist.rank() if rank is None else rank
+    if not isinstance(world, int) or isinstance(world, bool) or world < 1:
+        raise ValueError(f"num_replicas must be a positive int, got {world!r}")
+    if not isinstance(me, int) or isinstance(me, bool) or not 0 <= me < world:
+        raise ValueError(f"rank must be an int in [0, {world - 1}], got {me!r}")
+    return world, me
+
+
+class _ShardLocalBase(Sampler[int]):
+    """Epoch bookkeeping and the shard of the shard-local samplers."""
+
+    def __init__(self, num_samples: int, num_replicas: int | None, rank: int | None, seed: int,
+                 shuffle: bool) -> None:
+        from xrisk.sharding import shard_range
+
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        self.num_replicas, self.rank = _world_and_rank(num_replicas, rank)
+        self.num_samples = num_samples
+        self.shards = [shard_range(num_samples, self.num_replicas, r) for r in range(self.num_replicas)]
+        empty = [r for r, (lo, hi) in enumerate(self.shards) if hi == lo]
+        if empty:
+            raise ValueError(f"num_samples={num_samples} over {self.num_replicas} processes leaves rank(s) {empty} "
+                             "without rows (xrisk.sharding.shard_range): use fewer processes or more samples")
+        self.shard_start, self.shard_stop = self.shards[self.rank]
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self._epoch = 0
+
+    num_batches: int
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will produce."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration produce ``epoch``'s order (a pure function of ``(seed, epoch, rank)``)."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self._epoch = epoch
+
+    def _generator(self, epoch: int) -> torch.Generator | None:
+        return _rank_generator(self.seed, epoch, self.rank) if self.shuffle else None
+
+    def _order(self, epoch: int) -> Tensor:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self._epoch  # read at the first draw (see _DualBase.__iter__)
+        self._epoch = epoch + 1
+        yield from self._order(epoch).flatten().tolist()
+
+    def _layout(self) -> dict[str, int]:
+        return {"seed": self.seed, "num_samples": self.num_samples}
+
+    def state_dict(self) -> dict[str, int]:
+        """What a resumed run needs: the next epoch (the order depends only on seed, epoch and rank) and the
+        layout. A run resumed on another number of processes keeps the epoch (the shards change with ``K``)."""
+        return {"epoch": self._epoch, **self._layout()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`; a state made for another data set or batch layout raises ``ValueError``."""
+        for key, mine in self._layout().items():
+            if key in state and int(state[key]) != mine:
+                raise ValueError(f"sampler state has {key}={state[key]} but this sampler has {key}={mine}; "
+                                 "was it saved for another data set or batch layout?")
+        self.set_epoch(int(state["epoch"]))
+
+
+class ShardLocalSampler(_ShardLocalBase):
+    """Indices of this rank's own shard, shuffled every epoch: the batches ``state_placement="sharded_local"`` needs.
+
+    Rank ``r`` of ``K`` owns ``[start, stop) = xrisk.sharding.shard_range(num_samples, K, r)`` (contiguous blocks of
+    ``c = ceil(num_samples / K)`` rows; the partition of sharded per-sample state). Each epoch it yields a
+    permutation of its shard (seeded by ``(seed, epoch, rank)``), then tops it up to ``c`` indices with indices of
+    its shard drawn without replacement (only the last ranks, whose shard is shorter), so every rank yields the
+    same number of indices: cut by one ``DataLoader(batch_size=B)`` each, the ranks make the same steps with batches
+    of the same sizes (validation off needs that). Every sample is visited once per epoch (a few of the short
+    shards' twice). See the module docstring for the one requirement: the partition must not correlate with the
+    labels (permute a sorted data set once).
+
+    Args:
+        num_samples: data-set size (the loss's ``num_samples``).
+        num_replicas: world size ``K`` (default: ``torch.distributed``'s, 1 when not initialised).
+        rank: this process's rank (default: ``torch.distributed``'s).
+        seed: the same on every rank.
+        shuffle: ``False``: the shard in index order.
+
+    Example:
+        >>> s = ShardLocalSampler(10, num_replicas=4, rank=1, seed=0)
+        >>> sorted(s.order(0).tolist()), len(s)
+        ([3, 4, 5], 3)
+    """
+
+    def __init__(self, num_samples: int, *, num_replicas: int | None = None, rank: int | None = None,
+                 seed: int = 0, shuffle: bool = True) -> None:
+        super().__init__(num_samples, num_replicas, rank, seed, shuffle)
+        self.length = max(hi - lo for lo, hi in self.shards)
+
+    def order(self, epoch: int | None = None) -> Tensor:
+        """``[len(self)]`` int64 dataset indices of this rank for ``epoch`` (default: the next), without
+        advancing the epoch."""
+        return self._order(self._epoch if epoch is None else epoch)
+
+    def _order(self, epoch: int) -> Tensor:
+        g = self._generator(epoch)
+        n = self.shard_stop - self.shard_start
+        own = self.shard_start + (torch.randperm(n, generator=g) if g is not None else torch.arange(n))
+        need = self.length - n
+        while need > 0:  # a short shard: top up with its own indices
+            more = own[torch.randperm(n, generator=g)[:need]] if g is not None else own[:need]
+            own, need = torch.cat([own, more]), need - more.numel()
+        return own
+
+    def __len__(self) -> int:
+        """Indices per epoch (the same on every rank)."""
+        return self.length
+
+    def __repr__(self) -> str:
+        return (f"ShardLocalSampler(num_samples={self.num_samples}, rank={self.rank}/{self.num_replicas}, "
+                f"shard=[{self.shard_start}, {self.shard_stop}), seed={self.seed})")
+
+
+class ShardLocalDualSampler(_ShardLocalBase):
+    """:class:`DistributedDualSampler` drawn from this rank's own shard: ``num_pos`` positives (oversampled) and
+    ``batch_size_per_rank - num_pos`` negatives per local batch, for ``state_placement="sharded_local"``.
+
+    Rank ``r`` builds its batches exactly as :class:`DualSampler` would on the samples of its shard
+    (``xrisk.sharding.shard_range``; negatives shuffled and cut, every negative of the shard once per epoch;
+    positives cycled), seeded by ``(seed, epoch, rank)``. Every rank makes the same number of batches, that of
+    the shard with the most negatives (``max_r ceil(N_r / num_neg)``): the others top their negatives up. Every
+    shard needs a positive and a negative: the partition must not correlate with the labels (module docstring).
+
+    Args:
+        labels: ``[num_samples]`` binary labels of the whole data set (the same on every rank).
+        batch_size_per_rank, pos_ratio, num_pos: as in :class:`DistributedDualSampler`.
+        num_replicas, rank, seed, shuffle: as in :class:`ShardLocalSampler`.
+
+    Example:
+        >>> y = torch.tensor([1, 0, 0, 0, 0, 0, 1, 0, 0, 0])
+        >>> s = ShardLocalDualSampler(y, 3, num_replicas=2, rank=1, num_pos=1)
+        >>> b = s.batches(0); bool(((b >= 5) & (b < 10)).all()), bool((y[b].sum(1) == 1).all())
+        (True, True)
+    """
+
+    def __init__(self, labels: Tensor | np.ndarray | Sequence[int], batch_size_per_rank: int, *,
+                 num_replicas: int | None = None, rank: int | None = None, pos_ratio: float | None = None,
+                 num_pos: int | None = None, seed: int = 0, shuffle: bool = True) -> None:
+        self.num_pos = _resolve_num_pos(batch_size_per_rank, pos_ratio, num_pos)
+        y = _binary_labels(labels)
+        super().__init__(int(y.numel()), num_replicas, rank, seed, shuffle)
+        self.batch_size = batch_size_per_rank
+        self.num_neg = batch_size_per_rank - self.num_pos
+        counts = [(int(y[lo:hi].sum()), int(hi - lo - y[lo:hi].sum())) for lo, hi in self.shards]
+        bad = [r for r, (p, n) in enumerate(counts) if p == 0 or n == 0]
+        if bad:
+            raise ValueError(
+                f"ShardLocalDualSampler needs a positive and a negative in every rank's shard; rank(s) {bad} have "
+                f"(positives, negatives) {[counts[r] for r in bad]}: the data set's order correlates with its "
+                "labels; permute it once (the same fixed permutation on every rank) before training")
+        own = y[self.shard_start:self.shard_stop]
+        self.positive_indices = self.shard_start + torch.nonzero(own).flatten()
+        self.negative_indices = self.shard_start + torch.nonzero(~own).flatten()
+        self.num_batches = max(math.ceil(n / self.num_neg) for _, n in counts)
+
+    def batches(self, epoch: int | None = None) -> Tensor:
+        """``[num_batches, batch_size_per_rank]`` int64 dataset indices of this rank for ``epoch`` (default: the
+        next), without advancing the epoch. Each row: ``num_pos`` positives, then the negatives."""
+        return self._order(self._epoch if epoch is None else epoch)
+
+    def _order(self, epoch: int) -> Tensor:
+        return _plan(self.positive_indices, self.negative_indices, self.num_pos, self.num_neg,
+                     self._generator(epoch), self.num_batches)
+
+    def _layout(self) -> dict[str, int]:
+        return {**super()._layout(), "batch_size": self.batch_size, "num_pos": self.num_pos}
+
+    def __len__(self) -> int:
+        """Indices per epoch: ``num_batches * batch_size_per_rank`` (the same on every rank)."""
+        return self.num_batches * self.batch_size
+
+    @property
+    def batch_sampler(self) -> "DualBatchSampler":
+        """This sampler as a batch sampler: ``DataLoader(ds, batch_sampler=sampler.batch_sampler)``."""
+        return DualBatchSampler(self)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return (f"ShardLocalDualSampler(num_samples={self.num_samples}, batch_size_per_rank={self.batch_size}, "
+                f"num_pos={self.num_pos}, rank={self.rank}/{self.num_replicas}, num_batches={self.num_batches})")

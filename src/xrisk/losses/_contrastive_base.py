@@ -91,7 +91,9 @@ from xrisk.functional.similarity import (
     cosine_gram, cosine_similarity_detached, cosine_similarity_matrix, cosine_weighted_sum,
 )
 from xrisk.losses._epochs import EpochTracking
-from xrisk.sharding import PLACEMENTS, Placement, close_window, open_window, sharded_states
+from xrisk.sharding import (
+    PLACEMENTS, Placement, check_owned, close_window, gather_owned, is_sharded, open_window, sharded_states,
+)
 from xrisk.state import (
     PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_async, check_index_unique,
     duplicate_groups, masked_update_state, update_states,
@@ -303,7 +305,9 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         normalize: L2-normalise the feature rows first.
         state_placement: ``"replicated"`` (default) or ``"sharded"``: every rank holds all per-sample rows, or
             about ``num_samples / K`` of them and a step fetches the global batch's rows from their owners (the
-            same results; :mod:`xrisk.sharding`). A detector must have the same placement.
+            same results; :mod:`xrisk.sharding`), or ``"sharded_local"``: sharded, and every rank's ``index`` lies
+            in its own shard (e.g. :class:`xrisk.data.ShardLocalSampler`; checked), so the rows travel in the
+            features' gather (one collective round per step). A detector must have the same placement.
 
     Buffers: ``epoch``, ``samples_seen``, ``epoch_is_set`` (the epoch of :meth:`set_epoch`, or inferred from the
     samples seen in training until it is first called: :class:`~xrisk.losses._epochs.EpochTracking`).
@@ -405,7 +409,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
                 return self._forward_unchecked(feats_a, feats_b, index, ref_feats)
             return self._forward(feats_a, feats_b, index, ref_feats)
         finally:  # sharded state: a step that returned early or raised leaves the shards as they were
-            close_window(sharded_states(self) if self.state_placement == "sharded" else [], write=False)
+            close_window(sharded_states(self) if is_sharded(self.state_placement) else [], write=False)
 
     def _forward(
         self, feats_a: Tensor, feats_b: Tensor, index: Tensor, ref_feats: tuple[Tensor, Tensor] | None = None
@@ -493,7 +497,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         ``num_global`` samples for the inferred epoch and record the objective (see :meth:`objective`).
         ``device``: the validation-off step, whose samples are counted on the device only (no inferred epoch)."""
         writes.commit(write=self.training)
-        close_window(sharded_states(self) if self.state_placement == "sharded" else [], write=self.training)
+        close_window(sharded_states(self) if is_sharded(self.state_placement) else [], write=self.training)
         pending = self.__dict__.pop("_step_objective", None)
         if self.training:
             self.__dict__.pop("_eval_objective", None)
@@ -549,6 +553,8 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         idx = on_device(check_index_async(index, self.num_samples), feats_a.device)
         if idx.numel() != feats_a.shape[0]:
             raise ValueError(f"index has {idx.numel()} entries but the batch has {feats_a.shape[0]} samples")
+        if self.state_placement == "sharded_local":
+            check_owned(idx, self.num_samples)  # on the device
         return idx, check_reference_features(ref_feats, common_dtype(feats_a, feats_b)[0], normalize=self.normalize)
 
     def _check_batch(
@@ -560,7 +566,10 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         ref = check_reference_features(ref_feats, feats_a, normalize=self.normalize)
         if ref is not None:
             _check_all_finite(feats_a, feats_b, ref)
-        return on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device), ref
+        idx = check_index(index, self.num_samples, batch_size=feats_a.shape[0])
+        if self.state_placement == "sharded_local":
+            check_owned(idx, self.num_samples)  # IndexError naming the rank, the index and its shard
+        return on_device(idx, feats_a.device), ref
 
     def _make_batch(
         self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False, layout: xdist.BatchLayout | None = None,
@@ -573,11 +582,16 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         ``groups``)."""
         sizes = None if layout is None else layout.sizes
         ag, bg, idx_g, ref_g = a, b, idx, ref
+        owned = self.state_placement == "sharded_local" and xdist.is_distributed()
         if xdist.is_distributed():  # one round: both views side by side (one gradient all_reduce), indices, ref
             sizes = xdist.gather_sizes(idx.numel()) if sizes is None else sizes
-            ab, (idx_g, *ref_rows) = xdist.all_gather_with(
-                torch.cat([a, b], 1), [idx] if ref is None else [idx, *ref], grad="sum", sizes=sizes,
-                extra_sizes=sizes)
+            if owned:  # and this rank's state rows (its indices lie in its shard): the window opens here
+                ab, idx_g, ref_rows, _ = gather_owned(sharded_states(self), torch.cat([a, b], 1), idx,
+                                                      [] if ref is None else list(ref), sizes=sizes)
+            else:
+                ab, (idx_g, *ref_rows) = xdist.all_gather_with(
+                    torch.cat([a, b], 1), [idx] if ref is None else [idx, *ref], grad="sum", sizes=sizes,
+                    extra_sizes=sizes)
             ag, bg = ab.narrow(1, 0, a.shape[1]), ab.narrow(1, a.shape[1], b.shape[1])
             ref_g = None if ref is None else (ref_rows[0], ref_rows[1])
         nb, ng = idx.numel(), idx_g.numel()
@@ -587,6 +601,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             start = xdist.local_slice(nb)[0] if xdist.is_distributed() else 0
         if self.state_placement == "sharded" and xdist.is_distributed():  # fetch the rows; indices -> positions
             idx_g = open_window(sharded_states(self), idx_g)
+        if is_sharded(self.state_placement) and xdist.is_distributed():
             idx = idx_g[start : start + nb]
         self_offset: tuple[int, int] | None
         stacked: Tensor | None = None

@@ -61,7 +61,9 @@ from xrisk import distributed as xdist
 from xrisk._validate import (
     all_finite, binary_batch_unchecked, check_choice, inspect_binary_batch, validation_enabled,
 )
-from xrisk.sharding import PLACEMENTS, Placement, close_window, gather_and_open, sharded_states
+from xrisk.sharding import (
+    PLACEMENTS, Placement, check_owned, close_window, gather_and_open, gather_owned, is_sharded, sharded_states,
+)
 from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
 
 __all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
@@ -87,7 +89,10 @@ class ScoreLoss(ReplicatedStateModule):
         state_placement: where the per-sample state lives under ``torch.distributed``: ``"replicated"``
             (every rank holds all rows) or ``"sharded"`` (each rank holds about ``num_samples / K`` rows and a
             step fetches the global batch's rows from their owners; the same results, see
-            :mod:`xrisk.sharding`). Needs ``gather=True``. Losses without per-sample state ignore it.
+            :mod:`xrisk.sharding`), or ``"sharded_local"``: sharded, and every rank's ``index`` lies in its own
+            shard (:func:`xrisk.sharding.shard_range`, e.g. :class:`xrisk.data.ShardLocalSampler`; checked), so the
+            rows travel in the scores' gather: one collective round per step, like replicated state. Needs
+            ``gather=True``. Losses without per-sample state ignore it.
     """
 
     uses_index: ClassVar[bool] = True
@@ -106,9 +111,10 @@ class ScoreLoss(ReplicatedStateModule):
         self.num_tasks = num_tasks
         self.gather = bool(gather)
         self.state_placement = check_choice("state_placement", state_placement, PLACEMENTS)
-        if state_placement == "sharded" and not self.gather:
-            raise ValueError("state_placement='sharded' needs gather=True: every rank must compute the global "
-                             "batch's state update (with gather=False each rank would update the rows differently)")
+        if is_sharded(state_placement) and not self.gather:
+            raise ValueError(f"state_placement={state_placement!r} needs gather=True: every rank must compute the "
+                             "global batch's state update (with gather=False each rank would update the rows "
+                             "differently)")
         self.register_buffer("_objective", torch.full((), float("nan")), persistent=False)
 
     def forward(self, scores: Tensor, targets: Tensor, index: Tensor | None = None) -> Tensor:
@@ -196,7 +202,10 @@ class ScoreLoss(ReplicatedStateModule):
         occurs twice among the fetched entries (False without a window). ``select``: fetch only the rows of
         :attr:`state_rows` (the :meth:`_loss` path; the other entries' positions are then unusable)."""
         extras = [y] if idx is None else [y, idx.to(s.device)]
-        sharded = sharded_states(self) if idx is not None and self.state_placement == "sharded" else []
+        sharded = sharded_states(self) if idx is not None and is_sharded(self.state_placement) else []
+        if sharded and self.state_placement == "sharded_local":  # one round: the rows travel with the scores
+            s, idx, (y,), distinct = gather_owned(sharded, s, idx.to(s.device), [y], sizes=sizes)
+            return s, y, idx, sharded, distinct
         if not sharded:  # one round: the targets and indices travel with the scores
             s, extras = xdist.all_gather_with(s, extras, grad="sum", sizes=sizes, extra_sizes=sizes)
             return s, extras[0], None if idx is None else extras[1], sharded, False
@@ -219,6 +228,8 @@ class ScoreLoss(ReplicatedStateModule):
             idx = check_index_async(index, self._num_samples())
             if idx.numel() != s.shape[0]:
                 raise ValueError(f"index has {idx.numel()} entries but the batch has {s.shape[0]} samples")
+            if self.state_placement == "sharded_local" and self.gather:
+                check_owned(idx, self._num_samples())  # on the device
         return s, y, idx
 
     def _check_batch(
@@ -236,6 +247,8 @@ class ScoreLoss(ReplicatedStateModule):
             if index is None:
                 raise ValueError(f"{type(self).__name__} keeps per-sample state and needs `index` (dataset indices)")
             idx, unique = check_index_unique(index, self._num_samples(), batch_size=s.shape[0])
+            if self.state_placement == "sharded_local" and self.gather:
+                check_owned(idx, self._num_samples())  # IndexError naming the rank, the index and its shard
         self.__dict__["_checked_unique"] = unique
         return s, y, pos_counts, idx
 

@@ -102,7 +102,8 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         start_epoch: first epoch at which detected false negatives are masked.
         init: initial threshold (``1.0``: nothing is masked until it is learned).
         init_quantile: initialise each threshold at its first visit from the batch quantile.
-        state_placement: ``"replicated"`` or ``"sharded"`` per-sample state under torch.distributed (same results;
+        state_placement: ``"replicated"``, ``"sharded"`` or ``"sharded_local"`` (each rank's indices in its own
+            shard) per-sample state under torch.distributed (same results;
             :mod:`xrisk.sharding`); must match the loss's. Sharded, it runs inside its loss or through
             :meth:`forward`.
 

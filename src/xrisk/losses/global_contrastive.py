@@ -124,7 +124,8 @@ class GlobalContrastiveLoss(ContrastiveLossBase):
         eps: the ``eps`` inside ``log(eps + g)`` (FastCLIP: 1e-14; 0 is the plain GCL).
         false_negatives: optional :class:`FalseNegativeDetector` (GloFND) removing detected false negatives.
         normalize: L2-normalise the features.
-        state_placement: ``"replicated"`` or ``"sharded"`` per-sample state under torch.distributed (same results;
+        state_placement: ``"replicated"``, ``"sharded"`` or ``"sharded_local"`` (each rank's indices in its own
+            shard) per-sample state under torch.distributed (same results;
             :mod:`xrisk.sharding`); the detector must match.
 
     Shapes: ``feats_a [B, d]``, ``feats_b [B, d]``, ``index [B]``, optional ``ref_feats`` two ``[B, d_ref]`` -> scalar

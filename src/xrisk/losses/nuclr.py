@@ -86,7 +86,8 @@ class NUCLRLoss(ContrastiveLossBase):
         zeta_start_epoch: first epoch at which ``zeta`` is updated (reference: 5).
         false_negatives: optional :class:`FalseNegativeDetector`.
         normalize: L2-normalise the features.
-        state_placement: ``"replicated"`` or ``"sharded"`` per-sample state under torch.distributed (same results;
+        state_placement: ``"replicated"``, ``"sharded"`` or ``"sharded_local"`` (each rank's indices in its own
+            shard) per-sample state under torch.distributed (same results;
             :mod:`xrisk.sharding`; sharded, :meth:`set_epoch` is collective); the detector must match.
 
     Cost: per step ``O(B_local B_global d)``, independent of ``n``; an epoch change scans ``zeta``

@@ -93,7 +93,8 @@ class OneWayPartialAUCLoss(PartialAUCLossBase):
         eta: step size of the CVaR thresholds (``method="cvar"``), ``> 0``.
         tau: KL temperature (``method="kl"``), ``> 0``.
         gamma: moving-average weight on the new value (``method="kl"``), in ``(0, 1]``.
-        state_placement: ``"replicated"`` (default) or ``"sharded"``: how the per-sample state is held under
+        state_placement: ``"replicated"`` (default), ``"sharded"`` or ``"sharded_local"`` (sharded, each rank's
+            indices in its own shard: one collective round per step): how the per-sample state is held under
             ``torch.distributed`` (same results; see :class:`~xrisk.losses.base.ScoreLoss`, :mod:`xrisk.sharding`).
 
     Shapes: ``scores``, ``targets`` ``[B]`` or ``[B, T]``; ``index`` ``[B]``.

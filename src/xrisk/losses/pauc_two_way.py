@@ -62,7 +62,8 @@ class TwoWayPartialAUCLoss(PartialAUCLossBase):
         gamma1: moving-average weight on the new value for ``w``, in ``(0, 1]``.
         margin: ``m`` of the surrogate (``>= 0``).
         surrogate: pairwise surrogate name (:mod:`xrisk.functional.surrogates`).
-        state_placement: ``"replicated"`` (default) or ``"sharded"``: how the per-sample state is held under
+        state_placement: ``"replicated"`` (default), ``"sharded"`` or ``"sharded_local"`` (sharded, each rank's
+            indices in its own shard: one collective round per step): how the per-sample state is held under
             ``torch.distributed`` (same results; see :class:`~xrisk.losses.base.ScoreLoss`, :mod:`xrisk.sharding`).
 
     Shapes: ``scores``, ``targets`` ``[B]`` or ``[B, T]``; ``index`` ``[B]``.
