@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                         "paired ratio off/eager", "paired ratio compiled/eager",
                         "paired ratio compiled / ClipLoss compiled", "goal (B = 128)"], rows)
     body = (
-        "## Global contrastive losses: compiled vs eager step (`bench/compile_contrastive.py`, issue 18)\n\n"
+        "## Global contrastive losses: compiled vs eager step (`bench/compile_contrastive.py`, issue 18"
+        + (", inductor's C++ wrapper" if args.cpp_wrapper else "") + ")\n\n"
         + C.run_header(cmd, time.perf_counter() - t0, facts, loads)
         + f"{rounds} interleaved rounds of {spr} steps per variant (2 warm-up rounds dropped), every variant of one "
         "batch size in the same rounds; one thread. A step: two linear heads 256 -> 128 on fixed backbone features, "
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "(checks, duplicate merging, masks, staged commit): a goal that the hand-written row misses is out of its reach "
         "on this CPU.\n\n" + table
     )
-    C.publish(SECTION, body, write=not args.quick)
+    C.publish(SECTION + ("_cpp" if args.cpp_wrapper else ""), body, write=not args.quick)
     return 0
 
 

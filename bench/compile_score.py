@@ -137,15 +137,24 @@ def _compiled(step: _Step, *, fullgraph: bool, data) -> tuple[Callable[[], None]
 
 def compile_bench_setup(script: str, doc: str, argv: list[str] | None):
     """The command line and settings of a compiled-step benchmark: ``(args, rounds, steps per round, command)``;
-    one thread, ``trace_autograd_ops`` (backward inside the compiled step), room for every graph in the cache."""
+    one thread, ``trace_autograd_ops`` (backward inside the compiled step), room for every graph in the cache;
+    ``--cpp-wrapper`` compiles every variant with inductor's C++ wrapper instead of its Python one."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--steps-per-round", type=int, default=4)
     ap.add_argument("--batches", default="128,512")
+    ap.add_argument("--cpp-wrapper", action="store_true",
+                    help="inductor's C++ wrapper (torch._inductor.config.cpp_wrapper) for every compiled variant, the "
+                         "reference included; published as a section of its own")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from torch import _dynamo
+
+    if args.cpp_wrapper:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.cpp_wrapper = True
 
     _dynamo.config.trace_autograd_ops = True
     _dynamo.config.cache_size_limit = 64
@@ -191,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                         "compiled ms/step", "paired ratio off/eager", "paired ratio compiled/eager",
                         "compile s (3 calls)", "compiled vs BCE + Adam compiled"], rows)
     body = (
-        "## Score losses: compiled vs eager step (`bench/compile_score.py`, issue 18)\n\n"
+        "## Score losses: compiled vs eager step (`bench/compile_score.py`, issue 18"
+        + (", inductor's C++ wrapper" if args.cpp_wrapper else "") + ")\n\n"
         + C.run_header(cmd, time.perf_counter() - t0, facts, loads)
         + f"{rounds} interleaved rounds of {spr} steps per variant (2 warm-up rounds dropped); MLP 64-128-1, one "
         "thread. `compiled`: validation off, `torch.compile(step, fullgraph=True)` (inductor) of forward + loss + "
@@ -199,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "the first three compiled calls, with the on-disk inductor cache warm from earlier runs of the same graphs "
         "(not a cold compile time).\n\n" + table
     )
-    C.publish(SECTION, body, write=not args.quick)
+    C.publish(SECTION + ("_cpp" if args.cpp_wrapper else ""), body, write=not args.quick)
     return 0
 
 
