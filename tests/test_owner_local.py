@@ -185,9 +185,9 @@ def _empty(rank: int, world: int) -> dict:
     return out
 
 
-def _detector(placement: str, rank: int, steps: list, optimizer: str = "sgd") -> list[dict]:
+def _detector(placement: str, rank: int, steps: list, optimizer: str = "sgd", eval_last: bool = True) -> list[dict]:
     """A FalseNegativeDetector on its own: per step, this rank's anchors (their similarities to every sample of
-    the data set, on two sides) -> the keep-mask and the thresholds (the last step in eval mode)."""
+    the data set, on two sides) -> the keep-mask and the thresholds (``eval_last``: the last step in eval mode)."""
     fnd = FalseNegativeDetector(N, alpha=0.3, lr=0.5, optimizer=optimizer, init_quantile=True,
                                 state_placement=placement)
     fnd.set_epoch(0)
@@ -198,7 +198,7 @@ def _detector(placement: str, rank: int, steps: list, optimizer: str = "sgd") ->
         idx = torch.tensor(parts[rank], dtype=torch.long)
         sim = torch.stack([z[0, idx] @ z[1].T, z[1, idx] @ z[0].T], 1)  # [B, 2, N]
         neg = (torch.arange(N) != idx.unsqueeze(1)).unsqueeze(1).expand(-1, 2, -1)
-        fnd.train(step != len(steps) - 1)
+        fnd.train(not eval_last or step != len(steps) - 1)
         out.append({"keep": fnd(sim, neg, idx), "state": _state(fnd)})
     return out
 
@@ -208,7 +208,7 @@ def _detector_worker(rank: int, world: int) -> dict:
     out: dict = {"rows": shard_range(N, world, rank)}
     for opt in ("sgd", "adam"):
         out[opt] = {p: _detector(p, rank, steps, opt) for p in ("replicated", "sharded", "sharded_local")}
-    out["rounds"] = {p: _count_collectives(_detector, p, rank, steps[:1])[1]
+    out["rounds"] = {p: _count_collectives(_detector, p, rank, steps[:1], "sgd", False)[1]  # a training step
                      for p in ("replicated", "sharded", "sharded_local")}
     fnd = FalseNegativeDetector(N, alpha=0.3, state_placement="sharded_local")
     idx = torch.tensor([0, 1, 2]) if rank == 0 else torch.tensor([8, 3, 9])  # rank 1 sends an index of rank 0's
@@ -317,6 +317,13 @@ def test_empty_local_batches_train_like_replicated(two_ranks, validate):
     for placement in ("sharded", "sharded_local"):
         _check_runs(two_ranks, names, lambda res, name: {p: res["empty"][(validate, name, p)]
                                                          for p in ("replicated", placement)}, placement)
+    empty = [i for i, step in enumerate((EMPTY_STEPS if validate == "on" else EVEN_EMPTY_STEPS)[2]) if not any(step)]
+    for res in two_ranks:  # the step empty on every rank leaves the per-sample state as it was
+        for key, run in res["empty"].items():
+            if key[0] == validate:
+                for i in empty:
+                    before, after = run[i - 1]["state"], run[i]["state"]
+                    assert all(torch.equal(before[k], after[k]) for k in after if k.endswith(("value", "seen")))
 
 
 @pytest.mark.distributed

@@ -54,8 +54,10 @@ gathered rows, sorted by index (validation on: the ``U`` distinct indices; off: 
 repeated index using the slot of its first occurrence, as in the fixed-capacity window). The write-back is local:
 each rank copies the window rows of its own entries into its shard. Per step: ``O(B_global)`` rows received in
 the round the replicated step makes anyway, no extra round, no host read with validation off; exactly the
-replicated result. Requirement on the data: the partition must not correlate with the labels (see
-:mod:`xrisk.data.samplers`).
+replicated result. A rank whose batch is empty (validation on; off, every rank's batch has one size) sends and
+writes back no row. A :class:`~xrisk.losses.FalseNegativeDetector` called on its own gathers its batch's rows with
+its indices (one round; the replicated detector needs none). Requirement on the data: the partition must not
+correlate with the labels (see :mod:`xrisk.data.samplers`).
 
 One process (``K = 1``): a sharded state owns every row; there is no window and the step is the
 replicated one.

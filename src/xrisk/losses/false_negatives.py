@@ -105,7 +105,9 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         state_placement: ``"replicated"``, ``"sharded"`` or ``"sharded_local"`` (each rank's indices in its own
             shard) per-sample state under torch.distributed (same results;
             :mod:`xrisk.sharding`); must match the loss's. Sharded, it runs inside its loss or through
-            :meth:`forward`.
+            :meth:`forward`; ``"sharded_local"`` through :meth:`forward` checks that every rank's ``index`` lies in
+            its own shard (an :class:`IndexError` on every rank naming the rank, the index and the shard) and
+            gathers the batch's rows with its indices (:func:`xrisk.sharding.gather_owned`, one round).
 
     State (``state_dict``): ``lam`` (:class:`~xrisk.state.SampleState` ``[n, 2]``, thresholds per sample
     and side; synced with ``local=True`` so every rank holds the same values), with Adam also
