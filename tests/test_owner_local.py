@@ -205,11 +205,17 @@ def _detector(placement: str, rank: int, steps: list, optimizer: str = "sgd", ev
 
 def _detector_worker(rank: int, world: int) -> dict:
     steps = PAIR_STEPS[world] + [[[6, 1], []], [[2, 2, 5], [12, 7]]]  # an empty batch on one rank; eval mode
-    out: dict = {"rows": shard_range(N, world, rank)}
+    out: dict = {"rows": shard_range(N, world, rank), "steps": steps}
     for opt in ("sgd", "adam"):
         out[opt] = {p: _detector(p, rank, steps, opt) for p in ("replicated", "sharded", "sharded_local")}
     out["rounds"] = {p: _count_collectives(_detector, p, rank, steps[:1], "sgd", False)[1]  # a training step
                      for p in ("replicated", "sharded", "sharded_local")}
+    counted = FalseNegativeDetector(N, alpha=0.3, start_epoch=1)  # no set_epoch: the epoch follows samples_seen
+    with pytest.warns(UserWarning, match="set_epoch"):
+        for parts in steps:
+            idx = torch.tensor(parts[rank], dtype=torch.long)
+            counted(torch.zeros(idx.numel(), 2, 4), torch.ones(idx.numel(), 2, 4, dtype=torch.bool), idx)
+    out["samples_seen"] = int(counted.samples_seen)
     fnd = FalseNegativeDetector(N, alpha=0.3, state_placement="sharded_local")
     idx = torch.tensor([0, 1, 2]) if rank == 0 else torch.tensor([8, 3, 9])  # rank 1 sends an index of rank 0's
     try:
@@ -226,7 +232,8 @@ def test_standalone_detector_with_owner_local_batches():
     """``FalseNegativeDetector(state_placement="sharded_local")`` on its own takes the owner-local path: the same
     masks and thresholds as replicated state (SGD and Adam, an empty batch on one rank, an eval-mode step), in fewer
     collectives than ``"sharded"``; an index outside the rank's shard raises on every rank the IndexError naming
-    rank 1, the index and its shard, and writes nothing."""
+    rank 1, the index and its shard, and writes nothing. Every rank counts the global batch's samples (the inferred
+    epoch), also with uneven or empty local batches."""
     per_rank = run_distributed(_detector_worker, timeout=240.0)
     for opt in ("sgd", "adam"):
         for placement in ("sharded", "sharded_local"):
@@ -235,6 +242,8 @@ def test_standalone_detector_with_owner_local_batches():
     for res in per_rank:
         rounds = res["rounds"]
         assert rounds["sharded_local"] < rounds["sharded"], rounds
+        # the detector counts the global batch (uneven and empty local batches too), the same on every rank
+        assert res["samples_seen"] == sum(len(part) for step in res["steps"] for part in step), res["samples_seen"]
         assert res["violation"].startswith("IndexError"), res["violation"]
         assert f"rank 1: dataset index 3 is outside its shard [{start}, {stop})" in res["violation"]
         assert all(not v.any() for k, v in res["untouched"].items() if k.endswith("seen")), res["untouched"]

@@ -363,7 +363,7 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
             try:
                 lam = self._step(sims, masks, slots[start : start + index.numel()], counts, writes=writes,
                                  index_checked=True)
-                self._commit(writes, index.numel())
+                self._commit(writes, sum(sizes))
             except BaseException:
                 close_window(states, write=False)
                 raise
@@ -371,17 +371,18 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         else:
             with state_window(self, index, local=True, write=self.training) as rows:  # sharded: the batch's rows
                 lam = self._step(sims, masks, rows, counts, writes=writes, index_checked=True)
-                self._commit(writes, index.numel())
+                self._commit(writes, sum(sizes))
         self._kept(sims, masks, lam, counts)
         if not masking:
             return torch.ones_like(neg)
         return sim <= lam.unsqueeze(-1)
 
-    def _commit(self, writes: PendingWrites, num_local: int) -> None:
-        """Check and (training mode only) write a step of the detector used on its own; count its samples."""
+    def _commit(self, writes: PendingWrites, num_global: int) -> None:
+        """Check and (training mode only) write a step of the detector used on its own; count the global batch's
+        ``num_global`` samples (every rank the same number, also with uneven or empty local batches)."""
         writes.commit(write=self.training)
         if self.training:
-            self._count_samples(num_local * xdist.world_size())  # the global batch of equal local batches
+            self._count_samples(num_global)
 
     def _agreed_index(self, index: Tensor, check: Callable[[], None] | None = None, *,
                       layout: bool = False) -> Any:
