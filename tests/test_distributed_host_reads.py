@@ -15,6 +15,9 @@ gradients averaged as DDP does:
 * the same with sharded state (every loss with per-sample state): the validation-off step opens a window of
   ``B_global`` slots (``xrisk.sharding``, fixed capacity) instead of reading how many rows each rank owns; also
   when one rank owns none of a step's rows;
+* the same with owner-local sharded state (``state_placement="sharded_local"``, every loss with per-sample state):
+  each rank's indices are mapped into its own shard (``xrisk.sharding.shard_range``), its rows travel in the
+  batch's one gather, and the validation-off step checks ownership with an on-device assert (no host read);
 * a rank whose batch size differs makes every rank raise (on CPU the on-device check fails at once).
 """
 
@@ -29,6 +32,7 @@ import test_compile_contrastive as tcc
 import test_compile_score as tcs
 import xrisk
 from _compile import close, count_host_reads
+from xrisk.sharding import shard_range
 
 STEPS = 5
 
@@ -40,9 +44,9 @@ def _score_setup(case: str, placement: str):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(tcs.DIM, 8), nn.Tanh(), nn.Linear(8, 1))
     loss = make_loss()
-    if placement == "sharded":
+    if placement != "replicated":
         knobs = {**tcs._KNOBS, "pauc-cvar": ("method", "max_fpr", "eta")}[case]
-        loss = type(loss)(tcs.N, **{k: getattr(loss, k) for k in knobs}, state_placement="sharded")
+        loss = type(loss)(tcs.N, **{k: getattr(loss, k) for k in knobs}, state_placement=placement)
     opt = make_opt(net, loss)
 
     def forward(x, y, index):
@@ -58,8 +62,8 @@ def _contrastive_setup(case: str, placement: str):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(tcc.DIM, 8), nn.Tanh(), nn.Linear(8, 8))
     loss = tcc.CASES[case]()
-    if placement == "sharded":
-        loss = _sharded_copy(loss)
+    if placement != "replicated":
+        loss = _sharded_copy(loss, placement)
     loss.set_epoch(0)
     opt = tcc.TraceableSGD([*net.parameters(), *loss.parameters()], lr=0.1)
     ref_net = nn.Linear(tcc.DIM, 5).requires_grad_(False) if case.endswith("-ref") else None
@@ -70,26 +74,29 @@ def _contrastive_setup(case: str, placement: str):
     return net, loss, opt, forward, tcc._batches(STEPS)
 
 
-def _sharded_copy(loss: nn.Module) -> nn.Module:
-    """The same contrastive loss with ``state_placement="sharded"`` (detector included)."""
+def _sharded_copy(loss: nn.Module, placement: str) -> nn.Module:
+    """The same contrastive loss with ``state_placement=placement`` (detector included)."""
     from xrisk.losses import FalseNegativeDetector, GlobalContrastiveLoss
 
     fnd = loss.false_negatives
     if fnd is not None:
         fnd = FalseNegativeDetector(tcc.N, alpha=fnd.alpha, optimizer=fnd.optimizer, init_quantile=fnd.init_quantile,
-                                    state_placement="sharded")
+                                    state_placement=placement)
     if isinstance(loss, GlobalContrastiveLoss):
         kw = {"eps": loss.eps, "normalize": loss.normalize} if loss.eps else {}
         return GlobalContrastiveLoss(tcc.N, mode=loss.mode, temperature=loss.temperature, tau=0.2, rho=0.3,
-                                     false_negatives=fnd, state_placement="sharded", **kw)
+                                     false_negatives=fnd, state_placement=placement, **kw)
     return type(loss)(tcc.N, tau=0.05, zeta_start_epoch=0, lr_zeta=0.05, false_negatives=fnd,
-                      state_placement="sharded")
+                      state_placement=placement)
 
 
 SETUPS = {**{f"score:{c}": (_score_setup, c) for c in [*tcs.CASES, "ap-sgd-low"]},
           **{f"contrastive:{c}": (_contrastive_setup, c) for c in tcc.CASES}}
 #: every loss with per-sample state
 SHARDED = tuple(name for name in SETUPS if not name.startswith(("score:aucm", "score:compauc")))
+#: the placements every loss of SHARDED also runs with ("-low" places every index in rank 0's shard: "sharded" only)
+PLACEMENTS = {name: ("replicated", "sharded", *(() if name.endswith("-low") else ("sharded_local",)))
+              for name in SHARDED}
 
 
 def _run(rank: int, world: int, name: str, placement: str, validate: bool) -> dict:
@@ -97,6 +104,11 @@ def _run(rank: int, world: int, name: str, placement: str, validate: bool) -> di
     net, loss, opt, forward, batches = make(case, placement)
     half = batches[0][0].shape[0] // world
     part = slice(rank * half, (rank + 1) * half)
+    if placement == "sharded_local":  # every rank's indices in its own shard
+        start, stop = shard_range(tcs.N if name.startswith("score:") else tcc.N, world, rank)
+        batches = [(x, y, index.clone().index_put_((torch.arange(part.start, part.stop),),
+                                                   start + index[part] % (stop - start)))
+                   for x, y, index in batches]
     values = []
     with xrisk.validation(validate), count_host_reads() as reads:
         for step, (x, y, index) in enumerate(batches):
@@ -120,7 +132,7 @@ def _run(rank: int, world: int, name: str, placement: str, validate: bool) -> di
 def _all(rank: int, world: int) -> dict:
     out = {}
     for name in SETUPS:
-        for placement in ("replicated", "sharded") if name in SHARDED else ("replicated",):
+        for placement in PLACEMENTS.get(name, ("replicated",)):
             for validate in (True, False):
                 out[(name, placement, validate)] = _run(rank, world, name, placement, validate)
     # uneven batch sizes with validation off: every rank raises (the on-device check runs at once on CPU)

@@ -21,7 +21,7 @@ from torch import nn
 import xrisk
 from _dist import run_distributed
 from test_sharded_state import N, PAIR_LOSSES, SCORE_LOSSES, _equal, _full, _state
-from xrisk.losses import APLoss
+from xrisk.losses import APLoss, FalseNegativeDetector
 from xrisk.sharding import shard_range
 
 # per step, each rank's batch, drawn from its own shard of N = 13 rows (2 ranks: [0, 7) [7, 13); 4 ranks: [0, 4)
@@ -45,6 +45,10 @@ PAIR_STEPS = {
 }
 # validation off: every rank's batch has one size
 EVEN_STEPS = {2: [[[0, 5, 1, 5], [12, 7, 8, 9]], [[2, 3, 4, 6], [9, 10, 7, 12]], [[1, 0, 2, 6], [8, 11, 11, 12]]]}
+# a rank with an empty batch (each rank in turn), then every rank empty (validation on: uneven sizes allowed)
+EMPTY_STEPS = {2: [[[0, 3, 1, 4, 5, 0], []], [[], [9, 10, 11, 8, 12, 7]], [[], []], [[1, 0, 6, 5], [7, 8, 12]]]}
+# validation off: equal sizes, so an empty batch means every rank's is empty
+EVEN_EMPTY_STEPS = {2: [[[0, 3], [12, 7]], [[], []], [[1, 0], [8, 8]]]}
 SCORE_NAMES = ("ap", "pauc-kl", "tpauc")
 PAIR_NAMES = ("gcl-unimodal-individual", "gcl-bimodal-individual-fnd-adam", "nuclr-fnd")
 
@@ -65,7 +69,7 @@ def _train_score(name: str, placement: str, rank: int, steps: list) -> list[dict
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     out = []
     for step, parts in enumerate(steps):
-        idx = torch.tensor(parts[rank])
+        idx = torch.tensor(parts[rank], dtype=torch.long)
         scores = torch.sigmoid(model(x_all[idx]))[:, :tasks]
         loss_fn.train(step != 2)  # an eval-mode step writes nothing
         y = y_all[idx, :tasks]
@@ -87,7 +91,7 @@ def _train_pairs(name: str, placement: str, rank: int, steps: list) -> list[dict
     opt = torch.optim.SGD(list(enc.parameters()) + list(loss_fn.parameters()), lr=0.1)
     out = []
     for step, parts in enumerate(steps):
-        idx = torch.tensor(parts[rank])
+        idx = torch.tensor(parts[rank], dtype=torch.long)
         noise = torch.randn(N, 6, generator=g)
         loss = loss_fn(enc(x_all[idx]), enc(x_all[idx] + 0.3 * noise[idx]), idx)
         opt.zero_grad()
@@ -137,7 +141,7 @@ def _host_reads(name: str, rank: int, steps: list) -> dict[bool, list[str]]:
             for step, parts in enumerate(steps):
                 if step == 1:
                     reads.clear()
-                idx = torch.tensor(parts[rank])
+                idx = torch.tensor(parts[rank], dtype=torch.long)
                 if pairs:
                     loss = loss_fn(net(x_all[idx]), net(x_all[idx].flip(1)), idx)
                 else:
@@ -163,6 +167,88 @@ def _violation(rank: int, world: int, validate: bool) -> str:
     return "no error"
 
 
+def _empty(rank: int, world: int) -> dict:
+    """APLoss and GCL on steps where some or every rank's batch is empty, in every placement (validation on), with
+    every rank's batch empty (validation off), and with one rank's batch empty (validation off: the error of uneven
+    sizes)."""
+    out: dict = {}
+    for name, train in (("ap", _train_score), ("gcl-unimodal-individual", _train_pairs)):
+        for placement in ("replicated", "sharded", "sharded_local"):
+            out[("on", name, placement)] = train(name, placement, rank, EMPTY_STEPS[world])
+            with xrisk.validation(False):
+                out[("off", name, placement)] = train(name, placement, rank, EVEN_EMPTY_STEPS[world])
+                try:
+                    train(name, placement, rank, EMPTY_STEPS[world][:1])
+                    out[("uneven", name, placement)] = "no error"
+                except RuntimeError as exc:
+                    out[("uneven", name, placement)] = str(exc)
+    return out
+
+
+def _detector(placement: str, rank: int, steps: list, optimizer: str = "sgd", eval_last: bool = True) -> list[dict]:
+    """A FalseNegativeDetector on its own: per step, this rank's anchors (their similarities to every sample of
+    the data set, on two sides) -> the keep-mask and the thresholds (``eval_last``: the last step in eval mode)."""
+    fnd = FalseNegativeDetector(N, alpha=0.3, lr=0.5, optimizer=optimizer, init_quantile=True,
+                                state_placement=placement)
+    fnd.set_epoch(0)
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for step, parts in enumerate(steps):
+        z = nn.functional.normalize(torch.randn(2, N, 5, generator=g), dim=-1)
+        idx = torch.tensor(parts[rank], dtype=torch.long)
+        sim = torch.stack([z[0, idx] @ z[1].T, z[1, idx] @ z[0].T], 1)  # [B, 2, N]
+        neg = (torch.arange(N) != idx.unsqueeze(1)).unsqueeze(1).expand(-1, 2, -1)
+        fnd.train(not eval_last or step != len(steps) - 1)
+        out.append({"keep": fnd(sim, neg, idx), "state": _state(fnd)})
+    return out
+
+
+def _detector_worker(rank: int, world: int) -> dict:
+    steps = PAIR_STEPS[world] + [[[6, 1], []], [[2, 2, 5], [12, 7]]]  # an empty batch on one rank; eval mode
+    out: dict = {"rows": shard_range(N, world, rank), "steps": steps}
+    for opt in ("sgd", "adam"):
+        out[opt] = {p: _detector(p, rank, steps, opt) for p in ("replicated", "sharded", "sharded_local")}
+    out["rounds"] = {p: _count_collectives(_detector, p, rank, steps[:1], "sgd", False)[1]  # a training step
+                     for p in ("replicated", "sharded", "sharded_local")}
+    counted = FalseNegativeDetector(N, alpha=0.3, start_epoch=1)  # no set_epoch: the epoch follows samples_seen
+    with pytest.warns(UserWarning, match="set_epoch"):
+        for parts in steps:
+            idx = torch.tensor(parts[rank], dtype=torch.long)
+            counted(torch.zeros(idx.numel(), 2, 4), torch.ones(idx.numel(), 2, 4, dtype=torch.bool), idx)
+    out["samples_seen"] = int(counted.samples_seen)
+    fnd = FalseNegativeDetector(N, alpha=0.3, state_placement="sharded_local")
+    idx = torch.tensor([0, 1, 2]) if rank == 0 else torch.tensor([8, 3, 9])  # rank 1 sends an index of rank 0's
+    try:
+        fnd(torch.zeros(3, 2, 4), torch.ones(3, 2, 4, dtype=torch.bool), idx)
+        out["violation"] = "no error"
+    except IndexError as exc:
+        out["violation"] = f"IndexError: {exc}"
+    out["untouched"] = _state(fnd)
+    return out
+
+
+@pytest.mark.distributed
+def test_standalone_detector_with_owner_local_batches():
+    """``FalseNegativeDetector(state_placement="sharded_local")`` on its own takes the owner-local path: the same
+    masks and thresholds as replicated state (SGD and Adam, an empty batch on one rank, an eval-mode step), in fewer
+    collectives than ``"sharded"``; an index outside the rank's shard raises on every rank the IndexError naming
+    rank 1, the index and its shard, and writes nothing. Every rank counts the global batch's samples (the inferred
+    epoch), also with uneven or empty local batches."""
+    per_rank = run_distributed(_detector_worker, timeout=240.0)
+    for opt in ("sgd", "adam"):
+        for placement in ("sharded", "sharded_local"):
+            _check_runs(per_rank, (opt,), placement=placement)
+    start, stop = shard_range(N, 2, 1)
+    for res in per_rank:
+        rounds = res["rounds"]
+        assert rounds["sharded_local"] < rounds["sharded"], rounds
+        # the detector counts the global batch (uneven and empty local batches too), the same on every rank
+        assert res["samples_seen"] == sum(len(part) for step in res["steps"] for part in step), res["samples_seen"]
+        assert res["violation"].startswith("IndexError"), res["violation"]
+        assert f"rank 1: dataset index 3 is outside its shard [{start}, {stop})" in res["violation"]
+        assert all(not v.any() for k, v in res["untouched"].items() if k.endswith("seen")), res["untouched"]
+
+
 def _worker(rank: int, world: int, slow: bool) -> dict:
     out: dict = {"rows": shard_range(N, world, rank)}
     for name in SCORE_NAMES if not slow else SCORE_LOSSES:
@@ -177,22 +263,26 @@ def _worker(rank: int, world: int, slow: bool) -> dict:
             out["even-pairs"] = {p: _train_pairs("gcl-unimodal-individual", p, rank, EVEN_STEPS[world])
                                  for p in ("replicated", "sharded_local")}
         out["reads"] = {name: _host_reads(name, rank, EVEN_STEPS[world]) for name in ("ap", "gcl-unimodal-individual")}
+        out["empty"] = _empty(rank, world)
         out["violation"] = _violation(rank, world, True)
         out["violation-off"] = _violation(rank, world, False)
     return out
 
 
-def _check_runs(per_rank: list[dict], names) -> None:  # type: ignore[no-untyped-def]
+def _check_runs(per_rank: list[dict], names, runs=lambda res, name: res[name], placement: str = "sharded_local"
+                ) -> None:  # type: ignore[no-untyped-def]
+    """``runs(res, name)[placement]`` equals ``runs(res, name)["replicated"]`` at every step on every rank (values,
+    gradients, objectives; the state put back together from the shards)."""
     for name in names:
-        for step in range(len(per_rank[0][name]["replicated"])):
-            want = per_rank[0][name]["replicated"][step]
+        for step in range(len(runs(per_rank[0], name)["replicated"])):
+            want = runs(per_rank[0], name)["replicated"][step]
             for r, res in enumerate(per_rank):
-                rep, sh = res[name]["replicated"][step], res[name]["sharded_local"][step]
+                rep, sh = runs(res, name)["replicated"][step], runs(res, name)[placement][step]
                 _equal({k: v for k, v in sh.items() if k != "state"}, {k: v for k, v in rep.items() if k != "state"},
                        f"{name} rank {r} step {step}")
-            full = _full(per_rank, lambda res: res[name]["sharded_local"][step]["state"], want["state"])
-            _equal(full, want["state"], f"{name} sharded_local state step {step}")
-        sample = next(v for k, v in per_rank[0][name]["sharded_local"][0]["state"].items() if k.endswith("value"))
+            full = _full(per_rank, lambda res: runs(res, name)[placement][step]["state"], want["state"])
+            _equal(full, want["state"], f"{name} {placement} state step {step}")
+        sample = next(v for k, v in runs(per_rank[0], name)[placement][0]["state"].items() if k.endswith("value"))
         assert sample.shape[0] == per_rank[0]["rows"][1] - per_rank[0]["rows"][0] < N  # really split
 
 
@@ -224,6 +314,35 @@ def test_owner_local_step_with_validation_off_reads_nothing_on_the_host(two_rank
         for name, reads in res["reads"].items():
             assert reads[True], f"{name}: the counter sees the validated step's reads"
             assert reads[False] == [], f"{name}: host reads with validation off: {reads[False]}"
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("validate", ["on", "off"])
+def test_empty_local_batches_train_like_replicated(two_ranks, validate):
+    """A rank whose batch is empty (validation on: while the other's is not, and both; off: both) gives what
+    replicated (and ``"sharded"``) state gives: its share of the global loss (a connected zero for GCL's rows, the
+    global AP surrogate), the same gradients and the same state."""
+    names = ("ap", "gcl-unimodal-individual")
+    for placement in ("sharded", "sharded_local"):
+        _check_runs(two_ranks, names, lambda res, name: {p: res["empty"][(validate, name, p)]
+                                                         for p in ("replicated", placement)}, placement)
+    empty = [i for i, step in enumerate((EMPTY_STEPS if validate == "on" else EVEN_EMPTY_STEPS)[2]) if not any(step)]
+    for res in two_ranks:  # the step empty on every rank leaves the per-sample state as it was
+        for key, run in res["empty"].items():
+            if key[0] == validate:
+                for i in empty:
+                    before, after = run[i - 1]["state"], run[i]["state"]
+                    assert all(torch.equal(before[k], after[k]) for k in after if k.endswith(("value", "seen")))
+
+
+@pytest.mark.distributed
+def test_empty_local_batch_with_validation_off_is_an_uneven_batch(two_ranks):
+    """Validation off needs equal batch sizes: one rank's empty batch raises the uneven-size error on every rank,
+    whatever the placement."""
+    for res in two_ranks:
+        for key, err in res["empty"].items():
+            if key[0] == "uneven":
+                assert "every rank must send a batch of the same size" in err, (key, err)
 
 
 @pytest.mark.distributed

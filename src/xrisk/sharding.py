@@ -54,8 +54,10 @@ gathered rows, sorted by index (validation on: the ``U`` distinct indices; off: 
 repeated index using the slot of its first occurrence, as in the fixed-capacity window). The write-back is local:
 each rank copies the window rows of its own entries into its shard. Per step: ``O(B_global)`` rows received in
 the round the replicated step makes anyway, no extra round, no host read with validation off; exactly the
-replicated result. Requirement on the data: the partition must not correlate with the labels (see
-:mod:`xrisk.data.samplers`).
+replicated result. A rank whose batch is empty (validation on; off, every rank's batch has one size) sends and
+writes back no row. A :class:`~xrisk.losses.FalseNegativeDetector` called on its own gathers its batch's rows with
+its indices (one round; the replicated detector needs none). Requirement on the data: the partition must not
+correlate with the labels (see :mod:`xrisk.data.samplers`).
 
 One process (``K = 1``): a sharded state owns every row; there is no window and the step is the
 replicated one.
@@ -282,7 +284,7 @@ def _fixed_fetch(states: Sequence["SampleState"], ordered: Tensor, first: Tensor
         gathered, (rows,) = xdist.all_gather_with(scores, [sent], grad="sum", sizes=sizes, extra_sizes=counts)
     chunk = -(-st0.num_samples // world)
     owner = torch.div(o, chunk, rounding_mode="floor").clamp_(max=world - 1).to(rows.device)
-    rows = rows.view(world, count, -1)
+    rows = rows.view(world, count, sent.shape[1])  # explicit width: G may be 0 (every rank's batch empty)
     rows = rows.gather(0, owner.view(1, count, 1).expand(1, count, rows.shape[2])).squeeze(0)
     lo, hi = (o < start).sum(), (o < stop).sum()  # this rank's slots are [lo, hi) (sorted: contiguous)
     owned = torch.clamp(torch.arange(count, device=dev), min=lo, max=hi - 1)
@@ -351,8 +353,8 @@ def check_owned(index: Tensor, num_samples: int) -> None:
                  f"over {world} processes (turn validation on to see which); {advice}")
 
 
-def gather_owned(states: Sequence["SampleState"], x: Tensor, index: Tensor, extras: Sequence[Tensor], *,
-                 sizes: Sequence[int]) -> tuple[Tensor, Tensor, list[Tensor], bool]:
+def gather_owned(states: Sequence["SampleState"], x: Tensor | None, index: Tensor, extras: Sequence[Tensor], *,
+                 sizes: Sequence[int]) -> tuple[Tensor | None, Tensor, list[Tensor], bool]:
     """The step of ``state_placement="sharded_local"``: every rank's ``index`` lies in its own shard (checked by
     :func:`check_owned` with the batch), so each rank sends its batch's state rows (as bytes, exact) in the
     **one** gather of ``x`` (``grad="sum"``), ``index`` and ``extras`` (no gradient) that a replicated step makes,
@@ -364,9 +366,14 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor, index: Tensor, extr
     writes the same row again, so every write to one shard row carries one value).
 
     Returns ``(gathered x, the global index remapped to window positions, gathered extras, distinct)``,
-    ``distinct``: no index occurs twice in the global batch (known from ``U``; False with validation off)."""
+    ``distinct``: no index occurs twice in the global batch (known from ``U``; False with validation off).
+    ``x=None``: nothing to gather but ``index``, ``extras`` and the rows (a standalone
+    :class:`~xrisk.losses.FalseNegativeDetector`); the first result is then None.
+
+    A rank whose batch is empty (``sizes[rank] == 0``, validation on) sends no row and writes nothing back; the
+    window holds the other ranks' rows, as the replicated step's global batch does."""
     if not states or not xdist.is_distributed():
-        x_g, e = xdist.all_gather_with(x, [index, *extras], grad="sum", sizes=sizes, extra_sizes=sizes)
+        x_g, e = _gather_with(x, [index, *extras], sizes)
         return x_g, e[0], e[1:], False
     first = states[0]
     if any(st.num_samples != first.num_samples for st in states):
@@ -376,8 +383,7 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor, index: Tensor, extr
         raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
     dev = first.shard_tensors()[0].device
     local = (index if index.device == dev else index.to(dev)) - first.shard_start
-    x_g, (index_g, *extras_g, rows) = xdist.all_gather_with(
-        x, [index, *extras, _row_bytes(states, local)], grad="sum", sizes=sizes, extra_sizes=sizes)
+    x_g, (index_g, *extras_g, rows) = _gather_with(x, [index, *extras, _row_bytes(states, local)], sizes)
     if validation_enabled():  # the U distinct indices (a host-sized result): a window of U rows, as "sharded" opens
         ordered, slots = torch.unique(index_g, sorted=True, return_inverse=True)
         # a row per distinct index: the entry that lands last in the scatter (repeats carry the same row: any will do)
@@ -392,6 +398,13 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor, index: Tensor, extr
     for k, st in enumerate(states):
         st._begin_window(ordered, None, fetched[2 * k], fetched[2 * k + 1], plan)
     return x_g, slots, extras_g, distinct
+
+
+def _gather_with(x: Tensor | None, extras: list[Tensor], sizes: Sequence[int]) -> tuple[Tensor | None, list[Tensor]]:
+    """One collective: ``x`` (``grad="sum"``; None: not gathered) and ``extras`` (no gradient), ``sizes`` rows each."""
+    if x is None:
+        return None, xdist.all_gather_many(extras, sizes=sizes)
+    return xdist.all_gather_with(x, extras, grad="sum", sizes=sizes, extra_sizes=sizes)
 
 
 def open_window(states: Sequence["SampleState"], index: Tensor, *, rows: Tensor | None = None) -> Tensor:

@@ -15,7 +15,7 @@ from xrisk.functional.contrastive import (
     restrict_to_negatives,
 )
 from xrisk.losses._epochs import EpochTracking
-from xrisk.sharding import PLACEMENTS, Placement, state_window
+from xrisk.sharding import PLACEMENTS, Placement, check_owned, close_window, gather_owned, sharded_states, state_window
 from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, masked_update_state, update_states
 
 __all__ = ["FalseNegativeDetector"]
@@ -105,7 +105,9 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         state_placement: ``"replicated"``, ``"sharded"`` or ``"sharded_local"`` (each rank's indices in its own
             shard) per-sample state under torch.distributed (same results;
             :mod:`xrisk.sharding`); must match the loss's. Sharded, it runs inside its loss or through
-            :meth:`forward`.
+            :meth:`forward`; ``"sharded_local"`` through :meth:`forward` checks that every rank's ``index`` lies in
+            its own shard (an :class:`IndexError` on every rank naming the rank, the index and the shard) and
+            gathers the batch's rows with its indices (:func:`xrisk.sharding.gather_owned`, one round).
 
     State (``state_dict``): ``lam`` (:class:`~xrisk.state.SampleState` ``[n, 2]``, thresholds per sample
     and side; synced with ``local=True`` so every rank holds the same values), with Adam also
@@ -349,36 +351,60 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         Returns:
             ``[B, 2, C]`` bool, False for detected false negatives (all True before ``start_epoch``).
         """
-        index = self._agreed_index(index, functools.partial(_check_forward_shapes, sim, neg, index))
+        index, sizes = self._agreed_index(index, functools.partial(_check_forward_shapes, sim, neg, index),
+                                          layout=True)
         sims, masks = [sim[:, 0], sim[:, 1]], [neg[:, 0], neg[:, 1]]
         counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
         writes, masking = PendingWrites(_cause), self.masking  # the epoch at the start of the step
-        with state_window(self, index, local=True, write=self.training) as rows:  # sharded: the batch's rows
-            lam = self._step(sims, masks, rows, counts, writes=writes, index_checked=True)
-            self._commit(writes, index.numel())
+        states = sharded_states(self) if self.state_placement == "sharded_local" and xdist.is_distributed() else []
+        if states:  # owner-local: the rows travel with the indices (one gather), the window holds the global batch
+            _, slots, _, _ = gather_owned(states, None, index, [], sizes=sizes)
+            start = sum(sizes[: xdist.rank()])
+            try:
+                lam = self._step(sims, masks, slots[start : start + index.numel()], counts, writes=writes,
+                                 index_checked=True)
+                self._commit(writes, sum(sizes))
+            except BaseException:
+                close_window(states, write=False)
+                raise
+            close_window(states, write=self.training)  # each rank copies its own entries' rows into its shard
+        else:
+            with state_window(self, index, local=True, write=self.training) as rows:  # sharded: the batch's rows
+                lam = self._step(sims, masks, rows, counts, writes=writes, index_checked=True)
+                self._commit(writes, sum(sizes))
         self._kept(sims, masks, lam, counts)
         if not masking:
             return torch.ones_like(neg)
         return sim <= lam.unsqueeze(-1)
 
-    def _commit(self, writes: PendingWrites, num_local: int) -> None:
-        """Check and (training mode only) write a step of the detector used on its own; count its samples."""
+    def _commit(self, writes: PendingWrites, num_global: int) -> None:
+        """Check and (training mode only) write a step of the detector used on its own; count the global batch's
+        ``num_global`` samples (every rank the same number, also with uneven or empty local batches)."""
         writes.commit(write=self.training)
         if self.training:
-            self._count_samples(num_local * xdist.world_size())  # the global batch of equal local batches
+            self._count_samples(num_global)
 
-    def _agreed_index(self, index: Tensor, check: Callable[[], None] | None = None) -> Tensor:
-        """``check()`` and :func:`~xrisk.state.check_index`, agreed by every rank under torch.distributed
-        (:func:`xrisk.distributed.agree_on_batch`: a bad index on one rank raises on all of them)."""
+    def _agreed_index(self, index: Tensor, check: Callable[[], None] | None = None, *,
+                      layout: bool = False) -> Any:
+        """``check()`` and :func:`~xrisk.state.check_index` (with ``state_placement="sharded_local"`` also
+        :func:`~xrisk.sharding.check_owned`: an index outside the rank's shard is an :class:`IndexError` naming the
+        rank, the index and the shard), agreed by every rank under torch.distributed
+        (:func:`xrisk.distributed.agree_on_batch`: a bad index on one rank raises on all of them). ``layout``: also
+        return every rank's batch size (``(index, sizes)``)."""
 
         def validate() -> Tensor:
             if check is not None:
                 check()
-            return check_index(index, self.num_samples)
+            idx = check_index(index, self.num_samples)
+            if self.state_placement == "sharded_local":
+                check_owned(idx, self.num_samples)
+            return idx
 
         if not xdist.is_distributed():
-            return validate()
-        return xdist.agree_on_batch(type(self).__name__, validate, lambda i: {"index": i})[0]
+            idx = validate()
+            return (idx, [idx.numel()]) if layout else idx
+        idx, agreed = xdist.agree_on_batch(type(self).__name__, validate, lambda i: {"index": i})
+        return (idx, agreed.sizes) if layout else idx
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, alpha={self.alpha}, lr={self.lr}, optimizer={self.optimizer!r}, "
