@@ -83,7 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "gather_owned", "sharded_states",
            "open_window", "close_window", "state_window",
-           "fetch_rows", "gather_and_open", "as_dtensor", "local_rows"]
+           "fetch_rows", "gather_and_open", "as_dtensor", "local_rows", "sorted_runs"]
 
 #: Where the rows of a :class:`~xrisk.state.SampleState` live: on every rank, or split over the ranks
 #: (``"sharded_local"``: split like ``"sharded"``, and every rank's batch indices lie in its own shard).
@@ -248,12 +248,21 @@ def _fixed_positions(states: Sequence["SampleState"], index: Tensor) -> tuple[Te
     return ordered, slots, first
 
 
+def sorted_runs(index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(sorted, order, starts)`` of ``[B]`` ``index``: one stable sort (``sorted = index[order]``) and the
+    ``[B]`` bool mask of the positions of ``sorted`` where a new value begins (a run of equal indices). Fixed
+    shape, no host read: the duplicate structure behind the fixed-capacity window and
+    :func:`xrisk.state.duplicate_groups`."""
+    ordered, order = torch.sort(index, stable=True)
+    starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
+    return ordered, order, starts
+
+
 def _sorted_slots(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """:func:`_fixed_positions` without the checks, plus the sort's ``order`` (slot ``p`` holds entry
     ``order[p]``)."""
-    ordered, order = torch.sort(index, stable=True)
+    ordered, order, starts = sorted_runs(index)
     ar = torch.arange(ordered.numel(), device=ordered.device)
-    starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
     first = torch.cummax(torch.where(starts, ar, 0), 0).values
     return ordered, torch.empty_like(order).scatter_(0, order, first), first, order
 

@@ -56,6 +56,7 @@ from xrisk._tensors import finite_shift
 from xrisk._validate import all_finite, all_finite_async, assert_async, check_choice, validation_enabled
 from xrisk.sharding import (
     Placement, PLACEMENTS, as_dtensor, close_window, fetch_rows, is_sharded, local_rows, open_window, shard_range,
+    sorted_runs,
 )
 
 __all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
@@ -679,8 +680,7 @@ def duplicate_groups(index: Tensor) -> Tensor:
     """``[B]`` int64: for each entry of ``index``, the id in ``[0, B)`` of its group of equal entries (equal entries
     share an id, different ones differ). Fixed shape, no host read, ``O(B log B)`` (one sort): the duplicate
     structure of a batch for :func:`merge_groups` (no ``[B, B]`` equality mask)."""
-    ordered, order = torch.sort(index, stable=True)
-    starts = torch.cat([torch.ones_like(ordered[:1], dtype=torch.bool), ordered[1:] != ordered[:-1]])
+    _, order, starts = sorted_runs(index)
     return torch.empty_like(order).scatter_(0, order, torch.cumsum(starts, 0) - 1)
 
 
