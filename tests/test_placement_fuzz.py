@@ -9,13 +9,14 @@ does not divide in most cases. The same run goes through
 
 * one process on the concatenated global batch (the reference, replicated state, validation on and off), and
 * ``world`` gloo processes with ``state_placement`` ``"replicated"``, ``"sharded"`` and (owner-local cases)
-  ``"sharded_local"``, with validation on and (equal-size cases) off, the model's gradients averaged as DDP does,
+  ``"sharded_local"``, with validation on and (equal-size cases) off and (slow sweep) switched on or off per step,
+  the model's gradients averaged as DDP does,
   an SGD step with momentum after every step so that the state matters,
 
 for ``APLoss``, ``OneWayPartialAUCLoss`` (CVaR or KL), ``GlobalContrastiveLoss`` with individual temperatures,
 ``NUCLRLoss`` and ``GlobalContrastiveLoss`` with a ``FalseNegativeDetector`` (GloFND), the last one also with a
 ``state_dict`` round trip of the loss and the optimizer in the middle of the run (save, rebuild, load, continue).
-``AUCMLoss`` keeps no per-sample state (nothing to place) and is not run.
+The slow sweep adds ``TwoWayPartialAUCLoss`` and NUCLR with GloFND (GCL with a global temperature: see SLOW_LOSSES). ``AUCMLoss`` keeps no per-sample state (nothing to place) and is not run.
 
 What is compared, after every step, with the equality the library claims (``docs/scale.md``, ``xrisk.distributed``):
 
@@ -43,12 +44,20 @@ from torch import nn
 
 import xrisk
 from _dist import run_distributed
-from xrisk.losses import APLoss, FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss, OneWayPartialAUCLoss
+from xrisk.losses import (
+    APLoss, FalseNegativeDetector, GlobalContrastiveLoss, NUCLRLoss, OneWayPartialAUCLoss, TwoWayPartialAUCLoss,
+)
 from xrisk.sharding import shard_range
 
-SCORE_LOSSES = ("ap", "pauc")
-PAIR_LOSSES = ("gcl-individual", "nuclr", "gcl-glofnd", "gcl-glofnd-resume")
-LOSSES = SCORE_LOSSES + PAIR_LOSSES
+SCORE_LOSSES = ("ap", "pauc", "tpauc")
+PAIR_LOSSES = ("gcl-individual", "nuclr", "gcl-glofnd", "gcl-glofnd-resume", "gcl-global-glofnd", "nuclr-glofnd")
+LOSSES = ("ap", "pauc", "gcl-individual", "nuclr", "gcl-glofnd", "gcl-glofnd-resume")
+# the slow sweep runs these as well. Not "gcl-global-glofnd" (built by _make_loss): the 2-rank sweep found, on one
+# process, validation off != on for GCL with a learnable global temperature after an empty or one-sample batch
+# (seeds 21, 33, 45: tau differs by 0.04, then values and gradients): the validated path's connected zero
+# (_contrastive_base._connected_zero) is not connected to the loss's tau, so SGD with momentum skips tau there and
+# moves it on the device path (ScoreLoss._zero connects the loss's parameters). Not fixed yet.
+SLOW_LOSSES = (*LOSSES, "tpauc", "nuclr-glofnd")
 DEFAULT_SEEDS = (0, 1, 2, 3)  # the two low bits choose (equal sizes, owner-local): every combination once
 MAX_BATCH = 5
 
@@ -69,7 +78,8 @@ class Case:
     method: str  # OneWayPartialAUCLoss method
     mode: str  # GlobalContrastiveLoss mode
     fnd_optimizer: str  # the detector's optimizer
-    resume_at: int  # the round trip happens before this step
+    resume_at: int  # the round trip happens before this step (which follows a training step)
+    mixed: tuple[bool, ...]  # per step: validation on or off, in the runs that switch it between steps (slow sweep)
 
     @property
     def tasks(self) -> int:
@@ -80,15 +90,16 @@ class Case:
         return ("replicated", "sharded", "sharded_local") if self.local else ("replicated", "sharded")
 
     @property
-    def validations(self) -> tuple[bool, ...]:
-        return (True, False) if self.even else (True,)
+    def validations(self) -> tuple[bool | str, ...]:
+        return ((True, False) + (("mixed",) if self.mixed else ())) if self.even else (True,)
 
     def global_batch(self, step: int) -> list[int]:
         return [i for part in self.steps[step] for i in part]
 
 
-def make_case(seed: int, world: int) -> Case:
-    """The run of ``seed`` on ``world`` ranks; ``seed``'s two low bits choose equal sizes and owner-local indices."""
+def make_case(seed: int, world: int, *, switch: bool = False) -> Case:
+    """The run of ``seed`` on ``world`` ranks; ``seed``'s two low bits choose equal sizes and owner-local indices;
+    ``switch``: the equal-size runs are also made with validation switched on or off per step."""
     rng = random.Random(seed * 1000 + world)
     even, local = bool(seed & 1), bool(seed & 2)
     while True:  # uneven shards in most cases; with owner-local indices every rank must own a row when sizes
@@ -142,7 +153,11 @@ def make_case(seed: int, world: int) -> Case:
     return Case(seed=seed, world=world, num_samples=n, even=even, local=local,
                 labels=tuple(tuple(row) for row in labels), steps=tuple(steps), train=tuple(train),
                 kinds=tuple(kinds), method=rng.choice(("cvar", "kl")), mode=rng.choice(("unimodal", "bimodal")),
-                fnd_optimizer=rng.choice(("sgd", "adam")), resume_at=rng.randint(1, num_steps - 1))
+                fnd_optimizer=rng.choice(("sgd", "adam")),
+                # after a training step: objective() after an eval-mode call shows that call's estimate, which
+                # state_dict() does not keep (it keeps the last training step's; documented, see objective())
+                resume_at=rng.choice([s for s in range(1, num_steps) if train[s - 1]]),
+                mixed=tuple(rng.random() < 0.5 for _ in range(num_steps)) if switch else ())
 
 
 def _make_loss(case: Case, name: str, placement: str) -> nn.Module:
@@ -154,14 +169,19 @@ def _make_loss(case: Case, name: str, placement: str) -> nn.Module:
             return OneWayPartialAUCLoss(n, num_tasks=case.tasks, method="cvar", max_fpr=0.4, eta=0.2,
                                         state_placement=placement)
         return OneWayPartialAUCLoss(n, num_tasks=case.tasks, method="kl", tau=0.3, gamma=0.7, state_placement=placement)
-    if name == "nuclr":
-        return NUCLRLoss(n, tau=0.1, gamma=0.7, zeta_start_epoch=1, lr_zeta=0.2, state_placement=placement)
+    if name == "tpauc":
+        return TwoWayPartialAUCLoss(n, num_tasks=case.tasks, tau=0.3, tau_outer=0.8, gamma0=0.7, gamma1=0.5,
+                                    state_placement=placement)
     fnd = None
-    if name.startswith("gcl-glofnd"):
+    if "glofnd" in name:
         fnd = FalseNegativeDetector(n, alpha=0.3, lr=0.5 if case.fnd_optimizer == "sgd" else 0.05, start_epoch=1,
                                     optimizer=case.fnd_optimizer, state_placement=placement)
-    return GlobalContrastiveLoss(n, mode=case.mode, temperature="individual", tau=0.2, gamma=0.7, rho=0.3,
-                                 lr_tau=0.1, tau_min=0.05, false_negatives=fnd, state_placement=placement)
+    if name.startswith("nuclr"):
+        return NUCLRLoss(n, tau=0.1, gamma=0.7, zeta_start_epoch=1, lr_zeta=0.2, false_negatives=fnd,
+                         state_placement=placement)
+    return GlobalContrastiveLoss(n, mode=case.mode, temperature="global" if "global" in name else "individual",
+                                 tau=0.2, gamma=0.7, rho=0.3, lr_tau=0.1, tau_min=0.05, false_negatives=fnd,
+                                 state_placement=placement)
 
 
 def _state(loss: nn.Module) -> dict[str, torch.Tensor]:
@@ -177,8 +197,9 @@ def _round_trip(obj: nn.Module | torch.optim.Optimizer) -> dict:
     return torch.load(buf, weights_only=False)
 
 
-def run_case(case: Case, name: str, placement: str, validate: bool, rank: int, world: int) -> list[dict]:
-    """The run of ``case`` for one loss; ``world == 1``: one process on the concatenated global batches."""
+def run_case(case: Case, name: str, placement: str, validate: bool | str, rank: int, world: int) -> list[dict]:
+    """The run of ``case`` for one loss; ``world == 1``: one process on the concatenated global batches;
+    ``validate="mixed"``: validation on or off per step (``case.mixed``)."""
     score = name in SCORE_LOSSES
     torch.manual_seed(case.seed)
     n, tasks = case.num_samples, case.tasks
@@ -193,8 +214,8 @@ def run_case(case: Case, name: str, placement: str, validate: bool, rank: int, w
 
     loss_fn, opt = build()
     out = []
-    with xrisk.validation(validate):
-        for step in range(len(case.steps)):
+    for step in range(len(case.steps)):
+        with xrisk.validation(validate if isinstance(validate, bool) else case.mixed[step]):
             if name.endswith("-resume") and step == case.resume_at:
                 saved_loss, saved_opt = _round_trip(loss_fn), _round_trip(opt)
                 loss_fn, opt = build()
@@ -223,10 +244,10 @@ def run_case(case: Case, name: str, placement: str, validate: bool, rank: int, w
     return out
 
 
-def _worker(rank: int, world: int, cases: list[Case]) -> dict:
+def _worker(rank: int, world: int, cases: list[Case], losses: tuple[str, ...]) -> dict:
     out: dict = {}
     for case in cases:
-        for name in LOSSES:
+        for name in losses:
             for validate in case.validations:
                 for placement in case.placements:
                     try:
@@ -279,15 +300,15 @@ def _diff_close(got, want, where: str, errors: list[str]) -> None:  # type: igno
             errors.append(f"{where}: {str(exc).splitlines()[0]} {' '.join(str(exc).split()[-12:])}")
 
 
-def check_runs(case: Case, per_rank: list[dict], errors: list[str]) -> None:
+def check_runs(case: Case, per_rank: list[dict], errors: list[str], losses: tuple[str, ...] = LOSSES) -> None:
     """Every run of ``case`` against the one-process reference and against each other (see the module docstring)."""
     world = len(per_rank)
-    for name in LOSSES:
+    for name in losses:
         refs = {v: run_case(case, name, "replicated", v, 0, 1) for v in case.validations}
-        if False in refs:  # one process: the validation-off step equals the validated one (float tolerance)
-            for step, (off, on) in enumerate(zip(refs[False], refs[True])):
+        for v in case.validations[1:]:  # one process: validation off (or switched per step) equals on
+            for step, (off, on) in enumerate(zip(refs[v], refs[True])):
                 _diff_close(off, on, f"seed {case.seed} {name} step {step} ({case.kinds[step]}"
-                            f"{'' if case.train[step] else ', eval'}) one process: validation off vs on", errors)
+                            f"{'' if case.train[step] else ', eval'}) one process: validation {v} vs on", errors)
         for validate, ref in refs.items():
             runs = {p: [res[(case.seed, name, p, validate)] for res in per_rank] for p in case.placements}
             label = f"seed {case.seed} world {world} {name} validate={validate}"
@@ -322,12 +343,13 @@ def check_runs(case: Case, per_rank: list[dict], errors: list[str]) -> None:
                             _diff_exact(runs[p][r], plain, f"{label} {p} rank {r}: resumed vs uninterrupted", errors)
 
 
-def fuzz(seeds, world: int, timeout: float = 240.0) -> None:  # type: ignore[no-untyped-def]
-    cases = [make_case(seed, world) for seed in seeds]
-    per_rank = run_distributed(_worker, cases, world_size=world, timeout=timeout)
+def fuzz(seeds, world: int, losses: tuple[str, ...] = LOSSES, switch: bool = False,  # type: ignore[no-untyped-def]
+         timeout: float = 240.0) -> None:
+    cases = [make_case(seed, world, switch=switch) for seed in seeds]
+    per_rank = run_distributed(_worker, cases, losses, world_size=world, timeout=timeout)
     errors: list[str] = []
     for case in cases:
-        check_runs(case, per_rank, errors)
+        check_runs(case, per_rank, errors, losses)
     assert not errors, f"{len(errors)} mismatches, first ones:\n" + "\n".join(errors[:25])
 
 
@@ -352,6 +374,7 @@ def test_generator_covers_what_the_fuzz_claims():
     assert any(not c.local and set(c.steps[s][0]) & set(c.steps[s][1]) for c in cases for s in range(len(c.steps))), (
         "an index repeated across ranks")
     assert make_case(3, 2) == make_case(3, 2), "seeded"
+    assert all(c.train[c.resume_at - 1] for c in cases)
 
 
 @pytest.mark.distributed
@@ -363,7 +386,7 @@ def test_random_runs_on_two_ranks_equal_one_process():
 @pytest.mark.distributed
 @pytest.mark.parametrize("world,seeds", [(2, range(4, 60)), (3, range(0, 24))])
 def test_random_runs_sweep(world: int, seeds) -> None:  # type: ignore[no-untyped-def]
-    fuzz(seeds, world, timeout=1200.0)
+    fuzz(seeds, world, SLOW_LOSSES, switch=True, timeout=1200.0)
 
 
 # ----------------------------------------------------------------------------- what this fuzz found (one process)
