@@ -214,6 +214,12 @@ def _momentum(beta: float, old: Tensor, new: Tensor, seen: Tensor) -> Tensor:
     return torch.where(seen, torch.lerp(old, new, beta), new)
 
 
+def _objective_where(keep_new: Tensor, new: Callable[[], Tensor], old: Callable[[], Tensor]) -> Tensor:
+    """``new()`` where the bool tensor ``keep_new`` holds, else ``old()`` (lazy objectives, chosen on the device)."""
+    a, b = new().detach().reshape(()), old().detach().reshape(())
+    return torch.where(keep_new, a, b.to(a))
+
+
 def _connected_zero(feats_a: Tensor, feats_b: Tensor) -> Tensor:
     """The loss of a batch without negatives: a zero connected to both inputs' graphs."""
     return (feats_a.sum() + feats_b.sum()) * 0.0
@@ -492,19 +498,37 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             _check_all_finite(raw_a, raw_b, ref)
             raise
 
-    def _commit(self, writes: PendingWrites, num_global: int, device: bool = False) -> None:
+    def _commit(self, writes: PendingWrites, num_global: int, device: bool = False,
+                has_negative: Tensor | None = None) -> None:
         """End of a step: check every staged row at once, write them (training mode only), count the step's
         ``num_global`` samples for the inferred epoch and record the objective (see :meth:`objective`).
-        ``device``: the validation-off step, whose samples are counted on the device only (no inferred epoch)."""
+        ``device``: the validation-off step, whose samples are counted on the device only (no inferred epoch).
+        ``has_negative``: a bool device tensor (validation off); where it is False the step counts nothing and
+        :meth:`objective` and the checkpointed objective stay as they were (the validated step's early return)."""
         writes.commit(write=self.training)
         close_window(sharded_states(self) if is_sharded(self.state_placement) else [], write=self.training)
         pending = self.__dict__.pop("_step_objective", None)
+        if has_negative is not None and pending is not None:
+            # the estimates before this step, evaluated now (a lazy one would chain every step's tensors)
+            self._materialize_objective()
+            training_before = functools.partial(torch.Tensor.clone, self._objective.clone())
+            shown = self.__dict__.get("_eval_objective")
+            shown_before = training_before if shown is None else functools.partial(
+                torch.Tensor.clone, shown().detach().reshape(()))
+            if self.training:
+                pending = functools.partial(_objective_where, has_negative, pending, training_before)
+                if self.__dict__.get("_eval_objective") is not None:  # kept by a step without negatives
+                    self.__dict__["_eval_objective"] = functools.partial(_objective_where, has_negative, pending,
+                                                                         shown_before)
+            else:
+                pending = functools.partial(_objective_where, has_negative, pending, shown_before)
         if self.training:
-            self.__dict__.pop("_eval_objective", None)
+            if has_negative is None or pending is None:
+                self.__dict__.pop("_eval_objective", None)
             if pending is not None:
                 self.__dict__["_pending_objective"] = pending
             if device:
-                self._count_samples_on_device(num_global)
+                self._count_samples_on_device(num_global if has_negative is None else num_global * has_negative)
             else:
                 self._count_samples(num_global)
         elif pending is not None:
@@ -541,7 +565,11 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         out = self._loss(batch)
         if batch.objective is not None:
             self.__dict__["_step_objective"] = batch.objective
-        self._commit(writes, batch.index_global.numel(), device=True)
+        # a global batch of one distinct sample has no negative: the validated step returns its connected zero
+        # before anything is counted or recorded; here the masks write no row, and the count and the objective
+        # are kept on the device
+        idx_g = batch.index_global
+        self._commit(writes, idx_g.numel(), device=True, has_negative=(idx_g != idx_g[:1]).any())
         return out
 
     def _shape_batch(

@@ -143,6 +143,8 @@ class ScoreLoss(ReplicatedStateModule):
             sharded = []
         if not any(pos_counts):
             close_window(sharded, write=False)
+            self.__dict__["_pending_objective"] = None  # objective() is NaN after a batch without positives, as
+            self.__dict__["_objective_ready"] = False  # with validation off (where the kernels record NaN)
             return self._zero(s)
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
         self.__dict__["_index_unique"] = unique  # known without a device op: no index occurs twice in the batch
@@ -173,6 +175,11 @@ class ScoreLoss(ReplicatedStateModule):
         else:
             s, y, idx = self._shape_batch(scores, targets, index)
             sharded = []
+        if s.shape[0] == 0:  # a global batch empty on every rank (a shape, no value read): the validated zero step
+            close_window(sharded, write=False)
+            self.__dict__["_pending_objective"] = None
+            self.__dict__["_objective_ready"] = False
+            return self._zero(s)
         given = None  # no reference to the graph kept past the step (torch.compile returns no hidden output)
         pos_counts = y.sum(0)  # [T] on the device
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
