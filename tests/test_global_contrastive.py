@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+import xrisk
+
 from xrisk.functional.contrastive import (
     detached_weights_dot, gcl_fcco, gcl_fcco_square, gcl_objective, nuclr_fcco, nuclr_fcco_square, row_exp,
 )
@@ -236,6 +238,29 @@ def test_duplicates_and_no_negatives():
     assert torch.equal(a.grad, torch.zeros_like(a))
     assert not loss_fn.log_u.seen.any()
     assert torch.isnan(loss_fn.objective())
+
+
+@pytest.mark.parametrize("index", [[4], [4, 4]])
+def test_no_negative_batch_gives_the_learnable_temperature_a_zero_gradient_with_validation_on_and_off(index):
+    # regression (found by tests/test_placement_fuzz.py): validation on returned a zero connected to the features
+    # only (tau.grad None, so SGD with momentum skipped tau) while the device path reached tau through masks (a zero
+    # gradient, momentum moved it): the two paths trained tau differently after such a batch
+    taus = []
+    for on in (True, False):
+        loss_fn = GlobalContrastiveLoss(5, temperature="global", tau=0.2)
+        opt = torch.optim.SGD(loss_fn.parameters(), lr=0.1, momentum=0.9)
+        loss_fn.tau.grad = torch.tensor(-1.0)  # momentum from an earlier step
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        a = torch.randn(len(index), 3, requires_grad=True)
+        with xrisk.validation(on):
+            out = loss_fn(a, torch.randn(len(index), 3), torch.tensor(index))
+        out.backward()
+        assert out.item() == 0.0 and torch.equal(a.grad, torch.zeros_like(a))
+        assert loss_fn.tau.grad is not None and loss_fn.tau.grad.item() == 0.0
+        opt.step()
+        taus.append(loss_fn.tau.detach().clone())
+    assert torch.equal(taus[0], taus[1]) and taus[0].item() > 0.2 + 0.1 + 1e-6  # momentum moved tau again
 
 
 @pytest.mark.parametrize(

@@ -220,9 +220,16 @@ def _objective_where(keep_new: Tensor, new: Callable[[], Tensor], old: Callable[
     return torch.where(keep_new, a, b.to(a))
 
 
-def _connected_zero(feats_a: Tensor, feats_b: Tensor) -> Tensor:
-    """The loss of a batch without negatives: a zero connected to both inputs' graphs."""
-    return (feats_a.sum() + feats_b.sum()) * 0.0
+def _connected_zero(feats_a: Tensor, feats_b: Tensor, loss: nn.Module) -> Tensor:
+    """The loss of a batch without negatives: a zero connected to both inputs' graphs and to the loss's own
+    parameters (a learnable global temperature), so that every path gives those parameters a zero gradient, not
+    None: with validation off the device path reaches them through masks, and an optimizer with momentum or weight
+    decay moves a parameter with a zero gradient but skips one without (validation on and off must agree)."""
+    out = (feats_a.sum() + feats_b.sum()) * 0.0
+    for p in loss._parameters.values():
+        if p is not None and p.requires_grad:
+            out = out + p.sum() * 0.0
+    return out
 
 
 def _overflow_message(feats_a: Tensor, feats_b: Tensor, normalize: bool) -> str:
@@ -467,7 +474,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         elif not distributed:
             idx = on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
         if idx.numel() < 2 and not distributed:  # no anchor has a negative: nothing to learn
-            return _connected_zero(raw_a, raw_b)
+            return _connected_zero(raw_a, raw_b, self)
         # one process: normalisation and similarity are one autograd node (cosine_similarity_matrix / cosine_gram)
         fused = self.normalize and not distributed
         if self.normalize and not fused:
@@ -475,7 +482,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         batch = self._make_batch(feats_a, feats_b, idx, fused, layout, ref)
         distinct = batch.index_global.numel() if batch.unique_index is None else batch.unique_index.numel()
         if distinct < 2:  # the global batch (the same on every rank) holds one sample: no negative anywhere
-            return _connected_zero(raw_a, raw_b)
+            return _connected_zero(raw_a, raw_b, self)
         if self.false_negatives is not None:  # unique indices: no mask yet, the detector knows the excluded diagonals
             excluded = None
             if batch.neg[0] is None:
@@ -552,7 +559,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         writes = self.__dict__["_writes"] = PendingWrites(_DEVICE_CAUSE)
         self.__dict__["_step_objective"] = None
         if idx.numel() * xdist.world_size() < 2:  # no anchor has a negative (one index: every count is 0, same result)
-            return _connected_zero(feats_a, feats_b)
+            return _connected_zero(feats_a, feats_b, self)
         fused = self.normalize and layout is None  # several processes: normalised rows are gathered
         if self.normalize and not fused:
             feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
