@@ -233,3 +233,49 @@ def test_to_keeps_fp32_state_and_device(case: LossCase):
                          ids=[c.name for c in CASES if c.gradcheck is not None])
 def test_kernel_gradcheck_float64(case: LossCase):
     case.gradcheck()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float32 summation order (the device path and the validated path sum in different orders; a
+    temperature's momentum near 0 is a difference of O(1) terms, hence the absolute tolerance)."""
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_validation_off_trains_like_validation_on(case: LossCase):
+    """``xrisk.validation(False)`` changes how a step is computed (device masks, no host read), never what it
+    computes: over normal, empty and degenerate batches the values, the inputs' gradients, the loss's own
+    parameters' gradients (a zero gradient and no gradient differ: an optimizer with momentum moves a parameter
+    with a zero gradient and skips one without), the state and ``objective()`` agree with validation on."""
+    import xrisk
+
+    ref = case.make()
+    losses = {True: ref, False: copy.deepcopy(ref)}
+    batches = [case.batch(0)]
+    batches += [case.empty_batch()] if case.empty_batch is not None else []
+    batches += list(case.extra["degenerate"]()) if "degenerate" in case.extra else []
+    batches += [case.batch(1), case.batch(2), case.batch(0)]
+    for step, batch in enumerate(batches):
+        seen = {}
+        for on, loss in losses.items():
+            for p in loss.parameters():
+                p.grad = None
+            args = _prepare(case, copy.deepcopy(batch))
+            with xrisk.validation(on):
+                out = loss(*args)
+                out.backward()
+                obj = loss.objective().detach().clone() if _has_objective(loss) else None
+            seen[on] = (out.detach(), [args[i].grad for i in case.grad_args],
+                        {k: p.grad for k, p in loss.named_parameters()}, _states(loss), obj)
+        (o1, g1, p1, s1, j1), (o0, g0, p0, s0, j0) = seen[True], seen[False]
+        where = f"step {step}"
+        assert _close(o1, o0), f"{where}: value {o1} (on) vs {o0} (off)"
+        for a, b in zip(g1, g0):
+            assert (a is None) == (b is None) and (a is None or _close(a, b)), f"{where}: input gradient differs"
+        for k in p1:
+            assert (p1[k] is None) == (p0[k] is None), f"{where}: parameter {k} gradient {p1[k]} (on) vs {p0[k]} (off)"
+            assert p1[k] is None or _close(p1[k], p0[k]), f"{where}: parameter {k} gradient differs"
+        assert s1.keys() == s0.keys()
+        for k in s1:
+            assert _close(s1[k], s0[k]), f"{where}: state {k} differs"
+        assert (j1 is None) == (j0 is None) and (j1 is None or _close(j1, j0)), f"{where}: objective {j1} vs {j0}"

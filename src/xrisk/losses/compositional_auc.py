@@ -29,7 +29,9 @@ class CompositionalAUCLoss(AUCMLoss):
     ``[0, 1]``). It is trained by alternation, driven by a step counter ``num_steps``: the calls
     ``n`` with ``n mod 2k < k`` return the **cross-entropy** ``mean_{i,t} BCE(f_it, y_it)``
     (the inner step), the next ``k`` calls return the **AUC-M surrogate** (the outer step).
-    :class:`xrisk.optim.PDSCA` reads :meth:`last_phase` to apply the matching update.
+    :class:`xrisk.optim.PDSCA` reads :meth:`last_phase` to apply the matching update. In the
+    cross-entropy phase ``a``, ``b`` and ``alpha`` get a zero gradient (connected, with validation on as
+    off), which PDSCA leaves unused; another optimizer sees the same gradients either way.
 
     The returned value is the surrogate of the current phase (the AUC-M part can be negative).
     :meth:`objective` (``objective_name = "auc_margin"``) reports the AUC-M objective estimate
@@ -111,7 +113,8 @@ class CompositionalAUCLoss(AUCMLoss):
                 )
             size = scores.shape[0]
             self._record_aucm_objective(scores, targets, [0 < c < size for c in pos_counts])
-            out = F.binary_cross_entropy(scores, targets.to(scores.dtype))
+            # + a zero connected to a, b, alpha: they get a zero gradient, as on the device path (_masked_loss)
+            out = F.binary_cross_entropy(scores, targets.to(scores.dtype)) + self._zero(scores)
         else:
             out = self._aucm(scores, targets, pos_counts)
         self._writes.after(functools.partial(self.num_steps.add_, 1))  # training mode, committed step
