@@ -15,6 +15,7 @@ gradients averaged as DDP does:
 * the same with sharded state (every loss with per-sample state): the validation-off step opens a window of
   ``B_global`` slots (``xrisk.sharding``, fixed capacity) instead of reading how many rows each rank owns; also
   when one rank owns none of a step's rows;
+* the same for a ``FalseNegativeDetector`` used on its own (SGD, and Adam with ``init_quantile``), every placement;
 * the same with owner-local sharded state (``state_placement="sharded_local"``, every loss with per-sample state):
   each rank's indices are mapped into its own shard (``xrisk.sharding.shard_range``), its rows travel in the
   batch's one gather, and the validation-off step checks ownership with an on-device assert (no host read);
@@ -90,8 +91,32 @@ def _sharded_copy(loss: nn.Module, placement: str) -> nn.Module:
                       state_placement=placement)
 
 
+def _detector_setup(case: str, placement: str):
+    """A ``FalseNegativeDetector`` on its own (``detector(sim, neg, index)``): each rank's anchors against the
+    global batch's columns, its keep-mask weighting a differentiable sum so that the step trains the model."""
+    from xrisk.losses import FalseNegativeDetector
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(tcc.DIM, 8), nn.Tanh(), nn.Linear(8, 8))
+    det = FalseNegativeDetector(tcc.N, alpha=0.2, lr=0.3, optimizer=case, init_quantile=case == "adam",
+                                state_placement=placement)
+    det.set_epoch(0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def forward(x, y, index):
+        a, b = nn.functional.normalize(net(x), dim=1), nn.functional.normalize(net(y), dim=1)
+        cols = xrisk.distributed.all_gather(b, grad="sum", sizes=[b.shape[0]] * dist.get_world_size())
+        sim = torch.stack([a @ cols.T, a @ cols.T * 0.5], 1)  # [B, 2, C]: two sides
+        neg = torch.ones(sim.shape, dtype=torch.bool)
+        keep = det(sim.detach(), neg, index)
+        return (sim * keep).sum() / sim.numel()
+
+    return net, det, opt, forward, tcc._batches(STEPS)
+
+
 SETUPS = {**{f"score:{c}": (_score_setup, c) for c in [*tcs.CASES, "ap-sgd-low"]},
-          **{f"contrastive:{c}": (_contrastive_setup, c) for c in tcc.CASES}}
+          **{f"contrastive:{c}": (_contrastive_setup, c) for c in tcc.CASES},
+          **{f"detector:{c}": (_detector_setup, c) for c in ("sgd", "adam")}}
 #: every loss with per-sample state
 SHARDED = tuple(name for name in SETUPS if not name.startswith(("score:aucm", "score:compauc")))
 #: the placements every loss of SHARDED also runs with ("-low" places every index in rank 0's shard: "sharded" only)

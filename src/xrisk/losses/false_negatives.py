@@ -9,14 +9,19 @@ import torch
 from torch import Tensor
 
 from xrisk import distributed as xdist
-from xrisk._validate import check_choice, check_positive, check_unit_interval
+from xrisk._validate import check_choice, check_positive, check_unit_interval, validation_enabled
 from xrisk.functional.contrastive import (
     count_true, masked_upper_quantile, negatives_mask, quantile_subgradient, quantile_threshold_step,
     restrict_to_negatives,
 )
 from xrisk.losses._epochs import EpochTracking
-from xrisk.sharding import PLACEMENTS, Placement, check_owned, close_window, gather_owned, sharded_states, state_window
-from xrisk.state import PendingWrites, ReplicatedStateModule, SampleState, check_index, masked_update_state, update_states
+from xrisk.sharding import (
+    PLACEMENTS, Placement, check_owned, close_window, gather_owned, open_window, sharded_states, state_window,
+)
+from xrisk.state import (
+    PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_async, duplicate_groups,
+    masked_update_state, update_states,
+)
 
 __all__ = ["FalseNegativeDetector"]
 
@@ -199,7 +204,7 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
     def _step(
         self, sims: list[Tensor], negs: Sequence[Tensor | None], index: Tensor, counts: Tensor | int, *,
         writes: PendingWrites, index_checked: bool = False, unique: bool = False, excluded: Sequence[Blocks] = ((), ()),
-        groups: Tensor | None = None,
+        groups: Tensor | None = None, on_device: bool = False,
     ) -> Tensor:
         """Stage the threshold update of the batch anchors (from per-side ``[B, C]`` sims/negatives) in ``writes``;
         return the updated thresholds ``[B, 2]``.
@@ -208,7 +213,8 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         ``index_checked`` / ``unique``: as
         ``index_checked`` / ``assume_unique`` of :func:`~xrisk.state.update_states`. ``negs[v]`` None: every
         column but the diagonals ``excluded[v]``. ``groups``: the fixed-shape step of validation off (no host read;
-        duplicates of ``index`` merged by these :func:`~xrisk.state.duplicate_groups` ids).
+        duplicates of ``index`` merged by these :func:`~xrisk.state.duplicate_groups` ids); ``on_device``: that step
+        with the ids computed here, of the (gathered) batch's ``index``.
         """
         ref = sims[0]
         if self.lam.num_shards > 1 and not self.lam.window_open:
@@ -235,19 +241,21 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
             states = (self.lam, self.lam_m, self.lam_v)
         if self.init_quantile:
             first = ~self.lam.seen.index_select(0, index).to(ref.device)
-            if groups is not None or bool(first.any()):  # validation off: always computed, applied by the mask
+            if on_device or groups is not None or bool(first.any()):  # validation off: always computed, masked
                 masks = _explicit_masks(sims, negs, excluded)
                 q = torch.stack([masked_upper_quantile(sims[v], masks[v], self.alpha) for v in (0, 1)], 1)
                 new = torch.where(first, q, new)
                 rows = [torch.where(first, 0.0, r) for r in rows]  # the moments start after the initialisation
         has = None if isinstance(counts, int) else counts > 0  # an int: every anchor has that many (>= 1)
-        if groups is not None:  # duplicates averaged on the device (gamma = 1: their mean), fixed shape
+        if on_device or groups is not None:  # duplicates averaged on the device (gamma = 1: their mean), fixed shape
             values = [r.to(torch.float32) for r in (new, *rows)]
             start = 0
             if xdist.is_distributed():  # the local anchors' rows -> the global batch's (equal local batches)
                 sizes = [index.numel()] * xdist.world_size()
                 start = xdist.rank() * index.numel()
                 index, has, *values = xdist.all_gather_many([index, has, *values], sizes=sizes)
+            if groups is None:
+                groups = duplicate_groups(index)
             news = [masked_update_state(st, index, r, has, groups.to(index.device), _overwrite, writes=writes)[0]
                     for st, r in zip(states, values)]
             return news[0].narrow(0, start, lam.shape[0]).to(ref.device, ref.dtype)
@@ -350,7 +358,14 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
 
         Returns:
             ``[B, 2, C]`` bool, False for detected false negatives (all True before ``start_epoch``).
+
+        With validation off (:func:`xrisk.set_validation`) the step reads nothing back to the host: the index is
+        checked with on-device asserts, every rank's batch must have the same size, and the samples are counted
+        on the device without inferring the epoch (call :meth:`set_epoch`); the thresholds and masks are the
+        validated step's.
         """
+        if not validation_enabled():
+            return self._forward_unchecked(sim, neg, index)
         index, sizes = self._agreed_index(index, functools.partial(_check_forward_shapes, sim, neg, index),
                                           layout=True)
         sims, masks = [sim[:, 0], sim[:, 1]], [neg[:, 0], neg[:, 1]]
@@ -372,6 +387,51 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
             with state_window(self, index, local=True, write=self.training) as rows:  # sharded: the batch's rows
                 lam = self._step(sims, masks, rows, counts, writes=writes, index_checked=True)
                 self._commit(writes, sum(sizes))
+        return self._masks(sim, neg, sims, masks, lam, counts, masking)
+
+    def _forward_unchecked(self, sim: Tensor, neg: Tensor, index: Tensor) -> Tensor:
+        """:meth:`forward` with validation off (:func:`xrisk.set_validation`): no host read. Shapes are checked on
+        the host (metadata), the index bounds (and, ``"sharded_local"``, ownership) with on-device asserts; under
+        torch.distributed every rank's batch must have the same size (:func:`xrisk.distributed.agree_on_shapes`);
+        duplicates are merged by :func:`~xrisk.state.duplicate_groups` ids (fixed shape), a sharded step opens a
+        window of fixed capacity, and the samples are counted on the device (the epoch is not inferred from them:
+        call :meth:`set_epoch`). The same thresholds and masks as the validated step."""
+
+        def validate() -> Tensor:
+            _check_forward_shapes(sim, neg, index)
+            idx = check_index_async(index, self.num_samples)
+            if self.state_placement == "sharded_local":
+                check_owned(idx, self.num_samples)  # on the device
+            return idx
+
+        index, layout = xdist.agree_on_shapes(type(self).__name__, validate, lambda i: {"index": i})
+        sizes, n = layout.sizes, index.numel()
+        start = sum(sizes[: layout.rank])
+        sims, masks = [sim[:, 0], sim[:, 1]], [neg[:, 0], neg[:, 1]]
+        counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
+        writes, masking = PendingWrites(_cause), self.masking  # the epoch at the start of the step
+        states = sharded_states(self) if xdist.is_distributed() else []
+        local = index  # replicated: _step gathers the indices with the new rows and merges their duplicates
+        if states:  # sharded: this rank's entries as window positions (a repeated index: one position)
+            if self.state_placement == "sharded_local":  # the rows ride in the one gather of the indices
+                _, positions, _, _ = gather_owned(states, None, index, [], sizes=sizes)
+            else:  # "sharded": a window of fixed capacity (one slot per entry of the global batch)
+                positions = open_window(states, xdist.all_gather_no_grad(index, sizes=sizes))
+            local = positions.narrow(0, start, n)
+        try:
+            lam = self._step(sims, masks, local, counts, writes=writes, index_checked=True, on_device=True)
+            writes.commit_on_device(write=self.training)
+            if self.training:
+                self._count_samples_on_device(sum(sizes))
+        except BaseException:
+            close_window(states, write=False)
+            raise
+        close_window(states, write=self.training)
+        return self._masks(sim, neg, sims, masks, lam, counts, masking)
+
+    def _masks(self, sim: Tensor, neg: Tensor, sims: list[Tensor], masks: list[Tensor], lam: Tensor, counts: Tensor,
+               masking: bool) -> Tensor:
+        """The keep-mask :meth:`forward` returns (recording :attr:`last_masked_fraction`)."""
         self._kept(sims, masks, lam, counts)
         if not masking:
             return torch.ones_like(neg)
