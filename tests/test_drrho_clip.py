@@ -104,7 +104,10 @@ def test_every_kernel_path_with_an_offset_equals_the_kernel_on_shifted_similarit
     for x, y in zip(got[1:], want[1:]):  # state rows, tau / zeta statistics
         if isinstance(x, torch.Tensor):
             torch.testing.assert_close(x.detach(), y.detach())
-    if name in ("gcl-square-learnable", "gcl-rows-per-side"):  # values computed on s + o
+    # a learnable temperature, shared or per anchor: the value computed on s + o, by every path (the per-anchor
+    # square kernel took it on s while the rows kernel took it on s + o: validation on and off, one process and
+    # several, reported different values for a bimodal DRRho-CLIP step; found by tests/test_placement_fuzz.py)
+    if name in ("gcl-square-learnable", "gcl-square-per-anchor", "gcl-rows-per-side"):
         torch.testing.assert_close(got[0].detach(), want[0].detach())
     else:  # the value is sum_ij w_ij s_ij on the target's similarities, with the same weights
         torch.testing.assert_close(got[0].detach() + (s1.grad * o).sum(), want[0].detach())

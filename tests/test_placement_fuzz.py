@@ -15,8 +15,10 @@ does not divide in most cases. The same run goes through
 
 for ``APLoss``, ``OneWayPartialAUCLoss`` (CVaR or KL), ``GlobalContrastiveLoss`` with individual temperatures,
 ``NUCLRLoss`` and ``GlobalContrastiveLoss`` with a ``FalseNegativeDetector`` (GloFND), the last one also with a
-``state_dict`` round trip of the loss and the optimizer in the middle of the run (save, rebuild, load, continue).
-The slow sweep adds ``TwoWayPartialAUCLoss``, NUCLR with GloFND and GCL with a learnable global temperature and GloFND. ``AUCMLoss`` keeps no per-sample state (nothing to place) and is not run.
+``state_dict`` round trip of the loss and the optimizer in the middle of the run (save, rebuild, load, continue),
+and GCL with a reference model's features (DRRho-CLIP, ``ref_feats``).
+The slow sweep adds ``TwoWayPartialAUCLoss``, NUCLR with GloFND (also with reference features) and GCL with a
+learnable global temperature and GloFND. ``AUCMLoss`` keeps no per-sample state (nothing to place) and is not run.
 
 What is compared, after every step, with the equality the library claims (``docs/scale.md``, ``xrisk.distributed``):
 
@@ -50,14 +52,15 @@ from xrisk.losses import (
 from xrisk.sharding import shard_range
 
 SCORE_LOSSES = ("ap", "pauc", "tpauc")
-PAIR_LOSSES = ("gcl-individual", "nuclr", "gcl-glofnd", "gcl-glofnd-resume", "gcl-global-glofnd", "nuclr-glofnd")
-LOSSES = ("ap", "pauc", "gcl-individual", "nuclr", "gcl-glofnd", "gcl-glofnd-resume")
+PAIR_LOSSES = ("gcl-individual", "nuclr", "gcl-glofnd", "gcl-glofnd-resume", "gcl-global-glofnd", "nuclr-glofnd",
+               "gcl-ref", "nuclr-glofnd-ref")  # "-ref": DRRho, with a reference model's features (ref_feats)
+LOSSES = ("ap", "pauc", "gcl-individual", "nuclr", "gcl-glofnd", "gcl-glofnd-resume", "gcl-ref")
 # the slow sweep runs these as well. "gcl-global-glofnd" (GCL with a learnable global temperature) found, on one
 # process, validation off != on after a batch of one distinct sample (seeds 21, 33, 45 of the 2-rank sweep): the
 # validated path's connected zero reached the features only, so SGD with momentum skipped tau there and moved it on
 # the device path. Fixed (_contrastive_base._connected_zero connects the loss's parameters, as ScoreLoss._zero);
 # pinned by tests/test_global_contrastive.py::test_no_negative_batch_gives_the_learnable_temperature_a_zero_...
-SLOW_LOSSES = (*LOSSES, "tpauc", "nuclr-glofnd", "gcl-global-glofnd")
+SLOW_LOSSES = (*LOSSES, "tpauc", "nuclr-glofnd", "gcl-global-glofnd", "nuclr-glofnd-ref")
 DEFAULT_SEEDS = (0, 1, 2, 3)  # the two low bits choose (equal sizes, owner-local): every combination once
 MAX_BATCH = 5
 
@@ -207,6 +210,7 @@ def run_case(case: Case, name: str, placement: str, validate: bool | str, rank: 
     g = torch.Generator().manual_seed(case.seed)
     x_all = torch.randn(n, 3 if score else 6, dtype=torch.float64, generator=g)
     y_all = torch.tensor(case.labels, dtype=torch.float64)
+    ref_all = torch.randn(2, n, 3, dtype=torch.float64, generator=g)  # a reference model's features, per sample
 
     def build() -> tuple[nn.Module, torch.optim.Optimizer]:
         loss = _make_loss(case, name, placement).double()
@@ -229,7 +233,8 @@ def run_case(case: Case, name: str, placement: str, validate: bool | str, rank: 
                 value = loss_fn(scores.squeeze(1), y.squeeze(1), idx) if tasks == 1 else loss_fn(scores, y, idx)
             else:
                 loss_fn.set_epoch(step // 2)  # crosses GloFND's and NUCLR's start epoch (1)
-                value = loss_fn(model(x_all[idx]), model(x_all[idx] + 0.3 * noise[idx]), idx)
+                ref = (ref_all[0, idx], ref_all[1, idx]) if name.endswith("-ref") else None
+                value = loss_fn(model(x_all[idx]), model(x_all[idx] + 0.3 * noise[idx]), idx, ref)
             opt.zero_grad()
             value.backward()
             if world > 1:

@@ -62,8 +62,20 @@ def _clip_batch(seed: int) -> tuple:
     return a, b, (torch.arange(8) + 5 * seed) % 20, ref
 
 
+def _clip_empty() -> tuple:
+    return torch.empty(0, 5), torch.empty(0, 5), torch.empty(0, dtype=torch.long), (torch.empty(0, 3), torch.empty(0, 3))
+
+
+def _clip_degenerate() -> list[tuple]:
+    """No anchor has a negative: one pair; one sample twice (with its reference features)."""
+    g = torch.Generator().manual_seed(11)
+    return [(*(torch.randn(k, 5, generator=g) for _ in range(2)), torch.tensor(i),
+             tuple(torch.randn(k, 3, generator=g) for _ in range(2))) for k, i in ((1, [3]), (2, [4, 4]))]
+
+
 def _clip_case(name: str, make) -> LossCase:
-    return LossCase(name=name, make=make, batch=_clip_batch, grad_args=(0, 1), gradcheck=contrastive_gradcheck)
+    return LossCase(name=name, make=make, batch=_clip_batch, grad_args=(0, 1), gradcheck=contrastive_gradcheck,
+                    empty_batch=_clip_empty, extra={"degenerate": _clip_degenerate})
 
 
 CASES = [
@@ -73,6 +85,8 @@ CASES = [
     _case("drrho-cvar-alpha1", lambda: DRRhoLoss(divergence="cvar", alpha=1.0)),
     _clip_case("drrho-clip-gcl-bimodal-global",
                lambda: GlobalContrastiveLoss(64, mode="bimodal", temperature="global", tau=0.2, rho=0.5)),
+    _clip_case("drrho-clip-gcl-bimodal-individual",  # one process, unique indices: the square kernel
+               lambda: GlobalContrastiveLoss(64, mode="bimodal", temperature="individual", tau=0.2, rho=0.5)),
     _clip_case("drrho-clip-gcl-unimodal-individual",
                lambda: GlobalContrastiveLoss(64, mode="unimodal", temperature="individual", tau=0.2, rho=0.5)),
     _clip_case("drrho-clip-gcl-bimodal-fnd",

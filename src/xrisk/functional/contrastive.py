@@ -598,7 +598,7 @@ def gcl_fcco_square(
     valid, some_empty, log_cnt = _anchor_counts(count, n, sd)
     out, log_u, log_den, value = _gcl_square(
         sim, sd, p, tau, per_anchor, inv, estimator, neg, valid, some_empty, log_cnt, eps, scale, stable,
-        need_value=isinstance(tau, Tensor), shifted=offset is not None and isinstance(tau, Tensor) and not per_anchor,
+        need_value=isinstance(tau, Tensor), shifted=offset is not None and isinstance(tau, Tensor),
         weighted_sum=weighted_sum,
     )
     return _gcl_tau_terms(out, log_u, log_den, value, tau, per_anchor, inv, valid, some_empty, rho, scale)
@@ -786,7 +786,8 @@ def _gcl_square(
     stable: bool, *, need_value: bool, shifted: bool = False, weighted_sum: WeightedSum | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The kernel of :func:`gcl_fcco_square` (``sd``: ``sim`` detached, shifted by the offset if any; ``p``: its
-    diagonal; ``shifted``: the surrogate's value must be taken on ``sd``, which one learnable temperature needs).
+    diagonal; ``shifted``: the surrogate's value must be taken on ``sd``, as :func:`_gcl_rows` takes it for a
+    learnable temperature, shared or per anchor).
 
     Returns ``(surrogate, log_u, log(eps + u), value [B, 2] or None)``: ``value_iv = scale sum_j p_ij d_ij``,
     computed when ``need_value`` and the temperature is per anchor; a shared learnable temperature needs only
@@ -833,8 +834,8 @@ def _gcl_square(
     if weighted_sum is not None:  # sum(w * sd) is the sum of the per-anchor values when they were computed
         total = value.sum() if value is not None else _weights_dot(sd if shifted else sim, w)  # sim: no graph
         return weighted_sum(w, total), log_u, log_den, value
-    if value is not None:
-        return _weights_dot(sim, w), log_u, log_den, value
+    if value is not None:  # with an offset the value is the sum of the per-anchor values, as in _gcl_rows
+        return (detached_weights_dot(sim, w, value.sum()) if shifted else _weights_dot(sim, w)), log_u, log_den, value
     return _shifted_weights_dot(sim, w, sd if shifted else None), log_u, log_den, None
 
 
