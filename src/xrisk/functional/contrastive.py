@@ -1011,5 +1011,10 @@ def nuclr_fcco_square(
         col_count = torch.stack(
             [_column_counts(neg[0], n, (0, 0), None, 0, n, sd), _column_counts(neg[1], n, (0, 0), None, 1, n, sd)], 1
         )
-    out = _weights_dot(sim, w) if weighted_sum is None else weighted_sum(w, _weights_dot(sim, w))
+    # with an offset the value is taken on the shifted similarities sd, as nuclr_fcco's rows take it
+    shifted = sd if offset is not None else None
+    if weighted_sum is None:
+        out = _shifted_weights_dot(sim, w, shifted)
+    else:
+        out = weighted_sum(w, _weights_dot(sim if shifted is None else shifted, w))
     return NUCLRStep(out, log_u, col_weight, col_count, valid)
