@@ -68,7 +68,7 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -81,7 +81,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from xrisk.state import SampleState
 
-__all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "gather_owned", "sharded_states",
+__all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "OwnedRows", "owned_rows",
+           "gather_owned", "sharded_states",
            "open_window", "close_window", "state_window",
            "fetch_rows", "gather_and_open", "as_dtensor", "local_rows", "sorted_runs"]
 
@@ -362,8 +363,39 @@ def check_owned(index: Tensor, num_samples: int) -> None:
                  f"over {world} processes (turn validation on to see which); {advice}")
 
 
+class OwnedRows(NamedTuple):
+    """This rank's part of an owner-local window (:func:`owned_rows`), found while its batch is validated, before the
+    ranks agree on it (the agreement carries :attr:`tag`, so every rank learns how many rows each one sends)."""
+
+    #: ``[U_r]`` the sorted distinct shard rows (``index - shard_start``) of the entries in ``rows``
+    shard_rows: Tensor
+    #: each chosen entry's position among ``shard_rows`` (``torch.unique``'s inverse)
+    positions: Tensor
+    #: ``[B_r]`` bool, the entries whose state rows the step reads or writes (None: all)
+    rows: Tensor | None
+    #: no index occurs twice among the chosen entries
+    distinct: bool
+
+    @property
+    def tag(self) -> int:
+        """``2 U_r + (0 if distinct else 1)``: what :func:`xrisk.distributed.agree_on_batch` carries for
+        :func:`gather_owned` (``tags``)."""
+        return 2 * self.shard_rows.numel() + (0 if self.distinct else 1)
+
+
+def owned_rows(index: Tensor, num_samples: int, rows: Tensor | None = None) -> OwnedRows:
+    """The state rows this rank sends in an owner-local step (validation on): the sorted distinct indices of the
+    entries of its ``index`` (validated, in its own shard: :func:`check_owned`) where ``rows`` holds (all if None),
+    as shard rows, and each such entry's position among them. One ``torch.unique`` of the local batch."""
+    start = shard_range(num_samples, xdist.world_size(), xdist.rank())[0]
+    chosen = index if rows is None else index.masked_select(rows)
+    uniq, inv = torch.unique(chosen, sorted=True, return_inverse=True)
+    return OwnedRows(uniq - start, inv, rows, uniq.numel() == chosen.numel())
+
+
 def gather_owned(states: Sequence["SampleState"], x: Tensor | None, index: Tensor, extras: Sequence[Tensor], *,
-                 sizes: Sequence[int]) -> tuple[Tensor | None, Tensor, list[Tensor], bool]:
+                 sizes: Sequence[int], owned: OwnedRows | None = None,
+                 tags: Sequence[int] = ()) -> tuple[Tensor | None, Tensor, list[Tensor], bool]:
     """The step of ``state_placement="sharded_local"``: every rank's ``index`` lies in its own shard (checked by
     :func:`check_owned` with the batch), so each rank sends its batch's state rows (as bytes, exact) in the
     **one** gather of ``x`` (``grad="sum"``), ``index`` and ``extras`` (no gradient) that a replicated step makes,
@@ -380,7 +412,16 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor | None, index: Tenso
     :class:`~xrisk.losses.FalseNegativeDetector`); the first result is then None.
 
     A rank whose batch is empty (``sizes[rank] == 0``, validation on) sends no row and writes nothing back; the
-    window holds the other ranks' rows, as the replicated step's global batch does."""
+    window holds the other ranks' rows, as the replicated step's global batch does.
+
+    **Counted rows** (validation on, ``owned`` given: this rank's :func:`owned_rows`, found before the agreement,
+    and ``tags`` every rank's :attr:`OwnedRows.tag` from it, :attr:`xrisk.distributed.BatchLayout.tags`): each rank
+    sends only its ``U_r`` distinct chosen rows, sorted, in their own dtypes, and the window positions of its
+    entries (in place of the indices, which nothing else needs); the gathered rows *are* the window (the shards are
+    in rank order, so rank after rank is sorted), with no global ``torch.unique``, no row selection and no byte
+    copies, and the write-back copies the contiguous window rows of this rank into its shard. Entries outside
+    ``owned.rows`` are remapped one past the window (``U = sum U_r``), which any read or write rejects (as
+    :func:`open_window`'s ``rows``); ``distinct`` is about the chosen entries, from the tags."""
     if not states or not xdist.is_distributed():
         x_g, e = _gather_with(x, [index, *extras], sizes)
         return x_g, e[0], e[1:], False
@@ -391,6 +432,8 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor | None, index: Tenso
     if any(st.window_open for st in states):
         raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
     dev = first.shard_tensors()[0].device
+    if owned is not None and validation_enabled():
+        return _gather_counted(states, x, index, extras, sizes, owned, tags, dev)
     local = (index if index.device == dev else index.to(dev)) - first.shard_start
     x_g, (index_g, *extras_g, rows) = _gather_with(x, [index, *extras, _row_bytes(states, local)], sizes)
     if validation_enabled():  # the U distinct indices (a host-sized result): a window of U rows, as "sharded" opens
@@ -409,11 +452,39 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor | None, index: Tenso
     return x_g, slots, extras_g, distinct
 
 
-def _gather_with(x: Tensor | None, extras: list[Tensor], sizes: Sequence[int]) -> tuple[Tensor | None, list[Tensor]]:
-    """One collective: ``x`` (``grad="sum"``; None: not gathered) and ``extras`` (no gradient), ``sizes`` rows each."""
+def _gather_counted(states: Sequence["SampleState"], x: Tensor | None, index: Tensor, extras: Sequence[Tensor],
+                    sizes: Sequence[int], owned: OwnedRows, tags: Sequence[int],
+                    dev: torch.device) -> tuple[Tensor | None, Tensor, list[Tensor], bool]:
+    """:func:`gather_owned` with counted rows (its docstring)."""
+    cuts = [0]
+    for t in tags:  # where each rank's rows begin in the window
+        cuts.append(cuts[-1] + (t >> 1))
+    at, total = cuts[states[0].shard_rank], cuts[-1]
+    positions = owned.positions + at if at else owned.positions
+    if owned.rows is not None:
+        positions = torch.full_like(index, total).masked_scatter_(owned.rows, positions)
+    shard_rows = owned.shard_rows if owned.shard_rows.device == dev else owned.shard_rows.to(dev)
+    sent = [t.index_select(0, shard_rows) for st in states for t in st.shard_tensors()]
+    counts = [cuts[r + 1] - cuts[r] for r in range(len(tags))]
+    x_g, gathered = _gather_with(x, [positions, *extras], sizes, sent, counts)
+    k = 1 + len(extras)
+    for j, st in enumerate(states):
+        st._begin_window(None, cuts, gathered[k + 2 * j], gathered[k + 2 * j + 1], shard_rows)
+    return x_g, gathered[0], list(gathered[1:k]), not any(t & 1 for t in tags)
+
+
+def _gather_with(x: Tensor | None, extras: list[Tensor], sizes: Sequence[int], more: Sequence[Tensor] = (),
+                 more_sizes: Sequence[int] = ()) -> tuple[Tensor | None, list[Tensor]]:
+    """One collective: ``x`` (``grad="sum"``; None: not gathered) and ``extras`` (no gradient), ``sizes`` rows each,
+    then ``more`` (no gradient), ``more_sizes`` rows each."""
     if x is None:
-        return None, xdist.all_gather_many(extras, sizes=sizes)
-    return xdist.all_gather_with(x, extras, grad="sum", sizes=sizes, extra_sizes=sizes)
+        if not more:
+            return None, xdist.all_gather_many(extras, sizes=sizes)
+        with torch.no_grad():
+            return None, xdist._gather_packed([*extras, *more], [list(sizes)] * len(extras)
+                                              + [list(more_sizes)] * len(more))
+    return xdist.all_gather_with(x, extras, grad="sum", sizes=sizes, extra_sizes=sizes, more=more,
+                                 more_sizes=more_sizes)
 
 
 def open_window(states: Sequence["SampleState"], index: Tensor, *, rows: Tensor | None = None) -> Tensor:

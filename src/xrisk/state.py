@@ -328,14 +328,15 @@ class SampleState(ReplicatedStateModule):
         window = self.__dict__.get("_window")
         return (self.value, self.seen) if window is None else (window[3], window[4])
 
-    def _begin_window(self, uniq: Tensor, cuts: list[int] | None, value: Tensor, seen: Tensor,
+    def _begin_window(self, uniq: Tensor | None, cuts: list[int] | None, value: Tensor, seen: Tensor,
                       own: Tensor | tuple[Tensor, Tensor, Tensor | None]) -> None:
         """Swap in the fetched rows ``value``/``seen`` of the step's distinct indices ``uniq`` (see
         :func:`xrisk.sharding.open_window`); ``own``: this rank's shard rows of the window positions
         ``[cuts[rank], cuts[rank + 1])`` (``uniq[lo:hi] - shard_start``), where :meth:`_end_window` writes back.
         ``cuts`` None: a fixed-capacity window (validation off, or owner-local batches), ``uniq`` the sorted entries
         and ``own`` the write-back plan ``(dest, src, any)`` of :func:`xrisk.sharding._fixed_fetch` (``any`` None:
-        every ``dest`` is owned, :func:`xrisk.sharding.gather_owned`)."""
+        every ``dest`` is owned, :func:`xrisk.sharding.gather_owned`). ``uniq`` is not kept (None: an owner-local
+        window of counted rows, whose global indices no rank gathers)."""
         d = self.__dict__
         if cuts is None:
             d["_window"] = (own, None, None, d["value"], d["seen"])
