@@ -48,13 +48,18 @@ write to a shard row carries one value (one ``index_copy_``). No host read; equa
 ``"sharded"``, and every rank's batch indices lie in its own shard (:func:`check_owned`: with validation on an
 :class:`IndexError` naming the rank, the index and the shard; off, an on-device assert), e.g. drawn by
 :class:`xrisk.data.ShardLocalSampler` / :class:`xrisk.data.ShardLocalDualSampler`. No rank then needs the others'
-indices before it sends rows: each sends its own batch's rows (``B_r`` rows, as bytes) in the one gather of
-scores (features), targets and indices that a replicated step makes, and every rank opens a window of the
-gathered rows, sorted by index (validation on: the ``U`` distinct indices; off: ``G = B_global`` fixed slots, a
-repeated index using the slot of its first occurrence, as in the fixed-capacity window). The write-back is local:
-each rank copies the window rows of its own entries into its shard. Per step: ``O(B_global)`` rows received in
-the round the replicated step makes anyway, no extra round, no host read with validation off; exactly the
-replicated result. A rank whose batch is empty (validation on; off, every rank's batch has one size) sends and
+indices before it sends rows: each sends its own batch's rows in the one gather of scores (features), targets and
+indices that a replicated step makes. Validation on (**counted rows**, :func:`owned_rows`): while it checks its
+batch, a rank finds the sorted distinct indices of its entries whose rows the step uses (``U_r``; for ``APLoss`` and
+the partial-AUC losses the positives' only) and how many, which travels in the header of the batch agreement
+(:func:`xrisk.distributed.agree_on_batch`'s ``tag``); it then sends those ``U_r`` rows (values and flags in their
+own dtypes) and its entries' window positions in place of the indices, and the gathered rows, rank after rank,
+*are* the window of the ``U`` distinct indices sorted (the shards are in rank order): no global ``torch.unique``,
+no row selection, no byte copies; the write-back copies each rank's contiguous window rows into its shard. Validation
+off: every rank sends its ``B_r`` entries' rows (as bytes) and every rank opens ``G = B_global`` fixed slots, sorted
+by index, a repeated index using the slot of its first occurrence (the fixed-capacity window), no host read; the
+write-back copies the window rows of its own entries. Per step: ``O(B_global)`` rows received in the round the
+replicated step makes anyway, no extra round; exactly the replicated result. A rank whose batch is empty (validation on; off, every rank's batch has one size) sends and
 writes back no row. A :class:`~xrisk.losses.FalseNegativeDetector` called on its own gathers its batch's rows with
 its indices (one round; the replicated detector needs none). Requirement on the data: the partition must not
 correlate with the labels (see :mod:`xrisk.data.samplers`).
@@ -81,7 +86,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from xrisk.state import SampleState
 
-__all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "OwnedRows", "owned_rows",
+__all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "OwnedRows", "owned_rows", "owned_tag",
            "gather_owned", "sharded_states",
            "open_window", "close_window", "state_window",
            "fetch_rows", "gather_and_open", "as_dtensor", "local_rows", "sorted_runs"]
@@ -383,6 +388,11 @@ class OwnedRows(NamedTuple):
         return 2 * self.shard_rows.numel() + (0 if self.distinct else 1)
 
 
+def owned_tag(owned: OwnedRows | None) -> int:
+    """``owned.tag``, 0 for None (a rank whose checks found no owner-local rows to send)."""
+    return 0 if owned is None else owned.tag
+
+
 def owned_rows(index: Tensor, num_samples: int, rows: Tensor | None = None) -> OwnedRows:
     """The state rows this rank sends in an owner-local step (validation on): the sorted distinct indices of the
     entries of its ``index`` (validated, in its own shard: :func:`check_owned`) where ``rows`` holds (all if None),
@@ -397,17 +407,17 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor | None, index: Tenso
                  sizes: Sequence[int], owned: OwnedRows | None = None,
                  tags: Sequence[int] = ()) -> tuple[Tensor | None, Tensor, list[Tensor], bool]:
     """The step of ``state_placement="sharded_local"``: every rank's ``index`` lies in its own shard (checked by
-    :func:`check_owned` with the batch), so each rank sends its batch's state rows (as bytes, exact) in the
-    **one** gather of ``x`` (``grad="sum"``), ``index`` and ``extras`` (no gradient) that a replicated step makes,
-    and opens on ``states`` (one ``num_samples``) a window of the global batch's rows sorted by index: with
-    validation on the ``U`` distinct indices (``torch.unique``; a repeated index was sent once per occurrence by
-    its one owner, the same bytes, so any copy is its row), with validation off ``G = sum(sizes)`` slots of fixed
-    shape (a repeat uses the slot of its first occurrence). Equal indices stay equal and order is kept, as in every
-    window. The write-back is local: each rank copies the window rows of its own entries into its shard (a repeat
-    writes the same row again, so every write to one shard row carries one value).
+    :func:`check_owned` with the batch), so each rank sends its batch's state rows (exact) in the **one** gather
+    of ``x`` (``grad="sum"``), ``index`` and ``extras`` (no gradient) that a replicated step makes, and opens on
+    ``states`` (one ``num_samples``) a window of the global batch's rows sorted by index: the ``U`` distinct
+    indices with counted rows (below), else (validation off, or no ``owned``) ``G = sum(sizes)`` slots of fixed
+    shape (every entry's row sent as bytes; a repeat uses the slot of its first occurrence). Equal indices stay
+    equal and order is kept, as in every window. The write-back is local: each rank copies the window rows of its
+    own entries into its shard (every write to one shard row carries one value).
 
     Returns ``(gathered x, the global index remapped to window positions, gathered extras, distinct)``,
-    ``distinct``: no index occurs twice in the global batch (known from ``U``; False with validation off).
+    ``distinct``: no index occurs twice among the global batch's chosen entries (from the tags; False in the
+    fixed-slot window).
     ``x=None``: nothing to gather but ``index``, ``extras`` and the rows (a standalone
     :class:`~xrisk.losses.FalseNegativeDetector`); the first result is then None.
 
@@ -432,24 +442,18 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor | None, index: Tenso
     if any(st.window_open for st in states):
         raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
     dev = first.shard_tensors()[0].device
-    if owned is not None and validation_enabled():
+    if owned is not None and tags and validation_enabled():
         return _gather_counted(states, x, index, extras, sizes, owned, tags, dev)
+    # fixed shape (validation off): G slots, a repeat uses the slot of its first occurrence
     local = (index if index.device == dev else index.to(dev)) - first.shard_start
     x_g, (index_g, *extras_g, rows) = _gather_with(x, [index, *extras, _row_bytes(states, local)], sizes)
-    if validation_enabled():  # the U distinct indices (a host-sized result): a window of U rows, as "sharded" opens
-        ordered, slots = torch.unique(index_g, sorted=True, return_inverse=True)
-        # a row per distinct index: the entry that lands last in the scatter (repeats carry the same row: any will do)
-        pick = torch.empty_like(ordered).scatter_(0, slots, torch.arange(slots.numel(), device=slots.device))
-        distinct = ordered.numel() == index_g.numel()
-    else:  # fixed shape: G slots, a repeat uses the slot of its first occurrence
-        ordered, slots, _, pick = _sorted_slots(index_g)
-        distinct = False
+    ordered, slots, _, pick = _sorted_slots(index_g)
     fetched = _unpack_rows(states, rows.index_select(0, pick.to(rows.device)))
     at = sum(sizes[: first.shard_rank])
     plan = (local, slots.narrow(0, at, index.numel()).to(dev), None)  # every entry of this rank's batch is owned
     for k, st in enumerate(states):
         st._begin_window(ordered, None, fetched[2 * k], fetched[2 * k + 1], plan)
-    return x_g, slots, extras_g, distinct
+    return x_g, slots, extras_g, False
 
 
 def _gather_counted(states: Sequence["SampleState"], x: Tensor | None, index: Tensor, extras: Sequence[Tensor],

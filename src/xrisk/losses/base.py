@@ -63,7 +63,7 @@ from xrisk._validate import (
 )
 from xrisk.sharding import (
     PLACEMENTS, Placement, check_owned, close_window, gather_and_open, gather_owned, is_sharded, owned_rows,
-    sharded_states,
+    owned_tag, sharded_states,
 )
 from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
 
@@ -132,7 +132,7 @@ class ScoreLoss(ReplicatedStateModule):
         if self.gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
             (s, y, _, idx), layout = xdist.agree_on_batch(
                 type(self).__name__, functools.partial(self._check_batch, scores, targets, index), _batch_tensors,
-                tag=self._owned_tag if self.state_placement == "sharded_local" else None,
+                tag=self._owned_tag if self.state_placement == "sharded_local" else None,  # rows each rank sends
             )
             s, y, idx, sharded, unique = self._gather_batch(s, y, idx, layout.sizes, select=True, tags=layout.tags)
             pos_counts = y.sum(0).tolist()  # of the global batch
@@ -270,8 +270,7 @@ class ScoreLoss(ReplicatedStateModule):
 
     def _owned_tag(self, _checked: object) -> int:
         """This rank's :attr:`xrisk.sharding.OwnedRows.tag` for the agreement (owner-local state; 0 without)."""
-        owned = self.__dict__.get("_checked_owned")
-        return 0 if owned is None else owned.tag
+        return owned_tag(self.__dict__.get("_checked_owned"))
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
