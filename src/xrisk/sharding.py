@@ -343,11 +343,13 @@ def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tens
 
 
 # ----------------------------------------------------------------------------- owner-local batches (one round)
-def check_owned(index: Tensor, num_samples: int) -> None:
+def check_owned(index: Tensor, num_samples: int, *, bounds: tuple[int, int] | None = None) -> None:
     """Require every entry of this rank's ``index`` (validated dataset indices) to lie in its own shard
-    (:func:`shard_range`), the contract of ``state_placement="sharded_local"``. Validation on: one host read and an
-    :class:`IndexError` naming the rank, the first index outside and the shard range. Validation off: an on-device
-    assert (:func:`~xrisk._validate.assert_async`), no host read. One process: nothing to check."""
+    (:func:`shard_range`), the contract of ``state_placement="sharded_local"``. Validation on: one host read (none
+    when ``bounds``, the index's smallest and largest entry, are known already, e.g. from
+    :func:`xrisk.state.check_index_bounds`) and an :class:`IndexError` naming the rank, the first index outside and
+    the shard range. Validation off: an on-device assert (:func:`~xrisk._validate.assert_async`), no host read. One
+    process: nothing to check."""
     if not xdist.is_distributed() or not index.numel():
         return
     world, r = xdist.world_size(), xdist.rank()
@@ -355,7 +357,7 @@ def check_owned(index: Tensor, num_samples: int) -> None:
     advice = ("state_placement='sharded_local' needs every rank's batch drawn from the rows it owns "
               "(xrisk.data.ShardLocalSampler); use state_placement='sharded' for batches drawn from anywhere")
     if validation_enabled():
-        lo, hi = (int(v) for v in torch.stack(torch.aminmax(index)).tolist())  # one host read
+        lo, hi = bounds if bounds is not None else (int(v) for v in torch.stack(torch.aminmax(index)).tolist())
         if lo < start or hi >= stop:
             bad = int(index.masked_select((index < start) | (index >= stop))[0])
             raise IndexError(f"rank {r}: dataset index {bad} is outside its shard [{start}, {stop}) of "

@@ -65,7 +65,7 @@ from xrisk.sharding import (
     PLACEMENTS, Placement, check_owned, close_window, gather_and_open, gather_owned, is_sharded, owned_rows,
     owned_tag, sharded_states,
 )
-from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
+from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_bounds
 
 __all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
 
@@ -257,9 +257,9 @@ class ScoreLoss(ReplicatedStateModule):
         if self.uses_index:
             if index is None:
                 raise ValueError(f"{type(self).__name__} keeps per-sample state and needs `index` (dataset indices)")
-            idx, unique = check_index_unique(index, self._num_samples(), batch_size=s.shape[0])
-            if self.state_placement == "sharded_local" and self.gather:
-                check_owned(idx, self._num_samples())  # IndexError naming the rank, the index and its shard
+            idx, unique, bounds = check_index_bounds(index, self._num_samples(), batch_size=s.shape[0])
+            if self.state_placement == "sharded_local" and self.gather:  # IndexError naming the rank, index, shard
+                check_owned(idx, self._num_samples(), bounds=bounds)
         owned = None
         if idx is not None and self.state_placement == "sharded_local" and self.gather and xdist.is_distributed():
             rows = None if self.state_rows == "all" else y.select(1, 0) if y.shape[1] == 1 else y.any(1)
