@@ -542,7 +542,7 @@ def all_gather_with(
         with torch.no_grad():
             xs, *es = _gather_packed([x, *extras, *more], layout)
         return xs, es
-    xs, *es = _GatherSumWith.apply(x, layout, *[e.detach() for e in (*extras, *more)])
+    xs, *es = _GatherSumWith.apply(x, layout, *[e.detach() if e.requires_grad else e for e in (*extras, *more)])
     return xs, es
 
 
