@@ -191,7 +191,8 @@ class BatchLayout:
 
 
 # Header of one rank: magic, site, status, batch size, report length, tensor count, tag (a rank's own number, not
-# compared), then per tensor (dtype code, ndim, 3 trailing sizes). Fixed length, so any two xrisk handshakes can pair up.
+# compared), then per tensor (dtype code, ndim, 3 trailing sizes). Fixed length, so any two xrisk handshakes can pair
+# up.
 _MAGIC = 0x78726B  # "xrk"
 _MAX_TENSORS = 6
 _TRAILING = 3
@@ -546,12 +547,15 @@ def all_gather_with(
     return xs, es
 
 
-def all_gather_many(tensors: Sequence[Tensor], *, sizes: Sequence[int]) -> list[Tensor]:
-    """``[all_gather_no_grad(t, sizes=sizes) for t in tensors]`` with one collective (any dtypes, exact)."""
+def all_gather_many(tensors: Sequence[Tensor], *, sizes: Sequence[int], more: Sequence[Tensor] = (),
+                    more_sizes: Sequence[int] = ()) -> list[Tensor]:
+    """``[all_gather_no_grad(t, sizes=sizes) for t in tensors]`` with one collective (any dtypes, exact); ``more``:
+    further tensors of other per-rank leading sizes (``more_sizes``), gathered in the same collective and returned
+    after the others."""
     if not is_distributed():
-        return list(tensors)
+        return [*tensors, *more]
     with torch.no_grad():
-        return _gather_packed(tensors, [sizes] * len(tensors))
+        return _gather_packed([*tensors, *more], [list(sizes)] * len(tensors) + [list(more_sizes)] * len(more))
 
 
 def all_gather(x: Tensor, *, grad: Literal["sum", "none"], sizes: Sequence[int] | None = None) -> Tensor:

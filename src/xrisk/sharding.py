@@ -59,9 +59,10 @@ no row selection, no byte copies; the write-back copies each rank's contiguous w
 off: every rank sends its ``B_r`` entries' rows (as bytes) and every rank opens ``G = B_global`` fixed slots, sorted
 by index, a repeated index using the slot of its first occurrence (the fixed-capacity window), no host read; the
 write-back copies the window rows of its own entries. Per step: ``O(B_global)`` rows received in the round the
-replicated step makes anyway, no extra round; exactly the replicated result. A rank whose batch is empty (validation on; off, every rank's batch has one size) sends and
-writes back no row. A :class:`~xrisk.losses.FalseNegativeDetector` called on its own gathers its batch's rows with
-its indices (one round; the replicated detector needs none). Requirement on the data: the partition must not
+replicated step makes anyway, no extra round; exactly the replicated result. A rank whose batch is empty
+(validation on; off, every rank's batch has one size) sends and writes back no row. A
+:class:`~xrisk.losses.FalseNegativeDetector` called on its own gathers its batch's rows with its indices (one round;
+the replicated detector needs none). Requirement on the data: the partition must not
 correlate with the labels (see :mod:`xrisk.data.samplers`).
 
 One process (``K = 1``): a sharded state owns every row; there is no window and the step is the
@@ -86,8 +87,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from xrisk.state import SampleState
 
-__all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "OwnedRows", "owned_rows", "owned_tag",
-           "gather_owned", "sharded_states",
+__all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "OwnedRows", "owned_rows",
+           "owned_tag", "gather_owned", "sharded_states",
            "open_window", "close_window", "state_window",
            "fetch_rows", "gather_and_open", "as_dtensor", "local_rows", "sorted_runs"]
 
@@ -484,11 +485,7 @@ def _gather_with(x: Tensor | None, extras: list[Tensor], sizes: Sequence[int], m
     """One collective: ``x`` (``grad="sum"``; None: not gathered) and ``extras`` (no gradient), ``sizes`` rows each,
     then ``more`` (no gradient), ``more_sizes`` rows each."""
     if x is None:
-        if not more:
-            return None, xdist.all_gather_many(extras, sizes=sizes)
-        with torch.no_grad():
-            return None, xdist._gather_packed([*extras, *more], [list(sizes)] * len(extras)
-                                              + [list(more_sizes)] * len(more))
+        return None, xdist.all_gather_many(extras, sizes=sizes, more=more, more_sizes=more_sizes)
     return xdist.all_gather_with(x, extras, grad="sum", sizes=sizes, extra_sizes=sizes, more=more,
                                  more_sizes=more_sizes)
 

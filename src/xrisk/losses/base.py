@@ -215,7 +215,8 @@ class ScoreLoss(ReplicatedStateModule):
         sharded = sharded_states(self) if idx is not None and is_sharded(self.state_placement) else []
         if sharded and self.state_placement == "sharded_local":  # one round: the rows travel with the scores
             owned = self.__dict__.get("_checked_owned") if select else None  # counted rows (validation on)
-            s, idx, (y,), distinct = gather_owned(sharded, s, idx.to(s.device), [y], sizes=sizes, owned=owned, tags=tags)
+            s, idx, (y,), distinct = gather_owned(sharded, s, idx.to(s.device), [y], sizes=sizes, owned=owned,
+                                                  tags=tags)
             return s, y, idx, sharded, distinct
         if not sharded:  # one round: the targets and indices travel with the scores
             s, extras = xdist.all_gather_with(s, extras, grad="sum", sizes=sizes, extra_sizes=sizes)
