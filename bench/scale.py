@@ -146,10 +146,10 @@ def _watch_windows() -> list[int]:
     return sizes
 
 
-def _memory(rank: int, world: int, num_samples: int, batch: int, steps: int) -> dict:
+def _memory(rank: int, world: int, num_samples: int, batch: int, steps: int, losses: tuple[str, ...] = LOSSES) -> dict:
     out = {}
     windows = _watch_windows()
-    for kind in LOSSES:
+    for kind in losses:
         before = _rss()
         net, loss, opt = _build(kind, num_samples, "sharded")
         step = _stepper(kind, net, loss, opt, batch, num_samples, torch.Generator().manual_seed(rank))
@@ -164,7 +164,8 @@ def _memory(rank: int, world: int, num_samples: int, batch: int, steps: int) -> 
     return out
 
 
-def _timing(rank: int, world: int, num_samples: int, batch: int, rounds: int, spr: int) -> dict:
+def _timing(rank: int, world: int, num_samples: int, batch: int, rounds: int, spr: int,
+            losses: tuple[str, ...] = LOSSES, local_only: bool = False) -> dict:
     from xrisk.sharding import shard_range
     from xrisk.state import SampleState
 
@@ -175,17 +176,18 @@ def _timing(rank: int, world: int, num_samples: int, batch: int, rounds: int, sp
 
     def begin(self, uniq, cuts, value, seen, *rest, _orig=original):  # bytes the fetch's all_gather brings in
         width = value[0].numel() if value.dim() > 1 else 1
-        (carried if cuts is None else fetched).append(
-            uniq.numel() * width * (value.element_size() + seen.element_size()))
+        (carried if self.placement == "sharded_local" else fetched).append(
+            value.shape[0] * width * (value.element_size() + seen.element_size()))
         return _orig(self, uniq, cuts, value, seen, *rest)
 
     SampleState._begin_window = begin  # type: ignore[method-assign]
-    for kind in LOSSES:
+    placements = (("replicated", "replicated"), ("sharded", "sharded"), ("replicated_copy", "replicated"),
+                  ("floor", "replicated"), ("replicated_local", "replicated"), ("sharded_local", "sharded_local"))
+    if local_only:  # the owner-local pair only (--local-only)
+        placements = placements[4:]
+    for kind in losses:
         g = torch.Generator().manual_seed(100 + rank)
-        variants = {name: _build(kind, num_samples, placement)
-                    for name, placement in (("replicated", "replicated"), ("sharded", "sharded"),
-                                            ("replicated_copy", "replicated"), ("floor", "replicated"),
-                                            ("replicated_local", "replicated"), ("sharded_local", "sharded_local"))}
+        variants = {name: _build(kind, num_samples, placement) for name, placement in placements}
         # the owner-local pair: both variants draw their indices from this rank's shard (the same stream)
         own = shard_range(num_samples, world, rank)
         steps = {name: _stepper(kind, *v, batch, num_samples, g,
@@ -200,9 +202,18 @@ def _timing(rank: int, world: int, num_samples: int, batch: int, rounds: int, sp
             return [statistics.median(times[a][r * spr : (r + 1) * spr])
                     / statistics.median(times[base][r * spr : (r + 1) * spr]) for r in range(rounds)]
 
-        ratio = paired("sharded")
         local = paired("sharded_local", "replicated_local")
         n_steps = (rounds + 2) * spr  # warm-up rounds included
+        local_row = {"replicated_ms": 1e3 * statistics.median(times["replicated_local"]),
+                     "sharded_ms": 1e3 * statistics.median(times["sharded_local"]),
+                     "ratio": statistics.median(local), "ci": _median_interval(local),
+                     "iqr": C.iqr(local) if rounds > 1 else (local[0], local[0]),
+                     "window_bytes": sum(carried) / max(n_steps, 1)}
+        if local_only:
+            out[kind] = {"local": local_row}
+            del variants, steps
+            continue
+        ratio = paired("sharded")
         out[kind] = {"replicated_ms": 1e3 * statistics.median(times["replicated"]),
                      "sharded_ms": 1e3 * statistics.median(times["sharded"]),
                      "ratio": statistics.median(ratio), "ci": _median_interval(ratio),
@@ -210,11 +221,7 @@ def _timing(rank: int, world: int, num_samples: int, batch: int, rounds: int, sp
                      "control": statistics.median(paired("replicated_copy")),
                      "floor": statistics.median(paired("floor")), "floor_ci": _median_interval(paired("floor")),
                      "fetch_bytes": sum(fetched) / max(n_steps, 1),  # the sharded variant's windows
-                     "local": {"replicated_ms": 1e3 * statistics.median(times["replicated_local"]),
-                               "sharded_ms": 1e3 * statistics.median(times["sharded_local"]),
-                               "ratio": statistics.median(local), "ci": _median_interval(local),
-                               "iqr": C.iqr(local) if rounds > 1 else (local[0], local[0]),
-                               "window_bytes": sum(carried) / max(n_steps, 1)}}
+                     "local": local_row}
         del variants, steps
     return out
 
@@ -259,18 +266,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=80)
     ap.add_argument("--steps-per-round", type=int, default=4)
     ap.add_argument("--worlds", default="2,4", help="process counts of the timing runs")
+    ap.add_argument("--losses", default=",".join(LOSSES), help=f"comma-separated subset of {','.join(LOSSES)}")
+    ap.add_argument("--no-memory", action="store_true", help="skip part (a), the memory table")
+    ap.add_argument("--local-only", action="store_true",
+                    help="time the owner-local pair only (replicated vs sharded_local; faster)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    losses = tuple(k for k in args.losses.split(",") if k)
+    if not losses or any(k not in LOSSES for k in losses):
+        ap.error(f"--losses takes a comma-separated subset of {','.join(LOSSES)}, got {args.losses!r}")
     n, rounds, spr = (100_000, 2, 2) if args.quick else (args.num_samples, args.rounds, args.steps_per_round)
     cmd = "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     facts = C.machine_facts(threads=1)
     t0 = time.perf_counter()
     loads = [f"start {C.loadavg():.2f}"]
     mem_rows = []
-    for world in (1, 2, 4):
-        res = run(world, "memory", n, args.batch, 3)
+    for world in () if args.no_memory else (1, 2, 4):
+        res = run(world, "memory", n, args.batch, 3, losses)
         loads.append(f"memory K={world} {C.loadavg():.2f}")
-        for kind in LOSSES:
+        for kind in losses:
             per_byte = 30 if kind == "GlobalContrastiveLoss" else 10
             for r, rr in enumerate(res):
                 m = rr[kind]
@@ -280,16 +294,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[scale] memory K={world} done, {time.perf_counter() - t0:.0f} s", flush=True)
     time_rows = []
     for world in [int(w) for w in args.worlds.split(",") if w]:
-        res = run(world, "timing", n, args.batch, rounds, spr)[0]
+        res = run(world, "timing", n, args.batch, rounds, spr, losses, args.local_only)[0]
         loads.append(f"timing K={world} {C.loadavg():.2f}")
-        for kind in LOSSES:
+        for kind in () if args.local_only else losses:
             r = res[kind]
             lo, hi = r["iqr"]
             time_rows.append([kind, world, args.batch, f"{r['replicated_ms']:.2f}", f"{r['sharded_ms']:.2f}",
                               f"**{r['ratio']:.3f}** ({r['ci'][0]:.3f}-{r['ci'][1]:.3f}; IQR {lo:.3f}-{hi:.3f})",
                               f"{r['control']:.3f}", f"{r['floor']:.3f} ({r['floor_ci'][0]:.3f}-{r['floor_ci'][1]:.3f})",
                               f"{r['fetch_bytes'] / 1e3:.1f}", "met" if r["ratio"] <= GOAL else "not met"])
-        for kind in LOSSES:
+        for kind in losses:
             r = res[kind]["local"]
             lo, hi = r["iqr"]
             time_rows.append([f"{kind}, owner-local batches (`sharded_local`)", world, args.batch,

@@ -293,3 +293,49 @@ def test_ranks_that_skip_a_backward_together_stay_in_step(results):
             torch.testing.assert_close(res["state"][k], v, equal_nan=True, msg=f"rank {r} state {k}")
         for got, want in zip(res["grads"], ref_grads):  # the gather's "sum" policy: K x one process's rows
             torch.testing.assert_close(got, 2 * want[4 * r : 4 * r + 4], msg=f"rank {r} gradient")
+
+
+# ----------------------------------------------------------------------------- tags of the agreement
+def _tags(rank: int, world: int) -> dict:
+    """Every rank's own number travels in the agreement's header (not compared between ranks); a failed check on
+    one rank raises everywhere without calling ``tag``; ``all_gather_with(more=...)`` gathers tensors of other
+    per-rank sizes in the same collective."""
+    called: list[int] = []
+
+    def tag(out: torch.Tensor) -> int:
+        called.append(1)
+        return int(out.numel()) * 10 + rank
+
+    batch = torch.arange(3 + rank, dtype=torch.float32)
+    _, layout = xdist.agree_on_batch("tags", lambda: batch, lambda t: {"x": t}, tag=tag)
+    _, untagged = xdist.agree_on_batch("tags", lambda: batch, lambda t: {"x": t})
+
+    def bad() -> torch.Tensor:
+        if rank == 1:
+            raise ValueError("rank 1 refuses")
+        return batch
+
+    before = len(called)
+    failed = _outcome(lambda: xdist.agree_on_batch("tags", bad, lambda t: {"x": t}, tag=tag))
+    x = torch.ones(2, 3, requires_grad=True)
+    more = [torch.full((rank + 1, 2), float(rank)), torch.full((rank + 1,), rank == 1)]
+    xs, (e, m0, m1) = xdist.all_gather_with(x, [torch.full((2,), rank)], grad="sum", sizes=[2, 2],
+                                            extra_sizes=[2, 2], more=more, more_sizes=[1, 2])
+    (xs * torch.arange(4.0).unsqueeze(1)).sum().backward()
+    return {"sizes": layout.sizes, "tags": layout.tags, "untagged": untagged.tags, "failed": failed,
+            "tag_calls_when_failed": len(called) - before - (1 if rank == 0 else 0), "extras": e, "m0": m0, "m1": m1,
+            "grad": x.grad}
+
+
+@pytest.mark.distributed
+def test_agreement_carries_every_rank_tag_and_gathers_more_sizes():
+    per_rank = run_distributed(_tags, timeout=TIMEOUT)
+    for rank, res in enumerate(per_rank):
+        assert res["sizes"] == (3, 4) and res["tags"] == (30, 41) and res["untagged"] == (), res
+        assert res["failed"][0] == "ValueError" and "rank 1 refuses" in res["failed"][1]
+        assert res["tag_calls_when_failed"] == 0  # rank 1 failed before its tag; rank 0's call is discounted
+        assert torch.equal(res["extras"], torch.tensor([0, 0, 1, 1]))
+        assert torch.equal(res["m0"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+        assert torch.equal(res["m1"], torch.tensor([False, True, True]))
+        want = torch.arange(4.0).view(2, 2)[rank].unsqueeze(1).expand(2, 3) * 2  # summed over the 2 ranks
+        assert torch.equal(res["grad"], want)

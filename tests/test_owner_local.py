@@ -249,6 +249,25 @@ def test_standalone_detector_with_owner_local_batches():
         assert all(not v.any() for k, v in res["untouched"].items() if k.endswith("seen")), res["untouched"]
 
 
+def _window_rows(rank: int, name: str, placement: str, steps: list) -> list[int]:
+    """The rows of every step window opened by ``name``'s ``placement`` run (one entry per state and step)."""
+    from xrisk.state import SampleState
+
+    rows: list[int] = []
+    original = SampleState._begin_window
+
+    def begin(self, uniq, cuts, value, *rest):  # type: ignore[no-untyped-def]
+        rows.append(value.shape[0])
+        return original(self, uniq, cuts, value, *rest)
+
+    SampleState._begin_window = begin  # type: ignore[method-assign]
+    try:
+        _train_score(name, placement, rank, steps)
+    finally:
+        SampleState._begin_window = original  # type: ignore[method-assign]
+    return rows
+
+
 def _worker(rank: int, world: int, slow: bool) -> dict:
     out: dict = {"rows": shard_range(N, world, rank)}
     for name in SCORE_NAMES if not slow else SCORE_LOSSES:
@@ -258,6 +277,7 @@ def _worker(rank: int, world: int, slow: bool) -> dict:
     if world == 2:
         out["rounds"] = {p: _count_collectives(_train_score, "ap", p, rank, SCORE_STEPS[world][:1])[1]
                          for p in ("replicated", "sharded", "sharded_local")}
+        out["window"] = _window_rows(rank, "ap", "sharded_local", SCORE_STEPS[world])
         with xrisk.validation(False):
             out["even"] = {p: _train_score("ap", p, rank, EVEN_STEPS[world]) for p in ("replicated", "sharded_local")}
             out["even-pairs"] = {p: _train_pairs("gcl-unimodal-individual", p, rank, EVEN_STEPS[world])
@@ -301,6 +321,19 @@ def test_owner_local_step_makes_the_collectives_of_a_replicated_step(two_ranks):
     for res in two_ranks:
         rounds = res["rounds"]
         assert rounds["sharded_local"] == rounds["replicated"] < rounds["sharded"], rounds
+
+
+@pytest.mark.distributed
+def test_owner_local_window_holds_only_the_distinct_rows_the_step_uses(two_ranks):
+    # APLoss keeps state for the positives (of any task) only: each rank sends the rows of its distinct positives,
+    # so the window holds the global batch's distinct positives, not every entry (nor a slot per repeat)
+    positive = set(_labels().any(1).nonzero().squeeze(1).tolist())
+    want = [len(positive.intersection(i for part in parts for i in part)) for parts in SCORE_STEPS[2]]
+    assert want != [len({i for part in parts for i in part}) for parts in SCORE_STEPS[2]]  # the test can tell
+    for res in two_ranks:
+        rows = res["window"]
+        per_step = len(rows) // len(want)
+        assert per_step >= 1 and rows == [w for w in want for _ in range(per_step)], (rows, want)
 
 
 @pytest.mark.distributed

@@ -171,6 +171,8 @@ class BatchLayout:
 
     sizes: tuple[int, ...]
     rank: int
+    #: every rank's ``tag(validate())`` when :func:`agree_on_batch` was given a ``tag`` (rank order), else ``()``
+    tags: tuple[int, ...] = ()
 
     @property
     def start(self) -> int:
@@ -188,13 +190,15 @@ class BatchLayout:
         return sum(self.sizes)
 
 
-# Header of one rank: magic, site, status, batch size, report length, tensor count, then per tensor
-# (dtype code, ndim, 3 trailing sizes). Fixed length, so any two xrisk handshakes can pair up.
+# Header of one rank: magic, site, status, batch size, report length, tensor count, tag (a rank's own number, not
+# compared), then per tensor (dtype code, ndim, 3 trailing sizes). Fixed length, so any two xrisk handshakes can pair
+# up.
 _MAGIC = 0x78726B  # "xrk"
 _MAX_TENSORS = 6
 _TRAILING = 3
 _SLOT = 2 + _TRAILING
-_HEAD = 6
+_TAG = 6
+_HEAD = 7
 _HEADER_LEN = _HEAD + _MAX_TENSORS * _SLOT
 _DTYPES = (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.bool, torch.uint8, torch.int8,
@@ -283,7 +287,8 @@ def _collective_error(site: str, headers: list[list[int]], names: list[str],
 
 
 def agree_on_batch(
-    site: str, validate: Callable[[], T], describe: Callable[[T], Mapping[str, Tensor | None]]
+    site: str, validate: Callable[[], T], describe: Callable[[T], Mapping[str, Tensor | None]], *,
+    tag: Callable[[T], int] | None = None,
 ) -> tuple[T, BatchLayout]:
     """Validate this rank's batch, then agree with every rank before anything is gathered.
 
@@ -301,19 +306,26 @@ def agree_on_batch(
     shape (``ValueError``) differs between ranks. Nothing has been gathered then, so the caller's
     state is untouched on every rank.
 
+    ``tag``: a number of this rank's (a non-negative int from the validated batch, e.g. how many state rows it
+    will send) that travels in the same header: ``layout.tags`` holds every rank's, so a gather that follows can
+    size rank-dependent parts without a collective of its own. Called only when ``validate`` succeeded.
+
     Not distributed: ``validate()`` runs (and raises) as usual and the layout has one rank.
 
     Returns:
-        ``(validate(), layout)``; ``layout.sizes`` are every rank's batch sizes.
+        ``(validate(), layout)``; ``layout.sizes`` are every rank's batch sizes (``layout.tags`` their tags).
     """
     if not is_distributed():
         out = validate()
-        return out, BatchLayout((_batch_size(list(describe(out).values())),), 0)
-    out, error, names, report, header = _local_header(site, validate, describe, "agree_on_batch")
+        tags = () if tag is None else (int(tag(out)),)
+        return out, BatchLayout((_batch_size(list(describe(out).values())),), 0, tags)
+    out, error, names, report, header = _local_header(site, validate, describe, "agree_on_batch", tag)
     headers = _exchange_headers(header)[1].tolist()
-    ok = all(r[2] == 0 for r in headers) and all(r[1:2] + r[5:] == headers[0][1:2] + headers[0][5:] for r in headers)
+    ok = all(r[2] == 0 for r in headers) and all(
+        r[1:2] + r[5:_TAG] + r[_HEAD:] == headers[0][1:2] + headers[0][5:_TAG] + headers[0][_HEAD:] for r in headers)
     if ok:
-        return out, BatchLayout(tuple(r[3] for r in headers), rank())  # type: ignore[return-value]
+        tags = () if tag is None else tuple(r[_TAG] for r in headers)
+        return out, BatchLayout(tuple(r[3] for r in headers), rank(), tags)  # type: ignore[return-value]
     reports = _gather_reports(report, [r[4] for r in headers])
     kind, message = _collective_error(site, headers, names, reports)
     raise kind(message) from error
@@ -358,7 +370,8 @@ def _batch_size(tensors: Sequence[Tensor | None]) -> int:
 
 
 def _local_header(site: str, validate: Callable[[], T], describe: Callable[[T], Mapping[str, Tensor | None]],
-                  caller: str) -> tuple[T | None, Exception | None, list[str], bytes, list[int]]:
+                  caller: str, tag: Callable[[T], int] | None = None
+                  ) -> tuple[T | None, Exception | None, list[str], bytes, list[int]]:
     """This rank's side of :func:`agree_on_batch` / :func:`agree_on_shapes`: runs ``validate()`` and ``describe``
     (an exception is caught and returned, to be raised after the exchange the other ranks wait in) and builds
     the fixed-size header ``[magic, site, error code, batch size, report length, tensor count, (dtype, ndim,
@@ -369,17 +382,19 @@ def _local_header(site: str, validate: Callable[[], T], describe: Callable[[T], 
     out = None
     names: list[str] = []
     tensors: list[Tensor | None] = []
+    tagged = 0
     try:
         out = validate()
         described = describe(out)
         names, tensors = list(described), list(described.values())
         if len(tensors) > _MAX_TENSORS:
             raise RuntimeError(f"{caller} describes at most {_MAX_TENSORS} tensors, got {len(tensors)}")
+        tagged = 0 if tag is None else int(tag(out))
     except Exception as exc:  # noqa: BLE001 - returned, raised after the exchange
         error = exc
     report = f"{site}\0{'' if error is None else (str(error) or type(error).__name__)}".encode()
     header = [_MAGIC, _site_code(site), 0 if error is None else _error_code(error),
-              0 if error is not None else _batch_size(tensors), len(report), len(tensors)]
+              0 if error is not None else _batch_size(tensors), len(report), len(tensors), tagged]
     for t in tensors:
         header += _describe(t)
     header += [0] * (_HEADER_LEN - len(header))
@@ -498,43 +513,49 @@ class _GatherSumWith(torch.autograd.Function):
     """:class:`_GatherSum` of ``x`` with gradient-free ``extras`` gathered in the same collective."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, sizes: Sequence[int], extra_sizes: Sequence[int], *extras: Tensor):  # type: ignore[override]
-        ctx.sizes = list(sizes)
+    def forward(ctx, x: Tensor, layout: Sequence[Sequence[int]], *extras: Tensor):  # type: ignore[override]
+        ctx.sizes = list(layout[0])
         ctx.rank = rank()
-        xs, *es = _gather_packed([x, *extras], [sizes, *[extra_sizes] * len(extras)])
+        xs, *es = _gather_packed([x, *extras], layout)
         ctx.mark_non_differentiable(*es)
         return (xs, *es)
 
     @staticmethod
     def backward(ctx, grad: Tensor, *_grad_extras: Tensor | None):  # type: ignore[override]
-        return (_GatherSum.backward(ctx, grad)[0], None, None, *[None] * len(_grad_extras))
+        return (_GatherSum.backward(ctx, grad)[0], None, *[None] * len(_grad_extras))
 
 
 def all_gather_with(
     x: Tensor, extras: Sequence[Tensor], *, grad: Literal["sum", "none"], sizes: Sequence[int],
-    extra_sizes: Sequence[int],
+    extra_sizes: Sequence[int], more: Sequence[Tensor] = (), more_sizes: Sequence[int] = (),
 ) -> tuple[Tensor, list[Tensor]]:
     """``(all_gather(x, grad=grad, sizes=sizes), [all_gather_no_grad(e, sizes=extra_sizes) for e in extras])`` with
     **one** collective (a step that needs both pays one round trip; e.g. the global batch's scores and the sharded
-    state rows it reads, :func:`xrisk.sharding.gather_and_open`). Any dtypes (the bytes travel: exact)."""
+    state rows it reads, :func:`xrisk.sharding.gather_and_open`). Any dtypes (the bytes travel: exact).
+    ``more``: further gradient-free tensors of other leading sizes (``more_sizes`` rows per rank), gathered in the same
+    collective and returned after the ``extras``."""
     if grad not in ("sum", "none"):
         raise ValueError(f"grad policy must be 'sum' or 'none', got {grad!r}")
     if not is_distributed():
-        return x, list(extras)
+        return x, [*extras, *more]
+    layout = [list(sizes), *[list(extra_sizes)] * len(extras), *[list(more_sizes)] * len(more)]
     if grad == "none" or not x.requires_grad:
         with torch.no_grad():
-            xs, *es = _gather_packed([x, *extras], [sizes, *[extra_sizes] * len(extras)])
+            xs, *es = _gather_packed([x, *extras, *more], layout)
         return xs, es
-    xs, *es = _GatherSumWith.apply(x, list(sizes), list(extra_sizes), *[e.detach() for e in extras])
+    xs, *es = _GatherSumWith.apply(x, layout, *[e.detach() if e.requires_grad else e for e in (*extras, *more)])
     return xs, es
 
 
-def all_gather_many(tensors: Sequence[Tensor], *, sizes: Sequence[int]) -> list[Tensor]:
-    """``[all_gather_no_grad(t, sizes=sizes) for t in tensors]`` with one collective (any dtypes, exact)."""
+def all_gather_many(tensors: Sequence[Tensor], *, sizes: Sequence[int], more: Sequence[Tensor] = (),
+                    more_sizes: Sequence[int] = ()) -> list[Tensor]:
+    """``[all_gather_no_grad(t, sizes=sizes) for t in tensors]`` with one collective (any dtypes, exact); ``more``:
+    further tensors of other per-rank leading sizes (``more_sizes``), gathered in the same collective and returned
+    after the others."""
     if not is_distributed():
-        return list(tensors)
+        return [*tensors, *more]
     with torch.no_grad():
-        return _gather_packed(tensors, [sizes] * len(tensors))
+        return _gather_packed([*tensors, *more], [list(sizes)] * len(tensors) + [list(more_sizes)] * len(more))
 
 
 def all_gather(x: Tensor, *, grad: Literal["sum", "none"], sizes: Sequence[int] | None = None) -> Tensor:

@@ -48,15 +48,21 @@ write to a shard row carries one value (one ``index_copy_``). No host read; equa
 ``"sharded"``, and every rank's batch indices lie in its own shard (:func:`check_owned`: with validation on an
 :class:`IndexError` naming the rank, the index and the shard; off, an on-device assert), e.g. drawn by
 :class:`xrisk.data.ShardLocalSampler` / :class:`xrisk.data.ShardLocalDualSampler`. No rank then needs the others'
-indices before it sends rows: each sends its own batch's rows (``B_r`` rows, as bytes) in the one gather of
-scores (features), targets and indices that a replicated step makes, and every rank opens a window of the
-gathered rows, sorted by index (validation on: the ``U`` distinct indices; off: ``G = B_global`` fixed slots, a
-repeated index using the slot of its first occurrence, as in the fixed-capacity window). The write-back is local:
-each rank copies the window rows of its own entries into its shard. Per step: ``O(B_global)`` rows received in
-the round the replicated step makes anyway, no extra round, no host read with validation off; exactly the
-replicated result. A rank whose batch is empty (validation on; off, every rank's batch has one size) sends and
-writes back no row. A :class:`~xrisk.losses.FalseNegativeDetector` called on its own gathers its batch's rows with
-its indices (one round; the replicated detector needs none). Requirement on the data: the partition must not
+indices before it sends rows: each sends its own batch's rows in the one gather of scores (features), targets and
+indices that a replicated step makes. Validation on (**counted rows**, :func:`owned_rows`): while it checks its
+batch, a rank finds the sorted distinct indices of its entries whose rows the step uses (``U_r``; for ``APLoss`` and
+the partial-AUC losses the positives' only) and how many, which travels in the header of the batch agreement
+(:func:`xrisk.distributed.agree_on_batch`'s ``tag``); it then sends those ``U_r`` rows (values and flags in their
+own dtypes) and its entries' window positions in place of the indices, and the gathered rows, rank after rank,
+*are* the window of the ``U`` distinct indices sorted (the shards are in rank order): no global ``torch.unique``,
+no row selection, no byte copies; the write-back copies each rank's contiguous window rows into its shard. Validation
+off: every rank sends its ``B_r`` entries' rows (as bytes) and every rank opens ``G = B_global`` fixed slots, sorted
+by index, a repeated index using the slot of its first occurrence (the fixed-capacity window), no host read; the
+write-back copies the window rows of its own entries. Per step: ``O(B_global)`` rows received in the round the
+replicated step makes anyway, no extra round; exactly the replicated result. A rank whose batch is empty
+(validation on; off, every rank's batch has one size) sends and writes back no row. A
+:class:`~xrisk.losses.FalseNegativeDetector` called on its own gathers its batch's rows with its indices (one round;
+the replicated detector needs none). Requirement on the data: the partition must not
 correlate with the labels (see :mod:`xrisk.data.samplers`).
 
 One process (``K = 1``): a sharded state owns every row; there is no window and the step is the
@@ -68,7 +74,7 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -81,7 +87,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from xrisk.state import SampleState
 
-__all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "gather_owned", "sharded_states",
+__all__ = ["Placement", "PLACEMENTS", "is_sharded", "shard_range", "check_owned", "OwnedRows", "owned_rows",
+           "owned_tag", "gather_owned", "sharded_states",
            "open_window", "close_window", "state_window",
            "fetch_rows", "gather_and_open", "as_dtensor", "local_rows", "sorted_runs"]
 
@@ -337,11 +344,13 @@ def gather_and_open(states: Sequence["SampleState"], index: Tensor, scores: Tens
 
 
 # ----------------------------------------------------------------------------- owner-local batches (one round)
-def check_owned(index: Tensor, num_samples: int) -> None:
+def check_owned(index: Tensor, num_samples: int, *, bounds: tuple[int, int] | None = None) -> None:
     """Require every entry of this rank's ``index`` (validated dataset indices) to lie in its own shard
-    (:func:`shard_range`), the contract of ``state_placement="sharded_local"``. Validation on: one host read and an
-    :class:`IndexError` naming the rank, the first index outside and the shard range. Validation off: an on-device
-    assert (:func:`~xrisk._validate.assert_async`), no host read. One process: nothing to check."""
+    (:func:`shard_range`), the contract of ``state_placement="sharded_local"``. Validation on: one host read (none
+    when ``bounds``, the index's smallest and largest entry, are known already, e.g. from
+    :func:`xrisk.state.check_index_bounds`) and an :class:`IndexError` naming the rank, the first index outside and
+    the shard range. Validation off: an on-device assert (:func:`~xrisk._validate.assert_async`), no host read. One
+    process: nothing to check."""
     if not xdist.is_distributed() or not index.numel():
         return
     world, r = xdist.world_size(), xdist.rank()
@@ -349,7 +358,7 @@ def check_owned(index: Tensor, num_samples: int) -> None:
     advice = ("state_placement='sharded_local' needs every rank's batch drawn from the rows it owns "
               "(xrisk.data.ShardLocalSampler); use state_placement='sharded' for batches drawn from anywhere")
     if validation_enabled():
-        lo, hi = (int(v) for v in torch.stack(torch.aminmax(index)).tolist())  # one host read
+        lo, hi = bounds if bounds is not None else (int(v) for v in torch.stack(torch.aminmax(index)).tolist())
         if lo < start or hi >= stop:
             bad = int(index.masked_select((index < start) | (index >= stop))[0])
             raise IndexError(f"rank {r}: dataset index {bad} is outside its shard [{start}, {stop}) of "
@@ -362,25 +371,70 @@ def check_owned(index: Tensor, num_samples: int) -> None:
                  f"over {world} processes (turn validation on to see which); {advice}")
 
 
+class OwnedRows(NamedTuple):
+    """This rank's part of an owner-local window (:func:`owned_rows`), found while its batch is validated, before the
+    ranks agree on it (the agreement carries :attr:`tag`, so every rank learns how many rows each one sends)."""
+
+    #: ``[U_r]`` the sorted distinct shard rows (``index - shard_start``) of the entries in ``rows``
+    shard_rows: Tensor
+    #: each chosen entry's position among ``shard_rows`` (``torch.unique``'s inverse)
+    positions: Tensor
+    #: ``[B_r]`` bool, the entries whose state rows the step reads or writes (None: all)
+    rows: Tensor | None
+    #: no index occurs twice among the chosen entries
+    distinct: bool
+
+    @property
+    def tag(self) -> int:
+        """``2 U_r + (0 if distinct else 1)``: what :func:`xrisk.distributed.agree_on_batch` carries for
+        :func:`gather_owned` (``tags``)."""
+        return 2 * self.shard_rows.numel() + (0 if self.distinct else 1)
+
+
+def owned_tag(owned: OwnedRows | None) -> int:
+    """``owned.tag``, 0 for None (a rank whose checks found no owner-local rows to send)."""
+    return 0 if owned is None else owned.tag
+
+
+def owned_rows(index: Tensor, num_samples: int, rows: Tensor | None = None) -> OwnedRows:
+    """The state rows this rank sends in an owner-local step (validation on): the sorted distinct indices of the
+    entries of its ``index`` (validated, in its own shard: :func:`check_owned`) where ``rows`` holds (all if None),
+    as shard rows, and each such entry's position among them. One ``torch.unique`` of the local batch."""
+    start = shard_range(num_samples, xdist.world_size(), xdist.rank())[0]
+    chosen = index if rows is None else index.masked_select(rows)
+    uniq, inv = torch.unique(chosen, sorted=True, return_inverse=True)
+    return OwnedRows(uniq - start, inv, rows, uniq.numel() == chosen.numel())
+
+
 def gather_owned(states: Sequence["SampleState"], x: Tensor | None, index: Tensor, extras: Sequence[Tensor], *,
-                 sizes: Sequence[int]) -> tuple[Tensor | None, Tensor, list[Tensor], bool]:
+                 sizes: Sequence[int], owned: OwnedRows | None = None,
+                 tags: Sequence[int] = ()) -> tuple[Tensor | None, Tensor, list[Tensor], bool]:
     """The step of ``state_placement="sharded_local"``: every rank's ``index`` lies in its own shard (checked by
-    :func:`check_owned` with the batch), so each rank sends its batch's state rows (as bytes, exact) in the
-    **one** gather of ``x`` (``grad="sum"``), ``index`` and ``extras`` (no gradient) that a replicated step makes,
-    and opens on ``states`` (one ``num_samples``) a window of the global batch's rows sorted by index: with
-    validation on the ``U`` distinct indices (``torch.unique``; a repeated index was sent once per occurrence by
-    its one owner, the same bytes, so any copy is its row), with validation off ``G = sum(sizes)`` slots of fixed
-    shape (a repeat uses the slot of its first occurrence). Equal indices stay equal and order is kept, as in every
-    window. The write-back is local: each rank copies the window rows of its own entries into its shard (a repeat
-    writes the same row again, so every write to one shard row carries one value).
+    :func:`check_owned` with the batch), so each rank sends its batch's state rows (exact) in the **one** gather
+    of ``x`` (``grad="sum"``), ``index`` and ``extras`` (no gradient) that a replicated step makes, and opens on
+    ``states`` (one ``num_samples``) a window of the global batch's rows sorted by index: the ``U`` distinct
+    indices with counted rows (below), else (validation off, or no ``owned``) ``G = sum(sizes)`` slots of fixed
+    shape (every entry's row sent as bytes; a repeat uses the slot of its first occurrence). Equal indices stay
+    equal and order is kept, as in every window. The write-back is local: each rank copies the window rows of its
+    own entries into its shard (every write to one shard row carries one value).
 
     Returns ``(gathered x, the global index remapped to window positions, gathered extras, distinct)``,
-    ``distinct``: no index occurs twice in the global batch (known from ``U``; False with validation off).
+    ``distinct``: no index occurs twice among the global batch's chosen entries (from the tags; False in the
+    fixed-slot window).
     ``x=None``: nothing to gather but ``index``, ``extras`` and the rows (a standalone
     :class:`~xrisk.losses.FalseNegativeDetector`); the first result is then None.
 
     A rank whose batch is empty (``sizes[rank] == 0``, validation on) sends no row and writes nothing back; the
-    window holds the other ranks' rows, as the replicated step's global batch does."""
+    window holds the other ranks' rows, as the replicated step's global batch does.
+
+    **Counted rows** (validation on, ``owned`` given: this rank's :func:`owned_rows`, found before the agreement,
+    and ``tags`` every rank's :attr:`OwnedRows.tag` from it, :attr:`xrisk.distributed.BatchLayout.tags`): each rank
+    sends only its ``U_r`` distinct chosen rows, sorted, in their own dtypes, and the window positions of its
+    entries (in place of the indices, which nothing else needs); the gathered rows *are* the window (the shards are
+    in rank order, so rank after rank is sorted), with no global ``torch.unique``, no row selection and no byte
+    copies, and the write-back copies the contiguous window rows of this rank into its shard. Entries outside
+    ``owned.rows`` are remapped one past the window (``U = sum U_r``), which any read or write rejects (as
+    :func:`open_window`'s ``rows``); ``distinct`` is about the chosen entries, from the tags."""
     if not states or not xdist.is_distributed():
         x_g, e = _gather_with(x, [index, *extras], sizes)
         return x_g, e[0], e[1:], False
@@ -391,29 +445,49 @@ def gather_owned(states: Sequence["SampleState"], x: Tensor | None, index: Tenso
     if any(st.window_open for st in states):
         raise RuntimeError("a sharded SampleState is already in a step (a window is open)")
     dev = first.shard_tensors()[0].device
+    if owned is not None and tags and validation_enabled():
+        return _gather_counted(states, x, index, extras, sizes, owned, tags, dev)
+    # fixed shape (validation off): G slots, a repeat uses the slot of its first occurrence
     local = (index if index.device == dev else index.to(dev)) - first.shard_start
     x_g, (index_g, *extras_g, rows) = _gather_with(x, [index, *extras, _row_bytes(states, local)], sizes)
-    if validation_enabled():  # the U distinct indices (a host-sized result): a window of U rows, as "sharded" opens
-        ordered, slots = torch.unique(index_g, sorted=True, return_inverse=True)
-        # a row per distinct index: the entry that lands last in the scatter (repeats carry the same row: any will do)
-        pick = torch.empty_like(ordered).scatter_(0, slots, torch.arange(slots.numel(), device=slots.device))
-        distinct = ordered.numel() == index_g.numel()
-    else:  # fixed shape: G slots, a repeat uses the slot of its first occurrence
-        ordered, slots, _, pick = _sorted_slots(index_g)
-        distinct = False
+    ordered, slots, _, pick = _sorted_slots(index_g)
     fetched = _unpack_rows(states, rows.index_select(0, pick.to(rows.device)))
     at = sum(sizes[: first.shard_rank])
     plan = (local, slots.narrow(0, at, index.numel()).to(dev), None)  # every entry of this rank's batch is owned
     for k, st in enumerate(states):
         st._begin_window(ordered, None, fetched[2 * k], fetched[2 * k + 1], plan)
-    return x_g, slots, extras_g, distinct
+    return x_g, slots, extras_g, False
 
 
-def _gather_with(x: Tensor | None, extras: list[Tensor], sizes: Sequence[int]) -> tuple[Tensor | None, list[Tensor]]:
-    """One collective: ``x`` (``grad="sum"``; None: not gathered) and ``extras`` (no gradient), ``sizes`` rows each."""
+def _gather_counted(states: Sequence["SampleState"], x: Tensor | None, index: Tensor, extras: Sequence[Tensor],
+                    sizes: Sequence[int], owned: OwnedRows, tags: Sequence[int],
+                    dev: torch.device) -> tuple[Tensor | None, Tensor, list[Tensor], bool]:
+    """:func:`gather_owned` with counted rows (its docstring)."""
+    cuts = [0]
+    for t in tags:  # where each rank's rows begin in the window
+        cuts.append(cuts[-1] + (t >> 1))
+    at, total = cuts[states[0].shard_rank], cuts[-1]
+    positions = owned.positions + at if at else owned.positions
+    if owned.rows is not None:
+        positions = torch.full_like(index, total).masked_scatter_(owned.rows, positions)
+    shard_rows = owned.shard_rows if owned.shard_rows.device == dev else owned.shard_rows.to(dev)
+    sent = [t.index_select(0, shard_rows) for st in states for t in st.shard_tensors()]
+    counts = [cuts[r + 1] - cuts[r] for r in range(len(tags))]
+    x_g, gathered = _gather_with(x, [positions, *extras], sizes, sent, counts)
+    k = 1 + len(extras)
+    for j, st in enumerate(states):
+        st._begin_window(None, cuts, gathered[k + 2 * j], gathered[k + 2 * j + 1], shard_rows)
+    return x_g, gathered[0], list(gathered[1:k]), not any(t & 1 for t in tags)
+
+
+def _gather_with(x: Tensor | None, extras: list[Tensor], sizes: Sequence[int], more: Sequence[Tensor] = (),
+                 more_sizes: Sequence[int] = ()) -> tuple[Tensor | None, list[Tensor]]:
+    """One collective: ``x`` (``grad="sum"``; None: not gathered) and ``extras`` (no gradient), ``sizes`` rows each,
+    then ``more`` (no gradient), ``more_sizes`` rows each."""
     if x is None:
-        return None, xdist.all_gather_many(extras, sizes=sizes)
-    return xdist.all_gather_with(x, extras, grad="sum", sizes=sizes, extra_sizes=sizes)
+        return None, xdist.all_gather_many(extras, sizes=sizes, more=more, more_sizes=more_sizes)
+    return xdist.all_gather_with(x, extras, grad="sum", sizes=sizes, extra_sizes=sizes, more=more,
+                                 more_sizes=more_sizes)
 
 
 def open_window(states: Sequence["SampleState"], index: Tensor, *, rows: Tensor | None = None) -> Tensor:

@@ -59,7 +59,8 @@ from xrisk.sharding import (
     sorted_runs,
 )
 
-__all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_unique", "column_views",
+__all__ = ["PendingWrites", "ReplicatedStateModule", "SampleState", "check_index", "check_index_bounds",
+           "check_index_unique", "column_views",
            "update_states", "write_rows", "check_index_async", "masked_update_columns", "masked_update_rows", "masked_update_state", "flat_column",
            "duplicate_groups", "merge_groups"]
 
@@ -92,18 +93,28 @@ def check_index_unique(index: Tensor, num_samples: int, *, batch_size: int | Non
     duplicates in Python: no tensor op, which at that size costs more than the work); otherwise one
     ``torch.unique`` gives both (the bounds are the first and last of its sorted values).
     """
+    idx, unique, _ = check_index_bounds(index, num_samples, batch_size=batch_size)
+    return idx, unique
+
+
+def check_index_bounds(index: Tensor, num_samples: int, *,
+                       batch_size: int | None = None) -> tuple[Tensor, bool, tuple[int, int] | None]:
+    """:func:`check_index_unique` and the smallest and largest index it read on the host (None for an empty
+    index), e.g. for :func:`xrisk.sharding.check_owned` (no second host read). Returns ``(index as int64, unique,
+    bounds)``."""
     _check_index_type(index, batch_size)
     n = index.numel()
     if not n:
-        return (index if index.dtype == torch.long else index.long()), True
+        return (index if index.dtype == torch.long else index.long()), True, None
     if n <= 256 and index.device.type == "cpu":
         values = index.tolist()
-        _check_bounds(min(values), max(values), num_samples)
-        return (index if index.dtype == torch.long else index.long()), len(set(values)) == n
+        lo, hi = min(values), max(values)
+        _check_bounds(lo, hi, num_samples)
+        return (index if index.dtype == torch.long else index.long()), len(set(values)) == n, (lo, hi)
     uniq = torch.unique(index)  # sorted
     bounds = uniq[:: max(uniq.numel() - 1, 1)].tolist()
     _check_bounds(bounds[0], bounds[-1], num_samples)
-    return index.long(), uniq.numel() == n
+    return index.long(), uniq.numel() == n, (bounds[0], bounds[-1])
 
 
 def check_index_async(index: Tensor, num_samples: int) -> Tensor:
@@ -328,14 +339,15 @@ class SampleState(ReplicatedStateModule):
         window = self.__dict__.get("_window")
         return (self.value, self.seen) if window is None else (window[3], window[4])
 
-    def _begin_window(self, uniq: Tensor, cuts: list[int] | None, value: Tensor, seen: Tensor,
+    def _begin_window(self, uniq: Tensor | None, cuts: list[int] | None, value: Tensor, seen: Tensor,
                       own: Tensor | tuple[Tensor, Tensor, Tensor | None]) -> None:
         """Swap in the fetched rows ``value``/``seen`` of the step's distinct indices ``uniq`` (see
         :func:`xrisk.sharding.open_window`); ``own``: this rank's shard rows of the window positions
         ``[cuts[rank], cuts[rank + 1])`` (``uniq[lo:hi] - shard_start``), where :meth:`_end_window` writes back.
         ``cuts`` None: a fixed-capacity window (validation off, or owner-local batches), ``uniq`` the sorted entries
         and ``own`` the write-back plan ``(dest, src, any)`` of :func:`xrisk.sharding._fixed_fetch` (``any`` None:
-        every ``dest`` is owned, :func:`xrisk.sharding.gather_owned`)."""
+        every ``dest`` is owned, :func:`xrisk.sharding.gather_owned`). ``uniq`` is not kept (None: an owner-local
+        window of counted rows, whose global indices no rank gathers)."""
         d = self.__dict__
         if cuts is None:
             d["_window"] = (own, None, None, d["value"], d["seen"])

@@ -92,7 +92,8 @@ from xrisk.functional.similarity import (
 )
 from xrisk.losses._epochs import EpochTracking
 from xrisk.sharding import (
-    PLACEMENTS, Placement, check_owned, close_window, gather_owned, is_sharded, open_window, sharded_states,
+    PLACEMENTS, Placement, check_owned, close_window, gather_owned, is_sharded, open_window, owned_rows, owned_tag,
+    sharded_states,
 )
 from xrisk.state import (
     PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_async, check_index_unique,
@@ -440,6 +441,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             (idx, ref), layout = xdist.agree_on_batch(
                 type(self).__name__, functools.partial(self._check_batch, feats_a, feats_b, index, ref_feats),
                 functools.partial(_gathered_tensors, feats_a, feats_b),
+                tag=self._owned_tag if self.state_placement == "sharded_local" else None,  # rows each rank sends
             )
         else:
             check_features(feats_a, feats_b, finite=self.false_negatives is not None)
@@ -602,9 +604,17 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         if ref is not None:
             _check_all_finite(feats_a, feats_b, ref)
         idx = check_index(index, self.num_samples, batch_size=feats_a.shape[0])
+        owned = None
         if self.state_placement == "sharded_local":
             check_owned(idx, self.num_samples)  # IndexError naming the rank, the index and its shard
+            if xdist.is_distributed():  # the rows this rank sends (counted in the agreement)
+                owned = owned_rows(on_device(idx, feats_a.device), self.num_samples)
+        self.__dict__["_checked_owned"] = owned
         return on_device(idx, feats_a.device), ref
+
+    def _owned_tag(self, _checked: object) -> int:
+        """This rank's :attr:`xrisk.sharding.OwnedRows.tag` for the agreement (owner-local state; 0 without)."""
+        return owned_tag(self.__dict__.get("_checked_owned"))
 
     def _make_batch(
         self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False, layout: xdist.BatchLayout | None = None,
@@ -621,8 +631,11 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         if xdist.is_distributed():  # one round: both views side by side (one gradient all_reduce), indices, ref
             sizes = xdist.gather_sizes(idx.numel()) if sizes is None else sizes
             if owned:  # and this rank's state rows (its indices lie in its shard): the window opens here
-                ab, idx_g, ref_rows, _ = gather_owned(sharded_states(self), torch.cat([a, b], 1), idx,
-                                                      [] if ref is None else list(ref), sizes=sizes)
+                counted = layout is not None and not device  # the validated step: counted rows
+                ab, idx_g, ref_rows, _ = gather_owned(
+                    sharded_states(self), torch.cat([a, b], 1), idx, [] if ref is None else list(ref), sizes=sizes,
+                    owned=self.__dict__.get("_checked_owned") if counted else None,
+                    tags=layout.tags if counted else ())
             else:
                 ab, (idx_g, *ref_rows) = xdist.all_gather_with(
                     torch.cat([a, b], 1), [idx] if ref is None else [idx, *ref], grad="sum", sizes=sizes,

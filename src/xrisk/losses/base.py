@@ -62,9 +62,10 @@ from xrisk._validate import (
     all_finite, binary_batch_unchecked, check_choice, inspect_binary_batch, validation_enabled,
 )
 from xrisk.sharding import (
-    PLACEMENTS, Placement, check_owned, close_window, gather_and_open, gather_owned, is_sharded, sharded_states,
+    PLACEMENTS, Placement, check_owned, close_window, gather_and_open, gather_owned, is_sharded, owned_rows,
+    owned_tag, sharded_states,
 )
-from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_unique
+from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_bounds
 
 __all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
 
@@ -130,9 +131,10 @@ class ScoreLoss(ReplicatedStateModule):
             return self._forward_unchecked(scores, targets, index)
         if self.gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
             (s, y, _, idx), layout = xdist.agree_on_batch(
-                type(self).__name__, functools.partial(self._check_batch, scores, targets, index), _batch_tensors
+                type(self).__name__, functools.partial(self._check_batch, scores, targets, index), _batch_tensors,
+                tag=self._owned_tag if self.state_placement == "sharded_local" else None,  # rows each rank sends
             )
-            s, y, idx, sharded, unique = self._gather_batch(s, y, idx, layout.sizes, select=True)
+            s, y, idx, sharded, unique = self._gather_batch(s, y, idx, layout.sizes, select=True, tags=layout.tags)
             pos_counts = y.sum(0).tolist()  # of the global batch
             given, host = None, None
         else:
@@ -201,17 +203,20 @@ class ScoreLoss(ReplicatedStateModule):
             self.__dict__["_objective_ready"] = False
         return out
 
-    def _gather_batch(self, s: Tensor, y: Tensor, idx: Tensor | None, sizes: list[int], *, select: bool = False
-                      ) -> tuple[Tensor, Tensor, Tensor | None, list, bool]:
+    def _gather_batch(self, s: Tensor, y: Tensor, idx: Tensor | None, sizes: list[int], *, select: bool = False,
+                      tags: tuple[int, ...] = ()) -> tuple[Tensor, Tensor, Tensor | None, list, bool]:
         """The global batch ``(scores, targets, index)`` of every rank's checked rows (``sizes``: the agreed layout),
         the sharded states whose step window is now open (``index`` then holds window positions, see
         :mod:`xrisk.sharding`: their rows are fetched in the same collective as the scores) and whether no index
         occurs twice among the fetched entries (False without a window). ``select``: fetch only the rows of
-        :attr:`state_rows` (the :meth:`_loss` path; the other entries' positions are then unusable)."""
+        :attr:`state_rows` (the :meth:`_loss` path; the other entries' positions are then unusable); ``tags``: the
+        agreement's tags (owner-local: every rank's :meth:`_owned_tag`)."""
         extras = [y] if idx is None else [y, idx.to(s.device)]
         sharded = sharded_states(self) if idx is not None and is_sharded(self.state_placement) else []
         if sharded and self.state_placement == "sharded_local":  # one round: the rows travel with the scores
-            s, idx, (y,), distinct = gather_owned(sharded, s, idx.to(s.device), [y], sizes=sizes)
+            owned = self.__dict__.get("_checked_owned") if select else None  # counted rows (validation on)
+            s, idx, (y,), distinct = gather_owned(sharded, s, idx.to(s.device), [y], sizes=sizes, owned=owned,
+                                                  tags=tags)
             return s, y, idx, sharded, distinct
         if not sharded:  # one round: the targets and indices travel with the scores
             s, extras = xdist.all_gather_with(s, extras, grad="sum", sizes=sizes, extra_sizes=sizes)
@@ -253,11 +258,20 @@ class ScoreLoss(ReplicatedStateModule):
         if self.uses_index:
             if index is None:
                 raise ValueError(f"{type(self).__name__} keeps per-sample state and needs `index` (dataset indices)")
-            idx, unique = check_index_unique(index, self._num_samples(), batch_size=s.shape[0])
-            if self.state_placement == "sharded_local" and self.gather:
-                check_owned(idx, self._num_samples())  # IndexError naming the rank, the index and its shard
+            idx, unique, bounds = check_index_bounds(index, self._num_samples(), batch_size=s.shape[0])
+            if self.state_placement == "sharded_local" and self.gather:  # IndexError naming the rank, index, shard
+                check_owned(idx, self._num_samples(), bounds=bounds)
+        owned = None
+        if idx is not None and self.state_placement == "sharded_local" and self.gather and xdist.is_distributed():
+            rows = None if self.state_rows == "all" else y.select(1, 0) if y.shape[1] == 1 else y.any(1)
+            owned = owned_rows(idx, self._num_samples(), rows)  # the rows this rank sends (counted in the agreement)
         self.__dict__["_checked_unique"] = unique
+        self.__dict__["_checked_owned"] = owned
         return s, y, pos_counts, idx
+
+    def _owned_tag(self, _checked: object) -> int:
+        """This rank's :attr:`xrisk.sharding.OwnedRows.tag` for the agreement (owner-local state; 0 without)."""
+        return owned_tag(self.__dict__.get("_checked_owned"))
 
     # ------------------------------------------------------------------ hooks for subclasses
     def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:

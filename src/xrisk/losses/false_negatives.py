@@ -16,7 +16,8 @@ from xrisk.functional.contrastive import (
 )
 from xrisk.losses._epochs import EpochTracking
 from xrisk.sharding import (
-    PLACEMENTS, Placement, check_owned, close_window, gather_owned, open_window, sharded_states, state_window,
+    PLACEMENTS, Placement, check_owned, close_window, gather_owned, open_window, owned_rows, owned_tag, sharded_states,
+    state_window,
 )
 from xrisk.state import (
     PendingWrites, ReplicatedStateModule, SampleState, check_index, check_index_async, duplicate_groups,
@@ -366,14 +367,16 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         """
         if not validation_enabled():
             return self._forward_unchecked(sim, neg, index)
-        index, sizes = self._agreed_index(index, functools.partial(_check_forward_shapes, sim, neg, index),
-                                          layout=True)
+        index, layout = self._agreed_index(index, functools.partial(_check_forward_shapes, sim, neg, index),
+                                           layout=True)
+        sizes = layout.sizes
         sims, masks = [sim[:, 0], sim[:, 1]], [neg[:, 0], neg[:, 1]]
         counts = torch.stack([count_true(masks[v], 1) for v in (0, 1)], 1)
         writes, masking = PendingWrites(_cause), self.masking  # the epoch at the start of the step
         states = sharded_states(self) if self.state_placement == "sharded_local" and xdist.is_distributed() else []
         if states:  # owner-local: the rows travel with the indices (one gather), the window holds the global batch
-            _, slots, _, _ = gather_owned(states, None, index, [], sizes=sizes)
+            _, slots, _, _ = gather_owned(states, None, index, [], sizes=sizes,
+                                          owned=self.__dict__.get("_checked_owned"), tags=layout.tags)
             start = sum(sizes[: xdist.rank()])
             try:
                 lam = self._step(sims, masks, slots[start : start + index.numel()], counts, writes=writes,
@@ -450,21 +453,27 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
         :func:`~xrisk.sharding.check_owned`: an index outside the rank's shard is an :class:`IndexError` naming the
         rank, the index and the shard), agreed by every rank under torch.distributed
         (:func:`xrisk.distributed.agree_on_batch`: a bad index on one rank raises on all of them). ``layout``: also
-        return every rank's batch size (``(index, sizes)``)."""
+        return the agreed :class:`~xrisk.distributed.BatchLayout` (``(index, layout)``: every rank's batch size and,
+        owner-local with validation on, the rows it sends, :func:`xrisk.sharding.owned_rows`)."""
 
         def validate() -> Tensor:
             if check is not None:
                 check()
             idx = check_index(index, self.num_samples)
+            owned = None
             if self.state_placement == "sharded_local":
                 check_owned(idx, self.num_samples)
+                if xdist.is_distributed() and validation_enabled():  # the rows it sends (counted in the agreement)
+                    owned = owned_rows(idx, self.num_samples)
+            self.__dict__["_checked_owned"] = owned
             return idx
 
         if not xdist.is_distributed():
             idx = validate()
-            return (idx, [idx.numel()]) if layout else idx
-        idx, agreed = xdist.agree_on_batch(type(self).__name__, validate, lambda i: {"index": i})
-        return (idx, agreed.sizes) if layout else idx
+            return (idx, xdist.BatchLayout((idx.numel(),), 0)) if layout else idx
+        idx, agreed = xdist.agree_on_batch(type(self).__name__, validate, lambda i: {"index": i},
+                                           tag=lambda _: owned_tag(self.__dict__.get("_checked_owned")))
+        return (idx, agreed) if layout else idx
 
     def extra_repr(self) -> str:
         return (f"num_samples={self.num_samples}, alpha={self.alpha}, lr={self.lr}, optimizer={self.optimizer!r}, "
