@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from xrisk.state import ReplicatedStateModule, SampleState, check_index, check_index_unique, write_rows
+from xrisk.state import (
+    ReplicatedStateModule, SampleState, check_index, check_index_bounds, check_index_unique, write_rows,
+)
 from _dist import run_distributed
 
 
@@ -51,6 +53,9 @@ def test_check_index_unique_bounds_duplicates_and_types(size):
     assert check_index_unique(dup, n)[1] is False
     assert check_index_unique(torch.tensor([3]), 5)[1] is True
     assert check_index_unique(torch.tensor([], dtype=torch.long), 5)[1] is True
+    # check_index_bounds: the same, and the smallest and largest index it read (None for an empty index)
+    assert check_index_bounds(dup, n)[1:] == (False, (int(perm.min()), int(perm.max())))
+    assert check_index_bounds(torch.tensor([], dtype=torch.long), 5)[2] is None
     for bad_value in (n, -1, n + 7):
         bad = perm.clone()
         bad[size // 2] = bad_value
