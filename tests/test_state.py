@@ -54,7 +54,7 @@ def test_check_index_unique_bounds_duplicates_and_types(size):
     assert check_index_unique(torch.tensor([3]), 5)[1] is True
     assert check_index_unique(torch.tensor([], dtype=torch.long), 5)[1] is True
     # check_index_bounds: the same, and the smallest and largest index it read (None for an empty index)
-    assert check_index_bounds(dup, n)[1:] == (False, (int(perm.min()), int(perm.max())))
+    assert check_index_bounds(dup, n)[1:] == (False, (int(dup.min()), int(dup.max())))
     assert check_index_bounds(torch.tensor([], dtype=torch.long), 5)[2] is None
     for bad_value in (n, -1, n + 7):
         bad = perm.clone()
