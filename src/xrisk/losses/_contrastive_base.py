@@ -416,7 +416,11 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
                 :class:`~xrisk.data.ReferenceCache`; L2-normalised like the features). Every pairwise
                 difference ``d_ij`` then becomes ``d_ij - d_ij^ref`` (same temperature): the similarities get
                 the per-pair offset ``-s^ref_ij`` (:func:`~xrisk.functional.contrastive.reference_offset`). None:
-                the plain loss, unchanged.
+                the plain loss, unchanged. The returned surrogate's gradient is the same either way; its value is
+                taken on the shifted differences with a learnable temperature (global or per sample) and in
+                NUCLR, and on the model's own similarities with a fixed temperature (the two differ by a constant
+                of the batch), the same on every path (validation on or off, one process or several);
+                :meth:`objective` estimates the DRRho objective itself.
         """
         try:
             if not validation_enabled():
