@@ -242,8 +242,7 @@ def run_case(case: Case, name: str, placement: str, validate: bool | str, rank: 
                     dist.all_reduce(p.grad)
                     p.grad /= world
             out.append({"value": value.detach().clone(), "grad": [p.grad.clone() for p in model.parameters()],
-                        "grad.loss": [torch.zeros_like(p) if p.grad is None else p.grad.clone()
-                                      for p in loss_fn.parameters()],
+                        "grad.loss": [None if p.grad is None else p.grad.clone() for p in loss_fn.parameters()],
                         "state": _state(loss_fn), "objective": loss_fn.objective().detach().clone()})
             opt.step()
     return out
@@ -276,6 +275,9 @@ def _diff_exact(got, want, where: str, errors: list[str]) -> None:  # type: igno
             return
         for i, (a, b) in enumerate(zip(got, want)):
             _diff_exact(a, b, f"{where}[{i}]", errors)
+    elif got is None or want is None:  # a loss parameter's gradient: None and a zero tensor differ
+        if (got is None) != (want is None):
+            errors.append(f"{where}: {'None' if got is None else 'a tensor'} vs {'None' if want is None else 'a tensor'}")
     elif got.shape != want.shape or got.dtype != want.dtype:
         errors.append(f"{where}: {got.dtype}{list(got.shape)} vs {want.dtype}{list(want.shape)}")
     elif not torch.equal(got.nan_to_num(), want.nan_to_num()) or not torch.equal(got.isnan(), want.isnan()):
@@ -296,6 +298,9 @@ def _diff_close(got, want, where: str, errors: list[str]) -> None:  # type: igno
             return
         for i, (a, b) in enumerate(zip(got, want)):
             _diff_close(a, b, f"{where}[{i}]", errors)
+    elif got is None or want is None:  # a loss parameter's gradient: None and a zero tensor differ
+        if (got is None) != (want is None):
+            errors.append(f"{where}: {'None' if got is None else 'a tensor'} vs {'None' if want is None else 'a tensor'}")
     elif not want.is_floating_point():
         _diff_exact(got, want, where, errors)
     else:
