@@ -35,6 +35,7 @@ The default suite runs a few seeds on 2 processes; a larger sweep on 2 and 3 pro
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 from dataclasses import dataclass
@@ -262,22 +263,29 @@ def _worker(rank: int, world: int, cases: list[Case], losses: tuple[str, ...]) -
     return out
 
 
-def _diff_exact(got, want, where: str, errors: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _diff(got, want, where: str, errors: list[str], *, exact: bool) -> None:  # type: ignore[no-untyped-def]
+    """Append to ``errors`` where the nested dicts / lists of tensors ``got`` and ``want`` differ: bit for bit
+    (``exact``), else up to float summation order (integer and bool tensors bit for bit either way)."""
     if isinstance(want, dict):
         if got.keys() != want.keys():
             errors.append(f"{where}: keys {sorted(got)} vs {sorted(want)}")
             return
         for k in want:
-            _diff_exact(got[k], want[k], f"{where}.{k}", errors)
+            _diff(got[k], want[k], f"{where}.{k}", errors, exact=exact)
     elif isinstance(want, (list, tuple)):
         if len(got) != len(want):
             errors.append(f"{where}: {len(got)} vs {len(want)} entries")
             return
         for i, (a, b) in enumerate(zip(got, want)):
-            _diff_exact(a, b, f"{where}[{i}]", errors)
+            _diff(a, b, f"{where}[{i}]", errors, exact=exact)
     elif got is None or want is None:  # a loss parameter's gradient: None and a zero tensor differ
         if (got is None) != (want is None):
             errors.append(f"{where}: {'None' if got is None else 'a tensor'} vs {'None' if want is None else 'a tensor'}")
+    elif not exact and want.is_floating_point():
+        try:
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+        except AssertionError as exc:
+            errors.append(f"{where}: {str(exc).splitlines()[0]} {' '.join(str(exc).split()[-12:])}")
     elif got.shape != want.shape or got.dtype != want.dtype:
         errors.append(f"{where}: {got.dtype}{list(got.shape)} vs {want.dtype}{list(want.shape)}")
     elif not torch.equal(got.nan_to_num(), want.nan_to_num()) or not torch.equal(got.isnan(), want.isnan()):
@@ -285,29 +293,8 @@ def _diff_exact(got, want, where: str, errors: list[str]) -> None:  # type: igno
         errors.append(f"{where}: not bit-identical (max diff {diff:.3g})")
 
 
-def _diff_close(got, want, where: str, errors: list[str]) -> None:  # type: ignore[no-untyped-def]
-    if isinstance(want, dict):
-        if got.keys() != want.keys():
-            errors.append(f"{where}: keys {sorted(got)} vs {sorted(want)}")
-            return
-        for k in want:
-            _diff_close(got[k], want[k], f"{where}.{k}", errors)
-    elif isinstance(want, (list, tuple)):
-        if len(got) != len(want):
-            errors.append(f"{where}: {len(got)} vs {len(want)} entries")
-            return
-        for i, (a, b) in enumerate(zip(got, want)):
-            _diff_close(a, b, f"{where}[{i}]", errors)
-    elif got is None or want is None:  # a loss parameter's gradient: None and a zero tensor differ
-        if (got is None) != (want is None):
-            errors.append(f"{where}: {'None' if got is None else 'a tensor'} vs {'None' if want is None else 'a tensor'}")
-    elif not want.is_floating_point():
-        _diff_exact(got, want, where, errors)
-    else:
-        try:
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
-        except AssertionError as exc:
-            errors.append(f"{where}: {str(exc).splitlines()[0]} {' '.join(str(exc).split()[-12:])}")
+_diff_exact = functools.partial(_diff, exact=True)
+_diff_close = functools.partial(_diff, exact=False)
 
 
 def check_runs(case: Case, per_rank: list[dict], errors: list[str], losses: tuple[str, ...] = LOSSES) -> None:

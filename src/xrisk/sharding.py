@@ -72,6 +72,7 @@ replicated one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import weakref
 from typing import TYPE_CHECKING, Iterator, Literal, NamedTuple, Sequence
@@ -391,8 +392,11 @@ class OwnedRows(NamedTuple):
         return 2 * self.shard_rows.numel() + (0 if self.distinct else 1)
 
 
-def owned_tag(owned: OwnedRows | None) -> int:
-    """``owned.tag``, 0 for None (a rank whose checks found no owner-local rows to send)."""
+def owned_tag(module: nn.Module, _checked: object = None) -> int:
+    """The agreement tag (:attr:`OwnedRows.tag`) of the :class:`OwnedRows` that ``module``'s last batch check stored
+    as ``_checked_owned``; 0 without (a rank whose checks found no owner-local rows to send). The signature of
+    :func:`xrisk.distributed.agree_on_batch`'s ``tag`` after ``functools.partial(owned_tag, module)``."""
+    owned = module.__dict__.get("_checked_owned")
     return 0 if owned is None else owned.tag
 
 
@@ -463,16 +467,14 @@ def _gather_counted(states: Sequence["SampleState"], x: Tensor | None, index: Te
                     sizes: Sequence[int], owned: OwnedRows, tags: Sequence[int],
                     dev: torch.device) -> tuple[Tensor | None, Tensor, list[Tensor], bool]:
     """:func:`gather_owned` with counted rows (its docstring)."""
-    cuts = [0]
-    for t in tags:  # where each rank's rows begin in the window
-        cuts.append(cuts[-1] + (t >> 1))
+    counts = [t >> 1 for t in tags]  # the rows each rank sends
+    cuts = [0, *itertools.accumulate(counts)]  # where each rank's rows begin in the window
     at, total = cuts[states[0].shard_rank], cuts[-1]
     positions = owned.positions + at if at else owned.positions
     if owned.rows is not None:
         positions = torch.full_like(index, total).masked_scatter_(owned.rows, positions)
     shard_rows = owned.shard_rows if owned.shard_rows.device == dev else owned.shard_rows.to(dev)
     sent = [t.index_select(0, shard_rows) for st in states for t in st.shard_tensors()]
-    counts = [cuts[r + 1] - cuts[r] for r in range(len(tags))]
     x_g, gathered = _gather_with(x, [positions, *extras], sizes, sent, counts)
     k = 1 + len(extras)
     for j, st in enumerate(states):

@@ -91,6 +91,7 @@ from xrisk.functional.similarity import (
     cosine_gram, cosine_similarity_detached, cosine_similarity_matrix, cosine_weighted_sum,
 )
 from xrisk.losses._epochs import EpochTracking
+from xrisk.losses.base import connected_zero
 from xrisk.sharding import (
     PLACEMENTS, Placement, check_owned, close_window, gather_owned, is_sharded, open_window, owned_rows, owned_tag,
     sharded_states,
@@ -219,18 +220,6 @@ def _objective_where(keep_new: Tensor, new: Callable[[], Tensor], old: Callable[
     """``new()`` where the bool tensor ``keep_new`` holds, else ``old()`` (lazy objectives, chosen on the device)."""
     a, b = new().detach().reshape(()), old().detach().reshape(())
     return torch.where(keep_new, a, b.to(a))
-
-
-def _connected_zero(feats_a: Tensor, feats_b: Tensor, loss: nn.Module) -> Tensor:
-    """The loss of a batch without negatives: a zero connected to both inputs' graphs and to the loss's own
-    parameters (a learnable global temperature), so that every path gives those parameters a zero gradient, not
-    None: with validation off the device path reaches them through masks, and an optimizer with momentum or weight
-    decay moves a parameter with a zero gradient but skips one without (validation on and off must agree)."""
-    out = (feats_a.sum() + feats_b.sum()) * 0.0
-    for p in loss._parameters.values():
-        if p is not None and p.requires_grad:
-            out = out + p.sum() * 0.0
-    return out
 
 
 def _overflow_message(feats_a: Tensor, feats_b: Tensor, normalize: bool) -> str:
@@ -445,7 +434,8 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
             (idx, ref), layout = xdist.agree_on_batch(
                 type(self).__name__, functools.partial(self._check_batch, feats_a, feats_b, index, ref_feats),
                 functools.partial(_gathered_tensors, feats_a, feats_b),
-                tag=self._owned_tag if self.state_placement == "sharded_local" else None,  # rows each rank sends
+                # the rows each rank sends
+                tag=functools.partial(owned_tag, self) if self.state_placement == "sharded_local" else None,
             )
         else:
             check_features(feats_a, feats_b, finite=self.false_negatives is not None)
@@ -480,7 +470,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         elif not distributed:
             idx = on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
         if idx.numel() < 2 and not distributed:  # no anchor has a negative: nothing to learn
-            return _connected_zero(raw_a, raw_b, self)
+            return connected_zero(self, raw_a, raw_b)
         # one process: normalisation and similarity are one autograd node (cosine_similarity_matrix / cosine_gram)
         fused = self.normalize and not distributed
         if self.normalize and not fused:
@@ -488,7 +478,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         batch = self._make_batch(feats_a, feats_b, idx, fused, layout, ref)
         distinct = batch.index_global.numel() if batch.unique_index is None else batch.unique_index.numel()
         if distinct < 2:  # the global batch (the same on every rank) holds one sample: no negative anywhere
-            return _connected_zero(raw_a, raw_b, self)
+            return connected_zero(self, raw_a, raw_b)
         if self.false_negatives is not None:  # unique indices: no mask yet, the detector knows the excluded diagonals
             excluded = None
             if batch.neg[0] is None:
@@ -565,7 +555,7 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         writes = self.__dict__["_writes"] = PendingWrites(_DEVICE_CAUSE)
         self.__dict__["_step_objective"] = None
         if idx.numel() * xdist.world_size() < 2:  # no anchor has a negative (one index: every count is 0, same result)
-            return _connected_zero(feats_a, feats_b, self)
+            return connected_zero(self, feats_a, feats_b)
         fused = self.normalize and layout is None  # several processes: normalised rows are gathered
         if self.normalize and not fused:
             feats_a, feats_b = F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1)
@@ -607,18 +597,14 @@ class ContrastiveLossBase(EpochTracking, ReplicatedStateModule):
         ref = check_reference_features(ref_feats, feats_a, normalize=self.normalize)
         if ref is not None:
             _check_all_finite(feats_a, feats_b, ref)
-        idx = check_index(index, self.num_samples, batch_size=feats_a.shape[0])
+        idx = on_device(check_index(index, self.num_samples, batch_size=feats_a.shape[0]), feats_a.device)
         owned = None
         if self.state_placement == "sharded_local":
             check_owned(idx, self.num_samples)  # IndexError naming the rank, the index and its shard
             if xdist.is_distributed():  # the rows this rank sends (counted in the agreement)
-                owned = owned_rows(on_device(idx, feats_a.device), self.num_samples)
+                owned = owned_rows(idx, self.num_samples)
         self.__dict__["_checked_owned"] = owned
-        return on_device(idx, feats_a.device), ref
-
-    def _owned_tag(self, _checked: object) -> int:
-        """This rank's :attr:`xrisk.sharding.OwnedRows.tag` for the agreement (owner-local state; 0 without)."""
-        return owned_tag(self.__dict__.get("_checked_owned"))
+        return idx, ref
 
     def _make_batch(
         self, a: Tensor, b: Tensor, idx: Tensor, fused: bool = False, layout: xdist.BatchLayout | None = None,

@@ -55,7 +55,7 @@ import functools
 from typing import Callable, ClassVar, Literal, TypeVar, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from xrisk import distributed as xdist
 from xrisk._validate import (
@@ -67,7 +67,7 @@ from xrisk.sharding import (
 )
 from xrisk.state import PendingWrites, ReplicatedStateModule, check_index_async, check_index_bounds
 
-__all__ = ["ScoreLoss", "label_order", "label_positions", "overflow_cause", "positions"]
+__all__ = ["ScoreLoss", "connected_zero", "label_order", "label_positions", "overflow_cause", "positions"]
 
 _T = TypeVar("_T")
 
@@ -132,7 +132,8 @@ class ScoreLoss(ReplicatedStateModule):
         if self.gather and xdist.is_distributed():  # every rank validates, then all agree, then gather
             (s, y, _, idx), layout = xdist.agree_on_batch(
                 type(self).__name__, functools.partial(self._check_batch, scores, targets, index), _batch_tensors,
-                tag=self._owned_tag if self.state_placement == "sharded_local" else None,  # rows each rank sends
+                # the rows each rank sends
+                tag=functools.partial(owned_tag, self) if self.state_placement == "sharded_local" else None,
             )
             s, y, idx, sharded, unique = self._gather_batch(s, y, idx, layout.sizes, select=True, tags=layout.tags)
             pos_counts = y.sum(0).tolist()  # of the global batch
@@ -144,10 +145,7 @@ class ScoreLoss(ReplicatedStateModule):
             host = self.__dict__["_checked_host"]
             sharded = []
         if not any(pos_counts):
-            close_window(sharded, write=False)
-            self.__dict__["_pending_objective"] = None  # objective() is NaN after a batch without positives, as
-            self.__dict__["_objective_ready"] = False  # with validation off (where the kernels record NaN)
-            return self._zero(s)
+            return self._skip(s, sharded)
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
         self.__dict__["_index_unique"] = unique  # known without a device op: no index occurs twice in the batch
         self.__dict__["_given_scores"] = given
@@ -178,10 +176,7 @@ class ScoreLoss(ReplicatedStateModule):
             s, y, idx = self._shape_batch(scores, targets, index)
             sharded = []
         if s.shape[0] == 0:  # a global batch empty on every rank (a shape, no value read): the validated zero step
-            close_window(sharded, write=False)
-            self.__dict__["_pending_objective"] = None
-            self.__dict__["_objective_ready"] = False
-            return self._zero(s)
+            return self._skip(s, sharded)
         given = None  # no reference to the graph kept past the step (torch.compile returns no hidden output)
         pos_counts = y.sum(0)  # [T] on the device
         writes = self.__dict__["_writes"] = PendingWrites(_default_cause)
@@ -210,7 +205,7 @@ class ScoreLoss(ReplicatedStateModule):
         :mod:`xrisk.sharding`: their rows are fetched in the same collective as the scores) and whether no index
         occurs twice among the fetched entries (False without a window). ``select``: fetch only the rows of
         :attr:`state_rows` (the :meth:`_loss` path; the other entries' positions are then unusable); ``tags``: the
-        agreement's tags (owner-local: every rank's :meth:`_owned_tag`)."""
+        agreement's tags (owner-local: every rank's :func:`~xrisk.sharding.owned_tag`)."""
         extras = [y] if idx is None else [y, idx.to(s.device)]
         sharded = sharded_states(self) if idx is not None and is_sharded(self.state_placement) else []
         if sharded and self.state_placement == "sharded_local":  # one round: the rows travel with the scores
@@ -269,10 +264,6 @@ class ScoreLoss(ReplicatedStateModule):
         self.__dict__["_checked_owned"] = owned
         return s, y, pos_counts, idx
 
-    def _owned_tag(self, _checked: object) -> int:
-        """This rank's :attr:`xrisk.sharding.OwnedRows.tag` for the agreement (owner-local state; 0 without)."""
-        return owned_tag(self.__dict__.get("_checked_owned"))
-
     # ------------------------------------------------------------------ hooks for subclasses
     def _loss(self, scores: Tensor, targets: Tensor, index: Tensor | None, pos_counts: list[int]) -> Tensor:
         """Compute the surrogate on the (global) batch ``scores [B, T]``, ``targets [B, T]`` (bool).
@@ -288,15 +279,18 @@ class ScoreLoss(ReplicatedStateModule):
         raise TypeError(f"{type(self).__name__} has no device path (_masked_loss): turn validation on "
                         "(xrisk.set_validation(True))")
 
+    def _skip(self, scores: Tensor, sharded: list) -> Tensor:
+        """A step without positives: close the (unwritten) window of the ``sharded`` states, leave ``objective()``
+        NaN (as with validation off, where the kernels record NaN) and return :meth:`_zero`."""
+        close_window(sharded, write=False)
+        self.__dict__["_pending_objective"] = None
+        self.__dict__["_objective_ready"] = False
+        return self._zero(scores)
+
     def _zero(self, scores: Tensor) -> Tensor:
-        """The graph-connected zero of a batch that gives the loss nothing to compute (no positive): zero gradients
-        for ``scores`` and for the loss's own parameters (if any), so that the step is a zero-gradient step for
-        every parameter whichever path computed it (the device path reaches the parameters through masks)."""
-        out = scores.sum() * 0.0
-        for p in self._parameters.values():
-            if p is not None and p.requires_grad:
-                out = out + p.sum() * 0.0
-        return out
+        """The graph-connected zero of a batch that gives the loss nothing to compute (no positive):
+        :func:`connected_zero` of ``scores``."""
+        return connected_zero(self, scores)
 
     def _scratch(self) -> dict | None:
         """The work matrices of this loss's whole-batch device path (:func:`~xrisk.functional.surrogates.scratch_matrix`),
@@ -381,6 +375,21 @@ class ScoreLoss(ReplicatedStateModule):
             self.__dict__["_pending_objective"] = None
             self.__dict__["_objective_ready"] = True
         return self._objective.clone()
+
+
+def connected_zero(loss: nn.Module, *inputs: Tensor) -> Tensor:
+    """The value of a step with nothing to learn (no positive, no negative): a zero connected to the graphs of
+    ``inputs`` and to ``loss``'s own parameters (not its submodules'), so that each gets a zero gradient, never
+    None, whichever path computed the step: with validation off the device path reaches them through masks, and
+    an optimizer with momentum or weight decay moves a parameter with a zero gradient but skips one without."""
+    out = inputs[0].sum()
+    for x in inputs[1:]:
+        out = out + x.sum()
+    out = out * 0.0
+    for p in loss._parameters.values():
+        if p is not None and p.requires_grad:
+            out = out + p.sum() * 0.0
+    return out
 
 
 def _batch_tensors(batch: tuple[Tensor, Tensor, list[int], Tensor | None]) -> dict[str, Tensor | None]:

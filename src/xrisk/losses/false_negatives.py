@@ -378,14 +378,8 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
             _, slots, _, _ = gather_owned(states, None, index, [], sizes=sizes,
                                           owned=self.__dict__.get("_checked_owned"), tags=layout.tags)
             start = sum(sizes[: xdist.rank()])
-            try:
-                lam = self._step(sims, masks, slots[start : start + index.numel()], counts, writes=writes,
-                                 index_checked=True)
-                self._commit(writes, sum(sizes))
-            except BaseException:
-                close_window(states, write=False)
-                raise
-            close_window(states, write=self.training)  # each rank copies its own entries' rows into its shard
+            lam = self._windowed_step(states, sims, masks, slots[start : start + index.numel()], counts, writes,
+                                      sum(sizes), on_device=False)
         else:
             with state_window(self, index, local=True, write=self.training) as rows:  # sharded: the batch's rows
                 lam = self._step(sims, masks, rows, counts, writes=writes, index_checked=True)
@@ -421,16 +415,28 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
             else:  # "sharded": a window of fixed capacity (one slot per entry of the global batch)
                 positions = open_window(states, xdist.all_gather_no_grad(index, sizes=sizes))
             local = positions.narrow(0, start, n)
+        lam = self._windowed_step(states, sims, masks, local, counts, writes, sum(sizes), on_device=True)
+        return self._masks(sim, neg, sims, masks, lam, counts, masking)
+
+    def _windowed_step(self, states: list[SampleState], sims: list[Tensor], masks: list[Tensor], index: Tensor,
+                       counts: Tensor, writes: PendingWrites, num_global: int, *, on_device: bool) -> Tensor:
+        """:meth:`_step` of :meth:`forward` on the open window of the sharded ``states`` (none: the state itself; a
+        replicated step), then the commit of ``num_global`` samples (``on_device``: the validation-off step, no
+        host read); the window is written back in training mode (each rank copies its own entries' rows into its
+        shard) or, after an exception, discarded. Returns the updated thresholds."""
         try:
-            lam = self._step(sims, masks, local, counts, writes=writes, index_checked=True, on_device=True)
-            writes.commit_on_device(write=self.training)
-            if self.training:
-                self._count_samples_on_device(sum(sizes))
+            lam = self._step(sims, masks, index, counts, writes=writes, index_checked=True, on_device=on_device)
+            if not on_device:
+                self._commit(writes, num_global)
+            else:
+                writes.commit_on_device(write=self.training)
+                if self.training:
+                    self._count_samples_on_device(num_global)
         except BaseException:
             close_window(states, write=False)
             raise
         close_window(states, write=self.training)
-        return self._masks(sim, neg, sims, masks, lam, counts, masking)
+        return lam
 
     def _masks(self, sim: Tensor, neg: Tensor, sims: list[Tensor], masks: list[Tensor], lam: Tensor, counts: Tensor,
                masking: bool) -> Tensor:
@@ -472,7 +478,7 @@ class FalseNegativeDetector(EpochTracking, ReplicatedStateModule):
             idx = validate()
             return (idx, xdist.BatchLayout((idx.numel(),), 0)) if layout else idx
         idx, agreed = xdist.agree_on_batch(type(self).__name__, validate, lambda i: {"index": i},
-                                           tag=lambda _: owned_tag(self.__dict__.get("_checked_owned")))
+                                           tag=functools.partial(owned_tag, self))
         return (idx, agreed) if layout else idx
 
     def extra_repr(self) -> str:
